@@ -1,0 +1,241 @@
+"""A streaming OpenAI-compatible client that timestamps every server-sent event line as it arrives.
+
+It reads the response line by line (`http.client` returns a line as soon as it is complete), never
+in fixed-size blocks, so chunk times are what the wire delivered. Under Locust the same code runs
+on gevent's patched sockets. One connection per request: some servers (llama.cpp) close a streamed
+connection while advertising keep-alive, which breaks pooled clients.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from scenarios.plan import RequestSpec
+from scenarios.records import RequestRecord
+from scenarios.spec import Target
+
+Clock = Callable[[], float]
+DETAIL_CHARS = 200
+
+
+class MissingApiKey(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str  # ends in /v1 (or whatever prefix the API lives under)
+    api: str = "chat"
+    model: str = "surgecast-reference"
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 60.0
+    stream: bool = True
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_target(cls, target: Target, base_url: str | None = None) -> Endpoint:
+        """The scenario's target; the API key is read from the env var it names."""
+        key = None
+        if target.api_key_env:
+            key = os.environ.get(target.api_key_env)
+            if not key:
+                raise MissingApiKey(
+                    f"target.api_key_env names {target.api_key_env}, which is not set: "
+                    f"export {target.api_key_env}=... and run again"
+                )
+        url = base_url or target.base_url
+        if not url:
+            raise ValueError("no target URL: give --target or target.base_url")
+        return cls(url.rstrip("/"), target.api, target.model, key, target.timeout_s,
+                   target.stream, dict(target.extra_body))
+
+    @property
+    def path(self) -> str:
+        prefix = urlsplit(self.base_url).path.rstrip("/")
+        return prefix + ("/chat/completions" if self.api == "chat" else "/completions")
+
+    def body(self, spec: RequestSpec) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": spec.max_tokens}
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": spec.prompt or ""}]
+        else:
+            body["prompt"] = spec.prompt or ""
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return {**body, **self.extra_body}
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or "127.0.0.1"
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(host, parts.port or 443, timeout=timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
+
+
+class StreamError(Exception):
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(detail or kind)
+        self.kind = kind
+        self.detail = detail
+
+
+class StreamingCall:
+    """One request. `record` holds its progress, so a cancelled call still leaves a record."""
+
+    def __init__(self, endpoint: Endpoint, spec: RequestSpec, clock: Clock,
+                 store_prompt: bool = False):
+        self.endpoint = endpoint
+        self.spec = spec
+        self.clock = clock
+        self._chunks = 0
+        self._finished = False
+        self.record = RequestRecord(
+            id=spec.id, intended_start=spec.arrival, start=spec.arrival,
+            prompt_tokens=None, persona=spec.persona, session=spec.session, turn=spec.turn,
+            prompt=spec.prompt if store_prompt else None,
+        )
+
+    def run(self) -> RequestRecord:
+        rec = self.record
+        ep = self.endpoint
+        payload = json.dumps(ep.body(self.spec)).encode()
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if ep.api_key:
+            headers["Authorization"] = f"Bearer {ep.api_key}"
+        rec.start = self.clock()
+        deadline = rec.start + ep.timeout_s
+        conn = ep.connect(ep.timeout_s)
+        try:
+            conn.request("POST", ep.path, body=payload, headers=headers)
+            response = conn.getresponse()
+            rec.http_status = response.status
+            if response.status != 200:
+                self._http_error(response)
+            elif ep.stream:
+                self._read_stream(conn, response, deadline)
+            else:
+                self._read_whole(response)
+        except StreamError as e:
+            self._fail("error", e.kind, e.detail)
+        except (TimeoutError, socket.timeout):
+            self._fail("timeout", "timeout", f"no complete response within {ep.timeout_s:g} s")
+        except ConnectionRefusedError as e:
+            self._fail("error", "connection_refused", str(e))
+        except (http.client.HTTPException, OSError) as e:
+            self._fail("error", "connection_error", f"{type(e).__name__}: {e}")
+        finally:
+            conn.close()
+            if rec.end is None:
+                rec.end = self.clock()
+        return rec
+
+    def cancel(self) -> None:
+        """Mark the call cancelled (the run ended while it was in flight)."""
+        if self.record.end is None:
+            self._fail("cancelled", "cancelled", "run ended before the response finished")
+            self.record.end = self.clock()
+
+    def _fail(self, status: str, kind: str, detail: str) -> None:
+        rec = self.record
+        rec.status = status  # type: ignore[assignment]
+        rec.error_kind = kind
+        rec.error_detail = self.endpoint.redact(detail)[:DETAIL_CHARS] or None
+
+    def _http_error(self, response: http.client.HTTPResponse) -> None:
+        text = response.read(4096).decode("utf-8", "replace")
+        try:
+            message = json.loads(text)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = text
+        kind = f"http_{response.status}"
+        self._fail("rejected" if response.status in (429, 503) else "error", kind, str(message))
+
+    def _on_content(self, text: str, now: float) -> None:
+        if not text:
+            return
+        rec = self.record
+        if rec.first_token is None:
+            rec.first_token = now
+        rec.chunk_times.append(now)
+        self._chunks += 1
+
+    def _on_event(self, event: dict[str, Any], now: float) -> None:
+        if "error" in event:
+            err = event["error"]
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            raise StreamError("stream_error", msg)
+        self.record.response_id = self.record.response_id or event.get("id")
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            self._on_content(text or "", now)
+            if choice.get("finish_reason"):
+                self._finished = True
+        self._take_usage(event.get("usage"))
+
+    def _take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict) and "completion_tokens" in usage:
+            self.record.prompt_tokens = usage.get("prompt_tokens")
+            self.record.output_tokens = usage.get("completion_tokens")
+            self.record.token_source = "usage"
+
+    def _read_stream(self, conn: http.client.HTTPConnection,
+                     response: http.client.HTTPResponse, deadline: float) -> None:
+        done = False
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise TimeoutError
+            if conn.sock is not None:
+                conn.sock.settimeout(remaining)
+            line = response.readline(1 << 20)
+            now = self.clock()
+            if not line:
+                break
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, event:/id: fields
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
+            self._on_event(event, now)
+        if not (done or self._finished):
+            raise StreamError("incomplete_stream", "the server closed the stream before finishing")
+        self._finish()
+
+    def _read_whole(self, response: http.client.HTTPResponse) -> None:
+        raw = response.read()
+        now = self.clock()
+        try:
+            body = json.loads(raw)
+            choice = body["choices"][0]
+            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise StreamError("protocol", f"response is not a completion: {raw[:80]!r}") from None
+        self._on_content(text, now)
+        self._take_usage(body.get("usage"))
+        self._finish()
+
+    def _finish(self) -> None:
+        rec = self.record
+        rec.end = self.clock()
+        if rec.output_tokens is None:
+            rec.output_tokens = self._chunks
+            rec.token_source = "chunks"

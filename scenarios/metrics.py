@@ -1,0 +1,170 @@
+"""Metric definitions (named as `vllm bench serve` names them), run summaries and SLO checks.
+
+ttft: start to the first chunk with content; itl: every gap between content chunks;
+tpot: (e2e - ttft) / (output_tokens - 1); e2e: start to the last byte. `*_intended` variants
+measure from the intended start, correcting for coordinated omission.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scenarios.records import RequestRecord
+from scenarios.slo import Threshold
+
+LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e")
+QUANTILES = (50, 90, 95, 99)
+
+
+def metric_samples(records: Sequence[RequestRecord], metric: str) -> np.ndarray:
+    """Samples in seconds of one metric over successful requests."""
+    ok = [r for r in records if r.status == "ok"]
+    if metric == "itl":
+        gaps = [np.diff(r.chunk_times) for r in ok if len(r.chunk_times) > 1]
+        return np.concatenate(gaps) if gaps else np.empty(0)
+    values: list[float] = []
+    for r in ok:
+        if r.first_token is None or r.end is None:
+            continue
+        if metric == "ttft":
+            values.append(r.first_token - r.start)
+        elif metric == "ttft_intended":
+            values.append(r.first_token - r.intended_start)
+        elif metric == "e2e":
+            values.append(r.end - r.start)
+        elif metric == "e2e_intended":
+            values.append(r.end - r.intended_start)
+        elif metric == "tpot":
+            if r.output_tokens and r.output_tokens > 1:
+                values.append((r.end - r.first_token) / (r.output_tokens - 1))
+        else:
+            raise ValueError(f"unknown metric {metric!r}")
+    return np.asarray(values, dtype=float)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Distribution of one metric, in milliseconds."""
+
+    count: int
+    mean: float
+    min: float
+    max: float
+    percentiles: dict[int, float]
+
+    @classmethod
+    def of(cls, seconds: np.ndarray) -> Stats:
+        if len(seconds) == 0:
+            nan = float("nan")
+            return cls(0, nan, nan, nan, {q: nan for q in QUANTILES})
+        ms = seconds * 1000.0
+        return cls(
+            len(ms),
+            float(ms.mean()),
+            float(ms.min()),
+            float(ms.max()),
+            {q: float(np.percentile(ms, q)) for q in QUANTILES},
+        )
+
+
+@dataclass(frozen=True)
+class SloResult:
+    threshold: Threshold
+    observed: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Summary:
+    requests: int
+    ok: int
+    statuses: dict[str, int]
+    error_kinds: dict[str, int]
+    duration_s: float
+    request_rate: float  # sent per second
+    throughput: float  # successful requests per second
+    output_tokens_per_s: float
+    goodput: float  # requests per second meeting every per-request SLO
+    lateness_p99_ms: float
+    metrics: dict[str, Stats] = field(default_factory=dict)
+    slos: list[SloResult] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return 0.0 if self.requests == 0 else 1.0 - self.ok / self.requests
+
+    @property
+    def slos_passed(self) -> bool:
+        return all(s.passed for s in self.slos)
+
+
+def check_slos(records: Sequence[RequestRecord], thresholds: Sequence[Threshold]) -> list[SloResult]:
+    """Evaluate each threshold on the run: percentiles and averages in ms, error_rate a fraction."""
+    results = []
+    for t in thresholds:
+        if t.metric == "error_rate":
+            observed = 1.0 - sum(r.status == "ok" for r in records) / len(records) if records else 0.0
+        else:
+            ms = metric_samples(records, t.metric) * 1000.0
+            if len(ms) == 0:
+                observed = float("nan")
+            elif t.quantile is not None:
+                observed = float(np.percentile(ms, t.quantile))
+            else:
+                reduce = {"avg": np.mean, "med": np.median, "min": np.min, "max": np.max}[t.stat]
+                observed = float(reduce(ms))
+        results.append(SloResult(t, observed, bool(np.isfinite(observed) and t.holds(observed))))
+    return results
+
+
+def _meets_request_slos(r: RequestRecord, limits: dict[str, float]) -> bool:
+    """Goodput's per-request test: each latency metric within its SLO value (ms)."""
+    if r.status != "ok" or r.first_token is None or r.end is None:
+        return False
+    values = {"ttft": r.first_token - r.start, "e2e": r.end - r.start}
+    if r.output_tokens and r.output_tokens > 1:
+        values["tpot"] = (r.end - r.first_token) / (r.output_tokens - 1)
+    if len(r.chunk_times) > 1:
+        values["itl"] = float(np.max(np.diff(r.chunk_times)))
+    return all(values.get(m, 0.0) * 1000.0 <= v for m, v in limits.items())
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    thresholds: Sequence[Threshold] = (),
+    duration_s: float | None = None,
+) -> Summary:
+    """Everything a report or gate needs about one run, measured or simulated alike."""
+    n = len(records)
+    if duration_s is None:
+        ends = [r.end for r in records if r.end is not None]
+        duration_s = max(ends, default=0.0) - min((r.start for r in records), default=0.0)
+    span = max(duration_s, 1e-9)
+    ok = [r for r in records if r.status == "ok"]
+    stats = {m: Stats.of(metric_samples(records, m)) for m in LATENCY_METRICS}
+    stats["ttft_intended"] = Stats.of(metric_samples(records, "ttft_intended"))
+    stats["e2e_intended"] = Stats.of(metric_samples(records, "e2e_intended"))
+    limits: dict[str, float] = {}
+    for t in thresholds:
+        if t.metric != "error_rate" and t.op in ("<", "<="):
+            limits[t.metric] = min(limits.get(t.metric, np.inf), t.value)
+    good = sum(_meets_request_slos(r, limits) for r in records)
+    lateness = np.array([r.lateness for r in records]) * 1000.0
+    return Summary(
+        requests=n,
+        ok=len(ok),
+        statuses=dict(Counter(r.status for r in records)),
+        error_kinds=dict(Counter(r.error_kind for r in records if r.error_kind)),
+        duration_s=duration_s,
+        request_rate=n / span,
+        throughput=len(ok) / span,
+        output_tokens_per_s=sum(r.output_tokens or 0 for r in ok) / span,
+        goodput=good / span,
+        lateness_p99_ms=float(np.percentile(lateness, 99)) if n else 0.0,
+        metrics=stats,
+        slos=check_slos(records, thresholds),
+    )

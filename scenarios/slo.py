@@ -1,0 +1,56 @@
+"""SLO thresholds written like k6's: `p(95) < 800` (milliseconds), `rate < 0.01` for error_rate."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_EXPR = re.compile(
+    r"^\s*(?P<stat>p\(\s*(?P<q>\d+(?:\.\d+)?)\s*\)|avg|med|min|max|rate)\s*"
+    r"(?P<op><=|>=|<|>)\s*(?P<value>[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # ttft, itl, tpot, e2e (milliseconds) or error_rate (fraction)
+    stat: str  # "p95", "avg", "med", "min", "max" or "rate"
+    op: str
+    value: float
+    expr: str
+
+    @property
+    def quantile(self) -> float | None:
+        return float(self.stat[1:]) if self.stat.startswith("p") else None
+
+    def holds(self, observed: float) -> bool:
+        return _OPS[self.op](observed, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric}: {self.expr}"
+
+
+def parse_threshold(metric: str, expr: str) -> Threshold:
+    """Parse one expression; ValueError says what is wrong and repeats the expression."""
+    m = _EXPR.match(expr)
+    if not m:
+        raise ValueError(
+            f"SLO {expr!r} on {metric} is not of the form 'p(95) < 800', 'avg < 200' or 'rate < 0.01'"
+        )
+    stat = m["stat"]
+    if stat.startswith("p("):
+        q = float(m["q"])
+        if not 0 < q <= 100:
+            raise ValueError(f"SLO {expr!r}: percentile must be in (0, 100], got {q}")
+        stat = f"p{m['q']}"
+    if (metric == "error_rate") != (stat == "rate"):
+        raise ValueError(f"SLO {expr!r}: use 'rate' with error_rate and only there")
+    return Threshold(metric, stat, m["op"], float(m["value"]), expr.strip())

@@ -1,0 +1,254 @@
+"""Scenario files: a strict pydantic schema and a loader that reports every error at once."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scenarios.slo import Threshold, parse_threshold
+
+METRICS = ("ttft", "itl", "tpot", "e2e", "error_rate")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Bounded(Strict):
+    min: int = Field(1, ge=0, description="Smallest value after sampling (clipped).")
+    max: int | None = Field(None, ge=1, description="Largest value after sampling (clipped).")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> _Bounded:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Constant(_Bounded):
+    dist: Literal["constant"]
+    value: int = Field(ge=1)
+
+
+class Uniform(_Bounded):
+    dist: Literal["uniform"]
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _low_le_high(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class Normal(_Bounded):
+    dist: Literal["normal"]
+    mean: float = Field(gt=0)
+    std: float = Field(ge=0)
+
+
+class LogNormal(_Bounded):
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0)
+    sigma: float = Field(ge=0, le=5)
+
+
+Distribution = Annotated[Constant | Uniform | Normal | LogNormal, Field(discriminator="dist")]
+
+
+class Target(Strict):
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL; null starts the built-in reference target."
+    )
+    api: Literal["chat", "completions"] = "chat"
+    model: str = "surgecast-reference"
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the env var with the key."
+    )
+    timeout_s: float = Field(60.0, gt=0, le=3600)
+    stream: bool = True
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v
+
+
+class StepCostSpec(Strict):
+    base_ms: float = Field(12.0, ge=0, description="Fixed time of one engine step.")
+    per_decode_seq_ms: float = Field(0.4, ge=0, description="Added per sequence decoding.")
+    per_prefill_token_ms: float = Field(0.05, ge=0, description="Added per prompt token.")
+
+
+class ReferenceTarget(Strict):
+    """The engine model that the built-in reference target serves."""
+
+    max_num_seqs: int = Field(32, ge=1, le=4096)
+    kv_cache_tokens: int = Field(65536, ge=16)
+    max_batched_tokens: int = Field(8192, ge=1)
+    cold_start_s: float = Field(0.5, ge=0, le=600)
+    step: StepCostSpec = StepCostSpec()
+
+
+class Traffic(Strict):
+    arrival: Literal["poisson"] = "poisson"
+    rate: float = Field(gt=0, le=100000, description="Mean arrivals per second.")
+    duration_s: float = Field(gt=0, le=86400)
+    seed: int = Field(0, ge=0)
+    max_lateness_ms: float = Field(
+        100.0, gt=0, description="A run whose p99 send lateness exceeds this is invalid."
+    )
+    max_in_flight: int = Field(2000, ge=1, description="Cap on concurrent requests.")
+
+
+class Workload(Strict):
+    prompt_tokens: Distribution
+    output_tokens: Distribution
+
+
+class Cost(Strict):
+    gpu_hour_usd: float = Field(ge=0)
+    gpus_per_replica: int = Field(1, ge=1)
+
+
+class Privacy(Strict):
+    store_prompts: bool = Field(False, description="Keep prompt text in requests.jsonl.")
+
+
+class Forecast(Strict):
+    scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
+    seeds: int = Field(3, ge=1, le=50)
+    slice_replicas: int = Field(8, ge=1, le=256)
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        bad = [s for s in v if not (s > 0 and math.isfinite(s))]
+        if bad or not v:
+            raise ValueError(f"must be a non-empty list of positive numbers, got {v}")
+        return v
+
+
+class Scenario(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    target: Target = Target()
+    reference_target: ReferenceTarget = ReferenceTarget()
+    traffic: Traffic
+    workload: Workload
+    slos: dict[Literal["ttft", "itl", "tpot", "e2e", "error_rate"], list[str]] = Field(
+        default_factory=dict
+    )
+    cost: Cost = Cost(gpu_hour_usd=2.0)
+    privacy: Privacy = Privacy()
+    forecast: Forecast = Forecast()
+
+    @field_validator("slos", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _parse_slos(self) -> Scenario:
+        for metric, exprs in self.slos.items():
+            for expr in exprs:
+                parse_threshold(metric, expr)  # raises ValueError naming the expression
+        return self
+
+    def thresholds(self) -> list[Threshold]:
+        return [parse_threshold(m, e) for m, exprs in self.slos.items() for e in exprs]
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; `problems` lists every error found."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen[key] = loader.construct_object(value_node, deep=True)
+    return seen
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def _loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """Dotted field path; drops the union tag pydantic inserts (`...prompt_tokens.lognormal.sigma`)."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if isinstance(node, dict) and item not in node and node.get("dist") == item:
+            continue  # discriminator tag, not a field
+        parts.append(("." if parts else "") + str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def _format(err: Any, data: Any) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    where = _loc(err["loc"], data)
+    if err["type"] == "missing":
+        return f"{where}: required field is missing"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown field (got {err['input']!r})"
+    return f"{where}: {msg}, got {err['input']!r}"
+
+
+def parse_scenario(data: Any, path: str = "<scenario>") -> Scenario:
+    """Validate already-parsed YAML; raises ScenarioError listing every problem."""
+    if not isinstance(data, dict):
+        raise ScenarioError(path, [f"(top level): must be a mapping, got {type(data).__name__}"])
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(path, [_format(err, data) for err in e.errors()]) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScenarioError(str(p), [f"cannot read file: {e.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ScenarioError(str(p), [f"{where}invalid YAML: {problem}"]) from None
+    return parse_scenario(data, str(p))

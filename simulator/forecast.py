@@ -1,0 +1,186 @@
+"""Capacity forecast: the fewest replicas that meet every SLO at each scale of today's traffic.
+
+A fleet of N replicas behind a router is simulated as a slice of min(N, slice_replicas) replicas
+that receives its share of the traffic and balances it by join-shortest-queue: routing across the
+whole fleet balances at least as well, so the slice is slightly conservative. Each configuration
+runs over several seeds, each with step costs drawn from the calibration's uncertainty; the spread
+gives the error bars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+from scenarios.metrics import summarize
+from scenarios.plan import build_plan
+from scenarios.spec import Scenario
+from simulator.calibrate import Calibration
+from simulator.sim import simulate
+
+HOURS_PER_MONTH = 730.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: float
+    high: float  # 95% confidence interval over seeds
+
+    @classmethod
+    def of(cls, values: list[float]) -> Estimate:
+        x = np.asarray(values, dtype=float)
+        m = float(np.mean(x))
+        if len(x) < 2:
+            return cls(m, m, m)
+        half = float(sps.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / math.sqrt(len(x)))
+        return cls(m, m - half, m + half)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    replicas: int
+    passed: bool
+    observed: dict[str, Estimate]  # per SLO expression ("ttft: p(95) < 800"), mean over seeds
+    ttft_p95_ms: Estimate
+    e2e_p95_ms: Estimate
+    throughput: Estimate  # fleet requests/s completed
+    utilisation: Estimate
+
+
+@dataclass(frozen=True)
+class ForecastPoint:
+    scale: float
+    rate: float
+    best: Evaluation | None  # None: not met within max_replicas
+    cost_per_month_usd: float | None
+    tried: list[Evaluation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    seeds: int = 3
+    slice_replicas: int = 8
+    max_replicas: int = 100000
+
+
+class Forecaster:
+    def __init__(self, scenario: Scenario, calibration: Calibration,
+                 config: ForecastConfig | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.scenario = scenario
+        self.calibration = calibration
+        self.config = config or ForecastConfig(scenario.forecast.seeds,
+                                               scenario.forecast.slice_replicas)
+        self.progress = progress
+        self.thresholds = scenario.thresholds()
+        draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
+        self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
+
+    def evaluate(self, scale: float, replicas: int) -> Evaluation:
+        k = min(replicas, self.config.slice_replicas)
+        share = k / replicas
+        observed: dict[str, list[float]] = {str(t): [] for t in self.thresholds}
+        ttft, e2e, tput, util = [], [], [], []
+        for i, (cost, overhead) in enumerate(self.costs):
+            plan = build_plan(self.scenario, seed=self.scenario.traffic.seed + 1 + i,
+                              rate_scale=scale * share, with_text=False)
+            engine = self.calibration.engine.with_cost(cost, overhead)
+            result = simulate(plan, engine, replicas=k, timeout_s=self.scenario.target.timeout_s,
+                              record_chunks="itl" in {t.metric for t in self.thresholds})
+            summary = summarize(result.records, self.thresholds,
+                                duration_s=self.scenario.traffic.duration_s)
+            for slo in summary.slos:
+                observed[str(slo.threshold)].append(slo.observed)
+            ttft.append(summary.metrics["ttft"].percentiles[95])
+            e2e.append(summary.metrics["e2e"].percentiles[95])
+            tput.append(summary.throughput / share)
+            util.append(float(np.mean(result.busy_fraction)))
+        estimates = {name: Estimate.of(v) for name, v in observed.items()}
+        passed = all(
+            np.isfinite(estimates[str(t)].mean) and t.holds(estimates[str(t)].mean)
+            for t in self.thresholds
+        )
+        return Evaluation(replicas, passed, estimates, Estimate.of(ttft), Estimate.of(e2e),
+                          Estimate.of(tput), Estimate.of(util))
+
+    def _first_guess(self, rate: float) -> int:
+        """Replicas that the throughput of a full batch alone would need (a lower-ish bound)."""
+        eng = self.calibration.engine
+        plan = build_plan(self.scenario, seed=self.scenario.traffic.seed, with_text=False)
+        mean_out = float(np.mean([s.max_tokens for s in plan])) if plan else 1.0
+        step = eng.cost.duration(eng.max_num_seqs, 0)
+        per_replica = eng.max_num_seqs / (mean_out * step) if step > 0 else rate
+        return max(1, math.ceil(rate / per_replica))
+
+    def point(self, scale: float) -> ForecastPoint:
+        rate = self.scenario.traffic.rate * scale
+        tried: dict[int, Evaluation] = {}
+
+        def passes(n: int) -> bool:
+            if n not in tried:
+                tried[n] = self.evaluate(scale, n)
+                if self.progress:
+                    e = tried[n]
+                    self.progress(f"  x{scale:g}: {n} replicas -> "
+                                  f"{'meets SLOs' if e.passed else 'misses SLOs'} "
+                                  f"(p95 ttft {e.ttft_p95_ms.mean:.0f} ms)")
+            return tried[n].passed
+
+        hi = min(self._first_guess(rate), self.config.max_replicas)
+        lo = 0
+        while not passes(hi):
+            if hi >= self.config.max_replicas:
+                return ForecastPoint(scale, rate, None, None, sorted_evals(tried))
+            lo, hi = hi, min(hi * 2, self.config.max_replicas)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if passes(mid):
+                hi = mid
+            else:
+                lo = mid
+        cost = self.scenario.cost
+        monthly = hi * cost.gpus_per_replica * cost.gpu_hour_usd * HOURS_PER_MONTH
+        return ForecastPoint(scale, rate, tried[hi], monthly, sorted_evals(tried))
+
+    def run(self, scales: list[float]) -> list[ForecastPoint]:
+        return [self.point(s) for s in scales]
+
+
+def sorted_evals(tried: dict[int, Evaluation]) -> list[Evaluation]:
+    return [tried[n] for n in sorted(tried)]
+
+
+def _estimate(d: dict[str, float]) -> Estimate:
+    return Estimate(d["mean"], d["low"], d["high"])
+
+
+def _evaluation(d: dict[str, object]) -> Evaluation:
+    observed = d["observed"]
+    assert isinstance(observed, dict)
+    return Evaluation(
+        int(d["replicas"]),  # type: ignore[call-overload]
+        bool(d["passed"]),
+        {k: _estimate(v) for k, v in observed.items()},
+        *(_estimate(d[k]) for k in ("ttft_p95_ms", "e2e_p95_ms", "throughput", "utilisation")),  # type: ignore[arg-type]
+    )
+
+
+def points_from_dicts(items: list[dict[str, object]]) -> list[ForecastPoint]:
+    """Inverse of `dataclasses.asdict` on a list of ForecastPoints (read from forecast.json)."""
+    out = []
+    for d in items:
+        best = d["best"]
+        tried = d.get("tried") or []
+        assert isinstance(tried, list)
+        out.append(ForecastPoint(
+            float(d["scale"]), float(d["rate"]),  # type: ignore[arg-type]
+            _evaluation(best) if isinstance(best, dict) else None,
+            None if d["cost_per_month_usd"] is None else float(d["cost_per_month_usd"]),  # type: ignore[arg-type]
+            [_evaluation(t) for t in tried],
+        ))
+    return out

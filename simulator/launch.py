@@ -1,0 +1,74 @@
+"""Start the reference target as a child process on a free loopback port, and stop it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from types import TracebackType
+
+from simulator.engine import EngineConfig
+
+
+class TargetStartError(RuntimeError):
+    pass
+
+
+class ReferenceTargetProcess:
+    """Context manager: `with ReferenceTargetProcess(config) as base_url: ...`.
+
+    The child prints its URL once listening; entering also waits out the cold start (/health).
+    """
+
+    def __init__(self, config: EngineConfig, model: str = "surgecast-reference",
+                 host: str = "127.0.0.1", start_timeout_s: float = 60.0):
+        self.config = config
+        self.model = model
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> str:
+        cmd = [sys.executable, "-m", "surgecast", "serve", "--host", self.host, "--port", "0",
+               "--model", self.model, "--engine-json", json.dumps(self.config.to_dict())]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on " not in line:
+            self.__exit__(None, None, None)
+            raise TargetStartError(f"reference target did not start (it printed {line!r})")
+        self.base_url = line.rsplit("listening on ", 1)[1].strip()
+        self._wait_ready()
+        return self.base_url
+
+    def _wait_ready(self) -> None:
+        health = self.base_url.removesuffix("/v1") + "/health"
+        deadline = time.monotonic() + self.start_timeout_s + self.config.cold_start_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(health, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise TargetStartError(f"reference target at {self.base_url} never became healthy")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None

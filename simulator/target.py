@@ -1,0 +1,339 @@
+"""The reference target: the engine model behind an OpenAI-compatible HTTP API, on the wall clock.
+
+Serves /v1/chat/completions and /v1/completions (streamed or not), /v1/models, /health, /metrics
+(Prometheus text) and /debug/requests (its own record of when it wrote each response's chunks).
+Token timing comes from the same `Engine` objects the simulator runs, stepped by an asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from scenarios.text import count_tokens, output_word
+from simulator.engine import Engine, EngineConfig, Sequence
+
+CATCH_UP_S = 0.005  # a step that overslept by less than this is absorbed, not accumulated
+
+
+@dataclass
+class ServedRequest:
+    """The target's own timing record of one request (time.monotonic seconds)."""
+
+    id: str
+    received: float
+    prompt_tokens: int
+    max_tokens: int
+    first_chunk_written: float | None = None
+    chunk_written: list[float] = field(default_factory=list)
+    end: float | None = None
+    output_tokens: int = 0
+    status: str = "running"
+
+
+class LiveEngine:
+    """Steps an `Engine` on the wall clock and hands each sequence's tokens to its waiter."""
+
+    def __init__(self, config: EngineConfig):
+        self.engine = Engine(config)
+        self.ready = False
+        self.steps = 0
+        self.busy_s = 0.0
+        self._wake = asyncio.Event()
+        self._queues: dict[Sequence, asyncio.Queue[int | None]] = {}
+
+    def submit(self, seq: Sequence) -> asyncio.Queue[int | None]:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self._queues[seq] = queue
+        self.engine.add(seq)
+        self._wake.set()
+        return queue
+
+    def abort(self, seq: Sequence) -> None:
+        self.engine.abort(seq)
+        self._queues.pop(seq, None)
+
+    async def run(self) -> None:
+        await asyncio.sleep(self.engine.config.cold_start_s)
+        self.ready = True
+        deadline = time.monotonic()
+        while True:
+            if not self.engine.has_work:
+                self._wake.clear()
+                await self._wake.wait()
+                deadline = time.monotonic()
+                continue
+            step = self.engine.plan_step()
+            now = time.monotonic()
+            start = deadline if now - deadline < CATCH_UP_S else now
+            deadline = start + step.duration
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            self.steps += 1
+            self.busy_s += step.duration
+            finished = self.engine.complete(step)
+            for seq in step.sequences:
+                queue = self._queues.get(seq)
+                if queue is not None:
+                    queue.put_nowait(seq.generated)
+            for seq in finished:
+                queue = self._queues.pop(seq, None)
+                if queue is not None:
+                    queue.put_nowait(None)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+def _error(message: str, status: int = 400, param: str | None = None) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return web.json_response(body, status=status)
+
+
+def _prompt_text(body: dict[str, Any], chat: bool) -> str:
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("'messages' must be a non-empty list", "messages")
+        parts: list[str] = []
+        for i, m in enumerate(messages):
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            if not isinstance(content, str):
+                raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}]")
+            parts.append(content)
+        return "\n".join(parts)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest("'prompt' must be a string", "prompt")
+    return prompt
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    value = body.get("max_completion_tokens", body.get("max_tokens", 256))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(f"'max_tokens' must be a positive integer, got {value!r}", "max_tokens")
+    return value
+
+
+class ReferenceTarget:
+    """The aiohttp application around one `LiveEngine`."""
+
+    def __init__(self, config: EngineConfig, model: str = "surgecast-reference",
+                 history: int = 10000):
+        self.config = config
+        self.model = model
+        self.live: LiveEngine | None = None
+        self.served: deque[ServedRequest] = deque(maxlen=history)
+        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "success": 0, "aborted": 0}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/debug/requests", self._debug_requests)
+        app.cleanup_ctx.append(self._engine_task)
+        return app
+
+    async def _engine_task(self, app: web.Application) -> Any:
+        self.live = LiveEngine(self.config)
+        task = asyncio.create_task(self.live.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": self.model, "object": "model", "created": 0, "owned_by": "surgecast"}]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ready = self.live is not None and self.live.ready
+        return web.Response(status=200 if ready else 503, text="ok" if ready else "starting")
+
+    async def _debug_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([asdict(r) for r in self.served])
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self.live is not None
+        eng = self.live.engine
+        rows = [
+            ("num_requests_running", "gauge", "Sequences in the running batch.", len(eng.running)),
+            ("num_requests_waiting", "gauge", "Sequences waiting for admission.", len(eng.waiting)),
+            ("kv_cache_usage_ratio", "gauge", "Fraction of KV-cache tokens reserved.",
+             eng.kv_used / eng.config.kv_cache_tokens),
+            ("prompt_tokens_total", "counter", "Prompt tokens admitted.",
+             self.counters["prompt_tokens"]),
+            ("generation_tokens_total", "counter", "Tokens generated.",
+             self.counters["generation_tokens"]),
+            ("request_success_total", "counter", "Requests completed.", self.counters["success"]),
+            ("request_aborted_total", "counter", "Requests the client abandoned.",
+             self.counters["aborted"]),
+            ("engine_steps_total", "counter", "Engine steps run.", self.live.steps),
+            ("engine_busy_seconds_total", "counter", "Seconds spent stepping.", self.live.busy_s),
+        ]
+        lines = []
+        for name, kind, help_text, value in rows:
+            lines += [f"# HELP surgecast_{name} {help_text}", f"# TYPE surgecast_{name} {kind}",
+                      f"surgecast_{name} {value}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
+                            charset="utf-8", headers={"X-Content-Format": "prometheus-0.0.4"})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        received = time.monotonic()
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise BadRequest("request body must be a JSON object")
+            if body.get("model", self.model) != self.model:
+                raise BadRequest(f"The model `{body.get('model')}` does not exist.", "model", 404)
+            prompt_tokens = count_tokens(_prompt_text(body, chat))
+            max_tokens = _max_tokens(body)
+        except json.JSONDecodeError as e:
+            return _error(f"request body is not valid JSON: {e}")
+        except BadRequest as e:
+            return _error(str(e), e.status, e.param)
+        assert self.live is not None
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        seq = Sequence(rid, prompt_tokens, max_tokens)
+        if not self.live.engine.fits_ever(seq):
+            return _error(
+                f"This model's maximum context length is {self.config.kv_cache_tokens} tokens; "
+                f"the request needs {seq.kv_tokens} ({prompt_tokens} prompt + {max_tokens} output).",
+                param="max_tokens",
+            )
+        record = ServedRequest(rid, received, prompt_tokens, max_tokens)
+        self.served.append(record)
+        stream = bool(body.get("stream", False))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        queue = self.live.submit(seq)
+        self.counters["prompt_tokens"] += prompt_tokens
+        try:
+            if stream:
+                return await self._stream(request, rid, chat, queue, record, include_usage)
+            return await self._whole(rid, chat, queue, record)
+        finally:
+            if record.status != "ok":
+                self.live.abort(seq)
+                self.counters["aborted"] += 1
+                record.status = "aborted"
+
+    def _usage(self, record: ServedRequest) -> dict[str, int]:
+        return {"prompt_tokens": record.prompt_tokens, "completion_tokens": record.output_tokens,
+                "total_tokens": record.prompt_tokens + record.output_tokens}
+
+    def _finish(self, record: ServedRequest) -> None:
+        record.end = time.monotonic()
+        record.status = "ok"
+        self.counters["success"] += 1
+
+    async def _whole(self, rid: str, chat: bool, queue: asyncio.Queue[int | None],
+                     record: ServedRequest) -> web.Response:
+        words = []
+        while (index := await queue.get()) is not None:
+            words.append(output_word(index))
+            record.output_tokens += 1
+            self.counters["generation_tokens"] += 1
+        text = " ".join(words)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        self._finish(record)
+        return web.json_response({
+            "id": rid, "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": self.model, "choices": [choice],
+            "usage": self._usage(record),
+        })
+
+    async def _stream(self, request: web.Request, rid: str, chat: bool,
+                      queue: asyncio.Queue[int | None], record: ServedRequest,
+                      include_usage: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        sse = _ChunkWriter(response, rid, chat, self.model)
+        try:
+            if chat:  # like OpenAI and vLLM: a role-only chunk with empty content comes first
+                await sse.send([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                 "finish_reason": None}])
+            while (index := await queue.get()) is not None:
+                word = output_word(index)
+                await sse.send([sse.choice(word if index == 1 else " " + word)])
+                now = time.monotonic()
+                record.chunk_written.append(now)
+                if record.first_chunk_written is None:
+                    record.first_chunk_written = now
+                record.output_tokens += 1
+                self.counters["generation_tokens"] += 1
+            await sse.send([sse.choice(None, "length")])
+            if include_usage:
+                await sse.send([], usage=self._usage(record))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:  # the client left; `_complete` aborts the sequence
+            return response
+        self._finish(record)
+        return response
+
+
+class _ChunkWriter:
+    """Writes OpenAI streaming chunks as server-sent events."""
+
+    def __init__(self, response: web.StreamResponse, rid: str, chat: bool, model: str):
+        self.response = response
+        self.chat = chat
+        self.head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                     "created": int(time.time()), "model": model}
+
+    def choice(self, text: str | None, finish: str | None = None) -> dict[str, Any]:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+    async def send(self, choices: list[dict[str, Any]], **extra: Any) -> None:
+        chunk = {**self.head, "choices": choices, **extra}
+        await self.response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+
+async def serve(config: EngineConfig, host: str = "127.0.0.1", port: int = 8000,
+                model: str = "surgecast-reference") -> None:
+    """Serve until cancelled; prints the base URL once listening (port 0 picks a free one)."""
+    runner = web.AppRunner(ReferenceTarget(config, model).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"surgecast reference target listening on http://{shown}:{bound}/v1", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

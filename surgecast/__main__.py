@@ -1,0 +1,3 @@
+from surgecast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""The `surgecast` command line.
+
+Exit codes: 0 pass; 2 bad input (scenario, file, flag); 3 run invalid (generator fell behind,
+target unreachable); 99 an SLO gate failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from scenarios.spec import Scenario, ScenarioError, load_scenario
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_SLO, EXIT_INTERRUPTED = 0, 2, 3, 99, 130
+
+
+class BadInput(Exception):
+    """A user error: printed as is, exit code 2."""
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        scales = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 10,100,1000, got {text!r}") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="surgecast",
+        description="Load-test an OpenAI-compatible endpoint, calibrate a SimPy model of it from "
+        "the measurements, and forecast capacity at 10x to 1000x today's traffic.",
+        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 SLO failed.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("pipeline", help="run, calibrate, back-test, forecast and report in one go",
+                       description="The whole job on one scenario; prints the report's path.")
+    s.add_argument("scenario", help="scenario YAML file (see scenarios/)")
+    s.add_argument("--target", help="base URL of an OpenAI-compatible API (default: scenario's, "
+                   "else the built-in reference target)")
+    s.add_argument("--out", help="run folder (default: reports/<run-id>)")
+    s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
+
+    s = sub.add_parser("run", help="load-test a target with a scenario (open loop, via Locust)",
+                       description="Send the scenario's requests at their planned times and "
+                       "record every request to <out>/requests.jsonl.")
+    s.add_argument("scenario")
+    s.add_argument("--target", help="base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--out", help="run folder (default: reports/<run-id>)")
+    s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
+    s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
+    s = sub.add_parser("serve", help="start the reference target (OpenAI-compatible) on loopback",
+                       description="Serve the engine model over HTTP; Ctrl-C stops it.")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    s.add_argument("--model", default="surgecast-reference")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--scenario", help="take the engine from this scenario's reference_target")
+    src.add_argument("--calibration", help="serve a calibrated model (a live twin)")
+    src.add_argument("--engine-json", help="engine config as JSON (as in a calibration file)")
+
+    s = sub.add_parser("calibrate", help="fit the engine model to measured runs",
+                       description="Fit step costs and overhead from run folders' records.")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
+    s.add_argument("--max-num-seqs", type=int, help="the target's batch limit, if known")
+    s.add_argument("--kv-cache-tokens", type=int, help="the target's KV capacity, if known")
+    s.add_argument("--no-backtest", action="store_true")
+
+    s = sub.add_parser("simulate", help="run a scenario through a calibrated model",
+                       description="Replay the scenario's plan in simulated time.")
+    s.add_argument("scenario")
+    s.add_argument("--calibration", required=True)
+    s.add_argument("--scale", type=float, default=1.0, help="multiply the arrival rate")
+    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--out", help="run folder (default: reports/<run-id>)")
+
+    s = sub.add_parser("forecast", help="fewest replicas meeting the SLOs at each traffic scale",
+                       description="Search replica counts in simulation for each scale.")
+    s.add_argument("scenario")
+    s.add_argument("--calibration", required=True)
+    s.add_argument("--scales", type=_scales, help="default: the scenario's forecast.scales")
+    s.add_argument("--json", dest="json_out", help="also write the forecast as JSON here")
+
+    s = sub.add_parser("report", help="(re)render index.html and summary.md of a run folder")
+    s.add_argument("run_dir")
+    return p
+
+
+def _load(path: str) -> Scenario:
+    return load_scenario(path)
+
+
+def _calibration(path: str):  # type: ignore[no-untyped-def]
+    from simulator.calibrate import Calibration  # noqa: PLC0415
+
+    try:
+        return Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise BadInput(f"{path}: calibration file not found (make one with surgecast calibrate)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"{path}: not a calibration file: {e}") from None
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from simulator.engine import EngineConfig, engine_from_spec  # noqa: PLC0415
+    from simulator.target import serve  # noqa: PLC0415
+
+    if a.scenario:
+        config = engine_from_spec(_load(a.scenario).reference_target)
+    elif a.calibration:
+        config = _calibration(a.calibration).engine
+    elif a.engine_json:
+        try:
+            config = EngineConfig.from_dict(json.loads(a.engine_json))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadInput(f"--engine-json: {e}") from None
+    else:
+        config = EngineConfig()
+    try:
+        asyncio.run(serve(config, a.host, a.port, a.model))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as e:
+        raise BadInput(f"cannot listen on {a.host}:{a.port}: {e.strerror}") from None
+    return EXIT_OK
+
+
+def _run_exit(outcome) -> int:  # type: ignore[no-untyped-def]
+    from surgecast.tables import summary_tables  # noqa: PLC0415
+
+    _print(summary_tables(outcome.summary))
+    for reason in outcome.reasons:
+        print(f"run invalid: {reason}", file=sys.stderr)
+    if not outcome.valid:
+        return EXIT_INVALID
+    return EXIT_OK if outcome.summary.slos_passed else EXIT_SLO
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from surgecast.pipeline import run_load  # noqa: PLC0415
+    from surgecast.report import render  # noqa: PLC0415
+
+    scenario = _load(a.scenario)
+    outcome = run_load(scenario, a.scenario, target_url=a.target, out=a.out,
+                       progress=not a.quiet)
+    if not a.no_report:
+        html, _ = render(outcome.folder)
+        _print(f"report: {html}")
+    _print(f"records: {outcome.folder.requests}")
+    return _run_exit(outcome)
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from simulator.calibrate import CalibrationError  # noqa: PLC0415
+    from surgecast.pipeline import backtest_run, calibrate_runs  # noqa: PLC0415
+    from surgecast.rundir import RunFolder  # noqa: PLC0415
+    from surgecast.tables import backtest_table, calibration_table  # noqa: PLC0415
+
+    folders = [RunFolder(Path(r)) for r in a.runs]
+    try:
+        cal = calibrate_runs(folders, max_num_seqs=a.max_num_seqs,
+                             kv_cache_tokens=a.kv_cache_tokens)
+    except (FileNotFoundError, CalibrationError) as e:
+        raise BadInput(str(e)) from None
+    Path(a.output).write_text(json.dumps(cal.to_dict(), indent=2) + "\n", encoding="utf-8")
+    _print(calibration_table(cal))
+    if not a.no_backtest:
+        for f in folders:
+            _print(f"\nback-test of {f.path}:\n" + backtest_table(backtest_run(f, cal)))
+    _print(f"calibration: {a.output}")
+    return EXIT_OK
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from surgecast.pipeline import simulate_scenario  # noqa: PLC0415
+    from surgecast.report import render  # noqa: PLC0415
+
+    scenario = _load(a.scenario)
+    if a.replicas < 1 or a.scale <= 0:
+        raise BadInput("--replicas must be >= 1 and --scale > 0")
+    outcome = simulate_scenario(scenario, a.scenario, _calibration(a.calibration),
+                                scale=a.scale, replicas=a.replicas, out=a.out)
+    html, _ = render(outcome.folder)
+    _print(f"report: {html}")
+    return _run_exit(outcome)
+
+
+def cmd_forecast(a: argparse.Namespace) -> int:
+    from surgecast.pipeline import forecast_scenario  # noqa: PLC0415
+    from surgecast.tables import forecast_table  # noqa: PLC0415
+
+    scenario = _load(a.scenario)
+    points = forecast_scenario(scenario, _calibration(a.calibration),
+                               a.scales or scenario.forecast.scales)
+    _print(forecast_table(points))
+    if a.json_out:
+        from dataclasses import asdict  # noqa: PLC0415
+
+        Path(a.json_out).write_text(json.dumps({"points": [asdict(p) for p in points]},
+                                               indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from surgecast.report import render  # noqa: PLC0415
+    from surgecast.rundir import RunFolder  # noqa: PLC0415
+
+    try:
+        html, md = render(RunFolder(Path(a.run_dir)))
+    except FileNotFoundError as e:
+        raise BadInput(str(e)) from None
+    _print(f"report: {html}\nsummary: {md}")
+    return EXIT_OK
+
+
+def cmd_pipeline(a: argparse.Namespace) -> int:
+    from simulator.calibrate import CalibrationError  # noqa: PLC0415
+    from surgecast import pipeline as pl  # noqa: PLC0415
+    from surgecast.report import render  # noqa: PLC0415
+    from surgecast.tables import backtest_table, calibration_table, forecast_table  # noqa: PLC0415
+
+    scenario = _load(a.scenario)
+    outcome = pl.run_load(scenario, a.scenario, target_url=a.target, out=a.out)
+    folder = outcome.folder
+    code = _run_exit(outcome)
+    if outcome.valid:
+        try:
+            pl.say_stderr("calibrating the engine model from the measured records")
+            cal = pl.calibrate_runs([folder])
+        except CalibrationError as e:
+            print(f"calibration skipped: {e}", file=sys.stderr)
+        else:
+            folder.write_json(folder.calibration, cal.to_dict())
+            _print("\n" + calibration_table(cal))
+            rows = pl.backtest_run(folder, cal)
+            _print("\nback-test (calibrated model replaying the measured requests):\n"
+                   + backtest_table(rows))
+            points = pl.forecast_scenario(scenario, cal, a.scales or scenario.forecast.scales)
+            pl.save_forecast(folder, points)
+            _print("\n" + forecast_table(points))
+    html, _ = render(folder)
+    _print(f"\nreport: {html}")
+    return code
+
+
+COMMANDS = {"pipeline": cmd_pipeline, "run": cmd_run, "serve": cmd_serve,
+            "calibrate": cmd_calibrate, "simulate": cmd_simulate, "forecast": cmd_forecast,
+            "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ScenarioError as e:
+        print(f"error: invalid scenario {e.path} ({len(e.problems)} problem"
+              f"{'s' if len(e.problems) != 1 else ''}):", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {e.path}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: records written so far are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,166 @@
+"""Render a run folder as one self-contained index.html (plots inlined) and a summary.md."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scenarios.metrics import Summary, metric_samples, summarize  # noqa: E402
+from scenarios.records import RequestRecord, read_records  # noqa: E402
+from scenarios.spec import Scenario  # noqa: E402
+from simulator.backtest import BacktestRow  # noqa: E402
+from simulator.calibrate import Calibration  # noqa: E402
+from simulator.forecast import ForecastPoint, points_from_dicts  # noqa: E402
+from surgecast.rundir import RunFolder  # noqa: E402
+from surgecast.tables import (  # noqa: E402
+    backtest_table,
+    calibration_table,
+    forecast_table,
+    summary_tables,
+)
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;
+padding:3px 8px;text-align:right}th{background:#f3f3f3}pre{background:#f7f7f7;padding:.6em;
+overflow-x:auto}.bad{color:#b00020;font-weight:bold}.good{color:#1b7f3b;font-weight:bold}
+img{max-width:100%}"""
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _cdf(ax: Any, seconds: np.ndarray, label: str, style: str = "-") -> None:
+    if len(seconds):
+        x = np.sort(seconds * 1000.0)
+        ax.plot(x, np.arange(1, len(x) + 1) / len(x), style, label=label)
+
+
+def latency_plot(measured: Sequence[RequestRecord],
+                 simulated: Sequence[RequestRecord] | None) -> str:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, metric in zip(axes, ("ttft", "itl", "e2e"), strict=True):
+        _cdf(ax, metric_samples(measured, metric), "measured")
+        if simulated:
+            _cdf(ax, metric_samples(simulated, metric), "simulated (back-test)", "--")
+        ax.set_xlabel(f"{metric.upper()} (ms)")
+        ax.set_ylabel("fraction of requests" if metric != "itl" else "fraction of gaps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Latency distributions (CDF)")
+    return _png(fig)
+
+
+def timeline_plot(records: Sequence[RequestRecord]) -> str:
+    fig, ax = plt.subplots(figsize=(13, 3.6))
+    ok = [r for r in records if r.status == "ok" and r.ttft is not None]
+    bad = [r for r in records if r.status != "ok"]
+    ax.scatter([r.start for r in ok], [(r.ttft or 0) * 1000 for r in ok], s=8, label="TTFT")
+    if bad:
+        ax.scatter([r.start for r in bad], [0] * len(bad), marker="x", color="red",
+                   label="failed request")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("TTFT (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("TTFT over time")
+    return _png(fig)
+
+
+def forecast_plot(points: Sequence[ForecastPoint]) -> str:
+    met = [p for p in points if p.best is not None]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.6))
+    scales = [p.scale for p in met]
+    ax1.plot(scales, [p.best.replicas for p in met if p.best], "o-")
+    ax1.set_ylabel("replicas needed")
+    ax2.plot(scales, [p.cost_per_month_usd for p in met], "o-", color="tab:green")
+    ax2.set_ylabel("cost per month (USD)")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("traffic scale (x today's rate)")
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("Replicas and cost against scale")
+    return _png(fig)
+
+
+def _table_html(md: str) -> str:
+    """Markdown tables from `surgecast.tables` as HTML; other paragraphs as text."""
+    out = []
+    for block in md.split("\n\n"):
+        lines = block.splitlines()
+        if lines and lines[0].startswith("|"):
+            rows = [[html.escape(c.strip()) for c in ln.strip("|").split("|")]
+                    for ln in lines if not ln.startswith("|-")]
+            head = "".join(f"<th>{c}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+                           for r in rows[1:])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        else:
+            out.append(f"<p>{html.escape(block)}</p>")
+    return "\n".join(out)
+
+
+def render(folder: RunFolder) -> tuple[str, str]:
+    """Write index.html and summary.md for the run folder; returns their paths."""
+    meta = folder.meta()
+    scenario = Scenario.model_validate(meta["scenario"])
+    records = folder.records()
+    summary: Summary = summarize(records, scenario.thresholds(), meta.get("duration_s"))
+    simulated = read_records(folder.simulated) if folder.simulated.exists() else None
+    cal_data = folder.read_json(folder.calibration)
+    bt_data = folder.read_json(folder.backtest)
+    fc_data = folder.read_json(folder.forecast)
+
+    validity = meta.get("validity", {})
+    valid = validity.get("valid", True)
+    status = "valid" if valid else "INVALID: " + "; ".join(validity.get("reasons", []))
+    slo_line = ("all SLOs met" if summary.slos_passed else "SLOs missed") if summary.slos else ""
+    sections: list[tuple[str, str, str]] = [  # (title, markdown, extra html)
+        ("Measured run", summary_tables(summary),
+         latency_plot(records, simulated) + timeline_plot(records)),
+    ]
+    if cal_data:
+        sections.append(("Calibration", calibration_table(Calibration.from_dict(cal_data)), ""))
+    if bt_data:
+        rows = [BacktestRow.from_dict(r) for r in bt_data["rows"]]
+        sections.append(("Back-test: the calibrated model replays the measured requests",
+                         backtest_table(rows), ""))
+    if fc_data:
+        points = points_from_dicts(fc_data["points"])
+        sections.append(("Capacity forecast", forecast_table(points), forecast_plot(points)))
+
+    target = meta.get("target", {})
+    header = (f"Scenario {scenario.name}, target {target.get('kind', '?')} "
+              f"{target.get('base_url', '')}, seed {meta.get('seed')}, "
+              f"started {meta.get('started_at', '?')}; run {status}. {slo_line}")
+    md = [f"# surgecast run {meta.get('run_id', folder.path.name)}", "", header, ""]
+    for title, body, _ in sections:
+        md += [f"## {title}", "", body, ""]
+    folder.markdown.write_text("\n".join(md), encoding="utf-8")
+
+    cls = "good" if valid and (summary.slos_passed or not summary.slos) else "bad"
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>surgecast "
+            f"{html.escape(str(meta.get('run_id')))}</title><style>{CSS}</style></head><body>",
+            f"<h1>surgecast run {html.escape(str(meta.get('run_id')))}</h1>",
+            f"<p class='{cls}'>{html.escape(header)}</p>"]
+    for title, body, extra in sections:
+        page += [f"<h2>{html.escape(title)}</h2>", _table_html(body), extra]
+    page.append("<p><small>Files: run.json, requests.jsonl (one record per request), "
+                "calibration.json, backtest.json, simulated.jsonl, forecast.json.</small></p>")
+    page.append("</body></html>")
+    folder.html.write_text("\n".join(page), encoding="utf-8")
+    return str(folder.html), str(folder.markdown)

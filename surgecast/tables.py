@@ -1,0 +1,98 @@
+"""Plain tables for the console and Markdown, from summaries, back-tests and forecasts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from scenarios.metrics import Summary
+from simulator.backtest import BacktestRow
+from simulator.calibrate import PARAMS, Calibration
+from simulator.forecast import ForecastPoint
+
+
+def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    return "\n".join([line, rule, *body])
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)
+
+
+def summary_tables(s: Summary) -> str:
+    head = markdown(
+        ["requests", "ok", "errors", "req/s sent", "throughput req/s", "output tok/s",
+         "goodput req/s", "send lateness p99 ms"],
+        [[s.requests, s.ok, s.requests - s.ok, s.request_rate, s.throughput,
+          s.output_tokens_per_s, s.goodput, s.lateness_p99_ms]],
+    )
+    names = ("ttft", "ttft_intended", "itl", "tpot", "e2e", "e2e_intended")
+    latency = markdown(
+        ["metric (ms)", "count", "mean", "p50", "p90", "p95", "p99", "max"],
+        [[n, st.count, st.mean, *st.percentiles.values(), st.max]
+         for n in names if (st := s.metrics[n]).count],
+    )
+    parts = [head, latency]
+    if s.error_kinds:
+        parts.append(markdown(["error kind", "count"], sorted(s.error_kinds.items())))
+    if s.slos:
+        parts.append(markdown(
+            ["SLO", "observed", "result"],
+            [[str(r.threshold), r.observed, "pass" if r.passed else "FAIL"] for r in s.slos],
+        ))
+    return "\n\n".join(parts)
+
+
+def calibration_table(c: Calibration) -> str:
+    d = c.to_dict()["parameters"]
+    rows = [[name, d[name]["value"] * 1000.0, d[name]["stderr"] * 1000.0] for name in PARAMS]
+    fit = c.fit
+    quality = (f"fit: {fit.step_rows} engine steps + {fit.idle_rows} idle-start requests, "
+               f"R^2 {fit.r2:.3f}, residual RMS {fit.rmse_s * 1000:.2f} ms")
+    limits = (f"limits: max_num_seqs {c.engine.max_num_seqs}, KV cache "
+              f"{c.engine.kv_cache_tokens} tokens")
+    return "\n\n".join([markdown(["parameter", "value (ms)", "std error (ms)"], rows),
+                        quality, limits, *c.notes])
+
+
+def backtest_table(rows: Sequence[BacktestRow]) -> str:
+    return markdown(
+        ["metric", "quantile", "measured ms", "simulated ms", "error %"],
+        [[r.metric, f"p{r.quantile}", r.measured_ms, r.simulated_ms, f"{r.error_pct:+.1f}"]
+         for r in rows],
+    )
+
+
+def _ci(mean: float, low: float, high: float) -> str:
+    return f"{mean:,.0f} ({low:,.0f}-{high:,.0f})"
+
+
+def forecast_table(points: Sequence[ForecastPoint]) -> str:
+    rows: list[list[object]] = []
+    for p in points:
+        b = p.best
+        if b is None:
+            rows.append([f"x{p.scale:g}", p.rate, "not met", "-", "-", "-", "-"])
+            continue
+        rows.append([
+            f"x{p.scale:g}", p.rate, b.replicas,
+            _ci(b.ttft_p95_ms.mean, b.ttft_p95_ms.low, b.ttft_p95_ms.high),
+            _ci(b.e2e_p95_ms.mean, b.e2e_p95_ms.low, b.e2e_p95_ms.high),
+            b.throughput.mean, f"${p.cost_per_month_usd:,.0f}",
+        ])
+    return markdown(
+        ["scale", "rate req/s", "replicas", "p95 TTFT ms (95% CI)", "p95 E2E ms (95% CI)",
+         "throughput req/s", "cost / month"],
+        rows,
+    )
