@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +18,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from scenarios.plan import RequestSpec
-from scenarios.records import RequestRecord
+from scenarios.records import RequestRecord, Status
 from scenarios.spec import Target
 
 Clock = Callable[[], float]
 DETAIL_CHARS = 200
 
 
-class MissingApiKey(Exception):
+class MissingApiKey(ValueError):
     pass
+
+
+def read_api_key(target: Target) -> str | None:
+    """The key from the env var the scenario names; never stored anywhere else."""
+    if not target.api_key_env:
+        return None
+    key = os.environ.get(target.api_key_env)
+    if not key:
+        raise MissingApiKey(
+            f"target.api_key_env names {target.api_key_env}, which is not set: "
+            f"export {target.api_key_env}=... and run again"
+        )
+    return key
 
 
 @dataclass(frozen=True)
@@ -41,21 +53,19 @@ class Endpoint:
     extra_body: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_target(cls, target: Target, base_url: str | None = None) -> Endpoint:
-        """The scenario's target; the API key is read from the env var it names."""
-        key = None
-        if target.api_key_env:
-            key = os.environ.get(target.api_key_env)
-            if not key:
-                raise MissingApiKey(
-                    f"target.api_key_env names {target.api_key_env}, which is not set: "
-                    f"export {target.api_key_env}=... and run again"
-                )
+    def from_target(cls, target: Target, base_url: str | None, api_key: str | None) -> Endpoint:
         url = base_url or target.base_url
         if not url:
             raise ValueError("no target URL: give --target or target.base_url")
-        return cls(url.rstrip("/"), target.api, target.model, key, target.timeout_s,
-                   target.stream, dict(target.extra_body))
+        return cls(
+            url.rstrip("/"),
+            target.api,
+            target.model,
+            api_key,
+            target.timeout_s,
+            target.stream,
+            dict(target.extra_body),
+        )
 
     @property
     def path(self) -> str:
@@ -80,8 +90,9 @@ class Endpoint:
         parts = urlsplit(self.base_url)
         host = parts.hostname or "127.0.0.1"
         if parts.scheme == "https":
-            return http.client.HTTPSConnection(host, parts.port or 443, timeout=timeout,
-                                               context=ssl.create_default_context())
+            return http.client.HTTPSConnection(
+                host, parts.port or 443, timeout=timeout, context=ssl.create_default_context()
+            )
         return http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
 
 
@@ -95,16 +106,22 @@ class StreamError(Exception):
 class StreamingCall:
     """One request. `record` holds its progress, so a cancelled call still leaves a record."""
 
-    def __init__(self, endpoint: Endpoint, spec: RequestSpec, clock: Clock,
-                 store_prompt: bool = False):
+    def __init__(
+        self, endpoint: Endpoint, spec: RequestSpec, clock: Clock, store_prompt: bool = False
+    ):
         self.endpoint = endpoint
         self.spec = spec
         self.clock = clock
         self._chunks = 0
         self._finished = False
         self.record = RequestRecord(
-            id=spec.id, intended_start=spec.arrival, start=spec.arrival,
-            prompt_tokens=None, persona=spec.persona, session=spec.session, turn=spec.turn,
+            id=spec.id,
+            intended_start=spec.arrival,
+            start=spec.arrival,
+            prompt_tokens=None,
+            persona=spec.persona,
+            session=spec.session,
+            turn=spec.turn,
             prompt=spec.prompt if store_prompt else None,
         )
 
@@ -130,7 +147,7 @@ class StreamingCall:
                 self._read_whole(response)
         except StreamError as e:
             self._fail("error", e.kind, e.detail)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._fail("timeout", "timeout", f"no complete response within {ep.timeout_s:g} s")
         except ConnectionRefusedError as e:
             self._fail("error", "connection_refused", str(e))
@@ -148,9 +165,9 @@ class StreamingCall:
             self._fail("cancelled", "cancelled", "run ended before the response finished")
             self.record.end = self.clock()
 
-    def _fail(self, status: str, kind: str, detail: str) -> None:
+    def _fail(self, status: Status, kind: str, detail: str) -> None:
         rec = self.record
-        rec.status = status  # type: ignore[assignment]
+        rec.status = status
         rec.error_kind = kind
         rec.error_detail = self.endpoint.redact(detail)[:DETAIL_CHARS] or None
 
@@ -192,8 +209,9 @@ class StreamingCall:
             self.record.output_tokens = usage.get("completion_tokens")
             self.record.token_source = "usage"
 
-    def _read_stream(self, conn: http.client.HTTPConnection,
-                     response: http.client.HTTPResponse, deadline: float) -> None:
+    def _read_stream(
+        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
+    ) -> None:
         done = False
         while True:
             remaining = deadline - self.clock()

@@ -31,9 +31,17 @@ DRAIN_GRACE_S = 5.0
 class LoadRun:
     """Sends `plan` to `endpoint` open-loop; `run()` returns the records in finishing order."""
 
-    def __init__(self, plan: Sequence[RequestSpec], endpoint: Endpoint, writer: RecordWriter, *,
-                 max_in_flight: int = 2000, store_prompts: bool = False,
-                 progress: TextIO | None = sys.stderr, progress_every_s: float = 2.0):
+    def __init__(
+        self,
+        plan: Sequence[RequestSpec],
+        endpoint: Endpoint,
+        writer: RecordWriter,
+        *,
+        max_in_flight: int = 2000,
+        store_prompts: bool = False,
+        progress: TextIO | None = sys.stderr,
+        progress_every_s: float = 2.0,
+    ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
         self.endpoint = endpoint
         self.writer = writer
@@ -99,8 +107,9 @@ class LoadRun:
             self.progress.in_flight += 1
             self.pool.spawn(self._send, spec)
         last = self.plan[-1].arrival if self.plan else 0.0
-        self.pool.join(timeout=max(0.0, last - self.clock()) + self.endpoint.timeout_s
-                       + DRAIN_GRACE_S)
+        self.pool.join(
+            timeout=max(0.0, last - self.clock()) + self.endpoint.timeout_s + DRAIN_GRACE_S
+        )
 
     def _send(self, spec: RequestSpec) -> None:
         call = StreamingCall(self.endpoint, spec, self.clock, self.store_prompts)
@@ -115,9 +124,17 @@ class LoadRun:
 
     def _dropped(self, spec: RequestSpec) -> RequestRecord:
         now = self.clock()
-        return RequestRecord(id=spec.id, intended_start=spec.arrival, start=now, end=now,
-                             status="cancelled", error_kind="dropped_in_flight_limit",
-                             persona=spec.persona, session=spec.session, turn=spec.turn)
+        return RequestRecord(
+            id=spec.id,
+            intended_start=spec.arrival,
+            start=now,
+            end=now,
+            status="cancelled",
+            error_kind="dropped_in_flight_limit",
+            persona=spec.persona,
+            session=spec.session,
+            turn=spec.turn,
+        )
 
     def _finish(self, record: RequestRecord) -> None:
         self.writer.write(record)
@@ -125,8 +142,12 @@ class LoadRun:
         e2e_ms = ((record.end or record.start) - record.start) * 1000.0
         error = None if record.status == "ok" else RuntimeError(record.error_kind or record.status)
         self.environment.events.request.fire(
-            request_type="POST", name=self.endpoint.path, response_time=e2e_ms,
-            response_length=record.output_tokens or 0, exception=error, context={},
+            request_type="POST",
+            name=self.endpoint.path,
+            response_time=e2e_ms,
+            response_length=record.output_tokens or 0,
+            exception=error,
+            context={},
         )
 
     def _report(self) -> None:

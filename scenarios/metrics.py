@@ -8,8 +8,9 @@ measure from the intended start, correcting for coordinated omission.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,12 @@ from scenarios.records import RequestRecord
 from scenarios.slo import Threshold
 
 LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e")
+_REDUCERS: dict[str, Callable[[np.ndarray], Any]] = {
+    "avg": np.mean,
+    "med": np.median,
+    "min": np.min,
+    "max": np.max,
+}
 QUANTILES = (50, 90, 95, 99)
 
 
@@ -102,22 +109,30 @@ class Summary:
         return all(s.passed for s in self.slos)
 
 
-def check_slos(records: Sequence[RequestRecord], thresholds: Sequence[Threshold]) -> list[SloResult]:
-    """Evaluate each threshold on the run: percentiles and averages in ms, error_rate a fraction."""
+def check_slos(
+    records: Sequence[RequestRecord], thresholds: Sequence[Threshold]
+) -> list[SloResult]:
+    """Evaluate each threshold on the run: latencies in ms, error_rate a fraction.
+
+    A failed request counts as infinitely slow for ttft, tpot and e2e thresholds: it did not
+    get its answer within any limit (so `p(95) < 800` fails when more than 5% of requests fail).
+    """
+    failed = sum(r.status != "ok" for r in records)
     results = []
     for t in thresholds:
         if t.metric == "error_rate":
-            observed = 1.0 - sum(r.status == "ok" for r in records) / len(records) if records else 0.0
+            observed = failed / len(records) if records else 0.0
         else:
             ms = metric_samples(records, t.metric) * 1000.0
+            if t.metric != "itl":
+                ms = np.concatenate([ms, np.full(failed, np.inf)])
             if len(ms) == 0:
                 observed = float("nan")
             elif t.quantile is not None:
-                observed = float(np.percentile(ms, t.quantile))
+                observed = float(np.percentile(ms, t.quantile, method="inverted_cdf"))
             else:
-                reduce = {"avg": np.mean, "med": np.median, "min": np.min, "max": np.max}[t.stat]
-                observed = float(reduce(ms))
-        results.append(SloResult(t, observed, bool(np.isfinite(observed) and t.holds(observed))))
+                observed = float(_REDUCERS[t.stat](ms))
+        results.append(SloResult(t, observed, bool(not np.isnan(observed) and t.holds(observed))))
     return results
 
 

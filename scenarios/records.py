@@ -75,7 +75,7 @@ def write_records(path: str | Path, records: Iterable[RequestRecord]) -> None:
 
 
 def read_records(path: str | Path) -> list[RequestRecord]:
-    """Read a requests.jsonl; a torn last line (killed writer) is skipped, any other bad line raises."""
+    """Read a requests.jsonl: a torn last line (a killed writer) is skipped, others raise."""
     out: list[RequestRecord] = []
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for n, line in enumerate(lines, 1):

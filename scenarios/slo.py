@@ -38,13 +38,19 @@ class Threshold:
         return f"{self.metric}: {self.expr}"
 
 
+def check_syntax(expr: str) -> str:
+    """`expr` if it is a threshold expression; ValueError repeating it otherwise."""
+    if not _EXPR.match(expr):
+        raise ValueError(
+            f"SLO {expr!r} is not of the form 'p(95) < 800', 'avg < 200' or 'rate < 0.01'"
+        )
+    return expr
+
+
 def parse_threshold(metric: str, expr: str) -> Threshold:
     """Parse one expression; ValueError says what is wrong and repeats the expression."""
-    m = _EXPR.match(expr)
-    if not m:
-        raise ValueError(
-            f"SLO {expr!r} on {metric} is not of the form 'p(95) < 800', 'avg < 200' or 'rate < 0.01'"
-        )
+    m = _EXPR.match(check_syntax(expr))
+    assert m is not None
     stat = m["stat"]
     if stat.startswith("p("):
         q = float(m["q"])

@@ -7,11 +7,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from scenarios.slo import Threshold, parse_threshold
+from scenarios.slo import Threshold, check_syntax, parse_threshold
 
-METRICS = ("ttft", "itl", "tpot", "e2e", "error_rate")
+SloExpr = Annotated[str, AfterValidator(check_syntax)]
 
 
 class Strict(BaseModel):
@@ -125,7 +133,7 @@ class Privacy(Strict):
 
 class Forecast(Strict):
     scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
-    seeds: int = Field(3, ge=1, le=50)
+    seeds: int = Field(5, ge=2, le=50, description="Simulations per configuration.")
     slice_replicas: int = Field(8, ge=1, le=256)
 
     @field_validator("scales")
@@ -144,7 +152,7 @@ class Scenario(Strict):
     reference_target: ReferenceTarget = ReferenceTarget()
     traffic: Traffic
     workload: Workload
-    slos: dict[Literal["ttft", "itl", "tpot", "e2e", "error_rate"], list[str]] = Field(
+    slos: dict[Literal["ttft", "itl", "tpot", "e2e", "error_rate"], list[SloExpr]] = Field(
         default_factory=dict
     )
     cost: Cost = Cost(gpu_hour_usd=2.0)
@@ -158,12 +166,13 @@ class Scenario(Strict):
             return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
         return v
 
-    @model_validator(mode="after")
-    def _parse_slos(self) -> Scenario:
-        for metric, exprs in self.slos.items():
+    @field_validator("slos", mode="after")
+    @classmethod
+    def _stat_fits_metric(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for metric, exprs in v.items():
             for expr in exprs:
                 parse_threshold(metric, expr)  # raises ValueError naming the expression
-        return self
+        return v
 
     def thresholds(self) -> list[Threshold]:
         return [parse_threshold(m, e) for m, exprs in self.slos.items() for e in exprs]
@@ -197,12 +206,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
 def _loc(loc: tuple[int | str, ...], data: Any) -> str:
-    """Dotted field path; drops the union tag pydantic inserts (`...prompt_tokens.lognormal.sigma`)."""
+    """Dotted field path, without the union tag pydantic inserts (`prompt_tokens.lognormal.x`)."""
     parts: list[str] = []
     node = data
     for item in loc:
@@ -245,7 +254,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except OSError as e:
         raise ScenarioError(str(p), [f"cannot read file: {e.strerror}"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

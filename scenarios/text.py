@@ -13,7 +13,7 @@ import numpy as np
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a word list reads best as text
     "the be to of and a in that have it for not on with he as you do at this but his by from they "
     "we say her she or an will my one all would there their what so up out if about who get which "
     "go me when make can like time no just him know take people into year your good some could "

@@ -31,23 +31,31 @@ class BacktestRow:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BacktestRow:
-        return cls(d["metric"], int(d["quantile"]), float(d["measured_ms"]),
-                   float(d["simulated_ms"]))
+        return cls(
+            d["metric"], int(d["quantile"]), float(d["measured_ms"]), float(d["simulated_ms"])
+        )
 
 
 def replay_plan(records: Sequence[RequestRecord]) -> list[RequestSpec]:
     """The measured successful requests as a plan: actual send times, server-counted tokens."""
     return [
-        RequestSpec(id=r.id, arrival=r.start, prompt_tokens=r.prompt_tokens or 1,
-                    max_tokens=max(r.output_tokens or 1, 1), persona=r.persona,
-                    session=r.session, turn=r.turn)
+        RequestSpec(
+            id=r.id,
+            arrival=r.start,
+            prompt_tokens=r.prompt_tokens or 1,
+            max_tokens=max(r.output_tokens or 1, 1),
+            persona=r.persona,
+            session=r.session,
+            turn=r.turn,
+        )
         for r in records
         if r.status == "ok" and r.output_tokens
     ]
 
 
-def backtest(records: Sequence[RequestRecord], calibration: Calibration,
-             timeout_s: float = 600.0) -> tuple[list[BacktestRow], SimResult]:
+def backtest(
+    records: Sequence[RequestRecord], calibration: Calibration, timeout_s: float = 600.0
+) -> tuple[list[BacktestRow], SimResult]:
     plan = replay_plan(records)
     if not plan:
         raise ValueError("no successful requests with token counts to replay")
@@ -60,6 +68,7 @@ def backtest(records: Sequence[RequestRecord], calibration: Calibration,
         s = metric_samples(result.records, metric) * 1000.0
         if len(m) and len(s):
             for q in (50, 95):
-                rows.append(BacktestRow(metric, q, float(np.percentile(m, q)),
-                                        float(np.percentile(s, q))))
+                rows.append(
+                    BacktestRow(metric, q, float(np.percentile(m, q)), float(np.percentile(s, q)))
+                )
     return rows, result

@@ -4,14 +4,13 @@ Every running sequence gets one token per engine step, so the chunk times of all
 at step boundaries. Between two consecutive boundaries where some request got a token at both, the
 engine was busy the whole time, so the gap is one step:
 
-    gap = base + per_decode_seq * (requests decoding) + per_prefill_token * (prompt tokens prefilled)
+    gap = base + per_decode_seq * decoding + per_prefill_token * prompt_tokens_prefilled
 
-A request that arrived to an idle engine adds one more equation:
-
-    ttft = overhead + base + per_prefill_token * prompt_tokens
-
-Both sets go into one robust, non-negative least-squares fit (scipy). Batch limits (max_num_seqs,
-KV capacity) cannot be seen from below saturation; they come from the caller.
+A robust, non-negative least-squares fit (scipy) of those gaps gives the step cost. The overhead
+(send to engine: network, parsing, tokenizing) is the median of per-request estimates: requests
+that arrived to an idle engine (ttft - prefill step) and requests that arrived mid-step (see
+`_overhead_samples`). Batch limits (max_num_seqs, KV capacity) cannot be seen from below
+saturation; they come from the caller.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ class Fit:
     values: np.ndarray  # in the order of PARAMS
     covariance: np.ndarray
     step_rows: int
-    idle_rows: int
+    overhead_rows: int
     r2: float
     rmse_s: float
 
@@ -71,8 +70,12 @@ class Calibration:
                 for name, v, s in zip(PARAMS, f.values, f.stderr(), strict=True)
             },
             "covariance": f.covariance.tolist(),
-            "fit": {"step_rows": f.step_rows, "idle_rows": f.idle_rows, "r2": f.r2,
-                    "rmse_ms": f.rmse_s * 1000.0},
+            "fit": {
+                "step_rows": f.step_rows,
+                "overhead_rows": f.overhead_rows,
+                "r2": f.r2,
+                "rmse_ms": f.rmse_s * 1000.0,
+            },
             "notes": self.notes,
         }
 
@@ -80,114 +83,141 @@ class Calibration:
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         values = np.array([d["parameters"][p]["value"] for p in PARAMS])
         fd = d["fit"]
-        fit = Fit(values, np.array(d["covariance"]), fd["step_rows"], fd["idle_rows"], fd["r2"],
-                  fd["rmse_ms"] / 1000.0)
+        fit = Fit(
+            values,
+            np.array(d["covariance"]),
+            fd["step_rows"],
+            fd["overhead_rows"],
+            fd["r2"],
+            fd["rmse_ms"] / 1000.0,
+        )
         return cls(EngineConfig.from_dict(d["engine"]), fit, list(d.get("notes", [])))
 
 
-def _cluster_steps(records: Sequence[RequestRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Assign every chunk to a step: returns (step time, request index, token index) per chunk."""
-    times, owners, positions = [], [], []
-    for i, r in enumerate(records):
-        times.extend(r.chunk_times)
-        owners.extend([i] * len(r.chunk_times))
-        positions.extend(range(len(r.chunk_times)))
-    t = np.asarray(times)
+@dataclass(frozen=True)
+class _Steps:
+    """Engine steps recovered from chunk times: step i ends at `end[i]`."""
+
+    end: np.ndarray
+    decode: np.ndarray  # sequences that got a non-first token in the step
+    prefill_tokens: np.ndarray  # prompt tokens of sequences that got their first token
+    busy: np.ndarray  # True: step i began when step i-1 ended (some request spans both)
+    first_step: dict[int, int]  # request index -> step of its first token
+
+
+def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
+    owner = np.concatenate([np.full(len(r.chunk_times), i) for i, r in enumerate(records)])
+    pos = np.concatenate([np.arange(len(r.chunk_times)) for r in records])
+    t = np.concatenate([np.asarray(r.chunk_times, dtype=float) for r in records])
     order = np.argsort(t, kind="stable")
-    return t[order], np.asarray(owners)[order], np.asarray(positions)[order]
-
-
-def _step_rows(records: Sequence[RequestRecord]) -> tuple[list[list[float]], list[float]]:
-    t, owner, pos = _cluster_steps(records)
-    if len(t) < 3:
-        return [], []
+    t, owner, pos = t[order], owner[order], pos[order]
     gaps = np.concatenate([np.diff(r.chunk_times) for r in records if len(r.chunk_times) > 1])
-    tol = 0.3 * float(np.median(gaps)) if len(gaps) else 0.0
+    tol = 0.3 * float(np.median(gaps))  # chunks of one step arrive within a fraction of a step
     step_of = np.concatenate([[0], np.cumsum(np.diff(t) > tol)])
-    n_steps = int(step_of[-1]) + 1
-    start = np.full(n_steps, np.inf)
-    np.minimum.at(start, step_of, t)  # earliest arrival of each step's chunks
-    # which step each request's previous chunk was in
-    chunk_step: dict[tuple[int, int], int] = {
-        (int(o), int(p)): int(s) for o, p, s in zip(owner, pos, step_of, strict=True)
-    }
-    decode = np.zeros(n_steps)
-    continuing = np.zeros(n_steps, dtype=bool)
-    prefill_tokens = np.zeros(n_steps)
-    for (o, p), s in chunk_step.items():
+    n = int(step_of[-1]) + 1
+    end = np.full(n, np.inf)
+    np.minimum.at(end, step_of, t)  # earliest arrival of each step's chunks
+    step_at = {(int(o), int(p)): int(s) for o, p, s in zip(owner, pos, step_of, strict=True)}
+    decode, prefill, busy = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
+    first_step = {}
+    for (o, p), s in step_at.items():
         if p == 0:
-            prefill_tokens[s] += records[o].prompt_tokens or 0
+            prefill[s] += records[o].prompt_tokens or 0
+            first_step[o] = s
         else:
             decode[s] += 1
-            if chunk_step[(o, p - 1)] == s - 1:
-                continuing[s] = True
-    rows, ys = [], []
-    for s in range(1, n_steps):
-        if continuing[s]:
-            rows.append([0.0, 1.0, decode[s], prefill_tokens[s]])
-            ys.append(start[s] - start[s - 1])
-    return rows, ys
+            busy[s] |= step_at[(o, p - 1)] == s - 1
+    return _Steps(end, decode, prefill, busy, first_step)
 
 
-def _idle_rows(records: Sequence[RequestRecord]) -> tuple[list[list[float]], list[float]]:
-    """TTFT of requests that found nothing else in flight from their send to their first token."""
-    ok = [r for r in records if r.status == "ok" and r.first_token is not None and r.end]
+def _overhead_samples(records: Sequence[RequestRecord], steps: _Steps) -> np.ndarray:
+    """Send-to-engine delay of requests that arrived while the engine was busy.
+
+    Such a request is prefilled in the step that begins right after it reaches the engine, and
+    it reaches the engine at a uniform point of the step before: overhead = (start of its
+    prefill step) - (send time) - (length of the step before) / 2, on average.
+    """
+    out = []
+    for i, s in steps.first_step.items():
+        if s >= 2 and steps.busy[s] and steps.busy[s - 1]:
+            before = steps.end[s - 1] - steps.end[s - 2]
+            out.append(steps.end[s - 1] - records[i].start - before / 2)
+    return np.asarray(out)
+
+
+def _idle_requests(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    """Requests that found nothing in flight from their send to their first token."""
     spans = sorted((r.start, r.end or r.start) for r in records)
     starts = np.array([s for s, _ in spans])
-    ends = np.maximum.accumulate(np.array([e for _, e in spans])) if spans else np.empty(0)
-    rows, ys = [], []
-    for r in ok:
+    ends = np.maximum.accumulate(np.array([e for _, e in spans]))
+    idle = []
+    for r in records:
         i = int(np.searchsorted(starts, r.start, side="left"))
-        j = int(np.searchsorted(starts, r.first_token, side="left"))
-        busy_before = i > 0 and ends[i - 1] > r.start
-        if busy_before or j > i + 1:  # something in flight, or a request joined its prefill
-            continue
-        rows.append([1.0, 1.0, 0.0, float(r.prompt_tokens or 0)])
-        ys.append((r.first_token or 0.0) - r.start)
-    return rows, ys
+        j = int(np.searchsorted(starts, r.first_token or 0.0, side="left"))
+        if not (i > 0 and ends[i - 1] > r.start) and j <= i + 1:
+            idle.append(r)
+    return idle
 
 
 def fit_step_cost(records: Sequence[RequestRecord]) -> Fit:
-    ok = [r for r in records if r.status == "ok" and r.chunk_times]
-    step_x, step_y = _step_rows(ok)
-    idle_x, idle_y = _idle_rows(ok)
-    if len(step_x) < 8:
+    ok = [r for r in records if r.status == "ok" and r.chunk_times and r.first_token is not None]
+    steps = _recover_steps(ok) if sum(len(r.chunk_times) for r in ok) >= 3 else None
+    rows = np.flatnonzero(steps.busy) if steps is not None else np.empty(0, dtype=int)
+    if steps is None or len(rows) < 8:
         raise CalibrationError(
-            f"only {len(step_x)} usable engine steps in {len(ok)} successful streamed requests: "
+            f"only {len(rows)} usable engine steps in {len(ok)} successful streamed requests: "
             "calibration needs streamed responses with several tokens each and some concurrency"
         )
-    x = np.array(step_x + idle_x)
-    y = np.array(step_y + idle_y)
+    x = np.column_stack([np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows]])
+    y = steps.end[rows] - steps.end[rows - 1]
     identifiable = np.ptp(x, axis=0) > 0
-    identifiable[1] = True  # the intercept (base) is always fitted
-    if not idle_x:
-        identifiable[0] = False
+    identifiable[0] = True  # the intercept (base) is always fitted
     xs = x[:, identifiable]
     scale = np.maximum(np.abs(xs).max(axis=0), 1e-12)
     x0 = np.linalg.lstsq(xs / scale, y, rcond=None)[0].clip(1e-9, None)
-    sol = least_squares(lambda b: (xs / scale) @ b - y, x0, bounds=(0.0, np.inf),
-                        loss="soft_l1", f_scale=max(float(np.median(np.abs(y))) * 0.1, 1e-4))
+    sol = least_squares(
+        lambda b: (xs / scale) @ b - y,
+        x0,
+        bounds=(0.0, np.inf),
+        loss="soft_l1",
+        f_scale=max(float(np.median(y)) * 0.1, 1e-4),
+    )
     beta = sol.x / scale
     resid = y - xs @ beta
-    dof = max(len(y) - xs.shape[1], 1)
-    sigma2 = float(resid @ resid) / dof
-    cov_small = sigma2 * np.linalg.pinv(xs.T @ xs)
-    values = np.zeros(len(PARAMS))
-    values[identifiable] = beta
+    sigma2 = float(resid @ resid) / max(len(y) - xs.shape[1], 1)
+    cost = np.zeros(3)
+    cost[identifiable] = beta
     cov = np.zeros((len(PARAMS), len(PARAMS)))
-    idx = np.flatnonzero(identifiable)
-    cov[np.ix_(idx, idx)] = cov_small
+    idx = 1 + np.flatnonzero(identifiable)
+    cov[np.ix_(idx, idx)] = sigma2 * np.linalg.pinv(xs.T @ xs)
+
+    idle = _idle_requests(ok)
+    base, _, per_token = cost
+    idle_overheads = [
+        (r.first_token or 0.0) - r.start - base - per_token * (r.prompt_tokens or 0) for r in idle
+    ]
+    overheads = np.concatenate([_overhead_samples(ok, steps), idle_overheads])
+    overhead = max(float(np.median(overheads)), 0.0) if len(overheads) else 0.0
+    if len(overheads) > 1:  # standard error of a median
+        cov[0, 0] = (1.2533 * float(np.std(overheads, ddof=1))) ** 2 / len(overheads)
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
-    return Fit(values, cov, len(step_x), len(idle_x), r2, float(np.sqrt(np.mean(resid**2))))
+    return Fit(
+        np.concatenate([[overhead], cost]),
+        cov,
+        len(rows),
+        len(overheads),
+        r2,
+        float(np.sqrt(np.mean(resid**2))),
+    )
 
 
 def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibration:
     """Fitted step cost and overhead on top of `limits` (max_num_seqs, KV capacity, cold start)."""
     fit = fit_step_cost(records)
     notes = []
-    if fit.idle_rows == 0:
-        notes.append("no request found the engine idle: overhead_s not identifiable, set to 0")
+    if fit.overhead_rows == 0:
+        notes.append("no request showed its prefill step: overhead_s not identifiable, set to 0")
     names = ("overhead", "base", "per decode sequence", "per prefill token")
     for name, v, s in zip(names, fit.values, fit.stderr(), strict=True):
         if v > 0 and s > v:

@@ -47,7 +47,9 @@ class EngineConfig:
         return cls(**{**d, "cost": StepCost(**d["cost"])})
 
     def with_cost(self, cost: StepCost, overhead_s: float | None = None) -> EngineConfig:
-        return replace(self, cost=cost, overhead_s=self.overhead_s if overhead_s is None else overhead_s)
+        return replace(
+            self, cost=cost, overhead_s=self.overhead_s if overhead_s is None else overhead_s
+        )
 
 
 @dataclass(eq=False, slots=True)
@@ -89,7 +91,8 @@ class Engine:
     def add(self, seq: Sequence) -> None:
         if not self.fits_ever(seq):
             raise ValueError(
-                f"request needs {seq.kv_tokens} KV tokens, capacity is {self.config.kv_cache_tokens}"
+                f"request needs {seq.kv_tokens} KV tokens, "
+                f"capacity is {self.config.kv_cache_tokens}"
             )
         self.waiting.append(seq)
 
@@ -151,6 +154,9 @@ def engine_from_spec(spec: ReferenceTarget) -> EngineConfig:
         kv_cache_tokens=spec.kv_cache_tokens,
         max_batched_tokens=spec.max_batched_tokens,
         cold_start_s=spec.cold_start_s,
-        cost=StepCost(spec.step.base_ms / 1000.0, spec.step.per_decode_seq_ms / 1000.0,
-                      spec.step.per_prefill_token_ms / 1000.0),
+        cost=StepCost(
+            spec.step.base_ms / 1000.0,
+            spec.step.per_decode_seq_ms / 1000.0,
+            spec.step.per_prefill_token_ms / 1000.0,
+        ),
     )

@@ -23,8 +23,13 @@ class ReferenceTargetProcess:
     The child prints its URL once listening; entering also waits out the cold start (/health).
     """
 
-    def __init__(self, config: EngineConfig, model: str = "surgecast-reference",
-                 host: str = "127.0.0.1", start_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: str = "surgecast-reference",
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 60.0,
+    ):
         self.config = config
         self.model = model
         self.host = host
@@ -33,9 +38,22 @@ class ReferenceTargetProcess:
         self.base_url = ""
 
     def __enter__(self) -> str:
-        cmd = [sys.executable, "-m", "surgecast", "serve", "--host", self.host, "--port", "0",
-               "--model", self.model, "--engine-json", json.dumps(self.config.to_dict())]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "surgecast",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            "0",
+            "--model",
+            self.model,
+            "--engine-json",
+            json.dumps(self.config.to_dict()),
+            "--exit-with-parent",
+        ]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "listening on " not in line:
@@ -59,16 +77,23 @@ class ReferenceTargetProcess:
         self.__exit__(None, None, None)
         raise TargetStartError(f"reference target at {self.base_url} never became healthy")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.proc is None:
             return
+        if self.proc.stdin:
+            self.proc.stdin.close()  # the target exits on its own when its stdin closes
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe:
+                pipe.close()
         self.proc = None

@@ -17,25 +17,34 @@ TokenHook = Callable[[Seq, float], None]
 
 
 class Replica:
-    """One engine on SimPy's clock: steps while it has work, sleeps on an event while idle."""
+    """One engine on SimPy's clock: steps while it has work, sleeps on an event while idle.
 
-    def __init__(self, env: simpy.Environment, config: EngineConfig, on_token: TokenHook,
-                 on_finish: TokenHook):
+    A `cold` replica serves only after the engine's cold_start_s (a replica just scaled up).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: EngineConfig,
+        on_token: TokenHook,
+        on_finish: TokenHook,
+        cold: bool = False,
+    ):
         self.env = env
         self.engine = Engine(config)
         self._on_token = on_token
         self._on_finish = on_finish
         self._wake = env.event()
         self.busy_time = 0.0
-        env.process(self._run())
+        env.process(self._run(cold))
 
     def submit(self, seq: Seq) -> None:
         self.engine.add(seq)
         if not self._wake.triggered:
             self._wake.succeed()
 
-    def _run(self) -> Generator[simpy.Event, Any, None]:
-        if self.engine.config.cold_start_s > 0:
+    def _run(self, cold: bool) -> Generator[simpy.Event, Any, None]:
+        if cold and self.engine.config.cold_start_s > 0:
             yield self.env.timeout(self.engine.config.cold_start_s)
         while True:
             if not self.engine.has_work:
@@ -98,9 +107,15 @@ def simulate(
             if at > env.now:
                 yield env.timeout(at - env.now)
             rec = RequestRecord(
-                id=spec.id, intended_start=spec.arrival, start=spec.arrival,
-                prompt_tokens=spec.prompt_tokens, token_source="plan", source="simulated",
-                persona=spec.persona, session=spec.session, turn=spec.turn,
+                id=spec.id,
+                intended_start=spec.arrival,
+                start=spec.arrival,
+                prompt_tokens=spec.prompt_tokens,
+                token_source="plan",
+                source="simulated",
+                persona=spec.persona,
+                session=spec.session,
+                turn=spec.turn,
             )
             records[spec.id] = rec
             seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens)

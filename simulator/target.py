@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 import uuid
 from collections import deque
@@ -132,8 +133,9 @@ def _max_tokens(body: dict[str, Any]) -> int:
 class ReferenceTarget:
     """The aiohttp application around one `LiveEngine`."""
 
-    def __init__(self, config: EngineConfig, model: str = "surgecast-reference",
-                 history: int = 10000):
+    def __init__(
+        self, config: EngineConfig, model: str = "surgecast-reference", history: int = 10000
+    ):
         self.config = config
         self.model = model
         self.live: LiveEngine | None = None
@@ -176,24 +178,47 @@ class ReferenceTarget:
         rows = [
             ("num_requests_running", "gauge", "Sequences in the running batch.", len(eng.running)),
             ("num_requests_waiting", "gauge", "Sequences waiting for admission.", len(eng.waiting)),
-            ("kv_cache_usage_ratio", "gauge", "Fraction of KV-cache tokens reserved.",
-             eng.kv_used / eng.config.kv_cache_tokens),
-            ("prompt_tokens_total", "counter", "Prompt tokens admitted.",
-             self.counters["prompt_tokens"]),
-            ("generation_tokens_total", "counter", "Tokens generated.",
-             self.counters["generation_tokens"]),
+            (
+                "kv_cache_usage_ratio",
+                "gauge",
+                "Fraction of KV-cache tokens reserved.",
+                eng.kv_used / eng.config.kv_cache_tokens,
+            ),
+            (
+                "prompt_tokens_total",
+                "counter",
+                "Prompt tokens admitted.",
+                self.counters["prompt_tokens"],
+            ),
+            (
+                "generation_tokens_total",
+                "counter",
+                "Tokens generated.",
+                self.counters["generation_tokens"],
+            ),
             ("request_success_total", "counter", "Requests completed.", self.counters["success"]),
-            ("request_aborted_total", "counter", "Requests the client abandoned.",
-             self.counters["aborted"]),
+            (
+                "request_aborted_total",
+                "counter",
+                "Requests the client abandoned.",
+                self.counters["aborted"],
+            ),
             ("engine_steps_total", "counter", "Engine steps run.", self.live.steps),
             ("engine_busy_seconds_total", "counter", "Seconds spent stepping.", self.live.busy_s),
         ]
         lines = []
         for name, kind, help_text, value in rows:
-            lines += [f"# HELP surgecast_{name} {help_text}", f"# TYPE surgecast_{name} {kind}",
-                      f"surgecast_{name} {value}"]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
-                            charset="utf-8", headers={"X-Content-Format": "prometheus-0.0.4"})
+            lines += [
+                f"# HELP surgecast_{name} {help_text}",
+                f"# TYPE surgecast_{name} {kind}",
+                f"surgecast_{name} {value}",
+            ]
+        return web.Response(
+            text="\n".join(lines) + "\n",
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Format": "prometheus-0.0.4"},
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=True)
@@ -221,7 +246,8 @@ class ReferenceTarget:
         if not self.live.engine.fits_ever(seq):
             return _error(
                 f"This model's maximum context length is {self.config.kv_cache_tokens} tokens; "
-                f"the request needs {seq.kv_tokens} ({prompt_tokens} prompt + {max_tokens} output).",
+                f"the request needs {seq.kv_tokens} "
+                f"({prompt_tokens} prompt + {max_tokens} output).",
                 param="max_tokens",
             )
         record = ServedRequest(rid, received, prompt_tokens, max_tokens)
@@ -241,16 +267,20 @@ class ReferenceTarget:
                 record.status = "aborted"
 
     def _usage(self, record: ServedRequest) -> dict[str, int]:
-        return {"prompt_tokens": record.prompt_tokens, "completion_tokens": record.output_tokens,
-                "total_tokens": record.prompt_tokens + record.output_tokens}
+        return {
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.output_tokens,
+            "total_tokens": record.prompt_tokens + record.output_tokens,
+        }
 
     def _finish(self, record: ServedRequest) -> None:
         record.end = time.monotonic()
         record.status = "ok"
         self.counters["success"] += 1
 
-    async def _whole(self, rid: str, chat: bool, queue: asyncio.Queue[int | None],
-                     record: ServedRequest) -> web.Response:
+    async def _whole(
+        self, rid: str, chat: bool, queue: asyncio.Queue[int | None], record: ServedRequest
+    ) -> web.Response:
         words = []
         while (index := await queue.get()) is not None:
             words.append(output_word(index))
@@ -263,24 +293,43 @@ class ReferenceTarget:
         else:
             choice["text"] = text
         self._finish(record)
-        return web.json_response({
-            "id": rid, "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": self.model, "choices": [choice],
-            "usage": self._usage(record),
-        })
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": self.model,
+                "choices": [choice],
+                "usage": self._usage(record),
+            }
+        )
 
-    async def _stream(self, request: web.Request, rid: str, chat: bool,
-                      queue: asyncio.Queue[int | None], record: ServedRequest,
-                      include_usage: bool) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+    async def _stream(
+        self,
+        request: web.Request,
+        rid: str,
+        chat: bool,
+        queue: asyncio.Queue[int | None],
+        record: ServedRequest,
+        include_usage: bool,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         response.enable_chunked_encoding()
         await response.prepare(request)
         sse = _ChunkWriter(response, rid, chat, self.model)
         try:
             if chat:  # like OpenAI and vLLM: a role-only chunk with empty content comes first
-                await sse.send([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                 "finish_reason": None}])
+                await sse.send(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             while (index := await queue.get()) is not None:
                 word = output_word(index)
                 await sse.send([sse.choice(word if index == 1 else " " + word)])
@@ -307,8 +356,12 @@ class _ChunkWriter:
     def __init__(self, response: web.StreamResponse, rid: str, chat: bool, model: str):
         self.response = response
         self.chat = chat
-        self.head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                     "created": int(time.time()), "model": model}
+        self.head = {
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
 
     def choice(self, text: str | None, finish: str | None = None) -> dict[str, Any]:
         if self.chat:
@@ -321,9 +374,18 @@ class _ChunkWriter:
         await self.response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
 
-async def serve(config: EngineConfig, host: str = "127.0.0.1", port: int = 8000,
-                model: str = "surgecast-reference") -> None:
-    """Serve until cancelled; prints the base URL once listening (port 0 picks a free one)."""
+async def serve(
+    config: EngineConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: str = "surgecast-reference",
+    exit_with_parent: bool = False,
+) -> None:
+    """Serve until cancelled; prints the base URL once listening (port 0 picks a free one).
+
+    With `exit_with_parent`, also stop when stdin closes: a parent that starts the target with a
+    pipe on its stdin takes the target down with it, even when the parent is killed.
+    """
     runner = web.AppRunner(ReferenceTarget(config, model).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -334,6 +396,9 @@ async def serve(config: EngineConfig, host: str = "127.0.0.1", port: int = 8000,
     shown = f"[{host}]" if ":" in host else host
     print(f"surgecast reference target listening on http://{shown}:{bound}/v1", flush=True)
     try:
-        await asyncio.Event().wait()
+        if exit_with_parent:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        else:
+            await asyncio.Event().wait()
     finally:
         await runner.cleanup()

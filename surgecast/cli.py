@@ -12,8 +12,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from loadgen.client import MissingApiKey
 from scenarios.spec import Scenario, ScenarioError, load_scenario
+
+if TYPE_CHECKING:
+    from simulator.calibrate import Calibration
+    from surgecast.pipeline import RunOutcome
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_SLO, EXIT_INTERRUPTED = 0, 2, 3, 99, 130
 
@@ -26,7 +32,9 @@ def _scales(text: str) -> list[float]:
     try:
         scales = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 10,100,1000, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like 10,100,1000, got {text!r}"
+        ) from None
     if not scales or any(s <= 0 for s in scales):
         raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
     return scales
@@ -41,25 +49,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("pipeline", help="run, calibrate, back-test, forecast and report in one go",
-                       description="The whole job on one scenario; prints the report's path.")
+    s = sub.add_parser(
+        "pipeline",
+        help="run, calibrate, back-test, forecast and report in one go",
+        description="The whole job on one scenario; prints the report's path.",
+    )
     s.add_argument("scenario", help="scenario YAML file (see scenarios/)")
-    s.add_argument("--target", help="base URL of an OpenAI-compatible API (default: scenario's, "
-                   "else the built-in reference target)")
+    s.add_argument(
+        "--target",
+        help="base URL of an OpenAI-compatible API (default: scenario's, "
+        "else the built-in reference target)",
+    )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
 
-    s = sub.add_parser("run", help="load-test a target with a scenario (open loop, via Locust)",
-                       description="Send the scenario's requests at their planned times and "
-                       "record every request to <out>/requests.jsonl.")
+    s = sub.add_parser(
+        "run",
+        help="load-test a target with a scenario (open loop, via Locust)",
+        description="Send the scenario's requests at their planned times and "
+        "record every request to <out>/requests.jsonl.",
+    )
     s.add_argument("scenario")
     s.add_argument("--target", help="base URL, e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 
-    s = sub.add_parser("serve", help="start the reference target (OpenAI-compatible) on loopback",
-                       description="Serve the engine model over HTTP; Ctrl-C stops it.")
+    s = sub.add_parser(
+        "serve",
+        help="start the reference target (OpenAI-compatible) on loopback",
+        description="Serve the engine model over HTTP; Ctrl-C stops it.",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     s.add_argument("--model", default="surgecast-reference")
@@ -67,25 +87,39 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--scenario", help="take the engine from this scenario's reference_target")
     src.add_argument("--calibration", help="serve a calibrated model (a live twin)")
     src.add_argument("--engine-json", help="engine config as JSON (as in a calibration file)")
+    s.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="also stop when stdin closes (used when surgecast starts the target)",
+    )
 
-    s = sub.add_parser("calibrate", help="fit the engine model to measured runs",
-                       description="Fit step costs and overhead from run folders' records.")
+    s = sub.add_parser(
+        "calibrate",
+        help="fit the engine model to measured runs",
+        description="Fit step costs and overhead from run folders' records.",
+    )
     s.add_argument("runs", nargs="+", metavar="RUN_DIR")
     s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
     s.add_argument("--max-num-seqs", type=int, help="the target's batch limit, if known")
     s.add_argument("--kv-cache-tokens", type=int, help="the target's KV capacity, if known")
     s.add_argument("--no-backtest", action="store_true")
 
-    s = sub.add_parser("simulate", help="run a scenario through a calibrated model",
-                       description="Replay the scenario's plan in simulated time.")
+    s = sub.add_parser(
+        "simulate",
+        help="run a scenario through a calibrated model",
+        description="Replay the scenario's plan in simulated time.",
+    )
     s.add_argument("scenario")
     s.add_argument("--calibration", required=True)
     s.add_argument("--scale", type=float, default=1.0, help="multiply the arrival rate")
     s.add_argument("--replicas", type=int, default=1)
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
 
-    s = sub.add_parser("forecast", help="fewest replicas meeting the SLOs at each traffic scale",
-                       description="Search replica counts in simulation for each scale.")
+    s = sub.add_parser(
+        "forecast",
+        help="fewest replicas meeting the SLOs at each traffic scale",
+        description="Search replica counts in simulation for each scale.",
+    )
     s.add_argument("scenario")
     s.add_argument("--calibration", required=True)
     s.add_argument("--scales", type=_scales, help="default: the scenario's forecast.scales")
@@ -100,13 +134,15 @@ def _load(path: str) -> Scenario:
     return load_scenario(path)
 
 
-def _calibration(path: str):  # type: ignore[no-untyped-def]
-    from simulator.calibrate import Calibration  # noqa: PLC0415
+def _calibration(path: str) -> Calibration:
+    from simulator.calibrate import Calibration
 
     try:
         return Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
     except FileNotFoundError:
-        raise BadInput(f"{path}: calibration file not found (make one with surgecast calibrate)") from None
+        raise BadInput(
+            f"{path}: calibration file not found (make one with surgecast calibrate)"
+        ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise BadInput(f"{path}: not a calibration file: {e}") from None
 
@@ -116,8 +152,8 @@ def _print(text: str) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from simulator.engine import EngineConfig, engine_from_spec  # noqa: PLC0415
-    from simulator.target import serve  # noqa: PLC0415
+    from simulator.engine import EngineConfig, engine_from_spec
+    from simulator.target import serve
 
     if a.scenario:
         config = engine_from_spec(_load(a.scenario).reference_target)
@@ -131,7 +167,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     else:
         config = EngineConfig()
     try:
-        asyncio.run(serve(config, a.host, a.port, a.model))
+        asyncio.run(serve(config, a.host, a.port, a.model, a.exit_with_parent))
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as e:
@@ -139,8 +175,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_exit(outcome) -> int:  # type: ignore[no-untyped-def]
-    from surgecast.tables import summary_tables  # noqa: PLC0415
+def _run_exit(outcome: RunOutcome) -> int:
+    from surgecast.tables import summary_tables
 
     _print(summary_tables(outcome.summary))
     for reason in outcome.reasons:
@@ -151,12 +187,11 @@ def _run_exit(outcome) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from surgecast.pipeline import run_load  # noqa: PLC0415
-    from surgecast.report import render  # noqa: PLC0415
+    from surgecast.pipeline import run_load
+    from surgecast.report import render
 
     scenario = _load(a.scenario)
-    outcome = run_load(scenario, a.scenario, target_url=a.target, out=a.out,
-                       progress=not a.quiet)
+    outcome = run_load(scenario, a.scenario, target_url=a.target, out=a.out, progress=not a.quiet)
     if not a.no_report:
         html, _ = render(outcome.folder)
         _print(f"report: {html}")
@@ -165,15 +200,16 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from simulator.calibrate import CalibrationError  # noqa: PLC0415
-    from surgecast.pipeline import backtest_run, calibrate_runs  # noqa: PLC0415
-    from surgecast.rundir import RunFolder  # noqa: PLC0415
-    from surgecast.tables import backtest_table, calibration_table  # noqa: PLC0415
+    from simulator.calibrate import CalibrationError
+    from surgecast.pipeline import backtest_run, calibrate_runs
+    from surgecast.rundir import RunFolder
+    from surgecast.tables import backtest_table, calibration_table
 
     folders = [RunFolder(Path(r)) for r in a.runs]
     try:
-        cal = calibrate_runs(folders, max_num_seqs=a.max_num_seqs,
-                             kv_cache_tokens=a.kv_cache_tokens)
+        cal = calibrate_runs(
+            folders, max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
+        )
     except (FileNotFoundError, CalibrationError) as e:
         raise BadInput(str(e)) from None
     Path(a.output).write_text(json.dumps(cal.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -186,38 +222,46 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    from surgecast.pipeline import simulate_scenario  # noqa: PLC0415
-    from surgecast.report import render  # noqa: PLC0415
+    from surgecast.pipeline import simulate_scenario
+    from surgecast.report import render
 
     scenario = _load(a.scenario)
     if a.replicas < 1 or a.scale <= 0:
         raise BadInput("--replicas must be >= 1 and --scale > 0")
-    outcome = simulate_scenario(scenario, a.scenario, _calibration(a.calibration),
-                                scale=a.scale, replicas=a.replicas, out=a.out)
+    outcome = simulate_scenario(
+        scenario,
+        a.scenario,
+        _calibration(a.calibration),
+        scale=a.scale,
+        replicas=a.replicas,
+        out=a.out,
+    )
     html, _ = render(outcome.folder)
     _print(f"report: {html}")
     return _run_exit(outcome)
 
 
 def cmd_forecast(a: argparse.Namespace) -> int:
-    from surgecast.pipeline import forecast_scenario  # noqa: PLC0415
-    from surgecast.tables import forecast_table  # noqa: PLC0415
+    from surgecast.pipeline import forecast_scenario
+    from surgecast.tables import forecast_table
 
     scenario = _load(a.scenario)
-    points = forecast_scenario(scenario, _calibration(a.calibration),
-                               a.scales or scenario.forecast.scales)
+    points = forecast_scenario(
+        scenario, _calibration(a.calibration), a.scales or scenario.forecast.scales
+    )
     _print(forecast_table(points))
     if a.json_out:
-        from dataclasses import asdict  # noqa: PLC0415
+        from dataclasses import asdict
 
-        Path(a.json_out).write_text(json.dumps({"points": [asdict(p) for p in points]},
-                                               indent=2) + "\n", encoding="utf-8")
+        Path(a.json_out).write_text(
+            json.dumps({"points": [asdict(p) for p in points]}, indent=2) + "\n", encoding="utf-8"
+        )
     return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from surgecast.report import render  # noqa: PLC0415
-    from surgecast.rundir import RunFolder  # noqa: PLC0415
+    from surgecast.report import render
+    from surgecast.rundir import RunFolder
 
     try:
         html, md = render(RunFolder(Path(a.run_dir)))
@@ -228,10 +272,10 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(a: argparse.Namespace) -> int:
-    from simulator.calibrate import CalibrationError  # noqa: PLC0415
-    from surgecast import pipeline as pl  # noqa: PLC0415
-    from surgecast.report import render  # noqa: PLC0415
-    from surgecast.tables import backtest_table, calibration_table, forecast_table  # noqa: PLC0415
+    from simulator.calibrate import CalibrationError
+    from surgecast import pipeline as pl
+    from surgecast.report import render
+    from surgecast.tables import backtest_table, calibration_table, forecast_table
 
     scenario = _load(a.scenario)
     outcome = pl.run_load(scenario, a.scenario, target_url=a.target, out=a.out)
@@ -247,8 +291,10 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
             folder.write_json(folder.calibration, cal.to_dict())
             _print("\n" + calibration_table(cal))
             rows = pl.backtest_run(folder, cal)
-            _print("\nback-test (calibrated model replaying the measured requests):\n"
-                   + backtest_table(rows))
+            _print(
+                "\nback-test (calibrated model replaying the measured requests):\n"
+                + backtest_table(rows)
+            )
             points = pl.forecast_scenario(scenario, cal, a.scales or scenario.forecast.scales)
             pl.save_forecast(folder, points)
             _print("\n" + forecast_table(points))
@@ -257,9 +303,15 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"pipeline": cmd_pipeline, "run": cmd_run, "serve": cmd_serve,
-            "calibrate": cmd_calibrate, "simulate": cmd_simulate, "forecast": cmd_forecast,
-            "report": cmd_report}
+COMMANDS = {
+    "pipeline": cmd_pipeline,
+    "run": cmd_run,
+    "serve": cmd_serve,
+    "calibrate": cmd_calibrate,
+    "simulate": cmd_simulate,
+    "forecast": cmd_forecast,
+    "report": cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,12 +319,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ScenarioError as e:
-        print(f"error: invalid scenario {e.path} ({len(e.problems)} problem"
-              f"{'s' if len(e.problems) != 1 else ''}):", file=sys.stderr)
+        print(
+            f"error: invalid scenario {e.path} ({len(e.problems)} problem"
+            f"{'s' if len(e.problems) != 1 else ''}):",
+            file=sys.stderr,
+        )
         for problem in e.problems:
             print(f"  {e.path}: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BadInput as e:
+    except (BadInput, MissingApiKey) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from loadgen.client import Endpoint, read_api_key
 from scenarios.metrics import Summary, summarize
 from scenarios.plan import build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
@@ -50,14 +52,17 @@ def _folder(scenario: Scenario, out: str | Path | None) -> RunFolder:
     return folder
 
 
-def invalid_reasons(scenario: Scenario, records: Sequence[RequestRecord], summary: Summary,
-                    planned: int) -> list[str]:
+def invalid_reasons(
+    scenario: Scenario, records: Sequence[RequestRecord], summary: Summary, planned: int
+) -> list[str]:
     reasons = []
     if planned == 0:
         reasons.append("the plan is empty: traffic.rate x traffic.duration_s is too small")
     if summary.lateness_p99_ms > scenario.traffic.max_lateness_ms:
-        reasons.append(f"generator fell behind: p99 send lateness {summary.lateness_p99_ms:.0f} ms "
-                       f"> traffic.max_lateness_ms {scenario.traffic.max_lateness_ms:g}")
+        reasons.append(
+            f"generator fell behind: p99 send lateness {summary.lateness_p99_ms:.0f} ms "
+            f"> traffic.max_lateness_ms {scenario.traffic.max_lateness_ms:g}"
+        )
     if records and all(r.error_kind in UNREACHABLE for r in records):
         reasons.append("target unreachable: every request failed to connect")
     return reasons
@@ -69,54 +74,82 @@ def _target(scenario: Scenario, target_url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    with ReferenceTargetProcess(engine_from_spec(scenario.reference_target),
-                                model=scenario.target.model) as base_url:
+    with ReferenceTargetProcess(
+        engine_from_spec(scenario.reference_target), model=scenario.target.model
+    ) as base_url:
         yield base_url
 
 
-def run_load(scenario: Scenario, scenario_file: str, *, target_url: str | None = None,
-             out: str | Path | None = None, say: Say = say_stderr,
-             progress: bool = True) -> RunOutcome:
+def run_load(
+    scenario: Scenario,
+    scenario_file: str,
+    *,
+    target_url: str | None = None,
+    out: str | Path | None = None,
+    say: Say = say_stderr,
+    progress: bool = True,
+) -> RunOutcome:
     """Send the scenario's plan to the target (the reference target when none is given)."""
-    from loadgen.client import Endpoint  # noqa: PLC0415
-    from loadgen.runner import LoadRun  # noqa: PLC0415 - imports Locust (gevent) only here
+    from loadgen.runner import LoadRun
 
+    api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     folder = _folder(scenario, out)
     plan = build_plan(scenario)
     external = bool(target_url or scenario.target.base_url)
-    target_meta = {"kind": "external" if external else "reference",
-                   "base_url": target_url or scenario.target.base_url}
+    target_meta: dict[str, Any] = {
+        "kind": "external" if external else "reference",
+        "base_url": target_url or scenario.target.base_url,
+    }
     if not external:
         target_meta["engine"] = engine_from_spec(scenario.reference_target).to_dict()
-    folder.write_json(folder.run_json, {
-        "run_id": folder.path.name, "scenario_file": scenario_file,
-        "scenario": scenario.model_dump(mode="json"), "seed": scenario.traffic.seed,
-        "planned_requests": len(plan), "duration_s": scenario.traffic.duration_s,
-        "target": target_meta, "versions": versions(), "machine": machine(),
-        "started_at": _now(), "status": "running", "source": "measured",
-    })
-    say(f"run {folder.path.name}: {len(plan)} requests over {scenario.traffic.duration_s:g} s "
-        f"at {scenario.traffic.rate:g} req/s (Poisson, seed {scenario.traffic.seed})")
+    folder.write_json(
+        folder.run_json,
+        {
+            "run_id": folder.path.name,
+            "scenario_file": scenario_file,
+            "scenario": scenario.model_dump(mode="json"),
+            "seed": scenario.traffic.seed,
+            "planned_requests": len(plan),
+            "duration_s": scenario.traffic.duration_s,
+            "target": target_meta,
+            "versions": versions(),
+            "machine": machine(),
+            "started_at": _now(),
+            "status": "running",
+            "source": "measured",
+        },
+    )
+    say(
+        f"run {folder.path.name}: {len(plan)} requests over {scenario.traffic.duration_s:g} s "
+        f"at {scenario.traffic.rate:g} req/s (Poisson, seed {scenario.traffic.seed})"
+    )
     try:
         with _target(scenario, target_url) as base_url:
             target_meta["base_url"] = base_url
             folder.update_meta(target=target_meta)
             if not external:
                 say(f"reference target up at {base_url}")
-            endpoint = Endpoint.from_target(scenario.target, base_url)
+            endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
             with open(folder.requests, "a", encoding="utf-8") as stream:
-                records = LoadRun(plan, endpoint, RecordWriter(stream),
-                                  max_in_flight=scenario.traffic.max_in_flight,
-                                  store_prompts=scenario.privacy.store_prompts,
-                                  progress=sys.stderr if progress else None).run()
+                records = LoadRun(
+                    plan,
+                    endpoint,
+                    RecordWriter(stream),
+                    max_in_flight=scenario.traffic.max_in_flight,
+                    store_prompts=scenario.privacy.store_prompts,
+                    progress=sys.stderr if progress else None,
+                ).run()
     except KeyboardInterrupt:
         folder.update_meta(status="interrupted", finished_at=_now())
         raise
     summary = summarize(records, scenario.thresholds(), scenario.traffic.duration_s)
     reasons = invalid_reasons(scenario, records, summary, len(plan))
-    folder.update_meta(status="finished", finished_at=_now(),
-                       validity={"valid": not reasons, "reasons": reasons},
-                       slos_passed=summary.slos_passed)
+    folder.update_meta(
+        status="finished",
+        finished_at=_now(),
+        validity={"valid": not reasons, "reasons": reasons},
+        slos_passed=summary.slos_passed,
+    )
     return RunOutcome(folder, summary, reasons)
 
 
@@ -129,8 +162,12 @@ def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig:
     return EngineConfig()
 
 
-def calibrate_runs(folders: Sequence[RunFolder], *, max_num_seqs: int | None = None,
-                   kv_cache_tokens: int | None = None) -> Calibration:
+def calibrate_runs(
+    folders: Sequence[RunFolder],
+    *,
+    max_num_seqs: int | None = None,
+    kv_cache_tokens: int | None = None,
+) -> Calibration:
     records: list[RequestRecord] = []
     offset = 0.0
     for f in folders:  # lay the runs end to end so their steps never interleave
@@ -150,9 +187,12 @@ def _shifted(r: RequestRecord, dt: float) -> RequestRecord:
     if dt == 0:
         return r
     return replace(
-        r, intended_start=r.intended_start + dt, start=r.start + dt,
+        r,
+        intended_start=r.intended_start + dt,
+        start=r.start + dt,
         first_token=None if r.first_token is None else r.first_token + dt,
-        end=None if r.end is None else r.end + dt, chunk_times=[t + dt for t in r.chunk_times],
+        end=None if r.end is None else r.end + dt,
+        chunk_times=[t + dt for t in r.chunk_times],
     )
 
 
@@ -164,8 +204,9 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
     return rows
 
 
-def forecast_scenario(scenario: Scenario, calibration: Calibration, scales: Sequence[float],
-                      say: Say = say_stderr) -> list[ForecastPoint]:
+def forecast_scenario(
+    scenario: Scenario, calibration: Calibration, scales: Sequence[float], say: Say = say_stderr
+) -> list[ForecastPoint]:
     say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
     return Forecaster(scenario, calibration, progress=say).run(list(scales))
 
@@ -174,24 +215,45 @@ def save_forecast(folder: RunFolder, points: Sequence[ForecastPoint]) -> None:
     folder.write_json(folder.forecast, {"points": [asdict(p) for p in points]})
 
 
-def simulate_scenario(scenario: Scenario, scenario_file: str, calibration: Calibration, *,
-                      scale: float = 1.0, replicas: int = 1,
-                      out: str | Path | None = None) -> RunOutcome:
+def simulate_scenario(
+    scenario: Scenario,
+    scenario_file: str,
+    calibration: Calibration,
+    *,
+    scale: float = 1.0,
+    replicas: int = 1,
+    out: str | Path | None = None,
+) -> RunOutcome:
     """The scenario's plan through the calibrated model; a run folder like a measured one."""
     folder = _folder(scenario, out)
     plan = build_plan(scenario, rate_scale=scale, with_text=False)
-    result = simulate(plan, calibration.engine, replicas=replicas,
-                      timeout_s=scenario.target.timeout_s)
+    result = simulate(
+        plan, calibration.engine, replicas=replicas, timeout_s=scenario.target.timeout_s
+    )
     write_records(folder.requests, result.records)
     summary = summarize(result.records, scenario.thresholds(), scenario.traffic.duration_s)
-    folder.write_json(folder.run_json, {
-        "run_id": folder.path.name, "scenario_file": scenario_file,
-        "scenario": scenario.model_dump(mode="json"), "seed": scenario.traffic.seed,
-        "planned_requests": len(plan), "duration_s": scenario.traffic.duration_s,
-        "target": {"kind": "simulated", "replicas": replicas, "scale": scale,
-                   "engine": calibration.engine.to_dict()},
-        "versions": versions(), "machine": machine(), "started_at": _now(),
-        "status": "finished", "source": "simulated",
-        "validity": {"valid": True, "reasons": []}, "slos_passed": summary.slos_passed,
-    })
+    folder.write_json(
+        folder.run_json,
+        {
+            "run_id": folder.path.name,
+            "scenario_file": scenario_file,
+            "scenario": scenario.model_dump(mode="json"),
+            "seed": scenario.traffic.seed,
+            "planned_requests": len(plan),
+            "duration_s": scenario.traffic.duration_s,
+            "target": {
+                "kind": "simulated",
+                "replicas": replicas,
+                "scale": scale,
+                "engine": calibration.engine.to_dict(),
+            },
+            "versions": versions(),
+            "machine": machine(),
+            "started_at": _now(),
+            "status": "finished",
+            "source": "simulated",
+            "validity": {"valid": True, "reasons": []},
+            "slos_passed": summary.slos_passed,
+        },
+    )
     return RunOutcome(folder, summary, [])

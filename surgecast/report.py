@@ -11,17 +11,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from scenarios.metrics import Summary, metric_samples, summarize  # noqa: E402
-from scenarios.records import RequestRecord, read_records  # noqa: E402
-from scenarios.spec import Scenario  # noqa: E402
-from simulator.backtest import BacktestRow  # noqa: E402
-from simulator.calibrate import Calibration  # noqa: E402
-from simulator.forecast import ForecastPoint, points_from_dicts  # noqa: E402
-from surgecast.rundir import RunFolder  # noqa: E402
-from surgecast.tables import (  # noqa: E402
+from scenarios.metrics import Summary, metric_samples, summarize
+from scenarios.records import RequestRecord, read_records
+from scenarios.spec import Scenario
+from simulator.backtest import BacktestRow
+from simulator.calibrate import Calibration
+from simulator.forecast import ForecastPoint, points_from_dicts
+from surgecast.rundir import RunFolder
+from surgecast.tables import (
     backtest_table,
     calibration_table,
     forecast_table,
@@ -43,14 +43,20 @@ def _png(fig: plt.Figure) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{data}">'
 
 
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
 def _cdf(ax: Any, seconds: np.ndarray, label: str, style: str = "-") -> None:
     if len(seconds):
         x = np.sort(seconds * 1000.0)
         ax.plot(x, np.arange(1, len(x) + 1) / len(x), style, label=label)
 
 
-def latency_plot(measured: Sequence[RequestRecord],
-                 simulated: Sequence[RequestRecord] | None) -> str:
+def latency_plot(
+    measured: Sequence[RequestRecord], simulated: Sequence[RequestRecord] | None
+) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, ("ttft", "itl", "e2e"), strict=True):
         _cdf(ax, metric_samples(measured, metric), "measured")
@@ -59,7 +65,7 @@ def latency_plot(measured: Sequence[RequestRecord],
         ax.set_xlabel(f"{metric.upper()} (ms)")
         ax.set_ylabel("fraction of requests" if metric != "itl" else "fraction of gaps")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax)
     fig.suptitle("Latency distributions (CDF)")
     return _png(fig)
 
@@ -70,12 +76,13 @@ def timeline_plot(records: Sequence[RequestRecord]) -> str:
     bad = [r for r in records if r.status != "ok"]
     ax.scatter([r.start for r in ok], [(r.ttft or 0) * 1000 for r in ok], s=8, label="TTFT")
     if bad:
-        ax.scatter([r.start for r in bad], [0] * len(bad), marker="x", color="red",
-                   label="failed request")
+        ax.scatter(
+            [r.start for r in bad], [0] * len(bad), marker="x", color="red", label="failed request"
+        )
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("TTFT (ms)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax.set_title("TTFT over time")
     return _png(fig)
 
@@ -103,11 +110,13 @@ def _table_html(md: str) -> str:
     for block in md.split("\n\n"):
         lines = block.splitlines()
         if lines and lines[0].startswith("|"):
-            rows = [[html.escape(c.strip()) for c in ln.strip("|").split("|")]
-                    for ln in lines if not ln.startswith("|-")]
+            rows = [
+                [html.escape(c.strip()) for c in ln.strip("|").split("|")]
+                for ln in lines
+                if not ln.startswith("|-")
+            ]
             head = "".join(f"<th>{c}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
-                           for r in rows[1:])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
             out.append(f"<table><tr>{head}</tr>{body}</table>")
         else:
             out.append(f"<p>{html.escape(block)}</p>")
@@ -130,37 +139,51 @@ def render(folder: RunFolder) -> tuple[str, str]:
     status = "valid" if valid else "INVALID: " + "; ".join(validity.get("reasons", []))
     slo_line = ("all SLOs met" if summary.slos_passed else "SLOs missed") if summary.slos else ""
     sections: list[tuple[str, str, str]] = [  # (title, markdown, extra html)
-        ("Measured run", summary_tables(summary),
-         latency_plot(records, simulated) + timeline_plot(records)),
+        (
+            "Measured run",
+            summary_tables(summary),
+            latency_plot(records, simulated) + timeline_plot(records),
+        ),
     ]
     if cal_data:
         sections.append(("Calibration", calibration_table(Calibration.from_dict(cal_data)), ""))
     if bt_data:
         rows = [BacktestRow.from_dict(r) for r in bt_data["rows"]]
-        sections.append(("Back-test: the calibrated model replays the measured requests",
-                         backtest_table(rows), ""))
+        sections.append(
+            (
+                "Back-test: the calibrated model replays the measured requests",
+                backtest_table(rows),
+                "",
+            )
+        )
     if fc_data:
         points = points_from_dicts(fc_data["points"])
         sections.append(("Capacity forecast", forecast_table(points), forecast_plot(points)))
 
     target = meta.get("target", {})
-    header = (f"Scenario {scenario.name}, target {target.get('kind', '?')} "
-              f"{target.get('base_url', '')}, seed {meta.get('seed')}, "
-              f"started {meta.get('started_at', '?')}; run {status}. {slo_line}")
+    header = (
+        f"Scenario {scenario.name}, target {target.get('kind', '?')} "
+        f"{target.get('base_url', '')}, seed {meta.get('seed')}, "
+        f"started {meta.get('started_at', '?')}; run {status}. {slo_line}"
+    )
     md = [f"# surgecast run {meta.get('run_id', folder.path.name)}", "", header, ""]
     for title, body, _ in sections:
         md += [f"## {title}", "", body, ""]
     folder.markdown.write_text("\n".join(md), encoding="utf-8")
 
     cls = "good" if valid and (summary.slos_passed or not summary.slos) else "bad"
-    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>surgecast "
-            f"{html.escape(str(meta.get('run_id')))}</title><style>{CSS}</style></head><body>",
-            f"<h1>surgecast run {html.escape(str(meta.get('run_id')))}</h1>",
-            f"<p class='{cls}'>{html.escape(header)}</p>"]
+    page = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>surgecast "
+        f"{html.escape(str(meta.get('run_id')))}</title><style>{CSS}</style></head><body>",
+        f"<h1>surgecast run {html.escape(str(meta.get('run_id')))}</h1>",
+        f"<p class='{cls}'>{html.escape(header)}</p>",
+    ]
     for title, body, extra in sections:
         page += [f"<h2>{html.escape(title)}</h2>", _table_html(body), extra]
-    page.append("<p><small>Files: run.json, requests.jsonl (one record per request), "
-                "calibration.json, backtest.json, simulated.jsonl, forecast.json.</small></p>")
+    page.append(
+        "<p><small>Files: run.json, requests.jsonl (one record per request), "
+        "calibration.json, backtest.json, simulated.jsonl, forecast.json.</small></p>"
+    )
     page.append("</body></html>")
     folder.html.write_text("\n".join(page), encoding="utf-8")
     return str(folder.html), str(folder.markdown)

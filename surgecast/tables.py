@@ -13,7 +13,7 @@ from simulator.forecast import ForecastPoint
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     body = [
@@ -32,45 +32,78 @@ def _fmt(v: object) -> str:
 
 def summary_tables(s: Summary) -> str:
     head = markdown(
-        ["requests", "ok", "errors", "req/s sent", "throughput req/s", "output tok/s",
-         "goodput req/s", "send lateness p99 ms"],
-        [[s.requests, s.ok, s.requests - s.ok, s.request_rate, s.throughput,
-          s.output_tokens_per_s, s.goodput, s.lateness_p99_ms]],
+        [
+            "requests",
+            "ok",
+            "errors",
+            "req/s sent",
+            "throughput req/s",
+            "output tok/s",
+            "goodput req/s",
+            "send lateness p99 ms",
+        ],
+        [
+            [
+                s.requests,
+                s.ok,
+                s.requests - s.ok,
+                s.request_rate,
+                s.throughput,
+                s.output_tokens_per_s,
+                s.goodput,
+                s.lateness_p99_ms,
+            ]
+        ],
     )
     names = ("ttft", "ttft_intended", "itl", "tpot", "e2e", "e2e_intended")
-    latency = markdown(
-        ["metric (ms)", "count", "mean", "p50", "p90", "p95", "p99", "max"],
-        [[n, st.count, st.mean, *st.percentiles.values(), st.max]
-         for n in names if (st := s.metrics[n]).count],
-    )
-    parts = [head, latency]
+    rows = [
+        [n, st.count, st.mean, *st.percentiles.values(), st.max]
+        for n in names
+        if (st := s.metrics[n]).count
+    ]
+    parts = [head]
+    if rows:
+        parts.append(
+            markdown(["metric (ms)", "count", "mean", "p50", "p90", "p95", "p99", "max"], rows)
+        )
     if s.error_kinds:
         parts.append(markdown(["error kind", "count"], sorted(s.error_kinds.items())))
     if s.slos:
-        parts.append(markdown(
-            ["SLO", "observed", "result"],
-            [[str(r.threshold), r.observed, "pass" if r.passed else "FAIL"] for r in s.slos],
-        ))
+        parts.append(
+            markdown(
+                ["SLO", "observed", "result"],
+                [[str(r.threshold), r.observed, "pass" if r.passed else "FAIL"] for r in s.slos],
+            )
+        )
     return "\n\n".join(parts)
 
 
 def calibration_table(c: Calibration) -> str:
     d = c.to_dict()["parameters"]
-    rows = [[name, d[name]["value"] * 1000.0, d[name]["stderr"] * 1000.0] for name in PARAMS]
+    rows = [
+        [name.removesuffix("_s"), d[name]["value"] * 1000.0, d[name]["stderr"] * 1000.0]
+        for name in PARAMS
+    ]
     fit = c.fit
-    quality = (f"fit: {fit.step_rows} engine steps + {fit.idle_rows} idle-start requests, "
-               f"R^2 {fit.r2:.3f}, residual RMS {fit.rmse_s * 1000:.2f} ms")
-    limits = (f"limits: max_num_seqs {c.engine.max_num_seqs}, KV cache "
-              f"{c.engine.kv_cache_tokens} tokens")
-    return "\n\n".join([markdown(["parameter", "value (ms)", "std error (ms)"], rows),
-                        quality, limits, *c.notes])
+    quality = (
+        f"fit: {fit.step_rows} engine steps; overhead from {fit.overhead_rows} requests, "
+        f"R^2 {fit.r2:.3f}, residual RMS {fit.rmse_s * 1000:.2f} ms"
+    )
+    limits = (
+        f"limits: max_num_seqs {c.engine.max_num_seqs}, KV cache {c.engine.kv_cache_tokens} tokens"
+    )
+    return "\n\n".join(
+        [markdown(["parameter", "value (ms)", "std error (ms)"], rows), quality, limits, *c.notes]
+    )
 
 
 def backtest_table(rows: Sequence[BacktestRow]) -> str:
     return markdown(
         ["metric", "quantile", "measured ms", "simulated ms", "error %"],
-        [[r.metric, f"p{r.quantile}", r.measured_ms, r.simulated_ms, f"{r.error_pct:+.1f}"]
-         for r in rows],
+        [
+            [r.metric, f"p{r.quantile}", r.measured_ms, r.simulated_ms, f"{r.error_pct:+.1f}"]
+            for r in rows
+        ],
     )
 
 
@@ -85,14 +118,26 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
         if b is None:
             rows.append([f"x{p.scale:g}", p.rate, "not met", "-", "-", "-", "-"])
             continue
-        rows.append([
-            f"x{p.scale:g}", p.rate, b.replicas,
-            _ci(b.ttft_p95_ms.mean, b.ttft_p95_ms.low, b.ttft_p95_ms.high),
-            _ci(b.e2e_p95_ms.mean, b.e2e_p95_ms.low, b.e2e_p95_ms.high),
-            b.throughput.mean, f"${p.cost_per_month_usd:,.0f}",
-        ])
+        rows.append(
+            [
+                f"x{p.scale:g}",
+                p.rate,
+                b.replicas,
+                _ci(b.ttft_p95_ms.mean, b.ttft_p95_ms.low, b.ttft_p95_ms.high),
+                _ci(b.e2e_p95_ms.mean, b.e2e_p95_ms.low, b.e2e_p95_ms.high),
+                b.throughput.mean,
+                f"${p.cost_per_month_usd:,.0f}",
+            ]
+        )
     return markdown(
-        ["scale", "rate req/s", "replicas", "p95 TTFT ms (95% CI)", "p95 E2E ms (95% CI)",
-         "throughput req/s", "cost / month"],
+        [
+            "scale",
+            "rate req/s",
+            "replicas",
+            "p95 TTFT ms (95% CI)",
+            "p95 E2E ms (95% CI)",
+            "throughput req/s",
+            "cost / month",
+        ],
         rows,
     )

@@ -1,0 +1,70 @@
+"""Shared fixtures: real reference targets on loopback and a CLI runner (subprocesses)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from simulator.engine import EngineConfig, StepCost
+from simulator.launch import ReferenceTargetProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A fast engine for client tests: 10 ms steps, so chunk gaps are well above timing noise.
+FAST_ENGINE = EngineConfig(
+    max_num_seqs=8, kv_cache_tokens=4096, cold_start_s=0.2, cost=StepCost(0.010, 0.0005, 0.00002)
+)
+
+
+@pytest.fixture(scope="session")
+def target_url() -> Iterator[str]:
+    with ReferenceTargetProcess(FAST_ENGINE) as url:
+        yield url
+
+
+def scenario_dict(**overrides: Any) -> dict[str, Any]:
+    """A small valid scenario; `overrides` replace top-level sections."""
+    base: dict[str, Any] = {
+        "name": "test",
+        "target": {"api": "chat", "timeout_s": 20},
+        "reference_target": {
+            "max_num_seqs": 8,
+            "kv_cache_tokens": 16384,
+            "cold_start_s": 0.2,
+            "step": {"base_ms": 10, "per_decode_seq_ms": 0.8, "per_prefill_token_ms": 0.05},
+        },
+        "traffic": {"rate": 5, "duration_s": 3, "seed": 1},
+        "workload": {
+            "prompt_tokens": {"dist": "uniform", "low": 20, "high": 200},
+            "output_tokens": {"dist": "uniform", "low": 10, "high": 40},
+        },
+        "slos": {"ttft": "p(95) < 2000", "e2e": ["p(95) < 10000"]},
+        "cost": {"gpu_hour_usd": 2.0},
+    }
+    base.update(overrides)
+    return base
+
+
+def write_scenario(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_cli(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "surgecast", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd or ROOT,
+        check=False,
+    )

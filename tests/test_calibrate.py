@@ -1,0 +1,87 @@
+"""Calibration recovers known engine parameters from simulated records, and back-tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scenarios.plan import build_plan
+from scenarios.records import RequestRecord
+from scenarios.spec import parse_scenario
+from simulator.backtest import backtest
+from simulator.calibrate import CalibrationError, calibrate
+from simulator.engine import EngineConfig, StepCost
+from simulator.sim import simulate
+from tests.conftest import scenario_dict
+
+TRUE = EngineConfig(
+    max_num_seqs=16,
+    kv_cache_tokens=65536,
+    overhead_s=0.002,
+    cost=StepCost(base_s=0.018, per_decode_seq_s=0.0007, per_prefill_token_s=6e-5),
+)
+
+
+def _jittered(
+    records: list[RequestRecord], rng: np.random.Generator, sd: float
+) -> list[RequestRecord]:
+    """What a client sees: each chunk delayed by a little independent noise."""
+    out = []
+    for r in records:
+        times = sorted(t + abs(rng.normal(0, sd)) for t in r.chunk_times)
+        out.append(
+            dataclasses.replace(
+                r,
+                chunk_times=times,
+                first_token=times[0],
+                end=times[-1] + 0.0002,
+                source="measured",
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def measured() -> list[RequestRecord]:
+    scenario = parse_scenario(scenario_dict(traffic={"rate": 6, "duration_s": 60, "seed": 3}))
+    plan = build_plan(scenario, with_text=False)
+    records = simulate(plan, TRUE).records
+    return _jittered(records, np.random.default_rng(1), sd=0.0003)
+
+
+def test_recovers_known_parameters(measured: list[RequestRecord]) -> None:
+    cal = calibrate(measured, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
+    cost = cal.engine.cost
+    assert cost.base_s == pytest.approx(TRUE.cost.base_s, rel=0.03)
+    assert cost.per_decode_seq_s == pytest.approx(TRUE.cost.per_decode_seq_s, rel=0.05)
+    assert cost.per_prefill_token_s == pytest.approx(TRUE.cost.per_prefill_token_s, rel=0.05)
+    assert cal.engine.overhead_s == pytest.approx(TRUE.overhead_s, abs=0.001)
+    assert cal.fit.r2 > 0.95 and cal.fit.step_rows > 1000
+    # the reported uncertainty covers the truth (3 standard errors)
+    true = np.array([TRUE.overhead_s, *dataclasses.astuple(TRUE.cost)])
+    assert np.all(np.abs(cal.fit.values - true) <= 3 * cal.fit.stderr() + 1e-4)
+
+
+def test_backtest_of_a_faithful_model_is_close(measured: list[RequestRecord]) -> None:
+    cal = calibrate(measured, TRUE)
+    rows, _ = backtest(measured, cal)
+    errors = {(r.metric, r.quantile): abs(r.error_pct) for r in rows}
+    assert errors[("e2e", 50)] < 2 and errors[("e2e", 95)] < 2
+    assert errors[("ttft", 50)] < 10 and errors[("ttft", 95)] < 10
+
+
+def test_too_little_data_is_a_clear_error() -> None:
+    rec = RequestRecord(
+        id="a",
+        intended_start=0,
+        start=0,
+        first_token=0.1,
+        end=0.2,
+        chunk_times=[0.1, 0.2],
+        prompt_tokens=5,
+        output_tokens=2,
+    )
+    with pytest.raises(CalibrationError, match="usable engine steps"):
+        calibrate([rec], TRUE)

@@ -1,0 +1,141 @@
+"""The streaming client against the real reference target over loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from loadgen.client import Endpoint, StreamingCall
+from scenarios.plan import RequestSpec
+from scenarios.text import count_tokens, make_prompt
+from tests.conftest import FAST_ENGINE
+
+
+def _spec(n_prompt: int = 30, max_tokens: int = 12, rid: str = "r1") -> RequestSpec:
+    import numpy as np
+
+    prompt = make_prompt(np.random.default_rng(0), n_prompt)
+    return RequestSpec(
+        id=rid, arrival=0.0, prompt_tokens=n_prompt, max_tokens=max_tokens, prompt=prompt
+    )
+
+
+def _served(base_url: str) -> dict[str, dict[str, Any]]:
+    url = base_url.removesuffix("/v1") + "/debug/requests"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return {d["id"]: d for d in json.load(r)}
+
+
+def _call(endpoint: Endpoint, spec: RequestSpec) -> StreamingCall:
+    call = StreamingCall(endpoint, spec, time.monotonic)  # same clock as the target's records
+    call.run()
+    return call
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_stream_timing_agrees_with_target_record(target_url: str, api: str) -> None:
+    endpoint = Endpoint(target_url, api=api)
+    spec = _spec(max_tokens=15)
+    rec = _call(endpoint, spec).record
+    assert rec.status == "ok", rec.error_detail
+    served = _served(target_url)[rec.response_id or ""]
+    # the client's first content chunk matches the target's own first write within a few ms
+    assert rec.first_token is not None
+    assert abs(rec.first_token - served["first_chunk_written"]) < 0.004
+    assert len(rec.chunk_times) == 15 == len(served["chunk_written"])
+    lags = [c - w for c, w in zip(rec.chunk_times, served["chunk_written"], strict=True)]
+    assert max(abs(x) for x in lags) < 0.004
+    # engine steps are >= 10 ms, so every inter-chunk gap is one step or more
+    assert min(b - a for a, b in zip(rec.chunk_times, rec.chunk_times[1:], strict=False)) > 0.008
+    assert rec.prompt_tokens == count_tokens(spec.prompt or "") == 30
+    assert (rec.output_tokens, rec.token_source) == (15, "usage")
+
+
+def test_role_only_first_chunk_is_not_the_first_token(target_url: str) -> None:
+    """The chat stream opens with an empty role chunk at once; TTFT waits for content."""
+    rec = _call(Endpoint(target_url), _spec(n_prompt=2000, max_tokens=2)).record
+    # a 2000-token prefill costs 10 ms + 2000 * 0.02 ms = 50 ms on this engine
+    assert rec.ttft is not None and rec.ttft > 0.045
+
+
+def test_non_streamed_response(target_url: str) -> None:
+    endpoint = Endpoint(target_url, stream=False)
+    rec = _call(endpoint, _spec(max_tokens=5)).record
+    assert rec.status == "ok"
+    assert rec.output_tokens == 5 and rec.token_source == "usage"
+    assert rec.first_token == rec.chunk_times[0] and len(rec.chunk_times) == 1
+
+
+def test_without_usage_tokens_are_counted_from_chunks(target_url: str) -> None:
+    endpoint = Endpoint(target_url, extra_body={"stream_options": {"include_usage": False}})
+    rec = _call(endpoint, _spec(max_tokens=7)).record
+    assert rec.status == "ok"
+    assert (rec.output_tokens, rec.token_source) == (7, "chunks")
+
+
+def test_errors_are_classified_not_raised(target_url: str) -> None:
+    wrong_model = _call(Endpoint(target_url, model="nope"), _spec()).record
+    assert (wrong_model.status, wrong_model.error_kind) == ("error", "http_404")
+    assert "does not exist" in (wrong_model.error_detail or "")
+
+    too_long = _call(Endpoint(target_url), _spec(max_tokens=FAST_ENGINE.kv_cache_tokens)).record
+    assert too_long.error_kind == "http_400"
+    assert "maximum context length" in (too_long.error_detail or "")
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    refused = _call(Endpoint(f"http://127.0.0.1:{dead_port}/v1"), _spec()).record
+    assert (refused.status, refused.error_kind) == ("error", "connection_refused")
+
+
+def test_timeout_is_recorded(target_url: str) -> None:
+    endpoint = Endpoint(target_url, timeout_s=0.1)
+    rec = _call(endpoint, _spec(max_tokens=200)).record  # 200 steps of >= 10 ms
+    assert (rec.status, rec.error_kind) == ("timeout", "timeout")
+    assert rec.end is not None and 0.09 < rec.end - rec.start < 0.5
+
+
+def test_api_key_is_sent_but_never_recorded(target_url: str) -> None:
+    secret = "sk-test-7f3a9c0e5b1d"
+    endpoint = Endpoint(target_url, model="nope", api_key=secret)
+    assert secret not in repr(endpoint)
+    rec = _call(endpoint, _spec()).record
+    assert secret not in rec.to_json()
+    assert endpoint.redact(f"bad key {secret}") == "bad key ***"
+
+
+def test_ipv6_loopback_url_is_understood() -> None:
+    conn = Endpoint("http://[::1]:9/v1").connect(1.0)
+    assert (conn.host, conn.port) == ("::1", 9)
+
+
+def test_block_reader_would_fail_the_agreement_check(target_url: str) -> None:
+    """Negative control: reading in 4 KiB blocks sees the first token far too late."""
+    endpoint = Endpoint(target_url)
+    spec = _spec(max_tokens=20)
+    conn = endpoint.connect(5.0)
+    conn.request(
+        "POST",
+        endpoint.path,
+        body=json.dumps(endpoint.body(spec)),
+        headers={"Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    first_block = None
+    rid = None
+    while block := response.read(4096):
+        if first_block is None:
+            first_block = time.monotonic()
+        for line in block.split(b"\n"):
+            if line.startswith(b"data: {") and rid is None:
+                rid = json.loads(line[6:])["id"]
+    conn.close()
+    served = _served(target_url)[rid or ""]
+    assert first_block is not None
+    assert first_block - served["first_chunk_written"] > 0.05  # off by tens of milliseconds

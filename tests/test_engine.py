@@ -1,0 +1,63 @@
+"""The clock-free engine model: admission, KV capacity, step cost, completion."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator.engine import Engine, EngineConfig, Sequence, StepCost
+
+
+def test_step_cost_is_linear() -> None:
+    cost = StepCost(0.01, 0.001, 0.0001)
+    assert cost.duration(0, 0) == pytest.approx(0.01)
+    assert cost.duration(4, 100) == pytest.approx(0.01 + 0.004 + 0.01)
+
+
+def test_admission_limited_by_max_num_seqs_and_fifo() -> None:
+    eng = Engine(EngineConfig(max_num_seqs=2, cost=StepCost(0.01, 0.0, 0.0)))
+    seqs = [Sequence(f"s{i}", 10, 3) for i in range(3)]
+    for s in seqs:
+        eng.add(s)
+    step = eng.plan_step()
+    assert step.prefill == (seqs[0], seqs[1]) and step.decode == ()
+    assert list(eng.waiting) == [seqs[2]]
+    eng.complete(step)
+    step = eng.plan_step()  # full: s2 still waits, s0 and s1 decode
+    assert step.decode == (seqs[0], seqs[1]) and step.prefill == ()
+
+
+def test_kv_capacity_blocks_head_of_line_and_frees_on_finish() -> None:
+    eng = Engine(EngineConfig(max_num_seqs=8, kv_cache_tokens=100, cost=StepCost(0.01, 0, 0)))
+    a, b = Sequence("a", 50, 2), Sequence("b", 40, 20)  # 52 + 60 > 100
+    eng.add(a)
+    eng.add(b)
+    step = eng.plan_step()
+    assert step.prefill == (a,) and eng.kv_used == 52
+    assert eng.complete(step) == []
+    step = eng.plan_step()
+    assert step.prefill == () and step.decode == (a,)
+    assert eng.complete(step) == [a] and eng.kv_used == 0
+    assert eng.plan_step().prefill == (b,)
+
+
+def test_request_larger_than_cache_is_refused() -> None:
+    eng = Engine(EngineConfig(kv_cache_tokens=100))
+    with pytest.raises(ValueError, match="capacity is 100"):
+        eng.add(Sequence("x", 90, 20))
+
+
+def test_prefill_token_budget_splits_admissions() -> None:
+    eng = Engine(EngineConfig(max_batched_tokens=100, cost=StepCost(0.0, 0.0, 0.001)))
+    for i in range(3):
+        eng.add(Sequence(f"s{i}", 60, 1))
+    step = eng.plan_step()
+    assert len(step.prefill) == 1 and step.duration == pytest.approx(0.06)
+
+
+def test_abort_frees_reservation() -> None:
+    eng = Engine(EngineConfig(kv_cache_tokens=1000))
+    s = Sequence("s", 100, 100)
+    eng.add(s)
+    eng.plan_step()
+    eng.abort(s)
+    assert eng.kv_used == 0 and not eng.has_work

@@ -1,0 +1,173 @@
+"""Real Locust runs (`surgecast run` in a subprocess) against the reference target on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scenarios.plan import build_plan
+from scenarios.records import read_records
+from scenarios.spec import load_scenario
+from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
+
+
+def test_open_loop_achieves_the_planned_rate(tmp_path: Path) -> None:
+    data = scenario_dict(traffic={"rate": 25, "duration_s": 4, "seed": 5})
+    data["reference_target"]["max_num_seqs"] = 64
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out), "--no-report")
+    assert result.returncode == 0, result.stderr
+    plan = build_plan(load_scenario(path))
+    records = read_records(out / "requests.jsonl")
+    assert sorted(r.id for r in records) == sorted(s.id for s in plan)
+    assert all(r.status == "ok" for r in records)
+    by_id = {r.id: r for r in records}
+    lateness = np.array([by_id[s.id].start - s.arrival for s in plan])
+    assert np.percentile(lateness, 99) < 0.02 and lateness.min() >= 0
+    starts = np.sort([r.start for r in records])
+    achieved = (len(starts) - 1) / (starts[-1] - starts[0])
+    planned = (len(plan) - 1) / (plan[-1].arrival - plan[0].arrival)
+    assert achieved == pytest.approx(planned, rel=0.01)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["validity"]["valid"] and meta["status"] == "finished"
+    assert "sent" in result.stderr and "p95" in result.stdout  # progress line and summary table
+
+
+def test_slow_target_does_not_slow_the_sending(tmp_path: Path) -> None:
+    """One slot, 50 ms steps: the target serves ~2 req/s while 20 req/s are sent."""
+    data = scenario_dict(
+        target={"timeout_s": 1.5},
+        reference_target={
+            "max_num_seqs": 1,
+            "cold_start_s": 0,
+            "step": {"base_ms": 50, "per_decode_seq_ms": 0, "per_prefill_token_ms": 0},
+        },
+        traffic={"rate": 20, "duration_s": 3, "seed": 2},
+        workload={
+            "prompt_tokens": {"dist": "constant", "value": 10},
+            "output_tokens": {"dist": "constant", "value": 10},
+        },
+    )
+    path = write_scenario(tmp_path / "slow.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out), "--no-report", "-q")
+    plan = build_plan(load_scenario(path))
+    records = read_records(out / "requests.jsonl")
+    assert len(records) == len(plan) > 40
+    lateness = np.array([r.lateness for r in records])
+    assert np.percentile(lateness, 99) < 0.02  # every request left on time
+    statuses = {r.status for r in records}
+    assert "timeout" in statuses and "ok" in statuses
+    ok = sum(r.status == "ok" for r in records)
+    assert ok < 0.5 * len(plan)  # the target really was too slow
+    assert result.returncode == 99  # failed requests count against the ttft and e2e SLOs
+
+
+def test_killed_run_keeps_its_records(tmp_path: Path) -> None:
+    path = write_scenario(
+        tmp_path / "s.yaml", scenario_dict(traffic={"rate": 10, "duration_s": 30, "seed": 1})
+    )
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "surgecast", "run", str(path), "--out", str(out), "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    requests = out / "requests.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if requests.exists() and len(requests.read_text().splitlines()) >= 15:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    records = read_records(requests)
+    assert len(records) >= 15
+    assert all(r.status == "ok" and r.end is not None for r in records)
+    # the reference target it started goes away with it (its stdin closed)
+    time.sleep(1.0)
+    ps = subprocess.run(
+        ["pgrep", "-f", f"--engine-json.*{os.getpid()}"], capture_output=True, check=False
+    )
+    assert ps.returncode != 0 or not ps.stdout.strip()
+
+
+def test_interrupted_run_is_marked(tmp_path: Path) -> None:
+    path = write_scenario(
+        tmp_path / "s.yaml", scenario_dict(traffic={"rate": 10, "duration_s": 30, "seed": 1})
+    )
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "surgecast", "run", str(path), "--out", str(out), "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    requests = out / "requests.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (requests.exists() and requests.stat().st_size):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "records written so far are kept" in err
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "interrupted"
+    assert len(read_records(requests)) >= 1
+
+
+def test_api_key_from_env_never_reaches_outputs(tmp_path: Path) -> None:
+    secret = "sk-live-DO-NOT-LEAK-4242"
+    data = scenario_dict(
+        target={"api_key_env": "SURGECAST_TEST_KEY", "timeout_s": 10},
+        traffic={"rate": 5, "duration_s": 1, "seed": 1},
+    )
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    missing = run_cli(
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        env={k: v for k, v in os.environ.items() if k != "SURGECAST_TEST_KEY"},
+    )
+    assert missing.returncode == 2 and "export SURGECAST_TEST_KEY" in missing.stderr
+    result = run_cli(
+        "run", str(path), "--out", str(out), env={**os.environ, "SURGECAST_TEST_KEY": secret}
+    )
+    assert result.returncode == 0, result.stderr
+    for f in out.iterdir():
+        assert secret not in f.read_text(encoding="utf-8"), f
+    assert secret not in result.stdout + result.stderr
+
+
+def test_unreachable_target_makes_the_run_invalid(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_scenario(
+        tmp_path / "s.yaml", scenario_dict(traffic={"rate": 5, "duration_s": 1, "seed": 1})
+    )
+    out = tmp_path / "run"
+    result = run_cli(
+        "run", str(path), "--target", f"http://127.0.0.1:{port}/v1", "--out", str(out), "-q"
+    )
+    assert result.returncode == 3
+    assert "target unreachable" in result.stderr
+    records = read_records(out / "requests.jsonl")
+    assert records and all(r.error_kind == "connection_refused" for r in records)
+    assert (out / "index.html").exists()

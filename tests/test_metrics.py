@@ -1,0 +1,72 @@
+"""Metric definitions, summaries and SLO checks on records with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scenarios.metrics import metric_samples, summarize
+from scenarios.records import RecordWriter, RequestRecord, Status, read_records
+from scenarios.slo import parse_threshold
+
+
+def _rec(i: int, start: float, chunks: list[float], status: Status = "ok") -> RequestRecord:
+    return RequestRecord(
+        id=f"r{i}",
+        intended_start=start - 0.001 * i,
+        start=start,
+        first_token=chunks[0] if chunks else None,
+        end=(chunks[-1] + 0.01) if chunks else start + 1,
+        chunk_times=chunks,
+        output_tokens=len(chunks) or None,
+        status=status,
+    )
+
+
+RECORDS = [
+    _rec(0, 0.0, [0.1, 0.2, 0.3, 0.4]),  # ttft 100 ms, e2e 410, itl 100 x3, tpot 310/3
+    _rec(1, 1.0, [1.5, 1.6]),  # ttft 500 ms, e2e 610, itl 100, tpot 110
+    _rec(2, 2.0, [], status="error"),
+]
+
+
+def test_metric_definitions() -> None:
+    assert metric_samples(RECORDS, "ttft") == pytest.approx([0.1, 0.5])
+    assert metric_samples(RECORDS, "e2e") == pytest.approx([0.41, 0.61])
+    assert metric_samples(RECORDS, "itl") == pytest.approx([0.1] * 4)
+    assert metric_samples(RECORDS, "tpot") == pytest.approx([0.31 / 3, 0.11])
+    assert metric_samples(RECORDS, "ttft_intended") == pytest.approx([0.1, 0.501])
+
+
+def test_summary_and_slos() -> None:
+    thresholds = [
+        parse_threshold("ttft", "p(50) < 600"),
+        parse_threshold("ttft", "max < 400"),
+        parse_threshold("error_rate", "rate < 0.5"),
+        parse_threshold("itl", "max < 101"),
+        parse_threshold("e2e", "p(66) < 1000"),
+        parse_threshold("e2e", "p(67) < 1000"),
+    ]
+    s = summarize(RECORDS, thresholds, duration_s=10.0)
+    assert (s.requests, s.ok, s.statuses) == (3, 2, {"ok": 2, "error": 1})
+    assert s.throughput == pytest.approx(0.2)
+    assert s.metrics["ttft"].percentiles[50] == pytest.approx(300.0)
+    # the failed request counts as infinitely slow: 2 of 3 requests are within any e2e limit
+    assert [r.passed for r in s.slos] == [True, False, True, True, True, False]
+    assert s.slos[0].observed == pytest.approx(500.0)  # median of 100, 500, inf
+    assert s.slos[1].observed == float("inf")
+    assert s.goodput == pytest.approx(0.1)  # only r0 has ttft <= 400 ms
+    assert s.lateness_p99_ms == pytest.approx(1.98, abs=0.01)
+
+
+def test_records_round_trip_and_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        writer = RecordWriter(f)
+        for r in RECORDS:
+            writer.write(r)
+        f.write('{"id": "torn", "intended_')  # a writer killed mid-line
+    back = read_records(path)
+    assert [r.id for r in back] == ["r0", "r1", "r2"]
+    assert back[0] == RECORDS[0]

@@ -1,0 +1,115 @@
+"""The whole job end to end on a short scenario, and the import quarantine of Locust."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
+
+
+def test_pipeline_end_to_end(tmp_path: Path) -> None:
+    data = scenario_dict(
+        traffic={"rate": 6, "duration_s": 8, "seed": 4}, forecast={"scales": [10], "seeds": 3}
+    )
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("pipeline", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"report: {out}/index.html" in result.stdout
+    for name in (
+        "run.json",
+        "requests.jsonl",
+        "calibration.json",
+        "backtest.json",
+        "simulated.jsonl",
+        "forecast.json",
+        "index.html",
+        "summary.md",
+    ):
+        assert (out / name).stat().st_size > 0, name
+
+    # calibration finds the engine the reference target really ran (base 10 ms, 0.8 ms/seq)
+    cal = json.loads((out / "calibration.json").read_text())["parameters"]
+    assert cal["base_s"]["value"] == pytest.approx(0.010, rel=0.1)
+    assert cal["per_decode_seq_s"]["value"] == pytest.approx(0.0008, rel=0.25)
+
+    backtest = json.loads((out / "backtest.json").read_text())["rows"]
+    e2e = {r["quantile"]: r["error_pct"] for r in backtest if r["metric"] == "e2e"}
+    assert abs(e2e[50]) < 10 and abs(e2e[95]) < 10
+
+    point = json.loads((out / "forecast.json").read_text())["points"][0]
+    assert point["scale"] == 10 and point["best"]["passed"]
+    assert point["cost_per_month_usd"] == pytest.approx(point["best"]["replicas"] * 2.0 * 730)
+    # with one replica fewer the SLOs were not met (or it is the smallest fleet)
+    fewer = [t for t in point["tried"] if t["replicas"] == point["best"]["replicas"] - 1]
+    assert point["best"]["replicas"] == 1 or (fewer and not fewer[0]["passed"])
+
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # latency CDFs, TTFT timeline, forecast
+    assert "Back-test" in page and "Capacity forecast" in page
+    assert "## Capacity forecast" in (out / "summary.md").read_text()
+
+
+def test_core_packages_import_without_gevent() -> None:
+    code = (
+        "import sys, scenarios.spec, scenarios.plan, scenarios.metrics, simulator.sim, "
+        "simulator.target, simulator.forecast, surgecast.cli, surgecast.pipeline, "
+        "surgecast.report, loadgen.client; print('gevent' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "command", ["pipeline", "run", "serve", "calibrate", "simulate", "forecast", "report"]
+)
+def test_every_command_has_help(command: str) -> None:
+    result = run_cli(command, "--help", timeout=60)
+    assert result.returncode == 0 and "usage: surgecast" in result.stdout
+
+
+def test_calibrate_and_forecast_commands(tmp_path: Path) -> None:
+    """The pieces by hand: run, calibrate -o, simulate, forecast --json, report."""
+    path = write_scenario(
+        tmp_path / "s.yaml",
+        scenario_dict(
+            traffic={"rate": 6, "duration_s": 5, "seed": 9}, forecast={"scales": [3], "seeds": 2}
+        ),
+    )
+    run = tmp_path / "run"
+    assert run_cli("run", str(path), "--out", str(run), "-q", "--no-report").returncode == 0
+    cal = tmp_path / "cal.json"
+    result = run_cli("calibrate", str(run), "-o", str(cal))
+    assert result.returncode == 0, result.stderr
+    assert "back-test of" in result.stdout and cal.exists()
+    sim = tmp_path / "sim"
+    result = run_cli(
+        "simulate",
+        str(path),
+        "--calibration",
+        str(cal),
+        "--out",
+        str(sim),
+        "--scale",
+        "2",
+        "--replicas",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    sim_records = (sim / "requests.jsonl").read_text().splitlines()
+    assert sim_records and all('"source":"simulated"' in line for line in sim_records)
+    fc = tmp_path / "fc.json"
+    result = run_cli("forecast", str(path), "--calibration", str(cal), "--json", str(fc))
+    assert result.returncode == 0, result.stderr
+    assert "x3" in result.stdout and json.loads(fc.read_text())["points"][0]["scale"] == 3
+    assert run_cli("report", str(run)).returncode == 0
+    assert (run / "index.html").exists()
+    bad = run_cli("forecast", str(path), "--calibration", str(tmp_path / "none.json"))
+    assert bad.returncode == 2 and "calibration file not found" in bad.stderr
