@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import gevent
@@ -22,6 +22,7 @@ from locust.exception import StopUser
 
 from loadgen.client import Endpoint, StreamingCall
 from loadgen.progress import RunProgress
+from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec
 from scenarios.records import RecordWriter, RequestRecord
 
@@ -41,6 +42,8 @@ class LoadRun:
         store_prompts: bool = False,
         progress: TextIO | None = sys.stderr,
         progress_every_s: float = 2.0,
+        telemetry: TelemetryRecorder | None = None,
+        telemetry_every_s: float = 1.0,
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
         self.endpoint = endpoint
@@ -50,6 +53,8 @@ class LoadRun:
         self.progress = RunProgress(planned=len(self.plan))
         self.progress_out = progress
         self.progress_every_s = progress_every_s
+        self.telemetry = telemetry
+        self.telemetry_every_s = telemetry_every_s
         self.environment = Environment(user_classes=[self._user_class()])
         self._done = Event()
         self._t0 = 0.0
@@ -59,17 +64,19 @@ class LoadRun:
 
     def run(self) -> list[RequestRecord]:
         runner = self.environment.create_local_runner()
-        reporter = gevent.spawn(self._report) if self.progress_out else None
         self._t0 = time.monotonic()
+        background = [gevent.spawn(self._every, self.progress_every_s, self._print_progress)]
+        if self.telemetry is not None:
+            background.append(gevent.spawn(self._every, self.telemetry_every_s, self._sample))
         try:
             runner.start(1, spawn_rate=1)
             self._done.wait()
         finally:
             self.pool.kill(block=True, timeout=DRAIN_GRACE_S)
             runner.quit()
-            if reporter is not None:
-                reporter.kill()
-                self._print_progress()
+            gevent.killall(background)
+            self._print_progress()
+            self._sample()  # the final state: every request has finished
         return self.progress.finished
 
     def _user_class(self) -> type[User]:
@@ -150,10 +157,15 @@ class LoadRun:
             context={},
         )
 
-    def _report(self) -> None:
+    @staticmethod
+    def _every(interval_s: float, action: Callable[[], None]) -> None:
         while True:
-            gevent.sleep(self.progress_every_s)
-            self._print_progress()
+            gevent.sleep(interval_s)
+            action()
+
+    def _sample(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.tick(self.clock())
 
     def _print_progress(self) -> None:
         if self.progress_out is not None:

@@ -131,6 +131,13 @@ class Privacy(Strict):
     store_prompts: bool = Field(False, description="Keep prompt text in requests.jsonl.")
 
 
+class Telemetry(Strict):
+    prometheus: bool = Field(True, description="Scrape the target's Prometheus /metrics.")
+    metrics_url: str | None = Field(None, description="Default: <target root>/metrics.")
+    gpu: bool = Field(True, description="Sample local GPUs through NVML when there are any.")
+    interval_s: float = Field(1.0, ge=0.1, le=60)
+
+
 class Forecast(Strict):
     scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
     seeds: int = Field(5, ge=2, le=50, description="Simulations per configuration.")
@@ -157,6 +164,7 @@ class Scenario(Strict):
     )
     cost: Cost = Cost(gpu_hour_usd=2.0)
     privacy: Privacy = Privacy()
+    telemetry: Telemetry = Telemetry()
     forecast: Forecast = Forecast()
 
     @field_validator("slos", mode="before")

@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.client import Endpoint, read_api_key
+from loadgen.telemetry import (
+    NvmlSampler,
+    PrometheusSampler,
+    Sampler,
+    TelemetryRecorder,
+    metrics_url_for,
+)
 from scenarios.metrics import Summary, summarize
 from scenarios.plan import build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
 from scenarios.spec import Scenario
+from scenarios.spec import Telemetry as TelemetrySpec
 from simulator.backtest import BacktestRow, backtest
 from simulator.calibrate import Calibration, calibrate
 from simulator.engine import EngineConfig, engine_from_spec
@@ -130,15 +138,27 @@ def run_load(
             if not external:
                 say(f"reference target up at {base_url}")
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
-            with open(folder.requests, "a", encoding="utf-8") as stream:
-                records = LoadRun(
-                    plan,
-                    endpoint,
-                    RecordWriter(stream),
-                    max_in_flight=scenario.traffic.max_in_flight,
-                    store_prompts=scenario.privacy.store_prompts,
-                    progress=sys.stderr if progress else None,
-                ).run()
+            with (
+                open(folder.requests, "a", encoding="utf-8") as stream,
+                open(folder.telemetry, "a", encoding="utf-8") as telemetry_stream,
+            ):
+                telemetry = TelemetryRecorder(
+                    _samplers(scenario.telemetry, base_url), telemetry_stream
+                )
+                try:
+                    records = LoadRun(
+                        plan,
+                        endpoint,
+                        RecordWriter(stream),
+                        max_in_flight=scenario.traffic.max_in_flight,
+                        store_prompts=scenario.privacy.store_prompts,
+                        progress=sys.stderr if progress else None,
+                        telemetry=telemetry,
+                        telemetry_every_s=scenario.telemetry.interval_s,
+                    ).run()
+                finally:
+                    telemetry.close()
+                    folder.update_meta(telemetry_errors=telemetry.errors)
     except KeyboardInterrupt:
         folder.update_meta(status="interrupted", finished_at=_now())
         raise
@@ -151,6 +171,15 @@ def run_load(
         slos_passed=summary.slos_passed,
     )
     return RunOutcome(folder, summary, reasons)
+
+
+def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
+    samplers: list[Sampler] = []
+    if spec.prometheus:
+        samplers.append(PrometheusSampler(spec.metrics_url or metrics_url_for(base_url)))
+    if spec.gpu:
+        samplers.append(NvmlSampler())
+    return samplers
 
 
 def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig:

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from loadgen.telemetry import read_telemetry
 from scenarios.metrics import Summary, metric_samples, summarize
 from scenarios.records import RequestRecord, read_records
 from scenarios.spec import Scenario
@@ -87,6 +88,59 @@ def timeline_plot(records: Sequence[RequestRecord]) -> str:
     return _png(fig)
 
 
+# Server gauges worth plotting over time, by the names each engine exports them under.
+GAUGES = {
+    "running": (
+        "surgecast_num_requests_running",
+        "vllm:num_requests_running",
+        "llamacpp:requests_processing",
+    ),
+    "waiting": (
+        "surgecast_num_requests_waiting",
+        "vllm:num_requests_waiting",
+        "llamacpp:requests_deferred",
+    ),
+    "KV cache used (fraction)": (
+        "surgecast_kv_cache_usage_ratio",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+    ),
+}
+
+
+def _gauge(metrics: dict[str, float], name: str) -> float | None:
+    """A gauge's value summed over its label sets (`name` or `name{...}`); None if absent."""
+    values = [v for k, v in metrics.items() if k == name or k.startswith(name + "{")]
+    return float(sum(values)) if values else None
+
+
+def telemetry_plot(samples: Sequence[dict[str, Any]]) -> str:
+    """Server queue and KV gauges (Prometheus) and GPU utilisation (NVML) over the run."""
+    prom = [s for s in samples if s.get("source") == "prometheus" and "metrics" in s]
+    gpu = [s for s in samples if s.get("source") == "nvml"]
+    panels: list[tuple[str, list[float], list[float]]] = []
+    for label, names in GAUGES.items():
+        for name in names:
+            points = [(s["t"], v) for s in prom if (v := _gauge(s["metrics"], name)) is not None]
+            if points:
+                panels.append((f"{label}\n{name}", [t for t, _ in points], [v for _, v in points]))
+                break
+    if gpu:
+        t = [s["t"] for s in gpu]
+        util = [float(np.mean([g["gpu_util_pct"] for g in s["gpus"]] or [0])) for s in gpu]
+        panels.append(("GPU utilisation % (mean of GPUs)", t, util))
+    if not panels:
+        return ""
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.2), squeeze=False)
+    for ax, (label, times, values) in zip(axes[0], panels, strict=True):
+        ax.step(times, values, where="post")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("time since start (s)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def forecast_plot(points: Sequence[ForecastPoint]) -> str:
     met = [p for p in points if p.best is not None]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.6))
@@ -142,7 +196,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
         (
             "Measured run",
             summary_tables(summary),
-            latency_plot(records, simulated) + timeline_plot(records),
+            latency_plot(records, simulated)
+            + timeline_plot(records)
+            + telemetry_plot(read_telemetry(folder.telemetry)),
         ),
     ]
     if cal_data:

@@ -47,6 +47,10 @@ class RunFolder:
         return self.path / "requests.jsonl"
 
     @property
+    def telemetry(self) -> Path:
+        return self.path / "telemetry.jsonl"
+
+    @property
     def calibration(self) -> Path:
         return self.path / "calibration.json"
 

@@ -50,7 +50,8 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
     assert point["best"]["replicas"] == 1 or (fewer and not fewer[0]["passed"])
 
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # latency CDFs, TTFT timeline, forecast
+    # latency CDFs, TTFT timeline, telemetry, forecast
+    assert page.count("data:image/png;base64,") == 4
     assert "Back-test" in page and "Capacity forecast" in page
     assert "## Capacity forecast" in (out / "summary.md").read_text()
 

@@ -1,0 +1,146 @@
+"""Telemetry beside a load run: the target's Prometheus metrics and, where there is one, the GPU.
+
+Plain Python (urllib, pynvml), so it runs under gevent in the load process and anywhere else.
+Each sample is one JSON line in telemetry.jsonl: {"t": seconds from run start, "source": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import urllib.error
+import urllib.request
+from typing import IO, Any
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text exposition, keyed by name with its labels (`a{b="c"}`)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            try:
+                value = float(m[3])
+            except ValueError:
+                continue
+            if not math.isnan(value):
+                out[m[1] + (m[2] or "")] = value
+    return out
+
+
+def metrics_url_for(base_url: str) -> str:
+    """Where OpenAI-compatible servers (vLLM, llama.cpp, ours) serve /metrics: the API's root."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    return root + "/metrics"
+
+
+class PrometheusSampler:
+    """Scrapes one /metrics endpoint; after a failure it reports why once and stops trying."""
+
+    source = "prometheus"
+
+    def __init__(self, url: str, timeout_s: float = 2.0):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.error: str | None = None
+
+    def sample(self) -> dict[str, Any] | None:
+        if self.error:
+            return None
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as r:
+                return {"metrics": parse_prometheus(r.read().decode("utf-8", "replace"))}
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            self.error = f"{self.url}: {e}"
+            return {"error": self.error}
+
+
+class NvmlSampler:
+    """GPU utilisation, memory, power and temperature of every visible GPU through pynvml."""
+
+    source = "nvml"
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            count = pynvml.nvmlDeviceGetCount()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except Exception as e:  # NVMLError_LibraryNotFound and friends: no GPU here
+            self.error = f"NVML unavailable: {e}"
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+    def sample(self) -> dict[str, Any] | None:
+        if not self.available:
+            return None
+        nv = self._nvml
+        gpus = []
+        for i, h in enumerate(self._handles):
+            util = nv.nvmlDeviceGetUtilizationRates(h)
+            mem = nv.nvmlDeviceGetMemoryInfo(h)
+            gpus.append(
+                {
+                    "index": i,
+                    "gpu_util_pct": float(util.gpu),
+                    "mem_util_pct": float(util.memory),
+                    "mem_used_bytes": int(mem.used),
+                    "mem_total_bytes": int(mem.total),
+                    "power_w": nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                    "temperature_c": float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+                    "sm_clock_mhz": float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+                }
+            )
+        return {"gpus": gpus}
+
+    def close(self) -> None:
+        if self.available:
+            self._nvml.nvmlShutdown()
+
+
+Sampler = PrometheusSampler | NvmlSampler
+
+
+class TelemetryRecorder:
+    """Takes one sample of every source on `tick(now)` and appends it (flushed) to `stream`."""
+
+    def __init__(self, samplers: list[Sampler], stream: IO[str]):
+        self.samplers = samplers
+        self.stream = stream
+
+    def tick(self, now: float) -> None:
+        for s in self.samplers:
+            data = s.sample()
+            if data is not None:
+                line = {"t": round(now, 4), "source": s.source, **data}
+                self.stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+                self.stream.flush()
+
+    @property
+    def errors(self) -> list[str]:
+        return [s.error for s in self.samplers if s.error]
+
+    def close(self) -> None:
+        for s in self.samplers:
+            if isinstance(s, NvmlSampler):
+                s.close()
+
+
+def read_telemetry(path: Any) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,47 @@
+"""Prometheus text parsing and the NVML sampler's behaviour without a GPU."""
+
+from __future__ import annotations
+
+from loadgen.telemetry import NvmlSampler, PrometheusSampler, metrics_url_for, parse_prometheus
+
+EXPOSITION = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="m"} 3.0
+vllm:prompt_tokens_total{model_name="m"} 1.5e3
+http_requests_total{code="200",handler="/v1/chat/completions"} 12
+broken_line_without_value
+nan_metric NaN
+"""
+
+
+def test_parse_prometheus_text() -> None:
+    m = parse_prometheus(EXPOSITION)
+    assert m == {
+        'vllm:num_requests_running{model_name="m"}': 3.0,
+        'vllm:prompt_tokens_total{model_name="m"}': 1500.0,
+        'http_requests_total{code="200",handler="/v1/chat/completions"}': 12.0,
+    }
+
+
+def test_metrics_url_is_the_api_root() -> None:
+    assert metrics_url_for("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/metrics"
+    assert metrics_url_for("http://[::1]:8000/v1/") == "http://[::1]:8000/metrics"
+
+
+def test_unreachable_metrics_endpoint_reports_once() -> None:
+    sampler = PrometheusSampler("http://127.0.0.1:9/metrics", timeout_s=0.5)
+    first = sampler.sample()
+    assert first is not None and "error" in first
+    assert sampler.sample() is None  # it stops trying
+
+
+def test_nvml_sampler_without_gpu_says_why() -> None:
+    sampler = NvmlSampler()
+    if sampler.available:  # a GPU machine: real samples
+        data = sampler.sample()
+        assert data is not None and data["gpus"]
+        assert 0 <= data["gpus"][0]["gpu_util_pct"] <= 100
+        sampler.close()
+    else:
+        assert sampler.error and "NVML unavailable" in sampler.error
+        assert sampler.sample() is None
