@@ -236,8 +236,10 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
 def forecast_scenario(
     scenario: Scenario, calibration: Calibration, scales: Sequence[float], say: Say = say_stderr
 ) -> list[ForecastPoint]:
+    """Forecast at each scale, with today's traffic (x1) first as the baseline."""
+    scales = sorted({1.0, *scales})
     say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
-    return Forecaster(scenario, calibration, progress=say).run(list(scales))
+    return Forecaster(scenario, calibration, progress=say).run(scales)
 
 
 def save_forecast(folder: RunFolder, points: Sequence[ForecastPoint]) -> None:

@@ -242,4 +242,4 @@ def render(folder: RunFolder) -> tuple[str, str]:
     )
     page.append("</body></html>")
     folder.html.write_text("\n".join(page), encoding="utf-8")
-    return str(folder.html), str(folder.markdown)
+    return str(folder.html.resolve()), str(folder.markdown.resolve())

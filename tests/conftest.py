@@ -68,3 +68,17 @@ def run_cli(
         cwd=cwd or ROOT,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One `surgecast pipeline` run on a short scenario: (run folder, stdout)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data = scenario_dict(
+        traffic={"rate": 6, "duration_s": 8, "seed": 4}, forecast={"scales": [10], "seeds": 3}
+    )
+    path = write_scenario(tmp / "s.yaml", data)
+    out = tmp / "run"
+    result = run_cli("pipeline", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
