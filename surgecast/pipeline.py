@@ -60,6 +60,33 @@ def _folder(scenario: Scenario, out: str | Path | None) -> RunFolder:
     return folder
 
 
+def _write_meta(
+    folder: RunFolder,
+    scenario: Scenario,
+    scenario_file: str,
+    planned: int,
+    target: dict[str, Any],
+    **fields: Any,
+) -> None:
+    """run.json: the scenario as resolved, seed, target, versions, machine, start time."""
+    folder.write_json(
+        folder.run_json,
+        {
+            "run_id": folder.path.name,
+            "scenario_file": scenario_file,
+            "scenario": scenario.model_dump(mode="json"),
+            "seed": scenario.traffic.seed,
+            "planned_requests": planned,
+            "duration_s": scenario.traffic.duration_s,
+            "target": target,
+            "versions": versions(),
+            "machine": machine(),
+            "started_at": _now(),
+            **fields,
+        },
+    )
+
+
 def invalid_reasons(
     scenario: Scenario, records: Sequence[RequestRecord], summary: Summary, planned: int
 ) -> list[str]:
@@ -110,22 +137,8 @@ def run_load(
     }
     if not external:
         target_meta["engine"] = engine_from_spec(scenario.reference_target).to_dict()
-    folder.write_json(
-        folder.run_json,
-        {
-            "run_id": folder.path.name,
-            "scenario_file": scenario_file,
-            "scenario": scenario.model_dump(mode="json"),
-            "seed": scenario.traffic.seed,
-            "planned_requests": len(plan),
-            "duration_s": scenario.traffic.duration_s,
-            "target": target_meta,
-            "versions": versions(),
-            "machine": machine(),
-            "started_at": _now(),
-            "status": "running",
-            "source": "measured",
-        },
+    _write_meta(
+        folder, scenario, scenario_file, len(plan), target_meta, status="running", source="measured"
     )
     say(
         f"run {folder.path.name}: {len(plan)} requests over {scenario.traffic.duration_s:g} s "
@@ -263,28 +276,21 @@ def simulate_scenario(
     )
     write_records(folder.requests, result.records)
     summary = summarize(result.records, scenario.thresholds(), scenario.traffic.duration_s)
-    folder.write_json(
-        folder.run_json,
-        {
-            "run_id": folder.path.name,
-            "scenario_file": scenario_file,
-            "scenario": scenario.model_dump(mode="json"),
-            "seed": scenario.traffic.seed,
-            "planned_requests": len(plan),
-            "duration_s": scenario.traffic.duration_s,
-            "target": {
-                "kind": "simulated",
-                "replicas": replicas,
-                "scale": scale,
-                "engine": calibration.engine.to_dict(),
-            },
-            "versions": versions(),
-            "machine": machine(),
-            "started_at": _now(),
-            "status": "finished",
-            "source": "simulated",
-            "validity": {"valid": True, "reasons": []},
-            "slos_passed": summary.slos_passed,
-        },
+    target = {
+        "kind": "simulated",
+        "replicas": replicas,
+        "scale": scale,
+        "engine": calibration.engine.to_dict(),
+    }
+    _write_meta(
+        folder,
+        scenario,
+        scenario_file,
+        len(plan),
+        target,
+        status="finished",
+        source="simulated",
+        validity={"valid": True, "reasons": []},
+        slos_passed=summary.slos_passed,
     )
     return RunOutcome(folder, summary, [])

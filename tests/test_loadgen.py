@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -72,38 +74,8 @@ def test_slow_target_does_not_slow_the_sending(tmp_path: Path) -> None:
     assert result.returncode == 99  # failed requests count against the ttft and e2e SLOs
 
 
-def test_killed_run_keeps_its_records(tmp_path: Path) -> None:
-    path = write_scenario(
-        tmp_path / "s.yaml", scenario_dict(traffic={"rate": 10, "duration_s": 30, "seed": 1})
-    )
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "surgecast", "run", str(path), "--out", str(out), "-q"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    requests = out / "requests.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if requests.exists() and len(requests.read_text().splitlines()) >= 15:
-            break
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
-    records = read_records(requests)
-    assert len(records) >= 15
-    assert all(r.status == "ok" and r.end is not None for r in records)
-    # the reference target it started goes away with it (its stdin closed)
-    time.sleep(1.0)
-    ps = subprocess.run(
-        ["pgrep", "-f", f"--engine-json.*{os.getpid()}"], capture_output=True, check=False
-    )
-    assert ps.returncode != 0 or not ps.stdout.strip()
-
-
-def test_interrupted_run_is_marked(tmp_path: Path) -> None:
+def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A 30 s run in the background; returns it once 15 records are written."""
     path = write_scenario(
         tmp_path / "s.yaml", scenario_dict(traffic={"rate": 10, "duration_s": 30, "seed": 1})
     )
@@ -117,15 +89,47 @@ def test_interrupted_run_is_marked(tmp_path: Path) -> None:
     )
     requests = out / "requests.jsonl"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (requests.exists() and requests.stat().st_size):
+    while time.monotonic() < deadline:
+        if requests.exists() and len(requests.read_text().splitlines()) >= 15:
+            break
         time.sleep(0.2)
+    return proc, out
+
+
+def _port_open(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_killed_run_keeps_its_records(tmp_path: Path) -> None:
+    proc, out = _start_run(tmp_path)
+    target = json.loads((out / "run.json").read_text())["target"]["base_url"]
+    assert _port_open(target)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.communicate(timeout=30)
+    records = read_records(out / "requests.jsonl")
+    assert len(records) >= 15
+    assert all(r.status == "ok" and r.end is not None for r in records)
+    # the reference target it started goes away with it (its stdin closed)
+    deadline = time.monotonic() + 10
+    while _port_open(target) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _port_open(target)
+
+
+def test_interrupted_run_is_marked(tmp_path: Path) -> None:
+    proc, out = _start_run(tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "records written so far are kept" in err
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "interrupted"
-    assert len(read_records(requests)) >= 1
+    assert len(read_records(out / "requests.jsonl")) >= 15
 
 
 def test_api_key_from_env_never_reaches_outputs(tmp_path: Path) -> None:
@@ -154,8 +158,6 @@ def test_api_key_from_env_never_reaches_outputs(tmp_path: Path) -> None:
 
 
 def test_unreachable_target_makes_the_run_invalid(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
