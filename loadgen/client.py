@@ -113,7 +113,8 @@ class StreamingCall:
         self.spec = spec
         self.clock = clock
         self._chunks = 0
-        self._finished = False
+        self._finished = False  # the server sent a finish_reason
+        self._completed = False  # the response was read to its end
         self.record = RequestRecord(
             id=spec.id,
             intended_start=spec.arrival,
@@ -134,8 +135,9 @@ class StreamingCall:
             headers["Authorization"] = f"Bearer {ep.api_key}"
         rec.start = self.clock()
         deadline = rec.start + ep.timeout_s
-        conn = ep.connect(ep.timeout_s)
+        conn = None
         try:
+            conn = ep.connect(ep.timeout_s)
             conn.request("POST", ep.path, body=payload, headers=headers)
             response = conn.getresponse()
             rec.http_status = response.status
@@ -153,15 +155,18 @@ class StreamingCall:
             self._fail("error", "connection_refused", str(e))
         except (http.client.HTTPException, OSError) as e:
             self._fail("error", "connection_error", f"{type(e).__name__}: {e}")
+        except Exception as e:  # a failing target is recorded, never a crash of the run
+            self._fail("error", "client_exception", f"{type(e).__name__}: {e}")
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
             if rec.end is None:
                 rec.end = self.clock()
         return rec
 
     def cancel(self) -> None:
-        """Mark the call cancelled (the run ended while it was in flight)."""
-        if self.record.end is None:
+        """Mark the call cancelled: the run ended (or was interrupted) while it was in flight."""
+        if not self._completed and self.record.status == "ok":
             self._fail("cancelled", "cancelled", "run ended before the response finished")
             self.record.end = self.clock()
 
@@ -189,7 +194,9 @@ class StreamingCall:
         rec.chunk_times.append(now)
         self._chunks += 1
 
-    def _on_event(self, event: dict[str, Any], now: float) -> None:
+    def _on_event(self, event: Any, now: float) -> None:
+        if not isinstance(event, dict):
+            raise StreamError("protocol", f"event is not a JSON object: {str(event)[:80]}")
         if "error" in event:
             err = event["error"]
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
@@ -254,6 +261,7 @@ class StreamingCall:
     def _finish(self) -> None:
         rec = self.record
         rec.end = self.clock()
+        self._completed = True
         if rec.output_tokens is None:
             rec.output_tokens = self._chunks
             rec.token_source = "chunks"

@@ -91,11 +91,12 @@ class Summary:
     ok: int
     statuses: dict[str, int]
     error_kinds: dict[str, int]
+    error_examples: dict[str, str]  # per error kind, the first detail the server gave
     duration_s: float
-    request_rate: float  # sent per second
-    throughput: float  # successful requests per second
-    output_tokens_per_s: float
-    goodput: float  # requests per second meeting every per-request SLO
+    request_rate: float  # sent per second over the send window (duration_s)
+    throughput: float  # successful requests per second, first send to last response
+    output_tokens_per_s: float  # over the same span
+    goodput: float  # requests per second meeting every per-request SLO, same span
     lateness_p99_ms: float
     metrics: dict[str, Stats] = field(default_factory=dict)
     slos: list[SloResult] = field(default_factory=list)
@@ -124,12 +125,16 @@ def check_slos(
             observed = failed / len(records) if records else 0.0
         else:
             ms = metric_samples(records, t.metric) * 1000.0
-            if t.metric != "itl":
+            padded = failed > 0 and t.metric != "itl"
+            if padded:
                 ms = np.concatenate([ms, np.full(failed, np.inf)])
             if len(ms) == 0:
                 observed = float("nan")
-            elif t.quantile is not None:
-                observed = float(np.percentile(ms, t.quantile, method="inverted_cdf"))
+            elif t.quantile is not None:  # as in the latency table, unless inf must be ranked
+                if padded:
+                    observed = float(np.percentile(ms, t.quantile, method="inverted_cdf"))
+                else:
+                    observed = float(np.percentile(ms, t.quantile))
             else:
                 observed = float(_REDUCERS[t.stat](ms))
         results.append(SloResult(t, observed, bool(not np.isnan(observed) and t.holds(observed))))
@@ -148,6 +153,14 @@ def _meets_request_slos(r: RequestRecord, limits: dict[str, float]) -> bool:
     return all(values.get(m, 0.0) * 1000.0 <= v for m, v in limits.items())
 
 
+def _examples(records: Sequence[RequestRecord]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in records:
+        if r.error_kind and r.error_detail and r.error_kind not in out:
+            out[r.error_kind] = r.error_detail
+    return out
+
+
 def summarize(
     records: Sequence[RequestRecord],
     thresholds: Sequence[Threshold] = (),
@@ -155,10 +168,10 @@ def summarize(
 ) -> Summary:
     """Everything a report or gate needs about one run, measured or simulated alike."""
     n = len(records)
-    if duration_s is None:
-        ends = [r.end for r in records if r.end is not None]
-        duration_s = max(ends, default=0.0) - min((r.start for r in records), default=0.0)
-    span = max(duration_s, 1e-9)
+    first = min((r.start for r in records), default=0.0)
+    span = max(max((r.end or r.start for r in records), default=0.0) - first, 1e-9)
+    if duration_s is None:  # the send window: planned when known, else as seen
+        duration_s = max((r.start for r in records), default=0.0) - first
     ok = [r for r in records if r.status == "ok"]
     stats = {m: Stats.of(metric_samples(records, m)) for m in LATENCY_METRICS}
     stats["ttft_intended"] = Stats.of(metric_samples(records, "ttft_intended"))
@@ -174,8 +187,9 @@ def summarize(
         ok=len(ok),
         statuses=dict(Counter(r.status for r in records)),
         error_kinds=dict(Counter(r.error_kind for r in records if r.error_kind)),
+        error_examples=_examples(records),
         duration_s=duration_s,
-        request_rate=n / span,
+        request_rate=n / max(duration_s, 1e-9),
         throughput=len(ok) / span,
         output_tokens_per_s=sum(r.output_tokens or 0 for r in ok) / span,
         goodput=good / span,

@@ -57,6 +57,8 @@ def parse_threshold(metric: str, expr: str) -> Threshold:
         if not 0 < q <= 100:
             raise ValueError(f"SLO {expr!r}: percentile must be in (0, 100], got {q}")
         stat = f"p{m['q']}"
-    if (metric == "error_rate") != (stat == "rate"):
-        raise ValueError(f"SLO {expr!r}: use 'rate' with error_rate and only there")
+    if metric == "error_rate" and stat != "rate":
+        raise ValueError(f"SLO {expr!r}: error_rate takes 'rate', as in 'rate < 0.01'")
+    if metric != "error_rate" and stat == "rate":
+        raise ValueError(f"SLO {expr!r}: 'rate' is for error_rate; latencies take p(95), avg, ...")
     return Threshold(metric, stat, m["op"], float(m["value"]), expr.strip())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -17,9 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from scenarios.slo import Threshold, check_syntax, parse_threshold
-
-SloExpr = Annotated[str, AfterValidator(check_syntax)]
+from scenarios.slo import Threshold, parse_threshold
 
 
 class Strict(BaseModel):
@@ -69,6 +68,20 @@ class LogNormal(_Bounded):
 Distribution = Annotated[Constant | Uniform | Normal | LogNormal, Field(discriminator="dist")]
 
 
+def check_base_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host and a valid port; ValueError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "must be an http:// or https:// URL with a host, like http://127.0.0.1:8000/v1"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        raise ValueError("the port must be between 1 and 65535") from None
+    return url
+
+
 class Target(Strict):
     base_url: str | None = Field(
         None, description="OpenAI-compatible base URL; null starts the built-in reference target."
@@ -85,9 +98,7 @@ class Target(Strict):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {v!r}")
-        return v
+        return None if v is None else check_base_url(v)
 
 
 class StepCostSpec(Strict):
@@ -142,14 +153,56 @@ class Forecast(Strict):
     scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
     seeds: int = Field(5, ge=2, le=50, description="Simulations per configuration.")
     slice_replicas: int = Field(8, ge=1, le=256)
+    duration_s: float | None = Field(
+        None, gt=0, le=86400, description="Simulated traffic per run; default max(120, traffic)."
+    )
 
     @field_validator("scales")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
         bad = [s for s in v if not (s > 0 and math.isfinite(s))]
         if bad or not v:
-            raise ValueError(f"must be a non-empty list of positive numbers, got {v}")
+            raise ValueError("must be a non-empty list of positive, finite numbers")
         return v
+
+
+def _latency_slo(expr: str) -> str:
+    parse_threshold("ttft", expr)  # any latency metric: rejects 'rate'
+    return expr
+
+
+def _rate_slo(expr: str) -> str:
+    parse_threshold("error_rate", expr)
+    return expr
+
+
+LatencySlo = Annotated[str, AfterValidator(_latency_slo)]
+RateSlo = Annotated[str, AfterValidator(_rate_slo)]
+
+
+class Slos(Strict):
+    """Objectives per metric, k6-style: latencies in milliseconds, error_rate a fraction."""
+
+    ttft: list[LatencySlo] = Field(default_factory=list)
+    itl: list[LatencySlo] = Field(default_factory=list)
+    tpot: list[LatencySlo] = Field(default_factory=list)
+    e2e: list[LatencySlo] = Field(default_factory=list)
+    error_rate: list[RateSlo] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        """A single expression may stand for a list of one."""
+        if isinstance(v, dict):
+            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
+        return v
+
+    def thresholds(self) -> list[Threshold]:
+        return [
+            parse_threshold(metric, expr)
+            for metric in type(self).model_fields
+            for expr in getattr(self, metric)
+        ]
 
 
 class Scenario(Strict):
@@ -159,31 +212,14 @@ class Scenario(Strict):
     reference_target: ReferenceTarget = ReferenceTarget()
     traffic: Traffic
     workload: Workload
-    slos: dict[Literal["ttft", "itl", "tpot", "e2e", "error_rate"], list[SloExpr]] = Field(
-        default_factory=dict
-    )
+    slos: Slos = Slos()
     cost: Cost = Cost(gpu_hour_usd=2.0)
     privacy: Privacy = Privacy()
     telemetry: Telemetry = Telemetry()
     forecast: Forecast = Forecast()
 
-    @field_validator("slos", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
-        return v
-
-    @field_validator("slos", mode="after")
-    @classmethod
-    def _stat_fits_metric(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for metric, exprs in v.items():
-            for expr in exprs:
-                parse_threshold(metric, expr)  # raises ValueError naming the expression
-        return v
-
     def thresholds(self) -> list[Threshold]:
-        return [parse_threshold(m, e) for m, exprs in self.slos.items() for e in exprs]
+        return self.slos.thresholds()
 
 
 class ScenarioError(Exception):
@@ -237,11 +273,14 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
 def _format(err: Any, data: Any) -> str:
     msg = str(err["msg"]).removeprefix("Value error, ")
     where = _loc(err["loc"], data)
+    value = err["input"]
     if err["type"] == "missing":
         return f"{where}: required field is missing"
     if err["type"] == "extra_forbidden":
-        return f"{where}: unknown field (got {err['input']!r})"
-    return f"{where}: {msg}, got {err['input']!r}"
+        return f"{where}: unknown field (got {value!r})"
+    if isinstance(value, dict | list) or repr(value) in msg:
+        return f"{where}: {msg}"
+    return f"{where}: {msg}, got {value!r}"
 
 
 def parse_scenario(data: Any, path: str = "<scenario>") -> Scenario:

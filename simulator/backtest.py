@@ -72,3 +72,22 @@ def backtest(
                     BacktestRow(metric, q, float(np.percentile(m, q)), float(np.percentile(s, q)))
                 )
     return rows, result
+
+
+def backtest_warnings(
+    calibration: Calibration,
+    rows: Sequence[BacktestRow],
+    max_error_pct: float = 25.0,
+    min_r2: float = 0.9,
+) -> list[str]:
+    """Why a forecast from this calibration deserves less trust; empty when it looks sound."""
+    out = []
+    if calibration.fit.r2 < min_r2:
+        out.append(f"the step-cost fit explains little (R^2 {calibration.fit.r2:.2f} < {min_r2})")
+    out += [
+        f"back-test {r.metric} p{r.quantile} is off by {r.error_pct:+.0f}% "
+        f"(limit {max_error_pct:g}%): forecasts from this calibration are unreliable"
+        for r in rows
+        if r.metric in ("ttft", "e2e") and abs(r.error_pct) > max_error_pct
+    ]
+    return out

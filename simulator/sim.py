@@ -66,7 +66,7 @@ class Replica:
 class SimResult:
     records: list[RequestRecord]
     horizon_s: float
-    busy_fraction: list[float]  # per replica, of the horizon
+    busy_fraction: list[float]  # per replica, of the span from first send to last response
 
 
 def simulate(
@@ -132,5 +132,8 @@ def simulate(
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", rec.start + timeout_s
     ordered = [records[s.id] for s in plan if s.id in records]
-    busy = [r.busy_time / horizon if horizon > 0 else 0.0 for r in fleet]
+    span = max((r.end or r.start for r in ordered), default=0.0) - min(
+        (r.start for r in ordered), default=0.0
+    )
+    busy = [min(r.busy_time / span, 1.0) if span > 0 else 0.0 for r in fleet]
     return SimResult(ordered, horizon, busy)

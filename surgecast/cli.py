@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loadgen.client import MissingApiKey
-from scenarios.spec import Scenario, ScenarioError, load_scenario
+from scenarios.spec import Scenario, ScenarioError, check_base_url, load_scenario
+from surgecast import __version__
 
 if TYPE_CHECKING:
     from simulator.calibrate import Calibration
@@ -28,16 +30,51 @@ class BadInput(Exception):
     """A user error: printed as is, exit code 2."""
 
 
-def _scales(text: str) -> list[float]:
+def _positive(text: str) -> float:
     try:
-        scales = [float(x) for x in text.split(",") if x.strip()]
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers like 10,100,1000, got {text!r}"
-        ) from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
-    return scales
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+    return value
+
+
+def _scales(text: str) -> list[float]:
+    parts = [x for x in text.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected numbers like 10,100,1000")
+    return [_positive(x) for x in parts]
+
+
+def _url(text: str) -> str:
+    try:
+        return check_base_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; got {text!r}") from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: any free), got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-num-seqs",
+        type=_count,
+        help="the target's batch limit (vLLM --max-num-seqs), if known",
+    )
+    p.add_argument(
+        "--kv-cache-tokens", type=_count, help="the target's KV-cache capacity in tokens, if known"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="surgecast",
         description="Load-test an OpenAI-compatible endpoint, calibrate a SimPy model of it from "
         "the measurements, and forecast capacity at 10x to 1000x today's traffic.",
-        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 SLO failed.",
+        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 SLO failed, 130 interrupted.",
     )
+    p.add_argument("--version", action="version", version=f"surgecast {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser(
@@ -57,11 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="scenario YAML file (see scenarios/)")
     s.add_argument(
         "--target",
+        type=_url,
         help="base URL of an OpenAI-compatible API (default: scenario's, "
         "else the built-in reference target)",
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
+    _limit_flags(s)
 
     s = sub.add_parser(
         "run",
@@ -70,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         "record every request to <out>/requests.jsonl.",
     )
     s.add_argument("scenario")
-    s.add_argument("--target", help="base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--target", type=_url, help="base URL, e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
@@ -81,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the engine model over HTTP; Ctrl-C stops it.",
     )
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    s.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     s.add_argument("--model", default="surgecast-reference")
     src = s.add_mutually_exclusive_group()
     src.add_argument("--scenario", help="take the engine from this scenario's reference_target")
@@ -100,8 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("runs", nargs="+", metavar="RUN_DIR")
     s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
-    s.add_argument("--max-num-seqs", type=int, help="the target's batch limit, if known")
-    s.add_argument("--kv-cache-tokens", type=int, help="the target's KV capacity, if known")
+    _limit_flags(s)
     s.add_argument("--no-backtest", action="store_true")
 
     s = sub.add_parser(
@@ -111,8 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("scenario")
     s.add_argument("--calibration", required=True)
-    s.add_argument("--scale", type=float, default=1.0, help="multiply the arrival rate")
-    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
+    s.add_argument("--replicas", type=_count, default=1)
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
 
     s = sub.add_parser(
@@ -145,6 +184,11 @@ def _calibration(path: str) -> Calibration:
         ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise BadInput(f"{path}: not a calibration file: {e}") from None
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _print(text: str) -> None:
@@ -200,11 +244,15 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
+    from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError
     from surgecast.pipeline import backtest_run, calibrate_runs
     from surgecast.rundir import RunFolder
     from surgecast.tables import backtest_table, calibration_table
 
+    output = Path(a.output)
+    if not output.parent.is_dir():
+        raise BadInput(f"-o {a.output}: folder {output.parent} does not exist")
     folders = [RunFolder(Path(r)) for r in a.runs]
     try:
         cal = calibrate_runs(
@@ -212,11 +260,17 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, CalibrationError) as e:
         raise BadInput(str(e)) from None
-    Path(a.output).write_text(json.dumps(cal.to_dict(), indent=2) + "\n", encoding="utf-8")
+    output.write_text(json.dumps(cal.to_dict(), indent=2) + "\n", encoding="utf-8")
     _print(calibration_table(cal))
     if not a.no_backtest:
         for f in folders:
-            _print(f"\nback-test of {f.path}:\n" + backtest_table(backtest_run(f, cal)))
+            try:
+                rows = backtest_run(f, cal)
+            except ValueError as e:
+                print(f"back-test of {f.path} skipped: {e}", file=sys.stderr)
+                continue
+            _print(f"\nback-test of {f.path}:\n" + backtest_table(rows))
+            _warn(backtest_warnings(cal, rows))
     _print(f"calibration: {a.output}")
     return EXIT_OK
 
@@ -226,8 +280,6 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from surgecast.report import render
 
     scenario = _load(a.scenario)
-    if a.replicas < 1 or a.scale <= 0:
-        raise BadInput("--replicas must be >= 1 and --scale > 0")
     outcome = simulate_scenario(
         scenario,
         a.scenario,
@@ -267,11 +319,14 @@ def cmd_report(a: argparse.Namespace) -> int:
         html, md = render(RunFolder(Path(a.run_dir)))
     except FileNotFoundError as e:
         raise BadInput(str(e)) from None
+    except (KeyError, ValueError) as e:
+        raise BadInput(f"{a.run_dir} is not a readable run folder: {e!r}") from None
     _print(f"report: {html}\nsummary: {md}")
     return EXIT_OK
 
 
 def cmd_pipeline(a: argparse.Namespace) -> int:
+    from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError
     from surgecast import pipeline as pl
     from surgecast.report import render
@@ -284,7 +339,9 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     if outcome.valid:
         try:
             pl.say_stderr("calibrating the engine model from the measured records")
-            cal = pl.calibrate_runs([folder])
+            cal = pl.calibrate_runs(
+                [folder], max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
+            )
         except CalibrationError as e:
             print(f"calibration skipped: {e}", file=sys.stderr)
         else:
@@ -295,6 +352,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
                 "\nback-test (calibrated model replaying the measured requests):\n"
                 + backtest_table(rows)
             )
+            _warn(backtest_warnings(cal, rows))
             points = pl.forecast_scenario(scenario, cal, a.scales or scenario.forecast.scales)
             pl.save_forecast(folder, points)
             _print("\n" + forecast_table(points))
@@ -327,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {e.path}: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (BadInput, MissingApiKey) as e:
+    except (BadInput, MissingApiKey, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

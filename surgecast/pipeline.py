@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -55,7 +56,18 @@ def _now() -> str:
 
 
 def _folder(scenario: Scenario, out: str | Path | None) -> RunFolder:
-    folder = RunFolder(Path(out) if out else Path("reports") / new_run_id(scenario.name))
+    """A new run folder; never one that already holds a run."""
+    if out:
+        folder = RunFolder(Path(out))
+        if folder.run_json.exists():
+            raise FileExistsError(f"--out {out} already holds a run: choose another folder")
+    else:
+        base = Path("reports") / new_run_id(scenario.name)
+        folder = RunFolder(base)
+        n = 1
+        while folder.path.exists():  # two runs started within the same second
+            n += 1
+            folder = RunFolder(base.with_name(f"{base.name}-{n}"))
     folder.create()
     return folder
 
@@ -100,6 +112,12 @@ def invalid_reasons(
         )
     if records and all(r.error_kind in UNREACHABLE for r in records):
         reasons.append("target unreachable: every request failed to connect")
+    elif records and not any(r.status == "ok" for r in records):
+        kind, count = Counter(r.error_kind for r in records).most_common(1)[0]
+        detail = next((r.error_detail for r in records if r.error_kind == kind), None)
+        reasons.append(
+            f"no request succeeded: {count} x {kind}" + (f" ({detail})" if detail else "")
+        )
     return reasons
 
 
@@ -173,7 +191,11 @@ def run_load(
                     telemetry.close()
                     folder.update_meta(telemetry_errors=telemetry.errors)
     except KeyboardInterrupt:
-        folder.update_meta(status="interrupted", finished_at=_now())
+        folder.update_meta(
+            status="interrupted",
+            finished_at=_now(),
+            validity={"valid": False, "reasons": ["interrupted"]},
+        )
         raise
     summary = summarize(records, scenario.thresholds(), scenario.traffic.duration_s)
     reasons = invalid_reasons(scenario, records, summary, len(plan))
@@ -195,13 +217,13 @@ def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
     return samplers
 
 
-def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig:
-    """Batch limits the runs' target declared (the reference target does), else defaults."""
+def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig | None:
+    """Batch limits the runs' target declared (the reference target does), if any."""
     for f in folders:
         engine = f.meta().get("target", {}).get("engine")
         if engine:
             return EngineConfig.from_dict(engine)
-    return EngineConfig()
+    return None
 
 
 def calibrate_runs(
@@ -217,12 +239,20 @@ def calibrate_runs(
         for r in run:
             records.append(_shifted(r, offset))
         offset = max((r.end or r.start for r in records), default=offset) + 1000.0
-    limits = limits_from_runs(folders)
+    declared = limits_from_runs(folders)
+    limits = declared or EngineConfig()
     if max_num_seqs:
         limits = replace(limits, max_num_seqs=max_num_seqs)
     if kv_cache_tokens:
         limits = replace(limits, kv_cache_tokens=kv_cache_tokens)
-    return calibrate(records, limits)
+    calibration = calibrate(records, limits)
+    if declared is None and not (max_num_seqs and kv_cache_tokens):
+        calibration.notes.append(
+            f"batch limits are ASSUMED (max_num_seqs {limits.max_num_seqs}, KV cache "
+            f"{limits.kv_cache_tokens} tokens): give --max-num-seqs and --kv-cache-tokens "
+            "with the target's real settings, they bound every forecast"
+        )
+    return calibration
 
 
 def _shifted(r: RequestRecord, dt: float) -> RequestRecord:

@@ -237,7 +237,7 @@ def render(folder: RunFolder) -> tuple[str, str]:
     for title, body, extra in sections:
         page += [f"<h2>{html.escape(title)}</h2>", _table_html(body), extra]
     page.append(
-        "<p><small>Files: run.json, requests.jsonl (one record per request), "
+        "<p><small>Files: run.json, requests.jsonl (one record per request), telemetry.jsonl, "
         "calibration.json, backtest.json, simulated.jsonl, forecast.json.</small></p>"
     )
     page.append("</body></html>")

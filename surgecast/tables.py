@@ -23,6 +23,8 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _fmt(v: object) -> str:
+    if isinstance(v, str):
+        return v.replace("|", "/").replace("\n", " ")
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
@@ -67,7 +69,15 @@ def summary_tables(s: Summary) -> str:
             markdown(["metric (ms)", "count", "mean", "p50", "p90", "p95", "p99", "max"], rows)
         )
     if s.error_kinds:
-        parts.append(markdown(["error kind", "count"], sorted(s.error_kinds.items())))
+        parts.append(
+            markdown(
+                ["error kind", "count", "example"],
+                [
+                    [k, n, s.error_examples.get(k, "")[:120]]
+                    for k, n in sorted(s.error_kinds.items())
+                ],
+            )
+        )
     if s.slos:
         parts.append(
             markdown(
@@ -134,8 +144,8 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
             "scale",
             "rate req/s",
             "replicas",
-            "p95 TTFT ms (95% CI)",
-            "p95 E2E ms (95% CI)",
+            "p95 TTFT ms (seed range)",
+            "p95 E2E ms (seed range)",
             "throughput req/s",
             "cost / month",
         ],

@@ -46,6 +46,7 @@ def scenario_dict(**overrides: Any) -> dict[str, Any]:
         },
         "slos": {"ttft": "p(95) < 2000", "e2e": ["p(95) < 10000"]},
         "cost": {"gpu_hour_usd": 2.0},
+        "forecast": {"duration_s": 30},
     }
     base.update(overrides)
     return base
@@ -75,7 +76,8 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One `surgecast pipeline` run on a short scenario: (run folder, stdout)."""
     tmp = tmp_path_factory.mktemp("pipeline")
     data = scenario_dict(
-        traffic={"rate": 6, "duration_s": 8, "seed": 4}, forecast={"scales": [10], "seeds": 3}
+        traffic={"rate": 6, "duration_s": 8, "seed": 4},
+        forecast={"scales": [10], "seeds": 3, "duration_s": 30},
     )
     path = write_scenario(tmp / "s.yaml", data)
     out = tmp / "run"

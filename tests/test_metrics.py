@@ -50,13 +50,14 @@ def test_summary_and_slos() -> None:
     ]
     s = summarize(RECORDS, thresholds, duration_s=10.0)
     assert (s.requests, s.ok, s.statuses) == (3, 2, {"ok": 2, "error": 1})
-    assert s.throughput == pytest.approx(0.2)
+    assert s.request_rate == pytest.approx(0.3)  # 3 sent in the 10 s window
+    assert s.throughput == pytest.approx(2 / 3.0)  # 2 ok from t=0 to the last end at 3.0
     assert s.metrics["ttft"].percentiles[50] == pytest.approx(300.0)
     # the failed request counts as infinitely slow: 2 of 3 requests are within any e2e limit
     assert [r.passed for r in s.slos] == [True, False, True, True, True, False]
     assert s.slos[0].observed == pytest.approx(500.0)  # median of 100, 500, inf
     assert s.slos[1].observed == float("inf")
-    assert s.goodput == pytest.approx(0.1)  # only r0 has ttft <= 400 ms
+    assert s.goodput == pytest.approx(1 / 3.0)  # only r0 has ttft <= 400 ms
     assert s.lateness_p99_ms == pytest.approx(1.98, abs=0.01)
 
 

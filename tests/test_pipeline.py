@@ -78,7 +78,8 @@ def test_calibrate_and_forecast_commands(tmp_path: Path) -> None:
     path = write_scenario(
         tmp_path / "s.yaml",
         scenario_dict(
-            traffic={"rate": 6, "duration_s": 5, "seed": 9}, forecast={"scales": [3], "seeds": 2}
+            traffic={"rate": 6, "duration_s": 5, "seed": 9},
+            forecast={"scales": [3], "seeds": 2, "duration_s": 20},
         ),
     )
     run = tmp_path / "run"

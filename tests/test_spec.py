@@ -95,3 +95,19 @@ def test_threshold_parsing(metric: str, expr: str, stat: str, op: str, value: fl
 def test_bad_thresholds(expr: str) -> None:
     with pytest.raises(ValueError, match="SLO"):
         parse_threshold("ttft", expr)
+
+
+def test_slo_and_url_errors_are_all_reported(tmp_path: Path) -> None:
+    data = scenario_dict(
+        slos={"ttfb": "p(95) < 1", "ttft": ["rate < 0.1", "avg > x"], "error_rate": "p(99) < 1"}
+    )
+    data["target"]["base_url"] = "http://127.0.0.1:99999/v1"
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write_scenario(tmp_path / "s.yaml", data))
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 5
+    assert "target.base_url: the port must be between 1 and 65535" in text
+    assert "slos.ttfb: unknown field" in text
+    assert "slos.ttft[0]: SLO 'rate < 0.1': 'rate' is for error_rate" in text
+    assert "slos.ttft[1]: SLO 'avg > x' is not of the form" in text
+    assert "slos.error_rate[0]: SLO 'p(99) < 1': error_rate takes 'rate'" in text

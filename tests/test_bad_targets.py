@@ -1,0 +1,112 @@
+"""Misbehaving servers and bad command-line input: recorded or refused clearly, never a crash."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from loadgen.client import Endpoint, StreamingCall
+from scenarios.plan import RequestSpec
+from tests.conftest import run_cli, scenario_dict, write_scenario
+
+# What the fake server streams, by the model name the client asks for.
+STREAMS = {
+    "not-an-object": b"data: 123\n\n",
+    "cut-off": b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
+    "error-event": b'data: {"error":{"message":"overloaded, try later"}}\n\n',
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(STREAMS[body["model"]])  # then close without finishing
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def bad_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [
+        ("not-an-object", "protocol"),
+        ("cut-off", "incomplete_stream"),
+        ("error-event", "stream_error"),
+    ],
+)
+def test_broken_streams_are_errors_not_successes(bad_server: str, model: str, kind: str) -> None:
+    spec = RequestSpec("r", 0.0, 5, 5, prompt="hello there")
+    rec = StreamingCall(Endpoint(bad_server, model=model, timeout_s=5), spec, lambda: 0.0).run()
+    assert (rec.status, rec.error_kind) == ("error", kind)
+
+
+def test_rejected_everywhere_makes_the_run_invalid_with_the_servers_reason(
+    tmp_path: Path, target_url: str
+) -> None:
+    data = scenario_dict(traffic={"rate": 5, "duration_s": 1, "seed": 1})
+    data["target"]["model"] = "llama-3"  # the target serves surgecast-reference
+    path = write_scenario(tmp_path / "s.yaml", data)
+    result = run_cli("run", str(path), "--target", target_url, "--out", str(tmp_path / "run"), "-q")
+    assert result.returncode == 3
+    assert "no request succeeded" in result.stderr and "does not exist" in result.stderr
+    assert "The model `llama-3` does not exist" in result.stdout  # the error table's example
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "S", "--target", "http://127.0.0.1:99999/v1"], "port must be between"),
+        (["run", "S", "--target", "127.0.0.1:8000"], "http:// or https:// URL"),
+        (["forecast", "S", "--calibration", "c.json", "--scales", "10,nan"], "finite"),
+        (["simulate", "S", "--calibration", "c.json", "--scale", "inf"], "finite"),
+        (["simulate", "S", "--calibration", "c.json", "--replicas", "0"], "whole number >= 1"),
+        (["serve", "--port", "99999"], "port 0-65535"),
+    ],
+)
+def test_bad_flags_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    scenario = write_scenario(tmp_path / "s.yaml", scenario_dict())
+    result = run_cli(*[str(scenario) if a == "S" else a for a in args], timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_folders_exit_2(tmp_path: Path) -> None:
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    calibrate = run_cli("calibrate", str(not_a_run), "-o", str(tmp_path / "c.json"))
+    assert calibrate.returncode == 2 and f"is {not_a_run} a run folder?" in calibrate.stderr
+    no_dir = run_cli("calibrate", str(not_a_run), "-o", str(tmp_path / "nope" / "c.json"))
+    assert no_dir.returncode == 2 and "does not exist" in no_dir.stderr
+    (not_a_run / "run.json").write_text("{}")
+    (not_a_run / "requests.jsonl").write_text("")
+    report = run_cli("report", str(not_a_run))
+    assert report.returncode == 2 and "not a readable run folder" in report.stderr
+    assert "Traceback" not in calibrate.stderr + no_dir.stderr + report.stderr
+
+
+def test_an_existing_run_folder_is_never_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"run_id": "earlier"}')
+    path = write_scenario(tmp_path / "s.yaml", scenario_dict())
+    result = run_cli("run", str(path), "--out", str(out), timeout=60)
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert json.loads((out / "run.json").read_text()) == {"run_id": "earlier"}
