@@ -12,6 +12,8 @@ import http.client
 import json
 import os
 import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +96,41 @@ class Endpoint:
                 host, parts.port or 443, timeout=timeout, context=ssl.create_default_context()
             )
         return http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
+
+
+class TargetUnreachable(Exception):
+    pass
+
+
+def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
+    """Check the target answers and serves the model before any load is sent.
+
+    Raises TargetUnreachable when nothing answers, MissingModel when /v1/models lists other
+    models. A server without /v1/models (or that wants other auth for it) passes.
+    """
+    request = urllib.request.Request(endpoint.base_url + "/models")
+    if endpoint.api_key:
+        request.add_header("Authorization", f"Bearer {endpoint.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            listing = json.load(r)
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TargetUnreachable(f"{endpoint.base_url} does not answer: {reason}") from None
+    except ValueError:
+        return
+    served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+    if served and endpoint.model not in served:
+        raise MissingModel(
+            f"{endpoint.base_url} does not serve model {endpoint.model!r}; it serves: "
+            f"{', '.join(map(str, served))} (set target.model in the scenario)"
+        )
+
+
+class MissingModel(ValueError):
+    pass
 
 
 class StreamError(Exception):

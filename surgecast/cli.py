@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loadgen.client import MissingApiKey
+from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
 from scenarios.spec import Scenario, ScenarioError, check_base_url, load_scenario
 from surgecast import __version__
 
@@ -385,9 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {e.path}: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (BadInput, MissingApiKey, FileExistsError) as e:
+    except (BadInput, MissingApiKey, MissingModel, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TargetUnreachable as e:
+        print(f"error: target unreachable: {e}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted: records written so far are kept", file=sys.stderr)
         return EXIT_INTERRUPTED

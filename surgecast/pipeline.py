@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadgen.client import Endpoint, read_api_key
+from loadgen.client import (
+    Endpoint,
+    MissingModel,
+    TargetUnreachable,
+    preflight,
+    read_api_key,
+)
 from loadgen.telemetry import (
     NvmlSampler,
     PrometheusSampler,
@@ -24,7 +30,7 @@ from scenarios.plan import build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
 from scenarios.spec import Scenario
 from scenarios.spec import Telemetry as TelemetrySpec
-from simulator.backtest import BacktestRow, backtest
+from simulator.backtest import BacktestRow, backtest, backtest_warnings
 from simulator.calibrate import Calibration, calibrate
 from simulator.engine import EngineConfig, engine_from_spec
 from simulator.forecast import Forecaster, ForecastPoint
@@ -169,6 +175,7 @@ def run_load(
             if not external:
                 say(f"reference target up at {base_url}")
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
+            preflight(endpoint)
             with (
                 open(folder.requests, "a", encoding="utf-8") as stream,
                 open(folder.telemetry, "a", encoding="utf-8") as telemetry_stream,
@@ -190,6 +197,11 @@ def run_load(
                 finally:
                     telemetry.close()
                     folder.update_meta(telemetry_errors=telemetry.errors)
+    except (TargetUnreachable, MissingModel) as e:
+        folder.update_meta(
+            status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
+        )
+        raise
     except KeyboardInterrupt:
         folder.update_meta(
             status="interrupted",
@@ -272,7 +284,13 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
     """Replay the folder's measured requests through `calibration`; saves and returns the rows."""
     rows, result = backtest(folder.records(), calibration)
     write_records(folder.simulated, result.records)
-    folder.write_json(folder.backtest, {"rows": [r.to_dict() for r in rows]})
+    folder.write_json(
+        folder.backtest,
+        {
+            "rows": [r.to_dict() for r in rows],
+            "warnings": backtest_warnings(calibration, rows),
+        },
+    )
     return rows
 
 

@@ -208,7 +208,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
         sections.append(
             (
                 "Back-test: the calibrated model replays the measured requests",
-                backtest_table(rows),
+                "\n\n".join(
+                    [backtest_table(rows)] + [f"WARNING: {w}" for w in bt_data.get("warnings", [])]
+                ),
                 "",
             )
         )

@@ -61,12 +61,25 @@ def test_rejected_everywhere_makes_the_run_invalid_with_the_servers_reason(
     tmp_path: Path, target_url: str
 ) -> None:
     data = scenario_dict(traffic={"rate": 5, "duration_s": 1, "seed": 1})
-    data["target"]["model"] = "llama-3"  # the target serves surgecast-reference
+    data["workload"]["output_tokens"] = {"dist": "constant", "value": 5000}  # > its KV cache
     path = write_scenario(tmp_path / "s.yaml", data)
     result = run_cli("run", str(path), "--target", target_url, "--out", str(tmp_path / "run"), "-q")
     assert result.returncode == 3
-    assert "no request succeeded" in result.stderr and "does not exist" in result.stderr
-    assert "The model `llama-3` does not exist" in result.stdout  # the error table's example
+    assert "no request succeeded" in result.stderr and "http_400" in result.stderr
+    assert "maximum context length" in result.stdout  # the error table's example
+
+
+def test_a_model_the_target_does_not_serve_is_refused_before_the_run(
+    tmp_path: Path, target_url: str
+) -> None:
+    data = scenario_dict(traffic={"rate": 5, "duration_s": 1, "seed": 1})
+    data["target"]["model"] = "llama-3"
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--target", target_url, "--out", str(out), "-q")
+    assert result.returncode == 2
+    assert "does not serve model 'llama-3'; it serves: surgecast-reference" in result.stderr
+    assert not (out / "requests.jsonl").exists()
 
 
 @pytest.mark.parametrize(
