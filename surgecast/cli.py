@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
 from scenarios.spec import Scenario, ScenarioError, check_base_url, load_scenario
+from simulator.launch import TargetStartError
 from surgecast import __version__
 
 if TYPE_CHECKING:
@@ -388,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadInput, MissingApiKey, MissingModel, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TargetUnreachable as e:
+    except (TargetUnreachable, TargetStartError) as e:
         print(f"error: target unreachable: {e}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from loadgen.telemetry import (
     metrics_url_for,
 )
 from scenarios.metrics import Summary, summarize
-from scenarios.plan import build_plan
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
 from scenarios.spec import Scenario
 from scenarios.spec import Telemetry as TelemetrySpec
@@ -149,8 +149,6 @@ def run_load(
     progress: bool = True,
 ) -> RunOutcome:
     """Send the scenario's plan to the target (the reference target when none is given)."""
-    from loadgen.runner import LoadRun
-
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     folder = _folder(scenario, out)
     plan = build_plan(scenario)
@@ -176,27 +174,7 @@ def run_load(
                 say(f"reference target up at {base_url}")
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
             preflight(endpoint)
-            with (
-                open(folder.requests, "a", encoding="utf-8") as stream,
-                open(folder.telemetry, "a", encoding="utf-8") as telemetry_stream,
-            ):
-                telemetry = TelemetryRecorder(
-                    _samplers(scenario.telemetry, base_url), telemetry_stream
-                )
-                try:
-                    records = LoadRun(
-                        plan,
-                        endpoint,
-                        RecordWriter(stream),
-                        max_in_flight=scenario.traffic.max_in_flight,
-                        store_prompts=scenario.privacy.store_prompts,
-                        progress=sys.stderr if progress else None,
-                        telemetry=telemetry,
-                        telemetry_every_s=scenario.telemetry.interval_s,
-                    ).run()
-                finally:
-                    telemetry.close()
-                    folder.update_meta(telemetry_errors=telemetry.errors)
+            records = _send_plan(plan, scenario, endpoint, folder, progress)
     except (TargetUnreachable, MissingModel) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
@@ -218,6 +196,39 @@ def run_load(
         slos_passed=summary.slos_passed,
     )
     return RunOutcome(folder, summary, reasons)
+
+
+def _send_plan(
+    plan: list[RequestSpec],
+    scenario: Scenario,
+    endpoint: Endpoint,
+    folder: RunFolder,
+    progress: bool,
+) -> list[RequestRecord]:
+    """The Locust run, with records and telemetry appended to the folder as they come."""
+    from loadgen.runner import LoadRun  # imports Locust (gevent): only here
+
+    with (
+        open(folder.requests, "a", encoding="utf-8") as stream,
+        open(folder.telemetry, "a", encoding="utf-8") as telemetry_stream,
+    ):
+        telemetry = TelemetryRecorder(
+            _samplers(scenario.telemetry, endpoint.base_url), telemetry_stream
+        )
+        try:
+            return LoadRun(
+                plan,
+                endpoint,
+                RecordWriter(stream),
+                max_in_flight=scenario.traffic.max_in_flight,
+                store_prompts=scenario.privacy.store_prompts,
+                progress=sys.stderr if progress else None,
+                telemetry=telemetry,
+                telemetry_every_s=scenario.telemetry.interval_s,
+            ).run()
+        finally:
+            telemetry.close()
+            folder.update_meta(telemetry_errors=telemetry.errors)
 
 
 def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
