@@ -34,7 +34,7 @@ def test_open_loop_achieves_the_planned_rate(tmp_path: Path) -> None:
     assert all(r.status == "ok" for r in records)
     by_id = {r.id: r for r in records}
     lateness = np.array([by_id[s.id].start - s.arrival for s in plan])
-    assert np.percentile(lateness, 99) < 0.02 and lateness.min() >= 0
+    assert np.percentile(lateness, 99) < 0.03 and lateness.min() >= 0
     starts = np.sort([r.start for r in records])
     achieved = (len(starts) - 1) / (starts[-1] - starts[0])
     planned = (len(plan) - 1) / (plan[-1].arrival - plan[0].arrival)
@@ -66,7 +66,9 @@ def test_slow_target_does_not_slow_the_sending(tmp_path: Path) -> None:
     records = read_records(out / "requests.jsonl")
     assert len(records) == len(plan) > 40
     lateness = np.array([r.lateness for r in records])
-    assert np.percentile(lateness, 99) < 0.02  # every request left on time
+    assert (
+        np.percentile(lateness, 99) < 0.03
+    )  # every request left on time (a closed loop: seconds late)
     statuses = {r.status for r in records}
     assert "timeout" in statuses and "ok" in statuses
     ok = sum(r.status == "ok" for r in records)
