@@ -214,10 +214,8 @@ class ReferenceTarget:
                 f"surgecast_{name} {value}",
             ]
         return web.Response(
-            text="\n".join(lines) + "\n",
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Format": "prometheus-0.0.4"},
+            body=("\n".join(lines) + "\n").encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

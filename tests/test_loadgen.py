@@ -177,3 +177,30 @@ def test_unreachable_target_is_found_before_sending(tmp_path: Path) -> None:
     assert "target unreachable" in result.stderr and target in result.stderr
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "not started" and not meta["validity"]["valid"]
+
+
+def test_telemetry_agrees_with_the_targets_own_counters(tmp_path: Path) -> None:
+    path = write_scenario(
+        tmp_path / "s.yaml",
+        scenario_dict(
+            traffic={"rate": 8, "duration_s": 3, "seed": 6}, telemetry={"interval_s": 0.5}
+        ),
+    )
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out), "-q", "--no-report")
+    assert result.returncode == 0, result.stderr
+    records = read_records(out / "requests.jsonl")
+    samples = [json.loads(line) for line in (out / "telemetry.jsonl").read_text().splitlines()]
+    prom = [s for s in samples if s["source"] == "prometheus"]
+    assert len(prom) >= 5  # every 0.5 s over 3+ s
+    final = prom[-1]["metrics"]  # taken after the last response
+    assert final["surgecast_request_success_total"] == sum(r.status == "ok" for r in records)
+    assert final["surgecast_generation_tokens_total"] == sum(r.output_tokens or 0 for r in records)
+    assert final["surgecast_prompt_tokens_total"] == sum(r.prompt_tokens or 0 for r in records)
+    assert final["surgecast_num_requests_running"] == 0
+    assert max(s["metrics"]["surgecast_num_requests_running"] for s in prom) >= 1
+    # no GPU on this machine: the reason is recorded, the run goes on
+    meta = json.loads((out / "run.json").read_text())
+    assert any("NVML" in e for e in meta["telemetry_errors"]) or any(
+        s["source"] == "nvml" for s in samples
+    )
