@@ -11,6 +11,7 @@ import math
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import IO, Any
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -138,7 +139,8 @@ class TelemetryRecorder:
                 s.close()
 
 
-def read_telemetry(path: Any) -> list[dict[str, Any]]:
+def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
+    """The samples of a telemetry.jsonl; none when the run wrote no file."""
     try:
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]

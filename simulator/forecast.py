@@ -12,8 +12,8 @@ SLO.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -203,6 +203,11 @@ def _evaluation(d: dict[str, Any]) -> Evaluation:
         {k: _estimate(v) for k, v in d["observed"].items()},
         *(_estimate(d[k]) for k in ("ttft_p95_ms", "e2e_p95_ms", "throughput", "utilisation")),
     )
+
+
+def points_to_dict(points: Sequence[ForecastPoint]) -> dict[str, Any]:
+    """forecast.json's content; `points_from_dicts(d["points"])` reads it back."""
+    return {"points": [asdict(p) for p in points]}
 
 
 def points_from_dicts(items: list[dict[str, Any]]) -> list[ForecastPoint]:

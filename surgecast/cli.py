@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
-from scenarios.spec import Scenario, ScenarioError, check_base_url, load_scenario
+from scenarios.spec import ScenarioError, check_base_url, load_scenario
 from simulator.launch import TargetStartError
 from surgecast import __version__
 
@@ -170,10 +170,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str) -> Scenario:
-    return load_scenario(path)
-
-
 def _calibration(path: str) -> Calibration:
     from simulator.calibrate import Calibration
 
@@ -201,7 +197,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from simulator.target import serve
 
     if a.scenario:
-        config = engine_from_spec(_load(a.scenario).reference_target)
+        config = engine_from_spec(load_scenario(a.scenario).reference_target)
     elif a.calibration:
         config = _calibration(a.calibration).engine
     elif a.engine_json:
@@ -235,7 +231,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from surgecast.pipeline import run_load
     from surgecast.report import render
 
-    scenario = _load(a.scenario)
+    scenario = load_scenario(a.scenario)
     outcome = run_load(scenario, a.scenario, target_url=a.target, out=a.out, progress=not a.quiet)
     if not a.no_report:
         html, _ = render(outcome.folder)
@@ -280,7 +276,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from surgecast.pipeline import simulate_scenario
     from surgecast.report import render
 
-    scenario = _load(a.scenario)
+    scenario = load_scenario(a.scenario)
     outcome = simulate_scenario(
         scenario,
         a.scenario,
@@ -298,16 +294,16 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     from surgecast.pipeline import forecast_scenario
     from surgecast.tables import forecast_table
 
-    scenario = _load(a.scenario)
+    scenario = load_scenario(a.scenario)
     points = forecast_scenario(
         scenario, _calibration(a.calibration), a.scales or scenario.forecast.scales
     )
     _print(forecast_table(points))
     if a.json_out:
-        from dataclasses import asdict
+        from simulator.forecast import points_to_dict
 
         Path(a.json_out).write_text(
-            json.dumps({"points": [asdict(p) for p in points]}, indent=2) + "\n", encoding="utf-8"
+            json.dumps(points_to_dict(points), indent=2) + "\n", encoding="utf-8"
         )
     return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
 
@@ -333,7 +329,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from surgecast.report import render
     from surgecast.tables import backtest_table, calibration_table, forecast_table
 
-    scenario = _load(a.scenario)
+    scenario = load_scenario(a.scenario)
     outcome = pl.run_load(scenario, a.scenario, target_url=a.target, out=a.out)
     folder = outcome.folder
     code = _run_exit(outcome)

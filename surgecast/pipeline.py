@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from scenarios.spec import Telemetry as TelemetrySpec
 from simulator.backtest import BacktestRow, backtest, backtest_warnings
 from simulator.calibrate import Calibration, calibrate
 from simulator.engine import EngineConfig, engine_from_spec
-from simulator.forecast import Forecaster, ForecastPoint
+from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
 from surgecast.rundir import RunFolder, machine, new_run_id, versions
@@ -270,11 +270,12 @@ def calibrate_runs(
         limits = replace(limits, kv_cache_tokens=kv_cache_tokens)
     calibration = calibrate(records, limits)
     if declared is None and not (max_num_seqs and kv_cache_tokens):
-        calibration.notes.append(
+        assumed = (
             f"batch limits are ASSUMED (max_num_seqs {limits.max_num_seqs}, KV cache "
             f"{limits.kv_cache_tokens} tokens): give --max-num-seqs and --kv-cache-tokens "
             "with the target's real settings, they bound every forecast"
         )
+        calibration = replace(calibration, notes=[*calibration.notes, assumed])
     return calibration
 
 
@@ -315,7 +316,7 @@ def forecast_scenario(
 
 
 def save_forecast(folder: RunFolder, points: Sequence[ForecastPoint]) -> None:
-    folder.write_json(folder.forecast, {"points": [asdict(p) for p in points]})
+    folder.write_json(folder.forecast, points_to_dict(points))
 
 
 def simulate_scenario(
