@@ -20,6 +20,10 @@ class RequestSpec:
     persona: str = "default"
     session: int = 0
     turn: int = 0
+    # (hash, tokens) segments the prompt begins with, in order: two requests whose chains start
+    # alike share those prompt tokens byte for byte (trace hash_ids, shared system prompts,
+    # a session's history). Engines with prefix caching may skip their prefill.
+    prefix: tuple[tuple[int, int], ...] = ()
 
 
 def sample_lengths(dist: Distribution, rng: np.random.Generator, n: int) -> np.ndarray:
