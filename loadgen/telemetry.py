@@ -11,6 +11,7 @@ import math
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,7 +63,11 @@ class PrometheusSampler:
 
 
 class NvmlSampler:
-    """GPU utilisation, memory, power and temperature of every visible GPU through pynvml."""
+    """Utilisation, memory, power, temperature and clocks of every visible GPU through pynvml.
+
+    A reading a GPU does not support (power on some boards, clocks under virtualisation) is left
+    out of that GPU's sample instead of failing the whole sample.
+    """
 
     source = "nvml"
 
@@ -70,6 +75,7 @@ class NvmlSampler:
         self.error: str | None = None
         self._nvml: Any = None
         self._handles: list[Any] = []
+        self.devices: list[dict[str, str]] = []
         try:
             import pynvml
 
@@ -77,6 +83,13 @@ class NvmlSampler:
             self._nvml = pynvml
             count = pynvml.nvmlDeviceGetCount()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self.devices = [
+                {
+                    "name": _text(pynvml.nvmlDeviceGetName(h)),
+                    "uuid": _text(pynvml.nvmlDeviceGetUUID(h)),
+                }
+                for h in self._handles
+            ]
         except Exception as e:  # NVMLError_LibraryNotFound and friends: no GPU here
             self.error = f"NVML unavailable: {e}"
 
@@ -87,28 +100,36 @@ class NvmlSampler:
     def sample(self) -> dict[str, Any] | None:
         if not self.available:
             return None
+        return {"gpus": [self._gpu(i, h) for i, h in enumerate(self._handles)]}
+
+    def _gpu(self, index: int, handle: Any) -> dict[str, Any]:
         nv = self._nvml
-        gpus = []
-        for i, h in enumerate(self._handles):
-            util = nv.nvmlDeviceGetUtilizationRates(h)
-            mem = nv.nvmlDeviceGetMemoryInfo(h)
-            gpus.append(
-                {
-                    "index": i,
-                    "gpu_util_pct": float(util.gpu),
-                    "mem_util_pct": float(util.memory),
-                    "mem_used_bytes": int(mem.used),
-                    "mem_total_bytes": int(mem.total),
-                    "power_w": nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
-                    "temperature_c": float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-                    "sm_clock_mhz": float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
-                }
-            )
-        return {"gpus": gpus}
+        readings: dict[str, Callable[[], Any]] = {
+            "gpu_util_pct": lambda: float(nv.nvmlDeviceGetUtilizationRates(handle).gpu),
+            "mem_util_pct": lambda: float(nv.nvmlDeviceGetUtilizationRates(handle).memory),
+            "mem_used_bytes": lambda: int(nv.nvmlDeviceGetMemoryInfo(handle).used),
+            "mem_total_bytes": lambda: int(nv.nvmlDeviceGetMemoryInfo(handle).total),
+            "power_w": lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+            "temperature_c": lambda: float(
+                nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)
+            ),
+            "sm_clock_mhz": lambda: float(nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM)),
+        }
+        gpu: dict[str, Any] = {"index": index}
+        for name, read in readings.items():
+            try:
+                gpu[name] = read()
+            except nv.NVMLError:
+                continue  # not supported on this GPU or driver
+        return gpu
 
     def close(self) -> None:
         if self.available:
             self._nvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 Sampler = PrometheusSampler | NvmlSampler

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from loadgen.telemetry import NvmlSampler, PrometheusSampler, metrics_url_for, parse_prometheus
 
 EXPOSITION = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -45,3 +47,28 @@ def test_nvml_sampler_without_gpu_says_why() -> None:
     else:
         assert sampler.error and "NVML unavailable" in sampler.error
         assert sampler.sample() is None
+
+
+def test_nvml_memory_matches_the_driver_on_a_real_gpu() -> None:
+    """On a GPU machine: an allocation made through CUDA shows in NVML's memory reading."""
+    sampler = NvmlSampler()
+    if not sampler.available:
+        pytest.skip(f"no GPU here ({sampler.error})")
+    torch = pytest.importorskip("torch", reason="torch allocates the GPU memory to look for")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    assert sampler.devices and sampler.devices[0]["uuid"].startswith("GPU-")
+    before = sampler.sample()
+    block = torch.empty(4 << 30, dtype=torch.uint8, device="cuda:0")  # 4 GiB
+    torch.cuda.synchronize()
+    after = sampler.sample()
+    free, total = torch.cuda.mem_get_info(0)
+    del block
+    sampler.close()
+    assert before is not None and after is not None
+    gpu = after["gpus"][0]
+    grown = gpu["mem_used_bytes"] - before["gpus"][0]["mem_used_bytes"]
+    assert abs(grown - (4 << 30)) < (256 << 20)  # the driver rounds to its own pages
+    assert gpu["mem_total_bytes"] == total
+    assert abs(gpu["mem_used_bytes"] - (total - free)) < (256 << 20)
+    assert 0 <= gpu["gpu_util_pct"] <= 100
