@@ -58,6 +58,8 @@ def test_nvml_memory_matches_the_driver_on_a_real_gpu() -> None:
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
     assert sampler.devices and sampler.devices[0]["uuid"].startswith("GPU-")
+    torch.zeros(1, device="cuda:0")  # the CUDA context takes its own few hundred MiB first
+    torch.cuda.synchronize()
     before = sampler.sample()
     block = torch.empty(4 << 30, dtype=torch.uint8, device="cuda:0")  # 4 GiB
     torch.cuda.synchronize()
