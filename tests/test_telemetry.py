@@ -71,6 +71,8 @@ def test_nvml_memory_matches_the_driver_on_a_real_gpu() -> None:
     gpu = after["gpus"][0]
     grown = gpu["mem_used_bytes"] - before["gpus"][0]["mem_used_bytes"]
     assert abs(grown - (4 << 30)) < (256 << 20)  # the driver rounds to its own pages
-    assert gpu["mem_total_bytes"] == total
-    assert abs(gpu["mem_used_bytes"] - (total - free)) < (256 << 20)
+    # NVML's used and total both include the driver's reserve, which CUDA's total leaves out:
+    # what is free agrees.
+    assert gpu["mem_total_bytes"] >= total
+    assert abs((gpu["mem_total_bytes"] - gpu["mem_used_bytes"]) - free) < (64 << 20)
     assert 0 <= gpu["gpu_util_pct"] <= 100
