@@ -102,6 +102,19 @@ class StepCostSpec(Strict):
     per_prefill_token_ms: float = Field(0.05, ge=0, description="Added per prompt token.")
 
 
+class TargetFaults(Strict):
+    """Faults the reference target injects on purpose, each a probability per request."""
+
+    reject_429: float = Field(0.0, ge=0, le=1, description="Answer 429 with Retry-After.")
+    retry_after_s: float = Field(1.0, ge=0, le=3600, description="The Retry-After it sends.")
+    error_500: float = Field(0.0, ge=0, le=1, description="Answer 500 before generating.")
+    seed: int = Field(0, ge=0, description="Seed of the fault draws.")
+
+    @property
+    def any(self) -> bool:
+        return self.reject_429 > 0 or self.error_500 > 0
+
+
 class ReferenceTarget(Strict):
     """The engine model that the built-in reference target serves."""
 
@@ -110,6 +123,7 @@ class ReferenceTarget(Strict):
     max_batched_tokens: int = Field(8192, ge=1)
     cold_start_s: float = Field(0.5, ge=0, le=600)
     step: StepCostSpec = StepCostSpec()
+    faults: TargetFaults = TargetFaults()
 
 
 class Traffic(Strict):

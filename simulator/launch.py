@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from types import TracebackType
 
+from scenarios.spec import TargetFaults
 from simulator.engine import EngineConfig
 
 
@@ -29,8 +30,10 @@ class ReferenceTargetProcess:
         model: str = "surgecast-reference",
         host: str = "127.0.0.1",
         start_timeout_s: float = 60.0,
+        faults: TargetFaults | None = None,
     ):
         self.config = config
+        self.faults = faults
         self.model = model
         self.host = host
         self.start_timeout_s = start_timeout_s
@@ -53,6 +56,8 @@ class ReferenceTargetProcess:
             json.dumps(self.config.to_dict()),
             "--exit-with-parent",
         ]
+        if self.faults is not None and self.faults.any:
+            cmd += ["--faults-json", self.faults.model_dump_json()]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

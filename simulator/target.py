@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import sys
 import time
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from scenarios.spec import TargetFaults
 from scenarios.text import count_tokens, output_word
 from simulator.engine import Engine, EngineConfig, Sequence
 
@@ -134,10 +136,16 @@ class ReferenceTarget:
     """The aiohttp application around one `LiveEngine`."""
 
     def __init__(
-        self, config: EngineConfig, model: str = "surgecast-reference", history: int = 10000
+        self,
+        config: EngineConfig,
+        model: str = "surgecast-reference",
+        history: int = 10000,
+        faults: TargetFaults | None = None,
     ):
         self.config = config
         self.model = model
+        self.faults = faults or TargetFaults()
+        self._fault_rng = random.Random(self.faults.seed)
         self.live: LiveEngine | None = None
         self.served: deque[ServedRequest] = deque(maxlen=history)
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "success": 0, "aborted": 0}
@@ -240,6 +248,8 @@ class ReferenceTarget:
             return _error(str(e), e.status, e.param)
         assert self.live is not None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if self.faults.any and (fault := self._injected_fault(rid, received, prompt_tokens)):
+            return fault
         seq = Sequence(rid, prompt_tokens, max_tokens)
         if not self.live.engine.fits_ever(seq):
             return _error(
@@ -263,6 +273,22 @@ class ReferenceTarget:
                 self.live.abort(seq)
                 self.counters["aborted"] += 1
                 record.status = "aborted"
+
+    def _injected_fault(self, rid: str, received: float, prompt_tokens: int) -> web.Response | None:
+        """A 429 or 500 drawn with the configured probabilities, recorded as served."""
+        draw = self._fault_rng.random()
+        f = self.faults
+        if draw < f.reject_429:
+            status, message = 429, "Rate limit reached (injected by the reference target)."
+        elif draw < f.reject_429 + f.error_500:
+            status, message = 500, "Internal error (injected by the reference target)."
+        else:
+            return None
+        self.served.append(ServedRequest(rid, received, prompt_tokens, 0, status=f"http_{status}"))
+        response = _error(message, status)
+        if status == 429:
+            response.headers["Retry-After"] = f"{f.retry_after_s:g}"
+        return response
 
     def _usage(self, record: ServedRequest) -> dict[str, int]:
         return {
@@ -378,13 +404,14 @@ async def serve(
     port: int = 8000,
     model: str = "surgecast-reference",
     exit_with_parent: bool = False,
+    faults: TargetFaults | None = None,
 ) -> None:
     """Serve until cancelled; prints the base URL once listening (port 0 picks a free one).
 
     With `exit_with_parent`, also stop when stdin closes: a parent that starts the target with a
     pipe on its stdin takes the target down with it, even when the parent is killed.
     """
-    runner = web.AppRunner(ReferenceTarget(config, model).app(), access_log=None)
+    runner = web.AppRunner(ReferenceTarget(config, model, faults=faults).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

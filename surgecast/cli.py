@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
-from scenarios.spec import ScenarioError, check_base_url, load_scenario
+from scenarios.spec import ScenarioError, TargetFaults, check_base_url, load_scenario
 from simulator.launch import TargetStartError
 from surgecast import __version__
 
@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--calibration", help="serve a calibrated model (a live twin)")
     src.add_argument("--engine-json", help="engine config as JSON (as in a calibration file)")
     s.add_argument(
+        "--faults-json",
+        help='faults to inject, as JSON: {"reject_429": 0.1, "retry_after_s": 1, '
+        '"error_500": 0.05, "seed": 0} (probabilities per request; default: the scenario\'s '
+        "reference_target.faults, else none)",
+    )
+    s.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="also stop when stdin closes (used when surgecast starts the target)",
@@ -196,8 +202,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from simulator.engine import EngineConfig, engine_from_spec
     from simulator.target import serve
 
+    faults = None
     if a.scenario:
-        config = engine_from_spec(load_scenario(a.scenario).reference_target)
+        spec = load_scenario(a.scenario).reference_target
+        config, faults = engine_from_spec(spec), spec.faults
     elif a.calibration:
         config = _calibration(a.calibration).engine
     elif a.engine_json:
@@ -207,8 +215,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
             raise BadInput(f"--engine-json: {e}") from None
     else:
         config = EngineConfig()
+    if a.faults_json:
+        try:
+            faults = TargetFaults.model_validate_json(a.faults_json)
+        except ValueError as e:
+            raise BadInput(f"--faults-json: {e}") from None
     try:
-        asyncio.run(serve(config, a.host, a.port, a.model, a.exit_with_parent))
+        asyncio.run(serve(config, a.host, a.port, a.model, a.exit_with_parent, faults))
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as e:

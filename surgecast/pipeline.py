@@ -133,8 +133,9 @@ def _target(scenario: Scenario, target_url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
+    spec = scenario.reference_target
     with ReferenceTargetProcess(
-        engine_from_spec(scenario.reference_target), model=scenario.target.model
+        engine_from_spec(spec), model=scenario.target.model, faults=spec.faults
     ) as base_url:
         yield base_url
 
