@@ -24,6 +24,7 @@ from scenarios.records import RequestRecord, Status
 from scenarios.spec import Target
 
 Clock = Callable[[], float]
+Messages = list[dict[str, str]]
 DETAIL_CHARS = 200
 
 
@@ -74,12 +75,15 @@ class Endpoint:
         prefix = urlsplit(self.base_url).path.rstrip("/")
         return prefix + ("/chat/completions" if self.api == "chat" else "/completions")
 
-    def body(self, spec: RequestSpec) -> dict[str, Any]:
+    def body(self, spec: RequestSpec, messages: Messages | None = None) -> dict[str, Any]:
+        """The request body; `messages` (a chat's history and new turn) default to the prompt."""
+        if messages is None:
+            messages = [{"role": "user", "content": spec.prompt or ""}]
         body: dict[str, Any] = {"model": self.model, "max_tokens": spec.max_tokens}
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": spec.prompt or ""}]
+            body["messages"] = messages
         else:
-            body["prompt"] = spec.prompt or ""
+            body["prompt"] = "\n".join(m["content"] for m in messages)
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -144,37 +148,54 @@ class StreamingCall:
     """One request. `record` holds its progress, so a cancelled call still leaves a record."""
 
     def __init__(
-        self, endpoint: Endpoint, spec: RequestSpec, clock: Clock, store_prompt: bool = False
+        self,
+        endpoint: Endpoint,
+        spec: RequestSpec,
+        clock: Clock,
+        store_prompt: bool = False,
+        *,
+        messages: Messages | None = None,
+        intended_start: float | None = None,
+        attempt: int = 0,
     ):
         self.endpoint = endpoint
         self.spec = spec
         self.clock = clock
+        self.messages = messages
+        self.text: list[str] = []  # the answer's content, for a session's history
+        self.retry_after_s: float | None = None  # the server's Retry-After, if it sent one
         self._chunks = 0
         self._finished = False  # the server sent a finish_reason
         self._completed = False  # the response was read to its end
+        planned = spec.arrival if intended_start is None else intended_start
+        prompt = "\n".join(m["content"] for m in messages) if messages else spec.prompt
         self.record = RequestRecord(
             id=spec.id,
-            intended_start=spec.arrival,
-            start=spec.arrival,
+            intended_start=planned,
+            start=planned,
             prompt_tokens=None,
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
-            prompt=spec.prompt if store_prompt else None,
+            prompt=prompt if store_prompt else None,
+            attempt=attempt,
+            planned_prompt_tokens=spec.prompt_tokens,
         )
 
     def run(self) -> RequestRecord:
         rec = self.record
         ep = self.endpoint
-        payload = json.dumps(ep.body(self.spec)).encode()
+        payload = json.dumps(ep.body(self.spec, self.messages)).encode()
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
         rec.start = self.clock()
         deadline = rec.start + ep.timeout_s
+        patience = self.spec.patience_s
+        first_wait = ep.timeout_s if patience is None else min(patience, ep.timeout_s)
         conn = None
         try:
-            conn = ep.connect(ep.timeout_s)
+            conn = ep.connect(first_wait)
             conn.request("POST", ep.path, body=payload, headers=headers)
             response = conn.getresponse()
             rec.http_status = response.status
@@ -187,7 +208,10 @@ class StreamingCall:
         except StreamError as e:
             self._fail("error", e.kind, e.detail)
         except TimeoutError:
-            self._fail("timeout", "timeout", f"no complete response within {ep.timeout_s:g} s")
+            if patience is not None and rec.first_token is None and patience < ep.timeout_s:
+                self._fail("cancelled", "abandoned", f"no token within the user's {patience:g} s")
+            else:
+                self._fail("timeout", "timeout", f"no complete response within {ep.timeout_s:g} s")
         except ConnectionRefusedError as e:
             self._fail("error", "connection_refused", str(e))
         except (http.client.HTTPException, OSError) as e:
@@ -219,6 +243,12 @@ class StreamingCall:
             message = json.loads(text)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = text
+        retry_after = response.getheader("Retry-After")
+        if retry_after is not None:
+            try:
+                self.retry_after_s = max(0.0, float(retry_after))
+            except ValueError:
+                self.retry_after_s = None  # an HTTP-date: rare from LLM servers; backoff decides
         kind = f"http_{response.status}"
         self._fail("rejected" if response.status in (429, 503) else "error", kind, str(message))
 
@@ -229,6 +259,7 @@ class StreamingCall:
         if rec.first_token is None:
             rec.first_token = now
         rec.chunk_times.append(now)
+        self.text.append(text)
         self._chunks += 1
 
     def _on_event(self, event: Any, now: float) -> None:
@@ -257,8 +288,12 @@ class StreamingCall:
         self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
     ) -> None:
         done = False
+        patience = self.spec.patience_s
         while True:
-            remaining = deadline - self.clock()
+            limit = deadline
+            if patience is not None and self.record.first_token is None:
+                limit = min(deadline, self.record.start + patience)
+            remaining = limit - self.clock()
             if remaining <= 0:
                 raise TimeoutError
             if conn.sock is not None:

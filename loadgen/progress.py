@@ -14,6 +14,7 @@ class RunProgress:
     planned: int
     sent: int = 0
     in_flight: int = 0
+    skipped: int = 0  # session turns never sent because an earlier turn failed
     finished: list[RequestRecord] = field(default_factory=list)
 
     def line(self, elapsed_s: float) -> str:
@@ -28,4 +29,5 @@ class RunProgress:
         return (
             f"[{elapsed_s:6.1f}s] sent {self.sent}/{self.planned}  rate {rate:5.1f}/s  "
             f"in flight {self.in_flight:3d}  done {len(self.finished)}  {ttft}  errors {errors}"
+            + (f"  skipped {self.skipped}" if self.skipped else "")
         )

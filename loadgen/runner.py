@@ -8,19 +8,20 @@ listeners see it) and is appended to the record file at once.
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import gevent
 from gevent.event import Event
-from gevent.pool import Pool
+from gevent.pool import Group, Pool
 from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from loadgen.client import Endpoint, StreamingCall
+from loadgen.client import Endpoint, Messages, StreamingCall
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec
@@ -29,8 +30,32 @@ from scenarios.records import RecordWriter, RequestRecord
 DRAIN_GRACE_S = 5.0
 
 
+class PromptSource(Protocol):
+    """Renders a request's new messages at send time and learns from what the server counted."""
+
+    def messages(self, spec: RequestSpec) -> Messages: ...
+
+    def observe(self, sent_chars: int, record: RequestRecord) -> None: ...
+
+
+class PlannedPrompts:
+    """The prompt text the plan already holds; learns nothing."""
+
+    def messages(self, spec: RequestSpec) -> Messages:
+        return [{"role": "user", "content": spec.prompt or ""}]
+
+    def observe(self, sent_chars: int, record: RequestRecord) -> None:
+        return None
+
+
 class LoadRun:
-    """Sends `plan` to `endpoint` open-loop; `run()` returns the records in finishing order."""
+    """Sends `plan` to `endpoint` open-loop; `run()` returns the records in finishing order.
+
+    First turns leave at their planned times. A follow-up turn (`spec.after`) leaves `think_s`
+    after the turn it follows ended well, carrying the session's history; when that turn failed
+    or was abandoned, the rest of the session is not sent (counted as skipped). Rejected or
+    failed attempts are retried per `spec.retry`, each attempt its own record.
+    """
 
     def __init__(
         self,
@@ -44,11 +69,18 @@ class LoadRun:
         progress_every_s: float = 2.0,
         telemetry: TelemetryRecorder | None = None,
         telemetry_every_s: float = 1.0,
+        prompts: PromptSource | None = None,
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
+        self.openers = [s for s in self.plan if s.after is None]
+        self.followers: dict[str, list[RequestSpec]] = {}
+        for spec in self.plan:
+            if spec.after is not None:
+                self.followers.setdefault(spec.after, []).append(spec)
         self.endpoint = endpoint
         self.writer = writer
         self.store_prompts = store_prompts
+        self.prompts = prompts or PlannedPrompts()
         self.pool = Pool(max_in_flight)
         self.progress = RunProgress(planned=len(self.plan))
         self.progress_out = progress
@@ -57,6 +89,11 @@ class LoadRun:
         self.telemetry_every_s = telemetry_every_s
         self.environment = Environment(user_classes=[self._user_class()])
         self._done = Event()
+        self._idle = Event()  # nothing in flight or waiting to be sent
+        self._pending = 0
+        self._timers = Group()  # follow-up turns waiting out their think time
+        self._history: dict[int, Messages] = {}  # session -> messages so far
+        self._sent: dict[str, Messages] = {}  # request id -> the messages it sent (regenerate)
         self._t0 = 0.0
 
     def clock(self) -> float:
@@ -72,6 +109,7 @@ class LoadRun:
             runner.start(1, spawn_rate=1)
             self._done.wait()
         finally:
+            self._timers.kill(block=False)
             self.pool.kill(block=True, timeout=DRAIN_GRACE_S)
             runner.quit()
             gevent.killall(background)
@@ -103,37 +141,143 @@ class LoadRun:
         return OpenLoopDispatcher
 
     def _dispatch(self) -> None:
-        for spec in self.plan:
+        self._pending = 1  # the dispatcher itself, until every opener is out
+        for spec in self.openers:
             delay = spec.arrival - self.clock()
             if delay > 0:
                 gevent.sleep(delay)
-            if self.pool.full():
-                self._finish(self._dropped(spec))
-                continue
-            self.progress.sent += 1
-            self.progress.in_flight += 1
-            self.pool.spawn(self._send, spec)
-        last = self.plan[-1].arrival if self.plan else 0.0
-        self.pool.join(
-            timeout=max(0.0, last - self.clock()) + self.endpoint.timeout_s + DRAIN_GRACE_S
-        )
+            self._launch(spec, spec.arrival)
+        self._settle()
+        self._idle.wait(timeout=max(0.0, self._worst_end() - self.clock()) + DRAIN_GRACE_S)
 
-    def _send(self, spec: RequestSpec) -> None:
-        call = StreamingCall(self.endpoint, spec, self.clock, self.store_prompts)
+    def _worst_end(self) -> float:
+        """When the last request must have ended: each turn's timeouts and retries, chained."""
+        per_try = self.endpoint.timeout_s
+        end: dict[str, float] = {}
+        for spec in self.plan:  # sorted by arrival, so a turn comes after the one it follows
+            retry = spec.retry
+            tries = 1 + (retry.max_retries if retry else 0)
+            waits = (retry.max_backoff_s * (1 + retry.jitter) if retry else 0.0) * (tries - 1)
+            begin = end.get(spec.after, spec.arrival) + spec.think_s if spec.after else spec.arrival
+            end[spec.id] = max(begin, spec.arrival) + tries * per_try + waits
+        return max(end.values(), default=0.0)
+
+    def _launch(self, spec: RequestSpec, intended: float) -> None:
+        if self.pool.full():
+            self._finish(self._dropped(spec, intended))
+            self._skip_followers(spec)
+            return
+        self._pending += 1
+        self.progress.sent += 1
+        self.progress.in_flight += 1
+        self.pool.spawn(self._send, spec, intended)
+
+    def _settle(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    def _send(self, spec: RequestSpec, intended: float) -> None:
+        messages = self._messages(spec)
+        attempt = 0
+        jitter = random.Random(f"{spec.id}:{spec.text_seed}")
         try:
-            call.run()
-        except gevent.GreenletExit:
-            call.cancel()
-            raise
+            while True:
+                call = StreamingCall(
+                    self.endpoint,
+                    spec,
+                    self.clock,
+                    self.store_prompts,
+                    messages=messages,
+                    intended_start=intended,
+                    attempt=attempt,
+                )
+                try:
+                    call.run()
+                except gevent.GreenletExit:
+                    call.cancel()
+                    self._finish(call.record)
+                    raise
+                rec = call.record
+                retry = spec.retry
+                if (
+                    retry is not None
+                    and attempt < retry.max_retries
+                    and rec.status in ("error", "rejected")
+                    and rec.http_status in retry.on_status
+                ):
+                    rec.retried = True
+                    self._finish(rec)
+                    attempt += 1
+                    gevent.sleep(retry.wait_s(attempt, jitter.random(), call.retry_after_s))
+                    intended = self.clock()
+                    continue
+                if attempt == 0:
+                    sent_chars = sum(len(m["content"]) for m in messages)
+                    self.prompts.observe(sent_chars, rec)
+                self._finish(rec)
+                self._follow(spec, call, messages)
+                return
         finally:
             self.progress.in_flight -= 1
-            self._finish(call.record)
+            self._settle()
 
-    def _dropped(self, spec: RequestSpec) -> RequestRecord:
+    def _messages(self, spec: RequestSpec) -> Messages:
+        if spec.after is None:
+            messages = self.prompts.messages(spec)
+        elif spec.regenerate:
+            messages = self._sent.get(spec.after) or self.prompts.messages(spec)
+        else:
+            messages = self._history.get(spec.session, []) + self.prompts.messages(spec)
+        if spec.id in self.followers:
+            self._sent[spec.id] = messages
+        return messages
+
+    def _follow(self, spec: RequestSpec, call: StreamingCall, messages: Messages) -> None:
+        """After a turn: keep the history and schedule the session's next turns, or skip them."""
+        self._sent.pop(spec.after or "", None)
+        rec = call.record
+        if rec.status != "ok":
+            self._skip_followers(spec)
+            return
+        followers = self.followers.get(spec.id, [])
+        if followers:
+            answer = {"role": "assistant", "content": "".join(call.text)}
+            self._history[spec.session] = [*messages, answer]
+        else:
+            self._history.pop(spec.session, None)
+        end = rec.end if rec.end is not None else self.clock()
+        for nxt in followers:
+            due = end + nxt.think_s
+            if nxt.not_after is not None and due > nxt.not_after:
+                self._skip(nxt)
+                continue
+            self._pending += 1
+            self._timers.add(
+                gevent.spawn_later(max(0.0, due - self.clock()), self._launch_later, nxt, due)
+            )
+
+    def _launch_later(self, spec: RequestSpec, due: float) -> None:
+        try:
+            self._launch(spec, due)
+        finally:
+            self._settle()
+
+    def _skip_followers(self, spec: RequestSpec) -> None:
+        for nxt in self.followers.get(spec.id, []):
+            self._skip(nxt)
+
+    def _skip(self, spec: RequestSpec) -> None:
+        """A turn never sent: its session ended early (or the window closed)."""
+        self.progress.skipped += 1
+        self._history.pop(spec.session, None)
+        self._skip_followers(spec)
+
+    def _dropped(self, spec: RequestSpec, intended: float) -> RequestRecord:
         now = self.clock()
         return RequestRecord(
             id=spec.id,
-            intended_start=spec.arrival,
+            intended_start=intended,
             start=now,
             end=now,
             status="cancelled",
@@ -141,6 +285,7 @@ class LoadRun:
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
+            planned_prompt_tokens=spec.prompt_tokens,
         )
 
     def _finish(self, record: RequestRecord) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scenarios.spec import Constant, Distribution, LogNormal, Normal, Scenario, Uniform
+from scenarios.spec import Constant, Distribution, LogNormal, Normal, Retry, Scenario, Uniform
 from scenarios.text import make_prompt
 
 
@@ -24,6 +24,16 @@ class RequestSpec:
     # alike share those prompt tokens byte for byte (trace hash_ids, shared system prompts,
     # a session's history). Engines with prefix caching may skip their prefill.
     prefix: tuple[tuple[int, int], ...] = ()
+    # Sessions: a follow-up is sent `think_s` after the request `after` ended (its `arrival` is
+    # then only the plan's estimate); one due later than `not_after` is not sent.
+    after: str | None = None
+    think_s: float = 0.0
+    not_after: float | None = None
+    regenerate: bool = False  # resend the previous turn's messages for a new answer
+    patience_s: float | None = None  # the user cancels when no token came within it
+    retry: Retry | None = None  # how the client retries a 429 or 5xx
+    message_tokens: int = 0  # the new user message's tokens (0: the whole prompt)
+    text_seed: int = 0  # seeds the prompt text when it is rendered at send time
 
 
 def sample_lengths(dist: Distribution, rng: np.random.Generator, n: int) -> np.ndarray:

@@ -35,6 +35,9 @@ class RequestRecord:
     turn: int = 0
     response_id: str | None = None
     prompt: str | None = None  # only when the scenario's privacy setting allows
+    attempt: int = 0  # 0 for the first send; n for the n-th retry of the same request
+    retried: bool = False  # this attempt failed and the client tried again
+    planned_prompt_tokens: int | None = None  # what the plan asked for, beside the served count
 
     @property
     def ttft(self) -> float | None:

@@ -137,6 +137,27 @@ class Traffic(Strict):
     max_in_flight: int = Field(2000, ge=1, description="Cap on concurrent requests.")
 
 
+class Retry(Strict):
+    """Client retries of a rejected or failed request, with jittered exponential backoff."""
+
+    max_retries: int = Field(0, ge=0, le=20)
+    backoff_s: float = Field(0.5, ge=0, le=600, description="First wait; doubles each retry.")
+    max_backoff_s: float = Field(30.0, ge=0, le=3600)
+    jitter: float = Field(0.5, ge=0, le=1, description="Each wait is scaled by 1 +- jitter.")
+    on_status: list[int] = Field(
+        default_factory=lambda: [429, 500, 502, 503, 504], description="HTTP codes retried."
+    )
+    honour_retry_after: bool = Field(True, description="Wait at least the server's Retry-After.")
+
+    def wait_s(self, attempt: int, draw: float, retry_after_s: float | None) -> float:
+        """Seconds before retry number `attempt` (1-based), with `draw` uniform in [0, 1)."""
+        base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+        wait = base * (1.0 + self.jitter * (2.0 * draw - 1.0))
+        if self.honour_retry_after and retry_after_s is not None:
+            wait = max(wait, retry_after_s)
+        return wait
+
+
 class Workload(Strict):
     prompt_tokens: Distribution
     output_tokens: Distribution
