@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from scenarios.spec import Constant, Distribution, LogNormal, Normal, Retry, Scenario, Uniform
+from scenarios.spec import (
+    Constant,
+    Distribution,
+    LogNormal,
+    Normal,
+    Persona,
+    Retry,
+    Scenario,
+    Uniform,
+)
 from scenarios.text import make_prompt
 
 
@@ -63,6 +75,100 @@ def poisson_arrivals(rng: np.random.Generator, rate: float, duration_s: float) -
     return times[times < duration_s]
 
 
+MIN_TURN_GAP_S = 0.25  # a closed user's plan holds at most duration / max(think, this) turns
+
+
+@dataclass(frozen=True)
+class _Openers:
+    """Session starts in time order: when, for which persona, and whether its user is a
+    closed-loop one that keeps coming back."""
+
+    time: np.ndarray
+    persona: np.ndarray
+    closed: np.ndarray
+
+
+def _openers(
+    mix: list[Persona],
+    scenario: Scenario,
+    seeds: list[np.random.SeedSequence],
+    duration: float,
+    rate_scale: float,
+) -> _Openers:
+    """Session starts of every persona: its own arrival process (from its seeds[-1]), or a
+    weighted share of the scenario's (seeds[0]), split by independent draws (seeds[1])."""
+    times, who, closed = [], [], []
+    sharers = [i for i, p in enumerate(mix) if p.arrival is None]
+    if sharers:
+        shared = scenario.traffic.process
+        t = shared.plan(np.random.default_rng(seeds[0]), duration, rate_scale)
+        weights = np.array([mix[i].weight for i in sharers])
+        pick = np.random.default_rng(seeds[1]).choice(
+            len(sharers), len(t), p=weights / weights.sum()
+        )
+        times.append(t)
+        who.append(np.asarray(sharers)[pick])
+        closed.append(np.full(len(t), shared.closed))
+    for i, p in enumerate(mix):
+        if p.arrival is not None:
+            rng = np.random.default_rng(seeds[2 + i].spawn(6)[-1])
+            t = p.arrival.plan(rng, duration, rate_scale)
+            times.append(t)
+            who.append(np.full(len(t), i))
+            closed.append(np.full(len(t), p.arrival.closed))
+    time = np.concatenate(times)
+    persona = np.concatenate(who).astype(int)
+    order = np.lexsort((persona, time))
+    return _Openers(time[order], persona[order], np.concatenate(closed).astype(bool)[order])
+
+
+class _Draws:
+    """One stream of values drawn in blocks (fast), handed out one at a time in order."""
+
+    BLOCK = 4096
+
+    def __init__(self, draw: Callable[[int], np.ndarray]):
+        self._draw = draw
+        self._values: list[Any] = []
+
+    def next(self) -> Any:
+        if not self._values:
+            self._values = self._draw(self.BLOCK).tolist()[::-1]
+        return self._values.pop()
+
+    def take(self, n: int) -> list[Any]:
+        """The next `n` values, as `n` calls of next() would give them."""
+        while len(self._values) < n:
+            self._values = self._draw(self.BLOCK).tolist()[::-1] + self._values
+        taken = self._values[-n:][::-1] if n else []
+        del self._values[len(self._values) - n :]
+        return taken
+
+
+class _PersonaDraws:
+    """A persona's independent random streams, drawn in the order its turns are planned."""
+
+    def __init__(self, seed: np.random.SeedSequence, persona: Persona):
+        assert persona.session is not None and persona.workload is not None  # mix() fills them
+        sess, work = persona.session, persona.workload
+        rng_session, rng_prompt, rng_output, self.text, rng_seed = (
+            np.random.default_rng(s) for s in seed.spawn(6)[:5]
+        )
+        self.session = sess
+        self.turns = _Draws(lambda n: sample_lengths(sess.turns, rng_session, n))
+        self.uniform = _Draws(lambda n: rng_session.random(n))
+        self.message = _Draws(lambda n: sample_lengths(work.prompt_tokens, rng_prompt, n))
+        self.output = _Draws(lambda n: sample_lengths(work.output_tokens, rng_output, n))
+        self.seed = _Draws(lambda n: rng_seed.integers(2**62, size=n))
+        zero = lambda n: np.zeros(n)  # noqa: E731
+        self.think = _Draws(
+            zero if sess.think_time is None else lambda n: sess.think_time.sample(rng_session, n)  # type: ignore[union-attr]
+        )
+        self.patience = _Draws(
+            zero if sess.patience is None else lambda n: sess.patience.sample(rng_session, n)  # type: ignore[union-attr]
+        )
+
+
 def build_plan(
     scenario: Scenario,
     *,
@@ -71,28 +177,160 @@ def build_plan(
     duration_s: float | None = None,
     with_text: bool = True,
 ) -> list[RequestSpec]:
-    """The scenario's requests in arrival order; deterministic for a given seed.
+    """The scenario's requests in (estimated) arrival order; deterministic for a given seed.
 
-    Independent random streams feed arrivals, lengths and text, so scaling the rate does not
-    reshuffle the length sequence.
+    Every arrival starts a session of one persona. Its turns follow one another: a follow-up
+    names the turn it follows (`after`) and the think time, and its prompt carries the
+    history (earlier messages and answers, planned at their drawn lengths) as a shared prefix.
+    A closed user starts a new session when one ends, until the window closes (`not_after`).
+    Independent random streams feed arrivals and each persona's sessions, lengths and text,
+    so scaling the rate does not reshuffle a persona's length sequence.
     """
     seed = scenario.traffic.seed if seed is None else seed
-    rng_arrival, rng_prompt, rng_output, rng_text = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
-    )
     duration = scenario.traffic.duration_s if duration_s is None else duration_s
-    arrivals = poisson_arrivals(rng_arrival, scenario.traffic.rate * rate_scale, duration)
-    n = len(arrivals)
-    prompt_lens = sample_lengths(scenario.workload.prompt_tokens, rng_prompt, n)
-    output_lens = sample_lengths(scenario.workload.output_tokens, rng_output, n)
+    mix = scenario.mix()
+    seeds = np.random.SeedSequence(seed).spawn(2 + len(mix))
+    openers = _openers(mix, scenario, seeds, duration, rate_scale)
+    draws = [_PersonaDraws(seeds[2 + i], p) for i, p in enumerate(mix)]
+    if all(_single_requests(p) for p in mix) and not openers.closed.any():
+        return _single_request_plan(openers, mix, draws, with_text)
+    rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
+    follows: list[int] = []  # index of the row each row follows, -1 for none
+    session = 0
+    for start, k, closed in zip(
+        openers.time.tolist(), openers.persona.tolist(), openers.closed.tolist(), strict=True
+    ):
+        persona, d = mix[k], draws[k]
+        sess = d.session
+        think_mean = 0.0 if sess.think_time is None else sess.think_time.mean
+        budget = math.ceil(duration / max(think_mean, MIN_TURN_GAP_S)) + 1 if closed else 1
+        previous: dict[str, Any] | None = None
+        sent = 0
+        while sent < budget:  # one session per pass; a closed user loops until its budget is spent
+            patience = float(d.patience.next()) if sess.patience is not None else None
+            history: tuple[tuple[int, int], ...] = ()
+            history_tokens = 0
+            turns = int(d.turns.next())
+            for turn in range(turns):
+                message = int(d.message.next())
+                redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
+                for regenerate in (False, True) if redo else (False,):
+                    output = int(d.output.next())
+                    think = float(d.think.next()) if previous is not None else 0.0
+                    if regenerate and previous is not None:
+                        prompt = previous["prompt"]
+                    else:
+                        prompt = make_prompt(d.text, message) if with_text else None
+                    follows.append(-1 if previous is None else previous["index"])
+                    previous = {
+                        "index": len(rows),
+                        "arrival": start if previous is None else previous["arrival"] + think,
+                        "prompt_tokens": history_tokens + message,
+                        "max_tokens": output,
+                        "prompt": prompt,
+                        "persona": persona.name,
+                        "session": session,
+                        "turn": turn,
+                        "prefix": history,
+                        "think_s": think,
+                        "not_after": duration if closed else None,
+                        "regenerate": regenerate,
+                        "patience_s": patience,
+                        "retry": sess.retry if sess.retry.max_retries > 0 else None,
+                        "message_tokens": message,
+                        "text_seed": int(d.seed.next()),
+                    }
+                    rows.append(previous)
+                    sent += 1
+                history = (*history, (_segment_key(seed, session, turn), message + output))
+                history_tokens += message + output
+            session += 1
+    return _numbered(rows, follows)
+
+
+def _single_requests(persona: Persona) -> bool:
+    """Every session is one request: no turns to chain, no regenerate."""
+    assert persona.session is not None
+    turns = persona.session.turns
+    return isinstance(turns, Constant) and turns.value == 1 and persona.session.regenerate == 0
+
+
+def _single_request_plan(
+    openers: _Openers, mix: list[Persona], draws: list[_PersonaDraws], with_text: bool
+) -> list[RequestSpec]:
+    """The common case, drawn in bulk: each arrival is one request (the same draws, in the
+    same order, as the general path)."""
+    n = len(openers.time)
+    message = np.zeros(n, dtype=int)
+    output = np.zeros(n, dtype=int)
+    seed = np.zeros(n, dtype=np.int64)
+    patience: list[float | None] = [None] * n
+    for k, d in enumerate(draws):
+        where = np.flatnonzero(openers.persona == k)
+        if d.session.patience is not None:
+            for i, value in zip(where.tolist(), d.patience.take(len(where)), strict=True):
+                patience[i] = value
+        d.turns.take(len(where))
+        message[where] = d.message.take(len(where))
+        output[where] = d.output.take(len(where))
+        seed[where] = d.seed.take(len(where))
+    prompts: list[str | None] = [None] * n
+    if with_text:
+        for i, k in enumerate(openers.persona.tolist()):
+            prompts[i] = make_prompt(draws[k].text, int(message[i]))
+    names = [p.name for p in mix]
+    retries = [d.session.retry if d.session.retry.max_retries > 0 else None for d in draws]
     return [
         RequestSpec(
             id=f"r{i:06d}",
-            arrival=float(arrivals[i]),
-            prompt_tokens=int(prompt_lens[i]),
-            max_tokens=int(output_lens[i]),
-            prompt=make_prompt(rng_text, int(prompt_lens[i])) if with_text else None,
+            arrival=t,
+            prompt_tokens=m,
+            max_tokens=o,
+            prompt=prompts[i],
+            persona=names[k],
             session=i,
+            patience_s=patience[i],
+            retry=retries[k],
+            message_tokens=m,
+            text_seed=s,
         )
-        for i in range(n)
+        for i, (t, k, m, o, s) in enumerate(
+            zip(
+                openers.time.tolist(),
+                openers.persona.tolist(),
+                message.tolist(),
+                output.tolist(),
+                seed.tolist(),
+                strict=True,
+            )
+        )
     ]
+
+
+def _segment_key(seed: int, session: int, turn: int) -> int:
+    """A stable key for one turn's message and answer as part of later prompts' prefixes."""
+    return hash((seed, session, turn)) & 0x7FFFFFFFFFFFFFFF
+
+
+def _numbered(rows: list[dict[str, Any]], follows: list[int]) -> list[RequestSpec]:
+    """RequestSpecs with ids r000000... in (estimated) arrival order, `after` by those ids."""
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: (
+            rows[i]["arrival"],
+            rows[i]["session"],
+            rows[i]["turn"],
+            rows[i]["regenerate"],
+        ),
+    )
+    name = [""] * len(rows)
+    for rank, i in enumerate(order):
+        name[i] = f"r{rank:06d}"
+    out = []
+    for i in order:
+        row = rows[i]
+        del row["index"]
+        out.append(
+            RequestSpec(id=name[i], after=name[follows[i]] if follows[i] >= 0 else None, **row)
+        )
+    return out

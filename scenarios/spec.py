@@ -18,6 +18,7 @@ from pydantic import (
 
 from scenarios.base import Strict
 from scenarios.slo import Threshold, parse_threshold
+from scenarios.traffic import ArrivalProcess, PoissonArrival, SecondsDistribution
 
 
 class _Bounded(Strict):
@@ -127,14 +128,44 @@ class ReferenceTarget(Strict):
 
 
 class Traffic(Strict):
-    arrival: Literal["poisson"] = "poisson"
-    rate: float = Field(gt=0, le=100000, description="Mean arrivals per second.")
+    """When requests (or sessions) start: an arrival process, or `rate` as Poisson shorthand."""
+
+    arrival: ArrivalProcess | Literal["poisson"] = "poisson"
+    rate: float | None = Field(
+        None, gt=0, le=100000, description="Poisson arrivals per second (shorthand)."
+    )
     duration_s: float = Field(gt=0, le=86400)
     seed: int = Field(0, ge=0)
     max_lateness_ms: float = Field(
         100.0, gt=0, description="A run whose p99 send lateness exceeds this is invalid."
     )
     max_in_flight: int = Field(2000, ge=1, description="Cap on concurrent requests.")
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> Traffic:
+        if isinstance(self.arrival, str) and self.rate is None:
+            raise ValueError(
+                "rate: required with arrival: poisson (or give arrival: {type: ..., ...})"
+            )
+        if not isinstance(self.arrival, str) and self.rate is not None:
+            raise ValueError(
+                f"rate: give the rate inside arrival ({self.arrival.type}), not beside it"
+            )
+        return self
+
+    @property
+    def process(self) -> ArrivalProcess:
+        if isinstance(self.arrival, str):
+            assert self.rate is not None  # the validator saw to it
+            return PoissonArrival(type="poisson", rate=self.rate)
+        return self.arrival
+
+    def describe(self) -> str:
+        """One line for humans: the process and its mean rate."""
+        p = self.process
+        if p.closed:
+            return f"{p.type}: {p.users} users"  # type: ignore[union-attr]
+        return f"{p.type} at {p.mean_rate(self.duration_s):.3g} req/s mean"
 
 
 class Retry(Strict):
@@ -159,8 +190,27 @@ class Retry(Strict):
 
 
 class Workload(Strict):
+    """Token lengths of each new user message and of each answer."""
+
     prompt_tokens: Distribution
     output_tokens: Distribution
+
+
+class Session(Strict):
+    """How one user's conversation unfolds: turns, think time, patience, regenerate, retries."""
+
+    turns: Distribution = Field(
+        default_factory=lambda: Constant(dist="constant", value=1),
+        description="Turns per session (1: single requests).",
+    )
+    think_time: SecondsDistribution | None = Field(
+        None, description="Seconds between an answer's end and the next turn (default 0)."
+    )
+    patience: SecondsDistribution | None = Field(
+        None, description="Seconds a user waits for the first token before giving up."
+    )
+    regenerate: float = Field(0.0, ge=0, le=1, description="Chance a turn's answer is redone.")
+    retry: Retry = Field(default_factory=Retry)
 
 
 class Cost(Strict):
@@ -235,6 +285,19 @@ class Slos(Strict):
         ]
 
 
+class Persona(Strict):
+    """One kind of user in a weighted mix; any section left out is the scenario's own."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    weight: float = Field(1.0, gt=0, le=1e6, description="Share of the scenario's arrivals.")
+    arrival: ArrivalProcess | None = Field(
+        None, description="Its own traffic instead of a share of traffic.arrival."
+    )
+    workload: Workload | None = None
+    session: Session | None = None
+    slos: Slos | None = Field(None, description="Objectives for this persona's requests alone.")
+
+
 class Scenario(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -242,14 +305,41 @@ class Scenario(Strict):
     reference_target: ReferenceTarget = ReferenceTarget()
     traffic: Traffic
     workload: Workload
+    session: Session = Field(default_factory=Session)
+    personas: list[Persona] = Field(default_factory=list, max_length=64)
     slos: Slos = Slos()
     cost: Cost = Cost(gpu_hour_usd=2.0)
     privacy: Privacy = Privacy()
     telemetry: Telemetry = Telemetry()
     forecast: Forecast = Forecast()
 
+    @model_validator(mode="after")
+    def _unique_personas(self) -> Scenario:
+        names = [p.name for p in self.personas]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"personas: names must be unique, repeated: {', '.join(twice)}")
+        return self
+
     def thresholds(self) -> list[Threshold]:
         return self.slos.thresholds()
+
+    def mix(self) -> list[Persona]:
+        """The personas with every section filled in (one 'default' persona when none given)."""
+        personas = self.personas or [Persona(name="default")]
+        return [
+            p.model_copy(
+                update={
+                    "workload": p.workload or self.workload,
+                    "session": p.session or self.session,
+                }
+            )
+            for p in personas
+        ]
+
+    def persona_thresholds(self) -> dict[str, list[Threshold]]:
+        """Each persona's own objectives (beside the scenario-wide ones)."""
+        return {p.name: p.slos.thresholds() for p in self.personas if p.slos is not None}
 
 
 class ScenarioError(Exception):
