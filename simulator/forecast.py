@@ -92,6 +92,8 @@ class Forecaster:
         self.duration_s = self.config.duration_s
         self.progress = progress
         self.thresholds = scenario.thresholds()
+        self.base_plan = build_plan(scenario, seed=scenario.traffic.seed, with_text=False)
+        self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
 
@@ -140,14 +142,14 @@ class Forecaster:
     def _first_guess(self, rate: float) -> int:
         """Replicas that the throughput of a full batch alone would need (a lower-ish bound)."""
         eng = self.calibration.engine
-        plan = build_plan(self.scenario, seed=self.scenario.traffic.seed, with_text=False)
+        plan = self.base_plan
         mean_out = float(np.mean([s.max_tokens for s in plan])) if plan else 1.0
         step = eng.cost.duration(eng.max_num_seqs, 0)
         per_replica = eng.max_num_seqs / (mean_out * step) if step > 0 else rate
         return max(1, math.ceil(rate / per_replica))
 
     def point(self, scale: float) -> ForecastPoint:
-        rate = self.scenario.traffic.rate * scale
+        rate = self.base_rate * scale
         tried: dict[int, Evaluation] = {}
 
         def passes(n: int) -> bool:

@@ -110,7 +110,7 @@ def invalid_reasons(
 ) -> list[str]:
     reasons = []
     if planned == 0:
-        reasons.append("the plan is empty: traffic.rate x traffic.duration_s is too small")
+        reasons.append("the plan is empty: the arrival rate x traffic.duration_s is too small")
     if summary.lateness_p99_ms > scenario.traffic.max_lateness_ms:
         reasons.append(
             f"generator fell behind: p99 send lateness {summary.lateness_p99_ms:.0f} ms "
@@ -164,8 +164,9 @@ def run_load(
         folder, scenario, scenario_file, len(plan), target_meta, status="running", source="measured"
     )
     say(
-        f"run {folder.path.name}: {len(plan)} requests over {scenario.traffic.duration_s:g} s "
-        f"at {scenario.traffic.rate:g} req/s (Poisson, seed {scenario.traffic.seed})"
+        f"run {folder.path.name}: {len(plan)} requests planned over "
+        f"{scenario.traffic.duration_s:g} s, {scenario.traffic.describe()} "
+        f"(seed {scenario.traffic.seed})"
     )
     try:
         with _target(scenario, target_url) as base_url:
