@@ -34,7 +34,7 @@ def main() -> None:
         f"{'req/s':>8} {'tokens/s':>10}"
     )
     for replicas, rate, chunks in [(1, 8, True), (1, 8, False), (8, 64, False), (32, 256, False)]:
-        plan = build_plan(parse_scenario(scenario(rate, 60)), with_text=False)
+        plan = build_plan(parse_scenario(scenario(rate, 60)))
         t0 = time.perf_counter()
         records = simulate(plan, ENGINE, replicas=replicas, record_chunks=chunks).records
         wall = time.perf_counter() - t0

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from scenarios.messy import RequestKind
 from scenarios.spec import (
     Constant,
     Distribution,
@@ -19,7 +20,6 @@ from scenarios.spec import (
     Scenario,
     Uniform,
 )
-from scenarios.text import make_prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class RequestSpec:
     arrival: float  # seconds from run start: the intended send time
     prompt_tokens: int
     max_tokens: int
-    prompt: str | None = None  # None in plans made only for simulation
+    prompt: str | None = None  # fixed text; None: rendered at send time from text_seed
     persona: str = "default"
     session: int = 0
     turn: int = 0
@@ -45,6 +45,7 @@ class RequestSpec:
     patience_s: float | None = None  # the user cancels when no token came within it
     retry: Retry | None = None  # how the client retries a 429 or 5xx
     message_tokens: int = 0  # the new user message's tokens (0: the whole prompt)
+    text_kind: RequestKind = "normal"  # or a very long paste, or an empty prompt
     text_seed: int = 0  # seeds the prompt text when it is rendered at send time
 
 
@@ -151,10 +152,11 @@ class _PersonaDraws:
     def __init__(self, seed: np.random.SeedSequence, persona: Persona):
         assert persona.session is not None and persona.workload is not None  # mix() fills them
         sess, work = persona.session, persona.workload
-        rng_session, rng_prompt, rng_output, self.text, rng_seed = (
+        rng_session, rng_prompt, rng_output, self.rng_kind, rng_seed = (
             np.random.default_rng(s) for s in seed.spawn(6)[:5]
         )
         self.session = sess
+        self.messiness = work.messiness
         self.turns = _Draws(lambda n: sample_lengths(sess.turns, rng_session, n))
         self.uniform = _Draws(lambda n: rng_session.random(n))
         self.message = _Draws(lambda n: sample_lengths(work.prompt_tokens, rng_prompt, n))
@@ -168,6 +170,17 @@ class _PersonaDraws:
             zero if sess.patience is None else lambda n: sess.patience.sample(rng_session, n)  # type: ignore[union-attr]
         )
 
+    def message_tokens(self) -> tuple[int, RequestKind]:
+        """The next new message's tokens and kind: a long paste multiplies the drawn length,
+        an empty prompt has (about) none."""
+        tokens = int(self.message.next())
+        kind = self.messiness.request_kind(self.rng_kind)
+        if kind == "long_paste":
+            tokens = round(tokens * self.messiness.paste_factor)
+        elif kind == "empty":
+            tokens = 1
+        return tokens, kind
+
 
 def build_plan(
     scenario: Scenario,
@@ -175,7 +188,6 @@ def build_plan(
     seed: int | None = None,
     rate_scale: float = 1.0,
     duration_s: float | None = None,
-    with_text: bool = True,
 ) -> list[RequestSpec]:
     """The scenario's requests in (estimated) arrival order; deterministic for a given seed.
 
@@ -193,7 +205,7 @@ def build_plan(
     openers = _openers(mix, scenario, seeds, duration, rate_scale)
     draws = [_PersonaDraws(seeds[2 + i], p) for i, p in enumerate(mix)]
     if all(_single_requests(p) for p in mix) and not openers.closed.any():
-        return _single_request_plan(openers, mix, draws, with_text)
+        return _single_request_plan(openers, mix, draws)
     rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
     follows: list[int] = []  # index of the row each row follows, -1 for none
     session = 0
@@ -212,22 +224,18 @@ def build_plan(
             history_tokens = 0
             turns = int(d.turns.next())
             for turn in range(turns):
-                message = int(d.message.next())
+                message, kind = d.message_tokens()
                 redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
                 for regenerate in (False, True) if redo else (False,):
                     output = int(d.output.next())
                     think = float(d.think.next()) if previous is not None else 0.0
-                    if regenerate and previous is not None:
-                        prompt = previous["prompt"]
-                    else:
-                        prompt = make_prompt(d.text, message) if with_text else None
                     follows.append(-1 if previous is None else previous["index"])
                     previous = {
                         "index": len(rows),
                         "arrival": start if previous is None else previous["arrival"] + think,
                         "prompt_tokens": history_tokens + message,
                         "max_tokens": output,
-                        "prompt": prompt,
+                        "text_kind": kind,
                         "persona": persona.name,
                         "session": session,
                         "turn": turn,
@@ -256,7 +264,7 @@ def _single_requests(persona: Persona) -> bool:
 
 
 def _single_request_plan(
-    openers: _Openers, mix: list[Persona], draws: list[_PersonaDraws], with_text: bool
+    openers: _Openers, mix: list[Persona], draws: list[_PersonaDraws]
 ) -> list[RequestSpec]:
     """The common case, drawn in bulk: each arrival is one request (the same draws, in the
     same order, as the general path)."""
@@ -265,19 +273,17 @@ def _single_request_plan(
     output = np.zeros(n, dtype=int)
     seed = np.zeros(n, dtype=np.int64)
     patience: list[float | None] = [None] * n
+    kinds: list[RequestKind] = ["normal"] * n
     for k, d in enumerate(draws):
-        where = np.flatnonzero(openers.persona == k)
+        where = np.flatnonzero(openers.persona == k).tolist()
         if d.session.patience is not None:
-            for i, value in zip(where.tolist(), d.patience.take(len(where)), strict=True):
+            for i, value in zip(where, d.patience.take(len(where)), strict=True):
                 patience[i] = value
         d.turns.take(len(where))
-        message[where] = d.message.take(len(where))
+        for i in where:
+            message[i], kinds[i] = d.message_tokens()
         output[where] = d.output.take(len(where))
         seed[where] = d.seed.take(len(where))
-    prompts: list[str | None] = [None] * n
-    if with_text:
-        for i, k in enumerate(openers.persona.tolist()):
-            prompts[i] = make_prompt(draws[k].text, int(message[i]))
     names = [p.name for p in mix]
     retries = [d.session.retry if d.session.retry.max_retries > 0 else None for d in draws]
     return [
@@ -286,7 +292,7 @@ def _single_request_plan(
             arrival=t,
             prompt_tokens=m,
             max_tokens=o,
-            prompt=prompts[i],
+            text_kind=kinds[i],
             persona=names[k],
             session=i,
             patience_s=patience[i],

@@ -17,6 +17,8 @@ from pydantic import (
 )
 
 from scenarios.base import Strict
+from scenarios.messy import Messiness
+from scenarios.prompts import TextSource, WordsSource
 from scenarios.slo import Threshold, parse_threshold
 from scenarios.traffic import ArrivalProcess, PoissonArrival, SecondsDistribution
 
@@ -190,10 +192,16 @@ class Retry(Strict):
 
 
 class Workload(Strict):
-    """Token lengths of each new user message and of each answer."""
+    """Token lengths of each new user message and of each answer, and what the text is."""
 
     prompt_tokens: Distribution
     output_tokens: Distribution
+    text: TextSource = Field(
+        default_factory=WordsSource,
+        description="Where prompt text comes from (words, corpus, "
+        "rag, summarise, code); sized at send time to the planned tokens.",
+    )
+    messiness: Messiness = Field(default_factory=Messiness)
 
 
 class Session(Strict):

@@ -92,7 +92,7 @@ class Forecaster:
         self.duration_s = self.config.duration_s
         self.progress = progress
         self.thresholds = scenario.thresholds()
-        self.base_plan = build_plan(scenario, seed=scenario.traffic.seed, with_text=False)
+        self.base_plan = build_plan(scenario, seed=scenario.traffic.seed)
         self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
@@ -109,7 +109,6 @@ class Forecaster:
                 seed=self.scenario.traffic.seed + 1 + i,
                 rate_scale=scale * share,
                 duration_s=self.duration_s,
-                with_text=False,
             )
             engine = self.calibration.engine.with_cost(cost, overhead)
             result = simulate(

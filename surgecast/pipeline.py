@@ -18,6 +18,7 @@ from loadgen.client import (
     preflight,
     read_api_key,
 )
+from loadgen.sizing import SizedPrompts, probe_sizes
 from loadgen.telemetry import (
     NvmlSampler,
     PrometheusSampler,
@@ -176,7 +177,16 @@ def run_load(
                 say(f"reference target up at {base_url}")
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
             preflight(endpoint)
-            records = _send_plan(plan, scenario, endpoint, folder, progress)
+            prompts = SizedPrompts(scenario, base_dir=Path(scenario_file).resolve().parent)
+            if probe_sizes(endpoint, prompts, scenario.mix()[0].name):
+                say(
+                    f"prompt sizing: {prompts.chars_per_token:.2f} characters per token, "
+                    f"{prompts.overhead_tokens:.0f} tokens of template per request "
+                    "(probed; refined from every response's usage)"
+                )
+            else:
+                say("prompt sizing: the target reports no usage; prompt sizes are estimates")
+            records = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
     except (TargetUnreachable, MissingModel) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
@@ -206,6 +216,7 @@ def _send_plan(
     endpoint: Endpoint,
     folder: RunFolder,
     progress: bool,
+    prompts: SizedPrompts,
 ) -> list[RequestRecord]:
     """The Locust run, with records and telemetry appended to the folder as they come."""
     from loadgen.runner import LoadRun  # imports Locust (gevent): only here
@@ -227,6 +238,7 @@ def _send_plan(
                 progress=sys.stderr if progress else None,
                 telemetry=telemetry,
                 telemetry_every_s=scenario.telemetry.interval_s,
+                prompts=prompts,
             ).run()
         finally:
             telemetry.close()
@@ -332,7 +344,7 @@ def simulate_scenario(
 ) -> RunOutcome:
     """The scenario's plan through the calibrated model; a run folder like a measured one."""
     folder = _folder(scenario, out)
-    plan = build_plan(scenario, rate_scale=scale, with_text=False)
+    plan = build_plan(scenario, rate_scale=scale)
     result = simulate(
         plan, calibration.engine, replicas=replicas, timeout_s=scenario.target.timeout_s
     )

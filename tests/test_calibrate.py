@@ -46,7 +46,7 @@ def _jittered(
 @pytest.fixture(scope="module")
 def measured() -> list[RequestRecord]:
     scenario = parse_scenario(scenario_dict(traffic={"rate": 6, "duration_s": 60, "seed": 3}))
-    plan = build_plan(scenario, with_text=False)
+    plan = build_plan(scenario)
     records = simulate(plan, TRUE).records
     return _jittered(records, np.random.default_rng(1), sd=0.0003)
 

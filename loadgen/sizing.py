@@ -1,0 +1,98 @@
+"""Prompt text rendered at send time and sized to the plan's tokens on any tokenizer.
+
+The plan fixes each new message's length in tokens; a server's tokenizer is unknown. `SizedPrompts`
+renders `tokens x chars_per_token` characters of the persona's text source, made messy as the
+persona says, and learns the ratio (and the server's fixed per-request overhead, its chat
+template) from the `usage` of the responses: a probe before the run, then every first attempt.
+Plain Python: safe to import without gevent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from loadgen.client import Endpoint, Messages, StreamingCall
+from scenarios.messy import empty_text, paste_text
+from scenarios.plan import RequestSpec
+from scenarios.prompts import estimate_chars_per_token
+from scenarios.records import RequestRecord
+from scenarios.spec import Persona, Scenario
+
+DEFAULT_CHARS_PER_TOKEN = 4.0  # English on BPE tokenizers; the first responses correct it
+FIT_WINDOW = 256  # the newest (characters, served tokens) pairs the fit uses
+
+
+class SizedPrompts:
+    """Renders each request's new messages and learns characters per token from `usage`."""
+
+    def __init__(self, scenario: Scenario, base_dir: Path | None = None):
+        self.personas: dict[str, Persona] = {p.name: p for p in scenario.mix()}
+        self.base_dir = base_dir
+        self.chars_per_token = DEFAULT_CHARS_PER_TOKEN
+        self.overhead_tokens = 0.0
+        self._seen: deque[tuple[int, int]] = deque(maxlen=FIT_WINDOW)
+
+    def messages(self, spec: RequestSpec) -> Messages:
+        """The new messages of `spec`: the system prompt (first turns only) and the user's."""
+        if spec.prompt is not None:  # fixed text (replayed logs, hand-made plans)
+            return [{"role": "user", "content": spec.prompt}]
+        persona = self.personas[spec.persona]
+        assert persona.workload is not None
+        rng = np.random.default_rng(spec.text_seed)
+        first = spec.after is None or spec.turn == 0
+        tokens = spec.message_tokens or spec.prompt_tokens
+        budget = tokens - (self.overhead_tokens if first else 0.0)
+        n_chars = max(1, round(budget * self.chars_per_token))
+        if spec.text_kind == "empty":
+            return [{"role": "user", "content": empty_text(rng)}]
+        if spec.text_kind == "long_paste":
+            return [{"role": "user", "content": paste_text(rng, n_chars)}]
+        prompt = persona.workload.text.render(rng, n_chars, self.base_dir)
+        user = persona.workload.messiness.apply(prompt.user, rng)
+        out: Messages = []
+        if prompt.system and first:
+            out.append({"role": "system", "content": prompt.system})
+        out.append({"role": "user", "content": user})
+        return out
+
+    def observe(self, sent_chars: int, record: RequestRecord) -> None:
+        """Learn from a served request: its characters against the server's prompt tokens."""
+        if record.token_source != "usage" or not record.prompt_tokens or sent_chars <= 0:
+            return
+        self._seen.append((sent_chars, record.prompt_tokens))
+        chars, tokens = zip(*self._seen, strict=True)
+        self.chars_per_token, self.overhead_tokens = estimate_chars_per_token(chars, tokens)
+
+
+PROBE_TOKENS = (48, 192, 768)
+
+
+def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> int:
+    """Send a few one-token requests of known sizes before the run so the first planned
+    requests are already sized right; returns how many reported usage (0: sizes stay estimates).
+    The probes are not part of the run's records."""
+    clock = time.monotonic
+    learned = 0
+    for i, tokens in enumerate(PROBE_TOKENS):
+        spec = RequestSpec(
+            id=f"probe-{i}",
+            arrival=0.0,
+            prompt_tokens=tokens,
+            max_tokens=1,
+            persona=persona,
+            message_tokens=tokens,
+            text_seed=7919 + i,
+        )
+        messages = prompts.messages(spec)
+        call = StreamingCall(endpoint, spec, clock, messages=messages)
+        record = call.run()
+        if record.status != "ok":
+            break
+        if record.token_source == "usage":
+            prompts.observe(sum(len(m["content"]) for m in messages), record)
+            learned += 1
+    return learned
