@@ -135,29 +135,32 @@ def block_prefix(
 
 
 class _Problems:
+    """Problems of one file, listed in line order, the first MAX_LISTED_PROBLEMS in full."""
+
     def __init__(self, name: str):
         self.name = name
-        self.items: list[str] = []
-        self.count = 0
+        self.items: list[tuple[int, int, str]] = []  # (line, arrival order, text)
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
 
     def add(self, msg: str, line: int | None = None, column: str | None = None) -> None:
-        self.count += 1
-        if len(self.items) < MAX_LISTED_PROBLEMS:
-            where = ", ".join(
-                x for x in (line and f"line {line}", column and f"column {column}") if x
-            )
-            self.items.append(f"{self.name}: {where}: {msg}" if where else f"{self.name}: {msg}")
+        where = ", ".join(x for x in (line and f"line {line}", column and f"column {column}") if x)
+        text = f"{self.name}: {where}: {msg}" if where else f"{self.name}: {msg}"
+        self.items.append((line or 0, len(self.items), text))
 
     def fail(self, msg: str) -> TraceError:
         self.add(msg)
         return self.error()
 
     def error(self) -> TraceError:
-        more = self.count - len(self.items)
-        return TraceError(self.name, self.items + ([f"... and {more} more"] if more else []))
+        listed = [text for _, _, text in sorted(self.items)[:MAX_LISTED_PROBLEMS]]
+        more = self.count - len(listed)
+        return TraceError(self.name, listed + ([f"... and {more} more"] if more else []))
 
     def check(self) -> None:
-        if self.count:
+        if self.items:
             raise self.error()
 
 
@@ -323,60 +326,53 @@ def _jsonl_rows(text: str, layout: _Layout, p: _Problems) -> Iterator[tuple[int,
 
 
 def _parse_table(name: str, text: str, layout: _Layout) -> Trace:
+    """Gather the layout's columns row by row, then convert each column at once (a per-cell
+    pass runs only on a column that fails, to name every bad cell)."""
     p = _Problems(name)
-    rows = (_jsonl_rows if layout.jsonl else _csv_rows)(text, layout, p)
+    names = [c for c in (layout.timestamp, layout.prompt, layout.output, layout.hash_ids) if c]
     lines: list[int] = []
-    whole: list[float] = []
-    frac: list[float] = []
-    prompt: list[int | None] = []
-    output: list[int | None] = []
-    hashes: list[tuple[int, ...]] = []
-    scale = _UNIT.get(layout.unit, 1.0)
+    raw: dict[str, list[Any]] = {c: [] for c in names}
     filtered = 0
-
-    def cell(get: Getter, line: int, column: str, conv: Callable[[Any], Any]) -> Any:
-        try:
-            raw = get(column)
-            if raw is None and layout.null_lengths and conv is _count:
-                return None
-            return conv(raw)
-        except _Bad as e:
-            p.add(str(e), line, column)
-            return _MISSING
-
-    for line, get in rows:
+    for line, get in (_jsonl_rows if layout.jsonl else _csv_rows)(text, layout, p):
         if any(str(get(c)).strip().lower() not in ok for c, ok in layout.keep):
             filtered += 1
             continue
-        before = p.count
-        if layout.unit == "iso":
-            ts = cell(get, line, layout.timestamp, _iso_seconds)
-            w, f = ts if ts is not _MISSING else (0.0, 0.0)
-        else:
-            ts = cell(get, line, layout.timestamp, _number)
-            w, f = (ts * scale if ts is not _MISSING else 0.0), 0.0
-            if ts is not _MISSING and ts < 0:
-                p.add(f"negative timestamp, got {ts!r}", line, layout.timestamp)
-        pt = cell(get, line, layout.prompt, _count) if layout.prompt else None
-        ot = cell(get, line, layout.output, _count) if layout.output else None
-        hs = cell(get, line, layout.hash_ids, _hash_ids) if layout.hash_ids else ()
-        if p.count > before:
-            continue
         lines.append(line)
-        whole.append(w)
-        frac.append(f)
-        prompt.append(pt)
-        output.append(ot)
-        hashes.append(hs)
-    if not lines and not p.count:
-        p.add("no data rows" + (f" ({filtered} rows filtered out)" if filtered else ""))
+        for c in names:
+            try:
+                raw[c].append(get(c))
+            except _Bad as e:
+                p.add(str(e), line, c)
+                raw[c].append(_MISSING)
+    if not lines:
+        if not p.count:
+            p.add("no data rows" + (f" ({filtered} rows filtered out)" if filtered else ""))
+        raise p.error()
+
+    line_arr = np.asarray(lines)
+    if layout.unit == "iso":
+        whole, frac = _iso_column(raw[layout.timestamp], line_arr, layout.timestamp, p)
+    else:
+        whole = _number_column(raw[layout.timestamp], line_arr, layout.timestamp, p)
+        whole = whole * _UNIT[layout.unit]
+        frac = np.zeros_like(whole)
+    prompt = output = None
+    if layout.prompt:
+        prompt = _count_column(raw[layout.prompt], line_arr, layout.prompt, p, layout)
+    if layout.output:
+        output = _count_column(raw[layout.output], line_arr, layout.output, p, layout)
+    hashes: list[tuple[int, ...]] = []
+    if layout.hash_ids:
+        for line, v in zip(lines, raw[layout.hash_ids], strict=True):
+            try:
+                hashes.append(_hash_ids(v) if v is not _MISSING else ())
+            except _Bad as e:
+                p.add(str(e), line, layout.hash_ids)
     p.check()
 
-    w_arr, f_arr = np.asarray(whole), np.asarray(frac)
-    order = np.argsort(w_arr + f_arr, kind="stable") if layout.sort else None
-    if order is not None:
-        w_arr, f_arr = w_arr[order], f_arr[order]
-    t = (w_arr - w_arr[0]) + (f_arr - f_arr[0])
+    order = np.argsort(whole + frac, kind="stable") if layout.sort else np.arange(len(lines))
+    whole, frac = whole[order], frac[order]
+    t = (whole - whole[0]) + (frac - frac[0])
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         i = int(back[0]) + 1
@@ -384,21 +380,81 @@ def _parse_table(name: str, text: str, layout: _Layout) -> Trace:
             f"line {lines[i]}: timestamps go backwards (line {lines[i - 1]} is later); "
             f"{back.size} such place(s): sort the trace by time first"
         )
-    idx = order if order is not None else np.arange(len(lines))
     return Trace(
         timestamps=_frozen(t),
-        prompt_tokens=_lengths(prompt, idx) if layout.prompt else None,
-        output_tokens=_lengths(output, idx) if layout.output else None,
-        hash_ids=tuple(hashes[i] for i in idx) if layout.hash_ids else None,
+        prompt_tokens=None if prompt is None else _frozen(prompt[order]),
+        output_tokens=None if output is None else _frozen(output[order]),
+        hash_ids=tuple(hashes[i] for i in order) if layout.hash_ids else None,
         source=name,
     )
 
 
-def _lengths(values: list[int | None], idx: np.ndarray) -> np.ndarray:
-    known = [v for v in values if v is not None]
-    fill = int(np.median(known)) if known else 0
-    arr = np.array([fill if v is None else v for v in values], dtype=np.int64)[idx]
-    return _frozen(arr)
+def _cells(
+    values: list[Any], lines: np.ndarray, column: str, p: _Problems, conv: Callable[[Any], Any]
+) -> list[Any]:
+    """Per-cell conversion, reporting each bad cell; bad cells become None."""
+    out: list[Any] = []
+    for line, v in zip(lines.tolist(), values, strict=True):
+        try:
+            out.append(None if v is _MISSING else conv(v))
+        except _Bad as e:
+            p.add(str(e), line, column)
+            out.append(None)
+    return out
+
+
+def _number_column(values: list[Any], lines: np.ndarray, column: str, p: _Problems) -> np.ndarray:
+    try:
+        if any(isinstance(v, bool) or v is _MISSING or v is None for v in values):
+            raise ValueError
+        x = np.array(values, dtype=float)
+    except (ValueError, TypeError):
+        x = np.array(
+            [np.nan if v is None else v for v in _cells(values, lines, column, p, _number)]
+        )
+    for i in np.flatnonzero(~np.isfinite(x) & ~np.isnan(x))[:MAX_LISTED_PROBLEMS]:
+        p.add(f"not a finite number, got {values[i]!r}", int(lines[i]), column)
+    for i in np.flatnonzero(x < 0):
+        p.add(f"negative timestamp, got {values[i]!r}", int(lines[i]), column)
+    return x
+
+
+_SIMPLE_ISO = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?")
+
+
+def _iso_column(
+    values: list[Any], lines: np.ndarray, column: str, p: _Problems
+) -> tuple[np.ndarray, np.ndarray]:
+    """(whole epoch seconds, fractions); a fast path for naive YYYY-MM-DD HH:MM:SS[.f*] text."""
+    if all(isinstance(v, str) and _SIMPLE_ISO.fullmatch(v) for v in values):
+        whole = np.array([v[:19] for v in values], dtype="datetime64[s]").astype(np.int64)
+        frac = np.array([float("0" + v[19:]) if len(v) > 19 else 0.0 for v in values])
+        return whole.astype(float), frac
+    pairs = _cells(values, lines, column, p, _iso_seconds)
+    whole = np.array([0.0 if q is None else q[0] for q in pairs])
+    frac = np.array([0.0 if q is None else q[1] for q in pairs])
+    return whole, frac
+
+
+def _count_column(
+    values: list[Any], lines: np.ndarray, column: str, p: _Problems, layout: _Layout
+) -> np.ndarray:
+    """Whole numbers >= 0; with layout.null_lengths a null takes the column's median."""
+    try:
+        if not all(type(v) is int or type(v) is str for v in values):
+            raise ValueError
+        x = np.array(values, dtype=np.int64)
+    except (ValueError, OverflowError):
+        nulls = [v is None and layout.null_lengths for v in values]
+        conv = _cells([0 if n else v for v, n in zip(values, nulls, strict=True)], lines, column,
+                      p, _count)  # fmt: skip
+        known = [c for c, n in zip(conv, nulls, strict=True) if c is not None and not n]
+        fill = int(np.median(known)) if known else 0
+        return np.array([fill if n or c is None else c for c, n in zip(conv, nulls, strict=True)],
+                        dtype=np.int64)  # fmt: skip
+    for i in np.flatnonzero(x < 0):
+        p.add(f"must be >= 0, got {values[i]!r}", int(lines[i]), column)
+    return x
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -397,7 +397,7 @@ def test_negative_timestamps_and_json_errors(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     problems = trace_error(path, "mooncake")
-    assert problems[0] == f"{path}: line 2, column timestamp: negative timestamp, got -3.0"
+    assert problems[0] == f"{path}: line 2, column timestamp: negative timestamp, got -3"
     assert problems[1].startswith(f"{path}: line 3: not valid JSON: Expecting property name")
     assert problems[2].startswith(f"{path}: line 4, column input_length: missing (found ")
     assert problems[3] == f"{path}: line 4, column hash_ids: not a list of integers, got ['a']"
