@@ -25,6 +25,7 @@ from scenarios.traces import (
     block_prefix,
     load_trace,
 )
+from scenarios.traffic import OnOffArrival
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"  # ../shared/data
 AZURE_CODE = DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
@@ -255,7 +256,7 @@ def test_mooncake_hash_ids_come_through(tmp_path: Path) -> None:
 
 def test_burstgpt_filters(tmp_path: Path) -> None:
     header = ["Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type"]
-    rows = [
+    rows: list[list[Any]] = [
         [5, "ChatGPT", 100, 20, 120, "Conversation log"],
         [7, "GPT-4", 300, 50, 350, "API log"],
         [9, "ChatGPT", 80, 0, 80, "API log"],
@@ -450,3 +451,48 @@ def test_scenario_model_validation() -> None:
         replay(Path("t.csv"), speed=2)
     with pytest.raises(ValidationError, match="no prompt and output token counts"):
         TraceLengths(path="t.csv", format="csv", columns=TraceColumns(timestamp="t"))
+
+
+def test_synthetic_bursty_trace_keeps_its_bursts(tmp_path: Path) -> None:
+    """The burst-keeping property on a trace made here: an on-off process (bursts of 3 s)."""
+    on_off = OnOffArrival(type="on-off", rate_on=40, mean_on_s=3, mean_off_s=30)
+    times = on_off.plan(rng(9), 4000.0)
+    rows = [["t", "p", "o"]] + [[f"{x:.6f}", 10, 10] for x in times]
+    path = write_csv(tmp_path / "bursty.csv", rows)
+    cols = {"timestamp": "t", "prompt_tokens": "p", "output_tokens": "o"}
+    tr = load_trace(path, "csv", TraceColumns(**cols))
+    original = idc(tr.timestamps)
+    doubled = replay(path, "csv", columns=cols).plan(rng(1), tr.period, rate_scale=2.0)
+    compressed = replay(path, "csv", columns=cols, time_scale=0.5).plan(rng(1), tr.period / 2)
+    assert doubled.times.size == compressed.times.size * 2 == 2 * len(tr)
+    assert idc(doubled.times) == pytest.approx(original, rel=0.2)
+    assert idc(compressed.times) > 1.5 * original
+
+
+def test_azure_functions_synthetic(tmp_path: Path) -> None:
+    header = ["HashOwner", "HashApp", "HashFunction", "Trigger", "480", "481", "482", "483"]
+    rows: list[list[Any]] = [
+        header,
+        ["o1", "a1", "f1aaaa", "http", 0, 0, 0, 0],
+        ["o2", "a2", "f2bbbb", "timer", 0, 5, 0, 2],
+        ["o3", "a3", "f3cccc", "http", 0, 1, 9, 1],
+    ]
+    path = write_csv(tmp_path / "invocations.csv", rows)
+    tr = load_trace(path, "azure-functions", seed=1)
+    # counted from the first minute with an invocation (481); the last minute is kept
+    np.testing.assert_array_equal(np.bincount((tr.timestamps // 60).astype(int)), [6, 9, 3])
+    assert tr.period == 180.0
+    assert len(load_trace(path, "azure-functions", functions=TopFunctions(top=1))) == 11
+    assert len(load_trace(path, "azure-functions", functions=("f2", "f1"))) == 7
+    with pytest.raises(TraceError, match="no HashFunction starts with"):
+        load_trace(path, "azure-functions", functions=("zz",))
+    a = replay(path, "azure-functions", lengths="workload").plan(rng(4), 180.0)
+    b = replay(path, "azure-functions", lengths="workload").plan(rng(5), 180.0)
+    assert a.times.size == b.times.size == 18 and not np.array_equal(a.times, b.times)
+    rows[2][5] = "x"
+    rows[3][6] = -1
+    problems = trace_error(write_csv(tmp_path / "bad.csv", rows), "azure-functions")
+    assert problems == [
+        f"{tmp_path / 'bad.csv'}: line 3, column 481 (6): not a number, got 'x'",
+        f"{tmp_path / 'bad.csv'}: line 4, column 482 (7): must be >= 0, got '-1'",
+    ]
