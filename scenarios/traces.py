@@ -404,16 +404,16 @@ def _cells(
 
 
 def _number_column(values: list[Any], lines: np.ndarray, column: str, p: _Problems) -> np.ndarray:
+    """Finite timestamps >= 0 (bad cells reported, left as nan)."""
     try:
         if any(isinstance(v, bool) or v is _MISSING or v is None for v in values):
             raise ValueError
         x = np.array(values, dtype=float)
+        for i in np.flatnonzero(~np.isfinite(x)):
+            p.add(f"not a finite number, got {values[i]!r}", int(lines[i]), column)
     except (ValueError, TypeError):
-        x = np.array(
-            [np.nan if v is None else v for v in _cells(values, lines, column, p, _number)]
-        )
-    for i in np.flatnonzero(~np.isfinite(x) & ~np.isnan(x))[:MAX_LISTED_PROBLEMS]:
-        p.add(f"not a finite number, got {values[i]!r}", int(lines[i]), column)
+        cells = _cells(values, lines, column, p, _number)
+        x = np.array([np.nan if v is None else v for v in cells])
     for i in np.flatnonzero(x < 0):
         p.add(f"negative timestamp, got {values[i]!r}", int(lines[i]), column)
     return x

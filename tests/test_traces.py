@@ -496,3 +496,13 @@ def test_azure_functions_synthetic(tmp_path: Path) -> None:
         f"{tmp_path / 'bad.csv'}: line 3, column 481 (6): not a number, got 'x'",
         f"{tmp_path / 'bad.csv'}: line 4, column 482 (7): must be >= 0, got '-1'",
     ]
+
+
+def test_non_finite_timestamps_are_refused(tmp_path: Path) -> None:
+    rows: list[list[Any]] = [["t", "p", "o"], ["0", 1, 1], ["nan", 1, 1], ["inf", 1, 1]]
+    path = write_csv(tmp_path / "g.csv", rows)
+    problems = trace_error(path, "csv", columns=TraceColumns(timestamp="t"))
+    assert problems == [
+        f"{path}: line 3, column t: not a finite number, got 'nan'",
+        f"{path}: line 4, column t: not a finite number, got 'inf'",
+    ]
