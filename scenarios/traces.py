@@ -643,8 +643,15 @@ class _TraceSource(Strict):
         return base_dir / p if (base_dir / p).exists() or not p.exists() else p
 
     def load(self, base_dir: Path | None = None, seed: int = 0) -> Trace:
+        """The parsed trace (see load_trace); TraceError names every place tried."""
+        path = self.resolve(base_dir)
+        if not path.exists() and base_dir is not None and not Path(self.path).is_absolute():
+            raise TraceError(
+                self.path,
+                [f"{self.path}: no such file under {base_dir} nor under the current directory"],
+            )
         return load_trace(
-            self.resolve(base_dir),
+            path,
             self.format,
             self.columns,
             functions=self.functions,
@@ -665,7 +672,10 @@ class TraceReplay(_TraceSource):
 
     time_scale multiplies the trace's timeline (0.5 plays it twice as fast, bursts compressed
     too); rate_scale multiplies the rate keeping bursts (see the module docstring); start_s is
-    the offset into the trace, in trace seconds. The trace loops when the window outlasts it.
+    the offset into the trace, in trace seconds (past the end it wraps). The trace loops when
+    the window outlasts it. Relative paths resolve against plan's base_dir (the scenario's
+    folder) first, then the current directory. Every copy keeps its rows' hash_ids, so scaled
+    traffic shares prefixes as more users of the same services would.
     """
 
     closed: ClassVar[bool] = False
@@ -705,9 +715,10 @@ class TraceReplay(_TraceSource):
         trace = self.load(base_dir, seed)
         k = self.rate_scale * rate_scale
         period, window = trace.period, duration_s / self.time_scale
-        check_budget(len(trace) * window / period * k, f"trace {trace.source}")
         whole, frac = int(k), k - int(k)
         copies = whole + (frac > 1e-12)
+        # rows read before thinning: at least the expected count, and k < 1 reads a whole copy
+        check_budget(len(trace) * window / period * copies, f"trace {trace.source}")
         times, rows = [], []
         for j in range(copies):
             jitter = rng.uniform(-0.25, 0.25) if j else 0.0

@@ -506,3 +506,13 @@ def test_non_finite_timestamps_are_refused(tmp_path: Path) -> None:
         f"{path}: line 3, column t: not a finite number, got 'nan'",
         f"{path}: line 4, column t: not a finite number, got 'inf'",
     ]
+
+
+def test_missing_relative_trace_names_both_places(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match=r"no such file under .* nor under the current directory"):
+        replay(Path("absent.csv")).plan(rng(), 10.0, base_dir=tmp_path)
+
+
+def test_tiny_rate_scale_still_guards_the_rows_read(azure_small: Path) -> None:
+    with pytest.raises(ValueError, match="MAX_PLANNED_REQUESTS"):
+        replay(azure_small).plan(rng(), 1e7, rate_scale=1e-6)
