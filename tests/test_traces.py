@@ -7,11 +7,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from scipy import stats
 
 from scenarios.records import RequestRecord, write_records
@@ -25,7 +25,7 @@ from scenarios.traces import (
     block_prefix,
     load_trace,
 )
-from scenarios.traffic import OnOffArrival
+from scenarios.traffic import ArrivalProcess, OnOffArrival
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"  # ../shared/data
 AZURE_CODE = DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
@@ -516,3 +516,22 @@ def test_missing_relative_trace_names_both_places(tmp_path: Path) -> None:
 def test_tiny_rate_scale_still_guards_the_rows_read(azure_small: Path) -> None:
     with pytest.raises(ValueError, match="MAX_PLANNED_REQUESTS"):
         replay(azure_small).plan(rng(), 1e7, rate_scale=1e-6)
+
+
+def test_trace_replay_joins_the_arrival_union_and_round_trips() -> None:
+    """The scenario schema can discriminate TraceReplay beside the arrival processes by `type`."""
+    members: Any = get_args(ArrivalProcess)[0] | TraceReplay  # what spec.py would spell out
+    union: Any = Annotated[members, Field(discriminator="type")]
+    adapter: TypeAdapter[Any] = TypeAdapter(union)
+    spec = {
+        "type": "trace",
+        "path": "invocations.csv",
+        "format": "azure-functions",
+        "lengths": "workload",
+        "functions": {"top": 3},
+        "rate_scale": 2,
+    }
+    r = adapter.validate_python(spec)
+    assert isinstance(r, TraceReplay) and r.functions == TopFunctions(top=3)
+    assert adapter.validate_json(adapter.dump_json(r)) == r
+    assert not isinstance(adapter.validate_python({"type": "poisson", "rate": 1}), TraceReplay)
