@@ -69,14 +69,10 @@ class UniformSeconds(Strict):
 
 class ExponentialSeconds(Strict):
     dist: Literal["exponential"]
-    mean_s: Seconds = Field(alias="mean")
-
-    @property
-    def mean(self) -> float:
-        return self.mean_s
+    mean: Seconds  # the field is the mean the other kinds expose as a property
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.exponential(self.mean_s, size=n)
+        return rng.exponential(self.mean, size=n)
 
 
 class LogNormalSeconds(Strict):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -274,6 +277,9 @@ def test_closed_users_plan_first_sends_and_carry_think_time() -> None:
         }
     )
     assert isinstance(p, ClosedUsers) and p.closed
+    assert ARRIVAL.validate_json(ARRIVAL.dump_json(p)) == p
+    exp = SECONDS.validate_python({"dist": "exponential", "mean": 2})
+    assert SECONDS.validate_json(SECONDS.dump_json(exp)) == exp
     assert not arrival("poisson").closed
     np.testing.assert_allclose(p.plan(rng(), 60.0), np.arange(10) * 2.0)
     np.testing.assert_allclose(p.plan(rng(), 60.0, rate_scale=2.5), np.arange(25) * 0.8)
@@ -348,3 +354,18 @@ def test_absurd_plans_are_refused() -> None:
     assert MAX_PLANNED_REQUESTS == 5_000_000
     with pytest.raises(ValueError, match="rate_scale"):
         p.plan(rng(), 10.0, rate_scale=0)
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_round_trip_through_json(key: str) -> None:
+    """A resolved scenario is written to run.json and read back: the dump validates again."""
+    p = arrival(key)
+    assert ARRIVAL.validate_json(ARRIVAL.dump_json(p)) == p
+
+
+def test_modules_import_without_locust_or_gevent() -> None:
+    code = (
+        "import sys, scenarios.traffic, scenarios.traces; "
+        "assert not {'gevent', 'locust'} & set(sys.modules), 'heavy import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
