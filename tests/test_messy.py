@@ -146,9 +146,37 @@ def test_typo_kinds_all_occur_evenly() -> None:
                     assert len(d) == 2 and (a[d[0]], a[d[1]]) == (b[d[1]], b[d[0]])
                     kinds["swap"] += 1
     total = sum(kinds.values())
+    assert measure(MESSAGES, out).typo_rate == pytest.approx(total / eligible_words(MESSAGES))
     assert set(kinds) == {"adjacent", "drop", "double", "swap"}
     for c in kinds.values():
         assert abs(c / total - 0.25) < tol(0.25, total), kinds
+
+
+def test_case_and_punctuation_kinds_all_occur() -> None:
+    cased = messy_all(Messiness(case_noise=1.0), seed=12)
+    kinds = Counter(
+        "lower" if t == o.lower() else "upper" if t == o.upper() else "random"
+        for o, t in zip(MESSAGES, cased, strict=True)
+    )
+    for c in kinds.values():
+        assert abs(c / len(cased) - 1 / 3) < tol(1 / 3, len(cased)), kinds
+    assert all(t.lower() == o.lower() for o, t in zip(MESSAGES, cased, strict=True))
+    punct = messy_all(Messiness(punctuation_noise=1.0), seed=13)
+    seen: Counter[str] = Counter()
+    for o, t in zip(MESSAGES, punct, strict=True):
+        if t.endswith(("!!!", "??", "?!?!", "...")):
+            seen["repeated"] += 1
+        elif t == o[:-1]:
+            seen["dropped"] += 1
+        else:
+            assert t == "".join(c for c in o if c not in ",.!?'")
+            seen["stripped"] += 1
+    # Three distinct changes where a sentence has inner punctuation (7 of 16), else two.
+    inner = sum(any(c in ",.!?'" for c in o[:-1]) for o in SENTENCES)
+    assert inner == 7
+    share = {"stripped": inner / 16 / 3, "dropped": inner / 48 + (16 - inner) / 32}
+    for kind, p in share.items():
+        assert abs(seen[kind] / len(punct) - p) < tol(p, len(punct)), seen
 
 
 def test_typo_function_kinds() -> None:
