@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from scenarios.corpora import CorpusSpec, load_corpus
 from scenarios.messy import (
     INJECTIONS,
     Messiness,
@@ -21,6 +22,7 @@ from scenarios.messy import (
     paste_text,
     typo,
 )
+from tests.test_corpora import DATA, needs_data
 
 SENTENCES = [
     "Thank you for the quick reply, by the way.",
@@ -289,3 +291,20 @@ def test_settings_validated() -> None:
         Messiness(long_paste=0.6, empty=0.5)
     with pytest.raises(ValidationError):
         Messiness.model_validate({"typos": 0.1})
+
+
+@needs_data
+def test_rates_hold_on_real_banking_queries() -> None:
+    assert DATA is not None
+    spec = CorpusSpec(path=str(DATA / "corpora/banking77/test.csv"), format="csv")
+    texts = list(load_corpus(spec).texts[:2000])
+    for field, p, stat in (
+        ("typo", 0.05, "typo_rate"),
+        ("code_mixing", 0.05, "code_mixing_rate"),
+        ("case_noise", 0.2, "case_share"),
+        ("emoji", 0.1, "emoji_share"),
+    ):
+        m = Messiness.model_validate({field: p})
+        got = getattr(measure(texts, messy_all(m, seed=21, messages=texts)), stat)
+        # Per-word kinds see ~9 words a query; 2000 trials is the conservative count.
+        assert abs(got - p) < tol(p, len(texts)), (field, got)
