@@ -10,7 +10,8 @@ rates of a few percent and no injections, text stays within a few percent of its
 
 `long_paste` and `empty` act per request, not on text: `request_kind(rng)` draws which of
 "normal", "long_paste" (render `paste_text(rng, paste_factor * planned chars)`) or "empty"
-(`empty_text(rng)`) a request is.
+(`empty_text(rng)`) a request is. Apply messiness to the user message only: system prompts and
+shared prefix blocks must stay byte-identical for prefix caching.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def _phrase_pattern(phrases: Sequence[str]) -> re.Pattern[str]:
 
 _SLANG_KEYS = _phrase_pattern(list(SLANG))
 _SLANG_VALUES = _phrase_pattern(sorted(set(SLANG.values())))
-_SLANG_SET = frozenset(_norm(v) for v in SLANG.values())  # as `measure` normalises words
+# One-word slang as `measure` normalises words: "your" -> "ur" is slang, not a dropped letter.
+_SLANG_PAIRS = frozenset((_norm(k), _norm(v)) for k, v in SLANG.items() if " " not in k)
 
 FOREIGN_WORDS: dict[str, tuple[str, ...]] = {
     "es": ("hola", "gracias", "cuenta", "tarjeta", "pero", "también", "ahora", "mañana", "qué"),
@@ -268,7 +270,7 @@ def _punctuation_noise(text: str, rng: np.random.Generator) -> str:
     options.append(body.rstrip(".!?") + ("!!!", "??", "?!?!", "...")[int(rng.integers(4))])
     if body and body[-1] in ".!?":
         options.append(body[:-1])
-    options = [o for o in options if o != text]
+    options = list(dict.fromkeys(o for o in options if o != text))  # distinct changes only
     return options[int(rng.integers(len(options)))] if options else text
 
 
@@ -343,13 +345,22 @@ def _osa_distance_is_one(a: str, b: str) -> bool:
     if len(a) == len(b):
         d = [i for i in range(len(a)) if a[i] != b[i]]
         if len(d) == 1:
-            return True
+            return True  # a substitution
         return len(d) == 2 and d[1] == d[0] + 1 and a[d[0]] == b[d[1]] and a[d[1]] == b[d[0]]
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
     i = 0
     while i < len(short) and short[i] == long_[i]:
         i += 1
     return short[i:] == long_[i + 1 :]
+
+
+def _is_typo(word: str, messy: str) -> bool:
+    return (
+        word.isascii()
+        and word.isalpha()
+        and (word, messy) not in _SLANG_PAIRS
+        and _osa_distance_is_one(word, messy)
+    )
 
 
 def _word_diff(orig: str, messy: str) -> tuple[int, int, bool]:
@@ -360,18 +371,24 @@ def _word_diff(orig: str, messy: str) -> tuple[int, int, bool]:
     if orig == messy:
         return eligible, 0, False
     a, b = [_norm(w) for w in wa], [_norm(w) for w in wb]
+    blocks: Sequence[tuple[str, int, int, int, int]] = [("equal", 0, len(a), 0, len(b))]
+    if len(a) != len(b):  # typos and case keep the word count; other kinds need aligning
+        blocks = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
     changed, case = 0, False
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal" and not case:
-            case = any(
-                _NON_ALNUM.sub("", wa[i1 + k]) != _NON_ALNUM.sub("", wb[j1 + k])
-                for k in range(i2 - i1)
+    for op, i1, i2, j1, j2 in blocks:
+        if op in ("equal", "replace") and i2 - i1 == j2 - j1:  # pair word by word
+            pairs = range(i2 - i1)
+            changed += sum(_is_typo(a[i1 + k], b[j1 + k]) for k in pairs)
+            case = case or any(
+                a[i1 + k] == b[j1 + k]
+                and _NON_ALNUM.sub("", wa[i1 + k]) != _NON_ALNUM.sub("", wb[j1 + k])
+                for k in pairs
             )
-        elif op == "replace":
+        elif op == "replace":  # unequal runs: pair each original with any one-typo match
             pool = list(b[j1:j2])
             for w in a[i1:i2]:
-                hit = next((k for k, v in enumerate(pool) if _osa_distance_is_one(w, v)), None)
-                if hit is not None and w.isascii() and w.isalpha() and pool[hit] not in _SLANG_SET:
+                hit = next((k for k, v in enumerate(pool) if _is_typo(w, v)), None)
+                if hit is not None:
                     changed += 1
                     pool.pop(hit)
     return eligible, changed, case

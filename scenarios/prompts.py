@@ -8,6 +8,11 @@ the exact missing length, so the size holds whatever the corpus.
 
 `prefix_text(key, n)` gives the text of a shared prefix block (a trace's hash_id); a RAG prompt's
 system prompt is such a block, reported in `Prompt.shared` so engines' prefix caches can hit.
+
+In a scenario (corpus paths relative to the scenario file's folder, then the cwd):
+
+    text: {type: rag, corpus: {path: data/banking77/train.csv, format: csv},
+           passages: {path: data/sonnet.txt, format: text}, system_prompts: 4}
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from scenarios.corpora import CorpusSpec, load_corpus
 from scenarios.messy import (
     INJECTIONS,
     Messiness,
@@ -21,6 +22,7 @@ from scenarios.messy import (
     paste_text,
     typo,
 )
+from tests.test_corpora import DATA, needs_data
 
 SENTENCES = [
     "Thank you for the quick reply, by the way.",
@@ -146,9 +148,37 @@ def test_typo_kinds_all_occur_evenly() -> None:
                     assert len(d) == 2 and (a[d[0]], a[d[1]]) == (b[d[1]], b[d[0]])
                     kinds["swap"] += 1
     total = sum(kinds.values())
+    assert measure(MESSAGES, out).typo_rate == pytest.approx(total / eligible_words(MESSAGES))
     assert set(kinds) == {"adjacent", "drop", "double", "swap"}
     for c in kinds.values():
         assert abs(c / total - 0.25) < tol(0.25, total), kinds
+
+
+def test_case_and_punctuation_kinds_all_occur() -> None:
+    cased = messy_all(Messiness(case_noise=1.0), seed=12)
+    kinds = Counter(
+        "lower" if t == o.lower() else "upper" if t == o.upper() else "random"
+        for o, t in zip(MESSAGES, cased, strict=True)
+    )
+    for c in kinds.values():
+        assert abs(c / len(cased) - 1 / 3) < tol(1 / 3, len(cased)), kinds
+    assert all(t.lower() == o.lower() for o, t in zip(MESSAGES, cased, strict=True))
+    punct = messy_all(Messiness(punctuation_noise=1.0), seed=13)
+    seen: Counter[str] = Counter()
+    for o, t in zip(MESSAGES, punct, strict=True):
+        if t.endswith(("!!!", "??", "?!?!", "...")):
+            seen["repeated"] += 1
+        elif t == o[:-1]:
+            seen["dropped"] += 1
+        else:
+            assert t == "".join(c for c in o if c not in ",.!?'")
+            seen["stripped"] += 1
+    # Three distinct changes where a sentence has inner punctuation (7 of 16), else two.
+    inner = sum(any(c in ",.!?'" for c in o[:-1]) for o in SENTENCES)
+    assert inner == 7
+    share = {"stripped": inner / 16 / 3, "dropped": inner / 48 + (16 - inner) / 32}
+    for kind, p in share.items():
+        assert abs(seen[kind] / len(punct) - p) < tol(p, len(punct)), seen
 
 
 def test_typo_function_kinds() -> None:
@@ -261,3 +291,20 @@ def test_settings_validated() -> None:
         Messiness(long_paste=0.6, empty=0.5)
     with pytest.raises(ValidationError):
         Messiness.model_validate({"typos": 0.1})
+
+
+@needs_data
+def test_rates_hold_on_real_banking_queries() -> None:
+    assert DATA is not None
+    spec = CorpusSpec(path=str(DATA / "corpora/banking77/test.csv"), format="csv")
+    texts = list(load_corpus(spec).texts[:2000])
+    for field, p, stat in (
+        ("typo", 0.05, "typo_rate"),
+        ("code_mixing", 0.05, "code_mixing_rate"),
+        ("case_noise", 0.2, "case_share"),
+        ("emoji", 0.1, "emoji_share"),
+    ):
+        m = Messiness.model_validate({field: p})
+        got = getattr(measure(texts, messy_all(m, seed=21, messages=texts)), stat)
+        # Per-word kinds see ~9 words a query; 2000 trials is the conservative count.
+        assert abs(got - p) < tol(p, len(texts)), (field, got)
