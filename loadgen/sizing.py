@@ -18,7 +18,7 @@ import numpy as np
 from loadgen.client import Endpoint, Messages, StreamingCall
 from scenarios.messy import empty_text, paste_text
 from scenarios.plan import RequestSpec
-from scenarios.prompts import estimate_chars_per_token
+from scenarios.prompts import estimate_chars_per_token, prefix_text
 from scenarios.records import RequestRecord
 from scenarios.spec import Persona, Scenario
 
@@ -35,6 +35,7 @@ class SizedPrompts:
         self.chars_per_token = DEFAULT_CHARS_PER_TOKEN
         self.overhead_tokens = 0.0
         self._seen: deque[tuple[int, int]] = deque(maxlen=FIT_WINDOW)
+        self._block_cpt: float | None = None  # frozen at the first shared block rendered
 
     def messages(self, spec: RequestSpec) -> Messages:
         """The new messages of `spec`: the system prompt (first turns only) and the user's."""
@@ -51,13 +52,25 @@ class SizedPrompts:
             return [{"role": "user", "content": empty_text(rng)}]
         if spec.text_kind == "long_paste":
             return [{"role": "user", "content": paste_text(rng, n_chars)}]
+        shared = self._blocks(spec) if first else ""
+        n_chars = max(1, n_chars - len(shared))
         prompt = persona.workload.text.render(rng, n_chars, self.base_dir)
-        user = persona.workload.messiness.apply(prompt.user, rng)
+        user = shared + persona.workload.messiness.apply(prompt.user, rng)
         out: Messages = []
         if prompt.system and first:
             out.append({"role": "system", "content": prompt.system})
         out.append({"role": "user", "content": user})
         return out
+
+    def _blocks(self, spec: RequestSpec) -> str:
+        """The text of a first turn's shared prefix blocks (a trace's hash_ids): the same
+        (key, tokens) renders the same bytes all run long, so engines' prefix caches can hit."""
+        if not spec.prefix:
+            return ""
+        if self._block_cpt is None:
+            self._block_cpt = self.chars_per_token
+        cpt = self._block_cpt
+        return "".join(prefix_text(key, max(1, round(tokens * cpt))) for key, tokens in spec.prefix)
 
     def observe(self, sent_chars: int, record: RequestRecord) -> None:
         """Learn from a served request: its characters against the server's prompt tokens."""

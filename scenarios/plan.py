@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scenarios.messy import RequestKind
 from scenarios.spec import (
+    Arrival,
     Constant,
     Distribution,
     LogNormal,
@@ -20,6 +22,7 @@ from scenarios.spec import (
     Scenario,
     Uniform,
 )
+from scenarios.traces import TraceReplay, block_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +84,37 @@ MIN_TURN_GAP_S = 0.25  # a closed user's plan holds at most duration / max(think
 
 @dataclass(frozen=True)
 class _Openers:
-    """Session starts in time order: when, for which persona, and whether its user is a
-    closed-loop one that keeps coming back."""
+    """Session starts in time order: when, for which persona, whether its user is a closed-loop
+    one that keeps coming back, and what a replayed trace fixed for its first request
+    (prompt and output tokens, -1 where it fixed none; prefix segments from its hash_ids)."""
 
     time: np.ndarray
     persona: np.ndarray
     closed: np.ndarray
+    prompt: np.ndarray
+    output: np.ndarray
+    prefix: list[tuple[tuple[int, int], ...]]
+
+
+def _arrivals(
+    process: Arrival, rng: np.random.Generator, duration: float, rate_scale: float, base: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[tuple[int, int], ...]]]:
+    """Times, trace prompt and output tokens (-1: none) and prefixes of one arrival process."""
+    if not isinstance(process, TraceReplay):
+        t = process.plan(rng, duration, rate_scale)
+        none = np.full(len(t), -1)
+        return t, none, none, [()] * len(t)
+    tp = process.plan(rng, duration, rate_scale, base)
+    n = len(tp.times)
+    prompt = np.full(n, -1) if tp.prompt_tokens is None else np.maximum(tp.prompt_tokens, 1)
+    output = np.full(n, -1) if tp.output_tokens is None else np.maximum(tp.output_tokens, 1)
+    if tp.hash_ids is None:
+        return tp.times, prompt, output, [()] * n
+    prefix = [
+        block_prefix(h, int(p), process.block_tokens)
+        for h, p in zip(tp.hash_ids, prompt.tolist(), strict=True)
+    ]
+    return tp.times, prompt, output, prefix
 
 
 def _openers(
@@ -98,29 +126,37 @@ def _openers(
 ) -> _Openers:
     """Session starts of every persona: its own arrival process (from its seeds[-1]), or a
     weighted share of the scenario's (seeds[0]), split by independent draws (seeds[1])."""
-    times, who, closed = [], [], []
+    base = scenario.base_dir
+    parts: list[tuple[np.ndarray, ...]] = []
+    prefixes: list[tuple[tuple[int, int], ...]] = []
     sharers = [i for i, p in enumerate(mix) if p.arrival is None]
     if sharers:
         shared = scenario.traffic.process
-        t = shared.plan(np.random.default_rng(seeds[0]), duration, rate_scale)
+        t, prompt, output, prefix = _arrivals(
+            shared, np.random.default_rng(seeds[0]), duration, rate_scale, base
+        )
         weights = np.array([mix[i].weight for i in sharers])
         pick = np.random.default_rng(seeds[1]).choice(
             len(sharers), len(t), p=weights / weights.sum()
         )
-        times.append(t)
-        who.append(np.asarray(sharers)[pick])
-        closed.append(np.full(len(t), shared.closed))
+        parts.append((t, np.asarray(sharers)[pick], np.full(len(t), shared.closed), prompt, output))
+        prefixes += prefix
     for i, p in enumerate(mix):
         if p.arrival is not None:
             rng = np.random.default_rng(seeds[2 + i].spawn(6)[-1])
-            t = p.arrival.plan(rng, duration, rate_scale)
-            times.append(t)
-            who.append(np.full(len(t), i))
-            closed.append(np.full(len(t), p.arrival.closed))
-    time = np.concatenate(times)
-    persona = np.concatenate(who).astype(int)
-    order = np.lexsort((persona, time))
-    return _Openers(time[order], persona[order], np.concatenate(closed).astype(bool)[order])
+            t, prompt, output, prefix = _arrivals(p.arrival, rng, duration, rate_scale, base)
+            parts.append((t, np.full(len(t), i), np.full(len(t), p.arrival.closed), prompt, output))
+            prefixes += prefix
+    time, persona, closed, prompt, output = (np.concatenate(c) for c in zip(*parts, strict=True))
+    order = np.lexsort((persona.astype(int), time))
+    return _Openers(
+        time[order],
+        persona.astype(int)[order],
+        closed.astype(bool)[order],
+        prompt.astype(int)[order],
+        output.astype(int)[order],
+        [prefixes[i] for i in order.tolist()],
+    )
 
 
 class _Draws:
@@ -149,37 +185,58 @@ class _Draws:
 class _PersonaDraws:
     """A persona's independent random streams, drawn in the order its turns are planned."""
 
-    def __init__(self, seed: np.random.SeedSequence, persona: Persona):
+    def __init__(self, seed: np.random.SeedSequence, persona: Persona, base_dir: Path | None):
         assert persona.session is not None and persona.workload is not None  # mix() fills them
         sess, work = persona.session, persona.workload
-        rng_session, rng_prompt, rng_output, self.rng_kind, rng_seed = (
+        rng_session, rng_length, rng_output, self.rng_kind, rng_seed = (
             np.random.default_rng(s) for s in seed.spawn(6)[:5]
         )
         self.session = sess
         self.messiness = work.messiness
         self.turns = _Draws(lambda n: sample_lengths(sess.turns, rng_session, n))
         self.uniform = _Draws(lambda n: rng_session.random(n))
-        self.message = _Draws(lambda n: sample_lengths(work.prompt_tokens, rng_prompt, n))
-        self.output = _Draws(lambda n: sample_lengths(work.output_tokens, rng_output, n))
         self.seed = _Draws(lambda n: rng_seed.integers(2**62, size=n))
         zero = lambda n: np.zeros(n)  # noqa: E731
-        self.think = _Draws(
-            zero if sess.think_time is None else lambda n: sess.think_time.sample(rng_session, n)  # type: ignore[union-attr]
-        )
+        think, patience = sess.think_time, sess.patience
+        self.think = _Draws(zero if think is None else lambda n: think.sample(rng_session, n))
         self.patience = _Draws(
-            zero if sess.patience is None else lambda n: sess.patience.sample(rng_session, n)  # type: ignore[union-attr]
+            zero if patience is None else lambda n: patience.sample(rng_session, n)
         )
+        joint = work.lengths
+        self._paired: int | None = None  # the output drawn with the last message (trace rows)
+        if joint is not None:
+            self._pairs = _Draws(lambda n: np.stack(joint.sample(rng_length, n, base_dir), axis=1))
+        else:
+            assert work.prompt_tokens is not None and work.output_tokens is not None
+            dist_in, dist_out = work.prompt_tokens, work.output_tokens
+            self._messages = _Draws(lambda n: sample_lengths(dist_in, rng_length, n))
+            self._outputs = _Draws(lambda n: sample_lengths(dist_out, rng_output, n))
+        self.joint = joint is not None
 
-    def message_tokens(self) -> tuple[int, RequestKind]:
-        """The next new message's tokens and kind: a long paste multiplies the drawn length,
-        an empty prompt has (about) none."""
-        tokens = int(self.message.next())
+    def message_tokens(self, fixed: int = -1) -> tuple[int, RequestKind]:
+        """The next new message's tokens (`fixed` by a trace when >= 0) and its kind: a long
+        paste multiplies the length, an empty prompt has (about) none."""
+        if self.joint:
+            tokens, self._paired = self._pairs.next()
+        else:
+            tokens = self._messages.next()
+        tokens = fixed if fixed >= 0 else int(tokens)
         kind = self.messiness.request_kind(self.rng_kind)
         if kind == "long_paste":
             tokens = round(tokens * self.messiness.paste_factor)
         elif kind == "empty":
             tokens = 1
         return tokens, kind
+
+    def output_tokens(self, fixed: int = -1) -> int:
+        """The next answer's tokens: `fixed` by a trace, else the one drawn with the message
+        (trace rows), else from the output distribution."""
+        if self.joint:
+            paired, self._paired = self._paired, None
+            drawn = paired if paired is not None else self._pairs.next()[1]
+        else:
+            drawn = self._outputs.next()
+        return fixed if fixed >= 0 else int(drawn)
 
 
 def build_plan(
@@ -203,16 +260,17 @@ def build_plan(
     mix = scenario.mix()
     seeds = np.random.SeedSequence(seed).spawn(2 + len(mix))
     openers = _openers(mix, scenario, seeds, duration, rate_scale)
-    draws = [_PersonaDraws(seeds[2 + i], p) for i, p in enumerate(mix)]
+    draws = [_PersonaDraws(seeds[2 + i], p, scenario.base_dir) for i, p in enumerate(mix)]
     if all(_single_requests(p) for p in mix) and not openers.closed.any():
         return _single_request_plan(openers, mix, draws)
     rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
     follows: list[int] = []  # index of the row each row follows, -1 for none
     session = 0
-    for start, k, closed in zip(
-        openers.time.tolist(), openers.persona.tolist(), openers.closed.tolist(), strict=True
+    for j, (start, k, closed) in enumerate(
+        zip(openers.time.tolist(), openers.persona.tolist(), openers.closed.tolist(), strict=True)
     ):
         persona, d = mix[k], draws[k]
+        fixed_in, fixed_out = int(openers.prompt[j]), int(openers.output[j])
         sess = d.session
         think_mean = 0.0 if sess.think_time is None else sess.think_time.mean
         budget = math.ceil(duration / max(think_mean, MIN_TURN_GAP_S)) + 1 if closed else 1
@@ -220,14 +278,16 @@ def build_plan(
         sent = 0
         while sent < budget:  # one session per pass; a closed user loops until its budget is spent
             patience = float(d.patience.next()) if sess.patience is not None else None
-            history: tuple[tuple[int, int], ...] = ()
+            # the first request of an opener may start with a trace's shared blocks
+            history = openers.prefix[j] if previous is None else ()
             history_tokens = 0
             turns = int(d.turns.next())
             for turn in range(turns):
-                message, kind = d.message_tokens()
+                first = previous is None
+                message, kind = d.message_tokens(fixed_in if first else -1)
                 redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
                 for regenerate in (False, True) if redo else (False,):
-                    output = int(d.output.next())
+                    output = d.output_tokens(fixed_out if first and not regenerate else -1)
                     think = float(d.think.next()) if previous is not None else 0.0
                     follows.append(-1 if previous is None else previous["index"])
                     previous = {
@@ -250,8 +310,10 @@ def build_plan(
                     }
                     rows.append(previous)
                     sent += 1
-                history = (*history, (_segment_key(seed, session, turn), message + output))
+                covered = sum(tokens for _, tokens in history)
                 history_tokens += message + output
+                segment = (_segment_key(seed, session, turn), history_tokens - covered)
+                history = (*history, segment)
             session += 1
     return _numbered(rows, follows)
 
@@ -281,8 +343,8 @@ def _single_request_plan(
                 patience[i] = value
         d.turns.take(len(where))
         for i in where:
-            message[i], kinds[i] = d.message_tokens()
-        output[where] = d.output.take(len(where))
+            message[i], kinds[i] = d.message_tokens(int(openers.prompt[i]))
+            output[i] = d.output_tokens(int(openers.output[i]))
         seed[where] = d.seed.take(len(where))
     names = [p.name for p in mix]
     retries = [d.session.retry if d.session.retry.max_retries > 0 else None for d in draws]
@@ -299,6 +361,7 @@ def _single_request_plan(
             retry=retries[k],
             message_tokens=m,
             text_seed=s,
+            prefix=openers.prefix[i],
         )
         for i, (t, k, m, o, s) in enumerate(
             zip(

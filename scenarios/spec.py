@@ -11,6 +11,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -20,7 +21,31 @@ from scenarios.base import Strict
 from scenarios.messy import Messiness
 from scenarios.prompts import TextSource, WordsSource
 from scenarios.slo import Threshold, parse_threshold
-from scenarios.traffic import ArrivalProcess, PoissonArrival, SecondsDistribution
+from scenarios.traces import TraceLengths, TraceReplay
+from scenarios.traffic import (
+    ClosedUsers,
+    ConstantArrivalRate,
+    DiurnalArrival,
+    FlashCrowd,
+    GammaArrival,
+    OnOffArrival,
+    PoissonArrival,
+    RampingArrivalRate,
+    SecondsDistribution,
+)
+
+Arrival = Annotated[
+    ConstantArrivalRate
+    | PoissonArrival
+    | GammaArrival
+    | OnOffArrival
+    | DiurnalArrival
+    | RampingArrivalRate
+    | FlashCrowd
+    | ClosedUsers
+    | TraceReplay,
+    Field(discriminator="type"),
+]
 
 
 class _Bounded(Strict):
@@ -132,7 +157,7 @@ class ReferenceTarget(Strict):
 class Traffic(Strict):
     """When requests (or sessions) start: an arrival process, or `rate` as Poisson shorthand."""
 
-    arrival: ArrivalProcess | Literal["poisson"] = "poisson"
+    arrival: Arrival | Literal["poisson"] = "poisson"
     rate: float | None = Field(
         None, gt=0, le=100000, description="Poisson arrivals per second (shorthand)."
     )
@@ -156,7 +181,7 @@ class Traffic(Strict):
         return self
 
     @property
-    def process(self) -> ArrivalProcess:
+    def process(self) -> Arrival:
         if isinstance(self.arrival, str):
             assert self.rate is not None  # the validator saw to it
             return PoissonArrival(type="poisson", rate=self.rate)
@@ -165,8 +190,10 @@ class Traffic(Strict):
     def describe(self) -> str:
         """One line for humans: the process and its mean rate."""
         p = self.process
-        if p.closed:
-            return f"{p.type}: {p.users} users"  # type: ignore[union-attr]
+        if isinstance(p, ClosedUsers):
+            return f"{p.type}: {p.users} users"
+        if isinstance(p, TraceReplay):
+            return f"trace replay of {p.path} ({p.format})"
         return f"{p.type} at {p.mean_rate(self.duration_s):.3g} req/s mean"
 
 
@@ -194,14 +221,34 @@ class Retry(Strict):
 class Workload(Strict):
     """Token lengths of each new user message and of each answer, and what the text is."""
 
-    prompt_tokens: Distribution
-    output_tokens: Distribution
+    prompt_tokens: Distribution | None = None
+    output_tokens: Distribution | None = None
+    lengths: TraceLengths | None = Field(
+        None, description="(prompt, output) pairs drawn from a trace's rows, correlation kept."
+    )
     text: TextSource = Field(
         default_factory=WordsSource,
         description="Where prompt text comes from (words, corpus, "
         "rag, summarise, code); sized at send time to the planned tokens.",
     )
     messiness: Messiness = Field(default_factory=Messiness)
+
+    @model_validator(mode="after")
+    def _lengths_from_one_place(self) -> Workload:
+        if self.lengths is not None:
+            if self.prompt_tokens is not None or self.output_tokens is not None:
+                raise ValueError(
+                    "lengths: give either lengths (from a trace) or prompt_tokens and "
+                    "output_tokens, not both"
+                )
+        elif (self.prompt_tokens is None) != (self.output_tokens is None):
+            missing = "prompt_tokens" if self.prompt_tokens is None else "output_tokens"
+            raise ValueError(f"{missing}: required beside the other")
+        return self
+
+    @property
+    def has_lengths(self) -> bool:
+        return self.lengths is not None or self.prompt_tokens is not None
 
 
 class Session(Strict):
@@ -298,7 +345,7 @@ class Persona(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     weight: float = Field(1.0, gt=0, le=1e6, description="Share of the scenario's arrivals.")
-    arrival: ArrivalProcess | None = Field(
+    arrival: Arrival | None = Field(
         None, description="Its own traffic instead of a share of traffic.arrival."
     )
     workload: Workload | None = None
@@ -307,6 +354,8 @@ class Persona(Strict):
 
 
 class Scenario(Strict):
+    _base_dir: Path | None = PrivateAttr(None)  # the scenario file's folder: relative paths
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     target: Target = Target()
@@ -327,6 +376,36 @@ class Scenario(Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"personas: names must be unique, repeated: {', '.join(twice)}")
+        return self
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder relative paths (traces, corpora) resolve against first."""
+        return self._base_dir
+
+    @model_validator(mode="after")
+    def _every_request_has_lengths(self) -> Scenario:
+        """Lengths come from the workload, or for single requests from a replayed trace."""
+        problems = []
+        for p in self.mix():
+            assert p.workload is not None and p.session is not None
+            arrival = p.arrival or self.traffic.process
+            from_trace = isinstance(arrival, TraceReplay) and arrival.lengths == "trace"
+            single = p.session.turns == Constant(dist="constant", value=1)
+            if not p.workload.has_lengths and not (
+                from_trace and single and not p.session.regenerate
+            ):
+                where = (
+                    f"personas[{p.name}].workload"
+                    if p.workload is not self.workload
+                    else "workload"
+                )
+                problems.append(
+                    f"{where}: prompt_tokens and output_tokens (or lengths) are required unless "
+                    "a trace with lengths: trace feeds single-turn sessions"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def thresholds(self) -> list[Threshold]:
@@ -391,7 +470,15 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
             parts.append(f"[{item}]")
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        if isinstance(node, dict) and item not in node and node.get("dist") == item:
+        if (
+            isinstance(node, dict)
+            and item not in node
+            and item
+            in (
+                node.get("dist"),
+                node.get("type"),
+            )
+        ):
             continue  # discriminator tag, not a field
         parts.append(("." if parts else "") + str(item))
         node = node.get(item) if isinstance(node, dict) else None
@@ -402,6 +489,8 @@ def _format(err: Any, data: Any) -> str:
     msg = str(err["msg"]).removeprefix("Value error, ")
     where = _loc(err["loc"], data)
     value = err["input"]
+    if not err["loc"]:  # a check across sections: its message names its own fields
+        return msg
     if err["type"] == "missing":
         return f"{where}: required field is missing"
     if err["type"] == "extra_forbidden":
@@ -435,4 +524,6 @@ def load_scenario(path: str | Path) -> Scenario:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ScenarioError(str(p), [f"{where}invalid YAML: {problem}"]) from None
-    return parse_scenario(data, str(p))
+    scenario = parse_scenario(data, str(p))
+    scenario._base_dir = p.resolve().parent
+    return scenario

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
+from scenarios.corpora import CorpusError
 from scenarios.spec import ScenarioError, TargetFaults, check_base_url, load_scenario
+from scenarios.traces import TraceError
 from simulator.launch import TargetStartError
 from surgecast import __version__
 
@@ -386,14 +388,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ScenarioError as e:
+    except (ScenarioError, TraceError, CorpusError) as e:
+        what = {ScenarioError: "scenario", TraceError: "trace", CorpusError: "corpus"}[type(e)]
         print(
-            f"error: invalid scenario {e.path} ({len(e.problems)} problem"
+            f"error: invalid {what} {e.path} ({len(e.problems)} problem"
             f"{'s' if len(e.problems) != 1 else ''}):",
             file=sys.stderr,
         )
         for problem in e.problems:
-            print(f"  {e.path}: {problem}", file=sys.stderr)
+            print(
+                f"  {problem if problem.startswith(e.path) else f'{e.path}: {problem}'}",
+                file=sys.stderr,
+            )
         return EXIT_BAD_INPUT
     except (BadInput, MissingApiKey, MissingModel, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
