@@ -209,8 +209,9 @@ class LoadRun:
                     rec.retried = True
                     self._finish(rec)
                     attempt += 1
+                    # the retry keeps the first attempt's intended start: `*_intended` latencies
+                    # then show what the user waited, backoff included
                     gevent.sleep(retry.wait_s(attempt, jitter.random(), call.retry_after_s))
-                    intended = self.clock()
                     continue
                 if attempt == 0:
                     sent_chars = sum(len(m["content"]) for m in messages)

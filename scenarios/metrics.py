@@ -86,6 +86,39 @@ class SloResult:
 
 
 @dataclass(frozen=True)
+class TokenReconciliation:
+    """Prompt tokens the plan asked for beside those the server counted (its `usage`)."""
+
+    requests: int  # successful requests with both counts
+    planned: int
+    served: int
+    median_error_pct: float  # median of |served - planned| / planned, in %
+    p90_error_pct: float
+
+    @classmethod
+    def of(cls, records: Sequence[RequestRecord]) -> TokenReconciliation | None:
+        pairs = [
+            (r.planned_prompt_tokens, r.prompt_tokens)
+            for r in records
+            if r.status == "ok"
+            and r.token_source == "usage"
+            and r.planned_prompt_tokens
+            and r.prompt_tokens is not None
+        ]
+        if not pairs:
+            return None
+        planned, served = np.array(pairs, dtype=float).T
+        error = np.abs(served - planned) / planned * 100.0
+        return cls(
+            len(pairs),
+            int(planned.sum()),
+            int(served.sum()),
+            float(np.median(error)),
+            float(np.percentile(error, 90)),
+        )
+
+
+@dataclass(frozen=True)
 class Summary:
     requests: int
     ok: int
@@ -100,6 +133,9 @@ class Summary:
     lateness_p99_ms: float
     metrics: dict[str, Stats] = field(default_factory=dict)
     slos: list[SloResult] = field(default_factory=list)
+    retries: int = 0  # attempts that failed and were tried again (not counted as requests)
+    tokens: TokenReconciliation | None = None
+    by_persona: dict[str, Summary] = field(default_factory=dict)  # when there are several
 
     @property
     def error_rate(self) -> float:
@@ -107,7 +143,10 @@ class Summary:
 
     @property
     def slos_passed(self) -> bool:
-        return all(s.passed for s in self.slos)
+        """Every scenario-wide objective, and every persona's own, holds."""
+        return all(s.passed for s in self.slos) and all(
+            p.slos_passed for p in self.by_persona.values()
+        )
 
 
 def check_slos(
@@ -165,8 +204,28 @@ def summarize(
     records: Sequence[RequestRecord],
     thresholds: Sequence[Threshold] = (),
     duration_s: float | None = None,
+    persona_thresholds: dict[str, list[Threshold]] | None = None,
 ) -> Summary:
-    """Everything a report or gate needs about one run, measured or simulated alike."""
+    """Everything a report or gate needs about one run, measured or simulated alike.
+
+    A request counts once, by its last attempt (earlier ones were retried); with several
+    personas, or objectives of their own, each persona also gets its own summary, judged by
+    the scenario's objectives and its own.
+    """
+    attempts = records
+    records = [r for r in attempts if not r.retried]
+    personas = sorted({r.persona for r in records})
+    own = persona_thresholds or {}
+    by_persona = {}
+    if len(personas) > 1 or own:
+        by_persona = {
+            name: summarize(
+                [r for r in attempts if r.persona == name],
+                [*thresholds, *own.get(name, [])],
+                duration_s,
+            )
+            for name in personas
+        }
     n = len(records)
     first = min((r.start for r in records), default=0.0)
     span = max(max((r.end or r.start for r in records), default=0.0) - first, 1e-9)
@@ -181,7 +240,8 @@ def summarize(
         if t.metric != "error_rate" and t.op in ("<", "<="):
             limits[t.metric] = min(limits.get(t.metric, np.inf), t.value)
     good = sum(_meets_request_slos(r, limits) for r in records)
-    lateness = np.array([r.lateness for r in records]) * 1000.0
+    # a retry waits out its backoff on purpose: only first attempts say if the sender kept up
+    lateness = np.array([r.lateness for r in attempts if r.attempt == 0]) * 1000.0
     return Summary(
         requests=n,
         ok=len(ok),
@@ -193,7 +253,10 @@ def summarize(
         throughput=len(ok) / span,
         output_tokens_per_s=sum(r.output_tokens or 0 for r in ok) / span,
         goodput=good / span,
-        lateness_p99_ms=float(np.percentile(lateness, 99)) if n else 0.0,
+        lateness_p99_ms=float(np.percentile(lateness, 99)) if len(lateness) else 0.0,
         metrics=stats,
         slos=check_slos(records, thresholds),
+        retries=len(attempts) - n,
+        tokens=TokenReconciliation.of(records),
+        by_persona=by_persona,
     )

@@ -93,7 +93,7 @@ def _write_meta(
         {
             "run_id": folder.path.name,
             "scenario_file": scenario_file,
-            "scenario": scenario.model_dump(mode="json"),
+            "scenario": scenario.model_dump(mode="json", by_alias=True),
             "seed": scenario.traffic.seed,
             "planned_requests": planned,
             "duration_s": scenario.traffic.duration_s,
@@ -199,7 +199,9 @@ def run_load(
             validity={"valid": False, "reasons": ["interrupted"]},
         )
         raise
-    summary = summarize(records, scenario.thresholds(), scenario.traffic.duration_s)
+    summary = summarize(
+        records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
+    )
     reasons = invalid_reasons(scenario, records, summary, len(plan))
     folder.update_meta(
         status="finished",
@@ -349,7 +351,12 @@ def simulate_scenario(
         plan, calibration.engine, replicas=replicas, timeout_s=scenario.target.timeout_s
     )
     write_records(folder.requests, result.records)
-    summary = summarize(result.records, scenario.thresholds(), scenario.traffic.duration_s)
+    summary = summarize(
+        result.records,
+        scenario.thresholds(),
+        scenario.traffic.duration_s,
+        scenario.persona_thresholds(),
+    )
     target = {
         "kind": "simulated",
         "replicas": replicas,

@@ -182,7 +182,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
     meta = folder.meta()
     scenario = Scenario.model_validate(meta["scenario"])
     records = folder.records()
-    summary: Summary = summarize(records, scenario.thresholds(), meta.get("duration_s"))
+    summary: Summary = summarize(
+        records, scenario.thresholds(), meta.get("duration_s"), scenario.persona_thresholds()
+    )
     simulated = read_records(folder.simulated) if folder.simulated.exists() else None
     cal_data = folder.read_json(folder.calibration)
     bt_data = folder.read_json(folder.backtest)

@@ -85,7 +85,61 @@ def summary_tables(s: Summary) -> str:
                 [[str(r.threshold), r.observed, "pass" if r.passed else "FAIL"] for r in s.slos],
             )
         )
+    if s.by_persona:
+        parts.append(persona_table(s))
+    if s.tokens is not None or s.retries:
+        parts.append(token_lines(s))
     return "\n\n".join(parts)
+
+
+def persona_table(s: Summary) -> str:
+    """Every persona's requests, latency and own SLO verdict, one row each."""
+    rows = []
+    for name, p in s.by_persona.items():
+        failed = [str(r.threshold) for r in p.slos if not r.passed]
+        rows.append(
+            [
+                name,
+                p.requests,
+                p.requests - p.ok,
+                p.retries,
+                p.metrics["ttft"].percentiles[50],
+                p.metrics["ttft"].percentiles[95],
+                p.metrics["e2e"].percentiles[95],
+                p.goodput,
+                "pass" if not failed else "FAIL: " + "; ".join(failed),
+            ]
+        )
+    return markdown(
+        [
+            "persona",
+            "requests",
+            "errors",
+            "retries",
+            "ttft p50 ms",
+            "ttft p95 ms",
+            "e2e p95 ms",
+            "goodput req/s",
+            "SLOs",
+        ],
+        rows,
+    )
+
+
+def token_lines(s: Summary) -> str:
+    """Retries and the planned-versus-served prompt tokens, in words."""
+    lines = []
+    if s.retries:
+        lines.append(f"retries: {s.retries} attempts failed and were sent again")
+    t = s.tokens
+    if t is not None:
+        lines.append(
+            f"prompt tokens: {t.served:,} served for {t.planned:,} planned over {t.requests} "
+            f"requests; per request |served - planned| is {t.median_error_pct:.1f}% at the "
+            f"median, {t.p90_error_pct:.1f}% at p90"
+            + (" (over 5%: sizes are off)" if t.median_error_pct > 5 else "")
+        )
+    return "\n".join(lines)
 
 
 def calibration_table(c: Calibration) -> str:
