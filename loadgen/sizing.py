@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,23 @@ class SizedPrompts:
 
 
 PROBE_TOKENS = (48, 192, 768)
+PROBE_TRIES = 4  # a probe rejected (429, 503) waits out Retry-After and goes again
 
 
-def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> int:
+@dataclass
+class ProbeResult:
+    """What the sizing probes sent and learned (kept in run.json)."""
+
+    sent: int = 0  # requests, retries included
+    rejected: int = 0  # of them answered 429 or 503
+    learned: int = 0  # probes whose usage was learned from
+
+
+def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> ProbeResult:
     """Send a few one-token requests of known sizes before the run so the first planned
-    requests are already sized right; returns how many reported usage (0: sizes stay estimates).
-    The probes are not part of the run's records."""
-    clock = time.monotonic
-    learned = 0
+    requests are already sized right. The probes are not part of the run's records; none
+    learned from means the target reports no usage and sizes stay estimates."""
+    result = ProbeResult()
     for i, tokens in enumerate(PROBE_TOKENS):
         spec = RequestSpec(
             id=f"probe-{i}",
@@ -101,11 +111,17 @@ def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> int:
             text_seed=7919 + i,
         )
         messages = prompts.messages(spec)
-        call = StreamingCall(endpoint, spec, clock, messages=messages)
-        record = call.run()
+        for _ in range(PROBE_TRIES):
+            call = StreamingCall(endpoint, spec, time.monotonic, messages=messages)
+            record = call.run()
+            result.sent += 1
+            if record.status != "rejected":
+                break
+            result.rejected += 1
+            time.sleep(min(call.retry_after_s or 0.5, 5.0))
         if record.status != "ok":
-            break
+            return result
         if record.token_source == "usage":
             prompts.observe(sum(len(m["content"]) for m in messages), record)
-            learned += 1
-    return learned
+            result.learned += 1
+    return result

@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,15 @@ def run_load(
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
             preflight(endpoint)
             prompts = SizedPrompts(scenario, base_dir=Path(scenario_file).resolve().parent)
-            if probe_sizes(endpoint, prompts, scenario.mix()[0].name):
+            probes = probe_sizes(endpoint, prompts, scenario.mix()[0].name)
+            folder.update_meta(
+                sizing={
+                    **asdict(probes),
+                    "chars_per_token": prompts.chars_per_token,
+                    "overhead_tokens": prompts.overhead_tokens,
+                }
+            )
+            if probes.learned:
                 say(
                     f"prompt sizing: {prompts.chars_per_token:.2f} characters per token, "
                     f"{prompts.overhead_tokens:.0f} tokens of template per request "
