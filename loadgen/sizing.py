@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from loadgen.client import Endpoint, Messages, StreamingCall
-from scenarios.messy import empty_text, paste_text
+from scenarios.messy import Messiness, MessStats, empty_text, measure, paste_text
 from scenarios.plan import RequestSpec
 from scenarios.prompts import estimate_chars_per_token, prefix_text
 from scenarios.records import RequestRecord
@@ -25,6 +25,7 @@ from scenarios.spec import Persona, Scenario
 
 DEFAULT_CHARS_PER_TOKEN = 4.0  # English on BPE tokenizers; the first responses correct it
 FIT_WINDOW = 256  # the newest (characters, served tokens) pairs the fit uses
+KEPT_TEXTS = 500  # per persona: user messages kept (before and after messiness) to measure it
 
 
 class SizedPrompts:
@@ -37,6 +38,7 @@ class SizedPrompts:
         self.overhead_tokens = 0.0
         self._seen: deque[tuple[int, int]] = deque(maxlen=FIT_WINDOW)
         self._block_cpt: float | None = None  # frozen at the first shared block rendered
+        self.texts: dict[str, list[tuple[str, str]]] = {}  # persona -> (clean, messy) samples
 
     def messages(self, spec: RequestSpec) -> Messages:
         """The new messages of `spec`: the system prompt (first turns only) and the user's."""
@@ -50,18 +52,27 @@ class SizedPrompts:
         budget = tokens - (self.overhead_tokens if first else 0.0)
         n_chars = max(1, round(budget * self.chars_per_token))
         if spec.text_kind == "empty":
-            return [{"role": "user", "content": empty_text(rng)}]
+            text = empty_text(rng)
+            self._keep(spec.persona, text, text)
+            return [{"role": "user", "content": text}]
         if spec.text_kind == "long_paste":
             return [{"role": "user", "content": paste_text(rng, n_chars)}]
         shared = self._blocks(spec) if first else ""
         n_chars = max(1, n_chars - len(shared))
         prompt = persona.workload.text.render(rng, n_chars, self.base_dir)
-        user = shared + persona.workload.messiness.apply(prompt.user, rng)
+        messy = persona.workload.messiness.apply(prompt.user, rng)
+        self._keep(spec.persona, prompt.user, messy)
+        user = shared + messy
         out: Messages = []
         if prompt.system and first:
             out.append({"role": "system", "content": prompt.system})
         out.append({"role": "user", "content": user})
         return out
+
+    def _keep(self, persona: str, clean: str, messy: str) -> None:
+        kept = self.texts.setdefault(persona, [])
+        if len(kept) < KEPT_TEXTS:
+            kept.append((clean, messy))
 
     def _blocks(self, spec: RequestSpec) -> str:
         """The text of a first turn's shared prefix blocks (a trace's hash_ids): the same
@@ -72,6 +83,16 @@ class SizedPrompts:
             self._block_cpt = self.chars_per_token
         cpt = self._block_cpt
         return "".join(prefix_text(key, max(1, round(tokens * cpt))) for key, tokens in spec.prefix)
+
+    def messiness(self) -> dict[str, MessStats]:
+        """Measured messiness of the user messages rendered so far, per persona that has any."""
+        out = {}
+        for name, pairs in self.texts.items():
+            settings = self.personas[name].workload
+            if pairs and settings is not None and settings.messiness != Messiness():
+                clean, messy = zip(*pairs, strict=True)
+                out[name] = measure(clean, messy)
+        return out
 
     def observe(self, sent_chars: int, record: RequestRecord) -> None:
         """Learn from a served request: its characters against the server's prompt tokens."""

@@ -182,6 +182,10 @@ class _Draws:
         return taken
 
 
+def _no_lengths(n: int) -> np.ndarray:
+    raise ValueError("no token lengths: give workload.prompt_tokens and output_tokens")
+
+
 class _PersonaDraws:
     """A persona's independent random streams, drawn in the order its turns are planned."""
 
@@ -206,11 +210,12 @@ class _PersonaDraws:
         self._paired: int | None = None  # the output drawn with the last message (trace rows)
         if joint is not None:
             self._pairs = _Draws(lambda n: np.stack(joint.sample(rng_length, n, base_dir), axis=1))
-        else:
-            assert work.prompt_tokens is not None and work.output_tokens is not None
+        elif work.prompt_tokens is not None and work.output_tokens is not None:
             dist_in, dist_out = work.prompt_tokens, work.output_tokens
             self._messages = _Draws(lambda n: sample_lengths(dist_in, rng_length, n))
             self._outputs = _Draws(lambda n: sample_lengths(dist_out, rng_output, n))
+        else:  # a replayed trace fixes every length (the scenario's validation saw to it)
+            self._messages = self._outputs = _Draws(_no_lengths)
         self.joint = joint is not None
 
     def message_tokens(self, fixed: int = -1) -> tuple[int, RequestKind]:
@@ -219,7 +224,7 @@ class _PersonaDraws:
         if self.joint:
             tokens, self._paired = self._pairs.next()
         else:
-            tokens = self._messages.next()
+            tokens = fixed if fixed >= 0 else self._messages.next()
         tokens = fixed if fixed >= 0 else int(tokens)
         kind = self.messiness.request_kind(self.rng_kind)
         if kind == "long_paste":
@@ -235,7 +240,7 @@ class _PersonaDraws:
             paired, self._paired = self._paired, None
             drawn = paired if paired is not None else self._pairs.next()[1]
         else:
-            drawn = self._outputs.next()
+            drawn = fixed if fixed >= 0 else self._outputs.next()
         return fixed if fixed >= 0 else int(drawn)
 
 

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 
 from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
 from scenarios.corpora import CorpusError
-from scenarios.spec import ScenarioError, TargetFaults, check_base_url, load_scenario
+from scenarios.spec import (
+    Scenario,
+    ScenarioError,
+    TargetFaults,
+    check_base_url,
+    load_scenario,
+)
 from scenarios.traces import TraceError
 from simulator.launch import TargetStartError
 from surgecast import __version__
@@ -104,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
+    _duration_flag(s)
     _limit_flags(s)
 
     s = sub.add_parser(
@@ -115,8 +122,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario")
     s.add_argument("--target", type=_url, help="base URL, e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
+    _duration_flag(s)
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
+    s = sub.add_parser(
+        "plan",
+        help="show what a scenario will send, without sending it",
+        description="Build the scenario's plan and print, per persona, sessions, rates, "
+        "lengths and the measured messiness of its text beside the settings.",
+    )
+    s.add_argument("scenario")
+    s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
+    _duration_flag(s)
+    s.add_argument("--samples", type=_count, default=0, help="print N example prompts a persona")
+    s.add_argument(
+        "--chars-per-token",
+        type=_positive,
+        default=4.0,
+        help="size prompts with this ratio (a run learns the target's own; default 4.0)",
+    )
 
     s = sub.add_parser(
         "serve",
@@ -176,6 +201,27 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="(re)render index.html and summary.md of a run folder")
     s.add_argument("run_dir")
     return p
+
+
+def _duration_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="SECONDS",
+        help="override traffic.duration_s (k6's --duration), e.g. a short smoke run",
+    )
+
+
+def _scenario(a: argparse.Namespace) -> Scenario:
+    """The scenario file, with --duration applied when given."""
+    scenario = load_scenario(a.scenario)
+    duration = getattr(a, "duration", None)
+    if duration is None:
+        return scenario
+    if duration > 86400:
+        raise BadInput(f"--duration: at most 86400 s, got {duration:g}")
+    traffic = scenario.traffic.model_copy(update={"duration_s": duration})
+    return scenario.model_copy(update={"traffic": traffic})
 
 
 def _calibration(path: str) -> Calibration:
@@ -246,13 +292,39 @@ def cmd_run(a: argparse.Namespace) -> int:
     from surgecast.pipeline import run_load
     from surgecast.report import render
 
-    scenario = load_scenario(a.scenario)
+    scenario = _scenario(a)
     outcome = run_load(scenario, a.scenario, target_url=a.target, out=a.out, progress=not a.quiet)
     if not a.no_report:
         html, _ = render(outcome.folder)
         _print(f"report: {html}")
     _print(f"records: {outcome.folder.requests}")
     return _run_exit(outcome)
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from loadgen.sizing import SizedPrompts
+    from scenarios.plan import build_plan
+    from surgecast.planview import messiness_table, plan_table, render_samples
+
+    scenario = _scenario(a)
+    plan = build_plan(scenario, rate_scale=a.scale)
+    duration = scenario.traffic.duration_s
+    _print(
+        f"{scenario.name}: {len(plan)} requests over {duration:g} s, "
+        f"{scenario.traffic.describe()} x{a.scale:g} (seed {scenario.traffic.seed})\n"
+    )
+    _print(plan_table(scenario, plan, duration))
+    prompts = SizedPrompts(scenario, base_dir=scenario.base_dir)
+    prompts.chars_per_token = a.chars_per_token
+    samples = render_samples(prompts, plan)
+    mess = messiness_table(prompts)
+    if mess:
+        _print("\nmessiness of the rendered text (first messages of each persona):\n" + mess)
+    for persona, texts in samples.items():
+        for text in texts[: a.samples]:
+            shown = text if len(text) <= 240 else text[:240] + f"... ({len(text):,} chars)"
+            _print(f"\n[{persona}] {shown!r}")
+    return EXIT_OK
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
@@ -344,7 +416,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from surgecast.report import render
     from surgecast.tables import backtest_table, calibration_table, forecast_table
 
-    scenario = load_scenario(a.scenario)
+    scenario = _scenario(a)
     outcome = pl.run_load(scenario, a.scenario, target_url=a.target, out=a.out)
     folder = outcome.folder
     code = _run_exit(outcome)
@@ -376,6 +448,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
 COMMANDS = {
     "pipeline": cmd_pipeline,
     "run": cmd_run,
+    "plan": cmd_plan,
     "serve": cmd_serve,
     "calibrate": cmd_calibrate,
     "simulate": cmd_simulate,
