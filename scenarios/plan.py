@@ -23,6 +23,7 @@ from scenarios.spec import (
     Uniform,
 )
 from scenarios.traces import TraceReplay, block_prefix
+from scenarios.traffic import ClosedUsers
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,13 @@ def _no_lengths(n: int) -> np.ndarray:
 class _PersonaDraws:
     """A persona's independent random streams, drawn in the order its turns are planned."""
 
-    def __init__(self, seed: np.random.SeedSequence, persona: Persona, base_dir: Path | None):
+    def __init__(
+        self,
+        seed: np.random.SeedSequence,
+        persona: Persona,
+        base_dir: Path | None,
+        closed: ClosedUsers | None,
+    ):
         assert persona.session is not None and persona.workload is not None  # mix() fills them
         sess, work = persona.session, persona.workload
         rng_session, rng_length, rng_output, self.rng_kind, rng_seed = (
@@ -206,6 +213,11 @@ class _PersonaDraws:
         self.patience = _Draws(
             zero if patience is None else lambda n: patience.sample(rng_session, n)
         )
+        # a closed-loop user's pause between its sessions (k6's sleep)
+        self.user_think = _Draws(
+            zero if closed is None else lambda n: closed.think_time.sample(rng_session, n)
+        )
+        self.user_think_mean = 0.0 if closed is None else closed.think_time.mean
         joint = work.lengths
         self._paired: int | None = None  # the output drawn with the last message (trace rows)
         if joint is not None:
@@ -265,7 +277,12 @@ def build_plan(
     mix = scenario.mix()
     seeds = np.random.SeedSequence(seed).spawn(2 + len(mix))
     openers = _openers(mix, scenario, seeds, duration, rate_scale)
-    draws = [_PersonaDraws(seeds[2 + i], p, scenario.base_dir) for i, p in enumerate(mix)]
+    draws = [
+        _PersonaDraws(
+            seeds[2 + i], p, scenario.base_dir, _closed(p.arrival or scenario.traffic.process)
+        )
+        for i, p in enumerate(mix)
+    ]
     if all(_single_requests(p) for p in mix) and not openers.closed.any():
         return _single_request_plan(openers, mix, draws)
     rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
@@ -277,8 +294,9 @@ def build_plan(
         persona, d = mix[k], draws[k]
         fixed_in, fixed_out = int(openers.prompt[j]), int(openers.output[j])
         sess = d.session
-        think_mean = 0.0 if sess.think_time is None else sess.think_time.mean
-        budget = math.ceil(duration / max(think_mean, MIN_TURN_GAP_S)) + 1 if closed else 1
+        budget = 1  # an open session; a closed user repeats sessions until the window closes
+        if closed:
+            budget = math.ceil(duration / max(d.user_think_mean, MIN_TURN_GAP_S)) + 1
         previous: dict[str, Any] | None = None
         sent = 0
         while sent < budget:  # one session per pass; a closed user loops until its budget is spent
@@ -293,7 +311,12 @@ def build_plan(
                 redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
                 for regenerate in (False, True) if redo else (False,):
                     output = d.output_tokens(fixed_out if first and not regenerate else -1)
-                    think = float(d.think.next()) if previous is not None else 0.0
+                    if previous is None:
+                        think = 0.0
+                    elif turn == 0 and not regenerate:  # a closed user's next session
+                        think = float(d.user_think.next())
+                    else:
+                        think = float(d.think.next())
                     follows.append(-1 if previous is None else previous["index"])
                     previous = {
                         "index": len(rows),
@@ -321,6 +344,10 @@ def build_plan(
                 history = (*history, segment)
             session += 1
     return _numbered(rows, follows)
+
+
+def _closed(process: Arrival) -> ClosedUsers | None:
+    return process if isinstance(process, ClosedUsers) else None
 
 
 def _single_requests(persona: Persona) -> bool:

@@ -361,7 +361,7 @@ class Scenario(Strict):
     target: Target = Target()
     reference_target: ReferenceTarget = ReferenceTarget()
     traffic: Traffic
-    workload: Workload
+    workload: Workload = Field(default_factory=Workload)
     session: Session = Field(default_factory=Session)
     personas: list[Persona] = Field(default_factory=list, max_length=64)
     slos: Slos = Slos()
