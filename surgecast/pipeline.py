@@ -37,6 +37,7 @@ from simulator.engine import EngineConfig, engine_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
+from surgecast.planview import messiness_table
 from surgecast.rundir import RunFolder, machine, new_run_id, versions
 
 Say = Callable[[str], None]
@@ -195,6 +196,9 @@ def run_load(
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
             records = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
+            mess = messiness_table(prompts)
+            if mess:
+                say("messiness of the text sent (the first messages of each persona):\n" + mess)
     except (TargetUnreachable, MissingModel) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
