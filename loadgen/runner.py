@@ -143,9 +143,7 @@ class LoadRun:
     def _dispatch(self) -> None:
         self._pending = 1  # the dispatcher itself, until every opener is out
         for spec in self.openers:
-            delay = spec.arrival - self.clock()
-            if delay > 0:
-                gevent.sleep(delay)
+            self._sleep_until(spec.arrival)
             self._launch(spec, spec.arrival)
         self._settle()
         self._idle.wait(timeout=max(0.0, self._worst_end() - self.clock()) + DRAIN_GRACE_S)
@@ -258,8 +256,15 @@ class LoadRun:
                 gevent.spawn_later(max(0.0, due - self.clock()), self._launch_later, nxt, due)
             )
 
+    def _sleep_until(self, t: float) -> None:
+        """Sleep until the run clock reads `t`: gevent's timers may wake a little early (its
+        loop caches the time), so sleep again for what is left."""
+        while (delay := t - self.clock()) > 0:
+            gevent.sleep(delay)
+
     def _launch_later(self, spec: RequestSpec, due: float) -> None:
         try:
+            self._sleep_until(due)
             self._launch(spec, due)
         finally:
             self._settle()

@@ -114,6 +114,8 @@ class ProbeResult:
     sent: int = 0  # requests, retries included
     rejected: int = 0  # of them answered 429 or 503
     learned: int = 0  # probes whose usage was learned from
+    prompt_tokens: int = 0  # what the server counted for them (its counters include these)
+    output_tokens: int = 0
 
 
 def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> ProbeResult:
@@ -142,6 +144,8 @@ def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> Prob
             time.sleep(min(call.retry_after_s or 0.5, 5.0))
         if record.status != "ok":
             return result
+        result.prompt_tokens += record.prompt_tokens or 0
+        result.output_tokens += record.output_tokens or 0
         if record.token_source == "usage":
             prompts.observe(sum(len(m["content"]) for m in messages), record)
             result.learned += 1

@@ -194,9 +194,16 @@ def test_telemetry_agrees_with_the_targets_own_counters(tmp_path: Path) -> None:
     prom = [s for s in samples if s["source"] == "prometheus"]
     assert len(prom) >= 5  # every 0.5 s over 3+ s
     final = prom[-1]["metrics"]  # taken after the last response
-    assert final["surgecast_request_success_total"] == sum(r.status == "ok" for r in records)
-    assert final["surgecast_generation_tokens_total"] == sum(r.output_tokens or 0 for r in records)
-    assert final["surgecast_prompt_tokens_total"] == sum(r.prompt_tokens or 0 for r in records)
+    probes = json.loads((out / "run.json").read_text())["sizing"]  # sent before the run
+    assert final["surgecast_request_success_total"] == (
+        sum(r.status == "ok" for r in records) + probes["learned"]
+    )
+    assert final["surgecast_generation_tokens_total"] == (
+        sum(r.output_tokens or 0 for r in records) + probes["output_tokens"]
+    )
+    assert final["surgecast_prompt_tokens_total"] == (
+        sum(r.prompt_tokens or 0 for r in records) + probes["prompt_tokens"]
+    )
     assert final["surgecast_num_requests_running"] == 0
     assert max(s["metrics"]["surgecast_num_requests_running"] for s in prom) >= 1
     # no GPU on this machine: the reason is recorded, the run goes on
