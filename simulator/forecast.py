@@ -92,6 +92,11 @@ class Forecaster:
         self.duration_s = self.config.duration_s
         self.progress = progress
         self.thresholds = scenario.thresholds()
+        self.persona_thresholds = scenario.persona_thresholds()
+        # every objective a fleet must meet, by name: the scenario's, then each persona's own
+        self.checks: dict[str, Threshold] = {str(t): t for t in self.thresholds}
+        for persona, own in self.persona_thresholds.items():
+            self.checks.update({f"{persona}: {t}": t for t in own})
         self.base_plan = build_plan(scenario, seed=scenario.traffic.seed)
         self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
@@ -100,7 +105,7 @@ class Forecaster:
     def evaluate(self, scale: float, replicas: int) -> Evaluation:
         k = min(replicas, self.config.slice_replicas)
         share = k / replicas
-        observed: dict[str, list[float]] = {str(t): [] for t in self.thresholds}
+        observed: dict[str, list[float]] = {name: [] for name in self.checks}
         ttft, e2e, tput, util = [], [], [], []
         warmup = WARMUP_FRACTION * self.duration_s
         for i, (cost, overhead) in enumerate(self.costs):
@@ -119,15 +124,27 @@ class Forecaster:
                 record_chunks="itl" in {t.metric for t in self.thresholds},
             )
             steady = [r for r in result.records if r.intended_start >= warmup]
-            summary = summarize(steady, self.thresholds, duration_s=self.duration_s - warmup)
+            summary = summarize(
+                steady, self.thresholds, self.duration_s - warmup, self.persona_thresholds
+            )
             for slo in summary.slos:
                 observed[str(slo.threshold)].append(slo.observed)
+            for persona, own in self.persona_thresholds.items():
+                if persona not in summary.by_persona:  # no request of it in the window
+                    continue
+                by_name = {str(r.threshold): r for r in summary.by_persona[persona].slos}
+                for t in own:
+                    observed[f"{persona}: {t}"].append(by_name[str(t)].observed)
             ttft.append(summary.metrics["ttft"].percentiles[95])
             e2e.append(summary.metrics["e2e"].percentiles[95])
             tput.append(summary.throughput / share)
             util.append(float(np.mean(result.busy_fraction)))
-        estimates = {name: Estimate.of(v) for name, v in observed.items()}
-        passed = all(_holds_for_every_seed(t, estimates[str(t)]) for t in self.thresholds)
+        estimates = {name: Estimate.of(v) for name, v in observed.items() if v}
+        passed = all(
+            _holds_for_every_seed(t, estimates[name])
+            for name, t in self.checks.items()
+            if name in estimates
+        )
         return Evaluation(
             replicas,
             passed,
