@@ -69,6 +69,7 @@ class Scheduler:
         self.kv = kv
         self.waiting: deque[Sequence] = deque()
         self.running: dict[Sequence, None] = {}  # admission order; the last is the newest
+        self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         seq.status = WAITING
@@ -88,6 +89,7 @@ class Scheduler:
         seq.recomputed_tokens += seq.num_computed_tokens
         seq.num_computed_tokens = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         seq.status = WAITING
         self.waiting.appendleft(seq)
 
