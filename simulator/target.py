@@ -23,7 +23,7 @@ from scenarios.text import count_tokens, output_word
 from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig, Sequence
 
-CATCH_UP_S = 0.005  # a step that overslept by less than this is absorbed, not accumulated
+CATCH_UP_S = 0.01  # a step that overslept by less than this is absorbed, not accumulated
 
 
 @dataclass
