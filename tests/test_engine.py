@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.engine import Engine, EngineConfig, Sequence, StepCost
+from simulator.engine import ContextStepCost, Engine, EngineConfig, Sequence, StepCost
 
 
 def test_step_cost_is_linear() -> None:
@@ -77,3 +77,34 @@ def test_abort_frees_reservation() -> None:
     eng.plan_step()
     eng.abort(s)
     assert eng.kv_used == 0 and not eng.has_work
+
+
+def test_context_cost_prices_the_kv_tokens_attended() -> None:
+    cost = ContextStepCost(0.01, 0.001, 0.0001, per_context_token_s=1e-5)
+    eng = Engine(EngineConfig(cost=cost))
+    a, b = Sequence("a", 100, 3), Sequence("b", 50, 3)
+    eng.add(a)
+    step = eng.plan_step()  # prefill a: 100 prompt tokens, 100 in context
+    assert step.context_tokens == 100
+    assert step.duration == pytest.approx(0.01 + 0.01 + 0.001)
+    eng.complete(step)
+    eng.add(b)
+    step = eng.plan_step()  # a decodes its 101st KV token; b prefills 50
+    assert step.context_tokens == 151
+    assert step.duration == pytest.approx(0.01 + 0.001 + 0.005 + 0.00151)
+
+
+def test_config_round_trips_and_old_files_load() -> None:
+    cfg = EngineConfig(block_size=32, enable_prefix_caching=True, cost=ContextStepCost())
+    assert EngineConfig.from_dict(cfg.to_dict()) == cfg
+    old = {  # a calibration file written before paged KV and chunked prefill
+        "max_num_seqs": 16,
+        "kv_cache_tokens": 4096,
+        "max_batched_tokens": 2048,
+        "cold_start_s": 0.0,
+        "overhead_s": 0.001,
+        "cost": {"base_s": 0.01, "per_decode_seq_s": 0.001, "per_prefill_token_s": 1e-5},
+    }
+    loaded = EngineConfig.from_dict(old)
+    assert loaded.cost == StepCost(0.01, 0.001, 1e-5) and loaded.num_blocks == 256
+    assert loaded.enable_chunked_prefill and not loaded.enable_prefix_caching
