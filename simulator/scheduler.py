@@ -32,6 +32,7 @@ class Sequence:
     status: int = WAITING
     num_scheduled: int = 0  # tokens computed in the step in flight
     num_blocks: int = 0  # KV blocks held (kept by the BlockManager)
+    next_stop: int = 0  # while decoding: the token count at which to finish or grow the KV
     cached_keys: list[BlockKey] = field(default_factory=list)
     prefix_keys: tuple[BlockKey, ...] | None = None  # full prefix blocks, worked out on admission
 
@@ -64,28 +65,47 @@ class Batch:
 
 
 class Scheduler:
+    """Running sequences are kept in two sets: those prefilling (a prompt, or a recompute, in
+    chunks) and those decoding. A decoding sequence costs a few operations a step; one that will
+    need another KV block for its next token is noted when it fills its last one."""
+
     def __init__(self, config: SchedulerConfig, kv: BlockManager):
         self.config = config
         self.kv = kv
         self.waiting: deque[Sequence] = deque()
         self.running: dict[Sequence, None] = {}  # admission order; the last is the newest
+        self.prefilling: dict[Sequence, None] = {}
+        self.decoding: dict[Sequence, None] = {}
         self.num_preemptions = 0
+        self._need_block: dict[Sequence, None] = {}  # decoding, their blocks full
+        self._decode_context = 0  # sum of prompt + generated over the decoding sequences
+        self._aborted = False  # a running sequence was aborted since the last update
 
     def add(self, seq: Sequence) -> None:
         seq.status = WAITING
         self.waiting.append(seq)
 
+    def _leave(self, seq: Sequence) -> None:
+        """Take a running sequence out of the running sets and free its blocks."""
+        del self.running[seq]
+        if seq in self.decoding:
+            del self.decoding[seq]
+            self._need_block.pop(seq, None)
+            self._decode_context -= seq.prompt_tokens + seq.generated
+        else:
+            del self.prefilling[seq]
+        self.kv.free(seq)
+
     def abort(self, seq: Sequence) -> None:
         if seq.status == RUNNING:
-            del self.running[seq]
-            self.kv.free(seq)
+            self._leave(seq)
+            self._aborted = True
         elif seq.status == WAITING:
             self.waiting.remove(seq)
         seq.status = ABORTED
 
     def _preempt(self, seq: Sequence) -> None:
-        del self.running[seq]
-        self.kv.free(seq)
+        self._leave(seq)
         seq.recomputed_tokens += seq.num_computed_tokens
         seq.num_computed_tokens = 0
         seq.num_preemptions += 1
@@ -93,44 +113,67 @@ class Scheduler:
         seq.status = WAITING
         self.waiting.appendleft(seq)
 
+    def _make_room(self, seq: Sequence, end: int, preempted: list[Sequence]) -> bool:
+        """Blocks for `seq` up to `end` tokens, preempting the newest running until they fit.
+
+        False when `seq` itself had to go (it was the newest left).
+        """
+        while not self.kv.allocate(seq, end):
+            victim = next(reversed(self.running))
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
     def schedule(self) -> Batch:
-        kv, bs = self.kv, self.kv.block_size
+        """Decoding sequences first (a token each), then prompt chunks in progress, then, if
+        nothing was preempted, admissions; all within the step's token budget."""
+        bs = self.kv.block_size
         budget = self.config.max_batched_tokens
-        prefill: list[Sequence] = []
-        decode: list[Sequence] = []
         preempted: list[Sequence] = []
+        decoding = self.decoding
+        decode_budget = min(len(decoding), budget)
+        budget -= decode_budget
+        if self._need_block:
+            for seq in list(self._need_block):
+                if seq.status == RUNNING and self._make_room(
+                    seq, seq.num_computed_tokens + 1, preempted
+                ):
+                    del self._need_block[seq]
+                    self._arm(seq)
+        prefill: list[Sequence] = []
         prefill_tokens = context = 0
-        order = list(self.running)
-        i = 0
-        while i < len(order) and budget > 0:
-            seq = order[i]
-            remaining = seq.prompt_tokens + seq.generated - seq.num_computed_tokens
-            n = remaining if remaining < budget else budget
-            end = seq.num_computed_tokens + n
-            if end > seq.num_blocks * bs:  # needs another block: preempt the newest until it fits
-                while not kv.allocate(seq, end):
-                    victim = order.pop()
-                    self._preempt(victim)
-                    preempted.append(victim)
-                    if victim is seq:
-                        break
-                if seq.status != RUNNING:
+        if self.prefilling:
+            for seq in list(self.prefilling):
+                if budget <= 0:
                     break
-            seq.num_scheduled = n
-            budget -= n
-            context += end
-            if remaining == 1 and seq.generated:
-                decode.append(seq)
-            else:
-                prefill.append(seq)
+                if seq.status != RUNNING:  # preempted making room for an older one
+                    continue
+                computed = seq.num_computed_tokens
+                remaining = seq.prompt_tokens + seq.generated - computed
+                n = remaining if remaining < budget else budget
+                end = computed + n
+                if end > seq.num_blocks * bs and not self._make_room(seq, end, preempted):
+                    break
+                seq.num_scheduled = n
+                budget -= n
                 prefill_tokens += n
-            i += 1
-        if not preempted:
+                context += end
+                prefill.append(seq)
+        if len(decoding) <= decode_budget:
+            decode = tuple(decoding)
+            context += self._decode_context
+        else:  # fewer tokens than decoding sequences: the oldest go
+            decode = tuple(decoding)[:decode_budget]
+            context += sum(s.prompt_tokens + s.generated for s in decode)
+        budget += decode_budget - len(decode)
+        if not preempted and self.waiting:
             n_admitted = self._admit(budget, prefill)
             for seq in prefill[len(prefill) - n_admitted :]:
                 prefill_tokens += seq.num_scheduled
                 context += seq.num_computed_tokens + seq.num_scheduled
-        return Batch(tuple(prefill), tuple(decode), prefill_tokens, context, tuple(preempted))
+        return Batch(tuple(prefill), decode, prefill_tokens, context, tuple(preempted))
 
     def _admit(self, budget: int, prefill: list[Sequence]) -> int:
         """Admit waiting sequences in order while they fit; returns how many were appended."""
@@ -140,11 +183,11 @@ class Scheduler:
             seq = waiting[0]
             hits: list[BlockKey] = []
             if kv.enable_prefix_caching and seq.prefix:
-                if seq.prefix_keys is None:
-                    seq.prefix_keys = prefix_block_keys(
-                        seq.prefix, kv.block_size, seq.prompt_tokens
-                    )
-                hits = kv.cached_run(seq.prefix_keys)
+                keys = seq.prefix_keys
+                if keys is None:
+                    keys = prefix_block_keys(seq.prefix, kv.block_size, seq.prompt_tokens)
+                    seq.prefix_keys = keys
+                hits = kv.cached_run(keys)
                 while hits and len(hits) * kv.block_size >= seq.num_tokens:
                     hits.pop()  # compute at least the last token, to sample from it
             cached = len(hits) * kv.block_size
@@ -160,32 +203,61 @@ class Scheduler:
             seq.cached_prompt_tokens += cached
             seq.num_scheduled = n
             self.running[seq] = None
+            self.prefilling[seq] = None
             prefill.append(seq)
             budget -= n
             admitted += 1
         return admitted
 
+    def _finish(self, seq: Sequence, finished: list[Sequence]) -> None:
+        seq.status = FINISHED
+        self._leave(seq)
+        finished.append(seq)
+
+    def _arm(self, seq: Sequence) -> None:
+        """Set when a decoding sequence next needs attention: at its last token, or when its
+        next token's KV needs a block it does not hold (generated = blocks x size - prompt + 1)."""
+        grow_at = seq.num_blocks * self.kv.block_size - seq.prompt_tokens + 1
+        if grow_at <= seq.generated:
+            self._need_block[seq] = None
+            seq.next_stop = seq.max_tokens
+        else:
+            seq.next_stop = seq.max_tokens if seq.max_tokens < grow_at else grow_at
+
     def update(
         self, prefill: tuple[Sequence, ...], decode: tuple[Sequence, ...]
     ) -> tuple[list[Sequence], list[Sequence]]:
         """Apply a computed batch: (sequences that gained a token, those that finished)."""
-        emitted: list[Sequence] = []
+        if self._aborted:  # some left while the step ran
+            prefill = tuple(s for s in prefill if s.status == RUNNING)
+            decode = tuple(s for s in decode if s.status == RUNNING)
+            self._aborted = False
         finished: list[Sequence] = []
+        self._decode_context += len(decode)
+        for seq in decode:  # one token each
+            seq.num_computed_tokens += 1
+            generated = seq.generated = seq.generated + 1
+            if generated >= seq.next_stop:
+                if generated >= seq.max_tokens:
+                    self._finish(seq, finished)
+                else:
+                    self._need_block[seq] = None
+                    seq.next_stop = seq.max_tokens
+        emitted = list(decode)
         kv = self.kv
-        for part in (prefill, decode):
-            for seq in part:
-                if seq.status != RUNNING:  # aborted while the step ran
-                    continue
-                seq.num_computed_tokens += seq.num_scheduled
-                if seq.prefix_keys and len(seq.cached_keys) < len(seq.prefix_keys):
-                    kv.register(seq, seq.prefix_keys, seq.num_computed_tokens)
-                if seq.num_computed_tokens < seq.prompt_tokens + seq.generated:
-                    continue  # a chunk of a prompt: no token yet
-                seq.generated += 1
-                emitted.append(seq)
-                if seq.generated >= seq.max_tokens:
-                    seq.status = FINISHED
-                    del self.running[seq]
-                    kv.free(seq)
-                    finished.append(seq)
+        for seq in prefill:
+            seq.num_computed_tokens += seq.num_scheduled
+            if seq.prefix_keys and len(seq.cached_keys) < len(seq.prefix_keys):
+                kv.register(seq, seq.prefix_keys, seq.num_computed_tokens)
+            if seq.num_computed_tokens < seq.prompt_tokens + seq.generated:
+                continue  # a chunk of a prompt: no token yet
+            seq.generated += 1
+            emitted.append(seq)
+            if seq.generated >= seq.max_tokens:
+                self._finish(seq, finished)
+                continue
+            del self.prefilling[seq]
+            self.decoding[seq] = None
+            self._decode_context += seq.prompt_tokens + seq.generated
+            self._arm(seq)
         return emitted, finished

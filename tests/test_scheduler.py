@@ -37,7 +37,7 @@ def test_decode_tokens_count_against_the_budget() -> None:
     assert _run(eng, 1) == [(10, 0, ["a"])]
     eng.add(Sequence("b", 1000, 1))
     # a decodes one token a step; b's prompt gets what is left: 255 x 3, then 235
-    assert _run(eng) == [(255, 1, ["a"]), (255, 1, ["a"]), (255, 1, ["a"]), (235, 1, ["b", "a"])]
+    assert _run(eng) == [(255, 1, ["a"]), (255, 1, ["a"]), (255, 1, ["a"]), (235, 1, ["a", "b"])]
 
 
 def test_without_chunked_prefill_a_long_prompt_goes_whole() -> None:
