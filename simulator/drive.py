@@ -42,6 +42,9 @@ class Hook(Generic[T]):
     def add_listener(self, listener: Callable[[T, float], None]) -> None:
         self._listeners.append(listener)
 
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
     def fire(self, subject: T, now: float) -> None:
         for listener in self._listeners:
             listener(subject, now)
@@ -95,29 +98,33 @@ class DriveLoop:
             self.engine.abort(seq)
             self.events.abort.fire(seq, self._now())
 
-    def _expire(self) -> None:
-        now, heap = self._now(), self._deadlines
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
         while heap and heap[0][0] <= now:
             self.abort(heapq.heappop(heap)[2])
 
     def run(self) -> Generator[Command, None, None]:
-        engine, events = self.engine, self.events
+        engine, events, clock = self.engine, self.events, self._now
         if self._cold:
             yield Sleep(engine.config.cold_start_s)
             self.ready = True
+        deadlines, running, waiting = self._deadlines, engine.running, engine.waiting
+        now = clock()
         while True:
-            if self._deadlines:
-                self._expire()
-            if not engine.has_work:
+            if deadlines and deadlines[0][0] <= now:
+                self._expire(now)
+            if not running and not waiting:
                 yield WAIT_FOR_WORK
+                now = clock()
                 continue
             step = engine.plan_step()
             yield Sleep(step.duration)
             self.steps += 1
             self.busy_s += step.duration
             emitted, finished = engine.complete_step(step)
-            now = self._now()
+            now = clock()
             events.token.fire_each(emitted, now)
             if finished:
                 events.finish.fire_each(finished, now)
-            events.step.fire(step, now)
+            if events.step:
+                events.step.fire(step, now)

@@ -13,7 +13,7 @@ from typing import Any
 
 from scenarios.spec import ReferenceTarget
 from simulator.kvcache import BlockManager
-from simulator.scheduler import Scheduler, SchedulerConfig, Sequence
+from simulator.scheduler import Scheduler, SchedulerConfig, Sequence, Step
 from simulator.stepcost import ContextStepCost, CostModel, StepCost, StepCostModel, cost_from_dict
 
 __all__ = [
@@ -57,20 +57,6 @@ class EngineConfig:
         return replace(
             self, cost=cost, overhead_s=self.overhead_s if overhead_s is None else overhead_s
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    prefill: tuple[Sequence, ...]  # sequences computing prompt tokens (a chunk or the whole)
-    decode: tuple[Sequence, ...]  # sequences computing one token after their first
-    duration: float
-    prefill_tokens: int = 0
-    context_tokens: int = 0
-    preempted: tuple[Sequence, ...] = ()  # preempted while planning this step
-
-    @property
-    def sequences(self) -> tuple[Sequence, ...]:
-        return self.prefill + self.decode
 
 
 class Engine:
@@ -119,9 +105,11 @@ class Engine:
         return len(self.running) + len(self.waiting)
 
     def plan_step(self) -> Step:
-        b = self.scheduler.schedule()
-        duration = self._cost.duration(len(b.decode), b.prefill_tokens, b.context_tokens)
-        return Step(b.prefill, b.decode, duration, b.prefill_tokens, b.context_tokens, b.preempted)
+        step = self.scheduler.schedule()
+        step.duration = self._cost.duration(
+            len(step.decode), step.prefill_tokens, step.context_tokens
+        )
+        return step
 
     def complete_step(self, step: Step) -> tuple[list[Sequence], list[Sequence]]:
         """Apply a step: (sequences that gained a token, those that reached max_tokens)."""

@@ -100,6 +100,17 @@ class BlockManager:
             del self._refs[key]
         return True
 
+    def append_block(self, seq: Holder) -> bool:
+        """One more block for `seq` (a decoding sequence's next token), if any is free."""
+        if self.num_free == 0:
+            return False
+        self.num_free -= 1
+        seq.num_blocks += 1
+        if len(self._evictable) > self.num_free:
+            key, _ = self._evictable.popitem(last=False)
+            del self._refs[key]
+        return True
+
     def register(self, seq: Holder, keys: Sequence[BlockKey], computed_tokens: int) -> None:
         """Offer `seq`'s computed full prefix blocks (keys past its cached run) to the cache.
 

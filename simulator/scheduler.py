@@ -1,40 +1,96 @@
 """Batch scheduling as vLLM's V1 scheduler does it: one token budget per step, running first.
 
-Each step, the running sequences are served first, in admission order: one token each while
-decoding, or the next chunk of a prompt still prefilling. When the KV cache cannot hold a running
-sequence's next tokens, the newest running sequence is preempted (its blocks freed, back to the
-front of the queue, to recompute its prompt and generated tokens later). If nothing was preempted,
-waiting sequences are then admitted in order while `max_num_seqs`, the token budget and the KV
-cache allow. A sequence gains a token in the step that computes its last uncomputed token.
+Each step, every decoding sequence gets one token, then prompts still prefilling get their next
+chunk, in admission order, within the step's token budget (decode tokens count against it; as
+vLLM requires max_num_batched_tokens >= max_num_seqs, the decoding sequences always fit). When
+the KV cache cannot hold a running sequence's next tokens, the newest running sequence is
+preempted (its blocks freed, back to the front of the queue, to recompute its prompt and generated
+tokens later). If nothing was preempted, waiting sequences are then admitted in order while
+`max_num_seqs`, the budget and the KV cache allow. A sequence gains a token in the step that
+computes its last uncomputed token.
+
+Decoding costs nothing per sequence and step: a decoding sequence's token count follows a step
+counter, and the scheduler wakes it only at the step it finishes or needs another KV block.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from simulator.kvcache import BlockKey, BlockManager, prefix_block_keys
 
 WAITING, RUNNING, FINISHED, ABORTED = range(4)
 
 
-@dataclass(eq=False, slots=True)
+class StepCounter:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class Sequence:
-    id: str
-    prompt_tokens: int
-    max_tokens: int
-    prefix: tuple[tuple[int, int], ...] = ()  # (hash, tokens) segments, as in RequestSpec
-    generated: int = 0
-    num_computed_tokens: int = 0  # tokens whose KV is in the cache
-    num_preemptions: int = 0
-    recomputed_tokens: int = 0  # computed tokens whose KV a preemption discarded
-    cached_prompt_tokens: int = 0  # prompt tokens found in the prefix cache, over admissions
-    status: int = WAITING
-    num_scheduled: int = 0  # tokens computed in the step in flight
-    num_blocks: int = 0  # KV blocks held (kept by the BlockManager)
-    next_stop: int = 0  # while decoding: the token count at which to finish or grow the KV
-    cached_keys: list[BlockKey] = field(default_factory=list)
-    prefix_keys: tuple[BlockKey, ...] | None = None  # full prefix blocks, worked out on admission
+    """One request inside an engine. Identity is the object (hashable, compared by identity)."""
+
+    __slots__ = (
+        "_clock",
+        "_computed",
+        "_generated",
+        "_since",
+        "_wake_version",
+        "cached_keys",
+        "cached_prompt_tokens",
+        "id",
+        "max_tokens",
+        "num_blocks",
+        "num_preemptions",
+        "num_scheduled",
+        "prefix",
+        "prefix_keys",
+        "prompt_tokens",
+        "recomputed_tokens",
+        "status",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        prefix: tuple[tuple[int, int], ...] = (),  # (hash, tokens) segments, as in RequestSpec
+    ):
+        self.id = id
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.prefix = prefix
+        self.num_preemptions = 0
+        self.recomputed_tokens = 0  # computed tokens whose KV a preemption discarded
+        self.cached_prompt_tokens = 0  # prompt tokens found in the prefix cache, over admissions
+        self.status = WAITING
+        self.num_scheduled = 0  # tokens computed in the step in flight
+        self.num_blocks = 0  # KV blocks held (kept by the BlockManager)
+        self.cached_keys: list[BlockKey] = []
+        self.prefix_keys: tuple[BlockKey, ...] | None = None  # full prefix blocks
+        self._generated = 0
+        self._computed = 0
+        self._clock: StepCounter | None = None  # while decoding: generated follows it
+        self._since = 0
+        self._wake_version = 0
+
+    @property
+    def generated(self) -> int:
+        """Output tokens so far."""
+        if self._clock is None:
+            return self._generated
+        return self._generated + self._clock.n - self._since
+
+    @property
+    def num_computed_tokens(self) -> int:
+        """Tokens whose KV is in the cache (while decoding: all but the newest token)."""
+        if self._clock is None:
+            return self._computed
+        return self.prompt_tokens + self.generated - 1
 
     @property
     def kv_tokens(self) -> int:
@@ -45,6 +101,12 @@ class Sequence:
     def num_tokens(self) -> int:
         return self.prompt_tokens + self.generated
 
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.id!r}, prompt {self.prompt_tokens}, "
+            f"generated {self.generated}/{self.max_tokens})"
+        )
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -53,21 +115,27 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What one step computes: `num_scheduled` tokens of each sequence (kept on the sequence)."""
+@dataclass(slots=True)
+class Step:
+    """What one step computes: `num_scheduled` tokens of each prefill, one of each decode; the
+    engine prices it (`duration`, seconds)."""
 
-    prefill: tuple[Sequence, ...]
-    decode: tuple[Sequence, ...]
-    prefill_tokens: int
-    context_tokens: int  # KV tokens the step attends over, summed over its sequences
-    preempted: tuple[Sequence, ...] = ()
+    prefill: tuple[Sequence, ...]  # sequences computing prompt tokens (a chunk or the whole)
+    decode: tuple[Sequence, ...]  # sequences computing one token after their first
+    duration: float = 0.0
+    prefill_tokens: int = 0
+    context_tokens: int = 0  # KV tokens the step attends over, summed over its sequences
+    preempted: tuple[Sequence, ...] = ()  # preempted while planning this step
+
+    @property
+    def sequences(self) -> tuple[Sequence, ...]:
+        return self.prefill + self.decode
 
 
 class Scheduler:
     """Running sequences are kept in two sets: those prefilling (a prompt, or a recompute, in
-    chunks) and those decoding. A decoding sequence costs a few operations a step; one that will
-    need another KV block for its next token is noted when it fills its last one."""
+    chunks) and those decoding; a decoding one is woken (`_wakes`) at the step it finishes or
+    fills its last KV block."""
 
     def __init__(self, config: SchedulerConfig, kv: BlockManager):
         self.config = config
@@ -77,6 +145,8 @@ class Scheduler:
         self.prefilling: dict[Sequence, None] = {}
         self.decoding: dict[Sequence, None] = {}
         self.num_preemptions = 0
+        self.steps = StepCounter()  # updates applied
+        self._wakes: dict[int, list[tuple[Sequence, int]]] = {}  # step -> (sequence, version)
         self._need_block: dict[Sequence, None] = {}  # decoding, their blocks full
         self._decode_context = 0  # sum of prompt + generated over the decoding sequences
         self._aborted = False  # a running sequence was aborted since the last update
@@ -85,13 +155,44 @@ class Scheduler:
         seq.status = WAITING
         self.waiting.append(seq)
 
+    def _start_decoding(self, seq: Sequence) -> None:
+        seq._clock, seq._since = self.steps, self.steps.n
+        self.decoding[seq] = None
+        self._decode_context += seq.prompt_tokens + seq._generated
+        self._arm(seq)
+
+    def _stop_decoding(self, seq: Sequence) -> None:
+        generated = seq.generated
+        seq._generated, seq._computed = generated, seq.prompt_tokens + generated - 1
+        seq._clock = None
+        seq._wake_version += 1
+        del self.decoding[seq]
+        self._need_block.pop(seq, None)
+        self._decode_context -= seq.prompt_tokens + generated
+
+    def _arm(self, seq: Sequence) -> None:
+        """Wake a decoding sequence at its last token, or when its next token's KV needs a block
+        it does not hold (at generated = blocks x block size - prompt + 1)."""
+        steps = self.steps.n
+        generated = seq._generated + steps - seq._since  # decoding: follows the step counter
+        grow_at = seq.num_blocks * self.kv.block_size - seq.prompt_tokens + 1
+        if grow_at <= generated:
+            self._need_block[seq] = None
+            return
+        at = seq.max_tokens if seq.max_tokens < grow_at else grow_at
+        seq._wake_version += 1
+        step = steps + at - generated
+        wakes = self._wakes.get(step)
+        if wakes is None:
+            self._wakes[step] = [(seq, seq._wake_version)]
+        else:
+            wakes.append((seq, seq._wake_version))
+
     def _leave(self, seq: Sequence) -> None:
         """Take a running sequence out of the running sets and free its blocks."""
         del self.running[seq]
-        if seq in self.decoding:
-            del self.decoding[seq]
-            self._need_block.pop(seq, None)
-            self._decode_context -= seq.prompt_tokens + seq.generated
+        if seq._clock is not None:
+            self._stop_decoding(seq)
         else:
             del self.prefilling[seq]
         self.kv.free(seq)
@@ -106,8 +207,8 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self._leave(seq)
-        seq.recomputed_tokens += seq.num_computed_tokens
-        seq.num_computed_tokens = 0
+        seq.recomputed_tokens += seq._computed
+        seq._computed = 0
         seq.num_preemptions += 1
         self.num_preemptions += 1
         seq.status = WAITING
@@ -126,22 +227,20 @@ class Scheduler:
                 return False
         return True
 
-    def schedule(self) -> Batch:
-        """Decoding sequences first (a token each), then prompt chunks in progress, then, if
-        nothing was preempted, admissions; all within the step's token budget."""
+    def schedule(self) -> Step:
+        """Decoding sequences (a token each), prompt chunks in progress, then, if nothing was
+        preempted, admissions; within the step's token budget."""
         bs = self.kv.block_size
-        budget = self.config.max_batched_tokens
         preempted: list[Sequence] = []
-        decoding = self.decoding
-        decode_budget = min(len(decoding), budget)
-        budget -= decode_budget
         if self._need_block:
-            for seq in list(self._need_block):
-                if seq.status == RUNNING and self._make_room(
-                    seq, seq.num_computed_tokens + 1, preempted
+            kv, need = self.kv, self._need_block
+            for seq in list(need):
+                if seq.status == RUNNING and (
+                    kv.append_block(seq) or self._make_room(seq, seq.num_tokens, preempted)
                 ):
-                    del self._need_block[seq]
+                    del need[seq]
                     self._arm(seq)
+        budget = self.config.max_batched_tokens - len(self.decoding)
         prefill: list[Sequence] = []
         prefill_tokens = context = 0
         if self.prefilling:
@@ -150,8 +249,8 @@ class Scheduler:
                     break
                 if seq.status != RUNNING:  # preempted making room for an older one
                     continue
-                computed = seq.num_computed_tokens
-                remaining = seq.prompt_tokens + seq.generated - computed
+                computed = seq._computed
+                remaining = seq.prompt_tokens + seq._generated - computed
                 n = remaining if remaining < budget else budget
                 end = computed + n
                 if end > seq.num_blocks * bs and not self._make_room(seq, end, preempted):
@@ -161,19 +260,21 @@ class Scheduler:
                 prefill_tokens += n
                 context += end
                 prefill.append(seq)
-        if len(decoding) <= decode_budget:
-            decode = tuple(decoding)
-            context += self._decode_context
-        else:  # fewer tokens than decoding sequences: the oldest go
-            decode = tuple(decoding)[:decode_budget]
-            context += sum(s.prompt_tokens + s.generated for s in decode)
-        budget += decode_budget - len(decode)
-        if not preempted and self.waiting:
+        decode = tuple(self.decoding)
+        context += self._decode_context
+        if not preempted and self.waiting and len(self.running) < self.config.max_num_seqs:
             n_admitted = self._admit(budget, prefill)
             for seq in prefill[len(prefill) - n_admitted :]:
                 prefill_tokens += seq.num_scheduled
-                context += seq.num_computed_tokens + seq.num_scheduled
-        return Batch(tuple(prefill), decode, prefill_tokens, context, tuple(preempted))
+                context += seq._computed + seq.num_scheduled
+        return Step(
+            tuple(prefill) if prefill else (),
+            decode,
+            0.0,
+            prefill_tokens,
+            context,
+            tuple(preempted) if preempted else (),
+        )
 
     def _admit(self, budget: int, prefill: list[Sequence]) -> int:
         """Admit waiting sequences in order while they fit; returns how many were appended."""
@@ -199,7 +300,7 @@ class Scheduler:
                 break
             waiting.popleft()
             seq.status = RUNNING
-            seq.num_computed_tokens = cached
+            seq._computed = cached
             seq.cached_prompt_tokens += cached
             seq.num_scheduled = n
             self.running[seq] = None
@@ -214,16 +315,6 @@ class Scheduler:
         self._leave(seq)
         finished.append(seq)
 
-    def _arm(self, seq: Sequence) -> None:
-        """Set when a decoding sequence next needs attention: at its last token, or when its
-        next token's KV needs a block it does not hold (generated = blocks x size - prompt + 1)."""
-        grow_at = seq.num_blocks * self.kv.block_size - seq.prompt_tokens + 1
-        if grow_at <= seq.generated:
-            self._need_block[seq] = None
-            seq.next_stop = seq.max_tokens
-        else:
-            seq.next_stop = seq.max_tokens if seq.max_tokens < grow_at else grow_at
-
     def update(
         self, prefill: tuple[Sequence, ...], decode: tuple[Sequence, ...]
     ) -> tuple[list[Sequence], list[Sequence]]:
@@ -233,31 +324,30 @@ class Scheduler:
             decode = tuple(s for s in decode if s.status == RUNNING)
             self._aborted = False
         finished: list[Sequence] = []
+        self.steps.n += 1  # every decoding sequence gains its token
         self._decode_context += len(decode)
-        for seq in decode:  # one token each
-            seq.num_computed_tokens += 1
-            generated = seq.generated = seq.generated + 1
-            if generated >= seq.next_stop:
-                if generated >= seq.max_tokens:
+        emitted = list(decode)
+        wakes = self._wakes.pop(self.steps.n, None)
+        if wakes:
+            for seq, version in wakes:
+                if seq._wake_version != version:
+                    continue  # preempted, aborted or re-armed since
+                if seq.generated >= seq.max_tokens:
                     self._finish(seq, finished)
                 else:
                     self._need_block[seq] = None
-                    seq.next_stop = seq.max_tokens
-        emitted = list(decode)
         kv = self.kv
         for seq in prefill:
-            seq.num_computed_tokens += seq.num_scheduled
+            seq._computed += seq.num_scheduled
             if seq.prefix_keys and len(seq.cached_keys) < len(seq.prefix_keys):
-                kv.register(seq, seq.prefix_keys, seq.num_computed_tokens)
-            if seq.num_computed_tokens < seq.prompt_tokens + seq.generated:
+                kv.register(seq, seq.prefix_keys, seq._computed)
+            if seq._computed < seq.prompt_tokens + seq._generated:
                 continue  # a chunk of a prompt: no token yet
-            seq.generated += 1
+            seq._generated += 1
             emitted.append(seq)
-            if seq.generated >= seq.max_tokens:
+            if seq._generated >= seq.max_tokens:
                 self._finish(seq, finished)
                 continue
             del self.prefilling[seq]
-            self.decoding[seq] = None
-            self._decode_context += seq.prompt_tokens + seq.generated
-            self._arm(seq)
+            self._start_decoding(seq)
         return emitted, finished
