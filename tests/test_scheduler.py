@@ -90,3 +90,41 @@ def test_random_load_conserves_tokens_and_blocks() -> None:
     assert eng.scheduler.num_preemptions > 0 and recomputed > 0
     assert computed == sum(s.prompt_tokens + s.max_tokens - 1 for s in seqs) + recomputed
     assert eng.kv.num_free == cfg.num_blocks
+
+
+def test_abort_while_a_step_runs_drops_its_token_and_frees_its_blocks() -> None:
+    eng = Engine(EngineConfig(kv_cache_tokens=160, block_size=16))
+    a, b = Sequence("a", 20, 10), Sequence("b", 20, 10)
+    eng.add(a)
+    eng.add(b)
+    eng.complete(eng.plan_step())  # both prefilled: one token each, 2 blocks each
+    assert (a.generated, a.num_computed_tokens, a.num_blocks) == (1, 20, 2)
+    step = eng.plan_step()
+    eng.abort(b)  # the client left while the step ran
+    emitted, _ = eng.complete_step(step)
+    assert emitted == [a] and (a.generated, a.num_computed_tokens) == (2, 21)
+    assert b.generated == 1 and b.num_blocks == 0 and eng.kv.num_used == 2
+    steps = _run(eng)
+    assert len(steps) == 8 and a.generated == 10 and eng.kv.num_free == 10
+
+
+def test_random_aborts_leave_nothing_behind() -> None:
+    rng = np.random.default_rng(8)
+    cfg = EngineConfig(max_num_seqs=8, kv_cache_tokens=512, block_size=16, max_batched_tokens=64)
+    eng = Engine(cfg)
+    seqs = [
+        Sequence(f"s{i}", int(rng.integers(1, 100)), int(rng.integers(1, 60))) for i in range(100)
+    ]
+    for s in seqs:
+        eng.add(s)
+    aborted: set[str] = set()
+    while eng.has_work:
+        step = eng.plan_step()
+        for s in step.sequences:
+            if rng.random() < 0.01:
+                eng.abort(s)
+                aborted.add(s.id)
+        emitted, _ = eng.complete_step(step)
+        assert aborted.isdisjoint(s.id for s in emitted)
+    assert eng.scheduler.num_preemptions > 0 and eng.kv.num_free == cfg.num_blocks
+    assert all(s.generated == s.max_tokens for s in seqs if s.id not in aborted)
