@@ -42,10 +42,9 @@ class Replica:
         return self.loop.busy_s
 
     def submit(self, seq: Seq) -> None:
-        timeout = self._timeout_s
-        deadline = (
-            None if timeout is None else self.env.now - self.engine.config.overhead_s + timeout
-        )
+        deadline = None
+        if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
+            deadline = self.env.now - self.engine.config.overhead_s + self._timeout_s
         self.loop.submit(seq, deadline)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()

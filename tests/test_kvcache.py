@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from simulator.engine import Engine, EngineConfig, Sequence
+import pytest
+
+from scenarios.plan import RequestSpec
+from simulator.engine import Engine, EngineConfig, Sequence, StepCost
 from simulator.kvcache import BlockManager, prefix_block_keys
+from simulator.sim import simulate
 
 
 def test_blocks_grow_as_tokens_are_computed_and_are_freed_at_the_end() -> None:
@@ -86,3 +90,18 @@ def test_block_manager_is_all_or_nothing() -> None:
     assert not kv.allocate(t, 8) and t.num_blocks == 0 and kv.num_free == 1
     kv.free(s)
     assert kv.num_free == 3 and kv.allocate(t, 12) and kv.num_free == 0
+
+
+def test_the_simulator_skips_cached_prefill_of_a_plans_shared_prefix() -> None:
+    """10 ms a step + 1 ms a prefilled token; b finds a's 64-token prefix cached after a ended."""
+    config = EngineConfig(enable_prefix_caching=True, cost=StepCost(0.01, 0.0, 0.001))
+    system = ((42, 64),)
+    plan = [
+        RequestSpec("a", 0.0, 100, 1, prefix=system),
+        RequestSpec("b", 1.0, 100, 1, prefix=system),
+    ]
+    a, b = simulate(plan, config).records
+    assert a.first_token == pytest.approx(0.01 + 0.100)
+    assert b.first_token == pytest.approx(1.0 + 0.01 + 0.036)
+    off = simulate(plan, EngineConfig(cost=StepCost(0.01, 0.0, 0.001))).records[1]
+    assert off.first_token == pytest.approx(1.0 + 0.01 + 0.100)
