@@ -37,21 +37,18 @@ class Hook(Generic[T]):
     """Listeners of one kind of event, each called with (subject, clock time)."""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[T, float], None]] = []
+        self.listeners: list[Callable[[T, float], None]] = []
 
     def add_listener(self, listener: Callable[[T, float], None]) -> None:
-        self._listeners.append(listener)
-
-    def __bool__(self) -> bool:
-        return bool(self._listeners)
+        self.listeners.append(listener)
 
     def fire(self, subject: T, now: float) -> None:
-        for listener in self._listeners:
+        for listener in self.listeners:
             listener(subject, now)
 
     def fire_each(self, subjects: list[T], now: float) -> None:
-        """`fire` for each subject in turn (one call here per step, for speed)."""
-        for listener in self._listeners:
+        """`fire` for each subject in turn."""
+        for listener in self.listeners:
             for subject in subjects:
                 listener(subject, now)
 
@@ -109,6 +106,7 @@ class DriveLoop:
             yield Sleep(engine.config.cold_start_s)
             self.ready = True
         deadlines, running, waiting = self._deadlines, engine.running, engine.waiting
+        on_token, on_step = events.token.listeners, events.step.listeners
         now = clock()
         while True:
             if deadlines and deadlines[0][0] <= now:
@@ -123,8 +121,10 @@ class DriveLoop:
             self.busy_s += step.duration
             emitted, finished = engine.complete_step(step)
             now = clock()
-            events.token.fire_each(emitted, now)
+            for listener in on_token:
+                for seq in emitted:
+                    listener(seq, now)
             if finished:
                 events.finish.fire_each(finished, now)
-            if events.step:
+            if on_step:
                 events.step.fire(step, now)

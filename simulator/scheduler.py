@@ -38,7 +38,7 @@ class Sequence:
         "_computed",
         "_generated",
         "_since",
-        "_wake_version",
+        "_wake_at",
         "cached_keys",
         "cached_prompt_tokens",
         "id",
@@ -76,7 +76,7 @@ class Sequence:
         self._computed = 0
         self._clock: StepCounter | None = None  # while decoding: generated follows it
         self._since = 0
-        self._wake_version = 0
+        self._wake_at = -1  # while decoding: the step it is next woken at
 
     @property
     def generated(self) -> int:
@@ -146,7 +146,7 @@ class Scheduler:
         self.decoding: dict[Sequence, None] = {}
         self.num_preemptions = 0
         self.steps = StepCounter()  # updates applied
-        self._wakes: dict[int, list[tuple[Sequence, int]]] = {}  # step -> (sequence, version)
+        self._wakes: dict[int, list[Sequence]] = {}  # step -> sequences to wake then
         self._need_block: dict[Sequence, None] = {}  # decoding, their blocks full
         self._decode_context = 0  # sum of prompt + generated over the decoding sequences
         self._aborted = False  # a running sequence was aborted since the last update
@@ -156,37 +156,41 @@ class Scheduler:
         self.waiting.append(seq)
 
     def _start_decoding(self, seq: Sequence) -> None:
-        seq._clock, seq._since = self.steps, self.steps.n
+        steps = self.steps.n
+        seq._clock, seq._since = self.steps, steps
         self.decoding[seq] = None
         self._decode_context += seq.prompt_tokens + seq._generated
-        self._arm(seq)
+        self._arm(seq, seq._generated, steps)
 
     def _stop_decoding(self, seq: Sequence) -> None:
         generated = seq.generated
         seq._generated, seq._computed = generated, seq.prompt_tokens + generated - 1
         seq._clock = None
-        seq._wake_version += 1
+        seq._wake_at = -1
         del self.decoding[seq]
         self._need_block.pop(seq, None)
         self._decode_context -= seq.prompt_tokens + generated
 
-    def _arm(self, seq: Sequence) -> None:
+    def _arm(self, seq: Sequence, generated: int, steps: int) -> None:
         """Wake a decoding sequence at its last token, or when its next token's KV needs a block
-        it does not hold (at generated = blocks x block size - prompt + 1)."""
-        steps = self.steps.n
-        generated = seq._generated + steps - seq._since  # decoding: follows the step counter
-        grow_at = seq.num_blocks * self.kv.block_size - seq.prompt_tokens + 1
+        it does not hold (at generated = blocks x block size - prompt + 1). A block it needs now
+        is taken if free; if not, the next `schedule` makes room."""
+        kv = self.kv
+        bs = kv.block_size
+        grow_at = seq.num_blocks * bs - seq.prompt_tokens + 1
         if grow_at <= generated:
-            self._need_block[seq] = None
-            return
-        at = seq.max_tokens if seq.max_tokens < grow_at else grow_at
-        seq._wake_version += 1
-        step = steps + at - generated
+            if not kv.append_block(seq):
+                self._need_block[seq] = None
+                seq._wake_at = -1
+                return
+            grow_at += bs
+        step = steps + (seq.max_tokens if seq.max_tokens < grow_at else grow_at) - generated
+        seq._wake_at = step
         wakes = self._wakes.get(step)
         if wakes is None:
-            self._wakes[step] = [(seq, seq._wake_version)]
+            self._wakes[step] = [seq]
         else:
-            wakes.append((seq, seq._wake_version))
+            wakes.append(seq)
 
     def _leave(self, seq: Sequence) -> None:
         """Take a running sequence out of the running sets and free its blocks."""
@@ -239,7 +243,7 @@ class Scheduler:
                     kv.append_block(seq) or self._make_room(seq, seq.num_tokens, preempted)
                 ):
                     del need[seq]
-                    self._arm(seq)
+                    self._arm(seq, seq.generated, self.steps.n)
         budget = self.config.max_batched_tokens - len(self.decoding)
         prefill: list[Sequence] = []
         prefill_tokens = context = 0
@@ -327,15 +331,17 @@ class Scheduler:
         self.steps.n += 1  # every decoding sequence gains its token
         self._decode_context += len(decode)
         emitted = list(decode)
-        wakes = self._wakes.pop(self.steps.n, None)
+        steps = self.steps.n
+        wakes = self._wakes.pop(steps, None)
         if wakes:
-            for seq, version in wakes:
-                if seq._wake_version != version:
+            for seq in wakes:
+                if seq._wake_at != steps:
                     continue  # preempted, aborted or re-armed since
-                if seq.generated >= seq.max_tokens:
+                generated = seq._generated + steps - seq._since
+                if generated >= seq.max_tokens:
                     self._finish(seq, finished)
                 else:
-                    self._need_block[seq] = None
+                    self._arm(seq, generated, steps)
         kv = self.kv
         for seq in prefill:
             seq._computed += seq.num_scheduled

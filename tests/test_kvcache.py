@@ -52,8 +52,9 @@ def test_a_shared_prefix_is_prefilled_once() -> None:
     assert _prefill_tokens_of(eng, a) == 100
     b = Sequence("b", 80, 50, system)
     assert _prefill_tokens_of(eng, b) == 16 and b.cached_prompt_tokens == 64
-    # b holds a's 4 prefix blocks, ref-counted, and one of its own for tokens 64-79
-    assert len(a.cached_keys) == 4 and b.cached_keys == a.cached_keys and b.num_blocks == 5
+    # b holds a's 4 prefix blocks, ref-counted, one of its own for tokens 64-79, and (its
+    # blocks being full) one for its next token's KV
+    assert len(a.cached_keys) == 4 and b.cached_keys == a.cached_keys and b.num_blocks == 6
     c = Sequence("c", 100, 50, ((222, 64),))  # another chain shares nothing
     assert _prefill_tokens_of(eng, c) == 100 and c.cached_prompt_tokens == 0
     assert set(c.cached_keys).isdisjoint(a.cached_keys) and c.num_blocks == 7
