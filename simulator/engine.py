@@ -33,7 +33,7 @@ class EngineConfig:
     kv_cache_tokens: int = (
         65536  # KV capacity; the cache holds kv_cache_tokens // block_size blocks
     )
-    max_batched_tokens: int = 8192  # tokens one step may compute (prompt chunks and decodes)
+    max_batched_tokens: int = 8192  # tokens a step may compute, decodes included (>= max_num_seqs)
     cold_start_s: float = 0.0
     overhead_s: float = 0.0  # client-to-engine delay a simulated request adds before queueing
     cost: CostModel = field(default_factory=StepCost)

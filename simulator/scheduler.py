@@ -133,9 +133,9 @@ class Step:
 
 
 class Scheduler:
-    """Running sequences are kept in two sets: those prefilling (a prompt, or a recompute, in
-    chunks) and those decoding; a decoding one is woken (`_wakes`) at the step it finishes or
-    fills its last KV block."""
+    """Keeps running sequences in two sets, prefilling (a prompt or a recompute, in chunks) and
+    decoding; a decoding one is woken (`_wakes`) at the step it finishes or fills its last block.
+    """
 
     def __init__(self, config: SchedulerConfig, kv: BlockManager):
         self.config = config
@@ -202,11 +202,14 @@ class Scheduler:
         self.kv.free(seq)
 
     def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence (a finished one stays finished)."""
         if seq.status == RUNNING:
             self._leave(seq)
             self._aborted = True
         elif seq.status == WAITING:
             self.waiting.remove(seq)
+        else:
+            return
         seq.status = ABORTED
 
     def _preempt(self, seq: Sequence) -> None:
