@@ -74,6 +74,7 @@ class Engine:
         self.waiting = self.scheduler.waiting
         self.running = self.scheduler.running
         self._cost: StepCostModel = config.cost
+        self._capacity = self.kv.num_blocks * self.kv.block_size  # tokens
 
     @property
     def kv_used(self) -> int:
@@ -81,7 +82,7 @@ class Engine:
         return self.kv.num_used * self.kv.block_size
 
     def fits_ever(self, seq: Sequence) -> bool:
-        return self.kv.blocks_for(seq.kv_tokens) <= self.kv.num_blocks
+        return seq.prompt_tokens + seq.max_tokens <= self._capacity
 
     def add(self, seq: Sequence) -> None:
         if not self.fits_ever(seq):

@@ -19,7 +19,7 @@ class Holder(Protocol):
     """What the block manager keeps on a sequence (see `simulator.engine.Sequence`)."""
 
     num_blocks: int
-    cached_keys: list[BlockKey]
+    cached_keys: tuple[BlockKey, ...]
 
 
 def prefix_block_keys(
@@ -92,7 +92,7 @@ class BlockManager:
                 if refs[k] == 0:
                     del self._evictable[k]
                 refs[k] += 1
-            seq.cached_keys = [*seq.cached_keys, *hits]
+            seq.cached_keys = (*seq.cached_keys, *hits)
         self.num_free -= new + revived
         seq.num_blocks += new + len(hits)
         while len(self._evictable) > self.num_free:  # the space now taken held cached blocks
@@ -128,7 +128,7 @@ class BlockManager:
             added.append(keys[i])
             i += 1
         if added:
-            seq.cached_keys = [*held, *added]
+            seq.cached_keys = (*held, *added)
 
     def free(self, seq: Holder) -> None:
         """Release every block `seq` holds; its cached ones stay reusable until evicted."""
@@ -138,6 +138,6 @@ class BlockManager:
                 refs[key] -= 1
                 if refs[key] == 0:
                     self._evictable[key] = None
-            seq.cached_keys = []
+            seq.cached_keys = ()
         self.num_free += seq.num_blocks
         seq.num_blocks = 0

@@ -70,7 +70,7 @@ class Sequence:
         self.status = WAITING
         self.num_scheduled = 0  # tokens computed in the step in flight
         self.num_blocks = 0  # KV blocks held (kept by the BlockManager)
-        self.cached_keys: list[BlockKey] = []
+        self.cached_keys: tuple[BlockKey, ...] = ()
         self.prefix_keys: tuple[BlockKey, ...] | None = None  # full prefix blocks
         self._generated = 0
         self._computed = 0
@@ -289,6 +289,7 @@ class Scheduler:
         admitted = 0
         while waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             seq = waiting[0]
+            tokens = seq.prompt_tokens + seq._generated  # a waiting sequence is not decoding
             hits: list[BlockKey] = []
             if kv.enable_prefix_caching and seq.prefix:
                 keys = seq.prefix_keys
@@ -296,10 +297,10 @@ class Scheduler:
                     keys = prefix_block_keys(seq.prefix, kv.block_size, seq.prompt_tokens)
                     seq.prefix_keys = keys
                 hits = kv.cached_run(keys)
-                while hits and len(hits) * kv.block_size >= seq.num_tokens:
+                while hits and len(hits) * kv.block_size >= tokens:
                     hits.pop()  # compute at least the last token, to sample from it
             cached = len(hits) * kv.block_size
-            remaining = seq.num_tokens - cached
+            remaining = tokens - cached
             if remaining > budget and not cfg.enable_chunked_prefill and prefill:
                 break  # without chunking a prompt goes whole (alone, when over the budget)
             n = remaining if remaining <= budget or not cfg.enable_chunked_prefill else budget
