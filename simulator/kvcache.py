@@ -100,6 +100,16 @@ class BlockManager:
             del self._refs[key]
         return True
 
+    def take(self, n: int) -> bool:
+        """`n` blocks for sequences that count their own (decoding ones), all or none."""
+        if n > self.num_free:
+            return False
+        self.num_free -= n
+        while len(self._evictable) > self.num_free:
+            key, _ = self._evictable.popitem(last=False)
+            del self._refs[key]
+        return True
+
     def append_block(self, seq: Holder) -> bool:
         """One more block for `seq` (a decoding sequence's next token), if any is free."""
         if self.num_free == 0:

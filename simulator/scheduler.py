@@ -24,10 +24,11 @@ WAITING, RUNNING, FINISHED, ABORTED = range(4)
 
 
 class StepCounter:
-    __slots__ = ("n",)
+    __slots__ = ("block_size", "n")
 
-    def __init__(self) -> None:
+    def __init__(self, block_size: int) -> None:
         self.n = 0
+        self.block_size = block_size
 
 
 class Sequence:
@@ -37,13 +38,14 @@ class Sequence:
         "_clock",
         "_computed",
         "_generated",
+        "_num_blocks",
+        "_phase",
         "_since",
         "_wake_at",
         "cached_keys",
         "cached_prompt_tokens",
         "id",
         "max_tokens",
-        "num_blocks",
         "num_preemptions",
         "num_scheduled",
         "prefix",
@@ -69,7 +71,8 @@ class Sequence:
         self.cached_prompt_tokens = 0  # prompt tokens found in the prefix cache, over admissions
         self.status = WAITING
         self.num_scheduled = 0  # tokens computed in the step in flight
-        self.num_blocks = 0  # KV blocks held (kept by the BlockManager)
+        self._num_blocks = 0  # KV blocks held (kept by the BlockManager)
+        self._phase = -1  # while decoding with its blocks growing on schedule: steps mod size
         self.cached_keys: tuple[BlockKey, ...] = ()
         self.prefix_keys: tuple[BlockKey, ...] | None = None  # full prefix blocks
         self._generated = 0
@@ -91,6 +94,19 @@ class Sequence:
         if self._clock is None:
             return self._computed
         return self.prompt_tokens + self.generated - 1
+
+    @property
+    def num_blocks(self) -> int:
+        """KV blocks held (while decoding: enough for the next token's KV, so computed from it)."""
+        if self._phase < 0:
+            return self._num_blocks
+        clock = self._clock
+        assert clock is not None
+        return -(-(self.prompt_tokens + self.generated) // clock.block_size)
+
+    @num_blocks.setter
+    def num_blocks(self, value: int) -> None:
+        self._num_blocks = value
 
     @property
     def kv_tokens(self) -> int:
@@ -145,7 +161,9 @@ class Scheduler:
         self.prefilling: dict[Sequence, None] = {}
         self.decoding: dict[Sequence, None] = {}
         self.num_preemptions = 0
-        self.steps = StepCounter()  # updates applied
+        self.steps = StepCounter(kv.block_size)  # updates applied
+        # decoding sequences whose next block is due when steps % block_size == phase
+        self._phases: list[dict[Sequence, None]] = [{} for _ in range(kv.block_size)]
         self._wakes: dict[int, list[Sequence]] = {}  # step -> sequences to wake then
         self._need_block: dict[Sequence, None] = {}  # decoding, their blocks full
         self._decode_context = 0  # sum of prompt + generated over the decoding sequences
@@ -160,9 +178,34 @@ class Scheduler:
         seq._clock, seq._since = self.steps, steps
         self.decoding[seq] = None
         self._decode_context += seq.prompt_tokens + seq._generated
-        self._arm(seq, seq._generated, steps)
+        seq._wake_at = step = steps + seq.max_tokens - seq._generated  # its last token
+        wakes = self._wakes.get(step)
+        if wakes is None:
+            self._wakes[step] = [seq]
+        else:
+            wakes.append(seq)
+        self._grow(seq)
+
+    def _grow(self, seq: Sequence) -> None:
+        """Give a decoding sequence (blocks explicit) the block its next token's KV needs, if it
+        needs one, then let its blocks grow on schedule; no block free: `schedule` makes room."""
+        bs = self.kv.block_size
+        tokens = seq.prompt_tokens + seq.generated  # KV after its next step
+        if tokens > seq._num_blocks * bs and not self.kv.append_block(seq):
+            self._need_block[seq] = None
+            return
+        seq._phase = phase = (self.steps.n + 1 - tokens) % bs
+        self._phases[phase][seq] = None
+
+    def _fix_blocks(self, seq: Sequence) -> None:
+        """Blocks counted explicitly again (before they change other than on schedule)."""
+        if seq._phase >= 0:
+            seq._num_blocks = seq.num_blocks
+            del self._phases[seq._phase][seq]
+            seq._phase = -1
 
     def _stop_decoding(self, seq: Sequence) -> None:
+        self._fix_blocks(seq)
         generated = seq.generated
         seq._generated, seq._computed = generated, seq.prompt_tokens + generated - 1
         seq._clock = None
@@ -170,27 +213,6 @@ class Scheduler:
         del self.decoding[seq]
         self._need_block.pop(seq, None)
         self._decode_context -= seq.prompt_tokens + generated
-
-    def _arm(self, seq: Sequence, generated: int, steps: int) -> None:
-        """Wake a decoding sequence at its last token, or when its next token's KV needs a block
-        it does not hold (at generated = blocks x block size - prompt + 1). A block it needs now
-        is taken if free; if not, the next `schedule` makes room."""
-        kv = self.kv
-        bs = kv.block_size
-        grow_at = seq.num_blocks * bs - seq.prompt_tokens + 1
-        if grow_at <= generated:
-            if not kv.append_block(seq):
-                self._need_block[seq] = None
-                seq._wake_at = -1
-                return
-            grow_at += bs
-        step = steps + (seq.max_tokens if seq.max_tokens < grow_at else grow_at) - generated
-        seq._wake_at = step
-        wakes = self._wakes.get(step)
-        if wakes is None:
-            self._wakes[step] = [seq]
-        else:
-            wakes.append(seq)
 
     def _leave(self, seq: Sequence) -> None:
         """Take a running sequence out of the running sets and free its blocks."""
@@ -246,7 +268,7 @@ class Scheduler:
                     kv.append_block(seq) or self._make_room(seq, seq.num_tokens, preempted)
                 ):
                     del need[seq]
-                    self._arm(seq, seq.generated, self.steps.n)
+                    self._grow(seq)
         budget = self.config.max_batched_tokens - len(self.decoding)
         prefill: list[Sequence] = []
         prefill_tokens = context = 0
@@ -336,16 +358,19 @@ class Scheduler:
         self._decode_context += len(decode)
         emitted = list(decode)
         steps = self.steps.n
+        # blocks first (a finishing sequence's counts too: its blocks are freed right after)
+        due = self._phases[steps % self.kv.block_size]
+        if due and not self.kv.take(len(due)):  # too few free blocks: one by one, oldest first
+            order = {seq: i for i, seq in enumerate(self.running)}
+            for seq in sorted(due, key=order.__getitem__):
+                self._fix_blocks(seq)
+                seq._num_blocks -= 1  # the count included the block it has yet to get
+                self._grow(seq)
         wakes = self._wakes.pop(steps, None)
         if wakes:
             for seq in wakes:
-                if seq._wake_at != steps:
-                    continue  # preempted, aborted or re-armed since
-                generated = seq._generated + steps - seq._since
-                if generated >= seq.max_tokens:
+                if seq._wake_at == steps:  # else preempted or aborted since
                     self._finish(seq, finished)
-                else:
-                    self._arm(seq, generated, steps)
         kv = self.kv
         for seq in prefill:
             seq._computed += seq.num_scheduled
