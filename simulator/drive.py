@@ -20,7 +20,7 @@ from simulator.scheduler import RUNNING, WAITING
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per step, and a frozen one is slower to make
 class Sleep:
     seconds: float
 
