@@ -9,8 +9,10 @@ tokens later). If nothing was preempted, waiting sequences are then admitted in 
 `max_num_seqs`, the budget and the KV cache allow. A sequence gains a token in the step that
 computes its last uncomputed token.
 
-Decoding costs nothing per sequence and step: a decoding sequence's token count follows a step
-counter, and the scheduler wakes it only at the step it finishes or needs another KV block.
+Decoding costs nothing per sequence and step: a decoding sequence's token count (and so its KV
+blocks) follows a step counter; the scheduler wakes it at the step it finishes, and at each step
+takes one block for every decoding sequence whose blocks fill then (grouped by step modulo the
+block size), looking at them one by one only when the free blocks do not suffice.
 """
 
 from __future__ import annotations
@@ -150,8 +152,7 @@ class Step:
 
 class Scheduler:
     """Keeps running sequences in two sets, prefilling (a prompt or a recompute, in chunks) and
-    decoding; a decoding one is woken (`_wakes`) at the step it finishes or fills its last block.
-    """
+    decoding."""
 
     def __init__(self, config: SchedulerConfig, kv: BlockManager):
         self.config = config
