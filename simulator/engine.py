@@ -1,108 +1,101 @@
-"""The engine model without a clock: continuous batching, KV-cache admission and step cost.
+"""The engine model without a clock: a scheduler, a paged KV cache and a step-cost model.
 
-One `Engine` is one replica. A driver (SimPy process or asyncio task) repeatedly calls
-`plan_step()`, waits `step.duration` on its own clock, then calls `complete(step)`. Every sequence
-in a step gains one token: a prefill step emits a sequence's first token, as vLLM's does.
+One `Engine` is one replica. A driver (see `simulator.drive`) repeatedly calls `plan_step()`,
+waits `step.duration` on its own clock, then calls `complete_step(step)`. A sequence gains one
+token in the step that computes its last uncomputed token: a prefill step emits a sequence's first
+token, as vLLM's does (with chunked prefill, the step with the prompt's last chunk).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scenarios.spec import ReferenceTarget
+from simulator.kvcache import BlockManager
+from simulator.scheduler import Scheduler, SchedulerConfig, Sequence, Step
+from simulator.stepcost import ContextStepCost, CostModel, StepCost, StepCostModel, cost_from_dict
 
-
-@dataclass(frozen=True)
-class StepCost:
-    """Seconds one step takes: base + per_decode_seq * decoding + per_prefill_token * prompt."""
-
-    base_s: float = 0.012
-    per_decode_seq_s: float = 0.0004
-    per_prefill_token_s: float = 0.00005
-
-    def duration(self, decode_seqs: int, prefill_tokens: int) -> float:
-        return (
-            self.base_s
-            + self.per_decode_seq_s * decode_seqs
-            + self.per_prefill_token_s * prefill_tokens
-        )
+__all__ = [
+    "ContextStepCost",
+    "Engine",
+    "EngineConfig",
+    "Sequence",
+    "Step",
+    "StepCost",
+    "engine_from_spec",
+]
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     max_num_seqs: int = 32
-    kv_cache_tokens: int = 65536
-    max_batched_tokens: int = 8192  # prompt tokens one step may prefill (at least one prompt)
+    kv_cache_tokens: int = (
+        65536  # KV capacity; the cache holds kv_cache_tokens // block_size blocks
+    )
+    max_batched_tokens: int = 8192  # tokens a step may compute, decodes included (>= max_num_seqs)
     cold_start_s: float = 0.0
     overhead_s: float = 0.0  # client-to-engine delay a simulated request adds before queueing
-    cost: StepCost = field(default_factory=StepCost)
+    cost: CostModel = field(default_factory=StepCost)
+    block_size: int = 16
+    enable_prefix_caching: bool = False
+    enable_chunked_prefill: bool = True
+
+    @property
+    def num_blocks(self) -> int:
+        return max(self.kv_cache_tokens // self.block_size, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineConfig:
-        return cls(**{**d, "cost": StepCost(**d["cost"])})
+        """Reads what `to_dict` wrote, older files (without the newer keys) included."""
+        return cls(**{**d, "cost": cost_from_dict(d["cost"])})
 
-    def with_cost(self, cost: StepCost, overhead_s: float | None = None) -> EngineConfig:
+    def with_cost(self, cost: CostModel, overhead_s: float | None = None) -> EngineConfig:
         return replace(
             self, cost=cost, overhead_s=self.overhead_s if overhead_s is None else overhead_s
         )
 
 
-@dataclass(eq=False, slots=True)
-class Sequence:
-    id: str
-    prompt_tokens: int
-    max_tokens: int
-    generated: int = 0
-
-    @property
-    def kv_tokens(self) -> int:
-        """KV blocks reserved on admission: the prompt and every token it may generate."""
-        return self.prompt_tokens + self.max_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    prefill: tuple[Sequence, ...]
-    decode: tuple[Sequence, ...]
-    duration: float
-
-    @property
-    def sequences(self) -> tuple[Sequence, ...]:
-        return self.prefill + self.decode
-
-
 class Engine:
-    """FIFO continuous batching with admission bounded by max_num_seqs and KV capacity."""
+    """Continuous batching over a paged KV cache, priced by a step-cost model."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.kv_used = 0
+        self.kv = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill
+            ),
+            self.kv,
+        )
+        self.waiting = self.scheduler.waiting
+        self.running = self.scheduler.running
+        self._cost: StepCostModel = config.cost
+        self._capacity = self.kv.num_blocks * self.kv.block_size  # tokens
+
+    @property
+    def kv_used(self) -> int:
+        """KV tokens the held blocks can store."""
+        return self.kv.num_used * self.kv.block_size
 
     def fits_ever(self, seq: Sequence) -> bool:
-        return seq.kv_tokens <= self.config.kv_cache_tokens
+        return seq.prompt_tokens + seq.max_tokens <= self._capacity
 
     def add(self, seq: Sequence) -> None:
         if not self.fits_ever(seq):
+            cfg = self.config
             raise ValueError(
-                f"request needs {seq.kv_tokens} KV tokens, "
-                f"capacity is {self.config.kv_cache_tokens}"
+                f"request needs {seq.kv_tokens} KV tokens, capacity is {cfg.kv_cache_tokens} "
+                f"({cfg.num_blocks} blocks of {cfg.block_size})"
             )
-        self.waiting.append(seq)
+        self.scheduler.add(seq)
 
     def abort(self, seq: Sequence) -> None:
-        """Drop a sequence (client went away), freeing its KV reservation."""
-        if seq in self.running:
-            self.running.remove(seq)
-            self.kv_used -= seq.kv_tokens
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+        """Drop a sequence (client went away or timed out), freeing its KV blocks."""
+        self.scheduler.abort(seq)
 
     @property
     def has_work(self) -> bool:
@@ -113,38 +106,19 @@ class Engine:
         return len(self.running) + len(self.waiting)
 
     def plan_step(self) -> Step:
-        """Admit waiting sequences in order while they fit, and price the step."""
-        cfg = self.config
-        decode = tuple(self.running)
-        prefill: list[Sequence] = []
-        budget = cfg.max_batched_tokens
-        while self.waiting and len(self.running) < cfg.max_num_seqs:
-            head = self.waiting[0]
-            if self.kv_used + head.kv_tokens > cfg.kv_cache_tokens:
-                break
-            if prefill and head.prompt_tokens > budget:
-                break
-            self.waiting.popleft()
-            self.running.append(head)
-            self.kv_used += head.kv_tokens
-            prefill.append(head)
-            budget -= head.prompt_tokens
-        prefill_tokens = sum(s.prompt_tokens for s in prefill)
-        duration = cfg.cost.duration(len(decode), prefill_tokens)
-        return Step(tuple(prefill), decode, duration)
+        step = self.scheduler.schedule()
+        step.duration = self._cost.duration(
+            len(step.decode), step.prefill_tokens, step.context_tokens
+        )
+        return step
+
+    def complete_step(self, step: Step) -> tuple[list[Sequence], list[Sequence]]:
+        """Apply a step: (sequences that gained a token, those that reached max_tokens)."""
+        return self.scheduler.update(step.prefill, step.decode)
 
     def complete(self, step: Step) -> list[Sequence]:
-        """Each sequence in the step gains a token; returns those that reached max_tokens."""
-        finished = []
-        for seq in step.sequences:
-            seq.generated += 1
-            if seq.generated >= seq.max_tokens:
-                finished.append(seq)
-        for seq in finished:
-            if seq in self.running:  # an aborted one is already gone
-                self.running.remove(seq)
-                self.kv_used -= seq.kv_tokens
-        return finished
+        """Apply a step; returns the sequences that reached max_tokens."""
+        return self.complete_step(step)[1]
 
 
 def engine_from_spec(spec: ReferenceTarget) -> EngineConfig:

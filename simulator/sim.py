@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,56 +10,53 @@ import simpy
 
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
+from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
 
-TokenHook = Callable[[Seq, float], None]
-
 
 class Replica:
-    """One engine on SimPy's clock: steps while it has work, sleeps on an event while idle.
+    """One engine on SimPy's clock: the drive loop's sleeps become SimPy timeouts and events.
 
-    A `cold` replica serves only after the engine's cold_start_s (a replica just scaled up).
+    A `cold` replica serves only after the engine's cold_start_s (a replica just scaled up). A
+    request submitted `overhead_s` after it was sent is aborted `timeout_s` after it was sent.
     """
 
     def __init__(
         self,
         env: simpy.Environment,
         config: EngineConfig,
-        on_token: TokenHook,
-        on_finish: TokenHook,
+        events: EngineEvents,
         cold: bool = False,
+        timeout_s: float | None = None,
     ):
         self.env = env
         self.engine = Engine(config)
-        self._on_token = on_token
-        self._on_finish = on_finish
-        self._wake = env.event()
-        self.busy_time = 0.0
-        env.process(self._run(cold))
+        self.loop = DriveLoop(self.engine, lambda: env.now, events, cold)
+        self._timeout_s = timeout_s
+        self._wake: simpy.Event | None = None
+        env.process(self._run())
+
+    @property
+    def busy_time(self) -> float:
+        return self.loop.busy_s
 
     def submit(self, seq: Seq) -> None:
-        self.engine.add(seq)
-        if not self._wake.triggered:
+        deadline = None
+        if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
+            deadline = self.env.now - self.engine.config.overhead_s + self._timeout_s
+        self.loop.submit(seq, deadline)
+        if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
-    def _run(self, cold: bool) -> Generator[simpy.Event, Any, None]:
-        if cold and self.engine.config.cold_start_s > 0:
-            yield self.env.timeout(self.engine.config.cold_start_s)
-        while True:
-            if not self.engine.has_work:
-                self._wake = self.env.event()
+    def _run(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        for command in self.loop.run():
+            if isinstance(command, Sleep):
+                yield env.timeout(command.seconds)
+            else:
+                self._wake = env.event()
                 yield self._wake
-                continue
-            step = self.engine.plan_step()
-            yield self.env.timeout(step.duration)
-            self.busy_time += step.duration
-            finished = self.engine.complete(step)
-            now = self.env.now
-            for seq in step.sequences:
-                self._on_token(seq, now)
-            for seq in finished:
-                self._on_finish(seq, now)
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,7 @@ class SimResult:
     records: list[RequestRecord]
     horizon_s: float
     busy_fraction: list[float]  # per replica, of the span from first send to last response
+    preemptions: int = 0  # over the fleet
 
 
 def simulate(
@@ -79,8 +77,8 @@ def simulate(
 ) -> SimResult:
     """Run `plan` through `replicas` engines behind a join-shortest-queue router.
 
-    A request not finished `timeout_s` after it was sent is recorded as a timeout, as the
-    load generator records one.
+    A request not finished `timeout_s` after it was sent is aborted (its KV blocks freed) and
+    recorded as a timeout, as the load generator records one.
     """
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -99,7 +97,10 @@ def simulate(
         rec.end = now
         rec.output_tokens = seq.generated
 
-    fleet = [Replica(env, config, on_token, on_finish) for _ in range(replicas)]
+    events = EngineEvents()
+    events.token.add_listener(on_token)
+    events.finish.add_listener(on_finish)
+    fleet = [Replica(env, config, events, timeout_s=timeout_s) for _ in range(replicas)]
 
     def arrivals() -> Generator[simpy.Event, Any, None]:
         for spec in sorted(plan, key=lambda s: s.arrival):
@@ -118,7 +119,7 @@ def simulate(
                 turn=spec.turn,
             )
             records[spec.id] = rec
-            seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens)
+            seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
             replica = min(fleet, key=lambda r: r.engine.load)
             if not replica.engine.fits_ever(seq):
                 rec.status, rec.error_kind, rec.end = "rejected", "context_length", env.now
@@ -136,4 +137,5 @@ def simulate(
         (r.start for r in ordered), default=0.0
     )
     busy = [min(r.busy_time / span, 1.0) if span > 0 else 0.0 for r in fleet]
-    return SimResult(ordered, horizon, busy)
+    preempted = sum(r.engine.scheduler.num_preemptions for r in fleet)
+    return SimResult(ordered, horizon, busy, preempted)

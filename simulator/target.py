@@ -22,9 +22,10 @@ from aiohttp import web
 
 from scenarios.spec import TargetFaults
 from scenarios.text import count_tokens, output_word
+from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig, Sequence
 
-CATCH_UP_S = 0.005  # a step that overslept by less than this is absorbed, not accumulated
+CATCH_UP_S = 0.01  # a step that overslept by less than this is absorbed, not accumulated
 
 
 @dataclass
@@ -43,53 +44,63 @@ class ServedRequest:
 
 
 class LiveEngine:
-    """Steps an `Engine` on the wall clock and hands each sequence's tokens to its waiter."""
+    """Runs the drive loop on the wall clock and hands each sequence's tokens to its waiter."""
 
     def __init__(self, config: EngineConfig):
         self.engine = Engine(config)
-        self.ready = False
-        self.steps = 0
-        self.busy_s = 0.0
+        events = EngineEvents()
+        events.token.add_listener(self._on_token)
+        events.finish.add_listener(self._on_finish)
+        self.loop = DriveLoop(self.engine, time.monotonic, events, cold=True)
         self._wake = asyncio.Event()
         self._queues: dict[Sequence, asyncio.Queue[int | None]] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.loop.ready
+
+    @property
+    def steps(self) -> int:
+        return self.loop.steps
+
+    @property
+    def busy_s(self) -> float:
+        return self.loop.busy_s
 
     def submit(self, seq: Sequence) -> asyncio.Queue[int | None]:
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queues[seq] = queue
-        self.engine.add(seq)
+        self.loop.submit(seq)
         self._wake.set()
         return queue
 
     def abort(self, seq: Sequence) -> None:
-        self.engine.abort(seq)
+        self.loop.abort(seq)
         self._queues.pop(seq, None)
 
+    def _on_token(self, seq: Sequence, now: float) -> None:
+        queue = self._queues.get(seq)
+        if queue is not None:
+            queue.put_nowait(seq.generated)
+
+    def _on_finish(self, seq: Sequence, now: float) -> None:
+        queue = self._queues.pop(seq, None)
+        if queue is not None:
+            queue.put_nowait(None)
+
     async def run(self) -> None:
-        await asyncio.sleep(self.engine.config.cold_start_s)
-        self.ready = True
+        """Sleeps each step to its deadline: a step that overslept a little is caught up."""
         deadline = time.monotonic()
-        while True:
-            if not self.engine.has_work:
+        for command in self.loop.run():
+            if isinstance(command, Sleep):
+                now = time.monotonic()
+                start = deadline if now - deadline < CATCH_UP_S else now
+                deadline = start + command.seconds
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            else:
                 self._wake.clear()
                 await self._wake.wait()
                 deadline = time.monotonic()
-                continue
-            step = self.engine.plan_step()
-            now = time.monotonic()
-            start = deadline if now - deadline < CATCH_UP_S else now
-            deadline = start + step.duration
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-            self.steps += 1
-            self.busy_s += step.duration
-            finished = self.engine.complete(step)
-            for seq in step.sequences:
-                queue = self._queues.get(seq)
-                if queue is not None:
-                    queue.put_nowait(seq.generated)
-            for seq in finished:
-                queue = self._queues.pop(seq, None)
-                if queue is not None:
-                    queue.put_nowait(None)
 
 
 class BadRequest(Exception):
