@@ -67,6 +67,108 @@ class SimResult:
     preemptions: int = 0  # over the fleet
 
 
+class _Clients:
+    """The simulated users: first turns at their planned times, follow-ups `think_s` after the
+    turn they follow ended well, patience that abandons a slow first token, and a record each,
+    as the load generator keeps them."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        plan: Sequence[RequestSpec],
+        fleet: list[Replica],
+        config: EngineConfig,
+        record_chunks: bool,
+    ):
+        self.env = env
+        self.fleet = fleet
+        self.overhead_s = config.overhead_s
+        self.record_chunks = record_chunks
+        self.records: dict[str, RequestRecord] = {}
+        self.specs = {s.id: s for s in plan}
+        self.followers: dict[str, list[RequestSpec]] = {}
+        for spec in plan:
+            if spec.after is not None:
+                self.followers.setdefault(spec.after, []).append(spec)
+        self._placed: dict[str, tuple[Seq, Replica]] = {}
+
+    def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        for spec in sorted((s for s in plan if s.after is None), key=lambda s: s.arrival):
+            at = spec.arrival + self.overhead_s
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            self.send(spec, spec.arrival)
+
+    def send(self, spec: RequestSpec, intended: float) -> None:
+        rec = RequestRecord(
+            id=spec.id,
+            intended_start=intended,
+            start=intended,
+            prompt_tokens=spec.prompt_tokens,
+            token_source="plan",
+            source="simulated",
+            persona=spec.persona,
+            session=spec.session,
+            turn=spec.turn,
+            planned_prompt_tokens=spec.prompt_tokens,
+        )
+        self.records[spec.id] = rec
+        seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
+        replica = min(self.fleet, key=lambda r: r.engine.load)
+        if not replica.engine.fits_ever(seq):
+            rec.status, rec.error_kind, rec.end = "rejected", "context_length", self.env.now
+            return
+        replica.submit(seq)
+        if spec.patience_s is not None:
+            self._placed[spec.id] = (seq, replica)
+            self.env.process(self._patience(spec, intended + spec.patience_s))
+
+    def _patience(self, spec: RequestSpec, give_up: float) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(max(0.0, give_up - self.env.now))
+        rec = self.records[spec.id]
+        if rec.first_token is None and rec.end is None:
+            seq, replica = self._placed.pop(spec.id)
+            rec.status, rec.error_kind, rec.end = "cancelled", "abandoned", give_up
+            replica.loop.abort(seq)
+        self._placed.pop(spec.id, None)
+
+    def on_token(self, seq: Seq, now: float) -> None:
+        rec = self.records[seq.id]
+        if rec.first_token is None:
+            rec.first_token = now
+        if self.record_chunks:
+            rec.chunk_times.append(now)
+
+    def on_finish(self, seq: Seq, now: float) -> None:
+        rec = self.records[seq.id]
+        rec.end = now
+        rec.output_tokens = seq.generated
+        for nxt in self.followers.get(seq.id, []):
+            due = now + nxt.think_s
+            if nxt.not_after is None or due <= nxt.not_after:
+                self.env.process(self._later(nxt, due))
+
+    def on_abort(self, seq: Seq, now: float) -> None:
+        """A timeout (a patience abort marked its record already): the session ends here."""
+        rec = self.records[seq.id]
+        if rec.status == "ok":
+            rec.status, rec.error_kind, rec.end = "timeout", "timeout", now
+
+    def _later(self, spec: RequestSpec, due: float) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(max(0.0, due + self.overhead_s - self.env.now))
+        self.send(spec, due)
+
+
+def _horizon(plan: Sequence[RequestSpec], timeout_s: float) -> float:
+    """When every request must have ended: each turn's timeout and think time, chained."""
+    end: dict[str, float] = {}
+    for spec in sorted(plan, key=lambda s: s.arrival):  # a turn comes after the one it follows
+        begin = end[spec.after] + spec.think_s if spec.after in end else spec.arrival
+        end[spec.id] = begin + timeout_s
+    return max(end.values(), default=timeout_s)
+
+
 def simulate(
     plan: Sequence[RequestSpec],
     config: EngineConfig,
@@ -78,57 +180,24 @@ def simulate(
     """Run `plan` through `replicas` engines behind a join-shortest-queue router.
 
     A request not finished `timeout_s` after it was sent is aborted (its KV blocks freed) and
-    recorded as a timeout, as the load generator records one.
+    recorded as a timeout, as the load generator records one. Sessions unfold as the load
+    generator sends them: a follow-up leaves its think time after the turn it follows ended
+    well (none after a failed or abandoned turn), and a user whose first token takes longer
+    than its patience cancels.
     """
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     env = simpy.Environment()
-    records: dict[str, RequestRecord] = {}
-
-    def on_token(seq: Seq, now: float) -> None:
-        rec = records[seq.id]
-        if rec.first_token is None:
-            rec.first_token = now
-        if record_chunks:
-            rec.chunk_times.append(now)
-
-    def on_finish(seq: Seq, now: float) -> None:
-        rec = records[seq.id]
-        rec.end = now
-        rec.output_tokens = seq.generated
-
     events = EngineEvents()
-    events.token.add_listener(on_token)
-    events.finish.add_listener(on_finish)
     fleet = [Replica(env, config, events, timeout_s=timeout_s) for _ in range(replicas)]
-
-    def arrivals() -> Generator[simpy.Event, Any, None]:
-        for spec in sorted(plan, key=lambda s: s.arrival):
-            at = spec.arrival + config.overhead_s
-            if at > env.now:
-                yield env.timeout(at - env.now)
-            rec = RequestRecord(
-                id=spec.id,
-                intended_start=spec.arrival,
-                start=spec.arrival,
-                prompt_tokens=spec.prompt_tokens,
-                token_source="plan",
-                source="simulated",
-                persona=spec.persona,
-                session=spec.session,
-                turn=spec.turn,
-            )
-            records[spec.id] = rec
-            seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
-            replica = min(fleet, key=lambda r: r.engine.load)
-            if not replica.engine.fits_ever(seq):
-                rec.status, rec.error_kind, rec.end = "rejected", "context_length", env.now
-                continue
-            replica.submit(seq)
-
-    env.process(arrivals())
-    horizon = max((s.arrival for s in plan), default=0.0) + timeout_s
+    clients = _Clients(env, plan, fleet, config, record_chunks)
+    events.token.add_listener(clients.on_token)
+    events.finish.add_listener(clients.on_finish)
+    events.abort.add_listener(clients.on_abort)
+    env.process(clients.arrivals(plan))
+    horizon = _horizon(plan, timeout_s)
     env.run(until=horizon)
+    records = clients.records
     for rec in records.values():
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", rec.start + timeout_s
