@@ -58,6 +58,9 @@ class EngineEvents:
 
     def __init__(self) -> None:
         self.token: Hook[Sequence] = Hook()  # the sequence gained a token
+        self.first_token: Hook[Sequence] = (
+            Hook()
+        )  # ... its first one (cheap when token is not needed)
         self.finish: Hook[Sequence] = Hook()  # it reached max_tokens (after its last token)
         self.abort: Hook[Sequence] = Hook()  # it was dropped: timed out or its client left
         self.step: Hook[Step] = Hook()  # a step completed
@@ -107,6 +110,7 @@ class DriveLoop:
             self.ready = True
         deadlines, running, waiting = self._deadlines, engine.running, engine.waiting
         on_token, on_step = events.token.listeners, events.step.listeners
+        on_first = events.first_token.listeners
         now = clock()
         while True:
             if deadlines and deadlines[0][0] <= now:
@@ -124,6 +128,8 @@ class DriveLoop:
             for listener in on_token:
                 for seq in emitted:
                     listener(seq, now)
+            if on_first and engine.scheduler.first_tokens:
+                events.first_token.fire_each(engine.scheduler.first_tokens, now)
             if finished:
                 events.finish.fire_each(finished, now)
             if on_step:

@@ -163,6 +163,7 @@ class Scheduler:
         self.decoding: dict[Sequence, None] = {}
         self.num_preemptions = 0
         self.steps = StepCounter(kv.block_size)  # updates applied
+        self.first_tokens: list[Sequence] = []  # emitted their first token in the last update
         # decoding sequences whose next block is due when steps % block_size == phase
         self._phases: list[dict[Sequence, None]] = [{} for _ in range(kv.block_size)]
         self._wakes: dict[int, list[Sequence]] = {}  # step -> sequences to wake then
@@ -355,6 +356,7 @@ class Scheduler:
             decode = tuple(s for s in decode if s.status == RUNNING)
             self._aborted = False
         finished: list[Sequence] = []
+        self.first_tokens = []
         self.steps.n += 1  # every decoding sequence gains its token
         self._decode_context += len(decode)
         emitted = list(decode)
@@ -381,6 +383,8 @@ class Scheduler:
                 continue  # a chunk of a prompt: no token yet
             seq._generated += 1
             emitted.append(seq)
+            if seq._generated == 1:
+                self.first_tokens.append(seq)
             if seq._generated >= seq.max_tokens:
                 self._finish(seq, finished)
                 continue

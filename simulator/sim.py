@@ -78,12 +78,10 @@ class _Clients:
         plan: Sequence[RequestSpec],
         fleet: list[Replica],
         config: EngineConfig,
-        record_chunks: bool,
     ):
         self.env = env
         self.fleet = fleet
         self.overhead_s = config.overhead_s
-        self.record_chunks = record_chunks
         self.records: dict[str, RequestRecord] = {}
         self.specs = {s.id: s for s in plan}
         self.followers: dict[str, list[RequestSpec]] = {}
@@ -134,11 +132,10 @@ class _Clients:
         self._placed.pop(spec.id, None)
 
     def on_token(self, seq: Seq, now: float) -> None:
-        rec = self.records[seq.id]
-        if rec.first_token is None:
-            rec.first_token = now
-        if self.record_chunks:
-            rec.chunk_times.append(now)
+        self.records[seq.id].chunk_times.append(now)
+
+    def on_first_token(self, seq: Seq, now: float) -> None:
+        self.records[seq.id].first_token = now
 
     def on_finish(self, seq: Seq, now: float) -> None:
         rec = self.records[seq.id]
@@ -190,8 +187,10 @@ def simulate(
     env = simpy.Environment()
     events = EngineEvents()
     fleet = [Replica(env, config, events, timeout_s=timeout_s) for _ in range(replicas)]
-    clients = _Clients(env, plan, fleet, config, record_chunks)
-    events.token.add_listener(clients.on_token)
+    clients = _Clients(env, plan, fleet, config)
+    events.first_token.add_listener(clients.on_first_token)
+    if record_chunks:
+        events.token.add_listener(clients.on_token)
     events.finish.add_listener(clients.on_finish)
     events.abort.add_listener(clients.on_abort)
     env.process(clients.arrivals(plan))
