@@ -23,7 +23,7 @@ from scenarios.spec import (
     Uniform,
 )
 from scenarios.traces import TraceReplay, block_prefix
-from scenarios.traffic import ClosedUsers
+from scenarios.traffic import ClosedUsers, check_budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ def poisson_arrivals(rng: np.random.Generator, rate: float, duration_s: float) -
     return times[times < duration_s]
 
 
-MIN_TURN_GAP_S = 0.25  # a closed user's plan holds at most duration / max(think, this) turns
+MIN_TURN_GAP_S = 0.1  # a closed user's plan assumes no cycle (think + answer) is shorter
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _openers(
     duration: float,
     rate_scale: float,
 ) -> _Openers:
-    """Session starts of every persona: its own arrival process (from its seeds[-1]), or a
+    """Session starts of every persona: its own arrival process (from seeds[2 + i]), or a
     weighted share of the scenario's (seeds[0]), split by independent draws (seeds[1])."""
     base = scenario.base_dir
     parts: list[tuple[np.ndarray, ...]] = []
@@ -144,7 +144,7 @@ def _openers(
         prefixes += prefix
     for i, p in enumerate(mix):
         if p.arrival is not None:
-            rng = np.random.default_rng(seeds[2 + i].spawn(6)[-1])
+            rng = np.random.default_rng(seeds[2 + i])
             t, prompt, output, prefix = _arrivals(p.arrival, rng, duration, rate_scale, base)
             parts.append((t, np.full(len(t), i), np.full(len(t), p.arrival.closed), prompt, output))
             prefixes += prefix
@@ -200,7 +200,7 @@ class _PersonaDraws:
         assert persona.session is not None and persona.workload is not None  # mix() fills them
         sess, work = persona.session, persona.workload
         rng_session, rng_length, rng_output, self.rng_kind, rng_seed = (
-            np.random.default_rng(s) for s in seed.spawn(6)[:5]
+            np.random.default_rng(s) for s in seed.spawn(5)
         )
         self.session = sess
         self.messiness = work.messiness
@@ -217,7 +217,7 @@ class _PersonaDraws:
         self.user_think = _Draws(
             zero if closed is None else lambda n: closed.think_time.sample(rng_session, n)
         )
-        self.user_think_mean = 0.0 if closed is None else closed.think_time.mean
+        self._closed = closed
         joint = work.lengths
         self._paired: int | None = None  # the output drawn with the last message (trace rows)
         if joint is not None:
@@ -229,6 +229,13 @@ class _PersonaDraws:
         else:  # a replayed trace fixes every length (the scenario's validation saw to it)
             self._messages = self._outputs = _Draws(_no_lengths)
         self.joint = joint is not None
+
+    def closed_budget(self, duration: float) -> int:
+        """Turns to plan for one closed-loop user: enough for its cycles (think time plus an
+        answer of at least MIN_TURN_GAP_S) to fill the window, six standard deviations over."""
+        assert self._closed is not None
+        expected = duration / max(self._closed.think_time.mean, MIN_TURN_GAP_S)
+        return math.ceil(expected + 6 * math.sqrt(expected) + 10)
 
     def message_tokens(self, fixed: int = -1) -> tuple[int, RequestKind]:
         """The next new message's tokens (`fixed` by a trace when >= 0) and its kind: a long
@@ -275,16 +282,25 @@ def build_plan(
     seed = scenario.traffic.seed if seed is None else seed
     duration = scenario.traffic.duration_s if duration_s is None else duration_s
     mix = scenario.mix()
-    seeds = np.random.SeedSequence(seed).spawn(2 + len(mix))
-    openers = _openers(mix, scenario, seeds, duration, rate_scale)
+    root = np.random.SeedSequence(seed).spawn(2 + len(mix))
+    # per persona: one stream for its own arrivals, one for everything else it draws
+    arrival_seeds, draw_seeds = zip(*(s.spawn(2) for s in root[2:]), strict=True)
+    openers = _openers(mix, scenario, [*root[:2], *arrival_seeds], duration, rate_scale)
     draws = [
         _PersonaDraws(
-            seeds[2 + i], p, scenario.base_dir, _closed(p.arrival or scenario.traffic.process)
+            draw_seeds[i], p, scenario.base_dir, _closed(p.arrival or scenario.traffic.process)
         )
         for i, p in enumerate(mix)
     ]
     if all(_single_requests(p) for p in mix) and not openers.closed.any():
         return _single_request_plan(openers, mix, draws)
+    check_budget(
+        sum(
+            draws[k].closed_budget(duration) if closed else 1
+            for k, closed in zip(openers.persona.tolist(), openers.closed.tolist(), strict=True)
+        ),
+        "closed-users: planned turns",
+    )
     rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
     follows: list[int] = []  # index of the row each row follows, -1 for none
     session = 0
@@ -294,9 +310,7 @@ def build_plan(
         persona, d = mix[k], draws[k]
         fixed_in, fixed_out = int(openers.prompt[j]), int(openers.output[j])
         sess = d.session
-        budget = 1  # an open session; a closed user repeats sessions until the window closes
-        if closed:
-            budget = math.ceil(duration / max(d.user_think_mean, MIN_TURN_GAP_S)) + 1
+        budget = d.closed_budget(duration) if closed else 1
         previous: dict[str, Any] | None = None
         sent = 0
         while sent < budget:  # one session per pass; a closed user loops until its budget is spent
@@ -360,8 +374,7 @@ def _single_requests(persona: Persona) -> bool:
 def _single_request_plan(
     openers: _Openers, mix: list[Persona], draws: list[_PersonaDraws]
 ) -> list[RequestSpec]:
-    """The common case, drawn in bulk: each arrival is one request (the same draws, in the
-    same order, as the general path)."""
+    """The common case, drawn in bulk: each arrival is one request."""
     n = len(openers.time)
     message = np.zeros(n, dtype=int)
     output = np.zeros(n, dtype=int)

@@ -108,8 +108,17 @@ def test_closed_users_chain_until_the_window_closes() -> None:
     starts = [spec for spec in plan if spec.after is None]
     assert len(starts) == 4  # one chain per user
     assert all(spec.not_after == 30 for spec in plan)
-    # a user sends at most duration / think + 1 requests (each answer takes > 0 s)
-    assert len(plan) <= 4 * (30 / 2 + 2)
+    # enough turns for each user to keep cycling all window long, even with instant answers
+    # (a chain's estimated arrivals count think times only), and not wildly more
+    last_by_user: dict[int, float] = {}
+    by_id = {spec.id: spec for spec in plan}
+    for spec in plan:
+        first = spec
+        while first.after is not None:
+            first = by_id[first.after]
+        last_by_user[first.session] = max(last_by_user.get(first.session, 0.0), spec.arrival)
+    assert len(last_by_user) == 4 and min(last_by_user.values()) >= 30
+    assert len(plan) < 4 * 30 / 2 * 4
 
 
 def test_scaling_the_rate_keeps_each_personas_length_sequence() -> None:
