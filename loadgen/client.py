@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import ssl
 import urllib.error
@@ -191,8 +192,9 @@ class StreamingCall:
             headers["Authorization"] = f"Bearer {ep.api_key}"
         rec.start = self.clock()
         deadline = rec.start + ep.timeout_s
-        patience = self.spec.patience_s
-        first_wait = ep.timeout_s if patience is None else min(patience, ep.timeout_s)
+        patience = self.spec.patience_s  # counted from the first attempt's intended start
+        give_up = math.inf if patience is None else rec.intended_start + patience
+        first_wait = max(0.001, min(give_up - rec.start, ep.timeout_s))
         conn = None
         try:
             conn = ep.connect(first_wait)
@@ -208,7 +210,7 @@ class StreamingCall:
         except StreamError as e:
             self._fail("error", e.kind, e.detail)
         except TimeoutError:
-            if patience is not None and rec.first_token is None and patience < ep.timeout_s:
+            if rec.first_token is None and give_up < deadline:
                 self._fail("cancelled", "abandoned", f"no token within the user's {patience:g} s")
             else:
                 self._fail("timeout", "timeout", f"no complete response within {ep.timeout_s:g} s")
@@ -292,7 +294,7 @@ class StreamingCall:
         while True:
             limit = deadline
             if patience is not None and self.record.first_token is None:
-                limit = min(deadline, self.record.start + patience)
+                limit = min(deadline, self.record.intended_start + patience)
             remaining = limit - self.clock()
             if remaining <= 0:
                 raise TimeoutError

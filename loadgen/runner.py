@@ -8,6 +8,7 @@ listeners see it) and is appended to the record file at once.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -24,7 +25,7 @@ from locust.exception import StopUser
 from loadgen.client import Endpoint, Messages, StreamingCall
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
-from scenarios.plan import RequestSpec
+from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RecordWriter, RequestRecord
 
 DRAIN_GRACE_S = 5.0
@@ -73,10 +74,7 @@ class LoadRun:
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
         self.openers = [s for s in self.plan if s.after is None]
-        self.followers: dict[str, list[RequestSpec]] = {}
-        for spec in self.plan:
-            if spec.after is not None:
-                self.followers.setdefault(spec.after, []).append(spec)
+        self.followers = followers_of(self.plan)
         self.endpoint = endpoint
         self.writer = writer
         self.store_prompts = store_prompts
@@ -155,15 +153,16 @@ class LoadRun:
         for spec in self.plan:  # sorted by arrival, so a turn comes after the one it follows
             retry = spec.retry
             tries = 1 + (retry.max_retries if retry else 0)
-            waits = (retry.max_backoff_s * (1 + retry.jitter) if retry else 0.0) * (tries - 1)
+            waits = retry.longest_wait_s * (tries - 1) if retry else 0.0
             begin = end.get(spec.after, spec.arrival) + spec.think_s if spec.after else spec.arrival
             end[spec.id] = max(begin, spec.arrival) + tries * per_try + waits
         return max(end.values(), default=0.0)
 
     def _launch(self, spec: RequestSpec, intended: float) -> None:
         if self.pool.full():
-            self._finish(self._dropped(spec, intended))
-            self._skip_followers(spec)
+            record = self._unsent(spec, intended, "dropped_in_flight_limit")
+            self._finish(record)
+            self._follow(spec, record, [], [])
             return
         self._pending += 1
         self.progress.sent += 1
@@ -179,6 +178,7 @@ class LoadRun:
         messages = self._messages(spec)
         attempt = 0
         jitter = random.Random(f"{spec.id}:{spec.text_seed}")
+        give_up = intended + spec.patience_s if spec.patience_s is not None else math.inf
         try:
             while True:
                 call = StreamingCall(
@@ -187,8 +187,8 @@ class LoadRun:
                     self.clock,
                     self.store_prompts,
                     messages=messages,
-                    intended_start=intended,
-                    attempt=attempt,
+                    intended_start=intended,  # a retry keeps the first attempt's: `*_intended`
+                    attempt=attempt,  # latencies show what the user waited, backoff included
                 )
                 try:
                     call.run()
@@ -204,57 +204,69 @@ class LoadRun:
                     and rec.status in ("error", "rejected")
                     and rec.http_status in retry.on_status
                 ):
-                    rec.retried = True
-                    self._finish(rec)
-                    attempt += 1
-                    # the retry keeps the first attempt's intended start: `*_intended` latencies
-                    # then show what the user waited, backoff included
-                    gevent.sleep(retry.wait_s(attempt, jitter.random(), call.retry_after_s))
-                    continue
-                if attempt == 0:
-                    sent_chars = sum(len(m["content"]) for m in messages)
-                    self.prompts.observe(sent_chars, rec)
+                    wait = retry.wait_s(attempt + 1, jitter.random(), call.retry_after_s)
+                    if self.clock() + wait < give_up:  # else the user gives up instead
+                        rec.retried = True
+                        self._finish(rec)
+                        attempt += 1
+                        self._backoff(spec, intended, attempt, wait)
+                        continue
+                if rec.status == "ok":
+                    self.prompts.observe(sum(len(m["content"]) for m in messages), rec)
                 self._finish(rec)
-                self._follow(spec, call, messages)
+                self._follow(spec, rec, call.text, messages)
                 return
         finally:
             self.progress.in_flight -= 1
             self._settle()
 
+    def _backoff(self, spec: RequestSpec, intended: float, attempt: int, wait: float) -> None:
+        """Wait before a retry; a run that ends meanwhile records the retry as cancelled."""
+        try:
+            gevent.sleep(wait)
+        except gevent.GreenletExit:
+            self._finish(self._unsent(spec, intended, "cancelled", attempt))
+            raise
+
     def _messages(self, spec: RequestSpec) -> Messages:
-        if spec.after is None:
-            messages = self.prompts.messages(spec)
-        elif spec.regenerate:
+        if spec.regenerate and spec.after is not None:
             messages = self._sent.get(spec.after) or self.prompts.messages(spec)
+        elif spec.after is None or spec.turn == 0:  # a new conversation
+            messages = self.prompts.messages(spec)
         else:
             messages = self._history.get(spec.session, []) + self.prompts.messages(spec)
         if spec.id in self.followers:
             self._sent[spec.id] = messages
         return messages
 
-    def _follow(self, spec: RequestSpec, call: StreamingCall, messages: Messages) -> None:
-        """After a turn: keep the history and schedule the session's next turns, or skip them."""
+    def _follow(
+        self, spec: RequestSpec, rec: RequestRecord, answer: list[str], messages: Messages
+    ) -> None:
+        """After a turn: schedule what follows it. A turn that did not end well ends its
+        session; a closed-loop user then goes on with its next session."""
         self._sent.pop(spec.after or "", None)
-        rec = call.record
-        if rec.status != "ok":
-            self._skip_followers(spec)
-            return
-        followers = self.followers.get(spec.id, [])
-        if followers:
-            answer = {"role": "assistant", "content": "".join(call.text)}
-            self._history[spec.session] = [*messages, answer]
+        end = rec.end if rec.end is not None else self.clock()
+        nxt: RequestSpec | None = None
+        if rec.status == "ok":
+            followers = self.followers.get(spec.id)
+            nxt = followers[0] if followers else None
+        else:
+            nxt, dropped = next_session(spec, self.followers)
+            self.progress.skipped += dropped
+        if nxt is not None and nxt.session == spec.session:
+            content = "".join(answer)
+            self._history[spec.session] = [*messages, {"role": "assistant", "content": content}]
         else:
             self._history.pop(spec.session, None)
-        end = rec.end if rec.end is not None else self.clock()
-        for nxt in followers:
-            due = end + nxt.think_s
-            if nxt.not_after is not None and due > nxt.not_after:
-                self._skip(nxt)
-                continue
-            self._pending += 1
-            self._timers.add(
-                gevent.spawn_later(max(0.0, due - self.clock()), self._launch_later, nxt, due)
-            )
+        if nxt is None:
+            return
+        due = end + nxt.think_s
+        if nxt.not_after is not None and due > nxt.not_after:
+            return  # the window closed: the rest of this user's plan is not sent
+        self._pending += 1
+        self._timers.add(
+            gevent.spawn_later(max(0.0, due - self.clock()), self._launch_later, nxt, due)
+        )
 
     def _sleep_until(self, t: float) -> None:
         """Sleep until the run clock reads `t`: gevent's timers may wake a little early (its
@@ -269,17 +281,11 @@ class LoadRun:
         finally:
             self._settle()
 
-    def _skip_followers(self, spec: RequestSpec) -> None:
-        for nxt in self.followers.get(spec.id, []):
-            self._skip(nxt)
-
-    def _skip(self, spec: RequestSpec) -> None:
-        """A turn never sent: its session ended early (or the window closed)."""
-        self.progress.skipped += 1
-        self._history.pop(spec.session, None)
-        self._skip_followers(spec)
-
-    def _dropped(self, spec: RequestSpec, intended: float) -> RequestRecord:
+    def _unsent(
+        self, spec: RequestSpec, intended: float, kind: str, attempt: int = 0
+    ) -> RequestRecord:
+        """The record of an attempt that never left: dropped at the in-flight cap, or a retry
+        whose run ended while it waited."""
         now = self.clock()
         return RequestRecord(
             id=spec.id,
@@ -287,10 +293,11 @@ class LoadRun:
             start=now,
             end=now,
             status="cancelled",
-            error_kind="dropped_in_flight_limit",
+            error_kind=kind,
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
+            attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
         )
 

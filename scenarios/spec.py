@@ -208,14 +208,23 @@ class Retry(Strict):
         default_factory=lambda: [429, 500, 502, 503, 504], description="HTTP codes retried."
     )
     honour_retry_after: bool = Field(True, description="Wait at least the server's Retry-After.")
+    max_retry_after_s: float = Field(
+        60.0, ge=0, le=3600, description="A longer Retry-After is honoured only this long."
+    )
 
     def wait_s(self, attempt: int, draw: float, retry_after_s: float | None) -> float:
         """Seconds before retry number `attempt` (1-based), with `draw` uniform in [0, 1)."""
         base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
         wait = base * (1.0 + self.jitter * (2.0 * draw - 1.0))
         if self.honour_retry_after and retry_after_s is not None:
-            wait = max(wait, retry_after_s)
+            wait = max(wait, min(retry_after_s, self.max_retry_after_s))
         return wait
+
+    @property
+    def longest_wait_s(self) -> float:
+        """The longest one wait can be."""
+        backoff = self.max_backoff_s * (1.0 + self.jitter)
+        return max(backoff, self.max_retry_after_s) if self.honour_retry_after else backoff
 
 
 class Workload(Strict):

@@ -8,7 +8,7 @@ from typing import Any
 
 import simpy
 
-from scenarios.plan import RequestSpec
+from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
 from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig
@@ -84,10 +84,7 @@ class _Clients:
         self.overhead_s = config.overhead_s
         self.records: dict[str, RequestRecord] = {}
         self.specs = {s.id: s for s in plan}
-        self.followers: dict[str, list[RequestSpec]] = {}
-        for spec in plan:
-            if spec.after is not None:
-                self.followers.setdefault(spec.after, []).append(spec)
+        self.followers = followers_of(plan)
         self._placed: dict[str, tuple[Seq, Replica]] = {}
 
     def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
@@ -116,6 +113,7 @@ class _Clients:
         replica = min(self.fleet, key=lambda r: r.engine.load)
         if not replica.engine.fits_ever(seq):
             rec.status, rec.error_kind, rec.end = "rejected", "context_length", self.env.now
+            self._failed(spec, self.env.now)
             return
         replica.submit(seq)
         if spec.patience_s is not None:
@@ -129,6 +127,7 @@ class _Clients:
             seq, replica = self._placed.pop(spec.id)
             rec.status, rec.error_kind, rec.end = "cancelled", "abandoned", give_up
             replica.loop.abort(seq)
+            self._failed(spec, give_up)
         self._placed.pop(spec.id, None)
 
     def on_token(self, seq: Seq, now: float) -> None:
@@ -141,16 +140,27 @@ class _Clients:
         rec = self.records[seq.id]
         rec.end = now
         rec.output_tokens = seq.generated
-        for nxt in self.followers.get(seq.id, []):
-            due = now + nxt.think_s
-            if nxt.not_after is None or due <= nxt.not_after:
-                self.env.process(self._later(nxt, due))
+        followers = self.followers.get(seq.id)
+        if followers:
+            self._follow(followers[0], now)
 
     def on_abort(self, seq: Seq, now: float) -> None:
         """A timeout (a patience abort marked its record already): the session ends here."""
         rec = self.records[seq.id]
         if rec.status == "ok":
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", now
+            self._failed(self.specs[seq.id], now)
+
+    def _failed(self, spec: RequestSpec, now: float) -> None:
+        """The rest of the session is dropped; a closed-loop user goes on with its next one."""
+        nxt, _ = next_session(spec, self.followers)
+        if nxt is not None:
+            self._follow(nxt, now)
+
+    def _follow(self, nxt: RequestSpec, now: float) -> None:
+        due = now + nxt.think_s
+        if nxt.not_after is None or due <= nxt.not_after:
+            self.env.process(self._later(nxt, due))
 
     def _later(self, spec: RequestSpec, due: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, due + self.overhead_s - self.env.now))

@@ -92,3 +92,39 @@ def test_closed_users_obey_the_interactive_response_time_law() -> None:
     measured = len(done) / 600
     assert response > 0.5  # the server matters: a real queue, not an idle one
     assert measured == pytest.approx(users / (response + think), rel=0.03)
+
+
+def test_a_closed_user_who_gives_up_comes_back_with_a_new_session() -> None:
+    """Overloaded, users abandon often; each goes on with its next session, so every user
+    keeps sending until the window closes (the population does not shrink under overload)."""
+    slow = EngineConfig(max_num_seqs=1, kv_cache_tokens=1 << 20, cost=StepCost(0.02, 0, 0))
+    plan = _plan(
+        traffic={
+            "arrival": {
+                "type": "closed-users",
+                "users": 6,
+                "think_time": {"dist": "constant", "value": 0.5},
+            },
+            "duration_s": 60,
+            "seed": 4,
+        },
+        workload={
+            "prompt_tokens": {"dist": "constant", "value": 5},
+            "output_tokens": {"dist": "constant", "value": 10},
+        },
+        session={
+            "turns": {"dist": "constant", "value": 2},
+            "patience": {"dist": "constant", "value": 0.4},
+        },
+    )
+    records = simulate(plan, slow).records
+    abandoned = [r for r in records if r.error_kind == "abandoned"]
+    assert len(abandoned) > 30
+    by_id = {s.id: s for s in plan}
+    last_send: dict[str, float] = {}
+    for rec in records:
+        first = by_id[rec.id]
+        while first.after is not None:
+            first = by_id[first.after]
+        last_send[first.id] = max(last_send.get(first.id, 0.0), rec.start)
+    assert len(last_send) == 6 and min(last_send.values()) > 55
