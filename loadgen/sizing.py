@@ -34,14 +34,18 @@ class SizedPrompts:
     def __init__(self, scenario: Scenario, base_dir: Path | None = None):
         self.personas: dict[str, Persona] = {p.name: p for p in scenario.mix()}
         self.base_dir = base_dir
+        for persona in self.personas.values():  # a bad corpus fails now, not mid-run
+            assert persona.workload is not None
+            persona.workload.text.render(np.random.default_rng(0), 64, base_dir)
         self.chars_per_token = DEFAULT_CHARS_PER_TOKEN
         self.overhead_tokens = 0.0
         self._seen: deque[tuple[int, int]] = deque(maxlen=FIT_WINDOW)
         self._block_cpt: float | None = None  # frozen at the first shared block rendered
         self.texts: dict[str, list[tuple[str, str]]] = {}  # persona -> (clean, messy) samples
 
-    def messages(self, spec: RequestSpec) -> Messages:
-        """The new messages of `spec`: the system prompt (first turns only) and the user's."""
+    def messages(self, spec: RequestSpec, measured: bool = True) -> Messages:
+        """The new messages of `spec`: the system prompt (first turns only) and the user's;
+        `measured` keeps the user's message for the messiness measurement."""
         if spec.prompt is not None:  # fixed text (replayed logs, hand-made plans)
             return [{"role": "user", "content": spec.prompt}]
         persona = self.personas[spec.persona]
@@ -53,7 +57,8 @@ class SizedPrompts:
         n_chars = max(1, round(budget * self.chars_per_token))
         if spec.text_kind == "empty":
             text = empty_text(rng)
-            self._keep(spec.persona, text, text)
+            if measured:
+                self._keep(spec.persona, text, text)
             return [{"role": "user", "content": text}]
         if spec.text_kind == "long_paste":
             return [{"role": "user", "content": paste_text(rng, n_chars)}]
@@ -61,7 +66,8 @@ class SizedPrompts:
         n_chars = max(1, n_chars - len(shared))
         prompt = persona.workload.text.render(rng, n_chars, self.base_dir)
         messy = persona.workload.messiness.apply(prompt.user, rng)
-        self._keep(spec.persona, prompt.user, messy)
+        if measured:
+            self._keep(spec.persona, prompt.user, messy)
         user = shared + messy
         out: Messages = []
         if prompt.system and first:
@@ -133,7 +139,7 @@ def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> Prob
             message_tokens=tokens,
             text_seed=7919 + i,
         )
-        messages = prompts.messages(spec)
+        messages = prompts.messages(spec, measured=False)
         for _ in range(PROBE_TRIES):
             call = StreamingCall(endpoint, spec, time.monotonic, messages=messages)
             record = call.run()

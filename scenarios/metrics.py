@@ -205,15 +205,28 @@ def summarize(
     thresholds: Sequence[Threshold] = (),
     duration_s: float | None = None,
     persona_thresholds: dict[str, list[Threshold]] | None = None,
+    *,
+    window: tuple[float, float] | None = None,
 ) -> Summary:
     """Everything a report or gate needs about one run, measured or simulated alike.
 
-    A request counts once, by its last attempt (earlier ones were retried); with several
-    personas, or objectives of their own, each persona also gets its own summary, judged by
-    the scenario's objectives and its own.
+    A request counts once, by its last attempt (earlier ones were retried). Rates are over
+    the run's windows (`window`: send window, first send to last response, in seconds): sends
+    over the planned duration, or the sends' own span when sessions sent past it;
+    completions over first send to last response. With several personas, or
+    objectives of their own, each persona also gets its own summary over the same windows
+    (so their rates add up), judged by the scenario's objectives and its own.
     """
     attempts = records
     records = [r for r in attempts if not r.retried]
+    n = len(records)
+    if window is None:
+        first = min((r.start for r in records), default=0.0)
+        last_send = max((r.start for r in records), default=0.0) - first
+        span = max(max((r.end or r.start for r in records), default=0.0) - first, 1e-9)
+        duration_s = last_send if duration_s is None else max(duration_s, last_send)
+        window = (duration_s, span)
+    duration_s, span = window
     personas = sorted({r.persona for r in records})
     own = persona_thresholds or {}
     by_persona = {}
@@ -222,15 +235,10 @@ def summarize(
             name: summarize(
                 [r for r in attempts if r.persona == name],
                 [*thresholds, *own.get(name, [])],
-                duration_s,
+                window=window,
             )
             for name in personas
         }
-    n = len(records)
-    first = min((r.start for r in records), default=0.0)
-    span = max(max((r.end or r.start for r in records), default=0.0) - first, 1e-9)
-    if duration_s is None:  # the send window: planned when known, else as seen
-        duration_s = max((r.start for r in records), default=0.0) - first
     ok = [r for r in records if r.status == "ok"]
     stats = {m: Stats.of(metric_samples(records, m)) for m in LATENCY_METRICS}
     stats["ttft_intended"] = Stats.of(metric_samples(records, "ttft_intended"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -470,8 +471,12 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+_BRANCH = re.compile(r"^(tagged-union|function-(after|before|wrap|plain)|literal|union)\[")
+
+
 def _loc(loc: tuple[int | str, ...], data: Any) -> str:
-    """Dotted field path, without the union tag pydantic inserts (`prompt_tokens.lognormal.x`)."""
+    """Dotted field path, without the union tags pydantic inserts (`prompt_tokens.lognormal.x`,
+    `arrival.tagged-union[...].gamma.rate`)."""
     parts: list[str] = []
     node = data
     for item in loc:
@@ -479,19 +484,18 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
             parts.append(f"[{item}]")
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        if (
-            isinstance(node, dict)
-            and item not in node
-            and item
-            in (
-                node.get("dist"),
-                node.get("type"),
-            )
-        ):
-            continue  # discriminator tag, not a field
+        tag = isinstance(node, dict) and item not in node
+        if (tag and item in (node.get("dist"), node.get("type"))) or _BRANCH.match(item):
+            continue  # a union's branch or discriminator tag, not a field
         parts.append(("." if parts else "") + str(item))
         node = node.get(item) if isinstance(node, dict) else None
     return "".join(parts) or "(top level)"
+
+
+def _relevant(err: Any) -> bool:
+    """False for a union branch that cannot be what was meant: a mapping tried as a literal
+    (`arrival: {type: gamma, ...}` against `arrival: poisson`)."""
+    return not (err["type"] == "literal_error" and isinstance(err["input"], dict))
 
 
 def _format(err: Any, data: Any) -> str:
@@ -516,7 +520,8 @@ def parse_scenario(data: Any, path: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(path, [_format(err, data) for err in e.errors()]) from None
+        errors = [err for err in e.errors() if _relevant(err)] or e.errors()
+        raise ScenarioError(path, [_format(err, data) for err in errors]) from None
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -97,10 +97,15 @@ SecondsDistribution = Annotated[
 # ---------------------------------------------------------------- shared machinery
 
 
+class PlanTooLarge(ValueError):
+    """A plan that would hold more than MAX_PLANNED_REQUESTS requests (refused before it is
+    built: a bad input, not a crash)."""
+
+
 def check_budget(expected: float, what: str = "plan") -> None:
-    """ValueError when a plan is expected to hold more than MAX_PLANNED_REQUESTS arrivals."""
+    """PlanTooLarge when a plan is expected to hold more than MAX_PLANNED_REQUESTS arrivals."""
     if not expected <= MAX_PLANNED_REQUESTS:
-        raise ValueError(
+        raise PlanTooLarge(
             f"{what}: about {expected:.3g} arrivals expected, more than "
             f"MAX_PLANNED_REQUESTS ({MAX_PLANNED_REQUESTS:,}); shorten the window or lower the rate"
         )

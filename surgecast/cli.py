@@ -25,6 +25,7 @@ from scenarios.spec import (
     load_scenario,
 )
 from scenarios.traces import TraceError
+from scenarios.traffic import PlanTooLarge
 from simulator.launch import TargetStartError
 from surgecast import __version__
 
@@ -304,22 +305,31 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_plan(a: argparse.Namespace) -> int:
     from loadgen.sizing import SizedPrompts
     from scenarios.plan import build_plan
-    from surgecast.planview import messiness_table, plan_table, render_samples
+    from surgecast.planview import (
+        RENDERED_PER_PERSONA,
+        messiness_table,
+        plan_table,
+        render_samples,
+    )
 
     scenario = _scenario(a)
     plan = build_plan(scenario, rate_scale=a.scale)
     duration = scenario.traffic.duration_s
+    own = [p.name for p in scenario.personas if p.arrival is not None]
     _print(
-        f"{scenario.name}: {len(plan)} requests over {duration:g} s, "
-        f"{scenario.traffic.describe()} x{a.scale:g} (seed {scenario.traffic.seed})\n"
+        f"{scenario.name}: {len(plan)} requests planned over {duration:g} s; "
+        f"{scenario.traffic.describe()} x{a.scale:g}"
+        + (f" (personas with their own arrivals: {', '.join(own)})" if own else "")
+        + f"; seed {scenario.traffic.seed}\n"
     )
-    _print(plan_table(scenario, plan, duration))
-    prompts = SizedPrompts(scenario, base_dir=scenario.base_dir)
+    prompts = SizedPrompts(scenario, base_dir=scenario.base_dir)  # a bad corpus fails here
     prompts.chars_per_token = a.chars_per_token
+    _print(plan_table(scenario, plan, duration))
     samples = render_samples(prompts, plan)
     mess = messiness_table(prompts)
     if mess:
-        _print("\nmessiness of the rendered text (first messages of each persona):\n" + mess)
+        first = f"each persona's first {RENDERED_PER_PERSONA} messages"
+        _print(f"\nmessiness of the rendered text ({first}):\n" + mess)
     for persona, texts in samples.items():
         for text in texts[: a.samples]:
             shown = text if len(text) <= 240 else text[:240] + f"... ({len(text):,} chars)"
@@ -474,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_BAD_INPUT
-    except (BadInput, MissingApiKey, MissingModel, FileExistsError) as e:
+    except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (TargetUnreachable, TargetStartError) as e:

@@ -18,7 +18,7 @@ from loadgen.client import (
     preflight,
     read_api_key,
 )
-from loadgen.sizing import SizedPrompts, probe_sizes
+from loadgen.sizing import KEPT_TEXTS, SizedPrompts, probe_sizes
 from loadgen.telemetry import (
     NvmlSampler,
     PrometheusSampler,
@@ -153,8 +153,9 @@ def run_load(
 ) -> RunOutcome:
     """Send the scenario's plan to the target (the reference target when none is given)."""
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
+    plan = build_plan(scenario)  # bad traces, corpora and sizes fail here, before any folder
+    prompts = SizedPrompts(scenario, base_dir=scenario.base_dir or Path(scenario_file).parent)
     folder = _folder(scenario, out)
-    plan = build_plan(scenario)
     external = bool(target_url or scenario.target.base_url)
     target_meta: dict[str, Any] = {
         "kind": "external" if external else "reference",
@@ -178,7 +179,6 @@ def run_load(
                 say(f"reference target up at {base_url}")
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
             preflight(endpoint)
-            prompts = SizedPrompts(scenario, base_dir=Path(scenario_file).resolve().parent)
             probes = probe_sizes(endpoint, prompts, scenario.mix()[0].name)
             folder.update_meta(
                 sizing={
@@ -193,12 +193,17 @@ def run_load(
                     f"{prompts.overhead_tokens:.0f} tokens of template per request "
                     "(probed; refined from every response's usage)"
                 )
+            elif probes.rejected == probes.sent:
+                say("prompt sizing: the target refused every probe (429/503); sizes are estimates")
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
             records = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
             mess = messiness_table(prompts)
             if mess:
-                say("messiness of the text sent (the first messages of each persona):\n" + mess)
+                say(
+                    f"messiness of the text sent (each persona's first {KEPT_TEXTS} messages):\n"
+                    + mess
+                )
     except (TargetUnreachable, MissingModel) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
@@ -242,18 +247,27 @@ def _send_plan(
         telemetry = TelemetryRecorder(
             _samplers(scenario.telemetry, endpoint.base_url), telemetry_stream
         )
+        load = LoadRun(
+            plan,
+            endpoint,
+            RecordWriter(stream),
+            max_in_flight=scenario.traffic.max_in_flight,
+            store_prompts=scenario.privacy.store_prompts,
+            progress=sys.stderr if progress else None,
+            telemetry=telemetry,
+            telemetry_every_s=scenario.telemetry.interval_s,
+            prompts=prompts,
+        )
         try:
-            return LoadRun(
-                plan,
-                endpoint,
-                RecordWriter(stream),
-                max_in_flight=scenario.traffic.max_in_flight,
-                store_prompts=scenario.privacy.store_prompts,
-                progress=sys.stderr if progress else None,
-                telemetry=telemetry,
-                telemetry_every_s=scenario.telemetry.interval_s,
-                prompts=prompts,
-            ).run()
+            records = load.run()
+            skipped = load.progress.skipped
+            folder.update_meta(turns_not_sent=skipped)
+            if skipped:
+                say_stderr(
+                    f"{skipped} planned session turns not sent: an earlier turn of their "
+                    "session failed or was abandoned"
+                )
+            return records
         finally:
             telemetry.close()
             folder.update_meta(telemetry_errors=telemetry.errors)

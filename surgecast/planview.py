@@ -30,12 +30,13 @@ def plan_table(scenario: Scenario, plan: Sequence[RequestSpec], duration_s: floa
         prompt = np.array([s.prompt_tokens for s in specs])
         output = np.array([s.max_tokens for s in specs])
         kinds = Counter(s.text_kind for s in specs)
+        closed = any(s.not_after is not None for s in specs)  # a closed loop: an upper bound
         rows.append(
             [
                 persona.name,
                 sessions,
-                len(specs),
-                len(specs) / duration_s,
+                f"up to {len(specs)}" if closed else len(specs),
+                "closed loop" if closed else len(specs) / duration_s,
                 cv,
                 len(specs) / sessions,
                 "/".join(f"{v:.0f}" for v in np.percentile(prompt, [50, 90, 99])),
