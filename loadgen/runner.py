@@ -258,6 +258,8 @@ class LoadRun:
             self._history[spec.session] = [*messages, {"role": "assistant", "content": content}]
         else:
             self._history.pop(spec.session, None)
+        if nxt is None or not nxt.regenerate:
+            self._sent.pop(spec.id, None)  # only a regenerate resends these messages
         if nxt is None:
             return
         due = end + nxt.think_s

@@ -19,12 +19,14 @@ import numpy as np
 from loadgen.client import Endpoint, Messages, StreamingCall
 from scenarios.messy import Messiness, MessStats, empty_text, measure, paste_text
 from scenarios.plan import RequestSpec
-from scenarios.prompts import estimate_chars_per_token, prefix_text
+from scenarios.prompts import estimate_chars_per_token
 from scenarios.records import RequestRecord
 from scenarios.spec import Persona, Scenario
+from scenarios.text import make_prompt
 
 DEFAULT_CHARS_PER_TOKEN = 4.0  # English on BPE tokenizers; the first responses correct it
 FIT_WINDOW = 256  # the newest (characters, served tokens) pairs the fit uses
+BLOCK_WORDS = 64  # a shared block's text is drawn this many words at a time
 KEPT_TEXTS = 500  # per persona: user messages kept (before and after messiness) to measure it
 
 
@@ -88,7 +90,7 @@ class SizedPrompts:
         if self._block_cpt is None:
             self._block_cpt = self.chars_per_token
         cpt = self._block_cpt
-        return "".join(prefix_text(key, max(1, round(tokens * cpt))) for key, tokens in spec.prefix)
+        return "".join(block_text(key, max(1, round(tokens * cpt))) for key, tokens in spec.prefix)
 
     def messiness(self) -> dict[str, MessStats]:
         """Measured messiness of the user messages rendered so far, per persona that has any."""
@@ -156,3 +158,15 @@ def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> Prob
             prompts.observe(sum(len(m["content"]) for m in messages), record)
             result.learned += 1
     return result
+
+
+def block_text(key: int, n_chars: int) -> str:
+    """The first `n_chars` of a text stream seeded by `key`: a block cut short (a trace row's
+    last, partial block) is a prefix of the whole block, as the tokens it stands for are."""
+    rng = np.random.default_rng(key)
+    parts: list[str] = []
+    size = 0
+    while size < n_chars:
+        parts.append(make_prompt(rng, BLOCK_WORDS) + " ")
+        size += len(parts[-1])
+    return "".join(parts)[:n_chars]

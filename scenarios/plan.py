@@ -246,6 +246,8 @@ class _PersonaDraws:
             tokens = fixed if fixed >= 0 else self._messages.next()
         tokens = fixed if fixed >= 0 else int(tokens)
         kind = self.messiness.request_kind(self.rng_kind)
+        if fixed >= 0:
+            kind = "normal"  # a trace's row is what it is: no paste or empty prompt instead
         if kind == "long_paste":
             tokens = round(tokens * self.messiness.paste_factor)
         elif kind == "empty":

@@ -233,3 +233,12 @@ def test_ids_are_in_arrival_order() -> None:
     plan = build_plan(_sessions(turns={"dist": "constant", "value": 2}))
     assert _ids(plan) == [f"r{i:06d}" for i in range(len(plan))]
     assert [s.arrival for s in plan] == sorted(s.arrival for s in plan)
+
+
+def test_a_partial_block_is_a_prefix_of_the_whole_block() -> None:
+    """Two trace rows sharing a hash id in a partial last block share its first bytes."""
+    from loadgen.sizing import block_text
+
+    whole, part, other = block_text(42, 2048), block_text(42, 700), block_text(43, 700)
+    assert len(whole) == 2048 and len(part) == 700
+    assert whole.startswith(part) and not whole.startswith(other)
