@@ -531,6 +531,12 @@ def load_scenario(path: str | Path) -> Scenario:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ScenarioError(str(p), [f"cannot read file: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raw = e.object[: e.start]
+        line = raw.count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n") + 1) + 1
+        byte = f"byte 0x{e.object[e.start]:02x} at byte offset {e.start}"
+        raise ScenarioError(str(p), [f"line {line}, column {column}: not UTF-8 ({byte})"]) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:

@@ -112,3 +112,27 @@ def test_slo_and_url_errors_are_all_reported(tmp_path: Path) -> None:
     assert "slos.ttft[0]: SLO 'rate < 0.1': 'rate' is for error_rate" in text
     assert "slos.ttft[1]: SLO 'avg > x' is not of the form" in text
     assert "slos.error_rate[0]: SLO 'p(99) < 1': error_rate takes 'rate'" in text
+
+
+def test_non_utf8_scenario_names_line_column_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: x\ntraffic: {rate: 1, duration_s: 5}\n# caf\xe9\n")
+    result = run_cli("plan", str(path), timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "line 3, column 6: not UTF-8 (byte 0xe9 at byte offset 47)" in result.stderr
+
+
+def test_a_plan_too_large_is_bad_input(tmp_path: Path) -> None:
+    data = scenario_dict(traffic={"rate": 100000, "duration_s": 86400})
+    result = run_cli("plan", str(write_scenario(tmp_path / "huge.yaml", data)), timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "MAX_PLANNED_REQUESTS" in result.stderr
+
+
+def test_arrival_errors_name_the_field_not_the_union(tmp_path: Path) -> None:
+    data = scenario_dict(
+        traffic={"arrival": {"type": "gamma", "rate": 2, "burstiness": 0}, "duration_s": 5}
+    )
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write_scenario(tmp_path / "s.yaml", data))
+    assert info.value.problems == ["traffic.arrival.burstiness: Input should be greater than 0"]
