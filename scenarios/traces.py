@@ -368,6 +368,18 @@ def _parse_table(name: str, text: str, layout: _Layout) -> Trace:
                 hashes.append(_hash_ids(v) if v is not _MISSING else ())
             except _Bad as e:
                 p.add(str(e), line, layout.hash_ids)
+    if not layout.sort:  # among the readable timestamps, listed with every other problem
+        readable = np.flatnonzero(np.isfinite(whole + frac) & (whole >= 0))
+        ts = whole[readable] + frac[readable]  # ordering only: float precision suffices
+        back = np.flatnonzero(np.diff(ts) < 0)
+        if back.size:
+            i, before = int(readable[back[0] + 1]), int(readable[back[0]])
+            p.add(
+                f"timestamps go backwards (line {lines[before]} is later); "
+                f"{back.size} such place(s): sort the trace by time first",
+                lines[i],
+                layout.timestamp,
+            )
     p.check()
 
     order = np.argsort(whole + frac, kind="stable") if layout.sort else np.arange(len(lines))
@@ -431,7 +443,7 @@ def _iso_column(
         frac = np.array([float("0" + v[19:]) if len(v) > 19 else 0.0 for v in values])
         return whole.astype(float), frac
     pairs = _cells(values, lines, column, p, _iso_seconds)
-    whole = np.array([0.0 if q is None else q[0] for q in pairs])
+    whole = np.array([np.nan if q is None else q[0] for q in pairs])  # bad cells: nan
     frac = np.array([0.0 if q is None else q[1] for q in pairs])
     return whole, frac
 

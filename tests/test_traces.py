@@ -370,6 +370,7 @@ def test_missing_column_names_the_columns_found(tmp_path: Path) -> None:
 
 def test_every_bad_cell_reported_at_once(tmp_path: Path) -> None:
     rows = azure_rows(20)
+    rows[14][0], rows[15][0] = rows[15][0], rows[14][0]  # out of order, besides bad cells
     rows[3][1] = "abc"
     rows[5][2] = -4
     rows[8][0] = "yesterday"
@@ -384,6 +385,8 @@ def test_every_bad_cell_reported_at_once(tmp_path: Path) -> None:
         "got 'yesterday'",
         f"{path}: line 10, column ContextTokens: not a whole number, got '12.5'",
         f"{path}: line 12: expected 3 fields, got 2",
+        f"{path}: line 16, column TIMESTAMP: timestamps go backwards (line 15 is later); "
+        "1 such place(s): sort the trace by time first",
     ]
 
 
@@ -411,7 +414,9 @@ def test_unsorted_trace_is_refused_naming_the_line(tmp_path: Path) -> None:
     rows[6], rows[7] = rows[7], rows[6]
     path = write_csv(tmp_path / "trace.csv", rows)
     (problem,) = trace_error(path)
-    assert problem.startswith(f"{path}: line 8: timestamps go backwards (line 7 is later)")
+    assert problem.startswith(
+        f"{path}: line 8, column TIMESTAMP: timestamps go backwards (line 7 is later)"
+    )
     assert "sort the trace" in problem
 
 
