@@ -242,3 +242,18 @@ def test_a_partial_block_is_a_prefix_of_the_whole_block() -> None:
     whole, part, other = block_text(42, 2048), block_text(42, 700), block_text(43, 700)
     assert len(whole) == 2048 and len(part) == 700
     assert whole.startswith(part) and not whole.startswith(other)
+
+
+def test_a_bad_corpus_is_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "q.csv").write_text("question,label\nhow do I pay?,billing\n", encoding="utf-8")
+    data = scenario_dict(traffic={"rate": 2, "duration_s": 5})
+    data["workload"]["text"] = {
+        "type": "corpus",
+        "corpus": {"path": "q.csv", "format": "csv", "text_field": "text"},
+    }
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out), timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "q.csv" in result.stderr and "columns found: question, label" in result.stderr
+    assert not out.exists()  # no run folder, no target started
