@@ -509,16 +509,3 @@ class ClosedUsers(Strict):
         check_budget(n, "closed-users: users")
         t = np.arange(n) * (self.ramp_up_s / n)
         return t[t < duration_s]
-
-
-ArrivalProcess = Annotated[
-    ConstantArrivalRate
-    | PoissonArrival
-    | GammaArrival
-    | OnOffArrival
-    | DiurnalArrival
-    | RampingArrivalRate
-    | FlashCrowd
-    | ClosedUsers,
-    Field(discriminator="type"),
-]

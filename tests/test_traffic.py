@@ -14,15 +14,15 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from scipy import integrate, stats
 
+from scenarios.spec import Arrival
 from scenarios.traffic import (
     MAX_PLANNED_REQUESTS,
-    ArrivalProcess,
     ClosedUsers,
     FlashCrowd,
     SecondsDistribution,
 )
 
-ARRIVAL = TypeAdapter(ArrivalProcess)
+ARRIVAL: TypeAdapter[Any] = TypeAdapter(Arrival)
 SECONDS = TypeAdapter(SecondsDistribution)
 
 SPECS: dict[str, dict[str, Any]] = {
