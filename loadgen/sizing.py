@@ -19,7 +19,7 @@ import numpy as np
 from loadgen.client import Endpoint, Messages, StreamingCall
 from scenarios.messy import Messiness, MessStats, empty_text, measure, paste_text
 from scenarios.plan import RequestSpec
-from scenarios.prompts import estimate_chars_per_token
+from scenarios.prompts import RagSource, estimate_chars_per_token
 from scenarios.records import RequestRecord
 from scenarios.spec import Persona, Scenario
 from scenarios.text import make_prompt
@@ -64,9 +64,15 @@ class SizedPrompts:
             return [{"role": "user", "content": text}]
         if spec.text_kind == "long_paste":
             return [{"role": "user", "content": paste_text(rng, n_chars)}]
-        shared = self._blocks(spec) if first else ""
+        source = persona.workload.text
+        rag = isinstance(source, RagSource)
+        shared = self._blocks(spec.prefix[1:] if rag else spec.prefix) if first else ""
         n_chars = max(1, n_chars - len(shared))
-        prompt = persona.workload.text.render(rng, n_chars, self.base_dir)
+        if isinstance(source, RagSource):  # the system prompt the plan chose (a shared prefix)
+            index = source.system_index(spec.text_seed)
+            prompt = source.render(rng, n_chars, self.base_dir, index)
+        else:
+            prompt = source.render(rng, n_chars, self.base_dir)
         messy = persona.workload.messiness.apply(prompt.user, rng)
         if measured:
             self._keep(spec.persona, prompt.user, messy)
@@ -82,15 +88,15 @@ class SizedPrompts:
         if len(kept) < KEPT_TEXTS:
             kept.append((clean, messy))
 
-    def _blocks(self, spec: RequestSpec) -> str:
+    def _blocks(self, prefix: tuple[tuple[int, int], ...]) -> str:
         """The text of a first turn's shared prefix blocks (a trace's hash_ids): the same
         (key, tokens) renders the same bytes all run long, so engines' prefix caches can hit."""
-        if not spec.prefix:
+        if not prefix:
             return ""
         if self._block_cpt is None:
             self._block_cpt = self.chars_per_token
         cpt = self._block_cpt
-        return "".join(block_text(key, max(1, round(tokens * cpt))) for key, tokens in spec.prefix)
+        return "".join(block_text(key, max(1, round(tokens * cpt))) for key, tokens in prefix)
 
     def messiness(self) -> dict[str, MessStats]:
         """Measured messiness of the user messages rendered so far, per persona that has any."""

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from scenarios.messy import RequestKind
+from scenarios.prompts import RagSource, shared_key
 from scenarios.spec import (
     Arrival,
     Constant,
@@ -204,6 +205,7 @@ class _PersonaDraws:
         )
         self.session = sess
         self.messiness = work.messiness
+        self._rag = work.text if isinstance(work.text, RagSource) else None
         self.turns = _Draws(lambda n: sample_lengths(sess.turns, rng_session, n))
         self.uniform = _Draws(lambda n: rng_session.random(n))
         self.seed = _Draws(lambda n: rng_seed.integers(2**62, size=n))
@@ -229,6 +231,13 @@ class _PersonaDraws:
         else:  # a replayed trace fixes every length (the scenario's validation saw to it)
             self._messages = self._outputs = _Draws(_no_lengths)
         self.joint = joint is not None
+
+    def shared_head(self, text_seed: int, tokens: int) -> tuple[tuple[int, int], ...]:
+        """The prefix segment a new conversation starts with: its RAG system prompt, if any."""
+        if self._rag is None:
+            return ()
+        index = self._rag.system_index(text_seed)
+        return ((shared_key("rag", index), self._rag.system_tokens(tokens)),)
 
     def closed_budget(self, duration: float) -> int:
         """Turns to plan for one closed-loop user: enough for its cycles (think time plus an
@@ -318,13 +327,17 @@ def build_plan(
         while sent < budget:  # one session per pass; a closed user loops until its budget is spent
             patience = float(d.patience.next()) if sess.patience is not None else None
             # the first request of an opener may start with a trace's shared blocks
-            history = openers.prefix[j] if previous is None else ()
+            blocks = openers.prefix[j] if previous is None else ()
+            history: tuple[tuple[int, int], ...] = ()
             history_tokens = 0
             turns = int(d.turns.next())
             for turn in range(turns):
                 first = previous is None
                 message, kind = d.message_tokens(fixed_in if first else -1)
                 redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
+                text_seed = int(d.seed.next())
+                if turn == 0:  # a new conversation: its system prompt, then a trace's blocks
+                    history = d.shared_head(text_seed, message) + blocks
                 for regenerate in (False, True) if redo else (False,):
                     output = d.output_tokens(fixed_out if first and not regenerate else -1)
                     if previous is None:
@@ -350,7 +363,7 @@ def build_plan(
                         "patience_s": patience,
                         "retry": sess.retry if sess.retry.max_retries > 0 else None,
                         "message_tokens": message,
-                        "text_seed": int(d.seed.next()),
+                        "text_seed": text_seed,
                     }
                     rows.append(previous)
                     sent += 1
@@ -434,7 +447,7 @@ def _single_request_plan(
             retry=retries[k],
             message_tokens=m,
             text_seed=s,
-            prefix=openers.prefix[i],
+            prefix=draws[k].shared_head(s, m) + openers.prefix[i],
         )
         for i, (t, k, m, o, s) in enumerate(
             zip(

@@ -248,10 +248,23 @@ class RagSource(Strict):
             head + prefix_text(shared_key("rag", index), self.system_chars), self.system_chars
         )
 
+    def system_index(self, seed: int) -> int:
+        """Which system prompt a request with this text seed uses (the plan knows it too)."""
+        return seed % self.system_prompts
+
+    def system_tokens(self, prompt_tokens: int) -> int:
+        """About how many of a prompt's tokens its system prompt takes (4 characters a token:
+        the plan's estimate, before a server's own ratio is known)."""
+        return min(round(self.system_chars / 4), prompt_tokens // 2)
+
     def render(
-        self, rng: np.random.Generator, n_chars: int, base_dir: Path | None = None
+        self,
+        rng: np.random.Generator,
+        n_chars: int,
+        base_dir: Path | None = None,
+        system_index: int | None = None,
     ) -> Prompt:
-        index = int(rng.integers(self.system_prompts))
+        index = int(rng.integers(self.system_prompts)) if system_index is None else system_index
         system = self.system_prompt(index)[: min(self.system_chars, n_chars // 2)]
         budget = n_chars - len(system)
         if self.corpus is not None:

@@ -257,3 +257,25 @@ def test_a_bad_corpus_is_exit_2_before_anything_starts(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "q.csv" in result.stderr and "columns found: question, label" in result.stderr
     assert not out.exists()  # no run folder, no target started
+
+
+def test_rag_system_prompts_are_shared_prefixes_in_the_plan() -> None:
+    """The plan picks each conversation's system prompt, so the simulator's prefix cache sees
+    what a real engine's would; the text sent opens with exactly that system prompt."""
+    from scenarios.prompts import RagSource, shared_key
+
+    data = scenario_dict(traffic={"rate": 5, "duration_s": 20, "seed": 7})
+    data["workload"]["prompt_tokens"] = {"dist": "constant", "value": 1200}
+    data["workload"]["text"] = {"type": "rag", "system_prompts": 3, "system_chars": 800}
+    s = parse_scenario(data)
+    rag = s.workload.text
+    assert isinstance(rag, RagSource)
+    plan = build_plan(s)
+    heads = Counter(spec.prefix[0] for spec in plan)
+    assert set(heads) == {(shared_key("rag", i), 200) for i in range(3)}  # 800 chars / 4
+    prompts = SizedPrompts(s)
+    for spec in plan[:10]:
+        system = prompts.messages(spec)[0]
+        index = rag.system_index(spec.text_seed)
+        assert spec.prefix[0][0] == shared_key("rag", index)
+        assert system == {"role": "system", "content": rag.system_prompt(index)}
