@@ -181,6 +181,7 @@ class StreamingCall:
             prompt=prompt if store_prompt else None,
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
+            regenerate=spec.regenerate,
         )
 
     def run(self) -> RequestRecord:

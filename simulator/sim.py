@@ -107,6 +107,7 @@ class _Clients:
             session=spec.session,
             turn=spec.turn,
             planned_prompt_tokens=spec.prompt_tokens,
+            regenerate=spec.regenerate,
         )
         self.records[spec.id] = rec
         seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)

@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "run",
-        help="load-test a target with a scenario (open loop, via Locust)",
+        help="load-test a target with a scenario (via Locust: open loop, sessions, closed users)",
         description="Send the scenario's requests at their planned times and "
         "record every request to <out>/requests.jsonl.",
     )

@@ -111,6 +111,7 @@ def test_history_grows_by_the_previous_answer(session_run: tuple) -> None:
             continue
         before = last[spec.after]
         assert rec.prompt_tokens and before.prompt_tokens and before.output_tokens
+        assert rec.regenerate == spec.regenerate  # the record says which answers were redone
         if spec.regenerate:
             assert rec.prompt_tokens == before.prompt_tokens
             regenerated += 1
