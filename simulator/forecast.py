@@ -43,6 +43,9 @@ class Estimate:
         return cls(float(np.mean(x)), float(np.min(x)), float(np.max(x)))
 
 
+ZERO = Estimate(0.0, 0.0, 0.0)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     replicas: int
@@ -52,6 +55,20 @@ class Evaluation:
     e2e_p95_ms: Estimate
     throughput: Estimate  # fleet requests/s completed
     utilisation: Estimate
+    kv_peak: Estimate = ZERO  # fullest KV cache of any replica, fraction of its blocks
+    kv_mean: Estimate = ZERO  # KV use averaged over replicas and the simulated span
+    preemptions: Estimate = ZERO  # per simulated run (a slice's share of the fleet)
+    slots_full: Estimate = ZERO  # share of time a replica had every batch slot taken
+
+    @property
+    def binding(self) -> str:
+        """Which limit a replica meets first at this load: KV memory when its cache fills or
+        it preempts, batch slots when they are mostly all taken, else step time (compute)."""
+        if self.preemptions.high > 0 or self.kv_peak.high >= 0.95:
+            return "KV cache"
+        if self.slots_full.mean >= 0.5:
+            return "max_num_seqs"
+        return "step time"
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,7 @@ class Forecaster:
         share = k / replicas
         observed: dict[str, list[float]] = {name: [] for name in self.checks}
         ttft, e2e, tput, util = [], [], [], []
+        kv_peak, kv_mean, preempted, full = [], [], [], []
         warmup = WARMUP_FRACTION * self.duration_s
         for i, (cost, overhead) in enumerate(self.costs):
             plan = build_plan(
@@ -139,6 +157,10 @@ class Forecaster:
             e2e.append(summary.metrics["e2e"].percentiles[95])
             tput.append(summary.throughput / share)
             util.append(float(np.mean(result.busy_fraction)))
+            kv_peak.append(result.kv_peak)
+            kv_mean.append(result.kv_mean)
+            preempted.append(float(result.preemptions))
+            full.append(result.slots_full)
         estimates = {name: Estimate.of(v) for name, v in observed.items() if v}
         passed = all(
             _holds_for_every_seed(t, estimates[name])
@@ -153,6 +175,10 @@ class Forecaster:
             Estimate.of(e2e),
             Estimate.of(tput),
             Estimate.of(util),
+            Estimate.of(kv_peak),
+            Estimate.of(kv_mean),
+            Estimate.of(preempted),
+            Estimate.of(full),
         )
 
     def _first_guess(self, rate: float) -> int:
@@ -220,6 +246,10 @@ def _evaluation(d: dict[str, Any]) -> Evaluation:
         bool(d["passed"]),
         {k: _estimate(v) for k, v in d["observed"].items()},
         *(_estimate(d[k]) for k in ("ttft_p95_ms", "e2e_p95_ms", "throughput", "utilisation")),
+        *(  # forecasts written before these existed read as zero
+            _estimate(d[k]) if k in d else ZERO
+            for k in ("kv_peak", "kv_mean", "preemptions", "slots_full")
+        ),
     )
 
 

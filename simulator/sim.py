@@ -35,6 +35,7 @@ class Replica:
         self.loop = DriveLoop(self.engine, lambda: env.now, events, cold)
         self._timeout_s = timeout_s
         self._wake: simpy.Event | None = None
+        self.usage = Usage()
         env.process(self._run())
 
     @property
@@ -50,13 +51,35 @@ class Replica:
             self._wake.succeed()
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
-        env = self.env
+        env, engine, usage = self.env, self.engine, self.usage
+        kv, slots = engine.kv, engine.config.max_num_seqs
         for command in self.loop.run():
-            if isinstance(command, Sleep):
+            if isinstance(command, Sleep):  # a step: the state it runs in
+                usage.add(
+                    command.seconds, kv.num_used / kv.num_blocks, len(engine.running) >= slots
+                )
                 yield env.timeout(command.seconds)
             else:
                 self._wake = env.event()
                 yield self._wake
+
+
+@dataclass
+class Usage:
+    """What one replica's steps ran with: seconds stepping, KV use (peak, and its integral over
+    the stepping time) and seconds with every batch slot taken."""
+
+    busy_s: float = 0.0
+    kv_peak: float = 0.0  # fraction of the KV blocks
+    kv_s: float = 0.0  # KV fraction x seconds
+    full_s: float = 0.0
+
+    def add(self, seconds: float, kv: float, full: bool) -> None:
+        self.busy_s += seconds
+        self.kv_s += kv * seconds
+        self.kv_peak = max(self.kv_peak, kv)
+        if full:
+            self.full_s += seconds
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,9 @@ class SimResult:
     horizon_s: float
     busy_fraction: list[float]  # per replica, of the span from first send to last response
     preemptions: int = 0  # over the fleet
+    kv_peak: float = 0.0  # the fullest any replica's KV cache got (fraction of its blocks)
+    kv_mean: float = 0.0  # replicas' KV use averaged over the span (idle time counts as 0)
+    slots_full: float = 0.0  # share of the span with every batch slot taken, replica mean
 
 
 class _Clients:
@@ -217,4 +243,13 @@ def simulate(
     )
     busy = [min(r.busy_time / span, 1.0) if span > 0 else 0.0 for r in fleet]
     preempted = sum(r.engine.scheduler.num_preemptions for r in fleet)
-    return SimResult(ordered, horizon, busy, preempted)
+    per = max(span, 1e-9) * len(fleet)
+    return SimResult(
+        ordered,
+        horizon,
+        busy,
+        preempted,
+        kv_peak=max(r.usage.kv_peak for r in fleet),
+        kv_mean=min(sum(r.usage.kv_s for r in fleet) / per, 1.0),
+        slots_full=min(sum(r.usage.full_s for r in fleet) / per, 1.0),
+    )

@@ -180,7 +180,7 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
     for p in points:
         b = p.best
         if b is None:
-            rows.append([f"x{p.scale:g}", p.rate, "not met", "-", "-", "-", "-"])
+            rows.append([f"x{p.scale:g}", p.rate, "not met", "-", "-", "-", "-", "-", "-", "-"])
             continue
         rows.append(
             [
@@ -190,6 +190,9 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
                 _ci(b.ttft_p95_ms.mean, b.ttft_p95_ms.low, b.ttft_p95_ms.high),
                 _ci(b.e2e_p95_ms.mean, b.e2e_p95_ms.low, b.e2e_p95_ms.high),
                 b.throughput.mean,
+                f"{b.kv_peak.high:.0%} / {b.kv_mean.mean:.0%}",
+                f"{b.preemptions.mean:,.0f}",
+                b.binding,
                 f"${p.cost_per_month_usd:,.0f}",
             ]
         )
@@ -201,6 +204,9 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
             "p95 TTFT ms (seed range)",
             "p95 E2E ms (seed range)",
             "throughput req/s",
+            "KV peak / mean",
+            "preemptions",
+            "binding limit",
             "cost / month",
         ],
         rows,
