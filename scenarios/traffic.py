@@ -10,6 +10,7 @@ thinning on short segments, each against an upper bound of the rate on that segm
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal
 
@@ -184,14 +185,18 @@ def _linear_integral(times: np.ndarray, rates: np.ndarray, duration_s: float) ->
     return float(np.sum((vals[1:] + vals[:-1]) / 2 * np.diff(grid)))
 
 
-class _Open(Strict):
+class _Open(Strict, ABC):
+    """An open-loop arrival process: each kind says its mean rate and draws its arrivals."""
+
     closed: ClassVar[bool] = False
 
+    @abstractmethod
     def mean_rate(self, duration_s: float) -> float:
-        raise NotImplementedError
+        """Expected requests per second over [0, duration_s) at rate_scale 1."""
 
+    @abstractmethod
     def _plan(self, rng: np.random.Generator, duration_s: float, scale: float) -> np.ndarray:
-        raise NotImplementedError
+        """Sorted arrivals in [0, duration_s) at `scale` times the rate."""
 
     def plan(
         self, rng: np.random.Generator, duration_s: float, rate_scale: float = 1.0
