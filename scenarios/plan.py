@@ -70,17 +70,6 @@ def sample_lengths(dist: Distribution, rng: np.random.Generator, n: int) -> np.n
     return np.clip(np.rint(x), max(dist.min, 1), hi).astype(int)
 
 
-def poisson_arrivals(rng: np.random.Generator, rate: float, duration_s: float) -> np.ndarray:
-    """Arrival times of a Poisson process of `rate` per second on [0, duration_s)."""
-    expected = rate * duration_s
-    n_draw = int(expected + 6 * np.sqrt(expected) + 16)
-    times = np.cumsum(rng.exponential(1.0 / rate, size=n_draw))
-    while times[-1] < duration_s:  # practically never: 6 sigma of headroom
-        more = times[-1] + np.cumsum(rng.exponential(1.0 / rate, size=n_draw))
-        times = np.concatenate([times, more])
-    return times[times < duration_s]
-
-
 MIN_TURN_GAP_S = 0.1  # a closed user's plan assumes no cycle (think + answer) is shorter
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
-from scenarios.plan import RequestSpec, poisson_arrivals
+from scenarios.plan import RequestSpec
+from scenarios.traffic import PoissonArrival
 from simulator.engine import EngineConfig, StepCost
 from simulator.sim import simulate
 
@@ -32,7 +33,7 @@ def _mean_waits(
     means = []
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
-        arrivals = poisson_arrivals(rng, lam, n_requests / lam)
+        arrivals = PoissonArrival(type="poisson", rate=lam).plan(rng, n_requests / lam)
         tokens = service_tokens(rng, len(arrivals))
         plan = [
             RequestSpec(f"r{i}", float(t), 1, int(n))
