@@ -297,7 +297,7 @@ class Telemetry(Strict):
 class Forecast(Strict):
     scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
     seeds: int = Field(5, ge=2, le=50, description="Simulations per configuration.")
-    slice_replicas: int = Field(8, ge=1, le=256)
+    workers: int = Field(0, ge=0, le=256, description="Processes for the seeds; 0: one per core.")
     duration_s: float | None = Field(
         None, gt=0, le=86400, description="Simulated traffic per run; default max(120, traffic)."
     )

@@ -1,32 +1,41 @@
 """Capacity forecast: the fewest replicas that meet every SLO at each scale of today's traffic.
 
-A fleet of N replicas behind a router is simulated as a slice of min(N, slice_replicas) replicas
-that receives its share of the traffic and balances it by join-shortest-queue: routing across the
-whole fleet balances at least as well, so the slice is slightly conservative. Each configuration
-runs over several seeds, each with its own arrivals and step costs drawn from the calibration's
-uncertainty, for `forecast.duration_s` of simulated traffic (the first 10% discarded as warm-up).
-The error bars are the range over seeds, and a configuration passes only if every seed meets every
-SLO.
+Every configuration simulates the whole fleet: N replicas behind the router receive all of the
+scaled traffic, with no slice standing in for them. Each configuration runs over several seeds,
+each with its own arrivals and step costs drawn from the calibration's uncertainty, for
+`forecast.duration_s` of simulated traffic (the first 10% discarded as warm-up); the seeds run in
+a process pool across the machine's cores. The error bars are the range over seeds, and a
+configuration passes only if every seed meets every SLO and no replica is loaded beyond its
+saturation capacity.
+
+The search starts each scale from the load per replica that passed at the scale below, so a
+larger scale costs a few fleets, not a binary search from one replica; it stops when the passing
+and failing fleets are within 1% of each other (one replica below 100).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from scenarios.metrics import summarize
-from scenarios.plan import build_plan
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import Scenario
 from simulator.calibrate import Calibration
+from simulator.engine import EngineConfig
+from simulator.pool import ProcessPool
 from simulator.sim import simulate
 
 HOURS_PER_MONTH = 730.0
 WARMUP_FRACTION = 0.1  # requests sent in the first 10% of the window start an empty fleet
+SEARCH_TOLERANCE = 0.01  # stop when passing and failing fleets differ by at most 1%
 
 
 @dataclass(frozen=True)
@@ -47,28 +56,55 @@ ZERO = Estimate(0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
+class SeedOutcome:
+    """What one simulated run of a configuration measured (one seed)."""
+
+    observed: dict[str, float]  # per objective name, the run's value
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    e2e_p50_ms: float
+    e2e_p95_ms: float
+    throughput: float  # fleet requests/s completed
+    output_tokens_per_s: float
+    utilisation: float  # replicas' busy fraction, mean
+    kv_peak: float
+    kv_mean: float
+    preemptions: float
+    slots_full: float
+
+
+@dataclass(frozen=True)
 class Evaluation:
     replicas: int
     passed: bool
-    observed: dict[str, Estimate]  # per SLO expression ("ttft: p(95) < 800"), mean over seeds
+    observed: dict[str, Estimate]  # per SLO expression ("ttft: p(95) < 800"), over seeds
     ttft_p95_ms: Estimate
     e2e_p95_ms: Estimate
     throughput: Estimate  # fleet requests/s completed
-    utilisation: Estimate
+    utilisation: Estimate  # replicas' busy fraction (stepping, at any batch size)
     kv_peak: Estimate = ZERO  # fullest KV cache of any replica, fraction of its blocks
     kv_mean: Estimate = ZERO  # KV use averaged over replicas and the simulated span
-    preemptions: Estimate = ZERO  # per simulated run (a slice's share of the fleet)
+    preemptions: Estimate = ZERO  # per simulated run, over the whole fleet
     slots_full: Estimate = ZERO  # share of time a replica had every batch slot taken
+    ttft_p50_ms: Estimate = ZERO
+    e2e_p50_ms: Estimate = ZERO
+    output_tokens_per_s: Estimate = ZERO
+    load: float = 0.0  # offered requests/s over the fleet's saturation throughput
+
+    @property
+    def headroom(self) -> float:
+        """Share of the fleet's saturation throughput left unused at this traffic."""
+        return max(0.0, 1.0 - self.load)
 
     @property
     def binding(self) -> str:
         """Which limit a replica meets first at this load: KV memory when its cache fills or
         it preempts, batch slots when they are mostly all taken, else step time (compute)."""
         if self.preemptions.high > 0 or self.kv_peak.high >= 0.95:
-            return "KV cache"
+            return "KV memory"
         if self.slots_full.mean >= 0.5:
-            return "max_num_seqs"
-        return "step time"
+            return "batch slots (max_num_seqs)"
+        return "compute (step time)"
 
 
 @dataclass(frozen=True)
@@ -79,20 +115,111 @@ class ForecastPoint:
     cost_per_month_usd: float | None
     tried: list[Evaluation] = field(default_factory=list)
 
+    @property
+    def cost_per_million_tokens_usd(self) -> float | None:
+        """The month's cost over the output tokens the fleet serves in it, per million."""
+        if self.best is None or self.cost_per_month_usd is None:
+            return None
+        tokens_per_month = self.best.output_tokens_per_s.mean * 3600.0 * HOURS_PER_MONTH
+        return self.cost_per_month_usd / tokens_per_month * 1e6 if tokens_per_month else None
+
 
 @dataclass(frozen=True)
 class ForecastConfig:
     seeds: int = 5
-    slice_replicas: int = 8
     duration_s: float = 120.0  # simulated traffic per configuration and seed
     max_replicas: int = 100000
+    workers: int = 0  # processes for the seeds; 0: one per core, 1: none (in this process)
 
     @classmethod
     def of(cls, scenario: Scenario) -> ForecastConfig:
         f = scenario.forecast
         return cls(
-            f.seeds, f.slice_replicas, f.duration_s or max(120.0, scenario.traffic.duration_s)
+            f.seeds, f.duration_s or max(120.0, scenario.traffic.duration_s), workers=f.workers
         )
+
+
+@dataclass(frozen=True)
+class SeedJob:
+    """One simulated run: everything a worker process needs, picklable."""
+
+    scenario: Scenario
+    engine: EngineConfig
+    seed: int
+    rate_scale: float
+    replicas: int
+    duration_s: float
+
+
+def run_seed(job: SeedJob) -> SeedOutcome:
+    """Simulate one seed of one configuration and measure it over the steady window."""
+    scenario = job.scenario
+    thresholds = scenario.thresholds()
+    personas = scenario.persona_thresholds()
+    plan = build_plan(scenario, seed=job.seed, rate_scale=job.rate_scale, duration_s=job.duration_s)
+    result = simulate(
+        plan,
+        job.engine,
+        replicas=job.replicas,
+        timeout_s=scenario.target.timeout_s,
+        record_chunks="itl" in {t.metric for t in thresholds},
+    )
+    warmup = WARMUP_FRACTION * job.duration_s
+    steady = [r for r in result.records if r.intended_start >= warmup]
+    summary = summarize(steady, thresholds, job.duration_s - warmup, personas)
+    observed = {str(slo.threshold): slo.observed for slo in summary.slos}
+    for persona, own in personas.items():
+        if persona in summary.by_persona:  # no request of it in the window: nothing to judge
+            by_name = {str(r.threshold): r.observed for r in summary.by_persona[persona].slos}
+            observed.update({f"{persona}: {t}": by_name[str(t)] for t in own})
+    ttft, e2e = summary.metrics["ttft"].percentiles, summary.metrics["e2e"].percentiles
+    window = job.duration_s - warmup
+    tokens = sum(r.output_tokens or 0 for r in steady if r.status == "ok")
+    return SeedOutcome(
+        observed,
+        ttft[50],
+        ttft[95],
+        e2e[50],
+        e2e[95],
+        summary.throughput,
+        tokens / window if window > 0 else 0.0,
+        float(np.mean(result.busy_fraction)),
+        result.kv_peak,
+        result.kv_mean,
+        float(result.preemptions),
+        result.slots_full,
+    )
+
+
+def saturation_throughput(engine: EngineConfig, plan: Sequence[RequestSpec]) -> float:
+    """Requests/s one replica completes when saturated: a full batch (as many sequences as
+    max_num_seqs and the KV cache hold, each at its mean footprint) decoding the plan's mean
+    output, plus each request's prefill, priced by the engine's step-cost model."""
+    if not plan:
+        return math.inf
+    prompt = float(np.mean([s.prompt_tokens for s in plan]))
+    output = max(float(np.mean([s.max_tokens for s in plan])), 1.0)
+    footprint = prompt + output / 2.0  # KV tokens a sequence holds, on average over its life
+    batch = max(1, min(engine.max_num_seqs, int(engine.kv_cache_tokens // max(footprint, 1.0))))
+    context = int(batch * footprint)
+    step = engine.cost.duration(batch, 0, context)
+    prefill = engine.cost.duration(batch, round(prompt), context) - step  # one prompt's share
+    seconds = output * step + batch * prefill  # for `batch` requests, start to end
+    return batch / seconds if seconds > 0 else math.inf
+
+
+@contextmanager
+def seed_pool(workers: int, seeds: int) -> Iterator[ProcessPool | None]:
+    """Worker processes for the seeds, or None to run them in this process."""
+    n = min(workers or (os.cpu_count() or 1), seeds)
+    if n <= 1:
+        yield None
+        return
+    with ProcessPool(n) as pool:
+        yield pool
+
+
+Progress = Callable[[float, Evaluation], None]  # (scale, a fleet just evaluated)
 
 
 class Forecaster:
@@ -101,7 +228,7 @@ class Forecaster:
         scenario: Scenario,
         calibration: Calibration,
         config: ForecastConfig | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ):
         self.scenario = scenario
         self.calibration = calibration
@@ -116,103 +243,89 @@ class Forecaster:
             self.checks.update({f"{persona}: {t}": t for t in own})
         self.base_plan = build_plan(scenario, seed=scenario.traffic.seed)
         self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
+        self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
+        self._pool: ProcessPool | None = None
 
     def evaluate(self, scale: float, replicas: int) -> Evaluation:
-        k = min(replicas, self.config.slice_replicas)
-        share = k / replicas
-        observed: dict[str, list[float]] = {name: [] for name in self.checks}
-        ttft, e2e, tput, util = [], [], [], []
-        kv_peak, kv_mean, preempted, full = [], [], [], []
-        warmup = WARMUP_FRACTION * self.duration_s
-        for i, (cost, overhead) in enumerate(self.costs):
-            plan = build_plan(
+        jobs = [
+            SeedJob(
                 self.scenario,
-                seed=self.scenario.traffic.seed + 1 + i,
-                rate_scale=scale * share,
-                duration_s=self.duration_s,
+                self.calibration.engine.with_cost(cost, overhead),
+                self.scenario.traffic.seed + 1 + i,
+                scale,
+                replicas,
+                self.duration_s,
             )
-            engine = self.calibration.engine.with_cost(cost, overhead)
-            result = simulate(
-                plan,
-                engine,
-                replicas=k,
-                timeout_s=self.scenario.target.timeout_s,
-                record_chunks="itl" in {t.metric for t in self.thresholds},
-            )
-            steady = [r for r in result.records if r.intended_start >= warmup]
-            summary = summarize(
-                steady, self.thresholds, self.duration_s - warmup, self.persona_thresholds
-            )
-            for slo in summary.slos:
-                observed[str(slo.threshold)].append(slo.observed)
-            for persona, own in self.persona_thresholds.items():
-                if persona not in summary.by_persona:  # no request of it in the window
-                    continue
-                by_name = {str(r.threshold): r for r in summary.by_persona[persona].slos}
-                for t in own:
-                    observed[f"{persona}: {t}"].append(by_name[str(t)].observed)
-            ttft.append(summary.metrics["ttft"].percentiles[95])
-            e2e.append(summary.metrics["e2e"].percentiles[95])
-            tput.append(summary.throughput / share)
-            util.append(float(np.mean(result.busy_fraction)))
-            kv_peak.append(result.kv_peak)
-            kv_mean.append(result.kv_mean)
-            preempted.append(float(result.preemptions))
-            full.append(result.slots_full)
+            for i, (cost, overhead) in enumerate(self.costs)
+        ]
+        if self._pool is not None:
+            outcomes = self._pool.map(run_seed, jobs)
+        else:
+            outcomes = [run_seed(job) for job in jobs]
+        observed: dict[str, list[float]] = {name: [] for name in self.checks}
+        for o in outcomes:
+            for name, value in o.observed.items():
+                observed[name].append(value)
         estimates = {name: Estimate.of(v) for name, v in observed.items() if v}
-        passed = all(
+        load = self.base_rate * scale / (replicas * self.replica_capacity)
+        passed = load <= 1.0 and all(
             _holds_for_every_seed(t, estimates[name])
             for name, t in self.checks.items()
             if name in estimates
         )
+
+        def over_seeds(name: str) -> Estimate:
+            return Estimate.of([getattr(o, name) for o in outcomes])
+
         return Evaluation(
             replicas,
             passed,
             estimates,
-            Estimate.of(ttft),
-            Estimate.of(e2e),
-            Estimate.of(tput),
-            Estimate.of(util),
-            Estimate.of(kv_peak),
-            Estimate.of(kv_mean),
-            Estimate.of(preempted),
-            Estimate.of(full),
+            **{f.name: over_seeds(f.name) for f in fields(SeedOutcome) if f.name != "observed"},
+            load=load,
         )
 
     def _first_guess(self, rate: float) -> int:
-        """Replicas that the throughput of a full batch alone would need (a lower-ish bound)."""
-        eng = self.calibration.engine
-        plan = self.base_plan
-        mean_out = float(np.mean([s.max_tokens for s in plan])) if plan else 1.0
-        step = eng.cost.duration(eng.max_num_seqs, 0)
-        per_replica = eng.max_num_seqs / (mean_out * step) if step > 0 else rate
-        return max(1, math.ceil(rate / per_replica))
+        """Replicas that saturated replicas alone would need (a lower bound)."""
+        return max(1, math.ceil(rate / self.replica_capacity))
 
-    def point(self, scale: float) -> ForecastPoint:
+    def point(self, scale: float, hint: tuple[float, float] | None = None) -> ForecastPoint:
+        """The fewest replicas meeting every SLO at `scale`. `hint` is the load per replica
+        (requests/s) that passed and the one that failed at a smaller scale: a bigger fleet
+        balances at least as well, so it starts the search close to the answer."""
         rate = self.base_rate * scale
+        limit = self.config.max_replicas
         tried: dict[int, Evaluation] = {}
 
         def passes(n: int) -> bool:
             if n not in tried:
                 tried[n] = self.evaluate(scale, n)
                 if self.progress:
-                    e = tried[n]
-                    self.progress(
-                        f"  x{scale:g}: {n} replicas -> "
-                        f"{'meets SLOs' if e.passed else 'misses SLOs'} "
-                        f"(p95 ttft {e.ttft_p95_ms.mean:.0f} ms)"
-                    )
+                    self.progress(scale, tried[n])
             return tried[n].passed
 
-        hi = min(self._first_guess(rate), self.config.max_replicas)
-        lo = 0
+        floor = self._first_guess(rate)
+        if hint is None:
+            hi = min(floor, limit)
+            probe = 0
+        else:
+            hi = min(max(floor, math.ceil(rate / hint[0])), limit)
+            probe = math.floor(rate / hint[1]) if hint[1] else 0  # likely to fail
+        lo = floor - 1  # fewer replicas than saturation needs cannot pass
         while not passes(hi):
-            if hi >= self.config.max_replicas:
+            if hi >= limit:
                 return ForecastPoint(scale, rate, None, None, sorted_evals(tried))
-            lo, hi = hi, min(hi * 2, self.config.max_replicas)
-        while hi - lo > 1:
+            lo, hi = hi, min(max(hi + 1, math.ceil(hi * (1.5 if hint is None else 1.1))), limit)
+        # below a passing fleet: try where the smaller scale's failing load per replica falls
+        while lo < probe < hi:
+            if passes(probe):
+                hi, probe = probe, max(lo, math.floor(probe * 0.9))
+            else:
+                lo = probe
+                break
+        while hi - lo > max(1, math.floor(SEARCH_TOLERANCE * hi)):
             mid = (lo + hi) // 2
             if passes(mid):
                 hi = mid
@@ -223,7 +336,21 @@ class Forecaster:
         return ForecastPoint(scale, rate, tried[hi], monthly, sorted_evals(tried))
 
     def run(self, scales: list[float]) -> list[ForecastPoint]:
-        return [self.point(s) for s in scales]
+        points: list[ForecastPoint] = []
+        hint: tuple[float, float] | None = None
+        with seed_pool(self.config.workers, self.config.seeds) as pool:
+            self._pool = pool
+            try:
+                for scale in sorted(scales):
+                    p = self.point(scale, hint)
+                    points.append(p)
+                    if p.best is not None:
+                        failed = [e.replicas for e in p.tried if not e.passed]
+                        hint = (p.rate / p.best.replicas, p.rate / max(failed) if failed else 0.0)
+            finally:
+                self._pool = None
+        by_scale = {p.scale: p for p in points}
+        return [by_scale[s] for s in scales]
 
 
 def _holds_for_every_seed(threshold: Threshold, estimate: Estimate) -> bool:
@@ -241,16 +368,16 @@ def _estimate(d: dict[str, float]) -> Estimate:
 
 
 def _evaluation(d: dict[str, Any]) -> Evaluation:
-    return Evaluation(
-        int(d["replicas"]),
-        bool(d["passed"]),
-        {k: _estimate(v) for k, v in d["observed"].items()},
-        *(_estimate(d[k]) for k in ("ttft_p95_ms", "e2e_p95_ms", "throughput", "utilisation")),
-        *(  # forecasts written before these existed read as zero
-            _estimate(d[k]) if k in d else ZERO
-            for k in ("kv_peak", "kv_mean", "preemptions", "slots_full")
-        ),
-    )
+    """An Evaluation from forecast.json; estimates a forecast written before them read as 0."""
+    values: dict[str, Any] = {}
+    for f in fields(Evaluation):
+        if f.name == "observed":
+            values[f.name] = {k: _estimate(v) for k, v in d["observed"].items()}
+        elif f.name in ("replicas", "passed", "load"):
+            values[f.name] = d.get(f.name, 0.0)
+        else:
+            values[f.name] = _estimate(d[f.name]) if f.name in d else ZERO
+    return Evaluation(**values)
 
 
 def points_to_dict(points: Sequence[ForecastPoint]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
 from surgecast.planview import messiness_table
+from surgecast.progressbar import ForecastBar
 from surgecast.rundir import RunFolder, machine, new_run_id, versions
 
 Say = Callable[[str], None]
@@ -354,7 +355,11 @@ def forecast_scenario(
     """Forecast at each scale, with today's traffic (x1) first as the baseline."""
     scales = sorted({1.0, *scales})
     say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
-    return Forecaster(scenario, calibration, progress=say).run(scales)
+    bar = ForecastBar(scales)
+    try:
+        return Forecaster(scenario, calibration, progress=bar).run(scales)
+    finally:
+        bar.close()
 
 
 def save_forecast(folder: RunFolder, points: Sequence[ForecastPoint]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from scenarios.metrics import Summary
 from simulator.backtest import BacktestRow
 from simulator.calibrate import PARAMS, Calibration
-from simulator.forecast import ForecastPoint
+from simulator.forecast import Estimate, ForecastPoint
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -175,25 +175,32 @@ def _ci(mean: float, low: float, high: float) -> str:
     return f"{mean:,.0f} ({low:,.0f}-{high:,.0f})"
 
 
+def _p50_p95(p50: Estimate, p95: Estimate) -> str:
+    return f"{p50.mean:,.0f} / {_ci(p95.mean, p95.low, p95.high)}"
+
+
 def forecast_table(points: Sequence[ForecastPoint]) -> str:
     rows: list[list[object]] = []
     for p in points:
         b = p.best
         if b is None:
-            rows.append([f"x{p.scale:g}", p.rate, "not met", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([f"x{p.scale:g}", p.rate, "not met", *["-"] * 9])
             continue
+        per_m = p.cost_per_million_tokens_usd
         rows.append(
             [
                 f"x{p.scale:g}",
                 p.rate,
                 b.replicas,
-                _ci(b.ttft_p95_ms.mean, b.ttft_p95_ms.low, b.ttft_p95_ms.high),
-                _ci(b.e2e_p95_ms.mean, b.e2e_p95_ms.low, b.e2e_p95_ms.high),
+                _p50_p95(b.ttft_p50_ms, b.ttft_p95_ms),
+                _p50_p95(b.e2e_p50_ms, b.e2e_p95_ms),
                 b.throughput.mean,
+                f"{b.load:.0%} / {b.headroom:.0%}",
                 f"{b.kv_peak.high:.0%} / {b.kv_mean.mean:.0%}",
                 f"{b.preemptions.mean:,.0f}",
                 b.binding,
                 f"${p.cost_per_month_usd:,.0f}",
+                "-" if per_m is None else f"${per_m:,.2f}",
             ]
         )
     return markdown(
@@ -201,13 +208,15 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
             "scale",
             "rate req/s",
             "replicas",
-            "p95 TTFT ms (seed range)",
-            "p95 E2E ms (seed range)",
+            "TTFT ms p50 / p95 (seed range)",
+            "E2E ms p50 / p95 (seed range)",
             "throughput req/s",
+            "load / headroom",
             "KV peak / mean",
             "preemptions",
             "binding limit",
             "cost / month",
+            "$ / M output tokens",
         ],
         rows,
     )
