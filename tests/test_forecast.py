@@ -1,0 +1,80 @@
+"""The forecast's search, pool and capacity bound, on a known engine (no calibration noise)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from scenarios.plan import RequestSpec
+from scenarios.spec import Scenario
+from simulator.calibrate import Calibration, Fit
+from simulator.engine import EngineConfig, StepCost
+from simulator.forecast import ForecastConfig, Forecaster, saturation_throughput
+from simulator.sim import simulate
+from tests.conftest import scenario_dict
+
+ENGINE = EngineConfig(max_num_seqs=8, kv_cache_tokens=16384, cost=StepCost(0.010, 0.0008, 0.00005))
+
+
+def known(engine: EngineConfig = ENGINE) -> Calibration:
+    """A calibration that is exactly `engine`: zero uncertainty, so seeds differ only in traffic."""
+    c = engine.cost
+    assert isinstance(c, StepCost)
+    values = np.array([0.0, c.base_s, c.per_decode_seq_s, c.per_prefill_token_s])
+    return Calibration(engine, Fit(values, np.zeros((4, 4)), 100, 10, 1.0, 0.0))
+
+
+def scenario(**slos: str) -> Scenario:
+    data = scenario_dict(
+        traffic={"rate": 4, "duration_s": 20, "seed": 3},
+        slos=slos or {"ttft": "p(95) < 300"},
+        forecast={"seeds": 2, "duration_s": 40},
+    )
+    return Scenario.model_validate(data)
+
+
+def test_the_answer_is_the_fewest_fleet_that_passes() -> None:
+    fc = Forecaster(scenario(), known(), ForecastConfig(seeds=2, duration_s=40, workers=1))
+    for point in fc.run([1.0, 6.0]):
+        assert point.best is not None and point.best.passed
+        n = point.best.replicas
+        assert n == 1 or not fc.evaluate(point.scale, n - 1).passed
+        assert point.cost_per_month_usd == n * 2.0 * 730
+
+
+def test_seeds_in_worker_processes_give_the_same_result() -> None:
+    def one(workers: int) -> tuple[float, float]:
+        fc = Forecaster(
+            scenario(), known(), ForecastConfig(seeds=2, duration_s=20, workers=workers)
+        )
+        fc_eval = fc.run([3.0])[0].best
+        assert fc_eval is not None
+        return fc_eval.ttft_p95_ms.mean, fc_eval.throughput.mean
+
+    assert one(1) == one(2)
+
+
+def test_a_replica_loaded_beyond_its_saturation_throughput_never_passes() -> None:
+    lenient = scenario(ttft="p(95) < 10000000", e2e="p(95) < 10000000")
+    fc = Forecaster(lenient, known(), ForecastConfig(seeds=2, duration_s=20, workers=1))
+    point = fc.run([10.0])[0]
+    assert point.best is not None
+    assert point.best.replicas >= math.ceil(point.rate / fc.replica_capacity)
+    assert point.best.load <= 1.0 and point.best.headroom == 1.0 - point.best.load
+
+
+def test_saturation_throughput_matches_a_saturated_simulation() -> None:
+    """Ten times more traffic than the formula says one replica can take: the simulated replica
+    completes within 10% of the formula's rate."""
+    specs = [
+        RequestSpec(id=f"r{i}", arrival=i * 0.01, prompt_tokens=100, max_tokens=50)
+        for i in range(3000)
+    ]
+    capacity = saturation_throughput(ENGINE, specs)
+    result = simulate(specs, ENGINE, timeout_s=10_000, record_chunks=False)
+    ends = sorted(r.end for r in result.records if r.status == "ok" and r.end is not None)
+    middle = ends[len(ends) // 4 : 3 * len(ends) // 4]  # steady state, not the ramp or the tail
+    measured = (len(middle) - 1) / (middle[-1] - middle[0])
+    assert measured == pytest.approx(capacity, rel=0.10)
