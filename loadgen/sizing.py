@@ -9,6 +9,7 @@ Plain Python: safe to import without gevent.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ KEPT_TEXTS = 500  # per persona: user messages kept (before and after messiness)
 class SizedPrompts:
     """Renders each request's new messages and learns characters per token from `usage`."""
 
-    def __init__(self, scenario: Scenario, base_dir: Path | None = None):
+    def __init__(self, scenario: Scenario, base_dir: Path | None = None, salt: str = ""):
+        self.salt = f"[{salt}] " if salt else ""  # begins each conversation (see run_salt)
         self.personas: dict[str, Persona] = {p.name: p for p in scenario.mix()}
         self.base_dir = base_dir
         for persona in self.personas.values():  # a bad corpus fails now, not mid-run
@@ -48,12 +50,18 @@ class SizedPrompts:
     def messages(self, spec: RequestSpec, measured: bool = True) -> Messages:
         """The new messages of `spec`: the system prompt (first turns only) and the user's;
         `measured` keeps the user's message for the messiness measurement."""
+        first = spec.after is None or spec.turn == 0
+        out = self._messages(spec, first, measured)
+        if first and self.salt:
+            out[0] = {**out[0], "content": self.salt + out[0]["content"]}
+        return out
+
+    def _messages(self, spec: RequestSpec, first: bool, measured: bool) -> Messages:
         if spec.prompt is not None:  # fixed text (replayed logs, hand-made plans)
             return [{"role": "user", "content": spec.prompt}]
         persona = self.personas[spec.persona]
         assert persona.workload is not None
         rng = np.random.default_rng(spec.text_seed)
-        first = spec.after is None or spec.turn == 0
         tokens = spec.message_tokens or spec.prompt_tokens
         budget = tokens - (self.overhead_tokens if first else 0.0)
         n_chars = max(1, round(budget * self.chars_per_token))
@@ -115,6 +123,13 @@ class SizedPrompts:
         self._seen.append((sent_chars, record.prompt_tokens))
         chars, tokens = zip(*self._seen, strict=True)
         self.chars_per_token, self.overhead_tokens = estimate_chars_per_token(chars, tokens)
+
+
+def run_salt() -> str:
+    """Six random hex digits, new for each run (kept in run.json): prompts starting with them
+    share no prefix with an earlier run's, so a server's prefix cache cannot serve one run from
+    another. Random on purpose; the plan itself stays seeded."""
+    return secrets.token_hex(3)
 
 
 PROBE_TOKENS = (48, 192, 768)

@@ -118,6 +118,11 @@ class Target(Strict):
     timeout_s: float = Field(60.0, gt=0, le=3600)
     stream: bool = True
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    salt_prompts: bool = Field(
+        True,
+        description="Begin every conversation with a salt unique to the run, so a rerun does "
+        "not hit the server's prefix cache; false sends the same text every run.",
+    )
 
     @field_validator("base_url")
     @classmethod

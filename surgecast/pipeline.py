@@ -18,7 +18,7 @@ from loadgen.client import (
     preflight,
     read_api_key,
 )
-from loadgen.sizing import KEPT_TEXTS, SizedPrompts, probe_sizes
+from loadgen.sizing import KEPT_TEXTS, SizedPrompts, probe_sizes, run_salt
 from loadgen.telemetry import (
     NvmlSampler,
     PrometheusSampler,
@@ -155,12 +155,14 @@ def run_load(
     """Send the scenario's plan to the target (the reference target when none is given)."""
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     plan = build_plan(scenario)  # bad traces, corpora and sizes fail here, before any folder
-    prompts = SizedPrompts(scenario, base_dir=scenario.base_dir or Path(scenario_file).parent)
+    salt = run_salt() if scenario.target.salt_prompts else ""
+    prompts = SizedPrompts(scenario, scenario.base_dir or Path(scenario_file).parent, salt)
     folder = _folder(scenario, out)
     external = bool(target_url or scenario.target.base_url)
     target_meta: dict[str, Any] = {
         "kind": "external" if external else "reference",
         "base_url": target_url or scenario.target.base_url,
+        "prompt_salt": salt or None,
     }
     if not external:
         target_meta["engine"] = engine_from_spec(scenario.reference_target).to_dict()

@@ -279,3 +279,31 @@ def test_rag_system_prompts_are_shared_prefixes_in_the_plan() -> None:
         index = rag.system_index(spec.text_seed)
         assert spec.prefix[0][0] == shared_key("rag", index)
         assert system == {"role": "system", "content": rag.system_prompt(index)}
+
+
+def test_a_run_salt_begins_each_conversation_and_keeps_shared_prefixes_shared(
+    tmp_path: Path,
+) -> None:
+    """Two runs with different salts share no prompt prefix; within a run, requests that share
+    prefix blocks still share their bytes (the salt is the same for all of them)."""
+    trace = tmp_path / "t.jsonl"
+    rows = [
+        {"timestamp": 0, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 3]},
+        {"timestamp": 100, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 4]},
+    ]
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = scenario_dict(
+        traffic={
+            "arrival": {"type": "trace", "path": trace.name, "format": "mooncake"},
+            "duration_s": 0.3,
+        }
+    )
+    data.pop("workload")
+    s = load_scenario(write_scenario(tmp_path / "s.yaml", data))
+    plan = build_plan(s)
+    one, two = SizedPrompts(s, s.base_dir, "aaaaaa"), SizedPrompts(s, s.base_dir, "bbbbbb")
+    a1, b1 = (one.messages(spec)[0]["content"] for spec in plan[:2])
+    a2 = two.messages(plan[0])[0]["content"]
+    assert a1.startswith("[aaaaaa] ") and a2.startswith("[bbbbbb] ")
+    assert a1[9:] == a2[9:]  # the same text after the salt
+    assert a1[: len(a1) // 2] == b1[: len(b1) // 2]  # blocks 1 and 2 still shared in a run
