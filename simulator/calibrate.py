@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import lsq_linear
 
 from scenarios.records import RequestRecord
 from simulator.engine import EngineConfig, StepCost
@@ -124,6 +124,9 @@ def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
         if p == 0:
             prefill[s] += records[o].prompt_tokens or 0
             first_step[o] = s
+            # sent before the step before last began: it waited in the queue, so its prefill
+            # step began as the step before ended (a one-slot server's steps are all like this)
+            busy[s] |= s >= 2 and records[o].start < end[s - 2]
         else:
             decode[s] += 1
             busy[s] |= step_at[(o, p - 1)] == s - 1
@@ -139,7 +142,8 @@ def _overhead_samples(records: Sequence[RequestRecord], steps: _Steps) -> np.nda
     """
     out = []
     for i, s in steps.first_step.items():
-        if s >= 2 and steps.busy[s] and steps.busy[s - 1]:
+        # sent during the step before its prefill step (not queued behind earlier steps)
+        if s >= 2 and steps.busy[s] and steps.busy[s - 1] and records[i].start >= steps.end[s - 2]:
             before = steps.end[s - 1] - steps.end[s - 2]
             out.append(steps.end[s - 1] - records[i].start - before / 2)
     return np.asarray(out)
@@ -159,6 +163,43 @@ def _idle_requests(records: Sequence[RequestRecord]) -> list[RequestRecord]:
     return idle
 
 
+OUTLIER_MADS = 6.0  # a step further than this many robust deviations from the fit is dropped
+
+
+def robust_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative least squares (a mean fit: queueing depends on mean service time) refitted
+    without the rows whose residual is beyond OUTLIER_MADS robust deviations (a paused client,
+    a garbage collection): (coefficients, rows kept)."""
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    keep = np.ones(len(y), dtype=bool)
+    beta = np.zeros(x.shape[1])
+    for _ in range(5):
+        beta = lsq_linear(x[keep] / scale, y[keep], bounds=(0.0, np.inf)).x / scale
+        resid = y - x @ beta
+        centre = float(np.median(resid[keep]))
+        spread = 1.4826 * float(np.median(np.abs(resid[keep] - centre)))
+        now = np.abs(resid - centre) <= max(OUTLIER_MADS * spread, 1e-9)
+        if np.array_equal(now, keep) or now.sum() < x.shape[1] + 1:
+            break
+        keep = now
+    return beta, keep
+
+
+def _prefill_from_idle(idle: Sequence[RequestRecord]) -> tuple[float, float]:
+    """Seconds per prompt token (and its variance) from requests served alone: their TTFT is
+    overhead + one prefill step, base + per-token x prompt, so the slope over prompt length is
+    the per-token cost. (0, 0) when the prompts do not vary."""
+    prompts = np.array([r.prompt_tokens or 0 for r in idle], dtype=float)
+    if len(idle) < 5 or np.ptp(prompts) == 0:
+        return 0.0, 0.0
+    ttft = np.array([(r.first_token or 0.0) - r.start for r in idle])
+    x = np.column_stack([np.ones(len(idle)), prompts])
+    beta, keep = robust_lstsq(x, ttft)
+    resid = ttft[keep] - x[keep] @ beta
+    sigma2 = float(resid @ resid) / max(int(keep.sum()) - 2, 1)
+    return float(beta[1]), float(sigma2 * np.linalg.pinv(x[keep].T @ x[keep])[1, 1])
+
+
 def fit_step_cost(records: Sequence[RequestRecord]) -> Fit:
     ok = [r for r in records if r.status == "ok" and r.chunk_times and r.first_token is not None]
     steps = _recover_steps(ok) if sum(len(r.chunk_times) for r in ok) >= 3 else None
@@ -173,33 +214,30 @@ def fit_step_cost(records: Sequence[RequestRecord]) -> Fit:
     identifiable = np.ptp(x, axis=0) > 0
     identifiable[0] = True  # the intercept (base) is always fitted
     xs = x[:, identifiable]
-    scale = np.maximum(np.abs(xs).max(axis=0), 1e-12)
-    x0 = np.linalg.lstsq(xs / scale, y, rcond=None)[0].clip(1e-9, None)
-    sol = least_squares(
-        lambda b: (xs / scale) @ b - y,
-        x0,
-        bounds=(0.0, np.inf),
-        loss="soft_l1",
-        f_scale=max(float(np.median(y)) * 0.1, 1e-4),
-    )
-    beta = sol.x / scale
-    resid = y - xs @ beta
-    sigma2 = float(resid @ resid) / max(len(y) - xs.shape[1], 1)
+    beta, keep = robust_lstsq(xs, y)
+    resid = y[keep] - xs[keep] @ beta
+    sigma2 = float(resid @ resid) / max(int(keep.sum()) - xs.shape[1], 1)
     cost = np.zeros(3)
     cost[identifiable] = beta
     cov = np.zeros((len(PARAMS), len(PARAMS)))
     idx = 1 + np.flatnonzero(identifiable)
-    cov[np.ix_(idx, idx)] = sigma2 * np.linalg.pinv(xs.T @ xs)
+    cov[np.ix_(idx, idx)] = sigma2 * np.linalg.pinv(xs[keep].T @ xs[keep])
+    y = y[keep]
 
     idle = _idle_requests(ok)
+    if not identifiable[2]:  # no step with a prefill was timed: learn it from idle TTFTs
+        cost[2], cov[3, 3] = _prefill_from_idle(idle)
     base, _, per_token = cost
     idle_overheads = [
         (r.first_token or 0.0) - r.start - base - per_token * (r.prompt_tokens or 0) for r in idle
     ]
     overheads = np.concatenate([_overhead_samples(ok, steps), idle_overheads])
-    overhead = max(float(np.median(overheads)), 0.0) if len(overheads) else 0.0
-    if len(overheads) > 1:  # standard error of a median
-        cov[0, 0] = (1.2533 * float(np.std(overheads, ddof=1))) ** 2 / len(overheads)
+    overhead = 0.0
+    if len(overheads):  # the mean of the samples that are not outliers, and its variance
+        mean, kept = robust_lstsq(np.ones((len(overheads), 1)), overheads)
+        overhead = max(float(mean[0]), 0.0)
+        if kept.sum() > 1:
+            cov[0, 0] = float(np.var(overheads[kept], ddof=1)) / int(kept.sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
     return Fit(

@@ -85,3 +85,43 @@ def test_too_little_data_is_a_clear_error() -> None:
     )
     with pytest.raises(CalibrationError, match="usable engine steps"):
         calibrate([rec], TRUE)
+
+
+def _measured(engine: EngineConfig, seed: int, **traffic: float) -> list[RequestRecord]:
+    scenario = parse_scenario(scenario_dict(traffic={"seed": seed, **traffic}))
+    return _jittered(simulate(build_plan(scenario), engine).records, np.random.default_rng(1), 3e-4)
+
+
+def test_one_slot_prefill_is_identified_and_queueing_predicted() -> None:
+    """A strict FIFO server (one slot) never mixes prefill with decoding: its queued requests'
+    prefill steps identify the per-token cost, so the queueing delay is predicted."""
+    one = dataclasses.replace(TRUE, max_num_seqs=1, cost=StepCost(0.006, 0.001, 1e-4))
+    measured = _measured(one, seed=5, rate=3, duration_s=120)
+    cal = calibrate(measured, dataclasses.replace(one, cost=StepCost(), overhead_s=0.0))
+    assert cal.engine.cost.per_prefill_token_s == pytest.approx(1e-4, rel=0.10)
+    assert cal.engine.overhead_s == pytest.approx(one.overhead_s, abs=0.001)
+    rows, _ = backtest(measured, cal)
+    errors = {(r.metric, r.quantile): abs(r.error_pct) for r in rows}
+    assert errors[("ttft", 50)] < 15 and errors[("ttft", 95)] < 15
+
+
+def test_outlier_steps_do_not_bias_the_fit(measured: list[RequestRecord]) -> None:
+    """1% of the chunks arrive 150 ms late (a paused client): the fit drops those steps."""
+    rng = np.random.default_rng(2)
+    late = []
+    for r in measured:
+        times = [t + (0.15 if rng.random() < 0.01 else 0.0) for t in r.chunk_times]
+        times.sort()
+        late.append(dataclasses.replace(r, chunk_times=times, first_token=times[0]))
+    cal = calibrate(late, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
+    assert cal.engine.cost.base_s == pytest.approx(TRUE.cost.base_s, rel=0.05)
+    assert cal.engine.cost.per_decode_seq_s == pytest.approx(TRUE.cost.per_decode_seq_s, rel=0.1)
+
+
+def test_prefill_cost_from_idle_requests_when_no_step_mixes_it() -> None:
+    """At a rate where requests never overlap, no timed step has a prefill: the per-token cost
+    comes from the idle requests' TTFT against their prompt length, not booked as overhead."""
+    measured = _measured(TRUE, seed=8, rate=0.3, duration_s=400)
+    cal = calibrate(measured, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
+    assert cal.engine.cost.per_prefill_token_s == pytest.approx(6e-5, rel=0.15)
+    assert cal.engine.overhead_s == pytest.approx(TRUE.overhead_s, abs=0.001)
