@@ -518,12 +518,15 @@ def _format(err: Any, data: Any) -> str:
     return f"{where}: {msg}, got {value!r}"
 
 
-def parse_scenario(data: Any, path: str = "<scenario>") -> Scenario:
-    """Validate already-parsed YAML; raises ScenarioError listing every problem."""
+def parse_scenario(data: Any, path: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    """Validate already-parsed YAML; raises ScenarioError listing every problem. Relative
+    paths in it (traces, corpora) are read from `base_dir`."""
     if not isinstance(data, dict):
         raise ScenarioError(path, [f"(top level): must be a mapping, got {type(data).__name__}"])
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
+        scenario._base_dir = base_dir
+        return scenario
     except ValidationError as e:
         errors = [err for err in e.errors() if _relevant(err)] or e.errors()
         raise ScenarioError(path, [_format(err, data) for err in errors]) from None
@@ -549,6 +552,4 @@ def load_scenario(path: str | Path) -> Scenario:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ScenarioError(str(p), [f"{where}invalid YAML: {problem}"]) from None
-    scenario = parse_scenario(data, str(p))
-    scenario._base_dir = p.resolve().parent
-    return scenario
+    return parse_scenario(data, str(p), p.resolve().parent)

@@ -1,7 +1,17 @@
-"""Back-test: replay a measured run's requests through the calibrated model and compare."""
+"""Back-test: predict measured runs with the calibrated model and compare, with intervals.
+
+Two predictions of a run: from its own send times and served token counts (`replay`: the
+engine model alone is judged), and from the scenario's plan (`plan`: arrivals and lengths drawn
+as a forecast draws them, so the traffic model is judged too). Each comes with a 90% interval
+for the measured value: the calibration's parameter uncertainty and the run-to-run drift of step
+time (each draw a simulation), the plan's seeds, and the measured quantile's own sampling noise
+(bootstrapped over the run's requests).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -9,30 +19,57 @@ from typing import Any
 import numpy as np
 
 from scenarios.metrics import metric_samples
-from scenarios.plan import RequestSpec
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord
+from scenarios.spec import Scenario
 from simulator.calibrate import Calibration
 from simulator.sim import SimResult, simulate
+
+DRAWS = 12  # simulations per prediction, each with its own parameter draw (and plan seed)
+BOOTSTRAP = 300
+QUANTILES = (50, 95, 99)
+LATENCIES = ("ttft", "itl", "e2e")
+COVERAGE = 90  # percent: the interval's nominal coverage
 
 
 @dataclass(frozen=True)
 class BacktestRow:
-    metric: str
-    quantile: int
-    measured_ms: float
-    simulated_ms: float
+    metric: str  # ttft, itl, e2e (milliseconds) or throughput (requests/s)
+    quantile: int  # 0 for throughput
+    measured: float
+    predicted: float
+    low: float  # the 90% interval for the measured value
+    high: float
+    basis: str = "replay"  # "replay": the run's own send times; "plan": the scenario's plan
+
+    @property
+    def unit(self) -> str:
+        return "req/s" if self.metric == "throughput" else "ms"
 
     @property
     def error_pct(self) -> float:
-        return 100.0 * (self.simulated_ms - self.measured_ms) / self.measured_ms
+        return 100.0 * (self.predicted - self.measured) / self.measured if self.measured else 0.0
+
+    @property
+    def inside(self) -> bool:
+        return self.low <= self.measured <= self.high
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "error_pct": self.error_pct}
+        return {**asdict(self), "error_pct": self.error_pct, "inside": self.inside}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BacktestRow:
+        """Reads what `to_dict` wrote, and older files (measured_ms, simulated_ms, no interval)."""
+        measured = float(d.get("measured", d.get("measured_ms", 0.0)))
+        predicted = float(d.get("predicted", d.get("simulated_ms", 0.0)))
         return cls(
-            d["metric"], int(d["quantile"]), float(d["measured_ms"]), float(d["simulated_ms"])
+            d["metric"],
+            int(d["quantile"]),
+            measured,
+            predicted,
+            float(d.get("low", predicted)),
+            float(d.get("high", predicted)),
+            str(d.get("basis", "replay")),
         )
 
 
@@ -53,25 +90,135 @@ def replay_plan(records: Sequence[RequestRecord]) -> list[RequestSpec]:
     ]
 
 
+def _values(records: Sequence[RequestRecord], span_s: float) -> dict[tuple[str, int], float]:
+    """The quantities compared: latency quantiles (ms) and throughput (requests/s)."""
+    out: dict[tuple[str, int], float] = {}
+    for metric in LATENCIES:
+        x = metric_samples(records, metric) * 1000.0
+        if len(x):
+            for q, v in zip(QUANTILES, np.percentile(x, QUANTILES), strict=True):
+                out[(metric, q)] = float(v)
+    ok = sum(r.status == "ok" for r in records)
+    out[("throughput", 0)] = ok / span_s if span_s > 0 else 0.0
+    return out
+
+
+def _span(records: Sequence[RequestRecord]) -> float:
+    if not records:
+        return 0.0
+    return max(r.end or r.start for r in records) - min(r.start for r in records)
+
+
+def _sampling_spread(
+    records: Sequence[RequestRecord], rng: np.random.Generator
+) -> dict[tuple[str, int], tuple[float, float]]:
+    """How far each measured latency quantile could be from the engine's true one, by chance:
+    (below, above) at the interval's edges, from a bootstrap over the run's requests."""
+    out = {}
+    half = (100 - COVERAGE) / 2
+    for metric in LATENCIES:
+        x = metric_samples(records, metric) * 1000.0
+        if len(x) < 2:
+            continue
+        boot = np.percentile(rng.choice(x, size=(BOOTSTRAP, len(x))), QUANTILES, axis=1)
+        for q, row in zip(QUANTILES, boot, strict=True):
+            mid = float(np.percentile(x, q))
+            lo, hi = np.percentile(row, [half, 100 - half])
+            out[(metric, q)] = (mid - float(lo), float(hi) - mid)
+    return out
+
+
+def _drawn(calibration: Calibration, rng: np.random.Generator, n: int) -> list[Calibration]:
+    """Calibrations drawn from the fit's uncertainty, each step cost also scaled by the
+    run-to-run drift of step time."""
+    out = []
+    for cost, overhead in calibration.fit.sample_costs(rng, n):
+        factor = max(0.5, 1.0 + calibration.drift * float(rng.standard_normal()))
+        scaled = dataclasses.replace(
+            cost, **{f.name: getattr(cost, f.name) * factor for f in dataclasses.fields(cost)}
+        )
+        engine = calibration.engine.with_cost(scaled, overhead)
+        out.append(dataclasses.replace(calibration, engine=engine))
+    return out
+
+
+def _rows(
+    measured: dict[tuple[str, int], float],
+    central: dict[tuple[str, int], float],
+    draws: list[dict[tuple[str, int], float]],
+    sampling: dict[tuple[str, int], tuple[float, float]],
+    basis: str,
+    step_noise_ms: float,
+) -> list[BacktestRow]:
+    half = (100 - COVERAGE) / 2
+    rows = []
+    for key, m in measured.items():
+        if key not in central:
+            continue
+        p = central[key]
+        spread = [d[key] for d in draws if key in d] or [p]
+        p_lo, p_hi = np.percentile(spread, [half, 100 - half])
+        below, above = sampling.get(key, (0.0, 0.0))
+        # one inter-token gap is one step: it scatters around the model as the fit's steps do
+        noise = step_noise_ms if key[0] == "itl" else 0.0
+        low = p - math.hypot(max(p - float(p_lo), 0.0), above, noise)
+        high = p + math.hypot(max(float(p_hi) - p, 0.0), below, noise)
+        rows.append(BacktestRow(key[0], key[1], m, p, low, high, basis))
+    return rows
+
+
 def backtest(
-    records: Sequence[RequestRecord], calibration: Calibration, timeout_s: float = 600.0
+    records: Sequence[RequestRecord],
+    calibration: Calibration,
+    timeout_s: float = 600.0,
+    draws: int = DRAWS,
+    seed: int = 0,
 ) -> tuple[list[BacktestRow], SimResult]:
+    """Replay the run's successful requests (their send times and served tokens) through the
+    calibrated model: rows with 90% intervals, and the central simulation."""
     plan = replay_plan(records)
     if not plan:
         raise ValueError("no successful requests with token counts to replay")
     replayed = {s.id for s in plan}
     measured = [r for r in records if r.id in replayed]
+    rng = np.random.default_rng(seed)
+    span = _span(measured)
     result = simulate(plan, calibration.engine, timeout_s=timeout_s)
-    rows = []
-    for metric in ("ttft", "e2e", "itl"):
-        m = metric_samples(measured, metric) * 1000.0
-        s = metric_samples(result.records, metric) * 1000.0
-        if len(m) and len(s):
-            for q in (50, 95):
-                rows.append(
-                    BacktestRow(metric, q, float(np.percentile(m, q)), float(np.percentile(s, q)))
-                )
-    return rows, result
+    central = _values(result.records, span)
+    spread = [
+        _values(simulate(plan, c.engine, timeout_s=timeout_s, record_chunks=True).records, span)
+        for c in _drawn(calibration, rng, draws)
+    ]
+    sampling = _sampling_spread(measured, rng)
+    noise = calibration.fit.rmse_s * 1000.0
+    return _rows(_values(measured, span), central, spread, sampling, "replay", noise), result
+
+
+def predict_plan(
+    records: Sequence[RequestRecord],
+    scenario: Scenario,
+    calibration: Calibration,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> list[BacktestRow]:
+    """Predict the run from its scenario alone: the plan drawn with other seeds (the run's own
+    seed gives the central prediction), each with a parameter draw."""
+    duration = scenario.traffic.duration_s
+    timeout = scenario.target.timeout_s
+
+    def predicted(seed_: int, c: Calibration) -> dict[tuple[str, int], float]:
+        plan = build_plan(scenario, seed=seed_)
+        return _values(simulate(plan, c.engine, timeout_s=timeout).records, duration)
+
+    rng = np.random.default_rng(seed)
+    central = predicted(scenario.traffic.seed, calibration)
+    spread = [
+        predicted(scenario.traffic.seed + 1 + i, c)
+        for i, c in enumerate(_drawn(calibration, rng, draws))
+    ]
+    measured = _values(records, duration)
+    sampling = _sampling_spread(records, rng)
+    return _rows(measured, central, spread, sampling, "plan", calibration.fit.rmse_s * 1000.0)
 
 
 def backtest_warnings(
@@ -85,9 +232,10 @@ def backtest_warnings(
     if calibration.fit.r2 < min_r2:
         out.append(f"the step-cost fit explains little (R^2 {calibration.fit.r2:.2f} < {min_r2})")
     out += [
-        f"back-test {r.metric} p{r.quantile} is off by {r.error_pct:+.0f}% "
-        f"(limit {max_error_pct:g}%): forecasts from this calibration are unreliable"
+        f"back-test ({r.basis}) {r.metric} p{r.quantile} is off by {r.error_pct:+.0f}% "
+        f"(limit {max_error_pct:g}%), outside its {COVERAGE}% interval: forecasts from this "
+        "calibration are unreliable"
         for r in rows
-        if r.metric in ("ttft", "e2e") and abs(r.error_pct) > max_error_pct
+        if r.metric in ("ttft", "e2e") and abs(r.error_pct) > max_error_pct and not r.inside
     ]
     return out

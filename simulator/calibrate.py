@@ -24,6 +24,7 @@ from scipy.optimize import lsq_linear
 
 from scenarios.records import RequestRecord
 from simulator.engine import EngineConfig, StepCost
+from simulator.stepcost import StepCostModel
 
 PARAMS = ("overhead_s", "base_s", "per_decode_seq_s", "per_prefill_token_s")
 
@@ -60,6 +61,7 @@ class Calibration:
     engine: EngineConfig
     fit: Fit
     notes: list[str] = field(default_factory=list)
+    drift: float = 0.0  # run-to-run spread of mean step time (relative sd) between the runs
 
     def to_dict(self) -> dict[str, Any]:
         f = self.fit
@@ -77,6 +79,7 @@ class Calibration:
                 "rmse_ms": f.rmse_s * 1000.0,
             },
             "notes": self.notes,
+            "drift": self.drift,
         }
 
     @classmethod
@@ -91,7 +94,8 @@ class Calibration:
             fd["r2"],
             fd["rmse_ms"] / 1000.0,
         )
-        return cls(EngineConfig.from_dict(d["engine"]), fit, list(d.get("notes", [])))
+        engine = EngineConfig.from_dict(d["engine"])
+        return cls(engine, fit, list(d.get("notes", [])), float(d.get("drift", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,11 @@ class _Steps:
     prefill_tokens: np.ndarray  # prompt tokens of sequences that got their first token
     busy: np.ndarray  # True: step i began when step i-1 ended (some request spans both)
     first_step: dict[int, int]  # request index -> step of its first token
+
+    @property
+    def seqs(self) -> np.ndarray:
+        """Sequences that got a token in each step."""
+        return self.decode + np.bincount(list(self.first_step.values()), minlength=len(self.end))
 
 
 def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
@@ -133,17 +142,20 @@ def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
     return _Steps(end, decode, prefill, busy, first_step)
 
 
-def _overhead_samples(records: Sequence[RequestRecord], steps: _Steps) -> np.ndarray:
-    """Send-to-engine delay of requests that arrived while the engine was busy.
+def _overhead_samples(
+    records: Sequence[RequestRecord], steps: _Steps, max_num_seqs: int | None
+) -> np.ndarray:
+    """Send-to-engine delay of requests that arrived while the engine was busy with a free slot.
 
     Such a request is prefilled in the step that begins right after it reaches the engine, and
     it reaches the engine at a uniform point of the step before: overhead = (start of its
-    prefill step) - (send time) - (length of the step before) / 2, on average.
+    prefill step) - (send time) - (length of the step before) / 2, on average. A request that
+    may have waited for a slot (the step before had every slot taken) is left out.
     """
     out = []
+    limit = max_num_seqs or np.inf
     for i, s in steps.first_step.items():
-        # sent during the step before its prefill step (not queued behind earlier steps)
-        if s >= 2 and steps.busy[s] and steps.busy[s - 1] and records[i].start >= steps.end[s - 2]:
+        if s >= 2 and steps.busy[s] and steps.busy[s - 1] and steps.seqs[s - 1] < limit:
             before = steps.end[s - 1] - steps.end[s - 2]
             out.append(steps.end[s - 1] - records[i].start - before / 2)
     return np.asarray(out)
@@ -200,7 +212,7 @@ def _prefill_from_idle(idle: Sequence[RequestRecord]) -> tuple[float, float]:
     return float(beta[1]), float(sigma2 * np.linalg.pinv(x[keep].T @ x[keep])[1, 1])
 
 
-def fit_step_cost(records: Sequence[RequestRecord]) -> Fit:
+def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = None) -> Fit:
     ok = [r for r in records if r.status == "ok" and r.chunk_times and r.first_token is not None]
     steps = _recover_steps(ok) if sum(len(r.chunk_times) for r in ok) >= 3 else None
     rows = np.flatnonzero(steps.busy) if steps is not None else np.empty(0, dtype=int)
@@ -231,7 +243,8 @@ def fit_step_cost(records: Sequence[RequestRecord]) -> Fit:
     idle_overheads = [
         (r.first_token or 0.0) - r.start - base - per_token * (r.prompt_tokens or 0) for r in idle
     ]
-    overheads = np.concatenate([_overhead_samples(ok, steps), idle_overheads])
+    queued_free = _overhead_samples(ok, steps, max_num_seqs)
+    overheads = np.concatenate([queued_free, idle_overheads])
     overhead = 0.0
     if len(overheads):  # the mean of the samples that are not outliers, and its variance
         mean, kept = robust_lstsq(np.ones((len(overheads), 1)), overheads)
@@ -250,9 +263,24 @@ def fit_step_cost(records: Sequence[RequestRecord]) -> Fit:
     )
 
 
+def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
+    """The run's timed steps' total duration over what `cost` predicts for them (1.0: as
+    fitted); None when the run has too few timed steps."""
+    ok = [r for r in records if r.status == "ok" and r.chunk_times and r.first_token is not None]
+    if sum(len(r.chunk_times) for r in ok) < 3:
+        return None
+    steps = _recover_steps(ok)
+    rows = np.flatnonzero(steps.busy)
+    if len(rows) < 8:
+        return None
+    took = float(np.sum(steps.end[rows] - steps.end[rows - 1]))
+    fitted = sum(cost.duration(int(steps.decode[i]), int(steps.prefill_tokens[i])) for i in rows)
+    return took / fitted if fitted > 0 else None
+
+
 def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibration:
     """Fitted step cost and overhead on top of `limits` (max_num_seqs, KV capacity, cold start)."""
-    fit = fit_step_cost(records)
+    fit = fit_step_cost(records, limits.max_num_seqs)
     notes = []
     if fit.overhead_rows == 0:
         notes.append("no request showed its prefill step: overhead_s not identifiable, set to 0")

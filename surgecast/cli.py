@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
     _limit_flags(s)
     s.add_argument("--no-backtest", action="store_true")
+
+    s = sub.add_parser(
+        "backtest",
+        help="predict measured runs with a calibration (held-out runs) and compare",
+        description="For each run folder, predict the run twice with the calibrated model: from "
+        "its own send times and served tokens (replay) and from its scenario's plan (plan). "
+        "Prints p50/p95/p99 TTFT, ITL, E2E and throughput, measured against predicted, with the "
+        "90%% interval the measured value should fall in (from the fit's uncertainty, step-time "
+        "drift between calibration runs, plan seeds and the run's own sampling noise). Give runs "
+        "the calibration never saw. Writes backtest.json into each run folder.",
+    )
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
 
     s = sub.add_parser(
         "simulate",
@@ -369,6 +383,34 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backtest(a: argparse.Namespace) -> int:
+    from simulator.backtest import backtest_warnings
+    from surgecast.pipeline import backtest_run
+    from surgecast.rundir import RunFolder
+    from surgecast.tables import backtest_table
+
+    cal = _calibration(a.calibration)
+    rows = []
+    for path in a.runs:
+        folder = RunFolder(Path(path))
+        try:
+            own = backtest_run(folder, cal)
+        except FileNotFoundError as e:
+            raise BadInput(str(e)) from None
+        except ValueError as e:
+            raise BadInput(f"{path}: cannot back-test: {e}") from None
+        _print(f"\nback-test of {path}:\n" + backtest_table(own))
+        _warn(backtest_warnings(cal, own))
+        rows += own
+    inside = sum(r.inside for r in rows)
+    errors = [abs(r.error_pct) for r in rows if r.metric in ("ttft", "e2e")]
+    _print(
+        f"\n{inside} of {len(rows)} measured values inside their 90% interval; median |error| "
+        f"of TTFT and E2E quantiles {statistics.median(errors) if errors else 0.0:.1f}%"
+    )
+    return EXIT_OK
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
     from surgecast.pipeline import simulate_scenario
     from surgecast.report import render
@@ -461,6 +503,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "serve": cmd_serve,
     "calibrate": cmd_calibrate,
+    "backtest": cmd_backtest,
     "simulate": cmd_simulate,
     "forecast": cmd_forecast,
     "report": cmd_report,

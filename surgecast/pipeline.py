@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from loadgen.client import (
     Endpoint,
     MissingModel,
@@ -29,10 +31,10 @@ from loadgen.telemetry import (
 from scenarios.metrics import Summary, summarize
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
-from scenarios.spec import Scenario
+from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
-from simulator.backtest import BacktestRow, backtest, backtest_warnings
-from simulator.calibrate import Calibration, calibrate
+from simulator.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
+from simulator.calibrate import Calibration, calibrate, step_time_ratio
 from simulator.engine import EngineConfig, engine_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
@@ -43,6 +45,7 @@ from surgecast.rundir import RunFolder, machine, new_run_id, versions
 
 Say = Callable[[str], None]
 UNREACHABLE = {"connection_refused", "connection_error"}
+DRIFT_NOTE = 0.05  # step-time drift between calibration runs worth a note
 
 
 def say_stderr(text: str) -> None:
@@ -314,6 +317,21 @@ def calibrate_runs(
     if kv_cache_tokens:
         limits = replace(limits, kv_cache_tokens=kv_cache_tokens)
     calibration = calibrate(records, limits)
+    ratios = [step_time_ratio(f.records(), calibration.engine.cost) for f in folders]
+    known = [r for r in ratios if r is not None]
+    if len(known) >= 2:
+        drift = float(np.std(known, ddof=1))
+        calibration = replace(calibration, drift=drift)
+        if drift > DRIFT_NOTE:
+            calibration = replace(
+                calibration,
+                notes=[
+                    *calibration.notes,
+                    f"step time drifted between the runs ({drift:.0%} relative sd, runs at "
+                    + ", ".join(f"{r:.2f}" for r in known)
+                    + " x the fit): the target's speed changed; intervals include it",
+                ],
+            )
     if declared is None and not (max_num_seqs and kv_cache_tokens):
         assumed = (
             f"batch limits are ASSUMED (max_num_seqs {limits.max_num_seqs}, KV cache "
@@ -338,8 +356,13 @@ def _shifted(r: RequestRecord, dt: float) -> RequestRecord:
 
 
 def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRow]:
-    """Replay the folder's measured requests through `calibration`; saves and returns the rows."""
-    rows, result = backtest(folder.records(), calibration)
+    """Predict the folder's measured run with `calibration`, from its own send times and from
+    its scenario's plan; saves and returns the rows."""
+    records = folder.records()
+    rows, result = backtest(records, calibration)
+    scenario = _scenario_of(folder)
+    if scenario is not None:
+        rows += predict_plan(records, scenario, calibration)
     write_records(folder.simulated, result.records)
     folder.write_json(
         folder.backtest,
@@ -349,6 +372,20 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
         },
     )
     return rows
+
+
+def _scenario_of(folder: RunFolder) -> Scenario | None:
+    """The scenario a measured run was sent from, as its run.json keeps it (None: not there
+    or no longer valid, or a simulated run)."""
+    meta = folder.meta()
+    if meta.get("source", "measured") != "measured" or "scenario" not in meta:
+        return None
+    scenario_file = meta.get("scenario_file")
+    base = Path(scenario_file).resolve().parent if scenario_file else None
+    try:
+        return parse_scenario(meta["scenario"], str(folder.run_json), base)
+    except ScenarioError:
+        return None
 
 
 def forecast_scenario(

@@ -162,10 +162,19 @@ def calibration_table(c: Calibration) -> str:
 
 
 def backtest_table(rows: Sequence[BacktestRow]) -> str:
+    """Measured against predicted, with the 90% interval the measured value should fall in."""
     return markdown(
-        ["metric", "quantile", "measured ms", "simulated ms", "error %"],
+        ["basis", "metric", "measured", "predicted", "90% interval", "inside", "error %"],
         [
-            [r.metric, f"p{r.quantile}", r.measured_ms, r.simulated_ms, f"{r.error_pct:+.1f}"]
+            [
+                r.basis,
+                f"{r.metric} p{r.quantile} ({r.unit})" if r.quantile else f"{r.metric} ({r.unit})",
+                r.measured,
+                r.predicted,
+                f"{r.low:,.3g} - {r.high:,.3g}",
+                "yes" if r.inside else "NO",
+                f"{r.error_pct:+.1f}",
+            ]
             for r in rows
         ],
     )

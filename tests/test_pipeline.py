@@ -33,7 +33,11 @@ def test_pipeline_end_to_end(pipeline_run: tuple[Path, str]) -> None:
     assert cal["per_decode_seq_s"]["value"] == pytest.approx(0.0008, rel=0.25)
 
     backtest = json.loads((out / "backtest.json").read_text())["rows"]
-    e2e = {r["quantile"]: r["error_pct"] for r in backtest if r["metric"] == "e2e"}
+    e2e = {
+        r["quantile"]: r["error_pct"]
+        for r in backtest
+        if r["metric"] == "e2e" and r["basis"] == "replay"
+    }
     assert abs(e2e[50]) < 10 and abs(e2e[95]) < 10
 
     points = json.loads((out / "forecast.json").read_text())["points"]
@@ -66,7 +70,8 @@ def test_core_packages_import_without_gevent() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["pipeline", "run", "serve", "calibrate", "simulate", "forecast", "report"]
+    "command",
+    ["pipeline", "run", "serve", "calibrate", "backtest", "simulate", "forecast", "report"],
 )
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help", timeout=60)
@@ -112,3 +117,17 @@ def test_calibrate_and_forecast_commands(tmp_path: Path) -> None:
     assert (run / "index.html").exists()
     bad = run_cli("forecast", str(path), "--calibration", str(tmp_path / "none.json"))
     assert bad.returncode == 2 and "calibration file not found" in bad.stderr
+
+
+def test_backtest_command_predicts_a_run_with_intervals(pipeline_run: tuple[Path, str]) -> None:
+    out, _ = pipeline_run
+    result = run_cli("backtest", str(out), "--calibration", str(out / "calibration.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "90% interval" in result.stdout and "replay" in result.stdout
+    assert "plan" in result.stdout  # the run's scenario is in run.json: predicted from it too
+    rows = json.loads((out / "backtest.json").read_text())["rows"]
+    assert {r["basis"] for r in rows} == {"replay", "plan"}
+    missing = run_cli(
+        "backtest", str(out / "nothing"), "--calibration", str(out / "calibration.json")
+    )
+    assert missing.returncode == 2 and "a run folder?" in missing.stderr

@@ -1,0 +1,94 @@
+"""Held-out back-tests: a calibration from low loads predicts a higher one, with honest
+intervals, and a wrong model is caught outside them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scenarios.plan import build_plan
+from scenarios.records import RequestRecord
+from scenarios.spec import Scenario, parse_scenario
+from simulator.backtest import BacktestRow, backtest, predict_plan
+from simulator.calibrate import Calibration, calibrate
+from simulator.engine import EngineConfig, StepCost
+from simulator.sim import simulate
+from tests.conftest import scenario_dict
+from tests.test_calibrate import _jittered
+
+TRUE = EngineConfig(
+    max_num_seqs=8,
+    kv_cache_tokens=65536,
+    overhead_s=0.002,
+    cost=StepCost(base_s=0.012, per_decode_seq_s=0.001, per_prefill_token_s=5e-5),
+)
+
+
+def _scenario(rate: float, seed: int) -> Scenario:
+    return parse_scenario(scenario_dict(traffic={"rate": rate, "duration_s": 60, "seed": seed}))
+
+
+def _run(rate: float, seed: int) -> list[RequestRecord]:
+    """What a client measures from the true engine: simulated, then jittered a little."""
+    records = simulate(build_plan(_scenario(rate, seed)), TRUE).records
+    return _jittered(records, np.random.default_rng(seed), 3e-4)
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Calibration:
+    low = _run(3, 1) + [_shift(r, 1000.0) for r in _run(6, 2)]
+    return calibrate(low, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
+
+
+def _shift(r: RequestRecord, dt: float) -> RequestRecord:
+    return dataclasses.replace(
+        r,
+        intended_start=r.intended_start + dt,
+        start=r.start + dt,
+        first_token=None if r.first_token is None else r.first_token + dt,
+        end=None if r.end is None else r.end + dt,
+        chunk_times=[t + dt for t in r.chunk_times],
+    )
+
+
+def _inside(rows: list[BacktestRow]) -> float:
+    return sum(r.inside for r in rows) / len(rows)
+
+
+def test_a_held_out_load_is_predicted_inside_the_intervals(calibration: Calibration) -> None:
+    held_out = _run(12, 3)
+    rows, _ = backtest(held_out, calibration)
+    assert {(r.metric, r.quantile) for r in rows} >= {
+        (m, q) for m in ("ttft", "itl", "e2e") for q in (50, 95, 99)
+    } | {("throughput", 0)}
+    by = {(r.metric, r.quantile): r for r in rows}
+    assert abs(by[("e2e", 50)].error_pct) < 5 and abs(by[("e2e", 95)].error_pct) < 5
+    assert abs(by[("ttft", 95)].error_pct) < 15
+    assert _inside(rows) >= 0.8
+
+
+def test_the_plan_prediction_covers_the_run(calibration: Calibration) -> None:
+    rows = predict_plan(_run(12, 3), _scenario(12, 3), calibration)
+    assert all(r.basis == "plan" for r in rows)
+    assert _inside(rows) >= 0.8
+
+
+def test_a_model_a_third_too_fast_falls_outside(calibration: Calibration) -> None:
+    """The intervals are not so wide that any model passes: step costs cut by a third miss."""
+    fit = dataclasses.replace(calibration.fit, values=calibration.fit.values * 0.67)
+    fast = dataclasses.replace(
+        calibration, engine=calibration.engine.with_cost(fit.cost()), fit=fit
+    )
+    rows, _ = backtest(_run(12, 3), fast)
+    assert not any(r.inside for r in rows if r.metric in ("ttft", "e2e"))
+
+
+def test_rows_round_trip_and_old_files_read() -> None:
+    row = BacktestRow("ttft", 95, 100.0, 110.0, 90.0, 130.0, "plan")
+    assert BacktestRow.from_dict(row.to_dict()) == row
+    old = BacktestRow.from_dict(
+        {"metric": "e2e", "quantile": 50, "measured_ms": 10.0, "simulated_ms": 11.0}
+    )
+    assert (old.measured, old.predicted, old.low, old.high) == (10.0, 11.0, 11.0, 11.0)
