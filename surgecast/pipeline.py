@@ -33,8 +33,15 @@ from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
-from simulator.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
+from simulator.backtest import (
+    BacktestRow,
+    backtest,
+    backtest_warnings,
+    predict_plan,
+    replay_plan,
+)
 from simulator.calibrate import Calibration, calibrate, step_time_ratio
+from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, engine_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
@@ -317,6 +324,8 @@ def calibrate_runs(
     if kv_cache_tokens:
         limits = replace(limits, kv_cache_tokens=kv_cache_tokens)
     calibration = calibrate(records, limits)
+    notes = [*calibration.notes, *_saturation_notes(folders, calibration)]
+    calibration = replace(calibration, notes=notes)
     ratios = [step_time_ratio(f.records(), calibration.engine.cost) for f in folders]
     known = [r for r in ratios if r is not None]
     if len(known) >= 2:
@@ -340,6 +349,31 @@ def calibrate_runs(
         )
         calibration = replace(calibration, notes=[*calibration.notes, assumed])
     return calibration
+
+
+NEAR_SATURATION = 0.85  # a run's load, against the calibrated saturation throughput
+
+
+def _saturation_notes(folders: Sequence[RunFolder], calibration: Calibration) -> list[str]:
+    """A note for each run sent near or beyond what the calibrated replica can serve: there,
+    queueing amplifies any error of the fit, and a forecast leans on that edge."""
+    notes = []
+    for f in folders:
+        records = f.records()
+        plan = replay_plan(records)
+        span = max((r.end or r.start for r in records), default=0.0) - min(
+            (r.start for r in records), default=0.0
+        )
+        if not plan or span <= 0:
+            continue
+        load = len(records) / span / saturation_throughput(calibration.engine, plan)
+        if load >= NEAR_SATURATION:
+            notes.append(
+                f"{f.path.name} ran at {load:.0%} of the calibrated saturation throughput: near "
+                "saturation small errors of the fit grow into large latency errors; calibrate "
+                "on lighter loads and back-test this one"
+            )
+    return notes
 
 
 def _shifted(r: RequestRecord, dt: float) -> RequestRecord:

@@ -4,17 +4,21 @@ intervals, and a wrong model is caught outside them."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scenarios.plan import build_plan
-from scenarios.records import RequestRecord
+from scenarios.records import RequestRecord, write_records
 from scenarios.spec import Scenario, parse_scenario
 from simulator.backtest import BacktestRow, backtest, predict_plan
 from simulator.calibrate import Calibration, calibrate
+from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, StepCost
 from simulator.sim import simulate
+from surgecast.pipeline import calibrate_runs
+from surgecast.rundir import RunFolder
 from tests.conftest import scenario_dict
 from tests.test_calibrate import _jittered
 
@@ -92,3 +96,20 @@ def test_rows_round_trip_and_old_files_read() -> None:
         {"metric": "e2e", "quantile": 50, "measured_ms": 10.0, "simulated_ms": 11.0}
     )
     assert (old.measured, old.predicted, old.low, old.high) == (10.0, 11.0, 11.0, 11.0)
+
+
+def _folder(tmp: Path, name: str, records: list[RequestRecord]) -> RunFolder:
+    folder = RunFolder(tmp / name)
+    folder.create()
+    folder.write_json(folder.run_json, {"run_id": name, "target": {"engine": TRUE.to_dict()}})
+    write_records(folder.requests, records)
+    return folder
+
+
+def test_calibrating_on_a_run_near_saturation_says_so(tmp_path: Path) -> None:
+    capacity = saturation_throughput(TRUE, build_plan(_scenario(1, 0)))
+    light = _folder(tmp_path, "light", _run(0.3 * capacity, 4))
+    heavy = _folder(tmp_path, "heavy", _run(1.1 * capacity, 5))
+    notes = " ".join(calibrate_runs([light, heavy]).notes)
+    assert "heavy ran at" in notes and "light ran at" not in notes
+    assert "light ran at" not in " ".join(calibrate_runs([light]).notes)

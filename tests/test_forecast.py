@@ -10,8 +10,9 @@ import pytest
 from scenarios.plan import RequestSpec
 from scenarios.spec import Scenario
 from simulator.calibrate import Calibration, Fit
+from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, StepCost
-from simulator.forecast import ForecastConfig, Forecaster, saturation_throughput
+from simulator.forecast import ForecastConfig, Forecaster
 from simulator.sim import simulate
 from tests.conftest import scenario_dict
 
