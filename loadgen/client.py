@@ -166,6 +166,7 @@ class StreamingCall:
         self.text: list[str] = []  # the answer's content, for a session's history
         self.retry_after_s: float | None = None  # the server's Retry-After, if it sent one
         self._chunks = 0
+        self._tokens_seen = 0  # the running completion count, where every chunk carries it
         self._finished = False  # the server sent a finish_reason
         self._completed = False  # the response was read to its end
         planned = spec.arrival if intended_start is None else intended_start
@@ -273,19 +274,43 @@ class StreamingCall:
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             raise StreamError("stream_error", msg)
         self.record.response_id = self.record.response_id or event.get("id")
+        chunks = self._chunks
         for choice in event.get("choices") or []:
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             self._on_content(text or "", now)
             if choice.get("finish_reason"):
                 self._finished = True
-        self._take_usage(event.get("usage"))
+        usage = event.get("usage")
+        if self._chunks > chunks:
+            self._count_chunk_tokens(
+                usage.get("completion_tokens") if isinstance(usage, dict) else None
+            )
+        self._take_usage(usage)
+        timings = event.get("timings")  # llama-server's own, on its last chunk
+        if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+            self.record.cached_tokens = timings["cache_n"]
+
+    def _count_chunk_tokens(self, completion_tokens: Any) -> None:
+        """Tokens in the chunk just read, from the running completion count on every chunk."""
+        rec = self.record
+        if not isinstance(completion_tokens, int):
+            if rec.chunk_tokens is not None:
+                rec.chunk_tokens.append(1)
+            return
+        if rec.chunk_tokens is None:
+            rec.chunk_tokens = [1] * (len(rec.chunk_times) - 1)  # chunks before usage appeared
+        rec.chunk_tokens.append(max(completion_tokens - self._tokens_seen, 1))
+        self._tokens_seen = completion_tokens
 
     def _take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict) and "completion_tokens" in usage:
             self.record.prompt_tokens = usage.get("prompt_tokens")
             self.record.output_tokens = usage.get("completion_tokens")
             self.record.token_source = "usage"
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                self.record.cached_tokens = details["cached_tokens"]
 
     def _read_stream(
         self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
@@ -337,6 +362,8 @@ class StreamingCall:
         rec = self.record
         rec.end = self.clock()
         self._completed = True
+        if rec.chunk_tokens is not None and max(rec.chunk_tokens, default=1) <= 1:
+            rec.chunk_tokens = None  # one token per chunk: the chunk times say it all
         if rec.output_tokens is None:
-            rec.output_tokens = self._chunks
+            rec.output_tokens = sum(rec.chunk_tokens) if rec.chunk_tokens else self._chunks
             rec.token_source = "chunks"

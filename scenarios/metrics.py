@@ -27,11 +27,20 @@ _REDUCERS: dict[str, Callable[[np.ndarray], Any]] = {
 QUANTILES = (50, 90, 95, 99)
 
 
+def _token_gaps(r: RequestRecord) -> np.ndarray:
+    """Gaps between tokens: a chunk of k tokens after a gap g counts as k gaps of g / k."""
+    gaps = np.diff(r.chunk_times)
+    if not r.chunk_tokens or len(r.chunk_tokens) != len(r.chunk_times):
+        return gaps
+    k = np.asarray(r.chunk_tokens[1:], dtype=int).clip(1, None)
+    return np.repeat(gaps / k, k)
+
+
 def metric_samples(records: Sequence[RequestRecord], metric: str) -> np.ndarray:
     """Samples in seconds of one metric over successful requests."""
     ok = [r for r in records if r.status == "ok"]
     if metric == "itl":
-        gaps = [np.diff(r.chunk_times) for r in ok if len(r.chunk_times) > 1]
+        gaps = [_token_gaps(r) for r in ok if len(r.chunk_times) > 1]
         return np.concatenate(gaps) if gaps else np.empty(0)
     values: list[float] = []
     for r in ok:

@@ -39,6 +39,10 @@ class RequestRecord:
     retried: bool = False  # this attempt failed and the client tried again
     planned_prompt_tokens: int | None = None  # what the plan asked for, beside the served count
     regenerate: bool = False  # the user asked again for the previous turn's answer
+    # tokens in each chunk, where the stream says (usage on every chunk, as vLLM's
+    # continuous_usage_stats): several per chunk when a server batches its stream output
+    chunk_tokens: list[int] | None = None
+    cached_tokens: int | None = None  # prompt tokens the server took from its prefix cache
 
     @property
     def ttft(self) -> float | None:

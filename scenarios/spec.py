@@ -158,6 +158,9 @@ class ReferenceTarget(Strict):
     cold_start_s: float = Field(0.5, ge=0, le=600)
     step: StepCostSpec = StepCostSpec()
     faults: TargetFaults = TargetFaults()
+    stream_interval: int = Field(
+        1, ge=1, le=64, description="Tokens per streamed chunk (vLLM's --stream-interval)."
+    )
 
 
 class Traffic(Strict):

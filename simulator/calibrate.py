@@ -15,6 +15,7 @@ saturation; they come from the caller.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from scenarios.records import RequestRecord
+from simulator.chunkfit import chunk_rows, several_per_chunk
 from simulator.engine import EngineConfig, StepCost
 from simulator.stepcost import StepCostModel
 
@@ -212,17 +214,50 @@ def _prefill_from_idle(idle: Sequence[RequestRecord]) -> tuple[float, float]:
     return float(beta[1]), float(sigma2 * np.linalg.pinv(x[keep].T @ x[keep])[1, 1])
 
 
+def per_token(r: RequestRecord) -> RequestRecord:
+    """`r` with a time for every token: a chunk of k tokens (a server that batches its stream
+    output) becomes k tokens spaced evenly since the chunk before; a first chunk of k tokens
+    is spread back at the next chunk's spacing. Records of one token per chunk are returned
+    as they are."""
+    sizes = r.chunk_tokens
+    if not sizes or len(sizes) != len(r.chunk_times) or max(sizes) <= 1:
+        return r
+    times = np.asarray(r.chunk_times, dtype=float)
+    k = np.asarray(sizes, dtype=int).clip(1, None)
+    gaps = np.diff(times) / k[1:] if len(times) > 1 else np.zeros(0)
+    out = list(times[0] - gaps[0] * np.arange(k[0] - 1, -1, -1)) if len(gaps) else [times[0]]
+    for j in range(1, len(times)):
+        out.extend(times[j] - gaps[j - 1] * np.arange(k[j] - 1, -1, -1))
+    return dataclasses.replace(r, chunk_times=out, first_token=out[0], chunk_tokens=None)
+
+
+def _streamed(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    """Successful streamed requests, with a time for every token."""
+    return [
+        per_token(r)
+        for r in records
+        if r.status == "ok" and r.chunk_times and r.first_token is not None
+    ]
+
+
 def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = None) -> Fit:
-    ok = [r for r in records if r.status == "ok" and r.chunk_times and r.first_token is not None]
-    steps = _recover_steps(ok) if sum(len(r.chunk_times) for r in ok) >= 3 else None
-    rows = np.flatnonzero(steps.busy) if steps is not None else np.empty(0, dtype=int)
-    if steps is None or len(rows) < 8:
+    ok = _streamed(records)
+    steps = None
+    if several_per_chunk(records):  # steps in between chunks are unseen: fit chunk intervals
+        x, y = chunk_rows([r for r in records if r.status == "ok" and r.chunk_times])
+    elif sum(len(r.chunk_times) for r in ok) >= 3:
+        steps = _recover_steps(ok)
+        rows = np.flatnonzero(steps.busy)
+        x = np.column_stack([np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows]])
+        y = steps.end[rows] - steps.end[rows - 1]
+    else:
+        x, y = np.empty((0, 3)), np.empty(0)
+    if len(y) < 8:
         raise CalibrationError(
-            f"only {len(rows)} usable engine steps in {len(ok)} successful streamed requests: "
+            f"only {len(y)} usable engine steps in {len(ok)} successful streamed requests: "
             "calibration needs streamed responses with several tokens each and some concurrency"
         )
-    x = np.column_stack([np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows]])
-    y = steps.end[rows] - steps.end[rows - 1]
+    n_rows = len(y)
     identifiable = np.ptp(x, axis=0) > 0
     identifiable[0] = True  # the intercept (base) is always fitted
     xs = x[:, identifiable]
@@ -243,7 +278,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     idle_overheads = [
         (r.first_token or 0.0) - r.start - base - per_token * (r.prompt_tokens or 0) for r in idle
     ]
-    queued_free = _overhead_samples(ok, steps, max_num_seqs)
+    queued_free = _overhead_samples(ok, steps, max_num_seqs) if steps else np.empty(0)
     overheads = np.concatenate([queued_free, idle_overheads])
     overhead = 0.0
     if len(overheads):  # the mean of the samples that are not outliers, and its variance
@@ -256,7 +291,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     return Fit(
         np.concatenate([[overhead], cost]),
         cov,
-        len(rows),
+        n_rows,
         len(overheads),
         r2,
         float(np.sqrt(np.mean(resid**2))),
@@ -266,7 +301,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
 def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
     """The run's timed steps' total duration over what `cost` predicts for them (1.0: as
     fitted); None when the run has too few timed steps."""
-    ok = [r for r in records if r.status == "ok" and r.chunk_times and r.first_token is not None]
+    ok = _streamed(records)
     if sum(len(r.chunk_times) for r in ok) < 3:
         return None
     steps = _recover_steps(ok)

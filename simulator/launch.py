@@ -31,9 +31,11 @@ class ReferenceTargetProcess:
         host: str = "127.0.0.1",
         start_timeout_s: float = 60.0,
         faults: TargetFaults | None = None,
+        stream_interval: int = 1,
     ):
         self.config = config
         self.faults = faults
+        self.stream_interval = stream_interval
         self.model = model
         self.host = host
         self.start_timeout_s = start_timeout_s
@@ -56,6 +58,8 @@ class ReferenceTargetProcess:
             json.dumps(self.config.to_dict()),
             "--exit-with-parent",
         ]
+        if self.stream_interval > 1:
+            cmd += ["--stream-interval", str(self.stream_interval)]
         if self.faults is not None and self.faults.any:
             cmd += ["--faults-json", self.faults.model_dump_json()]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

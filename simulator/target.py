@@ -152,8 +152,10 @@ class ReferenceTarget:
         model: str = "surgecast-reference",
         history: int = 10000,
         faults: TargetFaults | None = None,
+        stream_interval: int = 1,
     ):
         self.config = config
+        self.stream_interval = stream_interval  # tokens per chunk, as vLLM's --stream-interval
         self.model = model
         self.faults = faults or TargetFaults()
         self._fault_rng = random.Random(self.faults.seed)
@@ -272,12 +274,17 @@ class ReferenceTarget:
         record = ServedRequest(rid, received, prompt_tokens, max_tokens)
         self.served.append(record)
         stream = bool(body.get("stream", False))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            return _error("'stream_options' must be an object", param="stream_options")
+        include_usage = bool(options.get("include_usage", False))
+        every_chunk = include_usage and bool(options.get("continuous_usage_stats", False))
         queue = self.live.submit(seq)
         self.counters["prompt_tokens"] += prompt_tokens
         try:
             if stream:
-                return await self._stream(request, rid, chat, queue, record, include_usage)
+                usage = "every chunk" if every_chunk else "end" if include_usage else None
+                return await self._stream(request, rid, chat, queue, record, usage)
             return await self._whole(rid, chat, queue, record)
         finally:
             if record.status != "ok":
@@ -346,7 +353,7 @@ class ReferenceTarget:
         chat: bool,
         queue: asyncio.Queue[int | None],
         record: ServedRequest,
-        include_usage: bool,
+        usage: str | None,  # None, "end" (include_usage) or "every chunk" (vLLM's continuous)
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -365,17 +372,26 @@ class ReferenceTarget:
                         }
                     ]
                 )
-            while (index := await queue.get()) is not None:
-                word = output_word(index)
-                await sse.send([sse.choice(word if index == 1 else " " + word)])
-                now = time.monotonic()
-                record.chunk_written.append(now)
-                if record.first_chunk_written is None:
-                    record.first_chunk_written = now
-                record.output_tokens += 1
-                self.counters["generation_tokens"] += 1
+            pending: list[str] = []  # tokens not yet written: up to stream_interval of them
+            while True:
+                index = await queue.get()
+                if index is not None:
+                    word = output_word(index)
+                    pending.append(word if index == 1 else " " + word)
+                    record.output_tokens += 1
+                    self.counters["generation_tokens"] += 1
+                if pending and (index is None or len(pending) >= self.stream_interval):
+                    extra = {"usage": self._usage(record)} if usage == "every chunk" else {}
+                    await sse.send([sse.choice("".join(pending))], **extra)
+                    pending.clear()
+                    now = time.monotonic()
+                    record.chunk_written.append(now)
+                    if record.first_chunk_written is None:
+                        record.first_chunk_written = now
+                if index is None:
+                    break
             await sse.send([sse.choice(None, "length")])
-            if include_usage:
+            if usage is not None:
                 await sse.send([], usage=self._usage(record))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
@@ -416,13 +432,15 @@ async def serve(
     model: str = "surgecast-reference",
     exit_with_parent: bool = False,
     faults: TargetFaults | None = None,
+    stream_interval: int = 1,
 ) -> None:
     """Serve until cancelled; prints the base URL once listening (port 0 picks a free one).
 
     With `exit_with_parent`, also stop when stdin closes: a parent that starts the target with a
     pipe on its stdin takes the target down with it, even when the parent is killed.
     """
-    runner = web.AppRunner(ReferenceTarget(config, model, faults=faults).app(), access_log=None)
+    target = ReferenceTarget(config, model, faults=faults, stream_interval=stream_interval)
+    runner = web.AppRunner(target.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

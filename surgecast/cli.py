@@ -164,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         "reference_target.faults, else none)",
     )
     s.add_argument(
+        "--stream-interval",
+        type=_count,
+        help="tokens per streamed chunk, as vLLM's --stream-interval (default: the scenario's "
+        "reference_target.stream_interval, else 1); with stream_options.continuous_usage_stats "
+        "every chunk carries usage",
+    )
+    s.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="also stop when stdin closes (used when surgecast starts the target)",
@@ -265,10 +272,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from simulator.engine import EngineConfig, engine_from_spec
     from simulator.target import serve
 
-    faults = None
+    faults, interval = None, a.stream_interval
     if a.scenario:
         spec = load_scenario(a.scenario).reference_target
         config, faults = engine_from_spec(spec), spec.faults
+        interval = interval or spec.stream_interval
     elif a.calibration:
         config = _calibration(a.calibration).engine
     elif a.engine_json:
@@ -284,7 +292,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
         except ValueError as e:
             raise BadInput(f"--faults-json: {e}") from None
     try:
-        asyncio.run(serve(config, a.host, a.port, a.model, a.exit_with_parent, faults))
+        asyncio.run(
+            serve(config, a.host, a.port, a.model, a.exit_with_parent, faults, interval or 1)
+        )
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as e:

@@ -148,7 +148,10 @@ def _target(scenario: Scenario, target_url: str | None) -> Iterator[str]:
         return
     spec = scenario.reference_target
     with ReferenceTargetProcess(
-        engine_from_spec(spec), model=scenario.target.model, faults=spec.faults
+        engine_from_spec(spec),
+        model=scenario.target.model,
+        faults=spec.faults,
+        stream_interval=spec.stream_interval,
     ) as base_url:
         yield base_url
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -125,3 +126,24 @@ def test_prefill_cost_from_idle_requests_when_no_step_mixes_it() -> None:
     cal = calibrate(measured, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
     assert cal.engine.cost.per_prefill_token_s == pytest.approx(6e-5, rel=0.15)
     assert cal.engine.overhead_s == pytest.approx(TRUE.overhead_s, abs=0.001)
+
+
+def _chunked(r: RequestRecord, k: int) -> RequestRecord:
+    """The record a client sees from a server writing `k` tokens per chunk."""
+    times = r.chunk_times
+    ends = list(range(k - 1, len(times), k))
+    if not ends or ends[-1] != len(times) - 1:
+        ends.append(len(times) - 1)
+    sizes = [ends[0] + 1] + [b - a for a, b in itertools.pairwise(ends)]
+    chunk_times = [times[i] for i in ends]
+    return dataclasses.replace(
+        r, chunk_times=chunk_times, first_token=chunk_times[0], chunk_tokens=sizes
+    )
+
+
+def test_several_tokens_per_chunk_calibrate_as_well_as_one(measured: list[RequestRecord]) -> None:
+    start = dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0)
+    one = calibrate(measured, start).engine.cost
+    four = calibrate([_chunked(r, 4) for r in measured], start).engine.cost
+    assert four.base_s == pytest.approx(one.base_s, rel=0.05)
+    assert four.per_decode_seq_s == pytest.approx(one.per_decode_seq_s, rel=0.10)

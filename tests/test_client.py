@@ -140,3 +140,24 @@ def test_block_reader_would_fail_the_agreement_check(target_url: str) -> None:
     served = _served(target_url)[rid or ""]
     assert first_block is not None
     assert first_block - served["first_chunk_written"] > 0.05  # off by tens of milliseconds
+
+
+def test_chunks_of_several_tokens_are_counted_from_usage_on_every_chunk() -> None:
+    """A server that writes 4 tokens per chunk and usage on every chunk (vLLM's stream_interval
+    and continuous_usage_stats): the record keeps the tokens of each chunk, the chunk times
+    agree with the server's writes, and ITL is per token, not per chunk."""
+    from scenarios.metrics import metric_samples
+    from simulator.launch import ReferenceTargetProcess
+
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    with ReferenceTargetProcess(FAST_ENGINE, stream_interval=4) as url:
+        endpoint = Endpoint(url, extra_body={"stream_options": options})
+        rec = _call(endpoint, _spec(max_tokens=14)).record
+        served = _served(url)[rec.response_id or ""]
+    assert rec.status == "ok", rec.error_detail
+    assert rec.chunk_tokens == [4, 4, 4, 2] and rec.output_tokens == 14
+    lags = [c - w for c, w in zip(rec.chunk_times, served["chunk_written"], strict=True)]
+    assert max(abs(x) for x in lags) < 0.005
+    itl = metric_samples([rec], "itl")
+    # the 3 gaps inside the first chunk are unseen; each later chunk of k gives k gaps
+    assert len(itl) == 10 and 0.0100 < float(itl.mean()) < 0.0125  # a 10.5 ms step per token
