@@ -103,6 +103,13 @@ class TokenReconciliation:
     served: int
     median_error_pct: float  # median of |served - planned| / planned, in %
     p90_error_pct: float
+    cache_reports: int = 0  # successful requests whose server said how many came from its cache
+    cache_prompt: int = 0  # their prompt tokens
+    cached: int = 0  # of which the server took from its prefix cache
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.cached / self.cache_prompt if self.cache_prompt else None
 
     @classmethod
     def of(cls, records: Sequence[RequestRecord]) -> TokenReconciliation | None:
@@ -118,13 +125,37 @@ class TokenReconciliation:
             return None
         planned, served = np.array(pairs, dtype=float).T
         error = np.abs(served - planned) / planned * 100.0
+        reports = [
+            (r.prompt_tokens or 0, r.cached_tokens or 0)
+            for r in records
+            if r.status == "ok" and r.cached_tokens is not None
+        ]
         return cls(
             len(pairs),
             int(planned.sum()),
             int(served.sum()),
             float(np.median(error)),
             float(np.percentile(error, 90)),
+            len(reports),
+            sum(p for p, _ in reports),
+            sum(c for _, c in reports),
         )
+
+
+UNPLANNED_CACHE_MARGIN = 0.10  # hit rate above the plan's shareable share that is worth a word
+
+
+def unplanned_cache_warning(tokens: TokenReconciliation | None, planned: float) -> str | None:
+    """A warning when the server served more prompt tokens from its prefix cache than the
+    plan's shared prefixes explain: an earlier run's prompts, most likely, so TTFT is flattered."""
+    rate = tokens.cache_hit_rate if tokens else None
+    if rate is None or rate <= planned + UNPLANNED_CACHE_MARGIN:
+        return None
+    return (
+        f"the server's prefix cache served {rate:.0%} of the prompt tokens, but the plan shares "
+        f"only {planned:.0%}: TTFT is flattered by cached prompts (an earlier run's text? keep "
+        "target.salt_prompts on)"
+    )
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,22 @@ def build_plan(
     return _numbered(rows, follows)
 
 
+def shareable_prompt_share(plan: Iterable[RequestSpec]) -> float:
+    """Share of the plan's prompt tokens that an ideal prefix cache could serve: the prefix
+    segments whose chain (the segment and all before it) an earlier request already sent."""
+    seen: set[tuple[tuple[int, int], ...]] = set()
+    shareable = total = 0
+    for spec in sorted(plan, key=lambda s: s.arrival):
+        total += spec.prompt_tokens
+        for i, (_, tokens) in enumerate(spec.prefix):
+            chain = spec.prefix[: i + 1]
+            if chain in seen:
+                shareable += tokens
+            else:
+                seen.add(chain)
+    return shareable / total if total else 0.0
+
+
 def followers_of(plan: Iterable[RequestSpec]) -> dict[str, list[RequestSpec]]:
     """Each request's follow-ups (the next turn, a regenerate, a closed user's next session)."""
     out: dict[str, list[RequestSpec]] = {}

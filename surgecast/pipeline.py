@@ -28,8 +28,8 @@ from loadgen.telemetry import (
     TelemetryRecorder,
     metrics_url_for,
 )
-from scenarios.metrics import Summary, summarize
-from scenarios.plan import RequestSpec, build_plan
+from scenarios.metrics import Summary, summarize, unplanned_cache_warning
+from scenarios.plan import RequestSpec, build_plan, shareable_prompt_share
 from scenarios.records import RecordWriter, RequestRecord, write_records
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
@@ -236,11 +236,15 @@ def run_load(
         records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
     reasons = invalid_reasons(scenario, records, summary, len(plan))
+    cache = unplanned_cache_warning(summary.tokens, shareable_prompt_share(plan))
+    if cache:
+        say(f"warning: {cache}")
     folder.update_meta(
         status="finished",
         finished_at=_now(),
         validity={"valid": not reasons, "reasons": reasons},
         slos_passed=summary.slos_passed,
+        warnings=[cache] if cache else [],
     )
     return RunOutcome(folder, summary, reasons)
 

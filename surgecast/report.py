@@ -197,7 +197,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
     sections: list[tuple[str, str, str]] = [  # (title, markdown, extra html)
         (
             "Measured run",
-            summary_tables(summary),
+            "\n\n".join(
+                [summary_tables(summary)] + [f"WARNING: {w}" for w in meta.get("warnings", [])]
+            ),
             latency_plot(records, simulated)
             + timeline_plot(records)
             + telemetry_plot(read_telemetry(folder.telemetry)),

@@ -139,6 +139,11 @@ def token_lines(s: Summary) -> str:
             f"median, {t.p90_error_pct:.1f}% at p90"
             + (" (over 5%: sizes are off)" if t.median_error_pct > 5 else "")
         )
+    if t is not None and t.cache_hit_rate is not None:
+        lines.append(
+            f"prefix cache: the server took {t.cache_hit_rate:.0%} of the prompt tokens of "
+            f"{t.cache_reports} requests from its cache"
+        )
     return "\n".join(lines)
 
 

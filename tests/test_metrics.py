@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.metrics import metric_samples, summarize
+from scenarios.metrics import (
+    TokenReconciliation,
+    metric_samples,
+    summarize,
+    unplanned_cache_warning,
+)
 from scenarios.records import RecordWriter, RequestRecord, Status, read_records
 from scenarios.slo import parse_threshold
 
@@ -71,3 +76,25 @@ def test_records_round_trip_and_torn_last_line(tmp_path: Path) -> None:
     back = read_records(path)
     assert [r.id for r in back] == ["r0", "r1", "r2"]
     assert back[0] == RECORDS[0]
+
+
+def test_a_cache_hit_rate_beyond_the_plan_is_a_warning() -> None:
+    def rec(i: int, cached: int | None) -> RequestRecord:
+        return RequestRecord(
+            id=str(i),
+            intended_start=0,
+            start=0,
+            first_token=0.1,
+            end=0.2,
+            prompt_tokens=100,
+            output_tokens=5,
+            planned_prompt_tokens=100,
+            cached_tokens=cached,
+        )
+
+    tokens = TokenReconciliation.of([rec(0, 60), rec(1, 40), rec(2, None)])
+    assert tokens is not None and tokens.cache_hit_rate == 0.5 and tokens.cache_reports == 2
+    assert unplanned_cache_warning(tokens, planned=0.45) is None  # within the margin
+    warning = unplanned_cache_warning(tokens, planned=0.0)
+    assert warning is not None and "50%" in warning
+    assert unplanned_cache_warning(TokenReconciliation.of([rec(0, None)]), 0.0) is None

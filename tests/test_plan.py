@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from loadgen.sizing import SizedPrompts
-from scenarios.plan import RequestSpec, build_plan
+from scenarios.plan import RequestSpec, build_plan, shareable_prompt_share
 from scenarios.spec import Scenario, load_scenario, parse_scenario
 from tests.conftest import run_cli, scenario_dict, write_scenario
 
@@ -307,3 +307,12 @@ def test_a_run_salt_begins_each_conversation_and_keeps_shared_prefixes_shared(
     assert a1.startswith("[aaaaaa] ") and a2.startswith("[bbbbbb] ")
     assert a1[9:] == a2[9:]  # the same text after the salt
     assert a1[: len(a1) // 2] == b1[: len(b1) // 2]  # blocks 1 and 2 still shared in a run
+
+
+def test_shareable_share_counts_prefix_chains_sent_before() -> None:
+    a = RequestSpec(id="a", arrival=0, prompt_tokens=100, max_tokens=1, prefix=((1, 40),))
+    b = RequestSpec(id="b", arrival=1, prompt_tokens=100, max_tokens=1, prefix=((1, 40), (2, 30)))
+    c = RequestSpec(id="c", arrival=2, prompt_tokens=100, max_tokens=1, prefix=((2, 30),))
+    d = RequestSpec(id="d", arrival=3, prompt_tokens=100, max_tokens=1, prefix=((1, 40), (2, 30)))
+    # b reuses a's block 1; c's block 2 starts a new chain; d reuses b's whole chain
+    assert shareable_prompt_share([d, c, b, a]) == pytest.approx((40 + 70) / 400)
