@@ -161,7 +161,7 @@ def _rows(
         below, above = sampling.get(key, (0.0, 0.0))
         # one inter-token gap is one step: it scatters around the model as the fit's steps do
         noise = step_noise_ms if key[0] == "itl" else 0.0
-        low = p - math.hypot(max(p - float(p_lo), 0.0), above, noise)
+        low = max(0.0, p - math.hypot(max(p - float(p_lo), 0.0), above, noise))
         high = p + math.hypot(max(float(p_hi) - p, 0.0), below, noise)
         rows.append(BacktestRow(key[0], key[1], m, p, low, high, basis))
     return rows

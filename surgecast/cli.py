@@ -178,11 +178,22 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "calibrate",
-        help="fit the engine model to measured runs",
-        description="Fit step costs and overhead from run folders' records.",
+        help="fit the engine model to measured runs, or sweep a target and fit",
+        description="Fit step costs and overhead from run folders' records. With --scenario "
+        "instead of run folders, measure first: short open-loop levels (Poisson at x0.25, "
+        "x0.5, x1, x2 ... the scenario's rate) until one breaks its SLOs, errors climb, the "
+        "target falls behind or the generator does, plus a burst of requests at once for full "
+        "batches; fit on the levels at or under half the knee's rate and the burst, and "
+        "back-test the others, which the fit never saw.",
     )
-    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("runs", nargs="*", metavar="RUN_DIR")
     s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
+    s.add_argument("--scenario", help="sweep: the workload to send (instead of RUN_DIRs)")
+    s.add_argument("--target", help="sweep: base URL (default: the scenario's target)")
+    s.add_argument(
+        "--level-duration", type=_positive, default=30.0, help="sweep: seconds per level"
+    )
+    s.add_argument("--out", help="sweep: folder for the level runs (default: reports/sweep-ID)")
     _limit_flags(s)
     s.add_argument("--no-backtest", action="store_true")
 
@@ -371,6 +382,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     output = Path(a.output)
     if not output.parent.is_dir():
         raise BadInput(f"-o {a.output}: folder {output.parent} does not exist")
+    if a.scenario:
+        if a.runs:
+            raise BadInput("give run folders or --scenario (to sweep a target), not both")
+        return _calibrate_sweep(a, output)
+    if not a.runs:
+        raise BadInput("give the run folders to fit, or --scenario to sweep a target")
     folders = [RunFolder(Path(r)) for r in a.runs]
     try:
         cal = calibrate_runs(
@@ -390,6 +407,34 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             _print(f"\nback-test of {f.path}:\n" + backtest_table(rows))
             _warn(backtest_warnings(cal, rows))
     _print(f"calibration: {a.output}")
+    return EXIT_OK
+
+
+def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
+    from surgecast.rundir import new_run_id
+    from surgecast.sweep import held_out_rows, level_rows, sweep
+    from surgecast.tables import backtest_table, calibration_table, markdown
+
+    scenario = load_scenario(a.scenario)
+    out = Path(a.out) if a.out else Path("reports") / new_run_id(f"sweep-{scenario.name}")
+    result = sweep(
+        scenario,
+        a.scenario,
+        out,
+        target_url=a.target,
+        level_s=a.level_duration,
+        batch_limit=a.max_num_seqs,
+    )
+    output.write_text(json.dumps(result.calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
+    headers = ["offered req/s", "served req/s", "TTFT p95 ms", "E2E p95 ms", "role", "knee"]
+    _print(markdown(headers, level_rows(result)))
+    _print("\n" + calibration_table(result.calibration))
+    held = held_out_rows(result)
+    if held:
+        _print("\nheld-out levels, predicted:\n" + backtest_table(held))
+        inside = sum(r.inside for r in held)
+        _print(f"{inside} of {len(held)} measured values inside their 90% interval")
+    _print(f"level runs: {out}\ncalibration: {output}")
     return EXIT_OK
 
 

@@ -131,3 +131,35 @@ def test_backtest_command_predicts_a_run_with_intervals(pipeline_run: tuple[Path
         "backtest", str(out / "nothing"), "--calibration", str(out / "calibration.json")
     )
     assert missing.returncode == 2 and "a run folder?" in missing.stderr
+
+
+def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
+    tmp_path: Path,
+) -> None:
+    data = scenario_dict(traffic={"rate": 5, "duration_s": 8, "seed": 2})
+    data["slos"] = {"ttft": "p(95) < 300"}
+    path = write_scenario(tmp_path / "s.yaml", data)
+    cal = tmp_path / "cal.json"
+    out = tmp_path / "sweep"
+    result = run_cli(
+        "calibrate",
+        "--scenario",
+        str(path),
+        "-o",
+        str(cal),
+        "--level-duration",
+        "4",
+        "--out",
+        str(out),
+        "--max-num-seqs",
+        "8",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "knee reached" in result.stderr  # the reference target saturates near 20 req/s
+    assert "held-out levels, predicted" in result.stdout and "burst (fit)" in result.stdout
+    params = json.loads(cal.read_text())["parameters"]
+    assert params["base_s"]["value"] == pytest.approx(0.010, rel=0.15)  # the target's truth
+    assert (out / "burst" / "requests.jsonl").exists() and (out / "level-1").is_dir()
+    both = run_cli("calibrate", str(out / "level-1"), "--scenario", str(path), "-o", str(cal))
+    assert both.returncode == 2 and "not both" in both.stderr

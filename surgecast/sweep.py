@@ -1,0 +1,152 @@
+"""A measured calibration sweep: open-loop levels up to the knee, a fit on the light ones, a
+back-test on the rest.
+
+Levels are Poisson at rising rates (the scenario's workload, its arrival process replaced;
+personas with arrivals of their own keep them):
+x0.25, x0.5, x1, x2 ... of the scenario's rate, until a level breaks its SLOs, errors climb,
+the target falls behind the offered rate, or the generator itself could not keep the plan
+(an invalid run). A short burst of requests at once then measures the largest batches, so they
+are not extrapolated. The fit uses the levels at or under half the knee's rate and the burst;
+the others are predicted, never seen by the fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from scenarios.plan import build_plan
+from scenarios.spec import Scenario, Traffic
+from simulator.backtest import BacktestRow
+from simulator.calibrate import Calibration
+from surgecast.pipeline import RunOutcome, Say, backtest_run, calibrate_runs, run_load, say_stderr
+
+LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+MAX_ERROR_RATE = 0.05
+MIN_ACHIEVED = 0.9  # of the offered rate: below it the target has fallen behind
+BURST_S = 1.0
+
+
+@dataclass(frozen=True)
+class Level:
+    rate: float  # offered requests/s
+    outcome: RunOutcome
+    burst: bool = False
+
+    @property
+    def achieved(self) -> float:
+        return self.outcome.summary.throughput
+
+    def knee_reason(self) -> str | None:
+        """Why this level is past the knee, or None while the target keeps up."""
+        s = self.outcome.summary
+        if not self.outcome.valid:
+            return "the run is invalid: " + "; ".join(self.outcome.reasons)
+        if s.error_rate > MAX_ERROR_RATE:
+            return f"errors at {s.error_rate:.0%}"
+        if s.slos and not s.slos_passed:
+            return "SLOs missed"
+        if self.achieved < MIN_ACHIEVED * s.request_rate:
+            return f"served {self.achieved:.2f} of {s.request_rate:.2f} req/s sent"
+        return None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    levels: list[Level]
+    calibration: Calibration
+    fitted: list[Level]
+    held_out: dict[float, list[BacktestRow]]  # per held-out level's rate
+
+
+def _level(scenario: Scenario, rate: float, duration_s: float, seed: int) -> Scenario:
+    traffic = Traffic(
+        rate=rate,
+        duration_s=duration_s,
+        seed=seed,
+        max_lateness_ms=scenario.traffic.max_lateness_ms,
+        max_in_flight=scenario.traffic.max_in_flight,
+    )
+    return scenario.model_copy(update={"traffic": traffic})
+
+
+def sweep(
+    scenario: Scenario,
+    scenario_file: str,
+    out: Path,
+    *,
+    target_url: str | None = None,
+    level_s: float = 30.0,
+    batch_limit: int | None = None,
+    say: Say = say_stderr,
+) -> SweepResult:
+    """Run the levels into `out/level-N`, fit, back-test; see the module's docstring."""
+    base = len(build_plan(scenario)) / scenario.traffic.duration_s  # requests/s at x1
+    levels: list[Level] = []
+    for i, factor in enumerate(LEVELS):
+        rate = base * factor
+        say(f"sweep level {i + 1}: {rate:.3g} req/s for {level_s:g} s")
+        level_scenario = _level(scenario, rate, level_s, scenario.traffic.seed + i)
+        outcome = run_load(
+            level_scenario,
+            scenario_file,
+            target_url=target_url,
+            out=out / f"level-{i + 1}",
+            say=say,
+            progress=False,
+        )
+        level = Level(rate, outcome)
+        levels.append(level)
+        reason = level.knee_reason()
+        if reason:
+            say(f"sweep: knee reached at {rate:.3g} req/s ({reason})")
+            break
+    burst_n = 4 * (batch_limit or 16)
+    say(f"sweep burst: {burst_n} requests within {BURST_S:g} s, to measure full batches")
+    burst = Level(
+        burst_n / BURST_S,
+        run_load(
+            _level(scenario, burst_n / BURST_S, BURST_S, scenario.traffic.seed + 99),
+            scenario_file,
+            target_url=target_url,
+            out=out / "burst",
+            say=say,
+            progress=False,
+        ),
+        burst=True,
+    )
+    passing = [lv for lv in levels if lv.knee_reason() is None]
+    knee = passing[-1].rate if passing else levels[0].rate
+    fitted = [lv for lv in levels if lv.rate <= 0.5 * knee] or levels[:2]
+    if len(fitted) < 2:
+        fitted = levels[:2]
+    held = [lv for lv in levels if lv not in fitted]
+    calibration = calibrate_runs(
+        [lv.outcome.folder for lv in [*fitted, burst]], max_num_seqs=batch_limit
+    )
+    held_out = {lv.rate: backtest_run(lv.outcome.folder, calibration) for lv in held}
+    return SweepResult([*levels, burst], calibration, fitted, held_out)
+
+
+def level_rows(result: SweepResult) -> list[list[object]]:
+    """One row per level for a table: rate, achieved, TTFT p95, role, knee reason."""
+    rows: list[list[object]] = []
+    for lv in result.levels:
+        s = lv.outcome.summary
+        role = "burst (fit)" if lv.burst else "fit" if lv in result.fitted else "held out"
+        rows.append(
+            [
+                f"{lv.rate:.3g}",
+                f"{lv.achieved:.3g}",
+                f"{s.metrics['ttft'].percentiles[95]:,.0f}",
+                f"{s.metrics['e2e'].percentiles[95]:,.0f}",
+                role,
+                lv.knee_reason() or "",
+            ]
+        )
+    return rows
+
+
+def held_out_rows(result: SweepResult) -> Sequence[BacktestRow]:
+    return [row for rows in result.held_out.values() for row in rows]
