@@ -182,6 +182,7 @@ class StreamingCall:
             prompt=prompt if store_prompt else None,
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
+            planned_output_tokens=spec.max_tokens,
             regenerate=spec.regenerate,
         )
 

@@ -301,6 +301,7 @@ class LoadRun:
             turn=spec.turn,
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
+            planned_output_tokens=spec.max_tokens,
         )
 
     def _finish(self, record: RequestRecord) -> None:

@@ -38,6 +38,7 @@ class RequestRecord:
     attempt: int = 0  # 0 for the first send; n for the n-th retry of the same request
     retried: bool = False  # this attempt failed and the client tried again
     planned_prompt_tokens: int | None = None  # what the plan asked for, beside the served count
+    planned_output_tokens: int | None = None  # max_tokens the plan asked for
     regenerate: bool = False  # the user asked again for the previous turn's answer
     # tokens in each chunk, where the stream says (usage on every chunk, as vLLM's
     # continuous_usage_stats): several per chunk when a server batches its stream output

@@ -207,7 +207,7 @@ def predict_plan(
     timeout = scenario.target.timeout_s
 
     def predicted(seed_: int, c: Calibration) -> dict[tuple[str, int], float]:
-        plan = build_plan(scenario, seed=seed_)
+        plan = c.tokens.apply(build_plan(scenario, seed=seed_), seed_)
         return _values(simulate(plan, c.engine, timeout_s=timeout).records, duration)
 
     rng = np.random.default_rng(seed)

@@ -27,6 +27,7 @@ from scenarios.records import RequestRecord
 from simulator.chunkfit import chunk_rows, several_per_chunk
 from simulator.engine import EngineConfig, StepCost
 from simulator.stepcost import StepCostModel
+from simulator.tokenmap import TokenMap
 
 PARAMS = ("overhead_s", "base_s", "per_decode_seq_s", "per_prefill_token_s")
 
@@ -64,6 +65,7 @@ class Calibration:
     fit: Fit
     notes: list[str] = field(default_factory=list)
     drift: float = 0.0  # run-to-run spread of mean step time (relative sd) between the runs
+    tokens: TokenMap = field(default_factory=TokenMap)  # planned -> served tokens
 
     def to_dict(self) -> dict[str, Any]:
         f = self.fit
@@ -82,6 +84,7 @@ class Calibration:
             },
             "notes": self.notes,
             "drift": self.drift,
+            "tokens": self.tokens.to_dict(),
         }
 
     @classmethod
@@ -97,7 +100,9 @@ class Calibration:
             fd["rmse_ms"] / 1000.0,
         )
         engine = EngineConfig.from_dict(d["engine"])
-        return cls(engine, fit, list(d.get("notes", [])), float(d.get("drift", 0.0)))
+        notes = list(d.get("notes", []))
+        tokens = TokenMap.from_dict(d.get("tokens"))
+        return cls(engine, fit, notes, float(d.get("drift", 0.0)), tokens)
 
 
 @dataclass(frozen=True)
@@ -324,4 +329,4 @@ def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibra
         if v > 0 and s > v:
             notes.append(f"{name} cost is poorly determined ({v:.3g} +- {s:.3g} s)")
     engine = limits.with_cost(fit.cost(), overhead_s=float(fit.values[0]))
-    return Calibration(engine, fit, notes)
+    return Calibration(engine, fit, notes, tokens=TokenMap.learn(records))

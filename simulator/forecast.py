@@ -33,6 +33,7 @@ from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig
 from simulator.pool import ProcessPool
 from simulator.sim import simulate
+from simulator.tokenmap import TokenMap
 
 HOURS_PER_MONTH = 730.0
 WARMUP_FRACTION = 0.1  # requests sent in the first 10% of the window start an empty fleet
@@ -150,6 +151,7 @@ class SeedJob:
     rate_scale: float
     replicas: int
     duration_s: float
+    tokens: TokenMap = field(default_factory=TokenMap)
 
 
 def run_seed(job: SeedJob) -> SeedOutcome:
@@ -158,6 +160,7 @@ def run_seed(job: SeedJob) -> SeedOutcome:
     thresholds = scenario.thresholds()
     personas = scenario.persona_thresholds()
     plan = build_plan(scenario, seed=job.seed, rate_scale=job.rate_scale, duration_s=job.duration_s)
+    plan = job.tokens.apply(plan, job.seed)
     result = simulate(
         plan,
         job.engine,
@@ -225,7 +228,9 @@ class Forecaster:
         self.checks: dict[str, Threshold] = {str(t): t for t in self.thresholds}
         for persona, own in self.persona_thresholds.items():
             self.checks.update({f"{persona}: {t}": t for t in own})
-        self.base_plan = build_plan(scenario, seed=scenario.traffic.seed)
+        self.base_plan = calibration.tokens.apply(
+            build_plan(scenario, seed=scenario.traffic.seed), scenario.traffic.seed
+        )
         self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
         self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
@@ -241,6 +246,7 @@ class Forecaster:
                 scale,
                 replicas,
                 self.duration_s,
+                self.calibration.tokens,
             )
             for i, (cost, overhead) in enumerate(self.costs)
         ]

@@ -457,7 +457,7 @@ def simulate_scenario(
 ) -> RunOutcome:
     """The scenario's plan through the calibrated model; a run folder like a measured one."""
     folder = _folder(scenario, out)
-    plan = build_plan(scenario, rate_scale=scale)
+    plan = calibration.tokens.apply(build_plan(scenario, rate_scale=scale), scenario.traffic.seed)
     result = simulate(
         plan, calibration.engine, replicas=replicas, timeout_s=scenario.target.timeout_s
     )

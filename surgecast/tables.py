@@ -162,7 +162,13 @@ def calibration_table(c: Calibration) -> str:
         f"limits: max_num_seqs {c.engine.max_num_seqs}, KV cache {c.engine.kv_cache_tokens} tokens"
     )
     return "\n\n".join(
-        [markdown(["parameter", "value (ms)", "std error (ms)"], rows), quality, limits, *c.notes]
+        [
+            markdown(["parameter", "value (ms)", "std error (ms)"], rows),
+            quality,
+            limits,
+            c.tokens.describe(),
+            *c.notes,
+        ]
     )
 
 

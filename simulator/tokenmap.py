@@ -1,0 +1,106 @@
+"""Planned tokens to served tokens, learned from a server's `usage`.
+
+The plan sizes prompts and answers in tokens, but a server counts with its own tokenizer and
+chat template, and may end an answer before max_tokens. The map learned from measured runs,
+served prompt = intercept + slope x planned (least squares) and served output = planned x a
+ratio drawn from those measured, turns a plan into what that server would serve before the
+simulator sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scenarios.plan import RequestSpec
+from scenarios.records import RequestRecord
+
+KEPT_RATIOS = 101  # output ratios kept, as quantiles of the measured ones
+MIN_PAIRS = 5
+
+
+@dataclass(frozen=True)
+class TokenMap:
+    prompt_intercept: float = 0.0
+    prompt_slope: float = 1.0
+    output_ratios: tuple[float, ...] = ()  # served / planned output, quantiles; () is 1.0
+    pairs: int = 0  # requests learned from
+
+    @property
+    def identity(self) -> bool:
+        flat = all(r == 1.0 for r in self.output_ratios)
+        return self.prompt_intercept == 0.0 and self.prompt_slope == 1.0 and flat
+
+    @classmethod
+    def learn(cls, records: Sequence[RequestRecord]) -> TokenMap:
+        """From successful requests with both a plan and a server count; the identity when
+        fewer than MIN_PAIRS have them."""
+        rows = [
+            (r.planned_prompt_tokens, r.prompt_tokens, r.planned_output_tokens, r.output_tokens)
+            for r in records
+            if r.status == "ok"
+            and r.token_source == "usage"
+            and r.planned_prompt_tokens
+            and r.prompt_tokens
+            and r.planned_output_tokens
+            and r.output_tokens
+        ]
+        if len(rows) < MIN_PAIRS:
+            return cls()
+        planned_p, served_p, planned_o, served_o = np.asarray(rows, dtype=float).T
+        if np.ptp(planned_p) > 0:
+            slope, intercept = np.polyfit(planned_p, served_p, 1)
+        else:
+            slope, intercept = 1.0, float(np.mean(served_p - planned_p))
+        ratios = np.clip(served_o / planned_o, 0.0, 1.0)
+        kept = np.percentile(ratios, np.linspace(0, 100, KEPT_RATIOS))
+        return cls(float(intercept), float(slope), tuple(float(r) for r in kept), len(rows))
+
+    def apply(self, plan: Sequence[RequestSpec], seed: int = 0) -> list[RequestSpec]:
+        """The plan as this server would serve it (deterministic for `seed`)."""
+        if self.identity:
+            return list(plan)
+        rng = np.random.default_rng(seed)
+        ratios = np.asarray(self.output_ratios or (1.0,))
+        drawn = rng.choice(ratios, size=len(plan))
+        out = []
+        for spec, ratio in zip(plan, drawn, strict=True):
+            prompt = max(1, round(self.prompt_intercept + self.prompt_slope * spec.prompt_tokens))
+            prefix = tuple((h, max(1, round(t * self.prompt_slope))) for h, t in spec.prefix)
+            out.append(
+                dataclasses.replace(
+                    spec,
+                    prompt_tokens=prompt,
+                    max_tokens=max(1, round(spec.max_tokens * float(ratio))),
+                    prefix=prefix,
+                )
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TokenMap:
+        if not d:
+            return cls()
+        return cls(
+            float(d["prompt_intercept"]),
+            float(d["prompt_slope"]),
+            tuple(float(r) for r in d.get("output_ratios", ())),
+            int(d.get("pairs", 0)),
+        )
+
+    def describe(self) -> str:
+        if self.identity:
+            return "tokens: planned = served (no usage to learn from, or none needed)"
+        ratios = np.asarray(self.output_ratios or (1.0,))
+        return (
+            f"tokens (from {self.pairs} requests' usage): served prompt = "
+            f"{self.prompt_intercept:.1f} + {self.prompt_slope:.3f} x planned; served output = "
+            f"planned x {np.mean(ratios):.2f} on average ({np.min(ratios):.2f}-1.00)"
+        )
