@@ -30,6 +30,7 @@ BOOTSTRAP = 300
 QUANTILES = (50, 95, 99)
 LATENCIES = ("ttft", "itl", "e2e")
 COVERAGE = 90  # percent: the interval's nominal coverage
+Noise = tuple[np.ndarray, np.random.Generator]  # step residuals (ms) and the generator to draw
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,18 @@ def replay_plan(records: Sequence[RequestRecord]) -> list[RequestSpec]:
     ]
 
 
-def _values(records: Sequence[RequestRecord], span_s: float) -> dict[tuple[str, int], float]:
-    """The quantities compared: latency quantiles (ms) and throughput (requests/s)."""
+def _values(
+    records: Sequence[RequestRecord], span_s: float, step_noise: Noise | None = None
+) -> dict[tuple[str, int], float]:
+    """The quantities compared: latency quantiles (ms) and throughput (requests/s). Simulated
+    inter-token gaps get `step_noise` added: one gap is one step, which scatters around the
+    model as the calibration's steps did."""
     out: dict[tuple[str, int], float] = {}
     for metric in LATENCIES:
         x = metric_samples(records, metric) * 1000.0
+        if metric == "itl" and step_noise is not None and len(x):
+            residuals, rng = step_noise
+            x = np.clip(x + rng.choice(residuals, size=len(x)), 0.0, None)
         if len(x):
             for q, v in zip(QUANTILES, np.percentile(x, QUANTILES), strict=True):
                 out[(metric, q)] = float(v)
@@ -128,6 +136,13 @@ def _sampling_spread(
     return out
 
 
+def _step_noise(calibration: Calibration, seed: int) -> Noise | None:
+    quantiles = calibration.fit.residual_quantiles_s
+    if not quantiles:
+        return None
+    return np.asarray(quantiles) * 1000.0, np.random.default_rng(seed + 1)
+
+
 def _drawn(calibration: Calibration, rng: np.random.Generator, n: int) -> list[Calibration]:
     """Calibrations drawn from the fit's uncertainty, each step cost also scaled by the
     run-to-run drift of step time."""
@@ -148,7 +163,6 @@ def _rows(
     draws: list[dict[tuple[str, int], float]],
     sampling: dict[tuple[str, int], tuple[float, float]],
     basis: str,
-    step_noise_ms: float,
 ) -> list[BacktestRow]:
     half = (100 - COVERAGE) / 2
     rows = []
@@ -159,10 +173,8 @@ def _rows(
         spread = [d[key] for d in draws if key in d] or [p]
         p_lo, p_hi = np.percentile(spread, [half, 100 - half])
         below, above = sampling.get(key, (0.0, 0.0))
-        # one inter-token gap is one step: it scatters around the model as the fit's steps do
-        noise = step_noise_ms if key[0] == "itl" else 0.0
-        low = max(0.0, p - math.hypot(max(p - float(p_lo), 0.0), above, noise))
-        high = p + math.hypot(max(float(p_hi) - p, 0.0), below, noise)
+        low = max(0.0, p - math.hypot(max(p - float(p_lo), 0.0), above))
+        high = p + math.hypot(max(float(p_hi) - p, 0.0), below)
         rows.append(BacktestRow(key[0], key[1], m, p, low, high, basis))
     return rows
 
@@ -182,16 +194,16 @@ def backtest(
     replayed = {s.id for s in plan}
     measured = [r for r in records if r.id in replayed]
     rng = np.random.default_rng(seed)
+    noise = _step_noise(calibration, seed)
     span = _span(measured)
     result = simulate(plan, calibration.engine, timeout_s=timeout_s)
-    central = _values(result.records, span)
+    central = _values(result.records, span, noise)
     spread = [
-        _values(simulate(plan, c.engine, timeout_s=timeout_s, record_chunks=True).records, span)
+        _values(simulate(plan, c.engine, timeout_s=timeout_s).records, span, noise)
         for c in _drawn(calibration, rng, draws)
     ]
     sampling = _sampling_spread(measured, rng)
-    noise = calibration.fit.rmse_s * 1000.0
-    return _rows(_values(measured, span), central, spread, sampling, "replay", noise), result
+    return _rows(_values(measured, span), central, spread, sampling, "replay"), result
 
 
 def predict_plan(
@@ -206,9 +218,11 @@ def predict_plan(
     duration = scenario.traffic.duration_s
     timeout = scenario.target.timeout_s
 
+    noise = _step_noise(calibration, seed)
+
     def predicted(seed_: int, c: Calibration) -> dict[tuple[str, int], float]:
         plan = c.tokens.apply(build_plan(scenario, seed=seed_), seed_)
-        return _values(simulate(plan, c.engine, timeout_s=timeout).records, duration)
+        return _values(simulate(plan, c.engine, timeout_s=timeout).records, duration, noise)
 
     rng = np.random.default_rng(seed)
     central = predicted(scenario.traffic.seed, calibration)
@@ -218,7 +232,7 @@ def predict_plan(
     ]
     measured = _values(records, duration)
     sampling = _sampling_spread(records, rng)
-    return _rows(measured, central, spread, sampling, "plan", calibration.fit.rmse_s * 1000.0)
+    return _rows(measured, central, spread, sampling, "plan")
 
 
 def backtest_warnings(

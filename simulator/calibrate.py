@@ -44,6 +44,9 @@ class Fit:
     overhead_rows: int
     r2: float
     rmse_s: float
+    # per-step residuals (measured - fitted, seconds) as 101 quantiles: the scatter of one
+    # step, and of one inter-token gap, around the model
+    residual_quantiles_s: tuple[float, ...] = ()
 
     def stderr(self) -> np.ndarray:
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
@@ -81,6 +84,7 @@ class Calibration:
                 "overhead_rows": f.overhead_rows,
                 "r2": f.r2,
                 "rmse_ms": f.rmse_s * 1000.0,
+                "residual_quantiles_ms": [q * 1000.0 for q in f.residual_quantiles_s],
             },
             "notes": self.notes,
             "drift": self.drift,
@@ -98,6 +102,7 @@ class Calibration:
             fd["overhead_rows"],
             fd["r2"],
             fd["rmse_ms"] / 1000.0,
+            tuple(q / 1000.0 for q in fd.get("residual_quantiles_ms", ())),
         )
         engine = EngineConfig.from_dict(d["engine"])
         notes = list(d.get("notes", []))
@@ -267,6 +272,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     identifiable[0] = True  # the intercept (base) is always fitted
     xs = x[:, identifiable]
     beta, keep = robust_lstsq(xs, y)
+    per_step = (y - xs @ beta) / x[:, 0]  # every row, outliers too: x[:, 0] steps in a row
     resid = y[keep] - xs[keep] @ beta
     sigma2 = float(resid @ resid) / max(int(keep.sum()) - xs.shape[1], 1)
     cost = np.zeros(3)
@@ -300,6 +306,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
         len(overheads),
         r2,
         float(np.sqrt(np.mean(resid**2))),
+        tuple(float(q) for q in np.percentile(per_step, np.linspace(0, 100, 101))),
     )
 
 

@@ -1,0 +1,162 @@
+"""Forecast fidelity on a real engine: calibrate on two light loads, predict two heavier ones.
+
+    python benchmarks/fidelity.py [--engine llama-server|reference] [--slots 8,1] [--level-s 40]
+
+For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
+think time), run open-loop Poisson levels at 15% and 35% of it (fitted) and at 60% and 80%
+(held out), calibrate on the two light ones, and predict the held-out ones from their own send
+times (replay) and from the scenario's plan (plan). Prints one table of held-out errors and
+whether each measured value fell inside its predicted 90% interval, then the aim:
+median |error| of p50/p95 E2E at most 5%, of p95 TTFT at most 10%, and 9 in 10 inside.
+Loopback only; the engine is started and stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from scenarios.spec import Scenario, parse_scenario
+from simulator.backtest import BacktestRow
+from surgecast.pipeline import backtest_run, calibrate_runs, run_load
+from surgecast.rundir import RunFolder
+from surgecast.tables import markdown
+
+FIT = (0.15, 0.35)
+HELD_OUT = (0.60, 0.80)
+
+
+def workload(slots: int, level_s: float, extra: dict[str, object]) -> dict[str, object]:
+    return {
+        "name": f"fidelity-{slots}",
+        "target": {"api": "chat", "timeout_s": 120, "extra_body": extra},
+        "reference_target": {
+            "max_num_seqs": slots,
+            "kv_cache_tokens": 65536,
+            "cold_start_s": 0.2,
+            "step": {"base_ms": 12, "per_decode_seq_ms": 1.0, "per_prefill_token_ms": 0.05},
+        },
+        "traffic": {"rate": 1, "duration_s": level_s, "seed": 11},
+        "workload": {
+            "prompt_tokens": {"dist": "uniform", "low": 40, "high": 400},
+            "output_tokens": {"dist": "uniform", "low": 24, "high": 96},
+        },
+    }
+
+
+@contextlib.contextmanager
+def engine(kind: str, slots: int) -> Iterator[tuple[str | None, dict[str, object]]]:
+    """(base URL, extra request body) of a started engine; None URL: the reference target
+    the pipeline starts itself."""
+    if kind == "reference":
+        yield None, {}
+        return
+    from targets.llama_server import LlamaServer  # only when asked for
+
+    with LlamaServer(slots=slots) as server:
+        yield server.base_url, {"ignore_eos": True}
+
+
+def level(base: dict[str, object], traffic: dict[str, object]) -> Scenario:
+    return parse_scenario({**base, "traffic": traffic})
+
+
+Result = tuple[str, float, BacktestRow]  # (engine config, load share, held-out row)
+
+
+def run_config(kind: str, slots: int, level_s: float, out: Path) -> list[Result]:
+    with engine(kind, slots) as (url, extra):
+        base = workload(slots, level_s, extra)
+        closed = {
+            "arrival": {
+                "type": "closed-users",
+                "users": 2 * slots,
+                "think_time": {"dist": "constant", "value": 0},
+            },
+            "duration_s": level_s,
+            "seed": 10,
+        }
+        cap = run_load(
+            level(base, closed), "fidelity", target_url=url, out=out / "capacity", progress=False
+        )
+        capacity = cap.summary.throughput
+        print(f"{kind} {slots} slots: capacity {capacity:.2f} req/s", file=sys.stderr)
+        folders: dict[float, RunFolder] = {}
+        for i, share in enumerate((*FIT, *HELD_OUT)):
+            traffic = {"rate": share * capacity, "duration_s": level_s, "seed": 20 + i}
+            outcome = run_load(
+                level(base, traffic),
+                "fidelity",
+                target_url=url,
+                out=out / f"{share:.2f}",
+                progress=False,
+            )
+            folders[share] = outcome.folder
+    calibration = calibrate_runs([folders[s] for s in FIT], max_num_seqs=slots)
+    return [
+        (f"{kind} -np {slots}", share, row)
+        for share in HELD_OUT
+        for row in backtest_run(folders[share], calibration)
+    ]
+
+
+def table(results: list[Result]) -> str:
+    headers = ["engine", "load", "basis", "metric", "measured", "predicted", "error %", "inside"]
+    return markdown(
+        headers,
+        [
+            [
+                config,
+                f"{share:.0%}",
+                r.basis,
+                f"{r.metric} p{r.quantile}" if r.quantile else r.metric,
+                f"{r.measured:,.4g}",
+                f"{r.predicted:,.4g}",
+                f"{r.error_pct:+.1f}",
+                "yes" if r.inside else "NO",
+            ]
+            for config, share, r in results
+        ],
+    )
+
+
+def aim(rows: list[BacktestRow]) -> str:
+    def median_error(metric: str, quantile: int) -> float:
+        errors = [abs(r.error_pct) for r in rows if (r.metric, r.quantile) == (metric, quantile)]
+        return statistics.median(errors) if errors else float("nan")
+
+    e50, e95, t95 = median_error("e2e", 50), median_error("e2e", 95), median_error("ttft", 95)
+    inside = sum(r.inside for r in rows) / len(rows) if rows else 0.0
+    met = e50 <= 5 and e95 <= 5 and t95 <= 10 and inside >= 0.9
+    return (
+        f"median |error|: E2E p50 {e50:.1f}%, E2E p95 {e95:.1f}% (aim <= 5%), TTFT p95 "
+        f"{t95:.1f}% (aim <= 10%); inside the 90% interval {inside:.0%} (aim >= 90%): "
+        + ("aim met" if met else "aim NOT met")
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine", choices=("llama-server", "reference"), default="llama-server")
+    p.add_argument("--slots", default="8,1", help="slot counts (llama-server -np), e.g. 8,1")
+    p.add_argument("--level-s", type=float, default=40.0, help="seconds per load level")
+    a = p.parse_args()
+    started = time.monotonic()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for slots in (int(s) for s in a.slots.split(",")):
+            results += run_config(a.engine, slots, a.level_s, Path(tmp) / f"np{slots}")
+    print(table(results))
+    print(aim([r for _, _, r in results]))
+    print(f"({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
