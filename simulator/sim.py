@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -13,6 +14,7 @@ from scenarios.records import RequestRecord
 from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
+from simulator.fleet import Fleet, FleetConfig, FleetStats
 
 
 class Replica:
@@ -42,10 +44,13 @@ class Replica:
     def busy_time(self) -> float:
         return self.loop.busy_s
 
-    def submit(self, seq: Seq) -> None:
+    def submit(self, seq: Seq, sent: float | None = None) -> None:
+        """Queue `seq`, sent at `sent` (default: overhead_s ago; later for a fleet's queue)."""
         deadline = None
         if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
-            deadline = self.env.now - self.engine.config.overhead_s + self._timeout_s
+            if sent is None:
+                sent = self.env.now - self.engine.config.overhead_s
+            deadline = sent + self._timeout_s
         self.loop.submit(seq, deadline)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
@@ -91,27 +96,33 @@ class SimResult:
     kv_peak: float = 0.0  # the fullest any replica's KV cache got (fraction of its blocks)
     kv_mean: float = 0.0  # replicas' KV use averaged over the span (idle time counts as 0)
     slots_full: float = 0.0  # share of the span with every batch slot taken, replica mean
+    rejected: int = 0  # refused for want of room: HTTP 429 from the fleet, or too long a context
+    timeouts: int = 0  # aborted by the client's timeout (their KV blocks freed)
+    abandoned: int = 0  # cancelled by an impatient user before the first token
+    fleet: FleetStats = field(default_factory=FleetStats)  # cold starts, replica-seconds
 
 
 class _Clients:
     """The simulated users: first turns at their planned times, follow-ups `think_s` after the
     turn they follow ended well, patience that abandons a slow first token, and a record each,
-    as the load generator keeps them."""
+    as the load generator keeps them. `outstanding` counts requests not yet ended (planned
+    first turns and scheduled follow-ups included)."""
 
     def __init__(
         self,
         env: simpy.Environment,
         plan: Sequence[RequestSpec],
-        fleet: list[Replica],
         config: EngineConfig,
     ):
         self.env = env
-        self.fleet = fleet
+        self.fleet: Fleet[Replica] | None = None  # set by simulate before the run
         self.overhead_s = config.overhead_s
+        self.capacity = config.num_blocks * config.block_size  # KV tokens of one replica
         self.records: dict[str, RequestRecord] = {}
         self.specs = {s.id: s for s in plan}
         self.followers = followers_of(plan)
-        self._placed: dict[str, tuple[Seq, Replica]] = {}
+        self._seqs: dict[str, Seq] = {}
+        self.outstanding = sum(1 for s in plan if s.after is None)
 
     def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -122,6 +133,7 @@ class _Clients:
             self.send(spec, spec.arrival)
 
     def send(self, spec: RequestSpec, intended: float) -> None:
+        assert self.fleet is not None
         rec = RequestRecord(
             id=spec.id,
             intended_start=intended,
@@ -137,25 +149,29 @@ class _Clients:
         )
         self.records[spec.id] = rec
         seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
-        replica = min(self.fleet, key=lambda r: r.engine.load)
-        if not replica.engine.fits_ever(seq):
+        if seq.prompt_tokens + seq.max_tokens > self.capacity:
             rec.status, rec.error_kind, rec.end = "rejected", "context_length", self.env.now
             self._failed(spec, self.env.now)
             return
-        replica.submit(seq)
+        if not self.fleet.admit(seq, intended):
+            rec.status, rec.error_kind, rec.http_status = "rejected", "http_429", 429
+            rec.error_detail = "overloaded: the fleet's admission queue is full"
+            rec.end = self.env.now
+            self._failed(spec, self.env.now)
+            return
         if spec.patience_s is not None:
-            self._placed[spec.id] = (seq, replica)
+            self._seqs[spec.id] = seq
             self.env.process(self._patience(spec, intended + spec.patience_s))
 
     def _patience(self, spec: RequestSpec, give_up: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, give_up - self.env.now))
         rec = self.records[spec.id]
+        seq = self._seqs.pop(spec.id)
         if rec.first_token is None and rec.end is None:
-            seq, replica = self._placed.pop(spec.id)
+            assert self.fleet is not None
             rec.status, rec.error_kind, rec.end = "cancelled", "abandoned", give_up
-            replica.loop.abort(seq)
+            self.fleet.withdraw(seq)
             self._failed(spec, give_up)
-        self._placed.pop(spec.id, None)
 
     def on_token(self, seq: Seq, now: float) -> None:
         self.records[seq.id].chunk_times.append(now)
@@ -167,9 +183,12 @@ class _Clients:
         rec = self.records[seq.id]
         rec.end = now
         rec.output_tokens = seq.generated
+        self.outstanding -= 1
         followers = self.followers.get(seq.id)
         if followers:
             self._follow(followers[0], now)
+        assert self.fleet is not None
+        self.fleet.released(seq, now)
 
     def on_abort(self, seq: Seq, now: float) -> None:
         """A timeout (a patience abort marked its record already): the session ends here."""
@@ -177,9 +196,13 @@ class _Clients:
         if rec.status == "ok":
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", now
             self._failed(self.specs[seq.id], now)
+        assert self.fleet is not None
+        self.fleet.released(seq, now)
 
     def _failed(self, spec: RequestSpec, now: float) -> None:
-        """The rest of the session is dropped; a closed-loop user goes on with its next one."""
+        """The request ended badly: the rest of the session is dropped; a closed-loop user goes
+        on with its next one."""
+        self.outstanding -= 1
         nxt, _ = next_session(spec, self.followers)
         if nxt is not None:
             self._follow(nxt, now)
@@ -187,6 +210,7 @@ class _Clients:
     def _follow(self, nxt: RequestSpec, now: float) -> None:
         due = now + nxt.think_s
         if nxt.not_after is None or due <= nxt.not_after:
+            self.outstanding += 1
             self.env.process(self._later(nxt, due))
 
     def _later(self, spec: RequestSpec, due: float) -> Generator[simpy.Event, Any, None]:
@@ -210,8 +234,11 @@ def simulate(
     replicas: int = 1,
     timeout_s: float = 60.0,
     record_chunks: bool = True,
+    fleet: FleetConfig | None = None,
 ) -> SimResult:
-    """Run `plan` through `replicas` engines behind a join-shortest-queue router.
+    """Run `plan` through `replicas` engines behind a router (join-shortest-queue by default;
+    `fleet` sets the routing, an admission limit, a central queue and an autoscaler, with which
+    `replicas` is the starting count, within its [min_replicas, max_replicas]).
 
     A request not finished `timeout_s` after it was sent is aborted (its KV blocks freed) and
     recorded as a timeout, as the load generator records one. Sessions unfold as the load
@@ -219,18 +246,27 @@ def simulate(
     well (none after a failed or abandoned turn), and a user whose first token takes longer
     than its patience cancels.
     """
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    fleet = fleet or FleetConfig()
+    scaler = fleet.autoscaler
+    low = 1 if scaler is None else scaler.min_replicas
+    high = replicas if scaler is None else scaler.max_replicas
+    if not low <= replicas <= high:
+        raise ValueError(f"replicas must be in [{low}, {high}], got {replicas}")
     env = simpy.Environment()
     events = EngineEvents()
-    fleet = [Replica(env, config, events, timeout_s=timeout_s) for _ in range(replicas)]
-    clients = _Clients(env, plan, fleet, config)
+    clients = _Clients(env, plan, config)
+
+    def make(engine: EngineConfig, cold: bool) -> Replica:
+        return Replica(env, engine, events, cold=cold, timeout_s=timeout_s)
+
+    clients.fleet = pool = Fleet(env, fleet, config, make, replicas, timeout_s, clients.on_abort)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
         events.token.add_listener(clients.on_token)
     events.finish.add_listener(clients.on_finish)
     events.abort.add_listener(clients.on_abort)
     env.process(clients.arrivals(plan))
+    pool.start_autoscaler(lambda: clients.outstanding > 0)
     horizon = _horizon(plan, timeout_s)
     env.run(until=horizon)
     records = clients.records
@@ -238,18 +274,30 @@ def simulate(
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", rec.start + timeout_s
     ordered = [records[s.id] for s in plan if s.id in records]
-    span = max((r.end or r.start for r in ordered), default=0.0) - min(
-        (r.start for r in ordered), default=0.0
-    )
-    busy = [min(r.busy_time / span, 1.0) if span > 0 else 0.0 for r in fleet]
-    preempted = sum(r.engine.scheduler.num_preemptions for r in fleet)
-    per = max(span, 1e-9) * len(fleet)
+    first = min((r.start for r in ordered), default=0.0)
+    last = max((r.end or r.start for r in ordered), default=0.0)
+    span = last - first
+    busy = [
+        min(m.replica.busy_time / alive, 1.0) if (alive := m.alive_s(first, last)) > 0 else 0.0
+        for m in pool.history
+    ]
+    preempted = sum(m.engine.scheduler.num_preemptions for m in pool.history)
+    stats = pool.stats(first, last)
+    # replica-seconds: for a fixed fleet, its size x the span (as before autoscaling existed)
+    per = max(span, 1e-9) * len(pool.history) if scaler is None else stats.replica_seconds
+    per = max(per, 1e-9)
+    usage = [m.replica.usage for m in pool.history]
+    statuses = Counter((r.status, r.error_kind) for r in ordered)
     return SimResult(
         ordered,
         horizon,
         busy,
         preempted,
-        kv_peak=max(r.usage.kv_peak for r in fleet),
-        kv_mean=min(sum(r.usage.kv_s for r in fleet) / per, 1.0),
-        slots_full=min(sum(r.usage.full_s for r in fleet) / per, 1.0),
+        kv_peak=max((u.kv_peak for u in usage), default=0.0),
+        kv_mean=min(sum(u.kv_s for u in usage) / per, 1.0),
+        slots_full=min(sum(u.full_s for u in usage) / per, 1.0),
+        rejected=sum(n for (status, _), n in statuses.items() if status == "rejected"),
+        timeouts=statuses["timeout", "timeout"],
+        abandoned=statuses["cancelled", "abandoned"],
+        fleet=stats,
     )
