@@ -196,6 +196,7 @@ class Fleet(Generic[R]):
         self.peak = self.low = initial
         for _ in range(initial):
             self._add(cold=False)
+        self._count()  # the first point, also for a fleet that starts at zero
 
     def start_autoscaler(self, active: Callable[[], bool]) -> None:
         """Run the autoscaler while `active()` (requests remain to be sent or answered)."""
