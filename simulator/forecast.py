@@ -1,8 +1,9 @@
 """Capacity forecast: the fewest replicas that meet every SLO at each scale of today's traffic.
 
 A fleet of N replicas behind a router is simulated as a slice of min(N, slice_replicas) replicas
-that receives its share of the traffic and balances it by join-shortest-queue: routing across the
-whole fleet balances at least as well, so the slice is slightly conservative. Each configuration
+that receives its share of the traffic (and of the `fleet:` admission queue) and balances it by
+the scenario's routing, join-shortest-queue by default: routing across the whole fleet balances at
+least as well, so the slice is slightly conservative. Each configuration
 runs over several seeds, each with its own arrivals and step costs drawn from the calibration's
 uncertainty, for `forecast.duration_s` of simulated traffic (the first 10% discarded as warm-up).
 The error bars are the range over seeds, and a configuration passes only if every seed meets every
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from scenarios.plan import build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import Scenario
 from simulator.calibrate import Calibration
+from simulator.fleet import FleetConfig
+from simulator.fleet_spec import fleet_from_spec
 from simulator.sim import simulate
 
 HOURS_PER_MONTH = 730.0
@@ -116,6 +119,8 @@ class Forecaster:
             self.checks.update({f"{persona}: {t}": t for t in own})
         self.base_plan = build_plan(scenario, seed=scenario.traffic.seed)
         self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
+        # the scenario's routing and admission; the replica count is what the search varies
+        self.fleet = replace(fleet_from_spec(scenario.fleet).config, autoscaler=None)
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
 
@@ -140,6 +145,7 @@ class Forecaster:
                 replicas=k,
                 timeout_s=self.scenario.target.timeout_s,
                 record_chunks="itl" in {t.metric for t in self.thresholds},
+                fleet=self._slice_fleet(share),
             )
             steady = [r for r in result.records if r.intended_start >= warmup]
             summary = summarize(
@@ -180,6 +186,14 @@ class Forecaster:
             Estimate.of(preempted),
             Estimate.of(full),
         )
+
+    def _slice_fleet(self, share: float) -> FleetConfig:
+        """The fleet's config for a slice with `share` of its replicas: its share of the
+        admission queue."""
+        limit = self.fleet.admission_limit
+        if limit is None or share >= 1:
+            return self.fleet
+        return replace(self.fleet, admission_limit=math.ceil(limit * share))
 
     def _first_guess(self, rate: float) -> int:
         """Replicas that the throughput of a full batch alone would need (a lower-ish bound)."""

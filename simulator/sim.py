@@ -105,7 +105,8 @@ class SimResult:
 class _Clients:
     """The simulated users: first turns at their planned times, follow-ups `think_s` after the
     turn they follow ended well, patience that abandons a slow first token, and a record each,
-    as the load generator keeps them. `outstanding` counts requests not yet ended (planned
+    as the load generator keeps them (a timeout ends at the client's deadline, tokens after it
+    unseen). `outstanding` counts requests not yet ended (planned
     first turns and scheduled follow-ups included)."""
 
     def __init__(
@@ -113,8 +114,10 @@ class _Clients:
         env: simpy.Environment,
         plan: Sequence[RequestSpec],
         config: EngineConfig,
+        timeout_s: float,
     ):
         self.env = env
+        self.timeout_s = timeout_s
         self.fleet: Fleet[Replica] | None = None  # set by simulate before the run
         self.overhead_s = config.overhead_s
         self.capacity = config.num_blocks * config.block_size  # KV tokens of one replica
@@ -181,6 +184,11 @@ class _Clients:
 
     def on_finish(self, seq: Seq, now: float) -> None:
         rec = self.records[seq.id]
+        assert self.fleet is not None
+        if now > rec.start + self.timeout_s:  # in a step that ran past the client's deadline
+            self._timed_out(rec)
+            self.fleet.released(seq, now)
+            return
         rec.end = now
         rec.output_tokens = seq.generated
         self.outstanding -= 1
@@ -192,12 +200,19 @@ class _Clients:
 
     def on_abort(self, seq: Seq, now: float) -> None:
         """A timeout (a patience abort marked its record already): the session ends here."""
-        rec = self.records[seq.id]
-        if rec.status == "ok":
-            rec.status, rec.error_kind, rec.end = "timeout", "timeout", now
-            self._failed(self.specs[seq.id], now)
+        if self.records[seq.id].status == "ok":
+            self._timed_out(self.records[seq.id])
         assert self.fleet is not None
         self.fleet.released(seq, now)
+
+    def _timed_out(self, rec: RequestRecord) -> None:
+        """The client stopped at its deadline: what came after it was never seen."""
+        end = rec.start + self.timeout_s
+        rec.status, rec.error_kind, rec.end = "timeout", "timeout", end
+        if rec.first_token is not None and rec.first_token > end:
+            rec.first_token = None
+        rec.chunk_times = [t for t in rec.chunk_times if t <= end]
+        self._failed(self.specs[rec.id], end)
 
     def _failed(self, spec: RequestSpec, now: float) -> None:
         """The request ended badly: the rest of the session is dropped; a closed-loop user goes
@@ -254,7 +269,7 @@ def simulate(
         raise ValueError(f"replicas must be in [{low}, {high}], got {replicas}")
     env = simpy.Environment()
     events = EngineEvents()
-    clients = _Clients(env, plan, config)
+    clients = _Clients(env, plan, config, timeout_s)
 
     def make(engine: EngineConfig, cold: bool) -> Replica:
         return Replica(env, engine, events, cold=cold, timeout_s=timeout_s)

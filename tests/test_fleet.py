@@ -82,7 +82,7 @@ def test_mmc_mean_wait_through_a_central_queue() -> None:
     theory = erlang_c_wait(c, lam, mean_s)  # 21.9 ms
     low, high = _ci(np.asarray(means))
     assert low <= theory <= high, (theory, low, high)
-    assert high - low < 0.25 * theory
+    assert high - low < 0.35 * theory  # tight enough to tell Erlang C from one queue each
     # one queue per replica (join-shortest-queue) waits longer than the shared queue
     assert theory < erlang_c_wait(1, lam / c, mean_s)
 
@@ -228,7 +228,9 @@ def test_a_burst_on_a_fleet_at_zero_waits_for_the_cold_start() -> None:
     assert all(r.status == "ok" for r in result.records)
     first = recs["a0"]
     assert first.ttft is not None and boot <= first.ttft < boot + 0.1
-    assert min(r.ttft or 0 for r in result.records) >= boot - 0.01 - 1e-9
+    # no request of either burst is served before the first replica it woke is up
+    assert all((recs[f"a{i}"].first_token or 0) >= 10.0 + boot for i in range(16))
+    assert all((recs[f"b{i}"].first_token or 0) >= 100.0 + boot for i in range(4))
     # after the keep-alive the fleet went back to zero, so the later burst pays again
     assert recs["b0"].ttft is not None and recs["b0"].ttft >= boot
     timeline = result.fleet.timeline
@@ -242,19 +244,14 @@ def test_a_burst_on_a_fleet_at_zero_waits_for_the_cold_start() -> None:
 
 def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfig, int, float]:
     rng = np.random.default_rng(seed)
-    turns = int(rng.integers(1, 4))
-    plan = build_plan(
-        parse_scenario(
-            scenario_dict(
-                traffic={"rate": float(rng.uniform(2, 12)), "duration_s": 30, "seed": seed},
-                session={
-                    "turns": {"dist": "constant", "value": turns},
-                    "think_time": {"dist": "exponential", "mean": 1.0},
-                    "patience": {"dist": "exponential", "mean": float(rng.uniform(0.5, 5))},
-                },
-            )
-        )
-    )
+    session: dict[str, object] = {
+        "turns": {"dist": "constant", "value": int(rng.integers(1, 4))},
+        "think_time": {"dist": "exponential", "mean": 1.0},
+    }
+    if rng.integers(2):
+        session["patience"] = {"dist": "exponential", "mean": float(rng.uniform(0.5, 5))}
+    traffic = {"rate": float(rng.uniform(2, 12)), "duration_s": 30, "seed": seed}
+    plan = build_plan(parse_scenario(scenario_dict(traffic=traffic, session=session)))
     config = EngineConfig(
         max_num_seqs=int(rng.integers(1, 6)),
         kv_cache_tokens=int(rng.choice([2048, 8192, 65536])),
@@ -268,14 +265,14 @@ def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfi
         low = int(rng.integers(0, 2))
         scaler = AutoscalerConfig(
             metric=str(rng.choice(["in_flight", "queue", "kv"])),  # type: ignore[arg-type]
-            target=float(rng.uniform(0.2, 4)),
+            target=float(rng.uniform(0.2, 2)),
             interval_s=float(rng.uniform(0.2, 3)),
             stabilisation_s=float(rng.uniform(0, 10)),
             min_replicas=low,
             max_replicas=int(rng.integers(max(low, 1), 5)),
             keep_alive_s=float(rng.uniform(0, 5)),
         )
-        replicas = int(rng.integers(low, scaler.max_replicas + 1))
+        replicas = low  # it must scale up
     fleet = FleetConfig(
         routing=routing[int(rng.integers(5))],  # type: ignore[arg-type]
         admission_limit=None if rng.integers(2) else int(rng.integers(0, 6)),
@@ -284,7 +281,7 @@ def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfi
         cold_start=ColdStart(provisioning_s=float(rng.uniform(0, 2)), load_s=1.0, jitter=0.3),
         seed=seed,
     )
-    return plan, config, fleet, replicas, float(rng.uniform(2, 20))
+    return plan, config, fleet, replicas, float(rng.uniform(1, 10))
 
 
 def _check_conservation(plan: list[RequestSpec], result: SimResult, timeout_s: float) -> None:
@@ -315,7 +312,7 @@ def _check_conservation(plan: list[RequestSpec], result: SimResult, timeout_s: f
             assert r.first_token is None
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(10))
 def test_every_request_ends_once_and_the_fleet_stays_in_bounds(seed: int) -> None:
     plan, config, fleet, replicas, timeout_s = _random_case(seed)
     result = simulate(plan, config, replicas=replicas, timeout_s=timeout_s, fleet=fleet)
