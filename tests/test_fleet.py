@@ -242,6 +242,40 @@ def test_a_burst_on_a_fleet_at_zero_waits_for_the_cold_start() -> None:
     assert result.fleet.replica_seconds >= result.fleet.cold_starts * boot
 
 
+@pytest.mark.parametrize(("stabilisation_s", "keep_alive_s"), [(20.0, 0.0), (5.0, 30.0)])
+def test_scale_down_waits_out_the_window_and_the_keep_alive(
+    stabilisation_s: float, keep_alive_s: float
+) -> None:
+    """Eight 5 s requests on one replica: at the first evaluation (t = 1) the autoscaler wants
+    ceil(8 / 2) = 4 replicas. Once they end (at E), it wants 1, but removes the idle three only
+    when no evaluation of the last `stabilisation_s` wanted more (the last one that did ran at
+    floor(E)) and they have been idle `keep_alive_s` (since t = 1: they never served)."""
+    config = EngineConfig(max_num_seqs=8, cost=StepCost(0.05, 0.0, 0.0))
+    plan = [RequestSpec(f"r{i}", 0.0, 10, 100) for i in range(8)]
+    plan.append(RequestSpec("late", 60.0, 10, 2))  # keeps the autoscaler running until then
+    scaler = AutoscalerConfig(
+        target=2,
+        interval_s=1.0,
+        stabilisation_s=stabilisation_s,
+        min_replicas=1,
+        max_replicas=4,
+        keep_alive_s=keep_alive_s,
+    )
+    fleet = FleetConfig(autoscaler=scaler, cold_start=ColdStart(load_s=0.5))
+    result = simulate(plan, config, fleet=fleet)
+    end = max(r.end or 0 for r in result.records[:8])
+    assert 4.9 < end < 5.2
+    assert result.fleet.timeline[:2] == ((0.0, 1), (1.0, 4))
+    (t_down, n_down) = result.fleet.timeline[2]
+    assert n_down == 1
+    earliest = max(math.floor(end) + stabilisation_s, 1.0 + keep_alive_s)
+    assert earliest <= t_down <= earliest + 1.0
+    assert result.fleet.cold_starts == 3
+    # replica-seconds: one replica throughout, three from t = 1 to their removal
+    span = result.records[-1].end or 0
+    assert result.fleet.replica_seconds == pytest.approx(span + 3 * (t_down - 1.0))
+
+
 def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfig, int, float]:
     rng = np.random.default_rng(seed)
     session: dict[str, object] = {
