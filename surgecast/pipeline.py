@@ -29,11 +29,12 @@ from loadgen.telemetry import (
 from scenarios.metrics import Summary, summarize
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RecordWriter, RequestRecord, write_records
-from scenarios.spec import Scenario
+from scenarios.spec import Scenario, ScenarioError
 from scenarios.spec import Telemetry as TelemetrySpec
 from simulator.backtest import BacktestRow, backtest, backtest_warnings
 from simulator.calibrate import Calibration, calibrate
 from simulator.engine import EngineConfig, engine_from_spec
+from simulator.fleet_spec import fleet_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
@@ -371,10 +372,20 @@ def simulate_scenario(
     out: str | Path | None = None,
 ) -> RunOutcome:
     """The scenario's plan through the calibrated model; a run folder like a measured one."""
+    try:
+        fleet = fleet_from_spec(scenario.fleet)
+    except ValueError as e:
+        raise ScenarioError(scenario_file, [str(e)]) from None
+    if fleet.initial_replicas is not None:  # an autoscaler starts from its own count
+        replicas = fleet.initial_replicas
     folder = _folder(scenario, out)
     plan = build_plan(scenario, rate_scale=scale)
     result = simulate(
-        plan, calibration.engine, replicas=replicas, timeout_s=scenario.target.timeout_s
+        plan,
+        calibration.engine,
+        replicas=replicas,
+        timeout_s=scenario.target.timeout_s,
+        fleet=fleet.config,
     )
     write_records(folder.requests, result.records)
     summary = summarize(
@@ -388,6 +399,12 @@ def simulate_scenario(
         "replicas": replicas,
         "scale": scale,
         "engine": calibration.engine.to_dict(),
+        "fleet": {
+            "rejected": result.rejected,
+            "timeouts": result.timeouts,
+            "abandoned": result.abandoned,
+            **asdict(result.fleet),
+        },
     }
     _write_meta(
         folder,

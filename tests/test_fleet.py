@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from scenarios.plan import RequestSpec, build_plan
+from scenarios.records import read_records
 from scenarios.spec import ScenarioError, parse_scenario
 from scenarios.traffic import PoissonArrival
+from simulator.calibrate import Calibration, Fit
 from simulator.engine import Engine, EngineConfig, StepCost
 from simulator.engine import Sequence as Seq
 from simulator.fleet import AutoscalerConfig, ColdStart, FleetConfig
@@ -25,6 +28,7 @@ from simulator.fleet_spec import fleet_from_spec
 from simulator.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
 from simulator.routing import Router
 from simulator.sim import SimResult, simulate
+from surgecast.pipeline import simulate_scenario
 from tests.conftest import scenario_dict
 
 SEEDS = range(12)
@@ -441,3 +445,34 @@ def test_a_model_too_large_for_its_gpus_is_refused_by_name() -> None:
     )
     with pytest.raises(ValueError, match=r"fleet\.cold_start\.model: unknown model 'x'"):
         fleet_from_spec(unknown.fleet)
+
+
+def _calibration(engine: EngineConfig) -> Calibration:
+    c = engine.cost
+    assert isinstance(c, StepCost)
+    values = np.array([0.0, c.base_s, c.per_decode_seq_s, c.per_prefill_token_s])
+    return Calibration(engine, Fit(values, np.zeros((4, 4)), 100, 100, 1.0, 0.0))
+
+
+def test_a_scenarios_fleet_section_drives_simulate(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        scenario_dict(
+            traffic={"rate": 20, "duration_s": 20, "seed": 4},
+            fleet={
+                "admission_limit": 4,
+                "autoscaler": {"target": 4, "min_replicas": 0, "max_replicas": 3, "interval_s": 1},
+                "cold_start": {"provisioning_s": 5, "load_s": 2},
+            },
+        )
+    )
+    engine = EngineConfig(max_num_seqs=4, cost=StepCost(0.02, 0.001, 0.0001))
+    outcome = simulate_scenario(scenario, "s.yaml", _calibration(engine), out=tmp_path / "sim")
+    fleet = outcome.folder.meta()["target"]["fleet"]
+    assert fleet["cold_starts"] >= 1 and fleet["timeline"][0] == [0.0, 0]
+    assert 1 <= fleet["peak_replicas"] <= 3 and fleet["rejected"] > 0
+    records = read_records(outcome.folder.requests)
+    first = min(records, key=lambda r: r.start)
+    assert first.ttft is not None and first.ttft >= 7.0  # the fleet woke from zero for it
+    bad = parse_scenario(scenario_dict(fleet={"cold_start": {"model": "x", "gpu": "L40S-48GB"}}))
+    with pytest.raises(ScenarioError, match=r"fleet\.cold_start\.model: unknown model"):
+        simulate_scenario(bad, "s.yaml", _calibration(engine), out=tmp_path / "bad")
