@@ -385,6 +385,9 @@ class FleetSpec(Strict):
     affinity_overload: float = Field(
         1.0, gt=0, le=100, description="prefix_affinity gives way at this x max_num_seqs."
     )
+    retry_after_s: float | None = Field(
+        None, ge=0, le=3600, description="The Retry-After header of the fleet's 429s."
+    )
     autoscaler: AutoscalerSpec | None = None
     cold_start: ColdStartSpec = Field(default_factory=ColdStartSpec)
     seed: int = Field(0, ge=0, description="Seeds random routing and cold-start draws.")

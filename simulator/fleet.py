@@ -116,12 +116,15 @@ class FleetConfig:
     autoscaler: AutoscalerConfig | None = None
     cold_start: ColdStart = field(default_factory=ColdStart)
     affinity_overload: float = 1.0  # prefix affinity gives way at this x max_num_seqs
+    retry_after_s: float | None = None  # the Retry-After a 429 carries (clients may honour it)
     seed: int = 0
     timeline_points: int = 1000  # the replica timeline is thinned beyond this
 
     def __post_init__(self) -> None:
         if self.admission_limit is not None and self.admission_limit < 0:
             raise ValueError(f"fleet.admission_limit: must be >= 0, got {self.admission_limit}")
+        if self.retry_after_s is not None and not self.retry_after_s >= 0:
+            raise ValueError(f"fleet.retry_after_s: must be >= 0, got {self.retry_after_s}")
         if self.timeline_points < 2:
             raise ValueError(f"fleet.timeline_points: must be >= 2, got {self.timeline_points}")
 

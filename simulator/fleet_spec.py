@@ -61,6 +61,7 @@ def fleet_from_spec(spec: FleetSpec) -> FleetPlan:
         autoscaler=scaler,
         cold_start=cold_start_from_spec(spec.cold_start),
         affinity_overload=spec.affinity_overload,
+        retry_after_s=spec.retry_after_s,
         seed=spec.seed,
     )
     initial = None if a is None else a.initial_replicas

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class _Clients:
         plan: Sequence[RequestSpec],
         config: EngineConfig,
         timeout_s: float,
+        retry_after_s: float | None = None,
     ):
         self.env = env
         self.timeout_s = timeout_s
@@ -124,7 +126,10 @@ class _Clients:
         self.records: dict[str, RequestRecord] = {}
         self.specs = {s.id: s for s in plan}
         self.followers = followers_of(plan)
-        self._seqs: dict[str, Seq] = {}
+        self._seqs: dict[str, Seq] = {}  # a patient request's latest attempt
+        self._jitter: dict[str, random.Random] = {}  # per request, as the load generator's
+        self.attempts: list[RequestRecord] = []  # attempts that were retried
+        self.retry_after_s = retry_after_s
         self.outstanding = sum(1 for s in plan if s.after is None)
 
     def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
@@ -135,40 +140,67 @@ class _Clients:
                 yield env.timeout(at - env.now)
             self.send(spec, spec.arrival)
 
-    def send(self, spec: RequestSpec, intended: float) -> None:
+    def send(self, spec: RequestSpec, intended: float, attempt: int = 0) -> None:
+        """Send an attempt of `spec` (its first at `intended`, a retry now - overhead_s)."""
         assert self.fleet is not None
+        now = self.env.now
         rec = RequestRecord(
             id=spec.id,
             intended_start=intended,
-            start=intended,
+            start=intended if attempt == 0 else now - self.overhead_s,
             prompt_tokens=spec.prompt_tokens,
             token_source="plan",
             source="simulated",
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
+            attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             regenerate=spec.regenerate,
         )
         self.records[spec.id] = rec
         seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
         if seq.prompt_tokens + seq.max_tokens > self.capacity:
-            rec.status, rec.error_kind, rec.end = "rejected", "context_length", self.env.now
-            self._failed(spec, self.env.now)
+            rec.status, rec.error_kind, rec.end = "rejected", "context_length", now
+            self._failed(spec, now)
             return
-        if not self.fleet.admit(seq, intended):
+        if not self.fleet.admit(seq, rec.start):
             rec.status, rec.error_kind, rec.http_status = "rejected", "http_429", 429
             rec.error_detail = "overloaded: the fleet's admission queue is full"
-            rec.end = self.env.now
-            self._failed(spec, self.env.now)
+            rec.end = now
+            if not self._retry(spec, rec, intended):
+                self._failed(spec, now)
             return
         if spec.patience_s is not None:
+            if spec.id not in self._seqs:  # one patience per request, over its attempts
+                self.env.process(self._patience(spec, intended + spec.patience_s))
             self._seqs[spec.id] = seq
-            self.env.process(self._patience(spec, intended + spec.patience_s))
+
+    def _retry(self, spec: RequestSpec, rec: RequestRecord, intended: float) -> bool:
+        """Retry a 429 as the load generator does (spec.retry's backoff and Retry-After, not
+        past the user's patience); False: no retry."""
+        retry = spec.retry
+        if retry is None or rec.attempt >= retry.max_retries or 429 not in retry.on_status:
+            return False
+        jitter = self._jitter.setdefault(spec.id, random.Random(f"{spec.id}:{spec.text_seed}"))
+        wait = retry.wait_s(rec.attempt + 1, jitter.random(), self.retry_after_s)
+        now = self.env.now
+        if spec.patience_s is not None and now + wait >= intended + spec.patience_s:
+            return False  # the user gives up instead
+        rec.retried = True
+        self.attempts.append(rec)
+        self.env.process(self._resend(spec, intended, rec.attempt + 1, now + wait))
+        return True
+
+    def _resend(
+        self, spec: RequestSpec, intended: float, attempt: int, at: float
+    ) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(max(0.0, at + self.overhead_s - self.env.now))
+        self.send(spec, intended, attempt)
 
     def _patience(self, spec: RequestSpec, give_up: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, give_up - self.env.now))
-        rec = self.records[spec.id]
+        rec = self.records[spec.id]  # its latest attempt
         seq = self._seqs.pop(spec.id)
         if rec.first_token is None and rec.end is None:
             assert self.fleet is not None
@@ -234,11 +266,14 @@ class _Clients:
 
 
 def _horizon(plan: Sequence[RequestSpec], timeout_s: float) -> float:
-    """When every request must have ended: each turn's timeout and think time, chained."""
+    """When every request must have ended: each turn's timeouts, retries and think time,
+    chained."""
     end: dict[str, float] = {}
     for spec in sorted(plan, key=lambda s: s.arrival):  # a turn comes after the one it follows
         begin = end[spec.after] + spec.think_s if spec.after in end else spec.arrival
-        end[spec.id] = begin + timeout_s
+        retries = spec.retry.max_retries if spec.retry else 0
+        waits = spec.retry.longest_wait_s * retries if spec.retry else 0.0
+        end[spec.id] = begin + timeout_s + (retries * timeout_s + waits if retries else 0.0)
     return max(end.values(), default=timeout_s)
 
 
@@ -269,7 +304,7 @@ def simulate(
         raise ValueError(f"replicas must be in [{low}, {high}], got {replicas}")
     env = simpy.Environment()
     events = EngineEvents()
-    clients = _Clients(env, plan, config, timeout_s)
+    clients = _Clients(env, plan, config, timeout_s, fleet.retry_after_s)
 
     def make(engine: EngineConfig, cold: bool) -> Replica:
         return Replica(env, engine, events, cold=cold, timeout_s=timeout_s)
@@ -288,7 +323,10 @@ def simulate(
     for rec in records.values():
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", rec.start + timeout_s
-    ordered = [records[s.id] for s in plan if s.id in records]
+    retried: dict[str, list[RequestRecord]] = {}
+    for rec in clients.attempts:
+        retried.setdefault(rec.id, []).append(rec)
+    ordered = [a for s in plan if s.id in records for a in (*retried.get(s.id, ()), records[s.id])]
     first = min((r.start for r in ordered), default=0.0)
     last = max((r.end or r.start for r in ordered), default=0.0)
     span = last - first
@@ -302,7 +340,7 @@ def simulate(
     per = max(span, 1e-9) * len(pool.history) if scaler is None else stats.replica_seconds
     per = max(per, 1e-9)
     usage = [m.replica.usage for m in pool.history]
-    statuses = Counter((r.status, r.error_kind) for r in ordered)
+    statuses = Counter((r.status, r.error_kind) for r in records.values())  # last attempts
     return SimResult(
         ordered,
         horizon,

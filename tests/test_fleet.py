@@ -17,8 +17,8 @@ import pytest
 from scipy import stats
 
 from scenarios.plan import RequestSpec, build_plan
-from scenarios.records import read_records
-from scenarios.spec import ScenarioError, parse_scenario
+from scenarios.records import RequestRecord, read_records
+from scenarios.spec import Retry, ScenarioError, parse_scenario
 from scenarios.traffic import PoissonArrival
 from simulator.calibrate import Calibration, Fit
 from simulator.engine import Engine, EngineConfig, StepCost
@@ -126,6 +126,39 @@ def test_a_full_admission_queue_answers_429() -> None:
     assert statuses == ["ok"] * 3 + ["rejected"] * 7
     assert result.rejected == 7
     assert all(r.end == 0.0 for r in result.records[3:])
+
+
+@pytest.mark.parametrize(("retry_after_s", "starts"), [(None, [0.0, 0.5, 1.5]), (2.0, [0.0, 2.0])])
+def test_clients_retry_a_429_with_backoff(retry_after_s: float | None, starts: list[float]) -> None:
+    """One slot and no room to wait: r1 is refused while r0 runs (0 to 1 s) and retries after
+    0.5 s, then 1 s (doubling), or after the fleet's Retry-After; each attempt is a record."""
+    config = EngineConfig(max_num_seqs=1, cost=StepCost(0.125, 0.0, 0.0))
+    retry = Retry(max_retries=3, backoff_s=0.5, jitter=0.0)
+    plan = [RequestSpec("r0", 0.0, 4, 8), RequestSpec("r1", 0.0, 4, 2, retry=retry)]
+    fleet = FleetConfig(central_queue=True, admission_limit=0, retry_after_s=retry_after_s)
+    result = simulate(plan, config, fleet=fleet)
+    r1 = [r for r in result.records if r.id == "r1"]
+    assert [r.start for r in r1] == starts
+    assert [r.attempt for r in r1] == list(range(len(starts)))
+    assert all(r.retried and r.http_status == 429 for r in r1[:-1])
+    last = r1[-1]
+    assert last.status == "ok" and not last.retried and last.intended_start == 0.0
+    assert last.first_token == starts[-1] + 0.125 and result.rejected == 0
+
+
+def test_retries_stop_at_max_retries_and_patience() -> None:
+    config = EngineConfig(max_num_seqs=1, cost=StepCost(0.125, 0.0, 0.0))
+    retry = Retry(max_retries=2, backoff_s=0.25, jitter=0.0)
+    plan = [
+        RequestSpec("r0", 0.0, 4, 80),  # holds the slot for 10 s
+        RequestSpec("r1", 0.0, 4, 2, retry=retry),
+        RequestSpec("r2", 0.0, 4, 2, retry=retry, patience_s=0.5),
+    ]
+    fleet = FleetConfig(central_queue=True, admission_limit=0)
+    result = simulate(plan, config, fleet=fleet)
+    attempts = Counter(r.id for r in result.records)
+    assert attempts == {"r0": 1, "r1": 3, "r2": 2}  # r2's second retry would come after 0.75 s
+    assert result.rejected == 2
 
 
 def _engines(n: int, slots: int = 4) -> list[Engine]:
@@ -285,6 +318,7 @@ def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfi
     session: dict[str, object] = {
         "turns": {"dist": "constant", "value": int(rng.integers(1, 4))},
         "think_time": {"dist": "exponential", "mean": 1.0},
+        "retry": {"max_retries": int(rng.integers(0, 4)), "backoff_s": 0.2},
     }
     if rng.integers(2):
         session["patience"] = {"dist": "exponential", "mean": float(rng.uniform(0.5, 5))}
@@ -319,17 +353,23 @@ def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfi
         cold_start=ColdStart(provisioning_s=float(rng.uniform(0, 2)), load_s=1.0, jitter=0.3),
         seed=seed,
     )
-    return plan, config, fleet, replicas, float(rng.uniform(1, 10))
+    return plan, config, fleet, replicas, float(rng.uniform(0.5, 8))
 
 
 def _check_conservation(plan: list[RequestSpec], result: SimResult, timeout_s: float) -> None:
-    by_id = {r.id: r for r in result.records}
-    assert len(by_id) == len(result.records)  # one record per request sent
+    tries: dict[str, list[RequestRecord]] = {}
+    for r in result.records:
+        tries.setdefault(r.id, []).append(r)
+    for attempts in tries.values():  # retried 429s, then the attempt that ended the request
+        assert [a.attempt for a in attempts] == list(range(len(attempts)))
+        assert all(a.retried and a.http_status == 429 for a in attempts[:-1])
+        assert not attempts[-1].retried
+    by_id = {i: attempts[-1] for i, attempts in tries.items()}
     assert all(s.id in by_id for s in plan if s.after is None)  # every first turn was sent
     for spec in plan:  # a follow-up is sent only after its turn ended well
         if spec.after is not None and spec.id in by_id:
             assert by_id[spec.after].status == "ok"
-    kinds = Counter((r.status, r.error_kind) for r in result.records)
+    kinds = Counter((r.status, r.error_kind) for r in by_id.values())
     assert set(kinds) <= {
         ("ok", None),
         ("rejected", "http_429"),
