@@ -107,8 +107,8 @@ class _Clients:
     """The simulated users: first turns at their planned times, follow-ups `think_s` after the
     turn they follow ended well, patience that abandons a slow first token, and a record each,
     as the load generator keeps them (a timeout ends at the client's deadline, tokens after it
-    unseen). `outstanding` counts requests not yet ended (planned
-    first turns and scheduled follow-ups included)."""
+    unseen; a 429 is retried per the request's retry policy, each attempt a record).
+    `outstanding` counts requests not yet ended, planned first turns and follow-ups included."""
 
     def __init__(
         self,
@@ -116,11 +116,11 @@ class _Clients:
         plan: Sequence[RequestSpec],
         config: EngineConfig,
         timeout_s: float,
-        retry_after_s: float | None = None,
+        fleet: Fleet[Replica],
     ):
         self.env = env
         self.timeout_s = timeout_s
-        self.fleet: Fleet[Replica] | None = None  # set by simulate before the run
+        self.fleet = fleet
         self.overhead_s = config.overhead_s
         self.capacity = config.num_blocks * config.block_size  # KV tokens of one replica
         self.records: dict[str, RequestRecord] = {}
@@ -129,7 +129,7 @@ class _Clients:
         self._seqs: dict[str, Seq] = {}  # a patient request's latest attempt
         self._jitter: dict[str, random.Random] = {}  # per request, as the load generator's
         self.attempts: list[RequestRecord] = []  # attempts that were retried
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = fleet.config.retry_after_s
         self.outstanding = sum(1 for s in plan if s.after is None)
 
     def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
@@ -142,7 +142,6 @@ class _Clients:
 
     def send(self, spec: RequestSpec, intended: float, attempt: int = 0) -> None:
         """Send an attempt of `spec` (its first at `intended`, a retry now - overhead_s)."""
-        assert self.fleet is not None
         now = self.env.now
         rec = RequestRecord(
             id=spec.id,
@@ -203,7 +202,6 @@ class _Clients:
         rec = self.records[spec.id]  # its latest attempt
         seq = self._seqs.pop(spec.id)
         if rec.first_token is None and rec.end is None:
-            assert self.fleet is not None
             rec.status, rec.error_kind, rec.end = "cancelled", "abandoned", give_up
             self.fleet.withdraw(seq)
             self._failed(spec, give_up)
@@ -216,7 +214,6 @@ class _Clients:
 
     def on_finish(self, seq: Seq, now: float) -> None:
         rec = self.records[seq.id]
-        assert self.fleet is not None
         if now > rec.start + self.timeout_s:  # in a step that ran past the client's deadline
             self._timed_out(rec)
             self.fleet.released(seq, now)
@@ -227,14 +224,12 @@ class _Clients:
         followers = self.followers.get(seq.id)
         if followers:
             self._follow(followers[0], now)
-        assert self.fleet is not None
         self.fleet.released(seq, now)
 
     def on_abort(self, seq: Seq, now: float) -> None:
         """A timeout (a patience abort marked its record already): the session ends here."""
         if self.records[seq.id].status == "ok":
             self._timed_out(self.records[seq.id])
-        assert self.fleet is not None
         self.fleet.released(seq, now)
 
     def _timed_out(self, rec: RequestRecord) -> None:
@@ -304,12 +299,15 @@ def simulate(
         raise ValueError(f"replicas must be in [{low}, {high}], got {replicas}")
     env = simpy.Environment()
     events = EngineEvents()
-    clients = _Clients(env, plan, config, timeout_s, fleet.retry_after_s)
 
     def make(engine: EngineConfig, cold: bool) -> Replica:
         return Replica(env, engine, events, cold=cold, timeout_s=timeout_s)
 
-    clients.fleet = pool = Fleet(env, fleet, config, make, replicas, timeout_s, clients.on_abort)
+    def expired(seq: Seq, now: float) -> None:  # timed out in the fleet's queue
+        clients.on_abort(seq, now)
+
+    pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired)
+    clients = _Clients(env, plan, config, timeout_s, pool)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
         events.token.add_listener(clients.on_token)
