@@ -29,7 +29,7 @@ from simulator.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_second
 from simulator.routing import Router
 from simulator.sim import SimResult, simulate
 from surgecast.pipeline import simulate_scenario
-from tests.conftest import scenario_dict
+from tests.conftest import run_cli, scenario_dict, write_scenario
 
 SEEDS = range(12)
 D = 4e-5  # seconds per prompt token
@@ -516,3 +516,13 @@ def test_a_scenarios_fleet_section_drives_simulate(tmp_path: Path) -> None:
     bad = parse_scenario(scenario_dict(fleet={"cold_start": {"model": "x", "gpu": "L40S-48GB"}}))
     with pytest.raises(ScenarioError, match=r"fleet\.cold_start\.model: unknown model"):
         simulate_scenario(bad, "s.yaml", _calibration(engine), out=tmp_path / "bad")
+
+
+def test_the_cli_refuses_a_fleet_model_that_cannot_fit(tmp_path: Path) -> None:
+    path = write_scenario(
+        tmp_path / "s.yaml",
+        scenario_dict(fleet={"cold_start": {"model": "Llama-3-70B", "gpu": "L40S-48GB"}}),
+    )
+    result = run_cli("plan", str(path), timeout=60)
+    assert result.returncode == 2
+    assert f"{path}: fleet.cold_start: model 'Llama-3-70B' does not fit" in result.stderr
