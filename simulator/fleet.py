@@ -111,7 +111,9 @@ class FleetConfig:
     """The defaults are a fixed fleet behind join-shortest-queue, admitting everything."""
 
     routing: Routing = "least_outstanding"
-    admission_limit: int | None = None  # requests waiting for a slot, fleet-wide; None: no limit
+    # requests waiting for a slot, fleet-wide, beyond which one is refused; None: no limit. With
+    # a central queue and 0, requests are refused while no ready replica has a free slot.
+    admission_limit: int | None = None
     central_queue: bool = False
     autoscaler: AutoscalerConfig | None = None
     cold_start: ColdStart = field(default_factory=ColdStart)
@@ -161,11 +163,15 @@ class Member(Generic[R]):
 
 @dataclass(frozen=True)
 class FleetStats:
-    cold_starts: int = 0  # replicas started after time 0
-    replica_seconds: float = 0.0  # replicas' lives within the span of the records
-    peak_replicas: int = 0
-    min_replicas: int = 0
+    cold_starts: int = 0  # replicas the autoscaler added, each paying a cold start
+    replica_seconds: float = 0.0  # replicas' lives (provisioning included) within the records' span
+    peak_replicas: int = 0  # the most replicas at once (starting ones included)
+    min_replicas: int = 0  # the fewest
     timeline: tuple[tuple[float, int], ...] = ()  # (time, replicas) at each change
+
+    @property
+    def replica_hours(self) -> float:
+        return self.replica_seconds / 3600.0
 
 
 class Fleet(Generic[R]):

@@ -87,8 +87,36 @@ def test_mmc_mean_wait_through_a_central_queue() -> None:
     low, high = _ci(np.asarray(means))
     assert low <= theory <= high, (theory, low, high)
     assert high - low < 0.35 * theory  # tight enough to tell Erlang C from one queue each
-    # one queue per replica (join-shortest-queue) waits longer than the shared queue
-    assert theory < erlang_c_wait(1, lam / c, mean_s)
+
+
+def gi_m_1_wait(lam: float, k: int, mu: float) -> float:
+    """Mean wait of a GI/M/1 queue whose gaps are Erlang-k of rate lam per phase (a replica
+    of k behind round robin on a Poisson stream): sigma = A*(mu (1 - sigma)), W = sigma /
+    (mu (1 - sigma)), with A*(s) = (lam / (lam + s))^k."""
+    sigma = 0.5
+    for _ in range(500):
+        sigma = (lam / (lam + mu * (1 - sigma))) ** k
+    return sigma / (mu * (1 - sigma))
+
+
+def test_round_robin_makes_each_replica_a_gi_m_1_queue() -> None:
+    """Round robin deals every c-th Poisson arrival to a replica: Erlang-c gaps, GI/M/1."""
+    c, rho = 3, 0.7
+    mean_s = D / P
+    lam = c * rho / mean_s
+    means = []
+    for seed in range(8):
+        plan = _poisson_plan(np.random.default_rng(seed), lam, 5000)
+        fleet = FleetConfig(routing="round_robin")
+        recs = simulate(
+            plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet
+        ).records
+        waits = [(r.first_token or np.nan) - r.start - (r.prompt_tokens or 0) * D for r in recs]
+        means.append(np.mean(waits[len(waits) // 10 :]))
+    theory = gi_m_1_wait(lam, c, 1 / mean_s)  # 52 ms, over twice Erlang C's 22 ms
+    low, high = _ci(np.asarray(means))
+    assert low <= theory <= high, (theory, low, high)
+    assert high - low < 0.3 * theory
 
 
 def test_erlang_b_blocking_with_no_room_to_wait() -> None:
