@@ -146,6 +146,7 @@ class Member(Generic[R]):
     """A replica and its life in the fleet."""
 
     replica: R
+    order: int  # the how-manieth replica of the run
     created: float
     ready: bool
     idle_since: float
@@ -198,6 +199,7 @@ class Fleet(Generic[R]):
         self.router = Router(config.routing, config.seed, config.affinity_overload)
         self.members: list[Member[R]] = []  # present now
         self.history: list[Member[R]] = []  # every replica the run had
+        self._member: dict[Engine, Member[R]] = {}
         self.queue: dict[Seq, float] = {}  # central FIFO: sequence -> when it was sent
         self.where: dict[Seq, Member[R]] = {}  # sequences inside a replica
         self.cold_starts = 0
@@ -227,8 +229,9 @@ class Fleet(Generic[R]):
             self.queue[seq] = sent
             self.env.process(self._expire(seq, sent + self._timeout_s))
             return True
-        ready = [m for m in self.members if m.ready] or self.members
-        member = ready[self.router.choose([m.engine for m in ready], seq.prefix)]
+        router = self.router  # the ready replicas, else the starting ones
+        among = None if router.engines else [m.engine for m in self.members]
+        member = self._member[router.choose(seq.prefix, among)]
         if limit is not None and member.engine.load >= self._slots and self.waiting() >= limit:
             return False
         self._place(member, seq, None)
@@ -242,8 +245,10 @@ class Fleet(Generic[R]):
     def released(self, seq: Seq, now: float) -> None:
         """`seq` left its replica (finished or aborted): a slot may be free."""
         member = self.where.pop(seq, None)
-        if member is not None and member.engine.load == 0:
-            member.idle_since = now
+        if member is not None:
+            self.router.changed(member.engine)
+            if member.engine.load == 0:
+                member.idle_since = now
         self._dispatch()
 
     def withdraw(self, seq: Seq) -> None:
@@ -256,6 +261,7 @@ class Fleet(Generic[R]):
         now, the replica knows when)."""
         self.where[seq] = member
         member.replica.submit(seq, sent)
+        self.router.changed(member.engine)
 
     def _dispatch(self) -> None:
         while self.queue:
@@ -265,10 +271,20 @@ class Fleet(Generic[R]):
             del self.queue[seq]
 
     def _dispatch_one(self, seq: Seq, sent: float | None) -> bool:
-        free = [m for m in self.members if m.ready and m.engine.load < self._slots]
-        if not free:
+        """Place `seq` on a ready replica with a free batch slot, if there is one."""
+        router, slots = self.router, self._slots
+        if not router.engines:
             return False
-        self._place(free[self.router.choose([m.engine for m in free], seq.prefix)], seq, sent)
+        if router.policy == "least_outstanding":  # the least loaded, if it has a free slot
+            engine = router.choose()
+            if engine.load >= slots:
+                return False
+        else:
+            free = [e for e in router.engines if e.load < slots]
+            if not free:
+                return False
+            engine = router.choose(seq.prefix, free)
+        self._place(self._member[engine], seq, sent)
         return True
 
     def _expire(self, seq: Seq, deadline: float) -> Generator[simpy.Event, Any, None]:
@@ -282,23 +298,33 @@ class Fleet(Generic[R]):
         env = self.env
         seconds = self.config.cold_start.draw(self._rng, self._engine.cold_start_s) if cold else 0
         replica = self._make(replace(self._engine, cold_start_s=seconds), cold)
-        member = Member(replica, env.now, ready=seconds <= 0, idle_since=env.now)
-        if cold:
-            self.cold_starts += 1
-        if not member.ready:
-            env.process(self._warm(member, seconds))
+        member = Member(replica, len(self.history), env.now, False, idle_since=env.now)
+        self._member[replica.engine] = member
         self.members.append(member)
         self.history.append(member)
+        if cold:
+            self.cold_starts += 1
+        if seconds > 0:
+            env.process(self._warm(member, seconds))
+        else:
+            self._ready(member)
         self._count()
+
+    def _ready(self, member: Member[R]) -> None:
+        member.ready = True
+        self.router.add(member.engine, member.order)
 
     def _warm(self, member: Member[R], seconds: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(seconds)
-        member.ready = True
-        self._dispatch()
+        if member.removed is None:
+            self._ready(member)
+            self._dispatch()
 
     def _remove(self, member: Member[R]) -> None:
         member.removed = self.env.now
         self.members.remove(member)
+        if member.ready:
+            self.router.remove(member.engine)
         self._count()
 
     def _count(self) -> None:

@@ -26,7 +26,7 @@ from simulator.engine import Sequence as Seq
 from simulator.fleet import AutoscalerConfig, ColdStart, FleetConfig
 from simulator.fleet_spec import fleet_from_spec
 from simulator.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
-from simulator.routing import Router
+from simulator.routing import Router, Routing
 from simulator.sim import SimResult, simulate
 from surgecast.pipeline import simulate_scenario
 from tests.conftest import run_cli, scenario_dict, write_scenario
@@ -193,10 +193,25 @@ def _engines(n: int, slots: int = 4) -> list[Engine]:
     return [Engine(EngineConfig(max_num_seqs=slots, cost=StepCost(0.01, 0, 0))) for _ in range(n)]
 
 
+def _router(policy: Routing, engines: list[Engine], seed: int = 0) -> Router:
+    """A router over `engines` (their order breaks ties), as a fleet keeps one."""
+    router = Router(policy, seed)
+    for i, engine in enumerate(engines):
+        router.add(engine, i)
+    return router
+
+
+def _load(router: Router, engine: Engine, n: int = 1) -> None:
+    """Queue n sequences on `engine`, telling the router."""
+    for _ in range(n):
+        engine.add(Seq("x", 10, 5))
+    router.changed(engine)
+
+
 def test_round_robin_spreads_exactly() -> None:
     engines = _engines(3)
-    router = Router("round_robin")
-    picks = Counter(router.choose(engines) for _ in range(30))
+    router = _router("round_robin", engines)
+    picks = Counter(engines.index(router.choose()) for _ in range(30))
     assert picks == {0: 10, 1: 10, 2: 10}
     # end to end: identical requests one at a time keep each replica equally busy
     config = EngineConfig(max_num_seqs=1, cost=StepCost(0.05, 0.0, 0.0))
@@ -205,47 +220,62 @@ def test_round_robin_spreads_exactly() -> None:
     assert max(result.busy_fraction) == pytest.approx(min(result.busy_fraction))
 
 
-def test_least_outstanding_is_todays_join_shortest_queue() -> None:
-    engines = _engines(3)
-    engines[0].add(Seq("a", 10, 5))
-    engines[0].add(Seq("b", 10, 5))
-    engines[2].add(Seq("c", 10, 5))
-    assert Router("least_outstanding").choose(engines) == 1
+def test_least_outstanding_is_join_shortest_queue_first_on_ties() -> None:
+    """The heap the router keeps picks what min(engines, key=load) picks, as loads change."""
+    engines = _engines(6)
+    router = _router("least_outstanding", engines)
+    rng = np.random.default_rng(1)
+    queued: list[list[Seq]] = [[] for _ in engines]
+    for step in range(2000):
+        i = int(rng.integers(len(engines)))
+        if queued[i] and rng.random() < 0.5:
+            engines[i].abort(queued[i].pop())
+        else:
+            queued[i].append(Seq(f"s{step}", 10, 5))
+            engines[i].add(queued[i][-1])
+        router.changed(engines[i])
+        assert router.choose() is min(engines, key=lambda e: e.load)
+    assert router.choose(among=engines[3:]) is min(engines[3:], key=lambda e: e.load)
 
 
 def test_least_kv_picks_the_emptiest_cache() -> None:
     engines = _engines(3)
+    router = _router("least_kv", engines)
     for engine, prompt in zip(engines, (1000, 100, 500), strict=True):
         engine.add(Seq(f"s{prompt}", prompt, 50))
         engine.complete_step(engine.plan_step())  # the prompt's KV blocks are taken
+        router.changed(engine)
     assert [e.load for e in engines] == [1, 1, 1]
-    assert Router("least_kv").choose(engines) == 1
-    assert Router("least_outstanding").choose(engines) == 0
+    assert router.choose() is engines[1]
+    assert _router("least_outstanding", engines).choose() is engines[0]
 
 
 def test_prefix_affinity_keeps_a_prefix_on_one_replica_until_it_is_full() -> None:
     engines = _engines(3, slots=4)
-    router = Router("prefix_affinity")
+    router = _router("prefix_affinity", engines)
     system = ((7, 64),)
-    first = router.choose(engines, system)
+    first = router.choose(system)
     for i in range(3):  # least outstanding would move on to an emptier replica
-        engines[first].add(Seq(f"a{i}", 64, 5))
-        assert router.choose(engines, (*system, (100 + i, 32))) == first
-    other = router.choose(engines, ((8, 64),))  # a new prefix goes to the least loaded
-    assert other != first
-    engines[first].add(Seq("a3", 64, 5))  # its batch is full: the prefix gives way
-    fallback = router.choose(engines, system)
-    assert fallback != first and engines[fallback].load == 0
+        _load(router, first)
+        assert router.choose((*system, (100 + i, 32))) is first
+    other = router.choose(((8, 64),))  # a new prefix goes to the least loaded
+    assert other is not first and other.load == 0
+    _load(router, first)  # its batch is full: the prefix gives way
+    fallback = router.choose(system)
+    assert fallback is not first and fallback.load == 0
+    assert router.choose(system) is fallback  # and stays where it went
 
 
 def test_random_routing_is_seeded_and_uniform() -> None:
     engines = _engines(4)
-    a = Router("random", seed=3)
-    b = Router("random", seed=3)
-    seq_a = [a.choose(engines) for _ in range(4000)]
-    assert seq_a == [b.choose(engines) for _ in range(4000)]
-    assert seq_a != [Router("random", seed=4).choose(engines) for _ in range(4000)]
-    counts = np.bincount(seq_a, minlength=4)
+
+    def picks(seed: int) -> list[int]:
+        router = _router("random", engines, seed)
+        return [engines.index(router.choose()) for _ in range(4000)]
+
+    assert picks(3) == picks(3)
+    assert picks(3) != picks(4)
+    counts = np.bincount(picks(3), minlength=4)
     assert stats.chisquare(counts).pvalue > 1e-4
 
 
