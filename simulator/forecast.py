@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ from scenarios.spec import Scenario
 from simulator.calibrate import Calibration
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig
+from simulator.fleet import FleetConfig
+from simulator.fleet_spec import fleet_from_spec
 from simulator.pool import ProcessPool
 from simulator.sim import simulate
 from simulator.tokenmap import TokenMap
@@ -152,6 +154,7 @@ class SeedJob:
     replicas: int
     duration_s: float
     tokens: TokenMap = field(default_factory=TokenMap)
+    fleet: FleetConfig = field(default_factory=FleetConfig)  # routing and admission
 
 
 def run_seed(job: SeedJob) -> SeedOutcome:
@@ -167,6 +170,7 @@ def run_seed(job: SeedJob) -> SeedOutcome:
         replicas=job.replicas,
         timeout_s=scenario.target.timeout_s,
         record_chunks="itl" in {t.metric for t in thresholds},
+        fleet=job.fleet,
     )
     warmup = WARMUP_FRACTION * job.duration_s
     steady = [r for r in result.records if r.intended_start >= warmup]
@@ -233,6 +237,8 @@ class Forecaster:
         )
         self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
         self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
+        # the scenario's routing and admission; the replica count is what the search varies
+        self.fleet = replace(fleet_from_spec(scenario.fleet).config, autoscaler=None)
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
         self._pool: ProcessPool | None = None
@@ -247,6 +253,7 @@ class Forecaster:
                 replicas,
                 self.duration_s,
                 self.calibration.tokens,
+                self.fleet,
             )
             for i, (cost, overhead) in enumerate(self.costs)
         ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -13,6 +15,7 @@ from scenarios.records import RequestRecord
 from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
+from simulator.fleet import Fleet, FleetConfig, FleetStats
 
 
 class Replica:
@@ -42,10 +45,13 @@ class Replica:
     def busy_time(self) -> float:
         return self.loop.busy_s
 
-    def submit(self, seq: Seq) -> None:
+    def submit(self, seq: Seq, sent: float | None = None) -> None:
+        """Queue `seq`, sent at `sent` (default: overhead_s ago; later for a fleet's queue)."""
         deadline = None
         if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
-            deadline = self.env.now - self.engine.config.overhead_s + self._timeout_s
+            if sent is None:
+                sent = self.env.now - self.engine.config.overhead_s
+            deadline = sent + self._timeout_s
         self.loop.submit(seq, deadline)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
@@ -91,27 +97,40 @@ class SimResult:
     kv_peak: float = 0.0  # the fullest any replica's KV cache got (fraction of its blocks)
     kv_mean: float = 0.0  # replicas' KV use averaged over the span (idle time counts as 0)
     slots_full: float = 0.0  # share of the span with every batch slot taken, replica mean
+    rejected: int = 0  # refused for want of room: HTTP 429 from the fleet, or too long a context
+    timeouts: int = 0  # aborted by the client's timeout (their KV blocks freed)
+    abandoned: int = 0  # cancelled by an impatient user before the first token
+    fleet: FleetStats = field(default_factory=FleetStats)  # cold starts, replica-seconds
 
 
 class _Clients:
     """The simulated users: first turns at their planned times, follow-ups `think_s` after the
     turn they follow ended well, patience that abandons a slow first token, and a record each,
-    as the load generator keeps them."""
+    as the load generator keeps them (a timeout ends at the client's deadline, tokens after it
+    unseen; a 429 is retried per the request's retry policy, each attempt a record).
+    `outstanding` counts requests not yet ended, planned first turns and follow-ups included."""
 
     def __init__(
         self,
         env: simpy.Environment,
         plan: Sequence[RequestSpec],
-        fleet: list[Replica],
         config: EngineConfig,
+        timeout_s: float,
+        fleet: Fleet[Replica],
     ):
         self.env = env
+        self.timeout_s = timeout_s
         self.fleet = fleet
         self.overhead_s = config.overhead_s
+        self.capacity = config.num_blocks * config.block_size  # KV tokens of one replica
         self.records: dict[str, RequestRecord] = {}
         self.specs = {s.id: s for s in plan}
         self.followers = followers_of(plan)
-        self._placed: dict[str, tuple[Seq, Replica]] = {}
+        self._seqs: dict[str, Seq] = {}  # a patient request's latest attempt
+        self._jitter: dict[str, random.Random] = {}  # per request, as the load generator's
+        self.attempts: list[RequestRecord] = []  # attempts that were retried
+        self.retry_after_s = fleet.config.retry_after_s
+        self.outstanding = sum(1 for s in plan if s.after is None)
 
     def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -121,41 +140,71 @@ class _Clients:
                 yield env.timeout(at - env.now)
             self.send(spec, spec.arrival)
 
-    def send(self, spec: RequestSpec, intended: float) -> None:
+    def send(self, spec: RequestSpec, intended: float, attempt: int = 0) -> None:
+        """Send an attempt of `spec` (its first at `intended`, a retry now - overhead_s)."""
+        now = self.env.now
         rec = RequestRecord(
             id=spec.id,
             intended_start=intended,
-            start=intended,
+            start=intended if attempt == 0 else now - self.overhead_s,
             prompt_tokens=spec.prompt_tokens,
             token_source="plan",
             source="simulated",
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
+            attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             regenerate=spec.regenerate,
         )
         self.records[spec.id] = rec
         seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
-        replica = min(self.fleet, key=lambda r: r.engine.load)
-        if not replica.engine.fits_ever(seq):
-            rec.status, rec.error_kind, rec.end = "rejected", "context_length", self.env.now
-            self._failed(spec, self.env.now)
+        if seq.prompt_tokens + seq.max_tokens > self.capacity:
+            rec.status, rec.error_kind, rec.end = "rejected", "context_length", now
+            self._failed(spec, now)
             return
-        replica.submit(seq)
+        if not self.fleet.admit(seq, rec.start):
+            rec.status, rec.error_kind, rec.http_status = "rejected", "http_429", 429
+            rec.error_detail = "overloaded: the fleet's admission queue is full"
+            rec.end = now
+            if not self._retry(spec, rec, intended):
+                self._failed(spec, now)
+            return
         if spec.patience_s is not None:
-            self._placed[spec.id] = (seq, replica)
-            self.env.process(self._patience(spec, intended + spec.patience_s))
+            if spec.id not in self._seqs:  # one patience per request, over its attempts
+                self.env.process(self._patience(spec, intended + spec.patience_s))
+            self._seqs[spec.id] = seq
+
+    def _retry(self, spec: RequestSpec, rec: RequestRecord, intended: float) -> bool:
+        """Retry a 429 as the load generator does (spec.retry's backoff and Retry-After, not
+        past the user's patience); False: no retry."""
+        retry = spec.retry
+        if retry is None or rec.attempt >= retry.max_retries or 429 not in retry.on_status:
+            return False
+        jitter = self._jitter.setdefault(spec.id, random.Random(f"{spec.id}:{spec.text_seed}"))
+        wait = retry.wait_s(rec.attempt + 1, jitter.random(), self.retry_after_s)
+        now = self.env.now
+        if spec.patience_s is not None and now + wait >= intended + spec.patience_s:
+            return False  # the user gives up instead
+        rec.retried = True
+        self.attempts.append(rec)
+        self.env.process(self._resend(spec, intended, rec.attempt + 1, now + wait))
+        return True
+
+    def _resend(
+        self, spec: RequestSpec, intended: float, attempt: int, at: float
+    ) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(max(0.0, at + self.overhead_s - self.env.now))
+        self.send(spec, intended, attempt)
 
     def _patience(self, spec: RequestSpec, give_up: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, give_up - self.env.now))
-        rec = self.records[spec.id]
+        rec = self.records[spec.id]  # its latest attempt
+        seq = self._seqs.pop(spec.id)
         if rec.first_token is None and rec.end is None:
-            seq, replica = self._placed.pop(spec.id)
             rec.status, rec.error_kind, rec.end = "cancelled", "abandoned", give_up
-            replica.loop.abort(seq)
+            self.fleet.withdraw(seq)
             self._failed(spec, give_up)
-        self._placed.pop(spec.id, None)
 
     def on_token(self, seq: Seq, now: float) -> None:
         self.records[seq.id].chunk_times.append(now)
@@ -165,21 +214,37 @@ class _Clients:
 
     def on_finish(self, seq: Seq, now: float) -> None:
         rec = self.records[seq.id]
+        if now > rec.start + self.timeout_s:  # in a step that ran past the client's deadline
+            self._timed_out(rec)
+            self.fleet.released(seq, now)
+            return
         rec.end = now
         rec.output_tokens = seq.generated
+        self.outstanding -= 1
         followers = self.followers.get(seq.id)
         if followers:
             self._follow(followers[0], now)
+        self.fleet.released(seq, now)
 
     def on_abort(self, seq: Seq, now: float) -> None:
         """A timeout (a patience abort marked its record already): the session ends here."""
-        rec = self.records[seq.id]
-        if rec.status == "ok":
-            rec.status, rec.error_kind, rec.end = "timeout", "timeout", now
-            self._failed(self.specs[seq.id], now)
+        if self.records[seq.id].status == "ok":
+            self._timed_out(self.records[seq.id])
+        self.fleet.released(seq, now)
+
+    def _timed_out(self, rec: RequestRecord) -> None:
+        """The client stopped at its deadline: what came after it was never seen."""
+        end = rec.start + self.timeout_s
+        rec.status, rec.error_kind, rec.end = "timeout", "timeout", end
+        if rec.first_token is not None and rec.first_token > end:
+            rec.first_token = None
+        rec.chunk_times = [t for t in rec.chunk_times if t <= end]
+        self._failed(self.specs[rec.id], end)
 
     def _failed(self, spec: RequestSpec, now: float) -> None:
-        """The rest of the session is dropped; a closed-loop user goes on with its next one."""
+        """The request ended badly: the rest of the session is dropped; a closed-loop user goes
+        on with its next one."""
+        self.outstanding -= 1
         nxt, _ = next_session(spec, self.followers)
         if nxt is not None:
             self._follow(nxt, now)
@@ -187,6 +252,7 @@ class _Clients:
     def _follow(self, nxt: RequestSpec, now: float) -> None:
         due = now + nxt.think_s
         if nxt.not_after is None or due <= nxt.not_after:
+            self.outstanding += 1
             self.env.process(self._later(nxt, due))
 
     def _later(self, spec: RequestSpec, due: float) -> Generator[simpy.Event, Any, None]:
@@ -195,11 +261,14 @@ class _Clients:
 
 
 def _horizon(plan: Sequence[RequestSpec], timeout_s: float) -> float:
-    """When every request must have ended: each turn's timeout and think time, chained."""
+    """When every request must have ended: each turn's timeouts, retries and think time,
+    chained."""
     end: dict[str, float] = {}
     for spec in sorted(plan, key=lambda s: s.arrival):  # a turn comes after the one it follows
         begin = end[spec.after] + spec.think_s if spec.after in end else spec.arrival
-        end[spec.id] = begin + timeout_s
+        retries = spec.retry.max_retries if spec.retry else 0
+        waits = spec.retry.longest_wait_s * retries if spec.retry else 0.0
+        end[spec.id] = begin + timeout_s + (retries * timeout_s + waits if retries else 0.0)
     return max(end.values(), default=timeout_s)
 
 
@@ -210,8 +279,11 @@ def simulate(
     replicas: int = 1,
     timeout_s: float = 60.0,
     record_chunks: bool = True,
+    fleet: FleetConfig | None = None,
 ) -> SimResult:
-    """Run `plan` through `replicas` engines behind a join-shortest-queue router.
+    """Run `plan` through `replicas` engines behind a router (join-shortest-queue by default;
+    `fleet` sets the routing, an admission limit, a central queue and an autoscaler, with which
+    `replicas` is the starting count, within its [min_replicas, max_replicas]).
 
     A request not finished `timeout_s` after it was sent is aborted (its KV blocks freed) and
     recorded as a timeout, as the load generator records one. Sessions unfold as the load
@@ -219,37 +291,64 @@ def simulate(
     well (none after a failed or abandoned turn), and a user whose first token takes longer
     than its patience cancels.
     """
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    fleet = fleet or FleetConfig()
+    scaler = fleet.autoscaler
+    low = 1 if scaler is None else scaler.min_replicas
+    high = replicas if scaler is None else scaler.max_replicas
+    if not low <= replicas <= high:
+        raise ValueError(f"replicas must be in [{low}, {high}], got {replicas}")
     env = simpy.Environment()
     events = EngineEvents()
-    fleet = [Replica(env, config, events, timeout_s=timeout_s) for _ in range(replicas)]
-    clients = _Clients(env, plan, fleet, config)
+
+    def make(engine: EngineConfig, cold: bool) -> Replica:
+        return Replica(env, engine, events, cold=cold, timeout_s=timeout_s)
+
+    def expired(seq: Seq, now: float) -> None:  # timed out in the fleet's queue
+        clients.on_abort(seq, now)
+
+    pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired)
+    clients = _Clients(env, plan, config, timeout_s, pool)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
         events.token.add_listener(clients.on_token)
     events.finish.add_listener(clients.on_finish)
     events.abort.add_listener(clients.on_abort)
     env.process(clients.arrivals(plan))
+    pool.start_autoscaler(lambda: clients.outstanding > 0)
     horizon = _horizon(plan, timeout_s)
     env.run(until=horizon)
     records = clients.records
     for rec in records.values():
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
             rec.status, rec.error_kind, rec.end = "timeout", "timeout", rec.start + timeout_s
-    ordered = [records[s.id] for s in plan if s.id in records]
-    span = max((r.end or r.start for r in ordered), default=0.0) - min(
-        (r.start for r in ordered), default=0.0
-    )
-    busy = [min(r.busy_time / span, 1.0) if span > 0 else 0.0 for r in fleet]
-    preempted = sum(r.engine.scheduler.num_preemptions for r in fleet)
-    per = max(span, 1e-9) * len(fleet)
+    retried: dict[str, list[RequestRecord]] = {}
+    for rec in clients.attempts:
+        retried.setdefault(rec.id, []).append(rec)
+    ordered = [a for s in plan if s.id in records for a in (*retried.get(s.id, ()), records[s.id])]
+    first = min((r.start for r in ordered), default=0.0)
+    last = max((r.end or r.start for r in ordered), default=0.0)
+    span = last - first
+    busy = [
+        min(m.replica.busy_time / alive, 1.0) if (alive := m.alive_s(first, last)) > 0 else 0.0
+        for m in pool.history
+    ]
+    preempted = sum(m.engine.scheduler.num_preemptions for m in pool.history)
+    stats = pool.stats(first, last)
+    # replica-seconds: for a fixed fleet, its size x the span (as before autoscaling existed)
+    per = max(span, 1e-9) * len(pool.history) if scaler is None else stats.replica_seconds
+    per = max(per, 1e-9)
+    usage = [m.replica.usage for m in pool.history]
+    statuses = Counter((r.status, r.error_kind) for r in records.values())  # last attempts
     return SimResult(
         ordered,
         horizon,
         busy,
         preempted,
-        kv_peak=max(r.usage.kv_peak for r in fleet),
-        kv_mean=min(sum(r.usage.kv_s for r in fleet) / per, 1.0),
-        slots_full=min(sum(r.usage.full_s for r in fleet) / per, 1.0),
+        kv_peak=max((u.kv_peak for u in usage), default=0.0),
+        kv_mean=min(sum(u.kv_s for u in usage) / per, 1.0),
+        slots_full=min(sum(u.full_s for u in usage) / per, 1.0),
+        rejected=sum(n for (status, _), n in statuses.items() if status == "rejected"),
+        timeouts=statuses["timeout", "timeout"],
+        abandoned=statuses["cancelled", "abandoned"],
+        fleet=stats,
     )

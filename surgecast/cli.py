@@ -245,9 +245,22 @@ def _duration_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _load(path: str) -> Scenario:
+    """load_scenario, and the checks that need the simulator's profiles (the fleet's model and
+    GPU), so a bad one stops a pipeline before it sends anything."""
+    from simulator.fleet_spec import fleet_from_spec
+
+    scenario = load_scenario(path)
+    try:
+        fleet_from_spec(scenario.fleet)
+    except ValueError as e:
+        raise ScenarioError(path, [str(e)]) from None
+    return scenario
+
+
 def _scenario(a: argparse.Namespace) -> Scenario:
     """The scenario file, with --duration applied when given."""
-    scenario = load_scenario(a.scenario)
+    scenario = _load(a.scenario)
     duration = getattr(a, "duration", None)
     if duration is None:
         return scenario
@@ -470,7 +483,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from surgecast.pipeline import simulate_scenario
     from surgecast.report import render
 
-    scenario = load_scenario(a.scenario)
+    scenario = _load(a.scenario)
     outcome = simulate_scenario(
         scenario,
         a.scenario,
@@ -488,7 +501,7 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     from surgecast.pipeline import forecast_scenario
     from surgecast.tables import forecast_table
 
-    scenario = load_scenario(a.scenario)
+    scenario = _load(a.scenario)
     points = forecast_scenario(
         scenario, _calibration(a.calibration), a.scales or scenario.forecast.scales
     )

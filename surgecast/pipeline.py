@@ -43,6 +43,7 @@ from simulator.backtest import (
 from simulator.calibrate import Calibration, calibrate, step_time_ratio
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, engine_from_spec
+from simulator.fleet_spec import fleet_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
@@ -456,10 +457,20 @@ def simulate_scenario(
     out: str | Path | None = None,
 ) -> RunOutcome:
     """The scenario's plan through the calibrated model; a run folder like a measured one."""
+    try:
+        fleet = fleet_from_spec(scenario.fleet)
+    except ValueError as e:
+        raise ScenarioError(scenario_file, [str(e)]) from None
+    if fleet.initial_replicas is not None:  # an autoscaler starts from its own count
+        replicas = fleet.initial_replicas
     folder = _folder(scenario, out)
     plan = calibration.tokens.apply(build_plan(scenario, rate_scale=scale), scenario.traffic.seed)
     result = simulate(
-        plan, calibration.engine, replicas=replicas, timeout_s=scenario.target.timeout_s
+        plan,
+        calibration.engine,
+        replicas=replicas,
+        timeout_s=scenario.target.timeout_s,
+        fleet=fleet.config,
     )
     write_records(folder.requests, result.records)
     summary = summarize(
@@ -473,6 +484,12 @@ def simulate_scenario(
         "replicas": replicas,
         "scale": scale,
         "engine": calibration.engine.to_dict(),
+        "fleet": {
+            "rejected": result.rejected,
+            "timeouts": result.timeouts,
+            "abandoned": result.abandoned,
+            **asdict(result.fleet),
+        },
     }
     _write_meta(
         folder,

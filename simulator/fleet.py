@@ -1,0 +1,384 @@
+"""A fleet of replicas on SimPy's clock: routing, bounded admission, a central queue, autoscaling.
+
+Requests are admitted by `Fleet.admit`. Routed (the default), each goes straight to a replica the
+`Router` picks and waits in that engine's queue. With `central_queue`, requests wait in one FIFO
+at the fleet until a ready replica has a free batch slot (as an M/M/c queue does). With an
+`admission_limit`, a request that would have to wait while that many already wait is refused
+(HTTP 429). An autoscaler adds replicas, which serve only after a cold start (provisioning plus
+model load), and removes replicas idle for `keep_alive_s` when its metric allows fewer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Literal, Protocol, TypeVar, get_args
+
+import numpy as np
+import simpy
+
+from simulator.drive import DriveLoop
+from simulator.engine import Engine, EngineConfig
+from simulator.engine import Sequence as Seq
+from simulator.profiles import (
+    GpuProfile,
+    ModelProfile,
+    ServingConfig,
+    blocks_per_replica,
+    load_seconds,
+)
+from simulator.routing import Router, Routing
+
+Metric = Literal["in_flight", "queue", "kv"]
+METRICS: tuple[str, ...] = get_args(Metric)
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """How long a new replica takes before it serves: provisioning_s, then (load + init_s) x a
+    lognormal factor of median 1 and shape `jitter`. `load_s` None: the engine's cold_start_s."""
+
+    provisioning_s: float = 0.0
+    load_s: float | None = None
+    init_s: float = 0.0
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("provisioning_s", "init_s", "jitter"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"cold_start.{name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.load_s is not None and not self.load_s >= 0:
+            raise ValueError(f"cold_start.load_s: must be >= 0, got {self.load_s!r}")
+
+    @classmethod
+    def from_profile(
+        cls,
+        model: ModelProfile,
+        gpu: GpuProfile,
+        serving: ServingConfig | None = None,
+        **rest: float,
+    ) -> ColdStart:
+        """Load time of `model`'s weights at `gpu`'s load bandwidth; ValueError if it does not
+        fit on the replica's GPUs."""
+        serving = serving or ServingConfig()
+        blocks_per_replica(model, gpu, serving)  # raises, naming model and gpu, if it cannot fit
+        return cls(load_s=load_seconds(model, gpu, serving), **rest)
+
+    def draw(self, rng: np.random.Generator, default_load_s: float) -> float:
+        load = default_load_s if self.load_s is None else self.load_s
+        spread = float(rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else 1.0
+        return self.provisioning_s + (load + self.init_s) * spread
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    """Every `interval_s`: desired = ceil(metric summed over the fleet / target), within
+    [min_replicas, max_replicas]. It scales up at once; down only to the highest desired count
+    of the last `stabilisation_s`, removing replicas idle for at least `keep_alive_s`.
+    Metrics: `in_flight` (requests running or queued), `queue` (requests waiting for a batch
+    slot), `kv` (fraction of a replica's KV cache in use)."""
+
+    metric: Metric = "in_flight"
+    target: float = 8.0
+    interval_s: float = 1.0
+    stabilisation_s: float = 30.0
+    min_replicas: int = 1
+    max_replicas: int = 8
+    keep_alive_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(
+                f"autoscaler.metric: must be one of {', '.join(METRICS)}, got {self.metric!r}"
+            )
+        for name in ("target", "interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"autoscaler.{name}: must be > 0, got {getattr(self, name)!r}")
+        for name in ("stabilisation_s", "keep_alive_s", "min_replicas"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"autoscaler.{name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise ValueError(
+                f"autoscaler.max_replicas: must be >= min_replicas ({self.min_replicas}) "
+                f"and >= 1, got {self.max_replicas}"
+            )
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """The defaults are a fixed fleet behind join-shortest-queue, admitting everything."""
+
+    routing: Routing = "least_outstanding"
+    # requests waiting for a slot, fleet-wide, beyond which one is refused; None: no limit. With
+    # a central queue and 0, requests are refused while no ready replica has a free slot.
+    admission_limit: int | None = None
+    central_queue: bool = False
+    autoscaler: AutoscalerConfig | None = None
+    cold_start: ColdStart = field(default_factory=ColdStart)
+    affinity_overload: float = 1.0  # prefix affinity gives way at this x max_num_seqs
+    retry_after_s: float | None = None  # the Retry-After a 429 carries (clients may honour it)
+    seed: int = 0
+    timeline_points: int = 1000  # the replica timeline is thinned beyond this
+
+    def __post_init__(self) -> None:
+        if self.admission_limit is not None and self.admission_limit < 0:
+            raise ValueError(f"fleet.admission_limit: must be >= 0, got {self.admission_limit}")
+        if self.retry_after_s is not None and not self.retry_after_s >= 0:
+            raise ValueError(f"fleet.retry_after_s: must be >= 0, got {self.retry_after_s}")
+        if self.timeline_points < 2:
+            raise ValueError(f"fleet.timeline_points: must be >= 2, got {self.timeline_points}")
+
+
+class ReplicaLike(Protocol):
+    engine: Engine
+    loop: DriveLoop
+
+    def submit(self, seq: Seq, sent: float | None = None) -> None: ...
+
+
+R = TypeVar("R", bound=ReplicaLike)
+
+
+@dataclass(eq=False)
+class Member(Generic[R]):
+    """A replica and its life in the fleet."""
+
+    replica: R
+    order: int  # the how-manieth replica of the run
+    created: float
+    ready: bool
+    idle_since: float
+    removed: float | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.replica.engine
+
+    def alive_s(self, start: float, end: float) -> float:
+        """Seconds it existed within [start, end]."""
+        until = end if self.removed is None else min(self.removed, end)
+        return max(0.0, until - max(self.created, start))
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    cold_starts: int = 0  # replicas the autoscaler added, each paying a cold start
+    replica_seconds: float = 0.0  # replicas' lives (provisioning included) within the records' span
+    peak_replicas: int = 0  # the most replicas at once (starting ones included)
+    min_replicas: int = 0  # the fewest
+    timeline: tuple[tuple[float, int], ...] = ()  # (time, replicas) at each change
+
+    @property
+    def replica_hours(self) -> float:
+        return self.replica_seconds / 3600.0
+
+
+class Fleet(Generic[R]):
+    """The replicas of one simulation; `make(config, cold)` builds one on the shared clock."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: FleetConfig,
+        engine: EngineConfig,
+        make: Callable[[EngineConfig, bool], R],
+        initial: int,
+        timeout_s: float,
+        on_expired: Callable[[Seq, float], None],
+    ):
+        self.env = env
+        self.config = config
+        self._engine = engine
+        self._make = make
+        self._timeout_s = timeout_s
+        self._on_expired = on_expired
+        self._slots = engine.max_num_seqs
+        self._rng = np.random.default_rng([config.seed, 1])  # cold-start draws
+        self.router = Router(config.routing, config.seed, config.affinity_overload)
+        self.members: list[Member[R]] = []  # present now
+        self.history: list[Member[R]] = []  # every replica the run had
+        self._member: dict[Engine, Member[R]] = {}
+        self.queue: dict[Seq, float] = {}  # central FIFO: sequence -> when it was sent
+        self.where: dict[Seq, Member[R]] = {}  # sequences inside a replica
+        self.cold_starts = 0
+        self.timeline: list[tuple[float, int]] = []
+        self.peak = self.low = initial
+        for _ in range(initial):
+            self._add(cold=False)
+        self._count()  # the first point, also for a fleet that starts at zero
+
+    def start_autoscaler(self, active: Callable[[], bool]) -> None:
+        """Run the autoscaler while `active()` (requests remain to be sent or answered)."""
+        if self.config.autoscaler is not None:
+            self.env.process(self._autoscale(self.config.autoscaler, active))
+
+    # admission and routing
+
+    def admit(self, seq: Seq, sent: float) -> bool:
+        """Place or queue `seq`; False: refused (the fleet is full, an HTTP 429)."""
+        if not self.members and self.config.autoscaler is not None:
+            self._add(cold=True)  # the activator: a request wakes a fleet scaled to zero
+        limit = self.config.admission_limit
+        if self.config.central_queue:
+            if not self.queue and self._dispatch_one(seq, None):
+                return True
+            if limit is not None and len(self.queue) >= limit:
+                return False
+            self.queue[seq] = sent
+            self.env.process(self._expire(seq, sent + self._timeout_s))
+            return True
+        router = self.router  # the ready replicas, else the starting ones
+        among = None if router.engines else [m.engine for m in self.members]
+        member = self._member[router.choose(seq.prefix, among)]
+        if limit is not None and member.engine.load >= self._slots and self.waiting() >= limit:
+            return False
+        self._place(member, seq, None)
+        return True
+
+    def waiting(self) -> int:
+        """Requests admitted but without a batch slot."""
+        over = sum(max(0, m.engine.load - self._slots) for m in self.members)
+        return over + len(self.queue)
+
+    def released(self, seq: Seq, now: float) -> None:
+        """`seq` left its replica (finished or aborted): a slot may be free."""
+        member = self.where.pop(seq, None)
+        if member is not None:
+            self.router.changed(member.engine)
+            if member.engine.load == 0:
+                member.idle_since = now
+        self._dispatch()
+
+    def withdraw(self, seq: Seq) -> None:
+        """The client gave up: drop `seq` from the queue or abort it in its replica."""
+        if self.queue.pop(seq, None) is None and seq in self.where:
+            self.where[seq].replica.loop.abort(seq)  # fires the abort event, then `released`
+
+    def _place(self, member: Member[R], seq: Seq, sent: float | None) -> None:
+        """Submit to `member`; `sent` for a request that waited here (None: it was sent just
+        now, the replica knows when)."""
+        self.where[seq] = member
+        member.replica.submit(seq, sent)
+        self.router.changed(member.engine)
+
+    def _dispatch(self) -> None:
+        while self.queue:
+            seq, sent = next(iter(self.queue.items()))
+            if not self._dispatch_one(seq, sent):
+                return
+            del self.queue[seq]
+
+    def _dispatch_one(self, seq: Seq, sent: float | None) -> bool:
+        """Place `seq` on a ready replica with a free batch slot, if there is one."""
+        router, slots = self.router, self._slots
+        if not router.engines:
+            return False
+        if router.policy == "least_outstanding":  # the least loaded, if it has a free slot
+            engine = router.choose()
+            if engine.load >= slots:
+                return False
+        else:
+            free = [e for e in router.engines if e.load < slots]
+            if not free:
+                return False
+            engine = router.choose(seq.prefix, free)
+        self._place(self._member[engine], seq, sent)
+        return True
+
+    def _expire(self, seq: Seq, deadline: float) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(max(0.0, deadline - self.env.now))
+        if self.queue.pop(seq, None) is not None:
+            self._on_expired(seq, self.env.now)
+
+    # replicas coming and going
+
+    def _add(self, cold: bool) -> None:
+        env = self.env
+        seconds = self.config.cold_start.draw(self._rng, self._engine.cold_start_s) if cold else 0
+        replica = self._make(replace(self._engine, cold_start_s=seconds), cold)
+        member = Member(replica, len(self.history), env.now, False, idle_since=env.now)
+        self._member[replica.engine] = member
+        self.members.append(member)
+        self.history.append(member)
+        if cold:
+            self.cold_starts += 1
+        if seconds > 0:
+            env.process(self._warm(member, seconds))
+        else:
+            self._ready(member)
+        self._count()
+
+    def _ready(self, member: Member[R]) -> None:
+        member.ready = True
+        self.router.add(member.engine, member.order)
+
+    def _warm(self, member: Member[R], seconds: float) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(seconds)
+        if member.removed is None:
+            self._ready(member)
+            self._dispatch()
+
+    def _remove(self, member: Member[R]) -> None:
+        member.removed = self.env.now
+        self.members.remove(member)
+        if member.ready:
+            self.router.remove(member.engine)
+        self._count()
+
+    def _count(self) -> None:
+        now, n = self.env.now, len(self.members)
+        self.peak, self.low = max(self.peak, n), min(self.low, n)
+        line = self.timeline
+        if line and line[-1][0] == now:
+            line.pop()
+        if not line or line[-1][1] != n:
+            line.append((now, n))
+        if len(line) > self.config.timeline_points:  # thin out, keeping the latest point
+            self.timeline = [*line[:-1:2], line[-1]]
+
+    # the autoscaler
+
+    def desired(self, a: AutoscalerConfig) -> int:
+        engines = [m.engine for m in self.members]
+        if a.metric == "in_flight":
+            total = float(sum(e.load for e in engines) + len(self.queue))
+        elif a.metric == "queue":
+            total = float(self.waiting())
+        else:
+            total = sum(e.kv.num_used / e.kv.num_blocks for e in engines)
+        want = math.ceil(total / a.target - 1e-9)
+        return min(max(want, a.min_replicas), a.max_replicas)
+
+    def _autoscale(
+        self, a: AutoscalerConfig, active: Callable[[], bool]
+    ) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        window: deque[tuple[float, int]] = deque()  # recent desired counts
+        while active():
+            yield env.timeout(a.interval_s)
+            now, want = env.now, self.desired(a)
+            window.append((now, want))
+            while window[0][0] < now - a.stabilisation_s:
+                window.popleft()
+            n = len(self.members)
+            for _ in range(want - n):
+                self._add(cold=True)
+            surplus = n - max(d for _, d in window)
+            idle = [
+                m
+                for m in reversed(self.members)  # the newest first
+                if m.engine.load == 0 and now - m.idle_since >= a.keep_alive_s
+            ]
+            for member in idle[: max(surplus, 0)]:
+                self._remove(member)
+
+    def stats(self, start: float, end: float) -> FleetStats:
+        return FleetStats(
+            cold_starts=self.cold_starts,
+            replica_seconds=sum(m.alive_s(start, end) for m in self.history),
+            peak_replicas=self.peak,
+            min_replicas=self.low,
+            timeline=tuple(self.timeline),
+        )
