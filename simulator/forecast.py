@@ -75,6 +75,10 @@ class SeedOutcome:
     kv_mean: float
     preemptions: float
     slots_full: float
+    rejected: float  # share of the requests refused (429 from the admission queue)
+    mean_replicas: float  # replica-seconds over the simulated window
+    peak_replicas: float
+    cold_starts: float
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,10 @@ class Evaluation:
     e2e_p50_ms: Estimate = ZERO
     output_tokens_per_s: Estimate = ZERO
     load: float = 0.0  # offered requests/s over the fleet's saturation throughput
+    rejected: Estimate = ZERO
+    mean_replicas: Estimate = ZERO  # differs from `replicas` for an autoscaled fleet
+    peak_replicas: Estimate = ZERO
+    cold_starts: Estimate = ZERO
 
     @property
     def headroom(self) -> float:
@@ -102,8 +110,13 @@ class Evaluation:
 
     @property
     def binding(self) -> str:
-        """Which limit a replica meets first at this load: KV memory when its cache fills or
-        it preempts, batch slots when they are mostly all taken, else step time (compute)."""
+        """Which limit binds first at this load: the admission queue when it sheds requests,
+        cold starts when replicas were added, KV memory when a cache fills or preempts, batch
+        slots when they are mostly all taken, else step time (compute)."""
+        if self.rejected.high > 0.01:
+            return "admission queue"
+        if self.cold_starts.mean > 0:
+            return "cold start"
         if self.preemptions.high > 0 or self.kv_peak.high >= 0.95:
             return "KV memory"
         if self.slots_full.mean >= 0.5:
@@ -118,6 +131,9 @@ class ForecastPoint:
     best: Evaluation | None  # None: not met within max_replicas
     cost_per_month_usd: float | None
     tried: list[Evaluation] = field(default_factory=list)
+    # the scenario's autoscaler over the same traffic, beside the fixed fleet `best`
+    autoscaled: Evaluation | None = None
+    autoscaled_cost_per_month_usd: float | None = None
 
     @property
     def cost_per_million_tokens_usd(self) -> float | None:
@@ -183,6 +199,10 @@ def run_seed(job: SeedJob) -> SeedOutcome:
     ttft, e2e = summary.metrics["ttft"].percentiles, summary.metrics["e2e"].percentiles
     window = job.duration_s - warmup
     tokens = sum(r.output_tokens or 0 for r in steady if r.status == "ok")
+    lives = result.fleet.replica_seconds  # over the records' span, first send to last end
+    span = max((r.end or r.start for r in result.records), default=0.0) - min(
+        (r.start for r in result.records), default=0.0
+    )
     return SeedOutcome(
         observed,
         ttft[50],
@@ -196,6 +216,10 @@ def run_seed(job: SeedJob) -> SeedOutcome:
         result.kv_mean,
         float(result.preemptions),
         result.slots_full,
+        result.rejected / max(len(result.records), 1),
+        lives / span if lives and span > 0 else float(job.replicas),
+        float(result.fleet.peak_replicas or job.replicas),
+        float(result.fleet.cold_starts),
     )
 
 
@@ -243,7 +267,10 @@ class Forecaster:
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
         self._pool: ProcessPool | None = None
 
-    def evaluate(self, scale: float, replicas: int) -> Evaluation:
+    def evaluate(self, scale: float, replicas: int, fleet: FleetConfig | None = None) -> Evaluation:
+        """`replicas` behind the scenario's routing and admission at `scale`, over the seeds;
+        with an autoscaling `fleet`, `replicas` is its starting count."""
+        fleet = fleet or self.fleet
         jobs = [
             SeedJob(
                 self.scenario,
@@ -253,7 +280,7 @@ class Forecaster:
                 replicas,
                 self.duration_s,
                 self.calibration.tokens,
-                self.fleet,
+                fleet,
             )
             for i, (cost, overhead) in enumerate(self.costs)
         ]
@@ -266,8 +293,9 @@ class Forecaster:
             for name, value in o.observed.items():
                 observed[name].append(value)
         estimates = {name: Estimate.of(v) for name, v in observed.items() if v}
-        load = self.base_rate * scale / (replicas * self.replica_capacity)
-        passed = load <= 1.0 and all(
+        mean_replicas = float(np.mean([o.mean_replicas for o in outcomes]))
+        load = self.base_rate * scale / (max(mean_replicas, 1e-9) * self.replica_capacity)
+        passed = (load <= 1.0 or fleet.autoscaler is not None) and all(
             _holds_for_every_seed(t, estimates[name])
             for name, t in self.checks.items()
             if name in estimates
@@ -283,6 +311,23 @@ class Forecaster:
             **{f.name: over_seeds(f.name) for f in fields(SeedOutcome) if f.name != "observed"},
             load=load,
         )
+
+    def autoscaled(self, scale: float, fixed: int) -> Evaluation | None:
+        """The scenario's autoscaler at `scale` (None without one): it starts from its initial
+        count scaled with the traffic and may grow to its max_replicas or twice the fixed
+        fleet that meets the SLOs, whichever is more."""
+        plan = fleet_from_spec(self.scenario.fleet)
+        a = plan.config.autoscaler
+        if a is None:
+            return None
+        top = max(a.max_replicas, 2 * fixed)
+        start = min(top, max(a.min_replicas, math.ceil((plan.initial_replicas or 0) * scale)))
+        fleet = replace(plan.config, autoscaler=replace(a, max_replicas=top))
+        return self.evaluate(scale, start, fleet)
+
+    def _monthly(self, replicas: float) -> float:
+        cost = self.scenario.cost
+        return replicas * cost.gpus_per_replica * cost.gpu_hour_usd * HOURS_PER_MONTH
 
     def _first_guess(self, rate: float) -> int:
         """Replicas that saturated replicas alone would need (a lower bound)."""
@@ -328,9 +373,7 @@ class Forecaster:
                 hi = mid
             else:
                 lo = mid
-        cost = self.scenario.cost
-        monthly = hi * cost.gpus_per_replica * cost.gpu_hour_usd * HOURS_PER_MONTH
-        return ForecastPoint(scale, rate, tried[hi], monthly, sorted_evals(tried))
+        return ForecastPoint(scale, rate, tried[hi], self._monthly(hi), sorted_evals(tried))
 
     def run(self, scales: list[float]) -> list[ForecastPoint]:
         points: list[ForecastPoint] = []
@@ -340,6 +383,10 @@ class Forecaster:
             try:
                 for scale in sorted(scales):
                     p = self.point(scale, hint)
+                    auto = self.autoscaled(scale, p.best.replicas) if p.best else None
+                    if auto is not None:
+                        cost = self._monthly(auto.mean_replicas.mean)
+                        p = replace(p, autoscaled=auto, autoscaled_cost_per_month_usd=cost)
                     points.append(p)
                     if p.best is not None:
                         failed = [e.replicas for e in p.tried if not e.passed]
@@ -391,6 +438,8 @@ def points_from_dicts(items: list[dict[str, Any]]) -> list[ForecastPoint]:
             None if d["best"] is None else _evaluation(d["best"]),
             None if d["cost_per_month_usd"] is None else float(d["cost_per_month_usd"]),
             [_evaluation(t) for t in d.get("tried") or []],
+            None if d.get("autoscaled") is None else _evaluation(d["autoscaled"]),
+            d.get("autoscaled_cost_per_month_usd"),
         )
         for d in items
     ]

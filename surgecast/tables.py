@@ -199,7 +199,7 @@ def _p50_p95(p50: Estimate, p95: Estimate) -> str:
     return f"{p50.mean:,.0f} / {_ci(p95.mean, p95.low, p95.high)}"
 
 
-def forecast_table(points: Sequence[ForecastPoint]) -> str:
+def fixed_fleet_table(points: Sequence[ForecastPoint]) -> str:
     rows: list[list[object]] = []
     for p in points:
         b = p.best
@@ -239,4 +239,51 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
             "$ / M output tokens",
         ],
         rows,
+    )
+
+
+def autoscale_table(points: Sequence[ForecastPoint]) -> str:
+    """The scenario's autoscaler beside the fixed fleet, on the same traffic."""
+    rows: list[list[object]] = []
+    for p in points:
+        a, b = p.autoscaled, p.best
+        if a is None or b is None:
+            continue
+        rows.append(
+            [
+                f"x{p.scale:g}",
+                b.replicas,
+                f"${p.cost_per_month_usd:,.0f}",
+                f"{a.mean_replicas.mean:,.1f} / {a.peak_replicas.high:,.0f}",
+                f"${p.autoscaled_cost_per_month_usd or 0:,.0f}",
+                f"{a.cold_starts.mean:,.1f}",
+                _p50_p95(a.ttft_p50_ms, a.ttft_p95_ms),
+                "yes" if a.passed else "NO",
+            ]
+        )
+    if not rows:
+        return ""
+    return markdown(
+        [
+            "scale",
+            "fixed replicas",
+            "fixed cost / month",
+            "autoscaled mean / peak",
+            "autoscaled cost / month",
+            "cold starts",
+            "autoscaled TTFT ms p50 / p95",
+            "autoscaled meets SLOs",
+        ],
+        rows,
+    )
+
+
+def forecast_table(points: Sequence[ForecastPoint]) -> str:
+    """The fixed fleet per scale, then the autoscaled one beside it when the scenario has one."""
+    auto = autoscale_table(points)
+    fixed = fixed_fleet_table(points)
+    return fixed + (
+        "\n\nautoscaled (the scenario's fleet.autoscaler) against the fixed fleet:\n\n" + auto
+        if auto
+        else ""
     )

@@ -12,8 +12,9 @@ from scenarios.spec import Scenario
 from simulator.calibrate import Calibration, Fit
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, StepCost
-from simulator.forecast import ForecastConfig, Forecaster
+from simulator.forecast import ForecastConfig, Forecaster, points_from_dicts, points_to_dict
 from simulator.sim import simulate
+from surgecast.tables import forecast_table
 from tests.conftest import scenario_dict
 
 ENGINE = EngineConfig(max_num_seqs=8, kv_cache_tokens=16384, cost=StepCost(0.010, 0.0008, 0.00005))
@@ -79,3 +80,50 @@ def test_saturation_throughput_matches_a_saturated_simulation() -> None:
     middle = ends[len(ends) // 4 : 3 * len(ends) // 4]  # steady state, not the ramp or the tail
     measured = (len(middle) - 1) / (middle[-1] - middle[0])
     assert measured == pytest.approx(capacity, rel=0.10)
+
+
+def test_an_autoscaled_fleet_is_forecast_beside_the_fixed_one() -> None:
+    """A flash crowd: the fixed fleet is sized for the peak; the autoscaler runs fewer replicas
+    on average, adds some during the surge (each paying its cold start) and costs less."""
+    data = scenario_dict(
+        traffic={
+            "arrival": {
+                "type": "flash-crowd",
+                "base_rate": 4,
+                "peak_rate": 60,
+                "at_s": 100,
+                "rise_s": 5,
+                "hold_s": 10,
+                "decay_s": 5,
+            },
+            "duration_s": 240,
+            "seed": 3,
+        },
+        slos={"e2e": "p(95) < 3000"},
+        fleet={
+            "autoscaler": {
+                "target": 6,
+                "interval_s": 1,
+                "stabilisation_s": 10,
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "keep_alive_s": 5,
+            },
+            "cold_start": {"load_s": 3},
+        },
+    )
+    fc = Forecaster(
+        Scenario.model_validate(data), known(), ForecastConfig(seeds=2, duration_s=240, workers=1)
+    )
+    point = fc.run([1.0])[0]
+    assert point.best is not None and point.autoscaled is not None
+    auto = point.autoscaled
+    assert auto.cold_starts.mean >= 1  # it grew during the surge
+    assert 1 <= auto.mean_replicas.mean < auto.peak_replicas.high
+    assert auto.mean_replicas.mean < point.best.replicas  # quiet most of the window
+    cost = point.autoscaled_cost_per_month_usd
+    assert cost == pytest.approx(auto.mean_replicas.mean * 2.0 * 730)
+    assert point.cost_per_month_usd is not None and cost < point.cost_per_month_usd
+    assert "autoscaled mean / peak" in forecast_table([point])
+    again = points_from_dicts(points_to_dict([point])["points"])[0]
+    assert again.autoscaled == auto
