@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,16 +11,18 @@ import simpy
 
 from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
-from simulator.drive import DriveLoop, EngineEvents, Sleep
+from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Usage
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
 
 
 class Replica:
-    """One engine on SimPy's clock: the drive loop's sleeps become SimPy timeouts and events.
+    """One engine on SimPy's clock: the drive loop's commands become SimPy timeouts, each calling
+    back to take the next command (no SimPy process: a jump cut short drops its timer's callback).
 
     A `cold` replica serves only after the engine's cold_start_s (a replica just scaled up). A
     request submitted `overhead_s` after it was sent is aborted `timeout_s` after it was sent.
+    With `jumps` off the engine is stepped one step at a time (the same results, slower).
     """
 
     def __init__(
@@ -29,57 +32,72 @@ class Replica:
         events: EngineEvents,
         cold: bool = False,
         timeout_s: float | None = None,
+        jumps: bool = True,
     ):
         self.env = env
         self.engine = Engine(config)
-        self.loop = DriveLoop(self.engine, lambda: env.now, events, cold)
+        self.loop = DriveLoop(
+            self.engine, lambda: env.now, events, cold, self._retime if jumps else None
+        )
         self._timeout_s = timeout_s
-        self._wake: simpy.Event | None = None
-        self.usage = Usage()
-        env.process(self._run())
+        self._commands = self.loop.run()
+        self._timer: simpy.Event | None = None  # what calls `_next` back; None while idle
+        self._wake()
 
     @property
     def busy_time(self) -> float:
         return self.loop.busy_s
+
+    @property
+    def usage(self) -> Usage:
+        return self.loop.usage
 
     def submit(self, seq: Seq) -> None:
         deadline = None
         if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
             deadline = self.env.now - self.engine.config.overhead_s + self._timeout_s
         self.loop.submit(seq, deadline)
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
+        if self._timer is None:
+            self._wake()
 
-    def _run(self) -> Generator[simpy.Event, Any, None]:
-        env, engine, usage = self.env, self.engine, self.usage
-        kv, slots = engine.kv, engine.config.max_num_seqs
-        for command in self.loop.run():
-            if isinstance(command, Sleep):  # a step: the state it runs in
-                usage.add(
-                    command.seconds, kv.num_used / kv.num_blocks, len(engine.running) >= slots
-                )
-                yield env.timeout(command.seconds)
-            else:
-                self._wake = env.event()
-                yield self._wake
+    def _wake(self) -> None:
+        self._timer = event = self.env.event()
+        event.callbacks.append(self._next)
+        event.succeed()
+
+    def _next(self, _: simpy.Event) -> None:
+        command = next(self._commands)
+        env = self.env
+        if type(command) is Sleep:
+            timer = env.timeout(command.seconds)
+        elif type(command) is Jump:
+            timer = env.timeout(_delay(env.now, command.until))
+        else:
+            self._timer = None
+            return
+        timer.callbacks.append(self._next)
+        self._timer = timer
+
+    def settle(self) -> None:
+        """At the end of a run: the steps of a jump in flight that ended count (see DriveLoop)."""
+        self.loop.settle(self.env.now)
+
+    def _retime(self, until: float) -> None:
+        """The jump in flight now ends at `until`."""
+        assert self._timer is not None and self._timer.callbacks is not None
+        self._timer.callbacks.clear()
+        self._timer = timer = self.env.timeout(_delay(self.env.now, until))
+        timer.callbacks.append(self._next)
 
 
-@dataclass
-class Usage:
-    """What one replica's steps ran with: seconds stepping, KV use (peak, and its integral over
-    the stepping time) and seconds with every batch slot taken."""
-
-    busy_s: float = 0.0
-    kv_peak: float = 0.0  # fraction of the KV blocks
-    kv_s: float = 0.0  # KV fraction x seconds
-    full_s: float = 0.0
-
-    def add(self, seconds: float, kv: float, full: bool) -> None:
-        self.busy_s += seconds
-        self.kv_s += kv * seconds
-        self.kv_peak = max(self.kv_peak, kv)
-        if full:
-            self.full_s += seconds
+def _delay(now: float, at: float) -> float:
+    """The delay that SimPy adds to `now` to land on `at` exactly (as steps summed one by one)."""
+    delay = at - now
+    while now + delay < at:
+        delay = math.nextafter(delay, math.inf)
+    while now + delay > at:
+        delay = math.nextafter(delay, -math.inf)
+    return delay
 
 
 @dataclass(frozen=True)
@@ -210,6 +228,7 @@ def simulate(
     replicas: int = 1,
     timeout_s: float = 60.0,
     record_chunks: bool = True,
+    jumps: bool = True,
 ) -> SimResult:
     """Run `plan` through `replicas` engines behind a join-shortest-queue router.
 
@@ -223,7 +242,9 @@ def simulate(
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     env = simpy.Environment()
     events = EngineEvents()
-    fleet = [Replica(env, config, events, timeout_s=timeout_s) for _ in range(replicas)]
+    fleet = [
+        Replica(env, config, events, timeout_s=timeout_s, jumps=jumps) for _ in range(replicas)
+    ]
     clients = _Clients(env, plan, fleet, config)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
@@ -233,6 +254,8 @@ def simulate(
     env.process(clients.arrivals(plan))
     horizon = _horizon(plan, timeout_s)
     env.run(until=horizon)
+    for replica in fleet:
+        replica.settle()
     records = clients.records
     for rec in records.values():
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
