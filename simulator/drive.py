@@ -129,6 +129,7 @@ class DriveLoop:
         self._now = now
         self._cold = cold and engine.config.cold_start_s > 0
         self._retime = retime
+        self.on_leave: Callable[[], None] | None = None  # called after sequences finish or abort
         self.ready = not self._cold
         self.steps = 0
         self.jumps = 0  # jumps made, and how many were cut short
@@ -165,6 +166,8 @@ class DriveLoop:
                 self._cut(now)
             self.engine.abort(seq)
             self.events.abort.fire(seq, now)
+            if self.on_leave is not None:
+                self.on_leave()
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
@@ -196,15 +199,18 @@ class DriveLoop:
 
     def _plan_jump(self, step: Step, now: float) -> float | None:
         """When a jump from the planned `step` on ends (None: no jump, just the step)."""
-        engine = self.engine
+        engine, deadlines = self.engine, self._deadlines
         n = engine.scheduler.quiet_steps(MAX_JUMP)
         if n < 2:
             return None
-        durations = engine.cost.decode_run(len(step.decode), step.context_tokens, n)
+        cost, decode, context = engine.cost, len(step.decode), step.context_tokens
+        if deadlines:  # the steps up to a deadline, in closed form, with a margin for rounding
+            n = min(n, cost.steps_within(decode, context, deadlines[0][0] - now) + 2)
+        durations = cost.decode_run(decode, context, n)
         ends = list(accumulate(durations, initial=now))
         del ends[0]
-        if self._deadlines:  # a deadline aborts at the end of the step running then
-            j = bisect_left(ends, self._deadlines[0][0])
+        if deadlines:  # a deadline aborts at the end of the step running then
+            j = bisect_left(ends, deadlines[0][0])
             if j < 1:
                 return None
             n = min(n, j + 1)
@@ -220,20 +226,29 @@ class DriveLoop:
             return
         engine, events, usage = self.engine, self.events, self.usage
         kv, scheduler = engine.kv, engine.scheduler
-        full = len(engine.running) >= engine.config.max_num_seqs
         used, blocks = kv.num_used, kv.num_blocks
         on_token = events.token.listeners
         if on_token:  # one step at a time: a listener may read the sequence's token count
+            taken = []
             for i in range(done, upto):
-                usage.add(durations[i], used / blocks, full)
-                used += scheduler.advance(1)[0]
+                taken += scheduler.advance(1)
                 for listener in on_token:
                     for seq in step.decode:
                         listener(seq, ends[i])
         else:
-            for i, taken in enumerate(scheduler.advance(upto - done), done):
-                usage.add(durations[i], used / blocks, full)
-                used += taken
+            taken = scheduler.advance(upto - done)
+        busy, kv_s, peak = usage.busy_s, usage.kv_s, usage.kv_peak  # as `Usage.add` each step
+        for seconds, more in zip(durations[done:upto], taken, strict=True):
+            busy += seconds
+            fraction = used / blocks
+            kv_s += fraction * seconds
+            if fraction > peak:
+                peak = fraction
+            used += more
+        if len(engine.running) >= engine.config.max_num_seqs:
+            for seconds in durations[done:upto]:
+                usage.full_s += seconds
+        usage.busy_s, usage.kv_s, usage.kv_peak = busy, kv_s, peak
         if events.tokens.listeners:
             events.tokens.fire(Tokens(step.decode, ends[done:upto]), ends[upto - 1])
         self.steps += upto - done
@@ -293,5 +308,7 @@ class DriveLoop:
                 events.first_token.fire_each(scheduler.first_tokens, now)
             if finished:
                 events.finish.fire_each(finished, now)
+                if self.on_leave is not None:
+                    self.on_leave()
             if on_step:
                 events.step.fire(step, now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from scenarios.records import RequestRecord
 from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Usage
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
+from simulator.least_loaded import LeastLoaded
 
 
 class Replica:
@@ -40,9 +41,19 @@ class Replica:
             self.engine, lambda: env.now, events, cold, self._retime if jumps else None
         )
         self._timeout_s = timeout_s
+        self.loop.on_leave = self._left
+        self.watch: Callable[[], None] | None = None  # told when the load may have changed
         self._commands = self.loop.run()
         self._timer: simpy.Event | None = None  # what calls `_next` back; None while idle
         self._wake()
+
+    @property
+    def load(self) -> int:
+        return len(self.engine.running) + len(self.engine.waiting)
+
+    def _left(self) -> None:
+        if self.watch is not None:
+            self.watch()
 
     @property
     def busy_time(self) -> float:
@@ -57,6 +68,8 @@ class Replica:
         if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
             deadline = self.env.now - self.engine.config.overhead_s + self._timeout_s
         self.loop.submit(seq, deadline)
+        if self.watch is not None:
+            self.watch()
         if self._timer is None:
             self._wake()
 
@@ -130,6 +143,7 @@ class _Clients:
         self.specs = {s.id: s for s in plan}
         self.followers = followers_of(plan)
         self._placed: dict[str, tuple[Seq, Replica]] = {}
+        self.router = LeastLoaded(fleet)
 
     def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -155,7 +169,7 @@ class _Clients:
         )
         self.records[spec.id] = rec
         seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
-        replica = min(self.fleet, key=lambda r: r.engine.load)
+        replica = self.router.pick()
         if not replica.engine.fits_ever(seq):
             rec.status, rec.error_kind, rec.end = "rejected", "context_length", self.env.now
             self._failed(spec, self.env.now)

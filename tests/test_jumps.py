@@ -130,3 +130,19 @@ def test_a_replica_jumps_and_arrivals_cut_its_jumps() -> None:
     assert jumped.loop.jumps >= 4 and jumped.loop.cuts >= 2
     assert jumped.loop.steps == stepped.loop.steps
     assert jumped.usage == stepped.usage
+
+
+@pytest.mark.parametrize(
+    "cost",
+    [StepCost(0.012, 0.0004, 0.00005), ContextStepCost(0.01, 0.0005, 0.00004, 0.0000013)],
+    ids=["linear", "context"],
+)
+def test_cost_models_price_a_decode_run_in_closed_form(cost: CostModel) -> None:
+    decode, context = 7, 1234
+    run = cost.decode_run(decode, context, 50)
+    assert run == [cost.duration(decode, 0, context + i * decode) for i in range(50)]
+    for n in (0, 1, 2, 17, 50):
+        assert cost.run_s(decode, context, n) == pytest.approx(sum(run[:n]), rel=1e-12)
+    for seconds in (0.0, run[0] * 0.999, run[0], sum(run[:17]) * 1.0000001, 0.3, 0.61):
+        n = cost.steps_within(decode, context, seconds)
+        assert cost.run_s(decode, context, n) <= seconds < cost.run_s(decode, context, n + 1)
