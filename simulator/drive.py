@@ -19,7 +19,9 @@ import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from itertools import accumulate
+from functools import reduce
+from itertools import accumulate, repeat
+from operator import add, mul, truediv
 from typing import Generic, TypeVar
 
 from simulator.engine import Engine, Sequence, Step
@@ -204,7 +206,7 @@ class DriveLoop:
         if n < 2:
             return None
         cost, decode, context = engine.cost, len(step.decode), step.context_tokens
-        if deadlines:  # the steps up to a deadline, in closed form, with a margin for rounding
+        if deadlines and n > 64:  # the steps up to a deadline (closed form, a rounding margin)
             n = min(n, cost.steps_within(decode, context, deadlines[0][0] - now) + 2)
         durations = cost.decode_run(decode, context, n)
         ends = list(accumulate(durations, initial=now))
@@ -228,6 +230,7 @@ class DriveLoop:
         kv, scheduler = engine.kv, engine.scheduler
         used, blocks = kv.num_used, kv.num_blocks
         on_token = events.token.listeners
+        taken: list[int]
         if on_token:  # one step at a time: a listener may read the sequence's token count
             taken = []
             for i in range(done, upto):
@@ -237,18 +240,14 @@ class DriveLoop:
                         listener(seq, ends[i])
         else:
             taken = scheduler.advance(upto - done)
-        busy, kv_s, peak = usage.busy_s, usage.kv_s, usage.kv_peak  # as `Usage.add` each step
-        for seconds, more in zip(durations[done:upto], taken, strict=True):
-            busy += seconds
-            fraction = used / blocks
-            kv_s += fraction * seconds
-            if fraction > peak:
-                peak = fraction
-            used += more
+        # as `Usage.add` would sum them step by step (reduce adds in order, as += does)
+        seconds = durations[done:upto]
+        fractions = list(map(truediv, accumulate(taken[:-1], initial=used), repeat(blocks)))
+        usage.busy_s = reduce(add, seconds, usage.busy_s)
+        usage.kv_s = reduce(add, map(mul, fractions, seconds), usage.kv_s)
+        usage.kv_peak = max(usage.kv_peak, fractions[-1])  # blocks only grow in a jump
         if len(engine.running) >= engine.config.max_num_seqs:
-            for seconds in durations[done:upto]:
-                usage.full_s += seconds
-        usage.busy_s, usage.kv_s, usage.kv_peak = busy, kv_s, peak
+            usage.full_s = reduce(add, seconds, usage.full_s)
         if events.tokens.listeners:
             events.tokens.fire(Tokens(step.decode, ends[done:upto]), ends[upto - 1])
         self.steps += upto - done

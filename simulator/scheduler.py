@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass
+from itertools import cycle, islice
 
 from simulator.kvcache import BlockKey, BlockManager, prefix_block_keys
 
@@ -373,8 +374,10 @@ class Scheduler:
     def advance(self, k: int) -> list[int]:
         """Apply `k` steps of a steady batch in which no sequence finishes and every block is at
         hand (see `quiet_steps`); returns the blocks taken at each."""
-        steps, bs, phases = self.steps.n, self.kv.block_size, self._phases
-        taken = [len(phases[(steps + i) % bs]) for i in range(1, k + 1)]
+        steps, bs = self.steps.n, self.kv.block_size
+        due = [len(p) for p in self._phases]  # blocks due at a step, by step % block_size
+        first = (steps + 1) % bs
+        taken = list(islice(cycle(due[first:] + due[:first]), k))
         if not self.kv.take(sum(taken)):
             raise RuntimeError(f"advance({k}) ran out of KV blocks")
         self.steps.n = steps + k
