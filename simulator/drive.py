@@ -144,6 +144,7 @@ class DriveLoop:
         self._durations: list[float] = []
         self._done = 0
         self._stop = 0
+        self._counted = -1  # the step in flight, once counted in usage
         self._step: Step | None = None
 
     @property
@@ -163,8 +164,10 @@ class DriveLoop:
         if seq.status == RUNNING or seq.status == WAITING:
             now = self._now()
             if self._ends is not None:
-                if seq.status == RUNNING:  # the steps it ran first
-                    self._apply(bisect_left(self._ends, now, self._done))
+                if seq.status == RUNNING:  # the steps it ran first, and the one in flight
+                    j = bisect_left(self._ends, now, self._done)
+                    self._apply(j)
+                    self._account(j)
                 self._cut(now)
             self.engine.abort(seq)
             self.events.abort.fire(seq, now)
@@ -194,10 +197,16 @@ class DriveLoop:
         j = bisect_left(ends, now, self._done)
         self._apply(j)
         if j <= self._stop:
+            self._account(j)
+        self._ends = self._step = None
+
+    def _account(self, i: int) -> None:
+        """Count the jump's step `i` in `usage` (once) with the KV use it was planned with."""
+        if self._counted != i:
+            self._counted = i
             kv, engine = self.engine.kv, self.engine
             full = len(engine.running) >= engine.config.max_num_seqs
-            self.usage.add(self._durations[j], kv.num_used / kv.num_blocks, full)
-        self._ends = self._step = None
+            self.usage.add(self._durations[i], kv.num_used / kv.num_blocks, full)
 
     def _plan_jump(self, step: Step, now: float) -> float | None:
         """When a jump from the planned `step` on ends (None: no jump, just the step)."""
@@ -217,7 +226,7 @@ class DriveLoop:
                 return None
             n = min(n, j + 1)
         self._ends, self._durations, self._step = ends, durations, step
-        self._done, self._stop = 0, n - 1
+        self._done, self._stop, self._counted = 0, n - 1, -1
         return ends[n - 1]
 
     def _apply(self, upto: int) -> None:
@@ -286,12 +295,11 @@ class DriveLoop:
                 yield Jump(until)
                 last = self._stop
                 self._apply(last)
+                self._account(last)
                 ends = self._ends
                 assert ends is not None
                 self._ends = self._step = None
                 now = ends[last]
-                seconds = self._durations[last]
-                usage.add(seconds, kv.num_used / kv.num_blocks, len(running) >= slots)
             else:
                 usage.add(step.duration, kv.num_used / kv.num_blocks, len(running) >= slots)
                 yield Sleep(step.duration)

@@ -117,16 +117,23 @@ def test_a_replica_jumps_and_arrivals_cut_its_jumps() -> None:
     stepped = Replica(env, TIGHT, stepped_events, jumps=False)
     jumped = Replica(env, TIGHT, jumped_events, jumps=True)
 
+    seqs: dict[Replica, list[Sequence]] = {stepped: [], jumped: []}
+
     def arrivals() -> Generator[simpy.Event, Any, None]:
         for i, (gap, out) in enumerate([(0.0, 200), (0.013, 150), (0.5, 100), (0.777, 50)]):
             yield env.timeout(gap)
             for replica in (stepped, jumped):
-                replica.submit(Sequence(f"r{i}", 60, out))
+                seqs[replica].append(Sequence(f"r{i}", 60, out))
+                replica.submit(seqs[replica][-1])
+        yield env.timeout(0.25)  # r1 leaves mid-jump, while decoding
+        for replica in (stepped, jumped):
+            replica.loop.abort(seqs[replica][1])
 
     env.process(arrivals())
     env.run()
     assert times["step"] == sorted(times["jump"], key=lambda t: t[1])
-    assert len(times["step"]) == 500
+    assert 300 < len(times["step"]) < 500
+    assert [s.generated for s in seqs[stepped]] == [s.generated for s in seqs[jumped]]
     assert jumped.loop.jumps >= 4 and jumped.loop.cuts >= 2
     assert jumped.loop.steps == stepped.loop.steps
     assert jumped.usage == stepped.usage
@@ -146,3 +153,14 @@ def test_cost_models_price_a_decode_run_in_closed_form(cost: CostModel) -> None:
     for seconds in (0.0, run[0] * 0.999, run[0], sum(run[:17]) * 1.0000001, 0.3, 0.61):
         n = cost.steps_within(decode, context, seconds)
         assert cost.run_s(decode, context, n) <= seconds < cost.run_s(decode, context, n + 1)
+
+
+def test_a_cold_replica_jumps_after_its_cold_start() -> None:
+    env = simpy.Environment()
+    events = EngineEvents()
+    first: list[float] = []
+    events.first_token.add_listener(lambda seq, now: first.append(now))
+    replica = Replica(env, dataclasses.replace(TIGHT, cold_start_s=2.0), events, cold=True)
+    replica.submit(Sequence("r0", 60, 100))
+    env.run()
+    assert first and first[0] > 2.0 and replica.loop.jumps > 0
