@@ -1,12 +1,25 @@
-"""Simulator speed: simulated requests and engine steps per wall-clock second.
+"""Simulator speed: simulated requests per wall-clock second, and one forecast-sized point.
 
-    python benchmarks/simulator_speed.py
+    python benchmarks/simulator_speed.py              # fleets of 1, 32 and 1,000 replicas
+    python benchmarks/simulator_speed.py --million    # ... and one point over 1,000,000 requests
+    python benchmarks/simulator_speed.py --stepping   # the same, stepping every engine step
 
-Prints one table; compare rows of one run (the machine is shared and noisy).
+Each fleet gets 6 requests/s per replica (continuous batching, 32 slots, answers of 20-200
+tokens: about 80% load); the `long` row has answers of 200-1000 tokens at 1 request/s per replica,
+where a batch changes less often a step. Each row runs in a fresh process (so its peak memory is
+its own) `--repeat` times and shows the fastest; req/s is per wall-clock second, req/cpu-s per
+second of the process's CPU time (steadier on a shared machine). `--stepping` runs the engine one
+step at a time (no jumps), as the simulator did before it jumped. Compare rows of one run.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import json
+import resource
+import subprocess
+import sys
 import time
 
 from scenarios.plan import build_plan
@@ -15,34 +28,83 @@ from simulator.engine import EngineConfig, StepCost
 from simulator.sim import simulate
 
 ENGINE = EngineConfig(max_num_seqs=32, cost=StepCost(0.015, 0.0008, 0.00006))
+SHORT = (6.0, 20, 200)  # requests/s per replica, answer tokens (uniform): about 80% load
+LONG = (1.0, 200, 1000)
+# (label, replicas, simulated seconds, workload)
+ROWS = [
+    ("1", 1, 4800.0, SHORT),
+    ("32", 32, 150.0, SHORT),
+    ("1000", 1000, 8.0, SHORT),
+    ("32 long", 32, 900.0, LONG),
+]
+MILLION = ("256 (1M)", 256, 651.0, SHORT)  # a forecast slice of 256 replicas: ~1,000,000 requests
+Workload = tuple[float, int, int]
 
 
-def scenario(rate: float, duration: float) -> dict[str, object]:
+def scenario(rate: float, duration: float, low: int, high: int) -> dict[str, object]:
     return {
         "name": "bench",
         "traffic": {"rate": rate, "duration_s": duration, "seed": 1},
         "workload": {
             "prompt_tokens": {"dist": "lognormal", "median": 200, "sigma": 0.6},
-            "output_tokens": {"dist": "uniform", "low": 20, "high": 200},
+            "output_tokens": {"dist": "uniform", "low": low, "high": high},
         },
     }
 
 
+def run_point(replicas: int, duration: float, work: Workload, stepping: bool) -> dict[str, float]:
+    """One simulation in this process: its size, wall and CPU seconds, peak memory (MiB, RSS)."""
+    rate, low, high = work
+    plan = build_plan(parse_scenario(scenario(rate * replicas, duration, low, high)))
+    kw = {"jumps": False} if stepping else {}
+    if "jumps" not in inspect.signature(simulate).parameters:  # an older simulator
+        kw = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = simulate(plan, ENGINE, replicas=replicas, record_chunks=False, **kw)  # type: ignore[arg-type]
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    ok = sum(r.status == "ok" for r in result.records)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"requests": len(plan), "ok": ok, "wall": wall, "cpu": cpu, "peak_mib": peak}
+
+
 def main() -> None:
-    print(
-        f"{'replicas':>8} {'rate/s':>8} {'requests':>9} {'chunks':>6} {'wall s':>7} "
-        f"{'req/s':>8} {'tokens/s':>10}"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--million", action="store_true", help="add the 1,000,000-request point")
+    parser.add_argument("--stepping", action="store_true", help="one engine step at a time")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", help="run the rows with this label")
+    parser.add_argument("--point", help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    rows = [*ROWS, MILLION]
+    if a.point:
+        _, replicas, duration, work = next(r for r in rows if r[0] == a.point)
+        print(json.dumps(run_point(replicas, duration, work, a.stepping)))
+        return
+    rows = (
+        [r for r in rows if r[0] == a.only] if a.only else ROWS + ([MILLION] if a.million else [])
     )
-    for replicas, rate, chunks in [(1, 8, True), (1, 8, False), (8, 64, False), (32, 256, False)]:
-        plan = build_plan(parse_scenario(scenario(rate, 60)))
-        t0 = time.perf_counter()
-        records = simulate(plan, ENGINE, replicas=replicas, record_chunks=chunks).records
-        wall = time.perf_counter() - t0
-        tokens = sum(r.output_tokens or 0 for r in records)
+    print(
+        f"{'replicas':>9} {'requests':>9} {'ok':>8} {'wall s':>7} {'req/s':>7} {'cpu s':>7} "
+        f"{'req/cpu-s':>9} {'peak MiB':>8}"
+    )
+    for label, *_ in rows:
+        repeat = 1 if label == MILLION[0] else a.repeat
+        runs = [_subprocess(label, a.stepping) for _ in range(repeat)]
+        best = min(runs, key=lambda r: r["cpu"])
+        n = best["requests"]
         print(
-            f"{replicas:8d} {rate:8g} {len(plan):9d} {chunks!s:>6} {wall:7.2f} "
-            f"{len(plan) / wall:8.0f} {tokens / wall:10.0f}"
+            f"{label:>9} {n:9.0f} {best['ok']:8.0f} {best['wall']:7.2f} {n / best['wall']:7.0f} "
+            f"{best['cpu']:7.2f} {n / best['cpu']:9.0f} {best['peak_mib']:8.0f}"
         )
+
+
+def _subprocess(label: str, stepping: bool) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--point", label]
+    out = subprocess.run(cmd + (["--stepping"] if stepping else []), capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr)
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
 
 
 if __name__ == "__main__":

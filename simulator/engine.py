@@ -77,6 +77,10 @@ class Engine:
         self._capacity = self.kv.num_blocks * self.kv.block_size  # tokens
 
     @property
+    def cost(self) -> StepCostModel:
+        return self._cost
+
+    @property
     def kv_used(self) -> int:
         """KV tokens the held blocks can store."""
         return self.kv.num_used * self.kv.block_size

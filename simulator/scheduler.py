@@ -17,8 +17,10 @@ block size), looking at them one by one only when the free blocks do not suffice
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
+from itertools import cycle, islice
 
 from simulator.kvcache import BlockKey, BlockManager, prefix_block_keys
 
@@ -167,6 +169,7 @@ class Scheduler:
         # decoding sequences whose next block is due when steps % block_size == phase
         self._phases: list[dict[Sequence, None]] = [{} for _ in range(kv.block_size)]
         self._wakes: dict[int, list[Sequence]] = {}  # step -> sequences to wake then
+        self._wake_steps: list[int] = []  # the keys of _wakes, a heap (past ones removed lazily)
         self._need_block: dict[Sequence, None] = {}  # decoding, their blocks full
         self._decode_context = 0  # sum of prompt + generated over the decoding sequences
         self._aborted = False  # a running sequence was aborted since the last update
@@ -184,6 +187,7 @@ class Scheduler:
         wakes = self._wakes.get(step)
         if wakes is None:
             self._wakes[step] = [seq]
+            heapq.heappush(self._wake_steps, step)
         else:
             wakes.append(seq)
         self._grow(seq)
@@ -341,6 +345,45 @@ class Scheduler:
             budget -= n
             admitted += 1
         return admitted
+
+    def steady(self) -> bool:
+        """Whether the next steps repeat the last planned one while no sequence arrives, leaves
+        or lacks a block: only decoding, nothing to admit (none waits, or no slot is free)."""
+        return (
+            not self.prefilling
+            and not self._need_block
+            and (not self.waiting or len(self.running) >= self.config.max_num_seqs)
+        )
+
+    def quiet_steps(self, limit: int) -> int:
+        """Of the next `limit` steps of a steady batch, how many run up to and including the
+        first that changes it: one where a sequence finishes or the free blocks fall short."""
+        steps, heap = self.steps.n, self._wake_steps
+        while heap and heap[0] <= steps:
+            heapq.heappop(heap)
+        n = heap[0] - steps if heap and heap[0] - steps < limit else limit
+        bs, free, phases = self.kv.block_size, self.kv.num_free, self._phases
+        if len(self.decoding) * (n // bs + 1) <= free:
+            return n  # even a full block for each sequence every block_size steps fits
+        for i in range(1, n + 1):
+            free -= len(phases[(steps + i) % bs])
+            if free < 0:
+                return i
+        return n
+
+    def advance(self, k: int) -> list[int]:
+        """Apply `k` steps of a steady batch in which no sequence finishes and every block is at
+        hand (see `quiet_steps`); returns the blocks taken at each."""
+        steps, bs = self.steps.n, self.kv.block_size
+        due = [len(p) for p in self._phases]  # blocks due at a step, by step % block_size
+        first = (steps + 1) % bs
+        taken = list(islice(cycle(due[first:] + due[:first]), k))
+        if not self.kv.take(sum(taken)):
+            raise RuntimeError(f"advance({k}) ran out of KV blocks")
+        self.steps.n = steps + k
+        self._decode_context += k * len(self.decoding)
+        self.first_tokens = []
+        return taken
 
     def _finish(self, seq: Sequence, finished: list[Sequence]) -> None:
         seq.status = FINISHED

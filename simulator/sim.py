@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,17 +13,19 @@ import simpy
 
 from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
-from simulator.drive import DriveLoop, EngineEvents, Sleep
+from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Usage
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
 from simulator.fleet import Fleet, FleetConfig, FleetStats
 
 
 class Replica:
-    """One engine on SimPy's clock: the drive loop's sleeps become SimPy timeouts and events.
+    """One engine on SimPy's clock: the drive loop's commands become SimPy timeouts, each calling
+    back to take the next command (no SimPy process: a jump cut short drops its timer's callback).
 
     A `cold` replica serves only after the engine's cold_start_s (a replica just scaled up). A
     request submitted `overhead_s` after it was sent is aborted `timeout_s` after it was sent.
+    With `jumps` off the engine is stepped one step at a time (the same results, slower).
     """
 
     def __init__(
@@ -32,18 +35,35 @@ class Replica:
         events: EngineEvents,
         cold: bool = False,
         timeout_s: float | None = None,
+        jumps: bool = True,
     ):
         self.env = env
         self.engine = Engine(config)
-        self.loop = DriveLoop(self.engine, lambda: env.now, events, cold)
+        self.loop = DriveLoop(
+            self.engine, lambda: env.now, events, cold, self._retime if jumps else None
+        )
         self._timeout_s = timeout_s
-        self._wake: simpy.Event | None = None
-        self.usage = Usage()
-        env.process(self._run())
+        self.loop.on_leave = self._left
+        self.watch: Callable[[], None] | None = None  # told when the load may have changed
+        self._commands = self.loop.run()
+        self._timer: simpy.Event | None = None  # what calls `_next` back; None while idle
+        self._wake()
+
+    @property
+    def load(self) -> int:
+        return len(self.engine.running) + len(self.engine.waiting)
+
+    def _left(self) -> None:
+        if self.watch is not None:
+            self.watch()
 
     @property
     def busy_time(self) -> float:
         return self.loop.busy_s
+
+    @property
+    def usage(self) -> Usage:
+        return self.loop.usage
 
     def submit(self, seq: Seq, sent: float | None = None) -> None:
         """Queue `seq`, sent at `sent` (default: overhead_s ago; later for a fleet's queue)."""
@@ -53,39 +73,49 @@ class Replica:
                 sent = self.env.now - self.engine.config.overhead_s
             deadline = sent + self._timeout_s
         self.loop.submit(seq, deadline)
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
+        if self.watch is not None:
+            self.watch()
+        if self._timer is None:
+            self._wake()
 
-    def _run(self) -> Generator[simpy.Event, Any, None]:
-        env, engine, usage = self.env, self.engine, self.usage
-        kv, slots = engine.kv, engine.config.max_num_seqs
-        for command in self.loop.run():
-            if isinstance(command, Sleep):  # a step: the state it runs in
-                usage.add(
-                    command.seconds, kv.num_used / kv.num_blocks, len(engine.running) >= slots
-                )
-                yield env.timeout(command.seconds)
-            else:
-                self._wake = env.event()
-                yield self._wake
+    def _wake(self) -> None:
+        self._timer = event = self.env.event()
+        event.callbacks.append(self._next)
+        event.succeed()
+
+    def _next(self, _: simpy.Event) -> None:
+        command = next(self._commands)
+        env = self.env
+        if type(command) is Sleep:
+            timer = env.timeout(command.seconds)
+        elif type(command) is Jump:
+            timer = env.timeout(_delay(env.now, command.until))
+        else:
+            self._timer = None
+            return
+        timer.callbacks.append(self._next)
+        self._timer = timer
+
+    def settle(self) -> None:
+        """At the end of a run: the steps of a jump in flight that ended count (see DriveLoop)."""
+        self.loop.settle(self.env.now)
+
+    def _retime(self, until: float) -> None:
+        """The jump in flight now ends at `until`."""
+        assert self._timer is not None and self._timer.callbacks is not None
+        self._timer.callbacks.clear()
+        self._timer = timer = self.env.timeout(_delay(self.env.now, until))
+        timer.callbacks.append(self._next)
 
 
-@dataclass
-class Usage:
-    """What one replica's steps ran with: seconds stepping, KV use (peak, and its integral over
-    the stepping time) and seconds with every batch slot taken."""
-
-    busy_s: float = 0.0
-    kv_peak: float = 0.0  # fraction of the KV blocks
-    kv_s: float = 0.0  # KV fraction x seconds
-    full_s: float = 0.0
-
-    def add(self, seconds: float, kv: float, full: bool) -> None:
-        self.busy_s += seconds
-        self.kv_s += kv * seconds
-        self.kv_peak = max(self.kv_peak, kv)
-        if full:
-            self.full_s += seconds
+def _delay(now: float, at: float) -> float:
+    """The delay that SimPy adds to `now` to land on `at` exactly (as steps summed one by one)."""
+    delay = at - now
+    while now + delay < at:
+        delay = math.nextafter(delay, math.inf)
+    while now + delay > at:
+        delay = math.nextafter(delay, -math.inf)
+    return delay
 
 
 @dataclass(frozen=True)
@@ -280,6 +310,7 @@ def simulate(
     timeout_s: float = 60.0,
     record_chunks: bool = True,
     fleet: FleetConfig | None = None,
+    jumps: bool = True,
 ) -> SimResult:
     """Run `plan` through `replicas` engines behind a router (join-shortest-queue by default;
     `fleet` sets the routing, an admission limit, a central queue and an autoscaler, with which
@@ -289,7 +320,8 @@ def simulate(
     recorded as a timeout, as the load generator records one. Sessions unfold as the load
     generator sends them: a follow-up leaves its think time after the turn it follows ended
     well (none after a failed or abandoned turn), and a user whose first token takes longer
-    than its patience cancels.
+    than its patience cancels. With `jumps` off, engines step one step at a time (the same
+    results, slower: the reference for the jumps' exactness).
     """
     fleet = fleet or FleetConfig()
     scaler = fleet.autoscaler
@@ -301,7 +333,7 @@ def simulate(
     events = EngineEvents()
 
     def make(engine: EngineConfig, cold: bool) -> Replica:
-        return Replica(env, engine, events, cold=cold, timeout_s=timeout_s)
+        return Replica(env, engine, events, cold=cold, timeout_s=timeout_s, jumps=jumps)
 
     def expired(seq: Seq, now: float) -> None:  # timed out in the fleet's queue
         clients.on_abort(seq, now)
@@ -317,6 +349,8 @@ def simulate(
     pool.start_autoscaler(lambda: clients.outstanding > 0)
     horizon = _horizon(plan, timeout_s)
     env.run(until=horizon)
+    for member in pool.history:
+        member.replica.settle()
     records = clients.records
     for rec in records.values():
         if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):

@@ -122,7 +122,7 @@ def test_an_autoscaled_fleet_is_forecast_beside_the_fixed_one() -> None:
     assert 1 <= auto.mean_replicas.mean < auto.peak_replicas.high
     assert auto.mean_replicas.mean < point.best.replicas  # quiet most of the window
     cost = point.autoscaled_cost_per_month_usd
-    assert cost == pytest.approx(auto.mean_replicas.mean * 2.0 * 730)
+    assert cost is not None and cost == pytest.approx(auto.mean_replicas.mean * 2.0 * 730)
     assert point.cost_per_month_usd is not None and cost < point.cost_per_month_usd
     assert "autoscaled mean / peak" in forecast_table([point])
     again = points_from_dicts(points_to_dict([point])["points"])[0]
