@@ -377,7 +377,12 @@ def _target_arg(a: argparse.Namespace) -> str | None:
     return None if a.target == LLAMA else a.target
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_target(a: argparse.Namespace) -> int:
+    import signal
     import time
 
     from targets.llama_launch import LlamaOptions, launch, prepare
@@ -388,6 +393,7 @@ def cmd_target(a: argparse.Namespace) -> int:
         binary, model = prepare(options, say)
         _print(f"binary: {binary}\nmodel: {model}")
         return EXIT_OK
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
     server = launch(options, a.alias, say)
     try:
         limits = server.limits

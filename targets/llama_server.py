@@ -6,10 +6,13 @@ reads `/props` into `server.limits`, and on exit terminates the process (then ki
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -107,6 +110,12 @@ def probe_limits(base_url: str, timeout_s: float = 2.0) -> ServerLimits | None:
         return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when surgecast dies, even by SIGKILL."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -174,6 +183,7 @@ class LlamaServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the terminal reaches surgecast, not it
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         self.base_url = f"http://{cfg.host}:{port}/v1"
         self._wait_healthy(started)
