@@ -26,6 +26,8 @@ import pytest
 from loadgen.client import Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
 from scenarios.text import make_prompt
+from surgecast.pipeline import calibrate_runs
+from surgecast.rundir import RunFolder
 from targets.gguf_model import ensure_model, vocabulary
 from targets.llama_build import BuildError, cached_server, ensure_server
 from targets.llama_server import (
@@ -186,7 +188,9 @@ def test_run_reads_batch_limits_from_an_external_llama_server(
     llama: LlamaServer, tmp_path: Path
 ) -> None:
     data = scenario_dict(
-        traffic={"rate": 3, "duration_s": 3, "seed": 2},
+        # lenient lateness and SLOs: a stall of the noisy machine must not fail this test
+        traffic={"rate": 3, "duration_s": 3, "seed": 2, "max_lateness_ms": 5000},
+        slos={"ttft": "p(95) < 30000"},
         workload={
             "prompt_tokens": {"dist": "uniform", "low": 20, "high": 120},
             "output_tokens": {"dist": "uniform", "low": 8, "high": 24},
@@ -211,6 +215,13 @@ def test_run_reads_batch_limits_from_an_external_llama_server(
     assert "ASSUMED" not in cal.stdout + cal.stderr
     engine = json.loads((tmp_path / "cal.json").read_text())["engine"]
     assert (engine["max_num_seqs"], engine["kv_cache_tokens"]) == (SLOTS, CTX)
+    # without the server's limits, only the limit the command line did not give is "assumed"
+    meta = json.loads((out / "run.json").read_text())
+    del meta["target"]["limits"]
+    (out / "run.json").write_text(json.dumps(meta))
+    notes = calibrate_runs([RunFolder(out)], max_num_seqs=3).notes
+    assumed = [n for n in notes if "ASSUMED" in n]
+    assert len(assumed) == 1 and "KV cache" in assumed[0] and "max_num_seqs" not in assumed[0]
 
 
 def test_server_killed_mid_run_makes_the_run_invalid(
