@@ -172,6 +172,15 @@ def test_missing_binary_gives_a_clear_error(tmp_path: Path, llama_files: tuple[P
     assert "Traceback" not in result.stderr
 
 
+def test_build_without_a_compiler_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cmake, no compiler
+    with pytest.raises(BuildError, match=r"cmake, c\+\+, cc not found.*apt-get install"):
+        ensure_server(build=True, cache=tmp_path)
+    assert not cached_server(tmp_path).exists()
+
+
 def test_a_server_that_cannot_start_gives_its_log(
     tmp_path: Path, llama_files: tuple[Path, Path]
 ) -> None:
