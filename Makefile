@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/surgecast pipeline scenarios/chatbot.yaml
 
-# llama.cpp's server (built once from the llama-cpp-python sdist, ~6 min on 2 cores; cached under
+# llama.cpp's server (built once from the llama-cpp-python sdist, several minutes on 2 cores; cached under
 # $$SURGECAST_CACHE or ~/.cache/surgecast) and its tiny random-weight model, for the real-engine tests.
 llama-server: $(STAMP)
 	$(BIN)/surgecast target llama-server --build --no-start

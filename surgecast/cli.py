@@ -128,7 +128,7 @@ def _llama_flags(p: argparse.ArgumentParser, standalone: bool = False) -> None:
     g.add_argument(
         "--build",
         action="store_true",
-        help="build llama-server if it is not cached (about 6 min on 2 cores; "
+        help="build llama-server if it is not cached (several minutes on 2 cores; "
         "or run `make llama-server` once)",
     )
 

@@ -67,7 +67,7 @@ def ensure_server(
     if not build:
         raise BuildError(
             f"llama-server is not built ({binary} is missing): run `make llama-server` "
-            "or pass --build (about 6 minutes on 2 cores)"
+            "or pass --build (several minutes on 2 cores)"
         )
     folder = binary.parent
     with file_lock(folder / ".build.lock"):
@@ -75,7 +75,7 @@ def ensure_server(
             return binary
         _check_tools()
         started = time.monotonic()
-        say(f"building llama-server from llama-cpp-python=={version} (about 6 min on 2 cores)")
+        say(f"building llama-server from llama-cpp-python=={version} (several minutes on 2 cores)")
         with tempfile.TemporaryDirectory(dir=folder, prefix="build-") as tmp:
             work = Path(tmp)
             source = _fetch_sources(version, work, say)

@@ -24,7 +24,7 @@ class LlamaOptions:
     threads: int = 2
     model_size: str = "tiny"
     seed: int = 0
-    build: bool = False  # build the binary when it is not cached (about 6 min on 2 cores)
+    build: bool = False  # build the binary when it is not cached (several minutes on 2 cores)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,7 @@
 """A real llama.cpp llama-server on loopback: launch, limits, streaming records, failures.
 
 The binary is built once (`make llama-server`, which `make test` runs first) and cached; the
-session fixture restores it, or builds it when missing (about 6 min on 2 cores, hence the long
+session fixture restores it, or builds it when missing (several minutes on 2 cores, hence the long
 module timeout). Request counts are small and every tolerance is wide enough for a noisy 2-core
 machine.
 """
