@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean llama-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/surgecast pipeline scenarios/chatbot.yaml
 
-test: $(STAMP)
+# llama.cpp's server (built once from the llama-cpp-python sdist, several minutes on 2 cores; cached under
+# $$SURGECAST_CACHE or ~/.cache/surgecast) and its tiny random-weight model, for the real-engine tests.
+llama-server: $(STAMP)
+	$(BIN)/surgecast target llama-server --build --no-start
+
+test: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -1,7 +1,8 @@
 """The `surgecast` command line.
 
 Exit codes: 0 pass; 2 bad input (scenario, file, flag); 3 run invalid (generator fell behind,
-target unreachable); 99 an SLO gate failed; 130 interrupted.
+target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO gate
+failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scenarios.corpora import CorpusError
 from scenarios.spec import (
     Scenario,
     ScenarioError,
+    Target,
     TargetFaults,
     check_base_url,
     load_scenario,
@@ -29,10 +31,15 @@ from scenarios.traces import TraceError
 from scenarios.traffic import PlanTooLarge
 from simulator.launch import TargetStartError
 from surgecast import __version__
+from targets.llama_build import BuildError
+from targets.llama_server import LlamaServerError
 
 if TYPE_CHECKING:
     from simulator.calibrate import Calibration
     from surgecast.pipeline import RunOutcome
+    from targets.llama_launch import LlamaOptions
+
+LLAMA = "llama-server"  # --target value: surgecast starts llama-server on loopback
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_SLO, EXIT_INTERRUPTED = 0, 2, 3, 99, 130
 
@@ -65,6 +72,10 @@ def _url(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{e}; got {text!r}") from None
 
 
+def _target_url(text: str) -> str:
+    return LLAMA if text == LLAMA else _url(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: any free), got {text!r}")
@@ -88,6 +99,41 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _llama_flags(p: argparse.ArgumentParser, standalone: bool = False) -> None:
+    """Flags of the llama-server surgecast starts (defaults None in run/pipeline: see _llama)."""
+    g = p.add_argument_group(
+        "llama-server" if standalone else "llama-server (with --target llama-server)"
+    )
+    g.add_argument(
+        "--slots",
+        type=_count,
+        default=4 if standalone else None,
+        help="parallel sequences, batched continuously (-np; 1 is a FIFO server; default 4)",
+    )
+    g.add_argument(
+        "--ctx",
+        type=_count,
+        default=4096 if standalone else None,
+        help="KV-cache tokens in all, split evenly across the slots (-c; default 4096)",
+    )
+    g.add_argument(
+        "--threads", type=_count, default=2 if standalone else None, help="CPU threads (default 2)"
+    )
+    g.add_argument(
+        "--model-size",
+        choices=["tiny", "small"],
+        default="tiny" if standalone else None,
+        help="random-weight model written locally: tiny (2 layers, hidden 256; fast) or small "
+        "(8 layers, hidden 1024, ~100 M parameters; compute-bound, for calibration)",
+    )
+    g.add_argument(
+        "--build",
+        action="store_true",
+        help="build llama-server if it is not cached (several minutes on 2 cores; "
+        "or run `make llama-server` once)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="surgecast",
@@ -106,14 +152,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="scenario YAML file (see scenarios/)")
     s.add_argument(
         "--target",
-        type=_url,
-        help="base URL of an OpenAI-compatible API (default: scenario's, "
-        "else the built-in reference target)",
+        type=_target_url,
+        help="base URL of an OpenAI-compatible API, or llama-server to start one on loopback "
+        "(default: scenario's, else the built-in reference target)",
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
     _duration_flag(s)
     _limit_flags(s)
+    _llama_flags(s)
 
     s = sub.add_parser(
         "run",
@@ -122,11 +169,17 @@ def _parser() -> argparse.ArgumentParser:
         "record every request to <out>/requests.jsonl.",
     )
     s.add_argument("scenario")
-    s.add_argument("--target", type=_url, help="base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument(
+        "--target",
+        type=_target_url,
+        help="base URL, e.g. http://127.0.0.1:8000/v1, or llama-server to start one on loopback "
+        "(its batch limits are read from its /props)",
+    )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     _duration_flag(s)
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    _llama_flags(s)
 
     s = sub.add_parser(
         "plan",
@@ -174,6 +227,33 @@ def _parser() -> argparse.ArgumentParser:
         "--exit-with-parent",
         action="store_true",
         help="also stop when stdin closes (used when surgecast starts the target)",
+    )
+
+    s = sub.add_parser(
+        "target",
+        help="build (or restore) and start a real engine on loopback",
+        description="Start a real inference engine on 127.0.0.1 and print its URL; "
+        "Ctrl-C stops it.",
+    )
+    engines = s.add_subparsers(dest="engine", required=True, metavar="ENGINE")
+    e = engines.add_parser(
+        "llama-server",
+        help="llama.cpp's llama-server with a tiny random-weight model",
+        description="Build llama-server from the llama-cpp-python sdist once (cached under "
+        "$SURGECAST_CACHE or ~/.cache/surgecast), write a random-weight GGUF model, start "
+        "the server on a free loopback port, print its URL and limits (from /props), and "
+        "serve until Ctrl-C. Nothing is downloaded but the sdist, from PyPI.",
+    )
+    _llama_flags(e, standalone=True)
+    e.add_argument(
+        "--alias",
+        default=Target.model_fields["model"].default,
+        help="model name /v1/models lists (default: the scenarios' default, %(default)s)",
+    )
+    e.add_argument(
+        "--no-start",
+        action="store_true",
+        help="only build or restore the binary and the model, print their paths, and exit",
     )
 
     s = sub.add_parser(
@@ -326,6 +406,61 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _llama(a: argparse.Namespace) -> LlamaOptions | None:
+    """The llama-server to start for run/pipeline (--target llama-server), else None."""
+    from targets.llama_launch import LlamaOptions
+
+    flags = {"slots": a.slots, "ctx": a.ctx, "threads": a.threads, "model_size": a.model_size}
+    if a.target != LLAMA:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        if a.build:
+            given.append("--build")
+        if given:
+            raise BadInput(f"{', '.join(given)}: only with --target {LLAMA}")
+        return None
+    return LlamaOptions(**{k: v for k, v in flags.items() if v is not None}, build=a.build)
+
+
+def _target_arg(a: argparse.Namespace) -> str | None:
+    return None if a.target == LLAMA else a.target
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_target(a: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from targets.llama_launch import LlamaOptions, launch, prepare
+
+    options = LlamaOptions(a.slots, a.ctx, a.threads, a.model_size, build=a.build)
+    say = _print
+    if a.no_start:
+        binary, model = prepare(options, say)
+        _print(f"binary: {binary}\nmodel: {model}")
+        return EXIT_OK
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
+    server = launch(options, a.alias, say)
+    try:
+        limits = server.limits
+        assert limits is not None
+        _print(
+            f"llama-server listening on {server.base_url} (model {a.alias!r}, started in "
+            f"{server.startup_s:.2f} s): {limits.total_slots} slots x {limits.n_ctx_slot} "
+            f"tokens of context; metrics at {server.base_url.removesuffix('/v1')}/metrics"
+        )
+        _print(f"use it: surgecast run SCENARIO --target {server.base_url}; Ctrl-C stops it")
+        while server.alive():
+            time.sleep(0.5)
+        raise LlamaServerError(server.death_message("stopped"))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        server.close()
+
+
 def _run_exit(outcome: RunOutcome) -> int:
     from surgecast.tables import summary_tables
 
@@ -342,7 +477,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     from surgecast.report import render
 
     scenario = _scenario(a)
-    outcome = run_load(scenario, a.scenario, target_url=a.target, out=a.out, progress=not a.quiet)
+    llama = _llama(a)
+    outcome = run_load(
+        scenario,
+        a.scenario,
+        target_url=_target_arg(a),
+        out=a.out,
+        progress=not a.quiet,
+        llama=llama,
+    )
     if not a.no_report:
         html, _ = render(outcome.folder)
         _print(f"report: {html}")
@@ -537,7 +680,8 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from surgecast.tables import backtest_table, calibration_table, forecast_table
 
     scenario = _scenario(a)
-    outcome = pl.run_load(scenario, a.scenario, target_url=a.target, out=a.out)
+    llama = _llama(a)
+    outcome = pl.run_load(scenario, a.scenario, target_url=_target_arg(a), out=a.out, llama=llama)
     folder = outcome.folder
     code = _run_exit(outcome)
     if outcome.valid:
@@ -570,6 +714,7 @@ COMMANDS = {
     "run": cmd_run,
     "plan": cmd_plan,
     "serve": cmd_serve,
+    "target": cmd_target,
     "calibrate": cmd_calibrate,
     "backtest": cmd_backtest,
     "simulate": cmd_simulate,
@@ -600,6 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (TargetUnreachable, TargetStartError) as e:
         print(f"error: target unreachable: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except (BuildError, LlamaServerError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted: records written so far are kept", file=sys.stderr)

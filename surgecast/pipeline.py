@@ -50,6 +50,9 @@ from simulator.sim import simulate
 from surgecast.planview import messiness_table
 from surgecast.progressbar import ForecastBar
 from surgecast.rundir import RunFolder, machine, new_run_id, versions
+from targets.llama_build import BuildError
+from targets.llama_launch import LlamaOptions, engine_limits, launch, limits_dict
+from targets.llama_server import LlamaServer, LlamaServerError, probe_limits
 
 Say = Callable[[str], None]
 UNREACHABLE = {"connection_refused", "connection_error"}
@@ -141,11 +144,28 @@ def invalid_reasons(
     return reasons
 
 
+@dataclass
+class _Live:
+    """The target of a run: its URL, and the llama-server process when surgecast started one."""
+
+    base_url: str
+    llama: LlamaServer | None = None
+
+
 @contextlib.contextmanager
-def _target(scenario: Scenario, target_url: str | None) -> Iterator[str]:
+def _target(
+    scenario: Scenario, target_url: str | None, llama: LlamaOptions | None, say: Say
+) -> Iterator[_Live]:
+    if llama is not None:
+        server = launch(llama, scenario.target.model, say)
+        try:
+            yield _Live(server.base_url, server)
+        finally:
+            server.close()
+        return
     url = target_url or scenario.target.base_url
     if url:
-        yield url
+        yield _Live(url)
         return
     spec = scenario.reference_target
     with ReferenceTargetProcess(
@@ -154,7 +174,7 @@ def _target(scenario: Scenario, target_url: str | None) -> Iterator[str]:
         faults=spec.faults,
         stream_interval=spec.stream_interval,
     ) as base_url:
-        yield base_url
+        yield _Live(base_url)
 
 
 def run_load(
@@ -165,20 +185,26 @@ def run_load(
     out: str | Path | None = None,
     say: Say = say_stderr,
     progress: bool = True,
+    llama: LlamaOptions | None = None,
 ) -> RunOutcome:
-    """Send the scenario's plan to the target (the reference target when none is given)."""
+    """Send the scenario's plan to the target (the reference target when none is given).
+
+    With `llama`, surgecast starts llama-server on loopback (built or restored) and reads its
+    batch limits from /props; an external llama-server's limits are read the same way.
+    """
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     plan = build_plan(scenario)  # bad traces, corpora and sizes fail here, before any folder
     salt = run_salt() if scenario.target.salt_prompts else ""
     prompts = SizedPrompts(scenario, scenario.base_dir or Path(scenario_file).parent, salt)
     folder = _folder(scenario, out)
-    external = bool(target_url or scenario.target.base_url)
+    external = llama is None and bool(target_url or scenario.target.base_url)
+    kind = "llama-server" if llama else "external" if external else "reference"
     target_meta: dict[str, Any] = {
-        "kind": "external" if external else "reference",
-        "base_url": target_url or scenario.target.base_url,
+        "kind": kind,
+        "base_url": None if llama else target_url or scenario.target.base_url,
         "prompt_salt": salt or None,
     }
-    if not external:
+    if kind == "reference":
         target_meta["engine"] = engine_from_spec(scenario.reference_target).to_dict()
     _write_meta(
         folder, scenario, scenario_file, len(plan), target_meta, status="running", source="measured"
@@ -188,13 +214,19 @@ def run_load(
         f"{scenario.traffic.duration_s:g} s, {scenario.traffic.describe()} "
         f"(seed {scenario.traffic.seed})"
     )
+    died: list[str] = []
     try:
-        with _target(scenario, target_url) as base_url:
+        with _target(scenario, target_url, llama, say) as live:
+            base_url = live.base_url
             target_meta["base_url"] = base_url
-            folder.update_meta(target=target_meta)
-            if not external:
-                say(f"reference target up at {base_url}")
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
+            if live.llama is not None:
+                endpoint = _llama_target(live.llama, target_meta, endpoint, say)
+            elif external:
+                _probe_external(base_url, target_meta, say)
+            else:
+                say(f"reference target up at {base_url}")
+            folder.update_meta(target=target_meta)
             preflight(endpoint)
             probes = probe_sizes(endpoint, prompts, scenario.mix()[0].name)
             folder.update_meta(
@@ -215,13 +247,15 @@ def run_load(
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
             records = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
+            if live.llama is not None and not live.llama.alive():
+                died.append(live.llama.death_message("died during the run"))
             mess = messiness_table(prompts)
             if mess:
                 say(
                     f"messiness of the text sent (each persona's first {KEPT_TEXTS} messages):\n"
                     + mess
                 )
-    except (TargetUnreachable, MissingModel) as e:
+    except (TargetUnreachable, MissingModel, BuildError, LlamaServerError) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
         )
@@ -236,7 +270,7 @@ def run_load(
     summary = summarize(
         records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
-    reasons = invalid_reasons(scenario, records, summary, len(plan))
+    reasons = invalid_reasons(scenario, records, summary, len(plan)) + died
     cache = unplanned_cache_warning(summary.tokens, shareable_prompt_share(plan))
     if cache:
         say(f"warning: {cache}")
@@ -248,6 +282,42 @@ def run_load(
         warnings=[cache] if cache else [],
     )
     return RunOutcome(folder, summary, reasons)
+
+
+def _llama_target(
+    server: LlamaServer, meta: dict[str, Any], endpoint: Endpoint, say: Say
+) -> Endpoint:
+    """Record the launched server's limits; its random model's EOS is ignored (planned lengths)."""
+    limits = engine_limits(server)
+    assert server.limits is not None
+    meta["limits"] = limits
+    meta["llama_server"] = {
+        **server.limits.to_dict(),
+        "binary": str(server.config.binary),
+        "model": str(server.config.model),
+        "ctx": server.config.ctx,
+        "threads": server.config.threads,
+        "startup_s": round(server.startup_s, 3),
+    }
+    say(
+        f"llama-server up at {server.base_url} in {server.startup_s:.2f} s: "
+        f"{server.limits.total_slots} slots x {server.limits.n_ctx_slot} tokens of context"
+    )
+    body = {"ignore_eos": True, **endpoint.extra_body}
+    return replace(endpoint, extra_body=body)
+
+
+def _probe_external(base_url: str, meta: dict[str, Any], say: Say) -> None:
+    """An external llama-server declares its limits at /props; other servers are left alone."""
+    limits = probe_limits(base_url)
+    if limits is None:
+        return
+    meta["limits"] = limits_dict(limits.total_slots, limits.kv_cache_tokens)
+    meta["llama_server"] = limits.to_dict()
+    say(
+        f"target is llama-server: {limits.total_slots} slots x {limits.n_ctx_slot} tokens "
+        "of context (read from /props)"
+    )
 
 
 def _send_plan(
@@ -304,11 +374,22 @@ def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
 
 
 def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig | None:
-    """Batch limits the runs' target declared (the reference target does), if any."""
+    """Batch limits the runs' target declared (the reference target, llama-server), if any."""
     for f in folders:
-        engine = f.meta().get("target", {}).get("engine")
-        if engine:
-            return EngineConfig.from_dict(engine)
+        target = f.meta().get("target", {})
+        if target.get("engine"):
+            return EngineConfig.from_dict(target["engine"])
+        limits = target.get("limits")
+        if limits:
+            default = EngineConfig()
+            return replace(
+                default,
+                max_num_seqs=int(limits.get("max_num_seqs", default.max_num_seqs)),
+                kv_cache_tokens=int(limits.get("kv_cache_tokens", default.kv_cache_tokens)),
+                max_batched_tokens=int(
+                    limits.get("max_batched_tokens", default.max_batched_tokens)
+                ),
+            )
     return None
 
 
@@ -349,11 +430,16 @@ def calibrate_runs(
                     + " x the fit): the target's speed changed; intervals include it",
                 ],
             )
-    if declared is None and not (max_num_seqs and kv_cache_tokens):
+    guessed = []  # only limits neither the target nor the command line gave
+    if declared is None and not max_num_seqs:
+        guessed.append((f"max_num_seqs {limits.max_num_seqs}", "--max-num-seqs"))
+    if declared is None and not kv_cache_tokens:
+        guessed.append((f"KV cache {limits.kv_cache_tokens} tokens", "--kv-cache-tokens"))
+    if guessed:
         assumed = (
-            f"batch limits are ASSUMED (max_num_seqs {limits.max_num_seqs}, KV cache "
-            f"{limits.kv_cache_tokens} tokens): give --max-num-seqs and --kv-cache-tokens "
-            "with the target's real settings, they bound every forecast"
+            f"batch limits are ASSUMED ({', '.join(g[0] for g in guessed)}): give "
+            f"{' and '.join(g[1] for g in guessed)} with the target's real settings, "
+            "they bound every forecast"
         )
         calibration = replace(calibration, notes=[*calibration.notes, assumed])
     return calibration
