@@ -306,6 +306,13 @@ class Forecast(Strict):
     scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
     seeds: int = Field(5, ge=2, le=50, description="Simulations per configuration.")
     workers: int = Field(0, ge=0, le=256, description="Processes for the seeds; 0: one per core.")
+    max_load: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A fixed fleet passes only while the traffic stays under this share of its "
+        "saturation throughput: headroom for bursts, calibration error and drift.",
+    )
     duration_s: float | None = Field(
         None, gt=0, le=86400, description="Simulated traffic per run; default max(120, traffic)."
     )

@@ -5,8 +5,10 @@ scaled traffic, with no slice standing in for them. Each configuration runs over
 each with its own arrivals and step costs drawn from the calibration's uncertainty, for
 `forecast.duration_s` of simulated traffic (the first 10% discarded as warm-up); the seeds run in
 a process pool across the machine's cores. The error bars are the range over seeds, and a
-configuration passes only if every seed meets every SLO and no replica is loaded beyond its
-saturation capacity.
+configuration passes only if every seed meets every SLO and the traffic stays under
+`forecast.max_load` (0.9 by default) of the fleet's saturation throughput: a simulated window
+is too short for a queue near saturation to build up, and headroom absorbs bursts, calibration
+error and drift. A fleet over that load is refused without being simulated.
 
 The search starts each scale from the load per replica that passed at the scale below, so a
 larger scale costs a few fleets, not a binary search from one replica; it stops when the passing
@@ -98,6 +100,7 @@ class Evaluation:
     e2e_p50_ms: Estimate = ZERO
     output_tokens_per_s: Estimate = ZERO
     load: float = 0.0  # offered requests/s over the fleet's saturation throughput
+    simulated: bool = True  # False: refused unsimulated, its load over forecast.max_load
     rejected: Estimate = ZERO
     mean_replicas: Estimate = ZERO  # differs from `replicas` for an autoscaled fleet
     peak_replicas: Estimate = ZERO
@@ -150,13 +153,13 @@ class ForecastConfig:
     duration_s: float = 120.0  # simulated traffic per configuration and seed
     max_replicas: int = 100000
     workers: int = 0  # processes for the seeds; 0: one per core, 1: none (in this process)
+    max_load: float = 0.9  # of the saturation throughput, beyond which a fixed fleet fails
 
     @classmethod
     def of(cls, scenario: Scenario) -> ForecastConfig:
         f = scenario.forecast
-        return cls(
-            f.seeds, f.duration_s or max(120.0, scenario.traffic.duration_s), workers=f.workers
-        )
+        duration = f.duration_s or max(120.0, scenario.traffic.duration_s)
+        return cls(f.seeds, duration, workers=f.workers, max_load=f.max_load)
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,11 @@ class Forecaster:
         """`replicas` behind the scenario's routing and admission at `scale`, over the seeds;
         with an autoscaling `fleet`, `replicas` is its starting count."""
         fleet = fleet or self.fleet
+        load = self.base_rate * scale / (replicas * self.replica_capacity)
+        if fleet.autoscaler is None and load > self.config.max_load:
+            return Evaluation(
+                replicas, False, {}, ZERO, ZERO, ZERO, ZERO, load=load, simulated=False
+            )
         jobs = [
             SeedJob(
                 self.scenario,
@@ -295,7 +303,7 @@ class Forecaster:
         estimates = {name: Estimate.of(v) for name, v in observed.items() if v}
         mean_replicas = float(np.mean([o.mean_replicas for o in outcomes]))
         load = self.base_rate * scale / (max(mean_replicas, 1e-9) * self.replica_capacity)
-        passed = (load <= 1.0 or fleet.autoscaler is not None) and all(
+        passed = all(
             _holds_for_every_seed(t, estimates[name])
             for name, t in self.checks.items()
             if name in estimates
@@ -304,13 +312,10 @@ class Forecaster:
         def over_seeds(name: str) -> Estimate:
             return Estimate.of([getattr(o, name) for o in outcomes])
 
-        return Evaluation(
-            replicas,
-            passed,
-            estimates,
-            **{f.name: over_seeds(f.name) for f in fields(SeedOutcome) if f.name != "observed"},
-            load=load,
-        )
+        per_seed: dict[str, Any] = {
+            f.name: over_seeds(f.name) for f in fields(SeedOutcome) if f.name != "observed"
+        }
+        return Evaluation(replicas, passed, estimates, **per_seed, load=load)
 
     def autoscaled(self, scale: float, fixed: int) -> Evaluation | None:
         """The scenario's autoscaler at `scale` (None without one): it starts from its initial
@@ -417,8 +422,8 @@ def _evaluation(d: dict[str, Any]) -> Evaluation:
     for f in fields(Evaluation):
         if f.name == "observed":
             values[f.name] = {k: _estimate(v) for k, v in d["observed"].items()}
-        elif f.name in ("replicas", "passed", "load"):
-            values[f.name] = d.get(f.name, 0.0)
+        elif f.name in ("replicas", "passed", "load", "simulated"):
+            values[f.name] = d.get(f.name, f.default)
         else:
             values[f.name] = _estimate(d[f.name]) if f.name in d else ZERO
     return Evaluation(**values)

@@ -46,7 +46,13 @@ class ForecastBar:
         assert self._scale is not None
         done = self.scales.index(self._scale) + min(self._tried_here / 8.0, 0.9)
         filled = round(WIDTH * done / len(self.scales))
-        verdict = "meets SLOs" if last.passed else "misses SLOs"
+        verdict = (
+            "meets SLOs"
+            if last.passed
+            else "misses SLOs"
+            if last.simulated
+            else f"over max load ({last.load:.0%} of saturation)"
+        )
         return (
             f"forecast [{'#' * filled}{'.' * (WIDTH - filled)}] x{self._scale:g}: "
             f"{last.replicas} replicas {verdict}  "
