@@ -23,6 +23,7 @@ class ForecastBar:
         self._scale: float | None = None
         self._best: dict[float, int] = {}  # lowest passing fleet so far, per scale
         self._tried_here = 0
+        self._last_at = self.started
 
     def __call__(self, scale: float, evaluation: Evaluation) -> None:
         if scale != self._scale:
@@ -30,6 +31,7 @@ class ForecastBar:
             self._scale, self._tried_here = scale, 0
         self.fleets += 1
         self._tried_here += 1
+        self._last_at = time.monotonic()  # when the scale's latest fleet was done
         if evaluation.passed:
             self._best[scale] = min(self._best.get(scale, evaluation.replicas), evaluation.replicas)
         if self.tty:
@@ -56,7 +58,7 @@ class ForecastBar:
         return (
             f"forecast [{'#' * filled}{'.' * (WIDTH - filled)}] x{self._scale:g}: "
             f"{last.replicas} replicas {verdict}  "
-            f"({self.fleets} fleets simulated, {time.monotonic() - self.started:.0f} s)"
+            f"({self.fleets} fleets tried, {time.monotonic() - self.started:.0f} s)"
         )
 
     def _finish_scale(self) -> None:
@@ -66,8 +68,8 @@ class ForecastBar:
         best = self._best.get(scale)
         found = f"{best} replicas" if best is not None else "not met"
         line = (
-            f"forecast x{scale:g}: {found} ({self._tried_here} fleets simulated, "
-            f"{time.monotonic() - self.started:.0f} s so far)"
+            f"forecast x{scale:g}: {found} ({self._tried_here} fleets tried, "
+            f"{self._last_at - self.started:.0f} s so far)"
         )
         self.stream.write(("\r" + line + "\x1b[K\n") if self.tty else line + "\n")
         self.stream.flush()
