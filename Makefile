@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean llama-server
+.PHONY: demo test lint bench fidelity clean llama-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_speed.py
+
+# Forecast fidelity against a real llama-server (about 10 minutes on 2 cores).
+fidelity: $(STAMP) llama-server
+	$(BIN)/python benchmarks/fidelity.py --engine llama-server --slots 8,1
 
 clean:
 	rm -rf $(VENV) build *.egg-info

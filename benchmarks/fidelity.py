@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from scenarios.spec import Scenario, parse_scenario
@@ -57,13 +57,19 @@ def engine(kind: str, slots: int) -> Iterator[tuple[str | None, dict[str, object
     if kind == "reference":
         yield None, {}
         return
-    from targets.llama_server import LlamaServer  # only when asked for
+    from targets.gguf_model import ensure_model  # only when asked for
+    from targets.llama_build import ensure_server
+    from targets.llama_server import LlamaServer, LlamaServerConfig
 
-    with LlamaServer(slots=slots) as server:
+    # the ~100M-parameter model: compute-bound, as a GPU deployment is (the tiny one is not)
+    config = LlamaServerConfig(
+        ensure_server(build=True), ensure_model("small"), slots, 4096 * slots
+    )
+    with LlamaServer(config) as server:
         yield server.base_url, {"ignore_eos": True}
 
 
-def level(base: dict[str, object], traffic: dict[str, object]) -> Scenario:
+def level(base: dict[str, object], traffic: Mapping[str, object]) -> Scenario:
     return parse_scenario({**base, "traffic": traffic})
 
 
