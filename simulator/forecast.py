@@ -259,10 +259,15 @@ class Forecaster:
         self.checks: dict[str, Threshold] = {str(t): t for t in self.thresholds}
         for persona, own in self.persona_thresholds.items():
             self.checks.update({f"{persona}: {t}": t for t in own})
-        self.base_plan = calibration.tokens.apply(
-            build_plan(scenario, seed=scenario.traffic.seed), scenario.traffic.seed
-        )
-        self.base_rate = len(self.base_plan) / scenario.traffic.duration_s  # requests/s at x1
+        # today's traffic as the seeds simulate it: their plans at x1 over the forecast window
+        # (not the measured run's own plan, whose count is one short sample)
+        seeds = range(scenario.traffic.seed + 1, scenario.traffic.seed + 1 + self.config.seeds)
+        plans = [
+            calibration.tokens.apply(build_plan(scenario, seed=s, duration_s=self.duration_s), s)
+            for s in seeds
+        ]
+        self.base_plan = [spec for plan in plans for spec in plan]
+        self.base_rate = len(self.base_plan) / (len(plans) * self.duration_s)  # req/s at x1
         self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
         # the scenario's routing and admission; the replica count is what the search varies
         self.fleet = replace(fleet_from_spec(scenario.fleet).config, autoscaler=None)

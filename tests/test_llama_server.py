@@ -286,3 +286,47 @@ def test_cached_binary_is_reused(llama_files: tuple[Path, Path]) -> None:
     started = time.monotonic()
     assert ensure_server(build=False) == binary
     assert time.monotonic() - started < 1.0
+
+
+@pytest.fixture(scope="module")
+def compute_bound(llama_files: tuple[Path, Path]) -> Iterator[LlamaServer]:
+    """llama-server with the ~100M-parameter model: its steps take milliseconds of compute,
+    as a GPU deployment's do (the tiny model's tokens outrun the server's writes)."""
+    binary, _ = llama_files
+    config = LlamaServerConfig(binary, ensure_model("small"), slots=SLOTS, ctx=SLOTS * 1024)
+    with LlamaServer(config) as server:
+        yield server
+
+
+def _level(server: LlamaServer, rate: float, seed: int, out: Path) -> RunFolder:
+    from scenarios.spec import parse_scenario
+    from surgecast.pipeline import run_load
+
+    data = scenario_dict(
+        target={"api": "chat", "timeout_s": 60, "extra_body": {"ignore_eos": True}},
+        traffic={"rate": rate, "duration_s": 20, "seed": seed, "max_lateness_ms": 5000},
+        slos={"ttft": "p(95) < 60000"},
+        workload={
+            "prompt_tokens": {"dist": "uniform", "low": 20, "high": 200},
+            "output_tokens": {"dist": "uniform", "low": 16, "high": 48},
+        },
+    )
+    outcome = run_load(parse_scenario(data), "s.yaml", target_url=server.base_url, out=out)
+    assert outcome.valid, outcome.reasons
+    return outcome.folder
+
+
+def test_calibration_on_two_levels_predicts_a_third(
+    compute_bound: LlamaServer, tmp_path: Path
+) -> None:
+    """Fitted on two light open-loop levels, the model predicts a heavier one it never saw:
+    median E2E within 25% (the tight aim is benchmarks/fidelity.py's, on a quiet machine)."""
+    from surgecast.pipeline import backtest_run
+
+    light = [_level(compute_bound, r, i, tmp_path / f"l{i}") for i, r in enumerate((0.5, 1.0))]
+    held = _level(compute_bound, 2.0, 7, tmp_path / "held")
+    calibration = calibrate_runs(light)
+    assert calibration.engine.max_num_seqs == SLOTS  # read from the server, not assumed
+    rows = {(r.basis, r.metric, r.quantile): r for r in backtest_run(held, calibration)}
+    assert abs(rows[("replay", "e2e", 50)].error_pct) < 25
+    assert abs(rows[("replay", "e2e", 95)].error_pct) < 35
