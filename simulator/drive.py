@@ -49,6 +49,7 @@ class WaitForWork:
 WAIT_FOR_WORK = WaitForWork()
 Command = Sleep | Jump | WaitForWork
 MAX_JUMP = 4096  # steps one jump may span
+MIN_JUMP = 3  # steps; a shorter run costs about as much to jump as to step
 
 
 @dataclass(slots=True)
@@ -212,7 +213,7 @@ class DriveLoop:
         """When a jump from the planned `step` on ends (None: no jump, just the step)."""
         engine, deadlines = self.engine, self._deadlines
         n = engine.scheduler.quiet_steps(MAX_JUMP)
-        if n < 2:
+        if n < MIN_JUMP:
             return None
         cost, decode, context = engine.cost, len(step.decode), step.context_tokens
         if deadlines and n > 64:  # the steps up to a deadline (closed form, a rounding margin)

@@ -13,7 +13,7 @@ import simpy
 
 from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
-from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Usage
+from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
 from simulator.fleet import Fleet, FleetConfig, FleetStats
@@ -236,8 +236,11 @@ class _Clients:
             self.fleet.withdraw(seq)
             self._failed(spec, give_up)
 
-    def on_token(self, seq: Seq, now: float) -> None:
-        self.records[seq.id].chunk_times.append(now)
+    def on_tokens(self, tokens: Tokens, now: float) -> None:
+        """Chunk times in bulk: a step's, or every step's of a jump."""
+        records, times = self.records, tokens.times
+        for seq in tokens.sequences:
+            records[seq.id].chunk_times.extend(times)
 
     def on_first_token(self, seq: Seq, now: float) -> None:
         self.records[seq.id].first_token = now
@@ -342,7 +345,7 @@ def simulate(
     clients = _Clients(env, plan, config, timeout_s, pool)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
-        events.token.add_listener(clients.on_token)
+        events.tokens.add_listener(clients.on_tokens)
     events.finish.add_listener(clients.on_finish)
     events.abort.add_listener(clients.on_abort)
     env.process(clients.arrivals(plan))
