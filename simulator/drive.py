@@ -132,7 +132,6 @@ class DriveLoop:
         self._now = now
         self._cold = cold and engine.config.cold_start_s > 0
         self._retime = retime
-        self.on_leave: Callable[[], None] | None = None  # called after sequences finish or abort
         self.ready = not self._cold
         self.steps = 0
         self.jumps = 0  # jumps made, and how many were cut short
@@ -172,8 +171,6 @@ class DriveLoop:
                 self._cut(now)
             self.engine.abort(seq)
             self.events.abort.fire(seq, now)
-            if self.on_leave is not None:
-                self.on_leave()
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
@@ -316,7 +313,5 @@ class DriveLoop:
                 events.first_token.fire_each(scheduler.first_tokens, now)
             if finished:
                 events.finish.fire_each(finished, now)
-                if self.on_leave is not None:
-                    self.on_leave()
             if on_step:
                 events.step.fire(step, now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +43,6 @@ class Replica:
             self.engine, lambda: env.now, events, cold, self._retime if jumps else None
         )
         self._timeout_s = timeout_s
-        self.loop.on_leave = self._left
-        self.watch: Callable[[], None] | None = None  # told when the load may have changed
         self._commands = self.loop.run()
         self._timer: simpy.Event | None = None  # what calls `_next` back; None while idle
         self._wake()
@@ -52,10 +50,6 @@ class Replica:
     @property
     def load(self) -> int:
         return len(self.engine.running) + len(self.engine.waiting)
-
-    def _left(self) -> None:
-        if self.watch is not None:
-            self.watch()
 
     @property
     def busy_time(self) -> float:
@@ -73,8 +67,6 @@ class Replica:
                 sent = self.env.now - self.engine.config.overhead_s
             deadline = sent + self._timeout_s
         self.loop.submit(seq, deadline)
-        if self.watch is not None:
-            self.watch()
         if self._timer is None:
             self._wake()
 
