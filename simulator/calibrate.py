@@ -69,6 +69,7 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
     drift: float = 0.0  # run-to-run spread of mean step time (relative sd) between the runs
     tokens: TokenMap = field(default_factory=TokenMap)  # planned -> served tokens
+    runs: list[str] = field(default_factory=list)  # ids of the runs it was fitted on
 
     def to_dict(self) -> dict[str, Any]:
         f = self.fit
@@ -89,6 +90,7 @@ class Calibration:
             "notes": self.notes,
             "drift": self.drift,
             "tokens": self.tokens.to_dict(),
+            "runs": self.runs,
         }
 
     @classmethod
@@ -107,7 +109,8 @@ class Calibration:
         engine = EngineConfig.from_dict(d["engine"])
         notes = list(d.get("notes", []))
         tokens = TokenMap.from_dict(d.get("tokens"))
-        return cls(engine, fit, notes, float(d.get("drift", 0.0)), tokens)
+        runs = [str(r) for r in d.get("runs", [])]
+        return cls(engine, fit, notes, float(d.get("drift", 0.0)), tokens, runs)
 
 
 @dataclass(frozen=True)

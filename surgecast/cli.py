@@ -59,9 +59,9 @@ def _positive(text: str) -> float:
 
 
 def _scales(text: str) -> list[float]:
-    parts = [x for x in text.split(",") if x.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected numbers like 10,100,1000")
+    parts = text.split(",")
+    if not text.strip() or any(not x.strip() for x in parts):
+        raise argparse.ArgumentTypeError(f"expected numbers like 10,100,1000, got {text!r}")
     return [_positive(x) for x in parts]
 
 
@@ -283,7 +283,7 @@ def _parser() -> argparse.ArgumentParser:
         description="For each run folder, predict the run twice with the calibrated model: from "
         "its own send times and served tokens (replay) and from its scenario's plan (plan). "
         "Prints p50/p95/p99 TTFT, ITL, E2E and throughput, measured against predicted, with the "
-        "90%% interval the measured value should fall in (from the fit's uncertainty, step-time "
+        "90% interval the measured value should fall in (from the fit's uncertainty, step-time "
         "drift between calibration runs, plan seeds and the run's own sampling noise). Give runs "
         "the calibration never saw. Writes backtest.json into each run folder.",
     )
@@ -595,13 +595,14 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
 
 
 def cmd_backtest(a: argparse.Namespace) -> int:
-    from simulator.backtest import backtest_warnings
-    from surgecast.pipeline import backtest_run
+    from simulator.backtest import BacktestRow, backtest_warnings
+    from surgecast.pipeline import backtest_run, in_sample
     from surgecast.rundir import RunFolder
     from surgecast.tables import backtest_table
 
     cal = _calibration(a.calibration)
-    rows = []
+    rows: list[BacktestRow] = []
+    fitted: list[BacktestRow] = []
     for path in a.runs:
         folder = RunFolder(Path(path))
         try:
@@ -610,14 +611,24 @@ def cmd_backtest(a: argparse.Namespace) -> int:
             raise BadInput(str(e)) from None
         except ValueError as e:
             raise BadInput(f"{path}: cannot back-test: {e}") from None
-        _print(f"\nback-test of {path}:\n" + backtest_table(own))
+        seen = in_sample(folder, cal)
+        label = " (IN-SAMPLE: the calibration was fitted on this run)" if seen else ""
+        _print(f"\nback-test of {path}{label}:\n" + backtest_table(own))
         _warn(backtest_warnings(cal, own))
-        rows += own
+        (fitted if seen else rows).extend(own)
+    if fitted:
+        _warn(
+            [
+                "some runs were fitted by this calibration: their rows show how well it fits, "
+                "not how well it forecasts; the totals below leave them out"
+            ]
+        )
     inside = sum(r.inside for r in rows)
     errors = [abs(r.error_pct) for r in rows if r.metric in ("ttft", "e2e")]
     _print(
-        f"\n{inside} of {len(rows)} measured values inside their 90% interval; median |error| "
-        f"of TTFT and E2E quantiles {statistics.median(errors) if errors else 0.0:.1f}%"
+        f"\nheld-out: {inside} of {len(rows)} measured values inside their 90% interval; "
+        f"median |error| of TTFT and E2E quantiles "
+        f"{statistics.median(errors) if errors else 0.0:.1f}%"
     )
     return EXIT_OK
 

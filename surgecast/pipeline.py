@@ -414,7 +414,7 @@ def calibrate_runs(
         limits = replace(limits, kv_cache_tokens=kv_cache_tokens)
     calibration = calibrate(records, limits)
     notes = [*calibration.notes, *_saturation_notes(folders, calibration)]
-    calibration = replace(calibration, notes=notes)
+    calibration = replace(calibration, notes=notes, runs=[_run_id(f) for f in folders])
     ratios = [step_time_ratio(f.records(), calibration.engine.cost) for f in folders]
     known = [r for r in ratios if r is not None]
     if len(known) >= 2:
@@ -483,6 +483,15 @@ def _shifted(r: RequestRecord, dt: float) -> RequestRecord:
     )
 
 
+def _run_id(folder: RunFolder) -> str:
+    return str(folder.meta().get("run_id") or folder.path.name)
+
+
+def in_sample(folder: RunFolder, calibration: Calibration) -> bool:
+    """The calibration was fitted on this run: its back-test cannot show a forecast's error."""
+    return _run_id(folder) in calibration.runs
+
+
 def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRow]:
     """Predict the folder's measured run with `calibration`, from its own send times and from
     its scenario's plan; saves and returns the rows."""
@@ -497,6 +506,7 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
         {
             "rows": [r.to_dict() for r in rows],
             "warnings": backtest_warnings(calibration, rows),
+            "in_sample": in_sample(folder, calibration),
         },
     )
     return rows
@@ -523,8 +533,16 @@ def forecast_scenario(
     scales = sorted({1.0, *scales})
     say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
     bar = ForecastBar(scales)
+    forecaster = Forecaster(scenario, calibration, progress=bar)
+    c = forecaster.config
+    say(
+        f"  x1 is {forecaster.base_rate:.3g} req/s; each fleet: {c.seeds} seeds of "
+        f"{c.duration_s:g} s simulated, load under {c.max_load:.0%} of saturation "
+        f"({forecaster.replica_capacity:.3g} req/s a replica), "
+        f"${scenario.cost.gpu_hour_usd:g}/GPU-hour x {scenario.cost.gpus_per_replica} per replica"
+    )
     try:
-        return Forecaster(scenario, calibration, progress=bar).run(scales)
+        return forecaster.run(scales)
     finally:
         bar.close()
 

@@ -57,8 +57,8 @@ class ForecastBar:
         )
         return (
             f"forecast [{'#' * filled}{'.' * (WIDTH - filled)}] x{self._scale:g}: "
-            f"{last.replicas} replicas {verdict}  "
-            f"({self.fleets} fleets tried, {time.monotonic() - self.started:.0f} s)"
+            f"{_replicas(last.replicas)} {verdict}  "
+            f"({_fleets(self.fleets)} tried, {time.monotonic() - self.started:.0f} s)"
         )
 
     def _finish_scale(self) -> None:
@@ -66,11 +66,19 @@ class ForecastBar:
         if scale is None:
             return
         best = self._best.get(scale)
-        found = f"{best} replicas" if best is not None else "not met"
+        found = _replicas(best) if best is not None else "not met"
         line = (
-            f"forecast x{scale:g}: {found} ({self._tried_here} fleets tried, "
+            f"forecast x{scale:g}: {found} ({_fleets(self._tried_here)} tried, "
             f"{self._last_at - self.started:.0f} s so far)"
         )
         self.stream.write(("\r" + line + "\x1b[K\n") if self.tty else line + "\n")
         self.stream.flush()
         self._scale = None
+
+
+def _replicas(n: int) -> str:
+    return f"{n} replica" + ("" if n == 1 else "s")
+
+
+def _fleets(n: int) -> str:
+    return f"{n} fleet" + ("" if n == 1 else "s")

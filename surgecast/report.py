@@ -193,10 +193,11 @@ def render(folder: RunFolder) -> tuple[str, str]:
     validity = meta.get("validity", {})
     valid = validity.get("valid", True)
     status = "valid" if valid else "INVALID: " + "; ".join(validity.get("reasons", []))
-    slo_line = ("all SLOs met" if summary.slos_passed else "SLOs missed") if summary.slos else ""
+    slo_line = ("All SLOs met." if summary.slos_passed else "SLOs missed.") if summary.slos else ""
+    measured = meta.get("source", "measured") == "measured"
     sections: list[tuple[str, str, str]] = [  # (title, markdown, extra html)
         (
-            "Measured run",
+            "Measured run" if measured else "Simulated run",
             "\n\n".join(
                 [summary_tables(summary)] + [f"WARNING: {w}" for w in meta.get("warnings", [])]
             ),
@@ -211,7 +212,12 @@ def render(folder: RunFolder) -> tuple[str, str]:
         rows = [BacktestRow.from_dict(r) for r in bt_data["rows"]]
         sections.append(
             (
-                "Back-test: the calibrated model replays the measured requests",
+                "Back-test: the calibrated model predicts the measured run"
+                + (
+                    " (in-sample: the calibration was fitted on this run)"
+                    if bt_data.get("in_sample")
+                    else ""
+                ),
                 "\n\n".join(
                     [backtest_table(rows)] + [f"WARNING: {w}" for w in bt_data.get("warnings", [])]
                 ),
@@ -223,9 +229,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
         sections.append(("Capacity forecast", forecast_table(points), forecast_plot(points)))
 
     target = meta.get("target", {})
+    where = " ".join(str(x) for x in (target.get("kind", "?"), target.get("base_url")) if x)
     header = (
-        f"Scenario {scenario.name}, target {target.get('kind', '?')} "
-        f"{target.get('base_url', '')}, seed {meta.get('seed')}, "
+        f"Scenario {scenario.name}, target {where}, seed {meta.get('seed')}, "
         f"started {meta.get('started_at', '?')}; run {status}. {slo_line}"
     )
     md = [f"# surgecast run {meta.get('run_id', folder.path.name)}", "", header, ""]

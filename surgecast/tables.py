@@ -172,6 +172,13 @@ def calibration_table(c: Calibration) -> str:
     )
 
 
+def _num(x: float) -> str:
+    """Three significant figures at most, thousands separated, never in e-notation."""
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def backtest_table(rows: Sequence[BacktestRow]) -> str:
     """Measured against predicted, with the 90% interval the measured value should fall in."""
     return markdown(
@@ -182,7 +189,7 @@ def backtest_table(rows: Sequence[BacktestRow]) -> str:
                 f"{r.metric} p{r.quantile} ({r.unit})" if r.quantile else f"{r.metric} ({r.unit})",
                 r.measured,
                 r.predicted,
-                f"{r.low:,.3g} - {r.high:,.3g}",
+                f"{_num(r.low)} - {_num(r.high)}",
                 "yes" if r.inside else "NO",
                 f"{r.error_pct:+.1f}",
             ]
