@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Send the scenario's requests at their planned times and "
         "record every request to <out>/requests.jsonl.",
     )
-    s.add_argument("scenario")
+    s.add_argument("scenario", help="scenario YAML (see scenarios/chatbot.yaml)")
     s.add_argument(
         "--target",
         type=_target_url,
@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Build the scenario's plan and print, per persona, sessions, rates, "
         "lengths and the measured messiness of its text beside the settings.",
     )
-    s.add_argument("scenario")
+    s.add_argument("scenario", help="scenario YAML (see scenarios/chatbot.yaml)")
     s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
     _duration_flag(s)
     s.add_argument("--samples", type=_count, default=0, help="print N example prompts a persona")
@@ -203,9 +203,9 @@ def _parser() -> argparse.ArgumentParser:
         help="start the reference target (OpenAI-compatible) on loopback",
         description="Serve the engine model over HTTP; Ctrl-C stops it.",
     )
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
-    s.add_argument("--model", default="surgecast-reference")
+    s.add_argument("--host", default="127.0.0.1", help="loopback by default (127.0.0.1)")
+    s.add_argument("--port", type=_port, default=8000, help="default 8000; 0 picks a free port")
+    s.add_argument("--model", default="surgecast-reference", help="the model name it serves")
     src = s.add_mutually_exclusive_group()
     src.add_argument("--scenario", help="take the engine from this scenario's reference_target")
     src.add_argument("--calibration", help="serve a calibrated model (a live twin)")
@@ -271,11 +271,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario", help="sweep: the workload to send (instead of RUN_DIRs)")
     s.add_argument("--target", help="sweep: base URL (default: the scenario's target)")
     s.add_argument(
-        "--level-duration", type=_positive, default=30.0, help="sweep: seconds per level"
+        "--level-duration",
+        type=_positive,
+        default=30.0,
+        help="sweep: seconds per level (default 30)",
     )
     s.add_argument("--out", help="sweep: folder for the level runs (default: reports/sweep-ID)")
     _limit_flags(s)
-    s.add_argument("--no-backtest", action="store_true")
+    s.add_argument("--no-backtest", action="store_true", help="skip back-testing the runs")
 
     s = sub.add_parser(
         "backtest",
@@ -295,10 +298,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run a scenario through a calibrated model",
         description="Replay the scenario's plan in simulated time.",
     )
-    s.add_argument("scenario")
-    s.add_argument("--calibration", required=True)
+    s.add_argument("scenario", help="scenario YAML whose plan is simulated")
+    s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
     s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
-    s.add_argument("--replicas", type=_count, default=1)
+    s.add_argument("--replicas", type=_count, default=1, help="fixed fleet size (default 1)")
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
 
     s = sub.add_parser(
@@ -306,13 +309,18 @@ def _parser() -> argparse.ArgumentParser:
         help="fewest replicas meeting the SLOs at each traffic scale",
         description="Search replica counts in simulation for each scale.",
     )
-    s.add_argument("scenario")
-    s.add_argument("--calibration", required=True)
+    s.add_argument("scenario", help="scenario YAML (its traffic is today's: x1)")
+    s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
     s.add_argument("--scales", type=_scales, help="default: the scenario's forecast.scales")
     s.add_argument("--json", dest="json_out", help="also write the forecast as JSON here")
 
-    s = sub.add_parser("report", help="(re)render index.html and summary.md of a run folder")
-    s.add_argument("run_dir")
+    s = sub.add_parser(
+        "report",
+        help="(re)render index.html and summary.md of a run folder",
+        description="Render a run folder's report again from its files (after a back-test "
+        "or a forecast was added to it, say).",
+    )
+    s.add_argument("run_dir", help="a run folder (reports/<run-id>)")
     return p
 
 
