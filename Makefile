@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench fidelity clean llama-server
+.PHONY: demo test test-engines lint bench fidelity clean llama-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_speed.py
+
+# Tests that load a compute-bound real engine for minutes (deselected from `make test`: on a
+# shared 2-core machine their capacity swings with other work).
+test-engines: $(STAMP) llama-server
+	$(BIN)/python -m pytest -q -m engine_load
 
 # Forecast fidelity against a real llama-server (about 10 minutes on 2 cores).
 fidelity: $(STAMP) llama-server

@@ -91,6 +91,12 @@ class SizedPrompts:
         out.append({"role": "user", "content": user})
         return out
 
+    @property
+    def common_prefix_tokens(self) -> float:
+        """Tokens every conversation of the run begins with: the chat template's and the salt.
+        A prefix cache may serve them to every request but the first; the plan counts on it."""
+        return self.overhead_tokens + len(self.salt) / self.chars_per_token
+
     def _keep(self, persona: str, clean: str, messy: str) -> None:
         kept = self.texts.setdefault(persona, [])
         if len(kept) < KEPT_TEXTS:

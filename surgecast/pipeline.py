@@ -271,7 +271,11 @@ def run_load(
         records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
     reasons = invalid_reasons(scenario, records, summary, len(plan)) + died
-    cache = unplanned_cache_warning(summary.tokens, shareable_prompt_share(plan))
+    mean_prompt = sum(s.prompt_tokens for s in plan) / max(len(plan), 1)
+    planned_share = shareable_prompt_share(plan) + prompts.common_prefix_tokens / max(
+        mean_prompt, 1
+    )
+    cache = unplanned_cache_warning(summary.tokens, planned_share)
     if cache:
         say(f"warning: {cache}")
     folder.update_meta(
