@@ -90,12 +90,14 @@ def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
         text=True,
     )
     requests = out / "requests.jsonl"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # a starved machine can be slow to start the target
     while time.monotonic() < deadline:
         if requests.exists() and len(requests.read_text().splitlines()) >= 15:
-            break
+            return proc, out
+        assert proc.poll() is None, "the run ended before 15 records were written"
         time.sleep(0.2)
-    return proc, out
+    proc.kill()
+    raise AssertionError("no 15 records within 120 s: the machine is starved")
 
 
 def _port_open(url: str) -> bool:
