@@ -88,6 +88,9 @@ def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a suite started in the background (`make test &`) inherits SIGINT ignored, and so
+        # would the run: give it the default, as a terminal's Ctrl-C finds it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     requests = out / "requests.jsonl"
     deadline = time.monotonic() + 120  # a starved machine can be slow to start the target
