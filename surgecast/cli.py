@@ -716,8 +716,8 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
             _print("\n" + calibration_table(cal))
             rows = pl.backtest_run(folder, cal)
             _print(
-                "\nback-test (calibrated model replaying the measured requests):\n"
-                + backtest_table(rows)
+                "\nback-test, in-sample (the model fitted on this run predicts it; "
+                "`surgecast backtest` on other runs shows forecast error):\n" + backtest_table(rows)
             )
             _warn(backtest_warnings(cal, rows))
             points = pl.forecast_scenario(scenario, cal, a.scales or scenario.forecast.scales)
