@@ -139,15 +139,9 @@ def _mooncake(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def test_shared_hash_ids_give_byte_identical_prompt_prefixes(tmp_path: Path) -> None:
-    trace = _mooncake(
-        tmp_path / "t.jsonl",
-        [
-            {"timestamp": 0, "input_length": 1100, "output_length": 5, "hash_ids": [1, 2, 3]},
-            {"timestamp": 100, "input_length": 1100, "output_length": 5, "hash_ids": [1, 2, 4]},
-            {"timestamp": 200, "input_length": 1100, "output_length": 5, "hash_ids": [7, 2, 3]},
-        ],
-    )
+def _replaying(tmp_path: Path, rows: list[dict[str, Any]]) -> Scenario:
+    """A scenario that replays these Mooncake rows (their lengths and hash_ids)."""
+    trace = _mooncake(tmp_path / "t.jsonl", rows)
     data = scenario_dict(
         traffic={
             "arrival": {"type": "trace", "path": trace.name, "format": "mooncake"},
@@ -155,7 +149,18 @@ def test_shared_hash_ids_give_byte_identical_prompt_prefixes(tmp_path: Path) -> 
         }
     )
     data.pop("workload")
-    s = load_scenario(write_scenario(tmp_path / "s.yaml", data))
+    return load_scenario(write_scenario(tmp_path / "s.yaml", data))
+
+
+def test_shared_hash_ids_give_byte_identical_prompt_prefixes(tmp_path: Path) -> None:
+    s = _replaying(
+        tmp_path,
+        [
+            {"timestamp": 0, "input_length": 1100, "output_length": 5, "hash_ids": [1, 2, 3]},
+            {"timestamp": 100, "input_length": 1100, "output_length": 5, "hash_ids": [1, 2, 4]},
+            {"timestamp": 200, "input_length": 1100, "output_length": 5, "hash_ids": [7, 2, 3]},
+        ],
+    )
     plan = build_plan(s)
     assert [spec.prefix[:2] for spec in plan] == [((1, 512), (2, 512))] * 2 + [((7, 512), (2, 512))]
     prompts = SizedPrompts(s, s.base_dir)
@@ -286,20 +291,13 @@ def test_a_run_salt_begins_each_conversation_and_keeps_shared_prefixes_shared(
 ) -> None:
     """Two runs with different salts share no prompt prefix; within a run, requests that share
     prefix blocks still share their bytes (the salt is the same for all of them)."""
-    trace = tmp_path / "t.jsonl"
-    rows = [
-        {"timestamp": 0, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 3]},
-        {"timestamp": 100, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 4]},
-    ]
-    trace.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    data = scenario_dict(
-        traffic={
-            "arrival": {"type": "trace", "path": trace.name, "format": "mooncake"},
-            "duration_s": 0.3,
-        }
+    s = _replaying(
+        tmp_path,
+        [
+            {"timestamp": 0, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 3]},
+            {"timestamp": 100, "input_length": 1100, "output_length": 10, "hash_ids": [1, 2, 4]},
+        ],
     )
-    data.pop("workload")
-    s = load_scenario(write_scenario(tmp_path / "s.yaml", data))
     plan = build_plan(s)
     one, two = SizedPrompts(s, s.base_dir, "aaaaaa"), SizedPrompts(s, s.base_dir, "bbbbbb")
     a1, b1 = (one.messages(spec)[0]["content"] for spec in plan[:2])
