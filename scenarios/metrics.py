@@ -7,15 +7,15 @@ measure from the intended start, correcting for coordinated omission.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from scenarios.records import RequestRecord
 from scenarios.slo import Threshold
+from scenarios.table import STATUSES, RequestTable
 
 LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e")
 _REDUCERS: dict[str, Callable[[np.ndarray], Any]] = {
@@ -27,39 +27,9 @@ _REDUCERS: dict[str, Callable[[np.ndarray], Any]] = {
 QUANTILES = (50, 90, 95, 99)
 
 
-def _token_gaps(r: RequestRecord) -> np.ndarray:
-    """Gaps between tokens: a chunk of k tokens after a gap g counts as k gaps of g / k."""
-    gaps = np.diff(r.chunk_times)
-    if not r.chunk_tokens or len(r.chunk_tokens) != len(r.chunk_times):
-        return gaps
-    k = np.asarray(r.chunk_tokens[1:], dtype=int).clip(1, None)
-    return np.repeat(gaps / k, k)
-
-
 def metric_samples(records: Sequence[RequestRecord], metric: str) -> np.ndarray:
     """Samples in seconds of one metric over successful requests."""
-    ok = [r for r in records if r.status == "ok"]
-    if metric == "itl":
-        gaps = [_token_gaps(r) for r in ok if len(r.chunk_times) > 1]
-        return np.concatenate(gaps) if gaps else np.empty(0)
-    values: list[float] = []
-    for r in ok:
-        if r.first_token is None or r.end is None:
-            continue
-        if metric == "ttft":
-            values.append(r.first_token - r.start)
-        elif metric == "ttft_intended":
-            values.append(r.first_token - r.intended_start)
-        elif metric == "e2e":
-            values.append(r.end - r.start)
-        elif metric == "e2e_intended":
-            values.append(r.end - r.intended_start)
-        elif metric == "tpot":
-            if r.output_tokens and r.output_tokens > 1:
-                values.append((r.end - r.first_token) / (r.output_tokens - 1))
-        else:
-            raise ValueError(f"unknown metric {metric!r}")
-    return np.asarray(values, dtype=float)
+    return RequestTable.of(records).samples(metric)
 
 
 @dataclass(frozen=True)
@@ -189,21 +159,19 @@ class Summary:
         )
 
 
-def check_slos(
-    records: Sequence[RequestRecord], thresholds: Sequence[Threshold]
-) -> list[SloResult]:
+def check_slos(table: RequestTable, thresholds: Sequence[Threshold]) -> list[SloResult]:
     """Evaluate each threshold on the run: latencies in ms, error_rate a fraction.
 
     A failed request counts as infinitely slow for ttft, tpot and e2e thresholds: it did not
     get its answer within any limit (so `p(95) < 800` fails when more than 5% of requests fail).
     """
-    failed = sum(r.status != "ok" for r in records)
+    failed = int((~table.ok).sum())
     results = []
     for t in thresholds:
         if t.metric == "error_rate":
-            observed = failed / len(records) if records else 0.0
+            observed = failed / len(table) if len(table) else 0.0
         else:
-            ms = metric_samples(records, t.metric) * 1000.0
+            ms = table.samples(t.metric) * 1000.0
             padded = failed > 0 and t.metric != "itl"
             if padded:
                 ms = np.concatenate([ms, np.full(failed, np.inf)])
@@ -218,26 +186,6 @@ def check_slos(
                 observed = float(_REDUCERS[t.stat](ms))
         results.append(SloResult(t, observed, bool(not np.isnan(observed) and t.holds(observed))))
     return results
-
-
-def _meets_request_slos(r: RequestRecord, limits: dict[str, float]) -> bool:
-    """Goodput's per-request test: each latency metric within its SLO value (ms)."""
-    if r.status != "ok" or r.first_token is None or r.end is None:
-        return False
-    values = {"ttft": r.first_token - r.start, "e2e": r.end - r.start}
-    if r.output_tokens and r.output_tokens > 1:
-        values["tpot"] = (r.end - r.first_token) / (r.output_tokens - 1)
-    if len(r.chunk_times) > 1:
-        values["itl"] = float(np.max(np.diff(r.chunk_times)))
-    return all(values.get(m, 0.0) * 1000.0 <= v for m, v in limits.items())
-
-
-def _examples(records: Sequence[RequestRecord]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for r in records:
-        if r.error_kind and r.error_detail and r.error_kind not in out:
-            out[r.error_kind] = r.error_detail
-    return out
 
 
 def summarize(
@@ -257,54 +205,81 @@ def summarize(
     objectives of their own, each persona also gets its own summary over the same windows
     (so their rates add up), judged by the scenario's objectives and its own.
     """
-    attempts = records
-    records = [r for r in attempts if not r.retried]
-    n = len(records)
+    summary = summarize_table(
+        RequestTable.of(records), thresholds, duration_s, persona_thresholds, window=window
+    )
+    return _with_tokens(summary, records)
+
+
+def _with_tokens(summary: Summary, attempts: Sequence[RequestRecord]) -> Summary:
+    """`summary` (and its personas') with the planned-versus-served token counts."""
+    by_persona = {
+        name: _with_tokens(own, [r for r in attempts if r.persona == name])
+        for name, own in summary.by_persona.items()
+    }
+    tokens = TokenReconciliation.of([r for r in attempts if not r.retried])
+    return replace(summary, tokens=tokens, by_persona=by_persona)
+
+
+def summarize_table(
+    attempts: RequestTable,
+    thresholds: Sequence[Threshold] = (),
+    duration_s: float | None = None,
+    persona_thresholds: dict[str, list[Threshold]] | None = None,
+    *,
+    window: tuple[float, float] | None = None,
+) -> Summary:
+    """`summarize` over columns (a simulated run's, or records'): without token counts."""
+    table = attempts.select(~attempts.retried)
+    n = len(table)
     if window is None:
-        first = min((r.start for r in records), default=0.0)
-        last_send = max((r.start for r in records), default=0.0) - first
-        span = max(max((r.end or r.start for r in records), default=0.0) - first, 1e-9)
+        first = float(table.start.min()) if n else 0.0
+        last_send = float(table.start.max()) - first if n else 0.0
+        ends = np.where(np.isnan(table.end), table.start, table.end)
+        span = max((float(ends.max()) if n else 0.0) - first, 1e-9)
         duration_s = last_send if duration_s is None else max(duration_s, last_send)
         window = (duration_s, span)
     duration_s, span = window
-    personas = sorted({r.persona for r in records})
+    present = sorted(set(table.persona.tolist()))
     own = persona_thresholds or {}
     by_persona = {}
-    if len(personas) > 1 or own:
+    if len(present) > 1 or own:
         by_persona = {
-            name: summarize(
-                [r for r in attempts if r.persona == name],
-                [*thresholds, *own.get(name, [])],
+            attempts.personas[code]: summarize_table(
+                attempts.select(attempts.persona == code),
+                [*thresholds, *own.get(attempts.personas[code], [])],
                 window=window,
             )
-            for name in personas
+            for code in present
         }
-    ok = [r for r in records if r.status == "ok"]
-    stats = {m: Stats.of(metric_samples(records, m)) for m in LATENCY_METRICS}
-    stats["ttft_intended"] = Stats.of(metric_samples(records, "ttft_intended"))
-    stats["e2e_intended"] = Stats.of(metric_samples(records, "e2e_intended"))
+    ok = table.ok
+    stats = {m: Stats.of(table.samples(m)) for m in LATENCY_METRICS}
+    stats["ttft_intended"] = Stats.of(table.samples("ttft_intended"))
+    stats["e2e_intended"] = Stats.of(table.samples("e2e_intended"))
     limits: dict[str, float] = {}
     for t in thresholds:
         if t.metric != "error_rate" and t.op in ("<", "<="):
             limits[t.metric] = min(limits.get(t.metric, np.inf), t.value)
-    good = sum(_meets_request_slos(r, limits) for r in records)
+    good = int(table.meets(limits).sum())
     # a retry waits out its backoff on purpose: only first attempts say if the sender kept up
-    lateness = np.array([r.lateness for r in attempts if r.attempt == 0]) * 1000.0
+    first_tries = attempts.attempt == 0
+    lateness = (attempts.start - attempts.intended_start)[first_tries] * 1000.0
+    statuses = np.bincount(table.status, minlength=len(STATUSES))
+    kinds = np.bincount(table.error_kind[table.error_kind >= 0], minlength=len(table.kinds))
     return Summary(
         requests=n,
-        ok=len(ok),
-        statuses=dict(Counter(r.status for r in records)),
-        error_kinds=dict(Counter(r.error_kind for r in records if r.error_kind)),
-        error_examples=_examples(records),
+        ok=int(ok.sum()),
+        statuses={STATUSES[i]: int(c) for i, c in enumerate(statuses) if c},
+        error_kinds={table.kinds[i]: int(c) for i, c in enumerate(kinds) if c},
+        error_examples=dict(table.examples),
         duration_s=duration_s,
         request_rate=n / max(duration_s, 1e-9),
-        throughput=len(ok) / span,
-        output_tokens_per_s=sum(r.output_tokens or 0 for r in ok) / span,
+        throughput=int(ok.sum()) / span,
+        output_tokens_per_s=int(table.output_tokens[ok].sum()) / span,
         goodput=good / span,
         lateness_p99_ms=float(np.percentile(lateness, 99)) if len(lateness) else 0.0,
         metrics=stats,
-        slos=check_slos(records, thresholds),
+        slos=check_slos(table, thresholds),
         retries=len(attempts) - n,
-        tokens=TokenReconciliation.of(records),
         by_persona=by_persona,
     )

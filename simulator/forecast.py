@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scenarios.metrics import summarize
+from scenarios.metrics import summarize_table
 from scenarios.plan import build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import Scenario
@@ -192,8 +192,9 @@ def run_seed(job: SeedJob) -> SeedOutcome:
         fleet=job.fleet,
     )
     warmup = WARMUP_FRACTION * job.duration_s
-    steady = [r for r in result.records if r.intended_start >= warmup]
-    summary = summarize(steady, thresholds, job.duration_s - warmup, personas)
+    table = result.table
+    steady = table.select(table.intended_start >= warmup)
+    summary = summarize_table(steady, thresholds, job.duration_s - warmup, personas)
     observed = {str(slo.threshold): slo.observed for slo in summary.slos}
     for persona, own in personas.items():
         if persona in summary.by_persona:  # no request of it in the window: nothing to judge
@@ -201,11 +202,9 @@ def run_seed(job: SeedJob) -> SeedOutcome:
             observed.update({f"{persona}: {t}": by_name[str(t)] for t in own})
     ttft, e2e = summary.metrics["ttft"].percentiles, summary.metrics["e2e"].percentiles
     window = job.duration_s - warmup
-    tokens = sum(r.output_tokens or 0 for r in steady if r.status == "ok")
+    tokens = int(steady.output_tokens[steady.ok].sum())
     lives = result.fleet.replica_seconds  # over the records' span, first send to last end
-    span = max((r.end or r.start for r in result.records), default=0.0) - min(
-        (r.start for r in result.records), default=0.0
-    )
+    span = float(np.fmax(table.end, table.start).max() - table.start.min()) if len(table) else 0.0
     return SeedOutcome(
         observed,
         ttft[50],
@@ -219,7 +218,7 @@ def run_seed(job: SeedJob) -> SeedOutcome:
         result.kv_mean,
         float(result.preemptions),
         result.slots_full,
-        result.rejected / max(len(result.records), 1),
+        result.rejected / max(len(table), 1),
         lives / span if lives and span > 0 else float(job.replicas),
         float(result.fleet.peak_replicas or job.replicas),
         float(result.fleet.cold_starts),

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+import numpy as np
 import simpy
 
 from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
+from scenarios.table import RequestTable
 from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
 from simulator.engine import Engine, EngineConfig
 from simulator.engine import Sequence as Seq
 from simulator.fleet import Fleet, FleetConfig, FleetStats
+from simulator.ledger import (
+    ABANDONED,
+    CANCELLED,
+    CONTEXT_LENGTH,
+    HTTP_429,
+    KINDS,
+    OK,
+    REJECTED,
+    TIMED_OUT,
+    Ledger,
+)
 
 
 class Replica:
@@ -112,7 +125,10 @@ def _delay(now: float, at: float) -> float:
 
 @dataclass(frozen=True)
 class SimResult:
-    records: list[RequestRecord]
+    """A simulated run: its requests as columns (`table`); `records` makes them objects."""
+
+    table: RequestTable
+    ledger: Ledger = field(repr=False)
     horizon_s: float
     busy_fraction: list[float]  # per replica, of the span from first send to last response
     preemptions: int = 0  # over the fleet
@@ -124,13 +140,19 @@ class SimResult:
     abandoned: int = 0  # cancelled by an impatient user before the first token
     fleet: FleetStats = field(default_factory=FleetStats)  # cold starts, replica-seconds
 
+    @cached_property
+    def records(self) -> list[RequestRecord]:
+        """Every attempt as a record, in plan order (retried attempts before their last)."""
+        return self.ledger.records()
+
 
 class _Clients:
     """The simulated users: first turns at their planned times, follow-ups `think_s` after the
-    turn they follow ended well, patience that abandons a slow first token, and a record each,
-    as the load generator keeps them (a timeout ends at the client's deadline, tokens after it
-    unseen; a 429 is retried per the request's retry policy, each attempt a record).
-    `outstanding` counts requests not yet ended, planned first turns and follow-ups included."""
+    turn they follow ended well, patience that abandons a slow first token, and a row each in
+    the ledger, as the load generator keeps records (a timeout ends at the client's deadline,
+    tokens after it unseen; a 429 is retried per the request's retry policy, each attempt a
+    row). `outstanding` counts requests not yet ended, planned first turns and follow-ups
+    included."""
 
     def __init__(
         self,
@@ -139,18 +161,18 @@ class _Clients:
         config: EngineConfig,
         timeout_s: float,
         fleet: Fleet[Replica],
+        keep_chunks: bool,
     ):
         self.env = env
         self.timeout_s = timeout_s
         self.fleet = fleet
         self.overhead_s = config.overhead_s
         self.capacity = config.num_blocks * config.block_size  # KV tokens of one replica
-        self.records: dict[str, RequestRecord] = {}
-        self.specs = {s.id: s for s in plan}
+        self.ledger = ledger = Ledger(plan, keep_chunks)
+        self.index = ledger.index
         self.followers = followers_of(plan)
-        self._seqs: dict[str, Seq] = {}  # a patient request's latest attempt
+        self._seqs: dict[int, Seq] = {}  # a patient request's latest attempt
         self._jitter: dict[str, random.Random] = {}  # per request, as the load generator's
-        self.attempts: list[RequestRecord] = []  # attempts that were retried
         self.retry_after_s = fleet.config.retry_after_s
         self.outstanding = sum(1 for s in plan if s.after is None)
 
@@ -164,53 +186,38 @@ class _Clients:
 
     def send(self, spec: RequestSpec, intended: float, attempt: int = 0) -> None:
         """Send an attempt of `spec` (its first at `intended`, a retry now - overhead_s)."""
-        now = self.env.now
-        rec = RequestRecord(
-            id=spec.id,
-            intended_start=intended,
-            start=intended if attempt == 0 else now - self.overhead_s,
-            prompt_tokens=spec.prompt_tokens,
-            token_source="plan",
-            source="simulated",
-            persona=spec.persona,
-            session=spec.session,
-            turn=spec.turn,
-            attempt=attempt,
-            planned_prompt_tokens=spec.prompt_tokens,
-            regenerate=spec.regenerate,
-        )
-        self.records[spec.id] = rec
+        now, ledger = self.env.now, self.ledger
+        i = self.index[spec.id]
+        start = intended if attempt == 0 else now - self.overhead_s
+        ledger.send(i, intended, start, attempt)
         seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
         if seq.prompt_tokens + seq.max_tokens > self.capacity:
-            rec.status, rec.error_kind, rec.end = "rejected", "context_length", now
+            ledger.fail(i, REJECTED, CONTEXT_LENGTH, now)
             self._failed(spec, now)
             return
-        if not self.fleet.admit(seq, rec.start):
-            rec.status, rec.error_kind, rec.http_status = "rejected", "http_429", 429
-            rec.error_detail = "overloaded: the fleet's admission queue is full"
-            rec.end = now
-            if not self._retry(spec, rec, intended):
+        if not self.fleet.admit(seq, start):
+            ledger.fail(i, REJECTED, HTTP_429, now)
+            if not self._retry(spec, i, intended):
                 self._failed(spec, now)
             return
         if spec.patience_s is not None:
-            if spec.id not in self._seqs:  # one patience per request, over its attempts
-                self.env.process(self._patience(spec, intended + spec.patience_s))
-            self._seqs[spec.id] = seq
+            if i not in self._seqs:  # one patience per request, over its attempts
+                self.env.process(self._patience(spec, i, intended + spec.patience_s))
+            self._seqs[i] = seq
 
-    def _retry(self, spec: RequestSpec, rec: RequestRecord, intended: float) -> bool:
+    def _retry(self, spec: RequestSpec, i: int, intended: float) -> bool:
         """Retry a 429 as the load generator does (spec.retry's backoff and Retry-After, not
         past the user's patience); False: no retry."""
-        retry = spec.retry
-        if retry is None or rec.attempt >= retry.max_retries or 429 not in retry.on_status:
+        retry, attempt = spec.retry, self.ledger.attempt[i]
+        if retry is None or attempt >= retry.max_retries or 429 not in retry.on_status:
             return False
         jitter = self._jitter.setdefault(spec.id, random.Random(f"{spec.id}:{spec.text_seed}"))
-        wait = retry.wait_s(rec.attempt + 1, jitter.random(), self.retry_after_s)
+        wait = retry.wait_s(attempt + 1, jitter.random(), self.retry_after_s)
         now = self.env.now
         if spec.patience_s is not None and now + wait >= intended + spec.patience_s:
             return False  # the user gives up instead
-        rec.retried = True
-        self.attempts.append(rec)
-        self.env.process(self._resend(spec, intended, rec.attempt + 1, now + wait))
+        self.ledger.retry(i)
+        self.env.process(self._resend(spec, intended, attempt + 1, now + wait))
         return True
 
     def _resend(
@@ -219,32 +226,35 @@ class _Clients:
         yield self.env.timeout(max(0.0, at + self.overhead_s - self.env.now))
         self.send(spec, intended, attempt)
 
-    def _patience(self, spec: RequestSpec, give_up: float) -> Generator[simpy.Event, Any, None]:
+    def _patience(
+        self, spec: RequestSpec, i: int, give_up: float
+    ) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, give_up - self.env.now))
-        rec = self.records[spec.id]  # its latest attempt
-        seq = self._seqs.pop(spec.id)
-        if rec.first_token is None and rec.end is None:
-            rec.status, rec.error_kind, rec.end = "cancelled", "abandoned", give_up
+        ledger = self.ledger  # its latest attempt's row
+        seq = self._seqs.pop(i)
+        if math.isnan(ledger.first[i]) and math.isnan(ledger.end[i]):
+            ledger.fail(i, CANCELLED, ABANDONED, give_up)
             self.fleet.withdraw(seq)
             self._failed(spec, give_up)
 
     def on_tokens(self, tokens: Tokens, now: float) -> None:
         """Chunk times in bulk: a step's, or every step's of a jump."""
-        records, times = self.records, tokens.times
+        chunks, index, times = self.ledger.chunks, self.index, tokens.times
+        assert chunks is not None
         for seq in tokens.sequences:
-            records[seq.id].chunk_times.extend(times)
+            chunks[index[seq.id]].extend(times)
 
     def on_first_token(self, seq: Seq, now: float) -> None:
-        self.records[seq.id].first_token = now
+        self.ledger.first[self.index[seq.id]] = now
 
     def on_finish(self, seq: Seq, now: float) -> None:
-        rec = self.records[seq.id]
-        if now > rec.start + self.timeout_s:  # in a step that ran past the client's deadline
-            self._timed_out(rec)
+        i, ledger = self.index[seq.id], self.ledger
+        if now > ledger.start[i] + self.timeout_s:  # in a step past the client's deadline
+            self._timed_out(i)
             self.fleet.released(seq, now)
             return
-        rec.end = now
-        rec.output_tokens = seq.generated
+        ledger.end[i] = now
+        ledger.output[i] = seq.generated
         self.outstanding -= 1
         followers = self.followers.get(seq.id)
         if followers:
@@ -252,19 +262,16 @@ class _Clients:
         self.fleet.released(seq, now)
 
     def on_abort(self, seq: Seq, now: float) -> None:
-        """A timeout (a patience abort marked its record already): the session ends here."""
-        if self.records[seq.id].status == "ok":
-            self._timed_out(self.records[seq.id])
+        """A timeout (a patience abort marked its row already): the session ends here."""
+        i = self.index[seq.id]
+        if self.ledger.status[i] == OK:
+            self._timed_out(i)
         self.fleet.released(seq, now)
 
-    def _timed_out(self, rec: RequestRecord) -> None:
-        """The client stopped at its deadline: what came after it was never seen."""
-        end = rec.start + self.timeout_s
-        rec.status, rec.error_kind, rec.end = "timeout", "timeout", end
-        if rec.first_token is not None and rec.first_token > end:
-            rec.first_token = None
-        rec.chunk_times = [t for t in rec.chunk_times if t <= end]
-        self._failed(self.specs[rec.id], end)
+    def _timed_out(self, i: int) -> None:
+        end = self.ledger.start[i] + self.timeout_s
+        self.ledger.time_out(i, end)
+        self._failed(self.ledger.plan[i], end)
 
     def _failed(self, spec: RequestSpec, now: float) -> None:
         """The request ended badly: the rest of the session is dropped; a closed-loop user goes
@@ -334,7 +341,7 @@ def simulate(
         clients.on_abort(seq, now)
 
     pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired)
-    clients = _Clients(env, plan, config, timeout_s, pool)
+    clients = _Clients(env, plan, config, timeout_s, pool, record_chunks)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
         events.tokens.add_listener(clients.on_tokens)
@@ -346,16 +353,11 @@ def simulate(
     env.run(until=horizon)
     for member in pool.history:
         member.replica.settle()
-    records = clients.records
-    for rec in records.values():
-        if rec.status == "ok" and (rec.end is None or rec.end - rec.start > timeout_s):
-            rec.status, rec.error_kind, rec.end = "timeout", "timeout", rec.start + timeout_s
-    retried: dict[str, list[RequestRecord]] = {}
-    for rec in clients.attempts:
-        retried.setdefault(rec.id, []).append(rec)
-    ordered = [a for s in plan if s.id in records for a in (*retried.get(s.id, ()), records[s.id])]
-    first = min((r.start for r in ordered), default=0.0)
-    last = max((r.end or r.start for r in ordered), default=0.0)
+    ledger = clients.ledger
+    ledger.close(timeout_s)
+    table = ledger.table()
+    first = float(table.start.min()) if len(table) else 0.0
+    last = float(np.fmax(table.end, table.start).max()) if len(table) else 0.0
     span = last - first
     busy = [
         min(m.replica.busy_time / alive, 1.0) if (alive := m.alive_s(first, last)) > 0 else 0.0
@@ -367,17 +369,19 @@ def simulate(
     per = max(span, 1e-9) * len(pool.history) if scaler is None else stats.replica_seconds
     per = max(per, 1e-9)
     usage = [m.replica.usage for m in pool.history]
-    statuses = Counter((r.status, r.error_kind) for r in records.values())  # last attempts
+    final = table.select(~table.retried)
+    kinds = np.bincount(final.error_kind[final.error_kind >= 0], minlength=len(KINDS))
     return SimResult(
-        ordered,
+        table,
+        ledger,
         horizon,
         busy,
         preempted,
         kv_peak=max((u.kv_peak for u in usage), default=0.0),
         kv_mean=min(sum(u.kv_s for u in usage) / per, 1.0),
         slots_full=min(sum(u.full_s for u in usage) / per, 1.0),
-        rejected=sum(n for (status, _), n in statuses.items() if status == "rejected"),
-        timeouts=statuses["timeout", "timeout"],
-        abandoned=statuses["cancelled", "abandoned"],
+        rejected=int((final.status == REJECTED).sum()),
+        timeouts=int(kinds[TIMED_OUT]),
+        abandoned=int(kinds[ABANDONED]),
         fleet=stats,
     )

@@ -1,0 +1,184 @@
+"""What happened to each simulated request, kept as columns (no object per request).
+
+A `Ledger` has a row per planned request, for its latest attempt, in typed arrays; an attempt
+that got a 429 and was retried moves to a short list of its own. At the end it becomes a
+`RequestTable` (what summaries and forecasts read) and, only when asked, `RequestRecord`s (what
+a run folder stores).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Sequence
+
+import numpy as np
+
+from scenarios.plan import RequestSpec
+from scenarios.records import RequestRecord
+from scenarios.table import STATUSES, RequestTable
+
+OK, CANCELLED, TIMEOUT, REJECTED = (
+    STATUSES.index(s) for s in ("ok", "cancelled", "timeout", "rejected")
+)
+UNSENT = -1
+KINDS = ("abandoned", "context_length", "http_429", "timeout")  # sorted, as RequestTable keeps
+ABANDONED, CONTEXT_LENGTH, HTTP_429, TIMED_OUT = range(len(KINDS))
+OVERLOADED = "overloaded: the fleet's admission queue is full"
+
+
+class Ledger:
+    """Rows indexed by the request's place in the plan; `chunks` (if kept) by the same index."""
+
+    def __init__(self, plan: Sequence[RequestSpec], keep_chunks: bool):
+        n = len(plan)
+        self.plan = plan
+        self.index = {spec.id: i for i, spec in enumerate(plan)}
+        nan = array("d", [math.nan])
+        self.intended, self.start, self.first, self.end = nan * n, nan * n, nan * n, nan * n
+        self.status = array("b", [UNSENT]) * n
+        self.kind = array("h", [-1]) * n
+        self.output = array("q", [0]) * n
+        self.attempt = array("h", [0]) * n
+        self.chunks: dict[int, list[float]] | None = {} if keep_chunks else None
+        # (row, intended, start, end, attempt) of attempts refused with a 429 and retried
+        self.retried: list[tuple[int, float, float, float, int]] = []
+
+    def send(self, i: int, intended: float, start: float, attempt: int) -> None:
+        self.intended[i], self.start[i], self.attempt[i] = intended, start, attempt
+        self.first[i] = self.end[i] = math.nan
+        self.status[i], self.kind[i] = OK, -1
+        if self.chunks is not None:
+            self.chunks[i] = []
+
+    def fail(self, i: int, status: int, kind: int, end: float) -> None:
+        self.status[i], self.kind[i], self.end[i] = status, kind, end
+
+    def retry(self, i: int) -> None:
+        """The latest attempt (a 429) is retried: keep it apart, the row takes the next."""
+        self.retried.append((i, self.intended[i], self.start[i], self.end[i], self.attempt[i]))
+
+    def time_out(self, i: int, end: float) -> None:
+        """The client stopped at its deadline `end`: what came after it was never seen."""
+        self.fail(i, TIMEOUT, TIMED_OUT, end)
+        if self.first[i] > end:
+            self.first[i] = math.nan
+        if self.chunks is not None:
+            self.chunks[i] = [t for t in self.chunks[i] if t <= end]
+
+    def close(self, timeout_s: float) -> None:
+        """At the end of a run: a request still unanswered (or answered late) timed out."""
+        start, end, status = (
+            np.frombuffer(a, a.typecode) for a in (self.start, self.end, self.status)
+        )
+        late = (status == OK) & ~(end - start <= timeout_s)  # NaN end: never answered
+        for i in np.flatnonzero(late).tolist():
+            self.time_out(i, self.start[i] + timeout_s)
+
+    def _rows(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every attempt's row in plan order (retried attempts before the last): their request
+        indices and columns."""
+        sent = np.flatnonzero(np.frombuffer(self.status, np.int8) != UNSENT)
+        cols: dict[str, np.ndarray] = {
+            "intended_start": np.frombuffer(self.intended)[sent],
+            "start": np.frombuffer(self.start)[sent],
+            "first_token": np.frombuffer(self.first)[sent],
+            "end": np.frombuffer(self.end)[sent],
+            "status": np.frombuffer(self.status, np.int8)[sent],
+            "error_kind": np.frombuffer(self.kind, np.int16)[sent],
+            "output_tokens": np.frombuffer(self.output, np.int64)[sent],
+            "attempt": np.frombuffer(self.attempt, np.int16)[sent],
+            "retried": np.zeros(len(sent), bool),
+        }
+        rows: np.ndarray = sent
+        if self.retried:
+            r = np.array(self.retried, dtype=float).T
+            extra = {
+                "intended_start": r[1],
+                "start": r[2],
+                "first_token": np.full(len(r[0]), np.nan),
+                "end": r[3],
+                "status": np.full(len(r[0]), REJECTED, np.int8),
+                "error_kind": np.full(len(r[0]), HTTP_429, np.int16),
+                "output_tokens": np.zeros(len(r[0]), np.int64),
+                "attempt": r[4].astype(np.int16),
+                "retried": np.ones(len(r[0]), bool),
+            }
+            rows = np.concatenate([sent, r[0].astype(np.int64)])
+            order = np.lexsort((np.concatenate([cols["attempt"], extra["attempt"]]), rows))
+            cols = {k: np.concatenate([cols[k], extra[k]])[order] for k in cols}
+            rows = rows[order]
+        return rows, cols
+
+    def table(self) -> RequestTable:
+        rows, cols = self._rows()
+        names = tuple(sorted({s.persona for s in self.plan}))
+        code = {name: i for i, name in enumerate(names)}
+        persona = np.fromiter((code[s.persona] for s in self.plan), np.int16, len(self.plan))
+        gaps, gap_row, max_gap = self._gaps(rows, cols["status"] == OK)
+        examples = (("http_429", OVERLOADED),) if (cols["error_kind"] == HTTP_429).any() else ()
+        return RequestTable(
+            **cols,
+            persona=persona[rows],
+            max_gap=max_gap,
+            gaps=gaps,
+            gap_row=gap_row,
+            kinds=KINDS,
+            personas=names,
+            examples=examples,
+        )
+
+    def _gaps(self, rows: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Successful rows' gaps between tokens, their owners, and each row's longest gap."""
+        max_gap = np.full(len(rows), np.nan)
+        if self.chunks is None:
+            return np.empty(0), np.empty(0, np.int64), max_gap
+        pieces, owners = [], []
+        for j in np.flatnonzero(ok).tolist():
+            times = self.chunks.get(int(rows[j]), [])
+            if len(times) > 1:
+                gap = np.diff(times)
+                pieces.append(gap)
+                owners.append(np.full(len(gap), j))
+                max_gap[j] = gap.max()
+        if not pieces:
+            return np.empty(0), np.empty(0, np.int64), max_gap
+        return np.concatenate(pieces), np.concatenate(owners), max_gap
+
+    def records(self) -> list[RequestRecord]:
+        """The rows as records, as the load generator writes them."""
+        rows, cols = self._rows()
+        out = []
+        for j, i in enumerate(rows.tolist()):
+            spec, kind = self.plan[i], int(cols["error_kind"][j])
+            first, end = float(cols["first_token"][j]), float(cols["end"][j])
+            chunks = (
+                self.chunks.get(i, []) if self.chunks is not None and not cols["retried"][j] else []
+            )
+            output = int(cols["output_tokens"][j])
+            out.append(
+                RequestRecord(
+                    id=spec.id,
+                    intended_start=float(cols["intended_start"][j]),
+                    start=float(cols["start"][j]),
+                    first_token=None if math.isnan(first) else first,
+                    end=None if math.isnan(end) else end,
+                    chunk_times=list(chunks),
+                    prompt_tokens=spec.prompt_tokens,
+                    output_tokens=output if output else None,
+                    token_source="plan",
+                    status=STATUSES[int(cols["status"][j])],
+                    error_kind=KINDS[kind] if kind >= 0 else None,
+                    http_status=429 if kind == HTTP_429 else None,
+                    error_detail=OVERLOADED if kind == HTTP_429 else None,
+                    source="simulated",
+                    persona=spec.persona,
+                    session=spec.session,
+                    turn=spec.turn,
+                    attempt=int(cols["attempt"][j]),
+                    retried=bool(cols["retried"][j]),
+                    planned_prompt_tokens=spec.prompt_tokens,
+                    regenerate=spec.regenerate,
+                )
+            )
+        return out
