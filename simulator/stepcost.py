@@ -2,9 +2,9 @@
 
 A model is anything with `duration(decode_seqs, prefill_tokens, context_tokens)` and the three
 methods for a run of pure-decode steps of one batch (its context growing by `decode_seqs` tokens a
-step) that the simulator uses to jump over such runs. Two are linear (`StepCost`, `ContextStepCost`);
-two can bend: `DecodeTableCost` interpolates step time over decode batch size, `RooflineCost` takes
-the larger of a compute and a memory term.
+step) that the simulator uses to jump over such runs. Two are linear (`StepCost` and
+`ContextStepCost`); two can bend: `DecodeTableCost` interpolates step time over decode batch size,
+`RooflineCost` takes the larger of a compute and a memory term.
 """
 
 from __future__ import annotations
