@@ -310,7 +310,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     if not identifiable[2]:  # no step with a prefill was timed: learn it from idle TTFTs
         cost[2], cov[3, 3] = _prefill_from_idle(idle)
     rows_ = StepRows(x[:, 0], x[:, 1], x[:, 2], context, y)
-    selection = select(rows_, keep)
+    selection = select(rows_)
     model = _bent(selection, None if identifiable[2] else float(cost[2]))
     if model is not None:  # the residuals of the chosen model
         per_step = (y - predict(model, rows_)) / x[:, 0]

@@ -234,27 +234,33 @@ def folds(n: int) -> np.ndarray:
     return (np.arange(n) // block) % FOLDS
 
 
-def held_out_error(
-    fitter: Callable[[StepRows], CostModel], r: StepRows, scored: np.ndarray
-) -> float:
-    """Mean absolute error of a step's time over the `scored` rows, each predicted by the model
-    fitted on the folds it is not in."""
+def held_out_error(fitter: Callable[[StepRows], CostModel], r: StepRows, cap: float) -> float:
+    """Mean absolute error of a step's time, each row predicted by the model fitted on the folds
+    it is not in, and no row's error counted beyond `cap` (an outlier weighs alike on all)."""
     fold = folds(len(r))
     errors = np.zeros(len(r))
     for f in range(FOLDS):
         test = fold == f
         model = fitter(r.take(np.flatnonzero(~test)))
         errors[test] = np.abs(r.seconds[test] - predict(model, r.take(np.flatnonzero(test))))
-    return float(np.mean(errors[scored] / r.steps[scored]))
+    return float(np.mean(np.minimum(errors / r.steps, cap)))
 
 
-def select(r: StepRows, scored: np.ndarray) -> Selection:
+def outlier_cap(r: StepRows) -> float:
+    """A step error beyond which a row counts as an outlier: OUTLIER_MADS robust deviations of
+    the linear fit's residuals."""
+    resid = (r.seconds - predict(fit_linear(r), r)) / r.steps
+    return OUTLIER_MADS * 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+
+
+def select(r: StepRows) -> Selection:
     """The candidate with the least held-out error, or a simpler one within MARGIN of it, fitted
-    on every row; `scored`: the rows to score (not outliers)."""
+    on every row."""
     if len(r) < MIN_ROWS:
         return Selection("linear", fit_linear(r), ())
     names = [n for n in FITTERS if r.context is not None or n not in NEEDS_CONTEXT]
-    candidates = tuple(Candidate(n, held_out_error(FITTERS[n], r, scored)) for n in names)
+    cap = max(outlier_cap(r), 1e-9)
+    candidates = tuple(Candidate(n, held_out_error(FITTERS[n], r, cap)) for n in names)
     best = min(c.held_out_s for c in candidates)
     chosen = next(c.name for c in candidates if c.held_out_s * (1 - MARGIN) <= best)
     return Selection(chosen, FITTERS[chosen](r), candidates)
