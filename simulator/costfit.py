@@ -177,6 +177,13 @@ def fit_roofline(r: StepRows) -> RooflineCost:
         step = base + np.maximum(per_token * tokens[rows], memory + per_ctx * context[rows])
         return np.asarray(y[rows] - step)
 
+    def jac(p: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        _, per_token, memory, per_ctx = p * scale
+        t, c = tokens[rows], context[rows]
+        bound = per_token * t > memory + per_ctx * c  # compute-bound rows
+        ones = np.ones(len(rows))
+        return -np.column_stack([ones, t * bound, ~bound * ones, c * ~bound]) * scale
+
     slopes = [lin.per_prefill_token_s, lin.per_decode_seq_s]
     starts = [
         np.array([lin.base_s * f, a, lin.base_s * (1 - f), lin.per_context_token_s]) / scale
@@ -185,11 +192,13 @@ def fit_roofline(r: StepRows) -> RooflineCost:
     ]
 
     def fit(keep: np.ndarray) -> np.ndarray:
+        """From every start the first time, then from the last fit (rows only dropped)."""
         rows = np.flatnonzero(keep)
         best = min(
-            (least_squares(resid, s, bounds=(0.0, np.inf), args=(rows,)) for s in starts),
+            (least_squares(resid, s, jac=jac, bounds=(0.0, np.inf), args=(rows,)) for s in starts),
             key=lambda res: float(res.cost),
         )
+        starts[:] = [best.x]
         return np.asarray(best.x)
 
     p, _ = _robust(fit, resid, len(y), 4)
