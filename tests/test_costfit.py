@@ -162,3 +162,18 @@ def test_an_older_calibration_file_reads_as_linear(table_calibration: Calibratio
 def test_every_cost_model_round_trips_through_json(cost: CostModel) -> None:
     engine = EngineConfig(cost=cost)
     assert EngineConfig.from_dict(json.loads(json.dumps(engine.to_dict()))) == engine
+
+
+def test_calibration_recovers_a_context_term_from_the_steps_it_recovers() -> None:
+    """Each recovered step's context (prompt and tokens so far, summed over its requests) is
+    the one the simulated engine priced: its per-token cost comes back."""
+    law = ContextStepCost(0.010, 0.0006, 6e-5, 3e-6)
+    engine = dataclasses.replace(TABLE_ENGINE, cost=law)
+    scenario = parse_scenario(scenario_dict(traffic={"rate": 9, "duration_s": 40, "seed": 4}))
+    records = simulate(build_plan(scenario), engine).records
+    measured = _jittered(records, np.random.default_rng(2), sd=0.0003)
+    cal = calibrate(measured, dataclasses.replace(engine, cost=StepCost(), overhead_s=0.0))
+    assert cal.fit.chosen == "linear+context", cal.fit.candidates
+    assert isinstance(cal.engine.cost, ContextStepCost)
+    for field in ("base_s", "per_decode_seq_s", "per_prefill_token_s", "per_context_token_s"):
+        assert getattr(cal.engine.cost, field) == pytest.approx(getattr(law, field), rel=0.05)
