@@ -132,6 +132,7 @@ class Calibration:
         engine = EngineConfig.from_dict(d["engine"])
         cm = d.get("cost_model", {})  # older files: the linear model
         chosen = str(cm.get("chosen", "linear"))
+        typical = [float(v) for v in cm.get("typical_step", (0.0, 0.0))]
         fit = Fit(
             values,
             np.array(d["covariance"]),
@@ -143,7 +144,7 @@ class Calibration:
             None if chosen == "linear" else engine.cost,
             chosen,
             tuple(Candidate(n, ms / 1000.0) for n, ms in cm.get("held_out_ms", {}).items()),
-            (float(cm.get("typical_step", (0, 0))[0]), float(cm.get("typical_step", (0, 0))[1])),
+            (typical[0], typical[1]),
         )
         notes = list(d.get("notes", []))
         tokens = TokenMap.from_dict(d.get("tokens"))
@@ -158,7 +159,7 @@ class _Steps:
     end: np.ndarray
     decode: np.ndarray  # sequences that got a non-first token in the step
     prefill_tokens: np.ndarray  # prompt tokens of sequences that got their first token
-    context: np.ndarray  # KV tokens attended: prompt + tokens before, summed over the step's
+    context: np.ndarray  # KV tokens attended (prompt + tokens before), summed over requests
     busy: np.ndarray  # True: step i began when step i-1 ended (some request spans both)
     first_step: dict[int, int]  # request index -> step of its first token
 
@@ -316,7 +317,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
         per_step = (y - predict(model, rows_)) / x[:, 0]
         resid = per_step[keep] * x[keep, 0]
     y = y[keep]
-    priced = model or StepCost(*map(float, cost))
+    priced = StepCost(*map(float, cost)) if model is None else model
     idle_overheads = [  # an idle request's prefill step attends over its own prompt
         (r.first_token or 0.0) - r.start - priced.duration(0, p, p)
         for r in idle
