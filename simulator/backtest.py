@@ -24,6 +24,7 @@ from scenarios.records import RequestRecord
 from scenarios.spec import Scenario
 from simulator.calibrate import Calibration
 from simulator.sim import SimResult, simulate
+from simulator.stepcost import scaled
 
 DRAWS = 12  # simulations per prediction, each with its own parameter draw (and plan seed)
 BOOTSTRAP = 300
@@ -149,10 +150,7 @@ def _drawn(calibration: Calibration, rng: np.random.Generator, n: int) -> list[C
     out = []
     for cost, overhead in calibration.fit.sample_costs(rng, n):
         factor = max(0.5, 1.0 + calibration.drift * float(rng.standard_normal()))
-        scaled = dataclasses.replace(
-            cost, **{f.name: getattr(cost, f.name) * factor for f in dataclasses.fields(cost)}
-        )
-        engine = calibration.engine.with_cost(scaled, overhead)
+        engine = calibration.engine.with_cost(scaled(cost, factor), overhead)
         out.append(dataclasses.replace(calibration, engine=engine))
     return out
 

@@ -6,7 +6,9 @@ engine was busy the whole time, so the gap is one step:
 
     gap = base + per_decode_seq * decoding + per_prefill_token * prompt_tokens_prefilled
 
-A robust, non-negative least-squares fit (scipy) of those gaps gives the step cost. The overhead
+A robust, non-negative least-squares fit (scipy) of those gaps gives the linear step cost; a model
+that can bend (a table by batch size, a roofline) replaces it where it predicts held-out steps
+clearly better (`simulator.costfit`). The overhead
 (send to engine: network, parsing, tokenizing) is the median of per-request estimates: requests
 that arrived to an idle engine (ttft - prefill step) and requests that arrived mid-step (see
 `_overhead_samples`). Batch limits (max_num_seqs, KV capacity) cannot be seen from below
@@ -21,12 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import lsq_linear
 
 from scenarios.records import RequestRecord
 from simulator.chunkfit import chunk_rows, several_per_chunk
+from simulator.costfit import Candidate, Selection, StepRows, predict, robust_lstsq, select
 from simulator.engine import EngineConfig, StepCost
-from simulator.stepcost import StepCostModel
+from simulator.stepcost import (
+    ContextStepCost,
+    CostModel,
+    DecodeTableCost,
+    StepCostModel,
+    scaled,
+)
 from simulator.tokenmap import TokenMap
 
 PARAMS = ("overhead_s", "base_s", "per_decode_seq_s", "per_prefill_token_s")
@@ -47,19 +55,38 @@ class Fit:
     # per-step residuals (measured - fitted, seconds) as 101 quantiles: the scatter of one
     # step, and of one inter-token gap, around the model
     residual_quantiles_s: tuple[float, ...] = ()
+    # the model chosen by held-out error where it is not the linear one `values` describe
+    model: CostModel | None = None
+    chosen: str = "linear"
+    candidates: tuple[Candidate, ...] = ()  # each candidate model's held-out error
+    typical_step: tuple[float, float] = (0.0, 0.0)  # mean decoding sequences, prompt tokens
 
     def stderr(self) -> np.ndarray:
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
 
-    def cost(self) -> StepCost:
+    def linear(self) -> StepCost:
         _, base, per_seq, per_token = self.values
         return StepCost(float(base), float(per_seq), float(per_token))
 
-    def sample_costs(self, rng: np.random.Generator, n: int) -> list[tuple[StepCost, float]]:
-        """Parameter sets drawn from the fit's uncertainty (truncated at zero), for error bars."""
+    def cost(self) -> CostModel:
+        return self.linear() if self.model is None else self.model
+
+    def sample_costs(self, rng: np.random.Generator, n: int) -> list[tuple[CostModel, float]]:
+        """Parameter sets drawn from the fit's uncertainty (truncated at zero), for error bars:
+        a chosen model other than the linear one is scaled as the drawn linear model's time for
+        a typical step is."""
         draws = rng.multivariate_normal(self.values, self.covariance, size=n, method="svd")
         draws = np.clip(draws, 0.0, None)
-        return [(StepCost(*map(float, d[1:])), float(d[0])) for d in draws]
+        out: list[tuple[CostModel, float]] = []
+        typical = self.linear().duration(*map(round, self.typical_step))
+        for d in draws:
+            linear = StepCost(*map(float, d[1:]))
+            if self.model is None or typical <= 0:
+                out.append((linear, float(d[0])))
+            else:
+                factor = linear.duration(*map(round, self.typical_step)) / typical
+                out.append((scaled(self.model, factor), float(d[0])))
+        return out
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,11 @@ class Calibration:
                 "rmse_ms": f.rmse_s * 1000.0,
                 "residual_quantiles_ms": [q * 1000.0 for q in f.residual_quantiles_s],
             },
+            "cost_model": {
+                "chosen": f.chosen,
+                "held_out_ms": {c.name: c.held_out_s * 1000.0 for c in f.candidates},
+                "typical_step": list(f.typical_step),
+            },
             "notes": self.notes,
             "drift": self.drift,
             "tokens": self.tokens.to_dict(),
@@ -97,6 +129,10 @@ class Calibration:
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         values = np.array([d["parameters"][p]["value"] for p in PARAMS])
         fd = d["fit"]
+        engine = EngineConfig.from_dict(d["engine"])
+        cm = d.get("cost_model", {})  # older files: the linear model
+        chosen = str(cm.get("chosen", "linear"))
+        typical = [float(v) for v in cm.get("typical_step", (0.0, 0.0))]
         fit = Fit(
             values,
             np.array(d["covariance"]),
@@ -105,8 +141,11 @@ class Calibration:
             fd["r2"],
             fd["rmse_ms"] / 1000.0,
             tuple(q / 1000.0 for q in fd.get("residual_quantiles_ms", ())),
+            None if chosen == "linear" else engine.cost,
+            chosen,
+            tuple(Candidate(n, ms / 1000.0) for n, ms in cm.get("held_out_ms", {}).items()),
+            (typical[0], typical[1]),
         )
-        engine = EngineConfig.from_dict(d["engine"])
         notes = list(d.get("notes", []))
         tokens = TokenMap.from_dict(d.get("tokens"))
         runs = [str(r) for r in d.get("runs", [])]
@@ -120,6 +159,7 @@ class _Steps:
     end: np.ndarray
     decode: np.ndarray  # sequences that got a non-first token in the step
     prefill_tokens: np.ndarray  # prompt tokens of sequences that got their first token
+    context: np.ndarray  # KV tokens attended (prompt + tokens before), summed over requests
     busy: np.ndarray  # True: step i began when step i-1 ended (some request spans both)
     first_step: dict[int, int]  # request index -> step of its first token
 
@@ -143,8 +183,10 @@ def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
     np.minimum.at(end, step_of, t)  # earliest arrival of each step's chunks
     step_at = {(int(o), int(p)): int(s) for o, p, s in zip(owner, pos, step_of, strict=True)}
     decode, prefill, busy = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
+    context = np.zeros(n)
     first_step = {}
     for (o, p), s in step_at.items():
+        context[s] += (records[o].prompt_tokens or 0) + p
         if p == 0:
             prefill[s] += records[o].prompt_tokens or 0
             first_step[o] = s
@@ -154,7 +196,7 @@ def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
         else:
             decode[s] += 1
             busy[s] |= step_at[(o, p - 1)] == s - 1
-    return _Steps(end, decode, prefill, busy, first_step)
+    return _Steps(end, decode, prefill, context, busy, first_step)
 
 
 def _overhead_samples(
@@ -188,28 +230,6 @@ def _idle_requests(records: Sequence[RequestRecord]) -> list[RequestRecord]:
         if not (i > 0 and ends[i - 1] > r.start) and j <= i + 1:
             idle.append(r)
     return idle
-
-
-OUTLIER_MADS = 6.0  # a step further than this many robust deviations from the fit is dropped
-
-
-def robust_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative least squares (a mean fit: queueing depends on mean service time) refitted
-    without the rows whose residual is beyond OUTLIER_MADS robust deviations (a paused client,
-    a garbage collection): (coefficients, rows kept)."""
-    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-    keep = np.ones(len(y), dtype=bool)
-    beta = np.zeros(x.shape[1])
-    for _ in range(5):
-        beta = lsq_linear(x[keep] / scale, y[keep], bounds=(0.0, np.inf)).x / scale
-        resid = y - x @ beta
-        centre = float(np.median(resid[keep]))
-        spread = 1.4826 * float(np.median(np.abs(resid[keep] - centre)))
-        now = np.abs(resid - centre) <= max(OUTLIER_MADS * spread, 1e-9)
-        if np.array_equal(now, keep) or now.sum() < x.shape[1] + 1:
-            break
-        keep = now
-    return beta, keep
 
 
 def _prefill_from_idle(idle: Sequence[RequestRecord]) -> tuple[float, float]:
@@ -256,6 +276,7 @@ def _streamed(records: Sequence[RequestRecord]) -> list[RequestRecord]:
 def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = None) -> Fit:
     ok = _streamed(records)
     steps = None
+    context = None  # the steps' context tokens, where each step is seen
     if several_per_chunk(records):  # steps in between chunks are unseen: fit chunk intervals
         x, y = chunk_rows([r for r in records if r.status == "ok" and r.chunk_times])
     elif sum(len(r.chunk_times) for r in ok) >= 3:
@@ -263,6 +284,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
         rows = np.flatnonzero(steps.busy)
         x = np.column_stack([np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows]])
         y = steps.end[rows] - steps.end[rows - 1]
+        context = steps.context[rows]
     else:
         x, y = np.empty((0, 3)), np.empty(0)
     if len(y) < 8:
@@ -283,14 +305,23 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     cov = np.zeros((len(PARAMS), len(PARAMS)))
     idx = 1 + np.flatnonzero(identifiable)
     cov[np.ix_(idx, idx)] = sigma2 * np.linalg.pinv(xs[keep].T @ xs[keep])
-    y = y[keep]
+    typical = (float(np.mean(x[keep, 1] / x[keep, 0])), float(np.mean(x[keep, 2] / x[keep, 0])))
 
     idle = _idle_requests(ok)
     if not identifiable[2]:  # no step with a prefill was timed: learn it from idle TTFTs
         cost[2], cov[3, 3] = _prefill_from_idle(idle)
-    base, _, per_token = cost
-    idle_overheads = [
-        (r.first_token or 0.0) - r.start - base - per_token * (r.prompt_tokens or 0) for r in idle
+    rows_ = StepRows(x[:, 0], x[:, 1], x[:, 2], context, y)
+    selection = select(rows_)
+    model = _bent(selection, None if identifiable[2] else float(cost[2]))
+    if model is not None:  # the residuals of the chosen model
+        per_step = (y - predict(model, rows_)) / x[:, 0]
+        resid = per_step[keep] * x[keep, 0]
+    y = y[keep]
+    priced = StepCost(*map(float, cost)) if model is None else model
+    idle_overheads = [  # an idle request's prefill step attends over its own prompt
+        (r.first_token or 0.0) - r.start - priced.duration(0, p, p)
+        for r in idle
+        for p in [r.prompt_tokens or 0]
     ]
     queued_free = _overhead_samples(ok, steps, max_num_seqs) if steps else np.empty(0)
     overheads = np.concatenate([queued_free, idle_overheads])
@@ -310,7 +341,22 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
         r2,
         float(np.sqrt(np.mean(resid**2))),
         tuple(float(q) for q in np.percentile(per_step, np.linspace(0, 100, 101))),
+        model,
+        selection.name,
+        selection.candidates,
+        typical,
     )
+
+
+def _bent(selection: Selection, per_prefill_token_s: float | None) -> CostModel | None:
+    """The chosen model where it is not the linear one; `per_prefill_token_s`: the prompt cost
+    learnt from idle requests, where no timed step had a prefill."""
+    model = selection.model
+    if selection.name == "linear":
+        return None
+    if per_prefill_token_s is not None and isinstance(model, ContextStepCost | DecodeTableCost):
+        return dataclasses.replace(model, per_prefill_token_s=per_prefill_token_s)
+    return model
 
 
 def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
@@ -324,7 +370,10 @@ def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> fl
     if len(rows) < 8:
         return None
     took = float(np.sum(steps.end[rows] - steps.end[rows - 1]))
-    fitted = sum(cost.duration(int(steps.decode[i]), int(steps.prefill_tokens[i])) for i in rows)
+    fitted = sum(
+        cost.duration(int(steps.decode[i]), int(steps.prefill_tokens[i]), int(steps.context[i]))
+        for i in rows
+    )
     return took / fitted if fitted > 0 else None
 
 

@@ -2,14 +2,16 @@
 
 A model is anything with `duration(decode_seqs, prefill_tokens, context_tokens)` and the three
 methods for a run of pure-decode steps of one batch (its context growing by `decode_seqs` tokens a
-step) that the simulator uses to jump over such runs; the two here are linear. A table-based model
-(interpolating measured step times) can implement the same protocol (`decode_run` from `duration`).
+step) that the simulator uses to jump over such runs. Two are linear (`StepCost` and
+`ContextStepCost`); two can bend: `DecodeTableCost` interpolates step time over decode batch size,
+`RooflineCost` takes the larger of a compute and a memory term.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 
@@ -113,12 +115,142 @@ def _whole_steps(first: float, growth: float, seconds: float) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class DecodeTableCost:
+    """Step time by decode batch size, read off a table: piecewise linear between the measured
+    batch sizes `batch`, linear beyond them with the end segment's slope (never falling), plus the
+    per-prompt-token and per-context-token terms of the linear models."""
+
+    batch: tuple[float, ...] = (1.0,)  # increasing decode batch sizes
+    step_s: tuple[float, ...] = (0.012,)  # a decode step's time at each (context aside)
+    per_prefill_token_s: float = 0.00005
+    per_context_token_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.batch) != len(self.step_s) or not self.batch:
+            raise ValueError("a step table needs as many times as batch sizes, at least one")
+        if any(b >= c for b, c in zip(self.batch, self.batch[1:], strict=False)):
+            raise ValueError(f"the table's batch sizes must increase: {self.batch}")
+
+    def decode_s(self, decode_seqs: float) -> float:
+        """The table's step time at `decode_seqs` (interpolated, or extrapolated)."""
+        xs, ys = self.batch, self.step_s
+        if len(xs) == 1:
+            return ys[0]
+        i = min(max(bisect_right(xs, decode_seqs) - 1, 0), len(xs) - 2)
+        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+        if decode_seqs > xs[-1]:  # outside: from the end knot at the end segment's slope,
+            i, slope = i + 1, max(slope, 0.0)  # never falling
+        elif decode_seqs < xs[0]:
+            slope = max(slope, 0.0)
+        return max(ys[i] + slope * (decode_seqs - xs[i]), 0.0)
+
+    def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
+        return (
+            self.decode_s(decode_seqs)
+            + self.per_prefill_token_s * prefill_tokens
+            + self.per_context_token_s * context_tokens
+        )
+
+    def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
+        return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
+
+    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
+        first = self.duration(decode_seqs, 0, context_tokens)  # an arithmetic series
+        return n * first + self.per_context_token_s * decode_seqs * n * (n - 1) / 2
+
+    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
+        first = self.duration(decode_seqs, 0, context_tokens)
+        return _whole_steps(first, self.per_context_token_s * decode_seqs, seconds)
+
+
+@dataclass(frozen=True)
+class RooflineCost:
+    """A step is bound by compute or by memory traffic, whichever takes longer:
+    base + max(per_token x tokens computed (decoded + prefilled),
+               memory + per_context_token x KV tokens read).
+    Small decode batches are memory-bound (weights and KV cache read once a step); large batches
+    and prefills are compute-bound."""
+
+    base_s: float = 0.002
+    per_token_s: float = 0.0004
+    memory_s: float = 0.01
+    per_context_token_s: float = 0.0
+
+    def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
+        compute = self.per_token_s * (decode_seqs + prefill_tokens)
+        return self.base_s + max(compute, self.memory_s + self.per_context_token_s * context_tokens)
+
+    def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
+        return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
+
+    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
+        """Compute-bound steps first (a constant), then memory-bound ones (an arithmetic series)."""
+        compute = self.per_token_s * decode_seqs
+        growth = self.per_context_token_s * decode_seqs
+        memory = self.memory_s + self.per_context_token_s * context_tokens  # of the first step
+        if memory >= compute:
+            bound = 0
+        elif growth <= 0:
+            bound = n
+        else:
+            bound = min(n, math.ceil((compute - memory) / growth))
+        rest = n - bound  # memory-bound steps, from step `bound` on
+        first = memory + growth * bound
+        return n * self.base_s + bound * compute + rest * first + growth * rest * (rest - 1) / 2
+
+    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
+        """The most n with run_s(n) <= seconds, by bisection (every step lasts at least the
+        first, so n <= seconds / first)."""
+        first = self.duration(decode_seqs, 0, context_tokens)
+        if seconds < first:
+            return 0
+        if first <= 0:
+            return 1 << 62
+        lo, hi = 1, int(seconds / first) + 2  # run_s(lo) <= seconds < run_s(hi)
+        while self.run_s(decode_seqs, context_tokens, hi) <= seconds:
+            hi *= 2  # rounding of seconds / first
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.run_s(decode_seqs, context_tokens, mid) <= seconds:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def _contexts(decode_seqs: int, context_tokens: int, n: int) -> range | list[int]:
+    """The context of each of `n` decode steps, growing by `decode_seqs` a step."""
+    if not decode_seqs:  # no decoding sequence: the context stays, n steps all the same
+        return [context_tokens] * n
+    return range(context_tokens, context_tokens + n * decode_seqs, decode_seqs)
+
+
 # The models a config file can name; a new model joins this union and `cost_from_dict`.
-CostModel = StepCost | ContextStepCost
+CostModel = StepCost | ContextStepCost | DecodeTableCost | RooflineCost
 
 
 def cost_from_dict(d: dict[str, Any]) -> CostModel:
     """The cost model a calibration or config file describes (told apart by its fields)."""
+    if "step_s" in d:
+        return DecodeTableCost(
+            tuple(map(float, d["batch"])),
+            tuple(map(float, d["step_s"])),
+            float(d["per_prefill_token_s"]),
+            float(d.get("per_context_token_s", 0.0)),
+        )
+    if "memory_s" in d:
+        return RooflineCost(**d)
     if "per_context_token_s" in d:
         return ContextStepCost(**d)
     return StepCost(**d)
+
+
+def scaled(cost: CostModel, factor: float) -> CostModel:
+    """`cost` with every time (the fields in seconds) multiplied by `factor`."""
+    changes: dict[str, Any] = {}
+    for f in fields(cost):
+        v = getattr(cost, f.name)
+        if f.name.endswith("_s"):
+            changes[f.name] = tuple(x * factor for x in v) if isinstance(v, tuple) else v * factor
+    return replace(cost, **changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -9,6 +10,7 @@ from scenarios.metrics import Summary
 from simulator.backtest import BacktestRow
 from simulator.calibrate import PARAMS, Calibration
 from simulator.forecast import Estimate, ForecastPoint
+from simulator.stepcost import DecodeTableCost
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -165,11 +167,44 @@ def calibration_table(c: Calibration) -> str:
         [
             markdown(["parameter", "value (ms)", "std error (ms)"], rows),
             quality,
+            *_cost_models(c),
             limits,
             c.tokens.describe(),
             *c.notes,
         ]
     )
+
+
+def _cost_models(c: Calibration) -> list[str]:
+    """Each candidate step-cost model's held-out error, and the chosen one where it bends."""
+    fit = c.fit
+    if not fit.candidates:
+        return []
+    table = markdown(
+        ["step-cost model", "held-out step error (ms)", ""],
+        [
+            [m.name, m.held_out_s * 1000.0, "chosen" if m.name == fit.chosen else ""]
+            for m in fit.candidates
+        ],
+    )
+    cost = c.engine.cost
+    if isinstance(cost, DecodeTableCost):
+        steps = ", ".join(
+            f"{b:g}: {s * 1000:.2f}" for b, s in zip(cost.batch, cost.step_s, strict=True)
+        )
+        return [
+            table,
+            f"{fit.chosen} (the parameters above are the linear fit's): decode step "
+            f"ms by batch size {steps}; per prefill token {cost.per_prefill_token_s * 1000:.4f} "
+            f"ms, per context token {cost.per_context_token_s * 1000:.6f} ms",
+        ]
+    if fit.chosen != "linear":
+        terms = ", ".join(
+            f"{f.name.removesuffix('_s')} {getattr(cost, f.name) * 1000:.4g} ms"
+            for f in dataclasses.fields(cost)
+        )
+        return [table, f"{fit.chosen} (the parameters above are the linear fit's): {terms}"]
+    return [table]
 
 
 def _num(x: float) -> str:

@@ -12,17 +12,13 @@ from scenarios.plan import build_plan
 from scenarios.records import RequestRecord
 from scenarios.spec import parse_scenario
 from simulator.backtest import backtest
-from simulator.calibrate import CalibrationError, calibrate
+from simulator.calibrate import Calibration, CalibrationError, calibrate
 from simulator.engine import EngineConfig, StepCost
 from simulator.sim import simulate
 from tests.conftest import scenario_dict
 
-TRUE = EngineConfig(
-    max_num_seqs=16,
-    kv_cache_tokens=65536,
-    overhead_s=0.002,
-    cost=StepCost(base_s=0.018, per_decode_seq_s=0.0007, per_prefill_token_s=6e-5),
-)
+TRUE_COST = StepCost(base_s=0.018, per_decode_seq_s=0.0007, per_prefill_token_s=6e-5)
+TRUE = EngineConfig(max_num_seqs=16, kv_cache_tokens=65536, overhead_s=0.002, cost=TRUE_COST)
 
 
 def _jittered(
@@ -44,6 +40,12 @@ def _jittered(
     return out
 
 
+def _linear(cal: Calibration) -> StepCost:
+    """The calibrated cost, which for these linear engines must be the linear model."""
+    assert isinstance(cal.engine.cost, StepCost), cal.fit.candidates
+    return cal.engine.cost
+
+
 @pytest.fixture(scope="module")
 def measured() -> list[RequestRecord]:
     scenario = parse_scenario(scenario_dict(traffic={"rate": 6, "duration_s": 60, "seed": 3}))
@@ -54,14 +56,14 @@ def measured() -> list[RequestRecord]:
 
 def test_recovers_known_parameters(measured: list[RequestRecord]) -> None:
     cal = calibrate(measured, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
-    cost = cal.engine.cost
-    assert cost.base_s == pytest.approx(TRUE.cost.base_s, rel=0.03)
-    assert cost.per_decode_seq_s == pytest.approx(TRUE.cost.per_decode_seq_s, rel=0.05)
-    assert cost.per_prefill_token_s == pytest.approx(TRUE.cost.per_prefill_token_s, rel=0.05)
+    cost = _linear(cal)
+    assert cost.base_s == pytest.approx(TRUE_COST.base_s, rel=0.03)
+    assert cost.per_decode_seq_s == pytest.approx(TRUE_COST.per_decode_seq_s, rel=0.05)
+    assert cost.per_prefill_token_s == pytest.approx(TRUE_COST.per_prefill_token_s, rel=0.05)
     assert cal.engine.overhead_s == pytest.approx(TRUE.overhead_s, abs=0.001)
     assert cal.fit.r2 > 0.95 and cal.fit.step_rows > 1000
     # the reported uncertainty covers the truth (3 standard errors)
-    true = np.array([TRUE.overhead_s, *dataclasses.astuple(TRUE.cost)])
+    true = np.array([TRUE.overhead_s, *dataclasses.astuple(TRUE_COST)])
     assert np.all(np.abs(cal.fit.values - true) <= 3 * cal.fit.stderr() + 1e-4)
 
 
@@ -99,7 +101,7 @@ def test_one_slot_prefill_is_identified_and_queueing_predicted() -> None:
     one = dataclasses.replace(TRUE, max_num_seqs=1, cost=StepCost(0.006, 0.001, 1e-4))
     measured = _measured(one, seed=5, rate=3, duration_s=120)
     cal = calibrate(measured, dataclasses.replace(one, cost=StepCost(), overhead_s=0.0))
-    assert cal.engine.cost.per_prefill_token_s == pytest.approx(1e-4, rel=0.10)
+    assert _linear(cal).per_prefill_token_s == pytest.approx(1e-4, rel=0.10)
     assert cal.engine.overhead_s == pytest.approx(one.overhead_s, abs=0.001)
     rows, _ = backtest(measured, cal)
     errors = {(r.metric, r.quantile): abs(r.error_pct) for r in rows}
@@ -115,8 +117,8 @@ def test_outlier_steps_do_not_bias_the_fit(measured: list[RequestRecord]) -> Non
         times.sort()
         late.append(dataclasses.replace(r, chunk_times=times, first_token=times[0]))
     cal = calibrate(late, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
-    assert cal.engine.cost.base_s == pytest.approx(TRUE.cost.base_s, rel=0.05)
-    assert cal.engine.cost.per_decode_seq_s == pytest.approx(TRUE.cost.per_decode_seq_s, rel=0.1)
+    assert _linear(cal).base_s == pytest.approx(TRUE_COST.base_s, rel=0.05)
+    assert _linear(cal).per_decode_seq_s == pytest.approx(TRUE_COST.per_decode_seq_s, rel=0.1)
 
 
 def test_prefill_cost_from_idle_requests_when_no_step_mixes_it() -> None:
@@ -124,7 +126,7 @@ def test_prefill_cost_from_idle_requests_when_no_step_mixes_it() -> None:
     comes from the idle requests' TTFT against their prompt length, not booked as overhead."""
     measured = _measured(TRUE, seed=8, rate=0.3, duration_s=400)
     cal = calibrate(measured, dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0))
-    assert cal.engine.cost.per_prefill_token_s == pytest.approx(6e-5, rel=0.15)
+    assert _linear(cal).per_prefill_token_s == pytest.approx(6e-5, rel=0.15)
     assert cal.engine.overhead_s == pytest.approx(TRUE.overhead_s, abs=0.001)
 
 
@@ -143,7 +145,7 @@ def _chunked(r: RequestRecord, k: int) -> RequestRecord:
 
 def test_several_tokens_per_chunk_calibrate_as_well_as_one(measured: list[RequestRecord]) -> None:
     start = dataclasses.replace(TRUE, cost=StepCost(), overhead_s=0.0)
-    one = calibrate(measured, start).engine.cost
-    four = calibrate([_chunked(r, 4) for r in measured], start).engine.cost
+    one = _linear(calibrate(measured, start))
+    four = _linear(calibrate([_chunked(r, 4) for r in measured], start))
     assert four.base_s == pytest.approx(one.base_s, rel=0.05)
     assert four.per_decode_seq_s == pytest.approx(one.per_decode_seq_s, rel=0.10)

@@ -17,7 +17,7 @@ from scenarios.spec import parse_scenario
 from simulator.drive import EngineEvents
 from simulator.engine import ContextStepCost, EngineConfig, Sequence, StepCost
 from simulator.sim import Replica, SimResult, simulate
-from simulator.stepcost import CostModel
+from simulator.stepcost import CostModel, DecodeTableCost, RooflineCost
 from tests.conftest import scenario_dict
 
 TIGHT = EngineConfig(  # few blocks and a small budget: chunked prefills and preemptions
@@ -59,11 +59,16 @@ def _assert_same(a: SimResult, b: SimResult) -> None:
     assert a.slots_full == pytest.approx(b.slots_full, rel=1e-9)
 
 
-COSTS: list[CostModel] = [StepCost(0.012, 0.0004, 0.00005), TIGHT.cost]
+# the bending models: a concave table, and a roofline whose decode runs cross from compute-bound
+# to memory-bound as their context grows
+TABLE = DecodeTableCost((1.0, 4.0, 12.0), (0.010, 0.0125, 0.016), 0.00004, 0.0000013)
+ROOFLINE = RooflineCost(0.012, 0.00008, 0.0004, 0.0000003)
+COSTS: list[CostModel] = [StepCost(0.012, 0.0004, 0.00005), TIGHT.cost, TABLE, ROOFLINE]
+IDS = ["linear", "context", "table", "roofline"]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("cost", COSTS, ids=["linear", "context"])
+@pytest.mark.parametrize("cost", COSTS, ids=IDS)
 @pytest.mark.parametrize("prefix_caching", [False, True], ids=["", "prefix"])
 def test_jumps_match_stepping_on_random_plans(
     seed: int, cost: CostModel, prefix_caching: bool
@@ -141,8 +146,13 @@ def test_a_replica_jumps_and_arrivals_cut_its_jumps() -> None:
 
 @pytest.mark.parametrize(
     "cost",
-    [StepCost(0.012, 0.0004, 0.00005), ContextStepCost(0.01, 0.0005, 0.00004, 0.0000013)],
-    ids=["linear", "context"],
+    [
+        StepCost(0.012, 0.0004, 0.00005),
+        ContextStepCost(0.01, 0.0005, 0.00004, 0.0000013),
+        TABLE,
+        RooflineCost(0.002, 0.0026, 0.004, 0.00001),  # memory-bound from the 27th step
+    ],
+    ids=IDS,
 )
 def test_cost_models_price_a_decode_run_in_closed_form(cost: CostModel) -> None:
     decode, context = 7, 1234
@@ -164,3 +174,18 @@ def test_a_cold_replica_jumps_after_its_cold_start() -> None:
     replica.submit(Sequence("r0", 60, 100))
     env.run()
     assert first and first[0] > 2.0 and replica.loop.jumps > 0
+
+
+def test_the_roofline_run_crosses_from_compute_to_memory_bound() -> None:
+    """The closed-form test above is only worth something if its run changes regime."""
+    cost = RooflineCost(0.002, 0.0026, 0.004, 0.00001)
+    run = cost.decode_run(7, 1234, 50)
+    assert run[0] == run[26] < run[27] < run[49]
+
+
+def test_the_table_interpolates_and_extrapolates_without_falling() -> None:
+    table = DecodeTableCost((2.0, 4.0, 8.0), (0.010, 0.014, 0.012), 0.0, 0.0)
+    assert table.decode_s(3) == pytest.approx(0.012)
+    assert table.decode_s(6) == pytest.approx(0.013)
+    assert table.decode_s(1) == pytest.approx(0.008)  # the first segment's slope
+    assert table.decode_s(16) == pytest.approx(0.012)  # the last one falls: held flat
