@@ -23,7 +23,7 @@ RETRY_AFTER_S = 0.25
 
 def _session_scenario() -> dict:
     data = scenario_dict(
-        traffic={"rate": 5, "duration_s": 3, "seed": 3},
+        traffic={"rate": 5, "duration_s": 4, "seed": 3},
         session={
             "turns": {"dist": "constant", "value": 3},
             "think_time": {"dist": "constant", "value": THINK_S},
@@ -33,8 +33,10 @@ def _session_scenario() -> dict:
         personas=[
             {"name": "chatty", "weight": 3},
             {
-                "name": "hasty",  # retries, but gives up before a Retry-After runs out
-                "weight": 1,
+                # retries, but gives up before a Retry-After runs out; weighted so that some
+                # of its ~15 requests meet a 429 whatever order they reach the target in
+                "name": "hasty",
+                "weight": 3,
                 "session": {
                     "patience": {"dist": "constant", "value": 0.2},
                     "retry": {"max_retries": 3, "backoff_s": 0.05},
