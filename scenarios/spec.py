@@ -621,8 +621,13 @@ def parse_scenario(data: Any, path: str = "<scenario>", base_dir: Path | None = 
         scenario._base_dir = base_dir
         return scenario
     except ValidationError as e:
-        errors = [err for err in e.errors() if _relevant(err)] or e.errors()
-        raise ScenarioError(path, [_format(err, data) for err in errors]) from None
+        raise ScenarioError(path, validation_messages(e, data)) from None
+
+
+def validation_messages(error: ValidationError, data: Any) -> list[str]:
+    """Each problem pydantic found in `data`, as `field.path: what is wrong, got value`."""
+    errors = [err for err in error.errors() if _relevant(err)] or error.errors()
+    return [_format(err, data) for err in errors]
 
 
 def load_scenario(path: str | Path) -> Scenario:

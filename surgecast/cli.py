@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
 from scenarios.corpora import CorpusError
 from scenarios.spec import (
@@ -26,6 +28,7 @@ from scenarios.spec import (
     TargetFaults,
     check_base_url,
     load_scenario,
+    validation_messages,
 )
 from scenarios.traces import TraceError
 from scenarios.traffic import PlanTooLarge
@@ -400,9 +403,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         config = EngineConfig()
     if a.faults_json:
         try:
-            faults = TargetFaults.model_validate_json(a.faults_json)
+            data = json.loads(a.faults_json)
+            faults = TargetFaults.model_validate(data)
+        except ValidationError as e:
+            raise BadInput(f"--faults-json: {'; '.join(validation_messages(e, data))}") from None
         except ValueError as e:
-            raise BadInput(f"--faults-json: {e}") from None
+            raise BadInput(f"--faults-json: not valid JSON: {e}") from None
     try:
         asyncio.run(
             serve(config, a.host, a.port, a.model, a.exit_with_parent, faults, interval or 1)

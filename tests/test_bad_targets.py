@@ -91,6 +91,11 @@ def test_a_model_the_target_does_not_serve_is_refused_before_the_run(
         (["simulate", "S", "--calibration", "c.json", "--scale", "inf"], "finite"),
         (["simulate", "S", "--calibration", "c.json", "--replicas", "0"], "whole number >= 1"),
         (["serve", "--port", "99999"], "port 0-65535"),
+        (
+            ["serve", "--faults-json", '{"reject_429": 3, "bogus": 1}'],
+            "reject_429: Input should be less than or equal to 1, got 3; bogus: unknown field",
+        ),
+        (["serve", "--faults-json", "{reject"], "--faults-json: not valid JSON"),
     ],
 )
 def test_bad_flags_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
