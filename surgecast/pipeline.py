@@ -20,6 +20,7 @@ from loadgen.client import (
     preflight,
     read_api_key,
 )
+from loadgen.engine_metrics import kept_series
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts, probe_sizes, run_salt
 from loadgen.telemetry import (
     NvmlSampler,
@@ -431,7 +432,8 @@ def _send_plan(
 def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
     samplers: list[Sampler] = []
     if spec.prometheus:
-        samplers.append(PrometheusSampler(spec.metrics_url or metrics_url_for(base_url)))
+        url = spec.metrics_url or metrics_url_for(base_url)
+        samplers.append(PrometheusSampler(url, keep=kept_series))
     if spec.gpu:
         samplers.append(NvmlSampler())
     return samplers

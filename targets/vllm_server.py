@@ -75,6 +75,7 @@ class VllmConfig:
             *("--max-model-len", str(self.max_model_len)),
             "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
             *("--stream-interval", str(self.stream_interval)),
+            "--enable-prompt-tokens-details",  # usage says how many prompt tokens were cached
         ]
         if self.block_size:
             cmd += ["--block-size", str(self.block_size)]
@@ -130,7 +131,7 @@ def _label_set(metrics: dict[str, float], name: str) -> dict[str, str]:
     return {}
 
 
-def cache_info(metrics_text: str, models: dict[str, Any]) -> CacheInfo:
+def cache_info(metrics_text: str, models: dict[str, Any], version: str = "") -> CacheInfo:
     """CacheInfo from a /metrics text and a /v1/models answer; VllmServerError if absent."""
     labels = _label_set(parse_prometheus(metrics_text), "vllm:cache_config_info")
     try:
@@ -143,14 +144,13 @@ def cache_info(metrics_text: str, models: dict[str, Any]) -> CacheInfo:
             "not vLLM, or not started yet?"
         ) from None
     tokens = labels.get("kv_cache_size_tokens", "")
-    fingerprint = models.get("system_fingerprint", "")
     return CacheInfo(
         block_size=block_size,
         num_blocks=blocks,
         prefix_caching=labels.get("enable_prefix_caching") == "True",
         kv_cache_tokens=int(tokens) if tokens.isdigit() else blocks * block_size,
         max_model_len=max_len,
-        version=str(fingerprint),
+        version=version,
     )
 
 
@@ -163,7 +163,11 @@ def read_cache_info(base_url: str, timeout_s: float = 5.0) -> CacheInfo:
         models = get_json(root + "/v1/models", timeout_s)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise VllmServerError(f"cannot read {root}/metrics or /v1/models: {e}") from None
-    return cache_info(text, models)
+    try:
+        version = str(get_json(root + "/version", timeout_s).get("version", ""))
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        version = ""  # optional
+    return cache_info(text, models, version)
 
 
 def probe_cache_info(base_url: str, timeout_s: float = 2.0) -> CacheInfo | None:
