@@ -4,7 +4,9 @@ Config only: vLLM serves it with `--load-format dummy` (random weights). The tok
 model's (`targets.gguf_model.vocabulary`): GPT-2 byte-level BPE over printable ASCII, written as
 `tokenizer.json` directly, so both engines split text the same way and every token decodes to valid
 UTF-8 on its own (one token, one streamed chunk). Random weights can sample the control tokens, so
-they are not marked special: they decode to their own text instead of an empty chunk.
+none is special to the tokenizer (not even as its eos or pad token, which vLLM's detokenizer would
+skip): each decodes to its own text instead of an empty chunk. vLLM stops at EOS by the config's
+eos_token_id.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from targets.cache import cache_root
 from targets.gguf_model import CHAT_TEMPLATE, SHAPES, SPECIALS, ModelShape, vocabulary
 
-FORMAT_VERSION = 1  # bump when the directory's files change: the cache name includes it
+FORMAT_VERSION = 2  # bump when the directory's files change: the cache name includes it
 EOS = "<|im_end|>"
 
 
@@ -90,8 +92,8 @@ def tokenizer_config(shape: ModelShape) -> dict[str, Any]:
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
-        "eos_token": EOS,
-        "pad_token": "<|endoftext|>",
+        "eos_token": None,
+        "pad_token": None,
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
@@ -107,7 +109,6 @@ def write_model_dir(path: Path, shape: ModelShape) -> None:
         "config.json": config_json(shape, vocab_size),
         "tokenizer.json": tokenizer_json(),
         "tokenizer_config.json": tokenizer_config(shape),
-        "special_tokens_map.json": {"eos_token": EOS, "pad_token": "<|endoftext|>"},
         "generation_config.json": {
             "eos_token_id": SPECIALS.index(EOS),
             "pad_token_id": SPECIALS.index("<|endoftext|>"),
