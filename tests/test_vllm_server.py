@@ -278,3 +278,29 @@ def test_the_tokenizer_loads_in_vllms_own_libraries(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "None"]  # every token decodes to text, EOS too
+
+
+@needs_vllm
+def test_run_starts_its_own_vllm_and_its_limits_are_not_assumed(tmp_path: Path) -> None:
+    data = scenario_dict(
+        traffic={"rate": 2, "duration_s": 3, "seed": 5, "max_lateness_ms": 5000},
+        slos={"ttft": "p(95) < 30000"},
+    )
+    scenario = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli(
+        *("run", str(scenario), "--target", "vllm", "--vllm-max-num-seqs", "2"),
+        *("--vllm-max-model-len", "1024", "--out", str(out), "-q", "--no-report"),
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "vLLM up at http://127.0.0.1:" in result.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["target"]["kind"] == "vllm"
+    limits = meta["target"]["limits"]
+    assert (limits["max_num_seqs"], limits["max_batched_tokens"]) == (2, 2048)
+    assert meta["target"]["vllm"]["max_model_len"] == 1024
+    calibration = calibrate_runs([RunFolder(out)])
+    assert not [n for n in calibration.notes if "ASSUMED" in n]
+    assert calibration.engine.max_num_seqs == 2
+    assert calibration.engine.kv_cache_tokens == limits["kv_cache_tokens"]
