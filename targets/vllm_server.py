@@ -25,6 +25,7 @@ from loadgen.telemetry import parse_prometheus
 from targets.llama_server import _die_with_parent, free_port, get_json, root_url
 
 LOG_TAIL_LINES = 15
+PORT_TRIES = 3
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "run `make vllm` (a separate venv, about 4 min and 2.5 GB)"
 
@@ -213,11 +214,19 @@ class VllmServer:
         if not (cfg.model / "config.json").is_file():
             raise VllmServerError(f"no config.json in the model directory {cfg.model}")
         self._log_dir = tempfile.TemporaryDirectory(prefix="surgecast-vllm-")
-        try:
-            self._spawn(free_port(cfg.host))
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(PORT_TRIES):  # another process may take the free port first
+            try:
+                self._spawn(free_port(cfg.host))
+                return
+            except VllmServerError:
+                self.stop()
+                taken = "address already in use" in self.log_tail().lower()
+                if attempt == PORT_TRIES - 1 or not taken:
+                    self.close()
+                    raise
+            except BaseException:
+                self.close()
+                raise
 
     def _spawn(self, port: int) -> None:
         cfg = self.config

@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -304,3 +305,15 @@ def test_run_starts_its_own_vllm_and_its_limits_are_not_assumed(tmp_path: Path) 
     assert not [n for n in calibration.notes if "ASSUMED" in n]
     assert calibration.engine.max_num_seqs == 2
     assert calibration.engine.kv_cache_tokens == limits["kv_cache_tokens"]
+
+
+@needs_vllm
+def test_a_server_that_cannot_start_gives_its_log(tmp_path: Path) -> None:
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    server = VllmServer(replace(config_for(VllmOptions(), "m"), model=model, start_timeout_s=180))
+    with pytest.raises(VllmServerError, match="exited while starting") as err:
+        server.start()
+    assert "log tail" in str(err.value) and "no-such-architecture" in str(err.value)
+    assert server.proc is None  # nothing left running
