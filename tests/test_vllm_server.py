@@ -317,3 +317,9 @@ def test_a_server_that_cannot_start_gives_its_log(tmp_path: Path) -> None:
         server.start()
     assert "log tail" in str(err.value) and "no-such-architecture" in str(err.value)
     assert server.proc is None  # nothing left running
+
+
+def test_target_vllm_has_help() -> None:
+    result = run_cli("target", "vllm", "--help", timeout=60)
+    assert result.returncode == 0 and "make vllm" in result.stdout
+    assert "--max-num-seqs" in result.stdout and "--no-prefix-caching" in result.stdout
