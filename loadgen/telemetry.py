@@ -46,9 +46,15 @@ class PrometheusSampler:
 
     source = "prometheus"
 
-    def __init__(self, url: str, timeout_s: float = 2.0):
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 2.0,
+        keep: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    ):
         self.url = url
         self.timeout_s = timeout_s
+        self.keep = keep  # which samples to record (engine_metrics.kept_series); None: all
         self.error: str | None = None
 
     def sample(self) -> dict[str, Any] | None:
@@ -56,7 +62,8 @@ class PrometheusSampler:
             return None
         try:
             with urllib.request.urlopen(self.url, timeout=self.timeout_s) as r:
-                return {"metrics": parse_prometheus(r.read().decode("utf-8", "replace"))}
+                metrics = parse_prometheus(r.read().decode("utf-8", "replace"))
+            return {"metrics": self.keep(metrics) if self.keep else metrics}
         except (urllib.error.URLError, OSError, ValueError) as e:
             self.error = f"{self.url}: {e}"
             return {"error": self.error}

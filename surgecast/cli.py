@@ -36,13 +36,17 @@ from simulator.launch import TargetStartError
 from surgecast import __version__
 from targets.llama_build import BuildError
 from targets.llama_server import LlamaServerError
+from targets.vllm_server import VllmServerError
 
 if TYPE_CHECKING:
     from simulator.calibrate import Calibration
     from surgecast.pipeline import RunOutcome
     from targets.llama_launch import LlamaOptions
+    from targets.vllm_launch import VllmOptions
 
 LLAMA = "llama-server"  # --target value: surgecast starts llama-server on loopback
+VLLM = "vllm"  # --target value: surgecast starts vLLM (CPU, `make vllm`) on loopback
+ENGINES = (LLAMA, VLLM)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_SLO, EXIT_INTERRUPTED = 0, 2, 3, 99, 130
 
@@ -76,7 +80,7 @@ def _url(text: str) -> str:
 
 
 def _target_url(text: str) -> str:
-    return LLAMA if text == LLAMA else _url(text)
+    return text if text in ENGINES else _url(text)
 
 
 def _port(text: str) -> int:
@@ -122,18 +126,50 @@ def _llama_flags(p: argparse.ArgumentParser, standalone: bool = False) -> None:
     g.add_argument(
         "--threads", type=_count, default=2 if standalone else None, help="CPU threads (default 2)"
     )
-    g.add_argument(
-        "--model-size",
-        choices=["tiny", "small"],
-        default="tiny" if standalone else None,
-        help="random-weight model written locally: tiny (2 layers, hidden 256; fast) or small "
-        "(8 layers, hidden 1024, ~100 M parameters; compute-bound, for calibration)",
-    )
+    if standalone:
+        _model_size_flag(g, "tiny")
     g.add_argument(
         "--build",
         action="store_true",
         help="build llama-server if it is not cached (several minutes on 2 cores; "
         "or run `make llama-server` once)",
+    )
+
+
+def _model_size_flag(g: argparse._ActionsContainer, default: str | None) -> None:
+    g.add_argument(
+        "--model-size",
+        choices=["tiny", "small"],
+        default=default,
+        help="random-weight model written locally: tiny (2 layers, hidden 256; fast) or small "
+        "(8 layers, hidden 1024, ~100 M parameters; compute-bound, for calibration)"
+        + ("" if default else "; with --target llama-server or vllm (default tiny)"),
+    )
+
+
+def _vllm_flags(p: argparse.ArgumentParser, standalone: bool = False) -> None:
+    """Flags of the vLLM server surgecast starts; `--vllm-` prefixed in run/pipeline."""
+    g = p.add_argument_group("vLLM" if standalone else "vLLM (with --target vllm)")
+    pre = "--" if standalone else "--vllm-"
+
+    def flag(name: str, default: int | None, text: str) -> None:
+        g.add_argument(
+            pre + name,
+            type=_count,
+            default=default if standalone else None,
+            help=f"{text} (default {default})" if default else text,
+        )
+
+    flag("max-num-seqs", 8, "sequences batched together (vLLM --max-num-seqs)")
+    flag("max-num-batched-tokens", 2048, "tokens one step computes (--max-num-batched-tokens)")
+    flag("kv-cache-gib", 1, "GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    flag("max-model-len", 4096, "prompt + output tokens of one request (--max-model-len)")
+    flag("block-size", None, "tokens per KV block (default: vLLM's, 128 on CPU)")
+    flag("stream-interval", 1, "tokens per streamed chunk (--stream-interval)")
+    g.add_argument(
+        pre + "no-prefix-caching",
+        action="store_true",
+        help="turn vLLM's automatic prefix caching off (on by default)",
     )
 
 
@@ -156,14 +192,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--target",
         type=_target_url,
-        help="base URL of an OpenAI-compatible API, or llama-server to start one on loopback "
-        "(default: scenario's, else the built-in reference target)",
+        help="base URL of an OpenAI-compatible API, or llama-server or vllm to start one on "
+        "loopback (default: scenario's, else the built-in reference target)",
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
     _duration_flag(s)
     _limit_flags(s)
+    _model_size_flag(s, None)
     _llama_flags(s)
+    _vllm_flags(s)
 
     s = sub.add_parser(
         "run",
@@ -175,14 +213,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--target",
         type=_target_url,
-        help="base URL, e.g. http://127.0.0.1:8000/v1, or llama-server to start one on loopback "
-        "(its batch limits are read from its /props)",
+        help="base URL, e.g. http://127.0.0.1:8000/v1, or llama-server or vllm to start one on "
+        "loopback (llama-server's batch limits are read from /props, vLLM's KV cache from "
+        "/metrics)",
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     _duration_flag(s)
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    _model_size_flag(s, None)
     _llama_flags(s)
+    _vllm_flags(s)
 
     s = sub.add_parser(
         "plan",
@@ -257,6 +298,27 @@ def _parser() -> argparse.ArgumentParser:
         "--no-start",
         action="store_true",
         help="only build or restore the binary and the model, print their paths, and exit",
+    )
+    e = engines.add_parser(
+        "vllm",
+        help="vLLM for CPU (installed by `make vllm`) with a tiny random-weight model",
+        description="Write a Llama-style model directory locally (config and tokenizer; the "
+        "weights are random, --load-format dummy), start vLLM from .venv-vllm (`make vllm` "
+        "installs it) on a free loopback port, print its URL and limits (max_num_seqs given, KV "
+        "blocks read from /metrics, max_model_len from /v1/models), and serve until Ctrl-C. "
+        "Starting takes about a minute on 2 cores and 3.3 GB of memory. Nothing is downloaded.",
+    )
+    _vllm_flags(e, standalone=True)
+    _model_size_flag(e, "tiny")
+    e.add_argument(
+        "--alias",
+        default=Target.model_fields["model"].default,
+        help="model name /v1/models lists (default: the scenarios' default, %(default)s)",
+    )
+    e.add_argument(
+        "--no-start",
+        action="store_true",
+        help="only write the model directory, print its path, and exit",
     )
 
     s = sub.add_parser(
@@ -426,6 +488,8 @@ def _llama(a: argparse.Namespace) -> LlamaOptions | None:
 
     flags = {"slots": a.slots, "ctx": a.ctx, "threads": a.threads, "model_size": a.model_size}
     if a.target != LLAMA:
+        if a.target == VLLM:
+            del flags["model_size"]  # shared with vLLM
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
         if a.build:
             given.append("--build")
@@ -435,8 +499,38 @@ def _llama(a: argparse.Namespace) -> LlamaOptions | None:
     return LlamaOptions(**{k: v for k, v in flags.items() if v is not None}, build=a.build)
 
 
+VLLM_FLAGS = (
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "kv_cache_gib",
+    "max_model_len",
+    "block_size",
+    "stream_interval",
+)
+
+
+def _vllm(a: argparse.Namespace) -> VllmOptions | None:
+    """The vLLM server to start for run/pipeline (--target vllm), else None."""
+    from targets.vllm_launch import VllmOptions
+    from targets.vllm_server import vllm_python
+
+    flags = {k: getattr(a, f"vllm_{k}") for k in VLLM_FLAGS}
+    if a.target != VLLM:
+        given = [f"--vllm-{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        if a.vllm_no_prefix_caching:
+            given.append("--vllm-no-prefix-caching")
+        if given:
+            raise BadInput(f"{', '.join(given)}: only with --target {VLLM}")
+        return None
+    vllm_python()  # a missing venv fails here, before a run folder is made
+    if a.model_size is not None:
+        flags["model_size"] = a.model_size
+    kept = {k: v for k, v in flags.items() if v is not None}
+    return VllmOptions(**kept, prefix_caching=not a.vllm_no_prefix_caching)
+
+
 def _target_arg(a: argparse.Namespace) -> str | None:
-    return None if a.target == LLAMA else a.target
+    return None if a.target in ENGINES else a.target
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -444,6 +538,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_target(a: argparse.Namespace) -> int:
+    if a.engine == VLLM:
+        return _serve_vllm(a)
     import signal
     import time
 
@@ -475,6 +571,46 @@ def cmd_target(a: argparse.Namespace) -> int:
         server.close()
 
 
+def _serve_vllm(a: argparse.Namespace) -> int:
+    """`surgecast target vllm`: start vLLM, print its URL and limits, serve until Ctrl-C."""
+    import signal
+    import time
+
+    from targets.vllm_launch import VllmOptions, launch
+    from targets.vllm_model import ensure_model_dir
+
+    if a.no_start:
+        _print(f"model: {ensure_model_dir(a.model_size)}")
+        return EXIT_OK
+    options = VllmOptions(
+        **{k: getattr(a, k) for k in VLLM_FLAGS},
+        prefix_caching=not a.no_prefix_caching,
+        model_size=a.model_size,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
+    server = launch(options, a.alias, _print)
+    try:
+        limits = server.limits
+        assert limits is not None
+        cache = limits.cache
+        _print(
+            f"vLLM listening on {server.base_url} (model {a.alias!r}, started in "
+            f"{server.startup_s:.1f} s): max_num_seqs {limits.max_num_seqs}, "
+            f"max_num_batched_tokens {limits.max_num_batched_tokens}, {cache.num_blocks} KV "
+            f"blocks x {cache.block_size} tokens ({cache.kv_cache_tokens} tokens), prefix "
+            f"caching {'on' if cache.prefix_caching else 'off'}, max_model_len "
+            f"{cache.max_model_len}; metrics at {server.base_url.removesuffix('/v1')}/metrics"
+        )
+        _print(f"use it: surgecast run SCENARIO --target {server.base_url}; Ctrl-C stops it")
+        while server.alive():
+            time.sleep(0.5)
+        raise VllmServerError(server.death_message("stopped"))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        server.close()
+
+
 def _run_exit(outcome: RunOutcome) -> int:
     from surgecast.tables import summary_tables
 
@@ -491,7 +627,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from surgecast.report import render
 
     scenario = _scenario(a)
-    llama = _llama(a)
+    llama, vllm = _llama(a), _vllm(a)
     outcome = run_load(
         scenario,
         a.scenario,
@@ -499,6 +635,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         out=a.out,
         progress=not a.quiet,
         llama=llama,
+        vllm=vllm,
     )
     if not a.no_report:
         html, _ = render(outcome.folder)
@@ -705,8 +842,10 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from surgecast.tables import backtest_table, calibration_table, forecast_table
 
     scenario = _scenario(a)
-    llama = _llama(a)
-    outcome = pl.run_load(scenario, a.scenario, target_url=_target_arg(a), out=a.out, llama=llama)
+    llama, vllm = _llama(a), _vllm(a)
+    outcome = pl.run_load(
+        scenario, a.scenario, target_url=_target_arg(a), out=a.out, llama=llama, vllm=vllm
+    )
     folder = outcome.folder
     code = _run_exit(outcome)
     if outcome.valid:
@@ -771,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TargetUnreachable, TargetStartError) as e:
         print(f"error: target unreachable: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except (BuildError, LlamaServerError) as e:
+    except (BuildError, LlamaServerError, VllmServerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:

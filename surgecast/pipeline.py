@@ -20,6 +20,7 @@ from loadgen.client import (
     preflight,
     read_api_key,
 )
+from loadgen.engine_metrics import kept_series
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts, probe_sizes, run_salt
 from loadgen.telemetry import (
     NvmlSampler,
@@ -53,6 +54,10 @@ from surgecast.rundir import RunFolder, machine, new_run_id, versions
 from targets.llama_build import BuildError
 from targets.llama_launch import LlamaOptions, engine_limits, launch, limits_dict
 from targets.llama_server import LlamaServer, LlamaServerError, probe_limits
+from targets.vllm_launch import VllmOptions, cache_limits
+from targets.vllm_launch import engine_limits as vllm_engine_limits
+from targets.vllm_launch import launch as launch_vllm
+from targets.vllm_server import VllmServer, VllmServerError, probe_cache_info
 
 Say = Callable[[str], None]
 UNREACHABLE = {"connection_refused", "connection_error"}
@@ -146,16 +151,32 @@ def invalid_reasons(
 
 @dataclass
 class _Live:
-    """The target of a run: its URL, and the llama-server process when surgecast started one."""
+    """The target of a run: its URL, and the engine process when surgecast started one."""
 
     base_url: str
     llama: LlamaServer | None = None
+    vllm: VllmServer | None = None
+
+    @property
+    def process(self) -> LlamaServer | VllmServer | None:
+        return self.llama or self.vllm
 
 
 @contextlib.contextmanager
 def _target(
-    scenario: Scenario, target_url: str | None, llama: LlamaOptions | None, say: Say
+    scenario: Scenario,
+    target_url: str | None,
+    llama: LlamaOptions | None,
+    say: Say,
+    vllm: VllmOptions | None = None,
 ) -> Iterator[_Live]:
+    if vllm is not None:
+        started = launch_vllm(vllm, scenario.target.model, say)
+        try:
+            yield _Live(started.base_url, vllm=started)
+        finally:
+            started.close()
+        return
     if llama is not None:
         server = launch(llama, scenario.target.model, say)
         try:
@@ -186,22 +207,26 @@ def run_load(
     say: Say = say_stderr,
     progress: bool = True,
     llama: LlamaOptions | None = None,
+    vllm: VllmOptions | None = None,
 ) -> RunOutcome:
     """Send the scenario's plan to the target (the reference target when none is given).
 
     With `llama`, surgecast starts llama-server on loopback (built or restored) and reads its
-    batch limits from /props; an external llama-server's limits are read the same way.
+    batch limits from /props; an external llama-server's limits are read the same way. With
+    `vllm`, surgecast starts vLLM (its own venv) and reads its KV-cache limits from /metrics; an
+    external vLLM's cache limits are read the same way.
     """
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     plan = build_plan(scenario)  # bad traces, corpora and sizes fail here, before any folder
     salt = run_salt() if scenario.target.salt_prompts else ""
     prompts = SizedPrompts(scenario, scenario.base_dir or Path(scenario_file).parent, salt)
     folder = _folder(scenario, out)
-    external = llama is None and bool(target_url or scenario.target.base_url)
-    kind = "llama-server" if llama else "external" if external else "reference"
+    launched = llama is not None or vllm is not None
+    external = not launched and bool(target_url or scenario.target.base_url)
+    kind = "llama-server" if llama else "vllm" if vllm else "external" if external else "reference"
     target_meta: dict[str, Any] = {
         "kind": kind,
-        "base_url": None if llama else target_url or scenario.target.base_url,
+        "base_url": None if launched else target_url or scenario.target.base_url,
         "prompt_salt": salt or None,
     }
     if kind == "reference":
@@ -216,12 +241,14 @@ def run_load(
     )
     died: list[str] = []
     try:
-        with _target(scenario, target_url, llama, say) as live:
+        with _target(scenario, target_url, llama, say, vllm) as live:
             base_url = live.base_url
             target_meta["base_url"] = base_url
             endpoint = Endpoint.from_target(scenario.target, base_url, api_key)
             if live.llama is not None:
                 endpoint = _llama_target(live.llama, target_meta, endpoint, say)
+            elif live.vllm is not None:
+                endpoint = _vllm_target(live.vllm, target_meta, endpoint, say)
             elif external:
                 _probe_external(base_url, target_meta, say)
             else:
@@ -247,15 +274,16 @@ def run_load(
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
             records = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
-            if live.llama is not None and not live.llama.alive():
-                died.append(live.llama.death_message("died during the run"))
+            engine = live.process
+            if engine is not None and not engine.alive():
+                died.append(engine.death_message("died during the run"))
             mess = messiness_table(prompts)
             if mess:
                 say(
                     f"messiness of the text sent (each persona's first {KEPT_TEXTS} messages):\n"
                     + mess
                 )
-    except (TargetUnreachable, MissingModel, BuildError, LlamaServerError) as e:
+    except (TargetUnreachable, MissingModel, BuildError, LlamaServerError, VllmServerError) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
         )
@@ -311,10 +339,43 @@ def _llama_target(
     return replace(endpoint, extra_body=body)
 
 
+def _vllm_target(
+    server: VllmServer, meta: dict[str, Any], endpoint: Endpoint, say: Say
+) -> Endpoint:
+    """Record the launched server's limits; its random model's EOS is ignored (planned lengths)."""
+    limits = server.limits
+    assert limits is not None
+    meta["limits"] = vllm_engine_limits(server)
+    meta["vllm"] = {
+        **limits.to_dict(),
+        "model": str(server.config.model),
+        "kv_cache_gib": server.config.kv_cache_gib,
+        "stream_interval": server.config.stream_interval,
+        "startup_s": round(server.startup_s, 3),
+    }
+    say(
+        f"vLLM up at {server.base_url} in {server.startup_s:.1f} s: max_num_seqs "
+        f"{limits.max_num_seqs}, {limits.cache.num_blocks} KV blocks x {limits.cache.block_size} "
+        f"tokens, prefix caching {'on' if limits.cache.prefix_caching else 'off'}"
+    )
+    body = {"ignore_eos": True, **endpoint.extra_body}
+    return replace(endpoint, extra_body=body)
+
+
 def _probe_external(base_url: str, meta: dict[str, Any], say: Say) -> None:
-    """An external llama-server declares its limits at /props; other servers are left alone."""
+    """An external llama-server declares its limits at /props, a vLLM its KV cache at /metrics;
+    other servers are left alone."""
     limits = probe_limits(base_url)
     if limits is None:
+        cache = probe_cache_info(base_url)
+        if cache is not None:
+            meta["limits"] = cache_limits(cache)
+            meta["vllm"] = asdict(cache)
+            say(
+                f"target is vLLM: {cache.num_blocks} KV blocks x {cache.block_size} tokens, "
+                f"prefix caching {'on' if cache.prefix_caching else 'off'} (read from /metrics; "
+                "give --max-num-seqs to calibrate with its batch limit)"
+            )
         return
     meta["limits"] = limits_dict(limits.total_slots, limits.kv_cache_tokens)
     meta["llama_server"] = limits.to_dict()
@@ -371,14 +432,15 @@ def _send_plan(
 def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
     samplers: list[Sampler] = []
     if spec.prometheus:
-        samplers.append(PrometheusSampler(spec.metrics_url or metrics_url_for(base_url)))
+        url = spec.metrics_url or metrics_url_for(base_url)
+        samplers.append(PrometheusSampler(url, keep=kept_series))
     if spec.gpu:
         samplers.append(NvmlSampler())
     return samplers
 
 
 def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig | None:
-    """Batch limits the runs' target declared (the reference target, llama-server), if any."""
+    """Batch limits the runs' target declared (reference target, llama-server, vLLM), if any."""
     for f in folders:
         target = f.meta().get("target", {})
         if target.get("engine"):
@@ -393,8 +455,23 @@ def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig | None:
                 max_batched_tokens=int(
                     limits.get("max_batched_tokens", default.max_batched_tokens)
                 ),
+                block_size=int(limits.get("block_size", default.block_size)),
+                enable_prefix_caching=bool(
+                    limits.get("enable_prefix_caching", default.enable_prefix_caching)
+                ),
             )
     return None
+
+
+def declared_limits(folders: Sequence[RunFolder]) -> set[str]:
+    """Which batch limits the runs' target declared (all of the reference target's)."""
+    for f in folders:
+        target = f.meta().get("target", {})
+        if target.get("engine"):
+            return {"max_num_seqs", "kv_cache_tokens", "max_batched_tokens"}
+        if target.get("limits"):
+            return set(target["limits"])
+    return set()
 
 
 def calibrate_runs(
@@ -435,9 +512,10 @@ def calibrate_runs(
                 ],
             )
     guessed = []  # only limits neither the target nor the command line gave
-    if declared is None and not max_num_seqs:
+    from_target = declared_limits(folders)
+    if "max_num_seqs" not in from_target and not max_num_seqs:
         guessed.append((f"max_num_seqs {limits.max_num_seqs}", "--max-num-seqs"))
-    if declared is None and not kv_cache_tokens:
+    if "kv_cache_tokens" not in from_target and not kv_cache_tokens:
         guessed.append((f"KV cache {limits.kv_cache_tokens} tokens", "--kv-cache-tokens"))
     if guessed:
         assumed = (

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from loadgen.engine_metrics import series_value
 from loadgen.telemetry import read_telemetry
 from scenarios.metrics import Summary, metric_samples, summarize
 from scenarios.records import RequestRecord, read_records
@@ -88,30 +89,12 @@ def timeline_plot(records: Sequence[RequestRecord]) -> str:
     return _png(fig)
 
 
-# Server gauges worth plotting over time, by the names each engine exports them under.
+# Server gauges worth plotting over time (engine_metrics.SERIES holds each engine's names).
 GAUGES = {
-    "running": (
-        "surgecast_num_requests_running",
-        "vllm:num_requests_running",
-        "llamacpp:requests_processing",
-    ),
-    "waiting": (
-        "surgecast_num_requests_waiting",
-        "vllm:num_requests_waiting",
-        "llamacpp:requests_deferred",
-    ),
-    "KV cache used (fraction)": (
-        "surgecast_kv_cache_usage_ratio",
-        "vllm:kv_cache_usage_perc",
-        "vllm:gpu_cache_usage_perc",
-    ),
+    "running": "running",
+    "waiting": "waiting",
+    "KV cache used (fraction)": "kv_cache_usage",
 }
-
-
-def _gauge(metrics: dict[str, float], name: str) -> float | None:
-    """A gauge's value summed over its label sets (`name` or `name{...}`); None if absent."""
-    values = [v for k, v in metrics.items() if k == name or k.startswith(name + "{")]
-    return float(sum(values)) if values else None
 
 
 def telemetry_plot(samples: Sequence[dict[str, Any]]) -> str:
@@ -119,12 +102,12 @@ def telemetry_plot(samples: Sequence[dict[str, Any]]) -> str:
     prom = [s for s in samples if s.get("source") == "prometheus" and "metrics" in s]
     gpu = [s for s in samples if s.get("source") == "nvml"]
     panels: list[tuple[str, list[float], list[float]]] = []
-    for label, names in GAUGES.items():
-        for name in names:
-            points = [(s["t"], v) for s in prom if (v := _gauge(s["metrics"], name)) is not None]
-            if points:
-                panels.append((f"{label}\n{name}", [t for t, _ in points], [v for _, v in points]))
-                break
+    for label, what in GAUGES.items():
+        found = [(s["t"], v) for s in prom if (v := series_value(s["metrics"], what))]
+        if found:
+            name = found[0][1][0]
+            points = [(t, value) for t, (n, value) in found if n == name]
+            panels.append((f"{label}\n{name}", [t for t, _ in points], [v for _, v in points]))
     if gpu:
         t = [s["t"] for s in gpu]
         util = [float(np.mean([g["gpu_util_pct"] for g in s["gpus"]] or [0])) for s in gpu]

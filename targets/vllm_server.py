@@ -1,0 +1,312 @@
+"""Start vLLM (CPU build, its own venv) on a free loopback port, read its limits, stop it.
+
+`with VllmServer(VllmConfig(model_dir, max_num_seqs=8)) as server:` waits for `/health` (about
+30 s to a minute on 2 cores), reads `server.limits` (KV blocks, block size and prefix caching from
+the `vllm:cache_config_info` metric, max_model_len from `/v1/models`), and on exit terminates the
+whole process group (API server, engine core, worker), then kills it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from loadgen.telemetry import parse_prometheus
+from targets.llama_server import _die_with_parent, free_port, get_json, root_url
+
+LOG_TAIL_LINES = 15
+PORT_TRIES = 3
+REPO = Path(__file__).resolve().parents[1]
+INSTALL_HINT = "run `make vllm` (a separate venv, about 4 min and 2.5 GB)"
+
+
+class VllmServerError(RuntimeError):
+    """vLLM is missing, did not start, or died; the message says what to do."""
+
+
+def vllm_venv() -> Path:
+    """`$SURGECAST_VLLM_VENV`, else the repository's `.venv-vllm` (what `make vllm` creates)."""
+    env = os.environ.get("SURGECAST_VLLM_VENV")
+    return Path(env) if env else REPO / ".venv-vllm"
+
+
+def vllm_python() -> Path:
+    """The interpreter of the vLLM venv; VllmServerError naming `make vllm` if it is missing."""
+    python = vllm_venv() / "bin" / "python"
+    if not python.is_file():
+        raise VllmServerError(f"vLLM is not installed ({python} not found): {INSTALL_HINT}")
+    return python
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    model: Path  # a model directory (config.json, tokenizer); weights are random (dummy)
+    python: Path = field(default_factory=lambda: vllm_venv() / "bin" / "python")
+    alias: str = "surgecast-reference"  # the model name /v1/models lists
+    max_num_seqs: int = 8  # sequences batched together
+    max_num_batched_tokens: int = 2048  # tokens one step computes (vLLM's CPU default)
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE: whole GiB of KV cache
+    max_model_len: int = 4096  # prompt + output tokens of one request
+    prefix_caching: bool = True
+    block_size: int | None = None  # tokens per KV block (None: vLLM's choice, 128 on CPU)
+    stream_interval: int = 1  # tokens per streamed chunk
+    host: str = "127.0.0.1"
+    start_timeout_s: float = 240.0
+    extra_args: tuple[str, ...] = ()
+
+    def command(self, port: int) -> list[str]:
+        cmd = [
+            str(self.python),
+            *("-m", "vllm.entrypoints.openai.api_server"),  # `vllm serve` fails: dist is vllm-cpu
+            *("--model", str(self.model), "--served-model-name", self.alias),
+            *("--load-format", "dummy", "--enforce-eager"),
+            *("--host", self.host, "--port", str(port)),
+            *("--max-num-seqs", str(self.max_num_seqs)),
+            *("--max-num-batched-tokens", str(self.max_num_batched_tokens)),
+            *("--max-model-len", str(self.max_model_len)),
+            "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
+            *("--stream-interval", str(self.stream_interval)),
+            "--enable-prompt-tokens-details",  # usage says how many prompt tokens were cached
+        ]
+        if self.block_size:
+            cmd += ["--block-size", str(self.block_size)]
+        return [*cmd, *self.extra_args]
+
+    def env(self) -> dict[str, str]:
+        """The parent's environment, offline, without usage reporting, with the KV cache size."""
+        return {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
+        }
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a running vLLM reports about its KV cache and context (any vLLM, external too)."""
+
+    block_size: int
+    num_blocks: int  # `num_gpu_blocks`, also on CPU
+    prefix_caching: bool
+    kv_cache_tokens: int
+    max_model_len: int
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class VllmLimits:
+    """The server's limits: what it reports (CacheInfo) plus the scheduler flags it was given."""
+
+    cache: CacheInfo
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self.cache),
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+        }
+
+
+def _label_set(metrics: dict[str, float], name: str) -> dict[str, str]:
+    """The labels of the first sample of `name` (an info metric: its value is always 1)."""
+    for key in metrics:
+        if key.startswith(name + "{"):
+            body = key[len(name) + 1 : -1]
+            pairs = (p.split("=", 1) for p in body.split('",') if "=" in p)
+            return {k.strip(): v.strip().strip('"') for k, v in pairs}
+    return {}
+
+
+def cache_info(metrics_text: str, models: dict[str, Any], version: str = "") -> CacheInfo:
+    """CacheInfo from a /metrics text and a /v1/models answer; VllmServerError if absent."""
+    labels = _label_set(parse_prometheus(metrics_text), "vllm:cache_config_info")
+    try:
+        block_size = int(labels["block_size"])
+        blocks = int(labels["num_gpu_blocks"])
+        max_len = int(models["data"][0]["max_model_len"])
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise VllmServerError(
+            f"no vLLM cache limits ({e!r} missing from vllm:cache_config_info or /v1/models): "
+            "not vLLM, or not started yet?"
+        ) from None
+    tokens = labels.get("kv_cache_size_tokens", "")
+    return CacheInfo(
+        block_size=block_size,
+        num_blocks=blocks,
+        prefix_caching=labels.get("enable_prefix_caching") == "True",
+        kv_cache_tokens=int(tokens) if tokens.isdigit() else blocks * block_size,
+        max_model_len=max_len,
+        version=version,
+    )
+
+
+def read_cache_info(base_url: str, timeout_s: float = 5.0) -> CacheInfo:
+    """The cache limits a running vLLM reports at `/metrics` and `/v1/models`."""
+    root = root_url(base_url)
+    try:
+        with urllib.request.urlopen(root + "/metrics", timeout=timeout_s) as r:
+            text = r.read().decode("utf-8", "replace")
+        models = get_json(root + "/v1/models", timeout_s)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise VllmServerError(f"cannot read {root}/metrics or /v1/models: {e}") from None
+    try:
+        version = str(get_json(root + "/version", timeout_s).get("version", ""))
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        version = ""  # optional
+    return cache_info(text, models, version)
+
+
+def probe_cache_info(base_url: str, timeout_s: float = 2.0) -> CacheInfo | None:
+    """The cache limits if `base_url` is a vLLM server, else None."""
+    try:
+        return read_cache_info(base_url, timeout_s)
+    except VllmServerError:
+        return None
+
+
+@dataclass
+class VllmServer:
+    """Context manager running one vLLM API server; see the module's docstring."""
+
+    config: VllmConfig
+    base_url: str = ""  # http://127.0.0.1:PORT/v1 once started
+    limits: VllmLimits | None = None
+    startup_s: float = 0.0  # spawn to healthy
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    def __enter__(self) -> VllmServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def log_path(self) -> Path | None:
+        return Path(self._log_dir.name) / "vllm.log" if self._log_dir else None
+
+    def start(self) -> None:
+        """Spawn the server and wait until it is healthy; VllmServerError if it is not."""
+        cfg = self.config
+        if not cfg.python.is_file():
+            raise VllmServerError(f"vLLM is not installed ({cfg.python} not found): {INSTALL_HINT}")
+        if not (cfg.model / "config.json").is_file():
+            raise VllmServerError(f"no config.json in the model directory {cfg.model}")
+        self._log_dir = tempfile.TemporaryDirectory(prefix="surgecast-vllm-")
+        for attempt in range(PORT_TRIES):  # another process may take the free port first
+            try:
+                self._spawn(free_port(cfg.host))
+                return
+            except VllmServerError:
+                self.stop()
+                taken = "address already in use" in self.log_tail().lower()
+                if attempt == PORT_TRIES - 1 or not taken:
+                    self.close()
+                    raise
+            except BaseException:
+                self.close()
+                raise
+
+    def _spawn(self, port: int) -> None:
+        cfg = self.config
+        assert self.log_path is not None
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cfg.command(port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=cfg.env(),
+                start_new_session=True,  # its own process group: stop() signals all of it
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self.base_url = f"http://{cfg.host}:{port}/v1"
+        self._wait_healthy(started)
+        self.startup_s = time.monotonic() - started
+        self.limits = VllmLimits(
+            read_cache_info(self.base_url), cfg.max_num_seqs, cfg.max_num_batched_tokens
+        )
+
+    def _wait_healthy(self, started: float) -> None:
+        health = root_url(self.base_url) + "/health"
+        while time.monotonic() - started < self.config.start_timeout_s:
+            if not self.alive():
+                raise VllmServerError(self.death_message("exited while starting"))
+            try:
+                with urllib.request.urlopen(health, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet
+            time.sleep(0.25)
+        raise VllmServerError(
+            f"vLLM at {self.base_url} not healthy within {self.config.start_timeout_s:g} s "
+            f"(a busy machine starts it slower); log tail:\n{self.log_tail()}"
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        path = self.log_path
+        if path is None or not path.exists():
+            return ""
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        return "\n".join(f"  {x}" for x in text)
+
+    def death_message(self, when: str) -> str:
+        code = self.proc.poll() if self.proc else None
+        return f"vLLM {when} (exit code {code}); log tail:\n{self.log_tail()}"
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL what is left after 20 s; keeps the exit code."""
+        proc = self.proc
+        if proc is None or not _group_alive(proc.pid):
+            return
+        os.killpg(proc.pid, signal.SIGTERM)  # the API server, the engine core and the worker
+        deadline = time.monotonic() + 20.0
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or the group never looks empty
+            time.sleep(0.2)
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def close(self) -> None:
+        """Stop the server and delete its log; idempotent."""
+        self.stop()
+        self.proc = None
+        if self._log_dir is not None:
+            self._log_dir.cleanup()
+            self._log_dir = None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (a reaped leader leaves its group behind)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
