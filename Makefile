@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-engines test-vllm lint bench fidelity clean llama-server vllm
+.PHONY: demo test test-engines test-vllm lint bench fidelity fidelity-vllm clean llama-server vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-engines: $(STAMP) llama-server
 # Forecast fidelity against a real llama-server (about 10 minutes on 2 cores).
 fidelity: $(STAMP) llama-server
 	$(BIN)/python benchmarks/fidelity.py --engine llama-server --slots 8,1
+
+# The same against vLLM for CPU (after `make vllm`; vLLM starts in about a minute per slot count).
+fidelity-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python benchmarks/fidelity.py --engine vllm --slots 8
 
 # vLLM for CPU, opt-in: its own venv (torch CPU, about 2.5 GB), never needed by `make test`.
 # Every package is pinned in constraints-vllm.txt; the CUDA-linked torchvision, torchaudio and

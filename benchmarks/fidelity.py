@@ -1,6 +1,7 @@
 """Forecast fidelity on a real engine: calibrate on two light loads, predict two heavier ones.
 
-    python benchmarks/fidelity.py [--engine llama-server|reference] [--slots 8,1] [--level-s 40]
+    python benchmarks/fidelity.py [--engine llama-server|vllm|reference] [--slots 8,1]
+                                  [--level-s 40]
 
 For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
 think time), run open-loop Poisson levels at 15% and 35% of it (fitted) and at 60% and 80%
@@ -57,6 +58,14 @@ def engine(kind: str, slots: int) -> Iterator[tuple[str | None, dict[str, object
     if kind == "reference":
         yield None, {}
         return
+    if kind == "vllm":  # `make vllm` first; the small model, dummy weights, prefix cache off
+        from targets.vllm_model import ensure_model_dir
+        from targets.vllm_server import VllmConfig, VllmServer
+
+        cfg = VllmConfig(ensure_model_dir("small"), max_num_seqs=slots, prefix_caching=False)
+        with VllmServer(cfg) as vllm:
+            yield vllm.base_url, {"ignore_eos": True}
+        return
     from targets.gguf_model import ensure_model  # only when asked for
     from targets.llama_build import ensure_server
     from targets.llama_server import LlamaServer, LlamaServerConfig
@@ -106,7 +115,7 @@ def run_config(kind: str, slots: int, level_s: float, out: Path) -> list[Result]
             folders[share] = outcome.folder
     calibration = calibrate_runs([folders[s] for s in FIT], max_num_seqs=slots)
     return [
-        (f"{kind} -np {slots}", share, row)
+        (f"{kind} {slots} slots", share, row)
         for share in HELD_OUT
         for row in backtest_run(folders[share], calibration)
     ]
@@ -149,8 +158,10 @@ def aim(rows: list[BacktestRow]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine", choices=("llama-server", "reference"), default="llama-server")
-    p.add_argument("--slots", default="8,1", help="slot counts (llama-server -np), e.g. 8,1")
+    p.add_argument(
+        "--engine", choices=("llama-server", "vllm", "reference"), default="llama-server"
+    )
+    p.add_argument("--slots", default="8,1", help="slot counts (-np, --max-num-seqs), e.g. 8,1")
     p.add_argument("--level-s", type=float, default=40.0, help="seconds per load level")
     a = p.parse_args()
     started = time.monotonic()
