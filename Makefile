@@ -35,7 +35,7 @@ bench: $(STAMP)
 test-engines: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q -m engine_load
 
-# Forecast fidelity against a real llama-server (about 10 minutes on 2 cores).
+# Forecast fidelity against a real llama-server (15-25 minutes on 2 cores; needs a quiet machine).
 fidelity: $(STAMP) llama-server
 	$(BIN)/python benchmarks/fidelity.py --engine llama-server --slots 8,1
 

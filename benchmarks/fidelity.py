@@ -1,11 +1,11 @@
 """Forecast fidelity on a real engine: calibrate on two light loads, predict two heavier ones.
 
     python benchmarks/fidelity.py [--engine llama-server|vllm|reference] [--slots 8,1]
-                                  [--level-s 40]
+                                  [--level-s 40] [--min-requests 40] [--max-level-s 300]
 
 For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
 think time), run open-loop Poisson levels at 15% and 35% of it (fitted) and at 60% and 80%
-(held out), calibrate on the two light ones, and predict the held-out ones from their own send
+(held out), each long enough for about --min-requests requests, calibrate on the two light ones, and predict the held-out ones from their own send
 times (replay) and from the scenario's plan (plan). Prints one table of held-out errors and
 whether each measured value fell inside its predicted 90% interval, then the aim:
 median |error| of p50/p95 E2E at most 5%, of p95 TTFT at most 10%, and 9 in 10 inside.
@@ -34,6 +34,8 @@ HELD_OUT = (0.60, 0.80)
 
 
 def workload(slots: int, level_s: float, extra: dict[str, object]) -> dict[str, object]:
+    # one slot serves one request at a time: shorter answers, so a level holds enough of them
+    output = (24, 96) if slots > 1 else (8, 32)
     return {
         "name": f"fidelity-{slots}",
         "target": {"api": "chat", "timeout_s": 120, "extra_body": extra},
@@ -46,7 +48,7 @@ def workload(slots: int, level_s: float, extra: dict[str, object]) -> dict[str, 
         "traffic": {"rate": 1, "duration_s": level_s, "seed": 11},
         "workload": {
             "prompt_tokens": {"dist": "uniform", "low": 40, "high": 400},
-            "output_tokens": {"dist": "uniform", "low": 24, "high": 96},
+            "output_tokens": {"dist": "uniform", "low": output[0], "high": output[1]},
         },
     }
 
@@ -85,7 +87,15 @@ def level(base: dict[str, object], traffic: Mapping[str, object]) -> Scenario:
 Result = tuple[str, float, BacktestRow]  # (engine config, load share, held-out row)
 
 
-def run_config(kind: str, slots: int, level_s: float, out: Path) -> list[Result]:
+def level_seconds(rate: float, level_s: float, min_requests: int, max_s: float) -> float:
+    """A level's length: `level_s`, longer if it would send fewer than `min_requests` (whose
+    quantiles would say little), at most `max_s`."""
+    return min(max(level_s, min_requests / rate), max(max_s, level_s))
+
+
+def run_config(
+    kind: str, slots: int, level_s: float, out: Path, min_requests: int, max_s: float
+) -> list[Result]:
     with engine(kind, slots) as (url, extra):
         base = workload(slots, level_s, extra)
         closed = {
@@ -104,7 +114,10 @@ def run_config(kind: str, slots: int, level_s: float, out: Path) -> list[Result]
         print(f"{kind} {slots} slots: capacity {capacity:.2f} req/s", file=sys.stderr)
         folders: dict[float, RunFolder] = {}
         for i, share in enumerate((*FIT, *HELD_OUT)):
-            traffic = {"rate": share * capacity, "duration_s": level_s, "seed": 20 + i}
+            rate = share * capacity
+            seconds = level_seconds(rate, level_s, min_requests, max_s)
+            print(f"level {share:.0%}: {rate:.3g} req/s for {seconds:.0f} s", file=sys.stderr)
+            traffic = {"rate": rate, "duration_s": seconds, "seed": 20 + i}
             outcome = run_load(
                 level(base, traffic),
                 "fidelity",
@@ -122,7 +135,17 @@ def run_config(kind: str, slots: int, level_s: float, out: Path) -> list[Result]
 
 
 def table(results: list[Result]) -> str:
-    headers = ["engine", "load", "basis", "metric", "measured", "predicted", "error %", "inside"]
+    headers = [
+        "engine",
+        "load",
+        "basis",
+        "metric",
+        "measured",
+        "predicted",
+        "error %",
+        "90% interval",
+        "inside",
+    ]
     return markdown(
         headers,
         [
@@ -134,6 +157,7 @@ def table(results: list[Result]) -> str:
                 f"{r.measured:,.4g}",
                 f"{r.predicted:,.4g}",
                 f"{r.error_pct:+.1f}",
+                f"{r.low:,.4g} - {r.high:,.4g}",
                 "yes" if r.inside else "NO",
             ]
             for config, share, r in results
@@ -162,13 +186,21 @@ def main() -> int:
         "--engine", choices=("llama-server", "vllm", "reference"), default="llama-server"
     )
     p.add_argument("--slots", default="8,1", help="slot counts (-np, --max-num-seqs), e.g. 8,1")
-    p.add_argument("--level-s", type=float, default=40.0, help="seconds per load level")
+    p.add_argument("--level-s", type=float, default=40.0, help="seconds per load level, at least")
+    p.add_argument(
+        "--min-requests",
+        type=int,
+        default=40,
+        help="a level lasts long enough to send about this many requests (default 40) ...",
+    )
+    p.add_argument("--max-level-s", type=float, default=300.0, help="... up to this many seconds")
     a = p.parse_args()
     started = time.monotonic()
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         for slots in (int(s) for s in a.slots.split(",")):
-            results += run_config(a.engine, slots, a.level_s, Path(tmp) / f"np{slots}")
+            out = Path(tmp) / f"np{slots}"
+            results += run_config(a.engine, slots, a.level_s, out, a.min_requests, a.max_level_s)
     print(table(results))
     print(aim([r for _, _, r in results]))
     print(f"({time.monotonic() - started:.0f} s)")
