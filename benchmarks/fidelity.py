@@ -5,10 +5,12 @@
 
 For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
 think time), run open-loop Poisson levels at 15% and 35% of it (fitted) and at 60% and 80%
-(held out), each long enough for about --min-requests requests, calibrate on the two light ones, and predict the held-out ones from their own send
-times (replay) and from the scenario's plan (plan). Prints one table of held-out errors and
-whether each measured value fell inside its predicted 90% interval, then the aim:
-median |error| of p50/p95 E2E at most 5%, of p95 TTFT at most 10%, and 9 in 10 inside.
+(held out), each long enough for about --min-requests requests, calibrate on the two light
+ones, and predict the held-out ones from their own send times (replay) and from the scenario's
+plan (plan). Prints one table of held-out errors, each predicted 90% interval and whether the
+measured value fell inside it, then the aim: median |error| of p50/p95 E2E at most 5%, of p95
+TTFT at most 10%, and 9 in 10 inside. The engine needs the machine's cores to itself: other work
+on them moves its capacity between levels, and the table with it.
 Loopback only; the engine is started and stopped here.
 """
 
