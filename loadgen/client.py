@@ -3,7 +3,10 @@
 It reads the response line by line (`http.client` returns a line as soon as it is complete), never
 in fixed-size blocks, so chunk times are what the wire delivered. Under Locust the same code runs
 on gevent's patched sockets. One connection per request: some servers (llama.cpp) close a streamed
-connection while advertising keep-alive, which breaks pooled clients.
+connection while advertising keep-alive, which breaks pooled clients. The host name is resolved
+once per endpoint, not on every connect (gevent's resolver threads would fight the sender for the
+GIL). A request's `start` is stamped when its bytes have been sent, so time spent connecting or
+queued in the client is schedule lag or connect time, never TTFT.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import http.client
 import json
 import math
 import os
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -93,14 +97,35 @@ class Endpoint:
     def redact(self, text: str) -> str:
         return text.replace(self.api_key, "***") if self.api_key else text
 
-    def connect(self, timeout: float) -> http.client.HTTPConnection:
+    def address(self) -> tuple[str, int]:
+        """(host, port) to connect to: a plain-HTTP host resolved to its address once (HTTPS
+        keeps the name, which the certificate check needs)."""
         parts = urlsplit(self.base_url)
         host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         if parts.scheme == "https":
+            return host, port
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            return host, port  # connecting will fail and say why
+        return str(info[0][4][0]), port
+
+    def connect(
+        self, timeout: float, address: tuple[str, int] | None = None
+    ) -> http.client.HTTPConnection:
+        """A connection (not yet open) to `address` (default: resolved now)."""
+        host, port = address or self.address()
+        if urlsplit(self.base_url).scheme == "https":
             return http.client.HTTPSConnection(
-                host, parts.port or 443, timeout=timeout, context=ssl.create_default_context()
+                host, port, timeout=timeout, context=ssl.create_default_context()
             )
-        return http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    @property
+    def host_header(self) -> str:
+        """The Host header the URL names (kept when connecting to a resolved address)."""
+        return urlsplit(self.base_url).netloc
 
 
 class TargetUnreachable(Exception):
@@ -158,8 +183,10 @@ class StreamingCall:
         messages: Messages | None = None,
         intended_start: float | None = None,
         attempt: int = 0,
+        address: tuple[str, int] | None = None,
     ):
         self.endpoint = endpoint
+        self.address = address or endpoint.address()
         self.spec = spec
         self.clock = clock
         self.messages = messages
@@ -190,19 +217,28 @@ class StreamingCall:
         rec = self.record
         ep = self.endpoint
         payload = json.dumps(ep.body(self.spec, self.messages)).encode()
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {
+            "Host": ep.host_header,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
-        rec.start = self.clock()
-        deadline = rec.start + ep.timeout_s
+        began = rec.start = self.clock()
+        rec.schedule_lag_s = max(0.0, began - rec.intended_start)
+        deadline = began + ep.timeout_s
         patience = self.spec.patience_s  # counted from the first attempt's intended start
         give_up = math.inf if patience is None else rec.intended_start + patience
-        first_wait = max(0.001, min(give_up - rec.start, ep.timeout_s))
+        first_wait = max(0.001, min(give_up - began, ep.timeout_s))
         conn = None
         try:
-            conn = ep.connect(first_wait)
+            conn = ep.connect(first_wait, self.address)
+            conn.connect()
+            rec.connect_s = self.clock() - began
             conn.request("POST", ep.path, body=payload, headers=headers)
+            rec.start = self.clock()  # the request's bytes are out
             response = conn.getresponse()
+            rec.first_byte = self.clock()
             rec.http_status = response.status
             if response.status != 200:
                 self._http_error(response)

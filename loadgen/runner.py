@@ -26,7 +26,7 @@ from loadgen.client import Endpoint, Messages, StreamingCall
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec, followers_of, next_session
-from scenarios.records import RecordWriter, RequestRecord
+from scenarios.records import DROPPED, RecordWriter, RequestRecord
 
 DRAIN_GRACE_S = 5.0
 
@@ -76,6 +76,7 @@ class LoadRun:
         self.openers = [s for s in self.plan if s.after is None]
         self.followers = followers_of(self.plan)
         self.endpoint = endpoint
+        self.address = endpoint.address()  # resolved once for the run
         self.writer = writer
         self.store_prompts = store_prompts
         self.prompts = prompts or PlannedPrompts()
@@ -160,7 +161,7 @@ class LoadRun:
 
     def _launch(self, spec: RequestSpec, intended: float) -> None:
         if self.pool.full():
-            record = self._unsent(spec, intended, "dropped_in_flight_limit")
+            record = self._unsent(spec, intended, DROPPED)
             self._finish(record)
             self._follow(spec, record, [], [])
             return
@@ -189,6 +190,7 @@ class LoadRun:
                     messages=messages,
                     intended_start=intended,  # a retry keeps the first attempt's: `*_intended`
                     attempt=attempt,  # latencies show what the user waited, backoff included
+                    address=self.address,
                 )
                 try:
                     call.run()

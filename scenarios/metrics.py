@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from scenarios.records import RequestRecord
+from scenarios.records import DROPPED, RequestRecord
 from scenarios.slo import Threshold
 from scenarios.table import STATUSES, RequestTable
 
@@ -146,6 +146,7 @@ class Summary:
     retries: int = 0  # attempts that failed and were tried again (not counted as requests)
     tokens: TokenReconciliation | None = None
     by_persona: dict[str, Summary] = field(default_factory=dict)  # when there are several
+    dropped: int = 0  # planned requests the generator never sent (not counted in `requests`)
 
     @property
     def error_rate(self) -> float:
@@ -230,6 +231,11 @@ def summarize_table(
     window: tuple[float, float] | None = None,
 ) -> Summary:
     """`summarize` over columns (a simulated run's, or records'): without token counts."""
+    dropped = attempts.error_kind == (
+        attempts.kinds.index(DROPPED) if DROPPED in attempts.kinds else -2
+    )
+    if dropped.any():  # never sent: counted apart, not as requests
+        attempts = attempts.select(~dropped)
     table = attempts.select(~attempts.retried)
     n = len(table)
     if window is None:
@@ -263,7 +269,7 @@ def summarize_table(
     good = int(table.meets(limits).sum())
     # a retry waits out its backoff on purpose: only first attempts say if the sender kept up
     first_tries = attempts.attempt == 0
-    lateness = (attempts.start - attempts.intended_start)[first_tries] * 1000.0
+    lateness = attempts.lateness[first_tries] * 1000.0
     statuses = np.bincount(table.status, minlength=len(STATUSES))
     kinds = np.bincount(table.error_kind[table.error_kind >= 0], minlength=len(table.kinds))
     return Summary(
@@ -282,4 +288,5 @@ def summarize_table(
         slos=check_slos(table, thresholds),
         retries=len(attempts) - n,
         by_persona=by_persona,
+        dropped=int(dropped.sum()),
     )

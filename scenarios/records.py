@@ -10,6 +10,9 @@ from typing import IO, Any, Literal
 
 Status = Literal["ok", "error", "cancelled", "timeout", "rejected"]
 STATUSES: tuple[str, ...] = ("ok", "error", "cancelled", "timeout", "rejected")
+# a planned request the generator never sent (its in-flight cap was reached): k6's
+# dropped_iterations, kept as a record but not counted as a request
+DROPPED = "dropped_in_flight_limit"
 
 
 @dataclass(slots=True)
@@ -18,7 +21,7 @@ class RequestRecord:
 
     id: str
     intended_start: float
-    start: float
+    start: float  # when the request's bytes left (after connecting)
     first_token: float | None = None  # first chunk with non-empty content
     end: float | None = None
     chunk_times: list[float] = field(default_factory=list)  # every content chunk, first included
@@ -44,6 +47,9 @@ class RequestRecord:
     # continuous_usage_stats): several per chunk when a server batches its stream output
     chunk_tokens: list[int] | None = None
     cached_tokens: int | None = None  # prompt tokens the server took from its prefix cache
+    schedule_lag_s: float | None = None  # the call began this late after its intended start
+    connect_s: float | None = None  # seconds to open the connection
+    first_byte: float | None = None  # when the response's status line arrived
 
     @property
     def ttft(self) -> float | None:
@@ -55,6 +61,9 @@ class RequestRecord:
 
     @property
     def lateness(self) -> float:
+        """How late the generator was: the schedule lag where measured, else start - intended."""
+        if self.schedule_lag_s is not None:
+            return self.schedule_lag_s
         return self.start - self.intended_start
 
     def to_json(self) -> str:

@@ -47,6 +47,7 @@ class RequestTable:
 
     start: np.ndarray  # seconds from the run's start
     intended_start: np.ndarray
+    lateness: np.ndarray  # how late the sender was (a measured run's schedule lag)
     first_token: np.ndarray  # NaN: none
     end: np.ndarray  # NaN: none
     status: np.ndarray  # int8 index into STATUSES
@@ -85,6 +86,7 @@ class RequestTable:
         return cls(
             start=times("start"),
             intended_start=times("intended_start"),
+            lateness=np.fromiter((r.lateness for r in records), float, n),
             first_token=times("first_token"),
             end=times("end"),
             status=np.fromiter((STATUSES.index(r.status) for r in records), np.int8, n),

@@ -82,6 +82,7 @@ class Ledger:
         cols: dict[str, np.ndarray] = {
             "intended_start": np.frombuffer(self.intended)[sent],
             "start": np.frombuffer(self.start)[sent],
+            "lateness": (np.frombuffer(self.start) - np.frombuffer(self.intended))[sent],
             "first_token": np.frombuffer(self.first)[sent],
             "end": np.frombuffer(self.end)[sent],
             "status": np.frombuffer(self.status, np.int8)[sent],
@@ -96,6 +97,7 @@ class Ledger:
             extra = {
                 "intended_start": r[1],
                 "start": r[2],
+                "lateness": r[2] - r[1],
                 "first_token": np.full(len(r[0]), np.nan),
                 "end": r[3],
                 "status": np.full(len(r[0]), REJECTED, np.int8),

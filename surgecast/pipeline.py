@@ -133,6 +133,11 @@ def invalid_reasons(
     reasons = []
     if planned == 0:
         reasons.append("the plan is empty: the arrival rate x traffic.duration_s is too small")
+    if summary.dropped:
+        reasons.append(
+            f"generator dropped {summary.dropped} planned requests at its in-flight cap "
+            "(max_in_flight): they were never sent"
+        )
     if summary.lateness_p99_ms > scenario.traffic.max_lateness_ms:
         reasons.append(
             f"generator fell behind: p99 send lateness {summary.lateness_p99_ms:.0f} ms "

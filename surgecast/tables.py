@@ -91,6 +91,11 @@ def summary_tables(s: Summary) -> str:
         parts.append(persona_table(s))
     if s.tokens is not None or s.retries:
         parts.append(token_lines(s))
+    if s.dropped:
+        parts.append(
+            f"dropped: {s.dropped} planned requests were never sent (the generator's in-flight "
+            "cap, traffic.max_in_flight, was reached); they are not counted as requests"
+        )
     return "\n\n".join(parts)
 
 

@@ -48,6 +48,14 @@ def test_stream_timing_agrees_with_target_record(target_url: str, api: str) -> N
     assert rec.first_token is not None
     assert abs(rec.first_token - served["first_chunk_written"]) < 0.005
     assert len(rec.chunk_times) == 15 == len(served["chunk_written"])
+    # `start` is when the request's bytes left, after connecting: the client's TTFT is the
+    # target's own (first write - request read), the connect time kept apart
+    assert rec.connect_s is not None and 0 <= rec.connect_s < 0.05
+    assert rec.schedule_lag_s is not None and rec.schedule_lag_s >= 0
+    assert rec.start >= spec.arrival + rec.schedule_lag_s + rec.connect_s - 1e-9
+    assert rec.first_byte is not None and rec.start <= rec.first_byte <= rec.first_token
+    server_ttft = served["first_chunk_written"] - served["received"]
+    assert abs((rec.first_token - rec.start) - server_ttft) < 0.01
     lags = [c - w for c, w in zip(rec.chunk_times, served["chunk_written"], strict=True)]
     assert max(abs(x) for x in lags) < 0.005
     # one chunk per engine step of 10.5 ms (10 ms + 0.5 ms for the one decoding sequence)

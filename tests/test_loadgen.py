@@ -76,6 +76,38 @@ def test_slow_target_does_not_slow_the_sending(tmp_path: Path) -> None:
     assert result.returncode == 99  # failed requests count against the ttft and e2e SLOs
 
 
+def test_requests_dropped_at_the_in_flight_cap_are_counted_apart(tmp_path: Path) -> None:
+    """Two in flight at most against a target serving one at a time: most of the plan is never
+    sent. Those are dropped (k6's dropped_iterations), not requests, and the run is invalid."""
+    data = scenario_dict(
+        reference_target={
+            "max_num_seqs": 1,
+            "cold_start_s": 0,
+            "step": {"base_ms": 50, "per_decode_seq_ms": 0, "per_prefill_token_ms": 0},
+        },
+        traffic={"rate": 20, "duration_s": 2, "seed": 2, "max_in_flight": 2},
+        workload={
+            "prompt_tokens": {"dist": "constant", "value": 10},
+            "output_tokens": {"dist": "constant", "value": 4},
+        },
+    )
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out), "--no-report")
+    assert result.returncode == 3, result.stderr
+    plan = build_plan(load_scenario(path))
+    records = read_records(out / "requests.jsonl")
+    assert sorted(r.id for r in records) == sorted(s.id for s in plan)  # every one recorded
+    dropped = [r for r in records if r.error_kind == "dropped_in_flight_limit"]
+    sent = [r for r in records if r.error_kind != "dropped_in_flight_limit"]
+    assert len(dropped) > len(plan) / 2 and all(r.schedule_lag_s is None for r in dropped)
+    assert all(r.status == "ok" and r.connect_s is not None for r in sent)
+    meta = json.loads((out / "run.json").read_text())
+    reasons = " ".join(meta["validity"]["reasons"])
+    assert f"dropped {len(dropped)} planned requests" in reasons
+    assert f"dropped: {len(dropped)} planned requests were never sent" in result.stdout
+
+
 def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     """A 30 s run in the background; returns it once 15 records are written."""
     path = write_scenario(

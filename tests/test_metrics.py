@@ -12,7 +12,7 @@ from scenarios.metrics import (
     summarize,
     unplanned_cache_warning,
 )
-from scenarios.records import RecordWriter, RequestRecord, Status, read_records
+from scenarios.records import DROPPED, RecordWriter, RequestRecord, Status, read_records
 from scenarios.slo import parse_threshold
 
 
@@ -98,3 +98,22 @@ def test_a_cache_hit_rate_beyond_the_plan_is_a_warning() -> None:
     warning = unplanned_cache_warning(tokens, planned=0.0)
     assert warning is not None and "50%" in warning
     assert unplanned_cache_warning(TokenReconciliation.of([rec(0, None)]), 0.0) is None
+
+
+def test_dropped_requests_are_counted_apart_from_requests_and_lateness() -> None:
+    """A request dropped at the in-flight cap was never sent: not a request, not an error, and
+    its record (stamped when dropped) says nothing of the sender's lateness."""
+    dropped = RequestRecord(
+        id="d", intended_start=0.5, start=3.0, end=3.0, status="cancelled", error_kind=DROPPED
+    )
+    with_drop = summarize([*RECORDS, dropped], duration_s=3.0)
+    without = summarize(RECORDS, duration_s=3.0)
+    assert (with_drop.requests, with_drop.ok, with_drop.dropped) == (3, 2, 1)
+    assert with_drop.lateness_p99_ms == pytest.approx(without.lateness_p99_ms)
+    assert with_drop.error_rate == pytest.approx(without.error_rate)
+
+
+def test_lateness_is_the_schedule_lag_where_measured() -> None:
+    rec = RequestRecord(id="a", intended_start=1.0, start=1.3, schedule_lag_s=0.01)
+    assert rec.lateness == pytest.approx(0.01)  # 0.29 s more went to connecting and sending
+    assert summarize([rec]).lateness_p99_ms == pytest.approx(10.0)
