@@ -2,14 +2,15 @@
 
 Latencies (ms) by percentile, throughput and goodput (req/s over each run's first send to last
 response) and the error rate, each as candidate minus baseline, absolute and relative, with a
-percentile interval from a hierarchical bootstrap (runs, then requests; see `bootstrap`).
+percentile interval from a hierarchical bootstrap (runs, then blocks of requests in time; see
+`bootstrap`).
 A change is significant when its interval excludes 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +20,8 @@ from scenarios.metrics import LATENCY_METRICS
 from scenarios.regress import Budget
 from scenarios.slo import Threshold
 from scenarios.table import RequestTable
-from surgecast.bootstrap import (
-    Side,
-    count_draws,
-    interval,
-    mean_draws,
-    quantile_draws,
-    run_picks,
-)
+from surgecast.bootstrap import Layout, block_count, interval, mean_draws, quantile_draws, split
+from surgecast.bootstrap import total_draws as totals
 
 QUANTILES = (50, 95, 99)
 HIGHER_IS_BETTER = ("throughput", "goodput")
@@ -97,41 +92,94 @@ class Change:
         return f"{self.metric} {self.stat}"
 
 
-def _latency_side(runs: Sequence[Run], metric: str) -> Side:
-    return Side.of([r.table.samples(metric) * 1000.0 for r in runs])
+def _samples(table: RequestTable, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """A latency metric's samples (ms) and the row each belongs to (as `table.samples`)."""
+    if metric == "itl":
+        return table.gaps * 1000.0, table.gap_row
+    rows = table.answered
+    if metric == "tpot":
+        rows = rows & (table.output_tokens > 1)
+    return table.samples(metric) * 1000.0, np.flatnonzero(rows)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side's runs cut into blocks of consecutive starts: each row's block, run by run."""
+
+    runs: tuple[Run, ...]
+    row_block: tuple[np.ndarray, ...]  # per run, each row's block (numbered across the side)
+    layout: Layout
+
+    @classmethod
+    def of(cls, runs: Sequence[Run]) -> _Side:
+        row_block, block_run, offset = [], [], 0
+        for i, r in enumerate(runs):
+            k = block_count(len(r.table))
+            start = r.table.start
+            if len(start):
+                t0, width = float(start.min()), max(float(start.max() - start.min()), 1e-9)
+                local = np.minimum(((start - t0) / width * k).astype(np.int64), k - 1)
+            else:
+                local = np.zeros(0, dtype=np.int64)
+            row_block.append(local + offset)
+            block_run += [i] * k
+            offset += k
+        return cls(tuple(runs), tuple(row_block), Layout(np.array(block_run), len(runs)))
+
+    @property
+    def blocks(self) -> int:
+        return len(self.layout.block_run)
+
+    def latency_blocks(self, metric: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """All samples pooled, and the samples cut per block."""
+        values, blocks = [], []
+        for r, rb in zip(self.runs, self.row_block, strict=True):
+            v, rows = _samples(r.table, metric)
+            values.append(v)
+            blocks.append(rb[rows])
+        pooled = np.concatenate(values)
+        return pooled, split(pooled, np.concatenate(blocks), self.blocks)
+
+    def per_block(self, mask_of: Callable[[Run], np.ndarray]) -> np.ndarray:
+        """How many rows of each block `mask_of` selects."""
+        out = np.zeros(self.blocks)
+        for r, rb in zip(self.runs, self.row_block, strict=True):
+            out += np.bincount(rb[mask_of(r)], minlength=self.blocks)
+        return out
+
+    def spans(self) -> np.ndarray:
+        """Each block's share of its run's span (seconds)."""
+        k = np.bincount(self.layout.block_run)
+        spans = np.array([r.span_s for r in self.runs])
+        return spans[self.layout.block_run] / k[self.layout.block_run]
 
 
 def _draw_latency(
-    side: Side, stat: str, picks: np.ndarray, rng: np.random.Generator
+    side: _Side, metric: str, stat: str, picks: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    pooled = np.concatenate(side.samples)
+    pooled, blocks = side.latency_blocks(metric)
     if stat == "avg":
-        point = float(pooled.mean()) if len(pooled) else math.nan
-        return point, mean_draws(side, picks, rng)
+        return (float(pooled.mean()) if len(pooled) else math.nan), mean_draws(blocks, picks)
     q = 50.0 if stat == "med" else float(stat[1:])
     point = float(np.percentile(pooled, q)) if len(pooled) else math.nan
-    return point, quantile_draws(side, q, picks, rng)
+    return point, quantile_draws(blocks, q, picks)
 
 
 def _draw_rate(
-    runs: Sequence[Run],
-    metric: str,
-    limits: dict[str, float],
-    picks: np.ndarray,
-    rng: np.random.Generator,
+    side: _Side, metric: str, limits: dict[str, float], picks: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    spans = np.array([r.span_s for r in runs])
-    ok = np.array([int(r.table.ok.sum()) for r in runs])
+    ok = side.per_block(lambda r: r.table.ok)
     if metric == "error_rate":
-        failed = np.array([len(r.table) for r in runs]) - ok
-        f, o = count_draws(failed, picks, rng), count_draws(ok, picks, rng)
+        failed = side.per_block(lambda r: ~r.table.ok)
+        f, o = totals(failed, picks), totals(ok, picks)
         with np.errstate(invalid="ignore", divide="ignore"):
             draws = f / (f + o)
         total = failed.sum() + ok.sum()
         return (float(failed.sum() / total) if total else math.nan), draws
     if metric == "goodput":
-        ok = np.array([int(r.table.meets(limits).sum()) for r in runs])
-    return float(ok.sum() / spans.sum()), count_draws(ok, picks, rng) / (picks @ spans)
+        ok = side.per_block(lambda r: r.table.meets(limits))
+    spans = side.spans()
+    return float(ok.sum() / spans.sum()), totals(ok, picks) / totals(spans, picks)
 
 
 @dataclass(frozen=True)
@@ -167,15 +215,16 @@ def compare(
     if not baseline or not candidate:
         raise ValueError("compare needs at least one run on each side")
     rng = np.random.default_rng(seed)
-    picks = (run_picks(len(baseline), resamples, rng), run_picks(len(candidate), resamples, rng))
+    sides = (_Side.of(baseline), _Side.of(candidate))
+    picks = [side.layout.picks(resamples, rng) for side in sides]
     changes = []
     for metric, stat in stats or default_stats():
         points, draws = [], []
-        for runs, pick in zip((baseline, candidate), picks, strict=True):
+        for side, pick in zip(sides, picks, strict=True):
             if metric in LATENCY_METRICS:
-                point, draw = _draw_latency(_latency_side(runs, metric), stat, pick, rng)
+                point, draw = _draw_latency(side, metric, stat, pick)
             else:
-                point, draw = _draw_rate(runs, metric, limits or {}, pick, rng)
+                point, draw = _draw_rate(side, metric, limits or {}, pick)
             points.append(point)
             draws.append(draw)
         base, cand = draws
