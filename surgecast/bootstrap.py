@@ -1,12 +1,14 @@
 """Vectorised bootstrap draws over runs, then blocks of time within each run.
 
 Requests of one run are not independent: a burst of arrivals slows every request around it, so
-resampling single requests makes intervals too narrow (in the gate benchmark, a 95% interval of
-p95 E2E excluded 0 in about half the pairs with no change). Each resample therefore picks runs
-with replacement (a hierarchical, or cluster, bootstrap: one run is always itself), then each
-picked run's blocks of time with replacement (a block bootstrap over requests: about sqrt(n)
-blocks of consecutive starts). A resample is a multiplicity per block; a percentile of it is
-found by bisection over the pooled sorted samples, so nothing the size of a run is copied.
+resampling single requests makes intervals too narrow. Each resample therefore picks runs with
+replacement (a hierarchical, or cluster, bootstrap: one run is always itself), then each picked
+run's blocks of time with replacement (a block bootstrap over requests: about sqrt(n) blocks of
+consecutive starts). Blocks narrow the gap but do not close it: a run's overall load moves all
+of its latencies together, which only repeated runs show (benchmarks/gate.py measures how often
+an interval excludes 0 with no change, one run a side and several). A resample is a
+multiplicity per block; a percentile of it is found by bisection over the pooled sorted samples,
+so nothing the size of a run is copied.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ class Change:
 
     @property
     def worse(self) -> int:
-        """+1 for worse (slower, fewer served, more errors), -1 for better, as the sign of
-        `regression`."""
+        """The sign of a change for the worse: +1 where higher is worse (latency, errors), -1
+        where lower is (throughput, goodput)."""
         return -1 if self.metric in HIGHER_IS_BETTER else 1
 
     def regression(self, relative: bool) -> tuple[float, float, float]:
