@@ -3,12 +3,12 @@
 Requests of one run are not independent: a burst of arrivals slows every request around it, so
 resampling single requests makes intervals too narrow. Each resample therefore picks runs with
 replacement (a hierarchical, or cluster, bootstrap: one run is always itself), then each picked
-run's blocks of time with replacement (a block bootstrap over requests: about sqrt(n) blocks of
-consecutive starts). Blocks narrow the gap but do not close it: a run's overall load moves all
-of its latencies together, which only repeated runs show (benchmarks/gate.py measures how often
-an interval excludes 0 with no change, one run a side and several). A resample is a
-multiplicity per block; a percentile of it is found by bisection over the pooled sorted samples,
-so nothing the size of a run is copied.
+run's blocks of time with replacement (a block bootstrap over requests: about sqrt(n), at most
+64, blocks of consecutive starts). Blocks narrow the gap but do not close it: a run's overall
+load moves all of its latencies together, which only repeated runs show (benchmarks/gate.py
+measures how often an interval excludes 0 with no change, one run a side and several).
+A resample is a multiplicity per block; a percentile of it is found by bisection over the pooled
+sorted samples, so nothing the size of a run is copied.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MAX_BLOCKS = 64  # enough for the spread of a mean of blocks; more only costs time
+
 
 def block_count(requests: int) -> int:
-    """Blocks a run of `requests` is cut into: about sqrt(n), as a block bootstrap's rule."""
-    return max(1, math.ceil(math.sqrt(requests)))
+    """Blocks a run of `requests` is cut into: about sqrt(n), as a block bootstrap's rule, at
+    most MAX_BLOCKS."""
+    return min(max(1, math.ceil(math.sqrt(requests))), MAX_BLOCKS)
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,13 @@ def split(values: np.ndarray, block: np.ndarray, blocks: int) -> list[np.ndarray
     return [np.sort(ordered[edges[i] : edges[i + 1]]) for i in range(blocks)]
 
 
-def quantile_draws(blocks: Sequence[np.ndarray], q: float, picks: np.ndarray) -> np.ndarray:
-    """Draws of the q-th percentile (0-100, the k-th smallest of the resample, k = ceil(q n))."""
-    pooled = np.sort(np.concatenate(blocks)) if blocks else np.empty(0)
+def quantile_draws(
+    blocks: Sequence[np.ndarray], q: float, picks: np.ndarray, pooled: np.ndarray | None = None
+) -> np.ndarray:
+    """Draws of the q-th percentile (0-100, the k-th smallest of the resample, k = ceil(q n));
+    `pooled`: every block's samples, sorted (computed when not given)."""
+    if pooled is None:
+        pooled = np.sort(np.concatenate(blocks)) if blocks else np.empty(0)
     if len(pooled) == 0:
         return np.full(len(picks), np.nan)
     sizes = np.array([len(b) for b in blocks], dtype=np.int64)

@@ -131,14 +131,14 @@ class _Side:
         return len(self.layout.block_run)
 
     def latency_blocks(self, metric: str) -> tuple[np.ndarray, list[np.ndarray]]:
-        """All samples pooled, and the samples cut per block."""
+        """All samples pooled and sorted, and the samples cut per block."""
         values, blocks = [], []
         for r, rb in zip(self.runs, self.row_block, strict=True):
             v, rows = _samples(r.table, metric)
             values.append(v)
             blocks.append(rb[rows])
         pooled = np.concatenate(values)
-        return pooled, split(pooled, np.concatenate(blocks), self.blocks)
+        return np.sort(pooled), split(pooled, np.concatenate(blocks), self.blocks)
 
     def per_block(self, mask_of: Callable[[Run], np.ndarray]) -> np.ndarray:
         """How many rows of each block `mask_of` selects."""
@@ -155,14 +155,15 @@ class _Side:
 
 
 def _draw_latency(
-    side: _Side, metric: str, stat: str, picks: np.ndarray
+    blocked: tuple[np.ndarray, list[np.ndarray]], stat: str, picks: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    pooled, blocks = side.latency_blocks(metric)
+    """`blocked`: the samples pooled and sorted, and cut per block (`_Side.latency_blocks`)."""
+    pooled, blocks = blocked
     if stat == "avg":
         return (float(pooled.mean()) if len(pooled) else math.nan), mean_draws(blocks, picks)
     q = 50.0 if stat == "med" else float(stat[1:])
     point = float(np.percentile(pooled, q)) if len(pooled) else math.nan
-    return point, quantile_draws(blocks, q, picks)
+    return point, quantile_draws(blocks, q, picks, pooled)
 
 
 def _draw_rate(
@@ -218,11 +219,14 @@ def compare(
     sides = (_Side.of(baseline), _Side.of(candidate))
     picks = [side.layout.picks(resamples, rng) for side in sides]
     changes = []
+    blocked: dict[tuple[int, str], tuple[np.ndarray, list[np.ndarray]]] = {}
     for metric, stat in stats or default_stats():
         points, draws = [], []
-        for side, pick in zip(sides, picks, strict=True):
+        for i, (side, pick) in enumerate(zip(sides, picks, strict=True)):
             if metric in LATENCY_METRICS:
-                point, draw = _draw_latency(side, metric, stat, pick)
+                if (i, metric) not in blocked:  # cut once per metric, whatever its stats
+                    blocked[(i, metric)] = side.latency_blocks(metric)
+                point, draw = _draw_latency(blocked[(i, metric)], stat, pick)
             else:
                 point, draw = _draw_rate(side, metric, limits or {}, pick)
             points.append(point)
