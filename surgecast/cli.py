@@ -1,8 +1,8 @@
 """The `surgecast` command line.
 
 Exit codes: 0 pass; 2 bad input (scenario, file, flag); 3 run invalid (generator fell behind,
-target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO gate
-failed; 130 interrupted.
+target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO or
+a regression budget failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="surgecast",
         description="Load-test an OpenAI-compatible endpoint, calibrate a SimPy model of it from "
         "the measurements, and forecast capacity at 10x to 1000x today's traffic.",
-        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 SLO failed, 130 interrupted.",
+        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 an SLO or a regression budget "
+        "failed, 130 interrupted.",
     )
     p.add_argument("--version", action="version", version=f"surgecast {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -325,12 +327,15 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "compare",
         help="compare candidate runs with baseline runs, with bootstrap intervals",
-        description="For p50/p95/p99 TTFT, ITL, TPOT and E2E, throughput, goodput and error "
-        "rate: the candidate's change against the baseline, absolute and relative, with a "
-        "bootstrap interval over requests (and over runs when a side has several: runs are "
-        "resampled, then requests), and whether it is significant (the interval excludes 0). "
-        "Measured and simulated run folders alike. Writes compare.md and compare.png (both "
-        "sides' latency CDFs) into --out.",
+        description=textwrap.fill(
+            "For p50/p95/p99 TTFT, ITL, TPOT and E2E, throughput, goodput and error rate: the "
+            "candidate's change against the baseline, absolute and relative, with a bootstrap "
+            "interval over blocks of requests (and over runs when a side has several: runs are "
+            "resampled, then blocks), and whether it is significant (the interval excludes 0). "
+            "Measured and simulated run folders alike. Writes compare.md and compare.png (both "
+            "sides' latency CDFs) into --out.",
+            79,
+        ),
         epilog="examples: surgecast compare reports/base reports/new\n"
         "  surgecast compare --baseline reports/b1 reports/b2 --candidate reports/c1 reports/c2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
