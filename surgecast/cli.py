@@ -889,6 +889,26 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _workload_changes(scenario: Scenario, runs: Sequence[str]) -> list[str]:
+    """A warning for each baseline run whose traffic or workload differs from the scenario's:
+    the gate would then measure that change along with any regression."""
+    warnings = []
+    for path in runs:
+        try:
+            theirs = _run_scenario(path)
+        except ScenarioError:
+            theirs = None
+        if theirs is None:
+            continue
+        for section in ("traffic", "workload", "session", "personas"):
+            if getattr(theirs, section) != getattr(scenario, section):
+                warnings.append(
+                    f"baseline {path} was run with another {section} section than the "
+                    "scenario gated now: the comparison includes that change"
+                )
+    return warnings
+
+
 def cmd_gate(a: argparse.Namespace) -> int:
     import os
     import time
@@ -913,6 +933,7 @@ def cmd_gate(a: argparse.Namespace) -> int:
             "regressions: {ttft: 'p(95) regress < 10%', e2e: 'p(95) regress < 10%'}"
         )
     baseline = _runs(a.baseline, "baseline")
+    _warn(_workload_changes(scenario, a.baseline))
     out = _out_dir(a.out, "gate")
     if a.candidate:
         candidate = _runs(a.candidate, "candidate")

@@ -255,3 +255,13 @@ def test_compare_command_on_simulated_runs(tmp_path: Path) -> None:
 def test_help(command: str) -> None:
     result = run_cli(command, "--help", timeout=60)
     assert result.returncode == 0 and "usage: surgecast" in result.stdout
+
+
+def test_gate_warns_when_the_baseline_ran_other_traffic(tmp_path: Path) -> None:
+    base = _simulated_folder(tmp_path / "base", seed=1)
+    data = _scenario(traffic={"rate": 6, "duration_s": 20, "seed": 2})
+    path = write_scenario(tmp_path / "s.yaml", data)
+    other = run_cli("gate", str(path), "--baseline", str(base), "--candidate", str(base))
+    assert other.returncode == 0 and "another traffic section" in other.stderr
+    same = run_cli("gate", "--baseline", str(base), "--candidate", str(base))
+    assert same.returncode == 0 and "warning" not in same.stderr
