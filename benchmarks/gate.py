@@ -1,6 +1,6 @@
 """Gate benchmark: how often the regression gate cries wolf, and how often it catches a slowdown.
 
-    python benchmarks/gate.py                      # 200 pairs a row: 60 s x1, 60 s x3, 180 s x1
+    python benchmarks/gate.py                      # 200 pairs a row: 60 s x1, x3, x10 (~15 min)
     python benchmarks/gate.py --pairs 400 --budget 5 --rows 60x1 120x1 60x5
 
 Each pair is a baseline and a candidate simulated from independent plans (different seeds: the
@@ -11,16 +11,20 @@ change both use the same engine; with the slowdown the candidate's step costs ar
 judges `p(95) regress < BUDGET%` on TTFT and on E2E with the default 95% bootstrap intervals
 (2000 resamples, runs then requests when a side has repeats); a metric fails only when its
 regression is significant and over budget. A row `60x3` is three 60-second runs a side.
-Printed: false-alarm rate (no change, failed) and power (slowdown, failed), each with a 95%
-Wilson interval, and how often the interval excluded 0 with no change (nominal 5%).
+`--live` sends the same traffic to the reference target (`reference_target.slowdown` for the
+slower candidate) instead: slow, for a handful of pairs. Printed: false-alarm rate (no change,
+failed) and power (slowdown, failed), each with a 95% Wilson interval, and how often the interval
+excluded 0 with no change (nominal 5%).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from scenarios.plan import build_plan
 from scenarios.regress import parse_budget
@@ -54,6 +58,32 @@ def run(duration: float, seed: int, slowdown: float) -> Run:
     return Run.of(f"seed {seed}", result.table)
 
 
+def live_run(duration: float, seed: int, slowdown: float) -> Run:
+    """The same traffic sent to the reference target (serving ENGINE, slowed by `slowdown`)."""
+    from surgecast.gate import load_run
+    from surgecast.pipeline import run_load
+
+    data = scenario(duration, seed)
+    cost = ENGINE.cost
+    data["reference_target"] = {
+        "max_num_seqs": ENGINE.max_num_seqs,
+        "cold_start_s": 0.2,
+        "slowdown": slowdown,
+        "step": {
+            "base_ms": cost.base_s * 1000,
+            "per_decode_seq_ms": cost.per_decode_seq_s * 1000,
+            "per_prefill_token_ms": cost.per_prefill_token_s * 1000,
+        },
+    }
+    data["telemetry"] = {"prometheus": False, "gpu": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        run_load(
+            parse_scenario(data), "gate-bench.yaml", out=out, say=lambda _: None, progress=False
+        )
+        return load_run(out)  # InvalidRun (a run that fell behind) stops the benchmark
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return math.nan, math.nan
@@ -69,7 +99,13 @@ def _rate(k: int, n: int) -> str:
 
 
 def row(
-    duration: float, repeats: int, pairs: int, budget: float, slowdown: float, same_plan: bool
+    duration: float,
+    repeats: int,
+    pairs: int,
+    budget: float,
+    slowdown: float,
+    same_plan: bool,
+    make: Callable[[float, int, float], Run] = run,
 ) -> list[str]:
     budgets = [parse_budget(m, f"p(95) regress < {budget:g}%") for m in METRICS]
     false_alarm = {m: 0 for m in METRICS}
@@ -80,7 +116,7 @@ def row(
     for _ in range(pairs):
         sides = []
         for factor in (1.0, 1.0, slowdown):  # baseline, unchanged candidate, slower candidate
-            sides.append([run(duration, seed + i, factor) for i in range(repeats)])
+            sides.append([make(duration, seed + i, factor) for i in range(repeats)])
             seed += 0 if same_plan else repeats
         seed += repeats if same_plan else 0
         for j, candidate in enumerate(sides[1:]):
@@ -97,7 +133,7 @@ def row(
                     power[b.metric] += not verdict.passed
                 failed |= not verdict.passed
             either[j] += failed
-    label = f"{duration:g} s x{repeats}"
+    label = f"{duration:g} s x{repeats}" + (" live" if make is live_run else "")
     cells = [label]
     for m in METRICS:
         cells += [_rate(false_alarm[m], pairs), _rate(power[m], pairs)]
@@ -117,12 +153,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=5.0, help="p95 budget in %% (default 5)")
     p.add_argument("--slowdown", type=float, default=1.10, help="step-cost factor (default 1.10)")
     p.add_argument(
-        "--rows", nargs="+", default=["60x1", "60x3", "180x1"], help="SECONDSxREPEATS rows"
+        "--rows", nargs="+", default=["60x1", "60x3", "60x10"], help="SECONDSxREPEATS rows"
     )
     p.add_argument(
         "--same-plan",
         action="store_true",
         help="both sides replay the same plans (a scenario's fixed seed): no traffic noise",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="send the runs to the reference target instead of simulating them (slow: keep "
+        "--pairs and the rows small, e.g. --pairs 10 --rows 10x1)",
     )
     a = p.parse_args(argv)
     print(
@@ -137,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(" | ".join(headers))
     for shape in a.rows:
         t0 = time.perf_counter()
-        cells = row(*_shape(shape), a.pairs, a.budget, a.slowdown, a.same_plan)
+        make = live_run if a.live else run
+        cells = row(*_shape(shape), a.pairs, a.budget, a.slowdown, a.same_plan, make)
         print(" | ".join(cells) + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
