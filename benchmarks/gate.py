@@ -6,11 +6,11 @@
 Each pair is a baseline and a candidate simulated from independent plans (different seeds: the
 traffic differs as two runs' would; `--same-plan`: the same seeds on both sides, as a scenario's
 fixed seed gives, leaving no noise in a simulation), one replica of a fixed engine at about 55%
-of its saturation throughput. With no
-change both use the same engine; with the slowdown the candidate's step costs are x1.10. The gate
-judges `p(95) regress < BUDGET%` on TTFT and on E2E with the default 95% bootstrap intervals
-(2000 resamples, runs then requests when a side has repeats); a metric fails only when its
-regression is significant and over budget. A row `60x3` is three 60-second runs a side.
+of its saturation throughput. With no change both use the same engine; with the slowdown the
+candidate's step costs are x1.10. The gate judges `p(95) regress < BUDGET%` on TTFT and on E2E
+with the default 95% bootstrap intervals (2000 resamples; runs, then blocks of requests); a
+metric fails only when its regression is significant and over budget. A row `60x3` is three
+60-second runs a side.
 `--live` sends the same traffic to the reference target (`reference_target.slowdown` for the
 slower candidate) instead: slow, for a handful of pairs. Printed: false-alarm rate (no change,
 failed) and power (slowdown, failed), each with a 95% Wilson interval, and how often the interval
