@@ -920,10 +920,8 @@ def cmd_gate(a: argparse.Namespace) -> int:
     started = time.monotonic()
     if not a.candidate and not a.scenario:
         raise BadInput("give the SCENARIO to run now, or --candidate RUN_DIR")
-    if a.candidate and (a.target or a.duration):
-        raise BadInput(
-            "--target and --duration are for running the scenario now, not with --candidate"
-        )
+    if a.candidate and a.target:
+        raise BadInput("--target is for running the scenario now, not with --candidate")
     scenario = _scenario(a) if a.scenario else _run_scenario(a.candidate[0])
     if scenario is None:
         raise BadInput(f"{a.candidate[0]}: its run.json has no scenario: give SCENARIO")
