@@ -80,8 +80,9 @@ def quantile_draws(
         for j in used:
             below += picks[:, j] * np.searchsorted(blocks[j], x, side="right")
         enough = below >= need
-        hi = np.where(enough, mid, hi)
-        lo = np.where(enough, lo, mid + 1)
+        active = lo < hi  # a resample with no samples (n = 0) never has enough: keep it in range
+        hi = np.where(active & enough, mid, hi)
+        lo = np.where(active & ~enough, mid + 1, lo)
     return np.where(n > 0, pooled[lo], np.nan)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +266,14 @@ def test_gate_warns_when_the_baseline_ran_other_traffic(tmp_path: Path) -> None:
     assert other.returncode == 0 and "another traffic section" in other.stderr
     same = run_cli("gate", "--baseline", str(base), "--candidate", str(base))
     assert same.returncode == 0 and "warning" not in same.stderr
+
+
+def test_blocks_without_samples_are_drawn_safely() -> None:
+    """A short run whose requests bunch up leaves blocks empty: a resample of only those has
+    no samples (NaN), the others still give an interval."""
+    t = np.full(13, 0.05)
+    table = _table(t, t * 2)
+    start = np.concatenate([np.zeros(6), np.full(7, 60.0)])  # nothing in between
+    table = replace(table, start=start, intended_start=start, first_token=start + t, end=start + t)
+    change = compare([Run.of("b", table)], [Run.of("c", table)], [("ttft", "p95")]).changes[0]
+    assert change.delta == 0 and change.low <= 0 <= change.high
