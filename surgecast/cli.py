@@ -932,10 +932,9 @@ def cmd_gate(a: argparse.Namespace) -> int:
         )
     baseline = _runs(a.baseline, "baseline")
     _warn(_workload_changes(scenario, a.baseline))
+    candidate = _runs(a.candidate, "candidate")  # an invalid run stops before --out is made
     out = _out_dir(a.out, "gate")
-    if a.candidate:
-        candidate = _runs(a.candidate, "candidate")
-    else:
+    if not candidate:
         from surgecast.pipeline import run_load
 
         outcome = run_load(

@@ -212,8 +212,9 @@ def test_gate_an_invalid_run_exits_3(tmp_path: Path) -> None:
         tmp_path / "bad",
         validity={"valid": False, "reasons": ["generator fell behind: p99 send lateness 900 ms"]},
     )
-    result = run_cli("gate", "--baseline", str(base), "--candidate", str(bad))
-    assert result.returncode == 3
+    out = tmp_path / "gate"
+    result = run_cli("gate", "--baseline", str(base), "--candidate", str(bad), "--out", str(out))
+    assert result.returncode == 3 and not out.exists()
     assert "generator fell behind" in result.stderr and "rerun it" in result.stderr
 
 
@@ -262,9 +263,10 @@ def test_gate_warns_when_the_baseline_ran_other_traffic(tmp_path: Path) -> None:
     base = _simulated_folder(tmp_path / "base", seed=1)
     data = _scenario(traffic={"rate": 6, "duration_s": 20, "seed": 2})
     path = write_scenario(tmp_path / "s.yaml", data)
-    other = run_cli("gate", str(path), "--baseline", str(base), "--candidate", str(base))
+    flags = ["--baseline", str(base), "--candidate", str(base)]
+    other = run_cli("gate", str(path), *flags, "--out", str(tmp_path / "other"))
     assert other.returncode == 0 and "another traffic section" in other.stderr
-    same = run_cli("gate", "--baseline", str(base), "--candidate", str(base))
+    same = run_cli("gate", *flags, "--out", str(tmp_path / "same"))
     assert same.returncode == 0 and "warning" not in same.stderr
 
 
