@@ -21,6 +21,7 @@ from pydantic import (
 from scenarios.base import Strict
 from scenarios.messy import Messiness
 from scenarios.prompts import TextSource, WordsSource
+from scenarios.regress import Budget, parse_budget
 from scenarios.slo import Threshold, parse_threshold
 from scenarios.traces import TraceLengths, TraceReplay
 from scenarios.traffic import (
@@ -157,6 +158,12 @@ class ReferenceTarget(Strict):
     max_batched_tokens: int = Field(8192, ge=1)
     cold_start_s: float = Field(0.5, ge=0, le=600)
     step: StepCostSpec = StepCostSpec()
+    slowdown: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="Multiplies every step's time: 1.3 injects a 30% slowdown (gate tests).",
+    )
     faults: TargetFaults = TargetFaults()
     stream_interval: int = Field(
         1, ge=1, le=64, description="Tokens per streamed chunk (vLLM's --stream-interval)."
@@ -447,6 +454,46 @@ class Slos(Strict):
         ]
 
 
+def _budget(metric: str) -> AfterValidator:
+    def check(expr: str) -> str:
+        parse_budget(metric, expr)
+        return expr
+
+    return AfterValidator(check)
+
+
+class Regressions(Strict):
+    """Regression budgets against a baseline run (`surgecast gate`), k6-style: `p(95) regress
+    < 10%` (relative) or `< 50` (absolute: ms, a fraction for error_rate, req/s for throughput
+    and goodput, which regress when they fall). A metric fails only when its regression is
+    significant (its bootstrap interval excludes 0) and over budget."""
+
+    ttft: list[Annotated[str, _budget("ttft")]] = Field(default_factory=list)
+    itl: list[Annotated[str, _budget("itl")]] = Field(default_factory=list)
+    tpot: list[Annotated[str, _budget("tpot")]] = Field(default_factory=list)
+    e2e: list[Annotated[str, _budget("e2e")]] = Field(default_factory=list)
+    error_rate: list[Annotated[str, _budget("error_rate")]] = Field(default_factory=list)
+    throughput: list[Annotated[str, _budget("throughput")]] = Field(default_factory=list)
+    goodput: list[Annotated[str, _budget("goodput")]] = Field(default_factory=list)
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Of the bootstrap intervals.")
+    resamples: int = Field(2000, ge=200, le=100000, description="Bootstrap resamples.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        """A single expression may stand for a list of one."""
+        if isinstance(v, dict):
+            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
+        return v
+
+    def budgets(self) -> list[Budget]:
+        return [
+            parse_budget(metric, expr)
+            for metric in ("ttft", "itl", "tpot", "e2e", "error_rate", "throughput", "goodput")
+            for expr in getattr(self, metric)
+        ]
+
+
 class Persona(Strict):
     """One kind of user in a weighted mix; any section left out is the scenario's own."""
 
@@ -472,6 +519,9 @@ class Scenario(Strict):
     session: Session = Field(default_factory=Session)
     personas: list[Persona] = Field(default_factory=list, max_length=64)
     slos: Slos = Slos()
+    regressions: Regressions = Field(
+        default_factory=Regressions, description="Budgets against a baseline (surgecast gate)."
+    )
     cost: Cost = Cost(gpu_hour_usd=2.0)
     privacy: Privacy = Privacy()
     telemetry: Telemetry = Telemetry()

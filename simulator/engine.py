@@ -126,15 +126,17 @@ class Engine:
 
 
 def engine_from_spec(spec: ReferenceTarget) -> EngineConfig:
-    """The EngineConfig a scenario's `reference_target` section describes (ms become s)."""
+    """The EngineConfig a scenario's `reference_target` section describes (ms become s, each
+    scaled by its slowdown)."""
+    k = spec.slowdown / 1000.0
     return EngineConfig(
         max_num_seqs=spec.max_num_seqs,
         kv_cache_tokens=spec.kv_cache_tokens,
         max_batched_tokens=spec.max_batched_tokens,
         cold_start_s=spec.cold_start_s,
         cost=StepCost(
-            spec.step.base_ms / 1000.0,
-            spec.step.per_decode_seq_ms / 1000.0,
-            spec.step.per_prefill_token_ms / 1000.0,
+            spec.step.base_ms * k,
+            spec.step.per_decode_seq_ms * k,
+            spec.step.per_prefill_token_ms * k,
         ),
     )

@@ -1,8 +1,8 @@
 """The `surgecast` command line.
 
 Exit codes: 0 pass; 2 bad input (scenario, file, flag); 3 run invalid (generator fell behind,
-target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO gate
-failed; 130 interrupted.
+target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO or
+a regression budget failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,12 +35,14 @@ from scenarios.traces import TraceError
 from scenarios.traffic import PlanTooLarge
 from simulator.launch import TargetStartError
 from surgecast import __version__
+from surgecast.rundir import InvalidRun
 from targets.llama_build import BuildError
 from targets.llama_server import LlamaServerError
 from targets.vllm_server import VllmServerError
 
 if TYPE_CHECKING:
     from simulator.calibrate import Calibration
+    from surgecast.compare import Run
     from surgecast.pipeline import RunOutcome
     from targets.llama_launch import LlamaOptions
     from targets.vllm_launch import VllmOptions
@@ -178,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="surgecast",
         description="Load-test an OpenAI-compatible endpoint, calibrate a SimPy model of it from "
         "the measurements, and forecast capacity at 10x to 1000x today's traffic.",
-        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 SLO failed, 130 interrupted.",
+        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 an SLO or a regression budget "
+        "failed, 130 interrupted.",
     )
     p.add_argument("--version", action="version", version=f"surgecast {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -266,6 +270,12 @@ def _parser() -> argparse.ArgumentParser:
         help="tokens per streamed chunk, as vLLM's --stream-interval (default: the scenario's "
         "reference_target.stream_interval, else 1); with stream_options.continuous_usage_stats "
         "every chunk carries usage",
+    )
+    s.add_argument(
+        "--slowdown",
+        type=_positive,
+        help="multiply every engine step's time, e.g. 1.1 for a 10%% slowdown (regression "
+        "drills; default: the scenario's reference_target.slowdown, else 1)",
     )
     s.add_argument(
         "--exit-with-parent",
@@ -380,6 +390,65 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", dest="json_out", help="also write the forecast as JSON here")
 
     s = sub.add_parser(
+        "compare",
+        help="compare candidate runs with baseline runs, with bootstrap intervals",
+        description=textwrap.fill(
+            "For p50/p95/p99 TTFT, ITL, TPOT and E2E, throughput, goodput and error rate: the "
+            "candidate's change against the baseline, absolute and relative, with a bootstrap "
+            "interval over blocks of requests (and over runs when a side has several: runs are "
+            "resampled, then blocks), and whether it is significant (the interval excludes 0). "
+            "Measured and simulated run folders alike. Writes compare.md and compare.png (both "
+            "sides' latency CDFs) into --out.",
+            79,
+        ),
+        epilog="examples: surgecast compare reports/base reports/new\n"
+        "  surgecast compare --baseline reports/b1 reports/b2 --candidate reports/c1 reports/c2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("runs", nargs="*", metavar="RUN_DIR", help="BASELINE_RUN CANDIDATE_RUN")
+    s.add_argument("--baseline", nargs="+", default=[], metavar="RUN_DIR", help="baseline runs")
+    s.add_argument("--candidate", nargs="+", default=[], metavar="RUN_DIR", help="candidate runs")
+    _bootstrap_flags(s)
+    s.add_argument(
+        "--out", help="folder for compare.md and compare.png (default: reports/compare-ID)"
+    )
+
+    s = sub.add_parser(
+        "gate",
+        help="fail a CI job when the candidate regressed beyond the scenario's budgets",
+        description="Judge a candidate against a baseline by the scenario's `regressions:` "
+        "budgets (k6-like: ttft: 'p(95) regress < 10%') and its SLOs. A budget fails only when "
+        "its regression is significant (bootstrap interval wholly on the worse side of 0) and "
+        "over budget. Without --candidate, the scenario is run now (as `surgecast run` does, "
+        "against --target or the built-in reference target) and that run is the candidate. "
+        "Writes junit.xml, gate.md and compare.png into --out, and appends gate.md to "
+        "$GITHUB_STEP_SUMMARY when it is set.",
+        epilog="Exit codes: 0 pass, 99 a budget or SLO failed, 3 a run is invalid, 2 bad input.",
+    )
+    s.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario YAML with the budgets (default: the candidate run's own scenario)",
+    )
+    s.add_argument("--baseline", nargs="+", required=True, metavar="RUN_DIR", help="baseline runs")
+    s.add_argument(
+        "--candidate",
+        nargs="+",
+        default=[],
+        metavar="RUN_DIR",
+        help="candidate runs (default: run the scenario now)",
+    )
+    s.add_argument(
+        "--target", type=_url, help="base URL to run against (default: the scenario's target)"
+    )
+    _duration_flag(s)
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    s.add_argument(
+        "--out", help="folder for junit.xml, gate.md, compare.png (default: reports/gate-ID)"
+    )
+    s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
+    s = sub.add_parser(
         "report",
         help="(re)render index.html and summary.md of a run folder",
         description="Render a run folder's report again from its files (after a back-test "
@@ -387,6 +456,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("run_dir", help="a run folder (reports/<run-id>)")
     return p
+
+
+def _bootstrap_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resamples", type=_count, default=2000, help="bootstrap resamples (default 2000)"
+    )
+    p.add_argument(
+        "--confidence", type=_fraction, default=0.95, help="interval confidence (default 0.95)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def _fraction(text: str) -> float:
+    value = _positive(text)
+    if not 0.5 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0.5, 1), got {text!r}")
+    return value
 
 
 def _duration_flag(p: argparse.ArgumentParser) -> None:
@@ -463,6 +549,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
             raise BadInput(f"--engine-json: {e}") from None
     else:
         config = EngineConfig()
+    if a.slowdown:
+        from simulator.stepcost import scaled
+
+        spec_slowdown = load_scenario(a.scenario).reference_target.slowdown if a.scenario else 1.0
+        config = config.with_cost(scaled(config.cost, a.slowdown / spec_slowdown))
     if a.faults_json:
         try:
             data = json.loads(a.faults_json)
@@ -873,6 +964,148 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     return code
 
 
+def _out_dir(out: str | None, prefix: str) -> Path:
+    from surgecast.rundir import new_run_id
+
+    path = Path(out) if out else Path("reports") / new_run_id(prefix)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _runs(paths: Sequence[str], side: str) -> list[Run]:
+    from surgecast.gate import load_run
+
+    runs = []
+    for path in paths:
+        try:
+            runs.append(load_run(Path(path)))
+        except FileNotFoundError as e:
+            raise BadInput(f"{side} {path}: {e}") from None
+    return runs
+
+
+def _run_scenario(path: str) -> Scenario | None:
+    from surgecast.gate import run_scenario
+
+    try:
+        return run_scenario(Path(path))
+    except FileNotFoundError as e:
+        raise BadInput(str(e)) from None
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from surgecast.compare import HEADERS, change_rows, compare, distribution_plot, goodput_limits
+    from surgecast.tables import markdown
+
+    if a.runs and (a.baseline or a.candidate):
+        raise BadInput("give BASELINE_RUN CANDIDATE_RUN or --baseline/--candidate, not both")
+    base, cand = (a.runs[:1], a.runs[1:]) if a.runs else (a.baseline, a.candidate)
+    if a.runs and len(a.runs) != 2:
+        raise BadInput(
+            f"expected two run folders (BASELINE_RUN CANDIDATE_RUN), got {len(a.runs)}; for "
+            "several runs a side use --baseline A B --candidate C D"
+        )
+    if not base or not cand:
+        raise BadInput("give a baseline and a candidate: surgecast compare BASELINE CANDIDATE")
+    baseline, candidate = _runs(base, "baseline"), _runs(cand, "candidate")
+    try:  # only for goodput's SLO limits: a run.json without a valid scenario goes without
+        scenario = _run_scenario(cand[0])
+    except ScenarioError:
+        scenario = None
+    limits = goodput_limits(scenario.thresholds()) if scenario else {}
+    result = compare(
+        baseline,
+        candidate,
+        limits=limits,
+        confidence=a.confidence,
+        resamples=a.resamples,
+        seed=a.seed,
+    )
+    table = markdown(HEADERS, change_rows(result))
+    out = _out_dir(a.out, "compare")
+    note = (
+        f"{a.confidence:.0%} bootstrap intervals, {a.resamples} resamples"
+        + (" (runs, then requests)" if len(baseline) > 1 or len(candidate) > 1 else "")
+        + ("; goodput counts every answered request (no SLOs)" if not limits else "")
+    )
+    (out / "compare.md").write_text(f"{table}\n\n{note}\n", encoding="utf-8")
+    plot = distribution_plot(result, out / "compare.png")
+    _print(f"{table}\n\n{note}\nplot: {plot}")
+    return EXIT_OK
+
+
+def _workload_changes(scenario: Scenario, runs: Sequence[str]) -> list[str]:
+    """A warning for each baseline run whose traffic or workload differs from the scenario's:
+    the gate would then measure that change along with any regression."""
+    warnings = []
+    for path in runs:
+        try:
+            theirs = _run_scenario(path)
+        except ScenarioError:
+            theirs = None
+        if theirs is None:
+            continue
+        for section in ("traffic", "workload", "session", "personas"):
+            if getattr(theirs, section) != getattr(scenario, section):
+                warnings.append(
+                    f"baseline {path} was run with another {section} section than the "
+                    "scenario gated now: the comparison includes that change"
+                )
+    return warnings
+
+
+def cmd_gate(a: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from surgecast.compare import distribution_plot
+    from surgecast.gate import gate, junit_cases, summary_markdown
+    from surgecast.junit import write_junit
+
+    started = time.monotonic()
+    if not a.candidate and not a.scenario:
+        raise BadInput("give the SCENARIO to run now, or --candidate RUN_DIR")
+    if a.candidate and a.target:
+        raise BadInput("--target is for running the scenario now, not with --candidate")
+    scenario = _scenario(a) if a.scenario else _run_scenario(a.candidate[0])
+    if scenario is None:
+        raise BadInput(f"{a.candidate[0]}: its run.json has no scenario: give SCENARIO")
+    if not scenario.regressions.budgets() and not scenario.thresholds():
+        raise BadInput(
+            "the scenario has no regressions: budgets and no slos: add, e.g., "
+            "regressions: {ttft: 'p(95) regress < 10%', e2e: 'p(95) regress < 10%'}"
+        )
+    baseline = _runs(a.baseline, "baseline")
+    _warn(_workload_changes(scenario, a.baseline))
+    candidate = _runs(a.candidate, "candidate")  # an invalid run stops before --out is made
+    out = _out_dir(a.out, "gate")
+    if not candidate:
+        from surgecast.pipeline import run_load
+
+        outcome = run_load(
+            scenario, a.scenario, target_url=a.target, out=out / "candidate", progress=not a.quiet
+        )
+        for reason in outcome.reasons:
+            print(f"run invalid: {reason}", file=sys.stderr)
+        if not outcome.valid:
+            return EXIT_INVALID
+        candidate = _runs([str(outcome.folder.path)], "candidate")
+    result = gate(scenario, baseline, candidate, seed=a.seed)
+    md = summary_markdown(result)
+    (out / "gate.md").write_text(md, encoding="utf-8")
+    write_junit(
+        out / "junit.xml", "surgecast-gate", junit_cases(result), time.monotonic() - started
+    )
+    distribution_plot(result.comparison, out / "compare.png")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    _print(md)
+    _print(f"junit: {out / 'junit.xml'}\nsummary: {out / 'gate.md'}\nplot: {out / 'compare.png'}")
+    return EXIT_OK if result.passed else EXIT_SLO
+
+
 COMMANDS = {
     "pipeline": cmd_pipeline,
     "run": cmd_run,
@@ -884,6 +1117,8 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "forecast": cmd_forecast,
     "report": cmd_report,
+    "compare": cmd_compare,
+    "gate": cmd_gate,
 }
 
 
@@ -909,6 +1144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (TargetUnreachable, TargetStartError) as e:
         print(f"error: target unreachable: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except InvalidRun as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except (BuildError, LlamaServerError, VllmServerError) as e:
         print(f"error: {e}", file=sys.stderr)

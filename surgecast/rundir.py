@@ -34,6 +34,10 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.executable}
 
 
+class InvalidRun(Exception):
+    """A run folder whose own validity check failed (or that never finished)."""
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path

@@ -1,0 +1,181 @@
+"""The regression gate: a candidate's runs against a baseline's, by the scenario's budgets and
+SLOs. A budget fails only when its regression is significant (the interval lies wholly on the
+worse side of 0) and over budget; an SLO fails as `surgecast run` judges it, on any candidate run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from scenarios.metrics import check_slos
+from scenarios.regress import Budget
+from scenarios.spec import Scenario, parse_scenario
+from surgecast.compare import (
+    Change,
+    Comparison,
+    Run,
+    budget_stats,
+    compare,
+    goodput_limits,
+)
+from surgecast.junit import Case
+from surgecast.rundir import InvalidRun, RunFolder
+from surgecast.tables import markdown
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # "regression" or "slo"
+    name: str  # e.g. "ttft: p(95) regress < 10%"
+    passed: bool
+    observed: str  # the change (or the value) observed
+    interval: str
+    message: str  # why it failed, or what held
+
+
+def load_run(path: Path) -> Run:
+    """A run folder's requests as a `Run`; InvalidRun when its run.json says it is invalid."""
+    from scenarios.table import RequestTable
+
+    folder = RunFolder(path)
+    meta = folder.meta()
+    validity = meta.get("validity") or {}
+    if meta.get("status", "finished") != "finished" or validity.get("valid") is False:
+        reasons = "; ".join(validity.get("reasons") or []) or f"status {meta.get('status')!r}"
+        raise InvalidRun(f"{path}: the run is invalid ({reasons}): rerun it before gating on it")
+    return Run.of(str(meta.get("run_id") or path.name), RequestTable.of(folder.records()))
+
+
+def run_scenario(path: Path) -> Scenario | None:
+    """The scenario a run folder's run.json keeps (None: none there); ScenarioError when it
+    no longer validates (a bad budget, say)."""
+    meta = RunFolder(path).meta()
+    if "scenario" not in meta:
+        return None
+    scenario_file = meta.get("scenario_file")
+    base = Path(scenario_file).resolve().parent if scenario_file else None
+    return parse_scenario(meta["scenario"], str(RunFolder(path).run_json), base)
+
+
+def _pct_or_abs(value: float, budget: Budget, unit: str) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if budget.relative:
+        return f"{value * 100:+.1f}%"
+    return f"{value:+.4g}{' ' + unit if unit else ''}"
+
+
+def judge_budget(budget: Budget, change: Change) -> Verdict:
+    """Fail only a significant regression over budget."""
+    worse, low, high = change.regression(budget.relative)
+    observed = _pct_or_abs(worse, budget, change.unit)
+    span = f"[{_pct_or_abs(low, budget, change.unit)}, {_pct_or_abs(high, budget, change.unit)}]"
+    significant = low > 0
+    if not math.isfinite(worse):
+        failed, why = False, "no samples (or a zero baseline for a relative budget): not judged"
+    elif significant and not budget.within(worse):
+        failed, why = True, "significant regression over budget"
+    elif significant:
+        failed, why = False, "significant regression, within budget"
+    elif worse > 0 and not budget.within(worse):
+        failed, why = False, "over budget but not significant (interval includes 0)"
+    else:
+        failed, why = False, "within budget"
+    message = (
+        f"{change.name} regressed {observed} (worse is positive), interval {span}, "
+        f"budget {budget.expr!r}: {why}"
+    )
+    return Verdict("regression", str(budget), not failed, observed, span, message)
+
+
+def judge_slos(scenario: Scenario, candidate: Sequence[Run]) -> list[Verdict]:
+    """Each scenario-wide SLO on each candidate run: it fails when any run misses it."""
+    thresholds = scenario.thresholds()
+    results = [check_slos(r.table, thresholds) for r in candidate]
+    verdicts = []
+    for i, t in enumerate(thresholds):
+        per_run = [res[i] for res in results]
+        observed = ", ".join(f"{s.observed:.4g}" for s in per_run)
+        passed = all(s.passed for s in per_run)
+        runs = ", ".join(r.label for r in candidate)
+        message = f"{t.metric}: {t.expr} observed {observed} on {runs}"
+        verdicts.append(Verdict("slo", str(t), passed, observed, "", message))
+    return verdicts
+
+
+@dataclass(frozen=True)
+class GateResult:
+    comparison: Comparison
+    verdicts: list[Verdict]
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+
+def gate(
+    scenario: Scenario, baseline: Sequence[Run], candidate: Sequence[Run], seed: int = 0
+) -> GateResult:
+    """Judge the candidate by the scenario's regression budgets and SLOs."""
+    spec = scenario.regressions
+    budgets = spec.budgets()
+    comparison = compare(
+        baseline,
+        candidate,
+        budget_stats(budgets) or None,
+        limits=goodput_limits(scenario.thresholds()),
+        confidence=spec.confidence,
+        resamples=spec.resamples,
+        seed=seed,
+    )
+    verdicts = []
+    for b in budgets:
+        change = comparison.find(b.metric, "p50" if b.stat == "med" else b.stat)
+        assert change is not None  # budget_stats asked for it
+        verdicts.append(judge_budget(b, change))
+    return GateResult(comparison, verdicts + judge_slos(scenario, candidate))
+
+
+def junit_cases(result: GateResult) -> list[Case]:
+    return [
+        Case(
+            f"surgecast.gate.{'regressions' if v.kind == 'regression' else 'slos'}",
+            v.name,
+            None if v.passed else v.message,
+            v.message,
+        )
+        for v in result.verdicts
+    ]
+
+
+def summary_markdown(result: GateResult) -> str:
+    """A Markdown verdict and table, fit for a CI step summary ($GITHUB_STEP_SUMMARY)."""
+    failed = [v for v in result.verdicts if not v.passed]
+    head = (
+        "### surgecast gate: PASS"
+        if not failed
+        else f"### surgecast gate: FAIL ({len(failed)} of {len(result.verdicts)} checks)"
+    )
+    c = result.comparison
+    runs = (
+        f"baseline {', '.join(r.label for r in c.baseline)}; candidate "
+        f"{', '.join(r.label for r in c.candidate)}; {c.confidence:.0%} bootstrap intervals "
+        f"({c.resamples} resamples)"
+    )
+    rows = [
+        [
+            "PASS" if v.passed else "**FAIL**",
+            v.kind,
+            v.name,
+            v.observed,
+            v.interval or "-",
+            v.message.rsplit(": ", 1)[-1] if v.kind == "regression" else "",
+        ]
+        for v in result.verdicts
+    ]
+    headers = ["result", "kind", "check", "observed", "interval", "why"]
+    body = markdown(headers, rows) if rows else "(no budgets and no SLOs in the scenario)"
+    return f"{head}\n\n{runs}\n\n{body}\n"
