@@ -23,6 +23,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from loadgen.client import Endpoint, Messages, StreamingCall
+from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec, followers_of, next_session
@@ -81,6 +82,7 @@ class LoadRun:
         self.store_prompts = store_prompts
         self.prompts = prompts or PlannedPrompts()
         self.pool = Pool(max_in_flight)
+        self.loop_lag = LoopLag(self.clock)  # how late the loop wakes: error in every stamp
         self.progress = RunProgress(planned=len(self.plan))
         self.progress_out = progress
         self.progress_every_s = progress_every_s
@@ -101,7 +103,10 @@ class LoadRun:
     def run(self) -> list[RequestRecord]:
         runner = self.environment.create_local_runner()
         self._t0 = time.monotonic()
-        background = [gevent.spawn(self._every, self.progress_every_s, self._print_progress)]
+        background = [
+            gevent.spawn(self._every, self.progress_every_s, self._print_progress),
+            gevent.spawn(self.loop_lag.watch),
+        ]
         if self.telemetry is not None:
             background.append(gevent.spawn(self._every, self.telemetry_every_s, self._sample))
         try:

@@ -128,9 +128,19 @@ def _write_meta(
 
 
 def invalid_reasons(
-    scenario: Scenario, records: Sequence[RequestRecord], summary: Summary, planned: int
+    scenario: Scenario,
+    records: Sequence[RequestRecord],
+    summary: Summary,
+    planned: int,
+    loop_lag_p99_ms: float = 0.0,
 ) -> list[str]:
     reasons = []
+    limit = scenario.traffic.max_loop_lag_ms
+    if limit is not None and loop_lag_p99_ms > limit:
+        reasons.append(
+            f"generator overloaded: its event loop woke {loop_lag_p99_ms:.1f} ms late at p99 "
+            f"> traffic.max_loop_lag_ms {limit:g} (its time stamps carry that delay)"
+        )
     if planned == 0:
         reasons.append("the plan is empty: the arrival rate x traffic.duration_s is too small")
     if summary.dropped:
@@ -278,7 +288,7 @@ def run_load(
                 say("prompt sizing: the target refused every probe (429/503); sizes are estimates")
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
-            records = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
+            records, loop_lag = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
             engine = live.process
             if engine is not None and not engine.alive():
                 died.append(engine.death_message("died during the run"))
@@ -303,7 +313,7 @@ def run_load(
     summary = summarize(
         records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
-    reasons = invalid_reasons(scenario, records, summary, len(plan)) + died
+    reasons = invalid_reasons(scenario, records, summary, len(plan), loop_lag["p99_ms"]) + died
     mean_prompt = sum(s.prompt_tokens for s in plan) / max(len(plan), 1)
     planned_share = shareable_prompt_share(plan) + prompts.common_prefix_tokens / max(
         mean_prompt, 1
@@ -397,8 +407,9 @@ def _send_plan(
     folder: RunFolder,
     progress: bool,
     prompts: SizedPrompts,
-) -> list[RequestRecord]:
-    """The Locust run, with records and telemetry appended to the folder as they come."""
+) -> tuple[list[RequestRecord], dict[str, Any]]:
+    """The Locust run, with records and telemetry appended to the folder as they come; and how
+    late its event loop woke (`LoopLag.summary`)."""
     from loadgen.runner import LoadRun  # imports Locust (gevent): only here
 
     with (
@@ -422,13 +433,20 @@ def _send_plan(
         try:
             records = load.run()
             skipped = load.progress.skipped
-            folder.update_meta(turns_not_sent=skipped)
+            lag = load.loop_lag.summary()
+            folder.update_meta(turns_not_sent=skipped, generator={"loop_lag": lag})
+            if lag["samples"]:
+                say_stderr(
+                    f"generator event-loop lag: p50 {lag['p50_ms']:.1f} ms, p99 "
+                    f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (each time stamped "
+                    "may be late by as much)"
+                )
             if skipped:
                 say_stderr(
                     f"{skipped} planned session turns not sent: an earlier turn of their "
                     "session failed or was abandoned"
                 )
-            return records
+            return records, lag
         finally:
             telemetry.close()
             folder.update_meta(telemetry_errors=telemetry.errors)

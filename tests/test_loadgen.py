@@ -108,6 +108,24 @@ def test_requests_dropped_at_the_in_flight_cap_are_counted_apart(tmp_path: Path)
     assert f"dropped: {len(dropped)} planned requests were never sent" in result.stdout
 
 
+def test_loop_lag_is_measured_and_over_its_limit_makes_the_run_invalid(tmp_path: Path) -> None:
+    """Every run measures how late its event loop wakes; a limit no loop can keep (1 us: a
+    gevent sleep alone overshoots that) marks the run invalid, exit 3, with the reason."""
+    data = scenario_dict(traffic={"rate": 10, "duration_s": 1.5, "seed": 4})
+    data["traffic"]["max_loop_lag_ms"] = 0.001
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out), "--no-report", "-q")
+    assert result.returncode == 3, result.stderr
+    meta = json.loads((out / "run.json").read_text())
+    lag = meta["generator"]["loop_lag"]
+    assert lag["samples"] >= 100  # a wake-up every 10 ms over the run
+    assert 0 < lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"]
+    (reason,) = meta["validity"]["reasons"]
+    assert reason.startswith("generator overloaded: its event loop woke")
+    assert "event-loop lag: p50" in result.stderr
+
+
 def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     """A 30 s run in the background; returns it once 15 records are written."""
     path = write_scenario(
