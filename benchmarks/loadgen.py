@@ -1,0 +1,314 @@
+"""Load-generator accuracy: `surgecast run` against a truth server, beside a plain aiohttp client.
+
+    python benchmarks/loadgen.py [--rates 100,200,400,700,1000,1500] [--duration-s 5]
+
+The truth server (this file, `--serve`, on core 0) answers each streamed request after 50 ms with
+32 content chunks 10 ms apart, and logs when it read the request and when it wrote each chunk
+(time.monotonic, one clock for every process here). For each rate, an open-loop Poisson plan is
+sent by `surgecast run` and then by a plain asyncio/aiohttp open-loop client (`--baseline`), each
+on core 1. Per run: the achieved rate, the client-added TTFT error (client TTFT minus the
+server's own, first write - request read) at p50/p99, the per-gap ITL error at p99, schedule lag
+p99, the generator's CPU use, and surgecast's own verdict (valid, or invalid: exit 3). The last
+line gives the highest rate each client held with p99 added TTFT error <= 5 ms. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TTFT_S, CHUNKS, GAP_S = 0.05, 32, 0.01
+ACCURATE_MS = 5.0
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = b'data: {"id":"%s","choices":[{"index":0,"delta":{"content":"tok "}}]}\n\n'
+LAST = b'data: {"id":"%s","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+class TruthLog:
+    """What the truth server did: per response id, when it read the request and wrote each
+    chunk."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, dict[str, Any]] = {}
+        self.count = 0
+
+
+class Truth(asyncio.Protocol):
+    """One connection: read one request, answer it, log its times, close."""
+
+    def __init__(self, log: TruthLog):
+        self.log = log
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head, sep, body = self.buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(body) < length:
+            return
+        received = time.monotonic()
+        path = head.split(b" ")[1]
+        if path.endswith(b"/models"):
+            self._json({"object": "list", "data": [{"id": "surgecast-reference"}]})
+        elif path.endswith(b"/log"):
+            self._json(self.log.requests)
+            self.log.requests = {}
+        elif path.endswith(b"/completions"):
+            self.log.count += 1
+            rid = f"chatcmpl-{self.log.count}"
+            self.log.requests[rid] = {"received": received, "writes": []}
+            self.transport.write(HEAD)
+            loop = asyncio.get_running_loop()
+            for i in range(CHUNKS + 1):
+                loop.call_at(loop.time() + TTFT_S + i * GAP_S, self._chunk, rid, i)
+        else:
+            self.transport.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            self.transport.close()
+
+    def _chunk(self, rid: str, i: int) -> None:
+        if self.transport.is_closing():
+            return
+        if i < CHUNKS:
+            self.transport.write(CHUNK % rid.encode())
+            self.log.requests[rid]["writes"].append(time.monotonic())
+        else:
+            self.transport.write(LAST % rid.encode() + b"data: [DONE]\n\n")
+            self.transport.close()
+
+    def _json(self, data: object) -> None:
+        body = json.dumps(data).encode()
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+async def serve(port: int) -> None:
+    log = TruthLog()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Truth(log), "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+async def baseline(url: str, rate: float, duration_s: float, seed: int, out: Path) -> None:
+    """A plain open-loop client: a task per planned request, one connection each."""
+    import aiohttp
+
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, int(rate * duration_s * 2))
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < duration_s]
+    loop = asyncio.get_running_loop()
+    rows: list[dict[str, Any]] = []
+    body = {"model": "surgecast-reference", "messages": [{"role": "user", "content": "hi"}]}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        t0 = loop.time() + 0.2
+
+        async def one(at: float) -> None:
+            await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+            lag = loop.time() - (t0 + at)
+            start = time.monotonic()
+            times: list[float] = []
+            rid = ""
+            async with session.post(url + "/chat/completions", json=body) as resp:
+                async for line in resp.content:
+                    now = time.monotonic()
+                    if line.startswith(b"data: {") and b'"content"' in line:
+                        times.append(now)
+                        rid = rid or json.loads(line[6:])["id"]
+            rows.append({"id": rid, "lag": lag, "start": start, "chunks": times})
+
+        done = await asyncio.gather(*(one(float(a)) for a in arrivals), return_exceptions=True)
+    failed = sum(isinstance(d, BaseException) for d in done)
+    out.write_text(json.dumps({"planned": len(arrivals), "failed": failed, "rows": rows}))
+
+
+def _pinned(core: int) -> Any:
+    return lambda: os.sched_setaffinity(0, {core}) if hasattr(os, "sched_setaffinity") else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _truth_log(url: str) -> dict[str, dict[str, Any]]:
+    with urllib.request.urlopen(url + "/log", timeout=30) as r:
+        return dict(json.load(r))
+
+
+def _errors(rows: list[dict[str, Any]], log: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Client-added TTFT and ITL errors (ms) of the rows the server logged, and schedule lag.
+    Each is a difference of two intervals on one clock, so the clients' time origins cancel."""
+    ttft, itl = [], []
+    for row in rows:
+        truth = log.get(row["id"])
+        if truth is None or len(row["chunks"]) != CHUNKS or len(truth["writes"]) != CHUNKS:
+            continue
+        ttft.append((row["chunks"][0] - row["start"]) - (truth["writes"][0] - truth["received"]))
+        itl.extend(np.diff(row["chunks"]) - np.diff(truth["writes"]))
+    starts = sorted(r["start"] for r in rows)
+    lag = [r["lag"] for r in rows if r.get("lag") is not None]
+    return {
+        "matched": len(ttft),
+        "rate": (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0,
+        "ttft_p50": float(np.percentile(ttft, 50)) * 1000 if ttft else float("nan"),
+        "ttft_p99": float(np.percentile(ttft, 99)) * 1000 if ttft else float("nan"),
+        "itl_p99": float(np.percentile(np.abs(itl), 99)) * 1000 if itl else float("nan"),
+        "lag_p99": float(np.percentile(lag, 99)) * 1000 if lag else float("nan"),
+    }
+
+
+def _timed(cmd: list[str]) -> tuple[int, float, float]:
+    """Run `cmd` on core 1: (exit code, wall seconds, CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    code = subprocess.run(
+        cmd, cwd=ROOT, preexec_fn=_pinned(1), stdout=subprocess.DEVNULL, check=False
+    ).returncode
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return code, time.monotonic() - t, cpu
+
+
+def run_surgecast(url: str, rate: float, duration_s: float, tmp: Path) -> dict[str, Any]:
+    import yaml
+
+    scenario = {
+        "name": f"loadgen-{rate:g}",
+        "target": {"api": "chat", "timeout_s": 10},
+        "traffic": {"rate": rate, "duration_s": duration_s, "seed": 7, "max_lateness_ms": 100},
+        "workload": {
+            "prompt_tokens": {"dist": "constant", "value": 8},
+            "output_tokens": {"dist": "constant", "value": CHUNKS},
+        },
+    }
+    path = tmp / f"s{rate:g}.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    out = tmp / f"run{rate:g}"
+    cmd = [sys.executable, "-m", "surgecast", "run", str(path), "--target", url]
+    code, wall, cpu = _timed([*cmd, "--out", str(out), "-q", "--no-report"])
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    rows = [
+        {
+            "id": r["response_id"],
+            "start": r["start"],
+            "lag": r.get("schedule_lag_s"),
+            "chunks": r["chunk_times"],
+        }
+        for r in records
+        if r["status"] == "ok" and r.get("response_id")
+    ]
+    verdict = "valid" if code in (0, 99) else f"INVALID ({code})"
+    return {
+        "client": "surgecast",
+        "exit": verdict,
+        "wall": wall,
+        "cpu": cpu,
+        "rows": rows,
+        "planned": len(records),
+    }
+
+
+def run_baseline(url: str, rate: float, duration_s: float, tmp: Path) -> dict[str, Any]:
+    out = tmp / f"base{rate:g}.json"
+    cmd = [sys.executable, __file__, "--baseline", url, "--rate", str(rate)]
+    code, wall, cpu = _timed([*cmd, "--duration-s", str(duration_s), "--out", str(out)])
+    data = json.loads(out.read_text()) if out.exists() else {"planned": 0, "rows": []}
+    rows, planned = data["rows"], data["planned"]
+    return {
+        "client": "aiohttp",
+        "exit": "-" if code == 0 else f"failed ({code})",
+        "wall": wall,
+        "cpu": cpu,
+        "rows": rows,
+        "planned": planned,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="100,200,400,700,1000,1500")
+    p.add_argument("--duration-s", type=float, default=5.0)
+    p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--baseline", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.serve:
+        asyncio.run(serve(a.serve))
+        return 0
+    if a.baseline:
+        asyncio.run(baseline(a.baseline, a.rate, a.duration_s, 7, a.out))
+        return 0
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)], preexec_fn=_pinned(0)
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    time.sleep(1.0)
+    best: dict[str, float] = {"surgecast": 0.0, "aiohttp": 0.0}
+    header = (
+        f"{'client':>9} {'rate':>6} {'achieved':>8} {'matched':>7} {'ttft p50':>8} "
+        f"{'ttft p99':>8} {'itl p99':>7} {'lag p99':>7} {'cpu %':>5}  verdict"
+    )
+    print(header, flush=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for rate in (float(r) for r in a.rates.split(",")):
+                for run in (run_surgecast, run_baseline):
+                    res = run(url, rate, a.duration_s, Path(tmp))
+                    e = _errors(res["rows"], _truth_log(url))
+                    held = e["matched"] >= 0.98 * res["planned"]  # the plan, answered and matched
+                    accurate = held and e["ttft_p99"] <= ACCURATE_MS
+                    if accurate:
+                        best[res["client"]] = max(best[res["client"]], rate)
+                    print(
+                        f"{res['client']:>9} {rate:6.0f} {e['rate']:8.0f} "
+                        f"{e['matched']:5d}/{res['planned']:<5d} "
+                        f"{e['ttft_p50']:8.2f} {e['ttft_p99']:8.2f} {e['itl_p99']:7.2f} "
+                        f"{e['lag_p99']:7.2f} {100 * res['cpu'] / res['wall']:5.0f}  {res['exit']}",
+                        flush=True,
+                    )
+    finally:
+        server.kill()
+    ratio = best["surgecast"] / best["aiohttp"] if best["aiohttp"] else float("nan")
+    print(
+        f"highest rate with p99 added TTFT error <= {ACCURATE_MS:g} ms: surgecast "
+        f"{best['surgecast']:g} req/s, aiohttp {best['aiohttp']:g} req/s (ratio {ratio:.2f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
