@@ -8,8 +8,9 @@ The truth server (this file, `--serve`, on core 0) answers each streamed request
 sent by `surgecast run` and then by a plain asyncio/aiohttp open-loop client (`--baseline`), each
 on core 1. Per run: the achieved rate, the client-added TTFT error (client TTFT minus the
 server's own, first write - request read) at p50/p99, the per-gap ITL error at p99, schedule lag
-p99, the generator's CPU use, and surgecast's own verdict (valid, or invalid: exit 3). The last
-line gives the highest rate each client held with p99 added TTFT error <= 5 ms. Loopback only.
+p99, surgecast's own p99 event-loop lag, the generator's CPU use, and surgecast's verdict (valid,
+or invalid: exit 3). The last line gives the highest rate each client held with p99 added TTFT
+error <= 5 ms. Loopback only.
 """
 
 from __future__ import annotations
@@ -230,7 +231,10 @@ def run_surgecast(url: str, rate: float, duration_s: float, tmp: Path) -> dict[s
         if r["status"] == "ok" and r.get("response_id")
     ]
     verdict = "valid" if code in (0, 99) else f"INVALID ({code})"
+    meta = json.loads((out / "run.json").read_text())
+    loop_lag = meta.get("generator", {}).get("loop_lag", {}).get("p99_ms", float("nan"))
     return {
+        "loop_lag_p99": loop_lag,
         "client": "surgecast",
         "exit": verdict,
         "wall": wall,
@@ -247,6 +251,7 @@ def run_baseline(url: str, rate: float, duration_s: float, tmp: Path) -> dict[st
     data = json.loads(out.read_text()) if out.exists() else {"planned": 0, "rows": []}
     rows, planned = data["rows"], data["planned"]
     return {
+        "loop_lag_p99": float("nan"),
         "client": "aiohttp",
         "exit": "-" if code == 0 else f"failed ({code})",
         "wall": wall,
@@ -297,7 +302,8 @@ def main() -> int:
                         f"{res['client']:>9} {rate:6.0f} {e['rate']:8.0f} "
                         f"{e['matched']:5d}/{res['planned']:<5d} "
                         f"{e['ttft_p50']:8.2f} {e['ttft_p99']:8.2f} {e['itl_p99']:7.2f} "
-                        f"{e['lag_p99']:7.2f} {100 * res['cpu'] / res['wall']:5.0f}  {res['exit']}",
+                        f"{e['lag_p99']:7.2f} {res['loop_lag_p99']:8.2f} "
+                        f"{100 * res['cpu'] / res['wall']:5.0f}  {res['exit']}",
                         flush=True,
                     )
     finally:

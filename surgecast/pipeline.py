@@ -136,7 +136,7 @@ def invalid_reasons(
 ) -> list[str]:
     reasons = []
     limit = scenario.traffic.max_loop_lag_ms
-    if limit is not None and loop_lag_p99_ms > limit:
+    if loop_lag_p99_ms > limit:
         reasons.append(
             f"generator overloaded: its event loop woke {loop_lag_p99_ms:.1f} ms late at p99 "
             f"> traffic.max_loop_lag_ms {limit:g} (its time stamps carry that delay)"
