@@ -680,10 +680,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
+    from scenarios.records import RecordsError
     from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError
     from surgecast.pipeline import backtest_run, calibrate_runs
-    from surgecast.rundir import RunFolder
+    from surgecast.rundir import RunFolder, RunFolderError, finite_json
     from surgecast.tables import backtest_table, calibration_table
 
     output = Path(a.output)
@@ -700,9 +701,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         cal = calibrate_runs(
             folders, max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
         )
-    except (FileNotFoundError, CalibrationError) as e:
+    except (FileNotFoundError, CalibrationError, RunFolderError, RecordsError) as e:
         raise BadInput(str(e)) from None
-    output.write_text(json.dumps(cal.to_dict(), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(finite_json(cal.to_dict()), indent=2, allow_nan=False)
+    output.write_text(text + "\n", encoding="utf-8")
     _print(calibration_table(cal))
     if not a.no_backtest:
         for f in folders:
@@ -821,15 +823,22 @@ def cmd_forecast(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from scenarios.records import RecordsError
     from surgecast.report import render
-    from surgecast.rundir import RunFolder
+    from surgecast.rundir import RunFolder, RunFolderError
 
+    folder = RunFolder(Path(a.run_dir))
     try:
-        html, md = render(RunFolder(Path(a.run_dir)))
-    except FileNotFoundError as e:
+        html, md = render(folder)
+    except (FileNotFoundError, RunFolderError, RecordsError) as e:
         raise BadInput(str(e)) from None
-    except (KeyError, ValueError) as e:
-        raise BadInput(f"{a.run_dir} is not a readable run folder: {e!r}") from None
+    except ValidationError as e:  # the scenario kept in run.json
+        problems = "; ".join(validation_messages(e, folder.meta().get("scenario")))
+        raise BadInput(f"{folder.run_json}: its scenario is not valid here: {problems}") from None
+    except KeyError as e:
+        raise BadInput(f"{folder.run_json}: field {e} is missing; is it a run folder?") from None
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"{a.run_dir} is not a readable run folder: {e}") from None
     _print(f"report: {html}\nsummary: {md}")
     return EXIT_OK
 
