@@ -94,6 +94,9 @@ FRAGMENTS = [
     b"!!set {a, b}",
     b"2001-12-14t21:59:43.10-05:00",
     b"~",
+    b"*h",
+    b"{x: *h}",
+    b"[*g, *g]",
     b"'" + b"x" * 10_000 + b"'",
     b"\n- - - -\n",
     b": : :",
@@ -105,24 +108,36 @@ FRAGMENTS = [
 
 @st.composite
 def mutated(draw: st.DrawFn, seeds: list[bytes], fragments: list[bytes]) -> bytes:
-    """A seed file with 1-4 edits: a byte changed, a fragment or random bytes inserted, a span
-    deleted, or a line's value replaced by a fragment."""
-    data = bytearray(draw(st.sampled_from(seeds)))
+    """A seed file with 1-4 edits, mostly structure-aware so the loader gets past parsing: a
+    line's value replaced by a fragment, a line inserted with a fragment as its value (same
+    indentation), the alias bomb's anchors put first; else a byte changed, a fragment or
+    random bytes inserted anywhere, or a span deleted."""
+    data = draw(st.sampled_from(seeds))
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["byte", "insert", "delete", "value"]))
-        pos = draw(st.integers(0, len(data)))
-        if op == "byte" and data:
-            data[min(pos, len(data) - 1)] = draw(st.integers(0, 255))
+        lines = data.split(b"\n")
+        i = draw(st.integers(0, len(lines) - 1))
+        line = lines[i]
+        frag = draw(st.sampled_from(fragments))
+        op = draw(st.sampled_from(["value"] * 3 + ["line"] * 2 + ["bomb", "byte", "insert", "cut"]))
+        if op == "value" and b": " in line:
+            lines[i] = line[: line.index(b": ") + 2] + frag
+        elif op == "line":
+            indent = line[: len(line) - len(line.lstrip(b" "))]
+            key = draw(st.sampled_from([b"rate", b"extra_body", b"seed", b"x", b"? [k]"]))
+            lines.insert(i, indent + key + b": " + frag)
+        elif op == "bomb":
+            lines.insert(0, BOMB.rstrip(b"\n"))
+        elif op == "byte" and line:
+            j = draw(st.integers(0, len(line) - 1))
+            lines[i] = line[:j] + bytes([draw(st.integers(0, 255))]) + line[j + 1 :]
         elif op == "insert":
-            data[pos:pos] = draw(st.sampled_from(fragments) | st.binary(max_size=16))
-        elif op == "delete":
-            del data[pos : pos + draw(st.integers(1, 64))]
-        elif op == "value":
-            start = data.find(b": ", pos)
-            end = data.find(b"\n", start)
-            if start >= 0 and end > start:
-                data[start + 2 : end] = draw(st.sampled_from(fragments))
-    return bytes(data)
+            j = draw(st.integers(0, len(line)))
+            lines[i] = line[:j] + draw(st.just(frag) | st.binary(max_size=16)) + line[j:]
+        elif op == "cut":
+            del lines[i : i + draw(st.integers(1, 3))]
+            lines = lines or [b""]
+        data = b"\n".join(lines)
+    return data
 
 
 _names = count()
