@@ -23,9 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scenarios.corpora import CorpusError, CorpusSpec, parse_corpus
+from scenarios.plan import build_plan
 from scenarios.records import RecordsError, RequestRecord, read_records
 from scenarios.spec import MAX_NODES, ScenarioError, load_scenario
 from scenarios.traces import TraceColumns, TraceError, load_trace
+from scenarios.traffic import PlanTooLarge
 from surgecast.rundir import RunFolder
 from tests.conftest import ROOT, run_cli
 
@@ -280,7 +282,7 @@ CORPUS_SEEDS = {
 @given(fmt=st.sampled_from(sorted(CORPUS_SEEDS)), edits=st.data())
 def test_fuzz_corpus_parser(fmt: str, edits: st.DataObject) -> None:
     data = edits.draw(mutated([CORPUS_SEEDS[fmt]], TRACE_FRAGMENTS))
-    spec = CorpusSpec(path="corpus", format=fmt)  # type: ignore[arg-type]
+    spec = CorpusSpec(path="corpus", format=fmt)
     with within():
         try:
             parse_corpus(data, spec, "corpus")
@@ -463,3 +465,12 @@ def test_report_on_corrupted_run_folders(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert f"{one_bad.requests}: line 5: not a request record: not a JSON object" in result.stderr
     assert f"{one_bad.forecast}: not usable" in result.stderr
+
+
+def test_a_plan_of_huge_sessions_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    path = tmp_path / "turns.yaml"
+    path.write_text(
+        _chatbot().replace("slos:", "session:\n  turns: {dist: constant, value: 100000000}\nslos:")
+    )
+    with within(), pytest.raises(PlanTooLarge, match=r"sessions: planned turns: about 1\.2e"):
+        build_plan(load_scenario(path))
