@@ -472,5 +472,6 @@ def test_a_plan_of_huge_sessions_is_refused_before_it_is_built(tmp_path: Path) -
     path.write_text(
         _chatbot().replace("slos:", "session:\n  turns: {dist: constant, value: 100000000}\nslos:")
     )
-    with within(), pytest.raises(PlanTooLarge, match=r"sessions: planned turns: about 1\.2e"):
+    expected = r"sessions: planned turns: about 1\.2\d*e\+10 arrivals"
+    with within(), pytest.raises(PlanTooLarge, match=expected):
         build_plan(load_scenario(path))
