@@ -426,14 +426,22 @@ def _scenario(a: argparse.Namespace) -> Scenario:
 def _calibration(path: str) -> Calibration:
     from simulator.calibrate import Calibration
 
+    def no_constant(name: str) -> float:
+        raise ValueError(f"{name} is not a usable number (rerun surgecast calibrate)")
+
     try:
-        return Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        text = Path(path).read_text(encoding="utf-8")
+        return Calibration.from_dict(json.loads(text, parse_constant=no_constant))
     except FileNotFoundError:
         raise BadInput(
             f"{path}: calibration file not found (make one with surgecast calibrate)"
         ) from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise BadInput(f"{path}: not a calibration file: {e}") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read file: {e.strerror or e}") from None
+    except RecursionError:
+        raise BadInput(f"{path}: not a calibration file: JSON nested too deeply") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise BadInput(f"{path}: not a calibration file: {str(e)[:200]}") from None
 
 
 def _warn(lines: Sequence[str]) -> None:

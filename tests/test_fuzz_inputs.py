@@ -475,3 +475,11 @@ def test_a_plan_of_huge_sessions_is_refused_before_it_is_built(tmp_path: Path) -
     expected = r"sessions: planned turns: about 1\.2\d*e\+10 arrivals"
     with within(), pytest.raises(PlanTooLarge, match=expected):
         build_plan(load_scenario(path))
+
+
+@pytest.mark.parametrize("text", ['{"engine": {"overhead_s": NaN}}', "[" * 100_000])
+def test_forecast_refuses_a_corrupt_calibration_file(tmp_path: Path, text: str) -> None:
+    cal = tmp_path / "cal.json"
+    cal.write_text(text)
+    err = _cli_error("forecast", str(ROOT / "scenarios/chatbot.yaml"), "--calibration", str(cal))
+    assert f"{cal}: not a calibration file" in err
