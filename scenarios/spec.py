@@ -572,6 +572,11 @@ class _UniqueKeyLoader(_SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self.problems: list[str] = []
+        self.keys: list[str] = []  # the field path to the value being constructed
+
+    def problem(self, node: yaml.Node, text: str) -> None:
+        where = f"{_where(node)}: " + (".".join(self.keys) + ": " if self.keys else "")
+        self.problems.append(where + text)
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -579,24 +584,23 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
-            loader.problems.append(
-                f"{_where(key_node)}: a {kind} as a mapping key; keys must be plain names"
-            )
+            loader.problem(key_node, f"a {kind} as a mapping key; keys must be plain names")
             continue
         key = loader.construct_object(key_node)
         if key in seen:
-            loader.problems.append(f"{_where(key_node)}: duplicate key {_shown(key)}")
+            loader.problem(key_node, f"duplicate key {_shown(key)}")
             continue
+        loader.keys.append(str(key)[:40])
         seen[key] = loader.construct_object(value_node, deep=True)
+        loader.keys.pop()
     return seen
 
 
 def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int | None:
     digits = sum(c.isalnum() for c in str(node.value))
     if digits > MAX_INT_DIGITS:
-        loader.problems.append(
-            f"{_where(node)}: integer with {digits} digits is out of range "
-            f"(at most {MAX_INT_DIGITS} digits)"
+        loader.problem(
+            node, f"integer with {digits} digits is out of range (at most {MAX_INT_DIGITS} digits)"
         )
         return None
     return int(loader.construct_yaml_int(node))
@@ -605,9 +609,7 @@ def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int | Non
 def _construct_float(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> float | None:
     value = float(loader.construct_yaml_float(node))
     if not math.isfinite(value):
-        loader.problems.append(
-            f"{_where(node)}: {_shown(node.value)} is not a finite number; give a number"
-        )
+        loader.problem(node, f"{_shown(node.value)} is not a finite number; give a number")
         return None
     return value
 

@@ -348,8 +348,8 @@ def test_huge_integer_and_non_finite_numbers_are_refused_all_at_once(tmp_path: P
     text = _chatbot().replace("seed: 6", "seed: " + "9" * 5000).replace("rate: 4.0", "rate: .nan")
     problems = _refused(tmp_path, text)
     assert len(problems) == 2
-    assert any("integer with 5000 digits is out of range" in p for p in problems)
-    assert any("'.nan' is not a finite number" in p for p in problems)
+    assert any("traffic.seed: integer with 5000 digits is out of range" in p for p in problems)
+    assert any("traffic.rate: '.nan' is not a finite number" in p for p in problems)
 
 
 def test_oversized_scenario_file_is_refused_before_parsing(tmp_path: Path) -> None:
