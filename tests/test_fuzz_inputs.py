@@ -8,6 +8,8 @@ Then named regressions for the cases a probe found, some through the CLI.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import signal
@@ -28,6 +30,7 @@ from scenarios.records import RecordsError, RequestRecord, read_records
 from scenarios.spec import MAX_NODES, ScenarioError, load_scenario
 from scenarios.traces import TraceColumns, TraceError, load_trace
 from scenarios.traffic import PlanTooLarge
+from surgecast.cli import main
 from surgecast.rundir import RunFolder
 from tests.conftest import ROOT, run_cli
 
@@ -178,6 +181,20 @@ def test_fuzz_scenario_loader(data: bytes, fuzz_dir: Path) -> None:
         except ScenarioError as e:
             assert e.path == str(path)
             _clear(e.problems)
+
+
+@settings(FUZZ, max_examples=100)
+@given(data=mutated([p.read_bytes() for p in SCENARIOS], FRAGMENTS))
+def test_fuzz_plan_command(data: bytes, fuzz_dir: Path) -> None:
+    """Past loading too: fleet checks, the plan, prompt sources; exit 0 or 2, nothing raised."""
+    traces = fuzz_dir / "traces"
+    if not traces.exists():
+        traces.symlink_to(ROOT / "scenarios/traces")  # the scenarios' relative trace paths
+    path = _write(fuzz_dir, data, ".yaml")
+    err = io.StringIO()
+    with within(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["plan", str(path)])
+    assert code in (0, 2), err.getvalue()[-2000:]
 
 
 # ---------------------------------------------------------------- fuzz: records reader
