@@ -89,10 +89,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+def _count(text: str, least: int = 1) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or int(text) < least:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {shown!r}")
     return int(text)
+
+
+def _count0(text: str) -> int:
+    return _count(text, least=0)
 
 
 def _limit_flags(p: argparse.ArgumentParser) -> None:
@@ -234,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="scenario YAML (see scenarios/chatbot.yaml)")
     s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
     _duration_flag(s)
-    s.add_argument("--samples", type=_count, default=0, help="print N example prompts a persona")
+    s.add_argument("--samples", type=_count0, default=0, help="print N example prompts a persona")
     s.add_argument(
         "--chars-per-token",
         type=_positive,
