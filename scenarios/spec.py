@@ -780,15 +780,13 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario YAML file; ScenarioError lists every problem found."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_SCENARIO_BYTES:
-            raise ScenarioError(
-                str(p),
-                [f"file is {size:,} bytes, over the limit of {MAX_SCENARIO_BYTES:,} bytes"],
-            )
-        raw = p.read_bytes()
+        with p.open("rb") as f:  # read no more than the limit: a device or pipe never ends
+            raw = f.read(MAX_SCENARIO_BYTES + 1)
     except OSError as e:
         raise ScenarioError(str(p), [f"cannot read file: {e.strerror or e}"]) from None
+    if len(raw) > MAX_SCENARIO_BYTES:
+        limit = f"over the limit of {MAX_SCENARIO_BYTES:,} bytes (a scenario is a few KB)"
+        raise ScenarioError(str(p), [f"file is {limit}"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -178,9 +178,12 @@ def _read_text(path: Path, max_bytes: int) -> str:
                 f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes "
                 "(MAX_TRACE_BYTES); cut the trace"
             )
-        data = path.read_bytes()
+        with path.open("rb") as f:  # no more than the limit: a device or pipe never ends
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise problems.fail(f"cannot read file: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise problems.fail(f"file is over the limit of {max_bytes:,} bytes; cut the trace")
     if not data.strip():
         raise problems.fail("file is empty")
     try:
