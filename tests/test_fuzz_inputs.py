@@ -500,3 +500,8 @@ def test_forecast_refuses_a_corrupt_calibration_file(tmp_path: Path, text: str) 
     cal.write_text(text)
     err = _cli_error("forecast", str(ROOT / "scenarios/chatbot.yaml"), "--calibration", str(cal))
     assert f"{cal}: not a calibration file" in err
+
+
+def test_a_device_named_as_a_scenario_is_refused_without_reading_it_all() -> None:
+    with within(), pytest.raises(ScenarioError, match="over the limit of 262,144 bytes"):
+        load_scenario("/dev/zero")
