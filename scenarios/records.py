@@ -110,17 +110,19 @@ def _count(v: Any) -> str | None:
     return None if v >= 0 else f"must be >= 0, got {v}"
 
 
-def _of(kind: type | tuple[type, ...], none_ok: bool = True) -> Any:
+def _of(kind: type, none_ok: bool = True) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v is None and none_ok:
             return None
         ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
-        return None if ok else f"must be {getattr(kind, '__name__', kind)}, got {type(v).__name__}"
+        return None if ok else f"must be {kind.__name__}, got {type(v).__name__}"
 
     return check
 
 
-def _list_of(item: Any, numbers: bool = False) -> Any:
+def _list_of(
+    item: Callable[[Any], str | None], numbers: bool = False
+) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v is None:
             return None
@@ -133,7 +135,7 @@ def _list_of(item: Any, numbers: bool = False) -> Any:
     return check
 
 
-_CHECKS: dict[str, Any] = {
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "id": _of(str, none_ok=False),
     "intended_start": lambda v: _number(v, none_ok=False),
     "start": lambda v: _number(v, none_ok=False),
@@ -174,7 +176,7 @@ def parse_record(line: bytes) -> RequestRecord:
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, and integers too long to convert
-        raise ValueError(f"not JSON ({e})") from None
+        raise ValueError(f"not JSON ({str(e)[:120]})") from None
     if not isinstance(d, dict):
         raise ValueError(f"not a JSON object, got {type(d).__name__}")
     for name in ("id", "intended_start", "start"):
