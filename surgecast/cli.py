@@ -849,7 +849,9 @@ def cmd_report(a: argparse.Namespace) -> int:
         problems = "; ".join(validation_messages(e, folder.meta().get("scenario")))
         raise BadInput(f"{folder.run_json}: its scenario is not valid here: {problems}") from None
     except KeyError as e:
-        raise BadInput(f"{folder.run_json}: field {e} is missing; is it a run folder?") from None
+        raise BadInput(
+            f"{a.run_dir} is not a readable run folder: {folder.run_json} has no field {e}"
+        ) from None
     except (TypeError, ValueError) as e:
         raise BadInput(f"{a.run_dir} is not a readable run folder: {e}") from None
     _print(f"report: {html}\nsummary: {md}")
