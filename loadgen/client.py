@@ -325,13 +325,13 @@ class StreamingCall:
             )
         self._take_usage(usage)
         timings = event.get("timings")  # llama-server's own, on its last chunk
-        if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+        if isinstance(timings, dict) and _whole(timings.get("cache_n")) is not None:
             self.record.cached_tokens = timings["cache_n"]
 
     def _count_chunk_tokens(self, completion_tokens: Any) -> None:
         """Tokens in the chunk just read, from the running completion count on every chunk."""
         rec = self.record
-        if not isinstance(completion_tokens, int):
+        if _whole(completion_tokens) is None:
             if rec.chunk_tokens is not None:
                 rec.chunk_tokens.append(1)
             return
@@ -341,12 +341,14 @@ class StreamingCall:
         self._tokens_seen = completion_tokens
 
     def _take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict) and "completion_tokens" in usage:
-            self.record.prompt_tokens = usage.get("prompt_tokens")
-            self.record.output_tokens = usage.get("completion_tokens")
+        """The server's token counts, where they are whole numbers >= 0 (a record never holds
+        what a target made up: strings, fractions, negatives)."""
+        if isinstance(usage, dict) and _whole(usage.get("completion_tokens")) is not None:
+            self.record.prompt_tokens = _whole(usage.get("prompt_tokens"))
+            self.record.output_tokens = _whole(usage.get("completion_tokens"))
             self.record.token_source = "usage"
             details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            if isinstance(details, dict) and _whole(details.get("cached_tokens")) is not None:
                 self.record.cached_tokens = details["cached_tokens"]
 
     def _read_stream(
@@ -404,3 +406,9 @@ class StreamingCall:
         if rec.output_tokens is None:
             rec.output_tokens = sum(rec.chunk_tokens) if rec.chunk_tokens else self._chunks
             rec.token_source = "chunks"
+
+
+def _whole(value: Any) -> int | None:
+    """`value` if it is a whole number >= 0 (not a bool), else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None

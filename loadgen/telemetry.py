@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -168,9 +169,26 @@ class TelemetryRecorder:
 
 
 def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
-    """The samples of a telemetry.jsonl; none when the run wrote no file."""
+    """The samples of a telemetry.jsonl; none when the run wrote no file. A line that is not
+    a JSON object is skipped with a warning on stderr naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        lines = Path(path).read_bytes().splitlines()
     except FileNotFoundError:
         return []
+    out: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            sample = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, too deep, too long
+            sample = e
+        if isinstance(sample, dict):
+            out.append(sample)
+        else:
+            what = sample if isinstance(sample, Exception) else type(sample).__name__
+            print(
+                f"warning: {path}: line {n}: not a telemetry sample ({what}); skipped",
+                file=sys.stderr,
+            )
+    return out

@@ -201,8 +201,16 @@ def _read_csv(text: str, column: str, source: str) -> list[str]:
     return texts
 
 
-def _json_error(e: json.JSONDecodeError, line_offset: int = 0) -> str:
-    return f"line {e.lineno + line_offset}, column {e.colno}: invalid JSON ({e.msg})"
+def _json_error(e: ValueError | RecursionError, line_offset: int = 0) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno + line_offset}, column {e.colno}: invalid JSON ({e.msg})"
+    where = f"line {line_offset + 1}: " if line_offset else ""
+    if isinstance(e, RecursionError):
+        return f"{where}JSON nested too deeply"
+    return f"{where}unusable JSON ({str(e)[:120]})"  # an integer too long to convert
+
+
+_JSON_ERRORS = (ValueError, RecursionError)  # JSONDecodeError, too deep, too-long integer
 
 
 def _load_json_or_jsonl(text: str, source: str) -> tuple[list[tuple[int, Any]], list[str]]:
@@ -211,7 +219,7 @@ def _load_json_or_jsonl(text: str, source: str) -> tuple[list[tuple[int, Any]], 
     if stripped.startswith("["):
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError as e:
+        except _JSON_ERRORS as e:
             raise CorpusError(source, [_json_error(e)]) from None
         if not isinstance(doc, list):
             raise CorpusError(source, ["top level: expected a JSON array of records"])
@@ -223,7 +231,7 @@ def _load_json_or_jsonl(text: str, source: str) -> tuple[list[tuple[int, Any]], 
             continue
         try:
             records.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
+        except _JSON_ERRORS as e:
             problems.append(_json_error(e, n - 1))
     return records, problems
 
@@ -269,7 +277,7 @@ def select_json(doc: Any, selector: str) -> list[Any]:
 def _read_json(text: str, selector: str | None, source: str) -> list[str]:
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as e:
+    except _JSON_ERRORS as e:
         raise CorpusError(source, [_json_error(e)]) from None
     if selector is None:
         values = doc if isinstance(doc, list) else []

@@ -294,12 +294,13 @@ def build_plan(
     ]
     if all(_single_requests(p) for p in mix) and not openers.closed.any():
         return _single_request_plan(openers, mix, draws)
+    per_session = [_mean_turns(p) for p in mix]  # an open session's expected requests
     check_budget(
         sum(
-            draws[k].closed_budget(duration) if closed else 1
+            draws[k].closed_budget(duration) if closed else per_session[k]
             for k, closed in zip(openers.persona.tolist(), openers.closed.tolist(), strict=True)
         ),
-        "closed-users: planned turns",
+        "sessions: planned turns",
     )
     rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
     follows: list[int] = []  # index of the row each row follows, -1 for none
@@ -408,6 +409,23 @@ def next_session(
 
 def _closed(process: Arrival) -> ClosedUsers | None:
     return process if isinstance(process, ClosedUsers) else None
+
+
+def _mean_turns(persona: Persona) -> float:
+    """About how many requests one session of `persona` sends (turns, and their regenerates):
+    the turn distribution's mean, clipped to its bounds."""
+    assert persona.session is not None
+    t: Distribution = persona.session.turns
+    if isinstance(t, Constant):
+        mean = float(t.value)
+    elif isinstance(t, Uniform):
+        mean = (t.low + t.high) / 2
+    elif isinstance(t, Normal):
+        mean = t.mean
+    else:
+        mean = t.median * math.exp(t.sigma**2 / 2)
+    mean = min(max(mean, t.min), t.max if t.max is not None else math.inf)
+    return mean * (1 + persona.session.regenerate)
 
 
 def _single_requests(persona: Persona) -> bool:

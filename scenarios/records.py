@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -92,17 +94,144 @@ def write_records(path: str | Path, records: Iterable[RequestRecord]) -> None:
             f.write(r.to_json() + "\n")
 
 
-def read_records(path: str | Path) -> list[RequestRecord]:
-    """Read a requests.jsonl: a torn last line (a killed writer) is skipped, others raise."""
+MAX_BAD_SHARE = 0.05  # more bad lines than this share of a file's lines refuse the file
+_LISTED = 5  # bad lines named in a refusal
+
+
+class RecordsError(ValueError):
+    """A records file that cannot be used, naming the file and its bad lines."""
+
+
+def _number(v: Any, none_ok: bool = True) -> str | None:
+    """What is wrong with `v` as a time in seconds, or None."""
+    if v is None:
+        return None if none_ok else "required"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return f"must be a number, got {type(v).__name__}"
+    return None if math.isfinite(v) else f"must be a finite number, got {v}"
+
+
+def _count(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        return f"must be a whole number, got {type(v).__name__}"
+    return None if v >= 0 else f"must be >= 0, got {v}"
+
+
+def _of(kind: type, none_ok: bool = True) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None and none_ok:
+            return None
+        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+        return None if ok else f"must be {kind.__name__}, got {type(v).__name__}"
+
+    return check
+
+
+def _list_of(
+    item: Callable[[Any], str | None], numbers: bool = False
+) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            return f"must be a list, got {type(v).__name__}"
+        if numbers and {type(x) for x in v} <= {int, float} and all(map(math.isfinite, v)):
+            return None  # the common case, checked fast: finite numbers
+        return next((f"[{i}] {e}" for i, x in enumerate(v) if (e := item(x))), None)
+
+    return check
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "id": _of(str, none_ok=False),
+    "intended_start": lambda v: _number(v, none_ok=False),
+    "start": lambda v: _number(v, none_ok=False),
+    "first_token": _number,
+    "end": _number,
+    "chunk_times": _list_of(lambda v: _number(v, none_ok=False), numbers=True),
+    "prompt_tokens": _count,
+    "output_tokens": _count,
+    "token_source": _of(str),
+    "status": lambda v: None if v in STATUSES else f"must be one of {', '.join(STATUSES)}",
+    "error_kind": _of(str),
+    "http_status": _count,
+    "error_detail": _of(str),
+    "source": lambda v: None if v in ("measured", "simulated") else "must be measured or simulated",
+    "persona": _of(str),
+    "session": _count,
+    "turn": _count,
+    "response_id": _of(str),
+    "prompt": _of(str),
+    "attempt": _count,
+    "retried": _of(bool),
+    "planned_prompt_tokens": _count,
+    "planned_output_tokens": _count,
+    "regenerate": _of(bool),
+    "chunk_tokens": _list_of(_count),
+    "cached_tokens": _count,
+}
+
+
+def parse_record(line: bytes) -> RequestRecord:
+    """One JSON line as a record; ValueError saying what is wrong with it."""
+    try:
+        d = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+        ) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and integers too long to convert
+        raise ValueError(f"not JSON ({str(e)[:120]})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"not a JSON object, got {type(d).__name__}")
+    for name in ("id", "intended_start", "start"):
+        if name not in d:
+            raise ValueError(f"{name}: required field is missing")
+    for name, check in _CHECKS.items():
+        if name in d and (problem := check(d[name])):
+            raise ValueError(f"{name}: {problem}")
+    return RequestRecord.from_dict(d)
+
+
+def read_records(
+    path: str | Path, warn: Callable[[str], None] | None = None
+) -> list[RequestRecord]:
+    """Read a requests.jsonl. A torn last line (a killed writer) is skipped silently; other bad
+    lines are skipped, each passed to `warn` with its line number, unless more than
+    MAX_BAD_SHARE of the lines are bad: then RecordsError names the first few."""
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as e:
+        raise RecordsError(f"{path}: cannot read file: {e.strerror or e}") from None
     out: list[RequestRecord] = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    bad: list[str] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(RequestRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
-            if n == len(lines):
-                break
-            raise ValueError(f"{path}:{n}: not a request record: {e}") from None
+            out.append(parse_record(line))
+        except ValueError as e:
+            if n == len(lines) and not line.endswith(b"}"):
+                break  # torn by a killed writer
+            bad.append(f"{path}: line {n}: not a request record: {e}")
+    if bad and len(bad) > MAX_BAD_SHARE * len(lines):
+        listed = bad[:_LISTED] + (
+            [f"... and {len(bad) - _LISTED} more"] if len(bad) > _LISTED else []
+        )
+        raise RecordsError(
+            f"{len(bad)} of {len(lines)} lines are bad (over {MAX_BAD_SHARE:.0%}): "
+            "the file is corrupt; rerun, or fix or delete those lines:\n  " + "\n  ".join(listed)
+        )
+    if bad:
+        say = warn or _stderr
+        for b in bad:
+            say(f"{b} (skipped)")
     return out
+
+
+def _stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)

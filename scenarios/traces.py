@@ -42,6 +42,7 @@ from scenarios.traffic import check_budget
 
 MAX_TRACE_BYTES = 256 * 2**20  # larger files are refused: cut them or raise `max_bytes`
 MAX_LISTED_PROBLEMS = 20
+MAX_MESSAGE_CHARS = 240  # a problem's text is cut to this length
 
 TraceFormat = Literal[
     "azure-llm", "azure-functions", "mooncake", "burstgpt", "csv", "jsonl", "requests"
@@ -146,6 +147,10 @@ class _Problems:
         return len(self.items)
 
     def add(self, msg: str, line: int | None = None, column: str | None = None) -> None:
+        if len(msg) > MAX_MESSAGE_CHARS:  # a value quoted whole could be the whole file
+            msg = msg[: MAX_MESSAGE_CHARS - 3] + "..."
+        if column is not None and len(column) > 80:
+            column = column[:77] + "..."
         where = ", ".join(x for x in (line and f"line {line}", column and f"column {column}") if x)
         text = f"{self.name}: {where}: {msg}" if where else f"{self.name}: {msg}"
         self.items.append((line or 0, len(self.items), text))
@@ -173,9 +178,12 @@ def _read_text(path: Path, max_bytes: int) -> str:
                 f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes "
                 "(MAX_TRACE_BYTES); cut the trace"
             )
-        data = path.read_bytes()
+        with path.open("rb") as f:  # no more than the limit: a device or pipe never ends
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise problems.fail(f"cannot read file: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise problems.fail(f"file is over the limit of {max_bytes:,} bytes; cut the trace")
     if not data.strip():
         raise problems.fail("file is empty")
     try:
@@ -308,10 +316,11 @@ def _jsonl_rows(text: str, layout: _Layout, p: _Problems) -> Iterator[tuple[int,
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, too deep, an integer too long
             if layout.torn_tail and n == len(lines):
                 break
-            p.add(f"not valid JSON: {e.msg} (character {e.colno})", n)
+            what = f"{e.msg} (character {e.colno})" if isinstance(e, json.JSONDecodeError) else e
+            p.add(f"not valid JSON: {what}", n)
             continue
         if not isinstance(obj, dict):
             p.add(f"not a JSON object, got {type(obj).__name__}", n)

@@ -273,8 +273,16 @@ def _streamed(records: Sequence[RequestRecord]) -> list[RequestRecord]:
     ]
 
 
+STREAMED_ONLY = (
+    "calibration needs streamed responses (rerun with streaming on: target.stream: true); "
+    "no successful request timed two or more chunks"
+)
+
+
 def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = None) -> Fit:
     ok = _streamed(records)
+    if not any(len(r.chunk_times) > 1 for r in ok):
+        raise CalibrationError(STREAMED_ONLY)
     steps = None
     context = None  # the steps' context tokens, where each step is seen
     if several_per_chunk(records):  # steps in between chunks are unseen: fit chunk intervals
@@ -363,7 +371,7 @@ def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> fl
     """The run's timed steps' total duration over what `cost` predicts for them (1.0: as
     fitted); None when the run has too few timed steps."""
     ok = _streamed(records)
-    if sum(len(r.chunk_times) for r in ok) < 3:
+    if sum(len(r.chunk_times) for r in ok) < 3 or not any(len(r.chunk_times) > 1 for r in ok):
         return None
     steps = _recover_steps(ok)
     rows = np.flatnonzero(steps.busy)

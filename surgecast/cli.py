@@ -92,10 +92,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+def _count(text: str, least: int = 1) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or int(text) < least:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {shown!r}")
     return int(text)
+
+
+def _count0(text: str) -> int:
+    return _count(text, least=0)
 
 
 def _limit_flags(p: argparse.ArgumentParser) -> None:
@@ -238,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="scenario YAML (see scenarios/chatbot.yaml)")
     s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
     _duration_flag(s)
-    s.add_argument("--samples", type=_count, default=0, help="print N example prompts a persona")
+    s.add_argument("--samples", type=_count0, default=0, help="print N example prompts a persona")
     s.add_argument(
         "--chars-per-token",
         type=_positive,
@@ -512,14 +517,22 @@ def _scenario(a: argparse.Namespace) -> Scenario:
 def _calibration(path: str) -> Calibration:
     from simulator.calibrate import Calibration
 
+    def no_constant(name: str) -> float:
+        raise ValueError(f"{name} is not a usable number (rerun surgecast calibrate)")
+
     try:
-        return Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        text = Path(path).read_text(encoding="utf-8")
+        return Calibration.from_dict(json.loads(text, parse_constant=no_constant))
     except FileNotFoundError:
         raise BadInput(
             f"{path}: calibration file not found (make one with surgecast calibrate)"
         ) from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise BadInput(f"{path}: not a calibration file: {e}") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read file: {e.strerror or e}") from None
+    except RecursionError:
+        raise BadInput(f"{path}: not a calibration file: JSON nested too deeply") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise BadInput(f"{path}: not a calibration file: {str(e)[:200]}") from None
 
 
 def _warn(lines: Sequence[str]) -> None:
@@ -771,10 +784,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
+    from scenarios.records import RecordsError
     from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError
     from surgecast.pipeline import backtest_run, calibrate_runs
-    from surgecast.rundir import RunFolder
+    from surgecast.rundir import RunFolder, RunFolderError, finite_json
     from surgecast.tables import backtest_table, calibration_table
 
     output = Path(a.output)
@@ -791,9 +805,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         cal = calibrate_runs(
             folders, max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
         )
-    except (FileNotFoundError, CalibrationError) as e:
+    except (FileNotFoundError, CalibrationError, RunFolderError, RecordsError) as e:
         raise BadInput(str(e)) from None
-    output.write_text(json.dumps(cal.to_dict(), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(finite_json(cal.to_dict()), indent=2, allow_nan=False)
+    output.write_text(text + "\n", encoding="utf-8")
     _print(calibration_table(cal))
     if not a.no_backtest:
         for f in folders:
@@ -912,15 +927,24 @@ def cmd_forecast(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from scenarios.records import RecordsError
     from surgecast.report import render
-    from surgecast.rundir import RunFolder
+    from surgecast.rundir import RunFolder, RunFolderError
 
+    folder = RunFolder(Path(a.run_dir))
     try:
-        html, md = render(RunFolder(Path(a.run_dir)))
-    except FileNotFoundError as e:
+        html, md = render(folder)
+    except (FileNotFoundError, RunFolderError, RecordsError) as e:
         raise BadInput(str(e)) from None
-    except (KeyError, ValueError) as e:
-        raise BadInput(f"{a.run_dir} is not a readable run folder: {e!r}") from None
+    except ValidationError as e:  # the scenario kept in run.json
+        problems = "; ".join(validation_messages(e, folder.meta().get("scenario")))
+        raise BadInput(f"{folder.run_json}: its scenario is not valid here: {problems}") from None
+    except KeyError as e:
+        raise BadInput(
+            f"{a.run_dir} is not a readable run folder: {folder.run_json} has no field {e}"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"{a.run_dir} is not a readable run folder: {e}") from None
     _print(f"report: {html}\nsummary: {md}")
     return EXIT_OK
 

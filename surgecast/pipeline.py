@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +42,7 @@ from simulator.backtest import (
     predict_plan,
     replay_plan,
 )
-from simulator.calibrate import Calibration, calibrate, step_time_ratio
+from simulator.calibrate import Calibration, CalibrationError, calibrate, step_time_ratio
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, engine_from_spec
 from simulator.fleet_spec import fleet_from_spec
@@ -505,8 +506,14 @@ def calibrate_runs(
 ) -> Calibration:
     records: list[RequestRecord] = []
     offset = 0.0
-    for f in folders:  # lay the runs end to end so their steps never interleave
-        run = f.records()
+    for f in folders:
+        if not streamed(f):
+            raise CalibrationError(
+                f"{f.path}: calibration needs streamed responses (rerun with streaming on: "
+                "target.stream: true)"
+            )
+    runs = [f.records() for f in folders]  # read once: a bad line is warned about once
+    for run in runs:  # lay the runs end to end so their steps never interleave
         for r in run:
             records.append(_shifted(r, offset))
         offset = max((r.end or r.start for r in records), default=offset) + 1000.0
@@ -519,7 +526,12 @@ def calibrate_runs(
     calibration = calibrate(records, limits)
     notes = [*calibration.notes, *_saturation_notes(folders, calibration)]
     calibration = replace(calibration, notes=notes, runs=[_run_id(f) for f in folders])
-    ratios = [step_time_ratio(f.records(), calibration.engine.cost) for f in folders]
+    if not all(math.isfinite(v) for v in calibration.fit.values):
+        raise CalibrationError(
+            "the fit is not finite: the records do not determine the step cost "
+            "(check the run's records, or rerun with more requests)"
+        )
+    ratios = [step_time_ratio(run, calibration.engine.cost) for run in runs]
     known = [r for r in ratios if r is not None]
     if len(known) >= 2:
         drift = float(np.std(known, ddof=1))
@@ -595,6 +607,13 @@ def _run_id(folder: RunFolder) -> str:
 def in_sample(folder: RunFolder, calibration: Calibration) -> bool:
     """The calibration was fitted on this run: its back-test cannot show a forecast's error."""
     return _run_id(folder) in calibration.runs
+
+
+def streamed(folder: RunFolder) -> bool:
+    """False when the run's scenario turned streaming off (its records time no tokens)."""
+    scenario = folder.meta().get("scenario")
+    target = scenario.get("target") if isinstance(scenario, dict) else None
+    return not (isinstance(target, dict) and target.get("stream") is False)
 
 
 def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRow]:

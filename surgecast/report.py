@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -22,7 +24,7 @@ from scenarios.spec import Scenario
 from simulator.backtest import BacktestRow
 from simulator.calibrate import Calibration
 from simulator.forecast import ForecastPoint, points_from_dicts
-from surgecast.rundir import RunFolder
+from surgecast.rundir import RunFolder, RunFolderError
 from surgecast.tables import (
     backtest_table,
     calibration_table,
@@ -35,6 +37,9 @@ color:#222}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #
 padding:3px 8px;text-align:right}th{background:#f3f3f3}pre{background:#f7f7f7;padding:.6em;
 overflow-x:auto}.bad{color:#b00020;font-weight:bold}.good{color:#1b7f3b;font-weight:bold}
 img{max-width:100%}"""
+
+
+T = TypeVar("T")
 
 
 def _png(fig: plt.Figure) -> str:
@@ -160,6 +165,25 @@ def _table_html(md: str) -> str:
     return "\n".join(out)
 
 
+def _optional(folder: RunFolder, path: Path) -> Any:
+    """A derived file's JSON (calibration, back-test, forecast); None with a warning when it
+    is corrupt: the report leaves its section out rather than failing."""
+    try:
+        return folder.read_json(path)
+    except RunFolderError as e:
+        print(f"warning: {e}; its section is left out", file=sys.stderr)
+        return None
+
+
+def _or_warn(path: Path, build: Callable[[], T]) -> T | None:
+    """`build()`, or None with a warning naming `path` when its content does not fit."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        print(f"warning: {path}: not usable ({type(e).__name__}: {e}); left out", file=sys.stderr)
+        return None
+
+
 def render(folder: RunFolder) -> tuple[str, str]:
     """Write index.html and summary.md for the run folder; returns their paths."""
     meta = folder.meta()
@@ -169,9 +193,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
         records, scenario.thresholds(), meta.get("duration_s"), scenario.persona_thresholds()
     )
     simulated = read_records(folder.simulated) if folder.simulated.exists() else None
-    cal_data = folder.read_json(folder.calibration)
-    bt_data = folder.read_json(folder.backtest)
-    fc_data = folder.read_json(folder.forecast)
+    cal_data = _optional(folder, folder.calibration)
+    bt_data = _optional(folder, folder.backtest)
+    fc_data = _optional(folder, folder.forecast)
 
     validity = meta.get("validity", {})
     valid = validity.get("valid", True)
@@ -186,13 +210,22 @@ def render(folder: RunFolder) -> tuple[str, str]:
             ),
             latency_plot(records, simulated)
             + timeline_plot(records)
-            + telemetry_plot(read_telemetry(folder.telemetry)),
+            + (
+                _or_warn(folder.telemetry, lambda: telemetry_plot(read_telemetry(folder.telemetry)))
+                or ""
+            ),
         ),
     ]
     if cal_data:
-        sections.append(("Calibration", calibration_table(Calibration.from_dict(cal_data)), ""))
-    if bt_data:
-        rows = [BacktestRow.from_dict(r) for r in bt_data["rows"]]
+        table = _or_warn(
+            folder.calibration, lambda: calibration_table(Calibration.from_dict(cal_data))
+        )
+        if table:
+            sections.append(("Calibration", table, ""))
+    rows = bt_data and _or_warn(
+        folder.backtest, lambda: [BacktestRow.from_dict(r) for r in bt_data["rows"]]
+    )
+    if rows:
         sections.append(
             (
                 "Back-test: the calibrated model predicts the measured run"
@@ -207,8 +240,8 @@ def render(folder: RunFolder) -> tuple[str, str]:
                 "",
             )
         )
-    if fc_data:
-        points = points_from_dicts(fc_data["points"])
+    points = fc_data and _or_warn(folder.forecast, lambda: points_from_dicts(fc_data["points"]))
+    if points:
         sections.append(("Capacity forecast", forecast_table(points), forecast_plot(points)))
 
     target = meta.get("target", {})

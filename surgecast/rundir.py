@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -82,17 +83,44 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, target: Path, data: Any) -> None:
+        """Write `data` as JSON, a non-finite number as null (NaN is not JSON)."""
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        text = json.dumps(finite_json(data), indent=2, default=str, allow_nan=False)
+        tmp.write_text(text + "\n", encoding="utf-8")
         tmp.replace(target)  # atomic: a killed process never leaves half a file
 
     def read_json(self, target: Path) -> Any:
-        return json.loads(target.read_text(encoding="utf-8")) if target.exists() else None
+        """The file's JSON, None when it does not exist; RunFolderError when it is not JSON."""
+        if not target.exists():
+            return None
+        try:
+            return json.loads(target.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise RunFolderError(f"{target}: cannot read file: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise RunFolderError(f"{target}: not UTF-8 (byte offset {e.start})") from None
+        except RecursionError:
+            raise RunFolderError(f"{target}: JSON nested too deeply") from None
+        except json.JSONDecodeError as e:
+            what = (
+                "empty"
+                if not e.doc.strip()
+                else f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+            )
+            raise RunFolderError(
+                f"{target}: {what}; the file is corrupt or was cut short"
+            ) from None
+        except ValueError as e:  # an integer too long to convert
+            raise RunFolderError(f"{target}: not usable JSON ({e})") from None
 
     def meta(self) -> dict[str, Any]:
         meta = self.read_json(self.run_json)
         if meta is None:
             raise FileNotFoundError(f"{self.run_json} not found: is {self.path} a run folder?")
+        if not isinstance(meta, dict):
+            raise RunFolderError(
+                f"{self.run_json}: must be a JSON object, got {type(meta).__name__}"
+            )
         return dict(meta)
 
     def update_meta(self, **fields: Any) -> None:
@@ -101,6 +129,22 @@ class RunFolder:
         self.write_json(self.run_json, meta)
 
     def records(self) -> list[RequestRecord]:
+        """The measured records; bad lines are skipped with a warning or refused (read_records)."""
         if not self.requests.exists():
             raise FileNotFoundError(f"{self.requests} not found: is {self.path} a run folder?")
         return read_records(self.requests)
+
+
+class RunFolderError(ValueError):
+    """A run folder's file that cannot be used: it names the file and what is wrong."""
+
+
+def finite_json(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None, so it can be written as JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(v) for v in data]
+    return data
