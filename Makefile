@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-engines test-vllm lint bench fidelity fidelity-vllm clean llama-server vllm
+.PHONY: demo test test-engines test-vllm lint bench bench-loadgen fidelity fidelity-vllm clean llama-server vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_speed.py
+
+# Load-generator accuracy against a truth server, beside a plain aiohttp client (a few minutes).
+bench-loadgen: $(STAMP)
+	$(BIN)/python benchmarks/loadgen.py
 
 # Tests that load a compute-bound real engine for minutes (deselected from `make test`: on a
 # shared 2-core machine their capacity swings with other work).
