@@ -9,23 +9,18 @@ whole process group (API server, engine core, worker), then kills it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from loadgen.telemetry import parse_prometheus
-from targets.llama_server import _die_with_parent, free_port, get_json, root_url
+from targets.llama_server import get_json
+from targets.process import ServerProcess, root_url
 
-LOG_TAIL_LINES = 15
-PORT_TRIES = 3
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "run `make vllm` (a separate venv, about 4 min and 2.5 GB)"
 
@@ -180,8 +175,14 @@ def probe_cache_info(base_url: str, timeout_s: float = 2.0) -> CacheInfo | None:
 
 
 @dataclass
-class VllmServer:
+class VllmServer(ServerProcess):
     """Context manager running one vLLM API server; see the module's docstring."""
+
+    name: ClassVar[str] = "vLLM"
+    error: ClassVar[type[RuntimeError]] = VllmServerError
+    port_taken: ClassVar[str] = "address already in use"
+    stop_grace_s: ClassVar[float] = 20.0  # the API server, the engine core and its worker
+    log_lines: ClassVar[int] = 15
 
     config: VllmConfig
     base_url: str = ""  # http://127.0.0.1:PORT/v1 once started
@@ -190,123 +191,21 @@ class VllmServer:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
-    def __enter__(self) -> VllmServer:
-        self.start()
-        return self
+    def command(self, port: int) -> list[str]:
+        return self.config.command(port)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def env(self) -> dict[str, str]:
+        return self.config.env()
 
-    @property
-    def log_path(self) -> Path | None:
-        return Path(self._log_dir.name) / "vllm.log" if self._log_dir else None
-
-    def start(self) -> None:
-        """Spawn the server and wait until it is healthy; VllmServerError if it is not."""
+    def check(self) -> None:
         cfg = self.config
         if not cfg.python.is_file():
             raise VllmServerError(f"vLLM is not installed ({cfg.python} not found): {INSTALL_HINT}")
         if not (cfg.model / "config.json").is_file():
             raise VllmServerError(f"no config.json in the model directory {cfg.model}")
-        self._log_dir = tempfile.TemporaryDirectory(prefix="surgecast-vllm-")
-        for attempt in range(PORT_TRIES):  # another process may take the free port first
-            try:
-                self._spawn(free_port(cfg.host))
-                return
-            except VllmServerError:
-                self.stop()
-                taken = "address already in use" in self.log_tail().lower()
-                if attempt == PORT_TRIES - 1 or not taken:
-                    self.close()
-                    raise
-            except BaseException:
-                self.close()
-                raise
 
-    def _spawn(self, port: int) -> None:
+    def ready(self) -> None:
         cfg = self.config
-        assert self.log_path is not None
-        started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cfg.command(port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=cfg.env(),
-                start_new_session=True,  # its own process group: stop() signals all of it
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        self.base_url = f"http://{cfg.host}:{port}/v1"
-        self._wait_healthy(started)
-        self.startup_s = time.monotonic() - started
         self.limits = VllmLimits(
             read_cache_info(self.base_url), cfg.max_num_seqs, cfg.max_num_batched_tokens
         )
-
-    def _wait_healthy(self, started: float) -> None:
-        health = root_url(self.base_url) + "/health"
-        while time.monotonic() - started < self.config.start_timeout_s:
-            if not self.alive():
-                raise VllmServerError(self.death_message("exited while starting"))
-            try:
-                with urllib.request.urlopen(health, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass  # not listening yet
-            time.sleep(0.25)
-        raise VllmServerError(
-            f"vLLM at {self.base_url} not healthy within {self.config.start_timeout_s:g} s "
-            f"(a busy machine starts it slower); log tail:\n{self.log_tail()}"
-        )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        path = self.log_path
-        if path is None or not path.exists():
-            return ""
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-        return "\n".join(f"  {x}" for x in text)
-
-    def death_message(self, when: str) -> str:
-        code = self.proc.poll() if self.proc else None
-        return f"vLLM {when} (exit code {code}); log tail:\n{self.log_tail()}"
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL what is left after 20 s; keeps the exit code."""
-        proc = self.proc
-        if proc is None or not _group_alive(proc.pid):
-            return
-        os.killpg(proc.pid, signal.SIGTERM)  # the API server, the engine core and the worker
-        deadline = time.monotonic() + 20.0
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            proc.poll()  # reap the leader, or the group never looks empty
-            time.sleep(0.2)
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def close(self) -> None:
-        """Stop the server and delete its log; idempotent."""
-        self.stop()
-        self.proc = None
-        if self._log_dir is not None:
-            self._log_dir.cleanup()
-            self._log_dir = None
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group is left (a reaped leader leaves its group behind)."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
