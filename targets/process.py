@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
@@ -47,7 +48,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-class ServerProcess:
+class ServerProcess(ABC):
     """What every engine server shares; a subclass (a dataclass with `config`, `base_url`,
     `startup_s`, `proc` and `_log_dir` fields) gives its name, error type and command."""
 
@@ -63,15 +64,18 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None
     _log_dir: tempfile.TemporaryDirectory[str] | None
 
+    @abstractmethod
     def command(self, port: int) -> list[str]:
-        raise NotImplementedError
+        """The server's command line, listening on `port`."""
 
     def env(self) -> dict[str, str] | None:
         return None  # the parent's
 
+    @abstractmethod
     def check(self) -> None:
         """Raise `error` when the server cannot be started at all (missing files)."""
 
+    @abstractmethod
     def ready(self) -> None:
         """Once healthy: read what the server says of itself."""
 
