@@ -5,8 +5,8 @@ in fixed-size blocks, so chunk times are what the wire delivered. Under Locust t
 on gevent's patched sockets. One connection per request: some servers (llama.cpp) close a streamed
 connection while advertising keep-alive, which breaks pooled clients. The host name is resolved
 once per endpoint, not on every connect (gevent's resolver threads would fight the sender for the
-GIL). A request's `start` is stamped when its bytes have been sent, so time spent connecting or
-queued in the client is schedule lag or connect time, never TTFT.
+GIL). A request's `start` is stamped once connected, as its bytes are written, so time spent
+connecting or queued in the client is schedule lag or connect time, never TTFT.
 """
 
 from __future__ import annotations
@@ -234,9 +234,11 @@ class StreamingCall:
         try:
             conn = ep.connect(first_wait, self.address)
             conn.connect()
-            rec.connect_s = self.clock() - began
+            # stamped before the send, not after: a client descheduled right after sending
+            # (the server taking every core) would otherwise start late and see too short a TTFT
+            rec.start = self.clock()
+            rec.connect_s = rec.start - began
             conn.request("POST", ep.path, body=payload, headers=headers)
-            rec.start = self.clock()  # the request's bytes are out
             response = conn.getresponse()
             rec.first_byte = self.clock()
             rec.http_status = response.status

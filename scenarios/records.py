@@ -23,7 +23,7 @@ class RequestRecord:
 
     id: str
     intended_start: float
-    start: float  # when the request's bytes left (after connecting)
+    start: float  # when the request was written (once connected)
     first_token: float | None = None  # first chunk with non-empty content
     end: float | None = None
     chunk_times: list[float] = field(default_factory=list)  # every content chunk, first included
