@@ -32,7 +32,7 @@ bench: $(STAMP)
 
 # Load-generator accuracy against a truth server, beside a plain aiohttp client (a few minutes).
 bench-loadgen: $(STAMP)
-	$(BIN)/python benchmarks/loadgen.py
+	$(BIN)/python benchmarks/load_generator.py
 
 # Tests that load a compute-bound real engine for minutes (deselected from `make test`: on a
 # shared 2-core machine their capacity swings with other work).

@@ -188,7 +188,7 @@ class Traffic(Strict):
         10.0,
         gt=0,
         description="A run whose generator's event loop woke later than this at p99 is invalid: "
-        "every time it stamped may carry that delay (benchmarks/loadgen.py: p99 loop lag 2.5 ms "
+        "every time it stamped may carry that delay (benchmarks/load_generator.py: p99 loop lag 2.5 ms "
         "went with 4 ms of added TTFT error, 9 ms with 10 ms). Set 5 for a 5 ms promise; light "
         "runs doing heavy prompt work can reach 5 ms now and then.",
     )

@@ -1,6 +1,6 @@
 """Load-generator accuracy: `surgecast run` against a truth server, beside a plain aiohttp client.
 
-    python benchmarks/loadgen.py [--rates 100,200,400,700,1000,1500] [--duration-s 5]
+    python benchmarks/load_generator.py [--rates 100,200,400,700,1000,1500] [--duration-s 5]
 
 The truth server (this file, `--serve`, on core 0) answers each streamed request after 50 ms with
 32 content chunks 10 ms apart, and logs when it read the request and when it wrote each chunk
