@@ -1,16 +1,19 @@
 """Forecast fidelity on a real engine: calibrate on two light loads, predict two heavier ones.
 
     python benchmarks/fidelity.py [--engine llama-server|vllm|reference] [--slots 8,1]
-                                  [--level-s 40] [--min-requests 40] [--max-level-s 300]
+                                  [--level-s 40] [--min-requests 40] [--held-out-requests 200]
+                                  [--max-level-s 300] [--keep DIR]
 
 For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
-think time), run open-loop Poisson levels at 15% and 35% of it (fitted) and at 60% and 80%
-(held out), each long enough for about --min-requests requests, calibrate on the two light
-ones, and predict the held-out ones from their own send times (replay) and from the scenario's
-plan (plan). Prints one table of held-out errors, each predicted 90% interval and whether the
-measured value fell inside it, then the aim: median |error| of p50/p95 E2E at most 5%, of p95
-TTFT at most 10%, and 9 in 10 inside. The engine needs the machine's cores to itself: other work
-on them moves its capacity between levels, and the table with it.
+think time), send a burst of 4 x slots requests within a second (full batches, as `surgecast
+calibrate --scenario` does), run open-loop Poisson levels at 15% and 35% of capacity (fitted,
+each about --min-requests requests) and at 60% and 80% (held out, about --held-out-requests
+each), calibrate on the light levels and the burst, and predict the held-out ones from their
+own send times (replay) and from the scenario's plan (plan). Prints one table of held-out
+errors, each predicted 90% interval and whether the measured value fell inside it, then the
+aim: median |error| of p50/p95 E2E at most 5%, of p95 TTFT at most 10%, and 9 in 10 inside.
+The engine needs the machine's cores to itself: other work on them moves its capacity between
+levels, and the table with it.
 Loopback only; the engine is started and stopped here.
 """
 
@@ -29,6 +32,7 @@ from scenarios.spec import Scenario, parse_scenario
 from simulator.backtest import BacktestRow
 from surgecast.pipeline import backtest_run, calibrate_runs, run_load
 from surgecast.rundir import RunFolder
+from surgecast.sweep import BURST_S
 from surgecast.tables import markdown
 
 FIT = (0.15, 0.35)
@@ -96,7 +100,13 @@ def level_seconds(rate: float, level_s: float, min_requests: int, max_s: float) 
 
 
 def run_config(
-    kind: str, slots: int, level_s: float, out: Path, min_requests: int, max_s: float
+    kind: str,
+    slots: int,
+    level_s: float,
+    out: Path,
+    min_requests: int,
+    held_out_requests: int,
+    max_s: float,
 ) -> list[Result]:
     with engine(kind, slots) as (url, extra):
         base = workload(slots, level_s, extra)
@@ -114,10 +124,21 @@ def run_config(
         )
         capacity = cap.summary.throughput
         print(f"{kind} {slots} slots: capacity {capacity:.2f} req/s", file=sys.stderr)
+        # as `surgecast calibrate --scenario` does: a burst fills the batch, so the fit
+        # measures full batches rather than extrapolating to them
+        burst_n = 4 * slots
+        burst = {"rate": burst_n / BURST_S, "duration_s": BURST_S, "seed": 99}
+        print(f"burst: {burst_n} requests within {BURST_S:g} s", file=sys.stderr)
+        fitted = [
+            run_load(
+                level(base, burst), "fidelity", target_url=url, out=out / "burst", progress=False
+            ).folder
+        ]
         folders: dict[float, RunFolder] = {}
         for i, share in enumerate((*FIT, *HELD_OUT)):
             rate = share * capacity
-            seconds = level_seconds(rate, level_s, min_requests, max_s)
+            wanted = min_requests if share in FIT else held_out_requests
+            seconds = level_seconds(rate, level_s, wanted, max_s)
             print(f"level {share:.0%}: {rate:.3g} req/s for {seconds:.0f} s", file=sys.stderr)
             traffic = {"rate": rate, "duration_s": seconds, "seed": 20 + i}
             outcome = run_load(
@@ -128,7 +149,7 @@ def run_config(
                 progress=False,
             )
             folders[share] = outcome.folder
-    calibration = calibrate_runs([folders[s] for s in FIT], max_num_seqs=slots)
+    calibration = calibrate_runs([*(folders[s] for s in FIT), *fitted], max_num_seqs=slots)
     return [
         (f"{kind} {slots} slots", share, row)
         for share in HELD_OUT
@@ -195,14 +216,33 @@ def main() -> int:
         default=40,
         help="a level lasts long enough to send about this many requests (default 40) ...",
     )
+    p.add_argument(
+        "--held-out-requests",
+        type=int,
+        default=200,
+        help="... and a held-out level this many (default 200: a p95 of fewer moves a lot "
+        "from run to run)",
+    )
     p.add_argument("--max-level-s", type=float, default=300.0, help="... up to this many seconds")
+    p.add_argument(
+        "--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)"
+    )
     a = p.parse_args()
     started = time.monotonic()
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = a.keep or stack.enter_context(tempfile.TemporaryDirectory())
         for slots in (int(s) for s in a.slots.split(",")):
-            out = Path(tmp) / f"np{slots}"
-            results += run_config(a.engine, slots, a.level_s, out, a.min_requests, a.max_level_s)
+            out = Path(tmp) / f"{a.engine}-np{slots}"
+            results += run_config(
+                a.engine,
+                slots,
+                a.level_s,
+                out,
+                a.min_requests,
+                a.held_out_requests,
+                a.max_level_s,
+            )
     print(table(results))
     print(aim([r for _, _, r in results]))
     print(f"({time.monotonic() - started:.0f} s)")

@@ -59,6 +59,7 @@ class Endpoint:
     timeout_s: float = 60.0
     stream: bool = True
     extra_body: dict[str, Any] = field(default_factory=dict)
+    max_response_bytes: int = 8 << 20
 
     @classmethod
     def from_target(cls, target: Target, base_url: str | None, api_key: str | None) -> Endpoint:
@@ -73,6 +74,7 @@ class Endpoint:
             target.timeout_s,
             target.stream,
             dict(target.extra_body),
+            target.max_response_bytes,
         )
 
     @property
@@ -132,6 +134,22 @@ class TargetUnreachable(Exception):
     pass
 
 
+class TargetRefused(Exception):
+    """The target turned the requests away (401/403) before any load was sent."""
+
+
+AUTH_STATUSES = (401, 403)
+SSE_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
+
+
+def refused_message(endpoint: Endpoint, status: int, detail: str) -> str:
+    keyed = "with the API key given" if endpoint.api_key else "without an API key"
+    return (
+        f"{endpoint.base_url} refused the request {keyed} (HTTP {status}: {detail[:120]}): "
+        "set target.api_key_env in the scenario to the variable holding a valid key"
+    )
+
+
 def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
     """Check the target answers and serves the model before any load is sent.
 
@@ -144,7 +162,9 @@ def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as r:
             listing = json.load(r)
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as e:
+        if e.code in AUTH_STATUSES:
+            raise TargetRefused(refused_message(endpoint, e.code, str(e.reason))) from None
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
@@ -193,6 +213,7 @@ class StreamingCall:
         self.text: list[str] = []  # the answer's content, for a session's history
         self.retry_after_s: float | None = None  # the server's Retry-After, if it sent one
         self._chunks = 0
+        self._bytes = 0  # of the response body read so far
         self._tokens_seen = 0  # the running completion count, where every chunk carries it
         self._finished = False  # the server sent a finish_reason
         self._completed = False  # the response was read to its end
@@ -258,7 +279,7 @@ class StreamingCall:
         except ConnectionRefusedError as e:
             self._fail("error", "connection_refused", str(e))
         except (http.client.HTTPException, OSError) as e:
-            self._fail("error", "connection_error", f"{type(e).__name__}: {e}")
+            self._fail("error", _broken_kind(rec), f"{type(e).__name__}: {e}")
         except Exception as e:  # a failing target is recorded, never a crash of the run
             self._fail("error", "client_exception", f"{type(e).__name__}: {e}")
         finally:
@@ -266,6 +287,7 @@ class StreamingCall:
                 conn.close()
             if rec.end is None:
                 rec.end = self.clock()
+            rec.response_bytes = self._bytes or None
         return rec
 
     def cancel(self) -> None:
@@ -358,6 +380,7 @@ class StreamingCall:
     ) -> None:
         done = False
         patience = self.spec.patience_s
+        ep_limit = self.endpoint.max_response_bytes
         while True:
             limit = deadline
             if patience is not None and self.record.first_token is None:
@@ -371,8 +394,18 @@ class StreamingCall:
             now = self.clock()
             if not line:
                 break
+            self._bytes += len(line)
+            if self._bytes > ep_limit:
+                raise StreamError(
+                    "response_too_large",
+                    f"the response passed target.max_response_bytes ({ep_limit:,} bytes): "
+                    "the rest was not read",
+                )
             if not line.startswith(b"data:"):
-                continue  # blank separators, comments, event:/id: fields
+                if line.strip() and not line.startswith(SSE_FIELDS):
+                    kind = "sse_missing_data" if line.lstrip().startswith(b"{") else "protocol"
+                    raise StreamError(kind, f"line is not an SSE field: {line[:80]!r}")
+                continue  # blank separators, comments, event:/id:/retry: fields
             data = line[5:].strip()
             if data == b"[DONE]":
                 done = True
@@ -383,12 +416,22 @@ class StreamingCall:
                 raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
             self._on_event(event, now)
         if not (done or self._finished):
+            if _cut_off(response):
+                raise StreamError("stream_reset", "the connection closed mid-response")
             raise StreamError("incomplete_stream", "the server closed the stream before finishing")
         self._finish()
 
     def _read_whole(self, response: http.client.HTTPResponse) -> None:
-        raw = response.read()
+        limit = self.endpoint.max_response_bytes
+        raw = response.read(limit + 1)
         now = self.clock()
+        self._bytes = len(raw)
+        if len(raw) > limit:
+            raise StreamError(
+                "response_too_large",
+                f"the response passed target.max_response_bytes ({limit:,} bytes): the rest "
+                "was not read",
+            )
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
@@ -408,6 +451,24 @@ class StreamingCall:
         if rec.output_tokens is None:
             rec.output_tokens = sum(rec.chunk_tokens) if rec.chunk_tokens else self._chunks
             rec.token_source = "chunks"
+
+
+def _cut_off(response: http.client.HTTPResponse) -> bool:
+    """At the end of a body: the connection closed before the body's own framing was complete
+    (no terminating chunk, or bytes of its Content-Length missing): broken, not finished."""
+    if response.chunked:
+        return response.chunk_left is not None  # http.client sets None at the last chunk
+    return bool(response.length)
+
+
+def _broken_kind(rec: RequestRecord) -> str:
+    """What broke, by how far the request got: never connected, connected but no answer,
+    or the answer cut off."""
+    if rec.first_byte is not None:
+        return "stream_reset"
+    if rec.connect_s is not None:
+        return "connection_reset"
+    return "connection_error"
 
 
 def _whole(value: Any) -> int | None:

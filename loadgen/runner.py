@@ -11,10 +11,13 @@ from __future__ import annotations
 import gc
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, TextIO
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
 
 import gevent
 from gevent.event import Event
@@ -24,6 +27,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from loadgen.client import Endpoint, Messages, StreamingCall
+from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
@@ -31,6 +35,23 @@ from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import DROPPED, RecordWriter, RequestRecord
 
 DRAIN_GRACE_S = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A run stopped by a signal before its plan was sent."""
+
+    signum: int
+    at_s: float  # run clock when it came
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        return 128 + self.signum
 
 
 class PromptSource(Protocol):
@@ -73,6 +94,7 @@ class LoadRun:
         telemetry: TelemetryRecorder | None = None,
         telemetry_every_s: float = 1.0,
         prompts: PromptSource | None = None,
+        stop_grace_s: float = DRAIN_GRACE_S,
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
         self.openers = [s for s in self.plan if s.after is None]
@@ -97,6 +119,11 @@ class LoadRun:
         self._history: dict[int, Messages] = {}  # session -> messages so far
         self._sent: dict[str, Messages] = {}  # request id -> the messages it sent (regenerate)
         self._t0 = 0.0
+        self.cpu = CpuUse(self.clock)  # a generator at a full core falls behind its plan
+        self.stop_grace_s = stop_grace_s
+        self.stopped: Stopped | None = None  # set when a signal stopped the sending
+        self._stop = Event()  # stop sending; in-flight requests get stop_grace_s to finish
+        self._cancel = Event()  # a second signal: cancel them now
 
     def clock(self) -> float:
         return time.monotonic() - self._t0
@@ -108,24 +135,58 @@ class LoadRun:
         gc.collect()
         gc.freeze()
         self._t0 = time.monotonic()
+        self.cpu = CpuUse(self.clock)
         background = [
             gevent.spawn(self._every, self.progress_every_s, self._print_progress),
             gevent.spawn(self.loop_lag.watch),
+            gevent.spawn(self._every, 1.0, self.cpu.sample),
         ]
         if self.telemetry is not None:
             background.append(gevent.spawn(self._every, self.telemetry_every_s, self._sample))
+        handlers = self._catch_signals()
         try:
             runner.start(1, spawn_rate=1)
             self._done.wait()
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             self._timers.kill(block=False)
             self.pool.kill(block=True, timeout=DRAIN_GRACE_S)
             runner.quit()
             gevent.killall(background)
             self._print_progress()
             self._sample()  # the final state: every request has finished
+            self.cpu.sample()
             gc.unfreeze()
         return self.progress.finished
+
+    def stop(self, signum: int) -> None:
+        """Stop sending: requests in flight get `stop_grace_s` to finish, then are cancelled
+        (recorded as such); a second call cancels them at once."""
+        if self.stopped is not None:
+            self._cancel.set()
+            return
+        self.stopped = Stopped(signum, self.clock())
+        self._stop.set()
+        if self.progress_out is not None:
+            print(
+                f"\n{self.stopped.name}: sending stopped; requests in flight have "
+                f"{self.stop_grace_s:g} s to finish (send it again to cancel them now)",
+                file=self.progress_out,
+                flush=True,
+            )
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM stop the run instead of killing it; the previous handlers, to
+        restore. The handler only queues `stop` on gevent's loop, safe wherever it lands."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        loop = gevent.get_hub().loop
+
+        def handler(signum: int, _frame: object) -> None:
+            loop.run_callback(self.stop, signum)
+
+        return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
 
     def _user_class(self) -> type[User]:
         load = self
@@ -154,9 +215,15 @@ class LoadRun:
         self._pending = 1  # the dispatcher itself, until every opener is out
         for spec in self.openers:
             self._sleep_until(spec.arrival)
+            if self._stop.is_set():
+                break
             self._launch(spec, spec.arrival)
         self._settle()
-        self._idle.wait(timeout=max(0.0, self._worst_end() - self.clock()) + DRAIN_GRACE_S)
+        wait = max(0.0, self._worst_end() - self.clock()) + DRAIN_GRACE_S
+        gevent.wait([self._idle, self._stop], timeout=wait, count=1)
+        if self._stop.is_set():
+            self._timers.kill(block=False)  # follow-up turns not yet sent are not sent
+            gevent.wait([self._idle, self._cancel], timeout=self.stop_grace_s, count=1)
 
     def _worst_end(self) -> float:
         """When the last request must have ended: each turn's timeouts and retries, chained."""
@@ -171,6 +238,8 @@ class LoadRun:
         return max(end.values(), default=0.0)
 
     def _launch(self, spec: RequestSpec, intended: float) -> None:
+        if self._stop.is_set():
+            return  # stopped by a signal: what was not sent is not sent
         if self.pool.full():
             record = self._unsent(spec, intended, DROPPED)
             self._finish(record)
@@ -286,8 +355,8 @@ class LoadRun:
     def _sleep_until(self, t: float) -> None:
         """Sleep until the run clock reads `t`: gevent's timers may wake a little early (its
         loop caches the time), so sleep again for what is left."""
-        while (delay := t - self.clock()) > 0:
-            gevent.sleep(delay)
+        while (delay := t - self.clock()) > 0 and not self._stop.wait(delay):
+            pass
 
     def _launch_later(self, spec: RequestSpec, due: float) -> None:
         try:

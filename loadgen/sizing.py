@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen.client import Endpoint, Messages, StreamingCall
+from loadgen.client import (
+    AUTH_STATUSES,
+    Endpoint,
+    Messages,
+    StreamingCall,
+    TargetRefused,
+    refused_message,
+)
 from scenarios.messy import Messiness, MessStats, empty_text, measure, paste_text
 from scenarios.plan import RequestSpec
 from scenarios.prompts import RagSource, estimate_chars_per_token
@@ -177,6 +184,9 @@ def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> Prob
                 break
             result.rejected += 1
             time.sleep(min(call.retry_after_s or 0.5, 5.0))
+        if record.http_status in AUTH_STATUSES:
+            detail = record.error_detail or ""
+            raise TargetRefused(refused_message(endpoint, record.http_status or 0, detail))
         if record.status != "ok":
             return result
         result.prompt_tokens += record.prompt_tokens or 0

@@ -66,9 +66,10 @@ class SloResult:
 
 @dataclass(frozen=True)
 class TokenReconciliation:
-    """Prompt tokens the plan asked for beside those the server counted (its `usage`)."""
+    """Prompt tokens the plan asked for beside those the server counted (its `usage`), and
+    output tokens the server counted beside those the client counted in the stream."""
 
-    requests: int  # successful requests with both counts
+    requests: int  # successful requests with both prompt counts
     planned: int
     served: int
     median_error_pct: float  # median of |served - planned| / planned, in %
@@ -76,25 +77,42 @@ class TokenReconciliation:
     cache_reports: int = 0  # successful requests whose server said how many came from its cache
     cache_prompt: int = 0  # their prompt tokens
     cached: int = 0  # of which the server took from its prefix cache
+    # successful streamed requests with `usage` whose stream is one token per chunk (no
+    # per-chunk usage said otherwise): the server's output count beside the chunks counted
+    output_requests: int = 0
+    output_usage: int = 0
+    output_streamed: int = 0
+    output_disagreeing: int = 0  # requests whose two counts differ by more than 5%
 
     @property
     def cache_hit_rate(self) -> float | None:
         return self.cached / self.cache_prompt if self.cache_prompt else None
 
+    @property
+    def output_gap_pct(self) -> float | None:
+        """How far the stream's count is from the server's, in % of the server's."""
+        if not self.output_usage:
+            return None
+        return (self.output_streamed - self.output_usage) / self.output_usage * 100.0
+
     @classmethod
     def of(cls, records: Sequence[RequestRecord]) -> TokenReconciliation | None:
+        ok = [r for r in records if r.status == "ok" and r.token_source == "usage"]
         pairs = [
             (r.planned_prompt_tokens, r.prompt_tokens)
-            for r in records
-            if r.status == "ok"
-            and r.token_source == "usage"
-            and r.planned_prompt_tokens
-            and r.prompt_tokens is not None
+            for r in ok
+            if r.planned_prompt_tokens and r.prompt_tokens is not None
         ]
-        if not pairs:
+        outputs = np.array(
+            [(r.output_tokens, len(r.chunk_times)) for r in ok if _one_token_chunks(r)],
+            dtype=float,
+        ).reshape(-1, 2)
+        if not pairs and not len(outputs):
             return None
-        planned, served = np.array(pairs, dtype=float).T
-        error = np.abs(served - planned) / planned * 100.0
+        usage, streamed = outputs.T
+        disagreeing = int((np.abs(streamed - usage) > OUTPUT_COUNT_TOLERANCE * usage).sum())
+        planned, served = np.array(pairs, dtype=float).reshape(-1, 2).T
+        error = np.abs(served - planned) / planned * 100.0 if pairs else np.zeros(1)
         reports = [
             (r.prompt_tokens or 0, r.cached_tokens or 0)
             for r in records
@@ -109,7 +127,35 @@ class TokenReconciliation:
             len(reports),
             sum(p for p, _ in reports),
             sum(c for _, c in reports),
+            len(outputs),
+            int(usage.sum()),
+            int(streamed.sum()),
+            disagreeing,
         )
+
+
+OUTPUT_COUNT_TOLERANCE = 0.05
+
+
+def _one_token_chunks(r: RequestRecord) -> bool:
+    """A streamed record whose chunks should each carry one token: the server counted its
+    output and no per-chunk usage said a chunk held several."""
+    return bool(r.output_tokens) and bool(r.chunk_times) and r.chunk_tokens is None
+
+
+def output_count_warning(tokens: TokenReconciliation | None) -> str | None:
+    """A warning when the stream's chunks and the server's output count disagree by more than
+    5%: then a chunk is not a token, and per-chunk gaps are not per-token ITL."""
+    gap = tokens.output_gap_pct if tokens else None
+    if tokens is None or gap is None or abs(gap) <= OUTPUT_COUNT_TOLERANCE * 100:
+        return None
+    return (
+        f"the server's usage counted {tokens.output_usage:,} output tokens, the stream carried "
+        f"{tokens.output_streamed:,} content chunks ({gap:+.1f}%; {tokens.output_disagreeing} "
+        f"of {tokens.output_requests} requests apart by more than 5%): a chunk is not one "
+        "token here (the server holds back partial characters, or sends several tokens per "
+        "chunk without per-chunk usage), so ITL per chunk is not per token"
+    )
 
 
 UNPLANNED_CACHE_MARGIN = 0.10  # hit rate above the plan's shareable share that is worth a word

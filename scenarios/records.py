@@ -52,6 +52,7 @@ class RequestRecord:
     schedule_lag_s: float | None = None  # the call began this late after its intended start
     connect_s: float | None = None  # seconds to open the connection
     first_byte: float | None = None  # when the response's status line arrived
+    response_bytes: int | None = None  # body bytes read (counted, never stored)
 
     @property
     def ttft(self) -> float | None:

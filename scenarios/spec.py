@@ -119,6 +119,13 @@ class Target(Strict):
     )
     timeout_s: float = Field(60.0, gt=0, le=3600)
     stream: bool = True
+    max_response_bytes: int = Field(
+        8 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="A response body longer than this is cut off and the request fails as "
+        "response_too_large: bytes are counted, never kept.",
+    )
     extra_body: dict[str, Any] = Field(default_factory=dict)
     salt_prompts: bool = Field(
         True,
@@ -139,16 +146,51 @@ class StepCostSpec(Strict):
 
 
 class TargetFaults(Strict):
-    """Faults the reference target injects on purpose, each a probability per request."""
+    """Faults the reference target injects on purpose, each a probability per request (one
+    draw per request picks at most one; their sum must be at most 1)."""
 
     reject_429: float = Field(0.0, ge=0, le=1, description="Answer 429 with Retry-After.")
     retry_after_s: float = Field(1.0, ge=0, le=3600, description="The Retry-After it sends.")
     error_500: float = Field(0.0, ge=0, le=1, description="Answer 500 before generating.")
+    reset_stream: float = Field(
+        0.0, ge=0, le=1, description="Cut the connection halfway through a streamed answer."
+    )
+    stall: float = Field(0.0, ge=0, le=1, description="Wait stall_s before the first token.")
+    stall_s: float = Field(5.0, ge=0, le=3600)
+    malformed_sse: float = Field(
+        0.0, ge=0, le=1, description="Write one event mid-stream without its `data:` prefix."
+    )
+    missing_usage: float = Field(
+        0.0, ge=0, le=1, description="Leave out the usage the client asked for."
+    )
+    slow_headers: float = Field(
+        0.0, ge=0, le=1, description="Wait slow_headers_s before the response headers."
+    )
+    slow_headers_s: float = Field(5.0, ge=0, le=3600)
+    oversized: float = Field(
+        0.0, ge=0, le=1, description="Stream one content chunk of oversized_bytes characters."
+    )
+    oversized_bytes: int = Field(1 << 20, ge=1, le=1 << 30)
+    die_after: int | None = Field(
+        None, ge=1, description="Exit abruptly (a crash) when this many requests have come."
+    )
     seed: int = Field(0, ge=0, description="Seed of the fault draws.")
+
+    @model_validator(mode="after")
+    def _one_draw(self) -> TargetFaults:
+        if sum(self.chances().values()) > 1 + 1e-9:
+            raise ValueError("the fault probabilities add up to more than 1")
+        return self
+
+    def chances(self) -> dict[str, float]:
+        """Each per-request fault and its probability, in the order they are drawn."""
+        names = ("reject_429", "error_500", "reset_stream", "stall", "malformed_sse")
+        more = ("missing_usage", "slow_headers", "oversized")
+        return {n: float(getattr(self, n)) for n in (*names, *more)}
 
     @property
     def any(self) -> bool:
-        return self.reject_429 > 0 or self.error_500 > 0
+        return any(self.chances().values()) or self.die_after is not None
 
 
 class ReferenceTarget(Strict):
@@ -188,9 +230,23 @@ class Traffic(Strict):
         10.0,
         gt=0,
         description="A run whose generator's event loop woke later than this at p99 is invalid: "
-        "every time it stamped may carry that delay (benchmarks/load_generator.py: p99 loop lag 2.5 ms "
-        "went with 4 ms of added TTFT error, 9 ms with 10 ms). Set 5 for a 5 ms promise; light "
-        "runs doing heavy prompt work can reach 5 ms now and then.",
+        "every time it stamped may carry that delay (benchmarks/load_generator.py: p99 loop "
+        "lag 2.5 ms went with 4 ms of added TTFT error, 9 ms with 10 ms). Set 5 for a 5 ms "
+        "promise; light runs doing heavy prompt work can reach 5 ms now and then.",
+    )
+    max_generator_cpu: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A run whose generator used more than this share of one core on average "
+        "is invalid: at a full core it can no longer send or stamp on time.",
+    )
+    stop_grace_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="On SIGINT or SIGTERM sending stops; requests in flight get this long to "
+        "finish, then are cancelled (recorded as such). A second signal cancels them at once.",
     )
 
     @model_validator(mode="after")

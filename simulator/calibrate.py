@@ -18,6 +18,7 @@ saturation; they come from the caller.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,32 @@ class Fit:
                 factor = linear.duration(*map(round, self.typical_step)) / typical
                 out.append((scaled(self.model, factor), float(d[0])))
         return out
+
+
+MIN_STEPS = 50  # timed engine steps: fewer say little about the step cost
+MIN_R2 = 0.3
+MAX_RELATIVE_RMS = 0.4  # residual RMS over a typical step's time
+
+
+def fit_problems(fit: Fit) -> list[str]:
+    """Why a fit is unusable for forecasting; empty when it can be used. A low R^2 alone is
+    not one: where every step is alike (one slot, steady load) there is little variance to
+    explain, and the fit is only as good as its residuals are small."""
+    problems = []
+    if fit.step_rows < MIN_STEPS:
+        problems.append(
+            f"only {fit.step_rows} engine steps were timed (at least {MIN_STEPS} needed): run "
+            "longer, or at a higher rate"
+        )
+    typical = fit.cost().duration(*map(round, fit.typical_step))
+    relative = fit.rmse_s / typical if typical > 0 else math.inf
+    if fit.r2 < MIN_R2 and relative > MAX_RELATIVE_RMS:
+        problems.append(
+            f"the step-cost model explains little: R^2 {fit.r2:.2f} (< {MIN_R2}) with residuals "
+            f"of {relative:.0%} of a typical step (> {MAX_RELATIVE_RMS:.0%}): the step times "
+            "are mostly noise (a busy machine, too short a run, steps not recovered)"
+        )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -304,7 +331,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     identifiable = np.ptp(x, axis=0) > 0
     identifiable[0] = True  # the intercept (base) is always fitted
     xs = x[:, identifiable]
-    beta, keep = robust_lstsq(xs, y)
+    beta, keep = robust_lstsq(xs, y, x[:, 2] > 0)  # prefill steps judged apart
     per_step = (y - xs @ beta) / x[:, 0]  # every row, outliers too: x[:, 0] steps in a row
     resid = y[keep] - xs[keep] @ beta
     sigma2 = float(resid @ resid) / max(int(keep.sum()) - xs.shape[1], 1)
@@ -348,12 +375,20 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
         len(overheads),
         r2,
         float(np.sqrt(np.mean(resid**2))),
-        tuple(float(q) for q in np.percentile(per_step, np.linspace(0, 100, 101))),
+        tuple(float(q) for q in np.percentile(_noise(per_step, x), np.linspace(0, 100, 101))),
         model,
         selection.name,
         selection.candidates,
         typical,
     )
+
+
+def _noise(per_step: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The residuals a simulated inter-token gap draws its scatter from: those of decode-only
+    steps, where there are enough (most gaps are such steps; a prompt's step scatters far
+    more, and would put its tail on every gap)."""
+    decode_only = x[:, 2] == 0
+    return per_step[decode_only] if decode_only.sum() >= 20 else per_step
 
 
 def _bent(selection: Selection, per_prefill_token_s: float | None) -> CostModel | None:

@@ -28,7 +28,7 @@ FOLDS = 5
 MARGIN = 0.05  # a more complex model must cut the held-out error by more than this to be chosen
 MIN_ROWS = 100  # fewer rows than this: the linear model, no selection
 MAX_KNOTS = 8  # batch sizes in a table at most
-KNOT_ROWS = 10  # rows a batch size needs to be a knot of the table
+KNOT_ROWS = 30  # rows a batch size needs to be a knot of the table (fewer: too noisy to price)
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,23 @@ class Selection:
     candidates: tuple[Candidate, ...]
 
 
-def robust_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def robust_lstsq(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Non-negative least squares (a mean fit: queueing depends on mean service time) refitted
-    without the rows whose residual is beyond OUTLIER_MADS robust deviations (a paused client,
-    a garbage collection): (coefficients, rows kept)."""
+    without the rows whose residual is beyond OUTLIER_MADS robust deviations of their group (a
+    paused client, a garbage collection): (coefficients, rows kept)."""
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
     return _robust(
         lambda k: lsq_linear(x[k] / scale, y[k], bounds=(0.0, np.inf)).x / scale,
         lambda b: y - x @ b,
         len(y),
         x.shape[1],
+        groups,
     )
+
+
+MIN_GROUP = 8  # rows a group needs before any of them is judged an outlier
 
 
 def _robust(
@@ -83,15 +89,27 @@ def _robust(
     residuals: Callable[[np.ndarray], np.ndarray],
     n: int,
     params: int,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit, drop the rows beyond OUTLIER_MADS robust deviations, refit, until the rows settle."""
+    """Fit, drop the rows beyond OUTLIER_MADS robust deviations, refit, until the rows settle.
+
+    Deviations are judged within each group (`groups`: a label per row): steps that prefill a
+    prompt are few, slow and scattered beside decode-only steps, and judged by the decode
+    steps' spread they would all be dropped, and the prompt's cost with them."""
+    labels = np.zeros(n, dtype=int) if groups is None else np.asarray(groups).astype(int)
     keep = np.ones(n, dtype=bool)
     beta = fit(keep)
     for _ in range(5):
         resid = residuals(beta)
-        centre = float(np.median(resid[keep]))
-        spread = 1.4826 * float(np.median(np.abs(resid[keep] - centre)))
-        now = np.abs(resid - centre) <= max(OUTLIER_MADS * spread, 1e-9)
+        now = np.ones(n, dtype=bool)
+        for g in np.unique(labels):
+            rows = labels == g
+            judged = rows & keep
+            if judged.sum() < MIN_GROUP:
+                continue
+            centre = float(np.median(resid[judged]))
+            spread = 1.4826 * float(np.median(np.abs(resid[judged] - centre)))
+            now[rows] = np.abs(resid[rows] - centre) <= max(OUTLIER_MADS * spread, 1e-9)
         if np.array_equal(now, keep) or now.sum() < params + 1:
             break
         keep = now
@@ -99,12 +117,13 @@ def _robust(
     return beta, keep
 
 
-def _solve(x: np.ndarray, y: np.ndarray, always: np.ndarray) -> np.ndarray:
-    """Robust non-negative coefficients; a column that does not vary (and is not `always` fitted)
-    cannot be told from the others and gets 0."""
-    cols = always | (np.ptp(x, axis=0) > 0) if len(y) else always
+def _solve(x: np.ndarray, r: StepRows, always: np.ndarray) -> np.ndarray:
+    """Robust non-negative coefficients (outliers judged apart for prefill and decode-only
+    rows); a column that does not vary (and is not `always` fitted) cannot be told from the
+    others and gets 0."""
+    cols = always | (np.ptp(x, axis=0) > 0) if len(r) else always
     beta = np.zeros(x.shape[1])
-    beta[cols] = robust_lstsq(x[:, cols], y)[0]
+    beta[cols] = robust_lstsq(x[:, cols], r.seconds, r.prefill > 0)[0]
     return beta
 
 
@@ -116,12 +135,12 @@ def _linear_columns(r: StepRows, context: bool) -> np.ndarray:
 
 
 def fit_linear(r: StepRows) -> StepCost:
-    b = _solve(_linear_columns(r, False), r.seconds, np.array([True, False, False]))
+    b = _solve(_linear_columns(r, False), r, np.array([True, False, False]))
     return StepCost(float(b[0]), float(b[1]), float(b[2]))
 
 
 def fit_context(r: StepRows) -> ContextStepCost:
-    b = _solve(_linear_columns(r, True), r.seconds, np.array([True, False, False, False]))
+    b = _solve(_linear_columns(r, True), r, np.array([True, False, False, False]))
     return ContextStepCost(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
 
@@ -158,7 +177,7 @@ def fit_table(r: StepRows) -> DecodeTableCost:
     context = r.context is not None
     x = np.column_stack([r.steps[:, None] * _hats(xs, batch), _linear_columns(r, context)[:, 2:]])
     always = np.arange(x.shape[1]) < len(xs)
-    b = _solve(x, r.seconds, always)
+    b = _solve(x, r, always)
     per_context = float(b[len(xs) + 1]) if context else 0.0
     return DecodeTableCost(
         tuple(map(float, xs)), tuple(map(float, b[: len(xs)])), float(b[len(xs)]), per_context
@@ -201,7 +220,7 @@ def fit_roofline(r: StepRows) -> RooflineCost:
         starts[:] = [best.x]
         return np.asarray(best.x)
 
-    p, _ = _robust(fit, resid, len(y), 4)
+    p, _ = _robust(fit, resid, len(y), 4, r.prefill > 0)
     return RooflineCost(*map(float, p * scale))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from types import TracebackType
 
 from scenarios.spec import TargetFaults
 from simulator.engine import EngineConfig
+
+TARGET_KEY_ENV = "SURGECAST_TARGET_API_KEY"  # the key the reference target wants, if any
 
 
 class TargetStartError(RuntimeError):
@@ -32,10 +35,14 @@ class ReferenceTargetProcess:
         start_timeout_s: float = 60.0,
         faults: TargetFaults | None = None,
         stream_interval: int = 1,
+        api_key: str | None = None,
+        debug: bool = False,
     ):
         self.config = config
         self.faults = faults
         self.stream_interval = stream_interval
+        self.api_key = api_key  # passed in the environment: never on a command line
+        self.debug = debug
         self.model = model
         self.host = host
         self.start_timeout_s = start_timeout_s
@@ -62,7 +69,19 @@ class ReferenceTargetProcess:
             cmd += ["--stream-interval", str(self.stream_interval)]
         if self.faults is not None and self.faults.any:
             cmd += ["--faults-json", self.faults.model_dump_json()]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.debug:
+            cmd.append("--debug")
+        env = {k: v for k, v in os.environ.items() if k != TARGET_KEY_ENV}
+        if self.api_key:
+            env[TARGET_KEY_ENV] = self.api_key
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a terminal's Ctrl-C reaches surgecast, which drains first
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "listening on " not in line:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
+import os
 import random
 import sys
 import time
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from scenarios.spec import TargetFaults
 from scenarios.text import count_tokens, output_word
@@ -41,6 +44,7 @@ class ServedRequest:
     end: float | None = None
     output_tokens: int = 0
     status: str = "running"
+    fault: str | None = None  # the fault injected into it (a TargetFaults field name)
 
 
 class LiveEngine:
@@ -116,6 +120,20 @@ def _error(message: str, status: int = 400, param: str | None = None) -> web.Res
     return web.json_response(body, status=status)
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413...) as OpenAI-style JSON, not text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = _error(f"{e.reason}: {request.method} {request.path}", e.status)
+        if "Allow" in e.headers:
+            response.headers["Allow"] = e.headers["Allow"]
+        return response
+
+
 def _prompt_text(body: dict[str, Any], chat: bool) -> str:
     if chat:
         messages = body.get("messages")
@@ -153,26 +171,43 @@ class ReferenceTarget:
         history: int = 10000,
         faults: TargetFaults | None = None,
         stream_interval: int = 1,
+        api_key: str | None = None,
+        debug: bool = False,
     ):
         self.config = config
+        self.api_key = api_key  # when set, /v1 wants `Authorization: Bearer <key>`
+        self.debug = debug  # serve /debug/requests: every request's timing, unauthenticated
         self.stream_interval = stream_interval  # tokens per chunk, as vLLM's --stream-interval
         self.model = model
         self.faults = faults or TargetFaults()
         self._fault_rng = random.Random(self.faults.seed)
+        self._requests = 0
         self.live: LiveEngine | None = None
         self.served: deque[ServedRequest] = deque(maxlen=history)
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "success": 0, "aborted": 0}
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors, self._authorize])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/debug/requests", self._debug_requests)
+        if self.debug:
+            app.router.add_get("/debug/requests", self._debug_requests)
         app.cleanup_ctx.append(self._engine_task)
         return app
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With an API key set, the API wants it as a bearer token (401 otherwise, as OpenAI)."""
+        if self.api_key and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                message = "Incorrect API key provided." if given else "No API key provided."
+                body = {"message": message, "type": "invalid_request_error", "param": None}
+                return web.json_response({"error": {**body, "code": "invalid_api_key"}}, status=401)
+        return await handler(request)
 
     async def _engine_task(self, app: web.Application) -> Any:
         self.live = LiveEngine(self.config)
@@ -261,8 +296,9 @@ class ReferenceTarget:
             return _error(str(e), e.status, e.param)
         assert self.live is not None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if self.faults.any and (fault := self._injected_fault(rid, received, prompt_tokens)):
-            return fault
+        fault = self._draw_fault() if self.faults.any else None
+        if fault in ("reject_429", "error_500"):
+            return self._fault_response(fault, rid, received, prompt_tokens)
         seq = Sequence(rid, prompt_tokens, max_tokens)
         if not self.live.engine.fits_ever(seq):
             return _error(
@@ -271,7 +307,7 @@ class ReferenceTarget:
                 f"({prompt_tokens} prompt + {max_tokens} output).",
                 param="max_tokens",
             )
-        record = ServedRequest(rid, received, prompt_tokens, max_tokens)
+        record = ServedRequest(rid, received, prompt_tokens, max_tokens, fault=fault)
         self.served.append(record)
         stream = bool(body.get("stream", False))
         options = body.get("stream_options") or {}
@@ -284,7 +320,9 @@ class ReferenceTarget:
         try:
             if stream:
                 usage = "every chunk" if every_chunk else "end" if include_usage else None
-                return await self._stream(request, rid, chat, queue, record, usage)
+                if fault == "missing_usage":
+                    usage = None
+                return await self._stream(request, rid, chat, queue, record, usage, fault)
             return await self._whole(rid, chat, queue, record)
         finally:
             if record.status != "ok":
@@ -292,20 +330,33 @@ class ReferenceTarget:
                 self.counters["aborted"] += 1
                 record.status = "aborted"
 
-    def _injected_fault(self, rid: str, received: float, prompt_tokens: int) -> web.Response | None:
-        """A 429 or 500 drawn with the configured probabilities, recorded as served."""
+    def _draw_fault(self) -> str | None:
+        """This request's injected fault (a TargetFaults field name), or None; a target set to
+        die exits abruptly once its request count is reached, in-flight requests and all."""
+        self._requests += 1
+        if self.faults.die_after is not None and self._requests >= self.faults.die_after:
+            asyncio.get_running_loop().call_soon(os._exit, 70)  # a crash: no cleanup, no reply
         draw = self._fault_rng.random()
-        f = self.faults
-        if draw < f.reject_429:
+        for name, chance in self.faults.chances().items():
+            if draw < chance:
+                return name
+            draw -= chance
+        return None
+
+    def _fault_response(
+        self, fault: str, rid: str, received: float, prompt_tokens: int
+    ) -> web.Response:
+        """An injected 429 or 500, recorded as served."""
+        if fault == "reject_429":
             status, message = 429, "Rate limit reached (injected by the reference target)."
-        elif draw < f.reject_429 + f.error_500:
-            status, message = 500, "Internal error (injected by the reference target)."
         else:
-            return None
-        self.served.append(ServedRequest(rid, received, prompt_tokens, 0, status=f"http_{status}"))
+            status, message = 500, "Internal error (injected by the reference target)."
+        self.served.append(
+            ServedRequest(rid, received, prompt_tokens, 0, status=f"http_{status}", fault=fault)
+        )
         response = _error(message, status)
         if status == 429:
-            response.headers["Retry-After"] = f"{f.retry_after_s:g}"
+            response.headers["Retry-After"] = f"{self.faults.retry_after_s:g}"
         return response
 
     def _usage(self, record: ServedRequest) -> dict[str, int]:
@@ -354,11 +405,14 @@ class ReferenceTarget:
         queue: asyncio.Queue[int | None],
         record: ServedRequest,
         usage: str | None,  # None, "end" (include_usage) or "every chunk" (vLLM's continuous)
+        fault: str | None = None,  # an injected stream fault (a TargetFaults field name)
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         response.enable_chunked_encoding()
+        if fault == "slow_headers":
+            await asyncio.sleep(self.faults.slow_headers_s)
         await response.prepare(request)
         sse = _ChunkWriter(response, rid, chat, self.model)
         try:
@@ -373,8 +427,15 @@ class ReferenceTarget:
                     ]
                 )
             pending: list[str] = []  # tokens not yet written: up to stream_interval of them
+            if fault == "stall":
+                await asyncio.sleep(self.faults.stall_s)
             while True:
                 index = await queue.get()
+                if fault and index == record.max_tokens // 2 + 1:  # halfway through
+                    if fault == "reset_stream" and request.transport is not None:
+                        request.transport.abort()
+                        return response
+                    await self._break_stream(fault, response, sse)
                 if index is not None:
                     word = output_word(index)
                     pending.append(word if index == 1 else " " + word)
@@ -399,6 +460,16 @@ class ReferenceTarget:
             return response
         self._finish(record)
         return response
+
+    async def _break_stream(
+        self, fault: str, response: web.StreamResponse, sse: _ChunkWriter
+    ) -> None:
+        """Write what an injected mid-stream fault writes."""
+        if fault == "malformed_sse":  # an event without its `data:` prefix
+            chunk = {**sse.head, "choices": [sse.choice("oops")]}
+            await response.write(json.dumps(chunk).encode() + b"\n\n")
+        elif fault == "oversized":
+            await sse.send([sse.choice("x" * self.faults.oversized_bytes)])
 
 
 class _ChunkWriter:
@@ -433,13 +504,22 @@ async def serve(
     exit_with_parent: bool = False,
     faults: TargetFaults | None = None,
     stream_interval: int = 1,
+    api_key: str | None = None,
+    debug: bool = False,
 ) -> None:
     """Serve until cancelled; prints the base URL once listening (port 0 picks a free one).
 
     With `exit_with_parent`, also stop when stdin closes: a parent that starts the target with a
     pipe on its stdin takes the target down with it, even when the parent is killed.
     """
-    target = ReferenceTarget(config, model, faults=faults, stream_interval=stream_interval)
+    target = ReferenceTarget(
+        config,
+        model,
+        faults=faults,
+        stream_interval=stream_interval,
+        api_key=api_key,
+        debug=debug,
+    )
     runner = web.AppRunner(target.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

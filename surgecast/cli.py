@@ -11,16 +11,19 @@ import argparse
 import asyncio
 import json
 import math
+import os
+import signal
 import statistics
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from loadgen.client import MissingApiKey, MissingModel, TargetUnreachable
+from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
 from scenarios.corpora import CorpusError
 from scenarios.spec import (
     Scenario,
@@ -33,7 +36,7 @@ from scenarios.spec import (
 )
 from scenarios.traces import TraceError
 from scenarios.traffic import PlanTooLarge
-from simulator.launch import TargetStartError
+from simulator.launch import TARGET_KEY_ENV, TargetStartError
 from surgecast import __version__
 from surgecast.rundir import InvalidRun
 from targets.llama_build import BuildError
@@ -51,7 +54,8 @@ LLAMA = "llama-server"  # --target value: surgecast starts llama-server on loopb
 VLLM = "vllm"  # --target value: surgecast starts vLLM (CPU, `make vllm`) on loopback
 ENGINES = (LLAMA, VLLM)
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_SLO, EXIT_INTERRUPTED = 0, 2, 3, 99, 130
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INVALID, EXIT_SLO = 0, 2, 3, 99
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, SIGTERM
 
 
 class BadInput(Exception):
@@ -286,6 +290,17 @@ def _parser() -> argparse.ArgumentParser:
         "--exit-with-parent",
         action="store_true",
         help="also stop when stdin closes (used when surgecast starts the target)",
+    )
+    s.add_argument(
+        "--api-key",
+        help=f"serve only requests that send this key (Authorization: Bearer KEY); default: "
+        f"${TARGET_KEY_ENV} when set, else any request (a key given here shows in `ps`)",
+    )
+    s.add_argument(
+        "--debug",
+        action="store_true",
+        help="serve /debug/requests: the target's own timing of every request, for tests and "
+        "benchmarks (unauthenticated: off by default)",
     )
 
     s = sub.add_parser(
@@ -577,7 +592,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
             raise BadInput(f"--faults-json: not valid JSON: {e}") from None
     try:
         asyncio.run(
-            serve(config, a.host, a.port, a.model, a.exit_with_parent, faults, interval or 1)
+            serve(
+                config,
+                a.host,
+                a.port,
+                a.model,
+                a.exit_with_parent,
+                faults,
+                interval or 1,
+                api_key=a.api_key or os.environ.get(TARGET_KEY_ENV) or None,
+                debug=a.debug,
+            )
         )
     except KeyboardInterrupt:
         return EXIT_OK
@@ -637,14 +662,17 @@ def _target_arg(a: argparse.Namespace) -> str | None:
     return None if a.target in ENGINES else a.target
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled as Ctrl-C is (servers stopped, run folders marked), exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def cmd_target(a: argparse.Namespace) -> int:
     if a.engine == VLLM:
         return _serve_vllm(a)
-    import signal
     import time
 
     from targets.llama_launch import LlamaOptions, launch, prepare
@@ -655,7 +683,6 @@ def cmd_target(a: argparse.Namespace) -> int:
         binary, model = prepare(options, say)
         _print(f"binary: {binary}\nmodel: {model}")
         return EXIT_OK
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
     server = launch(options, a.alias, say)
     try:
         limits = server.limits
@@ -677,7 +704,6 @@ def cmd_target(a: argparse.Namespace) -> int:
 
 def _serve_vllm(a: argparse.Namespace) -> int:
     """`surgecast target vllm`: start vLLM, print its URL and limits, serve until Ctrl-C."""
-    import signal
     import time
 
     from targets.vllm_launch import VllmOptions, launch
@@ -691,7 +717,6 @@ def _serve_vllm(a: argparse.Namespace) -> int:
         prefix_caching=not a.no_prefix_caching,
         model_size=a.model_size,
     )
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
     server = launch(options, a.alias, _print)
     try:
         limits = server.limits
@@ -721,6 +746,8 @@ def _run_exit(outcome: RunOutcome) -> int:
     _print(summary_tables(outcome.summary))
     for reason in outcome.reasons:
         print(f"run invalid: {reason}", file=sys.stderr)
+    if outcome.interrupted:
+        return outcome.interrupted
     if not outcome.valid:
         return EXIT_INVALID
     return EXIT_OK if outcome.summary.slos_passed else EXIT_SLO
@@ -786,7 +813,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from scenarios.records import RecordsError
     from simulator.backtest import backtest_warnings
-    from simulator.calibrate import CalibrationError
+    from simulator.calibrate import CalibrationError, fit_problems
     from surgecast.pipeline import backtest_run, calibrate_runs
     from surgecast.rundir import RunFolder, RunFolderError, finite_json
     from surgecast.tables import backtest_table, calibration_table
@@ -805,11 +832,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         cal = calibrate_runs(
             folders, max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
         )
-    except (FileNotFoundError, CalibrationError, RunFolderError, RecordsError) as e:
+    except (FileNotFoundError, RunFolderError, RecordsError) as e:
         raise BadInput(str(e)) from None
+    except CalibrationError as e:  # readable runs that cannot support a fit
+        return _unusable([str(e)])
+    _print(calibration_table(cal))
+    problems = fit_problems(cal.fit)
+    if problems:
+        return _unusable(problems)
     text = json.dumps(finite_json(cal.to_dict()), indent=2, allow_nan=False)
     output.write_text(text + "\n", encoding="utf-8")
-    _print(calibration_table(cal))
     if not a.no_backtest:
         for f in folders:
             try:
@@ -823,7 +855,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unusable(problems: Sequence[str]) -> int:
+    """A fit that cannot be used: say why, write no calibration, exit 3."""
+    for problem in problems:
+        print(f"calibration unusable: {problem}", file=sys.stderr)
+    print("no calibration written", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
+    from simulator.calibrate import fit_problems
     from surgecast.rundir import new_run_id
     from surgecast.sweep import held_out_rows, level_rows, sweep
     from surgecast.tables import backtest_table, calibration_table, markdown
@@ -838,10 +879,13 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
         level_s=a.level_duration,
         batch_limit=a.max_num_seqs,
     )
-    output.write_text(json.dumps(result.calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
     headers = ["offered req/s", "served req/s", "TTFT p95 ms", "E2E p95 ms", "role", "knee"]
     _print(markdown(headers, level_rows(result)))
     _print("\n" + calibration_table(result.calibration))
+    problems = fit_problems(result.calibration.fit)
+    if problems:
+        return _unusable(problems)
+    output.write_text(json.dumps(result.calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
     held = held_out_rows(result)
     if held:
         _print("\nheld-out levels, predicted:\n" + backtest_table(held))
@@ -951,7 +995,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from simulator.backtest import backtest_warnings
-    from simulator.calibrate import CalibrationError
+    from simulator.calibrate import CalibrationError, fit_problems
     from surgecast import pipeline as pl
     from surgecast.report import render
     from surgecast.tables import backtest_table, calibration_table, forecast_table
@@ -964,16 +1008,20 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     folder = outcome.folder
     code = _run_exit(outcome)
     if outcome.valid:
+        pl.say_stderr("calibrating the engine model from the measured records")
         try:
-            pl.say_stderr("calibrating the engine model from the measured records")
             cal = pl.calibrate_runs(
                 [folder], max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
             )
         except CalibrationError as e:
-            print(f"calibration skipped: {e}", file=sys.stderr)
+            problems = [str(e)]
+        else:
+            _print("\n" + calibration_table(cal))
+            problems = fit_problems(cal.fit)
+        if problems:  # the report still shows the measured run
+            code = _unusable(problems)
         else:
             folder.write_json(folder.calibration, cal.to_dict())
-            _print("\n" + calibration_table(cal))
             rows = pl.backtest_run(folder, cal)
             _print(
                 "\nback-test, in-sample (the model fitted on this run predicts it; "
@@ -1148,8 +1196,13 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return COMMANDS[args.command](args)
+    except Terminated:
+        print("terminated (SIGTERM): records written so far are kept", file=sys.stderr)
+        return EXIT_TERMINATED
     except (ScenarioError, TraceError, CorpusError) as e:
         what = {ScenarioError: "scenario", TraceError: "trace", CorpusError: "corpus"}[type(e)]
         print(
@@ -1169,7 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TargetUnreachable, TargetStartError) as e:
         print(f"error: target unreachable: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except InvalidRun as e:
+    except (InvalidRun, TargetRefused) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except (BuildError, LlamaServerError, VllmServerError) as e:
@@ -1178,3 +1231,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: records written so far are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)

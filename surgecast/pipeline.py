@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from loadgen.client import (
     Endpoint,
     MissingModel,
+    TargetRefused,
     TargetUnreachable,
     preflight,
     read_api_key,
@@ -30,9 +31,9 @@ from loadgen.telemetry import (
     TelemetryRecorder,
     metrics_url_for,
 )
-from scenarios.metrics import Summary, summarize, unplanned_cache_warning
+from scenarios.metrics import Summary, output_count_warning, summarize, unplanned_cache_warning
 from scenarios.plan import RequestSpec, build_plan, shareable_prompt_share
-from scenarios.records import RecordWriter, RequestRecord, write_records
+from scenarios.records import DROPPED, RecordWriter, RequestRecord, write_records
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
 from simulator.backtest import (
@@ -51,7 +52,7 @@ from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
 from surgecast.planview import messiness_table
 from surgecast.progressbar import ForecastBar
-from surgecast.rundir import RunFolder, machine, new_run_id, versions
+from surgecast.rundir import RunFolder, machine, new_run_id, versions, writer
 from targets.llama_build import BuildError
 from targets.llama_launch import LlamaOptions, engine_limits, launch, limits_dict
 from targets.llama_server import LlamaServer, LlamaServerError, probe_limits
@@ -59,6 +60,9 @@ from targets.vllm_launch import VllmOptions, cache_limits
 from targets.vllm_launch import engine_limits as vllm_engine_limits
 from targets.vllm_launch import launch as launch_vllm
 from targets.vllm_server import VllmServer, VllmServerError, probe_cache_info
+
+if TYPE_CHECKING:
+    from loadgen.runner import Stopped  # imports Locust (gevent): only when sending
 
 Say = Callable[[str], None]
 UNREACHABLE = {"connection_refused", "connection_error"}
@@ -74,6 +78,7 @@ class RunOutcome:
     folder: RunFolder
     summary: Summary
     reasons: list[str]  # why the run is invalid; empty when valid
+    interrupted: int | None = None  # the exit code of the signal that stopped it (130, 143)
 
     @property
     def valid(self) -> bool:
@@ -133,14 +138,25 @@ def invalid_reasons(
     records: Sequence[RequestRecord],
     summary: Summary,
     planned: int,
-    loop_lag_p99_ms: float = 0.0,
+    generator: dict[str, Any] | None = None,
 ) -> list[str]:
+    """Why a run cannot be trusted: the generator could not keep its plan (loop lag, CPU,
+    drops, lateness), the plan was empty, or the target failed every request."""
     reasons = []
-    limit = scenario.traffic.max_loop_lag_ms
-    if loop_lag_p99_ms > limit:
+    traffic = scenario.traffic
+    lag_ms = generator["loop_lag"]["p99_ms"] if generator else 0.0
+    if lag_ms > traffic.max_loop_lag_ms:
         reasons.append(
-            f"generator overloaded: its event loop woke {loop_lag_p99_ms:.1f} ms late at p99 "
-            f"> traffic.max_loop_lag_ms {limit:g} (its time stamps carry that delay)"
+            f"generator overloaded: its event loop woke {lag_ms:.1f} ms late at p99 "
+            f"> traffic.max_loop_lag_ms {traffic.max_loop_lag_ms:g} (its time stamps carry "
+            "that delay)"
+        )
+    cpu = generator["cpu"]["mean"] if generator else 0.0
+    if cpu > traffic.max_generator_cpu:
+        reasons.append(
+            f"generator saturated: it used {cpu:.0%} of a core on average > "
+            f"traffic.max_generator_cpu {traffic.max_generator_cpu:.0%} (split the load: "
+            "a lower rate per process)"
         )
     if planned == 0:
         reasons.append("the plan is empty: the arrival rate x traffic.duration_s is too small")
@@ -162,7 +178,33 @@ def invalid_reasons(
         reasons.append(
             f"no request succeeded: {count} x {kind}" + (f" ({detail})" if detail else "")
         )
+    else:
+        died = target_died(records)
+        if died:
+            reasons.append(died)
     return reasons
+
+
+BROKEN = UNREACHABLE | {"connection_reset", "stream_reset"}
+
+
+def target_died(records: Sequence[RequestRecord]) -> str | None:
+    """Why the run looks like its target died: after some successes, every request from some
+    point on (at least 5, and 5% of all) found no server or had its connection cut."""
+    sent = sorted(
+        (r for r in records if r.error_kind not in (DROPPED, "cancelled")),
+        key=lambda r: r.start,
+    )
+    last_ok = max((i for i, r in enumerate(sent) if r.status == "ok"), default=None)
+    if last_ok is None:
+        return None
+    tail = sent[last_ok + 1 :]
+    if len(tail) < max(5, 0.05 * len(sent)) or any(r.error_kind not in BROKEN for r in tail):
+        return None
+    return (
+        f"the target stopped answering {tail[0].start:.1f} s into the run: the last "
+        f"{len(tail)} requests found no server or were cut off (did it crash? its log may say)"
+    )
 
 
 @dataclass
@@ -248,7 +290,14 @@ def run_load(
     if kind == "reference":
         target_meta["engine"] = engine_from_spec(scenario.reference_target).to_dict()
     _write_meta(
-        folder, scenario, scenario_file, len(plan), target_meta, status="running", source="measured"
+        folder,
+        scenario,
+        scenario_file,
+        len(plan),
+        target_meta,
+        status="running",
+        source="measured",
+        writer=writer(),
     )
     say(
         f"run {folder.path.name}: {len(plan)} requests planned over "
@@ -289,7 +338,9 @@ def run_load(
                 say("prompt sizing: the target refused every probe (429/503); sizes are estimates")
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
-            records, loop_lag = _send_plan(plan, scenario, endpoint, folder, progress, prompts)
+            records, generator, stopped = _send_plan(
+                plan, scenario, endpoint, folder, progress, prompts
+            )
             engine = live.process
             if engine is not None and not engine.alive():
                 died.append(engine.death_message("died during the run"))
@@ -299,7 +350,14 @@ def run_load(
                     f"messiness of the text sent (each persona's first {KEPT_TEXTS} messages):\n"
                     + mess
                 )
-    except (TargetUnreachable, MissingModel, BuildError, LlamaServerError, VllmServerError) as e:
+    except (
+        TargetUnreachable,
+        TargetRefused,
+        MissingModel,
+        BuildError,
+        LlamaServerError,
+        VllmServerError,
+    ) as e:
         folder.update_meta(
             status="not started", finished_at=_now(), validity={"valid": False, "reasons": [str(e)]}
         )
@@ -314,22 +372,35 @@ def run_load(
     summary = summarize(
         records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
-    reasons = invalid_reasons(scenario, records, summary, len(plan), loop_lag["p99_ms"]) + died
+    reasons = invalid_reasons(scenario, records, summary, len(plan), generator) + died
+    if stopped is not None:
+        reasons.insert(
+            0,
+            f"interrupted by {stopped.name} {stopped.at_s:.1f} s into the run: the plan was not "
+            "all sent (requests still in flight then were given time to finish, then cancelled)",
+        )
     mean_prompt = sum(s.prompt_tokens for s in plan) / max(len(plan), 1)
     planned_share = shareable_prompt_share(plan) + prompts.common_prefix_tokens / max(
         mean_prompt, 1
     )
-    cache = unplanned_cache_warning(summary.tokens, planned_share)
-    if cache:
-        say(f"warning: {cache}")
+    warnings = [
+        w
+        for w in (
+            unplanned_cache_warning(summary.tokens, planned_share),
+            output_count_warning(summary.tokens),
+        )
+        if w
+    ]
+    for warning in warnings:
+        say(f"warning: {warning}")
     folder.update_meta(
-        status="finished",
+        status="finished" if stopped is None else "interrupted",
         finished_at=_now(),
         validity={"valid": not reasons, "reasons": reasons},
         slos_passed=summary.slos_passed,
-        warnings=[cache] if cache else [],
+        warnings=warnings,
     )
-    return RunOutcome(folder, summary, reasons)
+    return RunOutcome(folder, summary, reasons, stopped.exit_code if stopped else None)
 
 
 def _llama_target(
@@ -408,9 +479,9 @@ def _send_plan(
     folder: RunFolder,
     progress: bool,
     prompts: SizedPrompts,
-) -> tuple[list[RequestRecord], dict[str, Any]]:
-    """The Locust run, with records and telemetry appended to the folder as they come; and how
-    late its event loop woke (`LoopLag.summary`)."""
+) -> tuple[list[RequestRecord], dict[str, Any], Stopped | None]:
+    """The Locust run, with records and telemetry appended to the folder as they come; how
+    late its event loop woke (`LoopLag.summary`); and the signal that stopped it, if one did."""
     from loadgen.runner import LoadRun  # imports Locust (gevent): only here
 
     with (
@@ -430,24 +501,27 @@ def _send_plan(
             telemetry=telemetry,
             telemetry_every_s=scenario.telemetry.interval_s,
             prompts=prompts,
+            stop_grace_s=scenario.traffic.stop_grace_s,
         )
         try:
             records = load.run()
             skipped = load.progress.skipped
-            lag = load.loop_lag.summary()
-            folder.update_meta(turns_not_sent=skipped, generator={"loop_lag": lag})
+            lag, cpu = load.loop_lag.summary(), load.cpu.summary()
+            generator = {"loop_lag": lag, "cpu": cpu}
+            folder.update_meta(turns_not_sent=skipped, generator=generator)
             if lag["samples"]:
                 say_stderr(
                     f"generator event-loop lag: p50 {lag['p50_ms']:.1f} ms, p99 "
                     f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (each time stamped "
-                    "may be late by as much)"
+                    "may be late by as much); CPU: mean "
+                    f"{cpu['mean']:.0%} of one core, busiest second {cpu['max']:.0%}"
                 )
             if skipped:
                 say_stderr(
                     f"{skipped} planned session turns not sent: an earlier turn of their "
                     "session failed or was abandoned"
                 )
-            return records, lag
+            return records, generator, load.stopped
         finally:
             telemetry.close()
             folder.update_meta(telemetry_errors=telemetry.errors)

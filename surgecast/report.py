@@ -186,6 +186,7 @@ def _or_warn(path: Path, build: Callable[[], T]) -> T | None:
 
 def render(folder: RunFolder) -> tuple[str, str]:
     """Write index.html and summary.md for the run folder; returns their paths."""
+    folder.mark_if_killed()
     meta = folder.meta()
     scenario = Scenario.model_validate(meta["scenario"])
     records = folder.records()
@@ -200,6 +201,9 @@ def render(folder: RunFolder) -> tuple[str, str]:
     validity = meta.get("validity", {})
     valid = validity.get("valid", True)
     status = "valid" if valid else "INVALID: " + "; ".join(validity.get("reasons", []))
+    if meta.get("status") == "running":  # its writer is alive, or on another host
+        status = "STILL RUNNING (or killed on another host): these are the records so far"
+        valid = False
     slo_line = ("All SLOs met." if summary.slos_passed else "SLOs missed.") if summary.slos else ""
     measured = meta.get("source", "measured") == "measured"
     sections: list[tuple[str, str, str]] = [  # (title, markdown, extra html)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import socket
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,11 +129,45 @@ class RunFolder:
         meta.update(fields)
         self.write_json(self.run_json, meta)
 
+    def mark_if_killed(self) -> bool:
+        """A run.json still "running" whose writer process (on this host) is gone: the run
+        was killed (SIGKILL, a crash, the machine lost) before it could say so. Marks it
+        "killed" and invalid; True if it did."""
+        meta = self.meta()
+        writer = meta.get("writer")
+        if meta.get("status") != "running" or not isinstance(writer, dict):
+            return False
+        if writer.get("host") != socket.gethostname() or _alive(writer.get("pid")):
+            return False
+        reason = (
+            "killed before it finished (SIGKILL or a crash): the records written until then "
+            "are kept; the rest of the plan was never sent or never finished"
+        )
+        self.update_meta(status="killed", validity={"valid": False, "reasons": [reason]})
+        return True
+
     def records(self) -> list[RequestRecord]:
         """The measured records; bad lines are skipped with a warning or refused (read_records)."""
         if not self.requests.exists():
             raise FileNotFoundError(f"{self.requests} not found: is {self.path} a run folder?")
         return read_records(self.requests)
+
+
+def writer() -> dict[str, Any]:
+    """The process writing a run folder, so a reader can tell a killed run from a live one."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class RunFolderError(ValueError):

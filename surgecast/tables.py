@@ -134,17 +134,25 @@ def persona_table(s: Summary) -> str:
 
 
 def token_lines(s: Summary) -> str:
-    """Retries and the planned-versus-served prompt tokens, in words."""
+    """Retries, the planned-versus-served prompt tokens and the server-versus-stream output
+    tokens, in words."""
     lines = []
     if s.retries:
         lines.append(f"retries: {s.retries} attempts failed and were sent again")
     t = s.tokens
-    if t is not None:
+    if t is not None and t.requests:
         lines.append(
             f"prompt tokens: {t.served:,} served for {t.planned:,} planned over {t.requests} "
             f"requests; per request |served - planned| is {t.median_error_pct:.1f}% at the "
             f"median, {t.p90_error_pct:.1f}% at p90"
             + (" (over 5%: sizes are off)" if t.median_error_pct > 5 else "")
+        )
+    gap = t.output_gap_pct if t is not None else None
+    if t is not None and gap is not None:
+        lines.append(
+            f"output tokens: {t.output_usage:,} by the server's usage, {t.output_streamed:,} "
+            f"content chunks counted in the stream over {t.output_requests} requests ({gap:+.1f}%"
+            f"; {t.output_disagreeing} requests apart by more than 5%)"
         )
     if t is not None and t.cache_hit_rate is not None:
         lines.append(

@@ -24,7 +24,7 @@ FAST_ENGINE = EngineConfig(
 
 @pytest.fixture(scope="session")
 def target_url() -> Iterator[str]:
-    with ReferenceTargetProcess(FAST_ENGINE) as url:
+    with ReferenceTargetProcess(FAST_ENGINE, debug=True) as url:
         yield url
 
 

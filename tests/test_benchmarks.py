@@ -17,7 +17,11 @@ SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "gpu
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_benchmark_starts(script: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:")

@@ -158,7 +158,7 @@ def test_chunks_of_several_tokens_are_counted_from_usage_on_every_chunk() -> Non
     from simulator.launch import ReferenceTargetProcess
 
     options = {"include_usage": True, "continuous_usage_stats": True}
-    with ReferenceTargetProcess(FAST_ENGINE, stream_interval=4) as url:
+    with ReferenceTargetProcess(FAST_ENGINE, stream_interval=4, debug=True) as url:
         endpoint = Endpoint(url, extra_body={"stream_options": options})
         rec = _call(endpoint, _spec(max_tokens=14)).record
         served = _served(url)[rec.response_id or ""]

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -441,9 +442,9 @@ def test_nan_is_written_as_null(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "x.json").read_text()) == {"overhead_s": None, "v": [1.0, None]}
 
 
-def _cli_error(*args: str) -> str:
+def _cli_error(*args: str, code: int = 2) -> str:
     result = run_cli(*args, timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == code, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     return result.stderr
 
@@ -464,9 +465,48 @@ def test_calibrate_on_corrupted_and_non_streamed_run_folders(tmp_path: Path) -> 
     assert f"{empty.run_json}: empty; the file is corrupt" in err
     err = _cli_error("calibrate", str(garbage.path), "-o", out)
     assert f"{garbage.requests}: line 3: not a request record" in err
-    for folder in (off, unchunked):
-        err = _cli_error("calibrate", str(folder.path), "-o", out)
+    for folder in (off, unchunked):  # readable, but no fit can come of them: exit 3
+        err = _cli_error("calibrate", str(folder.path), "-o", out, code=3)
         assert "calibration needs streamed responses (rerun with streaming on" in err
+        assert err.startswith("calibration unusable: ")
+    assert not Path(out).exists()
+
+
+def _noisy_record(
+    i: int, rng: np.random.Generator, chunks: int, noise_s: float = 0.02
+) -> RequestRecord:
+    """One request at a time: 20 ms steps plus exponential noise of mean `noise_s`."""
+    t = 10.0 * i
+    times = list(t + 0.05 + np.cumsum(0.02 + rng.exponential(noise_s, chunks)))
+    return RequestRecord(
+        id=f"r{i:06d}",
+        intended_start=t,
+        start=t,
+        first_token=times[0],
+        end=times[-1],
+        chunk_times=times,
+        prompt_tokens=100,
+        output_tokens=chunks,
+    )
+
+
+def test_calibrate_refuses_an_unusable_fit_with_exit_3(tmp_path: Path) -> None:
+    """Too few timed steps, or step times that are mostly noise: the fit is refused with its
+    reason and no calibration file, where a clean run of the same shape is accepted."""
+    out = tmp_path / "cal.json"
+    rng = np.random.default_rng(5)
+    short = _run_folder(tmp_path / "short", [_noisy_record(i, rng, 5) for i in range(4)])
+    err = _cli_error("calibrate", str(short.path), "-o", str(out), "--no-backtest", code=3)
+    assert "calibration unusable: only 16 engine steps were timed (at least 50" in err
+    noisy_records = [_noisy_record(i, rng, 30, noise_s=0.06) for i in range(20)]
+    noisy = _run_folder(tmp_path / "noisy", noisy_records)
+    err = _cli_error("calibrate", str(noisy.path), "-o", str(out), "--no-backtest", code=3)
+    assert "the step-cost model explains little: R^2" in err
+    assert "no calibration written" in err and not out.exists()
+    clean = [_noisy_record(i, rng, 30, noise_s=0.0005) for i in range(20)]
+    ok = run_cli("calibrate", str(_run_folder(tmp_path / "clean", clean).path), "-o", str(out))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(out.read_text())["parameters"]["base_s"]["value"] > 0.015
 
 
 def test_report_on_corrupted_run_folders(tmp_path: Path) -> None:

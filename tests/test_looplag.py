@@ -1,11 +1,17 @@
-"""The loop-lag histogram against samples with known quantiles."""
+"""The generator's self-checks: the loop-lag histogram against samples with known quantiles,
+its CPU share against known clocks, and the verdicts they give."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
+from scenarios.metrics import summarize
+from scenarios.spec import parse_scenario
+from surgecast.pipeline import invalid_reasons
+from tests.conftest import scenario_dict
 
 
 def test_quantiles_come_from_their_bins_never_below_the_truth() -> None:
@@ -25,3 +31,25 @@ def test_quantiles_come_from_their_bins_never_below_the_truth() -> None:
 
 def test_no_samples_reads_zero() -> None:
     assert LoopLag(lambda: 0.0).quantile(0.99) == 0.0
+
+
+def test_cpu_share_per_interval_from_the_clocks() -> None:
+    """Wall 0 -> 1 -> 3 -> 3.05 s; CPU 0 -> 0.25 -> 2.15 s: a quarter of a core, then 95%;
+    the last 50 ms is too short an interval to count."""
+    wall, cpu = iter([0.0, 1.0, 3.0, 3.05]), iter([0.0, 0.25, 2.15, 2.2])
+    use = CpuUse(lambda: next(wall), lambda: next(cpu))
+    for _ in range(3):
+        use.sample()
+    assert use.shares == [pytest.approx(0.25), pytest.approx(0.95)]
+    s = use.summary()
+    assert (s["samples"], s["mean"], s["max"]) == (2, pytest.approx(0.6), pytest.approx(0.95))
+
+
+def test_a_saturated_generator_makes_the_run_invalid() -> None:
+    scenario = parse_scenario(scenario_dict())
+    summary = summarize([])
+    quiet = {"loop_lag": {"p99_ms": 1.0}, "cpu": {"mean": 0.5}}
+    busy = {"loop_lag": {"p99_ms": 1.0}, "cpu": {"mean": 0.95}}
+    assert not [r for r in invalid_reasons(scenario, [], summary, 1, quiet) if "saturated" in r]
+    reasons = invalid_reasons(scenario, [], summary, 1, busy)
+    assert any("generator saturated: it used 95% of a core" in r for r in reasons)

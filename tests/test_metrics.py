@@ -9,6 +9,7 @@ import pytest
 from scenarios.metrics import (
     TokenReconciliation,
     metric_samples,
+    output_count_warning,
     summarize,
     unplanned_cache_warning,
 )
@@ -98,6 +99,37 @@ def test_a_cache_hit_rate_beyond_the_plan_is_a_warning() -> None:
     warning = unplanned_cache_warning(tokens, planned=0.0)
     assert warning is not None and "50%" in warning
     assert unplanned_cache_warning(TokenReconciliation.of([rec(0, None)]), 0.0) is None
+
+
+def test_output_tokens_by_usage_are_reconciled_with_the_chunks_streamed() -> None:
+    """Usage says 10 tokens per request; the stream carried 10, 10, 8 and 6 chunks. A stream
+    with per-chunk usage (several tokens per chunk, said so) is left out: its chunk count is
+    not meant to be a token count."""
+
+    def rec(i: int, chunks: int, chunk_tokens: list[int] | None = None) -> RequestRecord:
+        return RequestRecord(
+            id=str(i),
+            intended_start=0,
+            start=0,
+            first_token=0.1,
+            end=1.0,
+            chunk_times=[0.1 + 0.01 * k for k in range(chunks)],
+            output_tokens=10,
+            chunk_tokens=chunk_tokens,
+        )
+
+    several = rec(9, 5, [2] * 5)
+    matching = TokenReconciliation.of([rec(0, 10), rec(1, 10), several])
+    assert matching is not None and matching.output_requests == 2
+    assert matching.output_gap_pct == 0.0 and output_count_warning(matching) is None
+    apart = TokenReconciliation.of([rec(0, 10), rec(1, 10), rec(2, 8), rec(3, 6), several])
+    assert apart is not None
+    assert (apart.output_usage, apart.output_streamed, apart.output_disagreeing) == (40, 34, 2)
+    assert apart.output_gap_pct == pytest.approx(-15.0)
+    warning = output_count_warning(apart)
+    assert warning is not None and "-15.0%" in warning and "2 of 4 requests" in warning
+    # 1 chunk in 40 missing is within 5%
+    assert output_count_warning(TokenReconciliation.of([rec(0, 10)] * 3 + [rec(1, 9)])) is None
 
 
 def test_dropped_requests_are_counted_apart_from_requests_and_lateness() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,10 @@ def test_pipeline_end_to_end(pipeline_run: tuple[Path, str]) -> None:
     # latency CDFs, TTFT timeline, telemetry, forecast
     assert page.count("data:image/png;base64,") == 4
     assert "Back-test" in page and "Capacity forecast" in page
-    assert "## Capacity forecast" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## Capacity forecast" in summary
+    # the reference target streams one token per chunk: its usage and the stream agree
+    assert re.search(r"output tokens: ([\d,]+) by the server's usage, \1 content chunks", summary)
 
 
 def test_core_packages_import_without_gevent() -> None:

@@ -66,7 +66,7 @@ def session_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
     global PLAN
     PLAN = {s.id: s for s in build_plan(load_scenario(path))}
     faults = TargetFaults(reject_429=0.3, retry_after_s=RETRY_AFTER_S, seed=5)
-    with ReferenceTargetProcess(FAST_ENGINE, faults=faults) as url:
+    with ReferenceTargetProcess(FAST_ENGINE, faults=faults, debug=True) as url:
         out = tmp / "run"
         result = run_cli("run", str(path), "--target", url, "--out", str(out), "-q")
         assert result.returncode in (0, 99), result.stderr[-2000:]

@@ -1,0 +1,154 @@
+"""Every fault the reference target can inject, through a real `surgecast run`: the run
+completes, and each request the target broke (its own log names the fault) is classified as
+that fault, never counted a success."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from scenarios.records import read_records
+from scenarios.spec import TargetFaults
+from simulator.engine import EngineConfig, StepCost
+from simulator.launch import ReferenceTargetProcess
+from tests.conftest import run_cli, scenario_dict, write_scenario
+
+ENGINE = EngineConfig(max_num_seqs=32, kv_cache_tokens=65536, cost=StepCost(0.005, 0.0, 0.0))
+FAULTS = TargetFaults(
+    reject_429=0.08,
+    error_500=0.08,
+    reset_stream=0.08,
+    stall=0.08,
+    stall_s=0.6,
+    malformed_sse=0.08,
+    missing_usage=0.08,
+    slow_headers=0.08,
+    slow_headers_s=0.6,
+    oversized=0.08,
+    oversized_bytes=300_000,
+    seed=4,
+)
+# the client's classification of each fault: (status, error_kind); None: a success
+EXPECTED: dict[str, tuple[str, str] | None] = {
+    "reject_429": ("rejected", "http_429"),
+    "error_500": ("error", "http_500"),
+    "reset_stream": ("error", "stream_reset"),
+    "malformed_sse": ("error", "sse_missing_data"),
+    "oversized": ("error", "response_too_large"),
+    "stall": None,
+    "missing_usage": None,
+    "slow_headers": None,
+}
+
+
+def _served(base_url: str) -> list[dict[str, Any]]:
+    url = base_url.removesuffix("/v1") + "/debug/requests"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return [d for d in json.load(r) if d["max_tokens"] != 1]  # not the sizing probes
+
+
+def _run(tmp: Path, url: str, env: dict[str, str] | None = None, **target: Any) -> Any:
+    data = scenario_dict(
+        target={"api": "chat", "timeout_s": 20, **target},
+        traffic={"rate": 40, "duration_s": 5, "seed": 2},
+        workload={
+            "prompt_tokens": {"dist": "uniform", "low": 20, "high": 60},
+            "output_tokens": {"dist": "uniform", "low": 10, "high": 20},
+        },
+        slos={},
+    )
+    tmp.mkdir(exist_ok=True)
+    out = tmp / "run"
+    result = run_cli(
+        "run",
+        str(write_scenario(tmp / "s.yaml", data)),
+        "--target",
+        url,
+        "--out",
+        str(out),
+        "--quiet",
+        env=env,
+    )
+    return result, out
+
+
+def test_each_injected_fault_is_classified_as_itself(tmp_path: Path) -> None:
+    with ReferenceTargetProcess(ENGINE, faults=FAULTS, debug=True) as url:
+        result, out = _run(tmp_path, url, max_response_bytes=100_000)
+        served = _served(url)
+    assert result.returncode in (0, 99), result.stderr[-3000:]  # valid: the faults are the target's
+    assert "Traceback" not in result.stderr
+    records = read_records(out / "requests.jsonl")
+    assert len(records) == len(served) >= 150
+    faults = Counter(s["fault"] for s in served)
+    assert set(EXPECTED) <= set(faults)  # every fault class drawn at least once
+
+    by_id = {r.response_id: r for r in records if r.response_id}
+    for s in served:
+        if s["fault"] in ("reject_429", "error_500") or s["id"] not in by_id:
+            continue
+        rec = by_id[s["id"]]
+        expected = EXPECTED.get(s["fault"] or "")
+        if expected is None:
+            assert (rec.status, rec.error_kind) == ("ok", None), (s["fault"], rec)
+        else:
+            assert (rec.status, rec.error_kind) == expected, (s["fault"], rec)
+        if s["fault"] == "stall":
+            assert rec.ttft is not None and rec.ttft >= 0.6
+        if s["fault"] == "slow_headers":
+            assert rec.first_byte is not None and rec.first_byte - rec.start >= 0.6
+        if s["fault"] == "missing_usage":
+            assert rec.token_source == "chunks" and rec.output_tokens == s["output_tokens"]
+        if s["fault"] == "oversized":  # counted up to the cap, never kept
+            assert rec.response_bytes is not None and rec.response_bytes > 100_000
+            assert "xxxx" not in rec.to_json()
+    # the HTTP errors carry no response id: they are matched by count
+    kinds = Counter(r.error_kind for r in records)
+    assert kinds["http_429"] == faults["reject_429"] and kinds["http_500"] == faults["error_500"]
+    # every broken stream is one of its own kind: none counted a success
+    for fault in ("reset_stream", "malformed_sse", "oversized"):
+        assert kinds[EXPECTED[fault][1]] == faults[fault]  # type: ignore[index]
+    assert sum(r.status == "ok" for r in records) == sum(
+        faults[f] for f in (None, "stall", "missing_usage", "slow_headers")
+    )
+    summary = (out / "summary.md").read_text()
+    for kind in ("stream_reset", "sse_missing_data", "response_too_large", "http_500"):
+        assert kind in summary
+
+
+def test_a_target_that_dies_mid_run_makes_the_run_invalid(tmp_path: Path) -> None:
+    with ReferenceTargetProcess(ENGINE, faults=TargetFaults(die_after=60)) as url:
+        result, out = _run(tmp_path, url)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "run invalid: the target stopped answering" in result.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert "the target stopped answering" in " ".join(meta["validity"]["reasons"])
+    kinds = Counter(r.error_kind for r in read_records(out / "requests.jsonl"))
+    assert kinds["connection_refused"] > 50  # the rest of the plan found nobody
+
+
+def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: Path) -> None:
+    """A wrong key: refused at the preflight with exit 3, nothing sent, the key in no output;
+    the right one: served."""
+    planted = "sk-planted-9f8e7d6c5b4a"
+    env = {**os.environ, "TEST_TARGET_KEY": planted}
+    with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
+        result, out = _run(tmp_path, url, env=env, api_key_env="TEST_TARGET_KEY")
+        sent = _served(url)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "refused the request with the API key given (HTTP 401" in result.stderr
+    assert "target.api_key_env" in result.stderr
+    assert not sent
+    outputs = [result.stdout, result.stderr] + [
+        p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()
+    ]
+    assert not any(planted in text for text in outputs)
+
+    env["TEST_TARGET_KEY"] = "sk-the-right-one"
+    with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
+        result, _ = _run(tmp_path / "right", url, env=env, api_key_env="TEST_TARGET_KEY")
+    assert result.returncode == 0, result.stderr[-3000:]
