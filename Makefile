@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-engines test-vllm lint bench bench-loadgen fidelity fidelity-vllm clean llama-server vllm
+.PHONY: demo test test-engines test-vllm lint bench bench-loadgen soak fidelity fidelity-vllm clean llama-server vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,16 @@ bench: $(STAMP)
 bench-loadgen: $(STAMP)
 	$(BIN)/python benchmarks/load_generator.py
 
+# The generator's memory and open files over a 30-minute run at 10 requests/s.
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py
+
 # Tests that load a compute-bound real engine for minutes (deselected from `make test`: on a
 # shared 2-core machine their capacity swings with other work).
 test-engines: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q -m engine_load
 
-# Forecast fidelity against a real llama-server (15-25 minutes on 2 cores; needs a quiet machine).
+# Forecast fidelity against a real llama-server (about 30 minutes on 2 cores; needs a quiet machine).
 fidelity: $(STAMP) llama-server
 	$(BIN)/python benchmarks/fidelity.py --engine llama-server --slots 8,1
 

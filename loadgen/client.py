@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
+from scenarios.scrub import stored_prompt
 from scenarios.spec import Target
 
 Clock = Callable[[], float]
@@ -198,7 +199,7 @@ class StreamingCall:
         endpoint: Endpoint,
         spec: RequestSpec,
         clock: Clock,
-        store_prompt: bool = False,
+        store_prompt: str = "none",  # privacy.store_prompts: none, hashed or full
         *,
         messages: Messages | None = None,
         intended_start: float | None = None,
@@ -227,7 +228,7 @@ class StreamingCall:
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
-            prompt=prompt if store_prompt else None,
+            prompt=stored_prompt(prompt, store_prompt),
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             planned_output_tokens=spec.max_tokens,

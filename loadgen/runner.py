@@ -73,7 +73,8 @@ class PlannedPrompts:
 
 
 class LoadRun:
-    """Sends `plan` to `endpoint` open-loop; `run()` returns the records in finishing order.
+    """Sends `plan` to `endpoint` open-loop; each record goes to `writer` as it finishes and is
+    not kept (memory stays flat over a long run).
 
     First turns leave at their planned times. A follow-up turn (`spec.after`) leaves `think_s`
     after the turn it follows ended well, carrying the session's history; when that turn failed
@@ -88,7 +89,7 @@ class LoadRun:
         writer: RecordWriter,
         *,
         max_in_flight: int = 2000,
-        store_prompts: bool = False,
+        store_prompts: str = "none",
         progress: TextIO | None = sys.stderr,
         progress_every_s: float = 2.0,
         telemetry: TelemetryRecorder | None = None,
@@ -128,7 +129,8 @@ class LoadRun:
     def clock(self) -> float:
         return time.monotonic() - self._t0
 
-    def run(self) -> list[RequestRecord]:
+    def run(self) -> None:
+        """Send the plan; every record goes to the writer as it finishes (none kept here)."""
         runner = self.environment.create_local_runner()
         # the libraries' objects (Locust, gevent, numpy, pydantic...) move to a generation the
         # collector never scans: a full collection over them stalled the loop ~130 ms
@@ -158,7 +160,6 @@ class LoadRun:
             self._sample()  # the final state: every request has finished
             self.cpu.sample()
             gc.unfreeze()
-        return self.progress.finished
 
     def stop(self, signum: int) -> None:
         """Stop sending: requests in flight get `stop_grace_s` to finish, then are cancelled
@@ -388,7 +389,7 @@ class LoadRun:
 
     def _finish(self, record: RequestRecord) -> None:
         self.writer.write(record)
-        self.progress.finished.append(record)
+        self.progress.add(record)
         e2e_ms = ((record.end or record.start) - record.start) * 1000.0
         error = None if record.status == "ok" else RuntimeError(record.error_kind or record.status)
         self.environment.events.request.fire(

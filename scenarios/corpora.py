@@ -19,13 +19,15 @@ import functools
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from scenarios.base import Strict
+from scenarios.scrub import scrub
 
 MAX_PROBLEMS = 20  # problems listed in a CorpusError; the rest are counted
 DEFAULT_MAX_MB = 256.0  # files larger than this are refused unless the spec raises the limit
@@ -58,6 +60,8 @@ class CorpusSpec(Strict):
     text_field: str | None = None
     max_texts: int | None = Field(default=None, gt=0)  # keep the first N texts only
     max_mb: float = Field(default=DEFAULT_MAX_MB, gt=0)  # size limit of the file
+    # replace e-mail addresses, phone numbers, card numbers and IBANs by placeholders (counted)
+    scrub: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class Corpus:
     texts: tuple[str, ...]
     conversations: tuple[tuple[tuple[str, str], ...], ...]
     source: str
+    scrubbed: tuple[tuple[str, int], ...] = ()  # identifiers replaced, by kind
 
 
 class CorpusError(Exception):
@@ -141,7 +146,14 @@ def parse_corpus(data: bytes, spec: CorpusSpec, source: str) -> Corpus:
     if spec.max_texts is not None:
         texts = texts[: spec.max_texts]
         convs = convs[: spec.max_texts]
-    return Corpus(texts=tuple(texts), conversations=tuple(convs), source=source)
+    found: Counter[str] = Counter()
+    if spec.scrub:
+        in_turns: Counter[str] = Counter()
+        texts = [scrub(t, found) for t in texts]
+        convs = [tuple((role, scrub(t, in_turns)) for role, t in turns) for turns in convs]
+        if convs:  # every turn, the texts' among them: counted once
+            found = in_turns
+    return Corpus(tuple(texts), tuple(convs), source, tuple(sorted(found.items())))
 
 
 def _decode(data: bytes, source: str) -> str:
@@ -373,3 +385,44 @@ def _read_openai(text: str, source: str) -> tuple[list[str], list[tuple[tuple[st
     if problems:
         raise CorpusError(source, problems)
     return texts, convs
+
+
+def named_corpora(model: BaseModel) -> list[CorpusSpec]:
+    """Every corpus a scenario (or any part of one) names, each once, in the order met."""
+    found: list[CorpusSpec] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, CorpusSpec):
+            if value not in found:
+                found.append(value)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(model)
+    return found
+
+
+def scrub_lines(model: BaseModel, base_dir: Path | None) -> list[str]:
+    """A line per corpus whose text lost identifiers to the scrubber, saying how many."""
+    lines = []
+    for spec in named_corpora(model):
+        counts = load_corpus(spec, base_dir).scrubbed
+        if counts:
+            found = ", ".join(f"{n} {NAMES[kind][n != 1]}" for kind, n in counts)
+            lines.append(f"{spec.path}: replaced {found} by placeholders (scrub: false keeps them)")
+    return lines
+
+
+NAMES = {  # each identifier kind: one, several
+    "email": ("e-mail address", "e-mail addresses"),
+    "phone": ("phone number", "phone numbers"),
+    "card": ("card number", "card numbers"),
+    "iban": ("IBAN", "IBANs"),
+}

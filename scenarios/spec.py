@@ -364,7 +364,19 @@ class Cost(Strict):
 
 
 class Privacy(Strict):
-    store_prompts: bool = Field(False, description="Keep prompt text in requests.jsonl.")
+    store_prompts: Literal["none", "hashed", "full"] = Field(
+        "hashed",
+        description="What requests.jsonl keeps of each prompt: nothing, a hash (tells equal "
+        "prompts apart, reveals none; the default) or the full text. true/false read as "
+        "full/none.",
+    )
+
+    @field_validator("store_prompts", mode="before")
+    @classmethod
+    def _from_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # the older form
+            return "full" if value else "none"
+        return value
 
 
 class Telemetry(Strict):

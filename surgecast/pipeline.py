@@ -31,9 +31,16 @@ from loadgen.telemetry import (
     TelemetryRecorder,
     metrics_url_for,
 )
+from scenarios.corpora import scrub_lines
 from scenarios.metrics import Summary, output_count_warning, summarize, unplanned_cache_warning
 from scenarios.plan import RequestSpec, build_plan, shareable_prompt_share
-from scenarios.records import DROPPED, RecordWriter, RequestRecord, write_records
+from scenarios.records import (
+    DROPPED,
+    RecordWriter,
+    RequestRecord,
+    read_records,
+    write_records,
+)
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
 from simulator.backtest import (
@@ -277,7 +284,10 @@ def run_load(
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     plan = build_plan(scenario)  # bad traces, corpora and sizes fail here, before any folder
     salt = run_salt() if scenario.target.salt_prompts else ""
-    prompts = SizedPrompts(scenario, scenario.base_dir or Path(scenario_file).parent, salt)
+    base_dir = scenario.base_dir or Path(scenario_file).parent
+    prompts = SizedPrompts(scenario, base_dir, salt)
+    for line in scrub_lines(scenario, base_dir):
+        say(f"privacy: {line}")
     folder = _folder(scenario, out)
     launched = llama is not None or vllm is not None
     external = not launched and bool(target_url or scenario.target.base_url)
@@ -504,7 +514,9 @@ def _send_plan(
             stop_grace_s=scenario.traffic.stop_grace_s,
         )
         try:
-            records = load.run()
+            load.run()
+            stream.flush()
+            records = read_records(folder.requests)  # what was written, read back
             skipped = load.progress.skipped
             lag, cpu = load.loop_lag.summary(), load.cpu.summary()
             generator = {"loop_lag": lag, "cpu": cpu}

@@ -1,0 +1,97 @@
+"""Personal data taken out of imported text: e-mail addresses, phone numbers, payment card
+numbers and IBANs, each replaced by a placeholder and counted.
+
+Cards are Luhn-checked and IBANs mod-97-checked, so an order number of the right length is not
+taken for either. Phone numbers need a phone's shape (a leading +country code, or digit groups
+joined by separators or a bracketed area code), so a bare run of digits is left alone: imported
+text keeps its numbers, and a false alarm costs only a placeholder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable
+
+PLACEHOLDERS = {"email": "[EMAIL]", "iban": "[IBAN]", "card": "[CARD]", "phone": "[PHONE]"}
+
+_EMAIL = re.compile(r"\b[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:"
+    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"  # +44 20 7946 0958
+    r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]?\d{3,4}"  # (555) 123-4567
+    r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-123-4567
+    r"|0\d{1,4}(?:[ .-]\d{2,4}){2,4}"  # 020 7946 0958, 06-12 34 56 78
+    r")(?!\w)"
+)
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+def luhn_ok(number: str) -> bool:
+    digits = [int(c) for c in reversed(_digits(number))]
+    total = sum(d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2) for i, d in enumerate(digits))
+    return len(digits) >= 13 and total % 10 == 0
+
+
+# issuer prefixes and lengths of the card networks (Visa; Mastercard; Amex; Discover)
+_ISSUERS = re.compile(r"4(?:\d{12}|\d{15}|\d{18})|5[1-5]\d{14}|2[2-7]\d{14}|3[47]\d{13}|6\d{15,18}")
+
+
+def card_ok(text: str) -> bool:
+    """A card number: a network's prefix and length, and a valid Luhn check digit (an order
+    number of the right length passes the check one time in ten; few have a card's prefix)."""
+    digits = _digits(text)
+    return _ISSUERS.fullmatch(digits) is not None and luhn_ok(digits)
+
+
+def iban_ok(text: str) -> bool:
+    iban = text.replace(" ", "")
+    moved = iban[4:] + iban[:4]
+    return 15 <= len(iban) <= 34 and int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _phone_ok(text: str) -> bool:
+    return 8 <= len(_digits(text)) <= 15
+
+
+RULES: tuple[tuple[str, re.Pattern[str], Callable[[str], bool]], ...] = (
+    ("email", _EMAIL, lambda _: True),
+    ("iban", _IBAN, iban_ok),
+    ("card", _CARD, card_ok),
+    ("phone", _PHONE, _phone_ok),
+)
+
+
+def scrub(text: str, counts: Counter[str] | None = None) -> str:
+    """`text` with every identifier found replaced by its placeholder; `counts` (if given)
+    gains one per identifier replaced, by kind."""
+    for kind, pattern, valid in RULES:
+
+        def replace(
+            m: re.Match[str], kind: str = kind, valid: Callable[[str], bool] = valid
+        ) -> str:
+            if not valid(m.group(0)):
+                return m.group(0)
+            if counts is not None:
+                counts[kind] += 1
+            return PLACEHOLDERS[kind]
+
+        text = pattern.sub(replace, text)
+    return text
+
+
+def stored_prompt(text: str | None, mode: str) -> str | None:
+    """What a record keeps of a prompt, per the scenario's `privacy.store_prompts`: nothing,
+    a SHA-256 of it (equal prompts hash alike; a short common prompt could be guessed), or
+    the text."""
+    if text is None or mode == "none":
+        return None
+    if mode == "hashed":
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text

@@ -1,0 +1,83 @@
+"""surgecast's LLM user under plain Locust (`locust -f`, headless here): its rows in Locust's
+own statistics agree with the reference target's log of what it served."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import ROOT, scenario_dict, write_scenario
+
+LOCUSTFILE = """
+from loadgen.locust_user import LLMUser
+
+
+class Chat(LLMUser):
+    scenario_file = {scenario!r}
+    records_file = {records!r}
+"""
+
+
+def test_a_plain_locustfile_runs_the_llm_user(tmp_path: Path, target_url: str) -> None:
+    debug = target_url.removesuffix("/v1") + "/debug/requests"
+    with urllib.request.urlopen(debug, timeout=5) as r:
+        before = {d["id"] for d in json.load(r)}
+    scenario = write_scenario(
+        tmp_path / "s.yaml", scenario_dict(traffic={"rate": 6, "duration_s": 10, "seed": 5})
+    )
+    records = tmp_path / "records.jsonl"
+    locustfile = tmp_path / "locustfile.py"
+    locustfile.write_text(LOCUSTFILE.format(scenario=str(scenario), records=str(records)))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--headless",
+            "-u",
+            "3",
+            "-r",
+            "3",
+            "-t",
+            "6s",
+            "--host",
+            target_url,
+            "--csv",
+            str(tmp_path / "stats"),
+            "--only-summary",
+            "--exit-code-on-error",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "stats_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    calls = int(rows["/v1/chat/completions"]["Request Count"])
+    assert calls >= 10 and rows["/v1/chat/completions"]["Failure Count"] == "0"
+    for name in ("TTFT", "ITL", "output tokens"):  # live beside Locust's own rows
+        assert int(rows[name]["Request Count"]) == calls, name
+    # the target served exactly the requests Locust counted, and each record names one
+    with urllib.request.urlopen(debug, timeout=5) as r:
+        served = {d["id"]: d for d in json.load(r) if d["id"] not in before}
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    done = [r for r in lines if r["status"] == "ok"]
+    assert len(done) == calls  # those still in flight when Locust stopped: cancelled
+    assert all(r["error_kind"] == "cancelled" for r in lines if r["status"] != "ok")
+    assert len(lines) == len(served)
+    assert {r["response_id"] for r in done} <= set(served)
+    tokens = sum(r["output_tokens"] for r in done)
+    assert tokens == sum(served[r["response_id"]]["output_tokens"] for r in done)
+    mean_tokens = float(rows["output tokens"]["Average Content Size"])
+    assert abs(mean_tokens - tokens / calls) < 0.01 * tokens / calls + 1
