@@ -66,9 +66,7 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=30.0, help="run length (default 30)")
     p.add_argument("--rate", type=float, default=10.0, help="requests/s (default 10)")
     p.add_argument("--every-s", type=float, default=30.0, help="seconds between samples")
-    p.add_argument(
-        "--warmup-minutes", type=float, default=2.0, help="growth is counted after this"
-    )
+    p.add_argument("--warmup-minutes", type=float, default=2.0, help="growth is counted after this")
     a = p.parse_args()
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:

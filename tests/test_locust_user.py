@@ -72,12 +72,12 @@ def test_a_plain_locustfile_runs_the_llm_user(tmp_path: Path, target_url: str) -
     with urllib.request.urlopen(debug, timeout=5) as r:
         served = {d["id"]: d for d in json.load(r) if d["id"] not in before}
     lines = [json.loads(line) for line in records.read_text().splitlines()]
-    done = [r for r in lines if r["status"] == "ok"]
-    assert len(done) == calls  # those still in flight when Locust stopped: cancelled
+    finished = [r for r in lines if r["status"] == "ok"]
+    assert len(finished) == calls  # those still in flight when Locust stopped: cancelled
     assert all(r["error_kind"] == "cancelled" for r in lines if r["status"] != "ok")
     assert len(lines) == len(served)
-    assert {r["response_id"] for r in done} <= set(served)
-    tokens = sum(r["output_tokens"] for r in done)
-    assert tokens == sum(served[r["response_id"]]["output_tokens"] for r in done)
+    assert {r["response_id"] for r in finished} <= set(served)
+    tokens = sum(r["output_tokens"] for r in finished)
+    assert tokens == sum(served[r["response_id"]]["output_tokens"] for r in finished)
     mean_tokens = float(rows["output tokens"]["Average Content Size"])
     assert abs(mean_tokens - tokens / calls) < 0.01 * tokens / calls + 1

@@ -75,9 +75,9 @@ def test_no_false_alarm_on_the_shared_corpora(rel: str, fmt: str, field: str | N
     must change none of their texts."""
     assert DATA is not None
     path = DATA / "corpora" / rel
-    corpus = load_corpus(CorpusSpec(path=str(path), format=fmt, text_field=field))  # type: ignore[arg-type]
+    corpus = load_corpus(CorpusSpec(path=str(path), format=fmt, text_field=field))
     assert corpus.scrubbed == ()
-    raw = load_corpus(CorpusSpec(path=str(path), format=fmt, text_field=field, scrub=False))  # type: ignore[arg-type]
+    raw = load_corpus(CorpusSpec(path=str(path), format=fmt, text_field=field, scrub=False))
     assert raw.texts == corpus.texts and len(corpus.texts) > 100
 
 
