@@ -5,11 +5,12 @@
                                   [--max-level-s 300] [--keep DIR]
 
 For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
-think time), send a burst of 4 x slots requests within a second (full batches, as `surgecast
-calibrate --scenario` does), run open-loop Poisson levels at 15% and 35% of capacity (fitted,
-each about --min-requests requests) and at 60% and 80% (held out, about --held-out-requests
-each), calibrate on the light levels and the burst, and predict the held-out ones from their
-own send times (replay) and from the scenario's plan (plan). Prints one table of held-out
+think time); send a staircase, as `surgecast calibrate --scenario` does (`slots` requests at
+once whose answers end 40 tokens apart, so the batch holds every size from full to one); run
+open-loop Poisson levels at 15% and 35% of capacity (fitted, each about --min-requests
+requests) and at 60% and 80% (held out, about --held-out-requests each); calibrate on the light
+levels and the staircase, and predict the held-out ones from their own send times (replay) and
+from the scenario's plan (plan). Prints one table of held-out
 errors, each predicted 90% interval and whether the measured value fell inside it, then the
 aim: median |error| of p50/p95 E2E at most 5%, of p95 TTFT at most 10%, and 9 in 10 inside.
 The engine needs the machine's cores to itself: other work on them moves its capacity between
@@ -32,7 +33,7 @@ from scenarios.spec import Scenario, parse_scenario
 from simulator.backtest import BacktestRow
 from surgecast.pipeline import backtest_run, calibrate_runs, run_load
 from surgecast.rundir import RunFolder
-from surgecast.sweep import BURST_S
+from surgecast.sweep import staircase
 from surgecast.tables import markdown
 
 FIT = (0.15, 0.35)
@@ -124,14 +125,18 @@ def run_config(
         )
         capacity = cap.summary.throughput
         print(f"{kind} {slots} slots: capacity {capacity:.2f} req/s", file=sys.stderr)
-        # as `surgecast calibrate --scenario` does: a burst fills the batch, so the fit
-        # measures full batches rather than extrapolating to them
-        burst_n = 4 * slots
-        burst = {"rate": burst_n / BURST_S, "duration_s": BURST_S, "seed": 99}
-        print(f"burst: {burst_n} requests within {BURST_S:g} s", file=sys.stderr)
+        # as `surgecast calibrate --scenario` does: a staircase holds every batch size, so the
+        # fit measures each rather than extrapolating to the large ones
+        stairs = level(base, {"rate": 1.0, "duration_s": 1.0, "seed": 99})
+        print(f"staircase: {slots} requests at once, stepping down to 1", file=sys.stderr)
         fitted = [
             run_load(
-                level(base, burst), "fidelity", target_url=url, out=out / "burst", progress=False
+                stairs,
+                "fidelity",
+                target_url=url,
+                out=out / "staircase",
+                progress=False,
+                plan=staircase(stairs, slots),
             ).folder
         ]
         folders: dict[float, RunFolder] = {}

@@ -357,9 +357,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Fit step costs and overhead from run folders' records. With --scenario "
         "instead of run folders, measure first: short open-loop levels (Poisson at x0.25, "
         "x0.5, x1, x2 ... the scenario's rate) until one breaks its SLOs, errors climb, the "
-        "target falls behind or the generator does, plus a burst of requests at once for full "
-        "batches; fit on the levels at or under half the knee's rate and the burst, and "
-        "back-test the others, which the fit never saw.",
+        "target falls behind or the generator does, plus a staircase (a full batch of requests "
+        "at once whose answers end 40 tokens apart: every batch size measured); fit on the "
+        "levels at or under half the knee's rate and the staircase, and back-test the others, "
+        "which the fit never saw. A fit the data cannot support exits 3 and writes nothing.",
     )
     s.add_argument("runs", nargs="*", metavar="RUN_DIR")
     s.add_argument("-o", "--output", required=True, help="calibration JSON to write")

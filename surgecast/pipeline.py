@@ -273,8 +273,10 @@ def run_load(
     progress: bool = True,
     llama: LlamaOptions | None = None,
     vllm: VllmOptions | None = None,
+    plan: Sequence[RequestSpec] | None = None,
 ) -> RunOutcome:
-    """Send the scenario's plan to the target (the reference target when none is given).
+    """Send the scenario's plan (or `plan`, when given) to the target (the reference target
+    when none is given).
 
     With `llama`, surgecast starts llama-server on loopback (built or restored) and reads its
     batch limits from /props; an external llama-server's limits are read the same way. With
@@ -282,7 +284,9 @@ def run_load(
     external vLLM's cache limits are read the same way.
     """
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
-    plan = build_plan(scenario)  # bad traces, corpora and sizes fail here, before any folder
+    if plan is None:  # bad traces, corpora and sizes fail here, before any folder
+        plan = build_plan(scenario)
+    plan = list(plan)
     salt = run_salt() if scenario.target.salt_prompts else ""
     base_dir = scenario.base_dir or Path(scenario_file).parent
     prompts = SizedPrompts(scenario, base_dir, salt)

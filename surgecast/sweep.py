@@ -5,18 +5,20 @@ Levels are Poisson at rising rates (the scenario's workload, its arrival process
 personas with arrivals of their own keep them):
 x0.25, x0.5, x1, x2 ... of the scenario's rate, until a level breaks its SLOs, errors climb,
 the target falls behind the offered rate, or the generator itself could not keep the plan
-(an invalid run). A short burst of requests at once then measures the largest batches, so they
-are not extrapolated. The fit uses the levels at or under half the knee's rate and the burst;
-the others are predicted, never seen by the fit.
+(an invalid run). A staircase then measures every batch size up to the limit, so none is
+extrapolated: as many requests as the batch holds, sent at once, their answers ending
+STAIR_STEPS tokens apart, so the batch steps down from full to one, holding each size. The fit
+uses the levels at or under half the knee's rate and the staircase; the others are predicted,
+never seen by the fit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scenarios.plan import build_plan
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import Scenario, Traffic
 from simulator.backtest import BacktestRow
 from simulator.calibrate import Calibration
@@ -25,14 +27,40 @@ from surgecast.pipeline import RunOutcome, Say, backtest_run, calibrate_runs, ru
 LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_ERROR_RATE = 0.05
 MIN_ACHIEVED = 0.9  # of the offered rate: below it the target has fallen behind
-BURST_S = 1.0
+STAIR_STEPS = 40  # engine steps each batch size is held for: enough rows to price it
+# batch sizes a large batch's staircase holds (all of them up to 16)
+STAIR_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def stair_sizes(slots: int) -> list[int]:
+    """The batch sizes a staircase holds, largest first."""
+    if slots <= 16:
+        return list(range(slots, 0, -1))
+    return sorted({slots, *(s for s in STAIR_SIZES if s < slots)}, reverse=True)
+
+
+def staircase(scenario: Scenario, slots: int, hold: int = STAIR_STEPS) -> list[RequestSpec]:
+    """`slots` of the scenario's requests (its prompts, first turns only) sent together, their
+    answers ending `hold` tokens apart size by size: the batch steps down from `slots` to 1,
+    holding each size of `stair_sizes` for about `hold` steps."""
+    sizes = stair_sizes(slots)
+    openers = [s for s in build_plan(scenario) if s.after is None]
+    if not openers:
+        return []
+    lengths: list[int] = []
+    for level, (size, below) in enumerate(zip(sizes, [*sizes[1:], 0], strict=True)):
+        lengths += [hold * (level + 1)] * (size - below)  # these end after this size's hold
+    return [
+        replace(openers[i % len(openers)], id=f"stair-{i}", arrival=0.001 * i, max_tokens=n)
+        for i, n in enumerate(lengths)
+    ]
 
 
 @dataclass(frozen=True)
 class Level:
     rate: float  # offered requests/s
     outcome: RunOutcome
-    burst: bool = False
+    stairs: bool = False  # the staircase that measures every batch size
 
     @property
     def achieved(self) -> float:
@@ -102,19 +130,21 @@ def sweep(
         if reason:
             say(f"sweep: knee reached at {rate:.3g} req/s ({reason})")
             break
-    burst_n = 4 * (batch_limit or 16)
-    say(f"sweep burst: {burst_n} requests within {BURST_S:g} s, to measure full batches")
-    burst = Level(
-        burst_n / BURST_S,
+    slots = batch_limit or 16
+    say(f"sweep staircase: {slots} requests at once, the batch stepping down to 1")
+    stairs = _level(scenario, 1.0, 1.0, scenario.traffic.seed + 99)
+    stairs_level = Level(
+        float(slots),
         run_load(
-            _level(scenario, burst_n / BURST_S, BURST_S, scenario.traffic.seed + 99),
+            stairs,
             scenario_file,
             target_url=target_url,
-            out=out / "burst",
+            out=out / "staircase",
             say=say,
             progress=False,
+            plan=staircase(stairs, slots),
         ),
-        burst=True,
+        stairs=True,
     )
     passing = [lv for lv in levels if lv.knee_reason() is None]
     knee = passing[-1].rate if passing else levels[0].rate
@@ -123,10 +153,10 @@ def sweep(
         fitted = levels[:2]
     held = [lv for lv in levels if lv not in fitted]
     calibration = calibrate_runs(
-        [lv.outcome.folder for lv in [*fitted, burst]], max_num_seqs=batch_limit
+        [lv.outcome.folder for lv in [*fitted, stairs_level]], max_num_seqs=batch_limit
     )
     held_out = {lv.rate: backtest_run(lv.outcome.folder, calibration) for lv in held}
-    return SweepResult([*levels, burst], calibration, fitted, held_out)
+    return SweepResult([*levels, stairs_level], calibration, fitted, held_out)
 
 
 def level_rows(result: SweepResult) -> list[list[object]]:
@@ -134,7 +164,7 @@ def level_rows(result: SweepResult) -> list[list[object]]:
     rows: list[list[object]] = []
     for lv in result.levels:
         s = lv.outcome.summary
-        role = "burst (fit)" if lv.burst else "fit" if lv in result.fitted else "held out"
+        role = "staircase (fit)" if lv.stairs else "fit" if lv in result.fitted else "held out"
         rows.append(
             [
                 f"{lv.rate:.3g}",

@@ -167,9 +167,9 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "knee reached" in result.stderr  # the reference target saturates near 20 req/s
-    assert "held-out levels, predicted" in result.stdout and "burst (fit)" in result.stdout
+    assert "held-out levels, predicted" in result.stdout and "staircase (fit)" in result.stdout
     params = json.loads(cal.read_text())["parameters"]
     assert params["base_s"]["value"] == pytest.approx(0.010, rel=0.15)  # the target's truth
-    assert (out / "burst" / "requests.jsonl").exists() and (out / "level-1").is_dir()
+    assert (out / "staircase" / "requests.jsonl").exists() and (out / "level-1").is_dir()
     both = run_cli("calibrate", str(out / "level-1"), "--scenario", str(path), "-o", str(cal))
     assert both.returncode == 2 and "not both" in both.stderr

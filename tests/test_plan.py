@@ -314,3 +314,22 @@ def test_shareable_share_counts_prefix_chains_sent_before() -> None:
     d = RequestSpec(id="d", arrival=3, prompt_tokens=100, max_tokens=1, prefix=((1, 40), (2, 30)))
     # b reuses a's block 1; c's block 2 starts a new chain; d reuses b's whole chain
     assert shareable_prompt_share([d, c, b, a]) == pytest.approx((40 + 70) / 400)
+
+
+def test_staircase_holds_every_batch_size_from_full_to_one() -> None:
+    """4 slots, 40 steps a size: answers of 40, 80, 120 and 160 tokens sent together, so the
+    batch is 4, 3, 2, then 1 for 40 steps each; a 32-slot batch holds a subset of sizes."""
+    from surgecast.sweep import stair_sizes, staircase
+
+    scenario = parse_scenario(scenario_dict())
+    stairs = staircase(scenario, 4)
+    assert sorted(s.max_tokens for s in stairs) == [40, 80, 120, 160]
+    assert all(s.arrival < 0.01 and s.after is None for s in stairs)
+    assert len({s.id for s in stairs}) == 4
+    assert stair_sizes(32) == [32, 24, 16, 12, 8, 6, 4, 3, 2, 1]
+    big = staircase(scenario, 32)
+    assert len(big) == 32
+    tokens = sorted(s.max_tokens for s in big)
+    # in flight after step t: those longer than t; at each hold's middle, the size it holds
+    held = [sum(n > 40 * k + 20 for n in tokens) for k in range(10)]
+    assert held == stair_sizes(32)
