@@ -31,6 +31,7 @@ from pathlib import Path
 
 from scenarios.spec import Scenario, parse_scenario
 from simulator.backtest import BacktestRow
+from simulator.calibrate import step_time_ratio
 from surgecast.pipeline import backtest_run, calibrate_runs, run_load
 from surgecast.rundir import RunFolder
 from surgecast.sweep import staircase
@@ -155,6 +156,14 @@ def run_config(
             )
             folders[share] = outcome.folder
     calibration = calibrate_runs([*(folders[s] for s in FIT), *fitted], max_num_seqs=slots)
+    runs = {"capacity": cap.folder, "staircase": fitted[0]} | {
+        f"{s:.0%}": folders[s] for s in folders
+    }
+    speed = ", ".join(  # the engine's speed drifting through the benchmark shows here
+        f"{name} {step_time_ratio(f.records(), calibration.fit.cost()) or float('nan'):.3f}"
+        for name, f in runs.items()
+    )
+    print(f"{kind} {slots} slots: step time over the fit's, in run order: {speed}", file=sys.stderr)
     return [
         (f"{kind} {slots} slots", share, row)
         for share in HELD_OUT
