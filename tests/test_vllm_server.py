@@ -28,6 +28,7 @@ from scenarios.spec import parse_scenario
 from scenarios.text import make_prompt
 from surgecast.pipeline import RunOutcome, backtest_run, calibrate_runs, run_load
 from surgecast.rundir import RunFolder
+from surgecast.sweep import staircase
 from targets.vllm_launch import VllmOptions, config_for, engine_limits
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import (
@@ -326,7 +327,10 @@ def test_target_vllm_has_help() -> None:
     assert "--max-num-seqs" in result.stdout and "--no-prefix-caching" in result.stdout
 
 
-def _vllm_level(server: VllmServer, traffic: dict[str, object], out: Path) -> RunOutcome:
+def _vllm_level(
+    server: VllmServer, traffic: dict[str, object], out: Path, stairs: int = 0
+) -> RunOutcome:
+    """A level of the scenario below; `stairs`: a staircase of that many requests instead."""
     data = scenario_dict(
         target={"api": "chat", "timeout_s": 120, "extra_body": {"ignore_eos": True}},
         traffic={"duration_s": 20, "max_lateness_ms": 5000, **traffic},
@@ -336,14 +340,16 @@ def _vllm_level(server: VllmServer, traffic: dict[str, object], out: Path) -> Ru
             "output_tokens": {"dist": "uniform", "low": 16, "high": 48},
         },
     )
-    return run_load(parse_scenario(data), "s.yaml", target_url=server.base_url, out=out)
+    scenario = parse_scenario(data)
+    plan = staircase(scenario, stairs) if stairs else None
+    return run_load(scenario, "s.yaml", target_url=server.base_url, out=out, plan=plan)
 
 
 @needs_vllm
 @pytest.mark.engine_load
 def test_calibration_on_two_levels_predicts_a_third(vllm: VllmServer, tmp_path: Path) -> None:
     """As against llama-server: fitted on two light open-loop levels (20% and 40% of the
-    capacity closed-loop users measured) and a burst at the batch limit, the model predicts a
+    capacity closed-loop users measured) and a staircase of every batch size, the model predicts a
     heavier level it never saw (65%): median E2E within 30% on this shared machine (the tight
     aim is benchmarks/fidelity.py's)."""
     users = {
@@ -353,13 +359,13 @@ def test_calibration_on_two_levels_predicts_a_third(vllm: VllmServer, tmp_path: 
     }
     capacity = _vllm_level(vllm, {"arrival": users, "seed": 1}, tmp_path / "cap")
     rate = capacity.summary.throughput
-    burst = _vllm_level(vllm, {"rate": 4 * SEQS, "duration_s": 1, "seed": 9}, tmp_path / "burst")
+    stairs = _vllm_level(vllm, {"rate": 1, "duration_s": 1, "seed": 9}, tmp_path / "stairs", SEQS)
     runs = [
         _vllm_level(vllm, {"rate": share * rate, "seed": 2 + i}, tmp_path / f"l{i}")
         for i, share in enumerate((0.2, 0.4, 0.65))
     ]
-    assert all(r.valid for r in [burst, *runs]), [r.reasons for r in runs]
-    calibration = calibrate_runs([r.folder for r in (runs[0], runs[1], burst)])
+    assert all(r.valid for r in [stairs, *runs]), [r.reasons for r in runs]
+    calibration = calibrate_runs([r.folder for r in (runs[0], runs[1], stairs)])
     assert calibration.engine.max_num_seqs == SEQS  # read from the server, not assumed
     rows = {(r.basis, r.metric, r.quantile): r for r in backtest_run(runs[2].folder, calibration)}
     assert abs(rows[("replay", "e2e", 50)].error_pct) < 30
