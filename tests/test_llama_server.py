@@ -220,11 +220,12 @@ def test_run_reads_batch_limits_from_an_external_llama_server(
     records = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
     assert records and all(r["status"] == "ok" for r in records)
     assert all(r["token_source"] == "usage" for r in records)
-    cal = run_cli("calibrate", str(out), "-o", str(tmp_path / "cal.json"), "--no-backtest")
-    assert cal.returncode == 0, cal.stderr[-3000:]
-    assert "ASSUMED" not in cal.stdout + cal.stderr
-    engine = json.loads((tmp_path / "cal.json").read_text())["engine"]
-    assert (engine["max_num_seqs"], engine["kv_cache_tokens"]) == (SLOTS, CTX)
+    # the limits come from the run, not from the fit's quality (a 3 s run on a busy machine
+    # may fit too noisily to be used: `surgecast calibrate` would refuse it, exit 3)
+    calibration = calibrate_runs([RunFolder(out)])
+    assert not [n for n in calibration.notes if "ASSUMED" in n]
+    engine = calibration.engine
+    assert (engine.max_num_seqs, engine.kv_cache_tokens) == (SLOTS, CTX)
     # without the server's limits, only the limit the command line did not give is "assumed"
     meta = json.loads((out / "run.json").read_text())
     del meta["target"]["limits"]
