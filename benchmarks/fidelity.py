@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import statistics
 import sys
 import tempfile
@@ -242,6 +243,8 @@ def main() -> int:
         "--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)"
     )
     a = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the engine's context manager stops its processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     results: list[Result] = []
     with contextlib.ExitStack() as stack:
