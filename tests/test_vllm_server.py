@@ -32,9 +32,11 @@ from surgecast.sweep import staircase
 from targets.vllm_launch import VllmOptions, config_for, engine_limits
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import (
+    VllmConfig,
     VllmServer,
     VllmServerError,
     cache_info,
+    cpu_dtype,
     probe_cache_info,
     read_cache_info,
     vllm_venv,
@@ -90,6 +92,15 @@ def test_telemetry_keeps_the_series_it_reads() -> None:
     assert series_value(metrics, "running") == ("vllm:num_requests_running", 2.0)
     unknown = {"tgi_queue_size": 1.0}
     assert kept_series(unknown) == unknown  # an engine we do not know: everything is kept
+
+
+def test_float32_unless_the_cpu_computes_bf16() -> None:
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert cpu_dtype(avx2) == "float32"
+    assert cpu_dtype(avx2.replace("avx2", "avx2 avx512f avx512_bf16")) == "auto"
+    assert cpu_dtype(avx2.replace("avx2", "avx2 amx_bf16")) == "auto"
+    cmd = VllmConfig(Path("m"), dtype="float32").command(8000)
+    assert cmd[cmd.index("--dtype") + 1] == "float32"
 
 
 def test_missing_venv_says_make_vllm(tmp_path: Path) -> None:
@@ -365,8 +376,11 @@ def test_calibration_on_two_levels_predicts_a_third(vllm: VllmServer, tmp_path: 
         for i, share in enumerate((0.2, 0.4, 0.65))
     ]
     assert all(r.valid for r in [stairs, *runs]), [r.reasons for r in runs]
-    calibration = calibrate_runs([r.folder for r in (runs[0], runs[1], stairs)])
-    assert calibration.engine.max_num_seqs == SEQS  # read from the server, not assumed
+    # an external vLLM does not publish its batch limit: given, as --max-num-seqs gives it
+    calibration = calibrate_runs([r.folder for r in (runs[0], runs[1], stairs)], max_num_seqs=SEQS)
+    assert calibration.engine.max_num_seqs == SEQS
+    assert calibration.engine.kv_cache_tokens == read_cache_info(vllm.base_url).kv_cache_tokens
+    assert not any("ASSUMED" in n for n in calibration.notes), calibration.notes
     rows = {(r.basis, r.metric, r.quantile): r for r in backtest_run(runs[2].folder, calibration)}
     assert abs(rows[("replay", "e2e", 50)].error_pct) < 30
     assert abs(rows[("replay", "e2e", 95)].error_pct) < 40
