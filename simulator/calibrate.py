@@ -402,9 +402,11 @@ def _bent(selection: Selection, per_prefill_token_s: float | None) -> CostModel 
     return model
 
 
-def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
-    """The run's timed steps' total duration over what `cost` predicts for them (1.0: as
-    fitted); None when the run has too few timed steps."""
+def _timed_steps(
+    records: Sequence[RequestRecord], cost: StepCostModel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For the run's timed steps: end times, durations and what `cost` predicts for them (s);
+    None when the run has too few."""
     ok = _streamed(records)
     if sum(len(r.chunk_times) for r in ok) < 3 or not any(len(r.chunk_times) > 1 for r in ok):
         return None
@@ -412,12 +414,42 @@ def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> fl
     rows = np.flatnonzero(steps.busy)
     if len(rows) < 8:
         return None
-    took = float(np.sum(steps.end[rows] - steps.end[rows - 1]))
-    fitted = sum(
+    fitted = [
         cost.duration(int(steps.decode[i]), int(steps.prefill_tokens[i]), int(steps.context[i]))
         for i in rows
-    )
-    return took / fitted if fitted > 0 else None
+    ]
+    return steps.end[rows], steps.end[rows] - steps.end[rows - 1], np.asarray(fitted)
+
+
+def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
+    """The run's timed steps' total duration over what `cost` predicts for them (1.0: as
+    fitted); None when the run has too few timed steps."""
+    timed = _timed_steps(records, cost)
+    if timed is None or timed[2].sum() <= 0:
+        return None
+    return float(timed[1].sum() / timed[2].sum())
+
+
+SPEED_WINDOW_S = 20.0
+SPEED_WINDOW_STEPS = 50  # fewer timed steps: the window is left out
+
+
+def windowed_step_time_ratios(
+    records: Sequence[RequestRecord], cost: StepCostModel, window_s: float = SPEED_WINDOW_S
+) -> list[float]:
+    """`step_time_ratio` for each `window_s` of the run: how the target's speed wandered
+    within it (a run at 80% load inherits whatever speed the engine has then)."""
+    timed = _timed_steps(records, cost)
+    if timed is None:
+        return []
+    end, took, fitted = timed
+    window = ((end - end[0]) // window_s).astype(int)
+    out = []
+    for w in np.unique(window):
+        k = window == w
+        if k.sum() >= SPEED_WINDOW_STEPS and fitted[k].sum() > 0:
+            out.append(float(took[k].sum() / fitted[k].sum()))
+    return out
 
 
 def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibration:

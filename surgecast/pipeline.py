@@ -50,7 +50,14 @@ from simulator.backtest import (
     predict_plan,
     replay_plan,
 )
-from simulator.calibrate import Calibration, CalibrationError, calibrate, step_time_ratio
+from simulator.calibrate import (
+    SPEED_WINDOW_S,
+    Calibration,
+    CalibrationError,
+    calibrate,
+    step_time_ratio,
+    windowed_step_time_ratios,
+)
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, engine_from_spec
 from simulator.fleet_spec import fleet_from_spec
@@ -73,7 +80,7 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 UNREACHABLE = {"connection_refused", "connection_error"}
-DRIFT_NOTE = 0.05  # step-time drift between calibration runs worth a note
+DRIFT_NOTE = 0.05  # step-time drift (between or within calibration runs) worth a note
 
 
 def say_stderr(text: str) -> None:
@@ -621,21 +628,7 @@ def calibrate_runs(
             "the fit is not finite: the records do not determine the step cost "
             "(check the run's records, or rerun with more requests)"
         )
-    ratios = [step_time_ratio(run, calibration.engine.cost) for run in runs]
-    known = [r for r in ratios if r is not None]
-    if len(known) >= 2:
-        drift = float(np.std(known, ddof=1))
-        calibration = replace(calibration, drift=drift)
-        if drift > DRIFT_NOTE:
-            calibration = replace(
-                calibration,
-                notes=[
-                    *calibration.notes,
-                    f"step time drifted between the runs ({drift:.0%} relative sd, runs at "
-                    + ", ".join(f"{r:.2f}" for r in known)
-                    + " x the fit): the target's speed changed; intervals include it",
-                ],
-            )
+    calibration = _with_drift(calibration, runs)
     guessed = []  # only limits neither the target nor the command line gave
     from_target = declared_limits(folders)
     if "max_num_seqs" not in from_target and not max_num_seqs:
@@ -650,6 +643,30 @@ def calibrate_runs(
         )
         calibration = replace(calibration, notes=[*calibration.notes, assumed])
     return calibration
+
+
+def _with_drift(calibration: Calibration, runs: Sequence[Sequence[RequestRecord]]) -> Calibration:
+    """The calibration with its step-time drift: the larger of the spread between the runs'
+    speeds and the spread of 20 s windows within them (a held-out run may meet either)."""
+    cost = calibration.engine.cost
+    known = [r for r in (step_time_ratio(run, cost) for run in runs) if r is not None]
+    windows = [w for run in runs for w in windowed_step_time_ratios(run, cost)]
+    between = float(np.std(known, ddof=1)) if len(known) >= 2 else 0.0
+    within = float(np.std(windows, ddof=1)) if len(windows) >= 2 else 0.0
+    calibration = replace(calibration, drift=max(between, within))
+    notes = []
+    if between > DRIFT_NOTE:
+        notes.append(
+            f"step time drifted between the runs ({between:.0%} relative sd, runs at "
+            + ", ".join(f"{r:.2f}" for r in known)
+            + " x the fit): the target's speed changed; intervals include it"
+        )
+    if within > DRIFT_NOTE:
+        notes.append(
+            f"step time wandered within the runs ({within:.0%} relative sd over "
+            f"{len(windows)} windows of {SPEED_WINDOW_S:g} s): intervals include it"
+        )
+    return replace(calibration, notes=[*calibration.notes, *notes])
 
 
 NEAR_SATURATION = 0.85  # a run's load, against the calibrated saturation throughput

@@ -17,6 +17,7 @@ from simulator.calibrate import Calibration, calibrate
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, StepCost
 from simulator.sim import simulate
+from simulator.stepcost import scaled
 from surgecast.pipeline import calibrate_runs
 from surgecast.rundir import RunFolder
 from tests.conftest import scenario_dict
@@ -113,3 +114,23 @@ def test_calibrating_on_a_run_near_saturation_says_so(tmp_path: Path) -> None:
     notes = " ".join(calibrate_runs([light, heavy]).notes)
     assert "heavy ran at" in notes and "light ran at" not in notes
     assert "light ran at" not in " ".join(calibrate_runs([light]).notes)
+
+
+def _slowed_after(rate: float, seed: int, factor: float) -> list[RequestRecord]:
+    """A run whose engine slows by `factor` for its second half (simulated apart, a gap
+    between, so the halves' steps never mix)."""
+    plan = build_plan(_scenario(rate, seed))
+    half = [s for s in plan if s.arrival < 30], [s for s in plan if s.arrival >= 30]
+    slow = TRUE.with_cost(scaled(TRUE.cost, factor), TRUE.overhead_s)
+    first = simulate(half[0], TRUE).records
+    second = [_shift(r, 40.0) for r in simulate(half[1], slow).records]
+    return _jittered(first + second, np.random.default_rng(seed), 3e-4)
+
+
+def test_speed_wandering_within_a_run_widens_the_drift(tmp_path: Path) -> None:
+    steady = calibrate_runs([_folder(tmp_path, "steady", _run(6, 6))])
+    wandering = calibrate_runs([_folder(tmp_path, "wandering", _slowed_after(6, 6, 1.2))])
+    assert steady.drift < 0.03
+    assert 0.05 < wandering.drift < 0.2  # 20 s windows at 1.0 and 1.2 x, around the fit
+    assert any("wandered within the runs" in n for n in wandering.notes)
+    assert not any("wandered" in n for n in steady.notes)
