@@ -27,8 +27,10 @@ from scenarios.spec import TargetFaults
 from scenarios.text import count_tokens, output_word
 from simulator.drive import DriveLoop, EngineEvents, Sleep
 from simulator.engine import Engine, EngineConfig, Sequence
+from simulator.openai_params import BadRequest, check_sampling
 
 CATCH_UP_S = 0.01  # a step that overslept by less than this is absorbed, not accumulated
+BODY_TIMEOUT_S = 30.0  # a request body not fully sent by then is refused (408)
 
 
 @dataclass
@@ -107,13 +109,6 @@ class LiveEngine:
                 deadline = time.monotonic()
 
 
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.status = status
-
-
 def _error(message: str, status: int = 400, param: str | None = None) -> web.Response:
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
@@ -154,6 +149,24 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> str:
     return prompt
 
 
+async def _json_body(request: web.Request, timeout_s: float) -> dict[str, Any]:
+    """The request's JSON object; BadRequest for a slow, non-UTF-8, malformed, too deeply
+    nested or non-object body."""
+    try:
+        raw = await asyncio.wait_for(request.read(), timeout_s)
+    except TimeoutError:
+        raise BadRequest(f"request body not received within {timeout_s:g} s", None, 408) from None
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"request body is not UTF-8 (byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, huge integers, deep nesting
+        raise BadRequest(f"request body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
 def _max_tokens(body: dict[str, Any]) -> int:
     value = body.get("max_completion_tokens", body.get("max_tokens", 256))
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -173,8 +186,10 @@ class ReferenceTarget:
         stream_interval: int = 1,
         api_key: str | None = None,
         debug: bool = False,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ):
         self.config = config
+        self.body_timeout_s = body_timeout_s
         self.api_key = api_key  # when set, /v1 wants `Authorization: Bearer <key>`
         self.debug = debug  # serve /debug/requests: every request's timing, unauthenticated
         self.stream_interval = stream_interval  # tokens per chunk, as vLLM's --stream-interval
@@ -283,15 +298,12 @@ class ReferenceTarget:
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         received = time.monotonic()
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise BadRequest("request body must be a JSON object")
+            body = await _json_body(request, self.body_timeout_s)
             if body.get("model", self.model) != self.model:
                 raise BadRequest(f"The model `{body.get('model')}` does not exist.", "model", 404)
             prompt_tokens = count_tokens(_prompt_text(body, chat))
             max_tokens = _max_tokens(body)
-        except json.JSONDecodeError as e:
-            return _error(f"request body is not valid JSON: {e}")
+            check_sampling(body)
         except BadRequest as e:
             return _error(str(e), e.status, e.param)
         assert self.live is not None
@@ -506,6 +518,7 @@ async def serve(
     stream_interval: int = 1,
     api_key: str | None = None,
     debug: bool = False,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> None:
     """Serve until cancelled; prints the base URL once listening (port 0 picks a free one).
 
@@ -519,8 +532,11 @@ async def serve(
         stream_interval=stream_interval,
         api_key=api_key,
         debug=debug,
+        body_timeout_s=body_timeout_s,
     )
-    runner = web.AppRunner(target.app(), access_log=None)
+    # handler_cancellation: a client that disconnects cancels its handler, streamed or not, and
+    # `_complete` aborts its sequence (as vLLM aborts a request whose client went away)
+    runner = web.AppRunner(target.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -302,6 +302,14 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /debug/requests: the target's own timing of every request, for tests and "
         "benchmarks (unauthenticated: off by default)",
     )
+    s.add_argument(
+        "--body-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="answer 408 to a request whose body has not fully arrived S seconds after its "
+        "headers (default 30)",
+    )
 
     s = sub.add_parser(
         "target",
@@ -603,6 +611,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
                 interval or 1,
                 api_key=a.api_key or os.environ.get(TARGET_KEY_ENV) or None,
                 debug=a.debug,
+                body_timeout_s=a.body_timeout,
             )
         )
     except KeyboardInterrupt:
