@@ -291,6 +291,7 @@ def run_load(
     external vLLM's cache limits are read the same way.
     """
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
+    plan_source = "scenario" if plan is None else "given"  # given: not the traffic's draw
     if plan is None:  # bad traces, corpora and sizes fail here, before any folder
         plan = build_plan(scenario)
     plan = list(plan)
@@ -318,12 +319,18 @@ def run_load(
         target_meta,
         status="running",
         source="measured",
+        plan=plan_source,
         writer=writer(),
     )
-    say(
-        f"run {folder.path.name}: {len(plan)} requests planned over "
+    drawn = (
         f"{scenario.traffic.duration_s:g} s, {scenario.traffic.describe()} "
         f"(seed {scenario.traffic.seed})"
+    )
+    last = max((s.arrival for s in plan), default=0.0)
+    given = f"{last:.3g} s, a plan given to the run (not the scenario's traffic)"
+    say(
+        f"run {folder.path.name}: {len(plan)} requests planned over "
+        + (drawn if plan_source == "scenario" else given)
     )
     died: list[str] = []
     try:
@@ -744,10 +751,12 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
 
 
 def _scenario_of(folder: RunFolder) -> Scenario | None:
-    """The scenario a measured run was sent from, as its run.json keeps it (None: not there
-    or no longer valid, or a simulated run)."""
+    """The scenario a measured run's plan was drawn from, as its run.json keeps it (None: not
+    there or no longer valid, a simulated run, or a plan given to the run, as a staircase is)."""
     meta = folder.meta()
     if meta.get("source", "measured") != "measured" or "scenario" not in meta:
+        return None
+    if meta.get("plan", "scenario") != "scenario":
         return None
     scenario_file = meta.get("scenario_file")
     base = Path(scenario_file).resolve().parent if scenario_file else None

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from simulator.calibrate import Calibration
+from surgecast.pipeline import backtest_run
+from surgecast.rundir import RunFolder
 from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
 
 
@@ -171,5 +174,11 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
     params = json.loads(cal.read_text())["parameters"]
     assert params["base_s"]["value"] == pytest.approx(0.010, rel=0.15)  # the target's truth
     assert (out / "staircase" / "requests.jsonl").exists() and (out / "level-1").is_dir()
+    # the staircase's plan is not its scenario's traffic: back-tested on its own send times only
+    stairs, level = RunFolder(out / "staircase"), RunFolder(out / "level-1")
+    assert stairs.meta()["plan"] == "given" and level.meta()["plan"] == "scenario"
+    calibration = Calibration.from_dict(json.loads(cal.read_text()))
+    assert {r.basis for r in backtest_run(stairs, calibration)} == {"replay"}
+    assert "plan" in {r.basis for r in backtest_run(level, calibration)}
     both = run_cli("calibrate", str(out / "level-1"), "--scenario", str(path), "-o", str(cal))
     assert both.returncode == 2 and "not both" in both.stderr
