@@ -6,13 +6,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from simulator.engine import EngineConfig, StepCost
 from simulator.launch import ReferenceTargetProcess
+
+if TYPE_CHECKING:
+    from surgecast.pipeline import RunOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +87,24 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     result = run_cli("pipeline", str(path), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
+
+
+def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int = 0) -> RunOutcome:
+    """One load level against a real engine: short chat requests with ignore_eos, generous
+    lateness and SLOs (a 2-core machine); `stairs`: a staircase of that many requests instead."""
+    from scenarios.spec import parse_scenario
+    from surgecast.pipeline import run_load  # heavy: only for the engine tests
+    from surgecast.sweep import staircase
+
+    data = scenario_dict(
+        target={"api": "chat", "timeout_s": 120, "extra_body": {"ignore_eos": True}},
+        traffic={"duration_s": 20, "max_lateness_ms": 5000, **traffic},
+        slos={"ttft": "p(95) < 120000"},
+        workload={
+            "prompt_tokens": {"dist": "uniform", "low": 20, "high": 200},
+            "output_tokens": {"dist": "uniform", "low": 16, "high": 48},
+        },
+    )
+    scenario = parse_scenario(data)
+    plan = staircase(scenario, stairs) if stairs else None
+    return run_load(scenario, "s.yaml", target_url=base_url, out=out, plan=plan)

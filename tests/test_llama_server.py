@@ -25,9 +25,8 @@ import pytest
 
 from loadgen.client import Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
-from scenarios.spec import parse_scenario
 from scenarios.text import make_prompt
-from surgecast.pipeline import RunOutcome, backtest_run, calibrate_runs, run_load
+from surgecast.pipeline import backtest_run, calibrate_runs
 from surgecast.rundir import RunFolder
 from targets.gguf_model import ensure_model, vocabulary
 from targets.llama_build import BuildError, cached_server, ensure_server
@@ -38,7 +37,7 @@ from targets.llama_server import (
     probe_limits,
     read_limits,
 )
-from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
+from tests.conftest import ROOT, engine_level, run_cli, scenario_dict, write_scenario
 
 pytestmark = pytest.mark.timeout(900)  # the first test may wait for the build
 
@@ -300,19 +299,6 @@ def compute_bound(llama_files: tuple[Path, Path]) -> Iterator[LlamaServer]:
         yield server
 
 
-def _level(server: LlamaServer, traffic: dict[str, Any], out: Path) -> RunOutcome:
-    data = scenario_dict(
-        target={"api": "chat", "timeout_s": 120, "extra_body": {"ignore_eos": True}},
-        traffic={"duration_s": 20, "max_lateness_ms": 5000, **traffic},
-        slos={"ttft": "p(95) < 120000"},
-        workload={
-            "prompt_tokens": {"dist": "uniform", "low": 20, "high": 200},
-            "output_tokens": {"dist": "uniform", "low": 16, "high": 48},
-        },
-    )
-    return run_load(parse_scenario(data), "s.yaml", target_url=server.base_url, out=out)
-
-
 @pytest.mark.engine_load
 def test_calibration_on_two_levels_predicts_a_third(
     compute_bound: LlamaServer, tmp_path: Path
@@ -325,10 +311,12 @@ def test_calibration_on_two_levels_predicts_a_third(
         "users": 2 * SLOTS,
         "think_time": {"dist": "constant", "value": 0},
     }
-    capacity = _level(compute_bound, {"arrival": users, "seed": 1}, tmp_path / "cap")
+    capacity = engine_level(compute_bound.base_url, {"arrival": users, "seed": 1}, tmp_path / "cap")
     rate = capacity.summary.throughput
     runs = [
-        _level(compute_bound, {"rate": share * rate, "seed": 2 + i}, tmp_path / f"l{i}")
+        engine_level(
+            compute_bound.base_url, {"rate": share * rate, "seed": 2 + i}, tmp_path / f"l{i}"
+        )
         for i, share in enumerate((0.2, 0.4, 0.65))
     ]
     assert all(r.valid for r in runs), [r.reasons for r in runs]

@@ -24,11 +24,9 @@ from loadgen.client import Endpoint, StreamingCall
 from loadgen.engine_metrics import KNOWN, kept_series, series_value
 from loadgen.telemetry import parse_prometheus
 from scenarios.plan import RequestSpec
-from scenarios.spec import parse_scenario
 from scenarios.text import make_prompt
-from surgecast.pipeline import RunOutcome, backtest_run, calibrate_runs, run_load
+from surgecast.pipeline import backtest_run, calibrate_runs
 from surgecast.rundir import RunFolder
-from surgecast.sweep import staircase
 from targets.vllm_launch import VllmOptions, config_for, engine_limits
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import (
@@ -41,7 +39,7 @@ from targets.vllm_server import (
     read_cache_info,
     vllm_venv,
 )
-from tests.conftest import run_cli, scenario_dict, write_scenario
+from tests.conftest import engine_level, run_cli, scenario_dict, write_scenario
 
 SEQS, MAX_LEN = 4, 2048
 F = TypeVar("F", bound=Callable[..., None])
@@ -338,24 +336,6 @@ def test_target_vllm_has_help() -> None:
     assert "--max-num-seqs" in result.stdout and "--no-prefix-caching" in result.stdout
 
 
-def _vllm_level(
-    server: VllmServer, traffic: dict[str, object], out: Path, stairs: int = 0
-) -> RunOutcome:
-    """A level of the scenario below; `stairs`: a staircase of that many requests instead."""
-    data = scenario_dict(
-        target={"api": "chat", "timeout_s": 120, "extra_body": {"ignore_eos": True}},
-        traffic={"duration_s": 20, "max_lateness_ms": 5000, **traffic},
-        slos={"ttft": "p(95) < 120000"},
-        workload={
-            "prompt_tokens": {"dist": "uniform", "low": 20, "high": 200},
-            "output_tokens": {"dist": "uniform", "low": 16, "high": 48},
-        },
-    )
-    scenario = parse_scenario(data)
-    plan = staircase(scenario, stairs) if stairs else None
-    return run_load(scenario, "s.yaml", target_url=server.base_url, out=out, plan=plan)
-
-
 @needs_vllm
 @pytest.mark.engine_load
 def test_calibration_on_two_levels_predicts_a_third(vllm: VllmServer, tmp_path: Path) -> None:
@@ -368,11 +348,13 @@ def test_calibration_on_two_levels_predicts_a_third(vllm: VllmServer, tmp_path: 
         "users": 2 * SEQS,
         "think_time": {"dist": "constant", "value": 0},
     }
-    capacity = _vllm_level(vllm, {"arrival": users, "seed": 1}, tmp_path / "cap")
+    capacity = engine_level(vllm.base_url, {"arrival": users, "seed": 1}, tmp_path / "cap")
     rate = capacity.summary.throughput
-    stairs = _vllm_level(vllm, {"rate": 1, "duration_s": 1, "seed": 9}, tmp_path / "stairs", SEQS)
+    stairs = engine_level(
+        vllm.base_url, {"rate": 1, "duration_s": 1, "seed": 9}, tmp_path / "stairs", SEQS
+    )
     runs = [
-        _vllm_level(vllm, {"rate": share * rate, "seed": 2 + i}, tmp_path / f"l{i}")
+        engine_level(vllm.base_url, {"rate": share * rate, "seed": 2 + i}, tmp_path / f"l{i}")
         for i, share in enumerate((0.2, 0.4, 0.65))
     ]
     assert all(r.valid for r in [stairs, *runs]), [r.reasons for r in runs]
