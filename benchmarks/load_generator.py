@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -270,6 +271,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers it started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.serve:
         asyncio.run(serve(a.serve))
         return 0

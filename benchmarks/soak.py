@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,8 @@ def main() -> int:
     p.add_argument("--every-s", type=float, default=30.0, help="seconds between samples")
     p.add_argument("--warmup-minutes", type=float, default=2.0, help="growth is counted after this")
     a = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers it started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "soak.yaml"
