@@ -28,8 +28,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from scenarios.metrics import metric_samples
 from scenarios.spec import Scenario, parse_scenario
 from simulator.backtest import BacktestRow
 from simulator.calibrate import step_time_ratio
@@ -103,15 +107,33 @@ def level_seconds(rate: float, level_s: float, min_requests: int, max_s: float) 
     return min(max(level_s, min_requests / rate), max(max_s, level_s))
 
 
+@dataclass(frozen=True)
+class Levels:
+    """How long the levels run, and whether the held-out ones are sent twice."""
+
+    level_s: float
+    min_requests: int
+    held_out_requests: int
+    max_s: float
+    repeat: bool = False
+
+
+Repeat = tuple[str, float, str, int, float, float]  # config, share, metric, q, first, second
+REPEATED = (("e2e", 50), ("e2e", 95), ("ttft", 50), ("ttft", 95))
+
+
+def measured(folder: RunFolder) -> dict[tuple[str, int], float]:
+    """The repeatability table's quantiles of a measured run (ms)."""
+    records = folder.records()
+    return {
+        (m, q): float(np.percentile(metric_samples(records, m), q)) * 1000.0 for m, q in REPEATED
+    }
+
+
 def run_config(
-    kind: str,
-    slots: int,
-    level_s: float,
-    out: Path,
-    min_requests: int,
-    held_out_requests: int,
-    max_s: float,
-) -> list[Result]:
+    kind: str, slots: int, out: Path, levels: Levels
+) -> tuple[list[Result], list[Repeat]]:
+    level_s = levels.level_s
     with engine(kind, slots) as (url, extra):
         base = workload(slots, level_s, extra)
         closed = {
@@ -143,20 +165,31 @@ def run_config(
             ).folder
         ]
         folders: dict[float, RunFolder] = {}
+        traffics: dict[float, dict[str, float]] = {}
         for i, share in enumerate((*FIT, *HELD_OUT)):
             rate = share * capacity
-            wanted = min_requests if share in FIT else held_out_requests
-            seconds = level_seconds(rate, level_s, wanted, max_s)
+            wanted = levels.min_requests if share in FIT else levels.held_out_requests
+            seconds = level_seconds(rate, level_s, wanted, levels.max_s)
             print(f"level {share:.0%}: {rate:.3g} req/s for {seconds:.0f} s", file=sys.stderr)
-            traffic = {"rate": rate, "duration_s": seconds, "seed": 20 + i}
+            traffics[share] = {"rate": rate, "duration_s": seconds, "seed": 20 + i}
             outcome = run_load(
-                level(base, traffic),
+                level(base, traffics[share]),
                 "fidelity",
                 target_url=url,
                 out=out / f"{share:.2f}",
                 progress=False,
             )
             folders[share] = outcome.folder
+        repeats: dict[float, RunFolder] = {}
+        for share in HELD_OUT if levels.repeat else ():  # the same plan again: the noise floor
+            print(f"level {share:.0%} again, the same plan", file=sys.stderr)
+            repeats[share] = run_load(
+                level(base, traffics[share]),
+                "fidelity",
+                target_url=url,
+                out=out / f"{share:.2f}-repeat",
+                progress=False,
+            ).folder
     calibration = calibrate_runs([*(folders[s] for s in FIT), *fitted], max_num_seqs=slots)
     runs = {"capacity": cap.folder, "staircase": fitted[0]} | {
         f"{s:.0%}": folders[s] for s in folders
@@ -166,11 +199,35 @@ def run_config(
         for name, f in runs.items()
     )
     print(f"{kind} {slots} slots: step time over the fit's, in run order: {speed}", file=sys.stderr)
-    return [
-        (f"{kind} {slots} slots", share, row)
+    name = f"{kind} {slots} slots"
+    results = [
+        (name, share, row)
         for share in HELD_OUT
         for row in backtest_run(folders[share], calibration)
     ]
+    again = []
+    for share, folder in repeats.items():
+        first, second = measured(folders[share]), measured(folder)
+        again += [(name, share, m, q, first[(m, q)], second[(m, q)]) for m, q in REPEATED]
+    return results, again
+
+
+def repeat_table(repeats: list[Repeat]) -> str:
+    """How far the same plan sent twice to the same server lands: what no model can beat."""
+    rows = [
+        [name, f"{share:.0%}", f"{m} p{q}", f"{a:,.4g}", f"{b:,.4g}", f"{100 * (b - a) / a:+.1f}"]
+        for name, share, m, q, a, b in repeats
+    ]
+    table = markdown(["engine", "load", "metric", "first", "repeat", "difference %"], rows)
+
+    def median(metric: str, q: int) -> float:
+        diffs = [abs(100 * (b - a) / a) for _, _, m, q_, a, b in repeats if (m, q_) == (metric, q)]
+        return statistics.median(diffs) if diffs else float("nan")
+
+    return (
+        f"{table}\nsame plan twice, median |difference|: E2E p50 {median('e2e', 50):.1f}%, "
+        f"E2E p95 {median('e2e', 95):.1f}%, TTFT p95 {median('ttft', 95):.1f}%"
+    )
 
 
 def table(results: list[Result]) -> str:
@@ -243,26 +300,29 @@ def main() -> int:
     p.add_argument(
         "--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)"
     )
+    p.add_argument(
+        "--repeat",
+        action="store_true",
+        help="send each held-out level's plan a second time and print how far the two runs "
+        "differ: the noise floor no model can beat on this machine",
+    )
     a = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the engine's context manager stops its processes
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     results: list[Result] = []
+    repeats: list[Repeat] = []
+    levels = Levels(a.level_s, a.min_requests, a.held_out_requests, a.max_level_s, a.repeat)
     with contextlib.ExitStack() as stack:
         tmp = a.keep or stack.enter_context(tempfile.TemporaryDirectory())
         for slots in (int(s) for s in a.slots.split(",")):
-            out = Path(tmp) / f"{a.engine}-np{slots}"
-            results += run_config(
-                a.engine,
-                slots,
-                a.level_s,
-                out,
-                a.min_requests,
-                a.held_out_requests,
-                a.max_level_s,
-            )
+            rows, again = run_config(a.engine, slots, Path(tmp) / f"{a.engine}-np{slots}", levels)
+            results += rows
+            repeats += again
     print(table(results))
     print(aim([r for _, _, r in results]))
+    if repeats:
+        print(repeat_table(repeats))
     print(f"({time.monotonic() - started:.0f} s)")
     return 0
 
