@@ -49,7 +49,7 @@ fidelity: $(STAMP) llama-server
 
 # The same against vLLM for CPU (after `make vllm`; vLLM starts in about a minute per slot count).
 fidelity-vllm: $(STAMP) $(VLLM_STAMP)
-	$(BIN)/python benchmarks/fidelity.py --engine vllm --slots 8
+	$(BIN)/python benchmarks/fidelity.py --engine vllm --slots 8 --repeat
 
 # vLLM for CPU, opt-in: its own venv (torch CPU, about 2.5 GB), never needed by `make test`.
 # Every package is pinned in constraints-vllm.txt; the CUDA-linked torchvision, torchaudio and
