@@ -25,7 +25,7 @@ test: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/mypy benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator_speed.py
