@@ -38,9 +38,11 @@ class ReferenceTargetProcess:
         api_key: str | None = None,
         debug: bool = False,
         body_timeout_s: float | None = None,
+        header_timeout_s: float | None = None,
     ):
         self.config = config
         self.body_timeout_s = body_timeout_s
+        self.header_timeout_s = header_timeout_s
         self.faults = faults
         self.stream_interval = stream_interval
         self.api_key = api_key  # passed in the environment: never on a command line
@@ -75,6 +77,8 @@ class ReferenceTargetProcess:
             cmd.append("--debug")
         if self.body_timeout_s is not None:
             cmd += ["--body-timeout", f"{self.body_timeout_s:g}"]
+        if self.header_timeout_s is not None:
+            cmd += ["--header-timeout", f"{self.header_timeout_s:g}"]
         env = {k: v for k, v in os.environ.items() if k != TARGET_KEY_ENV}
         if self.api_key:
             env[TARGET_KEY_ENV] = self.api_key

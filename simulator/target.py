@@ -31,6 +31,7 @@ from simulator.openai_params import BadRequest, check_sampling
 
 CATCH_UP_S = 0.01  # a step that overslept by less than this is absorbed, not accumulated
 BODY_TIMEOUT_S = 30.0  # a request body not fully sent by then is refused (408)
+HEADER_TIMEOUT_S = 15.0  # a connection without a whole request's headers by then is closed
 
 
 @dataclass
@@ -519,6 +520,7 @@ async def serve(
     api_key: str | None = None,
     debug: bool = False,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> None:
     """Serve until cancelled; prints the base URL once listening (port 0 picks a free one).
 
@@ -535,8 +537,15 @@ async def serve(
         body_timeout_s=body_timeout_s,
     )
     # handler_cancellation: a client that disconnects cancels its handler, streamed or not, and
-    # `_complete` aborts its sequence (as vLLM aborts a request whose client went away)
-    runner = web.AppRunner(target.app(), access_log=None, handler_cancellation=True)
+    # `_complete` aborts its sequence (as vLLM aborts a request whose client went away).
+    # keepalive_timeout: aiohttp closes a connection that has not sent a whole request's
+    # headers this long after it opened or after its last answer (slow or idle clients)
+    runner = web.AppRunner(
+        target.app(),
+        access_log=None,
+        handler_cancellation=True,
+        keepalive_timeout=header_timeout_s,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

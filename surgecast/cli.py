@@ -310,6 +310,14 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 408 to a request whose body has not fully arrived S seconds after its "
         "headers (default 30)",
     )
+    s.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=15.0,
+        metavar="S",
+        help="close a connection that has not sent a whole request's headers S seconds after "
+        "it opened or after its last answer (slow or idle clients; default 15)",
+    )
 
     s = sub.add_parser(
         "target",
@@ -612,6 +620,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
                 api_key=a.api_key or os.environ.get(TARGET_KEY_ENV) or None,
                 debug=a.debug,
                 body_timeout_s=a.body_timeout,
+                header_timeout_s=a.header_timeout,
             )
         )
     except KeyboardInterrupt:

@@ -25,8 +25,8 @@ CHAT = "/v1/chat/completions"
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[tuple[str, int]]:
-    """(host, port) of a reference target with a 1 s body timeout."""
-    with ReferenceTargetProcess(FAST_ENGINE, body_timeout_s=1.0) as url:
+    """(host, port) of a reference target with 1 s body and 2 s header timeouts."""
+    with ReferenceTargetProcess(FAST_ENGINE, body_timeout_s=1.0, header_timeout_s=2.0) as url:
         parts = urlsplit(url)
         assert parts.hostname == "127.0.0.1" and parts.port
         yield parts.hostname, parts.port
@@ -190,6 +190,28 @@ def test_a_body_that_never_finishes_is_timed_out(target: tuple[str, int]) -> Non
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
     assert "not received within 1 s" in answer
     assert time.monotonic() - started < 5
+
+
+def test_headers_that_never_finish_close_the_connection(target: tuple[str, int]) -> None:
+    with socket.create_connection(target, timeout=10) as s:
+        s.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        started = time.monotonic()
+        closed = s.recv(4096)  # b"": the target closed it
+        waited = time.monotonic() - started
+    assert closed == b"" and 1.5 < waited < 8, (closed[:100], waited)
+
+
+def test_a_connection_between_requests_stays_usable(target: tuple[str, int]) -> None:
+    """The header timeout leaves a prompt client's keep-alive connection alone."""
+    conn = http.client.HTTPConnection(*target, timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("POST", CHAT, _chat(), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["usage"]
+            time.sleep(0.5)
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("stream", [False, True])
