@@ -66,7 +66,8 @@ def check_sampling(body: dict[str, Any]) -> None:
         if value is None:
             continue
         if not kind(value) or not in_range(value):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:40] + "..."
             raise BadRequest(f"'{name}' must be {wanted}, got {shown}", name)
     min_tokens, max_tokens = body.get("min_tokens"), body.get("max_tokens")
     if _integer(min_tokens) and _integer(max_tokens) and min_tokens > max_tokens:
