@@ -34,9 +34,11 @@ bench: $(STAMP)
 bench-loadgen: $(STAMP)
 	$(BIN)/python benchmarks/load_generator.py
 
-# The generator's memory and open files over a 30-minute run at 10 requests/s.
+# The generator's memory and open files over a 30-minute run at 10 requests/s, then the
+# end-of-run summary's memory as the run grows (a day's records at 10 requests/s and beyond).
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py
+	$(BIN)/python benchmarks/summary_memory.py
 
 # Tests that load a compute-bound real engine for minutes (deselected from `make test`: on a
 # shared 2-core machine their capacity swings with other work).

@@ -3,8 +3,9 @@ resident memory and open files sampled as it goes.
 
     python benchmarks/soak.py [--minutes 30] [--rate 10] [--every-s 30]
 
-Prints one row per sample (minutes, requests written, RSS MiB, open files) and the growth of
-RSS from the end of the warm-up (the first --warmup-minutes) to the end. Aim: under 5%.
+Prints one row per sample (minutes, requests written, RSS MiB, open files), the growth of
+RSS from the end of the warm-up (the first --warmup-minutes) to the end (aim: under 5%), and
+the run's peak RSS over its whole life, its end-of-run summary included.
 Loopback only; the run's folder is temporary.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -99,6 +101,9 @@ def main() -> int:
             f"RSS growth after {a.warmup_minutes:g} min of warm-up: {growth:+.1f}% "
             f"({after[0]:.1f} -> {after[-1]:.1f} MiB; aim: under 5%)"
         )
+    # the run's own peak, its end-of-run summary included (the samples stop when it exits)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    print(f"peak RSS of the whole run, end-of-run summary included: {peak:.1f} MiB")
     print(f"surgecast run exited {code}")
     return 0
 

@@ -7,7 +7,7 @@ measure from the intended start, correcting for coordinated omission.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -96,38 +96,33 @@ class TokenReconciliation:
         return (self.output_streamed - self.output_usage) / self.output_usage * 100.0
 
     @classmethod
-    def of(cls, records: Sequence[RequestRecord]) -> TokenReconciliation | None:
-        ok = [r for r in records if r.status == "ok" and r.token_source == "usage"]
-        pairs = [
-            (r.planned_prompt_tokens, r.prompt_tokens)
-            for r in ok
-            if r.planned_prompt_tokens and r.prompt_tokens is not None
-        ]
-        outputs = np.array(
-            [(r.output_tokens, len(r.chunk_times)) for r in ok if _one_token_chunks(r)],
-            dtype=float,
-        ).reshape(-1, 2)
-        if not pairs and not len(outputs):
+    def of(cls, table: RequestTable) -> TokenReconciliation | None:
+        """Over the table's successful last attempts; None when no server counted tokens."""
+        t = table.tokens
+        if t is None:
             return None
-        usage, streamed = outputs.T
+        counted = table.ok & ~table.retried & t.usage
+        paired = counted & (t.planned_prompt > 0) & (t.prompt >= 0)
+        # streamed requests whose chunks should each carry one token: the server counted the
+        # output and no per-chunk usage said a chunk held several
+        one_token = counted & (table.output_tokens > 0) & (t.chunks > 0) & ~t.per_chunk
+        if not paired.any() and not one_token.any():
+            return None
+        usage, streamed = table.output_tokens[one_token], t.chunks[one_token]
         disagreeing = int((np.abs(streamed - usage) > OUTPUT_COUNT_TOLERANCE * usage).sum())
-        planned, served = np.array(pairs, dtype=float).reshape(-1, 2).T
-        error = np.abs(served - planned) / planned * 100.0 if pairs else np.zeros(1)
-        reports = [
-            (r.prompt_tokens or 0, r.cached_tokens or 0)
-            for r in records
-            if r.status == "ok" and r.cached_tokens is not None
-        ]
+        planned, served = t.planned_prompt[paired], t.prompt[paired]
+        error = np.abs(served - planned) / planned * 100.0 if paired.any() else np.zeros(1)
+        reports = table.ok & ~table.retried & (t.cached >= 0)
         return cls(
-            len(pairs),
+            int(paired.sum()),
             int(planned.sum()),
             int(served.sum()),
             float(np.median(error)),
             float(np.percentile(error, 90)),
-            len(reports),
-            sum(p for p, _ in reports),
-            sum(c for _, c in reports),
-            len(outputs),
+            int(reports.sum()),
+            int(t.prompt[reports].clip(0, None).sum()),
+            int(t.cached[reports].sum()),
+            int(one_token.sum()),
             int(usage.sum()),
             int(streamed.sum()),
             disagreeing,
@@ -135,12 +130,6 @@ class TokenReconciliation:
 
 
 OUTPUT_COUNT_TOLERANCE = 0.05
-
-
-def _one_token_chunks(r: RequestRecord) -> bool:
-    """A streamed record whose chunks should each carry one token: the server counted its
-    output and no per-chunk usage said a chunk held several."""
-    return bool(r.output_tokens) and bool(r.chunk_times) and r.chunk_tokens is None
 
 
 def output_count_warning(tokens: TokenReconciliation | None) -> str | None:
@@ -236,7 +225,7 @@ def check_slos(table: RequestTable, thresholds: Sequence[Threshold]) -> list[Slo
 
 
 def summarize(
-    records: Sequence[RequestRecord],
+    records: Iterable[RequestRecord],
     thresholds: Sequence[Threshold] = (),
     duration_s: float | None = None,
     persona_thresholds: dict[str, list[Threshold]] | None = None,
@@ -252,20 +241,9 @@ def summarize(
     objectives of their own, each persona also gets its own summary over the same windows
     (so their rates add up), judged by the scenario's objectives and its own.
     """
-    summary = summarize_table(
+    return summarize_table(
         RequestTable.of(records), thresholds, duration_s, persona_thresholds, window=window
     )
-    return _with_tokens(summary, records)
-
-
-def _with_tokens(summary: Summary, attempts: Sequence[RequestRecord]) -> Summary:
-    """`summary` (and its personas') with the planned-versus-served token counts."""
-    by_persona = {
-        name: _with_tokens(own, [r for r in attempts if r.persona == name])
-        for name, own in summary.by_persona.items()
-    }
-    tokens = TokenReconciliation.of([r for r in attempts if not r.retried])
-    return replace(summary, tokens=tokens, by_persona=by_persona)
 
 
 def summarize_table(
@@ -276,7 +254,8 @@ def summarize_table(
     *,
     window: tuple[float, float] | None = None,
 ) -> Summary:
-    """`summarize` over columns (a simulated run's, or records'): without token counts."""
+    """`summarize` over columns (a simulated run's, or records'); token counts where the
+    columns have them (measured runs)."""
     dropped = attempts.error_kind == (
         attempts.kinds.index(DROPPED) if DROPPED in attempts.kinds else -2
     )
@@ -306,6 +285,7 @@ def summarize_table(
         }
     ok = table.ok
     stats = {m: Stats.of(table.samples(m)) for m in LATENCY_METRICS}
+    stats["itl"] = replace(stats["itl"], count=table.gap_count)  # gaps may be a sample
     stats["ttft_intended"] = Stats.of(table.samples("ttft_intended"))
     stats["e2e_intended"] = Stats.of(table.samples("e2e_intended"))
     limits: dict[str, float] = {}
@@ -333,6 +313,7 @@ def summarize_table(
         metrics=stats,
         slos=check_slos(table, thresholds),
         retries=len(attempts) - n,
+        tokens=TokenReconciliation.of(table),
         by_persona=by_persona,
         dropped=int(dropped.sum()),
     )

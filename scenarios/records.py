@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -201,37 +201,47 @@ def parse_record(line: bytes) -> RequestRecord:
 def read_records(
     path: str | Path, warn: Callable[[str], None] | None = None
 ) -> list[RequestRecord]:
-    """Read a requests.jsonl. A torn last line (a killed writer) is skipped silently; other bad
-    lines are skipped, each passed to `warn` with its line number, unless more than
-    MAX_BAD_SHARE of the lines are bad: then RecordsError names the first few."""
+    """Every record of a requests.jsonl in a list (`iter_records` streams them)."""
+    return list(iter_records(path, warn))
+
+
+def iter_records(
+    path: str | Path, warn: Callable[[str], None] | None = None
+) -> Iterator[RequestRecord]:
+    """Stream a requests.jsonl, one line in memory at a time. A torn last line (a killed
+    writer) is skipped silently; other bad lines are skipped, each passed to `warn` with its
+    line number at the end, unless more than MAX_BAD_SHARE of the lines are bad: then, after
+    the last record, RecordsError names the first few (a consumer that keeps what it was given
+    must drop it on that error)."""
     try:
-        lines = Path(path).read_bytes().splitlines()
+        f = open(path, "rb")  # noqa: SIM115 (closed below; a generator cannot use `with` early)
     except OSError as e:
         raise RecordsError(f"{path}: cannot read file: {e.strerror or e}") from None
-    out: list[RequestRecord] = []
     bad: list[str] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(parse_record(line))
-        except ValueError as e:
-            if n == len(lines) and not line.endswith(b"}"):
-                break  # torn by a killed writer
-            bad.append(f"{path}: line {n}: not a request record: {e}")
-    if bad and len(bad) > MAX_BAD_SHARE * len(lines):
+    n = 0
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = parse_record(line)
+            except ValueError as e:
+                if not line.endswith(b"\n") and not line.rstrip().endswith(b"}"):
+                    break  # the last line, torn by a killed writer
+                bad.append(f"{path}: line {n}: not a request record: {e}")
+                continue
+            yield record
+    if bad and len(bad) > MAX_BAD_SHARE * n:
         listed = bad[:_LISTED] + (
             [f"... and {len(bad) - _LISTED} more"] if len(bad) > _LISTED else []
         )
         raise RecordsError(
-            f"{len(bad)} of {len(lines)} lines are bad (over {MAX_BAD_SHARE:.0%}): "
+            f"{len(bad)} of {n} lines are bad (over {MAX_BAD_SHARE:.0%}): "
             "the file is corrupt; rerun, or fix or delete those lines:\n  " + "\n  ".join(listed)
         )
-    if bad:
-        say = warn or _stderr
-        for b in bad:
-            say(f"{b} (skipped)")
-    return out
+    say = warn or _stderr
+    for b in bad:
+        say(f"{b} (skipped)")
 
 
 def _stderr(line: str) -> None:

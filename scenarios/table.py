@@ -7,9 +7,11 @@ makes no object per request. A missing time is NaN; a missing count is -1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import get_args
+from typing import Any, ClassVar, get_args
 
 import numpy as np
 
@@ -17,14 +19,6 @@ from scenarios.records import RequestRecord, Status
 
 STATUSES: tuple[Status, ...] = get_args(Status)
 OK = STATUSES.index("ok")
-
-
-def _codes(values: Sequence[str | None]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Values as int16 codes into the sorted distinct names (-1 for None)."""
-    names = tuple(sorted({v for v in values if v is not None}))
-    index = {name: i for i, name in enumerate(names)}
-    codes = np.fromiter((-1 if v is None else index[v] for v in values), np.int16, len(values))
-    return codes, names
 
 
 def token_gaps(chunk_times: Sequence[float], chunk_tokens: Sequence[int] | None) -> np.ndarray:
@@ -40,10 +34,29 @@ def _max_gap(chunk_times: Sequence[float]) -> float:
     return float(np.diff(chunk_times).max()) if len(chunk_times) > 1 else np.nan
 
 
+MAX_GAPS = 2_000_000  # ITL samples kept exactly; beyond, a uniform sample of this many
+
+
+@dataclass(frozen=True)
+class TokenColumns:
+    """Per row, the token counts that reconcile plan, server and stream (measured runs only)."""
+
+    planned_prompt: np.ndarray  # int64, 0: not planned
+    prompt: np.ndarray  # int64, the server's count; -1: none
+    cached: np.ndarray  # int64, prompt tokens from the server's prefix cache; -1: not said
+    usage: np.ndarray  # bool: the counts are the server's own (`usage`)
+    chunks: np.ndarray  # int64, content chunks in the stream
+    per_chunk: np.ndarray  # bool: the stream said how many tokens each chunk held
+
+    def rows(self, rows: np.ndarray) -> TokenColumns:
+        return TokenColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
 @dataclass(frozen=True)
 class RequestTable:
-    """Rows of attempts. `gaps` holds every successful row's token gaps (ITL samples), each
-    owned by the row `gap_row` names; `max_gap` is a row's longest gap between chunks."""
+    """Rows of attempts. `gaps` holds successful rows' token gaps (ITL samples), each owned by
+    the row `gap_row` names: every gap, or, past MAX_GAPS, a uniform random sample of them,
+    `gap_share` of the whole. `max_gap` is a row's longest gap between chunks."""
 
     start: np.ndarray  # seconds from the run's start
     intended_start: np.ndarray
@@ -62,46 +75,27 @@ class RequestTable:
     kinds: tuple[str, ...] = ()
     personas: tuple[str, ...] = ("default",)
     examples: tuple[tuple[str, str], ...] = ()  # (error kind, first detail), in row order
+    gap_share: float = 1.0  # the share of all gaps that `gaps` holds
+    tokens: TokenColumns | None = None
 
     def __len__(self) -> int:
         return len(self.start)
 
-    @classmethod
-    def of(cls, records: Sequence[RequestRecord]) -> RequestTable:
-        def times(name: str) -> np.ndarray:
-            values = (getattr(r, name) for r in records)
-            return np.fromiter((np.nan if v is None else v for v in values), float, len(records))
+    @property
+    def gap_count(self) -> int:
+        """How many gaps the rows had (`gaps` holds them all, or a sample)."""
+        return round(len(self.gaps) / self.gap_share)
 
-        kind, kinds = _codes([r.error_kind for r in records])
-        persona, personas = _codes([r.persona for r in records])
-        gaps = [
-            token_gaps(r.chunk_times, r.chunk_tokens) if r.status == "ok" else np.empty(0)
-            for r in records
-        ]
-        examples: dict[str, str] = {}
+    @classmethod
+    def of(
+        cls, records: Iterable[RequestRecord], max_gaps: int = MAX_GAPS, seed: int = 0
+    ) -> RequestTable:
+        """The records' columns, built as they stream past: no record is kept, only its
+        values (about 100 bytes a row) and its gaps (16 bytes each, at most `max_gaps`)."""
+        rows = _Rows(max_gaps, seed)
         for r in records:
-            if r.error_kind and r.error_detail and r.error_kind not in examples:
-                examples[r.error_kind] = r.error_detail
-        n = len(records)
-        return cls(
-            start=times("start"),
-            intended_start=times("intended_start"),
-            lateness=np.fromiter((r.lateness for r in records), float, n),
-            first_token=times("first_token"),
-            end=times("end"),
-            status=np.fromiter((STATUSES.index(r.status) for r in records), np.int8, n),
-            error_kind=kind,
-            persona=persona,
-            output_tokens=np.fromiter((r.output_tokens or 0 for r in records), np.int64, n),
-            attempt=np.fromiter((r.attempt for r in records), np.int16, n),
-            retried=np.fromiter((r.retried for r in records), bool, n),
-            max_gap=np.fromiter((_max_gap(r.chunk_times) for r in records), float, n),
-            gaps=np.concatenate(gaps) if gaps else np.empty(0),
-            gap_row=np.repeat(np.arange(n), [len(g) for g in gaps]),
-            kinds=kinds,
-            personas=personas,
-            examples=tuple(examples.items()),
-        )
+            rows.add(r)
+        return rows.table()
 
     def select(self, mask: np.ndarray) -> RequestTable:
         """The rows where `mask` holds (their gaps with them; row numbers renumbered)."""
@@ -115,15 +109,15 @@ class RequestTable:
         columns = {
             f.name: getattr(self, f.name)[rows]
             for f in fields(self)
-            if f.name not in ("gaps", "gap_row", "kinds", "personas", "examples")
+            if f.name not in ("gaps", "gap_row", "examples", "tokens", *_WHOLE)
         }
         return RequestTable(
             **columns,
             gaps=self.gaps[keep],
             gap_row=owner[keep],
-            kinds=self.kinds,
-            personas=self.personas,
             examples=examples,
+            **{name: getattr(self, name) for name in _WHOLE},
+            tokens=self.tokens.rows(rows) if self.tokens is not None else None,
         )
 
     @property
@@ -172,3 +166,143 @@ class RequestTable:
             if value is not None:
                 good = good & (value * 1000.0 <= limit)
         return good
+
+
+_WHOLE = ("kinds", "personas", "gap_share")  # not one value per row
+
+
+class _Rows:
+    """A RequestTable's columns, grown one record at a time in typed arrays."""
+
+    FLOATS: ClassVar = ("start", "intended_start", "lateness", "first_token", "end", "max_gap")
+    INTS: ClassVar = {"status": "b", "error_kind": "h", "persona": "h", "output_tokens": "q",
+            "attempt": "h", "retried": "b", "planned_prompt": "q", "prompt": "q",
+            "cached": "q", "usage": "b", "chunks": "q", "per_chunk": "b"}  # fmt: skip
+
+    def __init__(self, max_gaps: int, seed: int) -> None:
+        self.cols = {name: array("d") for name in self.FLOATS}
+        self.cols.update({name: array(code) for name, code in self.INTS.items()})
+        self.kinds: dict[str, int] = {}
+        self.personas: dict[str, int] = {}
+        self.examples: dict[str, str] = {}
+        self.gaps = _GapSample(max_gaps, seed)
+        self.n = 0
+
+    def add(self, r: RequestRecord) -> None:
+        nan = math.nan
+        values: dict[str, float | int] = {
+            "start": r.start,
+            "intended_start": r.intended_start,
+            "lateness": r.lateness,
+            "first_token": nan if r.first_token is None else r.first_token,
+            "end": nan if r.end is None else r.end,
+            "max_gap": _max_gap(r.chunk_times),
+            "status": STATUSES.index(r.status),
+            "error_kind": -1 if r.error_kind is None else _code(self.kinds, r.error_kind),
+            "persona": _code(self.personas, r.persona),
+            "output_tokens": r.output_tokens or 0,
+            "attempt": r.attempt,
+            "retried": r.retried,
+            "planned_prompt": r.planned_prompt_tokens or 0,
+            "prompt": -1 if r.prompt_tokens is None else r.prompt_tokens,
+            "cached": -1 if r.cached_tokens is None else r.cached_tokens,
+            "usage": r.token_source == "usage",
+            "chunks": len(r.chunk_times),
+            "per_chunk": r.chunk_tokens is not None,
+        }
+        for name, value in values.items():
+            self.cols[name].append(value)
+        if r.error_kind and r.error_detail and r.error_kind not in self.examples:
+            self.examples[r.error_kind] = r.error_detail
+        if r.status == "ok" and len(r.chunk_times) > 1:
+            self.gaps.add(self.n, token_gaps(r.chunk_times, r.chunk_tokens))
+        self.n += 1
+
+    def table(self) -> RequestTable:
+        col = {name: _numpy(a) for name, a in self.cols.items()}
+        kinds, kind = _sorted_codes(self.kinds, col["error_kind"])
+        personas, persona = _sorted_codes(self.personas, col["persona"])
+        gaps, gap_row, share = self.gaps.result()
+        return RequestTable(
+            **{name: col[name] for name in self.FLOATS},
+            status=col["status"],
+            error_kind=kind,
+            persona=persona,
+            output_tokens=col["output_tokens"],
+            attempt=col["attempt"],
+            retried=col["retried"].astype(bool),
+            gaps=gaps,
+            gap_row=gap_row,
+            kinds=kinds,
+            personas=personas,
+            examples=tuple(self.examples.items()),
+            gap_share=share,
+            tokens=TokenColumns(
+                planned_prompt=col["planned_prompt"],
+                prompt=col["prompt"],
+                cached=col["cached"],
+                usage=col["usage"].astype(bool),
+                chunks=col["chunks"],
+                per_chunk=col["per_chunk"].astype(bool),
+            ),
+        )
+
+
+def _code(names: dict[str, int], name: str) -> int:
+    return names.setdefault(name, len(names))
+
+
+def _sorted_codes(names: dict[str, int], codes: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """Codes given in order of first sight, renumbered into the sorted names (-1 kept)."""
+    ordered = tuple(sorted(names))
+    renumber = np.full(len(names) + 1, -1, np.int16)  # the last slot maps -1 to -1
+    for new, name in enumerate(ordered):
+        renumber[names[name]] = new
+    return ordered, renumber[codes].astype(np.int16)
+
+
+class _GapSample:
+    """Gaps with their rows: all of them up to `limit`, then a uniform random sample of `limit`
+    (each gap gets a random key and the smallest keys stay: bottom-k sampling). It holds at
+    most twice `limit` gaps between trims."""
+
+    def __init__(self, limit: int, seed: int) -> None:
+        self.limit = limit
+        self.rng = np.random.default_rng(seed)
+        self.gaps = array("d")
+        self.rows = array("q")
+        self.keys: array[float] | None = None  # drawn once the gaps outgrow `limit`
+        self.seen = 0
+
+    def add(self, row: int, gaps: np.ndarray) -> None:
+        self.seen += len(gaps)
+        self.gaps.frombytes(gaps.astype(float).tobytes())
+        self.rows.frombytes(np.full(len(gaps), row, np.int64).tobytes())
+        if self.keys is not None:
+            self.keys.frombytes(self.rng.random(len(gaps)).tobytes())
+        if len(self.gaps) > 2 * self.limit:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        if self.keys is None:
+            self.keys = array("d", self.rng.random(len(self.gaps)).tobytes())
+        keys = np.frombuffer(self.keys, float)
+        keep = np.sort(np.argpartition(keys, self.limit)[: self.limit])
+        self.gaps = array("d", np.frombuffer(self.gaps, float)[keep].tobytes())
+        self.rows = array("q", np.frombuffer(self.rows, np.int64)[keep].tobytes())
+        self.keys = array("d", keys[keep].tobytes())
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, float]:
+        if len(self.gaps) > self.limit:
+            self._shrink()
+        gaps, rows = _numpy(self.gaps), _numpy(self.rows)
+        return gaps, rows, len(gaps) / self.seen if self.seen else 1.0
+
+
+def _numpy(values: array[Any]) -> np.ndarray:
+    """A typed array's values as a (writable) numpy array of the same type."""
+    return (
+        np.array(values, dtype=np.dtype(values.typecode))
+        if len(values)
+        else np.empty(0, np.dtype(values.typecode))
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class Ledger:
         gaps, gap_row, max_gap = self._gaps(rows, cols["status"] == OK)
         examples = (("http_429", OVERLOADED),) if (cols["error_kind"] == HTTP_429).any() else ()
         return RequestTable(
-            **cols,
+            **cast(dict[str, Any], cols),
             persona=persona[rows],
             max_gap=max_gap,
             gaps=gaps,

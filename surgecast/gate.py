@@ -38,7 +38,6 @@ class Verdict:
 
 def load_run(path: Path) -> Run:
     """A run folder's requests as a `Run`; InvalidRun when its run.json says it is invalid."""
-    from scenarios.table import RequestTable
 
     folder = RunFolder(path)
     meta = folder.meta()
@@ -46,7 +45,7 @@ def load_run(path: Path) -> Run:
     if meta.get("status", "finished") != "finished" or validity.get("valid") is False:
         reasons = "; ".join(validity.get("reasons") or []) or f"status {meta.get('status')!r}"
         raise InvalidRun(f"{path}: the run is invalid ({reasons}): rerun it before gating on it")
-    return Run.of(str(meta.get("run_id") or path.name), RequestTable.of(folder.records()))
+    return Run.of(str(meta.get("run_id") or path.name), folder.table())
 
 
 def run_scenario(path: Path) -> Scenario | None:

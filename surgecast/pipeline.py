@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -32,17 +31,23 @@ from loadgen.telemetry import (
     metrics_url_for,
 )
 from scenarios.corpora import scrub_lines
-from scenarios.metrics import Summary, output_count_warning, summarize, unplanned_cache_warning
+from scenarios.metrics import (
+    Summary,
+    output_count_warning,
+    summarize,
+    summarize_table,
+    unplanned_cache_warning,
+)
 from scenarios.plan import RequestSpec, build_plan, shareable_prompt_share
 from scenarios.records import (
     DROPPED,
     RecordWriter,
     RequestRecord,
-    read_records,
     write_records,
 )
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
+from scenarios.table import RequestTable
 from simulator.backtest import (
     BacktestRow,
     backtest,
@@ -149,7 +154,7 @@ def _write_meta(
 
 def invalid_reasons(
     scenario: Scenario,
-    records: Sequence[RequestRecord],
+    table: RequestTable,
     summary: Summary,
     planned: int,
     generator: dict[str, Any] | None = None,
@@ -184,16 +189,18 @@ def invalid_reasons(
             f"generator fell behind: p99 send lateness {summary.lateness_p99_ms:.0f} ms "
             f"> traffic.max_lateness_ms {scenario.traffic.max_lateness_ms:g}"
         )
-    if records and all(r.error_kind in UNREACHABLE for r in records):
+    if len(table) and bool(_kind_in(table, UNREACHABLE).all()):
         reasons.append("target unreachable: every request failed to connect")
-    elif records and not any(r.status == "ok" for r in records):
-        kind, count = Counter(r.error_kind for r in records).most_common(1)[0]
-        detail = next((r.error_detail for r in records if r.error_kind == kind), None)
+    elif len(table) and not table.ok.any():
+        counts = np.bincount(table.error_kind[table.error_kind >= 0], minlength=len(table.kinds))
+        kind = table.kinds[int(counts.argmax())] if counts.any() else "unknown"
+        detail = dict(table.examples).get(kind)
         reasons.append(
-            f"no request succeeded: {count} x {kind}" + (f" ({detail})" if detail else "")
+            f"no request succeeded: {int(counts.max(initial=0))} x {kind}"
+            + (f" ({detail})" if detail else "")
         )
     else:
-        died = target_died(records)
+        died = target_died(table)
         if died:
             reasons.append(died)
     return reasons
@@ -202,21 +209,28 @@ def invalid_reasons(
 BROKEN = UNREACHABLE | {"connection_reset", "stream_reset"}
 
 
-def target_died(records: Sequence[RequestRecord]) -> str | None:
+def _kind_in(table: RequestTable, kinds: set[str]) -> np.ndarray:
+    """Rows whose error kind is one of `kinds`."""
+    codes = [i for i, name in enumerate(table.kinds) if name in kinds]
+    return np.isin(table.error_kind, codes)
+
+
+def target_died(table: RequestTable) -> str | None:
     """Why the run looks like its target died: after some successes, every request from some
     point on (at least 5, and 5% of all) found no server or had its connection cut."""
-    sent = sorted(
-        (r for r in records if r.error_kind not in (DROPPED, "cancelled")),
-        key=lambda r: r.start,
-    )
-    last_ok = max((i for i, r in enumerate(sent) if r.status == "ok"), default=None)
-    if last_ok is None:
+    sent = ~_kind_in(table, {DROPPED, "cancelled"})
+    order = np.argsort(table.start[sent], kind="stable")
+    ok = table.ok[sent][order]
+    broken = _kind_in(table, BROKEN)[sent][order]
+    if not ok.any():
         return None
-    tail = sent[last_ok + 1 :]
-    if len(tail) < max(5, 0.05 * len(sent)) or any(r.error_kind not in BROKEN for r in tail):
+    last_ok = int(np.flatnonzero(ok)[-1])
+    tail = broken[last_ok + 1 :]
+    if len(tail) < max(5, 0.05 * len(ok)) or not tail.all():
         return None
+    first = float(table.start[sent][order][last_ok + 1])
     return (
-        f"the target stopped answering {tail[0].start:.1f} s into the run: the last "
+        f"the target stopped answering {first:.1f} s into the run: the last "
         f"{len(tail)} requests found no server or were cut off (did it crash? its log may say)"
     )
 
@@ -366,7 +380,7 @@ def run_load(
                 say("prompt sizing: the target refused every probe (429/503); sizes are estimates")
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
-            records, generator, stopped = _send_plan(
+            table, generator, stopped = _send_plan(
                 plan, scenario, endpoint, folder, progress, prompts
             )
             engine = live.process
@@ -397,10 +411,10 @@ def run_load(
             validity={"valid": False, "reasons": ["interrupted"]},
         )
         raise
-    summary = summarize(
-        records, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
+    summary = summarize_table(
+        table, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
-    reasons = invalid_reasons(scenario, records, summary, len(plan), generator) + died
+    reasons = invalid_reasons(scenario, table, summary, len(plan), generator) + died
     if stopped is not None:
         reasons.insert(
             0,
@@ -507,9 +521,10 @@ def _send_plan(
     folder: RunFolder,
     progress: bool,
     prompts: SizedPrompts,
-) -> tuple[list[RequestRecord], dict[str, Any], Stopped | None]:
-    """The Locust run, with records and telemetry appended to the folder as they come; how
-    late its event loop woke (`LoopLag.summary`); and the signal that stopped it, if one did."""
+) -> tuple[RequestTable, dict[str, Any], Stopped | None]:
+    """The Locust run, with records and telemetry appended to the folder as they come; the
+    records' columns (read back as a stream, no record kept); how late its event loop woke
+    (`LoopLag.summary`); and the signal that stopped it, if one did."""
     from loadgen.runner import LoadRun  # imports Locust (gevent): only here
 
     with (
@@ -534,7 +549,7 @@ def _send_plan(
         try:
             load.run()
             stream.flush()
-            records = read_records(folder.requests)  # what was written, read back
+            table = folder.table()  # what was written, read back
             skipped = load.progress.skipped
             lag, cpu = load.loop_lag.summary(), load.cpu.summary()
             generator = {"loop_lag": lag, "cpu": cpu}
@@ -551,7 +566,7 @@ def _send_plan(
                     f"{skipped} planned session turns not sent: an earlier turn of their "
                     "session failed or was abandoned"
                 )
-            return records, generator, load.stopped
+            return table, generator, load.stopped
         finally:
             telemetry.close()
             folder.update_meta(telemetry_errors=telemetry.errors)

@@ -18,9 +18,10 @@ import numpy as np
 
 from loadgen.engine_metrics import series_value
 from loadgen.telemetry import read_telemetry
-from scenarios.metrics import Summary, metric_samples, summarize
-from scenarios.records import RequestRecord, read_records
+from scenarios.metrics import Summary, summarize_table
+from scenarios.records import iter_records
 from scenarios.spec import Scenario
+from scenarios.table import RequestTable
 from simulator.backtest import BacktestRow
 from simulator.calibrate import Calibration
 from simulator.forecast import ForecastPoint, points_from_dicts
@@ -55,20 +56,32 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=8)
 
 
+PLOTTED = 5000  # points a line or scatter draws at most: a day's run plots as fast as a minute's
+
+
 def _cdf(ax: Any, seconds: np.ndarray, label: str, style: str = "-") -> None:
     if len(seconds):
         x = np.sort(seconds * 1000.0)
-        ax.plot(x, np.arange(1, len(x) + 1) / len(x), style, label=label)
+        y = np.arange(1, len(x) + 1) / len(x)
+        if len(x) > PLOTTED:  # the CDF at PLOTTED evenly spaced ranks (the last one kept)
+            at = np.linspace(0, len(x) - 1, PLOTTED).astype(int)
+            x, y = x[at], y[at]
+        ax.plot(x, y, style, label=label)
 
 
-def latency_plot(
-    measured: Sequence[RequestRecord], simulated: Sequence[RequestRecord] | None
-) -> str:
+def _thinned(rows: np.ndarray) -> np.ndarray:
+    """At most PLOTTED of the row numbers, evenly spaced."""
+    if len(rows) <= PLOTTED:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, PLOTTED).astype(int)]
+
+
+def latency_plot(measured: RequestTable, simulated: RequestTable | None) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, ("ttft", "itl", "e2e"), strict=True):
-        _cdf(ax, metric_samples(measured, metric), "measured")
-        if simulated:
-            _cdf(ax, metric_samples(simulated, metric), "simulated (back-test)", "--")
+        _cdf(ax, measured.samples(metric), "measured")
+        if simulated is not None and len(simulated):
+            _cdf(ax, simulated.samples(metric), "simulated (back-test)", "--")
         ax.set_xlabel(f"{metric.upper()} (ms)")
         ax.set_ylabel("fraction of requests" if metric != "itl" else "fraction of gaps")
         ax.grid(alpha=0.3)
@@ -77,14 +90,15 @@ def latency_plot(
     return _png(fig)
 
 
-def timeline_plot(records: Sequence[RequestRecord]) -> str:
+def timeline_plot(table: RequestTable) -> str:
     fig, ax = plt.subplots(figsize=(13, 3.6))
-    ok = [r for r in records if r.status == "ok" and r.ttft is not None]
-    bad = [r for r in records if r.status != "ok"]
-    ax.scatter([r.start for r in ok], [(r.ttft or 0) * 1000 for r in ok], s=8, label="TTFT")
-    if bad:
+    ok = _thinned(np.flatnonzero(table.ok & ~np.isnan(table.first_token)))
+    bad = _thinned(np.flatnonzero(~table.ok))
+    ttft_ms = (table.first_token[ok] - table.start[ok]) * 1000
+    ax.scatter(table.start[ok], ttft_ms, s=8, label="TTFT")
+    if len(bad):
         ax.scatter(
-            [r.start for r in bad], [0] * len(bad), marker="x", color="red", label="failed request"
+            table.start[bad], np.zeros(len(bad)), marker="x", color="red", label="failed request"
         )
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("TTFT (ms)")
@@ -189,11 +203,13 @@ def render(folder: RunFolder) -> tuple[str, str]:
     folder.mark_if_killed()
     meta = folder.meta()
     scenario = Scenario.model_validate(meta["scenario"])
-    records = folder.records()
-    summary: Summary = summarize(
-        records, scenario.thresholds(), meta.get("duration_s"), scenario.persona_thresholds()
+    run_table = folder.table()
+    summary: Summary = summarize_table(
+        run_table, scenario.thresholds(), meta.get("duration_s"), scenario.persona_thresholds()
     )
-    simulated = read_records(folder.simulated) if folder.simulated.exists() else None
+    simulated = (
+        RequestTable.of(iter_records(folder.simulated)) if folder.simulated.exists() else None
+    )
     cal_data = _optional(folder, folder.calibration)
     bt_data = _optional(folder, folder.backtest)
     fc_data = _optional(folder, folder.forecast)
@@ -212,8 +228,8 @@ def render(folder: RunFolder) -> tuple[str, str]:
             "\n\n".join(
                 [summary_tables(summary)] + [f"WARNING: {w}" for w in meta.get("warnings", [])]
             ),
-            latency_plot(records, simulated)
-            + timeline_plot(records)
+            latency_plot(run_table, simulated)
+            + timeline_plot(run_table)
             + (
                 _or_warn(folder.telemetry, lambda: telemetry_plot(read_telemetry(folder.telemetry)))
                 or ""

@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from scenarios.records import RequestRecord, read_records
+from scenarios.records import RequestRecord, iter_records, read_records
+from scenarios.table import RequestTable
 
 
 def new_run_id(scenario_name: str, now: datetime | None = None) -> str:
@@ -148,9 +149,16 @@ class RunFolder:
 
     def records(self) -> list[RequestRecord]:
         """The measured records; bad lines are skipped with a warning or refused (read_records)."""
+        return read_records(self._requests())
+
+    def table(self) -> RequestTable:
+        """The measured records' columns, read as a stream (memory per row, not per record)."""
+        return RequestTable.of(iter_records(self._requests()))
+
+    def _requests(self) -> Path:
         if not self.requests.exists():
             raise FileNotFoundError(f"{self.requests} not found: is {self.path} a run folder?")
-        return read_records(self.requests)
+        return self.requests
 
 
 def writer() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
 from scenarios.metrics import summarize
 from scenarios.spec import parse_scenario
+from scenarios.table import RequestTable
 from surgecast.pipeline import invalid_reasons
 from tests.conftest import scenario_dict
 
@@ -50,6 +51,10 @@ def test_a_saturated_generator_makes_the_run_invalid() -> None:
     summary = summarize([])
     quiet = {"loop_lag": {"p99_ms": 1.0}, "cpu": {"mean": 0.5}}
     busy = {"loop_lag": {"p99_ms": 1.0}, "cpu": {"mean": 0.95}}
-    assert not [r for r in invalid_reasons(scenario, [], summary, 1, quiet) if "saturated" in r]
-    reasons = invalid_reasons(scenario, [], summary, 1, busy)
+    assert not [
+        r
+        for r in invalid_reasons(scenario, RequestTable.of([]), summary, 1, quiet)
+        if "saturated" in r
+    ]
+    reasons = invalid_reasons(scenario, RequestTable.of([]), summary, 1, busy)
     assert any("generator saturated: it used 95% of a core" in r for r in reasons)

@@ -15,6 +15,7 @@ from scenarios.metrics import (
 )
 from scenarios.records import DROPPED, RecordWriter, RequestRecord, Status, read_records
 from scenarios.slo import parse_threshold
+from scenarios.table import RequestTable
 
 
 def _rec(i: int, start: float, chunks: list[float], status: Status = "ok") -> RequestRecord:
@@ -93,12 +94,15 @@ def test_a_cache_hit_rate_beyond_the_plan_is_a_warning() -> None:
             cached_tokens=cached,
         )
 
-    tokens = TokenReconciliation.of([rec(0, 60), rec(1, 40), rec(2, None)])
+    tokens = TokenReconciliation.of(RequestTable.of([rec(0, 60), rec(1, 40), rec(2, None)]))
     assert tokens is not None and tokens.cache_hit_rate == 0.5 and tokens.cache_reports == 2
     assert unplanned_cache_warning(tokens, planned=0.45) is None  # within the margin
     warning = unplanned_cache_warning(tokens, planned=0.0)
     assert warning is not None and "50%" in warning
-    assert unplanned_cache_warning(TokenReconciliation.of([rec(0, None)]), 0.0) is None
+    assert (
+        unplanned_cache_warning(TokenReconciliation.of(RequestTable.of([rec(0, None)])), 0.0)
+        is None
+    )
 
 
 def test_output_tokens_by_usage_are_reconciled_with_the_chunks_streamed() -> None:
@@ -119,17 +123,24 @@ def test_output_tokens_by_usage_are_reconciled_with_the_chunks_streamed() -> Non
         )
 
     several = rec(9, 5, [2] * 5)
-    matching = TokenReconciliation.of([rec(0, 10), rec(1, 10), several])
+    matching = TokenReconciliation.of(RequestTable.of([rec(0, 10), rec(1, 10), several]))
     assert matching is not None and matching.output_requests == 2
     assert matching.output_gap_pct == 0.0 and output_count_warning(matching) is None
-    apart = TokenReconciliation.of([rec(0, 10), rec(1, 10), rec(2, 8), rec(3, 6), several])
+    apart = TokenReconciliation.of(
+        RequestTable.of([rec(0, 10), rec(1, 10), rec(2, 8), rec(3, 6), several])
+    )
     assert apart is not None
     assert (apart.output_usage, apart.output_streamed, apart.output_disagreeing) == (40, 34, 2)
     assert apart.output_gap_pct == pytest.approx(-15.0)
     warning = output_count_warning(apart)
     assert warning is not None and "-15.0%" in warning and "2 of 4 requests" in warning
     # 1 chunk in 40 missing is within 5%
-    assert output_count_warning(TokenReconciliation.of([rec(0, 10)] * 3 + [rec(1, 9)])) is None
+    assert (
+        output_count_warning(
+            TokenReconciliation.of(RequestTable.of([rec(0, 10)] * 3 + [rec(1, 9)]))
+        )
+        is None
+    )
 
 
 def test_dropped_requests_are_counted_apart_from_requests_and_lateness() -> None:
