@@ -421,35 +421,42 @@ def _timed_steps(
     return steps.end[rows], steps.end[rows] - steps.end[rows - 1], np.asarray(fitted)
 
 
-def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
-    """The run's timed steps' total duration over what `cost` predicts for them (1.0: as
-    fitted); None when the run has too few timed steps."""
-    timed = _timed_steps(records, cost)
-    if timed is None or timed[2].sum() <= 0:
-        return None
-    return float(timed[1].sum() / timed[2].sum())
-
-
 SPEED_WINDOW_S = 20.0
 SPEED_WINDOW_STEPS = 50  # fewer timed steps: the window is left out
 
 
-def windowed_step_time_ratios(
+@dataclass(frozen=True)
+class StepSpeed:
+    """A run's timed steps' duration over what a cost model predicts for them (1.0: as
+    fitted): over the whole run (None: too few timed steps) and in each window of it, which
+    says how the target's speed wandered (a run at 80% load inherits whatever speed the
+    engine has then)."""
+
+    whole: float | None
+    windows: list[float]
+
+
+def step_speed(
     records: Sequence[RequestRecord], cost: StepCostModel, window_s: float = SPEED_WINDOW_S
-) -> list[float]:
-    """`step_time_ratio` for each `window_s` of the run: how the target's speed wandered
-    within it (a run at 80% load inherits whatever speed the engine has then)."""
+) -> StepSpeed:
+    """The run's StepSpeed against `cost`, its steps recovered once."""
     timed = _timed_steps(records, cost)
     if timed is None:
-        return []
+        return StepSpeed(None, [])
     end, took, fitted = timed
+    whole = float(took.sum() / fitted.sum()) if fitted.sum() > 0 else None
     window = ((end - end[0]) // window_s).astype(int)
-    out = []
+    windows = []
     for w in np.unique(window):
         k = window == w
         if k.sum() >= SPEED_WINDOW_STEPS and fitted[k].sum() > 0:
-            out.append(float(took[k].sum() / fitted[k].sum()))
-    return out
+            windows.append(float(took[k].sum() / fitted[k].sum()))
+    return StepSpeed(whole, windows)
+
+
+def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
+    """`step_speed`'s whole-run ratio."""
+    return step_speed(records, cost).whole
 
 
 def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibration:

@@ -60,8 +60,7 @@ from simulator.calibrate import (
     Calibration,
     CalibrationError,
     calibrate,
-    step_time_ratio,
-    windowed_step_time_ratios,
+    step_speed,
 )
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, engine_from_spec
@@ -671,8 +670,9 @@ def _with_drift(calibration: Calibration, runs: Sequence[Sequence[RequestRecord]
     """The calibration with its step-time drift: the larger of the spread between the runs'
     speeds and the spread of 20 s windows within them (a held-out run may meet either)."""
     cost = calibration.engine.cost
-    known = [r for r in (step_time_ratio(run, cost) for run in runs) if r is not None]
-    windows = [w for run in runs for w in windowed_step_time_ratios(run, cost)]
+    speeds = [step_speed(run, cost) for run in runs]
+    known = [s.whole for s in speeds if s.whole is not None]
+    windows = [w for s in speeds for w in s.windows]
     between = float(np.std(known, ddof=1)) if len(known) >= 2 else 0.0
     within = float(np.std(windows, ddof=1)) if len(windows) >= 2 else 0.0
     calibration = replace(calibration, drift=max(between, within))
