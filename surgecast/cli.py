@@ -492,6 +492,12 @@ def _parser() -> argparse.ArgumentParser:
         "or a forecast was added to it, say).",
     )
     s.add_argument("run_dir", help="a run folder (reports/<run-id>)")
+    s.add_argument(
+        "--baseline",
+        metavar="RUN_DIR",
+        help="a baseline run folder: the verdict says whether this run regressed against it "
+        "(bootstrap intervals, as `surgecast compare`), with both latency distributions",
+    )
     return p
 
 
@@ -995,8 +1001,9 @@ def cmd_report(a: argparse.Namespace) -> int:
     from surgecast.rundir import RunFolder, RunFolderError
 
     folder = RunFolder(Path(a.run_dir))
+    baseline = RunFolder(Path(a.baseline)) if a.baseline else None
     try:
-        html, md = render(folder)
+        html, md = render(folder, baseline)
     except (FileNotFoundError, RunFolderError, RecordsError) as e:
         raise BadInput(str(e)) from None
     except ValidationError as e:  # the scenario kept in run.json

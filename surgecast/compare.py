@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -302,6 +303,16 @@ HEADERS = ["metric", "baseline", "candidate", "change", "change %", "interval", 
 
 def distribution_plot(comparison: Comparison, path: Path) -> Path:
     """Both sides' latency CDFs, one panel per metric, as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = distribution_figure(comparison)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def distribution_figure(comparison: Comparison) -> Any:
+    """Both sides' latency CDFs, one panel per metric (a matplotlib figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,6 +342,4 @@ def distribution_plot(comparison: Comparison, path: Path) -> Path:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return fig

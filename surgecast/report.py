@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
+import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -25,12 +27,25 @@ from scenarios.table import RequestTable
 from simulator.backtest import BacktestRow
 from simulator.calibrate import Calibration
 from simulator.forecast import ForecastPoint, points_from_dicts
+from surgecast.compare import (
+    HEADERS,
+    Comparison,
+    Run,
+    change_rows,
+    compare,
+    distribution_figure,
+    goodput_limits,
+)
 from surgecast.rundir import RunFolder, RunFolderError
 from surgecast.tables import (
-    backtest_table,
-    calibration_table,
-    forecast_table,
-    summary_tables,
+    Block,
+    Table,
+    as_markdown,
+    backtest_data,
+    calibration_blocks,
+    error_table,
+    forecast_blocks,
+    summary_blocks,
 )
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -43,12 +58,36 @@ img{max-width:100%}"""
 T = TypeVar("T")
 
 
-def _png(fig: plt.Figure) -> str:
+@dataclass(frozen=True)
+class Figure:
+    alt: str  # what it shows, in words (its caption too)
+    png: str  # base64
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VerdictLine:
+    head: str
+    tone: str  # good, bad, warning or none
+    text: str = ""
+    items: tuple[str, ...] = ()
+
+    def markdown(self) -> str:
+        head = f"**{self.head}**" + (f" {self.text}" if self.text else "")
+        return "\n".join([f"- {head}", *(f"  - {item}" for item in self.items)])
+
+
+def _figure(fig: plt.Figure, alt: str) -> Figure:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+    return Figure(alt, base64.b64encode(buf.getvalue()).decode())
 
 
 def _legend(ax: Any) -> None:
@@ -76,7 +115,7 @@ def _thinned(rows: np.ndarray) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, PLOTTED).astype(int)]
 
 
-def latency_plot(measured: RequestTable, simulated: RequestTable | None) -> str:
+def latency_plot(measured: RequestTable, simulated: RequestTable | None) -> Figure:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, ("ttft", "itl", "e2e"), strict=True):
         _cdf(ax, measured.samples(metric), "measured")
@@ -87,25 +126,7 @@ def latency_plot(measured: RequestTable, simulated: RequestTable | None) -> str:
         ax.grid(alpha=0.3)
         _legend(ax)
     fig.suptitle("Latency distributions (CDF)")
-    return _png(fig)
-
-
-def timeline_plot(table: RequestTable) -> str:
-    fig, ax = plt.subplots(figsize=(13, 3.6))
-    ok = _thinned(np.flatnonzero(table.ok & ~np.isnan(table.first_token)))
-    bad = _thinned(np.flatnonzero(~table.ok))
-    ttft_ms = (table.first_token[ok] - table.start[ok]) * 1000
-    ax.scatter(table.start[ok], ttft_ms, s=8, label="TTFT")
-    if len(bad):
-        ax.scatter(
-            table.start[bad], np.zeros(len(bad)), marker="x", color="red", label="failed request"
-        )
-    ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("TTFT (ms)")
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    ax.set_title("TTFT over time")
-    return _png(fig)
+    return _figure(fig, "Latency distributions: TTFT, ITL and E2E, cumulative")
 
 
 # Server gauges worth plotting over time (engine_metrics.SERIES holds each engine's names).
@@ -114,36 +135,72 @@ GAUGES = {
     "waiting": "waiting",
     "KV cache used (fraction)": "kv_cache_usage",
 }
+Panel = tuple[str, np.ndarray, np.ndarray]  # label, times (s), values
 
 
-def telemetry_plot(samples: Sequence[dict[str, Any]]) -> str:
+def telemetry_panels(samples: Sequence[dict[str, Any]]) -> list[Panel]:
     """Server queue and KV gauges (Prometheus) and GPU utilisation (NVML) over the run."""
     prom = [s for s in samples if s.get("source") == "prometheus" and "metrics" in s]
     gpu = [s for s in samples if s.get("source") == "nvml"]
-    panels: list[tuple[str, list[float], list[float]]] = []
+    panels: list[Panel] = []
     for label, what in GAUGES.items():
         found = [(s["t"], v) for s in prom if (v := series_value(s["metrics"], what))]
         if found:
             name = found[0][1][0]
-            points = [(t, value) for t, (n, value) in found if n == name]
-            panels.append((f"{label}\n{name}", [t for t, _ in points], [v for _, v in points]))
+            points = np.array([(t, value) for t, (n, value) in found if n == name], float)
+            panels.append((f"server: {label}\n{name}", points[:, 0], points[:, 1]))
     if gpu:
-        t = [s["t"] for s in gpu]
+        t = np.array([s["t"] for s in gpu], float)
         util = [float(np.mean([g["gpu_util_pct"] for g in s["gpus"]] or [0])) for s in gpu]
-        panels.append(("GPU utilisation % (mean of GPUs)", t, util))
-    if not panels:
-        return ""
-    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.2), squeeze=False)
-    for ax, (label, times, values) in zip(axes[0], panels, strict=True):
+        panels.append(("GPU utilisation %\n(mean of GPUs)", t, np.array(util)))
+    return panels
+
+
+def over_time_plot(table: RequestTable, telemetry: Sequence[Panel]) -> Figure:
+    """One time axis for everything: the arrival rate, TTFT and ITL per request (failed
+    requests marked), then each server and GPU gauge."""
+    fig, axes = plt.subplots(
+        3 + len(telemetry), 1, figsize=(13, 2.1 * (3 + len(telemetry))), sharex=True
+    )
+    rate, ttft, itl = axes[0], axes[1], axes[2]
+    if len(table):
+        edges = np.arange(np.floor(table.start.min()), np.ceil(table.start.max()) + 2.0)
+        sent, _ = np.histogram(table.start, edges)
+        done, _ = np.histogram(table.end[table.ok], edges)
+        rate.step(edges[:-1], sent, where="post", label="sent")
+        rate.step(edges[:-1], done, where="post", label="answered", alpha=0.7)
+    rate.set_ylabel("requests/s")
+    answered = np.flatnonzero(table.answered)
+    ok = _thinned(answered)
+    ttft.scatter(table.start[ok], (table.first_token[ok] - table.start[ok]) * 1000, s=6)
+    bad = _thinned(np.flatnonzero(~table.ok))
+    if len(bad):
+        ttft.scatter(table.start[bad], np.zeros(len(bad)), marker="x", color="red", label="failed")
+    ttft.set_ylabel("TTFT ms")
+    streamed = ok[table.output_tokens[ok] > 1]
+    mean_gap = (table.end[streamed] - table.first_token[streamed]) / (
+        table.output_tokens[streamed] - 1
+    )
+    itl.scatter(table.start[streamed], mean_gap * 1000, s=6, label="mean gap (TPOT)")
+    longest = streamed[~np.isnan(table.max_gap[streamed])]
+    itl.scatter(table.start[longest], table.max_gap[longest] * 1000, s=6, label="longest gap")
+    itl.set_ylabel("ITL ms")
+    for ax, (label, times, values) in zip(axes[3:], telemetry, strict=True):
         ax.step(times, values, where="post")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("time since start (s)")
+        ax.set_ylabel(label, fontsize=8)
+    for ax in axes:
         ax.grid(alpha=0.3)
+        _legend(ax)
+    axes[-1].set_xlabel("time since the run started (s)")
+    fig.suptitle("Over time: arrivals, latency, server and GPU")
     fig.tight_layout()
-    return _png(fig)
+    what = "arrival rate, TTFT and ITL per request" + (
+        ", server and GPU gauges" if telemetry else ""
+    )
+    return _figure(fig, f"Over time, one axis: {what}")
 
 
-def forecast_plot(points: Sequence[ForecastPoint]) -> str:
+def forecast_plot(points: Sequence[ForecastPoint]) -> Figure:
     met = [p for p in points if p.best is not None]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.6))
     scales = [p.scale for p in met]
@@ -157,26 +214,7 @@ def forecast_plot(points: Sequence[ForecastPoint]) -> str:
         ax.set_xlabel("traffic scale (x today's rate)")
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("Replicas and cost against scale")
-    return _png(fig)
-
-
-def _table_html(md: str) -> str:
-    """Markdown tables from `surgecast.tables` as HTML; other paragraphs as text."""
-    out = []
-    for block in md.split("\n\n"):
-        lines = block.splitlines()
-        if lines and lines[0].startswith("|"):
-            rows = [
-                [html.escape(c.strip()) for c in ln.strip("|").split("|")]
-                for ln in lines
-                if not ln.startswith("|-")
-            ]
-            head = "".join(f"<th>{c}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
-        else:
-            out.append(f"<p>{html.escape(block)}</p>")
-    return "\n".join(out)
+    return _figure(fig, "Forecast: replicas and cost per month against the traffic scale")
 
 
 def _optional(folder: RunFolder, path: Path) -> Any:
@@ -198,8 +236,80 @@ def _or_warn(path: Path, build: Callable[[], T]) -> T | None:
         return None
 
 
-def render(folder: RunFolder) -> tuple[str, str]:
-    """Write index.html and summary.md for the run folder; returns their paths."""
+def verdict_lines(
+    meta: dict[str, Any], summary: Summary, comparison: Comparison | None
+) -> list[VerdictLine]:
+    """What a reader needs first: can the run be trusted, were the SLOs met, did it regress."""
+    validity = meta.get("validity", {})
+    lines = []
+    if meta.get("status") == "running":  # its writer is alive, or on another host
+        lines.append(
+            VerdictLine("Still running", "bad", "(or killed on another host): the records so far")
+        )
+    elif meta.get("source") == "simulated":
+        lines.append(VerdictLine("Simulated run.", "none", "No load was sent."))
+    elif validity.get("valid", True):
+        lines.append(
+            VerdictLine("Valid run.", "good", "The generator kept its plan; the target answered.")
+        )
+    else:
+        lines.append(
+            VerdictLine(
+                "INVALID run:",
+                "bad",
+                "its numbers cannot be trusted, because",
+                tuple(validity.get("reasons", [])),
+            )
+        )
+    missed = [r for r in summary.slos if not r.passed] + [
+        r for p in summary.by_persona.values() for r in p.slos if not r.passed
+    ]
+    if not summary.slos and not summary.by_persona:
+        lines.append(VerdictLine("No SLOs set.", "none", "(the scenario's `slos`)"))
+    elif missed:
+        lines.append(
+            VerdictLine(
+                "SLOs missed:",
+                "bad",
+                "",
+                tuple(f"{r.threshold}: observed {r.observed:,.4g}" for r in missed),
+            )
+        )
+    else:
+        held = len(summary.slos) + sum(len(p.slos) for p in summary.by_persona.values())
+        lines.append(VerdictLine("SLOs met.", "good", f"All {held} objectives hold."))
+    if comparison is not None:
+        label = ", ".join(r.label for r in comparison.baseline)
+        worse = [c for c in comparison.changes if c.significant and c.worse * c.delta > 0]
+        if worse:
+            items = tuple(
+                f"{c.name}: {c.baseline:,.4g} -> {c.candidate:,.4g} {c.unit}"
+                + (f" ({c.relative:+.1%})" if math.isfinite(c.relative) else "")
+                for c in worse
+            )
+            lines.append(
+                VerdictLine(
+                    f"Regression against {label}:",
+                    "bad",
+                    f"significant at {comparison.confidence:.0%}",
+                    items,
+                )
+            )
+        else:
+            lines.append(
+                VerdictLine(
+                    f"No regression against {label}:",
+                    "good",
+                    f"no change for the worse is significant at {comparison.confidence:.0%}",
+                )
+            )
+    lines += [VerdictLine("Warning:", "warning", w) for w in meta.get("warnings", [])]
+    return lines
+
+
+def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, str]:
+    """Write index.html and summary.md for the run folder (compared with `baseline` when
+    given); returns their paths."""
     folder.mark_if_killed()
     meta = folder.meta()
     scenario = Scenario.model_validate(meta["scenario"])
@@ -210,84 +320,109 @@ def render(folder: RunFolder) -> tuple[str, str]:
     simulated = (
         RequestTable.of(iter_records(folder.simulated)) if folder.simulated.exists() else None
     )
-    cal_data = _optional(folder, folder.calibration)
-    bt_data = _optional(folder, folder.backtest)
-    fc_data = _optional(folder, folder.forecast)
-
-    validity = meta.get("validity", {})
-    valid = validity.get("valid", True)
-    status = "valid" if valid else "INVALID: " + "; ".join(validity.get("reasons", []))
-    if meta.get("status") == "running":  # its writer is alive, or on another host
-        status = "STILL RUNNING (or killed on another host): these are the records so far"
-        valid = False
-    slo_line = ("All SLOs met." if summary.slos_passed else "SLOs missed.") if summary.slos else ""
+    comparison = None
+    if baseline is not None:
+        base_meta = baseline.meta()
+        comparison = compare(
+            [Run.of(str(base_meta.get("run_id") or baseline.path.name), baseline.table())],
+            [Run.of(str(meta.get("run_id") or folder.path.name), run_table)],
+            limits=goodput_limits(scenario.thresholds()),
+        )
     measured = meta.get("source", "measured") == "measured"
-    sections: list[tuple[str, str, str]] = [  # (title, markdown, extra html)
-        (
+    telemetry = (
+        _or_warn(folder.telemetry, lambda: telemetry_panels(read_telemetry(folder.telemetry))) or []
+    )
+    sections = [
+        Section("Latency", figures=[latency_plot(run_table, simulated)]),
+        Section("Over time", figures=[over_time_plot(run_table, telemetry)]),
+        Section(
             "Measured run" if measured else "Simulated run",
-            "\n\n".join(
-                [summary_tables(summary)] + [f"WARNING: {w}" for w in meta.get("warnings", [])]
-            ),
-            latency_plot(run_table, simulated)
-            + timeline_plot(run_table)
-            + (
-                _or_warn(folder.telemetry, lambda: telemetry_plot(read_telemetry(folder.telemetry)))
-                or ""
-            ),
+            blocks=summary_blocks(summary, errors=False),
         ),
     ]
-    if cal_data:
-        table = _or_warn(
-            folder.calibration, lambda: calibration_table(Calibration.from_dict(cal_data))
-        )
-        if table:
-            sections.append(("Calibration", table, ""))
-    rows = bt_data and _or_warn(
-        folder.backtest, lambda: [BacktestRow.from_dict(r) for r in bt_data["rows"]]
-    )
-    if rows:
+    if summary.error_kinds:
+        sections.append(Section("Errors by kind", blocks=[error_table(summary)]))
+    if comparison is not None:
         sections.append(
-            (
-                "Back-test: the calibrated model predicts the measured run"
-                + (
-                    " (in-sample: the calibration was fitted on this run)"
-                    if bt_data.get("in_sample")
-                    else ""
-                ),
-                "\n\n".join(
-                    [backtest_table(rows)] + [f"WARNING: {w}" for w in bt_data.get("warnings", [])]
-                ),
-                "",
+            Section(
+                "Against the baseline",
+                blocks=[
+                    Table(HEADERS, change_rows(comparison)),
+                    f"{comparison.confidence:.0%} bootstrap intervals over requests, "
+                    f"{comparison.resamples} resamples",
+                ],
+                figures=[
+                    _figure(distribution_figure(comparison), "Baseline and candidate latency CDFs")
+                ],
             )
         )
-    points = fc_data and _or_warn(folder.forecast, lambda: points_from_dicts(fc_data["points"]))
-    if points:
-        sections.append(("Capacity forecast", forecast_table(points), forecast_plot(points)))
-
+    sections += _derived_sections(folder)
     target = meta.get("target", {})
     where = " ".join(str(x) for x in (target.get("kind", "?"), target.get("base_url")) if x)
     header = (
         f"Scenario {scenario.name}, target {where}, seed {meta.get('seed')}, "
-        f"started {meta.get('started_at', '?')}; run {status}. {slo_line}"
+        f"started {meta.get('started_at', '?')}."
     )
-    md = [f"# surgecast run {meta.get('run_id', folder.path.name)}", "", header, ""]
-    for title, body, _ in sections:
-        md += [f"## {title}", "", body, ""]
+    verdict = verdict_lines(meta, summary, comparison)
+    run_id = str(meta.get("run_id", folder.path.name))
+    md = [f"# surgecast run {run_id}", "", "## Verdict", ""]
+    md += [line.markdown() for line in verdict] + ["", header, ""]
+    for section in sections:
+        if section.blocks:
+            md += [f"## {section.title}", "", as_markdown(section.blocks), ""]
     folder.markdown.write_text("\n".join(md), encoding="utf-8")
-
-    cls = "good" if valid and (summary.slos_passed or not summary.slos) else "bad"
-    page = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>surgecast "
-        f"{html.escape(str(meta.get('run_id')))}</title><style>{CSS}</style></head><body>",
-        f"<h1>surgecast run {html.escape(str(meta.get('run_id')))}</h1>",
-        f"<p class='{cls}'>{html.escape(header)}</p>",
-    ]
-    for title, body, extra in sections:
-        page += [f"<h2>{html.escape(title)}</h2>", _table_html(body), extra]
-    page.append(
-        "<p><small>Files: run.json, requests.jsonl (one record per request), telemetry.jsonl, "
-        "calibration.json, backtest.json, simulated.jsonl, forecast.json.</small></p>"
+    page = _TEMPLATES.get_template("report.html.j2").render(
+        run_id=run_id,
+        verdict=verdict,
+        good=all(line.tone != "bad" for line in verdict),
+        header=header,
+        sections=sections,
     )
-    page.append("</body></html>")
-    folder.html.write_text("\n".join(page), encoding="utf-8")
+    folder.html.write_text(page, encoding="utf-8")
     return str(folder.html.resolve()), str(folder.markdown.resolve())
+
+
+def _derived_sections(folder: RunFolder) -> list[Section]:
+    """Calibration, back-test and forecast, from their files where present and usable."""
+    sections = []
+    cal_data = _optional(folder, folder.calibration)
+    bt_data = _optional(folder, folder.backtest)
+    fc_data = _optional(folder, folder.forecast)
+    if cal_data:
+        blocks = _or_warn(
+            folder.calibration, lambda: calibration_blocks(Calibration.from_dict(cal_data))
+        )
+        if blocks:
+            sections.append(Section("Calibration", blocks=blocks))
+    rows = bt_data and _or_warn(
+        folder.backtest, lambda: [BacktestRow.from_dict(r) for r in bt_data["rows"]]
+    )
+    if rows:
+        in_sample = " (in-sample: the calibration was fitted on this run)"
+        sections.append(
+            Section(
+                "Back-test: the calibrated model predicts the measured run"
+                + (in_sample if bt_data.get("in_sample") else ""),
+                blocks=[backtest_data(rows)]
+                + [f"WARNING: {w}" for w in bt_data.get("warnings", [])],
+            )
+        )
+    points = fc_data and _or_warn(folder.forecast, lambda: points_from_dicts(fc_data["points"]))
+    if points:
+        sections.append(
+            Section(
+                "Capacity forecast",
+                blocks=forecast_blocks(points),
+                figures=[forecast_plot(points)],
+            )
+        )
+    return sections
+
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("surgecast", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)

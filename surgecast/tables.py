@@ -1,16 +1,39 @@
-"""Plain tables for the console and Markdown, from summaries, back-tests and forecasts."""
+"""Tables as data, from summaries, back-tests and forecasts: printed as Markdown on the console
+and in summary.md, rendered as HTML tables in the report (never Markdown parsed back)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from scenarios.metrics import Summary
 from simulator.backtest import BacktestRow
 from simulator.calibrate import PARAMS, Calibration
 from simulator.forecast import Estimate, ForecastPoint
 from simulator.stepcost import DecodeTableCost
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: Sequence[str]
+    rows: Sequence[Sequence[object]]
+
+    def cells(self) -> list[list[str]]:
+        """Each value as the tables print it."""
+        return [[_fmt(c) for c in row] for row in self.rows]
+
+    def markdown(self) -> str:
+        return markdown(self.headers, self.rows)
+
+
+Block = Table | str  # a table, or a paragraph of text
+
+
+def as_markdown(blocks: Sequence[Block]) -> str:
+    """Blocks as Markdown, a blank line between them (empty ones left out)."""
+    return "\n\n".join(b.markdown() if isinstance(b, Table) else b for b in blocks if b)
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -35,7 +58,13 @@ def _fmt(v: object) -> str:
 
 
 def summary_tables(s: Summary) -> str:
-    head = markdown(
+    return as_markdown(summary_blocks(s))
+
+
+def summary_blocks(s: Summary, errors: bool = True) -> list[Block]:
+    """Counts and rates, latency percentiles, errors by kind (unless not `errors`), SLOs,
+    personas, token counts."""
+    head = Table(
         [
             "requests",
             "ok",
@@ -65,24 +94,16 @@ def summary_tables(s: Summary) -> str:
         for n in names
         if (st := s.metrics[n]).count
     ]
-    parts = [head]
+    parts: list[Block] = [head]
     if rows:
         parts.append(
-            markdown(["metric (ms)", "count", "mean", "p50", "p90", "p95", "p99", "max"], rows)
+            Table(["metric (ms)", "count", "mean", "p50", "p90", "p95", "p99", "max"], rows)
         )
-    if s.error_kinds:
-        parts.append(
-            markdown(
-                ["error kind", "count", "example"],
-                [
-                    [k, n, s.error_examples.get(k, "")[:120]]
-                    for k, n in sorted(s.error_kinds.items())
-                ],
-            )
-        )
+    if s.error_kinds and errors:
+        parts.append(error_table(s))
     if s.slos:
         parts.append(
-            markdown(
+            Table(
                 ["SLO", "observed", "result"],
                 [[str(r.threshold), r.observed, "pass" if r.passed else "FAIL"] for r in s.slos],
             )
@@ -96,10 +117,18 @@ def summary_tables(s: Summary) -> str:
             f"dropped: {s.dropped} planned requests were never sent (the generator's in-flight "
             "cap, traffic.max_in_flight, was reached); they are not counted as requests"
         )
-    return "\n\n".join(parts)
+    return parts
 
 
-def persona_table(s: Summary) -> str:
+def error_table(s: Summary) -> Table:
+    """Errors by kind, with the first detail the server gave for each."""
+    return Table(
+        ["error kind", "count", "example"],
+        [[k, n, s.error_examples.get(k, "")[:120]] for k, n in sorted(s.error_kinds.items())],
+    )
+
+
+def persona_table(s: Summary) -> Table:
     """Every persona's requests, latency and own SLO verdict, one row each."""
     rows = []
     for name, p in s.by_persona.items():
@@ -117,7 +146,7 @@ def persona_table(s: Summary) -> str:
                 "pass" if not failed else "FAIL: " + "; ".join(failed),
             ]
         )
-    return markdown(
+    return Table(
         [
             "persona",
             "requests",
@@ -163,6 +192,11 @@ def token_lines(s: Summary) -> str:
 
 
 def calibration_table(c: Calibration) -> str:
+    return as_markdown(calibration_blocks(c))
+
+
+def calibration_blocks(c: Calibration) -> list[Block]:
+    """The fitted parameters, the fit's quality, the step-cost models, limits and notes."""
     d = c.to_dict()["parameters"]
     rows = [
         [name.removesuffix("_s"), d[name]["value"] * 1000.0, d[name]["stderr"] * 1000.0]
@@ -176,24 +210,22 @@ def calibration_table(c: Calibration) -> str:
     limits = (
         f"limits: max_num_seqs {c.engine.max_num_seqs}, KV cache {c.engine.kv_cache_tokens} tokens"
     )
-    return "\n\n".join(
-        [
-            markdown(["parameter", "value (ms)", "std error (ms)"], rows),
-            quality,
-            *_cost_models(c),
-            limits,
-            c.tokens.describe(),
-            *c.notes,
-        ]
-    )
+    return [
+        Table(["parameter", "value (ms)", "std error (ms)"], rows),
+        quality,
+        *_cost_models(c),
+        limits,
+        c.tokens.describe(),
+        *c.notes,
+    ]
 
 
-def _cost_models(c: Calibration) -> list[str]:
+def _cost_models(c: Calibration) -> list[Block]:
     """Each candidate step-cost model's held-out error, and the chosen one where it bends."""
     fit = c.fit
     if not fit.candidates:
         return []
-    table = markdown(
+    table = Table(
         ["step-cost model", "held-out step error (ms)", ""],
         [
             [m.name, m.held_out_s * 1000.0, "chosen" if m.name == fit.chosen else ""]
@@ -228,8 +260,12 @@ def _num(x: float) -> str:
 
 
 def backtest_table(rows: Sequence[BacktestRow]) -> str:
+    return backtest_data(rows).markdown()
+
+
+def backtest_data(rows: Sequence[BacktestRow]) -> Table:
     """Measured against predicted, with the 90% interval the measured value should fall in."""
-    return markdown(
+    return Table(
         ["basis", "metric", "measured", "predicted", "90% interval", "inside", "error %"],
         [
             [
@@ -254,7 +290,7 @@ def _p50_p95(p50: Estimate, p95: Estimate) -> str:
     return f"{p50.mean:,.0f} / {_ci(p95.mean, p95.low, p95.high)}"
 
 
-def fixed_fleet_table(points: Sequence[ForecastPoint]) -> str:
+def fixed_fleet_table(points: Sequence[ForecastPoint]) -> Table:
     rows: list[list[object]] = []
     for p in points:
         b = p.best
@@ -278,7 +314,7 @@ def fixed_fleet_table(points: Sequence[ForecastPoint]) -> str:
                 "-" if per_m is None else f"${per_m:,.2f}",
             ]
         )
-    return markdown(
+    return Table(
         [
             "scale",
             "rate req/s",
@@ -297,7 +333,7 @@ def fixed_fleet_table(points: Sequence[ForecastPoint]) -> str:
     )
 
 
-def autoscale_table(points: Sequence[ForecastPoint]) -> str:
+def autoscale_table(points: Sequence[ForecastPoint]) -> Table | None:
     """The scenario's autoscaler beside the fixed fleet, on the same traffic."""
     rows: list[list[object]] = []
     for p in points:
@@ -317,8 +353,8 @@ def autoscale_table(points: Sequence[ForecastPoint]) -> str:
             ]
         )
     if not rows:
-        return ""
-    return markdown(
+        return None
+    return Table(
         [
             "scale",
             "fixed replicas",
@@ -334,11 +370,16 @@ def autoscale_table(points: Sequence[ForecastPoint]) -> str:
 
 
 def forecast_table(points: Sequence[ForecastPoint]) -> str:
+    return as_markdown(forecast_blocks(points))
+
+
+def forecast_blocks(points: Sequence[ForecastPoint]) -> list[Block]:
     """The fixed fleet per scale, then the autoscaled one beside it when the scenario has one."""
     auto = autoscale_table(points)
-    fixed = fixed_fleet_table(points)
-    return fixed + (
-        "\n\nautoscaled (the scenario's fleet.autoscaler) against the fixed fleet:\n\n" + auto
-        if auto
-        else ""
-    )
+    if auto is None:
+        return [fixed_fleet_table(points)]
+    return [
+        fixed_fleet_table(points),
+        "autoscaled (the scenario's fleet.autoscaler) against the fixed fleet:",
+        auto,
+    ]
