@@ -170,7 +170,8 @@ class Summary:
     statuses: dict[str, int]
     error_kinds: dict[str, int]
     error_examples: dict[str, str]  # per error kind, the first detail the server gave
-    duration_s: float
+    duration_s: float  # the send window: the planned duration, or the sends' span if longer
+    span_s: float  # first send to last response: the span of throughput, tokens and goodput
     request_rate: float  # sent per second over the send window (duration_s)
     throughput: float  # successful requests per second, first send to last response
     output_tokens_per_s: float  # over the same span
@@ -305,6 +306,7 @@ def summarize_table(
         error_kinds={table.kinds[i]: int(c) for i, c in enumerate(kinds) if c},
         error_examples=dict(table.examples),
         duration_s=duration_s,
+        span_s=span,
         request_rate=n / max(duration_s, 1e-9),
         throughput=int(ok.sum()) / span,
         output_tokens_per_s=int(table.output_tokens[ok].sum()) / span,

@@ -498,6 +498,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a baseline run folder: the verdict says whether this run regressed against it "
         "(bootstrap intervals, as `surgecast compare`), with both latency distributions",
     )
+
+    s = sub.add_parser(
+        "schema",
+        help="write the JSON Schema of each run-folder document (summary.json, ...)",
+        description="Export the JSON Schemas other tools can validate a run folder's documents "
+        "against; each document names its schema and version in its `schema` field.",
+    )
+    s.add_argument("--out", default="schemas", help="folder to write them to (default: schemas)")
     return p
 
 
@@ -1019,6 +1027,21 @@ def cmd_report(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(a: argparse.Namespace) -> int:
+    from surgecast.contracts import json_schemas
+
+    out = Path(a.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, schema in json_schemas().items():
+            path = out / f"{name}.schema.json"
+            path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+            _print(f"{name}: {path}")
+    except OSError as e:
+        raise BadInput(f"cannot write schemas to {out}: {e.strerror or e}") from None
+    return EXIT_OK
+
+
 def cmd_pipeline(a: argparse.Namespace) -> int:
     from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError, fit_problems
@@ -1216,6 +1239,7 @@ COMMANDS = {
     "forecast": cmd_forecast,
     "report": cmd_report,
     "compare": cmd_compare,
+    "schema": cmd_schema,
     "gate": cmd_gate,
 }
 

@@ -34,7 +34,6 @@ from scenarios.corpora import scrub_lines
 from scenarios.metrics import (
     Summary,
     output_count_warning,
-    summarize,
     summarize_table,
     unplanned_cache_warning,
 )
@@ -68,6 +67,7 @@ from simulator.fleet_spec import fleet_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
+from surgecast.contracts import write_summary
 from surgecast.planview import messiness_table
 from surgecast.progressbar import ForecastBar
 from surgecast.rundir import RunFolder, machine, new_run_id, versions, writer
@@ -413,6 +413,7 @@ def run_load(
     summary = summarize_table(
         table, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
+    write_summary(folder.summary, summary)
     reasons = invalid_reasons(scenario, table, summary, len(plan), generator) + died
     if stopped is not None:
         reasons.insert(
@@ -832,12 +833,13 @@ def simulate_scenario(
         fleet=fleet.config,
     )
     write_records(folder.requests, result.records)
-    summary = summarize(
-        result.records,
+    summary = summarize_table(
+        result.table,
         scenario.thresholds(),
         scenario.traffic.duration_s,
         scenario.persona_thresholds(),
     )
+    write_summary(folder.summary, summary)
     target = {
         "kind": "simulated",
         "replicas": replicas,

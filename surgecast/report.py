@@ -36,6 +36,7 @@ from surgecast.compare import (
     distribution_figure,
     goodput_limits,
 )
+from surgecast.contracts import write_summary
 from surgecast.rundir import RunFolder, RunFolderError
 from surgecast.tables import (
     Block,
@@ -317,6 +318,7 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     summary: Summary = summarize_table(
         run_table, scenario.thresholds(), meta.get("duration_s"), scenario.persona_thresholds()
     )
+    write_summary(folder.summary, summary)
     simulated = (
         RequestTable.of(iter_records(folder.simulated)) if folder.simulated.exists() else None
     )

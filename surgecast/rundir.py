@@ -81,6 +81,10 @@ class RunFolder:
     def markdown(self) -> Path:
         return self.path / "summary.md"
 
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
 

@@ -64,15 +64,16 @@ def summary_tables(s: Summary) -> str:
 def summary_blocks(s: Summary, errors: bool = True) -> list[Block]:
     """Counts and rates, latency percentiles, errors by kind (unless not `errors`), SLOs,
     personas, token counts."""
+    sent, done = f"{s.duration_s:.3g} s", f"{s.span_s:.3g} s"  # each rate's span
     head = Table(
         [
             "requests",
             "ok",
             "errors",
-            "req/s sent",
-            "throughput req/s",
-            "output tok/s",
-            "goodput req/s",
+            f"req/s sent (over the {sent} send window)",
+            f"throughput req/s (first send to last answer, {done})",
+            f"output tok/s ({done})",
+            f"goodput req/s ({done})",
             "send lateness p99 ms",
         ],
         [

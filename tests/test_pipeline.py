@@ -81,7 +81,17 @@ def test_core_packages_import_without_gevent() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["pipeline", "run", "serve", "calibrate", "backtest", "simulate", "forecast", "report"],
+    [
+        "pipeline",
+        "run",
+        "serve",
+        "calibrate",
+        "backtest",
+        "simulate",
+        "forecast",
+        "report",
+        "schema",
+    ],
 )
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help", timeout=60)
