@@ -141,19 +141,8 @@ def _stats(st: Stats) -> LatencyStats:
 
 
 def _tokens(s: Summary) -> Tokens:
-    t = s.tokens
-    assert t is not None
-    return Tokens(
-        requests=t.requests,
-        planned=t.planned,
-        served=t.served,
-        median_error_pct=t.median_error_pct,
-        p90_error_pct=t.p90_error_pct,
-        cache_hit_rate=t.cache_hit_rate,
-        output_usage=t.output_usage,
-        output_streamed=t.output_streamed,
-        output_disagreeing=t.output_disagreeing,
-    )
+    """The reconciliation's counts, field by field (the model names a subset of them)."""
+    return Tokens(**{name: getattr(s.tokens, name) for name in Tokens.model_fields})
 
 
 def write_summary(path: Path, summary: Summary) -> None:
