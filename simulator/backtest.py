@@ -22,7 +22,7 @@ from scenarios.metrics import metric_samples
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord
 from scenarios.spec import Scenario
-from simulator.calibrate import Calibration
+from simulator.calibrate import Calibration, draw_residuals
 from simulator.sim import SimResult, simulate
 from simulator.stepcost import scaled
 
@@ -102,11 +102,8 @@ def _values(
     for metric in LATENCIES:
         x = metric_samples(records, metric) * 1000.0
         if metric == "itl" and step_noise is not None and len(x):
-            residuals, rng = step_noise  # residual quantiles 0..100: drawn between them
-            drawn = np.interp(
-                rng.uniform(0, len(residuals) - 1, len(x)), np.arange(len(residuals)), residuals
-            )
-            x = np.clip(x + drawn, 0.0, None)
+            residuals, rng = step_noise
+            x = np.clip(x + draw_residuals(residuals, rng, len(x)), 0.0, None)
         if len(x):
             for q, v in zip(QUANTILES, np.percentile(x, QUANTILES), strict=True):
                 out[(metric, q)] = float(v)
