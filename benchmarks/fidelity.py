@@ -3,6 +3,7 @@
     python benchmarks/fidelity.py [--engine llama-server|vllm|reference] [--slots 8,1]
                                   [--level-s 40] [--min-requests 40] [--held-out-requests 200]
                                   [--max-level-s 300] [--keep DIR] [--repeat]
+    python benchmarks/fidelity.py --engine vllm --slots 8 --from DIR   # kept runs, no engine
 
 For each slot count: measure the server's capacity (closed-loop users, twice the slots, no
 think time); send a staircase, as `surgecast calibrate --scenario` does (`slots` requests at
@@ -133,9 +134,9 @@ def measured(folder: RunFolder) -> dict[tuple[str, int], float]:
     }
 
 
-def run_config(
-    kind: str, slots: int, out: Path, levels: Levels
-) -> tuple[list[Result], list[Repeat]]:
+def run_config(kind: str, slots: int, out: Path, levels: Levels) -> None:
+    """Measure one configuration: its run folders go to `out` (capacity, staircase, a folder
+    per level, and `<level>-repeat` with --repeat)."""
     level_s = levels.level_s
     with engine(kind, slots) as (url, extra):
         base = workload(slots, level_s, extra)
@@ -157,17 +158,14 @@ def run_config(
         # fit measures each rather than extrapolating to the large ones
         stairs = level(base, {"rate": 1.0, "duration_s": 1.0, "seed": 99})
         print(f"staircase: {slots} requests at once, stepping down to 1", file=sys.stderr)
-        fitted = [
-            run_load(
-                stairs,
-                "fidelity",
-                target_url=url,
-                out=out / "staircase",
-                progress=False,
-                plan=staircase(stairs, slots),
-            ).folder
-        ]
-        folders: dict[float, RunFolder] = {}
+        run_load(
+            stairs,
+            "fidelity",
+            target_url=url,
+            out=out / "staircase",
+            progress=False,
+            plan=staircase(stairs, slots),
+        )
         traffics: dict[float, dict[str, float]] = {}
         seeds = {share: 20 + i for i, share in enumerate((*FIT, *HELD_OUT))}
         for share in INTERLEAVED:
@@ -176,27 +174,24 @@ def run_config(
             seconds = level_seconds(rate, level_s, wanted, levels.max_s)
             print(f"level {share:.0%}: {rate:.3g} req/s for {seconds:.0f} s", file=sys.stderr)
             traffics[share] = {"rate": rate, "duration_s": seconds, "seed": seeds[share]}
-            outcome = run_load(
-                level(base, traffics[share]),
-                "fidelity",
-                target_url=url,
-                out=out / f"{share:.2f}",
-                progress=False,
-            )
-            folders[share] = outcome.folder
-        repeats: dict[float, RunFolder] = {}
+            scenario = level(base, traffics[share])
+            run_load(scenario, "fidelity", target_url=url, out=out / f"{share:.2f}", progress=False)
         for share in HELD_OUT if levels.repeat else ():  # the same plan again: the noise floor
             print(f"level {share:.0%} again, the same plan", file=sys.stderr)
-            repeats[share] = run_load(
-                level(base, traffics[share]),
-                "fidelity",
-                target_url=url,
-                out=out / f"{share:.2f}-repeat",
-                progress=False,
-            ).folder
-    calibration = calibrate_runs([*(folders[s] for s in FIT), *fitted], max_num_seqs=slots)
-    runs = {"capacity": cap.folder, "staircase": fitted[0]} | {
-        f"{s:.0%}": folders[s] for s in folders
+            again = out / f"{share:.2f}-repeat"
+            run_load(
+                level(base, traffics[share]), "fidelity", target_url=url, out=again, progress=False
+            )
+
+
+def analyse(kind: str, slots: int, out: Path) -> tuple[list[Result], list[Repeat]]:
+    """Calibrate on the kept light levels and the staircase in `out`, back-test the held-out
+    levels, and compare each repeated level with its first run."""
+    folders = {share: RunFolder(out / f"{share:.2f}") for share in (*FIT, *HELD_OUT)}
+    staircase_run = RunFolder(out / "staircase")
+    calibration = calibrate_runs([*(folders[s] for s in FIT), staircase_run], max_num_seqs=slots)
+    runs = {"capacity": RunFolder(out / "capacity"), "staircase": staircase_run} | {
+        f"{s:.0%}": folders[s] for s in INTERLEAVED
     }
     speed = ", ".join(  # the engine's speed drifting through the benchmark shows here
         f"{name} {step_time_ratio(f.records(), calibration.fit.cost()) or float('nan'):.3f}"
@@ -210,9 +205,11 @@ def run_config(
         for row in backtest_run(folders[share], calibration)
     ]
     again = []
-    for share, folder in repeats.items():
-        first, second = measured(folders[share]), measured(folder)
-        again += [(name, share, m, q, first[(m, q)], second[(m, q)]) for m, q in REPEATED]
+    for share in HELD_OUT:
+        repeat = out / f"{share:.2f}-repeat"
+        if repeat.exists():
+            first, second = measured(folders[share]), measured(RunFolder(repeat))
+            again += [(name, share, m, q, first[(m, q)], second[(m, q)]) for m, q in REPEATED]
     return results, again
 
 
@@ -305,6 +302,13 @@ def main() -> int:
         "--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)"
     )
     p.add_argument(
+        "--from",
+        dest="kept",
+        metavar="DIR",
+        help="no engine: calibrate and back-test the run folders an earlier --keep DIR kept "
+        "(after a change to the model, on the same measurements)",
+    )
+    p.add_argument(
         "--repeat",
         action="store_true",
         help="send each held-out level's plan a second time and print how far the two runs "
@@ -318,9 +322,14 @@ def main() -> int:
     repeats: list[Repeat] = []
     levels = Levels(a.level_s, a.min_requests, a.held_out_requests, a.max_level_s, a.repeat)
     with contextlib.ExitStack() as stack:
-        tmp = a.keep or stack.enter_context(tempfile.TemporaryDirectory())
+        tmp = a.kept or a.keep or stack.enter_context(tempfile.TemporaryDirectory())
         for slots in (int(s) for s in a.slots.split(",")):
-            rows, again = run_config(a.engine, slots, Path(tmp) / f"{a.engine}-np{slots}", levels)
+            out = Path(tmp) / f"{a.engine}-np{slots}"
+            if a.kept and not (out / "staircase").is_dir():
+                p.error(f"--from {a.kept}: {out} holds no kept benchmark (no staircase folder)")
+            if not a.kept:
+                run_config(a.engine, slots, out, levels)
+            rows, again = analyse(a.engine, slots, out)
             results += rows
             repeats += again
     print(table(results))
