@@ -217,19 +217,17 @@ def _kind_in(table: RequestTable, kinds: set[str]) -> np.ndarray:
 def target_died(table: RequestTable) -> str | None:
     """Why the run looks like its target died: after some successes, every request from some
     point on (at least 5, and 5% of all) found no server or had its connection cut."""
-    sent = ~_kind_in(table, {DROPPED, "cancelled"})
-    order = np.argsort(table.start[sent], kind="stable")
-    ok = table.ok[sent][order]
-    broken = _kind_in(table, BROKEN)[sent][order]
+    sent = np.flatnonzero(~_kind_in(table, {DROPPED, "cancelled"}))
+    sent = sent[np.argsort(table.start[sent], kind="stable")]  # in the order they were sent
+    ok = table.ok[sent]
     if not ok.any():
         return None
     last_ok = int(np.flatnonzero(ok)[-1])
-    tail = broken[last_ok + 1 :]
-    if len(tail) < max(5, 0.05 * len(ok)) or not tail.all():
+    tail = sent[last_ok + 1 :]
+    if len(tail) < max(5, 0.05 * len(sent)) or not _kind_in(table, BROKEN)[tail].all():
         return None
-    first = float(table.start[sent][order][last_ok + 1])
     return (
-        f"the target stopped answering {first:.1f} s into the run: the last "
+        f"the target stopped answering {table.start[tail[0]]:.1f} s into the run: the last "
         f"{len(tail)} requests found no server or were cut off (did it crash? its log may say)"
     )
 
