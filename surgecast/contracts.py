@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scenarios.metrics import Stats, Summary
+from simulator.backtest import BacktestRow
 
+M = TypeVar("M", bound=BaseModel)
 SUMMARY_SCHEMA = "surgecast.summary/1"
+BACKTEST_SCHEMA = "surgecast.backtest/1"
 
 
 class _Strict(BaseModel):
@@ -145,34 +148,115 @@ def _tokens(s: Summary) -> Tokens:
     return Tokens(**{name: getattr(s.tokens, name) for name in Tokens.model_fields})
 
 
-def write_summary(path: Path, summary: Summary) -> None:
-    """summary.json, written whole or not at all."""
-    tmp = path.with_suffix(".json.tmp")
-    doc = SummaryDoc.of(summary)
-    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+class BacktestRowDoc(_Strict):
+    """One predicted quantity beside the measured one (null: not a finite number)."""
+
+    metric: Literal["ttft", "itl", "e2e", "throughput"]
+    quantile: int = Field(ge=0, le=100, description="0 for throughput")
+    unit: Literal["ms", "req/s"]
+    basis: Literal["replay", "plan"] = Field(
+        description="replay: the run's own send times; plan: the scenario's plan"
+    )
+    measured: float | None
+    predicted: float | None
+    low: float | None = Field(description="the 90% interval the measured value should fall in")
+    high: float | None
+    error_pct: float | None
+    inside: bool
+
+    @classmethod
+    def of(cls, r: BacktestRow) -> BacktestRowDoc:
+        """The row; a metric, unit or basis outside the contract is a validation error."""
+        return cls.model_validate(
+            {
+                "metric": r.metric,
+                "quantile": r.quantile,
+                "unit": r.unit,
+                "basis": r.basis,
+                "measured": _finite(r.measured),
+                "predicted": _finite(r.predicted),
+                "low": _finite(r.low),
+                "high": _finite(r.high),
+                "error_pct": _finite(r.error_pct),
+                "inside": r.inside,
+            }
+        )
+
+    def row(self) -> BacktestRow:
+        nan = math.nan
+        return BacktestRow(
+            self.metric,
+            self.quantile,
+            nan if self.measured is None else self.measured,
+            nan if self.predicted is None else self.predicted,
+            nan if self.low is None else self.low,
+            nan if self.high is None else self.high,
+            self.basis,
+        )
+
+
+class BacktestDoc(_Strict):
+    """backtest.json: a calibration's predictions of one run, with their intervals."""
+
+    schema_: Literal["surgecast.backtest/1"] = Field("surgecast.backtest/1", alias="schema")
+    rows: list[BacktestRowDoc]
+    warnings: list[str]
+    in_sample: bool = Field(description="the calibration was fitted on this very run")
 
 
 class ContractError(ValueError):
     """A document that does not meet its contract: names the file and what is wrong."""
 
 
-def read_summary(path: Path) -> SummaryDoc:
+def _write(path: Path, doc: BaseModel) -> None:
+    """A document, written whole or not at all."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read(path: Path, model: type[M], schema: str) -> M:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError) as e:
         raise ContractError(f"{path}: not readable JSON ({e})") from None
-    if isinstance(data, dict) and data.get("schema") != SUMMARY_SCHEMA:
+    if not isinstance(data, dict):
+        raise ContractError(f"{path}: a JSON object expected, got {type(data).__name__}")
+    if "schema" not in data:
         raise ContractError(
-            f"{path}: schema {data.get('schema')!r}, this surgecast reads {SUMMARY_SCHEMA!r}"
+            f"{path}: no `schema`: written by an older surgecast; run the command that wrote "
+            "it again"
         )
+    if data["schema"] != schema:
+        raise ContractError(f"{path}: schema {data['schema']!r}, this surgecast reads {schema!r}")
     try:  # JSON has no tuples or sets: strict mode still checks every type
-        return SummaryDoc.model_validate_json(json.dumps(data))
+        return model.model_validate_json(json.dumps(data))
     except ValueError as e:
         raise ContractError(f"{path}: {e}") from None
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {"summary": SummaryDoc}
+def write_summary(path: Path, summary: Summary) -> None:
+    _write(path, SummaryDoc.of(summary))
+
+
+def read_summary(path: Path) -> SummaryDoc:
+    return _read(path, SummaryDoc, SUMMARY_SCHEMA)
+
+
+def write_backtest(
+    path: Path, rows: list[BacktestRow], warnings: list[str], in_sample: bool
+) -> None:
+    doc = BacktestDoc(
+        rows=[BacktestRowDoc.of(r) for r in rows], warnings=warnings, in_sample=in_sample
+    )
+    _write(path, doc)
+
+
+def read_backtest(path: Path) -> BacktestDoc:
+    return _read(path, BacktestDoc, BACKTEST_SCHEMA)
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {"summary": SummaryDoc, "backtest": BacktestDoc}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -67,7 +67,7 @@ from simulator.fleet_spec import fleet_from_spec
 from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
-from surgecast.contracts import write_summary
+from surgecast.contracts import write_backtest, write_summary
 from surgecast.planview import messiness_table
 from surgecast.progressbar import ForecastBar
 from surgecast.rundir import RunFolder, machine, new_run_id, versions, writer
@@ -753,13 +753,8 @@ def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRo
     if scenario is not None:
         rows += predict_plan(records, scenario, calibration)
     write_records(folder.simulated, result.records)
-    folder.write_json(
-        folder.backtest,
-        {
-            "rows": [r.to_dict() for r in rows],
-            "warnings": backtest_warnings(calibration, rows),
-            "in_sample": in_sample(folder, calibration),
-        },
+    write_backtest(
+        folder.backtest, rows, backtest_warnings(calibration, rows), in_sample(folder, calibration)
     )
     return rows
 

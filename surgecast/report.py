@@ -24,7 +24,6 @@ from scenarios.metrics import Summary, summarize_table
 from scenarios.records import iter_records
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
-from simulator.backtest import BacktestRow
 from simulator.calibrate import Calibration
 from simulator.forecast import ForecastPoint, points_from_dicts
 from surgecast.compare import (
@@ -36,7 +35,7 @@ from surgecast.compare import (
     distribution_figure,
     goodput_limits,
 )
-from surgecast.contracts import write_summary
+from surgecast.contracts import BacktestDoc, ContractError, read_backtest, write_summary
 from surgecast.rundir import RunFolder, RunFolderError
 from surgecast.tables import (
     Block,
@@ -218,6 +217,18 @@ def forecast_plot(points: Sequence[ForecastPoint]) -> Figure:
     return _figure(fig, "Forecast: replicas and cost per month against the traffic scale")
 
 
+def _backtest(folder: RunFolder) -> BacktestDoc | None:
+    """The folder's backtest.json, None when there is none; with a warning, None when it does
+    not meet its contract (the report leaves its section out rather than failing)."""
+    if not folder.backtest.exists():
+        return None
+    try:
+        return read_backtest(folder.backtest)
+    except ContractError as e:
+        print(f"warning: {e}; its section is left out", file=sys.stderr)
+        return None
+
+
 def _optional(folder: RunFolder, path: Path) -> Any:
     """A derived file's JSON (calibration, back-test, forecast); None with a warning when it
     is corrupt: the report leaves its section out rather than failing."""
@@ -388,7 +399,6 @@ def _derived_sections(folder: RunFolder) -> list[Section]:
     """Calibration, back-test and forecast, from their files where present and usable."""
     sections = []
     cal_data = _optional(folder, folder.calibration)
-    bt_data = _optional(folder, folder.backtest)
     fc_data = _optional(folder, folder.forecast)
     if cal_data:
         blocks = _or_warn(
@@ -396,17 +406,15 @@ def _derived_sections(folder: RunFolder) -> list[Section]:
         )
         if blocks:
             sections.append(Section("Calibration", blocks=blocks))
-    rows = bt_data and _or_warn(
-        folder.backtest, lambda: [BacktestRow.from_dict(r) for r in bt_data["rows"]]
-    )
-    if rows:
+    backtest = _backtest(folder)
+    if backtest is not None and backtest.rows:
         in_sample = " (in-sample: the calibration was fitted on this run)"
         sections.append(
             Section(
                 "Back-test: the calibrated model predicts the measured run"
-                + (in_sample if bt_data.get("in_sample") else ""),
-                blocks=[backtest_data(rows)]
-                + [f"WARNING: {w}" for w in bt_data.get("warnings", [])],
+                + (in_sample if backtest.in_sample else ""),
+                blocks=[backtest_data([r.row() for r in backtest.rows])]
+                + [f"WARNING: {w}" for w in backtest.warnings],
             )
         )
     points = fc_data and _or_warn(folder.forecast, lambda: points_from_dicts(fc_data["points"]))

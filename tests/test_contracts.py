@@ -5,12 +5,13 @@ know."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from surgecast.contracts import ContractError, read_summary
+from surgecast.contracts import ContractError, read_backtest, read_summary
 from tests.conftest import run_cli
 
 
@@ -52,3 +53,26 @@ def test_a_reader_refuses_an_unknown_version_or_field(
     wrong.write_text(json.dumps({**data, "requests": "many"}))
     with pytest.raises(ContractError, match="requests"):
         read_summary(wrong)
+
+
+def test_backtest_json_meets_its_schema_and_an_old_one_is_left_out_of_the_report(
+    pipeline_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    run, _ = pipeline_run
+    assert run_cli("schema", "--out", str(tmp_path)).returncode == 0
+    data = json.loads((run / "backtest.json").read_text())
+    jsonschema.validate(data, json.loads((tmp_path / "backtest.schema.json").read_text()))
+    doc = read_backtest(run / "backtest.json")
+    assert doc.in_sample and {r.basis for r in doc.rows} == {"replay", "plan"}
+    for row in doc.rows:  # inside is what the interval says of the measured value
+        assert row.low is not None and row.high is not None and row.measured is not None
+        assert row.inside == (row.low <= row.measured <= row.high)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    older = {k: v for k, v in data.items() if k != "schema"}
+    (copy / "backtest.json").write_text(json.dumps(older))
+    with pytest.raises(ContractError, match="older surgecast"):
+        read_backtest(copy / "backtest.json")
+    result = run_cli("report", str(copy))
+    assert result.returncode == 0 and "older surgecast" in result.stderr
+    assert "Back-test" not in (copy / "summary.md").read_text()
