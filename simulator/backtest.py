@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,24 +54,6 @@ class BacktestRow:
     @property
     def inside(self) -> bool:
         return self.low <= self.measured <= self.high
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "error_pct": self.error_pct, "inside": self.inside}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BacktestRow:
-        """Reads what `to_dict` wrote, and older files (measured_ms, simulated_ms, no interval)."""
-        measured = float(d.get("measured", d.get("measured_ms", 0.0)))
-        predicted = float(d.get("predicted", d.get("simulated_ms", 0.0)))
-        return cls(
-            d["metric"],
-            int(d["quantile"]),
-            measured,
-            predicted,
-            float(d.get("low", predicted)),
-            float(d.get("high", predicted)),
-            str(d.get("basis", "replay")),
-        )
 
 
 def replay_plan(records: Sequence[RequestRecord]) -> list[RequestSpec]:

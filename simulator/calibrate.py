@@ -21,7 +21,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -124,59 +123,6 @@ class Calibration:
     drift: float = 0.0  # run-to-run spread of mean step time (relative sd) between the runs
     tokens: TokenMap = field(default_factory=TokenMap)  # planned -> served tokens
     runs: list[str] = field(default_factory=list)  # ids of the runs it was fitted on
-
-    def to_dict(self) -> dict[str, Any]:
-        f = self.fit
-        return {
-            "engine": self.engine.to_dict(),
-            "parameters": {
-                name: {"value": float(v), "stderr": float(s)}
-                for name, v, s in zip(PARAMS, f.values, f.stderr(), strict=True)
-            },
-            "covariance": f.covariance.tolist(),
-            "fit": {
-                "step_rows": f.step_rows,
-                "overhead_rows": f.overhead_rows,
-                "r2": f.r2,
-                "rmse_ms": f.rmse_s * 1000.0,
-                "residual_quantiles_ms": [q * 1000.0 for q in f.residual_quantiles_s],
-            },
-            "cost_model": {
-                "chosen": f.chosen,
-                "held_out_ms": {c.name: c.held_out_s * 1000.0 for c in f.candidates},
-                "typical_step": list(f.typical_step),
-            },
-            "notes": self.notes,
-            "drift": self.drift,
-            "tokens": self.tokens.to_dict(),
-            "runs": self.runs,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        values = np.array([d["parameters"][p]["value"] for p in PARAMS])
-        fd = d["fit"]
-        engine = EngineConfig.from_dict(d["engine"])
-        cm = d.get("cost_model", {})  # older files: the linear model
-        chosen = str(cm.get("chosen", "linear"))
-        typical = [float(v) for v in cm.get("typical_step", (0.0, 0.0))]
-        fit = Fit(
-            values,
-            np.array(d["covariance"]),
-            fd["step_rows"],
-            fd["overhead_rows"],
-            fd["r2"],
-            fd["rmse_ms"] / 1000.0,
-            tuple(q / 1000.0 for q in fd.get("residual_quantiles_ms", ())),
-            None if chosen == "linear" else engine.cost,
-            chosen,
-            tuple(Candidate(n, ms / 1000.0) for n, ms in cm.get("held_out_ms", {}).items()),
-            (typical[0], typical[1]),
-        )
-        notes = list(d.get("notes", []))
-        tokens = TokenMap.from_dict(d.get("tokens"))
-        runs = [str(r) for r in d.get("runs", [])]
-        return cls(engine, fit, notes, float(d.get("drift", 0.0)), tokens, runs)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -414,41 +414,3 @@ def _holds_for_every_seed(threshold: Threshold, estimate: Estimate) -> bool:
 
 def sorted_evals(tried: dict[int, Evaluation]) -> list[Evaluation]:
     return [tried[n] for n in sorted(tried)]
-
-
-def _estimate(d: dict[str, float]) -> Estimate:
-    return Estimate(d["mean"], d["low"], d["high"])
-
-
-def _evaluation(d: dict[str, Any]) -> Evaluation:
-    """An Evaluation from forecast.json; estimates a forecast written before them read as 0."""
-    values: dict[str, Any] = {}
-    for f in fields(Evaluation):
-        if f.name == "observed":
-            values[f.name] = {k: _estimate(v) for k, v in d["observed"].items()}
-        elif f.name in ("replicas", "passed", "load", "simulated"):
-            values[f.name] = d.get(f.name, f.default)
-        else:
-            values[f.name] = _estimate(d[f.name]) if f.name in d else ZERO
-    return Evaluation(**values)
-
-
-def points_to_dict(points: Sequence[ForecastPoint]) -> dict[str, Any]:
-    """forecast.json's content; `points_from_dicts(d["points"])` reads it back."""
-    return {"points": [asdict(p) for p in points]}
-
-
-def points_from_dicts(items: list[dict[str, Any]]) -> list[ForecastPoint]:
-    """Inverse of `dataclasses.asdict` on a list of ForecastPoints (read from forecast.json)."""
-    return [
-        ForecastPoint(
-            float(d["scale"]),
-            float(d["rate"]),
-            None if d["best"] is None else _evaluation(d["best"]),
-            None if d["cost_per_month_usd"] is None else float(d["cost_per_month_usd"]),
-            [_evaluation(t) for t in d.get("tried") or []],
-            None if d.get("autoscaled") is None else _evaluation(d["autoscaled"]),
-            d.get("autoscaled_cost_per_month_usd"),
-        )
-        for d in items
-    ]

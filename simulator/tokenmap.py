@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -80,20 +79,6 @@ class TokenMap:
                 )
             )
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> TokenMap:
-        if not d:
-            return cls()
-        return cls(
-            float(d["prompt_intercept"]),
-            float(d["prompt_slope"]),
-            tuple(float(r) for r in d.get("output_ratios", ())),
-            int(d.get("pairs", 0)),
-        )
 
     def describe(self) -> str:
         if self.identity:

@@ -501,7 +501,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "schema",
-        help="write the JSON Schema of each run-folder document (summary.json, ...)",
+        help="write the JSON Schema of each run-folder document (run, summary, calibration, ...)",
         description="Export the JSON Schemas other tools can validate a run folder's documents "
         "against; each document names its schema and version in its `schema` field.",
     )
@@ -561,24 +561,14 @@ def _scenario(a: argparse.Namespace) -> Scenario:
 
 
 def _calibration(path: str) -> Calibration:
-    from simulator.calibrate import Calibration
+    from surgecast.contracts import ContractError, read_calibration
 
-    def no_constant(name: str) -> float:
-        raise ValueError(f"{name} is not a usable number (rerun surgecast calibrate)")
-
+    if not Path(path).is_file():
+        raise BadInput(f"{path}: calibration file not found (make one with surgecast calibrate)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        return Calibration.from_dict(json.loads(text, parse_constant=no_constant))
-    except FileNotFoundError:
-        raise BadInput(
-            f"{path}: calibration file not found (make one with surgecast calibrate)"
-        ) from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read file: {e.strerror or e}") from None
-    except RecursionError:
-        raise BadInput(f"{path}: not a calibration file: JSON nested too deeply") from None
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-        raise BadInput(f"{path}: not a calibration file: {str(e)[:200]}") from None
+        return read_calibration(Path(path))
+    except ContractError as e:
+        raise BadInput(f"not a usable calibration file: {e}") from None
 
 
 def _warn(lines: Sequence[str]) -> None:
@@ -847,8 +837,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from scenarios.records import RecordsError
     from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError, fit_problems
+    from surgecast.contracts import write_calibration
     from surgecast.pipeline import backtest_run, calibrate_runs
-    from surgecast.rundir import RunFolder, RunFolderError, finite_json
+    from surgecast.rundir import RunFolder, RunFolderError
     from surgecast.tables import backtest_table, calibration_table
 
     output = Path(a.output)
@@ -873,8 +864,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     problems = fit_problems(cal.fit)
     if problems:
         return _unusable(problems)
-    text = json.dumps(finite_json(cal.to_dict()), indent=2, allow_nan=False)
-    output.write_text(text + "\n", encoding="utf-8")
+    write_calibration(output, cal)
     if not a.no_backtest:
         for f in folders:
             try:
@@ -898,6 +888,7 @@ def _unusable(problems: Sequence[str]) -> int:
 
 def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
     from simulator.calibrate import fit_problems
+    from surgecast.contracts import write_calibration
     from surgecast.rundir import new_run_id
     from surgecast.sweep import held_out_rows, level_rows, sweep
     from surgecast.tables import backtest_table, calibration_table, markdown
@@ -918,7 +909,7 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
     problems = fit_problems(result.calibration.fit)
     if problems:
         return _unusable(problems)
-    output.write_text(json.dumps(result.calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_calibration(output, result.calibration)
     held = held_out_rows(result)
     if held:
         _print("\nheld-out levels, predicted:\n" + backtest_table(held))
@@ -995,11 +986,9 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     )
     _print(forecast_table(points))
     if a.json_out:
-        from simulator.forecast import points_to_dict
+        from surgecast.contracts import write_forecast
 
-        Path(a.json_out).write_text(
-            json.dumps(points_to_dict(points), indent=2) + "\n", encoding="utf-8"
-        )
+        write_forecast(Path(a.json_out), points)
     return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
 
 
@@ -1012,10 +1001,12 @@ def cmd_report(a: argparse.Namespace) -> int:
     baseline = RunFolder(Path(a.baseline)) if a.baseline else None
     try:
         html, md = render(folder, baseline)
-    except (FileNotFoundError, RunFolderError, RecordsError) as e:
+    except (FileNotFoundError, RecordsError) as e:
         raise BadInput(str(e)) from None
+    except RunFolderError as e:
+        raise BadInput(f"not a readable run folder: {e}") from None
     except ValidationError as e:  # the scenario kept in run.json
-        problems = "; ".join(validation_messages(e, folder.meta().get("scenario")))
+        problems = "; ".join(validation_messages(e, folder.meta().scenario))
         raise BadInput(f"{folder.run_json}: its scenario is not valid here: {problems}") from None
     except KeyError as e:
         raise BadInput(
@@ -1046,6 +1037,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     from simulator.backtest import backtest_warnings
     from simulator.calibrate import CalibrationError, fit_problems
     from surgecast import pipeline as pl
+    from surgecast.contracts import write_calibration
     from surgecast.report import render
     from surgecast.tables import backtest_table, calibration_table, forecast_table
 
@@ -1070,7 +1062,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
         if problems:  # the report still shows the measured run
             code = _unusable(problems)
         else:
-            folder.write_json(folder.calibration, cal.to_dict())
+            write_calibration(folder.calibration, cal)
             rows = pl.backtest_run(folder, cal)
             _print(
                 "\nback-test, in-sample (the model fitted on this run predicts it; "
@@ -1095,22 +1087,24 @@ def _out_dir(out: str | None, prefix: str) -> Path:
 
 def _runs(paths: Sequence[str], side: str) -> list[Run]:
     from surgecast.gate import load_run
+    from surgecast.rundir import RunFolderError
 
     runs = []
     for path in paths:
         try:
             runs.append(load_run(Path(path)))
-        except FileNotFoundError as e:
+        except (FileNotFoundError, RunFolderError) as e:
             raise BadInput(f"{side} {path}: {e}") from None
     return runs
 
 
-def _run_scenario(path: str) -> Scenario | None:
+def _run_scenario(path: str) -> Scenario:
     from surgecast.gate import run_scenario
+    from surgecast.rundir import RunFolderError
 
     try:
         return run_scenario(Path(path))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunFolderError) as e:
         raise BadInput(str(e)) from None
 
 
@@ -1163,8 +1157,6 @@ def _workload_changes(scenario: Scenario, runs: Sequence[str]) -> list[str]:
         try:
             theirs = _run_scenario(path)
         except ScenarioError:
-            theirs = None
-        if theirs is None:
             continue
         for section in ("traffic", "workload", "session", "personas"):
             if getattr(theirs, section) != getattr(scenario, section):
@@ -1189,8 +1181,6 @@ def cmd_gate(a: argparse.Namespace) -> int:
     if a.candidate and a.target:
         raise BadInput("--target is for running the scenario now, not with --candidate")
     scenario = _scenario(a) if a.scenario else _run_scenario(a.candidate[0])
-    if scenario is None:
-        raise BadInput(f"{a.candidate[0]}: its run.json has no scenario: give SCENARIO")
     if not scenario.regressions.budgets() and not scenario.thresholds():
         raise BadInput(
             "the scenario has no regressions: budgets and no slos: add, e.g., "

@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scenarios.metrics import Stats, Summary
 from simulator.backtest import BacktestRow
+from simulator.calibrate import PARAMS, Calibration, Fit
+from simulator.costfit import Candidate
+from simulator.engine import EngineConfig
+from simulator.forecast import Estimate, Evaluation, ForecastPoint
+from simulator.tokenmap import TokenMap
 
 M = TypeVar("M", bound=BaseModel)
+RUN_SCHEMA = "surgecast.run/1"
 SUMMARY_SCHEMA = "surgecast.summary/1"
 BACKTEST_SCHEMA = "surgecast.backtest/1"
+CALIBRATION_SCHEMA = "surgecast.calibration/1"
+FORECAST_SCHEMA = "surgecast.forecast/1"
 
 
 class _Strict(BaseModel):
@@ -204,6 +214,309 @@ class BacktestDoc(_Strict):
     in_sample: bool = Field(description="the calibration was fitted on this very run")
 
 
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+class Validity(_Strict):
+    valid: bool
+    reasons: list[str] = Field(description="why the run cannot be trusted; empty when valid")
+
+
+class Machine(_Strict):
+    platform: str
+    cpus: int | None
+    python: str = Field(description="the interpreter's path")
+
+
+class Writer(_Strict):
+    """The process writing the folder: a reader tells a killed run from a live one by it."""
+
+    host: str
+    pid: int
+
+
+class LoopLag(_Strict):
+    samples: int
+    interval_ms: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class Cpu(_Strict):
+    samples: int
+    mean: float = Field(description="share of one core, mean over the samples")
+    max: float = Field(description="the busiest sample's share of one core")
+
+
+class Generator(_Strict):
+    """How well the load generator kept its plan: its event loop's lag and its CPU."""
+
+    loop_lag: LoopLag
+    cpu: Cpu
+
+
+class Target(_Strict):
+    """What was loaded; the engine-specific sections are what that engine reported."""
+
+    kind: Literal["reference", "llama-server", "vllm", "external", "simulated"]
+    base_url: str | None = None
+    prompt_salt: str | None = Field(None, description="hex prefix that defeats prefix caches")
+    engine: EngineConfig | None = Field(
+        None, description="the engine model behind a reference target or a simulated run"
+    )
+    limits: dict[str, Any] | None = Field(None, description="batch and KV limits it declared")
+    llama_server: dict[str, Any] | None = None
+    vllm: dict[str, Any] | None = None
+    replicas: int | None = Field(None, description="simulated runs: the fleet's replicas")
+    scale: float | None = Field(None, description="simulated runs: the arrival rate's scale")
+    fleet: dict[str, Any] | None = Field(None, description="simulated runs: the fleet's counts")
+
+
+class RunMeta(_Strict):
+    """run.json: what a run was (scenario, seed, target, machine) and how it ended. Written
+    when the run starts and updated as it goes; `status` says how far it got."""
+
+    schema_: Literal["surgecast.run/1"] = Field("surgecast.run/1", alias="schema")
+    run_id: str
+    source: Literal["measured", "simulated"]
+    status: Literal["running", "finished", "interrupted", "not started", "killed"]
+    scenario_file: str | None
+    scenario: dict[str, Any] = Field(description="the scenario as resolved (its own schema)")
+    plan: Literal["scenario", "given"] = Field(
+        "scenario", description="given: a plan handed to the run (a staircase), not drawn"
+    )
+    seed: int
+    planned_requests: int = Field(ge=0)
+    duration_s: float
+    target: Target
+    versions: dict[str, str]
+    machine: Machine
+    started_at: str
+    finished_at: str | None = None
+    writer: Writer | None = None
+    validity: Validity | None = Field(None, description="null while the run is going")
+    slos_passed: bool | None = None
+    warnings: list[str] = []
+    sizing: dict[str, Any] | None = Field(None, description="the prompt-sizing probes")
+    generator: Generator | None = None
+    turns_not_sent: int | None = None
+    telemetry_errors: list[str] = []
+
+
+class Parameter(_Strict):
+    value: float
+    stderr: float = Field(ge=0)
+
+
+class Parameters(_Strict):
+    """The linear step-cost model's parameters, in seconds (the covariance's order)."""
+
+    overhead_s: Parameter = Field(description="client-to-engine delay per request")
+    base_s: Parameter = Field(description="a step's fixed cost")
+    per_decode_seq_s: Parameter = Field(description="per sequence decoding in the step")
+    per_prefill_token_s: Parameter = Field(description="per prompt token prefilled in the step")
+
+
+class FitQuality(_Strict):
+    step_rows: int = Field(ge=0, description="engine steps timed")
+    overhead_rows: int = Field(ge=0, description="requests the overhead was fitted on")
+    r2: float | None = Field(description="null where the step times do not vary")
+    rmse_ms: float
+    residual_quantiles_ms: list[float] = Field(
+        description="per-step residuals (measured - fitted) at simulator.calibrate's levels"
+    )
+
+
+class CostModelChoice(_Strict):
+    chosen: str
+    held_out_ms: dict[str, float] = Field(description="each candidate's held-out step error")
+    typical_step: tuple[float, float] = Field(description="mean decoding sequences, prompt tokens")
+
+
+class CalibrationDoc(_Strict):
+    """calibration.json: the engine model fitted on measured runs, with its uncertainty."""
+
+    schema_: Literal["surgecast.calibration/1"] = Field("surgecast.calibration/1", alias="schema")
+    engine: EngineConfig = Field(description="limits and the chosen step-cost model")
+    parameters: Parameters
+    covariance: list[list[float]] = Field(description="of the parameters, in their order")
+    fit: FitQuality
+    cost_model: CostModelChoice
+    notes: list[str]
+    drift: float = Field(description="run-to-run spread of mean step time (relative sd)")
+    tokens: TokenMap = Field(description="planned -> served tokens")
+    runs: list[str] = Field(description="ids of the runs it was fitted on")
+
+    @field_validator("covariance")
+    @classmethod
+    def _square(cls, rows: list[list[float]]) -> list[list[float]]:
+        n = len(PARAMS)
+        if len(rows) != n or any(len(r) != n for r in rows):
+            raise ValueError(f"must be {n} x {n}, one row and column per parameter")
+        return rows
+
+    @classmethod
+    def of(cls, c: Calibration) -> CalibrationDoc:
+        f = c.fit
+        return cls(
+            engine=c.engine,
+            parameters=Parameters(
+                **{
+                    name: Parameter(value=float(v), stderr=float(s))
+                    for name, v, s in zip(PARAMS, f.values, f.stderr(), strict=True)
+                }
+            ),
+            covariance=f.covariance.tolist(),
+            fit=FitQuality(
+                step_rows=f.step_rows,
+                overhead_rows=f.overhead_rows,
+                r2=_finite(f.r2),
+                rmse_ms=f.rmse_s * 1000.0,
+                residual_quantiles_ms=[q * 1000.0 for q in f.residual_quantiles_s],
+            ),
+            cost_model=CostModelChoice(
+                chosen=f.chosen,
+                held_out_ms={k.name: k.held_out_s * 1000.0 for k in f.candidates},
+                typical_step=f.typical_step,
+            ),
+            notes=c.notes,
+            drift=c.drift,
+            tokens=c.tokens,
+            runs=c.runs,
+        )
+
+    def calibration(self) -> Calibration:
+        fit = Fit(
+            np.array([getattr(self.parameters, p).value for p in PARAMS]),
+            np.array(self.covariance),
+            self.fit.step_rows,
+            self.fit.overhead_rows,
+            _nan(self.fit.r2),
+            self.fit.rmse_ms / 1000.0,
+            tuple(q / 1000.0 for q in self.fit.residual_quantiles_ms),
+            None if self.cost_model.chosen == "linear" else self.engine.cost,
+            self.cost_model.chosen,
+            tuple(Candidate(n, ms / 1000.0) for n, ms in self.cost_model.held_out_ms.items()),
+            self.cost_model.typical_step,
+        )
+        return Calibration(self.engine, fit, self.notes, self.drift, self.tokens, self.runs)
+
+
+class EstimateDoc(_Strict):
+    """A quantity over the seeds (null: not a finite number, e.g. no samples)."""
+
+    mean: float | None
+    low: float | None = Field(description="the lowest seed's value")
+    high: float | None = Field(description="the highest seed's value")
+
+    @classmethod
+    def of(cls, e: Estimate) -> EstimateDoc:
+        return cls(mean=_finite(e.mean), low=_finite(e.low), high=_finite(e.high))
+
+    def estimate(self) -> Estimate:
+        return Estimate(_nan(self.mean), _nan(self.low), _nan(self.high))
+
+
+class EvaluationDoc(_Strict):
+    """One fleet size simulated over the seeds."""
+
+    replicas: int = Field(ge=0)
+    passed: bool = Field(description="every seed met every SLO, under forecast.max_load")
+    simulated: bool = Field(description="false: refused unsimulated, its load over max_load")
+    load: float = Field(description="offered requests/s over the fleet's saturation throughput")
+    binding: str = Field(description="the limit that binds first at this load")
+    observed: dict[str, EstimateDoc] = Field(description="per SLO as the scenario wrote it")
+    ttft_p50_ms: EstimateDoc
+    ttft_p95_ms: EstimateDoc
+    e2e_p50_ms: EstimateDoc
+    e2e_p95_ms: EstimateDoc
+    throughput: EstimateDoc = Field(description="fleet requests/s completed")
+    output_tokens_per_s: EstimateDoc
+    utilisation: EstimateDoc = Field(description="replicas' busy fraction")
+    kv_peak: EstimateDoc = Field(description="fullest KV cache of any replica (fraction)")
+    kv_mean: EstimateDoc = Field(description="KV use over replicas and time (fraction)")
+    preemptions: EstimateDoc = Field(description="per simulated run, whole fleet")
+    slots_full: EstimateDoc = Field(description="share of time a replica had every slot taken")
+    rejected: EstimateDoc = Field(description="share of requests the admission queue refused")
+    mean_replicas: EstimateDoc
+    peak_replicas: EstimateDoc
+    cold_starts: EstimateDoc
+
+    @classmethod
+    def of(cls, e: Evaluation) -> EvaluationDoc:
+        values: dict[str, Any] = {"binding": e.binding}
+        for f in fields(Evaluation):
+            v = getattr(e, f.name)
+            if isinstance(v, Estimate):
+                v = EstimateDoc.of(v)
+            elif f.name == "observed":
+                v = {k: EstimateDoc.of(x) for k, x in v.items()}
+            values[f.name] = v
+        return cls(**values)
+
+    def evaluation(self) -> Evaluation:
+        values: dict[str, Any] = {}
+        for f in fields(Evaluation):
+            v = getattr(self, f.name)
+            if isinstance(v, EstimateDoc):
+                v = v.estimate()
+            elif f.name == "observed":
+                v = {k: x.estimate() for k, x in v.items()}
+            values[f.name] = v
+        return Evaluation(**values)
+
+
+def _evaluation(e: EvaluationDoc | None) -> Evaluation | None:
+    return None if e is None else e.evaluation()
+
+
+class ForecastPointDoc(_Strict):
+    scale: float = Field(description="of the scenario's arrival rate")
+    rate: float = Field(description="requests/s offered")
+    best: EvaluationDoc | None = Field(description="the fewest replicas that pass; null: none")
+    cost_per_month_usd: float | None
+    cost_per_million_tokens_usd: float | None
+    tried: list[EvaluationDoc] = Field(description="every fleet size simulated")
+    autoscaled: EvaluationDoc | None = Field(description="the scenario's autoscaler, if any")
+    autoscaled_cost_per_month_usd: float | None
+
+    @classmethod
+    def of(cls, p: ForecastPoint) -> ForecastPointDoc:
+        def doc(e: Evaluation | None) -> EvaluationDoc | None:
+            return None if e is None else EvaluationDoc.of(e)
+
+        return cls(
+            scale=p.scale,
+            rate=p.rate,
+            best=doc(p.best),
+            cost_per_month_usd=p.cost_per_month_usd,
+            cost_per_million_tokens_usd=p.cost_per_million_tokens_usd,
+            tried=[EvaluationDoc.of(e) for e in p.tried],
+            autoscaled=doc(p.autoscaled),
+            autoscaled_cost_per_month_usd=p.autoscaled_cost_per_month_usd,
+        )
+
+    def point(self) -> ForecastPoint:
+        return ForecastPoint(
+            self.scale,
+            self.rate,
+            _evaluation(self.best),
+            self.cost_per_month_usd,
+            [e.evaluation() for e in self.tried],
+            _evaluation(self.autoscaled),
+            self.autoscaled_cost_per_month_usd,
+        )
+
+
+class ForecastDoc(_Strict):
+    """forecast.json: per scale of the traffic, the fleet that meets every SLO."""
+
+    schema_: Literal["surgecast.forecast/1"] = Field("surgecast.forecast/1", alias="schema")
+    points: list[ForecastPointDoc]
+
+
 class ContractError(ValueError):
     """A document that does not meet its contract: names the file and what is wrong."""
 
@@ -218,21 +531,67 @@ def _write(path: Path, doc: BaseModel) -> None:
 def _read(path: Path, model: type[M], schema: str) -> M:
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ContractError(f"{path}: not readable JSON ({e})") from None
+    return parse(data, str(path), model, schema)
+
+
+def parse(data: Any, where: str, model: type[M], schema: str) -> M:
+    """A document's JSON content checked against its contract; ContractError naming `where`
+    and every field that does not fit."""
     if not isinstance(data, dict):
-        raise ContractError(f"{path}: a JSON object expected, got {type(data).__name__}")
+        raise ContractError(f"{where}: a JSON object expected, got {type(data).__name__}")
     if "schema" not in data:
         raise ContractError(
-            f"{path}: no `schema`: written by an older surgecast; run the command that wrote "
+            f"{where}: no `schema`: written by an older surgecast; run the command that wrote "
             "it again"
         )
     if data["schema"] != schema:
-        raise ContractError(f"{path}: schema {data['schema']!r}, this surgecast reads {schema!r}")
-    try:  # JSON has no tuples or sets: strict mode still checks every type
-        return model.model_validate_json(json.dumps(data))
+        raise ContractError(f"{where}: schema {data['schema']!r}, this surgecast reads {schema!r}")
+    return validate(data, where, model)
+
+
+def validate(data: dict[str, Any], where: str, model: type[M]) -> M:
+    """`data` as `model`, checked as if read from JSON (JSON has no tuples: strict mode still
+    checks every type); a number that is not finite must be null."""
+    try:
+        text = json.dumps(data, default=str, allow_nan=False)
     except ValueError as e:
-        raise ContractError(f"{path}: {e}") from None
+        raise ContractError(f"{where}: not JSON ({e})") from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as e:
+        raise ContractError(f"{where}: {_problems(e)}") from None
+
+
+def _problems(e: ValidationError) -> str:
+    """Every field that does not fit, by its path: 'points[0].rate: Input should be...'."""
+    lines = []
+    for err in e.errors(include_url=False, include_input=False):
+        path = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"])
+        lines.append(f"{path.lstrip('.') or '(document)'}: {err['msg']}")
+    head = f"{len(lines)} problems: " if len(lines) > 1 else ""
+    return head + "; ".join(lines)
+
+
+def write_run(path: Path, meta: RunMeta) -> None:
+    _write(path, meta)
+
+
+def write_calibration(path: Path, calibration: Calibration) -> None:
+    _write(path, CalibrationDoc.of(calibration))
+
+
+def read_calibration(path: Path) -> Calibration:
+    return _read(path, CalibrationDoc, CALIBRATION_SCHEMA).calibration()
+
+
+def write_forecast(path: Path, points: list[ForecastPoint]) -> None:
+    _write(path, ForecastDoc(points=[ForecastPointDoc.of(p) for p in points]))
+
+
+def read_forecast(path: Path) -> list[ForecastPoint]:
+    return [p.point() for p in _read(path, ForecastDoc, FORECAST_SCHEMA).points]
 
 
 def write_summary(path: Path, summary: Summary) -> None:
@@ -256,7 +615,13 @@ def read_backtest(path: Path) -> BacktestDoc:
     return _read(path, BacktestDoc, BACKTEST_SCHEMA)
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {"summary": SummaryDoc, "backtest": BacktestDoc}
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "run": RunMeta,
+    "summary": SummaryDoc,
+    "calibration": CalibrationDoc,
+    "backtest": BacktestDoc,
+    "forecast": ForecastDoc,
+}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -41,22 +41,19 @@ def load_run(path: Path) -> Run:
 
     folder = RunFolder(path)
     meta = folder.meta()
-    validity = meta.get("validity") or {}
-    if meta.get("status", "finished") != "finished" or validity.get("valid") is False:
-        reasons = "; ".join(validity.get("reasons") or []) or f"status {meta.get('status')!r}"
+    validity = meta.validity
+    if meta.status != "finished" or (validity is not None and not validity.valid):
+        reasons = "; ".join(validity.reasons if validity else []) or f"status {meta.status!r}"
         raise InvalidRun(f"{path}: the run is invalid ({reasons}): rerun it before gating on it")
-    return Run.of(str(meta.get("run_id") or path.name), folder.table())
+    return Run.of(meta.run_id, folder.table())
 
 
-def run_scenario(path: Path) -> Scenario | None:
-    """The scenario a run folder's run.json keeps (None: none there); ScenarioError when it
-    no longer validates (a bad budget, say)."""
+def run_scenario(path: Path) -> Scenario:
+    """The scenario a run folder's run.json keeps; ScenarioError when it no longer validates
+    (a bad budget, say)."""
     meta = RunFolder(path).meta()
-    if "scenario" not in meta:
-        return None
-    scenario_file = meta.get("scenario_file")
-    base = Path(scenario_file).resolve().parent if scenario_file else None
-    return parse_scenario(meta["scenario"], str(RunFolder(path).run_json), base)
+    base = Path(meta.scenario_file).resolve().parent if meta.scenario_file else None
+    return parse_scenario(meta.scenario, str(RunFolder(path).run_json), base)
 
 
 def _pct_or_abs(value: float, budget: Budget, unit: str) -> str:

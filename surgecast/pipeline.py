@@ -64,10 +64,10 @@ from simulator.calibrate import (
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, engine_from_spec
 from simulator.fleet_spec import fleet_from_spec
-from simulator.forecast import Forecaster, ForecastPoint, points_to_dict
+from simulator.forecast import Forecaster, ForecastPoint
 from simulator.launch import ReferenceTargetProcess
 from simulator.sim import simulate
-from surgecast.contracts import write_backtest, write_summary
+from surgecast.contracts import write_backtest, write_forecast, write_summary
 from surgecast.planview import messiness_table
 from surgecast.progressbar import ForecastBar
 from surgecast.rundir import RunFolder, machine, new_run_id, versions, writer
@@ -133,8 +133,7 @@ def _write_meta(
     **fields: Any,
 ) -> None:
     """run.json: the scenario as resolved, seed, target, versions, machine, start time."""
-    folder.write_json(
-        folder.run_json,
+    folder.write_meta(
         {
             "run_id": folder.path.name,
             "scenario_file": scenario_file,
@@ -583,10 +582,10 @@ def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:
 def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig | None:
     """Batch limits the runs' target declared (reference target, llama-server, vLLM), if any."""
     for f in folders:
-        target = f.meta().get("target", {})
-        if target.get("engine"):
-            return EngineConfig.from_dict(target["engine"])
-        limits = target.get("limits")
+        target = f.meta().target
+        if target.engine is not None:
+            return target.engine
+        limits = target.limits
         if limits:
             default = EngineConfig()
             return replace(
@@ -607,11 +606,11 @@ def limits_from_runs(folders: Sequence[RunFolder]) -> EngineConfig | None:
 def declared_limits(folders: Sequence[RunFolder]) -> set[str]:
     """Which batch limits the runs' target declared (all of the reference target's)."""
     for f in folders:
-        target = f.meta().get("target", {})
-        if target.get("engine"):
+        target = f.meta().target
+        if target.engine is not None:
             return {"max_num_seqs", "kv_cache_tokens", "max_batched_tokens"}
-        if target.get("limits"):
-            return set(target["limits"])
+        if target.limits:
+            return set(target.limits)
     return set()
 
 
@@ -729,7 +728,7 @@ def _shifted(r: RequestRecord, dt: float) -> RequestRecord:
 
 
 def _run_id(folder: RunFolder) -> str:
-    return str(folder.meta().get("run_id") or folder.path.name)
+    return folder.meta().run_id
 
 
 def in_sample(folder: RunFolder, calibration: Calibration) -> bool:
@@ -739,8 +738,7 @@ def in_sample(folder: RunFolder, calibration: Calibration) -> bool:
 
 def streamed(folder: RunFolder) -> bool:
     """False when the run's scenario turned streaming off (its records time no tokens)."""
-    scenario = folder.meta().get("scenario")
-    target = scenario.get("target") if isinstance(scenario, dict) else None
+    target = folder.meta().scenario.get("target")
     return not (isinstance(target, dict) and target.get("stream") is False)
 
 
@@ -763,14 +761,11 @@ def _scenario_of(folder: RunFolder) -> Scenario | None:
     """The scenario a measured run's plan was drawn from, as its run.json keeps it (None: not
     there or no longer valid, a simulated run, or a plan given to the run, as a staircase is)."""
     meta = folder.meta()
-    if meta.get("source", "measured") != "measured" or "scenario" not in meta:
+    if meta.source != "measured" or meta.plan != "scenario":
         return None
-    if meta.get("plan", "scenario") != "scenario":
-        return None
-    scenario_file = meta.get("scenario_file")
-    base = Path(scenario_file).resolve().parent if scenario_file else None
+    base = Path(meta.scenario_file).resolve().parent if meta.scenario_file else None
     try:
-        return parse_scenario(meta["scenario"], str(folder.run_json), base)
+        return parse_scenario(meta.scenario, str(folder.run_json), base)
     except ScenarioError:
         return None
 
@@ -797,7 +792,7 @@ def forecast_scenario(
 
 
 def save_forecast(folder: RunFolder, points: Sequence[ForecastPoint]) -> None:
-    folder.write_json(folder.forecast, points_to_dict(points))
+    write_forecast(folder.forecast, list(points))
 
 
 def simulate_scenario(

@@ -24,8 +24,7 @@ from scenarios.metrics import Summary, summarize_table
 from scenarios.records import iter_records
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
-from simulator.calibrate import Calibration
-from simulator.forecast import ForecastPoint, points_from_dicts
+from simulator.forecast import ForecastPoint
 from surgecast.compare import (
     HEADERS,
     Comparison,
@@ -35,8 +34,15 @@ from surgecast.compare import (
     distribution_figure,
     goodput_limits,
 )
-from surgecast.contracts import BacktestDoc, ContractError, read_backtest, write_summary
-from surgecast.rundir import RunFolder, RunFolderError
+from surgecast.contracts import (
+    ContractError,
+    RunMeta,
+    read_backtest,
+    read_calibration,
+    read_forecast,
+    write_summary,
+)
+from surgecast.rundir import RunFolder
 from surgecast.tables import (
     Block,
     Table,
@@ -217,24 +223,15 @@ def forecast_plot(points: Sequence[ForecastPoint]) -> Figure:
     return _figure(fig, "Forecast: replicas and cost per month against the traffic scale")
 
 
-def _backtest(folder: RunFolder) -> BacktestDoc | None:
-    """The folder's backtest.json, None when there is none; with a warning, None when it does
-    not meet its contract (the report leaves its section out rather than failing)."""
-    if not folder.backtest.exists():
+def _document(path: Path, read: Callable[[Path], T]) -> T | None:
+    """A derived document (calibration, back-test, forecast), None when there is none; with a
+    warning, None when it does not meet its contract: the report leaves its section out
+    rather than failing."""
+    if not path.exists():
         return None
     try:
-        return read_backtest(folder.backtest)
+        return read(path)
     except ContractError as e:
-        print(f"warning: {e}; its section is left out", file=sys.stderr)
-        return None
-
-
-def _optional(folder: RunFolder, path: Path) -> Any:
-    """A derived file's JSON (calibration, back-test, forecast); None with a warning when it
-    is corrupt: the report leaves its section out rather than failing."""
-    try:
-        return folder.read_json(path)
-    except RunFolderError as e:
         print(f"warning: {e}; its section is left out", file=sys.stderr)
         return None
 
@@ -249,18 +246,18 @@ def _or_warn(path: Path, build: Callable[[], T]) -> T | None:
 
 
 def verdict_lines(
-    meta: dict[str, Any], summary: Summary, comparison: Comparison | None
+    meta: RunMeta, summary: Summary, comparison: Comparison | None
 ) -> list[VerdictLine]:
     """What a reader needs first: can the run be trusted, were the SLOs met, did it regress."""
-    validity = meta.get("validity", {})
+    validity = meta.validity
     lines = []
-    if meta.get("status") == "running":  # its writer is alive, or on another host
+    if meta.status == "running":  # its writer is alive, or on another host
         lines.append(
             VerdictLine("Still running", "bad", "(or killed on another host): the records so far")
         )
-    elif meta.get("source") == "simulated":
+    elif meta.source == "simulated":
         lines.append(VerdictLine("Simulated run.", "none", "No load was sent."))
-    elif validity.get("valid", True):
+    elif validity is None or validity.valid:
         lines.append(
             VerdictLine("Valid run.", "good", "The generator kept its plan; the target answered.")
         )
@@ -270,7 +267,7 @@ def verdict_lines(
                 "INVALID run:",
                 "bad",
                 "its numbers cannot be trusted, because",
-                tuple(validity.get("reasons", [])),
+                tuple(validity.reasons),
             )
         )
     missed = [r for r in summary.slos if not r.passed] + [
@@ -315,7 +312,7 @@ def verdict_lines(
                     f"no change for the worse is significant at {comparison.confidence:.0%}",
                 )
             )
-    lines += [VerdictLine("Warning:", "warning", w) for w in meta.get("warnings", [])]
+    lines += [VerdictLine("Warning:", "warning", w) for w in meta.warnings]
     return lines
 
 
@@ -324,10 +321,10 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     given); returns their paths."""
     folder.mark_if_killed()
     meta = folder.meta()
-    scenario = Scenario.model_validate(meta["scenario"])
+    scenario = Scenario.model_validate(meta.scenario)
     run_table = folder.table()
     summary: Summary = summarize_table(
-        run_table, scenario.thresholds(), meta.get("duration_s"), scenario.persona_thresholds()
+        run_table, scenario.thresholds(), meta.duration_s, scenario.persona_thresholds()
     )
     write_summary(folder.summary, summary)
     simulated = (
@@ -335,13 +332,12 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     )
     comparison = None
     if baseline is not None:
-        base_meta = baseline.meta()
         comparison = compare(
-            [Run.of(str(base_meta.get("run_id") or baseline.path.name), baseline.table())],
-            [Run.of(str(meta.get("run_id") or folder.path.name), run_table)],
+            [Run.of(baseline.meta().run_id, baseline.table())],
+            [Run.of(meta.run_id, run_table)],
             limits=goodput_limits(scenario.thresholds()),
         )
-    measured = meta.get("source", "measured") == "measured"
+    measured = meta.source == "measured"
     telemetry = (
         _or_warn(folder.telemetry, lambda: telemetry_panels(read_telemetry(folder.telemetry))) or []
     )
@@ -370,14 +366,12 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
             )
         )
     sections += _derived_sections(folder)
-    target = meta.get("target", {})
-    where = " ".join(str(x) for x in (target.get("kind", "?"), target.get("base_url")) if x)
+    where = " ".join(x for x in (meta.target.kind, meta.target.base_url) if x)
     header = (
-        f"Scenario {scenario.name}, target {where}, seed {meta.get('seed')}, "
-        f"started {meta.get('started_at', '?')}."
+        f"Scenario {scenario.name}, target {where}, seed {meta.seed}, started {meta.started_at}."
     )
     verdict = verdict_lines(meta, summary, comparison)
-    run_id = str(meta.get("run_id", folder.path.name))
+    run_id = meta.run_id
     md = [f"# surgecast run {run_id}", "", "## Verdict", ""]
     md += [line.markdown() for line in verdict] + ["", header, ""]
     for section in sections:
@@ -398,15 +392,10 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
 def _derived_sections(folder: RunFolder) -> list[Section]:
     """Calibration, back-test and forecast, from their files where present and usable."""
     sections = []
-    cal_data = _optional(folder, folder.calibration)
-    fc_data = _optional(folder, folder.forecast)
-    if cal_data:
-        blocks = _or_warn(
-            folder.calibration, lambda: calibration_blocks(Calibration.from_dict(cal_data))
-        )
-        if blocks:
-            sections.append(Section("Calibration", blocks=blocks))
-    backtest = _backtest(folder)
+    calibration = _document(folder.calibration, read_calibration)
+    if calibration is not None:
+        sections.append(Section("Calibration", blocks=calibration_blocks(calibration)))
+    backtest = _document(folder.backtest, read_backtest)
     if backtest is not None and backtest.rows:
         in_sample = " (in-sample: the calibration was fitted on this run)"
         sections.append(
@@ -417,7 +406,7 @@ def _derived_sections(folder: RunFolder) -> list[Section]:
                 + [f"WARNING: {w}" for w in backtest.warnings],
             )
         )
-    points = fc_data and _or_warn(folder.forecast, lambda: points_from_dicts(fc_data["points"]))
+    points = _document(folder.forecast, read_forecast)
     if points:
         sections.append(
             Section(

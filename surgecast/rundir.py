@@ -16,6 +16,7 @@ from typing import Any
 
 from scenarios.records import RequestRecord, iter_records, read_records
 from scenarios.table import RequestTable
+from surgecast.contracts import RUN_SCHEMA, ContractError, RunMeta, parse, validate, write_run
 
 
 def new_run_id(scenario_name: str, now: datetime | None = None) -> str:
@@ -119,30 +120,35 @@ class RunFolder:
         except ValueError as e:  # an integer too long to convert
             raise RunFolderError(f"{target}: not usable JSON ({e})") from None
 
-    def meta(self) -> dict[str, Any]:
-        meta = self.read_json(self.run_json)
-        if meta is None:
+    def meta(self) -> RunMeta:
+        """run.json, checked against its contract; RunFolderError naming what is wrong."""
+        data = self.read_json(self.run_json)
+        if data is None:
             raise FileNotFoundError(f"{self.run_json} not found: is {self.path} a run folder?")
-        if not isinstance(meta, dict):
-            raise RunFolderError(
-                f"{self.run_json}: must be a JSON object, got {type(meta).__name__}"
-            )
-        return dict(meta)
+        try:
+            return parse(data, str(self.run_json), RunMeta, RUN_SCHEMA)
+        except ContractError as e:
+            raise RunFolderError(str(e)) from None
 
-    def update_meta(self, **fields: Any) -> None:
-        meta = self.read_json(self.run_json) or {}
-        meta.update(fields)
-        self.write_json(self.run_json, meta)
+    def write_meta(self, data: dict[str, Any]) -> RunMeta:
+        """A new run.json from `data`, checked against the contract (ContractError if not)."""
+        meta = validate(finite_json(data), str(self.run_json), RunMeta)
+        write_run(self.run_json, meta)
+        return meta
+
+    def update_meta(self, **fields: Any) -> RunMeta:
+        """run.json with `fields` set, checked against the contract."""
+        return self.write_meta({**self.meta().model_dump(mode="json", by_alias=True), **fields})
 
     def mark_if_killed(self) -> bool:
         """A run.json still "running" whose writer process (on this host) is gone: the run
         was killed (SIGKILL, a crash, the machine lost) before it could say so. Marks it
         "killed" and invalid; True if it did."""
         meta = self.meta()
-        writer = meta.get("writer")
-        if meta.get("status") != "running" or not isinstance(writer, dict):
+        writer = meta.writer
+        if meta.status != "running" or writer is None:
             return False
-        if writer.get("host") != socket.gethostname() or _alive(writer.get("pid")):
+        if writer.host != socket.gethostname() or _alive(writer.pid):
             return False
         reason = (
             "killed before it finished (SIGKILL or a crash): the records written until then "
@@ -170,8 +176,8 @@ def writer() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+def _alive(pid: int) -> bool:
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)

@@ -198,12 +198,11 @@ def calibration_table(c: Calibration) -> str:
 
 def calibration_blocks(c: Calibration) -> list[Block]:
     """The fitted parameters, the fit's quality, the step-cost models, limits and notes."""
-    d = c.to_dict()["parameters"]
-    rows = [
-        [name.removesuffix("_s"), d[name]["value"] * 1000.0, d[name]["stderr"] * 1000.0]
-        for name in PARAMS
-    ]
     fit = c.fit
+    rows = [
+        [name.removesuffix("_s"), value * 1000.0, stderr * 1000.0]
+        for name, value, stderr in zip(PARAMS, fit.values, fit.stderr(), strict=True)
+    ]
     quality = (
         f"fit: {fit.step_rows} engine steps; overhead from {fit.overhead_rows} requests, "
         f"R^2 {fit.r2:.3f}, residual RMS {fit.rmse_s * 1000:.2f} ms"

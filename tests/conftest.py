@@ -55,6 +55,27 @@ def scenario_dict(**overrides: Any) -> dict[str, Any]:
     return base
 
 
+def run_json(run_id: str, scenario: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A finished, valid measured run's run.json (surgecast.run/1); `fields` replace its own."""
+    return {
+        "schema": "surgecast.run/1",
+        "run_id": run_id,
+        "source": "measured",
+        "status": "finished",
+        "scenario_file": None,
+        "scenario": scenario or scenario_dict(),
+        "seed": 1,
+        "planned_requests": 0,
+        "duration_s": 3.0,
+        "target": {"kind": "reference"},
+        "versions": {},
+        "machine": {"platform": "test", "cpus": 1, "python": sys.executable},
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "validity": {"valid": True, "reasons": []},
+        **fields,
+    }
+
+
 def write_scenario(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

@@ -20,7 +20,7 @@ from simulator.sim import simulate
 from simulator.stepcost import scaled
 from surgecast.pipeline import calibrate_runs
 from surgecast.rundir import RunFolder
-from tests.conftest import scenario_dict
+from tests.conftest import run_json, scenario_dict
 from tests.test_calibrate import _jittered
 
 TRUE = EngineConfig(
@@ -90,19 +90,10 @@ def test_a_model_a_third_too_fast_falls_outside(calibration: Calibration) -> Non
     assert not any(r.inside for r in rows if r.metric in ("ttft", "e2e"))
 
 
-def test_rows_round_trip_and_old_files_read() -> None:
-    row = BacktestRow("ttft", 95, 100.0, 110.0, 90.0, 130.0, "plan")
-    assert BacktestRow.from_dict(row.to_dict()) == row
-    old = BacktestRow.from_dict(
-        {"metric": "e2e", "quantile": 50, "measured_ms": 10.0, "simulated_ms": 11.0}
-    )
-    assert (old.measured, old.predicted, old.low, old.high) == (10.0, 11.0, 11.0, 11.0)
-
-
 def _folder(tmp: Path, name: str, records: list[RequestRecord]) -> RunFolder:
     folder = RunFolder(tmp / name)
     folder.create()
-    folder.write_json(folder.run_json, {"run_id": name, "target": {"engine": TRUE.to_dict()}})
+    folder.write_meta(run_json(name, target={"kind": "reference", "engine": TRUE.to_dict()}))
     write_records(folder.requests, records)
     return folder
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from simulator.costfit import Selection, StepRows, predict, select
 from simulator.engine import EngineConfig, StepCost
 from simulator.sim import simulate
 from simulator.stepcost import ContextStepCost, CostModel, DecodeTableCost, RooflineCost
+from surgecast.contracts import read_calibration, write_calibration
 from tests.conftest import scenario_dict
 from tests.test_calibrate import _jittered
 
@@ -114,8 +116,11 @@ def test_calibration_of_a_bending_engine_chooses_and_recovers_the_table(
     assert cal.engine.overhead_s == pytest.approx(TABLE_ENGINE.overhead_s, abs=0.001)
 
 
-def test_the_chosen_model_and_its_candidates_round_trip(table_calibration: Calibration) -> None:
-    back = Calibration.from_dict(json.loads(json.dumps(table_calibration.to_dict())))
+def test_the_chosen_model_and_its_candidates_round_trip(
+    table_calibration: Calibration, tmp_path: Path
+) -> None:
+    write_calibration(tmp_path / "cal.json", table_calibration)
+    back = read_calibration(tmp_path / "cal.json")
     assert back.engine == table_calibration.engine
     assert back.fit.chosen == "table" and back.fit.model == table_calibration.engine.cost
     assert back.fit.candidates == pytest.approx(table_calibration.fit.candidates)
@@ -146,16 +151,6 @@ def test_the_table_back_tests_closer_than_the_linear_fit(
     assert errors["table"][("e2e", 50)] < 3 and errors["table"][("e2e", 95)] < 3
     # the inter-token gap is one step at the run's batch mix: where the line misses the bend
     assert errors["table"][("itl", 50)] < 0.5 * errors["linear"][("itl", 50)]
-
-
-def test_an_older_calibration_file_reads_as_linear(table_calibration: Calibration) -> None:
-    """Files written before the selection have a linear engine cost and no cost_model."""
-    d = table_calibration.to_dict()
-    del d["cost_model"]
-    d["engine"]["cost"] = dataclasses.asdict(table_calibration.fit.linear())
-    old = Calibration.from_dict(json.loads(json.dumps(d)))
-    assert old.fit.chosen == "linear" and old.fit.model is None and not old.fit.candidates
-    assert old.engine.cost == old.fit.cost() == table_calibration.fit.linear()
 
 
 @pytest.mark.parametrize("cost", [CONCAVE, ROOFLINE, LINEAR, StepCost()])

@@ -565,7 +565,8 @@ def test_a_scenarios_fleet_section_drives_simulate(tmp_path: Path) -> None:
     )
     engine = EngineConfig(max_num_seqs=4, cost=StepCost(0.02, 0.001, 0.0001))
     outcome = simulate_scenario(scenario, "s.yaml", _calibration(engine), out=tmp_path / "sim")
-    fleet = outcome.folder.meta()["target"]["fleet"]
+    fleet = outcome.folder.meta().target.fleet
+    assert fleet is not None
     assert fleet["cold_starts"] >= 1 and fleet["timeline"][0] == [0.0, 0]
     assert 1 <= fleet["peak_replicas"] <= 3 and fleet["rejected"] > 0
     records = read_records(outcome.folder.requests)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from scenarios.spec import Scenario
 from simulator.calibrate import Calibration, Fit
 from simulator.capacity import saturation_throughput
 from simulator.engine import EngineConfig, StepCost
-from simulator.forecast import ForecastConfig, Forecaster, points_from_dicts, points_to_dict
+from simulator.forecast import ForecastConfig, Forecaster
 from simulator.sim import simulate
+from surgecast.contracts import read_forecast, write_forecast
 from surgecast.tables import forecast_table
 from tests.conftest import scenario_dict
 
@@ -82,7 +84,7 @@ def test_saturation_throughput_matches_a_saturated_simulation() -> None:
     assert measured == pytest.approx(capacity, rel=0.10)
 
 
-def test_an_autoscaled_fleet_is_forecast_beside_the_fixed_one() -> None:
+def test_an_autoscaled_fleet_is_forecast_beside_the_fixed_one(tmp_path: Path) -> None:
     """A flash crowd: the fixed fleet is sized for the peak; the autoscaler runs fewer replicas
     on average, adds some during the surge (each paying its cold start) and costs less."""
     data = scenario_dict(
@@ -125,5 +127,6 @@ def test_an_autoscaled_fleet_is_forecast_beside_the_fixed_one() -> None:
     assert cost is not None and cost == pytest.approx(auto.mean_replicas.mean * 2.0 * 730)
     assert point.cost_per_month_usd is not None and cost < point.cost_per_month_usd
     assert "autoscaled mean / peak" in forecast_table([point])
-    again = points_from_dicts(points_to_dict([point])["points"])[0]
+    write_forecast(tmp_path / "forecast.json", [point])
+    again = read_forecast(tmp_path / "forecast.json")[0]
     assert again.autoscaled == auto

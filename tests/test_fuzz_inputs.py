@@ -33,7 +33,7 @@ from scenarios.traces import TraceColumns, TraceError, load_trace
 from scenarios.traffic import PlanTooLarge
 from surgecast.cli import main
 from surgecast.rundir import RunFolder
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_json
 
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
 PER_EXAMPLE_S = 5.0  # a generous bound on a shared machine; a hang is far longer
@@ -407,7 +407,7 @@ def _run_folder(path: Path, records: list[RequestRecord], stream: bool = True) -
     folder.create()
     scenario = yaml.safe_load(_chatbot())
     scenario["target"]["stream"] = stream
-    folder.write_json(folder.run_json, {"run_id": path.name, "scenario": scenario})
+    folder.write_meta(run_json(path.name, scenario))
     folder.requests.write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
     return folder
 
@@ -513,15 +513,16 @@ def test_report_on_corrupted_run_folders(tmp_path: Path) -> None:
     bad_meta = _run_folder(tmp_path / "meta", [_record(i) for i in range(20)])
     bad_meta.run_json.write_text("[1, 2]")
     err = _cli_error("report", str(bad_meta.path))
-    assert f"{bad_meta.run_json}: must be a JSON object, got list" in err
+    assert f"{bad_meta.run_json}: a JSON object expected, got list" in err
     one_bad = _run_folder(tmp_path / "one", [_record(i) for i in range(40)])
     _with_line(one_bad, 5, "42")
-    one_bad.forecast.write_text('{"points": 3}')
+    one_bad.forecast.write_text('{"schema": "surgecast.forecast/1", "points": 3}')
     result = run_cli("report", str(one_bad.path), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert f"{one_bad.requests}: line 5: not a request record: not a JSON object" in result.stderr
-    assert f"{one_bad.forecast}: not usable" in result.stderr
+    assert f"{one_bad.forecast}: points: Input should be a valid array" in result.stderr
+    assert "its section is left out" in result.stderr
 
 
 def test_a_plan_of_huge_sessions_is_refused_before_it_is_built(tmp_path: Path) -> None:
@@ -534,12 +535,20 @@ def test_a_plan_of_huge_sessions_is_refused_before_it_is_built(tmp_path: Path) -
         build_plan(load_scenario(path))
 
 
-@pytest.mark.parametrize("text", ['{"engine": {"overhead_s": NaN}}', "[" * 100_000])
-def test_forecast_refuses_a_corrupt_calibration_file(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"schema": "surgecast.calibration/1", "drift": NaN}', "not JSON (Out of range float"),
+        ("[" * 100_000, "not readable JSON (maximum recursion depth"),
+        ('{"engine": {}}', "no `schema`: written by an older surgecast"),
+        ('{"schema": "surgecast.calibration/1", "drift": 0}', "8 problems: engine: Field req"),
+    ],
+)
+def test_forecast_refuses_a_corrupt_calibration_file(tmp_path: Path, text: str, why: str) -> None:
     cal = tmp_path / "cal.json"
     cal.write_text(text)
     err = _cli_error("forecast", str(ROOT / "scenarios/chatbot.yaml"), "--calibration", str(cal))
-    assert f"{cal}: not a calibration file" in err
+    assert f"not a usable calibration file: {cal}: {why}" in err
 
 
 def test_a_device_named_as_a_scenario_is_refused_without_reading_it_all() -> None:

@@ -21,7 +21,8 @@ from simulator.engine import engine_from_spec
 from simulator.sim import simulate
 from surgecast.compare import Run, compare
 from surgecast.gate import judge_budget
-from tests.conftest import run_cli, scenario_dict, write_scenario
+from surgecast.rundir import RunFolder
+from tests.conftest import run_cli, run_json, scenario_dict, write_scenario
 
 BUDGETS = {
     "ttft": "p(95) regress < 10%",
@@ -45,15 +46,8 @@ def _simulated_folder(path: Path, seed: int = 1, slowdown: float = 1.0, **extra:
     result = simulate(build_plan(scenario), engine_from_spec(scenario.reference_target))
     path.mkdir(parents=True)
     write_records(path / "requests.jsonl", result.records)
-    meta = {
-        "run_id": path.name,
-        "scenario": scenario.model_dump(mode="json"),
-        "source": "simulated",
-        "status": "finished",
-        "validity": {"valid": True, "reasons": []},
-        **extra,
-    }
-    (path / "run.json").write_text(json.dumps(meta), encoding="utf-8")
+    meta = run_json(path.name, scenario.model_dump(mode="json"), source="simulated", **extra)
+    RunFolder(path).write_meta(meta)
     return path
 
 

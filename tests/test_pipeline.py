@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.calibrate import Calibration
+from surgecast.contracts import read_calibration
 from surgecast.pipeline import backtest_run
 from surgecast.rundir import RunFolder
 from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
@@ -186,8 +186,8 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
     assert (out / "staircase" / "requests.jsonl").exists() and (out / "level-1").is_dir()
     # the staircase's plan is not its scenario's traffic: back-tested on its own send times only
     stairs, level = RunFolder(out / "staircase"), RunFolder(out / "level-1")
-    assert stairs.meta()["plan"] == "given" and level.meta()["plan"] == "scenario"
-    calibration = Calibration.from_dict(json.loads(cal.read_text()))
+    assert stairs.meta().plan == "given" and level.meta().plan == "scenario"
+    calibration = read_calibration(cal)
     assert {r.basis for r in backtest_run(stairs, calibration)} == {"replay"}
     assert "plan" in {r.basis for r in backtest_run(level, calibration)}
     both = run_cli("calibrate", str(out / "level-1"), "--scenario", str(path), "-o", str(cal))
