@@ -32,7 +32,7 @@ from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec, followers_of, next_session
-from scenarios.records import DROPPED, RecordWriter, RequestRecord
+from scenarios.records import DROPPED, RecordSink, RequestRecord
 
 DRAIN_GRACE_S = 5.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -86,7 +86,7 @@ class LoadRun:
         self,
         plan: Sequence[RequestSpec],
         endpoint: Endpoint,
-        writer: RecordWriter,
+        writer: RecordSink,
         *,
         max_in_flight: int = 2000,
         store_prompts: str = "none",
@@ -96,6 +96,8 @@ class LoadRun:
         telemetry_every_s: float = 1.0,
         prompts: PromptSource | None = None,
         stop_grace_s: float = DRAIN_GRACE_S,
+        environment: Environment | None = None,
+        start_at: float | None = None,
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
         self.openers = [s for s in self.plan if s.after is None]
@@ -112,7 +114,10 @@ class LoadRun:
         self.progress_every_s = progress_every_s
         self.telemetry = telemetry
         self.telemetry_every_s = telemetry_every_s
-        self.environment = Environment(user_classes=[self._user_class()])
+        # a distributed worker's environment already has its runner (which reports Locust's
+        # stats to the master); a run of its own gets a local runner and a dispatcher user
+        self.environment = environment or Environment(user_classes=[self._user_class()])
+        self.start_at = start_at  # time.monotonic() of the plan's zero (default: run start)
         self._done = Event()
         self._idle = Event()  # nothing in flight or waiting to be sent
         self._pending = 0
@@ -131,12 +136,12 @@ class LoadRun:
 
     def run(self) -> None:
         """Send the plan; every record goes to the writer as it finishes (none kept here)."""
-        runner = self.environment.create_local_runner()
+        runner = self.environment.create_local_runner() if not self.environment.runner else None
         # the libraries' objects (Locust, gevent, numpy, pydantic...) move to a generation the
         # collector never scans: a full collection over them stalled the loop ~130 ms
         gc.collect()
         gc.freeze()
-        self._t0 = time.monotonic()
+        self._t0 = time.monotonic() if self.start_at is None else self.start_at
         self.cpu = CpuUse(self.clock)
         background = [
             gevent.spawn(self._every, self.progress_every_s, self._print_progress),
@@ -147,14 +152,18 @@ class LoadRun:
             background.append(gevent.spawn(self._every, self.telemetry_every_s, self._sample))
         handlers = self._catch_signals()
         try:
-            runner.start(1, spawn_rate=1)
+            if runner is not None:
+                runner.start(1, spawn_rate=1)
+            else:
+                gevent.spawn(self._dispatch_once)
             self._done.wait()
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
             self._timers.kill(block=False)
             self.pool.kill(block=True, timeout=DRAIN_GRACE_S)
-            runner.quit()
+            if runner is not None:
+                runner.quit()
             gevent.killall(background)
             self._print_progress()
             self._sample()  # the final state: every request has finished
@@ -204,13 +213,16 @@ class LoadRun:
                 if type(self).started:  # Locust re-runs a task that raised; never resend a plan
                     raise StopUser
                 type(self).started = True
-                try:
-                    load._dispatch()
-                finally:
-                    load._done.set()
+                load._dispatch_once()
                 raise StopUser
 
         return OpenLoopDispatcher
+
+    def _dispatch_once(self) -> None:
+        try:
+            self._dispatch()
+        finally:
+            self._done.set()
 
     def _dispatch(self) -> None:
         self._pending = 1  # the dispatcher itself, until every opener is out

@@ -42,6 +42,7 @@ class SizedPrompts:
     """Renders each request's new messages and learns characters per token from `usage`."""
 
     def __init__(self, scenario: Scenario, base_dir: Path | None = None, salt: str = ""):
+        self.salt_text = salt
         self.salt = f"[{salt}] " if salt else ""  # begins each conversation (see run_salt)
         self.personas: dict[str, Persona] = {p.name: p for p in scenario.mix()}
         self.base_dir = base_dir

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,31 @@ def shareable_prompt_share(plan: Iterable[RequestSpec]) -> float:
             else:
                 seen.add(chain)
     return shareable / total if total else 0.0
+
+
+def plan_digest(plan: Sequence[RequestSpec]) -> str:
+    """Identifies a plan by its requests and their planned times (not their text)."""
+    h = hashlib.sha256()
+    for s in plan:
+        h.update(f"{s.id}|{s.arrival:.9f}|{s.after}|{s.prompt_tokens}|{s.max_tokens}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def plan_share(plan: Sequence[RequestSpec], index: int, count: int) -> list[RequestSpec]:
+    """Worker `index`'s share of `count`: every count-th opening request in arrival order, from
+    the index-th, with every request that follows from it (a session stays on one worker)."""
+    ordered = sorted(plan, key=lambda s: s.arrival)
+    root: dict[str, str] = {}
+    opener = 0
+    owner: dict[str, int] = {}
+    for s in ordered:  # a follow-up's arrival is after the turn it follows
+        if s.after is None:
+            root[s.id] = s.id
+            owner[s.id] = opener % count
+            opener += 1
+        else:
+            root[s.id] = root[s.after]
+    return [s for s in ordered if owner[root[s.id]] == index]
 
 
 def followers_of(plan: Iterable[RequestSpec]) -> dict[str, list[RequestSpec]]:

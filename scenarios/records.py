@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 Status = Literal["ok", "error", "cancelled", "timeout", "rejected"]
 STATUSES: tuple[str, ...] = ("ok", "error", "cancelled", "timeout", "rejected")
@@ -76,6 +76,12 @@ class RequestRecord:
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class RecordSink(Protocol):
+    """Where a run's records go as they finish."""
+
+    def write(self, record: RequestRecord) -> None: ...
 
 
 class RecordWriter:

@@ -237,6 +237,46 @@ def _parser() -> argparse.ArgumentParser:
     _model_size_flag(s, None)
     _llama_flags(s)
     _vllm_flags(s)
+    g = s.add_argument_group(
+        "scale-out (Locust's master/worker channel; the plan is split by session, each request "
+        "sent once at its planned time, every record written here)"
+    )
+    g.add_argument(
+        "--processes",
+        type=_count,
+        default=1,
+        help="generator processes on this host (default 1: this one)",
+    )
+    g.add_argument(
+        "--master",
+        action="store_true",
+        help="also wait for --expect-workers remote workers (`surgecast worker --master-host`)",
+    )
+    g.add_argument("--expect-workers", type=_count, default=1, help="with --master (default 1)")
+    g.add_argument(
+        "--master-bind-host",
+        default="127.0.0.1",
+        help="interface the master listens on (default 127.0.0.1; * for every one)",
+    )
+    g.add_argument(
+        "--master-bind-port", type=_port, default=0, help="default: 5557 with --master, else free"
+    )
+    g.add_argument(
+        "--expect-workers-max-wait",
+        type=_positive,
+        default=60.0,
+        help="seconds to wait for the workers to connect (default 60)",
+    )
+
+    s = sub.add_parser(
+        "worker",
+        help="a generator process for a `surgecast run --master` elsewhere",
+        description="Connect to a master, send the share of its plan it assigns at the planned "
+        "times, and send every record back. The scenario comes from the master; trace and corpus "
+        "files must be at the same paths here. An API key comes from this host's environment.",
+    )
+    s.add_argument("--master-host", default="127.0.0.1", help="the master's address")
+    s.add_argument("--master-port", type=_port, default=5557, help="its port (default 5557)")
 
     s = sub.add_parser(
         "plan",
@@ -777,11 +817,18 @@ def _run_exit(outcome: RunOutcome) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from surgecast.pipeline import run_load
+    from surgecast.pipeline import ScaleOut, run_load
     from surgecast.report import render
 
     scenario = _scenario(a)
     llama, vllm = _llama(a), _vllm(a)
+    scale = ScaleOut(
+        processes=a.processes,
+        remote=a.expect_workers if a.master else 0,
+        bind_host=a.master_bind_host,
+        bind_port=a.master_bind_port or (5557 if a.master else 0),
+        connect_timeout_s=a.expect_workers_max_wait,
+    )
     outcome = run_load(
         scenario,
         a.scenario,
@@ -790,12 +837,19 @@ def cmd_run(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         llama=llama,
         vllm=vllm,
+        scale=scale,
     )
     if not a.no_report:
         html, _ = render(outcome.folder)
         _print(f"report: {html}")
     _print(f"records: {outcome.folder.requests}")
     return _run_exit(outcome)
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from loadgen.distributed import serve_worker
+
+    return serve_worker(a.master_host, a.master_port)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -1230,6 +1284,7 @@ COMMANDS = {
     "report": cmd_report,
     "compare": cmd_compare,
     "schema": cmd_schema,
+    "worker": cmd_worker,
     "gate": cmd_gate,
 }
 

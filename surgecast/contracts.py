@@ -250,11 +250,21 @@ class Cpu(_Strict):
     max: float = Field(description="the busiest sample's share of one core")
 
 
+class WorkerGenerator(_Strict):
+    index: int = Field(ge=0)
+    loop_lag: LoopLag
+    cpu: Cpu
+
+
 class Generator(_Strict):
-    """How well the load generator kept its plan: its event loop's lag and its CPU."""
+    """How well the load generator kept its plan: its event loop's lag and its CPU (with
+    several processes, the worst process's, each one's in `workers`)."""
 
     loop_lag: LoopLag
     cpu: Cpu
+    processes: int = Field(1, ge=1)
+    workers: list[WorkerGenerator] = []
+    failure: str | None = Field(None, description="why a distributed run could not finish")
 
 
 class Target(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -161,6 +162,8 @@ def invalid_reasons(
     drops, lateness), the plan was empty, or the target failed every request."""
     reasons = []
     traffic = scenario.traffic
+    if generator and generator.get("failure"):
+        reasons.append(f"distributed run failed: {generator['failure']}")
     lag_ms = generator["loop_lag"]["p99_ms"] if generator else 0.0
     if lag_ms > traffic.max_loop_lag_ms:
         reasons.append(
@@ -291,9 +294,10 @@ def run_load(
     llama: LlamaOptions | None = None,
     vllm: VllmOptions | None = None,
     plan: Sequence[RequestSpec] | None = None,
+    scale: ScaleOut | None = None,
 ) -> RunOutcome:
     """Send the scenario's plan (or `plan`, when given) to the target (the reference target
-    when none is given).
+    when none is given); with `scale`, from several generator processes.
 
     With `llama`, surgecast starts llama-server on loopback (built or restored) and reads its
     batch limits from /props; an external llama-server's limits are read the same way. With
@@ -302,6 +306,9 @@ def run_load(
     """
     api_key = read_api_key(scenario.target)  # fails before anything starts if it is missing
     plan_source = "scenario" if plan is None else "given"  # given: not the traffic's draw
+    scale = scale or ScaleOut()
+    if scale.distributed and plan is not None:
+        raise ValueError("a plan given to the run is sent by one process (no scale-out)")
     if plan is None:  # bad traces, corpora and sizes fail here, before any folder
         plan = build_plan(scenario)
     plan = list(plan)
@@ -376,9 +383,14 @@ def run_load(
                 say("prompt sizing: the target refused every probe (429/503); sizes are estimates")
             else:
                 say("prompt sizing: the target reports no usage; prompt sizes are estimates")
-            table, generator, stopped = _send_plan(
-                plan, scenario, endpoint, folder, progress, prompts
-            )
+            if scale.distributed:
+                table, generator, stopped = _send_distributed(
+                    plan, scenario, endpoint, folder, progress, prompts, scale
+                )
+            else:
+                table, generator, stopped = _send_plan(
+                    plan, scenario, endpoint, folder, progress, prompts
+                )
             engine = live.process
             if engine is not None and not engine.alive():
                 died.append(engine.death_message("died during the run"))
@@ -546,27 +558,144 @@ def _send_plan(
         try:
             load.run()
             stream.flush()
-            table = folder.table()  # what was written, read back
-            skipped = load.progress.skipped
-            lag, cpu = load.loop_lag.summary(), load.cpu.summary()
-            generator = {"loop_lag": lag, "cpu": cpu}
-            folder.update_meta(turns_not_sent=skipped, generator=generator)
-            if lag["samples"]:
-                say_stderr(
-                    f"generator event-loop lag: p50 {lag['p50_ms']:.1f} ms, p99 "
-                    f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (each time stamped "
-                    "may be late by as much); CPU: mean "
-                    f"{cpu['mean']:.0%} of one core, busiest second {cpu['max']:.0%}"
-                )
-            if skipped:
-                say_stderr(
-                    f"{skipped} planned session turns not sent: an earlier turn of their "
-                    "session failed or was abandoned"
-                )
-            return table, generator, load.stopped
+            generator = {"loop_lag": load.loop_lag.summary(), "cpu": load.cpu.summary()}
+            _generator_said(folder, generator, load.progress.skipped)
+            return folder.table(), generator, load.stopped
         finally:
             telemetry.close()
             folder.update_meta(telemetry_errors=telemetry.errors)
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    """Several generator processes on Locust's master/worker channel: `processes` started here
+    on this host, and `remote` more that connect from other hosts (`surgecast worker`)."""
+
+    processes: int = 1
+    remote: int = 0
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 0  # 0: a free port (local processes only)
+    connect_timeout_s: float = 60.0
+
+    @property
+    def workers(self) -> int:
+        return (self.processes if self.processes > 1 else 0) + self.remote
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 0
+
+
+def _send_distributed(
+    plan: list[RequestSpec],
+    scenario: Scenario,
+    endpoint: Endpoint,
+    folder: RunFolder,
+    progress: bool,
+    prompts: SizedPrompts,
+    scale: ScaleOut,
+) -> tuple[RequestTable, dict[str, Any], Stopped | None]:
+    """`_send_plan` over several worker processes: the master here writes the records they
+    send back; the generator's figures are the worst worker's, each worker's kept beside."""
+    import subprocess
+
+    import gevent
+
+    from loadgen.distributed import DistributedError, Master, assignment
+
+    port = scale.bind_port or _free_port(scale.bind_host)
+    local = scale.processes if scale.processes > 1 else 0
+    say_stderr(
+        f"master on {scale.bind_host}:{port}: "
+        + (f"{local} local worker processes" if local else "")
+        + (" and " if local and scale.remote else "")
+        + (f"waiting for {scale.remote} remote workers" if scale.remote else "")
+    )
+    children: list[subprocess.Popen[bytes]] = []
+    with (
+        open(folder.requests, "a", encoding="utf-8") as stream,
+        open(folder.telemetry, "a", encoding="utf-8") as telemetry_stream,
+    ):
+        master = Master(scale.bind_host, port, stream)
+        telemetry = TelemetryRecorder(
+            _samplers(scenario.telemetry, endpoint.base_url), telemetry_stream
+        )
+        zero = time.time()  # the plan's zero on the wall clock, once the workers know it
+
+        def sample() -> None:
+            while True:
+                telemetry.tick(time.time() - zero)
+                gevent.sleep(scenario.telemetry.interval_s)
+
+        def said(elapsed: float) -> None:
+            print(master.progress_line(elapsed, len(plan)), file=sys.stderr, flush=True)
+
+        sampler = gevent.spawn(sample)
+        failure = None
+        try:
+            with master.catching_signals():
+                host = "127.0.0.1" if scale.bind_host in ("*", "0.0.0.0") else scale.bind_host
+                command = [sys.executable, "-m", "surgecast", "worker"]
+                command += ["--master-host", host, "--master-port", str(port)]
+                # each in a session of its own: a terminal's Ctrl-C reaches the master only,
+                # which stops them (their requests in flight get their grace)
+                children = [subprocess.Popen(command, start_new_session=True) for _ in range(local)]
+                workers = master.wait_for_workers(scale.workers, scale.connect_timeout_s)
+                work = assignment(plan, scenario, endpoint, prompts)
+                zero = master.run(
+                    workers, work, said if progress else None, 60.0, _end_timeout(plan, endpoint)
+                )
+        except DistributedError as e:  # the records that came are kept; the run is invalid
+            failure = str(e)
+        finally:
+            sampler.kill()
+            master.quit()
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            telemetry.close()
+            folder.update_meta(telemetry_errors=telemetry.errors)
+    generator = master.generator(failure)
+    _generator_said(folder, generator, master.skipped)
+    return folder.table(), generator, master.stopping_signal()
+
+
+def _end_timeout(plan: list[RequestSpec], endpoint: Endpoint) -> float:
+    """The longest a distributed run may take: its last arrival, then each try's timeout."""
+    last = max((s.arrival for s in plan), default=0.0)
+    retries = max((s.retry.max_retries for s in plan if s.retry), default=0)
+    return last + (retries + 2) * endpoint.timeout_s + 60.0
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1" if host in ("*", "0.0.0.0") else host, 0))
+        return int(s.getsockname()[1])
+
+
+def _generator_said(folder: RunFolder, generator: dict[str, Any], skipped: int) -> None:
+    """Keep how well the generator held its plan in run.json, and say it."""
+    folder.update_meta(turns_not_sent=skipped, generator=generator)
+    lag, cpu = generator["loop_lag"], generator["cpu"]
+    if lag["samples"]:
+        several = (
+            f" (the worst of {generator['processes']} processes)" if "workers" in generator else ""
+        )
+        say_stderr(
+            f"generator event-loop lag{several}: p50 {lag['p50_ms']:.1f} ms, p99 "
+            f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (each time stamped "
+            "may be late by as much); CPU: mean "
+            f"{cpu['mean']:.0%} of one core, busiest second {cpu['max']:.0%}"
+        )
+    if skipped:
+        say_stderr(
+            f"{skipped} planned session turns not sent: an earlier turn of their "
+            "session failed or was abandoned"
+        )
 
 
 def _samplers(spec: TelemetrySpec, base_url: str) -> list[Sampler]:

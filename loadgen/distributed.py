@@ -1,0 +1,430 @@
+"""One open-loop plan sent by several generator processes, on one host or many, over Locust's
+own master/worker channel (ZeroMQ).
+
+The master holds the run folder. Each worker builds the same plan from the scenario the master
+sends (its seed makes it identical; a digest checks it), keeps its share (every N-th opening
+request by arrival, with every later turn that follows from it), and sends it at the planned
+times against one clock: the master fixes the plan's zero on the wall clock once every worker
+is ready. Records go back to the master in batches as they finish and are appended to the one
+`requests.jsonl`; each worker's loop lag and CPU come back with its last batch. Locust's stats
+reach the master as in any Locust run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import gevent
+from gevent.event import Event
+from locust.env import Environment
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
+
+from loadgen.client import Endpoint, read_api_key
+from loadgen.cpu import CpuUse
+from loadgen.looplag import LoopLag
+from loadgen.runner import STOP_SIGNALS, LoadRun, Stopped
+from loadgen.sizing import SizedPrompts
+from scenarios.plan import RequestSpec, build_plan, plan_digest, plan_share
+from scenarios.records import RequestRecord
+from scenarios.spec import Scenario, parse_scenario
+
+ASSIGN = "surgecast_assign"  # master -> worker: the run, its share and the scenario
+READY = "surgecast_ready"  # worker -> master: plan built, share taken
+GO = "surgecast_go"  # master -> worker: the plan's zero on the wall clock
+RECORDS = "surgecast_records"  # worker -> master: finished records and progress counters
+DONE = "surgecast_done"  # worker -> master: its last records, loop lag, CPU
+STOP = "surgecast_stop"  # master -> worker: a signal stopped the run
+BATCH = 200  # records per message at most
+FLUSH_S = 0.25  # and at least this often
+LEAD_S = 0.5  # from GO to the plan's zero: time for the message to reach every worker
+
+
+class DistributedError(Exception):
+    """The workers could not run the plan (none came, one died, plans differ)."""
+
+
+@dataclass
+class WorkerReport:
+    """What one worker said of itself."""
+
+    index: int
+    sent: int = 0
+    done: int = 0
+    in_flight: int = 0
+    errors: int = 0
+    skipped: int = 0
+    finished: bool = False
+    error: str | None = None
+    generator: dict[str, Any] = field(default_factory=dict)
+    stopped: int | None = None  # the signal that stopped it
+
+
+class Master:
+    """The run's side of the channel: gathers workers, hands out shares, writes records."""
+
+    def __init__(self, bind_host: str, bind_port: int, stream: IO[str]):
+        self.environment = Environment(user_classes=[])
+        self.runner: MasterRunner = self.environment.create_master_runner(bind_host, bind_port)
+        self.stream = stream
+        self.reports: dict[int, WorkerReport] = {}
+        self._ready: set[int] = set()
+        self._changed = Event()
+        self.stopped: Stopped | None = None
+        self._assigned: list[str] = []  # workers handed a share: a signal is passed on to them
+        self._started = False  # GO was sent
+        self.zero = math.inf  # the plan's zero on the wall clock, once GO is sent
+        self.received = 0
+        for kind, handler in (
+            (READY, self._on_ready),
+            (RECORDS, self._on_records),
+            (DONE, self._on_done),
+        ):
+            self.runner.register_message(kind, handler)
+
+    def wait_for_workers(self, count: int, timeout_s: float) -> list[str]:
+        """The ids of `count` connected workers, in Locust's index order."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.runner.clients.ready) < count:
+            self._check_stopped()
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"{len(self.runner.clients.ready)} of {count} workers connected within "
+                    f"{timeout_s:g} s: start them with `surgecast worker --master-host HOST`"
+                )
+            gevent.sleep(0.05)
+        clients = self.runner.clients.ready[:count]
+        return [c.id for c in sorted(clients, key=lambda c: self.runner.get_worker_index(c.id))]
+
+    def run(
+        self,
+        workers: list[str],
+        assignment: dict[str, Any],
+        progress: Callable[[float], None] | None,
+        ready_timeout_s: float,
+        end_timeout_s: float,
+    ) -> float:
+        """Hand out the shares, start every worker at one time, write records until each is
+        done; returns the plan's zero on the wall clock."""
+        count = len(workers)
+        self.reports = {i: WorkerReport(i) for i in range(count)}
+        self._assigned = workers
+        for i, client in enumerate(workers):
+            data = {**assignment, "index": i, "count": count}
+            self.runner.send_message(ASSIGN, data, client_id=client)
+        self._wait(lambda: len(self._ready) == count, ready_timeout_s, workers, "ready")
+        self._check_stopped()
+        zero = self.zero = time.time() + LEAD_S
+        for client in workers:
+            self.runner.send_message(GO, {"zero": zero}, client_id=client)
+        self._started = True
+        ticker = gevent.spawn(self._tick, progress, zero) if progress is not None else None
+        try:
+            self._wait(
+                lambda: all(r.finished for r in self.reports.values()),
+                end_timeout_s + LEAD_S,
+                workers,
+                "done",
+            )
+        finally:
+            if ticker is not None:
+                ticker.kill()
+        failed = [r for r in self.reports.values() if r.error]
+        if failed:
+            raise DistributedError("; ".join(f"worker {r.index}: {r.error}" for r in failed))
+        return zero
+
+    def quit(self) -> None:
+        self.runner.quit()
+
+    def progress_line(self, elapsed_s: float, planned: int) -> str:
+        r = self.reports.values()
+        return (
+            f"[{elapsed_s:6.1f}s] sent {sum(x.sent for x in r)}/{planned}  in flight "
+            f"{sum(x.in_flight for x in r):3d}  done {self.received}  errors "
+            f"{sum(x.errors for x in r)}  ({len(self.reports)} processes)"
+        )
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.skipped for r in self.reports.values())
+
+    def generator(self, failure: str | None) -> dict[str, Any]:
+        """How well the workers held the plan: the worst one's loop lag and CPU, each one's
+        beside (run.json's `generator`)."""
+        each = [{"index": r.index, **r.generator} for r in self.reports.values() if r.generator]
+        idle = {
+            "loop_lag": LoopLag(time.monotonic).summary(),
+            "cpu": CpuUse(time.monotonic).summary(),
+        }
+        return {
+            "loop_lag": max(each or [idle], key=lambda g: g["loop_lag"]["p99_ms"])["loop_lag"],
+            "cpu": max(each or [idle], key=lambda g: g["cpu"]["mean"])["cpu"],
+            "processes": max(1, len(self.reports)),
+            "workers": sorted(each, key=lambda g: g["index"]),
+            "failure": failure,
+        }
+
+    def stopping_signal(self) -> Stopped | None:
+        """The signal that stopped the run (a worker's own, or one the master passed on)."""
+        signums = [r.stopped for r in self.reports.values() if r.stopped]
+        if self.stopped is not None:
+            return self.stopped
+        return Stopped(signums[0], 0.0) if signums else None
+
+    def _wait(
+        self, condition: Callable[[], bool], timeout_s: float, workers: list[str], what: str
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            lost = [
+                i
+                for i, c in enumerate(workers)
+                if c not in self.runner.clients or self.runner.clients[c].state == STATE_MISSING
+            ]
+            unfinished = [i for i in lost if not self.reports[i].finished]
+            if unfinished:
+                raise DistributedError(
+                    f"worker {', '.join(map(str, unfinished))} stopped answering before it was "
+                    f"{what}: the records it sent are kept, the rest of its share is lost"
+                )
+            if time.monotonic() > deadline:
+                raise DistributedError(f"the workers were not all {what} within {timeout_s:g} s")
+            if not self._started:
+                self._check_stopped()
+            self._changed.clear()
+            self._changed.wait(0.5)
+
+    @contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop the run: before sending began, at once; after, every worker
+        stops sending and gives its requests in flight their grace (a second signal cancels
+        them), and their records still come."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = gevent.get_hub().loop
+
+        def handler(signum: int, _frame: object) -> None:
+            loop.run_callback(self.stop, signum)
+
+        handlers = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, previous in handlers.items():
+                signal.signal(signum, previous)
+
+    def stop(self, signum: int) -> None:
+        if self.stopped is None:
+            self.stopped = Stopped(signum, max(0.0, time.time() - self.zero))
+            print(f"\n{self.stopped.name}: stopping every worker", file=sys.stderr, flush=True)
+        for client in self._assigned:
+            self.runner.send_message(STOP, {"signum": signum}, client_id=client)
+        self._changed.set()
+
+    def _check_stopped(self) -> None:
+        if self.stopped is not None:
+            raise DistributedError(f"{self.stopped.name} before sending began: nothing was sent")
+
+    def _tick(self, progress: Callable[[float], None], zero: float) -> None:
+        while True:
+            gevent.sleep(2.0)
+            progress(time.time() - zero)
+
+    def _on_ready(self, environment: Environment, msg: Any) -> None:
+        self._ready.add(int(msg.data["index"]))
+        self._changed.set()
+
+    def _on_records(self, environment: Environment, msg: Any) -> None:
+        self._take(msg.data)
+
+    def _on_done(self, environment: Environment, msg: Any) -> None:
+        report = self._take(msg.data)
+        report.finished = True
+        report.error = msg.data.get("error")
+        report.generator = msg.data.get("generator") or {}
+        report.stopped = msg.data.get("stopped")
+        self._changed.set()
+
+    def _take(self, data: dict[str, Any]) -> WorkerReport:
+        lines = data.get("lines") or []
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+            self.received += len(lines)
+        report = self.reports[int(data["index"])]
+        for name in ("sent", "done", "in_flight", "errors", "skipped"):
+            setattr(report, name, int(data.get(name, getattr(report, name))))
+        return report
+
+
+class RemoteWriter:
+    """A worker's record sink: records go to the master in batches, at least every FLUSH_S."""
+
+    def __init__(self, runner: WorkerRunner, index: int, load: Callable[[], LoadRun | None]):
+        self.runner = runner
+        self.index = index
+        self.load = load
+        self.lines: list[str] = []
+        self._flusher = gevent.spawn(self._every)
+
+    def write(self, record: RequestRecord) -> None:
+        self.lines.append(record.to_json())
+        if len(self.lines) >= BATCH:
+            self.flush()
+
+    def flush(self, kind: str = RECORDS, **extra: Any) -> None:
+        lines, self.lines = self.lines, []
+        self.runner.send_message(kind, {**self.counts(), "lines": lines, **extra})
+
+    def counts(self) -> dict[str, int]:
+        load = self.load()
+        if load is None:
+            return {"index": self.index}
+        p = load.progress
+        return {
+            "index": self.index,
+            "sent": p.sent,
+            "done": p.done,
+            "in_flight": p.in_flight,
+            "errors": p.errors,
+            "skipped": p.skipped,
+        }
+
+    def close(self) -> None:
+        self._flusher.kill()
+
+    def _every(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_S)
+            if self.lines:
+                self.flush()
+
+
+def assignment(
+    plan: list[RequestSpec], scenario: Scenario, endpoint: Endpoint, prompts: SizedPrompts
+) -> dict[str, Any]:
+    """What every worker needs to build the master's plan and send its share like the master
+    would: the scenario, the target, the prompt sizing learned (no API key: each worker reads
+    its own)."""
+    return {
+        "scenario": scenario.model_dump(mode="json", by_alias=True),
+        "base_dir": str(prompts.base_dir) if prompts.base_dir else None,
+        "digest": plan_digest(plan),
+        "base_url": endpoint.base_url,
+        "extra_body": endpoint.extra_body,
+        "salt": prompts.salt_text,
+        "chars_per_token": prompts.chars_per_token,
+        "overhead_tokens": prompts.overhead_tokens,
+    }
+
+
+def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) -> int:
+    """Connect to a master, run the share it assigns, send every record back; 0 when the share
+    was sent, 3 when the worker could not run it."""
+    environment = Environment(user_classes=[])
+    runner = environment.create_worker_runner(master_host, master_port)
+    finished = Event()
+    outcome = {"code": 0}
+    state: dict[str, Any] = {}
+
+    def on_assign(environment: Environment, msg: Any) -> None:
+        gevent.spawn(_work, runner, environment, msg.data, state, finished, outcome)
+
+    def on_go(environment: Environment, msg: Any) -> None:
+        state["zero"] = float(msg.data["zero"])
+        state["go"].set()
+
+    def on_stop(environment: Environment, msg: Any) -> None:
+        load = state.get("load")
+        if load is not None:
+            load.stop(int(msg.data["signum"]))
+
+    state["go"] = Event()
+    runner.register_message(ASSIGN, on_assign)
+    runner.register_message(GO, on_go)
+    runner.register_message(STOP, on_stop)
+    deadline = time.monotonic() + timeout_s
+    while not finished.wait(1.0):
+        if not len(runner.greenlet) or time.monotonic() > deadline:
+            # the master quit or went silent (Locust's heartbeat): stop, records are lost
+            print("worker: the master is gone; stopping", file=sys.stderr)
+            if "load" in state:
+                state["load"].stop(signal.SIGTERM)
+                state["load"].stop(signal.SIGTERM)  # and cancel what is in flight
+                finished.wait(10.0)
+            return 3
+    gevent.sleep(0.2)  # let the last message leave
+    runner.quit()
+    return outcome["code"]
+
+
+def _work(
+    runner: WorkerRunner,
+    environment: Environment,
+    data: dict[str, Any],
+    state: dict[str, Any],
+    finished: Event,
+    outcome: dict[str, int],
+) -> None:
+    index = int(data["index"])
+    writer = RemoteWriter(runner, index, lambda: state.get("load"))
+    try:
+        load = _load_run(environment, data, writer)
+        state["load"] = load
+        runner.send_message(READY, {"index": index})
+        state["go"].wait()
+        # the plan's zero on this host's monotonic clock
+        load.start_at = time.monotonic() + (state["zero"] - time.time())
+        load.run()
+        generator = {"loop_lag": load.loop_lag.summary(), "cpu": load.cpu.summary()}
+        stopped = load.stopped.signum if load.stopped else None
+        writer.flush(DONE, generator=generator, stopped=stopped)
+    except Exception as e:  # said to the master, which marks the run invalid
+        outcome["code"] = 3
+        print(f"worker {index}: {type(e).__name__}: {e}", file=sys.stderr)
+        writer.flush(DONE, error=f"{type(e).__name__}: {e}")
+    finally:
+        writer.close()
+        finished.set()
+
+
+def _load_run(environment: Environment, data: dict[str, Any], writer: RemoteWriter) -> LoadRun:
+    """The worker's LoadRun for its share of the plan the assignment describes."""
+    base_dir = Path(data["base_dir"]) if data.get("base_dir") else None
+    scenario = parse_scenario(data["scenario"], "<scenario from the master>", base_dir)
+    plan = build_plan(scenario)
+    if plan_digest(plan) != data["digest"]:
+        raise ValueError(
+            "this worker's plan differs from the master's (another surgecast version, or other "
+            "trace or corpus files at the scenario's paths)"
+        )
+    mine = plan_share(plan, int(data["index"]), int(data["count"]))
+    endpoint = Endpoint.from_target(
+        scenario.target, data["base_url"], read_api_key(scenario.target)
+    )
+    endpoint = Endpoint(**{**endpoint.__dict__, "extra_body": dict(data["extra_body"])})
+    prompts = SizedPrompts(scenario, base_dir, data["salt"])
+    prompts.chars_per_token = float(data["chars_per_token"])
+    prompts.overhead_tokens = float(data["overhead_tokens"])
+    traffic = scenario.traffic
+    return LoadRun(
+        mine,
+        endpoint,
+        writer,
+        max_in_flight=max(1, math.ceil(traffic.max_in_flight / int(data["count"]))),
+        store_prompts=scenario.privacy.store_prompts,
+        progress=None,
+        prompts=prompts,
+        stop_grace_s=traffic.stop_grace_s,
+        environment=environment,
+    )

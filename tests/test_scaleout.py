@@ -1,0 +1,122 @@
+"""Scale-out over Locust's master/worker channel: the plan split among processes sends each
+request once at its planned time, and their records land in one run folder, as one process's
+would. Everything over loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from scenarios.plan import build_plan, plan_digest, plan_share
+from scenarios.spec import parse_scenario
+from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
+
+
+def _sessions() -> dict:
+    return scenario_dict(
+        traffic={"rate": 6, "duration_s": 10, "seed": 4},
+        session={
+            "turns": {"dist": "constant", "value": 3},
+            "think_time": {"dist": "constant", "value": 0.5},
+            "regenerate": 0.3,
+        },
+    )
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_the_shares_cover_the_plan_once_and_keep_each_session_whole(count: int) -> None:
+    plan = build_plan(parse_scenario(_sessions()))
+    assert any(s.after for s in plan)  # follow-up turns to keep with their session
+    shares = [plan_share(plan, i, count) for i in range(count)]
+    ids = [s.id for part in shares for s in part]
+    assert sorted(ids) == sorted(s.id for s in plan)  # every request, once
+    owner = {s.id: i for i, part in enumerate(shares) for s in part}
+    for s in plan:  # a follow-up is sent by the worker that sent the turn it follows
+        if s.after is not None:
+            assert owner[s.id] == owner[s.after]
+    openers = [sum(s.after is None for s in part) for part in shares]
+    assert max(openers) - min(openers) <= 1  # every count-th opener: the rate splits evenly
+    assert shares == [plan_share(plan, i, count) for i in range(count)]  # deterministic
+
+
+def test_the_digest_names_a_plan_by_its_requests_and_times() -> None:
+    plan = build_plan(parse_scenario(_sessions()))
+    assert plan_digest(plan) == plan_digest(build_plan(parse_scenario(_sessions())))
+    moved = [dataclasses.replace(plan[0], arrival=plan[0].arrival + 1e-6), *plan[1:]]
+    assert plan_digest(moved) != plan_digest(plan)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_send_what_one_sends(target_url: str, tmp_path: Path) -> None:
+    data = scenario_dict(traffic={"rate": 20, "duration_s": 4, "seed": 9})
+    path = write_scenario(tmp_path / "s.yaml", data)
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        result = run_cli(
+            "run", str(path), "--target", target_url, "--out", str(out), "--processes", str(n),
+            "--no-report", timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[n] = _records(out)
+    one, two = runs[1], runs[2]
+    assert len(two) == len(one) == len(build_plan(parse_scenario(data)))
+    assert Counter(r["id"] for r in two) == Counter(r["id"] for r in one)  # each once
+    planned = {r["id"]: r["intended_start"] for r in one}
+    assert all(r["intended_start"] == pytest.approx(planned[r["id"]]) for r in two)
+    assert all(r["status"] == "ok" for r in two)
+    lateness = sorted(r["schedule_lag_s"] for r in two)
+    assert lateness[int(0.95 * len(lateness))] < 0.05  # sent at their planned times
+    meta = json.loads((tmp_path / "p2" / "run.json").read_text())
+    generator = meta["generator"]
+    assert generator["processes"] == 2 and [w["index"] for w in generator["workers"]] == [0, 1]
+    assert all(w["loop_lag"]["samples"] > 0 for w in generator["workers"])
+    assert meta["validity"]["valid"] and generator["failure"] is None
+
+
+def test_a_remote_worker_runs_the_masters_share(target_url: str, tmp_path: Path) -> None:
+    """--master and `surgecast worker`, as on two hosts (here both on loopback)."""
+    port = "5599"
+    data = scenario_dict(traffic={"rate": 10, "duration_s": 3, "seed": 2})
+    path = write_scenario(tmp_path / "s.yaml", data)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "surgecast", "worker", "--master-port", port],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        result = run_cli(
+            "run", str(path), "--target", target_url, "--out", str(tmp_path / "run"),
+            "--master", "--master-bind-port", port, "--no-report", timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+    records = _records(tmp_path / "run")
+    assert len(records) == len(build_plan(parse_scenario(data)))
+    assert "1 remote workers" in result.stderr or "waiting for 1 remote" in result.stderr
+
+
+def test_no_worker_connecting_is_an_invalid_run(target_url: str, tmp_path: Path) -> None:
+    path = write_scenario(tmp_path / "s.yaml", scenario_dict())
+    result = run_cli(
+        "run", str(path), "--target", target_url, "--out", str(tmp_path / "run"), "--master",
+        "--master-bind-port", "5598", "--expect-workers-max-wait", "1", "--no-report",
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "0 of 1 workers connected within 1 s" in result.stderr
+    assert "surgecast worker --master-host" in result.stderr
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert not meta["validity"]["valid"] and meta["status"] == "finished"
