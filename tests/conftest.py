@@ -31,6 +31,11 @@ def target_url() -> Iterator[str]:
         yield url
 
 
+# traffic settings for a test whose subject is not the generator's timing: a stall of this noisy
+# machine must not make its run invalid
+LENIENT = {"max_lateness_ms": 5000, "max_loop_lag_ms": 1000}
+
+
 def scenario_dict(**overrides: Any) -> dict[str, Any]:
     """A small valid scenario; `overrides` replace top-level sections."""
     base: dict[str, Any] = {
@@ -119,7 +124,7 @@ def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int 
 
     data = scenario_dict(
         target={"api": "chat", "timeout_s": 120, "extra_body": {"ignore_eos": True}},
-        traffic={"duration_s": 20, "max_lateness_ms": 5000, **traffic},
+        traffic={"duration_s": 20, **LENIENT, **traffic},
         slos={"ttft": "p(95) < 120000"},
         workload={
             "prompt_tokens": {"dist": "uniform", "low": 20, "high": 200},

@@ -37,7 +37,7 @@ from targets.llama_server import (
     probe_limits,
     read_limits,
 )
-from tests.conftest import ROOT, engine_level, run_cli, scenario_dict, write_scenario
+from tests.conftest import LENIENT, ROOT, engine_level, run_cli, scenario_dict, write_scenario
 
 pytestmark = pytest.mark.timeout(900)  # the first test may wait for the build
 
@@ -198,7 +198,7 @@ def test_run_reads_batch_limits_from_an_external_llama_server(
 ) -> None:
     data = scenario_dict(
         # lenient lateness and SLOs: a stall of the noisy machine must not fail this test
-        traffic={"rate": 3, "duration_s": 3, "seed": 2, "max_lateness_ms": 5000},
+        traffic={"rate": 3, "duration_s": 3, "seed": 2, **LENIENT},
         slos={"ttft": "p(95) < 30000"},
         workload={
             "prompt_tokens": {"dist": "uniform", "low": 20, "high": 120},

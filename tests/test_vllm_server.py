@@ -39,7 +39,7 @@ from targets.vllm_server import (
     read_cache_info,
     vllm_venv,
 )
-from tests.conftest import engine_level, run_cli, scenario_dict, write_scenario
+from tests.conftest import LENIENT, engine_level, run_cli, scenario_dict, write_scenario
 
 SEQS, MAX_LEN = 4, 2048
 F = TypeVar("F", bound=Callable[..., None])
@@ -242,7 +242,7 @@ def test_prefix_cache_hits_are_counted(vllm: VllmServer) -> None:
 def test_run_reads_the_kv_cache_of_an_external_vllm(vllm: VllmServer, tmp_path: Path) -> None:
     data = scenario_dict(
         target={"api": "chat", "timeout_s": 60, "extra_body": {"ignore_eos": True}},
-        traffic={"rate": 2, "duration_s": 3, "seed": 2, "max_lateness_ms": 5000},
+        traffic={"rate": 2, "duration_s": 3, "seed": 2, **LENIENT},
         slos={"ttft": "p(95) < 30000"},
         workload={
             "prompt_tokens": {"dist": "uniform", "low": 20, "high": 100},
@@ -295,7 +295,7 @@ def test_the_tokenizer_loads_in_vllms_own_libraries(tmp_path: Path) -> None:
 @needs_vllm
 def test_run_starts_its_own_vllm_and_its_limits_are_not_assumed(tmp_path: Path) -> None:
     data = scenario_dict(
-        traffic={"rate": 2, "duration_s": 3, "seed": 5, "max_lateness_ms": 5000},
+        traffic={"rate": 2, "duration_s": 3, "seed": 5, **LENIENT},
         slos={"ttft": "p(95) < 30000"},
     )
     scenario = write_scenario(tmp_path / "s.yaml", data)
