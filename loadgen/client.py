@@ -12,11 +12,15 @@ connecting or queued in the client is schedule lag or connect time, never TTFT.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import math
 import os
 import socket
 import ssl
+import struct
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -123,12 +127,70 @@ class Endpoint:
             return http.client.HTTPSConnection(
                 host, port, timeout=timeout, context=ssl.create_default_context()
             )
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+        return _AddressConnection(host, port, timeout=timeout)
 
     @property
     def host_header(self) -> str:
         """The Host header the URL names (kept when connecting to a resolved address)."""
         return urlsplit(self.base_url).netloc
+
+
+class _AddressConnection(http.client.HTTPConnection):
+    """Connects to an address already resolved without looking it up again (gevent's
+    `create_connection` sends every connect's lookup, numeric or not, to its resolver's
+    thread pool, whose threads then fight the sending loop for the GIL), on Linux with the
+    kernel's receive time stamps on."""
+
+    def connect(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if KERNEL_STAMPS:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = _StampedSocket(sock) if KERNEL_STAMPS else sock
+
+
+# Linux's SO_TIMESTAMPNS (the socket module does not name it): each receive carries the time
+# the kernel took its last packet in, on CLOCK_REALTIME
+KERNEL_STAMPS = sys.platform == "linux"
+SO_TIMESTAMPNS = 35
+_STAMP = struct.Struct("qq")
+_ANCILLARY = socket.CMSG_SPACE(_STAMP.size) if KERNEL_STAMPS else 0
+
+
+class _StampedSocket:
+    """A connected socket whose every receive notes when the kernel received the data: a busy
+    event loop delays the reading, never that time. http.client reads through it."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self.arrival: float | None = None  # CLOCK_REALTIME of the last receive's data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        view = memoryview(buffer)
+        n, ancillary, _, _ = self._sock.recvmsg_into(
+            [view[:nbytes] if nbytes else view], _ANCILLARY
+        )
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _STAMP.size:
+                seconds, nanoseconds = _STAMP.unpack_from(data)
+                self.arrival = seconds + nanoseconds * 1e-9
+        return n
+
+    def makefile(self, mode: str = "rb", buffering: int | None = None, **_: Any) -> Any:
+        """A reader of this socket's receives; the socket closes once it and the reader have
+        (the standard library's reference count, which http.client relies on)."""
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class TargetUnreachable(Exception):
@@ -140,6 +202,8 @@ class TargetRefused(Exception):
 
 
 AUTH_STATUSES = (401, 403)
+READ_BYTES = 1 << 16  # at most, per receive
+MAX_LINE_BYTES = 1 << 20
 SSE_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
 
 
@@ -218,6 +282,7 @@ class StreamingCall:
         self._tokens_seen = 0  # the running completion count, where every chunk carries it
         self._finished = False  # the server sent a finish_reason
         self._completed = False  # the response was read to its end
+        self._sock: Any = None  # the connected socket
         planned = spec.arrival if intended_start is None else intended_start
         prompt = "\n".join(m["content"] for m in messages) if messages else spec.prompt
         self.record = RequestRecord(
@@ -256,13 +321,14 @@ class StreamingCall:
         try:
             conn = ep.connect(first_wait, self.address)
             conn.connect()
+            self._sock = conn.sock  # the response outlives conn.sock where the server closes
             # stamped before the send, not after: a client descheduled right after sending
             # (the server taking every core) would otherwise start late and see too short a TTFT
             rec.start = self.clock()
             rec.connect_s = rec.start - began
             conn.request("POST", ep.path, body=payload, headers=headers)
             response = conn.getresponse()
-            rec.first_byte = self.clock()
+            rec.first_byte = self._arrived()
             rec.http_status = response.status
             if response.status != 200:
                 self._http_error(response)
@@ -290,6 +356,17 @@ class StreamingCall:
                 rec.end = self.clock()
             rec.response_bytes = self._bytes or None
         return rec
+
+    def _arrived(self) -> float:
+        """When the bytes just read came in, on this call's clock: by the kernel's receive
+        stamp where there is one (a busy loop reads them later than that), else now."""
+        now = self.clock()
+        sock = self._sock
+        if isinstance(sock, _StampedSocket) and sock.arrival is not None:
+            waited = time.time() - sock.arrival  # in the kernel's buffer, unread
+            if 0.0 <= waited < 60.0:  # else the wall clock stepped: trust now
+                return now - waited
+        return now
 
     def cancel(self) -> None:
         """Mark the call cancelled: the run ended (or was interrupted) while it was in flight."""
@@ -379,10 +456,13 @@ class StreamingCall:
     def _read_stream(
         self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
     ) -> None:
+        """Read the stream as the bytes come (one receive at a time, not a line), time-stamping
+        every line by the receive that completed it: lines that came together share a time."""
         done = False
         patience = self.spec.patience_s
         ep_limit = self.endpoint.max_response_bytes
-        while True:
+        pending = b""  # a line not yet complete
+        while not done:
             limit = deadline
             if patience is not None and self.record.first_token is None:
                 limit = min(deadline, self.record.intended_start + patience)
@@ -391,41 +471,53 @@ class StreamingCall:
                 raise TimeoutError
             if conn.sock is not None:
                 conn.sock.settimeout(remaining)
-            line = response.readline(1 << 20)
-            now = self.clock()
-            if not line:
+            data = response.read1(READ_BYTES)
+            now = self._arrived()
+            if not data:
                 break
-            self._bytes += len(line)
+            self._bytes += len(data)
             if self._bytes > ep_limit:
                 raise StreamError(
                     "response_too_large",
                     f"the response passed target.max_response_bytes ({ep_limit:,} bytes): "
                     "the rest was not read",
                 )
-            if not line.startswith(b"data:"):
-                if line.strip() and not line.startswith(SSE_FIELDS):
-                    kind = "sse_missing_data" if line.lstrip().startswith(b"{") else "protocol"
-                    raise StreamError(kind, f"line is not an SSE field: {line[:80]!r}")
-                continue  # blank separators, comments, event:/id:/retry: fields
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                done = True
-                break
-            try:
-                event = json.loads(data)
-            except ValueError:
-                raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
-            self._on_event(event, now)
+            *lines, pending = (pending + data).split(b"\n")
+            if len(pending) > MAX_LINE_BYTES:
+                raise StreamError("protocol", f"a line longer than {MAX_LINE_BYTES:,} bytes")
+            for line in lines:
+                if self._on_line(line, now):
+                    done = True
+                    break
+        if not done and pending:  # the last line, without its newline
+            done = self._on_line(pending, self.clock())
         if not (done or self._finished):
             if _cut_off(response):
                 raise StreamError("stream_reset", "the connection closed mid-response")
             raise StreamError("incomplete_stream", "the server closed the stream before finishing")
         self._finish()
 
+    def _on_line(self, line: bytes, now: float) -> bool:
+        """One SSE line; True at the stream's `[DONE]`."""
+        if not line.startswith(b"data:"):
+            if line.strip() and not line.startswith(SSE_FIELDS):
+                kind = "sse_missing_data" if line.lstrip().startswith(b"{") else "protocol"
+                raise StreamError(kind, f"line is not an SSE field: {line[:80]!r}")
+            return False  # blank separators, comments, event:/id:/retry: fields
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return True
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
+        self._on_event(event, now)
+        return False
+
     def _read_whole(self, response: http.client.HTTPResponse) -> None:
         limit = self.endpoint.max_response_bytes
         raw = response.read(limit + 1)
-        now = self.clock()
+        now = self._arrived()
         self._bytes = len(raw)
         if len(raw) > limit:
             raise StreamError(

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from loadgen.client import Endpoint, StreamingCall
+from loadgen import client
+from loadgen.client import KERNEL_STAMPS, Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
 from tests.conftest import FAST_ENGINE
@@ -169,3 +170,28 @@ def test_chunks_of_several_tokens_are_counted_from_usage_on_every_chunk() -> Non
     itl = metric_samples([rec], "itl")
     # the 3 gaps inside the first chunk are unseen; each later chunk of k gives k gaps
     assert len(itl) == 10 and 0.0100 < float(itl.mean()) < 0.0125  # a 10.5 ms step per token
+
+
+@pytest.mark.skipif(not KERNEL_STAMPS, reason="kernel receive time stamps are Linux's")
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_late_reader_stamps_when_the_bytes_came(
+    target_url: str, kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader whose clock is read 4 ms late (a busy event loop) still stamps each chunk when
+    the kernel received it: within 1 ms of the target's own write, one chunk a read (the
+    steps are 10.5 ms apart). Without the kernel's stamps the same reader is 4 ms late."""
+    monkeypatch.setattr(client, "KERNEL_STAMPS", kernel)
+
+    def busy_clock() -> float:
+        time.sleep(0.004)  # each time is read 4 ms late; with two reads of it a chunk, 8 ms
+        return time.monotonic()
+
+    call = StreamingCall(Endpoint(target_url), _spec(max_tokens=15), busy_clock)
+    rec = call.run()
+    assert rec.status == "ok", rec.error_detail
+    written = _served(target_url)[rec.response_id or ""]["chunk_written"]
+    lags = [c - w for c, w in zip(rec.chunk_times, written, strict=True)]
+    if kernel:
+        assert max(abs(x) for x in lags) < 0.001
+    else:
+        assert min(lags) > 0.004
