@@ -11,8 +11,9 @@ asyncio/aiohttp open-loop client (`--baseline`), each on every other core (core 
 2-core machine; the truth server's one core bounds what it can serve). Per run: the achieved
 rate, the client-added TTFT error (client TTFT minus the server's own, first write - request
 read) at p50/p99, the per-gap ITL error at p99, schedule lag p99, surgecast's own p99 event-loop
-lag, the clients' CPU use (startup included) and surgecast's verdict (valid, or invalid: exit 3). The last line gives the highest rate each client held with p99 added TTFT
-error <= 5 ms. Loopback only.
+lag, the clients' CPU use (startup included) and surgecast's verdict (valid, or invalid: exit 3).
+The last line gives the highest rate each client held with p99 added TTFT error <= 5 ms.
+Loopback only.
 """
 
 from __future__ import annotations
