@@ -332,7 +332,16 @@ def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) 
     """Connect to a master, run the share it assigns, send every record back; 0 when the share
     was sent, 3 when the worker could not run it."""
     environment = Environment(user_classes=[])
-    runner = environment.create_worker_runner(master_host, master_port)
+    print(f"worker: connecting to the master at {master_host}:{master_port}", file=sys.stderr)
+    try:
+        runner = environment.create_worker_runner(master_host, master_port)
+    except ConnectionError:
+        print(
+            f"worker: no master answered at {master_host}:{master_port} (start `surgecast run "
+            "SCENARIO --master` there first, or check --master-host and --master-port)",
+            file=sys.stderr,
+        )
+        return 3
     finished = Event()
     outcome = {"code": 0}
     state: dict[str, Any] = {}

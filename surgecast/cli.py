@@ -243,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--processes",
+        metavar="N",
         type=_count,
         default=1,
         help="generator processes on this host (default 1: this one)",
@@ -252,17 +253,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also wait for --expect-workers remote workers (`surgecast worker --master-host`)",
     )
-    g.add_argument("--expect-workers", type=_count, default=1, help="with --master (default 1)")
+    g.add_argument(
+        "--expect-workers", metavar="N", type=_count, default=1, help="with --master (default 1)"
+    )
     g.add_argument(
         "--master-bind-host",
+        metavar="HOST",
         default="127.0.0.1",
         help="interface the master listens on (default 127.0.0.1; * for every one)",
     )
     g.add_argument(
-        "--master-bind-port", type=_port, default=0, help="default: 5557 with --master, else free"
+        "--master-bind-port",
+        metavar="PORT",
+        type=_port,
+        default=0,
+        help="default: 5557 with --master, else a free one",
     )
     g.add_argument(
         "--expect-workers-max-wait",
+        metavar="SECONDS",
         type=_positive,
         default=60.0,
         help="seconds to wait for the workers to connect (default 60)",
@@ -275,8 +284,12 @@ def _parser() -> argparse.ArgumentParser:
         "times, and send every record back. The scenario comes from the master; trace and corpus "
         "files must be at the same paths here. An API key comes from this host's environment.",
     )
-    s.add_argument("--master-host", default="127.0.0.1", help="the master's address")
-    s.add_argument("--master-port", type=_port, default=5557, help="its port (default 5557)")
+    s.add_argument(
+        "--master-host", metavar="HOST", default="127.0.0.1", help="the master's address"
+    )
+    s.add_argument(
+        "--master-port", metavar="PORT", type=_port, default=5557, help="its port (default 5557)"
+    )
 
     s = sub.add_parser(
         "plan",
