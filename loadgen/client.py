@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import select
 import socket
 import ssl
 import struct
@@ -203,6 +204,7 @@ class TargetRefused(Exception):
 
 AUTH_STATUSES = (401, 403)
 READ_BYTES = 1 << 16  # at most, per receive
+DRAIN_S = 1.0  # for the end of a finished response, before its connection is kept
 MAX_LINE_BYTES = 1 << 20
 SSE_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
 
@@ -269,9 +271,11 @@ class StreamingCall:
         intended_start: float | None = None,
         attempt: int = 0,
         address: tuple[str, int] | None = None,
+        pool: ConnectionPool | None = None,
     ):
         self.endpoint = endpoint
         self.address = address or endpoint.address()
+        self.pool = pool
         self.spec = spec
         self.clock = clock
         self.messages = messages
@@ -318,16 +322,9 @@ class StreamingCall:
         give_up = math.inf if patience is None else rec.intended_start + patience
         first_wait = max(0.001, min(give_up - began, ep.timeout_s))
         conn = None
+        keep = False  # the connection goes back to the pool, not closed
         try:
-            conn = ep.connect(first_wait, self.address)
-            conn.connect()
-            self._sock = conn.sock  # the response outlives conn.sock where the server closes
-            # stamped before the send, not after: a client descheduled right after sending
-            # (the server taking every core) would otherwise start late and see too short a TTFT
-            rec.start = self.clock()
-            rec.connect_s = rec.start - began
-            conn.request("POST", ep.path, body=payload, headers=headers)
-            response = conn.getresponse()
+            conn, response = self._send(payload, headers, first_wait, began)
             rec.first_byte = self._arrived()
             rec.http_status = response.status
             if response.status != 200:
@@ -336,6 +333,7 @@ class StreamingCall:
                 self._read_stream(conn, response, deadline)
             else:
                 self._read_whole(response)
+            keep = self.pool is not None and self._completed and _drained(conn, response)
         except StreamError as e:
             self._fail("error", e.kind, e.detail)
         except TimeoutError:
@@ -350,12 +348,41 @@ class StreamingCall:
         except Exception as e:  # a failing target is recorded, never a crash of the run
             self._fail("error", "client_exception", f"{type(e).__name__}: {e}")
         finally:
-            if conn is not None:
+            if keep and self.pool is not None and conn is not None:
+                self.pool.give(conn)
+            elif conn is not None:
                 conn.close()
             if rec.end is None:
                 rec.end = self.clock()
             rec.response_bytes = self._bytes or None
         return rec
+
+    def _send(
+        self, payload: bytes, headers: dict[str, str], connect_wait: float, began: float
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the request on a pooled connection if one is idle, else on a new one; a
+        pooled connection the server closed before answering is replaced once. `start` is
+        stamped just before the bytes are written: connecting is `connect_s`, not TTFT."""
+        rec, ep = self.record, self.endpoint
+        conn = self.pool.take() if self.pool is not None else None
+        while True:
+            reused = conn is not None
+            if conn is None:
+                conn = ep.connect(connect_wait, self.address)
+                conn.connect()
+            self._sock = conn.sock  # the response outlives conn.sock where the server closes
+            # stamped before the send, not after: a client descheduled right after sending
+            # (the server taking every core) would otherwise start late and see too short a TTFT
+            rec.start = self.clock()
+            rec.connect_s = rec.start - began
+            try:
+                conn.request("POST", ep.path, body=payload, headers=headers)
+                return conn, conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                conn.close()  # closed while idle (a keep-alive timeout): once more, anew
+                conn = None
 
     def _arrived(self) -> float:
         """When the bytes just read came in, on this call's clock: by the kernel's receive
@@ -544,6 +571,65 @@ class StreamingCall:
         if rec.output_tokens is None:
             rec.output_tokens = sum(rec.chunk_tokens) if rec.chunk_tokens else self._chunks
             rec.token_source = "chunks"
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one target, newest first. A connection is only kept when
+    its response was read to the end and the server did not say it closes; one the server has
+    closed meanwhile (llama-server closes after every stream while advertising keep-alive) is
+    found so before reuse and dropped."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._idle: list[http.client.HTTPConnection] = []
+        self.reused = 0  # requests sent on a kept connection
+        self.closed_by_server = 0  # kept connections found closed when wanted
+
+    def take(self) -> http.client.HTTPConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if _still_open(conn):
+                self.reused += 1
+                return conn
+            self.closed_by_server += 1
+            conn.close()
+        return None
+
+    def give(self, conn: http.client.HTTPConnection) -> None:
+        if len(self._idle) < self.size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """An idle connection that has nothing to read: the server neither closed it (a read would
+    return nothing) nor sent anything unasked."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+def _drained(conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> bool:
+    """Read what is left of a finished response (a stream's last, empty chunk); True when the
+    connection can carry another request."""
+    if response.will_close or conn.sock is None:
+        return False
+    try:
+        conn.sock.settimeout(DRAIN_S)
+        response.read()
+    except (http.client.HTTPException, OSError):
+        return False
+    return response.isclosed()
 
 
 def _cut_off(response: http.client.HTTPResponse) -> bool:

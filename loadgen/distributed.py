@@ -80,7 +80,6 @@ class Master:
         self._changed = Event()
         self.stopped: Stopped | None = None
         self._assigned: list[str] = []  # workers handed a share: a signal is passed on to them
-        self._started = False  # GO was sent
         self.zero = math.inf  # the plan's zero on the wall clock, once GO is sent
         self.received = 0
         for kind, handler in (
@@ -111,9 +110,9 @@ class Master:
         progress: Callable[[float], None] | None,
         ready_timeout_s: float,
         end_timeout_s: float,
-    ) -> float:
-        """Hand out the shares, start every worker at one time, write records until each is
-        done; returns the plan's zero on the wall clock."""
+    ) -> None:
+        """Hand out the shares, start every worker at one time (`zero`), write records until
+        each is done."""
         count = len(workers)
         self.reports = {i: WorkerReport(i) for i in range(count)}
         self._assigned = workers
@@ -122,11 +121,10 @@ class Master:
             self.runner.send_message(ASSIGN, data, client_id=client)
         self._wait(lambda: len(self._ready) == count, ready_timeout_s, workers, "ready")
         self._check_stopped()
-        zero = self.zero = time.time() + LEAD_S
+        self.zero = time.time() + LEAD_S
         for client in workers:
-            self.runner.send_message(GO, {"zero": zero}, client_id=client)
-        self._started = True
-        ticker = gevent.spawn(self._tick, progress, zero) if progress is not None else None
+            self.runner.send_message(GO, {"zero": self.zero}, client_id=client)
+        ticker = gevent.spawn(self._tick, progress) if progress is not None else None
         try:
             self._wait(
                 lambda: all(r.finished for r in self.reports.values()),
@@ -140,7 +138,11 @@ class Master:
         failed = [r for r in self.reports.values() if r.error]
         if failed:
             raise DistributedError("; ".join(f"worker {r.index}: {r.error}" for r in failed))
-        return zero
+
+    @property
+    def started(self) -> bool:
+        """The workers have the plan's zero: sending has begun."""
+        return math.isfinite(self.zero)
 
     def quit(self) -> None:
         self.runner.quit()
@@ -198,7 +200,7 @@ class Master:
                 )
             if time.monotonic() > deadline:
                 raise DistributedError(f"the workers were not all {what} within {timeout_s:g} s")
-            if not self._started:
+            if not self.started:
                 self._check_stopped()
             self._changed.clear()
             self._changed.wait(0.5)
@@ -235,10 +237,10 @@ class Master:
         if self.stopped is not None:
             raise DistributedError(f"{self.stopped.name} before sending began: nothing was sent")
 
-    def _tick(self, progress: Callable[[float], None], zero: float) -> None:
+    def _tick(self, progress: Callable[[float], None]) -> None:
         while True:
             gevent.sleep(2.0)
-            progress(time.time() - zero)
+            progress(time.time() - self.zero)
 
     def _on_ready(self, environment: Environment, msg: Any) -> None:
         self._ready.add(int(msg.data["index"]))

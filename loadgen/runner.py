@@ -26,7 +26,7 @@ from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from loadgen.client import Endpoint, Messages, StreamingCall
+from loadgen.client import ConnectionPool, Endpoint, Messages, StreamingCall
 from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
@@ -104,6 +104,7 @@ class LoadRun:
         self.followers = followers_of(self.plan)
         self.endpoint = endpoint
         self.address = endpoint.address()  # resolved once for the run
+        self.connections = ConnectionPool()  # kept alive where the server allows
         self.writer = writer
         self.store_prompts = store_prompts
         self.prompts = prompts or PlannedPrompts()
@@ -168,6 +169,7 @@ class LoadRun:
             self._print_progress()
             self._sample()  # the final state: every request has finished
             self.cpu.sample()
+            self.connections.close()
             gc.unfreeze()
 
     def stop(self, signum: int) -> None:
@@ -284,6 +286,7 @@ class LoadRun:
                     intended_start=intended,  # a retry keeps the first attempt's: `*_intended`
                     attempt=attempt,  # latencies show what the user waited, backoff included
                     address=self.address,
+                    pool=self.connections,
                 )
                 try:
                     call.run()

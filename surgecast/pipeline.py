@@ -620,11 +620,10 @@ def _send_distributed(
         telemetry = TelemetryRecorder(
             _samplers(scenario.telemetry, endpoint.base_url), telemetry_stream
         )
-        zero = time.time()  # the plan's zero on the wall clock, once the workers know it
-
-        def sample() -> None:
+        def sample() -> None:  # on the run's clock, from the plan's zero
             while True:
-                telemetry.tick(time.time() - zero)
+                if master.started:
+                    telemetry.tick(time.time() - master.zero)
                 gevent.sleep(scenario.telemetry.interval_s)
 
         def said(elapsed: float) -> None:
@@ -642,7 +641,7 @@ def _send_distributed(
                 children = [subprocess.Popen(command, start_new_session=True) for _ in range(local)]
                 workers = master.wait_for_workers(scale.workers, scale.connect_timeout_s)
                 work = assignment(plan, scenario, endpoint, prompts)
-                zero = master.run(
+                master.run(
                     workers, work, said if progress else None, 60.0, _end_timeout(plan, endpoint)
                 )
         except DistributedError as e:  # the records that came are kept; the run is invalid

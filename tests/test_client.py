@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from loadgen import client
-from loadgen.client import KERNEL_STAMPS, Endpoint, StreamingCall
+from loadgen.client import KERNEL_STAMPS, ConnectionPool, Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
 from tests.conftest import FAST_ENGINE
@@ -195,3 +197,66 @@ def test_a_late_reader_stamps_when_the_bytes_came(
         assert max(abs(x) for x in lags) < 0.001
     else:
         assert min(lags) > 0.004
+
+
+def test_connections_are_kept_alive_and_streams_stay_exact(target_url: str) -> None:
+    """On a server that keeps connections (the reference target, aiohttp), later requests reuse
+    them, and their chunk times still agree with the target's own writes."""
+    pool = ConnectionPool()
+    records = []
+    for i in range(8):
+        call = StreamingCall(
+            Endpoint(target_url), _spec(max_tokens=6, rid=f"k{i}"), time.monotonic, pool=pool
+        )
+        records.append(call.run())
+    pool.close()
+    assert all(r.status == "ok" for r in records), [r.error_detail for r in records]
+    assert pool.reused == 7 and pool.closed_by_server == 0
+    served = _served(target_url)
+    for rec in records:
+        written = served[rec.response_id or ""]["chunk_written"]
+        lags = [c - w for c, w in zip(rec.chunk_times, written, strict=True)]
+        assert max(abs(x) for x in lags) < 0.005
+
+
+def _closing_server() -> tuple[socketserver.TCPServer, str]:
+    """Says `Connection: keep-alive` and closes after every streamed answer, as llama-server
+    does."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            length = 0
+            while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            self.rfile.read(length)
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+            )
+            for data in (b'{"choices":[{"delta":{"content":"hi"}}]}', b"[DONE]"):
+                event = b"data: " + data + b"\n\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.write(b"0\r\n\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def test_a_server_that_closes_while_offering_keep_alive_costs_nothing() -> None:
+    server, url = _closing_server()
+    pool = ConnectionPool()
+    try:
+        records = [
+            StreamingCall(Endpoint(url), _spec(rid=f"c{i}"), time.monotonic, pool=pool).run()
+            for i in range(5)
+        ]
+    finally:
+        pool.close()
+        server.shutdown()
+    assert all(r.status == "ok" and len(r.chunk_times) == 1 for r in records)
+    # each kept connection was found closed, or (its close still on the way) failed and was
+    # replaced by a new one: every request answered either way
+    assert pool.reused + pool.closed_by_server == 4
