@@ -620,6 +620,7 @@ def _send_distributed(
         telemetry = TelemetryRecorder(
             _samplers(scenario.telemetry, endpoint.base_url), telemetry_stream
         )
+
         def sample() -> None:  # on the run's clock, from the plan's zero
             while True:
                 if master.started:
