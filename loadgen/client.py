@@ -330,7 +330,7 @@ class StreamingCall:
             if response.status != 200:
                 self._http_error(response)
             elif ep.stream:
-                self._read_stream(conn, response, deadline)
+                self._read_stream(response, deadline)
             else:
                 self._read_whole(response)
             keep = self.pool is not None and self._completed and _drained(conn, response)
@@ -480,9 +480,7 @@ class StreamingCall:
             if isinstance(details, dict) and _whole(details.get("cached_tokens")) is not None:
                 self.record.cached_tokens = details["cached_tokens"]
 
-    def _read_stream(
-        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
-    ) -> None:
+    def _read_stream(self, response: http.client.HTTPResponse, deadline: float) -> None:
         """Read the stream as the bytes come (one receive at a time, not a line), time-stamping
         every line by the receive that completed it: lines that came together share a time."""
         done = False
@@ -496,8 +494,7 @@ class StreamingCall:
             remaining = limit - self.clock()
             if remaining <= 0:
                 raise TimeoutError
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining)
+            self._sock.settimeout(remaining)  # conn.sock is gone where the server closes
             data = response.read1(READ_BYTES)
             now = self._arrived()
             if not data:
