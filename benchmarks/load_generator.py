@@ -25,6 +25,7 @@ import os
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,92 +41,128 @@ ACCURATE_MS = 5.0
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = b'data: {"id":"%s","choices":[{"index":0,"delta":{"content":"tok "}}]}\n\n'
 LAST = b'data: {"id":"%s","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
-HEAD = (
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+CLOSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"Connection: close\r\n\r\n"
 )
+SO_TIMESTAMPNS = 35  # Linux: each receive carries the kernel's time of its data
 
 
-class TruthLog:
-    """What the truth server did: per response id, when it read the request and wrote each
-    chunk."""
+class TruthServer:
+    """The truth server: raw non-blocking sockets on an asyncio loop, so each request's arrival
+    comes from the kernel's receive stamp (a busy server reads late, but logs when the bytes came)
+    and each chunk's write time is taken right after its send. Keep-alive with chunked framing,
+    as vLLM and OpenAI serve; with `closes`, one response per connection, as llama-server."""
 
-    def __init__(self) -> None:
-        self.requests: dict[str, dict[str, Any]] = {}
+    def __init__(self, closes: bool):
+        self.closes = closes
+        self.log: dict[str, dict[str, Any]] = {}
         self.count = 0
+        self.loop = asyncio.get_running_loop()
 
+    def listen(self, port: int) -> None:
+        sock = socket.create_server(("127.0.0.1", port), backlog=4096)
+        sock.setblocking(False)
+        self.loop.add_reader(sock, self._accept, sock)
 
-class Truth(asyncio.Protocol):
-    """One connection: read one request, answer it, log its times, close."""
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.loop.add_reader(conn, self._read, conn, bytearray())
 
-    def __init__(self, log: TruthLog):
-        self.log = log
+    def _close(self, conn: socket.socket) -> None:
+        self.loop.remove_reader(conn)
+        conn.close()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        head, sep, body = self.buffer.partition(b"\r\n\r\n")
-        if not sep:
+    def _read(self, conn: socket.socket, buffer: bytearray) -> None:
+        try:
+            data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16))
+        except BlockingIOError:
             return
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if len(body) < length:
-            return
-        received = time.monotonic()
-        path = head.split(b" ")[1]
+        except OSError:
+            return self._close(conn)
+        if not data:
+            return self._close(conn)
+        arrived = time.monotonic()
+        for _, _, stamp in ancillary:
+            seconds, nanoseconds = struct.unpack_from("qq", stamp)
+            arrived -= time.time() - (seconds + nanoseconds * 1e-9)
+        buffer += data
+        while True:
+            head, sep, rest = bytes(buffer).partition(b"\r\n\r\n")
+            if not sep:
+                return
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                return
+            del buffer[: len(head) + 4 + length]
+            self._answer(conn, head.split(b" ")[1], arrived)
+
+    def _answer(self, conn: socket.socket, path: bytes, arrived: float) -> None:
         if path.endswith(b"/models"):
-            self._json({"object": "list", "data": [{"id": "surgecast-reference"}]})
+            self._json(conn, {"object": "list", "data": [{"id": "surgecast-reference"}]})
         elif path.endswith(b"/log"):
-            self._json(self.log.requests)
-            self.log.requests = {}
+            self._json(conn, self.log)
+            self.log = {}
         elif path.endswith(b"/completions"):
-            self.log.count += 1
-            rid = f"chatcmpl-{self.log.count}"
-            self.log.requests[rid] = {"received": received, "writes": []}
-            self.transport.write(HEAD)
-            loop = asyncio.get_running_loop()
-            for i in range(CHUNKS + 1):
-                loop.call_at(loop.time() + TTFT_S + i * GAP_S, self._chunk, rid, i)
+            self.count += 1
+            rid = b"chatcmpl-%d" % self.count
+            writes: list[float] = []
+            self.log[rid.decode()] = {"received": arrived, "writes": writes}
+            conn.send(CLOSE_HEAD if self.closes else STREAM_HEAD)
+            due = self.loop.time() + TTFT_S
+            self.loop.call_at(due, self._chunk, conn, rid, writes, due)
         else:
-            self.transport.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            self.transport.close()
+            conn.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
 
-    def _chunk(self, rid: str, i: int) -> None:
-        if self.transport.is_closing():
+    def _chunk(self, conn: socket.socket, rid: bytes, writes: list[float], due: float) -> None:
+        if conn.fileno() < 0:
             return
-        if i < CHUNKS:
-            self.transport.write(CHUNK % rid.encode())
-            self.log.requests[rid]["writes"].append(time.monotonic())
-        else:
-            self.transport.write(LAST % rid.encode() + b"data: [DONE]\n\n")
-            self.transport.close()
+        last = len(writes) == CHUNKS
+        event = (LAST % rid + b"data: [DONE]\n\n") if last else CHUNK % rid
+        if not self.closes:
+            event = b"%x\r\n%s\r\n%s" % (len(event), event, b"0\r\n\r\n" if last else b"")
+        try:
+            conn.send(event)
+        except OSError:
+            return self._close(conn)
+        if not last:
+            writes.append(time.monotonic())
+            self.loop.call_at(due + GAP_S, self._chunk, conn, rid, writes, due + GAP_S)
+        elif self.closes:
+            self._close(conn)
 
-    def _json(self, data: object) -> None:
+    def _json(self, conn: socket.socket, data: object) -> None:
         body = json.dumps(data).encode()
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        conn.setblocking(True)  # the log can be larger than one send
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        self.transport.close()
+        conn.setblocking(False)
 
 
-async def serve(port: int) -> None:
-    log = TruthLog()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Truth(log), "127.0.0.1", port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+async def serve(port: int, closes: bool) -> None:
+    TruthServer(closes).listen(port)
+    await asyncio.Event().wait()
 
 
 async def baseline(url: str, rate: float, duration_s: float, seed: int, out: Path) -> None:
-    """A plain open-loop client: a task per planned request, one connection each."""
+    """A plain open-loop client: a task per planned request, on pooled connections."""
     import aiohttp
 
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, int(rate * duration_s * 2))
@@ -134,7 +171,7 @@ async def baseline(url: str, rate: float, duration_s: float, seed: int, out: Pat
     loop = asyncio.get_running_loop()
     rows: list[dict[str, Any]] = []
     body = {"model": "surgecast-reference", "messages": [{"role": "user", "content": "hi"}]}
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    connector = aiohttp.TCPConnector(limit=0)  # keeps connections alive where the server does
     async with aiohttp.ClientSession(connector=connector) as session:
         t0 = loop.time() + 0.2
 
@@ -285,6 +322,12 @@ def main() -> int:
         help="surgecast's generator processes (--processes); the clients get every core but "
         "the truth server's",
     )
+    p.add_argument(
+        "--server-closes",
+        action="store_true",
+        help="the truth server closes each connection after its response, as llama-server "
+        "does (default: keep-alive with chunked framing, as vLLM and OpenAI)",
+    )
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     p.add_argument("--baseline", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -293,14 +336,16 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so the servers it started are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.serve:
-        asyncio.run(serve(a.serve))
+        asyncio.run(serve(a.serve, a.server_closes))
         return 0
     if a.baseline:
         asyncio.run(baseline(a.baseline, a.rate, a.duration_s, 7, a.out))
         return 0
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)], preexec_fn=_pinned(0)
+        [sys.executable, __file__, "--serve", str(port)]
+        + (["--server-closes"] if a.server_closes else []),
+        preexec_fn=_pinned(0),
     )
     url = f"http://127.0.0.1:{port}/v1"
     time.sleep(1.0)

@@ -1,26 +1,22 @@
 """A streaming OpenAI-compatible client that timestamps every server-sent event line as it arrives.
 
-It reads the response line by line (`http.client` returns a line as soon as it is complete), never
-in fixed-size blocks, so chunk times are what the wire delivered. Under Locust the same code runs
-on gevent's patched sockets. One connection per request: some servers (llama.cpp) close a streamed
-connection while advertising keep-alive, which breaks pooled clients. The host name is resolved
-once per endpoint, not on every connect (gevent's resolver threads would fight the sender for the
-GIL). A request's `start` is stamped once connected, as its bytes are written, so time spent
-connecting or queued in the client is schedule lag or connect time, never TTFT.
+Each receive is read as it comes, never in fixed-size blocks, and every line it completes is
+stamped with the kernel's arrival time of those bytes (`loadgen.wire`), so chunk times are what
+the wire delivered even when the event loop reads them late. Under Locust the same code runs on
+gevent's patched sockets. Connections are kept alive where the server allows it, and one the
+server closed while idle (llama-server closes after every stream while advertising keep-alive)
+is dropped or replaced, never a failed request. The host name is resolved once per endpoint.
+A request's `start` is stamped as its bytes are written, so time spent connecting or queued in
+the client is schedule lag or connect time, never TTFT.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
+import contextlib
 import json
 import math
 import os
-import select
 import socket
-import ssl
-import struct
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
 from scenarios.scrub import stored_prompt
@@ -110,8 +107,8 @@ class Endpoint:
         keeps the name, which the certificate check needs)."""
         parts = urlsplit(self.base_url)
         host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if parts.scheme == "https":
+        port = parts.port or (443 if self.tls else 80)
+        if self.tls:
             return host, port
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -119,79 +116,14 @@ class Endpoint:
             return host, port  # connecting will fail and say why
         return str(info[0][4][0]), port
 
-    def connect(
-        self, timeout: float, address: tuple[str, int] | None = None
-    ) -> http.client.HTTPConnection:
-        """A connection (not yet open) to `address` (default: resolved now)."""
-        host, port = address or self.address()
-        if urlsplit(self.base_url).scheme == "https":
-            return http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=ssl.create_default_context()
-            )
-        return _AddressConnection(host, port, timeout=timeout)
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.base_url).scheme == "https"
 
     @property
     def host_header(self) -> str:
         """The Host header the URL names (kept when connecting to a resolved address)."""
         return urlsplit(self.base_url).netloc
-
-
-class _AddressConnection(http.client.HTTPConnection):
-    """Connects to an address already resolved without looking it up again (gevent's
-    `create_connection` sends every connect's lookup, numeric or not, to its resolver's
-    thread pool, whose threads then fight the sending loop for the GIL), on Linux with the
-    kernel's receive time stamps on."""
-
-    def connect(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect((self.host, self.port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if KERNEL_STAMPS:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = _StampedSocket(sock) if KERNEL_STAMPS else sock
-
-
-# Linux's SO_TIMESTAMPNS (the socket module does not name it): each receive carries the time
-# the kernel took its last packet in, on CLOCK_REALTIME
-KERNEL_STAMPS = sys.platform == "linux"
-SO_TIMESTAMPNS = 35
-_STAMP = struct.Struct("qq")
-_ANCILLARY = socket.CMSG_SPACE(_STAMP.size) if KERNEL_STAMPS else 0
-
-
-class _StampedSocket:
-    """A connected socket whose every receive notes when the kernel received the data: a busy
-    event loop delays the reading, never that time. http.client reads through it."""
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.arrival: float | None = None  # CLOCK_REALTIME of the last receive's data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        view = memoryview(buffer)
-        n, ancillary, _, _ = self._sock.recvmsg_into(
-            [view[:nbytes] if nbytes else view], _ANCILLARY
-        )
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _STAMP.size:
-                seconds, nanoseconds = _STAMP.unpack_from(data)
-                self.arrival = seconds + nanoseconds * 1e-9
-        return n
-
-    def makefile(self, mode: str = "rb", buffering: int | None = None, **_: Any) -> Any:
-        """A reader of this socket's receives; the socket closes once it and the reader have
-        (the standard library's reference count, which http.client relies on)."""
-        self._sock._io_refs += 1  # type: ignore[attr-defined]
-        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 class TargetUnreachable(Exception):
@@ -203,8 +135,8 @@ class TargetRefused(Exception):
 
 
 AUTH_STATUSES = (401, 403)
-READ_BYTES = 1 << 16  # at most, per receive
 DRAIN_S = 1.0  # for the end of a finished response, before its connection is kept
+ERROR_BYTES = 4096  # of an error answer's body, kept for its message
 MAX_LINE_BYTES = 1 << 20
 SSE_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
 
@@ -286,7 +218,13 @@ class StreamingCall:
         self._tokens_seen = 0  # the running completion count, where every chunk carries it
         self._finished = False  # the server sent a finish_reason
         self._completed = False  # the response was read to its end
-        self._sock: Any = None  # the connected socket
+        self._done = False  # the stream's [DONE] came
+        self._pending = b""  # a stream line not yet complete
+        self._body: list[bytes] = []  # a whole (or error) response's body
+        self._now = 0.0  # when the receive being read arrived
+        self._deadline = math.inf  # the request's timeout
+        self._give_up = math.inf  # the user's patience, until the first token
+        self._response = Response(self._on_body)
         planned = spec.arrival if intended_start is None else intended_start
         prompt = "\n".join(m["content"] for m in messages) if messages else spec.prompt
         self.record = RequestRecord(
@@ -307,33 +245,29 @@ class StreamingCall:
     def run(self) -> RequestRecord:
         rec = self.record
         ep = self.endpoint
-        payload = json.dumps(ep.body(self.spec, self.messages)).encode()
-        headers = {
-            "Host": ep.host_header,
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-        }
+        headers = {"Host": ep.host_header, "Content-Type": "application/json"}
+        headers["Accept"] = "text/event-stream"
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
+        payload = json.dumps(ep.body(self.spec, self.messages)).encode()
         began = rec.start = self.clock()
         rec.schedule_lag_s = max(0.0, began - rec.intended_start)
-        deadline = began + ep.timeout_s
+        deadline = self._deadline = began + ep.timeout_s
         patience = self.spec.patience_s  # counted from the first attempt's intended start
         give_up = math.inf if patience is None else rec.intended_start + patience
-        first_wait = max(0.001, min(give_up - began, ep.timeout_s))
+        self._give_up = give_up
         conn = None
         keep = False  # the connection goes back to the pool, not closed
         try:
-            conn, response = self._send(payload, headers, first_wait, began)
-            rec.first_byte = self._arrived()
-            rec.http_status = response.status
-            if response.status != 200:
-                self._http_error(response)
+            conn = self._send(request_bytes("POST", ep.path, headers, payload), began)
+            rec.http_status = self._response.status
+            if self._response.status != 200:
+                self._http_error(conn)
             elif ep.stream:
-                self._read_stream(response, deadline)
+                self._read_stream(conn)
             else:
-                self._read_whole(response)
-            keep = self.pool is not None and self._completed and _drained(conn, response)
+                self._read_whole(conn)
+            keep = self.pool is not None and self._completed and self._drained(conn)
         except StreamError as e:
             self._fail("error", e.kind, e.detail)
         except TimeoutError:
@@ -343,7 +277,9 @@ class StreamingCall:
                 self._fail("timeout", "timeout", f"no complete response within {ep.timeout_s:g} s")
         except ConnectionRefusedError as e:
             self._fail("error", "connection_refused", str(e))
-        except (http.client.HTTPException, OSError) as e:
+        except ProtocolError as e:
+            self._fail("error", "protocol", str(e))
+        except OSError as e:
             self._fail("error", _broken_kind(rec), f"{type(e).__name__}: {e}")
         except Exception as e:  # a failing target is recorded, never a crash of the run
             self._fail("error", "client_exception", f"{type(e).__name__}: {e}")
@@ -357,43 +293,68 @@ class StreamingCall:
             rec.response_bytes = self._bytes or None
         return rec
 
-    def _send(
-        self, payload: bytes, headers: dict[str, str], connect_wait: float, began: float
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send the request on a pooled connection if one is idle, else on a new one; a
-        pooled connection the server closed before answering is replaced once. `start` is
-        stamped just before the bytes are written: connecting is `connect_s`, not TTFT."""
+    def _send(self, request: bytes, began: float) -> Connection:
+        """Send the request on a pooled connection if one is idle, else on a new one, and read
+        until the answer's headers are in; a pooled connection the server closed before
+        answering is replaced once. `start` is stamped just before the bytes are written:
+        connecting is `connect_s`, not TTFT."""
         rec, ep = self.record, self.endpoint
         conn = self.pool.take() if self.pool is not None else None
         while True:
             reused = conn is not None
             if conn is None:
-                conn = ep.connect(connect_wait, self.address)
-                conn.connect()
-            self._sock = conn.sock  # the response outlives conn.sock where the server closes
+                wait = max(0.001, self._limit() - self.clock())
+                conn = Connection.open(*self.address, timeout=wait, tls=ep.tls)
             # stamped before the send, not after: a client descheduled right after sending
             # (the server taking every core) would otherwise start late and see too short a TTFT
             rec.start = self.clock()
             rec.connect_s = rec.start - began
             try:
-                conn.request("POST", ep.path, body=payload, headers=headers)
-                return conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                if not reused:
+                conn.send(request, max(0.001, self._limit() - rec.start))
+                self._read_until(conn, lambda: self._response.status is not None)
+                if self._response.status is None:
+                    raise Closed("the server closed the connection before answering")
+                return conn
+            except BaseException as e:
+                conn.close()
+                stale = isinstance(e, (Closed, ConnectionResetError, BrokenPipeError))
+                if not (reused and stale and rec.first_byte is None):
                     raise
-                conn.close()  # closed while idle (a keep-alive timeout): once more, anew
-                conn = None
+                conn = None  # closed while idle (a keep-alive timeout): once more, anew
+                self._response = Response(self._on_body)
 
-    def _arrived(self) -> float:
-        """When the bytes just read came in, on this call's clock: by the kernel's receive
-        stamp where there is one (a busy loop reads them later than that), else now."""
+    def _limit(self) -> float:
+        """No receive waits past this: the user's patience until the first token, the
+        request's timeout throughout."""
+        if self.record.first_token is not None:
+            return self._deadline
+        return min(self._deadline, self._give_up)
+
+    def _read_until(
+        self, conn: Connection, done: Callable[[], bool], limit: float | None = None
+    ) -> None:
+        """Receive and feed the response until `done()` or the server closes; no receive waits
+        past `limit` (default: `_limit()`), else TimeoutError."""
+        response = self._response
+        conn.read(
+            self._on_receive,
+            lambda: done() or response.closed,
+            self._limit if limit is None else lambda: limit,
+            self.clock,
+        )
+
+    def _on_receive(self, data: bytes, arrival: float | None) -> None:
+        """One receive's bytes; `arrival`: when the kernel took them in (CLOCK_REALTIME), where
+        it says so. A busy loop reads them later than that: their time is put back to it."""
         now = self.clock()
-        sock = self._sock
-        if isinstance(sock, _StampedSocket) and sock.arrival is not None:
-            waited = time.time() - sock.arrival  # in the kernel's buffer, unread
+        if arrival is not None:
+            waited = time.time() - arrival  # in the kernel's buffer, unread
             if 0.0 <= waited < 60.0:  # else the wall clock stepped: trust now
-                return now - waited
-        return now
+                now -= waited
+        self._now = now
+        if self.record.first_byte is None and data:
+            self.record.first_byte = now
+        self._response.feed(data)
 
     def cancel(self) -> None:
         """Mark the call cancelled: the run ended (or was interrupted) while it was in flight."""
@@ -407,20 +368,25 @@ class StreamingCall:
         rec.error_kind = kind
         rec.error_detail = self.endpoint.redact(detail)[:DETAIL_CHARS] or None
 
-    def _http_error(self, response: http.client.HTTPResponse) -> None:
-        text = response.read(4096).decode("utf-8", "replace")
+    def _http_error(self, conn: Connection) -> None:
+        response = self._response
+        with contextlib.suppress(TimeoutError, OSError, ProtocolError, StreamError):
+            # the message in the body, as much of it as comes in time
+            self._read_until(conn, lambda: response.complete or self._bytes >= ERROR_BYTES)
+        text = b"".join(self._body)[:ERROR_BYTES].decode("utf-8", "replace")
         try:
             message = json.loads(text)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = text
-        retry_after = response.getheader("Retry-After")
+        retry_after = response.headers.get("retry-after")
         if retry_after is not None:
             try:
                 self.retry_after_s = max(0.0, float(retry_after))
             except ValueError:
                 self.retry_after_s = None  # an HTTP-date: rare from LLM servers; backoff decides
-        kind = f"http_{response.status}"
-        self._fail("rejected" if response.status in (429, 503) else "error", kind, str(message))
+        status = response.status
+        kind = f"http_{status}"
+        self._fail("rejected" if status in (429, 503) else "error", kind, str(message))
 
     def _on_content(self, text: str, now: float) -> None:
         if not text:
@@ -480,43 +446,39 @@ class StreamingCall:
             if isinstance(details, dict) and _whole(details.get("cached_tokens")) is not None:
                 self.record.cached_tokens = details["cached_tokens"]
 
-    def _read_stream(self, response: http.client.HTTPResponse, deadline: float) -> None:
-        """Read the stream as the bytes come (one receive at a time, not a line), time-stamping
-        every line by the receive that completed it: lines that came together share a time."""
-        done = False
-        patience = self.spec.patience_s
-        ep_limit = self.endpoint.max_response_bytes
-        pending = b""  # a line not yet complete
-        while not done:
-            limit = deadline
-            if patience is not None and self.record.first_token is None:
-                limit = min(deadline, self.record.intended_start + patience)
-            remaining = limit - self.clock()
-            if remaining <= 0:
-                raise TimeoutError
-            self._sock.settimeout(remaining)  # conn.sock is gone where the server closes
-            data = response.read1(READ_BYTES)
-            now = self._arrived()
-            if not data:
-                break
-            self._bytes += len(data)
-            if self._bytes > ep_limit:
-                raise StreamError(
-                    "response_too_large",
-                    f"the response passed target.max_response_bytes ({ep_limit:,} bytes): "
-                    "the rest was not read",
-                )
-            *lines, pending = (pending + data).split(b"\n")
-            if len(pending) > MAX_LINE_BYTES:
-                raise StreamError("protocol", f"a line longer than {MAX_LINE_BYTES:,} bytes")
-            for line in lines:
-                if self._on_line(line, now):
-                    done = True
-                    break
-        if not done and pending:  # the last line, without its newline
-            done = self._on_line(pending, self.clock())
-        if not (done or self._finished):
-            if _cut_off(response):
+    def _on_body(self, data: bytes) -> None:
+        """Body bytes as they come: a stream's lines are read at once, every line stamped with
+        the receive that completed it (lines that came together share a time); any other body
+        is kept whole."""
+        self._bytes += len(data)
+        limit = self.endpoint.max_response_bytes
+        if self._bytes > limit:
+            raise StreamError(
+                "response_too_large",
+                f"the response passed target.max_response_bytes ({limit:,} bytes): the rest "
+                "was not read",
+            )
+        if self._response.status != 200 or not self.endpoint.stream:
+            self._body.append(data)
+            return
+        if self._done:
+            return  # after [DONE]
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        if len(self._pending) > MAX_LINE_BYTES:
+            raise StreamError("protocol", f"a line longer than {MAX_LINE_BYTES:,} bytes")
+        for line in lines:
+            if self._on_line(line, self._now):
+                self._done = True
+                return
+
+    def _read_stream(self, conn: Connection) -> None:
+        """Read the stream to its `[DONE]` (or the end of the response)."""
+        response = self._response
+        self._read_until(conn, lambda: self._done or response.complete)
+        if not self._done and self._pending:  # the last line, without its newline
+            self._done = self._on_line(self._pending, self.clock())
+        if not (self._done or self._finished):
+            if response.cut_off:
                 raise StreamError("stream_reset", "the connection closed mid-response")
             raise StreamError("incomplete_stream", "the server closed the stream before finishing")
         self._finish()
@@ -538,26 +500,33 @@ class StreamingCall:
         self._on_event(event, now)
         return False
 
-    def _read_whole(self, response: http.client.HTTPResponse) -> None:
-        limit = self.endpoint.max_response_bytes
-        raw = response.read(limit + 1)
-        now = self._arrived()
-        self._bytes = len(raw)
-        if len(raw) > limit:
-            raise StreamError(
-                "response_too_large",
-                f"the response passed target.max_response_bytes ({limit:,} bytes): the rest "
-                "was not read",
-            )
+    def _read_whole(self, conn: Connection) -> None:
+        response = self._response
+        self._read_until(conn, lambda: response.complete)
+        if response.cut_off:
+            raise StreamError("stream_reset", "the connection closed mid-response")
+        raw = b"".join(self._body)
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
             text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
         except (ValueError, KeyError, IndexError, TypeError):
             raise StreamError("protocol", f"response is not a completion: {raw[:80]!r}") from None
-        self._on_content(text, now)
+        self._on_content(text, self._now)
         self._take_usage(body.get("usage"))
         self._finish()
+
+    def _drained(self, conn: Connection) -> bool:
+        """Read what is left of a finished response (a stream's last, empty chunk); True when
+        the connection can carry another request."""
+        response = self._response
+        if not response.keep_alive:
+            return False
+        try:
+            self._read_until(conn, lambda: response.complete, self.clock() + DRAIN_S)
+        except (TimeoutError, OSError, ProtocolError, StreamError):
+            return False
+        return response.complete and response.keep_alive
 
     def _finish(self) -> None:
         rec = self.record
@@ -578,21 +547,21 @@ class ConnectionPool:
 
     def __init__(self, size: int = 256):
         self.size = size
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[Connection] = []
         self.reused = 0  # requests sent on a kept connection
         self.closed_by_server = 0  # kept connections found closed when wanted
 
-    def take(self) -> http.client.HTTPConnection | None:
+    def take(self) -> Connection | None:
         while self._idle:
             conn = self._idle.pop()
-            if _still_open(conn):
+            if conn.idle():
                 self.reused += 1
                 return conn
             self.closed_by_server += 1
             conn.close()
         return None
 
-    def give(self, conn: http.client.HTTPConnection) -> None:
+    def give(self, conn: Connection) -> None:
         if len(self._idle) < self.size:
             self._idle.append(conn)
         else:
@@ -601,40 +570,6 @@ class ConnectionPool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
-
-
-def _still_open(conn: http.client.HTTPConnection) -> bool:
-    """An idle connection that has nothing to read: the server neither closed it (a read would
-    return nothing) nor sent anything unasked."""
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
-
-
-def _drained(conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> bool:
-    """Read what is left of a finished response (a stream's last, empty chunk); True when the
-    connection can carry another request."""
-    if response.will_close or conn.sock is None:
-        return False
-    try:
-        conn.sock.settimeout(DRAIN_S)
-        response.read()
-    except (http.client.HTTPException, OSError):
-        return False
-    return response.isclosed()
-
-
-def _cut_off(response: http.client.HTTPResponse) -> bool:
-    """At the end of a body: the connection closed before the body's own framing was complete
-    (no terminating chunk, or bytes of its Content-Length missing): broken, not finished."""
-    if response.chunked:
-        return response.chunk_left is not None  # http.client sets None at the last chunk
-    return bool(response.length)
 
 
 def _broken_kind(rec: RequestRecord) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import socketserver
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from loadgen import client
-from loadgen.client import KERNEL_STAMPS, ConnectionPool, Endpoint, StreamingCall
+from loadgen import wire
+from loadgen.client import ConnectionPool, Endpoint, StreamingCall
+from loadgen.wire import KERNEL_STAMPS
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
 from tests.conftest import FAST_ENGINE
@@ -123,15 +125,14 @@ def test_api_key_is_sent_but_never_recorded(target_url: str) -> None:
 
 
 def test_ipv6_loopback_url_is_understood() -> None:
-    conn = Endpoint("http://[::1]:9/v1").connect(1.0)
-    assert (conn.host, conn.port) == ("::1", 9)
+    assert Endpoint("http://[::1]:9/v1").address() == ("::1", 9)
 
 
 def test_block_reader_would_fail_the_agreement_check(target_url: str) -> None:
     """Negative control: reading in 4 KiB blocks sees the first token far too late."""
     endpoint = Endpoint(target_url)
     spec = _spec(max_tokens=20)
-    conn = endpoint.connect(5.0)
+    conn = http.client.HTTPConnection(*endpoint.address(), timeout=5.0)
     conn.request(
         "POST",
         endpoint.path,
@@ -182,7 +183,7 @@ def test_a_late_reader_stamps_when_the_bytes_came(
     """A reader whose clock is read 4 ms late (a busy event loop) still stamps each chunk when
     the kernel received it: within 1 ms of the target's own write, one chunk a read (the
     steps are 10.5 ms apart). Without the kernel's stamps the same reader is 4 ms late."""
-    monkeypatch.setattr(client, "KERNEL_STAMPS", kernel)
+    monkeypatch.setattr(wire, "KERNEL_STAMPS", kernel)
 
     def busy_clock() -> float:
         time.sleep(0.004)  # each time is read 4 ms late; with two reads of it a chunk, 8 ms

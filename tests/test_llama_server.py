@@ -130,7 +130,7 @@ def test_connection_closed_after_a_stream_yet_each_call_succeeds(llama: LlamaSer
     """llama-server closes a streamed connection; the client opens one per request."""
     endpoint = Endpoint(llama.base_url)
     body = json.dumps(endpoint.body(_spec(5, 20, 4))).encode()
-    conn = endpoint.connect(30)
+    conn = http.client.HTTPConnection(*endpoint.address(), timeout=30)
     try:
         conn.request("POST", endpoint.path, body=body, headers={"Content-Type": "application/json"})
         response = conn.getresponse()
