@@ -1,19 +1,21 @@
 """Load-generator accuracy: `surgecast run` against a truth server, beside a plain aiohttp client.
 
     python benchmarks/load_generator.py [--rates 100,200,400,700,1000,1500] [--duration-s 5]
-        [--processes N]
+        [--processes N] [--server-closes]
 
 The truth server (this file, `--serve`, on core 0) answers each streamed request after 50 ms with
-32 content chunks 10 ms apart, and logs when it read the request and when it wrote each chunk
-(time.monotonic, one clock for every process here). For each rate, an open-loop Poisson plan is
-sent by `surgecast run` (with `--processes N`, by N generator processes) and then by a plain
-asyncio/aiohttp open-loop client (`--baseline`), each on every other core (core 1 alone on a
-2-core machine; the truth server's one core bounds what it can serve). Per run: the achieved
-rate, the client-added TTFT error (client TTFT minus the server's own, first write - request
-read) at p50/p99, the per-gap ITL error at p99, schedule lag p99, surgecast's own p99 event-loop
-lag, the clients' CPU use (startup included) and surgecast's verdict (valid, or invalid: exit 3).
-The last line gives the highest rate each client held with p99 added TTFT error <= 5 ms.
-Loopback only.
+32 content chunks 10 ms apart, on keep-alive connections with chunked framing as vLLM and OpenAI
+do (`--server-closes`: one response per connection, as llama-server). It logs when each request
+arrived, by the kernel's receive stamp (a busy server reads late but logs when the bytes came),
+and when it wrote each chunk (intervals on its own clock). For each rate, an open-loop Poisson
+plan is sent by `surgecast run` (with `--processes N`, by N generator processes) and then by a
+plain asyncio/aiohttp open-loop client on pooled connections (`--baseline`), each on every other
+core (core 1 alone on a 2-core machine). Per run: the achieved rate, the client-added TTFT error
+(client TTFT minus the server's own, first write - request arrival) at p50/p99, the per-gap ITL
+error at p99, schedule lag p99, surgecast's own p99 event-loop lag, the clients' CPU use (startup
+included) and surgecast's verdict (valid, or invalid: exit 3). The last lines give the highest
+rate each client held with p99 added TTFT and ITL errors <= 5 ms, and for surgecast the highest
+it also called valid. Loopback only.
 """
 
 from __future__ import annotations
@@ -351,6 +353,7 @@ def main() -> int:
     time.sleep(1.0)
     ours = "surgecast" if a.processes == 1 else f"surgecast x{a.processes}"
     best: dict[str, float] = {ours: 0.0, "aiohttp": 0.0}
+    best_valid = 0.0  # accurate, and surgecast said so
     header = (
         f"{'client':>12} {'rate':>6} {'achieved':>8} {'matched':>11} {'ttft p50':>8} "
         f"{'ttft p99':>8} {'itl p99':>7} {'sched p99':>9} {'loop p99':>8} {'cpu %':>5}  verdict"
@@ -368,9 +371,11 @@ def main() -> int:
                     )
                     e = _errors(res["rows"], _truth_log(url))
                     held = e["matched"] >= 0.98 * res["planned"]  # the plan, answered and matched
-                    accurate = held and e["ttft_p99"] <= ACCURATE_MS
+                    accurate = held and max(e["ttft_p99"], e["itl_p99"]) <= ACCURATE_MS
                     if accurate:
                         best[res["client"]] = max(best[res["client"]], rate)
+                        if res["exit"] == "valid":
+                            best_valid = max(best_valid, rate)
                     print(
                         f"{res['client']:>12} {rate:6.0f} {e['rate']:8.0f} "
                         f"{e['matched']:5d}/{res['planned']:<5d} "
@@ -383,8 +388,9 @@ def main() -> int:
         server.kill()
     ratio = best[ours] / best["aiohttp"] if best["aiohttp"] else float("nan")
     print(
-        f"highest rate with p99 added TTFT error <= {ACCURATE_MS:g} ms: {ours} "
-        f"{best[ours]:g} req/s, aiohttp {best['aiohttp']:g} req/s (ratio {ratio:.2f})"
+        f"highest rate with p99 added TTFT and ITL errors <= {ACCURATE_MS:g} ms: {ours} "
+        f"{best[ours]:g} req/s, aiohttp {best['aiohttp']:g} req/s (ratio {ratio:.2f}); "
+        f"{ours} accurate and called valid: {best_valid:g} req/s"
     )
     return 0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,14 @@ FAST_ENGINE = EngineConfig(
 def target_url() -> Iterator[str]:
     with ReferenceTargetProcess(FAST_ENGINE, debug=True) as url:
         yield url
+
+
+def served_requests(base_url: str) -> dict[str, dict[str, Any]]:
+    """The reference target's own timing records (`debug=True`) of the requests it served, by
+    response id; not the 1-token preflight and sizing probes."""
+    url = base_url.removesuffix("/v1") + "/debug/requests"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return {d["id"]: d for d in json.load(r) if d["max_tokens"] > 1}
 
 
 # traffic settings for a test whose subject is not the generator's timing: a stall of this noisy

@@ -8,8 +8,6 @@ import socket
 import socketserver
 import threading
 import time
-import urllib.request
-from typing import Any
 
 import pytest
 
@@ -18,7 +16,7 @@ from loadgen.client import ConnectionPool, Endpoint, StreamingCall
 from loadgen.wire import KERNEL_STAMPS
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
-from tests.conftest import FAST_ENGINE
+from tests.conftest import FAST_ENGINE, served_requests
 
 
 def _spec(n_prompt: int = 30, max_tokens: int = 12, rid: str = "r1") -> RequestSpec:
@@ -28,12 +26,6 @@ def _spec(n_prompt: int = 30, max_tokens: int = 12, rid: str = "r1") -> RequestS
     return RequestSpec(
         id=rid, arrival=0.0, prompt_tokens=n_prompt, max_tokens=max_tokens, prompt=prompt
     )
-
-
-def _served(base_url: str) -> dict[str, dict[str, Any]]:
-    url = base_url.removesuffix("/v1") + "/debug/requests"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return {d["id"]: d for d in json.load(r)}
 
 
 def _call(endpoint: Endpoint, spec: RequestSpec) -> StreamingCall:
@@ -48,7 +40,7 @@ def test_stream_timing_agrees_with_target_record(target_url: str, api: str) -> N
     spec = _spec(max_tokens=15)
     rec = _call(endpoint, spec).record
     assert rec.status == "ok", rec.error_detail
-    served = _served(target_url)[rec.response_id or ""]
+    served = served_requests(target_url)[rec.response_id or ""]
     # the client's first content chunk matches the target's own first write within a few ms
     assert rec.first_token is not None
     assert abs(rec.first_token - served["first_chunk_written"]) < 0.005
@@ -149,7 +141,7 @@ def test_block_reader_would_fail_the_agreement_check(target_url: str) -> None:
             if line.startswith(b"data: {") and rid is None:
                 rid = json.loads(line[6:])["id"]
     conn.close()
-    served = _served(target_url)[rid or ""]
+    served = served_requests(target_url)[rid or ""]
     assert first_block is not None
     assert first_block - served["first_chunk_written"] > 0.05  # off by tens of milliseconds
 
@@ -165,7 +157,7 @@ def test_chunks_of_several_tokens_are_counted_from_usage_on_every_chunk() -> Non
     with ReferenceTargetProcess(FAST_ENGINE, stream_interval=4, debug=True) as url:
         endpoint = Endpoint(url, extra_body={"stream_options": options})
         rec = _call(endpoint, _spec(max_tokens=14)).record
-        served = _served(url)[rec.response_id or ""]
+        served = served_requests(url)[rec.response_id or ""]
     assert rec.status == "ok", rec.error_detail
     assert rec.chunk_tokens == [4, 4, 4, 2] and rec.output_tokens == 14
     lags = [c - w for c, w in zip(rec.chunk_times, served["chunk_written"], strict=True)]
@@ -192,7 +184,7 @@ def test_a_late_reader_stamps_when_the_bytes_came(
     call = StreamingCall(Endpoint(target_url), _spec(max_tokens=15), busy_clock)
     rec = call.run()
     assert rec.status == "ok", rec.error_detail
-    written = _served(target_url)[rec.response_id or ""]["chunk_written"]
+    written = served_requests(target_url)[rec.response_id or ""]["chunk_written"]
     lags = [c - w for c, w in zip(rec.chunk_times, written, strict=True)]
     if kernel:
         assert max(abs(x) for x in lags) < 0.001
@@ -213,7 +205,7 @@ def test_connections_are_kept_alive_and_streams_stay_exact(target_url: str) -> N
     pool.close()
     assert all(r.status == "ok" for r in records), [r.error_detail for r in records]
     assert pool.reused == 7 and pool.closed_by_server == 0
-    served = _served(target_url)
+    served = served_requests(target_url)
     for rec in records:
         written = served[rec.response_id or ""]["chunk_written"]
         lags = [c - w for c, w in zip(rec.chunk_times, written, strict=True)]

@@ -18,7 +18,7 @@ import pytest
 from scenarios.plan import build_plan
 from scenarios.records import read_records
 from scenarios.spec import load_scenario
-from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
+from tests.conftest import LENIENT, ROOT, run_cli, scenario_dict, served_requests, write_scenario
 
 
 def test_open_loop_achieves_the_planned_rate(tmp_path: Path) -> None:
@@ -42,6 +42,30 @@ def test_open_loop_achieves_the_planned_rate(tmp_path: Path) -> None:
     meta = json.loads((out / "run.json").read_text())
     assert meta["validity"]["valid"] and meta["status"] == "finished"
     assert "sent" in result.stderr and "p95" in result.stdout  # progress line and summary table
+
+
+def test_every_chunk_time_of_a_run_agrees_with_the_targets_own_writes(
+    tmp_path: Path, target_url: str
+) -> None:
+    """`surgecast run` reads in gevent's hub on kept-alive connections, each receive stamped by
+    the kernel: each record's TTFT is the target's own (first write - request read) within
+    5 ms, and every gap between its chunks the target's gap between their writes within 2 ms."""
+    data = scenario_dict(traffic={"rate": 20, "duration_s": 3, "seed": 4, **LENIENT})
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--target", target_url, "--out", str(out), "--no-report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = served_requests(target_url)
+    records = read_records(out / "requests.jsonl")
+    assert len(records) > 30 and all(r.status == "ok" for r in records)
+    assert sum(r.connect_s is not None and r.connect_s < 1e-3 for r in records) > 10  # reused
+    for rec in records:
+        truth = served[rec.response_id or ""]
+        assert len(rec.chunk_times) == len(truth["chunk_written"])
+        added = (rec.chunk_times[0] - rec.start) - (truth["chunk_written"][0] - truth["received"])
+        assert -0.001 < added < 0.005
+        gaps = np.diff(rec.chunk_times) - np.diff(truth["chunk_written"])
+        assert np.abs(gaps).max() < 0.002
 
 
 def test_slow_target_does_not_slow_the_sending(tmp_path: Path) -> None:

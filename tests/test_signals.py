@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 
 from simulator.engine import EngineConfig, StepCost
 from simulator.launch import ReferenceTargetProcess
-from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
+from tests.conftest import ROOT, run_cli, scenario_dict, served_requests, write_scenario
 
 # 20 ms steps and 60-120 token answers: each request is in flight for 1.2-2.4 s
 SLOW = EngineConfig(max_num_seqs=64, kv_cache_tokens=65536, cost=StepCost(0.020, 0.0, 0.0))
@@ -30,13 +29,6 @@ def slow_target() -> Iterator[str]:
     """A target of this test's own, so its request log holds this run's requests only."""
     with ReferenceTargetProcess(SLOW, debug=True) as url:
         yield url
-
-
-def _served(base_url: str) -> dict[str, dict[str, Any]]:
-    """The target's log of the run's requests (not its 1-token preflight and sizing probes)."""
-    url = base_url.removesuffix("/v1") + "/debug/requests"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return {d["id"]: d for d in json.load(r) if d["max_tokens"] > 1}
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -94,7 +86,7 @@ def test_signal_stops_the_run_and_keeps_every_request(
     assert (out / "index.html").exists() and (out / "summary.md").exists()
 
     records = _lines(out / "requests.jsonl")
-    served = _served(slow_target)
+    served = served_requests(slow_target)
     # every request the target received has one record, finished or cancelled
     assert len(records) == len(served) >= 10
     assert {r["response_id"] for r in records if r.get("response_id")} <= set(served)
@@ -137,7 +129,9 @@ def test_sigkill_keeps_finished_records_and_report_marks_the_run_killed(
     records = _lines(out / "requests.jsonl")
     assert all(r["status"] == "ok" for r in records)  # whole lines only, every one finished
     finished_before = {  # the target wrote the last chunk of these a second before the kill
-        k for k, v in _served(slow_target).items() if v["end"] and v["end"] < killed_at - 1.0
+        k
+        for k, v in served_requests(slow_target).items()
+        if v["end"] and v["end"] < killed_at - 1.0
     }
     assert len(finished_before) >= 10
     assert finished_before <= {r["response_id"] for r in records}
