@@ -245,8 +245,11 @@ class StreamingCall:
     def run(self) -> RequestRecord:
         rec = self.record
         ep = self.endpoint
-        headers = {"Host": ep.host_header, "Content-Type": "application/json"}
-        headers["Accept"] = "text/event-stream"
+        headers = {
+            "Host": ep.host_header,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
         payload = json.dumps(ep.body(self.spec, self.messages)).encode()
