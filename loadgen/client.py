@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
+from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
@@ -204,8 +207,10 @@ class StreamingCall:
         attempt: int = 0,
         address: tuple[str, int] | None = None,
         pool: ConnectionPool | None = None,
+        loop_lag: LoopLag | None = None,
     ):
         self.endpoint = endpoint
+        self.loop_lag = loop_lag  # where each receive's wait in the kernel is counted
         self.address = address or endpoint.address()
         self.pool = pool
         self.spec = spec
@@ -354,6 +359,8 @@ class StreamingCall:
             waited = time.time() - arrival  # in the kernel's buffer, unread
             if 0.0 <= waited < 60.0:  # else the wall clock stepped: trust now
                 now -= waited
+                if self.loop_lag is not None:  # a loop this late merges chunks closer apart
+                    self.loop_lag.add(waited)
         self._now = now
         if self.record.first_byte is None and data:
             self.record.first_byte = now
@@ -496,11 +503,7 @@ class StreamingCall:
         data = line[5:].strip()
         if data == b"[DONE]":
             return True
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
-        self._on_event(event, now)
+        self._on_event(_event(data), now)
         return False
 
     def _read_whole(self, conn: Connection) -> None:
@@ -573,6 +576,19 @@ class ConnectionPool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _event(data: bytes) -> Any:
+    """An event's JSON: orjson first (three times faster on a content chunk), then the standard
+    library for what orjson refuses but it reads (NaN, Infinity)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
 
 
 def _broken_kind(rec: RequestRecord) -> str:

@@ -2,8 +2,10 @@
 
 `LoopLag.watch()` runs on its own greenlet: it sleeps `interval_s` again and again and counts how
 late each wake-up was in a fixed histogram of log-spaced bins (10 us to 10 s, about 12% wide), so
-its memory stays flat however long the run. A loop that wakes 20 ms late stamps a chunk that
-arrived meanwhile up to 20 ms late too.
+its memory stays flat however long the run. The streaming client adds how long each receive's
+bytes waited in the kernel before the loop read them (where the kernel stamps arrivals): a probe
+every 10 ms misses short stalls; every read sees them. A chunk's own time comes from the kernel,
+but a loop 20 ms late reads chunks sent 10 ms apart in one receive, and their gap is lost.
 """
 
 from __future__ import annotations

@@ -287,6 +287,7 @@ class LoadRun:
                     attempt=attempt,  # latencies show what the user waited, backoff included
                     address=self.address,
                     pool=self.connections,
+                    loop_lag=self.loop_lag,
                 )
                 try:
                     call.run()

@@ -167,9 +167,9 @@ def invalid_reasons(
     lag_ms = generator["loop_lag"]["p99_ms"] if generator else 0.0
     if lag_ms > traffic.max_loop_lag_ms:
         reasons.append(
-            f"generator overloaded: its event loop woke {lag_ms:.1f} ms late at p99 "
-            f"> traffic.max_loop_lag_ms {traffic.max_loop_lag_ms:g} (its time stamps carry "
-            "that delay)"
+            f"generator overloaded: its event loop woke or read {lag_ms:.1f} ms late at p99 "
+            f"> traffic.max_loop_lag_ms {traffic.max_loop_lag_ms:g} (chunks closer together "
+            "than that are read as one, and time stamps not from the kernel carry the delay)"
         )
     cpu = generator["cpu"]["mean"] if generator else 0.0
     if cpu > traffic.max_generator_cpu:
@@ -687,8 +687,8 @@ def _generator_said(folder: RunFolder, generator: dict[str, Any], skipped: int) 
         )
         say_stderr(
             f"generator event-loop lag{several}: p50 {lag['p50_ms']:.1f} ms, p99 "
-            f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (each time stamped "
-            "may be late by as much); CPU: mean "
+            f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (timer wake-ups and "
+            "reads after the kernel's arrival); CPU: mean "
             f"{cpu['mean']:.0%} of one core, busiest second {cpu['max']:.0%}"
         )
     if skipped:

@@ -33,12 +33,17 @@ def target_url() -> Iterator[str]:
         yield url
 
 
-def served_requests(base_url: str) -> dict[str, dict[str, Any]]:
-    """The reference target's own timing records (`debug=True`) of the requests it served, by
-    response id; not the 1-token preflight and sizing probes."""
+def served_log(base_url: str) -> list[dict[str, Any]]:
+    """The reference target's own timing records (`debug=True`) of the requests it served, in
+    order; not the 1-token preflight and sizing probes."""
     url = base_url.removesuffix("/v1") + "/debug/requests"
     with urllib.request.urlopen(url, timeout=5) as r:
-        return {d["id"]: d for d in json.load(r) if d["max_tokens"] > 1}
+        return [d for d in json.load(r) if d["max_tokens"] != 1]
+
+
+def served_requests(base_url: str) -> dict[str, dict[str, Any]]:
+    """`served_log` by response id (a request the target refused may share its id)."""
+    return {d["id"]: d for d in served_log(base_url)}
 
 
 # traffic settings for a test whose subject is not the generator's timing: a stall of this noisy

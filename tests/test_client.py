@@ -13,6 +13,7 @@ import pytest
 
 from loadgen import wire
 from loadgen.client import ConnectionPool, Endpoint, StreamingCall
+from loadgen.looplag import LoopLag
 from loadgen.wire import KERNEL_STAMPS
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
@@ -181,15 +182,19 @@ def test_a_late_reader_stamps_when_the_bytes_came(
         time.sleep(0.004)  # each time is read 4 ms late; with two reads of it a chunk, 8 ms
         return time.monotonic()
 
-    call = StreamingCall(Endpoint(target_url), _spec(max_tokens=15), busy_clock)
+    lag = LoopLag(time.monotonic)
+    call = StreamingCall(Endpoint(target_url), _spec(max_tokens=15), busy_clock, loop_lag=lag)
     rec = call.run()
     assert rec.status == "ok", rec.error_detail
     written = served_requests(target_url)[rec.response_id or ""]["chunk_written"]
     lags = [c - w for c, w in zip(rec.chunk_times, written, strict=True)]
     if kernel:
         assert max(abs(x) for x in lags) < 0.001
+        # and the loop's lateness is counted: each receive was read 4 ms or more after it came
+        assert lag.samples >= len(rec.chunk_times) and lag.quantile(0.01) >= 0.004
     else:
         assert min(lags) > 0.004
+        assert lag.samples == 0  # without the kernel's stamp there is no arrival to count from
 
 
 def test_connections_are_kept_alive_and_streams_stay_exact(target_url: str) -> None:

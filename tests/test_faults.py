@@ -14,7 +14,7 @@ from scenarios.records import read_records
 from scenarios.spec import TargetFaults
 from simulator.engine import EngineConfig, StepCost
 from simulator.launch import ReferenceTargetProcess
-from tests.conftest import run_cli, scenario_dict, served_requests, write_scenario
+from tests.conftest import run_cli, scenario_dict, served_log, write_scenario
 
 ENGINE = EngineConfig(max_num_seqs=32, kv_cache_tokens=65536, cost=StepCost(0.005, 0.0, 0.0))
 FAULTS = TargetFaults(
@@ -72,7 +72,7 @@ def _run(tmp: Path, url: str, env: dict[str, str] | None = None, **target: Any) 
 def test_each_injected_fault_is_classified_as_itself(tmp_path: Path) -> None:
     with ReferenceTargetProcess(ENGINE, faults=FAULTS, debug=True) as url:
         result, out = _run(tmp_path, url, max_response_bytes=100_000)
-        served = list(served_requests(url).values())
+        served = served_log(url)
     assert result.returncode in (0, 99), result.stderr[-3000:]  # valid: the faults are the target's
     assert "Traceback" not in result.stderr
     records = read_records(out / "requests.jsonl")
@@ -131,7 +131,7 @@ def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: P
     env = {**os.environ, "TEST_TARGET_KEY": planted}
     with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
         result, out = _run(tmp_path, url, env=env, api_key_env="TEST_TARGET_KEY")
-        sent = list(served_requests(url).values())
+        sent = served_log(url)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "refused the request with the API key given (HTTP 401" in result.stderr
     assert "target.api_key_env" in result.stderr
