@@ -115,6 +115,8 @@ class Connection:
         limit: Callable[[], float],
         clock: Callable[[], float],
     ) -> None:
+        if done():
+            return  # (a stream's end often comes with its last event: no watcher for it)
         gevent = sys.modules["gevent"]
         finished = sys.modules["gevent.event"].Event()
         failure: list[BaseException] = []
@@ -133,8 +135,6 @@ class Connection:
             watcher.stop()
             finished.set()
 
-        if done():
-            return
         watcher.start(readable)
         try:
             while not finished.is_set():
