@@ -27,7 +27,6 @@ import os
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from loadgen.wire import receive_stamped, stamp_receives
 
 TTFT_S, CHUNKS, GAP_S = 0.05, 32, 0.01
 ACCURATE_MS = 5.0
@@ -51,7 +52,6 @@ CLOSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"Connection: close\r\n\r\n"
 )
-SO_TIMESTAMPNS = 35  # Linux: each receive carries the kernel's time of its data
 
 
 class TruthServer:
@@ -79,7 +79,7 @@ class TruthServer:
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            stamp_receives(conn)
             self.loop.add_reader(conn, self._read, conn, bytearray())
 
     def _close(self, conn: socket.socket) -> None:
@@ -88,7 +88,7 @@ class TruthServer:
 
     def _read(self, conn: socket.socket, buffer: bytearray) -> None:
         try:
-            data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16))
+            data, stamp = receive_stamped(conn)
         except BlockingIOError:
             return
         except OSError:
@@ -96,9 +96,8 @@ class TruthServer:
         if not data:
             return self._close(conn)
         arrived = time.monotonic()
-        for _, _, stamp in ancillary:
-            seconds, nanoseconds = struct.unpack_from("qq", stamp)
-            arrived -= time.time() - (seconds + nanoseconds * 1e-9)
+        if stamp is not None:  # the kernel's arrival, on the monotonic clock
+            arrived -= time.time() - stamp
         buffer += data
         while True:
             head, sep, rest = bytes(buffer).partition(b"\r\n\r\n")

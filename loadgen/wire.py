@@ -21,6 +21,25 @@ _ANCILLARY = socket.CMSG_SPACE(_STAMP.size) if KERNEL_STAMPS else 0
 READ_BYTES = 1 << 16  # at most, per receive
 
 
+def stamp_receives(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each receive on `sock` with its data's arrival; False where it
+    cannot (not Linux)."""
+    if KERNEL_STAMPS:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return KERNEL_STAMPS
+
+
+def receive_stamped(sock: socket.socket, size: int = READ_BYTES) -> tuple[bytes, float | None]:
+    """One receive and the kernel's arrival time of its data (CLOCK_REALTIME, as `time.time()`),
+    None without a stamp. Needs `stamp_receives(sock)`."""
+    data, ancillary, _, _ = sock.recvmsg(size, _ANCILLARY)
+    for level, kind, stamp in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= _STAMP.size:
+            seconds, nanoseconds = _STAMP.unpack_from(stamp)
+            return data, seconds + nanoseconds * 1e-9
+    return data, None
+
+
 class Closed(ConnectionError):
     """The server closed the connection before it answered."""
 
@@ -73,12 +92,11 @@ class Connection:
             sock.settimeout(timeout)
             sock.connect((host, port))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if KERNEL_STAMPS:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            stamped = stamp_receives(sock)
         except BaseException:
             sock.close()
             raise
-        return cls(sock, KERNEL_STAMPS)
+        return cls(sock, stamped)
 
     def send(self, data: bytes, timeout: float) -> None:
         self.sock.settimeout(timeout)
@@ -149,14 +167,7 @@ class Connection:
             raise failure[0]
 
     def _receive(self, sock: socket.socket) -> tuple[bytes, float | None]:
-        if not self.stamped:
-            return sock.recv(READ_BYTES), None
-        data, ancillary, _, _ = sock.recvmsg(READ_BYTES, _ANCILLARY)
-        for level, kind, stamp in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= _STAMP.size:
-                seconds, nanoseconds = _STAMP.unpack_from(stamp)
-                return data, seconds + nanoseconds * 1e-9
-        return data, None
+        return receive_stamped(sock) if self.stamped else (sock.recv(READ_BYTES), None)
 
     def idle(self) -> bool:
         """Open and silent: the server neither closed it (a read would return nothing) nor
