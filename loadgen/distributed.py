@@ -6,8 +6,9 @@ sends (its seed makes it identical; a digest checks it), keeps its share (every 
 request by arrival, with every later turn that follows from it), and sends it at the planned
 times against one clock: the master fixes the plan's zero on the wall clock once every worker
 is ready. Records go back to the master in batches as they finish and are appended to the one
-`requests.jsonl`; each worker's loop lag and CPU come back with its last batch. Locust's stats
-reach the master as in any Locust run.
+`requests.jsonl`; each worker's loop lag and CPU come back with its last batch, with a share of
+the user messages it rendered (before and after messiness) for the run's messiness table. Locust's
+stats reach the master as in any Locust run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from loadgen.client import Endpoint, read_api_key
 from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
 from loadgen.runner import STOP_SIGNALS, LoadRun, Stopped
-from loadgen.sizing import SizedPrompts
+from loadgen.sizing import KEPT_TEXTS, SizedPrompts
 from scenarios.plan import RequestSpec, build_plan, plan_digest, plan_share
 from scenarios.records import RequestRecord
 from scenarios.spec import Scenario, parse_scenario
@@ -41,10 +42,10 @@ ASSIGN = "surgecast_assign"  # master -> worker: the run, its share and the scen
 READY = "surgecast_ready"  # worker -> master: plan built, share taken
 GO = "surgecast_go"  # master -> worker: the plan's zero on the wall clock
 RECORDS = "surgecast_records"  # worker -> master: finished records and progress counters
-DONE = "surgecast_done"  # worker -> master: its last records, loop lag, CPU
+DONE = "surgecast_done"  # worker -> master: its last records, loop lag, CPU, rendered texts
 STOP = "surgecast_stop"  # master -> worker: a signal stopped the run
 BATCH = 200  # records per message at most
-FLUSH_S = 0.25  # and at least this often
+FLUSH_S = 0.25  # and at least this often (the counters alone, when no record finished)
 LEAD_S = 0.5  # from GO to the plan's zero: time for the message to reach every worker
 
 
@@ -66,6 +67,7 @@ class WorkerReport:
     error: str | None = None
     generator: dict[str, Any] = field(default_factory=dict)
     stopped: int | None = None  # the signal that stopped it
+    texts: dict[str, list[list[str]]] = field(default_factory=dict)  # persona -> (clean, messy)
 
 
 class Master:
@@ -158,6 +160,14 @@ class Master:
     @property
     def skipped(self) -> int:
         return sum(r.skipped for r in self.reports.values())
+
+    def texts(self) -> dict[str, list[tuple[str, str]]]:
+        """The user messages the workers rendered, (clean, messy) by persona, worker by worker."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for index in sorted(self.reports):
+            for persona, pairs in self.reports[index].texts.items():
+                out.setdefault(persona, []).extend((clean, messy) for clean, messy in pairs)
+        return out
 
     def generator(self, failure: str | None) -> dict[str, Any]:
         """How well the workers held the plan: the worst one's loop lag and CPU, each one's
@@ -255,6 +265,7 @@ class Master:
         report.error = msg.data.get("error")
         report.generator = msg.data.get("generator") or {}
         report.stopped = msg.data.get("stopped")
+        report.texts = msg.data.get("texts") or {}
         self._changed.set()
 
     def _take(self, data: dict[str, Any]) -> WorkerReport:
@@ -277,6 +288,7 @@ class RemoteWriter:
         self.index = index
         self.load = load
         self.lines: list[str] = []
+        self._said: dict[str, int] = {}  # the counters last sent
         self._flusher = gevent.spawn(self._every)
 
     def write(self, record: RequestRecord) -> None:
@@ -286,7 +298,8 @@ class RemoteWriter:
 
     def flush(self, kind: str = RECORDS, **extra: Any) -> None:
         lines, self.lines = self.lines, []
-        self.runner.send_message(kind, {**self.counts(), "lines": lines, **extra})
+        self._said = self.counts()
+        self.runner.send_message(kind, {**self._said, "lines": lines, **extra})
 
     def counts(self) -> dict[str, int]:
         load = self.load()
@@ -308,7 +321,7 @@ class RemoteWriter:
     def _every(self) -> None:
         while True:
             gevent.sleep(FLUSH_S)
-            if self.lines:
+            if self.lines or self.counts() != self._said:  # progress shows before records do
                 self.flush()
 
 
@@ -390,7 +403,7 @@ def _work(
     index = int(data["index"])
     writer = RemoteWriter(runner, index, lambda: state.get("load"))
     try:
-        load = _load_run(environment, data, writer)
+        load, prompts = _load_run(environment, data, writer)
         state["load"] = load
         runner.send_message(READY, {"index": index})
         state["go"].wait()
@@ -399,7 +412,9 @@ def _work(
         load.run()
         generator = {"loop_lag": load.loop_lag.summary(), "cpu": load.cpu.summary()}
         stopped = load.stopped.signum if load.stopped else None
-        writer.flush(DONE, generator=generator, stopped=stopped)
+        share = math.ceil(KEPT_TEXTS / int(data["count"]))  # the master keeps about KEPT_TEXTS
+        texts = {persona: pairs[:share] for persona, pairs in prompts.texts.items()}
+        writer.flush(DONE, generator=generator, stopped=stopped, texts=texts)
     except Exception as e:  # said to the master, which marks the run invalid
         outcome["code"] = 3
         print(f"worker {index}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -409,8 +424,11 @@ def _work(
         finished.set()
 
 
-def _load_run(environment: Environment, data: dict[str, Any], writer: RemoteWriter) -> LoadRun:
-    """The worker's LoadRun for its share of the plan the assignment describes."""
+def _load_run(
+    environment: Environment, data: dict[str, Any], writer: RemoteWriter
+) -> tuple[LoadRun, SizedPrompts]:
+    """The worker's LoadRun for its share of the plan the assignment describes, and the
+    prompts it renders."""
     base_dir = Path(data["base_dir"]) if data.get("base_dir") else None
     scenario = parse_scenario(data["scenario"], "<scenario from the master>", base_dir)
     plan = build_plan(scenario)
@@ -428,7 +446,7 @@ def _load_run(environment: Environment, data: dict[str, Any], writer: RemoteWrit
     prompts.chars_per_token = float(data["chars_per_token"])
     prompts.overhead_tokens = float(data["overhead_tokens"])
     traffic = scenario.traffic
-    return LoadRun(
+    load = LoadRun(
         mine,
         endpoint,
         writer,
@@ -439,3 +457,4 @@ def _load_run(environment: Environment, data: dict[str, Any], writer: RemoteWrit
         stop_grace_s=traffic.stop_grace_s,
         environment=environment,
     )
+    return load, prompts

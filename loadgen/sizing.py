@@ -110,6 +110,12 @@ class SizedPrompts:
         if len(kept) < KEPT_TEXTS:
             kept.append((clean, messy))
 
+    def keep_texts(self, texts: dict[str, list[tuple[str, str]]]) -> None:
+        """Add messages rendered elsewhere (a run's workers) to the messiness measurement."""
+        for persona, pairs in texts.items():
+            for clean, messy in pairs:
+                self._keep(persona, clean, messy)
+
     def _blocks(self, prefix: tuple[tuple[int, int], ...]) -> str:
         """The text of a first turn's shared prefix blocks (a trace's hash_ids): the same
         (key, tokens) renders the same bytes all run long, so engines' prefix caches can hit."""

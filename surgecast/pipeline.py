@@ -648,6 +648,7 @@ def _send_distributed(
         except DistributedError as e:  # the records that came are kept; the run is invalid
             failure = str(e)
         finally:
+            prompts.keep_texts(master.texts())
             sampler.kill()
             master.quit()
             for child in children:

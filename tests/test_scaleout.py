@@ -56,10 +56,17 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
 
 
+def _messiness(stderr: str) -> dict[str, float]:
+    """The measured column of the run's messiness table, by row."""
+    rows = [line.split("|")[1:-1] for line in stderr.splitlines() if line.startswith("| default ")]
+    return {name.strip(): float(measured) for _, name, _, measured in rows}
+
+
 def test_two_processes_send_what_one_sends(target_url: str, tmp_path: Path) -> None:
     data = scenario_dict(traffic={"rate": 20, "duration_s": 4, "seed": 9, **LENIENT})
+    data["workload"]["messiness"] = {"case_noise": 0.5, "emoji": 0.3}
     path = write_scenario(tmp_path / "s.yaml", data)
-    runs = {}
+    runs, mess = {}, {}
     for n in (1, 2):
         out = tmp_path / f"p{n}"
         result = run_cli(
@@ -68,6 +75,7 @@ def test_two_processes_send_what_one_sends(target_url: str, tmp_path: Path) -> N
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         runs[n] = _records(out)
+        mess[n] = _messiness(result.stderr)
     one, two = runs[1], runs[2]
     assert len(two) == len(one) == len(build_plan(parse_scenario(data)))
     assert Counter(r["id"] for r in two) == Counter(r["id"] for r in one)  # each once
@@ -81,6 +89,12 @@ def test_two_processes_send_what_one_sends(target_url: str, tmp_path: Path) -> N
     assert generator["processes"] == 2 and [w["index"] for w in generator["workers"]] == [0, 1]
     assert all(w["loop_lag"]["samples"] > 0 for w in generator["workers"])
     assert meta["validity"]["valid"] and generator["failure"] is None
+    # the workers' rendered messages are measured, as one process's are: each share within
+    # 4 standard errors of its setting (about 80 messages)
+    assert mess[2].keys() == mess[1].keys() >= {"case_noise", "emoji", "length p50 (chars)"}
+    for n in (1, 2):
+        assert mess[n]["case_noise"] == pytest.approx(0.5, abs=0.23), n
+        assert mess[n]["emoji"] == pytest.approx(0.3, abs=0.21), n
 
 
 def test_a_remote_worker_runs_the_masters_share(target_url: str, tmp_path: Path) -> None:
@@ -120,3 +134,30 @@ def test_no_worker_connecting_is_an_invalid_run(target_url: str, tmp_path: Path)
     assert "surgecast worker --master-host" in result.stderr
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert not meta["validity"]["valid"] and meta["status"] == "finished"
+
+
+def test_the_masters_progress_counts_sends_before_any_record(
+    target_url: str, tmp_path: Path
+) -> None:
+    """Workers report what they sent while their requests still stream, not only with records."""
+    data = scenario_dict(
+        traffic={"rate": 4, "duration_s": 1.5, "seed": 3, **LENIENT},
+        workload={
+            "prompt_tokens": {"dist": "constant", "value": 20},
+            "output_tokens": {"dist": "constant", "value": 300},  # about 3 s a request
+        },
+    )
+    path = write_scenario(tmp_path / "s.yaml", data)
+    result = run_cli(
+        "run", str(path), "--target", target_url, "--out", str(tmp_path / "run"),
+        "--processes", "2", "--no-report", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = next(line for line in result.stderr.splitlines() if line.startswith("["))
+    said_at = float(first[1:].split("s]")[0])  # on the plan's clock, as records are
+    sent = int(first.split("sent ")[1].split("/")[0])
+    records = _records(tmp_path / "run")
+    assert min(r["end"] for r in records) > said_at and "done 0" in first  # none came back
+    # the counters are at most one flush (0.25 s) old
+    assert 0 < sum(r["start"] <= said_at - 0.5 for r in records) <= sent, first
+    assert sent <= sum(r["start"] <= said_at for r in records), first
