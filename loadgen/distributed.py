@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 from loadgen.client import Endpoint, read_api_key
-from loadgen.cpu import CpuUse
+from loadgen.cpu import CpuUse, usable_cores
 from loadgen.looplag import LoopLag
 from loadgen.runner import STOP_SIGNALS, LoadRun, Stopped
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts
@@ -171,7 +172,7 @@ class Master:
 
     def generator(self, failure: str | None) -> dict[str, Any]:
         """How well the workers held the plan: the worst one's loop lag and CPU, each one's
-        beside (run.json's `generator`)."""
+        beside, and each host's CPU over its workers (run.json's `generator`)."""
         each = [{"index": r.index, **r.generator} for r in self.reports.values() if r.generator]
         idle = {
             "loop_lag": LoopLag(time.monotonic).summary(),
@@ -182,6 +183,7 @@ class Master:
             "cpu": max(each or [idle], key=lambda g: g["cpu"]["mean"])["cpu"],
             "processes": max(1, len(self.reports)),
             "workers": sorted(each, key=lambda g: g["index"]),
+            "hosts": _host_cpu(each),
             "failure": failure,
         }
 
@@ -325,6 +327,20 @@ class RemoteWriter:
                 self.flush()
 
 
+def _host_cpu(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per host, the CPU its workers used together (cores, mean) beside the cores they may run
+    on: processes that share a core each look idle while the core is full."""
+    hosts: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        if "host" not in w:
+            continue
+        h = hosts.setdefault(w["host"], {"host": w["host"], "processes": 0, "cpu": 0.0, "cores": 1})
+        h["processes"] += 1
+        h["cpu"] += w["cpu"]["mean"]
+        h["cores"] = max(h["cores"], int(w["cores"]))
+    return sorted(hosts.values(), key=lambda h: h["host"])
+
+
 def assignment(
     plan: list[RequestSpec], scenario: Scenario, endpoint: Endpoint, prompts: SizedPrompts
 ) -> dict[str, Any]:
@@ -410,7 +426,12 @@ def _work(
         # the plan's zero on this host's monotonic clock
         load.start_at = time.monotonic() + (state["zero"] - time.time())
         load.run()
-        generator = {"loop_lag": load.loop_lag.summary(), "cpu": load.cpu.summary()}
+        generator = {
+            "loop_lag": load.loop_lag.summary(),
+            "cpu": load.cpu.summary(),
+            "host": socket.gethostname(),
+            "cores": usable_cores(),
+        }
         stopped = load.stopped.signum if load.stopped else None
         share = math.ceil(KEPT_TEXTS / int(data["count"]))  # the master keeps about KEPT_TEXTS
         texts = {persona: pairs[:share] for persona, pairs in prompts.texts.items()}

@@ -254,6 +254,15 @@ class WorkerGenerator(_Strict):
     index: int = Field(ge=0)
     loop_lag: LoopLag
     cpu: Cpu
+    host: str | None = None
+    cores: int | None = Field(None, ge=1, description="the cores it may run on")
+
+
+class HostCpu(_Strict):
+    host: str
+    processes: int = Field(ge=1)
+    cpu: float = Field(ge=0, description="its workers' CPU together, in cores (mean)")
+    cores: int = Field(ge=1, description="the cores they may run on")
 
 
 class Generator(_Strict):
@@ -264,6 +273,7 @@ class Generator(_Strict):
     cpu: Cpu
     processes: int = Field(1, ge=1)
     workers: list[WorkerGenerator] = []
+    hosts: list[HostCpu] = []
     failure: str | None = Field(None, description="why a distributed run could not finish")
 
 

@@ -178,6 +178,15 @@ def invalid_reasons(
             f"traffic.max_generator_cpu {traffic.max_generator_cpu:.0%} (split the load: "
             "a lower rate per process)"
         )
+    for host in generator.get("hosts", []) if generator else []:
+        share = host["cpu"] / host["cores"]
+        if share > traffic.max_generator_cpu:
+            reasons.append(
+                f"generator saturated: its {host['processes']} processes on {host['host']} used "
+                f"{host['cpu']:.2f} of the {host['cores']} cores they may run on ({share:.0%}) "
+                f"> traffic.max_generator_cpu {traffic.max_generator_cpu:.0%} (give them more "
+                "cores, or spread them over more hosts)"
+            )
     if planned == 0:
         reasons.append("the plan is empty: the arrival rate x traffic.duration_s is too small")
     if summary.dropped:
@@ -691,6 +700,11 @@ def _generator_said(folder: RunFolder, generator: dict[str, Any], skipped: int) 
             f"{lag['p99_ms']:.1f} ms, max {lag['max_ms']:.1f} ms (timer wake-ups and "
             "reads after the kernel's arrival); CPU: mean "
             f"{cpu['mean']:.0%} of one core, busiest second {cpu['max']:.0%}"
+        )
+    for host in generator.get("hosts", []):
+        say_stderr(
+            f"generator CPU on {host['host']}: {host['processes']} processes used "
+            f"{host['cpu']:.2f} of the {host['cores']} cores they may run on"
         )
     if skipped:
         say_stderr(

@@ -58,3 +58,20 @@ def test_a_saturated_generator_makes_the_run_invalid() -> None:
     ]
     reasons = invalid_reasons(scenario, RequestTable.of([]), summary, 1, busy)
     assert any("generator saturated: it used 95% of a core" in r for r in reasons)
+
+
+def test_processes_sharing_a_hosts_cores_make_the_run_invalid_when_they_fill_them() -> None:
+    """Three processes each at 60% of a core (under the 75% limit alone): on 2 cores they fill
+    90% of the host, on 4 cores 45%."""
+    scenario = parse_scenario(scenario_dict())
+    summary = summarize([])
+
+    def saturated(cores: int) -> list[str]:
+        host = {"host": "gen-1", "processes": 3, "cpu": 1.8, "cores": cores}
+        generator = {"loop_lag": {"p99_ms": 1.0}, "cpu": {"mean": 0.6}, "hosts": [host]}
+        reasons = invalid_reasons(scenario, RequestTable.of([]), summary, 1, generator)
+        return [r for r in reasons if "saturated" in r]
+
+    assert saturated(4) == []
+    (reason,) = saturated(2)
+    assert "3 processes on gen-1 used 1.80 of the 2 cores they may run on (90%)" in reason
