@@ -23,8 +23,8 @@ def test_quantiles_come_from_their_bins_never_below_the_truth() -> None:
         lag.add(0.1)
     assert lag.samples == 1000
     true_p50 = 0.0015
-    assert true_p50 <= lag.quantile(0.5) <= true_p50 * 1.13  # one bin is about 12% wide
-    assert 0.002 <= lag.quantile(0.99) <= 0.002 * 1.13  # the 990th value is under 2 ms
+    assert true_p50 <= lag.quantile(0.5) <= true_p50 * 1.03  # one bin is about 3% wide
+    assert 0.002 <= lag.quantile(0.99) <= 0.002 * 1.03  # the 990th value is under 2 ms
     assert lag.quantile(0.995) == pytest.approx(0.1)  # capped at the largest seen
     s = lag.summary()
     assert (s["samples"], s["max_ms"]) == (1000, pytest.approx(100.0))
