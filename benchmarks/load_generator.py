@@ -13,7 +13,9 @@ plain asyncio/aiohttp open-loop client on pooled connections (`--baseline`), eac
 core (core 1 alone on a 2-core machine). Per run: the achieved rate, the client-added TTFT error
 (client TTFT minus the server's own, first write - request arrival) at p50/p99, the per-gap ITL
 error at p99, schedule lag p99, surgecast's own p99 event-loop lag, the clients' CPU use (startup
-included) and surgecast's verdict (valid, or invalid: exit 3). The last lines give the highest
+included), surgecast's CPU per request while sending (ms/req: every generator process and the
+master together; with `--processes N` on the same cores it shows what splitting costs) and
+surgecast's verdict (valid, or invalid: exit 3). The last lines give the highest
 rate each client held with p99 added TTFT and ITL errors <= 5 ms, and for surgecast the highest
 it also called valid. Loopback only.
 """
@@ -282,10 +284,12 @@ def run_surgecast(
         if r["status"] == "ok" and r.get("response_id")
     ]
     verdict = "valid" if code in (0, 99) else f"INVALID ({code})"
-    meta = json.loads((out / "run.json").read_text())
-    loop_lag = meta.get("generator", {}).get("loop_lag", {}).get("p99_ms", float("nan"))
+    generator = json.loads((out / "run.json").read_text()).get("generator", {})
+    loop_lag = generator.get("loop_lag", {}).get("p99_ms", float("nan"))
+    hosts = generator.get("hosts") or [{"cpu": generator.get("cpu", {}).get("mean", np.nan)}]
     return {
         "loop_lag_p99": loop_lag,
+        "cores": sum(h["cpu"] for h in hosts),  # while sending: every process, the master's too
         "client": "surgecast" if processes == 1 else f"surgecast x{processes}",
         "exit": verdict,
         "wall": wall,
@@ -303,6 +307,7 @@ def run_baseline(url: str, rate: float, duration_s: float, tmp: Path) -> dict[st
     rows, planned = data["rows"], data["planned"]
     return {
         "loop_lag_p99": float("nan"),
+        "cores": float("nan"),
         "client": "aiohttp",
         "exit": "-" if code == 0 else f"failed ({code})",
         "wall": wall,
@@ -355,7 +360,8 @@ def main() -> int:
     best_valid = 0.0  # accurate, and surgecast said so
     header = (
         f"{'client':>12} {'rate':>6} {'achieved':>8} {'matched':>11} {'ttft p50':>8} "
-        f"{'ttft p99':>8} {'itl p99':>7} {'sched p99':>9} {'loop p99':>8} {'cpu %':>5}  verdict"
+        f"{'ttft p99':>8} {'itl p99':>7} {'sched p99':>9} {'loop p99':>8} {'cpu %':>5} "
+        f"{'ms/req':>6}  verdict"
     )
     print(f"client cores {_client_cores()}, truth server on core 0", flush=True)
     print(header, flush=True)
@@ -380,7 +386,9 @@ def main() -> int:
                         f"{e['matched']:5d}/{res['planned']:<5d} "
                         f"{e['ttft_p50']:8.2f} {e['ttft_p99']:8.2f} {e['itl_p99']:7.2f} "
                         f"{e['lag_p99']:9.2f} {res['loop_lag_p99']:8.2f} "
-                        f"{100 * res['cpu'] / res['wall']:5.0f}  {res['exit']}",
+                        f"{100 * res['cpu'] / res['wall']:5.0f} "
+                        f"{1000 * res['cores'] * a.duration_s / max(res['planned'], 1):6.2f}  "
+                        f"{res['exit']}",
                         flush=True,
                     )
     finally:

@@ -85,6 +85,7 @@ class Master:
         self._assigned: list[str] = []  # workers handed a share: a signal is passed on to them
         self.zero = math.inf  # the plan's zero on the wall clock, once GO is sent
         self.received = 0
+        self.cpu = CpuUse(time.monotonic)  # its own, while the workers send: records cost it
         for kind, handler in (
             (READY, self._on_ready),
             (RECORDS, self._on_records),
@@ -128,6 +129,7 @@ class Master:
         for client in workers:
             self.runner.send_message(GO, {"zero": self.zero}, client_id=client)
         ticker = gevent.spawn(self._tick, progress) if progress is not None else None
+        sampler = gevent.spawn(self._sample_cpu)
         try:
             self._wait(
                 lambda: all(r.finished for r in self.reports.values()),
@@ -136,6 +138,7 @@ class Master:
                 "done",
             )
         finally:
+            sampler.kill()
             if ticker is not None:
                 ticker.kill()
         failed = [r for r in self.reports.values() if r.error]
@@ -172,7 +175,8 @@ class Master:
 
     def generator(self, failure: str | None) -> dict[str, Any]:
         """How well the workers held the plan: the worst one's loop lag and CPU, each one's
-        beside, and each host's CPU over its workers (run.json's `generator`)."""
+        beside, the master's CPU, and each host's over its processes (run.json's
+        `generator`)."""
         each = [{"index": r.index, **r.generator} for r in self.reports.values() if r.generator]
         idle = {
             "loop_lag": LoopLag(time.monotonic).summary(),
@@ -183,7 +187,8 @@ class Master:
             "cpu": max(each or [idle], key=lambda g: g["cpu"]["mean"])["cpu"],
             "processes": max(1, len(self.reports)),
             "workers": sorted(each, key=lambda g: g["index"]),
-            "hosts": _host_cpu(each),
+            "master": {"host": socket.gethostname(), "cpu": self.cpu.summary()},
+            "hosts": _host_cpu(each, socket.gethostname(), self.cpu.summary()["mean"]),
             "failure": failure,
         }
 
@@ -248,6 +253,13 @@ class Master:
     def _check_stopped(self) -> None:
         if self.stopped is not None:
             raise DistributedError(f"{self.stopped.name} before sending began: nothing was sent")
+
+    def _sample_cpu(self) -> None:
+        gevent.sleep(max(0.0, self.zero - time.time()))
+        self.cpu = CpuUse(time.monotonic)  # from the plan's zero
+        while True:
+            gevent.sleep(1.0)
+            self.cpu.sample()
 
     def _tick(self, progress: Callable[[float], None]) -> None:
         while True:
@@ -327,9 +339,12 @@ class RemoteWriter:
                 self.flush()
 
 
-def _host_cpu(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per host, the CPU its workers used together (cores, mean) beside the cores they may run
-    on: processes that share a core each look idle while the core is full."""
+def _host_cpu(
+    workers: list[dict[str, Any]], master_host: str, master_cpu: float
+) -> list[dict[str, Any]]:
+    """Per host, the CPU its workers (and the master, on its host) used together, in cores
+    (mean), beside the cores they may run on: processes that share a core each look idle
+    while the core is full."""
     hosts: dict[str, dict[str, Any]] = {}
     for w in workers:
         if "host" not in w:
@@ -338,6 +353,8 @@ def _host_cpu(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         h["processes"] += 1
         h["cpu"] += w["cpu"]["mean"]
         h["cores"] = max(h["cores"], int(w["cores"]))
+    if master_host in hosts:
+        hosts[master_host]["cpu"] += master_cpu
     return sorted(hosts.values(), key=lambda h: h["host"])
 
 

@@ -258,10 +258,17 @@ class WorkerGenerator(_Strict):
     cores: int | None = Field(None, ge=1, description="the cores it may run on")
 
 
+class MasterGenerator(_Strict):
+    host: str
+    cpu: Cpu
+
+
 class HostCpu(_Strict):
     host: str
-    processes: int = Field(ge=1)
-    cpu: float = Field(ge=0, description="its workers' CPU together, in cores (mean)")
+    processes: int = Field(ge=1, description="workers on the host")
+    cpu: float = Field(
+        ge=0, description="its workers' CPU together, and the master's on its host, in cores"
+    )
     cores: int = Field(ge=1, description="the cores they may run on")
 
 
@@ -273,6 +280,7 @@ class Generator(_Strict):
     cpu: Cpu
     processes: int = Field(1, ge=1)
     workers: list[WorkerGenerator] = []
+    master: MasterGenerator | None = None
     hosts: list[HostCpu] = []
     failure: str | None = Field(None, description="why a distributed run could not finish")
 

@@ -182,7 +182,8 @@ def invalid_reasons(
         share = host["cpu"] / host["cores"]
         if share > traffic.max_generator_cpu:
             reasons.append(
-                f"generator saturated: its {host['processes']} processes on {host['host']} used "
+                f"generator saturated: on {host['host']} its {host['processes']} workers (and the "
+                "master, if it runs there) used "
                 f"{host['cpu']:.2f} of the {host['cores']} cores they may run on ({share:.0%}) "
                 f"> traffic.max_generator_cpu {traffic.max_generator_cpu:.0%} (give them more "
                 "cores, or spread them over more hosts)"
@@ -703,8 +704,9 @@ def _generator_said(folder: RunFolder, generator: dict[str, Any], skipped: int) 
         )
     for host in generator.get("hosts", []):
         say_stderr(
-            f"generator CPU on {host['host']}: {host['processes']} processes used "
-            f"{host['cpu']:.2f} of the {host['cores']} cores they may run on"
+            f"generator CPU on {host['host']}: {host['processes']} workers"
+            + (" and the master" if host["host"] == generator["master"]["host"] else "")
+            + f" used {host['cpu']:.2f} of the {host['cores']} cores they may run on"
         )
     if skipped:
         say_stderr(

@@ -74,4 +74,5 @@ def test_processes_sharing_a_hosts_cores_make_the_run_invalid_when_they_fill_the
 
     assert saturated(4) == []
     (reason,) = saturated(2)
-    assert "3 processes on gen-1 used 1.80 of the 2 cores they may run on (90%)" in reason
+    assert "on gen-1 its 3 workers" in reason
+    assert "used 1.80 of the 2 cores they may run on (90%)" in reason

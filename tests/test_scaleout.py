@@ -90,10 +90,13 @@ def test_two_processes_send_what_one_sends(target_url: str, tmp_path: Path) -> N
     generator = meta["generator"]
     assert generator["processes"] == 2 and [w["index"] for w in generator["workers"]] == [0, 1]
     assert all(w["loop_lag"]["samples"] > 0 for w in generator["workers"])
-    (host,) = generator["hosts"]  # both workers here: their CPU together, beside this host's
+    (host,) = generator["hosts"]  # both workers and the master here: their CPU together
     assert host["host"] == socket.gethostname() and host["processes"] == 2
     assert host["cores"] == len(os.sched_getaffinity(0))
-    assert host["cpu"] == pytest.approx(sum(w["cpu"]["mean"] for w in generator["workers"]))
+    master = generator["master"]
+    assert master["host"] == host["host"] and master["cpu"]["samples"] >= 3  # a 4 s run
+    workers = sum(w["cpu"]["mean"] for w in generator["workers"])
+    assert host["cpu"] == pytest.approx(workers + master["cpu"]["mean"])
     assert meta["validity"]["valid"] and generator["failure"] is None
     # the workers' rendered messages are measured, as one process's are: each share within
     # 4 standard errors of its setting (about 80 messages)
