@@ -178,6 +178,7 @@ class Master:
         beside, the master's CPU, and each host's over its processes (run.json's
         `generator`)."""
         each = [{"index": r.index, **r.generator} for r in self.reports.values() if r.generator]
+        host, cpu = socket.gethostname(), self.cpu.summary()
         idle = {
             "loop_lag": LoopLag(time.monotonic).summary(),
             "cpu": CpuUse(time.monotonic).summary(),
@@ -187,8 +188,8 @@ class Master:
             "cpu": max(each or [idle], key=lambda g: g["cpu"]["mean"])["cpu"],
             "processes": max(1, len(self.reports)),
             "workers": sorted(each, key=lambda g: g["index"]),
-            "master": {"host": socket.gethostname(), "cpu": self.cpu.summary()},
-            "hosts": _host_cpu(each, socket.gethostname(), self.cpu.summary()["mean"]),
+            "master": {"host": host, "cpu": cpu},
+            "hosts": _host_cpu(each, host, cpu["mean"]),
             "failure": failure,
         }
 
