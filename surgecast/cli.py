@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from surgecast.compare import Run
     from surgecast.pipeline import RunOutcome
     from targets.llama_launch import LlamaOptions
+    from targets.process import ServerProcess
     from targets.vllm_launch import VllmOptions
 
 LLAMA = "llama-server"  # --target value: surgecast starts llama-server on loopback
@@ -746,11 +747,22 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _serve_until_stopped(server: ServerProcess) -> int:
+    """Say how to use `server`, then wait: Ctrl-C ends it (exit 0); its death is its error."""
+    import time
+
+    _print(f"use it: surgecast run SCENARIO --target {server.base_url}; Ctrl-C stops it")
+    try:
+        while server.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    raise server.error(server.death_message("stopped"))
+
+
 def cmd_target(a: argparse.Namespace) -> int:
     if a.engine == VLLM:
         return _serve_vllm(a)
-    import time
-
     from targets.llama_launch import LlamaOptions, launch, prepare
 
     options = LlamaOptions(a.slots, a.ctx, a.threads, a.model_size, build=a.build)
@@ -768,20 +780,13 @@ def cmd_target(a: argparse.Namespace) -> int:
             f"{server.startup_s:.2f} s): {limits.total_slots} slots x {limits.n_ctx_slot} "
             f"tokens of context; metrics at {server.base_url.removesuffix('/v1')}/metrics"
         )
-        _print(f"use it: surgecast run SCENARIO --target {server.base_url}; Ctrl-C stops it")
-        while server.alive():
-            time.sleep(0.5)
-        raise LlamaServerError(server.death_message("stopped"))
-    except KeyboardInterrupt:
-        return EXIT_OK
+        return _serve_until_stopped(server)
     finally:
         server.close()
 
 
 def _serve_vllm(a: argparse.Namespace) -> int:
     """`surgecast target vllm`: start vLLM, print its URL and limits, serve until Ctrl-C."""
-    import time
-
     from targets.vllm_launch import VllmOptions, launch
     from targets.vllm_model import ensure_model_dir
 
@@ -806,12 +811,7 @@ def _serve_vllm(a: argparse.Namespace) -> int:
             f"caching {'on' if cache.prefix_caching else 'off'}, max_model_len "
             f"{cache.max_model_len}; metrics at {server.base_url.removesuffix('/v1')}/metrics"
         )
-        _print(f"use it: surgecast run SCENARIO --target {server.base_url}; Ctrl-C stops it")
-        while server.alive():
-            time.sleep(0.5)
-        raise VllmServerError(server.death_message("stopped"))
-    except KeyboardInterrupt:
-        return EXIT_OK
+        return _serve_until_stopped(server)
     finally:
         server.close()
 
