@@ -355,16 +355,20 @@ class StreamingCall:
         """One receive's bytes; `arrival`: when the kernel took them in (CLOCK_REALTIME), where
         it says so. A busy loop reads them later than that: their time is put back to it."""
         now = self.clock()
+        waited = None
         if arrival is not None:
             waited = time.time() - arrival  # in the kernel's buffer, unread
-            if 0.0 <= waited < 60.0:  # else the wall clock stepped: trust now
+            if 0.0 <= waited < 60.0:
                 now -= waited
-                if self.loop_lag is not None:  # a loop this late merges chunks closer apart
-                    self.loop_lag.add(waited)
+            else:
+                waited = 0.0  # the wall clock stepped: trust now
         self._now = now
         if self.record.first_byte is None and data:
             self.record.first_byte = now
+        chunks = self._chunks
         self._response.feed(data)
+        if self.loop_lag is not None:  # a loop this late merges chunks closer apart
+            self.loop_lag.read(waited, self._chunks - chunks)
 
     def cancel(self) -> None:
         """Mark the call cancelled: the run ended (or was interrupted) while it was in flight."""

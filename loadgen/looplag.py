@@ -2,10 +2,12 @@
 
 `LoopLag.watch()` runs on its own greenlet: it sleeps `interval_s` again and again and counts how
 late each wake-up was in a fixed histogram of log-spaced bins (10 us to 10 s, about 3% wide), so
-its memory stays flat however long the run. The streaming client adds how long each receive's
-bytes waited in the kernel before the loop read them (where the kernel stamps arrivals): a probe
-every 10 ms misses short stalls; every read sees them. A chunk's own time comes from the kernel,
-but a loop 20 ms late reads chunks sent 10 ms apart in one receive, and their gap is lost.
+its memory stays flat however long the run. The streaming client adds, with `read`, how long each
+receive's bytes waited in the kernel before the loop read them (where the kernel stamps arrivals):
+a probe every 10 ms misses short stalls; every read sees them. A chunk's own time comes from the
+kernel, but a loop 20 ms late reads chunks sent 10 ms apart in one receive, stamped with the last
+one's arrival, and their gap is lost: `read` also counts the content chunks that came in one
+receive with the chunk before them (merged), and the reads the kernel did not stamp.
 """
 
 from __future__ import annotations
@@ -27,11 +29,25 @@ class LoopLag:
         self.interval_s = interval_s
         self.counts = [0] * (len(EDGES) + 1)
         self.max_s = 0.0
+        self.chunks = 0  # content chunks read
+        self.merged = 0  # of them, read in one receive with the chunk before them
+        self.unstamped = 0  # reads without the kernel's arrival time
 
     def add(self, lag_s: float) -> None:
         self.counts[bisect_left(_EDGES, lag_s)] += 1
         if lag_s > self.max_s:
             self.max_s = lag_s
+
+    def read(self, waited_s: float | None, chunks: int) -> None:
+        """One receive: how long its bytes waited unread (None: not stamped), and how many
+        content chunks it completed."""
+        if waited_s is None:
+            self.unstamped += 1
+        else:
+            self.add(waited_s)
+        self.chunks += chunks
+        if chunks > 1:
+            self.merged += chunks - 1
 
     def watch(self) -> None:
         """Measure forever (kill the greenlet to stop)."""
@@ -62,4 +78,7 @@ class LoopLag:
             "p50_ms": self.quantile(0.5) * 1000.0,
             "p99_ms": self.quantile(0.99) * 1000.0,
             "max_ms": self.max_s * 1000.0,
+            "chunks": self.chunks,
+            "merged": self.merged,
+            "unstamped_reads": self.unstamped,
         }

@@ -242,6 +242,11 @@ class LoopLag(_Strict):
     p50_ms: float
     p99_ms: float
     max_ms: float
+    chunks: int = Field(0, ge=0, description="content chunks read")
+    merged: int = Field(
+        0, ge=0, description="chunks read in one receive with the chunk before them"
+    )
+    unstamped_reads: int = Field(0, ge=0, description="reads without the kernel's arrival time")
 
 
 class Cpu(_Strict):

@@ -151,6 +151,34 @@ def _write_meta(
     )
 
 
+MERGED_LIMIT = 0.005  # of content chunks read with the one before them: p99 ITL then holds
+
+
+def _late_loop(generator: dict[str, Any], max_lag_ms: float) -> str | None:
+    """Why the generator's lateness spoiled its times, if it did: its loop (in the worst
+    process) woke or read later than `max_lag_ms` at p99, and the times carry it (reads the
+    kernel did not stamp) or it merged chunks (more than MERGED_LIMIT of them read in one
+    receive with the chunk before, their gaps lost). Kernel-stamped chunks far enough apart
+    not to merge keep their times however late the loop reads them."""
+    for lag in [w["loop_lag"] for w in generator.get("workers", [])] or [generator["loop_lag"]]:
+        if lag["p99_ms"] <= max_lag_ms:
+            continue
+        said = (
+            f"generator overloaded: its event loop woke or read {lag['p99_ms']:.1f} ms late at "
+            f"p99 > traffic.max_loop_lag_ms {max_lag_ms:g}"
+        )
+        merged = lag.get("merged", 0) / max(lag.get("chunks", 0), 1)
+        if lag.get("unstamped_reads", 0) or "chunks" not in lag:
+            return f"{said}, and its reads were not stamped by the kernel: each time carries it"
+        if merged > MERGED_LIMIT:
+            return (
+                f"{said}, and {merged:.1%} of the content chunks were read in one receive "
+                "with the chunk before them: their gaps (ITL, and TTFT where the first two "
+                "came together) are lost"
+            )
+    return None
+
+
 def invalid_reasons(
     scenario: Scenario,
     table: RequestTable,
@@ -164,13 +192,9 @@ def invalid_reasons(
     traffic = scenario.traffic
     if generator and generator.get("failure"):
         reasons.append(f"distributed run failed: {generator['failure']}")
-    lag_ms = generator["loop_lag"]["p99_ms"] if generator else 0.0
-    if lag_ms > traffic.max_loop_lag_ms:
-        reasons.append(
-            f"generator overloaded: its event loop woke or read {lag_ms:.1f} ms late at p99 "
-            f"> traffic.max_loop_lag_ms {traffic.max_loop_lag_ms:g} (chunks closer together "
-            "than that are read as one, and time stamps not from the kernel carry the delay)"
-        )
+    late = _late_loop(generator, traffic.max_loop_lag_ms) if generator else None
+    if late:
+        reasons.append(late)
     cpu = generator["cpu"]["mean"] if generator else 0.0
     if cpu > traffic.max_generator_cpu:
         reasons.append(

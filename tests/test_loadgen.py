@@ -133,21 +133,42 @@ def test_requests_dropped_at_the_in_flight_cap_are_counted_apart(tmp_path: Path)
     assert f"dropped: {len(dropped)} planned requests were never sent" in result.stdout
 
 
-def test_loop_lag_is_measured_and_over_its_limit_makes_the_run_invalid(tmp_path: Path) -> None:
-    """Every run measures how late its event loop wakes; a limit no loop can keep (1 us: a
-    gevent sleep alone overshoots that) marks the run invalid, exit 3, with the reason."""
+@pytest.mark.parametrize("step_ms", [0.05, 12.0])
+def test_a_late_loop_makes_the_run_invalid_when_it_merged_chunks(
+    tmp_path: Path, step_ms: float
+) -> None:
+    """Every run measures how late its event loop wakes and reads, and how many chunks it read
+    together. Past a limit no loop can keep (1 us: a gevent sleep alone overshoots that), chunks
+    written 50 us apart are read several at once (their gaps lost): invalid, exit 3, with the
+    reason. Chunks 12 ms apart are each read alone and stamped by the kernel: their times hold,
+    and the run is valid."""
     data = scenario_dict(traffic={"rate": 10, "duration_s": 1.5, "seed": 4})
     data["traffic"]["max_loop_lag_ms"] = 0.001
+    data["reference_target"]["step"] = {
+        "base_ms": step_ms, "per_decode_seq_ms": 0.0, "per_prefill_token_ms": 0.0
+    }  # fmt: skip
     path = write_scenario(tmp_path / "s.yaml", data)
     out = tmp_path / "run"
     result = run_cli("run", str(path), "--out", str(out), "--no-report", "-q")
-    assert result.returncode == 3, result.stderr
     meta = json.loads((out / "run.json").read_text())
     lag = meta["generator"]["loop_lag"]
     assert lag["samples"] >= 100  # a wake-up every 10 ms over the run
     assert 0 < lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"]
-    (reason,) = meta["validity"]["reasons"]
-    assert reason.startswith("generator overloaded: its event loop woke or read")
+    assert lag["p99_ms"] > 0.001 and lag["unstamped_reads"] == 0
+    records = read_records(out / "requests.jsonl")
+    assert lag["chunks"] == sum(len(r.chunk_times) for r in records)
+    # chunks read with the one before them share its time: a gap of exactly 0
+    zero_gaps = sum(int((np.diff(r.chunk_times) == 0).sum()) for r in records)
+    assert lag["merged"] == zero_gaps
+    if step_ms < 1:
+        assert result.returncode == 3, result.stderr
+        assert lag["merged"] > 0.005 * lag["chunks"]
+        (reason,) = meta["validity"]["reasons"]
+        assert reason.startswith("generator overloaded: its event loop woke or read")
+        assert "of the content chunks were read in one receive with the chunk before" in reason
+    else:
+        assert result.returncode == 0, result.stderr
+        assert lag["merged"] <= 0.005 * lag["chunks"]
     assert "event-loop lag: p50" in result.stderr
 
 

@@ -76,3 +76,44 @@ def test_processes_sharing_a_hosts_cores_make_the_run_invalid_when_they_fill_the
     (reason,) = saturated(2)
     assert "on gen-1 its 3 workers" in reason
     assert "used 1.80 of the 2 cores they may run on (90%)" in reason
+
+
+def _lag(p99_ms: float, chunks: int = 1000, merged: int = 0, unstamped: int = 0) -> dict:
+    return {
+        "p99_ms": p99_ms, "chunks": chunks, "merged": merged, "unstamped_reads": unstamped
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lag", "said"),
+    [
+        (_lag(4.0, merged=100, unstamped=5), None),  # within the limit: nothing spoiled
+        (_lag(8.0), None),  # late, but every chunk read alone and stamped by the kernel
+        (_lag(8.0, merged=5), None),  # 0.5% merged: p99 ITL holds
+        (_lag(8.0, merged=6), "0.6% of the content chunks were read in one receive"),
+        (_lag(8.0, unstamped=1), "its reads were not stamped by the kernel"),
+    ],
+)
+def test_a_late_loop_is_judged_by_what_it_spoiled(lag: dict, said: str | None) -> None:
+    scenario = parse_scenario(scenario_dict(traffic={"rate": 5, "duration_s": 3, "seed": 1,
+                                                     "max_loop_lag_ms": 5}))  # fmt: skip
+    generator = {"loop_lag": lag, "cpu": {"mean": 0.1}}
+    reasons = invalid_reasons(scenario, RequestTable.of([]), summarize([]), 1, generator)
+    late = [r for r in reasons if "overloaded" in r]
+    if said is None:
+        assert late == []
+    else:
+        (reason,) = late
+        assert "8.0 ms late at p99 > traffic.max_loop_lag_ms 5" in reason and said in reason
+
+
+def test_the_worst_worker_decides() -> None:
+    """Of two workers, the one that merged chunks makes the run invalid, whichever is later."""
+    scenario = parse_scenario(scenario_dict())
+    workers = [
+        {"loop_lag": _lag(9.0), "cpu": {"mean": 0.1}},
+        {"loop_lag": _lag(6.0, merged=50), "cpu": {"mean": 0.1}},
+    ]
+    generator = {**workers[0], "workers": workers}
+    reasons = invalid_reasons(scenario, RequestTable.of([]), summarize([]), 1, generator)
+    assert any("6.0 ms late" in r and "5.0% of the content chunks" in r for r in reasons)
