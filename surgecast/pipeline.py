@@ -157,8 +157,8 @@ MERGED_LIMIT = 0.0025
 
 
 def _late_loop(generator: dict[str, Any], max_lag_ms: float) -> str | None:
-    """Why the generator's lateness spoiled its times, if it did: its loop (in the worst
-    process) woke or read later than `max_lag_ms` at p99, and the times carry it (reads the
+    """Why the generator's lateness spoiled its times, if it did: its loop (in any of its
+    processes) woke or read later than `max_lag_ms` at p99, and the times carry it (reads the
     kernel did not stamp) or it merged chunks (more than MERGED_LIMIT of them read in one
     receive with the chunk before, their gaps lost). Kernel-stamped chunks far enough apart
     not to merge keep their times however late the loop reads them."""
