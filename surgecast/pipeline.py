@@ -169,9 +169,9 @@ def _late_loop(generator: dict[str, Any], max_lag_ms: float) -> str | None:
             f"generator overloaded: its event loop woke or read {lag['p99_ms']:.1f} ms late at "
             f"p99 > traffic.max_loop_lag_ms {max_lag_ms:g}"
         )
-        merged = lag.get("merged", 0) / max(lag.get("chunks", 0), 1)
         if lag.get("unstamped_reads", 0) or "chunks" not in lag:
             return f"{said}, and its reads were not stamped by the kernel: each time carries it"
+        merged = lag["merged"] / max(lag["chunks"], 1)
         if merged > MERGED_LIMIT:
             return (
                 f"{said}, and {merged:.2%} of the content chunks were read in one receive "
