@@ -38,8 +38,8 @@ import numpy as np
 
 from scenarios.metrics import metric_samples
 from scenarios.spec import Scenario, parse_scenario
-from simulator.backtest import BacktestRow
-from simulator.calibrate import step_time_ratio
+from simulator.fit.backtest import BacktestRow
+from simulator.fit.calibrate import step_time_ratio
 from surgecast.pipeline import backtest_run, calibrate_runs, run_load
 from surgecast.rundir import RunFolder
 from surgecast.sweep import staircase

@@ -29,9 +29,9 @@ from pathlib import Path
 from scenarios.plan import build_plan
 from scenarios.regress import parse_budget
 from scenarios.spec import parse_scenario
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
-from simulator.stepcost import scaled
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.engine.stepcost import scaled
+from simulator.replay.sim import simulate
 from surgecast.compare import Run, compare
 from surgecast.gate import judge_budget
 

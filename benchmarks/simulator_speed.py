@@ -24,8 +24,8 @@ import time
 
 from scenarios.plan import build_plan
 from scenarios.spec import parse_scenario
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.replay.sim import simulate
 
 ENGINE = EngineConfig(max_num_seqs=32, cost=StepCost(0.015, 0.0008, 0.00006))
 SHORT = (6.0, 20, 200)  # requests/s per replica, answer tokens (uniform): about 80% load

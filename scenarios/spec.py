@@ -429,8 +429,8 @@ class ColdStartSpec(Strict):
         description="Model load; default: model's weights / gpu's load bandwidth, else "
         "reference_target.cold_start_s.",
     )
-    model: str | None = Field(None, description="A model profile name (simulator.profiles).")
-    gpu: str | None = Field(None, description="A GPU profile name (simulator.profiles).")
+    model: str | None = Field(None, description="A model profile name (simulator.engine.profiles).")
+    gpu: str | None = Field(None, description="A GPU profile name (simulator.engine.profiles).")
     tensor_parallel: Literal[1, 2, 4, 8] = Field(1, description="GPUs per replica.")
     init_s: float = Field(0.0, ge=0, le=3600, description="Engine start after the load.")
     jitter: float = Field(

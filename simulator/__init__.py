@@ -1,5 +1,12 @@
-"""Virtual executor: the engine model, its SimPy replay, calibration, back-test and forecast.
+"""Virtual executor: the engine model, its SimPy replay, fitting it to measurements, forecasting.
 
-The engine model (`simulator.engine`) has no clock: the simulator runs it on SimPy's clock and the
-reference target (`simulator.target`) on the wall clock.
+Rooms, each importing only those before it:
+- `simulator.engine`: the engine without a clock (scheduler, paged KV cache, step cost, the drive
+  loop every clock shares, hardware profiles).
+- `simulator.replay`: the engine on SimPy's clock (replicas, a fleet with routing, admission and
+  autoscaling, the simulated users, the ledger of what happened to each request).
+- `simulator.fit`: calibration from measured records, and back-tests of what it predicts.
+- `simulator.forecast`: the capacity search over fleet sizes at each scale of the traffic.
+
+The reference target (`targets.reference_server`) runs the same engine on the wall clock.
 """

@@ -36,15 +36,15 @@ from scenarios.spec import (
 )
 from scenarios.traces import TraceError
 from scenarios.traffic import PlanTooLarge
-from simulator.launch import TARGET_KEY_ENV, TargetStartError
 from surgecast import __version__
 from surgecast.rundir import InvalidRun
 from targets.llama_build import BuildError
 from targets.llama_server import LlamaServerError
+from targets.reference_launch import TARGET_KEY_ENV, TargetStartError
 from targets.vllm_server import VllmServerError
 
 if TYPE_CHECKING:
-    from simulator.calibrate import Calibration
+    from simulator.fit.calibrate import Calibration
     from surgecast.compare import Run
     from surgecast.pipeline import RunOutcome
     from targets.llama_launch import LlamaOptions
@@ -592,7 +592,7 @@ def _duration_flag(p: argparse.ArgumentParser) -> None:
 def _load(path: str) -> Scenario:
     """load_scenario, and the checks that need the simulator's profiles (the fleet's model and
     GPU), so a bad one stops a pipeline before it sends anything."""
-    from simulator.fleet_spec import fleet_from_spec
+    from simulator.replay.fleet_spec import fleet_from_spec
 
     scenario = load_scenario(path)
     try:
@@ -635,8 +635,8 @@ def _print(text: str) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from simulator.engine import EngineConfig, engine_from_spec
-    from simulator.target import serve
+    from simulator.engine.core import EngineConfig, engine_from_spec
+    from targets.reference_server import serve
 
     faults, interval = None, a.stream_interval
     if a.scenario:
@@ -653,7 +653,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     else:
         config = EngineConfig()
     if a.slowdown:
-        from simulator.stepcost import scaled
+        from simulator.engine.stepcost import scaled
 
         spec_slowdown = load_scenario(a.scenario).reference_target.slowdown if a.scenario else 1.0
         config = config.with_cost(scaled(config.cost, a.slowdown / spec_slowdown))
@@ -902,8 +902,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from scenarios.records import RecordsError
-    from simulator.backtest import backtest_warnings
-    from simulator.calibrate import CalibrationError, fit_problems
+    from simulator.fit.backtest import backtest_warnings
+    from simulator.fit.calibrate import CalibrationError, fit_problems
     from surgecast.contracts import write_calibration
     from surgecast.pipeline import backtest_run, calibrate_runs
     from surgecast.rundir import RunFolder, RunFolderError
@@ -954,7 +954,7 @@ def _unusable(problems: Sequence[str]) -> int:
 
 
 def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
-    from simulator.calibrate import fit_problems
+    from simulator.fit.calibrate import fit_problems
     from surgecast.contracts import write_calibration
     from surgecast.rundir import new_run_id
     from surgecast.sweep import held_out_rows, level_rows, sweep
@@ -987,7 +987,7 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
 
 
 def cmd_backtest(a: argparse.Namespace) -> int:
-    from simulator.backtest import BacktestRow, backtest_warnings
+    from simulator.fit.backtest import BacktestRow, backtest_warnings
     from surgecast.pipeline import backtest_run, in_sample
     from surgecast.rundir import RunFolder
     from surgecast.tables import backtest_table
@@ -1101,8 +1101,8 @@ def cmd_schema(a: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(a: argparse.Namespace) -> int:
-    from simulator.backtest import backtest_warnings
-    from simulator.calibrate import CalibrationError, fit_problems
+    from simulator.fit.backtest import backtest_warnings
+    from simulator.fit.calibrate import CalibrationError, fit_problems
     from surgecast import pipeline as pl
     from surgecast.contracts import write_calibration
     from surgecast.report import render

@@ -17,12 +17,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scenarios.metrics import Stats, Summary
-from simulator.backtest import BacktestRow
-from simulator.calibrate import PARAMS, Calibration, Fit
-from simulator.costfit import Candidate
-from simulator.engine import EngineConfig
-from simulator.forecast import Estimate, Evaluation, ForecastPoint
-from simulator.tokenmap import TokenMap
+from simulator.engine.core import EngineConfig
+from simulator.fit.backtest import BacktestRow
+from simulator.fit.calibrate import PARAMS, Calibration, Fit
+from simulator.fit.costfit import Candidate
+from simulator.fit.tokenmap import TokenMap
+from simulator.forecast.search import Estimate, Evaluation, ForecastPoint
 
 M = TypeVar("M", bound=BaseModel)
 RUN_SCHEMA = "surgecast.run/1"
@@ -358,7 +358,7 @@ class FitQuality(_Strict):
     r2: float | None = Field(description="null where the step times do not vary")
     rmse_ms: float
     residual_quantiles_ms: list[float] = Field(
-        description="per-step residuals (measured - fitted) at simulator.calibrate's levels"
+        description="per-step residuals (measured - fitted) at simulator.fit.calibrate's levels"
     )
 
 

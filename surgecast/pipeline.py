@@ -22,7 +22,6 @@ from loadgen.client import (
     preflight,
     read_api_key,
 )
-from loadgen.engine_metrics import kept_series
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts, probe_sizes, run_salt
 from loadgen.telemetry import (
     NvmlSampler,
@@ -48,33 +47,34 @@ from scenarios.records import (
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
 from scenarios.table import RequestTable
-from simulator.backtest import (
+from simulator.engine.core import EngineConfig, engine_from_spec
+from simulator.fit.backtest import (
     BacktestRow,
     backtest,
     backtest_warnings,
     predict_plan,
     replay_plan,
 )
-from simulator.calibrate import (
+from simulator.fit.calibrate import (
     SPEED_WINDOW_S,
     Calibration,
     CalibrationError,
     calibrate,
     step_speed,
 )
-from simulator.capacity import saturation_throughput
-from simulator.engine import EngineConfig, engine_from_spec
-from simulator.fleet_spec import fleet_from_spec
-from simulator.forecast import Forecaster, ForecastPoint
-from simulator.launch import ReferenceTargetProcess
-from simulator.sim import simulate
+from simulator.forecast.capacity import saturation_throughput
+from simulator.forecast.search import Forecaster, ForecastPoint
+from simulator.replay.fleet_spec import fleet_from_spec
+from simulator.replay.sim import simulate
 from surgecast.contracts import write_backtest, write_forecast, write_summary
 from surgecast.planview import messiness_table
 from surgecast.progressbar import ForecastBar
 from surgecast.rundir import RunFolder, machine, new_run_id, versions, writer
+from targets.engine_metrics import kept_series
 from targets.llama_build import BuildError
 from targets.llama_launch import LlamaOptions, engine_limits, launch, limits_dict
 from targets.llama_server import LlamaServer, LlamaServerError, probe_limits
+from targets.reference_launch import ReferenceTargetProcess
 from targets.vllm_launch import VllmOptions, cache_limits
 from targets.vllm_launch import engine_limits as vllm_engine_limits
 from targets.vllm_launch import launch as launch_vllm

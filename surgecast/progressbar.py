@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from simulator.forecast import Evaluation
+from simulator.forecast.search import Evaluation
 
 WIDTH = 24
 

@@ -18,13 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from loadgen.engine_metrics import series_value
 from loadgen.telemetry import read_telemetry
 from scenarios.metrics import Summary, summarize_table
 from scenarios.records import iter_records
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
-from simulator.forecast import ForecastPoint
+from simulator.forecast.search import ForecastPoint
 from surgecast.compare import (
     HEADERS,
     Comparison,
@@ -53,6 +52,7 @@ from surgecast.tables import (
     forecast_blocks,
     summary_blocks,
 )
+from targets.engine_metrics import series_value
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import Scenario, Traffic
-from simulator.backtest import BacktestRow
-from simulator.calibrate import Calibration
+from simulator.fit.backtest import BacktestRow
+from simulator.fit.calibrate import Calibration
 from surgecast.pipeline import RunOutcome, Say, backtest_run, calibrate_runs, run_load, say_stderr
 
 LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)

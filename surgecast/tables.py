@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scenarios.metrics import Summary
-from simulator.backtest import BacktestRow
-from simulator.calibrate import PARAMS, Calibration
-from simulator.forecast import Estimate, ForecastPoint
-from simulator.stepcost import DecodeTableCost
+from simulator.engine.stepcost import DecodeTableCost
+from simulator.fit.backtest import BacktestRow
+from simulator.fit.calibrate import PARAMS, Calibration
+from simulator.forecast.search import Estimate, ForecastPoint
 
 
 @dataclass(frozen=True)

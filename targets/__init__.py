@@ -1,4 +1,4 @@
-"""Real engines as load-test targets: build, model and launch them on loopback.
-
-`simulator/` stays pure: this package holds the processes surgecast starts and talks to.
+"""Load-test targets surgecast starts and talks to: the reference server (the engine model on the
+wall clock), llama.cpp's llama-server and vLLM for CPU, each on loopback; and what surgecast
+reads of an engine's Prometheus metrics.
 """

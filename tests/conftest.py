@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from simulator.engine import EngineConfig, StepCost
-from simulator.launch import ReferenceTargetProcess
+from simulator.engine.core import EngineConfig, StepCost
+from targets.reference_launch import ReferenceTargetProcess
 
 if TYPE_CHECKING:
     from surgecast.pipeline import RunOutcome

@@ -12,12 +12,12 @@ import pytest
 from scenarios.plan import build_plan
 from scenarios.records import RequestRecord, write_records
 from scenarios.spec import Scenario, parse_scenario
-from simulator.backtest import BacktestRow, backtest, predict_plan
-from simulator.calibrate import RESIDUAL_LEVELS, Calibration, calibrate, draw_residuals
-from simulator.capacity import saturation_throughput
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
-from simulator.stepcost import scaled
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.engine.stepcost import scaled
+from simulator.fit.backtest import BacktestRow, backtest, predict_plan
+from simulator.fit.calibrate import RESIDUAL_LEVELS, Calibration, calibrate, draw_residuals
+from simulator.forecast.capacity import saturation_throughput
+from simulator.replay.sim import simulate
 from surgecast.pipeline import calibrate_runs
 from surgecast.rundir import RunFolder
 from tests.conftest import run_json, scenario_dict

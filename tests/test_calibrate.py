@@ -11,10 +11,10 @@ import pytest
 from scenarios.plan import build_plan
 from scenarios.records import RequestRecord
 from scenarios.spec import parse_scenario
-from simulator.backtest import backtest
-from simulator.calibrate import Calibration, CalibrationError, calibrate
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.fit.backtest import backtest
+from simulator.fit.calibrate import Calibration, CalibrationError, calibrate
+from simulator.replay.sim import simulate
 from tests.conftest import scenario_dict
 
 TRUE_COST = StepCost(base_s=0.018, per_decode_seq_s=0.0007, per_prefill_token_s=6e-5)

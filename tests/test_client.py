@@ -152,7 +152,7 @@ def test_chunks_of_several_tokens_are_counted_from_usage_on_every_chunk() -> Non
     and continuous_usage_stats): the record keeps the tokens of each chunk, the chunk times
     agree with the server's writes, and ITL is per token, not per chunk."""
     from scenarios.metrics import metric_samples
-    from simulator.launch import ReferenceTargetProcess
+    from targets.reference_launch import ReferenceTargetProcess
 
     options = {"include_usage": True, "continuous_usage_stats": True}
     with ReferenceTargetProcess(FAST_ENGINE, stream_interval=4, debug=True) as url:

@@ -13,12 +13,12 @@ import pytest
 from scenarios.plan import build_plan
 from scenarios.records import RequestRecord
 from scenarios.spec import parse_scenario
-from simulator.backtest import backtest
-from simulator.calibrate import Calibration, calibrate
-from simulator.costfit import Selection, StepRows, predict, select
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
-from simulator.stepcost import ContextStepCost, CostModel, DecodeTableCost, RooflineCost
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.engine.stepcost import ContextStepCost, CostModel, DecodeTableCost, RooflineCost
+from simulator.fit.backtest import backtest
+from simulator.fit.calibrate import Calibration, calibrate
+from simulator.fit.costfit import Selection, StepRows, predict, select
+from simulator.replay.sim import simulate
 from surgecast.contracts import read_calibration, write_calibration
 from tests.conftest import scenario_dict
 from tests.test_calibrate import _jittered

@@ -16,10 +16,10 @@ import numpy as np
 
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
-from simulator.drive import WAIT_FOR_WORK, DriveLoop, EngineEvents, Sleep
-from simulator.engine import Engine, EngineConfig, Sequence, StepCost
-from simulator.launch import ReferenceTargetProcess
-from simulator.sim import simulate
+from simulator.engine.core import Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.drive import WAIT_FOR_WORK, DriveLoop, EngineEvents, Sleep
+from simulator.replay.sim import simulate
+from targets.reference_launch import ReferenceTargetProcess
 
 STEP_S = 0.03
 ENGINE = EngineConfig(

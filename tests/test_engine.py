@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.engine import ContextStepCost, Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.core import ContextStepCost, Engine, EngineConfig, Sequence, StepCost
 
 
 def test_step_cost_is_linear() -> None:

@@ -12,8 +12,8 @@ from typing import Any
 
 from scenarios.records import read_records
 from scenarios.spec import TargetFaults
-from simulator.engine import EngineConfig, StepCost
-from simulator.launch import ReferenceTargetProcess
+from simulator.engine.core import EngineConfig, StepCost
+from targets.reference_launch import ReferenceTargetProcess
 from tests.conftest import run_cli, scenario_dict, served_log, write_scenario
 
 ENGINE = EngineConfig(max_num_seqs=32, kv_cache_tokens=65536, cost=StepCost(0.005, 0.0, 0.0))

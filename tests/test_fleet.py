@@ -20,14 +20,14 @@ from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord, read_records
 from scenarios.spec import Retry, ScenarioError, parse_scenario
 from scenarios.traffic import PoissonArrival
-from simulator.calibrate import Calibration, Fit
-from simulator.engine import Engine, EngineConfig, StepCost
-from simulator.engine import Sequence as Seq
-from simulator.fleet import AutoscalerConfig, ColdStart, FleetConfig
-from simulator.fleet_spec import fleet_from_spec
-from simulator.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
-from simulator.routing import Router, Routing
-from simulator.sim import SimResult, simulate
+from simulator.engine.core import Engine, EngineConfig, StepCost
+from simulator.engine.core import Sequence as Seq
+from simulator.engine.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
+from simulator.fit.calibrate import Calibration, Fit
+from simulator.replay.fleet import AutoscalerConfig, ColdStart, FleetConfig
+from simulator.replay.fleet_spec import fleet_from_spec
+from simulator.replay.routing import Router, Routing
+from simulator.replay.sim import SimResult, simulate
 from surgecast.pipeline import simulate_scenario
 from tests.conftest import run_cli, scenario_dict, write_scenario
 

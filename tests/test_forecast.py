@@ -10,11 +10,11 @@ import pytest
 
 from scenarios.plan import RequestSpec
 from scenarios.spec import Scenario
-from simulator.calibrate import Calibration, Fit
-from simulator.capacity import saturation_throughput
-from simulator.engine import EngineConfig, StepCost
-from simulator.forecast import ForecastConfig, Forecaster
-from simulator.sim import simulate
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.fit.calibrate import Calibration, Fit
+from simulator.forecast.capacity import saturation_throughput
+from simulator.forecast.search import ForecastConfig, Forecaster
+from simulator.replay.sim import simulate
 from surgecast.contracts import read_forecast, write_forecast
 from surgecast.tables import forecast_table
 from tests.conftest import scenario_dict

@@ -17,8 +17,8 @@ from scenarios.records import write_records
 from scenarios.regress import parse_budget
 from scenarios.spec import parse_scenario
 from scenarios.table import OK, STATUSES, RequestTable
-from simulator.engine import engine_from_spec
-from simulator.sim import simulate
+from simulator.engine.core import engine_from_spec
+from simulator.replay.sim import simulate
 from surgecast.compare import Run, compare
 from surgecast.gate import judge_budget
 from surgecast.rundir import RunFolder

@@ -14,10 +14,10 @@ import simpy
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import parse_scenario
-from simulator.drive import EngineEvents
-from simulator.engine import ContextStepCost, EngineConfig, Sequence, StepCost
-from simulator.sim import Replica, SimResult, simulate
-from simulator.stepcost import CostModel, DecodeTableCost, RooflineCost
+from simulator.engine.core import ContextStepCost, EngineConfig, Sequence, StepCost
+from simulator.engine.drive import EngineEvents
+from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
+from simulator.replay.sim import Replica, SimResult, simulate
 from tests.conftest import scenario_dict
 
 TIGHT = EngineConfig(  # few blocks and a small budget: chunked prefills and preemptions

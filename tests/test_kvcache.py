@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from scenarios.plan import RequestSpec
-from simulator.engine import Engine, EngineConfig, Sequence, StepCost
-from simulator.kvcache import BlockManager, prefix_block_keys
-from simulator.sim import simulate
+from simulator.engine.core import Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.kvcache import BlockManager, prefix_block_keys
+from simulator.replay.sim import simulate
 
 
 def test_blocks_grow_as_tokens_are_computed_and_are_freed_at_the_end() -> None:

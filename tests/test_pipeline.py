@@ -69,8 +69,8 @@ def test_pipeline_end_to_end(pipeline_run: tuple[Path, str]) -> None:
 
 def test_core_packages_import_without_gevent() -> None:
     code = (
-        "import sys, scenarios.spec, scenarios.plan, scenarios.metrics, simulator.sim, "
-        "simulator.target, simulator.forecast, surgecast.cli, surgecast.pipeline, "
+        "import sys, scenarios.spec, scenarios.plan, scenarios.metrics, simulator.replay.sim, "
+        "targets.reference_server, simulator.forecast.search, surgecast.cli, surgecast.pipeline, "
         "surgecast.report, loadgen.client; print('gevent' in sys.modules)"
     )
     out = subprocess.run(

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from simulator.engine import EngineConfig
-from simulator.profiles import (
+from simulator.engine.core import EngineConfig
+from simulator.engine.profiles import (
     A100_80GB,
     H100_80GB,
     L40S_48GB,

@@ -17,8 +17,8 @@ from scipy import stats
 
 from scenarios.plan import RequestSpec
 from scenarios.traffic import PoissonArrival
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.replay.sim import simulate
 
 SEEDS = range(12)
 

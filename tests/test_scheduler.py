@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.engine import Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.core import Engine, EngineConfig, Sequence, StepCost
 
 
 def _run(eng: Engine, max_steps: int = 10000) -> list[tuple[int, int, list[str]]]:

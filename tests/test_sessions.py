@@ -13,7 +13,7 @@ import pytest
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord, read_records
 from scenarios.spec import TargetFaults, load_scenario
-from simulator.launch import ReferenceTargetProcess
+from targets.reference_launch import ReferenceTargetProcess
 from tests.conftest import FAST_ENGINE, run_cli, scenario_dict, write_scenario
 
 THINK_S = 0.3

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from simulator.engine import EngineConfig, StepCost
-from simulator.launch import ReferenceTargetProcess
+from simulator.engine.core import EngineConfig, StepCost
+from targets.reference_launch import ReferenceTargetProcess
 from tests.conftest import ROOT, run_cli, scenario_dict, served_requests, write_scenario
 
 # 20 ms steps and 60-120 token answers: each request is in flight for 1.2-2.4 s

@@ -7,8 +7,8 @@ import pytest
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import parse_scenario
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.replay.sim import simulate
 from tests.conftest import scenario_dict
 
 ENGINE = EngineConfig(max_num_seqs=8, kv_cache_tokens=1 << 20, cost=StepCost(0.01, 0.001, 0.0))

@@ -14,7 +14,7 @@ from scenarios.metrics import Summary, summarize, summarize_table
 from scenarios.records import RequestRecord, iter_records, write_records
 from scenarios.slo import parse_threshold
 from scenarios.table import RequestTable
-from simulator.sim import simulate
+from simulator.replay.sim import simulate
 from tests.test_fleet import _random_case
 
 THRESHOLDS = [

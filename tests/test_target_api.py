@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.launch import ReferenceTargetProcess
-from simulator.openai_params import CHECKS
+from targets.openai_params import CHECKS
+from targets.reference_launch import ReferenceTargetProcess
 from tests.conftest import FAST_ENGINE
 
 CHAT = "/v1/chat/completions"

@@ -7,7 +7,7 @@ import pytest
 
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
-from simulator.tokenmap import TokenMap
+from simulator.fit.tokenmap import TokenMap
 
 
 def _served(planned_prompt: int, planned_output: int, rng: np.random.Generator) -> RequestRecord:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from scenarios.plan import RequestSpec
-from simulator.engine import EngineConfig, StepCost
-from simulator.sim import simulate
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.replay.sim import simulate
 
 STEP = StepCost(0.01, 0.0, 0.0)  # every step 10 ms, whatever it holds
 

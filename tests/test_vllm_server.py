@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from loadgen.client import Endpoint, StreamingCall
-from loadgen.engine_metrics import KNOWN, kept_series, series_value
 from loadgen.telemetry import parse_prometheus
 from scenarios.plan import RequestSpec
 from scenarios.text import make_prompt
 from surgecast.pipeline import backtest_run, calibrate_runs
 from surgecast.rundir import RunFolder
+from targets.engine_metrics import KNOWN, kept_series, series_value
 from targets.vllm_launch import VllmOptions, config_for, engine_limits
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import (

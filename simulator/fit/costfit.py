@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
-from simulator.stepcost import (
+from simulator.engine.stepcost import (
     ContextStepCost,
     CostModel,
     DecodeTableCost,

@@ -2,9 +2,10 @@
 
 `DriveLoop.run()` is a plain generator: it steps the engine and yields what it waits for, a
 `Sleep(seconds)` for a step (or a cold start) and `WAIT_FOR_WORK` while idle. A driver interprets
-those commands on its own clock: `simulator.sim.Replica` with SimPy events, the reference target's
-`LiveEngine` with asyncio (keeping steps on schedule when a sleep overshoots). Everything else
-(cold start, timeouts, aborts, preemption, token and finish events) happens here, the same for both.
+those commands on its own clock: `simulator.replay.sim.Replica` with SimPy events, the reference
+target's `LiveEngine` with asyncio (keeping steps on schedule when a sleep overshoots). Everything
+else (cold start, timeouts, aborts, preemption, token and finish events) happens here, the same for
+both.
 
 A driver that passes `retime` lets the loop jump: while a batch only decodes and nothing can join
 it, its steps repeat until a sequence finishes or a block runs short, so the loop yields one
@@ -24,8 +25,8 @@ from itertools import accumulate, repeat
 from operator import add, mul, truediv
 from typing import Generic, TypeVar
 
-from simulator.engine import Engine, Sequence, Step
-from simulator.scheduler import RUNNING, WAITING
+from simulator.engine.core import Engine, Sequence, Step
+from simulator.engine.scheduler import RUNNING, WAITING
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from simulator.engine import EngineConfig
+from simulator.engine.core import EngineConfig
 
 GIB = 1024**3
 TP_DEGREES = (1, 2, 4, 8)

@@ -25,9 +25,9 @@ from aiohttp.typedefs import Handler
 
 from scenarios.spec import TargetFaults
 from scenarios.text import count_tokens, output_word
-from simulator.drive import DriveLoop, EngineEvents, Sleep
-from simulator.engine import Engine, EngineConfig, Sequence
-from simulator.openai_params import BadRequest, check_sampling
+from simulator.engine.core import Engine, EngineConfig, Sequence
+from simulator.engine.drive import DriveLoop, EngineEvents, Sleep
+from targets.openai_params import BadRequest, check_sampling
 
 CATCH_UP_S = 0.01  # a step that overslept by less than this is absorbed, not accumulated
 BODY_TIMEOUT_S = 30.0  # a request body not fully sent by then is refused (408)

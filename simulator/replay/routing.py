@@ -23,7 +23,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from simulator.engine import Engine
+from simulator.engine.core import Engine
 
 Routing = Literal["random", "round_robin", "least_outstanding", "least_kv", "prefix_affinity"]
 ROUTINGS: tuple[str, ...] = get_args(Routing)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scenarios.spec import ColdStartSpec, FleetSpec
-from simulator.fleet import AutoscalerConfig, ColdStart, FleetConfig
-from simulator.profiles import GPUS, MODELS, ServingConfig
+from simulator.engine.profiles import GPUS, MODELS, ServingConfig
+from simulator.replay.fleet import AutoscalerConfig, ColdStart, FleetConfig
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import simpy
 from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
 from scenarios.table import RequestTable
-from simulator.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
-from simulator.engine import Engine, EngineConfig
-from simulator.engine import Sequence as Seq
-from simulator.fleet import Fleet, FleetConfig, FleetStats
-from simulator.ledger import (
+from simulator.engine.core import Engine, EngineConfig
+from simulator.engine.core import Sequence as Seq
+from simulator.engine.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
+from simulator.replay.fleet import Fleet, FleetConfig, FleetStats
+from simulator.replay.ledger import (
     ABANDONED,
     CANCELLED,
     CONTEXT_LENGTH,

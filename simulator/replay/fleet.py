@@ -19,17 +19,17 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, get_args
 import numpy as np
 import simpy
 
-from simulator.drive import DriveLoop
-from simulator.engine import Engine, EngineConfig
-from simulator.engine import Sequence as Seq
-from simulator.profiles import (
+from simulator.engine.core import Engine, EngineConfig
+from simulator.engine.core import Sequence as Seq
+from simulator.engine.drive import DriveLoop
+from simulator.engine.profiles import (
     GpuProfile,
     ModelProfile,
     ServingConfig,
     blocks_per_replica,
     load_seconds,
 )
-from simulator.routing import Router, Routing
+from simulator.replay.routing import Router, Routing
 
 Metric = Literal["in_flight", "queue", "kv"]
 METRICS: tuple[str, ...] = get_args(Metric)

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import cycle, islice
 
-from simulator.kvcache import BlockKey, BlockManager, prefix_block_keys
+from simulator.engine.kvcache import BlockKey, BlockManager, prefix_block_keys
 
 WAITING, RUNNING, FINISHED, ABORTED = range(4)
 

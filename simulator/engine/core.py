@@ -1,6 +1,6 @@
 """The engine model without a clock: a scheduler, a paged KV cache and a step-cost model.
 
-One `Engine` is one replica. A driver (see `simulator.drive`) repeatedly calls `plan_step()`,
+One `Engine` is one replica. A driver (see `simulator.engine.drive`) repeatedly calls `plan_step()`,
 waits `step.duration` on its own clock, then calls `complete_step(step)`. A sequence gains one
 token in the step that computes its last uncomputed token: a prefill step emits a sequence's first
 token, as vLLM's does (with chunked prefill, the step with the prompt's last chunk).
@@ -12,9 +12,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scenarios.spec import ReferenceTarget
-from simulator.kvcache import BlockManager
-from simulator.scheduler import Scheduler, SchedulerConfig, Sequence, Step
-from simulator.stepcost import ContextStepCost, CostModel, StepCost, StepCostModel, cost_from_dict
+from simulator.engine.kvcache import BlockManager
+from simulator.engine.scheduler import Scheduler, SchedulerConfig, Sequence, Step
+from simulator.engine.stepcost import (
+    ContextStepCost,
+    CostModel,
+    StepCost,
+    StepCostModel,
+    cost_from_dict,
+)
 
 __all__ = [
     "ContextStepCost",

@@ -12,7 +12,7 @@ import urllib.request
 from types import TracebackType
 
 from scenarios.spec import TargetFaults
-from simulator.engine import EngineConfig
+from simulator.engine.core import EngineConfig
 
 TARGET_KEY_ENV = "SURGECAST_TARGET_API_KEY"  # the key the reference target wants, if any
 

@@ -21,9 +21,9 @@ from scenarios.metrics import metric_samples
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord
 from scenarios.spec import Scenario
-from simulator.calibrate import Calibration, draw_residuals
-from simulator.sim import SimResult, simulate
-from simulator.stepcost import scaled
+from simulator.engine.stepcost import scaled
+from simulator.fit.calibrate import Calibration, draw_residuals
+from simulator.replay.sim import SimResult, simulate
 
 DRAWS = 12  # simulations per prediction, each with its own parameter draw (and plan seed)
 BOOTSTRAP = 300

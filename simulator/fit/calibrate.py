@@ -8,7 +8,7 @@ engine was busy the whole time, so the gap is one step:
 
 A robust, non-negative least-squares fit (scipy) of those gaps gives the linear step cost; a model
 that can bend (a table by batch size, a roofline) replaces it where it predicts held-out steps
-clearly better (`simulator.costfit`). The overhead
+clearly better (`simulator.fit.costfit`). The overhead
 (send to engine: network, parsing, tokenizing) is the median of per-request estimates: requests
 that arrived to an idle engine (ttft - prefill step) and requests that arrived mid-step (see
 `_overhead_samples`). Batch limits (max_num_seqs, KV capacity) cannot be seen from below
@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scenarios.records import RequestRecord
-from simulator.chunkfit import chunk_rows, several_per_chunk
-from simulator.costfit import Candidate, Selection, StepRows, predict, robust_lstsq, select
-from simulator.engine import EngineConfig, StepCost
-from simulator.stepcost import (
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.engine.stepcost import (
     ContextStepCost,
     CostModel,
     DecodeTableCost,
     StepCostModel,
     scaled,
 )
-from simulator.tokenmap import TokenMap
+from simulator.fit.chunkfit import chunk_rows, several_per_chunk
+from simulator.fit.costfit import Candidate, Selection, StepRows, predict, robust_lstsq, select
+from simulator.fit.tokenmap import TokenMap
 
 PARAMS = ("overhead_s", "base_s", "per_decode_seq_s", "per_prefill_token_s")
 

@@ -30,14 +30,14 @@ from scenarios.metrics import summarize_table
 from scenarios.plan import build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import Scenario
-from simulator.calibrate import Calibration
-from simulator.capacity import saturation_throughput
-from simulator.engine import EngineConfig
-from simulator.fleet import FleetConfig
-from simulator.fleet_spec import fleet_from_spec
-from simulator.pool import ProcessPool
-from simulator.sim import simulate
-from simulator.tokenmap import TokenMap
+from simulator.engine.core import EngineConfig
+from simulator.fit.calibrate import Calibration
+from simulator.fit.tokenmap import TokenMap
+from simulator.forecast.capacity import saturation_throughput
+from simulator.forecast.pool import ProcessPool
+from simulator.replay.fleet import FleetConfig
+from simulator.replay.fleet_spec import fleet_from_spec
+from simulator.replay.sim import simulate
 
 HOURS_PER_MONTH = 730.0
 WARMUP_FRACTION = 0.1  # requests sent in the first 10% of the window start an empty fleet

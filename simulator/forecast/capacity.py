@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from scenarios.plan import RequestSpec
-from simulator.engine import EngineConfig
+from simulator.engine.core import EngineConfig
 
 
 def saturation_throughput(engine: EngineConfig, plan: Sequence[RequestSpec]) -> float:

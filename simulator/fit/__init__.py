@@ -1,0 +1,1 @@
+"""Fitting the engine model to measured runs (calibration) and judging it on others (back-test)."""
