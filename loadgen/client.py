@@ -32,7 +32,7 @@ from loadgen.wire import Closed, Connection, ProtocolError, Response, request_by
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
 from scenarios.scrub import stored_prompt
-from scenarios.spec import Target
+from scenarios.spec import TargetSpec
 
 Clock = Callable[[], float]
 Messages = list[dict[str, str]]
@@ -43,7 +43,7 @@ class MissingApiKey(ValueError):
     pass
 
 
-def read_api_key(target: Target) -> str | None:
+def read_api_key(target: TargetSpec) -> str | None:
     """The key from the env var the scenario names; never stored anywhere else."""
     if not target.api_key_env:
         return None
@@ -68,7 +68,7 @@ class Endpoint:
     max_response_bytes: int = 8 << 20
 
     @classmethod
-    def from_target(cls, target: Target, base_url: str | None, api_key: str | None) -> Endpoint:
+    def from_target(cls, target: TargetSpec, base_url: str | None, api_key: str | None) -> Endpoint:
         url = base_url or target.base_url
         if not url:
             raise ValueError("no target URL: give --target or target.base_url")

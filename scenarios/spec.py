@@ -108,7 +108,7 @@ def check_base_url(url: str) -> str:
     return url
 
 
-class Target(Strict):
+class TargetSpec(Strict):
     base_url: str | None = Field(
         None, description="OpenAI-compatible base URL; null starts the built-in reference target."
     )
@@ -193,7 +193,7 @@ class TargetFaults(Strict):
         return any(self.chances().values()) or self.die_after is not None
 
 
-class ReferenceTarget(Strict):
+class ReferenceTargetSpec(Strict):
     """The engine model that the built-in reference target serves."""
 
     max_num_seqs: int = Field(32, ge=1, le=4096)
@@ -597,8 +597,8 @@ class Scenario(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    target: Target = Target()
-    reference_target: ReferenceTarget = ReferenceTarget()
+    target: TargetSpec = TargetSpec()
+    reference_target: ReferenceTargetSpec = ReferenceTargetSpec()
     traffic: Traffic
     workload: Workload = Field(default_factory=Workload)
     session: Session = Field(default_factory=Session)

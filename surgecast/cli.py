@@ -28,8 +28,8 @@ from scenarios.corpora import CorpusError
 from scenarios.spec import (
     Scenario,
     ScenarioError,
-    Target,
     TargetFaults,
+    TargetSpec,
     check_base_url,
     load_scenario,
     validation_messages,
@@ -391,7 +391,7 @@ def _parser() -> argparse.ArgumentParser:
     _llama_flags(e, standalone=True)
     e.add_argument(
         "--alias",
-        default=Target.model_fields["model"].default,
+        default=TargetSpec.model_fields["model"].default,
         help="model name /v1/models lists (default: the scenarios' default, %(default)s)",
     )
     e.add_argument(
@@ -412,7 +412,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_size_flag(e, "tiny")
     e.add_argument(
         "--alias",
-        default=Target.model_fields["model"].default,
+        default=TargetSpec.model_fields["model"].default,
         help="model name /v1/models lists (default: the scenarios' default, %(default)s)",
     )
     e.add_argument(

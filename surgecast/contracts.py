@@ -290,7 +290,7 @@ class Generator(_Strict):
     failure: str | None = Field(None, description="why a distributed run could not finish")
 
 
-class Target(_Strict):
+class RunTarget(_Strict):
     """What was loaded; the engine-specific sections are what that engine reported."""
 
     kind: Literal["reference", "llama-server", "vllm", "external", "simulated"]
@@ -323,7 +323,7 @@ class RunMeta(_Strict):
     seed: int
     planned_requests: int = Field(ge=0)
     duration_s: float
-    target: Target
+    target: RunTarget
     versions: dict[str, str]
     machine: Machine
     started_at: str

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler
 
 from scenarios.spec import TargetFaults
 from scenarios.text import count_tokens, output_word
-from simulator.engine.core import Engine, EngineConfig, Sequence
+from simulator.engine.core import Engine, EngineConfig, EngineSequence
 from simulator.engine.drive import DriveLoop, EngineEvents, Sleep
 from targets.openai_params import BadRequest, check_sampling
 
@@ -60,7 +60,7 @@ class LiveEngine:
         events.finish.add_listener(self._on_finish)
         self.loop = DriveLoop(self.engine, time.monotonic, events, cold=True)
         self._wake = asyncio.Event()
-        self._queues: dict[Sequence, asyncio.Queue[int | None]] = {}
+        self._queues: dict[EngineSequence, asyncio.Queue[int | None]] = {}
 
     @property
     def ready(self) -> bool:
@@ -74,23 +74,23 @@ class LiveEngine:
     def busy_s(self) -> float:
         return self.loop.busy_s
 
-    def submit(self, seq: Sequence) -> asyncio.Queue[int | None]:
+    def submit(self, seq: EngineSequence) -> asyncio.Queue[int | None]:
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queues[seq] = queue
         self.loop.submit(seq)
         self._wake.set()
         return queue
 
-    def abort(self, seq: Sequence) -> None:
+    def abort(self, seq: EngineSequence) -> None:
         self.loop.abort(seq)
         self._queues.pop(seq, None)
 
-    def _on_token(self, seq: Sequence, now: float) -> None:
+    def _on_token(self, seq: EngineSequence, now: float) -> None:
         queue = self._queues.get(seq)
         if queue is not None:
             queue.put_nowait(seq.generated)
 
-    def _on_finish(self, seq: Sequence, now: float) -> None:
+    def _on_finish(self, seq: EngineSequence, now: float) -> None:
         queue = self._queues.pop(seq, None)
         if queue is not None:
             queue.put_nowait(None)
@@ -175,7 +175,7 @@ def _max_tokens(body: dict[str, Any]) -> int:
     return value
 
 
-class ReferenceTarget:
+class ReferenceServer:
     """The aiohttp application around one `LiveEngine`."""
 
     def __init__(
@@ -312,7 +312,7 @@ class ReferenceTarget:
         fault = self._draw_fault() if self.faults.any else None
         if fault in ("reject_429", "error_500"):
             return self._fault_response(fault, rid, received, prompt_tokens)
-        seq = Sequence(rid, prompt_tokens, max_tokens)
+        seq = EngineSequence(rid, prompt_tokens, max_tokens)
         if not self.live.engine.fits_ever(seq):
             return _error(
                 f"This model's maximum context length is {self.config.kv_cache_tokens} tokens; "
@@ -527,7 +527,7 @@ async def serve(
     With `exit_with_parent`, also stop when stdin closes: a parent that starts the target with a
     pipe on its stdin takes the target down with it, even when the parent is killed.
     """
-    target = ReferenceTarget(
+    target = ReferenceServer(
         config,
         model,
         faults=faults,

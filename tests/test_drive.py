@@ -16,7 +16,7 @@ import numpy as np
 
 from scenarios.plan import RequestSpec
 from scenarios.text import count_tokens, make_prompt
-from simulator.engine.core import Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
 from simulator.engine.drive import WAIT_FOR_WORK, DriveLoop, EngineEvents, Sleep
 from simulator.replay.sim import simulate
 from targets.reference_launch import ReferenceTargetProcess
@@ -118,7 +118,7 @@ def test_the_loop_yields_commands_a_driver_interprets() -> None:
     assert next(commands) == Sleep(2.0) and not loop.ready
     clock[0] = 2.0
     assert next(commands) is WAIT_FOR_WORK and loop.ready
-    loop.submit(Sequence("a", 10, 2))
+    loop.submit(EngineSequence("a", 10, 2))
     assert next(commands) == Sleep(0.5)
     clock[0] = 2.5
     assert next(commands) == Sleep(0.5) and tokens == [("a", 2.5)]

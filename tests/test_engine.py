@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.engine.core import ContextStepCost, Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.core import ContextStepCost, Engine, EngineConfig, EngineSequence, StepCost
 
 
 def test_step_cost_is_linear() -> None:
@@ -15,7 +15,7 @@ def test_step_cost_is_linear() -> None:
 
 def test_admission_limited_by_max_num_seqs_and_fifo() -> None:
     eng = Engine(EngineConfig(max_num_seqs=2, cost=StepCost(0.01, 0.0, 0.0)))
-    seqs = [Sequence(f"s{i}", 10, 3) for i in range(3)]
+    seqs = [EngineSequence(f"s{i}", 10, 3) for i in range(3)]
     for s in seqs:
         eng.add(s)
     step = eng.plan_step()
@@ -29,7 +29,7 @@ def test_admission_limited_by_max_num_seqs_and_fifo() -> None:
 def test_kv_blocks_block_head_of_line_and_free_on_finish() -> None:
     # 100 tokens of KV in blocks of 16: 6 blocks (96 tokens)
     eng = Engine(EngineConfig(max_num_seqs=8, kv_cache_tokens=100, cost=StepCost(0.01, 0, 0)))
-    a, b = Sequence("a", 50, 2), Sequence("b", 40, 20)
+    a, b = EngineSequence("a", 50, 2), EngineSequence("b", 40, 20)
     eng.add(a)
     eng.add(b)
     step = eng.plan_step()  # a takes ceil(50/16) = 4 blocks; b's 3 do not fit in the other 2
@@ -44,7 +44,7 @@ def test_kv_blocks_block_head_of_line_and_free_on_finish() -> None:
 def test_request_larger_than_cache_is_refused() -> None:
     eng = Engine(EngineConfig(kv_cache_tokens=100))
     with pytest.raises(ValueError, match="capacity is 100"):
-        eng.add(Sequence("x", 90, 20))
+        eng.add(EngineSequence("x", 90, 20))
 
 
 def test_without_chunked_prefill_the_token_budget_splits_admissions() -> None:
@@ -53,14 +53,14 @@ def test_without_chunked_prefill_the_token_budget_splits_admissions() -> None:
     )
     eng = Engine(cfg)
     for i in range(3):
-        eng.add(Sequence(f"s{i}", 60, 1))
+        eng.add(EngineSequence(f"s{i}", 60, 1))
     step = eng.plan_step()
     assert len(step.prefill) == 1 and step.duration == pytest.approx(0.06)
 
 
 def test_with_chunked_prefill_the_budget_is_filled_by_a_chunk() -> None:
     eng = Engine(EngineConfig(max_batched_tokens=100, cost=StepCost(0.0, 0.0, 0.001)))
-    seqs = [Sequence(f"s{i}", 60, 1) for i in range(3)]
+    seqs = [EngineSequence(f"s{i}", 60, 1) for i in range(3)]
     for s in seqs:
         eng.add(s)
     step = eng.plan_step()  # s0 whole (60), then 40 of s1's 60
@@ -72,7 +72,7 @@ def test_with_chunked_prefill_the_budget_is_filled_by_a_chunk() -> None:
 
 def test_abort_frees_reservation() -> None:
     eng = Engine(EngineConfig(kv_cache_tokens=1000))
-    s = Sequence("s", 100, 100)
+    s = EngineSequence("s", 100, 100)
     eng.add(s)
     eng.plan_step()
     eng.abort(s)
@@ -82,7 +82,7 @@ def test_abort_frees_reservation() -> None:
 def test_context_cost_prices_the_kv_tokens_attended() -> None:
     cost = ContextStepCost(0.01, 0.001, 0.0001, per_context_token_s=1e-5)
     eng = Engine(EngineConfig(cost=cost))
-    a, b = Sequence("a", 100, 3), Sequence("b", 50, 3)
+    a, b = EngineSequence("a", 100, 3), EngineSequence("b", 50, 3)
     eng.add(a)
     step = eng.plan_step()  # prefill a: 100 prompt tokens, 100 in context
     assert step.context_tokens == 100

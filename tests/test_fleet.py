@@ -20,8 +20,7 @@ from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord, read_records
 from scenarios.spec import Retry, ScenarioError, parse_scenario
 from scenarios.traffic import PoissonArrival
-from simulator.engine.core import Engine, EngineConfig, StepCost
-from simulator.engine.core import Sequence as Seq
+from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
 from simulator.engine.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
 from simulator.fit.calibrate import Calibration, Fit
 from simulator.replay.fleet import AutoscalerConfig, ColdStart, FleetConfig
@@ -204,7 +203,7 @@ def _router(policy: Routing, engines: list[Engine], seed: int = 0) -> Router:
 def _load(router: Router, engine: Engine, n: int = 1) -> None:
     """Queue n sequences on `engine`, telling the router."""
     for _ in range(n):
-        engine.add(Seq("x", 10, 5))
+        engine.add(EngineSequence("x", 10, 5))
     router.changed(engine)
 
 
@@ -225,13 +224,13 @@ def test_least_outstanding_is_join_shortest_queue_first_on_ties() -> None:
     engines = _engines(6)
     router = _router("least_outstanding", engines)
     rng = np.random.default_rng(1)
-    queued: list[list[Seq]] = [[] for _ in engines]
+    queued: list[list[EngineSequence]] = [[] for _ in engines]
     for step in range(2000):
         i = int(rng.integers(len(engines)))
         if queued[i] and rng.random() < 0.5:
             engines[i].abort(queued[i].pop())
         else:
-            queued[i].append(Seq(f"s{step}", 10, 5))
+            queued[i].append(EngineSequence(f"s{step}", 10, 5))
             engines[i].add(queued[i][-1])
         router.changed(engines[i])
         assert router.choose() is min(engines, key=lambda e: e.load)
@@ -242,7 +241,7 @@ def test_least_kv_picks_the_emptiest_cache() -> None:
     engines = _engines(3)
     router = _router("least_kv", engines)
     for engine, prompt in zip(engines, (1000, 100, 500), strict=True):
-        engine.add(Seq(f"s{prompt}", prompt, 50))
+        engine.add(EngineSequence(f"s{prompt}", prompt, 50))
         engine.complete_step(engine.plan_step())  # the prompt's KV blocks are taken
         router.changed(engine)
     assert [e.load for e in engines] == [1, 1, 1]

@@ -14,7 +14,7 @@ import simpy
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import parse_scenario
-from simulator.engine.core import ContextStepCost, EngineConfig, Sequence, StepCost
+from simulator.engine.core import ContextStepCost, EngineConfig, EngineSequence, StepCost
 from simulator.engine.drive import EngineEvents
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
 from simulator.replay.sim import Replica, SimResult, simulate
@@ -122,13 +122,13 @@ def test_a_replica_jumps_and_arrivals_cut_its_jumps() -> None:
     stepped = Replica(env, TIGHT, stepped_events, jumps=False)
     jumped = Replica(env, TIGHT, jumped_events, jumps=True)
 
-    seqs: dict[Replica, list[Sequence]] = {stepped: [], jumped: []}
+    seqs: dict[Replica, list[EngineSequence]] = {stepped: [], jumped: []}
 
     def arrivals() -> Generator[simpy.Event, Any, None]:
         for i, (gap, out) in enumerate([(0.0, 200), (0.013, 150), (0.5, 100), (0.777, 50)]):
             yield env.timeout(gap)
             for replica in (stepped, jumped):
-                seqs[replica].append(Sequence(f"r{i}", 60, out))
+                seqs[replica].append(EngineSequence(f"r{i}", 60, out))
                 replica.submit(seqs[replica][-1])
         yield env.timeout(0.25)  # r1 leaves mid-jump, while decoding
         for replica in (stepped, jumped):
@@ -171,7 +171,7 @@ def test_a_cold_replica_jumps_after_its_cold_start() -> None:
     first: list[float] = []
     events.first_token.add_listener(lambda seq, now: first.append(now))
     replica = Replica(env, dataclasses.replace(TIGHT, cold_start_s=2.0), events, cold=True)
-    replica.submit(Sequence("r0", 60, 100))
+    replica.submit(EngineSequence("r0", 60, 100))
     env.run()
     assert first and first[0] > 2.0 and replica.loop.jumps > 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.engine.core import Engine, EngineConfig, Sequence, StepCost
+from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
 
 
 def _run(eng: Engine, max_steps: int = 10000) -> list[tuple[int, int, list[str]]]:
@@ -20,7 +20,7 @@ def _run(eng: Engine, max_steps: int = 10000) -> list[tuple[int, int, list[str]]
 
 def test_chunked_prefill_splits_a_long_prompt_and_emits_at_its_last_chunk() -> None:
     eng = Engine(EngineConfig(max_batched_tokens=256, cost=StepCost(0.01, 0.0, 0.0001)))
-    eng.add(Sequence("a", 1000, 2))
+    eng.add(EngineSequence("a", 1000, 2))
     durations = []
     for _ in range(4):
         step = eng.plan_step()
@@ -33,17 +33,17 @@ def test_chunked_prefill_splits_a_long_prompt_and_emits_at_its_last_chunk() -> N
 
 def test_decode_tokens_count_against_the_budget() -> None:
     eng = Engine(EngineConfig(max_batched_tokens=256))
-    eng.add(Sequence("a", 10, 5))
+    eng.add(EngineSequence("a", 10, 5))
     assert _run(eng, 1) == [(10, 0, ["a"])]
-    eng.add(Sequence("b", 1000, 1))
+    eng.add(EngineSequence("b", 1000, 1))
     # a decodes one token a step; b's prompt gets what is left: 255 x 3, then 235
     assert _run(eng) == [(255, 1, ["a"]), (255, 1, ["a"]), (255, 1, ["a"]), (235, 1, ["a", "b"])]
 
 
 def test_without_chunked_prefill_a_long_prompt_goes_whole() -> None:
     eng = Engine(EngineConfig(max_batched_tokens=256, enable_chunked_prefill=False))
-    eng.add(Sequence("a", 1000, 1))
-    eng.add(Sequence("b", 10, 1))
+    eng.add(EngineSequence("a", 1000, 1))
+    eng.add(EngineSequence("b", 10, 1))
     assert _run(eng) == [(1000, 0, ["a"]), (10, 0, ["b"])]
 
 
@@ -55,7 +55,7 @@ def test_preemption_exactly_when_blocks_run_out() -> None:
     recomputes its 4 prompt + 5 generated tokens in one prefill and emits its 6th token.
     """
     eng = Engine(EngineConfig(max_num_seqs=4, kv_cache_tokens=16, block_size=4))
-    a, b = Sequence("a", 4, 6), Sequence("b", 4, 6)
+    a, b = EngineSequence("a", 4, 6), EngineSequence("b", 4, 6)
     eng.add(a)
     eng.add(b)
     steps = _run(eng)
@@ -71,7 +71,8 @@ def test_random_load_conserves_tokens_and_blocks() -> None:
     cfg = EngineConfig(max_num_seqs=16, kv_cache_tokens=1024, block_size=16, max_batched_tokens=128)
     eng = Engine(cfg)
     seqs = [
-        Sequence(f"s{i}", int(rng.integers(1, 300)), int(rng.integers(1, 200))) for i in range(200)
+        EngineSequence(f"s{i}", int(rng.integers(1, 300)), int(rng.integers(1, 200)))
+        for i in range(200)
     ]
     computed, i = 0, 0
     while i < len(seqs) or eng.has_work:
@@ -94,7 +95,7 @@ def test_random_load_conserves_tokens_and_blocks() -> None:
 
 def test_abort_while_a_step_runs_drops_its_token_and_frees_its_blocks() -> None:
     eng = Engine(EngineConfig(kv_cache_tokens=160, block_size=16))
-    a, b = Sequence("a", 20, 10), Sequence("b", 20, 10)
+    a, b = EngineSequence("a", 20, 10), EngineSequence("b", 20, 10)
     eng.add(a)
     eng.add(b)
     eng.complete(eng.plan_step())  # both prefilled: one token each, 2 blocks each
@@ -113,7 +114,8 @@ def test_random_aborts_leave_nothing_behind() -> None:
     cfg = EngineConfig(max_num_seqs=8, kv_cache_tokens=512, block_size=16, max_batched_tokens=64)
     eng = Engine(cfg)
     seqs = [
-        Sequence(f"s{i}", int(rng.integers(1, 100)), int(rng.integers(1, 60))) for i in range(100)
+        EngineSequence(f"s{i}", int(rng.integers(1, 100)), int(rng.integers(1, 60)))
+        for i in range(100)
     ]
     for s in seqs:
         eng.add(s)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from scenarios.spec import ReferenceTarget
+from scenarios.spec import ReferenceTargetSpec
 from simulator.engine.kvcache import BlockManager
-from simulator.engine.scheduler import Scheduler, SchedulerConfig, Sequence, Step
+from simulator.engine.scheduler import EngineSequence, Scheduler, SchedulerConfig, Step
 from simulator.engine.stepcost import (
     ContextStepCost,
     CostModel,
@@ -26,7 +26,7 @@ __all__ = [
     "ContextStepCost",
     "Engine",
     "EngineConfig",
-    "Sequence",
+    "EngineSequence",
     "Step",
     "StepCost",
     "engine_from_spec",
@@ -91,10 +91,10 @@ class Engine:
         """KV tokens the held blocks can store."""
         return self.kv.num_used * self.kv.block_size
 
-    def fits_ever(self, seq: Sequence) -> bool:
+    def fits_ever(self, seq: EngineSequence) -> bool:
         return seq.prompt_tokens + seq.max_tokens <= self._capacity
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: EngineSequence) -> None:
         if not self.fits_ever(seq):
             cfg = self.config
             raise ValueError(
@@ -103,7 +103,7 @@ class Engine:
             )
         self.scheduler.add(seq)
 
-    def abort(self, seq: Sequence) -> None:
+    def abort(self, seq: EngineSequence) -> None:
         """Drop a sequence (client went away or timed out), freeing its KV blocks."""
         self.scheduler.abort(seq)
 
@@ -122,16 +122,16 @@ class Engine:
         )
         return step
 
-    def complete_step(self, step: Step) -> tuple[list[Sequence], list[Sequence]]:
+    def complete_step(self, step: Step) -> tuple[list[EngineSequence], list[EngineSequence]]:
         """Apply a step: (sequences that gained a token, those that reached max_tokens)."""
         return self.scheduler.update(step.prefill, step.decode)
 
-    def complete(self, step: Step) -> list[Sequence]:
+    def complete(self, step: Step) -> list[EngineSequence]:
         """Apply a step; returns the sequences that reached max_tokens."""
         return self.complete_step(step)[1]
 
 
-def engine_from_spec(spec: ReferenceTarget) -> EngineConfig:
+def engine_from_spec(spec: ReferenceTargetSpec) -> EngineConfig:
     """The EngineConfig a scenario's `reference_target` section describes (ms become s, each
     scaled by its slowdown)."""
     k = spec.slowdown / 1000.0

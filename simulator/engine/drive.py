@@ -25,7 +25,7 @@ from itertools import accumulate, repeat
 from operator import add, mul, truediv
 from typing import Generic, TypeVar
 
-from simulator.engine.core import Engine, Sequence, Step
+from simulator.engine.core import Engine, EngineSequence, Step
 from simulator.engine.scheduler import RUNNING, WAITING
 
 T = TypeVar("T")
@@ -57,7 +57,7 @@ MIN_JUMP = 3  # steps; a shorter run costs about as much to jump as to step
 class Tokens:
     """Tokens in bulk: each of `sequences` gained one token at each of `times`."""
 
-    sequences: tuple[Sequence, ...] | list[Sequence]
+    sequences: tuple[EngineSequence, ...] | list[EngineSequence]
     times: list[float]
 
 
@@ -104,13 +104,13 @@ class EngineEvents:
     """What a drive loop reports, as Locust's `events`: `events.token.add_listener(fn)`."""
 
     def __init__(self) -> None:
-        self.token: Hook[Sequence] = Hook()  # the sequence gained a token
+        self.token: Hook[EngineSequence] = Hook()  # the sequence gained a token
         self.tokens: Hook[Tokens] = Hook()  # the same tokens in bulk (a step's, or a jump's)
-        self.first_token: Hook[Sequence] = (
+        self.first_token: Hook[EngineSequence] = (
             Hook()
         )  # ... its first one (cheap when token is not needed)
-        self.finish: Hook[Sequence] = Hook()  # it reached max_tokens (after its last token)
-        self.abort: Hook[Sequence] = Hook()  # it was dropped: timed out or its client left
+        self.finish: Hook[EngineSequence] = Hook()  # it reached max_tokens (after its last token)
+        self.abort: Hook[EngineSequence] = Hook()  # it was dropped: timed out or its client left
         self.step: Hook[Step] = Hook()  # a step completed
 
 
@@ -138,7 +138,7 @@ class DriveLoop:
         self.jumps = 0  # jumps made, and how many were cut short
         self.cuts = 0
         self.usage = Usage()
-        self._deadlines: list[tuple[float, int, Sequence]] = []
+        self._deadlines: list[tuple[float, int, EngineSequence]] = []
         self._count = 0
         # the jump in flight: its step end times, steps applied, the index of its last step
         self._ends: list[float] | None = None
@@ -152,7 +152,7 @@ class DriveLoop:
     def busy_s(self) -> float:
         return self.usage.busy_s
 
-    def submit(self, seq: Sequence, deadline: float | None = None) -> None:
+    def submit(self, seq: EngineSequence, deadline: float | None = None) -> None:
         """Queue `seq`; it is aborted at the first step boundary at or after `deadline`."""
         self.engine.add(seq)
         if deadline is not None:
@@ -161,7 +161,7 @@ class DriveLoop:
         if self._ends is not None:
             self._cut(self._now())
 
-    def abort(self, seq: Sequence) -> None:
+    def abort(self, seq: EngineSequence) -> None:
         if seq.status == RUNNING or seq.status == WAITING:
             now = self._now()
             if self._ends is not None:

@@ -16,7 +16,7 @@ BlockKey = Hashable
 
 
 class Holder(Protocol):
-    """What the block manager keeps on a sequence (see `simulator.engine.core.Sequence`)."""
+    """What the block manager keeps on a sequence (see `simulator.engine.core.EngineSequence`)."""
 
     num_blocks: int
     cached_keys: tuple[BlockKey, ...]

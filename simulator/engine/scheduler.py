@@ -35,7 +35,7 @@ class StepCounter:
         self.block_size = block_size
 
 
-class Sequence:
+class EngineSequence:
     """One request inside an engine. Identity is the object (hashable, compared by identity)."""
 
     __slots__ = (
@@ -123,7 +123,7 @@ class Sequence:
 
     def __repr__(self) -> str:
         return (
-            f"Sequence({self.id!r}, prompt {self.prompt_tokens}, "
+            f"EngineSequence({self.id!r}, prompt {self.prompt_tokens}, "
             f"generated {self.generated}/{self.max_tokens})"
         )
 
@@ -140,15 +140,15 @@ class Step:
     """What one step computes: `num_scheduled` tokens of each prefill, one of each decode; the
     engine prices it (`duration`, seconds)."""
 
-    prefill: tuple[Sequence, ...]  # sequences computing prompt tokens (a chunk or the whole)
-    decode: tuple[Sequence, ...]  # sequences computing one token after their first
+    prefill: tuple[EngineSequence, ...]  # sequences computing prompt tokens (a chunk or the whole)
+    decode: tuple[EngineSequence, ...]  # sequences computing one token after their first
     duration: float = 0.0
     prefill_tokens: int = 0
     context_tokens: int = 0  # KV tokens the step attends over, summed over its sequences
-    preempted: tuple[Sequence, ...] = ()  # preempted while planning this step
+    preempted: tuple[EngineSequence, ...] = ()  # preempted while planning this step
 
     @property
-    def sequences(self) -> tuple[Sequence, ...]:
+    def sequences(self) -> tuple[EngineSequence, ...]:
         return self.prefill + self.decode
 
 
@@ -159,26 +159,26 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: BlockManager):
         self.config = config
         self.kv = kv
-        self.waiting: deque[Sequence] = deque()
-        self.running: dict[Sequence, None] = {}  # admission order; the last is the newest
-        self.prefilling: dict[Sequence, None] = {}
-        self.decoding: dict[Sequence, None] = {}
+        self.waiting: deque[EngineSequence] = deque()
+        self.running: dict[EngineSequence, None] = {}  # admission order; the last is the newest
+        self.prefilling: dict[EngineSequence, None] = {}
+        self.decoding: dict[EngineSequence, None] = {}
         self.num_preemptions = 0
         self.steps = StepCounter(kv.block_size)  # updates applied
-        self.first_tokens: list[Sequence] = []  # emitted their first token in the last update
+        self.first_tokens: list[EngineSequence] = []  # emitted their first token in the last update
         # decoding sequences whose next block is due when steps % block_size == phase
-        self._phases: list[dict[Sequence, None]] = [{} for _ in range(kv.block_size)]
-        self._wakes: dict[int, list[Sequence]] = {}  # step -> sequences to wake then
+        self._phases: list[dict[EngineSequence, None]] = [{} for _ in range(kv.block_size)]
+        self._wakes: dict[int, list[EngineSequence]] = {}  # step -> sequences to wake then
         self._wake_steps: list[int] = []  # the keys of _wakes, a heap (past ones removed lazily)
-        self._need_block: dict[Sequence, None] = {}  # decoding, their blocks full
+        self._need_block: dict[EngineSequence, None] = {}  # decoding, their blocks full
         self._decode_context = 0  # sum of prompt + generated over the decoding sequences
         self._aborted = False  # a running sequence was aborted since the last update
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: EngineSequence) -> None:
         seq.status = WAITING
         self.waiting.append(seq)
 
-    def _start_decoding(self, seq: Sequence) -> None:
+    def _start_decoding(self, seq: EngineSequence) -> None:
         steps = self.steps.n
         seq._clock, seq._since = self.steps, steps
         self.decoding[seq] = None
@@ -192,7 +192,7 @@ class Scheduler:
             wakes.append(seq)
         self._grow(seq)
 
-    def _grow(self, seq: Sequence) -> None:
+    def _grow(self, seq: EngineSequence) -> None:
         """Give a decoding sequence (blocks explicit) the block its next token's KV needs, if it
         needs one, then let its blocks grow on schedule; no block free: `schedule` makes room."""
         bs = self.kv.block_size
@@ -203,14 +203,14 @@ class Scheduler:
         seq._phase = phase = (self.steps.n + 1 - tokens) % bs
         self._phases[phase][seq] = None
 
-    def _fix_blocks(self, seq: Sequence) -> None:
+    def _fix_blocks(self, seq: EngineSequence) -> None:
         """Blocks counted explicitly again (before they change other than on schedule)."""
         if seq._phase >= 0:
             seq._num_blocks = seq.num_blocks
             del self._phases[seq._phase][seq]
             seq._phase = -1
 
-    def _stop_decoding(self, seq: Sequence) -> None:
+    def _stop_decoding(self, seq: EngineSequence) -> None:
         self._fix_blocks(seq)
         generated = seq.generated
         seq._generated, seq._computed = generated, seq.prompt_tokens + generated - 1
@@ -220,7 +220,7 @@ class Scheduler:
         self._need_block.pop(seq, None)
         self._decode_context -= seq.prompt_tokens + generated
 
-    def _leave(self, seq: Sequence) -> None:
+    def _leave(self, seq: EngineSequence) -> None:
         """Take a running sequence out of the running sets and free its blocks."""
         del self.running[seq]
         if seq._clock is not None:
@@ -229,7 +229,7 @@ class Scheduler:
             del self.prefilling[seq]
         self.kv.free(seq)
 
-    def abort(self, seq: Sequence) -> None:
+    def abort(self, seq: EngineSequence) -> None:
         """Drop a waiting or running sequence (a finished one stays finished)."""
         if seq.status == RUNNING:
             self._leave(seq)
@@ -240,7 +240,7 @@ class Scheduler:
             return
         seq.status = ABORTED
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: EngineSequence) -> None:
         self._leave(seq)
         seq.recomputed_tokens += seq._computed
         seq._computed = 0
@@ -249,7 +249,7 @@ class Scheduler:
         seq.status = WAITING
         self.waiting.appendleft(seq)
 
-    def _make_room(self, seq: Sequence, end: int, preempted: list[Sequence]) -> bool:
+    def _make_room(self, seq: EngineSequence, end: int, preempted: list[EngineSequence]) -> bool:
         """Blocks for `seq` up to `end` tokens, preempting the newest running until they fit.
 
         False when `seq` itself had to go (it was the newest left).
@@ -266,7 +266,7 @@ class Scheduler:
         """Decoding sequences (a token each), prompt chunks in progress, then, if nothing was
         preempted, admissions; within the step's token budget."""
         bs = self.kv.block_size
-        preempted: list[Sequence] = []
+        preempted: list[EngineSequence] = []
         if self._need_block:
             kv, need = self.kv, self._need_block
             for seq in list(need):
@@ -276,7 +276,7 @@ class Scheduler:
                     del need[seq]
                     self._grow(seq)
         budget = self.config.max_batched_tokens - len(self.decoding)
-        prefill: list[Sequence] = []
+        prefill: list[EngineSequence] = []
         prefill_tokens = context = 0
         if self.prefilling:
             for seq in list(self.prefilling):
@@ -311,7 +311,7 @@ class Scheduler:
             tuple(preempted) if preempted else (),
         )
 
-    def _admit(self, budget: int, prefill: list[Sequence]) -> int:
+    def _admit(self, budget: int, prefill: list[EngineSequence]) -> int:
         """Admit waiting sequences in order while they fit; returns how many were appended."""
         cfg, kv, waiting = self.config, self.kv, self.waiting
         admitted = 0
@@ -385,20 +385,20 @@ class Scheduler:
         self.first_tokens = []
         return taken
 
-    def _finish(self, seq: Sequence, finished: list[Sequence]) -> None:
+    def _finish(self, seq: EngineSequence, finished: list[EngineSequence]) -> None:
         seq.status = FINISHED
         self._leave(seq)
         finished.append(seq)
 
     def update(
-        self, prefill: tuple[Sequence, ...], decode: tuple[Sequence, ...]
-    ) -> tuple[list[Sequence], list[Sequence]]:
+        self, prefill: tuple[EngineSequence, ...], decode: tuple[EngineSequence, ...]
+    ) -> tuple[list[EngineSequence], list[EngineSequence]]:
         """Apply a computed batch: (sequences that gained a token, those that finished)."""
         if self._aborted:  # some left while the step ran
             prefill = tuple(s for s in prefill if s.status == RUNNING)
             decode = tuple(s for s in decode if s.status == RUNNING)
             self._aborted = False
-        finished: list[Sequence] = []
+        finished: list[EngineSequence] = []
         self.first_tokens = []
         self.steps.n += 1  # every decoding sequence gains its token
         self._decode_context += len(decode)

@@ -19,8 +19,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, get_args
 import numpy as np
 import simpy
 
-from simulator.engine.core import Engine, EngineConfig
-from simulator.engine.core import Sequence as Seq
+from simulator.engine.core import Engine, EngineConfig, EngineSequence
 from simulator.engine.drive import DriveLoop
 from simulator.engine.profiles import (
     GpuProfile,
@@ -135,7 +134,7 @@ class ReplicaLike(Protocol):
     engine: Engine
     loop: DriveLoop
 
-    def submit(self, seq: Seq, sent: float | None = None) -> None: ...
+    def submit(self, seq: EngineSequence, sent: float | None = None) -> None: ...
 
 
 R = TypeVar("R", bound=ReplicaLike)
@@ -186,7 +185,7 @@ class Fleet(Generic[R]):
         make: Callable[[EngineConfig, bool], R],
         initial: int,
         timeout_s: float,
-        on_expired: Callable[[Seq, float], None],
+        on_expired: Callable[[EngineSequence, float], None],
     ):
         self.env = env
         self.config = config
@@ -200,8 +199,8 @@ class Fleet(Generic[R]):
         self.members: list[Member[R]] = []  # present now
         self.history: list[Member[R]] = []  # every replica the run had
         self._member: dict[Engine, Member[R]] = {}
-        self.queue: dict[Seq, float] = {}  # central FIFO: sequence -> when it was sent
-        self.where: dict[Seq, Member[R]] = {}  # sequences inside a replica
+        self.queue: dict[EngineSequence, float] = {}  # central FIFO: sequence -> when it was sent
+        self.where: dict[EngineSequence, Member[R]] = {}  # sequences inside a replica
         self.cold_starts = 0
         self.timeline: list[tuple[float, int]] = []
         self.peak = self.low = initial
@@ -216,7 +215,7 @@ class Fleet(Generic[R]):
 
     # admission and routing
 
-    def admit(self, seq: Seq, sent: float) -> bool:
+    def admit(self, seq: EngineSequence, sent: float) -> bool:
         """Place or queue `seq`; False: refused (the fleet is full, an HTTP 429)."""
         if not self.members and self.config.autoscaler is not None:
             self._add(cold=True)  # the activator: a request wakes a fleet scaled to zero
@@ -242,7 +241,7 @@ class Fleet(Generic[R]):
         over = sum(max(0, m.engine.load - self._slots) for m in self.members)
         return over + len(self.queue)
 
-    def released(self, seq: Seq, now: float) -> None:
+    def released(self, seq: EngineSequence, now: float) -> None:
         """`seq` left its replica (finished or aborted): a slot may be free."""
         member = self.where.pop(seq, None)
         if member is not None:
@@ -251,12 +250,12 @@ class Fleet(Generic[R]):
                 member.idle_since = now
         self._dispatch()
 
-    def withdraw(self, seq: Seq) -> None:
+    def withdraw(self, seq: EngineSequence) -> None:
         """The client gave up: drop `seq` from the queue or abort it in its replica."""
         if self.queue.pop(seq, None) is None and seq in self.where:
             self.where[seq].replica.loop.abort(seq)  # fires the abort event, then `released`
 
-    def _place(self, member: Member[R], seq: Seq, sent: float | None) -> None:
+    def _place(self, member: Member[R], seq: EngineSequence, sent: float | None) -> None:
         """Submit to `member`; `sent` for a request that waited here (None: it was sent just
         now, the replica knows when)."""
         self.where[seq] = member
@@ -270,7 +269,7 @@ class Fleet(Generic[R]):
                 return
             del self.queue[seq]
 
-    def _dispatch_one(self, seq: Seq, sent: float | None) -> bool:
+    def _dispatch_one(self, seq: EngineSequence, sent: float | None) -> bool:
         """Place `seq` on a ready replica with a free batch slot, if there is one."""
         router, slots = self.router, self._slots
         if not router.engines:
@@ -287,7 +286,7 @@ class Fleet(Generic[R]):
         self._place(self._member[engine], seq, sent)
         return True
 
-    def _expire(self, seq: Seq, deadline: float) -> Generator[simpy.Event, Any, None]:
+    def _expire(self, seq: EngineSequence, deadline: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, deadline - self.env.now))
         if self.queue.pop(seq, None) is not None:
             self._on_expired(seq, self.env.now)

@@ -15,8 +15,7 @@ import simpy
 from scenarios.plan import RequestSpec, followers_of, next_session
 from scenarios.records import RequestRecord
 from scenarios.table import RequestTable
-from simulator.engine.core import Engine, EngineConfig
-from simulator.engine.core import Sequence as Seq
+from simulator.engine.core import Engine, EngineConfig, EngineSequence
 from simulator.engine.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
 from simulator.replay.fleet import Fleet, FleetConfig, FleetStats
 from simulator.replay.ledger import (
@@ -72,7 +71,7 @@ class Replica:
     def usage(self) -> Usage:
         return self.loop.usage
 
-    def submit(self, seq: Seq, sent: float | None = None) -> None:
+    def submit(self, seq: EngineSequence, sent: float | None = None) -> None:
         """Queue `seq`, sent at `sent` (default: overhead_s ago; later for a fleet's queue)."""
         deadline = None
         if self._timeout_s is not None:  # counted from the send, overhead_s before the submit
@@ -171,7 +170,7 @@ class _Clients:
         self.ledger = ledger = Ledger(plan, keep_chunks)
         self.index = ledger.index
         self.followers = followers_of(plan)
-        self._seqs: dict[int, Seq] = {}  # a patient request's latest attempt
+        self._seqs: dict[int, EngineSequence] = {}  # a patient request's latest attempt
         self._jitter: dict[str, random.Random] = {}  # per request, as the load generator's
         self.retry_after_s = fleet.config.retry_after_s
         self.outstanding = sum(1 for s in plan if s.after is None)
@@ -190,7 +189,7 @@ class _Clients:
         i = self.index[spec.id]
         start = intended if attempt == 0 else now - self.overhead_s
         ledger.send(i, intended, start, attempt)
-        seq = Seq(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
+        seq = EngineSequence(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
         if seq.prompt_tokens + seq.max_tokens > self.capacity:
             ledger.fail(i, REJECTED, CONTEXT_LENGTH, now)
             self._failed(spec, now)
@@ -244,10 +243,10 @@ class _Clients:
         for seq in tokens.sequences:
             chunks[index[seq.id]].extend(times)
 
-    def on_first_token(self, seq: Seq, now: float) -> None:
+    def on_first_token(self, seq: EngineSequence, now: float) -> None:
         self.ledger.first[self.index[seq.id]] = now
 
-    def on_finish(self, seq: Seq, now: float) -> None:
+    def on_finish(self, seq: EngineSequence, now: float) -> None:
         i, ledger = self.index[seq.id], self.ledger
         if now > ledger.start[i] + self.timeout_s:  # in a step past the client's deadline
             self._timed_out(i)
@@ -261,7 +260,7 @@ class _Clients:
             self._follow(followers[0], now)
         self.fleet.released(seq, now)
 
-    def on_abort(self, seq: Seq, now: float) -> None:
+    def on_abort(self, seq: EngineSequence, now: float) -> None:
         """A timeout (a patience abort marked its row already): the session ends here."""
         i = self.index[seq.id]
         if self.ledger.status[i] == OK:
@@ -337,7 +336,7 @@ def simulate(
     def make(engine: EngineConfig, cold: bool) -> Replica:
         return Replica(env, engine, events, cold=cold, timeout_s=timeout_s, jumps=jumps)
 
-    def expired(seq: Seq, now: float) -> None:  # timed out in the fleet's queue
+    def expired(seq: EngineSequence, now: float) -> None:  # timed out in the fleet's queue
         clients.on_abort(seq, now)
 
     pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired)
