@@ -40,10 +40,13 @@ from scenarios.metrics import metric_samples
 from scenarios.spec import Scenario, parse_scenario
 from simulator.fit.backtest import BacktestRow
 from simulator.fit.calibrate import step_time_ratio
-from surgecast.pipeline import backtest_run, calibrate_runs, run_load
+from surgecast.calibration import calibrate_runs
+from surgecast.live_run import run_load
+from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
 from surgecast.sweep import staircase
 from surgecast.tables import markdown
+from targets.reference_launch import url_or_reference
 
 FIT = (0.15, 0.35)
 HELD_OUT = (0.60, 0.80)
@@ -149,9 +152,9 @@ def run_config(kind: str, slots: int, out: Path, levels: Levels) -> None:
             "duration_s": level_s,
             "seed": 10,
         }
-        cap = run_load(
-            level(base, closed), "fidelity", target_url=url, out=out / "capacity", progress=False
-        )
+        capacity_level = level(base, closed)
+        target = url_or_reference(url, capacity_level)  # the same target for every level
+        cap = run_load(capacity_level, "fidelity", target, out=out / "capacity", progress=False)
         capacity = cap.summary.throughput
         print(f"{kind} {slots} slots: capacity {capacity:.2f} req/s", file=sys.stderr)
         # as `surgecast calibrate --scenario` does: a staircase holds every batch size, so the
@@ -161,7 +164,7 @@ def run_config(kind: str, slots: int, out: Path, levels: Levels) -> None:
         run_load(
             stairs,
             "fidelity",
-            target_url=url,
+            target,
             out=out / "staircase",
             progress=False,
             plan=staircase(stairs, slots),
@@ -175,12 +178,16 @@ def run_config(kind: str, slots: int, out: Path, levels: Levels) -> None:
             print(f"level {share:.0%}: {rate:.3g} req/s for {seconds:.0f} s", file=sys.stderr)
             traffics[share] = {"rate": rate, "duration_s": seconds, "seed": seeds[share]}
             scenario = level(base, traffics[share])
-            run_load(scenario, "fidelity", target_url=url, out=out / f"{share:.2f}", progress=False)
+            run_load(scenario, "fidelity", target, out=out / f"{share:.2f}", progress=False)
         for share in HELD_OUT if levels.repeat else ():  # the same plan again: the noise floor
             print(f"level {share:.0%} again, the same plan", file=sys.stderr)
             again = out / f"{share:.2f}-repeat"
             run_load(
-                level(base, traffics[share]), "fidelity", target_url=url, out=again, progress=False
+                level(base, traffics[share]),
+                "fidelity",
+                target,
+                out=again,
+                progress=False,
             )
 
 

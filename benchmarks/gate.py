@@ -62,7 +62,8 @@ def run(duration: float, seed: int, slowdown: float) -> Run:
 def live_run(duration: float, seed: int, slowdown: float) -> Run:
     """The same traffic sent to the reference target (serving ENGINE, slowed by `slowdown`)."""
     from surgecast.gate import load_run
-    from surgecast.pipeline import run_load
+    from surgecast.live_run import run_load
+    from targets.reference_launch import ReferenceLauncher
 
     data = scenario(duration, seed)
     cost = COST  # linear: the reference target's step spec is
@@ -79,9 +80,9 @@ def live_run(duration: float, seed: int, slowdown: float) -> Run:
     data["telemetry"] = {"prometheus": False, "gpu": False}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        run_load(
-            parse_scenario(data), "gate-bench.yaml", out=out, say=lambda _: None, progress=False
-        )
+        spec = parse_scenario(data)
+        launcher = ReferenceLauncher(spec.reference_target)
+        run_load(spec, "gate-bench.yaml", launcher, out=out, say=lambda _: None, progress=False)
         return load_run(out)  # InvalidRun (a run that fell behind) stops the benchmark
 
 

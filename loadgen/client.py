@@ -68,7 +68,15 @@ class Endpoint:
     max_response_bytes: int = 8 << 20
 
     @classmethod
-    def from_target(cls, target: TargetSpec, base_url: str | None, api_key: str | None) -> Endpoint:
+    def from_target(
+        cls,
+        target: TargetSpec,
+        base_url: str | None,
+        api_key: str | None,
+        required: dict[str, Any] | None = None,
+    ) -> Endpoint:
+        """The scenario's target at `base_url`; `required`: body fields the server needs (a
+        random-weight model's `ignore_eos`), which the scenario's own extra_body overrides."""
         url = base_url or target.base_url
         if not url:
             raise ValueError("no target URL: give --target or target.base_url")
@@ -79,7 +87,7 @@ class Endpoint:
             api_key,
             target.timeout_s,
             target.stream,
-            dict(target.extra_body),
+            {**(required or {}), **target.extra_body},
             target.max_response_bytes,
         )
 

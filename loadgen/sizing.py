@@ -136,6 +136,12 @@ class SizedPrompts:
                 out[name] = measure(clean, messy)
         return out
 
+    def probe(self, endpoint: Endpoint) -> ProbeResult:
+        """Size the prompts to `endpoint` before a run (`probe_sizes`, the first persona's)."""
+        result = probe_sizes(endpoint, self, next(iter(self.personas)))
+        result.chars_per_token, result.overhead_tokens = self.chars_per_token, self.overhead_tokens
+        return result
+
     def observe(self, sent_chars: int, record: RequestRecord) -> None:
         """Learn from a served request: its characters against the server's prompt tokens."""
         if record.token_source != "usage" or not record.prompt_tokens or sent_chars <= 0:
@@ -165,6 +171,19 @@ class ProbeResult:
     learned: int = 0  # probes whose usage was learned from
     prompt_tokens: int = 0  # what the server counted for them (its counters include these)
     output_tokens: int = 0
+    chars_per_token: float = DEFAULT_CHARS_PER_TOKEN  # what the prompts knew after them
+    overhead_tokens: float = 0.0
+
+    def describe(self) -> str:
+        if self.learned:
+            return (
+                f"prompt sizing: {self.chars_per_token:.2f} characters per token, "
+                f"{self.overhead_tokens:.0f} tokens of template per request "
+                "(probed; refined from every response's usage)"
+            )
+        if self.rejected == self.sent:
+            return "prompt sizing: the target refused every probe (429/503); sizes are estimates"
+        return "prompt sizing: the target reports no usage; prompt sizes are estimates"
 
 
 def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> ProbeResult:

@@ -14,7 +14,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scenarios.spec import Telemetry
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -42,6 +45,19 @@ def metrics_url_for(base_url: str) -> str:
     return root + "/metrics"
 
 
+Keep = Callable[[dict[str, float]], dict[str, float]]  # which Prometheus samples to record
+
+
+def samplers_for(spec: Telemetry, base_url: str, keep: Keep | None = None) -> list[Sampler]:
+    """What the scenario's telemetry section samples beside a run against `base_url`."""
+    samplers: list[Sampler] = []
+    if spec.prometheus:
+        samplers.append(PrometheusSampler(spec.metrics_url or metrics_url_for(base_url), keep=keep))
+    if spec.gpu:
+        samplers.append(NvmlSampler())
+    return samplers
+
+
 class PrometheusSampler:
     """Scrapes one /metrics endpoint; after a failure it reports why once and stops trying."""
 
@@ -51,7 +67,7 @@ class PrometheusSampler:
         self,
         url: str,
         timeout_s: float = 2.0,
-        keep: Callable[[dict[str, float]], dict[str, float]] | None = None,
+        keep: Keep | None = None,
     ):
         self.url = url
         self.timeout_s = timeout_s

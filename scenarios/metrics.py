@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scenarios.records import DROPPED, RequestRecord
 from scenarios.slo import Threshold
 from scenarios.table import STATUSES, RequestTable
+
+if TYPE_CHECKING:
+    from scenarios.spec import Scenario
 
 LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e")
 _REDUCERS: dict[str, Callable[[np.ndarray], Any]] = {
@@ -244,6 +247,13 @@ def summarize(
     """
     return summarize_table(
         RequestTable.of(records), thresholds, duration_s, persona_thresholds, window=window
+    )
+
+
+def summarize_run(table: RequestTable, scenario: Scenario) -> Summary:
+    """A run's summary by its scenario: its SLOs (each persona's own too) over its duration."""
+    return summarize_table(
+        table, scenario.thresholds(), scenario.traffic.duration_s, scenario.persona_thresholds()
     )
 
 

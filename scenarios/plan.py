@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from scenarios.messy import RequestKind
+from scenarios.metrics import Summary, output_count_warning, unplanned_cache_warning
 from scenarios.prompts import RagSource, shared_key
 from scenarios.spec import (
     Arrival,
@@ -364,6 +365,21 @@ def build_plan(
                 history = (*history, segment)
             session += 1
     return _numbered(rows, follows)
+
+
+def token_warnings(
+    summary: Summary, plan: Sequence[RequestSpec], common_prefix_tokens: float
+) -> list[str]:
+    """What the served tokens say against the plan: a prefix cache serving more than the plan
+    shares (with `common_prefix_tokens` every conversation begins with), chunks that are not
+    tokens."""
+    mean_prompt = sum(s.prompt_tokens for s in plan) / max(len(plan), 1)
+    planned_share = shareable_prompt_share(plan) + common_prefix_tokens / max(mean_prompt, 1)
+    found = (
+        unplanned_cache_warning(summary.tokens, planned_share),
+        output_count_warning(summary.tokens),
+    )
+    return [w for w in found if w]
 
 
 def shareable_prompt_share(plan: Iterable[RequestSpec]) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.records import RequestRecord, iter_records, read_records
+from scenarios.spec import Scenario
 from scenarios.table import RequestTable
 from surgecast.contracts import RUN_SCHEMA, ContractError, RunMeta, parse, validate, write_run
 
@@ -22,6 +23,10 @@ from surgecast.contracts import RUN_SCHEMA, ContractError, RunMeta, parse, valid
 def new_run_id(scenario_name: str, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     return f"{scenario_name}-{stamp}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def versions() -> dict[str, str]:
@@ -88,6 +93,53 @@ class RunFolder:
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def new(cls, scenario_name: str, out: str | Path | None) -> RunFolder:
+        """A new run folder (`out`, else reports/<run-id>); never one that already holds a run."""
+        if out:
+            folder = cls(Path(out))
+            if folder.run_json.exists():
+                raise FileExistsError(f"--out {out} already holds a run: choose another folder")
+        else:
+            base = Path("reports") / new_run_id(scenario_name)
+            folder = cls(base)
+            n = 1
+            while folder.path.exists():  # two runs started within the same second
+                n += 1
+                folder = cls(base.with_name(f"{base.name}-{n}"))
+        folder.create()
+        return folder
+
+    def begin(
+        self,
+        scenario: Scenario,
+        scenario_file: str,
+        planned: int,
+        target: dict[str, Any],
+        **fields: Any,
+    ) -> None:
+        """run.json: the scenario as resolved, seed, target, versions, machine, start time."""
+        self.write_meta(
+            {
+                "run_id": self.path.name,
+                "scenario_file": scenario_file,
+                "scenario": scenario.model_dump(mode="json", by_alias=True),
+                "seed": scenario.traffic.seed,
+                "planned_requests": planned,
+                "duration_s": scenario.traffic.duration_s,
+                "target": target,
+                "versions": versions(),
+                "machine": machine(),
+                "started_at": now_iso(),
+                **fields,
+            },
+        )
+
+    def end(self, status: str, reasons: list[str], **fields: Any) -> None:
+        """run.json's end: how far it got and whether it is valid (why not, if not)."""
+        validity = {"valid": not reasons, "reasons": reasons}
+        self.update_meta(status=status, finished_at=now_iso(), validity=validity, **fields)
 
     def write_json(self, target: Path, data: Any) -> None:
         """Write `data` as JSON, a non-finite number as null (NaN is not JSON)."""

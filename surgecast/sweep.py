@@ -22,7 +22,11 @@ from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import Scenario, Traffic
 from simulator.fit.backtest import BacktestRow
 from simulator.fit.calibrate import Calibration
-from surgecast.pipeline import RunOutcome, Say, backtest_run, calibrate_runs, run_load, say_stderr
+from surgecast.calibration import calibrate_runs
+from surgecast.console import Say, say_stderr
+from surgecast.live_run import RunOutcome, run_load
+from surgecast.predict import backtest_run
+from targets.launcher import Launcher
 
 LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_ERROR_RATE = 0.05
@@ -103,8 +107,8 @@ def sweep(
     scenario: Scenario,
     scenario_file: str,
     out: Path,
+    launcher: Launcher,
     *,
-    target_url: str | None = None,
     level_s: float = 30.0,
     batch_limit: int | None = None,
     say: Say = say_stderr,
@@ -119,7 +123,7 @@ def sweep(
         outcome = run_load(
             level_scenario,
             scenario_file,
-            target_url=target_url,
+            launcher,
             out=out / f"level-{i + 1}",
             say=say,
             progress=False,
@@ -138,7 +142,7 @@ def sweep(
         run_load(
             stairs,
             scenario_file,
-            target_url=target_url,
+            launcher,
             out=out / "staircase",
             say=say,
             progress=False,

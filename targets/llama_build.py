@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from targets.cache import cache_root, file_lock
+from targets.errors import TargetError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CMAKE_FLAGS = [
@@ -35,7 +36,7 @@ LOG_TAIL = 15
 Say = Callable[[str], None]
 
 
-class BuildError(RuntimeError):
+class BuildError(TargetError):
     """The binary is missing or could not be built; the message says what to do."""
 
 

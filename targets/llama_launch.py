@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from targets.gguf_model import ensure_model
+from targets.launcher import Launcher, Say
 from targets.llama_build import ensure_server
 from targets.llama_server import LlamaServer, LlamaServerConfig, LlamaServerError
-
-Say = Callable[[str], None]
-DEFAULT_BATCH_TOKENS = 2048  # llama-server's default --batch-size: prompt tokens one step takes
 
 
 @dataclass(frozen=True)
@@ -42,28 +39,62 @@ def prepare(options: LlamaOptions, say: Say) -> tuple[Path, Path]:
     return binary, model
 
 
-def launch(options: LlamaOptions, alias: str, say: Say) -> LlamaServer:
-    """A started server (the caller closes it); BuildError or LlamaServerError if it cannot be."""
-    binary, model = prepare(options, say)
-    config = LlamaServerConfig(
-        binary, model, slots=options.slots, ctx=options.ctx, threads=options.threads, alias=alias
-    )
-    server = LlamaServer(config)
-    server.start()
-    return server
+class LlamaLauncher(Launcher):
+    """llama-server on loopback, with a random-weight model (so every request ignores EOS and
+    answers its planned length)."""
 
+    kind: ClassVar[str] = "llama-server"
 
-def engine_limits(server: LlamaServer) -> dict[str, Any]:
-    """The limits to record in run.json, in EngineConfig's terms, with where they came from."""
-    if server.limits is None:
-        raise LlamaServerError("llama-server limits were not read (server not started)")
-    return limits_dict(server.limits.total_slots, server.limits.kv_cache_tokens)
+    def __init__(self, options: LlamaOptions):
+        self.options = options
+        self.server: LlamaServer | None = None
 
+    def start(self, model: str, say: Say) -> None:
+        binary, weights = prepare(self.options, say)
+        o = self.options
+        config = LlamaServerConfig(
+            binary, weights, slots=o.slots, ctx=o.ctx, threads=o.threads, alias=model
+        )
+        self.server = LlamaServer(config)
+        self.server.start()
+        self.base_url = self.server.base_url
+        say(self._describe())
 
-def limits_dict(max_num_seqs: int, kv_cache_tokens: int) -> dict[str, Any]:
-    return {
-        "max_num_seqs": max_num_seqs,
-        "kv_cache_tokens": kv_cache_tokens,
-        "max_batched_tokens": max(DEFAULT_BATCH_TOKENS, max_num_seqs),
-        "source": "llama-server /props",
-    }
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.alive()
+
+    def death(self, when: str = "died during the run") -> str | None:
+        if self.server is None or self.server.alive():
+            return None
+        return self.server.death_message(when)
+
+    def facts(self) -> dict[str, Any]:
+        server = self.server
+        if server is None or server.limits is None:
+            return {}
+        return {
+            "limits": server.limits.engine_limits(),
+            "llama_server": {
+                **server.limits.to_dict(),
+                "binary": str(server.config.binary),
+                "model": str(server.config.model),
+                "ctx": server.config.ctx,
+                "threads": server.config.threads,
+                "startup_s": round(server.startup_s, 3),
+            },
+        }
+
+    def request_body(self) -> dict[str, Any]:
+        return {"ignore_eos": True}
+
+    def _describe(self) -> str:
+        server = self.server
+        assert server is not None and server.limits is not None
+        return (
+            f"llama-server up at {server.base_url} in {server.startup_s:.2f} s: "
+            f"{server.limits.total_slots} slots x {server.limits.n_ctx_slot} tokens of context"
+        )

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from targets.errors import TargetError
 from targets.process import ServerProcess, root_url
 
 
-class LlamaServerError(RuntimeError):
+class LlamaServerError(TargetError):
     """llama-server is missing, did not start, or died; the message says what happened."""
 
 
@@ -45,6 +46,9 @@ class LlamaServerConfig:
         ]
 
 
+DEFAULT_BATCH_TOKENS = 2048  # llama-server's default --batch-size: prompt tokens one step takes
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     """The batch limits the server reports (`/props`), in the engine model's terms."""
@@ -61,6 +65,15 @@ class ServerLimits:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "kv_cache_tokens": self.kv_cache_tokens}
+
+    def engine_limits(self) -> dict[str, Any]:
+        """The limits to record in run.json, in EngineConfig's terms, with where they came from."""
+        return {
+            "max_num_seqs": self.total_slots,
+            "kv_cache_tokens": self.kv_cache_tokens,
+            "max_batched_tokens": max(DEFAULT_BATCH_TOKENS, self.total_slots),
+            "source": "llama-server /props",
+        }
 
     @classmethod
     def from_props(cls, props: dict[str, Any]) -> ServerLimits:

@@ -1,4 +1,5 @@
-"""Start the reference target as a child process on a free loopback port, and stop it."""
+"""Start the reference target (the engine model served over HTTP) as a child process on a free
+loopback port, and stop it; `ReferenceLauncher` is the same behind a run's `Launcher`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import time
 import urllib.error
 import urllib.request
 from types import TracebackType
+from typing import Any, ClassVar
 
-from scenarios.spec import TargetFaults
-from simulator.engine.core import EngineConfig
+from scenarios.spec import ReferenceTargetSpec, Scenario, TargetFaults
+from simulator.engine.core import EngineConfig, engine_from_spec
+from targets.errors import TargetError
+from targets.launcher import ExternalTarget, Launcher, Say
 
 TARGET_KEY_ENV = "SURGECAST_TARGET_API_KEY"  # the key the reference target wants, if any
 
 
-class TargetStartError(RuntimeError):
+class TargetStartError(TargetError):
     pass
 
 
@@ -99,6 +103,10 @@ class ReferenceTargetProcess:
         self._wait_ready()
         return self.base_url
 
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started)."""
+        return None if self.proc is None else self.proc.poll()
+
     def _wait_ready(self) -> None:
         health = self.base_url.removesuffix("/v1") + "/health"
         deadline = time.monotonic() + self.start_timeout_s + self.config.cold_start_s
@@ -133,3 +141,45 @@ class ReferenceTargetProcess:
             if pipe:
                 pipe.close()
         self.proc = None
+
+
+class ReferenceLauncher(Launcher):
+    """The reference target a scenario's `reference_target` section describes."""
+
+    kind: ClassVar[str] = "reference"
+
+    def __init__(self, spec: ReferenceTargetSpec):
+        self.config = engine_from_spec(spec)
+        self.spec = spec
+        self.process: ReferenceTargetProcess | None = None
+
+    def start(self, model: str, say: Say) -> None:
+        spec = self.spec
+        self.process = ReferenceTargetProcess(
+            self.config, model=model, faults=spec.faults, stream_interval=spec.stream_interval
+        )
+        self.base_url = self.process.__enter__()
+        say(self._describe())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.__exit__(None, None, None)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exit_code() is None
+
+    def death(self, when: str = "died during the run") -> str | None:
+        code = None if self.process is None else self.process.exit_code()
+        return None if code is None else f"the reference target {when} (exit code {code})"
+
+    def facts(self) -> dict[str, Any]:
+        return {"engine": self.config.to_dict()}
+
+    def _describe(self) -> str:
+        return f"reference target up at {self.base_url}"
+
+
+def url_or_reference(url: str | None, scenario: Scenario) -> Launcher:
+    """A URL (given, else the scenario's target.base_url), else the scenario's reference target."""
+    url = url or scenario.target.base_url
+    return ExternalTarget(url) if url else ReferenceLauncher(scenario.reference_target)

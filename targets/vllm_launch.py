@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from targets.launcher import Launcher, Say
 from targets.vllm_model import ensure_model_dir
-from targets.vllm_server import (
-    CacheInfo,
-    VllmConfig,
-    VllmServer,
-    VllmServerError,
-    vllm_python,
-)
-
-Say = Callable[[str], None]
+from targets.vllm_server import VllmConfig, VllmServer, vllm_python
 
 
 @dataclass(frozen=True)
@@ -53,32 +45,63 @@ def config_for(options: VllmOptions, alias: str) -> VllmConfig:
     )
 
 
-def launch(options: VllmOptions, alias: str, say: Say) -> VllmServer:
-    """A started server (the caller closes it); VllmServerError if it cannot be."""
-    server = VllmServer(config_for(options, alias))
-    say(f"starting vLLM ({options.model_size} model; about a minute on 2 cores)")
-    server.start()
-    return server
+class VllmLauncher(Launcher):
+    """vLLM for CPU (its own venv, `make vllm`) on loopback, with a random-weight model (so every
+    request ignores EOS and answers its planned length)."""
 
+    kind: ClassVar[str] = "vllm"
 
-def engine_limits(server: VllmServer) -> dict[str, Any]:
-    """The limits to record in run.json, in EngineConfig's terms, with where they came from."""
-    limits = server.limits
-    if limits is None:
-        raise VllmServerError("vLLM limits were not read (server not started)")
-    return {
-        "max_num_seqs": limits.max_num_seqs,
-        "max_batched_tokens": limits.max_num_batched_tokens,
-        **cache_limits(limits.cache),
-        "source": "vLLM flags given by surgecast; /metrics vllm:cache_config_info",
-    }
+    def __init__(self, options: VllmOptions):
+        self.options = options
+        self.server: VllmServer | None = None
 
+    def check(self) -> None:
+        vllm_python()  # a missing venv fails before anything is made
 
-def cache_limits(cache: CacheInfo) -> dict[str, Any]:
-    """The limits any vLLM reports about its cache (an external one: these only)."""
-    return {
-        "kv_cache_tokens": cache.kv_cache_tokens,
-        "block_size": cache.block_size,
-        "enable_prefix_caching": cache.prefix_caching,
-        "source": "vLLM /metrics vllm:cache_config_info",
-    }
+    def start(self, model: str, say: Say) -> None:
+        self.server = VllmServer(config_for(self.options, model))
+        say(f"starting vLLM ({self.options.model_size} model; about a minute on 2 cores)")
+        self.server.start()
+        self.base_url = self.server.base_url
+        say(self._describe())
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.alive()
+
+    def death(self, when: str = "died during the run") -> str | None:
+        if self.server is None or self.server.alive():
+            return None
+        return self.server.death_message(when)
+
+    def facts(self) -> dict[str, Any]:
+        server = self.server
+        if server is None or server.limits is None:
+            return {}
+        return {
+            "limits": server.limits.engine_limits(),
+            "vllm": {
+                **server.limits.to_dict(),
+                "model": str(server.config.model),
+                "kv_cache_gib": server.config.kv_cache_gib,
+                "stream_interval": server.config.stream_interval,
+                "startup_s": round(server.startup_s, 3),
+            },
+        }
+
+    def request_body(self) -> dict[str, Any]:
+        return {"ignore_eos": True}
+
+    def _describe(self) -> str:
+        server = self.server
+        assert server is not None and server.limits is not None
+        limits = server.limits
+        cache = limits.cache
+        return (
+            f"vLLM up at {server.base_url} in {server.startup_s:.1f} s: max_num_seqs "
+            f"{limits.max_num_seqs}, {cache.num_blocks} KV blocks x {cache.block_size} "
+            f"tokens, prefix caching {'on' if cache.prefix_caching else 'off'}"
+        )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from loadgen.telemetry import parse_prometheus
+from targets.errors import TargetError
 from targets.llama_server import get_json
 from targets.process import ServerProcess, root_url
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "run `make vllm` (a separate venv, about 4 min and 2.5 GB)"
 
 
-class VllmServerError(RuntimeError):
+class VllmServerError(TargetError):
     """vLLM is missing, did not start, or died; the message says what to do."""
 
 
@@ -117,6 +118,16 @@ class CacheInfo:
     max_model_len: int
     version: str = ""
 
+    def engine_limits(self) -> dict[str, Any]:
+        """The limits any vLLM reports about its cache, in EngineConfig's terms (an external
+        one's: these only)."""
+        return {
+            "kv_cache_tokens": self.kv_cache_tokens,
+            "block_size": self.block_size,
+            "enable_prefix_caching": self.prefix_caching,
+            "source": "vLLM /metrics vllm:cache_config_info",
+        }
+
 
 @dataclass(frozen=True)
 class VllmLimits:
@@ -131,6 +142,15 @@ class VllmLimits:
             **asdict(self.cache),
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
+        }
+
+    def engine_limits(self) -> dict[str, Any]:
+        """The limits to record in run.json: the cache's, and the scheduler flags given."""
+        return {
+            "max_num_seqs": self.max_num_seqs,
+            "max_batched_tokens": self.max_num_batched_tokens,
+            **self.cache.engine_limits(),
+            "source": "vLLM flags given by surgecast; /metrics vllm:cache_config_info",
         }
 
 

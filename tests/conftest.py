@@ -17,7 +17,7 @@ from simulator.engine.core import EngineConfig, StepCost
 from targets.reference_launch import ReferenceTargetProcess
 
 if TYPE_CHECKING:
-    from surgecast.pipeline import RunOutcome
+    from surgecast.live_run import RunOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,8 +134,9 @@ def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int 
     """One load level against a real engine: short chat requests with ignore_eos, generous
     lateness and SLOs (a 2-core machine); `stairs`: a staircase of that many requests instead."""
     from scenarios.spec import parse_scenario
-    from surgecast.pipeline import run_load  # heavy: only for the engine tests
+    from surgecast.live_run import run_load  # heavy: only for the engine tests
     from surgecast.sweep import staircase
+    from targets.launcher import ExternalTarget
 
     data = scenario_dict(
         target={"api": "chat", "timeout_s": 120, "extra_body": {"ignore_eos": True}},
@@ -148,4 +149,4 @@ def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int 
     )
     scenario = parse_scenario(data)
     plan = staircase(scenario, stairs) if stairs else None
-    return run_load(scenario, "s.yaml", target_url=base_url, out=out, plan=plan)
+    return run_load(scenario, "s.yaml", ExternalTarget(base_url), out=out, plan=plan)

@@ -18,7 +18,7 @@ from simulator.fit.backtest import BacktestRow, backtest, predict_plan
 from simulator.fit.calibrate import RESIDUAL_LEVELS, Calibration, calibrate, draw_residuals
 from simulator.forecast.capacity import saturation_throughput
 from simulator.replay.sim import simulate
-from surgecast.pipeline import calibrate_runs
+from surgecast.calibration import calibrate_runs
 from surgecast.rundir import RunFolder
 from tests.conftest import run_json, scenario_dict
 from tests.test_calibrate import _jittered

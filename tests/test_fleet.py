@@ -27,7 +27,7 @@ from simulator.replay.fleet import AutoscalerConfig, ColdStart, FleetConfig
 from simulator.replay.fleet_spec import fleet_from_spec
 from simulator.replay.routing import Router, Routing
 from simulator.replay.sim import SimResult, simulate
-from surgecast.pipeline import simulate_scenario
+from surgecast.predict import simulate_scenario
 from tests.conftest import run_cli, scenario_dict, write_scenario
 
 SEEDS = range(12)

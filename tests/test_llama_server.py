@@ -26,7 +26,8 @@ import pytest
 from loadgen.client import Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
 from scenarios.text import make_prompt
-from surgecast.pipeline import backtest_run, calibrate_runs
+from surgecast.calibration import calibrate_runs
+from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
 from targets.gguf_model import ensure_model, vocabulary
 from targets.llama_build import BuildError, cached_server, ensure_server

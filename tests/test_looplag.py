@@ -11,7 +11,7 @@ from loadgen.looplag import LoopLag
 from scenarios.metrics import summarize
 from scenarios.spec import parse_scenario
 from scenarios.table import RequestTable
-from surgecast.pipeline import invalid_reasons
+from surgecast.validity import invalid_reasons
 from tests.conftest import scenario_dict
 
 

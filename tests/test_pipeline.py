@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from surgecast.contracts import read_calibration
-from surgecast.pipeline import backtest_run
+from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
 from tests.conftest import ROOT, run_cli, scenario_dict, write_scenario
 
@@ -70,7 +70,7 @@ def test_pipeline_end_to_end(pipeline_run: tuple[Path, str]) -> None:
 def test_core_packages_import_without_gevent() -> None:
     code = (
         "import sys, scenarios.spec, scenarios.plan, scenarios.metrics, simulator.replay.sim, "
-        "targets.reference_server, simulator.forecast.search, surgecast.cli, surgecast.pipeline, "
+        "targets.reference_server, simulator.forecast.search, surgecast.cli, surgecast.live_run, "
         "surgecast.report, loadgen.client; print('gevent' in sys.modules)"
     )
     out = subprocess.run(

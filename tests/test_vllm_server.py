@@ -24,10 +24,11 @@ from loadgen.client import Endpoint, StreamingCall
 from loadgen.telemetry import parse_prometheus
 from scenarios.plan import RequestSpec
 from scenarios.text import make_prompt
-from surgecast.pipeline import backtest_run, calibrate_runs
+from surgecast.calibration import calibrate_runs
+from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
 from targets.engine_metrics import KNOWN, kept_series, series_value
-from targets.vllm_launch import VllmOptions, config_for, engine_limits
+from targets.vllm_launch import VllmOptions, config_for
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import (
     VllmConfig,
@@ -190,7 +191,8 @@ def test_limits_are_read_from_the_server(vllm: VllmServer) -> None:
     assert cache.prefix_caching and cache.max_model_len == MAX_LEN
     assert cache.version.startswith("0.32")
     assert read_cache_info(vllm.base_url) == cache == probe_cache_info(vllm.base_url)
-    recorded = engine_limits(vllm)
+    assert vllm.limits is not None
+    recorded = vllm.limits.engine_limits()
     assert recorded["max_num_seqs"] == SEQS and recorded["kv_cache_tokens"] == cache.kv_cache_tokens
 
 

@@ -1,0 +1,94 @@
+"""`surgecast`'s entry point: the parser each command group adds its commands to, and the one
+map from what went wrong to the exit code.
+
+Exit codes: 0 pass; 2 bad input (scenario, file, flag); 3 run invalid (generator fell behind,
+target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO or
+a regression budget failed; 130 interrupted (143 terminated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Sequence
+
+from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
+from scenarios.corpora import CorpusError
+from scenarios.spec import ScenarioError
+from scenarios.traces import TraceError
+from scenarios.traffic import PlanTooLarge
+from surgecast import __version__
+from surgecast.cli import judge, model, run, serve
+from surgecast.cli.exits import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_TERMINATED,
+    BadInput,
+    Terminated,
+)
+from surgecast.console import say_stderr
+from surgecast.rundir import InvalidRun
+from targets.errors import TargetError
+from targets.reference_launch import TargetStartError
+
+GROUPS = (run, model, judge, serve)  # each adds its commands, in the order --help lists them
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="surgecast",
+        description="Load-test an OpenAI-compatible endpoint, calibrate a SimPy model of it from "
+        "the measurements, and forecast capacity at 10x to 1000x today's traffic.",
+        epilog="Exit codes: 0 pass, 2 bad input, 3 run invalid, 99 an SLO or a regression budget "
+        "failed, 130 interrupted.",
+    )
+    p.add_argument("--version", action="version", version=f"surgecast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        code: int = args.func(args)
+        return code
+    except Terminated:
+        say_stderr("terminated (SIGTERM): records written so far are kept")
+        return EXIT_TERMINATED
+    except (ScenarioError, TraceError, CorpusError) as e:
+        _problems(e)
+        return EXIT_BAD_INPUT
+    except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
+        say_stderr(f"error: {e}")
+        return EXIT_BAD_INPUT
+    except (TargetUnreachable, TargetStartError) as e:
+        say_stderr(f"error: target unreachable: {e}")
+        return EXIT_INVALID
+    except (InvalidRun, TargetRefused, TargetError) as e:
+        say_stderr(f"error: {e}")
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        say_stderr("interrupted: records written so far are kept")
+        return EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+def _problems(e: ScenarioError | TraceError | CorpusError) -> None:
+    """Every problem of a bad scenario, trace or corpus, each naming its file."""
+    what = {ScenarioError: "scenario", TraceError: "trace", CorpusError: "corpus"}[type(e)]
+    plural = "s" if len(e.problems) != 1 else ""
+    say_stderr(f"error: invalid {what} {e.path} ({len(e.problems)} problem{plural}):")
+    for problem in e.problems:
+        say_stderr(f"  {problem if problem.startswith(e.path) else f'{e.path}: {problem}'}")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated

@@ -1,0 +1,278 @@
+"""Commands on the engine model: `calibrate` (fit it, or sweep a target and fit), `backtest`
+(predict measured runs), `simulate` (a scenario in simulated time), `forecast` (replicas per
+scale) and `schema` (the run folder's contracts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from surgecast.cli.args import (
+    calibration_arg,
+    checked_scenario,
+    count,
+    limit_flags,
+    positive,
+    scales,
+    url,
+)
+from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO, BadInput
+from surgecast.console import out, say_stderr, warn
+
+Subparsers = argparse._SubParsersAction
+
+
+def register(sub: Subparsers) -> None:
+    s = sub.add_parser(
+        "calibrate",
+        help="fit the engine model to measured runs, or sweep a target and fit",
+        description="Fit step costs and overhead from run folders' records. With --scenario "
+        "instead of run folders, measure first: short open-loop levels (Poisson at x0.25, "
+        "x0.5, x1, x2 ... the scenario's rate) until one breaks its SLOs, errors climb, the "
+        "target falls behind or the generator does, plus a staircase (a full batch of requests "
+        "at once whose answers end 40 tokens apart: every batch size measured); fit on the "
+        "levels at or under half the knee's rate and the staircase, and back-test the others, "
+        "which the fit never saw. A fit the data cannot support exits 3 and writes nothing.",
+    )
+    s.add_argument("runs", nargs="*", metavar="RUN_DIR")
+    s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
+    s.add_argument("--scenario", help="sweep: the workload to send (instead of RUN_DIRs)")
+    s.add_argument("--target", type=url, help="sweep: base URL (default: the scenario's target)")
+    s.add_argument(
+        "--level-duration",
+        type=positive,
+        default=30.0,
+        help="sweep: seconds per level (default 30)",
+    )
+    s.add_argument("--out", help="sweep: folder for the level runs (default: reports/sweep-ID)")
+    limit_flags(s)
+    s.add_argument("--no-backtest", action="store_true", help="skip back-testing the runs")
+    s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser(
+        "backtest",
+        help="predict measured runs with a calibration (held-out runs) and compare",
+        description="For each run folder, predict the run twice with the calibrated model: from "
+        "its own send times and served tokens (replay) and from its scenario's plan (plan). "
+        "Prints p50/p95/p99 TTFT, ITL, E2E and throughput, measured against predicted, with the "
+        "90% interval the measured value should fall in (from the fit's uncertainty, step-time "
+        "drift between calibration runs, plan seeds and the run's own sampling noise). Give runs "
+        "the calibration never saw. Writes backtest.json into each run folder.",
+    )
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
+    s.set_defaults(func=cmd_backtest)
+
+    s = sub.add_parser(
+        "simulate",
+        help="run a scenario through a calibrated model",
+        description="Replay the scenario's plan in simulated time.",
+    )
+    s.add_argument("scenario", help="scenario YAML whose plan is simulated")
+    s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
+    s.add_argument("--scale", type=positive, default=1.0, help="multiply the arrival rate")
+    s.add_argument("--replicas", type=count, default=1, help="fixed fleet size (default 1)")
+    s.add_argument("--out", help="run folder (default: reports/<run-id>)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser(
+        "forecast",
+        help="fewest replicas meeting the SLOs at each traffic scale",
+        description="Search replica counts in simulation for each scale.",
+    )
+    s.add_argument("scenario", help="scenario YAML (its traffic is today's: x1)")
+    s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
+    s.add_argument("--scales", type=scales, help="default: the scenario's forecast.scales")
+    s.add_argument("--json", dest="json_out", help="also write the forecast as JSON here")
+    s.set_defaults(func=cmd_forecast)
+
+    s = sub.add_parser(
+        "schema",
+        help="write the JSON Schema of each run-folder document (run, summary, calibration, ...)",
+        description="Export the JSON Schemas other tools can validate a run folder's documents "
+        "against; each document names its schema and version in its `schema` field.",
+    )
+    s.add_argument("--out", default="schemas", help="folder to write them to (default: schemas)")
+    s.set_defaults(func=cmd_schema)
+
+
+def unusable(problems: Sequence[str]) -> int:
+    """A fit that cannot be used: say why, write no calibration, exit 3."""
+    for problem in problems:
+        say_stderr(f"calibration unusable: {problem}")
+    say_stderr("no calibration written")
+    return EXIT_INVALID
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from scenarios.records import RecordsError
+    from simulator.fit.backtest import backtest_warnings
+    from simulator.fit.calibrate import CalibrationError, fit_problems
+    from surgecast.calibration import calibrate_runs
+    from surgecast.contracts import write_calibration
+    from surgecast.predict import backtest_run
+    from surgecast.rundir import RunFolder, RunFolderError
+    from surgecast.tables import backtest_table, calibration_table
+
+    output = Path(a.output)
+    if not output.parent.is_dir():
+        raise BadInput(f"-o {a.output}: folder {output.parent} does not exist")
+    if a.scenario:
+        if a.runs:
+            raise BadInput("give run folders or --scenario (to sweep a target), not both")
+        return _calibrate_sweep(a, output)
+    if not a.runs:
+        raise BadInput("give the run folders to fit, or --scenario to sweep a target")
+    folders = [RunFolder(Path(r)) for r in a.runs]
+    try:
+        cal = calibrate_runs(
+            folders, max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
+        )
+    except (FileNotFoundError, RunFolderError, RecordsError) as e:
+        raise BadInput(str(e)) from None
+    except CalibrationError as e:  # readable runs that cannot support a fit
+        return unusable([str(e)])
+    out(calibration_table(cal))
+    problems = fit_problems(cal.fit)
+    if problems:
+        return unusable(problems)
+    write_calibration(output, cal)
+    if not a.no_backtest:
+        for f in folders:
+            try:
+                rows = backtest_run(f, cal)
+            except ValueError as e:
+                say_stderr(f"back-test of {f.path} skipped: {e}")
+                continue
+            out(f"\nback-test of {f.path}:\n" + backtest_table(rows))
+            warn(backtest_warnings(cal, rows))
+    out(f"calibration: {a.output}")
+    return EXIT_OK
+
+
+def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
+    from simulator.fit.calibrate import fit_problems
+    from surgecast.contracts import write_calibration
+    from surgecast.rundir import new_run_id
+    from surgecast.sweep import held_out_rows, level_rows, sweep
+    from surgecast.tables import backtest_table, calibration_table, markdown
+    from targets.reference_launch import url_or_reference
+
+    scenario = checked_scenario(a.scenario)
+    folder = Path(a.out) if a.out else Path("reports") / new_run_id(f"sweep-{scenario.name}")
+    launcher = url_or_reference(a.target, scenario)
+    result = sweep(
+        scenario,
+        a.scenario,
+        folder,
+        launcher,
+        level_s=a.level_duration,
+        batch_limit=a.max_num_seqs,
+    )
+    headers = ["offered req/s", "served req/s", "TTFT p95 ms", "E2E p95 ms", "role", "knee"]
+    out(markdown(headers, level_rows(result)))
+    out("\n" + calibration_table(result.calibration))
+    problems = fit_problems(result.calibration.fit)
+    if problems:
+        return unusable(problems)
+    write_calibration(output, result.calibration)
+    held = held_out_rows(result)
+    if held:
+        out("\nheld-out levels, predicted:\n" + backtest_table(held))
+        inside = sum(r.inside for r in held)
+        out(f"{inside} of {len(held)} measured values inside their 90% interval")
+    out(f"level runs: {folder}\ncalibration: {output}")
+    return EXIT_OK
+
+
+def cmd_backtest(a: argparse.Namespace) -> int:
+    from simulator.fit.backtest import BacktestRow, backtest_warnings
+    from surgecast.calibration import in_sample
+    from surgecast.predict import backtest_run
+    from surgecast.rundir import RunFolder
+    from surgecast.tables import backtest_table
+
+    cal = calibration_arg(a.calibration)
+    rows: list[BacktestRow] = []
+    fitted: list[BacktestRow] = []
+    for path in a.runs:
+        folder = RunFolder(Path(path))
+        try:
+            own = backtest_run(folder, cal)
+        except FileNotFoundError as e:
+            raise BadInput(str(e)) from None
+        except ValueError as e:
+            raise BadInput(f"{path}: cannot back-test: {e}") from None
+        seen = in_sample(folder, cal)
+        label = " (IN-SAMPLE: the calibration was fitted on this run)" if seen else ""
+        out(f"\nback-test of {path}{label}:\n" + backtest_table(own))
+        warn(backtest_warnings(cal, own))
+        (fitted if seen else rows).extend(own)
+    if fitted:
+        warn(
+            [
+                "some runs were fitted by this calibration: their rows show how well it fits, "
+                "not how well it forecasts; the totals below leave them out"
+            ]
+        )
+    inside = sum(r.inside for r in rows)
+    errors = [abs(r.error_pct) for r in rows if r.metric in ("ttft", "e2e")]
+    out(
+        f"\nheld-out: {inside} of {len(rows)} measured values inside their 90% interval; "
+        f"median |error| of TTFT and E2E quantiles "
+        f"{statistics.median(errors) if errors else 0.0:.1f}%"
+    )
+    return EXIT_OK
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from surgecast.cli.run import run_exit
+    from surgecast.predict import simulate_scenario
+    from surgecast.report import render
+
+    scenario = checked_scenario(a.scenario)
+    outcome = simulate_scenario(
+        scenario,
+        a.scenario,
+        calibration_arg(a.calibration),
+        scale=a.scale,
+        replicas=a.replicas,
+        out=a.out,
+    )
+    html, _ = render(outcome.folder)
+    out(f"report: {html}")
+    return run_exit(outcome)
+
+
+def cmd_forecast(a: argparse.Namespace) -> int:
+    from surgecast.predict import forecast_scenario
+    from surgecast.tables import forecast_table
+
+    scenario = checked_scenario(a.scenario)
+    points = forecast_scenario(
+        scenario, calibration_arg(a.calibration), a.scales or scenario.forecast.scales
+    )
+    out(forecast_table(points))
+    if a.json_out:
+        from surgecast.contracts import write_forecast
+
+        write_forecast(Path(a.json_out), points)
+    return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
+
+
+def cmd_schema(a: argparse.Namespace) -> int:
+    from surgecast.contracts import json_schemas
+
+    folder = Path(a.out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, schema in json_schemas().items():
+            path = folder / f"{name}.schema.json"
+            path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+            out(f"{name}: {path}")
+    except OSError as e:
+        raise BadInput(f"cannot write schemas to {folder}: {e.strerror or e}") from None
+    return EXIT_OK

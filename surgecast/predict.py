@@ -1,0 +1,130 @@
+"""Predicting with a calibration: back-tests of measured runs, simulated runs of a scenario, and
+capacity forecasts, each written into a run folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from scenarios.metrics import summarize_run
+from scenarios.plan import build_plan
+from scenarios.records import write_records
+from scenarios.spec import Scenario, ScenarioError, parse_scenario
+from simulator.fit.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
+from simulator.fit.calibrate import Calibration
+from simulator.forecast.search import Forecaster, ForecastPoint
+from simulator.replay.fleet_spec import fleet_from_spec
+from simulator.replay.sim import simulate
+from surgecast.calibration import in_sample
+from surgecast.console import Say, say_stderr
+from surgecast.contracts import write_backtest, write_forecast, write_summary
+from surgecast.live_run import RunOutcome
+from surgecast.progressbar import ForecastBar
+from surgecast.rundir import RunFolder
+
+
+def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRow]:
+    """Predict the folder's measured run with `calibration`, from its own send times and from
+    its scenario's plan; saves and returns the rows."""
+    records = folder.records()
+    rows, result = backtest(records, calibration)
+    scenario = _scenario_of(folder)
+    if scenario is not None:
+        rows += predict_plan(records, scenario, calibration)
+    write_records(folder.simulated, result.records)
+    write_backtest(
+        folder.backtest, rows, backtest_warnings(calibration, rows), in_sample(folder, calibration)
+    )
+    return rows
+
+
+def _scenario_of(folder: RunFolder) -> Scenario | None:
+    """The scenario a measured run's plan was drawn from, as its run.json keeps it (None: not
+    there or no longer valid, a simulated run, or a plan given to the run, as a staircase is)."""
+    meta = folder.meta()
+    if meta.source != "measured" or meta.plan != "scenario":
+        return None
+    base = Path(meta.scenario_file).resolve().parent if meta.scenario_file else None
+    try:
+        return parse_scenario(meta.scenario, str(folder.run_json), base)
+    except ScenarioError:
+        return None
+
+
+def forecast_scenario(
+    scenario: Scenario, calibration: Calibration, scales: Sequence[float], say: Say = say_stderr
+) -> list[ForecastPoint]:
+    """Forecast at each scale, with today's traffic (x1) first as the baseline."""
+    scales = sorted({1.0, *scales})
+    say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
+    bar = ForecastBar(scales)
+    forecaster = Forecaster(scenario, calibration, progress=bar)
+    c = forecaster.config
+    say(
+        f"  x1 is {forecaster.base_rate:.3g} req/s; each fleet: {c.seeds} seeds of "
+        f"{c.duration_s:g} s simulated, load under {c.max_load:.0%} of saturation "
+        f"({forecaster.replica_capacity:.3g} req/s a replica), "
+        f"${scenario.cost.gpu_hour_usd:g}/GPU-hour x {scenario.cost.gpus_per_replica} per replica"
+    )
+    try:
+        return forecaster.run(scales)
+    finally:
+        bar.close()
+
+
+def save_forecast(folder: RunFolder, points: Sequence[ForecastPoint]) -> None:
+    write_forecast(folder.forecast, list(points))
+
+
+def simulate_scenario(
+    scenario: Scenario,
+    scenario_file: str,
+    calibration: Calibration,
+    *,
+    scale: float = 1.0,
+    replicas: int = 1,
+    out: str | Path | None = None,
+) -> RunOutcome:
+    """The scenario's plan through the calibrated model; a run folder like a measured one."""
+    try:
+        fleet = fleet_from_spec(scenario.fleet)
+    except ValueError as e:
+        raise ScenarioError(scenario_file, [str(e)]) from None
+    if fleet.initial_replicas is not None:  # an autoscaler starts from its own count
+        replicas = fleet.initial_replicas
+    folder = RunFolder.new(scenario.name, out)
+    plan = calibration.tokens.apply(build_plan(scenario, rate_scale=scale), scenario.traffic.seed)
+    result = simulate(
+        plan,
+        calibration.engine,
+        replicas=replicas,
+        timeout_s=scenario.target.timeout_s,
+        fleet=fleet.config,
+    )
+    write_records(folder.requests, result.records)
+    summary = summarize_run(result.table, scenario)
+    write_summary(folder.summary, summary)
+    target = {
+        "kind": "simulated",
+        "replicas": replicas,
+        "scale": scale,
+        "engine": calibration.engine.to_dict(),
+        "fleet": {
+            "rejected": result.rejected,
+            "timeouts": result.timeouts,
+            "abandoned": result.abandoned,
+            **asdict(result.fleet),
+        },
+    }
+    folder.begin(
+        scenario,
+        scenario_file,
+        len(plan),
+        target,
+        status="finished",
+        source="simulated",
+        validity={"valid": True, "reasons": []},
+        slos_passed=summary.slos_passed,
+    )
+    return RunOutcome(folder, summary, [])
