@@ -33,6 +33,7 @@ from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
 from scenarios.scrub import stored_prompt
 from scenarios.spec import TargetSpec
+from scenarios.users import give_up_at
 
 Clock = Callable[[], float]
 Messages = list[dict[str, str]]
@@ -270,8 +271,7 @@ class StreamingCall:
         rec.schedule_lag_s = max(0.0, began - rec.intended_start)
         deadline = self._deadline = began + ep.timeout_s
         patience = self.spec.patience_s  # counted from the first attempt's intended start
-        give_up = math.inf if patience is None else rec.intended_start + patience
-        self._give_up = give_up
+        give_up = self._give_up = give_up_at(self.spec, rec.intended_start)
         conn = None
         keep = False  # the connection goes back to the pool, not closed
         try:

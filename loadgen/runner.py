@@ -9,8 +9,6 @@ listeners see it) and is appended to the record file at once.
 from __future__ import annotations
 
 import gc
-import math
-import random
 import signal
 import sys
 import threading
@@ -21,7 +19,7 @@ from typing import Any, Protocol, TextIO
 
 import gevent
 from gevent.event import Event
-from gevent.pool import Group, Pool
+from gevent.pool import Group
 from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -31,8 +29,9 @@ from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
-from scenarios.plan import RequestSpec, followers_of, next_session
+from scenarios.plan import RequestSpec
 from scenarios.records import DROPPED, RecordSink, RequestRecord
+from scenarios.users import Ended, Send, Session, Users, horizon
 
 DRAIN_GRACE_S = 5.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -100,15 +99,16 @@ class LoadRun:
         start_at: float | None = None,
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
-        self.openers = [s for s in self.plan if s.after is None]
-        self.followers = followers_of(self.plan)
+        self.users = Users(self.plan)  # what each user sends when: one loop for both clocks
         self.endpoint = endpoint
         self.address = endpoint.address()  # resolved once for the run
         self.connections = ConnectionPool()  # kept alive where the server allows
         self.writer = writer
         self.store_prompts = store_prompts
         self.prompts = prompts or PlannedPrompts()
-        self.pool = Pool(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self._sessions = Group()  # one greenlet per user with a request out or coming
+        self._out: set[str] = set()  # requests out (their retries included), against the cap
         self.loop_lag = LoopLag(self.clock)  # how late the loop wakes: error in every stamp
         self.progress = RunProgress(planned=len(self.plan))
         self.progress_out = progress
@@ -122,7 +122,6 @@ class LoadRun:
         self._done = Event()
         self._idle = Event()  # nothing in flight or waiting to be sent
         self._pending = 0
-        self._timers = Group()  # follow-up turns waiting out their think time
         self._history: dict[int, Messages] = {}  # session -> messages so far
         self._sent: dict[str, Messages] = {}  # request id -> the messages it sent (regenerate)
         self._t0 = 0.0
@@ -161,8 +160,7 @@ class LoadRun:
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-            self._timers.kill(block=False)
-            self.pool.kill(block=True, timeout=DRAIN_GRACE_S)
+            self._sessions.kill(block=True, timeout=DRAIN_GRACE_S)
             if runner is not None:
                 runner.quit()
             gevent.killall(background)
@@ -227,105 +225,113 @@ class LoadRun:
             self._done.set()
 
     def _dispatch(self) -> None:
-        self._pending = 1  # the dispatcher itself, until every opener is out
-        for spec in self.openers:
-            self._sleep_until(spec.arrival)
+        """Start each user at its first request's planned time; then wait until every user is
+        done (or the run's horizon passed)."""
+        self._pending = 1  # the dispatcher itself, until every user is out
+        for opener in self.users.openers:
+            self._sleep_until(opener.arrival)
             if self._stop.is_set():
                 break
-            self._launch(spec, spec.arrival)
+            self._pending += 1
+            self._sessions.spawn(self._run_session, self.users.session(opener))
         self._settle()
-        wait = max(0.0, self._worst_end() - self.clock()) + DRAIN_GRACE_S
-        gevent.wait([self._idle, self._stop], timeout=wait, count=1)
+        wait = max(0.0, horizon(self.plan, self.endpoint.timeout_s) - self.clock())
+        gevent.wait([self._idle, self._stop], timeout=wait + DRAIN_GRACE_S, count=1)
         if self._stop.is_set():
-            self._timers.kill(block=False)  # follow-up turns not yet sent are not sent
             gevent.wait([self._idle, self._cancel], timeout=self.stop_grace_s, count=1)
-
-    def _worst_end(self) -> float:
-        """When the last request must have ended: each turn's timeouts and retries, chained."""
-        per_try = self.endpoint.timeout_s
-        end: dict[str, float] = {}
-        for spec in self.plan:  # sorted by arrival, so a turn comes after the one it follows
-            retry = spec.retry
-            tries = 1 + (retry.max_retries if retry else 0)
-            waits = retry.longest_wait_s * (tries - 1) if retry else 0.0
-            begin = end.get(spec.after, spec.arrival) + spec.think_s if spec.after else spec.arrival
-            end[spec.id] = max(begin, spec.arrival) + tries * per_try + waits
-        return max(end.values(), default=0.0)
-
-    def _launch(self, spec: RequestSpec, intended: float) -> None:
-        if self._stop.is_set():
-            return  # stopped by a signal: what was not sent is not sent
-        if self.pool.full():
-            record = self._unsent(spec, intended, DROPPED)
-            self._finish(record)
-            self._follow(spec, record, [], [])
-            return
-        self._pending += 1
-        self.progress.sent += 1
-        self.progress.in_flight += 1
-        self.pool.spawn(self._send, spec, intended)
 
     def _settle(self) -> None:
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()
 
-    def _send(self, spec: RequestSpec, intended: float) -> None:
-        messages = self._messages(spec)
-        attempt = 0
-        jitter = random.Random(f"{spec.id}:{spec.text_seed}")
-        give_up = intended + spec.patience_s if spec.patience_s is not None else math.inf
+    def _run_session(self, session: Session) -> None:
+        """One user's requests, as `scenarios.users` says: each attempt sent at its time, its
+        record written when it ends, then the user's next command."""
+        command: Send | None = next(session)
+        in_turn = False  # a request of this user is out (its slot counts against the cap)
+        messages: Messages = []
         try:
-            while True:
-                call = StreamingCall(
-                    self.endpoint,
-                    spec,
-                    self.clock,
-                    self.store_prompts,
-                    messages=messages,
-                    intended_start=intended,  # a retry keeps the first attempt's: `*_intended`
-                    attempt=attempt,  # latencies show what the user waited, backoff included
-                    address=self.address,
-                    pool=self.connections,
-                    loop_lag=self.loop_lag,
-                )
-                try:
-                    call.run()
-                except gevent.GreenletExit:
-                    call.cancel()
-                    self._finish(call.record)
-                    raise
-                rec = call.record
-                retry = spec.retry
-                if (
-                    retry is not None
-                    and attempt < retry.max_retries
-                    and rec.status in ("error", "rejected")
-                    and rec.http_status in retry.on_status
-                ):
-                    wait = retry.wait_s(attempt + 1, jitter.random(), call.retry_after_s)
-                    if self.clock() + wait < give_up:  # else the user gives up instead
-                        rec.retried = True
-                        self._finish(rec)
-                        attempt += 1
-                        self._backoff(spec, intended, attempt, wait)
-                        continue
-                if rec.status == "ok":
-                    self.prompts.observe(sum(len(m["content"]) for m in messages), rec)
-                self._finish(rec)
-                self._follow(spec, rec, call.text, messages)
-                return
+            while command is not None:
+                if not self._wait(command):
+                    return  # stopped: what was not sent is not sent
+                spec = command.spec
+                answer: list[str] = []
+                if command.attempt == 0 and not self._take_slot(spec):
+                    record, retry_after = self._unsent(command, DROPPED), None
+                else:
+                    if command.attempt == 0:
+                        in_turn, messages = True, self._messages(spec)
+                    record, answer, retry_after = self._attempt(command, messages)
+                end = record.end if record.end is not None else self.clock()
+                ended = Ended(record.status, end, record.http_status, retry_after)
+                nxt = _next_command(session, ended)
+                if nxt is not None and nxt.spec is spec:
+                    record.retried = True
+                elif record.status == "ok":
+                    self.prompts.observe(sum(len(m["content"]) for m in messages), record)
+                self._finish(record)
+                if nxt is None or nxt.spec is not spec:  # the request is done
+                    self._remember(spec, answer, messages, nxt.spec if nxt else None)
+                    if in_turn:
+                        in_turn = False
+                        self._turn_done(spec)
+                command = nxt
         finally:
-            self.progress.in_flight -= 1
+            if in_turn and command is not None:
+                self._turn_done(command.spec)
+            self.progress.skipped = self.users.skipped
             self._settle()
 
-    def _backoff(self, spec: RequestSpec, intended: float, attempt: int, wait: float) -> None:
-        """Wait before a retry; a run that ends meanwhile records the retry as cancelled."""
+    def _take_slot(self, spec: RequestSpec) -> bool:
+        """Count a request out, unless max_in_flight are (then it is dropped, never sent)."""
+        if len(self._out) >= self.max_in_flight:
+            return False
+        self._out.add(spec.id)
+        self.progress.sent += 1
+        self.progress.in_flight += 1
+        return True
+
+    def _turn_done(self, spec: RequestSpec) -> None:
+        self._out.discard(spec.id)
+        self.progress.in_flight -= 1
+
+    def _wait(self, command: Send) -> bool:
+        """Wait for the command's time: a first attempt not past a stop (False: stopped), a
+        retry's backoff in any case (a run that ends meanwhile records it as cancelled)."""
+        if command.attempt == 0:
+            self._sleep_until(command.at)
+            return not self._stop.is_set()
         try:
-            gevent.sleep(wait)
+            gevent.sleep(max(0.0, command.at - self.clock()))
         except gevent.GreenletExit:
-            self._finish(self._unsent(spec, intended, "cancelled", attempt))
+            self._finish(self._unsent(command, "cancelled"))
             raise
+        return True
+
+    def _attempt(
+        self, command: Send, messages: Messages
+    ) -> tuple[RequestRecord, list[str], float | None]:
+        """Send one attempt: its record, the answer's text, the server's Retry-After."""
+        call = StreamingCall(
+            self.endpoint,
+            command.spec,
+            self.clock,
+            self.store_prompts,
+            messages=messages,
+            intended_start=command.intended,  # latencies `*_intended` include the backoff
+            attempt=command.attempt,
+            address=self.address,
+            pool=self.connections,
+            loop_lag=self.loop_lag,
+        )
+        try:
+            call.run()
+        except gevent.GreenletExit:
+            call.cancel()
+            self._finish(call.record)
+            raise
+        return call.record, call.text, call.retry_after_s
 
     def _messages(self, spec: RequestSpec) -> Messages:
         if spec.regenerate and spec.after is not None:
@@ -334,24 +340,16 @@ class LoadRun:
             messages = self.prompts.messages(spec)
         else:
             messages = self._history.get(spec.session, []) + self.prompts.messages(spec)
-        if spec.id in self.followers:
+        if spec.id in self.users.followers:
             self._sent[spec.id] = messages
         return messages
 
-    def _follow(
-        self, spec: RequestSpec, rec: RequestRecord, answer: list[str], messages: Messages
+    def _remember(
+        self, spec: RequestSpec, answer: list[str], messages: Messages, nxt: RequestSpec | None
     ) -> None:
-        """After a turn: schedule what follows it. A turn that did not end well ends its
-        session; a closed-loop user then goes on with its next session."""
+        """Keep what the user's next request carries: the conversation so far (a next turn of
+        the same session), or the messages a regenerate resends."""
         self._sent.pop(spec.after or "", None)
-        end = rec.end if rec.end is not None else self.clock()
-        nxt: RequestSpec | None = None
-        if rec.status == "ok":
-            followers = self.followers.get(spec.id)
-            nxt = followers[0] if followers else None
-        else:
-            nxt, dropped = next_session(spec, self.followers)
-            self.progress.skipped += dropped
         if nxt is not None and nxt.session == spec.session:
             content = "".join(answer)
             self._history[spec.session] = [*messages, {"role": "assistant", "content": content}]
@@ -359,38 +357,20 @@ class LoadRun:
             self._history.pop(spec.session, None)
         if nxt is None or not nxt.regenerate:
             self._sent.pop(spec.id, None)  # only a regenerate resends these messages
-        if nxt is None:
-            return
-        due = end + nxt.think_s
-        if nxt.not_after is not None and due > nxt.not_after:
-            return  # the window closed: the rest of this user's plan is not sent
-        self._pending += 1
-        self._timers.add(
-            gevent.spawn_later(max(0.0, due - self.clock()), self._launch_later, nxt, due)
-        )
 
     def _sleep_until(self, t: float) -> None:
-        """Sleep until the run clock reads `t`: gevent's timers may wake a little early (its
-        loop caches the time), so sleep again for what is left."""
+        """Sleep until the run clock reads `t`, or a stop: gevent's timers may wake a little
+        early (its loop caches the time), so sleep again for what is left."""
         while (delay := t - self.clock()) > 0 and not self._stop.wait(delay):
             pass
 
-    def _launch_later(self, spec: RequestSpec, due: float) -> None:
-        try:
-            self._sleep_until(due)
-            self._launch(spec, due)
-        finally:
-            self._settle()
-
-    def _unsent(
-        self, spec: RequestSpec, intended: float, kind: str, attempt: int = 0
-    ) -> RequestRecord:
+    def _unsent(self, command: Send, kind: str) -> RequestRecord:
         """The record of an attempt that never left: dropped at the in-flight cap, or a retry
         whose run ended while it waited."""
-        now = self.clock()
+        spec, now = command.spec, self.clock()
         return RequestRecord(
             id=spec.id,
-            intended_start=intended,
+            intended_start=command.intended,
             start=now,
             end=now,
             status="cancelled",
@@ -398,7 +378,7 @@ class LoadRun:
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
-            attempt=attempt,
+            attempt=command.attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             planned_output_tokens=spec.max_tokens,
         )
@@ -430,3 +410,11 @@ class LoadRun:
     def _print_progress(self) -> None:
         if self.progress_out is not None:
             print(self.progress.line(self.clock()), file=self.progress_out, flush=True)
+
+
+def _next_command(session: Session, ended: Ended) -> Send | None:
+    """The user's next command once an attempt ended (None: the user is done)."""
+    try:
+        return session.send(ended)
+    except StopIteration:
+        return None

@@ -21,6 +21,7 @@ from loadgen.telemetry import Sampler, TelemetryRecorder
 from scenarios.plan import RequestSpec
 from scenarios.records import RecordWriter
 from scenarios.spec import Scenario
+from scenarios.users import horizon
 
 if TYPE_CHECKING:
     from loadgen.runner import Stopped
@@ -192,10 +193,9 @@ def _send_distributed(
 
 
 def _end_timeout(plan: list[RequestSpec], endpoint: Endpoint) -> float:
-    """The longest a distributed run may take: its last arrival, then each try's timeout."""
-    last = max((s.arrival for s in plan), default=0.0)
-    retries = max((s.retry.max_retries for s in plan if s.retry), default=0)
-    return last + (retries + 2) * endpoint.timeout_s + 60.0
+    """The longest a distributed run may take: when its last request must have ended, and a
+    minute for the records to come back."""
+    return horizon(plan, endpoint.timeout_s) + 60.0
 
 
 def _free_port(host: str) -> int:

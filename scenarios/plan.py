@@ -423,32 +423,6 @@ def plan_share(plan: Sequence[RequestSpec], index: int, count: int) -> list[Requ
     return [s for s in ordered if owner[root[s.id]] == index]
 
 
-def followers_of(plan: Iterable[RequestSpec]) -> dict[str, list[RequestSpec]]:
-    """Each request's follow-ups (the next turn, a regenerate, a closed user's next session)."""
-    out: dict[str, list[RequestSpec]] = {}
-    for spec in plan:
-        if spec.after is not None:
-            out.setdefault(spec.after, []).append(spec)
-    return out
-
-
-def next_session(
-    spec: RequestSpec, followers: dict[str, list[RequestSpec]]
-) -> tuple[RequestSpec | None, int]:
-    """After `spec` failed or was abandoned: the rest of its session is dropped, and a closed
-    user goes on with its next session. Returns that session's first request (None when the
-    user has no other) and how many planned turns were dropped."""
-    dropped = 0
-    node: RequestSpec | None = spec
-    while node is not None:
-        nxt = followers.get(node.id)
-        node = nxt[0] if nxt else None
-        if node is not None and node.session != spec.session:
-            return node, dropped
-        dropped += node is not None
-    return None, dropped
-
-
 def _closed(process: Arrival) -> ClosedUsers | None:
     return process if isinstance(process, ClosedUsers) else None
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -12,9 +11,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from scenarios.plan import RequestSpec, followers_of, next_session
+from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
 from scenarios.table import RequestTable
+from scenarios.users import Ended, Send, Session, Users, horizon
 from simulator.engine.core import Engine, EngineConfig, EngineSequence
 from simulator.engine.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
 from simulator.replay.fleet import Fleet, FleetConfig, FleetStats
@@ -146,12 +146,12 @@ class SimResult:
 
 
 class _Clients:
-    """The simulated users: first turns at their planned times, follow-ups `think_s` after the
-    turn they follow ended well, patience that abandons a slow first token, and a row each in
-    the ledger, as the load generator keeps records (a timeout ends at the client's deadline,
-    tokens after it unseen; a 429 is retried per the request's retry policy, each attempt a
-    row). `outstanding` counts requests not yet ended, planned first turns and follow-ups
-    included."""
+    """The plan's users (`scenarios.users`) on SimPy's clock, a row each in the ledger as the
+    load generator keeps records: an attempt reaches the fleet `overhead_s` after it is sent, a
+    timeout ends at the client's deadline (tokens after it unseen), a 429 from the fleet (or a
+    request too long for any replica) ends its attempt as the user's loop then says, a user
+    whose first token has not come at its give-up time abandons. `outstanding` counts the users
+    not done yet, those still to start included."""
 
     def __init__(
         self,
@@ -169,72 +169,64 @@ class _Clients:
         self.capacity = config.num_blocks * config.block_size  # KV tokens of one replica
         self.ledger = ledger = Ledger(plan, keep_chunks)
         self.index = ledger.index
-        self.followers = followers_of(plan)
+        self.users = Users(plan)
+        self._sessions: dict[int, Session] = {}  # a row's user, while its attempt is out
         self._seqs: dict[int, EngineSequence] = {}  # a patient request's latest attempt
-        self._jitter: dict[str, random.Random] = {}  # per request, as the load generator's
         self.retry_after_s = fleet.config.retry_after_s
-        self.outstanding = sum(1 for s in plan if s.after is None)
+        self.outstanding = len(self.users.openers)
 
-    def arrivals(self, plan: Sequence[RequestSpec]) -> Generator[simpy.Event, Any, None]:
-        env = self.env
-        for spec in sorted((s for s in plan if s.after is None), key=lambda s: s.arrival):
-            at = spec.arrival + self.overhead_s
+    def arrivals(self) -> Generator[simpy.Event, Any, None]:
+        env, users = self.env, self.users
+        for opener in users.openers:
+            at = opener.arrival + self.overhead_s
             if at > env.now:
                 yield env.timeout(at - env.now)
-            self.send(spec, spec.arrival)
+            session = users.session(opener)
+            self.send(session, next(session))
 
-    def send(self, spec: RequestSpec, intended: float, attempt: int = 0) -> None:
-        """Send an attempt of `spec` (its first at `intended`, a retry now - overhead_s)."""
-        now, ledger = self.env.now, self.ledger
+    def send(self, session: Session, command: Send) -> None:
+        """`command`'s attempt reaches the fleet now (`overhead_s` after it was sent)."""
+        now, ledger, spec = self.env.now, self.ledger, command.spec
         i = self.index[spec.id]
-        start = intended if attempt == 0 else now - self.overhead_s
-        ledger.send(i, intended, start, attempt)
+        self._sessions[i] = session
+        ledger.send(i, command.intended, command.at, command.attempt)
         seq = EngineSequence(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
         if seq.prompt_tokens + seq.max_tokens > self.capacity:
             ledger.fail(i, REJECTED, CONTEXT_LENGTH, now)
-            self._failed(spec, now)
+            self._ended(i, Ended("rejected", now))
             return
-        if not self.fleet.admit(seq, start):
+        if not self.fleet.admit(seq, command.at):
             ledger.fail(i, REJECTED, HTTP_429, now)
-            if not self._retry(spec, i, intended):
-                self._failed(spec, now)
+            self._ended(i, Ended("rejected", now, 429, self.retry_after_s))
             return
-        if spec.patience_s is not None:
-            if i not in self._seqs:  # one patience per request, over its attempts
-                self.env.process(self._patience(spec, i, intended + spec.patience_s))
+        if command.give_up < math.inf:
+            if command.attempt == 0:  # one patience per request, over its attempts
+                self._later(command.give_up, lambda: self._patience(i, command.give_up))
             self._seqs[i] = seq
 
-    def _retry(self, spec: RequestSpec, i: int, intended: float) -> bool:
-        """Retry a 429 as the load generator does (spec.retry's backoff and Retry-After, not
-        past the user's patience); False: no retry."""
-        retry, attempt = spec.retry, self.ledger.attempt[i]
-        if retry is None or attempt >= retry.max_retries or 429 not in retry.on_status:
-            return False
-        jitter = self._jitter.setdefault(spec.id, random.Random(f"{spec.id}:{spec.text_seed}"))
-        wait = retry.wait_s(attempt + 1, jitter.random(), self.retry_after_s)
-        now = self.env.now
-        if spec.patience_s is not None and now + wait >= intended + spec.patience_s:
-            return False  # the user gives up instead
-        self.ledger.retry(i)
-        self.env.process(self._resend(spec, intended, attempt + 1, now + wait))
-        return True
+    def _ended(self, i: int, ended: Ended) -> None:
+        """Row `i`'s attempt ended so: its user's next command, sent at its time."""
+        session = self._sessions.pop(i)
+        try:
+            command = session.send(ended)
+        except StopIteration:
+            self.outstanding -= 1
+            return
+        if self.index[command.spec.id] == i:
+            self.ledger.retry(i)  # the attempt is kept apart; the row takes the next
+        self._later(command.at + self.overhead_s, lambda: self.send(session, command))
 
-    def _resend(
-        self, spec: RequestSpec, intended: float, attempt: int, at: float
-    ) -> Generator[simpy.Event, Any, None]:
-        yield self.env.timeout(max(0.0, at + self.overhead_s - self.env.now))
-        self.send(spec, intended, attempt)
+    def _later(self, at: float, action: Callable[[], None]) -> None:
+        timer = self.env.timeout(max(0.0, at - self.env.now))
+        timer.callbacks.append(lambda _: action())
 
-    def _patience(
-        self, spec: RequestSpec, i: int, give_up: float
-    ) -> Generator[simpy.Event, Any, None]:
-        yield self.env.timeout(max(0.0, give_up - self.env.now))
+    def _patience(self, i: int, give_up: float) -> None:
         ledger = self.ledger  # its latest attempt's row
         seq = self._seqs.pop(i)
         if math.isnan(ledger.first[i]) and math.isnan(ledger.end[i]):
             ledger.fail(i, CANCELLED, ABANDONED, give_up)
             self.fleet.withdraw(seq)
-            self._failed(spec, give_up)
+            self._ended(i, Ended("cancelled", give_up))
 
     def on_tokens(self, tokens: Tokens, now: float) -> None:
         """Chunk times in bulk: a step's, or every step's of a jump."""
@@ -250,14 +242,10 @@ class _Clients:
         i, ledger = self.index[seq.id], self.ledger
         if now > ledger.start[i] + self.timeout_s:  # in a step past the client's deadline
             self._timed_out(i)
-            self.fleet.released(seq, now)
-            return
-        ledger.end[i] = now
-        ledger.output[i] = seq.generated
-        self.outstanding -= 1
-        followers = self.followers.get(seq.id)
-        if followers:
-            self._follow(followers[0], now)
+        else:
+            ledger.end[i] = now
+            ledger.output[i] = seq.generated
+            self._ended(i, Ended("ok", now))
         self.fleet.released(seq, now)
 
     def on_abort(self, seq: EngineSequence, now: float) -> None:
@@ -270,37 +258,7 @@ class _Clients:
     def _timed_out(self, i: int) -> None:
         end = self.ledger.start[i] + self.timeout_s
         self.ledger.time_out(i, end)
-        self._failed(self.ledger.plan[i], end)
-
-    def _failed(self, spec: RequestSpec, now: float) -> None:
-        """The request ended badly: the rest of the session is dropped; a closed-loop user goes
-        on with its next one."""
-        self.outstanding -= 1
-        nxt, _ = next_session(spec, self.followers)
-        if nxt is not None:
-            self._follow(nxt, now)
-
-    def _follow(self, nxt: RequestSpec, now: float) -> None:
-        due = now + nxt.think_s
-        if nxt.not_after is None or due <= nxt.not_after:
-            self.outstanding += 1
-            self.env.process(self._later(nxt, due))
-
-    def _later(self, spec: RequestSpec, due: float) -> Generator[simpy.Event, Any, None]:
-        yield self.env.timeout(max(0.0, due + self.overhead_s - self.env.now))
-        self.send(spec, due)
-
-
-def _horizon(plan: Sequence[RequestSpec], timeout_s: float) -> float:
-    """When every request must have ended: each turn's timeouts, retries and think time,
-    chained."""
-    end: dict[str, float] = {}
-    for spec in sorted(plan, key=lambda s: s.arrival):  # a turn comes after the one it follows
-        begin = end[spec.after] + spec.think_s if spec.after in end else spec.arrival
-        retries = spec.retry.max_retries if spec.retry else 0
-        waits = spec.retry.longest_wait_s * retries if spec.retry else 0.0
-        end[spec.id] = begin + timeout_s + (retries * timeout_s + waits if retries else 0.0)
-    return max(end.values(), default=timeout_s)
+        self._ended(i, Ended("timeout", end))
 
 
 def simulate(
@@ -346,10 +304,10 @@ def simulate(
         events.tokens.add_listener(clients.on_tokens)
     events.finish.add_listener(clients.on_finish)
     events.abort.add_listener(clients.on_abort)
-    env.process(clients.arrivals(plan))
+    env.process(clients.arrivals())
     pool.start_autoscaler(lambda: clients.outstanding > 0)
-    horizon = _horizon(plan, timeout_s)
-    env.run(until=horizon)
+    until = horizon(plan, timeout_s) or timeout_s
+    env.run(until=until)
     for member in pool.history:
         member.replica.settle()
     ledger = clients.ledger
@@ -373,7 +331,7 @@ def simulate(
     return SimResult(
         table,
         ledger,
-        horizon,
+        until,
         busy,
         preempted,
         kv_peak=max((u.kv_peak for u in usage), default=0.0),
