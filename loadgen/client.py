@@ -33,7 +33,7 @@ from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
-from scenarios.scrub import stored_prompt
+from scenarios.scrub import PromptStore
 from scenarios.spec import TargetSpec
 
 Clock = Callable[[], float]
@@ -219,7 +219,7 @@ class StreamingCall:
         endpoint: Endpoint,
         spec: RequestSpec,
         clock: Clock,
-        store_prompt: str = "none",  # privacy.store_prompts: none, hashed or full
+        store_prompt: PromptStore | None = None,  # privacy.store_prompts (None: keep none)
         *,
         messages: Messages | None = None,
         intended_start: float | None = None,
@@ -259,7 +259,7 @@ class StreamingCall:
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
-            prompt=stored_prompt(prompt, store_prompt),
+            prompt=store_prompt.keep(prompt) if store_prompt else None,
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             planned_output_tokens=spec.max_tokens,

@@ -377,9 +377,9 @@ class Cost(Strict):
 class Privacy(Strict):
     store_prompts: Literal["none", "hashed", "full"] = Field(
         "hashed",
-        description="What requests.jsonl keeps of each prompt: nothing, a hash (tells equal "
-        "prompts apart, reveals none; the default) or the full text. true/false read as "
-        "full/none.",
+        description="What requests.jsonl keeps of each prompt: nothing, a hash (HMAC-SHA256 "
+        "keyed per run: tells equal prompts of a run apart, reveals none; the default) or the "
+        "full text. true/false read as full/none.",
     )
 
     @field_validator("store_prompts", mode="before")

@@ -44,6 +44,7 @@ from scenarios.records import (
     RequestRecord,
     write_records,
 )
+from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from scenarios.spec import Telemetry as TelemetrySpec
 from scenarios.table import RequestTable
@@ -584,7 +585,7 @@ def _send_plan(
             endpoint,
             RecordWriter(stream),
             max_in_flight=scenario.traffic.max_in_flight,
-            store_prompts=scenario.privacy.store_prompts,
+            store_prompts=PromptStore(scenario.privacy.store_prompts),  # the run's own key
             progress=sys.stderr if progress else None,
             telemetry=telemetry,
             telemetry_every_s=scenario.telemetry.interval_s,
