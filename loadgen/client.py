@@ -13,6 +13,8 @@ the client is schedule lag or connect time, never TTFT.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import json
 import math
 import os
@@ -31,13 +33,30 @@ from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
-from scenarios.scrub import stored_prompt
+from scenarios.scrub import PromptStore
 from scenarios.spec import TargetSpec
 from scenarios.users import give_up_at
 
 Clock = Callable[[], float]
 Messages = list[dict[str, str]]
 DETAIL_CHARS = 200
+
+
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """A Retry-After header (RFC 9110 10.2.3) as seconds from `now` (epoch seconds, default the
+    wall clock), never negative: delay-seconds, or an HTTP-date (a date past is 0). None when
+    it is neither, and backoff alone decides."""
+    value = value.strip()
+    with contextlib.suppress(ValueError):
+        seconds = float(value)  # delay-seconds (a fraction accepted, as some servers send)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as an HTTP-date always is
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class MissingApiKey(ValueError):
@@ -209,7 +228,7 @@ class StreamingCall:
         endpoint: Endpoint,
         spec: RequestSpec,
         clock: Clock,
-        store_prompt: str = "none",  # privacy.store_prompts: none, hashed or full
+        store_prompt: PromptStore | None = None,  # privacy.store_prompts (None: keep none)
         *,
         messages: Messages | None = None,
         intended_start: float | None = None,
@@ -249,7 +268,7 @@ class StreamingCall:
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
-            prompt=stored_prompt(prompt, store_prompt),
+            prompt=store_prompt.keep(prompt) if store_prompt else None,
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             planned_output_tokens=spec.max_tokens,
@@ -402,10 +421,7 @@ class StreamingCall:
             message = text
         retry_after = response.headers.get("retry-after")
         if retry_after is not None:
-            try:
-                self.retry_after_s = max(0.0, float(retry_after))
-            except ValueError:
-                self.retry_after_s = None  # an HTTP-date: rare from LLM servers; backoff decides
+            self.retry_after_s = retry_after_seconds(retry_after)
         status = response.status
         kind = f"http_{status}"
         self._fail("rejected" if status in (429, 503) else "error", kind, str(message))

@@ -37,6 +37,7 @@ from loadgen.runner import STOP_SIGNALS, LoadRun, Stopped
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts
 from scenarios.plan import RequestSpec, build_plan, plan_digest, plan_share
 from scenarios.records import RequestRecord
+from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario, parse_scenario
 
 ASSIGN = "surgecast_assign"  # master -> worker: the run, its share and the scenario
@@ -363,8 +364,9 @@ def assignment(
     plan: list[RequestSpec], scenario: Scenario, endpoint: Endpoint, prompts: SizedPrompts
 ) -> dict[str, Any]:
     """What every worker needs to build the master's plan and send its share like the master
-    would: the scenario, the target, the prompt sizing learned (no API key: each worker reads
-    its own)."""
+    would: the scenario, the target, the prompt sizing learned, the run's key for hashing
+    stored prompts (one for all workers, so equal prompts hash alike; sent, never written; no
+    API key: each worker reads its own)."""
     return {
         "scenario": scenario.model_dump(mode="json", by_alias=True),
         "base_dir": str(prompts.base_dir) if prompts.base_dir else None,
@@ -374,6 +376,7 @@ def assignment(
         "salt": prompts.salt_text,
         "chars_per_token": prompts.chars_per_token,
         "overhead_tokens": prompts.overhead_tokens,
+        "prompt_key": PromptStore().key.hex(),
     }
 
 
@@ -490,7 +493,9 @@ def _load_run(
         endpoint,
         writer,
         max_in_flight=max(1, math.ceil(traffic.max_in_flight / int(data["count"]))),
-        store_prompts=scenario.privacy.store_prompts,
+        store_prompts=PromptStore(
+            scenario.privacy.store_prompts, bytes.fromhex(data["prompt_key"])
+        ),
         progress=None,
         prompts=prompts,
         stop_grace_s=traffic.stop_grace_s,

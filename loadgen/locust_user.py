@@ -39,6 +39,7 @@ from loadgen.client import Endpoint, StreamingCall, read_api_key
 from loadgen.sizing import SizedPrompts
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RecordWriter, RequestRecord
+from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario, load_scenario
 
 
@@ -55,6 +56,8 @@ class _Shared:
         self.endpoint = Endpoint.from_target(
             self.scenario.target, host, read_api_key(self.scenario.target)
         )
+        # this process's key for hashing stored prompts (Locust's own workers each have one)
+        self.store_prompts = PromptStore(self.scenario.privacy.store_prompts)
         self.lock = threading.Lock()
         # one writer for every user, open for the process's life: each record a flushed line
         stream = open(records_file, "a", encoding="utf-8") if records_file else None  # noqa: SIM115
@@ -98,7 +101,7 @@ class LLMUser(User):
             shared.endpoint,
             spec,
             time.monotonic,
-            shared.scenario.privacy.store_prompts,
+            shared.store_prompts,
             messages=shared.prompts.messages(spec, measured=False),
         )
         try:

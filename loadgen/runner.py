@@ -31,6 +31,7 @@ from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec
 from scenarios.records import DROPPED, RecordSink, RequestRecord
+from scenarios.scrub import PromptStore
 from scenarios.users import Ended, Send, Session, Users, horizon
 
 DRAIN_GRACE_S = 5.0
@@ -88,7 +89,7 @@ class LoadRun:
         writer: RecordSink,
         *,
         max_in_flight: int = 2000,
-        store_prompts: str = "none",
+        store_prompts: PromptStore | None = None,
         progress: TextIO | None = sys.stderr,
         progress_every_s: float = 2.0,
         telemetry: TelemetryRecorder | None = None,

@@ -20,6 +20,7 @@ from loadgen.sizing import SizedPrompts
 from loadgen.telemetry import Sampler, TelemetryRecorder
 from scenarios.plan import RequestSpec
 from scenarios.records import RecordWriter
+from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario
 from scenarios.users import horizon
 
@@ -111,7 +112,7 @@ def _send_here(
         endpoint,
         RecordWriter(outputs.records),
         max_in_flight=traffic.max_in_flight,
-        store_prompts=scenario.privacy.store_prompts,
+        store_prompts=PromptStore(scenario.privacy.store_prompts),  # the run's own key
         progress=sys.stderr if progress else None,
         telemetry=telemetry,
         telemetry_every_s=scenario.telemetry.interval_s,

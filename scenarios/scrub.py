@@ -10,9 +10,12 @@ text keeps its numbers, and a false alarm costs only a placeholder.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
+import secrets
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 PLACEHOLDERS = {"email": "[EMAIL]", "iban": "[IBAN]", "card": "[CARD]", "phone": "[PHONE]"}
 
@@ -86,12 +89,28 @@ def scrub(text: str, counts: Counter[str] | None = None) -> str:
     return text
 
 
-def stored_prompt(text: str | None, mode: str) -> str | None:
+HASH_SCHEME = "hmac-sha256:"  # a hashed prompt's prefix: the scheme a reader can tell
+
+
+def stored_prompt(text: str | None, mode: str, key: bytes) -> str | None:
     """What a record keeps of a prompt, per the scenario's `privacy.store_prompts`: nothing,
-    a SHA-256 of it (equal prompts hash alike; a short common prompt could be guessed), or
-    the text."""
+    an HMAC-SHA256 of it keyed with the run's secret `key` (equal prompts hash alike within the
+    run; without the key a short prompt cannot be found by hashing guesses), or the text."""
     if text is None or mode == "none":
         return None
     if mode == "hashed":
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        return HASH_SCHEME + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
     return text
+
+
+@dataclass(frozen=True)
+class PromptStore:
+    """A run's `privacy.store_prompts` and its hashing key: random per run, held in memory and
+    handed to the run's worker processes, never written (a run's hashes cannot be compared with
+    another run's, nor reversed by hashing guesses)."""
+
+    mode: str = "none"
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    def keep(self, text: str | None) -> str | None:
+        return stored_prompt(text, self.mode, self.key)

@@ -151,6 +151,9 @@ class TargetFaults(Strict):
 
     reject_429: float = Field(0.0, ge=0, le=1, description="Answer 429 with Retry-After.")
     retry_after_s: float = Field(1.0, ge=0, le=3600, description="The Retry-After it sends.")
+    retry_after_date: bool = Field(
+        False, description="Send Retry-After as an HTTP-date (retry_after_s on, in whole seconds)."
+    )
     error_500: float = Field(0.0, ge=0, le=1, description="Answer 500 before generating.")
     reset_stream: float = Field(
         0.0, ge=0, le=1, description="Cut the connection halfway through a streamed answer."
@@ -374,9 +377,9 @@ class Cost(Strict):
 class Privacy(Strict):
     store_prompts: Literal["none", "hashed", "full"] = Field(
         "hashed",
-        description="What requests.jsonl keeps of each prompt: nothing, a hash (tells equal "
-        "prompts apart, reveals none; the default) or the full text. true/false read as "
-        "full/none.",
+        description="What requests.jsonl keeps of each prompt: nothing, a hash (HMAC-SHA256 "
+        "keyed per run: tells equal prompts of a run apart, reveals none; the default) or the "
+        "full text. true/false read as full/none.",
     )
 
     @field_validator("store_prompts", mode="before")

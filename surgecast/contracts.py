@@ -382,6 +382,30 @@ class CalibrationDoc(_Strict):
     tokens: TokenMap = Field(description="planned -> served tokens")
     runs: list[str] = Field(description="ids of the runs it was fitted on")
 
+    @field_validator("engine")
+    @classmethod
+    def _servable(cls, engine: EngineConfig) -> EngineConfig:
+        """Limits an engine can run with (a batch of 0 would never answer) and times that are
+        never negative."""
+        problems = [
+            f"{name} must be at least 1, not {getattr(engine, name)}"
+            for name in ("max_num_seqs", "kv_cache_tokens", "max_batched_tokens", "block_size")
+            if getattr(engine, name) < 1
+        ]
+        times = {"cold_start_s": engine.cold_start_s, "overhead_s": engine.overhead_s}
+        for f in fields(engine.cost):
+            value = getattr(engine.cost, f.name)
+            for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+                times[f"cost.{f.name}" + (f"[{i}]" if isinstance(value, tuple) else "")] = v
+        problems += [
+            f"{k} must be finite and at least 0, not {v}"
+            for k, v in times.items()
+            if not (math.isfinite(v) and v >= 0)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return engine
+
     @field_validator("covariance")
     @classmethod
     def _square(cls, rows: list[list[float]]) -> list[list[float]]:

@@ -93,13 +93,10 @@ class SweepResult:
 
 
 def _level(scenario: Scenario, rate: float, duration_s: float, seed: int) -> Scenario:
-    traffic = Traffic(
-        rate=rate,
-        duration_s=duration_s,
-        seed=seed,
-        max_lateness_ms=scenario.traffic.max_lateness_ms,
-        max_in_flight=scenario.traffic.max_in_flight,
-    )
+    """The scenario as one level: Poisson at `rate` for `duration_s`, every other traffic
+    setting (its validity limits, in-flight cap, stop grace) kept."""
+    kept = scenario.traffic.model_dump(exclude={"arrival", "rate", "duration_s", "seed"})
+    traffic = Traffic(rate=rate, duration_s=duration_s, seed=seed, **kept)
     return scenario.model_copy(update={"traffic": traffic})
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hmac
 import json
+import math
 import os
 import random
 import sys
@@ -369,8 +371,16 @@ class ReferenceServer:
         )
         response = _error(message, status)
         if status == 429:
-            response.headers["Retry-After"] = f"{self.faults.retry_after_s:g}"
+            response.headers["Retry-After"] = self._retry_after()
         return response
+
+    def _retry_after(self) -> str:
+        """Seconds, or with `retry_after_date` an HTTP-date: whole seconds, rounded up so that
+        a client honouring it waits at least retry_after_s."""
+        wait = self.faults.retry_after_s
+        if not self.faults.retry_after_date:
+            return f"{wait:g}"
+        return email.utils.formatdate(math.ceil(time.time() + wait), usegmt=True)
 
     def _usage(self, record: ServedRequest) -> dict[str, int]:
         return {

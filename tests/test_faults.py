@@ -4,12 +4,14 @@ that fault, never counted a success."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from loadgen.client import retry_after_seconds
 from scenarios.records import read_records
 from scenarios.spec import TargetFaults
 from simulator.engine.core import EngineConfig, StepCost
@@ -145,3 +147,45 @@ def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: P
     with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
         result, _ = _run(tmp_path / "right", url, env=env, api_key_env="TEST_TARGET_KEY")
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_retry_after_in_both_forms_is_seconds_from_now() -> None:
+    now = 784111777.0  # RFC 9110's example date, Sun, 06 Nov 1994 08:49:37 GMT
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds("Sun, 06 Nov 1994 08:49:37 GMT", now - 5) == 5.0
+    assert retry_after_seconds("Sunday, 06-Nov-94 08:49:37 GMT", now - 5) == 5.0  # RFC 850
+    assert retry_after_seconds("Sun Nov  6 08:49:37 1994", now - 5) == 5.0  # asctime
+    assert retry_after_seconds("Sun, 06 Nov 1994 08:49:37 GMT", now + 30) == 0.0  # past: now
+    assert retry_after_seconds("-3", now) == 0.0
+    for bad in ("soon", "", "nan", "Sun, 99 Nov 1994 08:49:37 GMT"):
+        assert retry_after_seconds(bad, now) is None, bad
+
+
+def test_a_retry_after_http_date_is_waited_out(tmp_path: Path) -> None:
+    """The target sends Retry-After as an HTTP-date at least 1 s ahead (whole seconds, rounded
+    up); the client's 10 ms backoff alone would retry at once, so each retry waiting 1 s after
+    the 429 shows the date was read and honoured."""
+    faults = TargetFaults(reject_429=0.4, retry_after_s=1.0, retry_after_date=True, seed=3)
+    data = scenario_dict(
+        traffic={"rate": 4, "duration_s": 2, "seed": 5},
+        session={"retry": {"max_retries": 4, "backoff_s": 0.01, "jitter": 0.0}},
+        slos={},
+    )
+    out = tmp_path / "run"
+    with ReferenceTargetProcess(ENGINE, faults=faults, debug=True) as url:
+        path = write_scenario(tmp_path / "s.yaml", data)
+        result = run_cli("run", str(path), "--target", url, "--out", str(out), "-q")
+        served = served_log(url)
+    assert result.returncode in (0, 99), result.stderr[-3000:]
+    assert any(s["status"] == "http_429" for s in served)
+    tries: dict[str, list[Any]] = {}
+    for r in read_records(out / "requests.jsonl"):
+        tries.setdefault(r.id, []).append(r)
+    gaps = []
+    for attempts in tries.values():
+        attempts.sort(key=lambda r: r.attempt)
+        for prev, nxt in itertools.pairwise(attempts):
+            assert prev.http_status == 429 and prev.retried and prev.end is not None
+            gaps.append(nxt.start - prev.end)
+    assert len(gaps) >= 2
+    assert min(gaps) >= 1.0 - 0.01 and max(gaps) < 2.5, gaps  # at most a second's rounding more

@@ -156,10 +156,33 @@ def test_backtest_command_predicts_a_run_with_intervals(pipeline_run: tuple[Path
     assert missing.returncode == 2 and "a run folder?" in missing.stderr
 
 
+# a scenario's own traffic settings beside its arrivals, none of them the default
+LIMITS = {
+    "max_lateness_ms": 4000.0,
+    "max_in_flight": 500,
+    "max_loop_lag_ms": 900.0,
+    "max_generator_cpu": 0.95,
+    "stop_grace_s": 2.0,
+}
+
+
+def test_a_sweep_level_keeps_the_scenarios_traffic_settings() -> None:
+    from scenarios.spec import Traffic, parse_scenario
+    from surgecast.sweep import _level
+
+    arrival = {"type": "gamma", "rate": 3, "burstiness": 0.5}
+    traffic = {"arrival": arrival, "duration_s": 60, "seed": 4, **LIMITS}
+    scenario = parse_scenario(scenario_dict(traffic=traffic))
+    level = _level(scenario, 7.5, 4.0, 9).traffic
+    assert (level.arrival, level.rate, level.duration_s, level.seed) == ("poisson", 7.5, 4.0, 9)
+    assert {k: getattr(level, k) for k in LIMITS} == LIMITS
+    assert set(Traffic.model_fields) == {"arrival", "rate", "duration_s", "seed", *LIMITS}
+
+
 def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
     tmp_path: Path,
 ) -> None:
-    data = scenario_dict(traffic={"rate": 5, "duration_s": 8, "seed": 2})
+    data = scenario_dict(traffic={"rate": 5, "duration_s": 8, "seed": 2, **LIMITS})
     data["slos"] = {"ttft": "p(95) < 300"}
     path = write_scenario(tmp_path / "s.yaml", data)
     cal = tmp_path / "cal.json"
@@ -187,6 +210,9 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
     # the staircase's plan is not its scenario's traffic: back-tested on its own send times only
     stairs, level = RunFolder(out / "staircase"), RunFolder(out / "level-1")
     assert stairs.meta().plan == "given" and level.meta().plan == "scenario"
+    for folder in (level, stairs):  # each level ran under the scenario's own limits
+        kept = folder.meta().scenario["traffic"]
+        assert {k: kept[k] for k in LIMITS} == LIMITS, folder.path
     calibration = read_calibration(cal)
     assert {r.basis for r in backtest_run(stairs, calibration)} == {"replay"}
     assert "plan" in {r.basis for r in backtest_run(level, calibration)}

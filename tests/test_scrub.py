@@ -3,15 +3,17 @@ record keeps of a prompt under each privacy setting."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from scenarios.corpora import CorpusSpec, load_corpus, parse_corpus, scrub_lines
-from scenarios.scrub import card_ok, iban_ok, scrub, stored_prompt
+from scenarios.scrub import PromptStore, card_ok, iban_ok, scrub
 from scenarios.spec import Privacy, parse_scenario
-from tests.conftest import scenario_dict
+from tests.conftest import LENIENT, run_cli, scenario_dict, write_scenario
 from tests.test_corpora import DATA, needs_data
 
 KNOWN = [  # (text, what it becomes, kinds found)
@@ -104,7 +106,61 @@ def test_prompts_are_kept_as_the_privacy_setting_says() -> None:
     assert Privacy().store_prompts == "hashed"  # the default
     assert Privacy.model_validate({"store_prompts": True}).store_prompts == "full"
     assert Privacy.model_validate({"store_prompts": False}).store_prompts == "none"
-    hashed = stored_prompt("hello", "hashed")
-    assert hashed is not None and hashed.startswith("sha256:") and "hello" not in hashed
-    assert hashed == stored_prompt("hello", "hashed") != stored_prompt("hello!", "hashed")
-    assert stored_prompt("hello", "none") is None and stored_prompt("hello", "full") == "hello"
+    store, other = PromptStore("hashed"), PromptStore("hashed")  # two runs' keys
+    hashed = store.keep("hello")
+    assert hashed is not None and hashed.startswith("hmac-sha256:") and "hello" not in hashed
+    assert hashed == store.keep("hello") != store.keep("hello!")
+    assert hashed != other.keep("hello")
+    assert "key" not in repr(store) and store.key.hex() not in repr(store)
+    assert PromptStore("none").keep("hello") is None and PromptStore("full").keep("hi") == "hi"
+    assert PromptStore("hashed").keep(None) is None
+
+
+def _hashed_run(url: str, tmp: Path, name: str, mode: str, *flags: str) -> dict[str, str]:
+    """A real run whose prompts are short common queries (salt off: the same text every run),
+    kept as `mode` says: each record's kept prompt by request id."""
+    (tmp / "q.txt").write_text("what is my balance\nreset my password\ncancel my card\n")
+    workload = {
+        "prompt_tokens": {"dist": "constant", "value": 5},
+        "output_tokens": {"dist": "constant", "value": 3},
+        "text": {"type": "corpus", "corpus": {"path": "q.txt", "format": "text"}, "pad": False},
+    }
+    data = scenario_dict(
+        target={"api": "chat", "timeout_s": 20, "salt_prompts": False},
+        traffic={"rate": 10, "duration_s": 2, "seed": 3, **LENIENT},
+        workload=workload,
+        privacy={"store_prompts": mode},
+    )
+    path = write_scenario(tmp / f"{name}.yaml", data)
+    out = tmp / name
+    args = ("run", str(path), "--target", url, "--out", str(out), "-q", "--no-report", *flags)
+    result = run_cli(*args, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" for r in rows)
+    return {r["id"]: r["prompt"] for r in rows}
+
+
+def test_hashed_prompts_are_keyed_per_run_and_shared_by_its_workers(
+    target_url: str, tmp_path: Path
+) -> None:
+    """Equal prompts hash alike within a run, over two worker processes too; the same prompt
+    hashes otherwise in another run; no hash is the plain SHA-256 a dictionary would find, and
+    the key is in no file of the run."""
+    texts = _hashed_run(target_url, tmp_path, "full", "full")
+    two = _hashed_run(target_url, tmp_path, "two", "hashed", "--processes", "2")
+    one = _hashed_run(target_url, tmp_path, "one", "hashed")
+    assert set(texts) == set(two) == set(one) and len(texts) >= 10
+    assert len(set(texts.values())) == 3  # each query asked several times
+    for run in (two, one):
+        by_text: dict[str, set[str]] = {}
+        for rid, kept in run.items():
+            assert kept.startswith("hmac-sha256:")
+            by_text.setdefault(texts[rid], set()).add(kept)
+        assert all(len(kept) == 1 for kept in by_text.values())  # equal prompts: one hash
+        assert len(set(run.values())) == 3  # and different prompts, different hashes
+    assert not set(two.values()) & set(one.values())  # another run: other hashes
+    guesses = {hashlib.sha256(t.encode()).hexdigest() for t in texts.values()}
+    assert not any(kept.split(":", 1)[1] in guesses for kept in (*two.values(), *one.values()))
+    written = "".join(p.read_text() for p in (tmp_path / "two").iterdir() if p.is_file())
+    assert "prompt_key" not in written
