@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
-from scenarios.corpora import CorpusError
+from scenarios.corpora import CORPUS_DIR_ENV, CorpusError, env_corpus_dir, with_corpus_dir
 from scenarios.spec import (
     Scenario,
     ScenarioError,
@@ -212,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=_scales, help="traffic scales to forecast, e.g. 10,100,1000")
     _duration_flag(s)
+    _corpus_dir_flag(s)
     _limit_flags(s)
     _model_size_flag(s, None)
     _llama_flags(s)
@@ -233,6 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     _duration_flag(s)
+    _corpus_dir_flag(s)
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     _model_size_flag(s, None)
@@ -301,6 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="scenario YAML (see scenarios/chatbot.yaml)")
     s.add_argument("--scale", type=_positive, default=1.0, help="multiply the arrival rate")
     _duration_flag(s)
+    _corpus_dir_flag(s)
     s.add_argument("--samples", type=_count0, default=0, help="print N example prompts a persona")
     s.add_argument(
         "--chars-per-token",
@@ -443,6 +446,7 @@ def _parser() -> argparse.ArgumentParser:
         help="sweep: seconds per level (default 30)",
     )
     s.add_argument("--out", help="sweep: folder for the level runs (default: reports/sweep-ID)")
+    _corpus_dir_flag(s)
     _limit_flags(s)
     s.add_argument("--no-backtest", action="store_true", help="skip back-testing the runs")
 
@@ -533,6 +537,7 @@ def _parser() -> argparse.ArgumentParser:
         "--target", type=_url, help="base URL to run against (default: the scenario's target)"
     )
     _duration_flag(s)
+    _corpus_dir_flag(s)
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument(
         "--out", help="folder for junit.xml, gate.md, compare.png (default: reports/gate-ID)"
@@ -589,12 +594,32 @@ def _duration_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str) -> Scenario:
+def _corpus_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus-dir",
+        metavar="DIR",
+        help=f"folder of public corpora (default: ${CORPUS_DIR_ENV}): a corpus with in_corpus_dir "
+        "reads that file under DIR instead of its path (the catalog: the project's own sets)",
+    )
+
+
+def _load_corpora(path: str, flag: str | None = None) -> Scenario:
+    """load_scenario with the corpus folder of --corpus-dir, else of $SURGECAST_CORPUS_DIR."""
+    if not flag:
+        return load_scenario(path, env_corpus_dir())
+    scenario = load_scenario(path)
+    moved = with_corpus_dir(scenario, Path(flag), "--corpus-dir")
+    if moved is scenario:  # nothing in it reads the folder: say so
+        _warn([f"--corpus-dir: no corpus of {path} has in_corpus_dir; {flag} is not read"])
+    return moved
+
+
+def _load(path: str, corpus_dir: str | None = None) -> Scenario:
     """load_scenario, and the checks that need the simulator's profiles (the fleet's model and
     GPU), so a bad one stops a pipeline before it sends anything."""
     from simulator.replay.fleet_spec import fleet_from_spec
 
-    scenario = load_scenario(path)
+    scenario = _load_corpora(path, corpus_dir)
     try:
         fleet_from_spec(scenario.fleet)
     except ValueError as e:
@@ -604,7 +629,7 @@ def _load(path: str) -> Scenario:
 
 def _scenario(a: argparse.Namespace) -> Scenario:
     """The scenario file, with --duration applied when given."""
-    scenario = _load(a.scenario)
+    scenario = _load(a.scenario, getattr(a, "corpus_dir", None))
     duration = getattr(a, "duration", None)
     if duration is None:
         return scenario
@@ -960,7 +985,7 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
     from surgecast.sweep import held_out_rows, level_rows, sweep
     from surgecast.tables import backtest_table, calibration_table, markdown
 
-    scenario = load_scenario(a.scenario)
+    scenario = _load_corpora(a.scenario, a.corpus_dir)
     out = Path(a.out) if a.out else Path("reports") / new_run_id(f"sweep-{scenario.name}")
     result = sweep(
         scenario,

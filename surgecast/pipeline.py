@@ -30,7 +30,7 @@ from loadgen.telemetry import (
     TelemetryRecorder,
     metrics_url_for,
 )
-from scenarios.corpora import scrub_lines
+from scenarios.corpora import corpus_lines, scrub_lines
 from scenarios.metrics import (
     Summary,
     output_count_warning,
@@ -351,6 +351,8 @@ def run_load(
     salt = run_salt() if scenario.target.salt_prompts else ""
     base_dir = scenario.base_dir or Path(scenario_file).parent
     prompts = SizedPrompts(scenario, base_dir, salt)
+    for line in corpus_lines(scenario, base_dir):
+        say(f"text: {line}")
     for line in scrub_lines(scenario, base_dir):
         say(f"privacy: {line}")
     folder = _folder(scenario, out)
