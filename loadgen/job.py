@@ -16,7 +16,7 @@ from loadgen.client import Endpoint, preflight, read_api_key
 from loadgen.send import Outputs, ScaleOut, Sent, generator_lines, send
 from loadgen.sizing import ProbeResult, SizedPrompts, run_salt
 from loadgen.telemetry import Keep, samplers_for
-from scenarios.corpora import scrub_lines
+from scenarios.corpora import corpus_lines, scrub_lines
 from scenarios.metrics import Summary
 from scenarios.plan import RequestSpec, build_plan, token_warnings
 from scenarios.spec import Scenario
@@ -30,7 +30,7 @@ class LoadJob:
     prompts: SizedPrompts
     api_key: str | None
     salt: str  # begins every conversation, new each run ("": target.salt_prompts off)
-    notes: list[str]  # what the privacy settings do to the text kept
+    notes: list[str]  # the corpora read, what the privacy settings do to the text kept
 
     @classmethod
     def prepare(
@@ -48,7 +48,8 @@ class LoadJob:
         salt = run_salt() if scenario.target.salt_prompts else ""
         base_dir = scenario.base_dir or Path(scenario_file).parent
         prompts = SizedPrompts(scenario, base_dir, salt)
-        notes = [f"privacy: {line}" for line in scrub_lines(scenario, base_dir)]
+        notes = [f"text: {line}" for line in corpus_lines(scenario, base_dir)]
+        notes += [f"privacy: {line}" for line in scrub_lines(scenario, base_dir)]
         return cls(scenario, requests, plan is not None, prompts, api_key, salt, notes)
 
     def headline(self, run_id: str) -> str:

@@ -19,6 +19,7 @@ previous start (the scenario's rate shared among however many users run), so a s
 not delay the next while users outnumber the requests in flight. `surgecast run` remains the
 exact path: one dispatcher sending every planned request at its planned time, records and report.
 `records_file` (or $SURGECAST_RECORDS) appends each request's surgecast record as JSON lines.
+$SURGECAST_CORPUS_DIR, as for `surgecast run`, makes corpora with `in_corpus_dir` read from it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from locust import User, task
 
 from loadgen.client import Endpoint, StreamingCall, read_api_key
 from loadgen.sizing import SizedPrompts
+from scenarios.corpora import env_corpus_dir
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RecordWriter, RequestRecord
 from scenarios.scrub import PromptStore
@@ -47,7 +49,7 @@ class _Shared:
     """What every user of one class shares: the scenario, its plan (cycled), the prompts."""
 
     def __init__(self, scenario_file: str, host: str | None, records_file: str):
-        self.scenario: Scenario = load_scenario(scenario_file)
+        self.scenario: Scenario = load_scenario(scenario_file, env_corpus_dir())
         base_dir = self.scenario.base_dir or Path(scenario_file).parent
         self.prompts = SizedPrompts(self.scenario, base_dir)
         plan = [s for s in build_plan(self.scenario) if s.after is None]  # single turns

@@ -1,9 +1,12 @@
 """Query corpora read by path: CSV, JSON, ShareGPT, OpenAI request logs and plain text.
 
-The project ships no corpus text (licences): a scenario names a file and its format, and
-`load_corpus` reads it into a `Corpus` of single queries (`texts`) and, for conversational
-formats, whole conversations as (role, text) turns. Every problem in a file is reported at once in
-a `CorpusError`, each naming the file, the line and the column or field.
+A scenario names a file and its format, and `load_corpus` reads it into a `Corpus` of single
+queries (`texts`) and, for conversational formats, whole conversations as (role, text) turns. Every
+problem in a file is reported at once in a `CorpusError`, each naming the file, the line and the
+column or field. The catalog reads the project's own query sets (`scenarios/data/`); public
+corpora stay outside the project (licences), in a corpus folder (`--corpus-dir`,
+`$SURGECAST_CORPUS_DIR`): given one, a corpus with `in_corpus_dir` reads that file, under the
+folder, instead of its `path`.
 
 JSON selector (`text_field` for format "json"): dot-separated keys, each optionally followed by
 `[n]` (one list item) or `[*]` (every item); a key `*` takes every value of a mapping (or every
@@ -18,11 +21,13 @@ import csv
 import functools
 import io
 import json
+import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -47,7 +52,7 @@ _ROLES: dict[str, Role] = {
 }
 
 
-class CorpusSpec(Strict):
+class CorpusFile(Strict):
     """Where a corpus lives and how to read its queries.
 
     `text_field`: the column for "csv" (default `text`), the selector for "json" (see the module
@@ -62,6 +67,65 @@ class CorpusSpec(Strict):
     max_mb: float = Field(default=DEFAULT_MAX_MB, gt=0)  # size limit of the file
     # replace e-mail addresses, phone numbers, card numbers and IBANs by placeholders (counted)
     scrub: bool = True
+
+
+class CorpusSpec(CorpusFile):
+    """A scenario's corpus: `path` (relative: to the scenario's folder, else the cwd), or, when a
+    corpus folder is given, `in_corpus_dir` (relative: to that folder) when the spec has one."""
+
+    in_corpus_dir: CorpusFile | None = None
+
+
+CORPUS_DIR_ENV = "SURGECAST_CORPUS_DIR"
+
+
+def env_corpus_dir() -> Path | None:
+    """The corpus folder `$SURGECAST_CORPUS_DIR` names, if set and not empty."""
+    value = os.environ.get(CORPUS_DIR_ENV, "").strip()
+    return Path(value) if value else None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def with_corpus_dir(model: M, corpus_dir: Path, given_by: str = CORPUS_DIR_ENV) -> M:
+    """`model` (a scenario) with every corpus that has `in_corpus_dir` replaced by that file,
+    a relative path made absolute under `corpus_dir`; `model` itself when none has one. A
+    missing folder is a CorpusError naming it and `given_by` (the flag or variable)."""
+    root = corpus_dir.expanduser().resolve()
+
+    def swap(spec: CorpusSpec) -> CorpusSpec:
+        alt = spec.in_corpus_dir
+        if alt is None:
+            return spec
+        if not root.is_dir():
+            raise CorpusError(str(corpus_dir), [f"not a folder (given by {given_by})"])
+        path = Path(alt.path).expanduser()
+        return CorpusSpec(**{**alt.model_dump(), "path": str(root / path)})
+
+    return _map_corpora(model, swap)
+
+
+def _map_corpora(value: Any, fn: Callable[[CorpusSpec], CorpusSpec]) -> Any:
+    """`value` with `fn` applied to every CorpusSpec in it; unchanged parts are the same objects."""
+    if isinstance(value, CorpusSpec):
+        return fn(value)
+    if isinstance(value, BaseModel):
+        changed = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = _map_corpora(old, fn)
+            if new is not old:
+                changed[name] = new
+        return value.model_copy(update=changed) if changed else value
+    if isinstance(value, list | tuple):
+        items = [_map_corpora(v, fn) for v in value]
+        same = all(a is b for a, b in zip(items, value, strict=True))
+        return value if same else type(value)(items)
+    if isinstance(value, dict):
+        mapped = {k: _map_corpora(v, fn) for k, v in value.items()}
+        return value if all(mapped[k] is value[k] for k in value) else mapped
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +482,15 @@ def scrub_lines(model: BaseModel, base_dir: Path | None) -> list[str]:
             found = ", ".join(f"{n} {NAMES[kind][n != 1]}" for kind, n in counts)
             lines.append(f"{spec.path}: replaced {found} by placeholders (scrub: false keeps them)")
     return lines
+
+
+def corpus_lines(model: BaseModel, base_dir: Path | None) -> list[str]:
+    """A line per corpus file a scenario reads: its resolved path and how many texts it holds."""
+    counts: dict[str, int] = {}
+    for spec in named_corpora(model):
+        corpus = load_corpus(spec, base_dir)
+        counts.setdefault(corpus.source, len(corpus.texts))
+    return [f"{source} ({n:,} texts)" for source, n in counts.items()]
 
 
 NAMES = {  # each identifier kind: one, several

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from scenarios.base import Strict
+from scenarios.corpora import CORPUS_DIR_ENV, with_corpus_dir
 from scenarios.messy import Messiness
 from scenarios.prompts import TextSource, WordsSource
 from scenarios.regress import Budget, parse_budget
@@ -913,8 +914,12 @@ def validation_messages(error: ValidationError, data: Any) -> list[str]:
     return [_format(err, data) for err in errors]
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario YAML file; ScenarioError lists every problem found."""
+def load_scenario(
+    path: str | Path, corpus_dir: Path | None = None, given_by: str = CORPUS_DIR_ENV
+) -> Scenario:
+    """Read and validate a scenario YAML file; ScenarioError lists every problem found. With
+    `corpus_dir` (given by the flag or variable `given_by`), corpora with `in_corpus_dir` read
+    that file under it (see `scenarios.corpora.with_corpus_dir`)."""
     p = Path(path)
     try:
         with p.open("rb") as f:  # read no more than the limit: a device or pipe never ends
@@ -941,4 +946,5 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(str(p), [f"{where}invalid YAML: {problem}"]) from None
     if problems:
         raise ScenarioError(str(p), problems)
-    return parse_scenario(data, str(p), p.resolve().parent)
+    scenario = parse_scenario(data, str(p), p.resolve().parent)
+    return scenario if corpus_dir is None else with_corpus_dir(scenario, corpus_dir, given_by)

@@ -15,6 +15,7 @@ import yaml
 
 from simulator.engine.core import EngineConfig, StepCost
 from targets.reference_launch import ReferenceTargetProcess
+from tests.corpus_sets import SETS, CorpusSet, catalog_corpora
 
 if TYPE_CHECKING:
     from surgecast.live_run import RunOutcome
@@ -31,6 +32,13 @@ FAST_ENGINE = EngineConfig(
 def target_url() -> Iterator[str]:
     with ReferenceTargetProcess(FAST_ENGINE, debug=True) as url:
         yield url
+
+
+@pytest.fixture(params=SETS)
+def corpora(request: pytest.FixtureRequest) -> CorpusSet:
+    """The catalog's corpora: the project's own sets, then the public ones under ../shared/data
+    (skipped, with the folder named, where absent)."""
+    return catalog_corpora(request.param)
 
 
 def served_log(base_url: str) -> list[dict[str, Any]]:

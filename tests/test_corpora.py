@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -17,90 +16,49 @@ from scenarios.corpora import (
     parse_corpus,
     select_json,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data() -> Path | None:
-    """`SURGECAST_SHARED_DATA`, else `<repo>/../shared/data`, else `/work/shared/data`."""
-    env = os.environ.get("SURGECAST_SHARED_DATA")
-    candidates = [Path(env)] if env else [ROOT.parent / "shared" / "data"]
-    candidates.append(Path("/work/shared/data"))
-    return next((c for c in candidates if (c / "corpora").is_dir()), None)
+from tests.corpus_sets import FILES, REAL, SHIPPED, CorpusSet, Counted, line_count, needs_data
 
 
-DATA = shared_data()
-needs_data = pytest.mark.skipif(
-    DATA is None, reason="shared data folder (../shared/data, SURGECAST_SHARED_DATA) not present"
-)
-
-
-def corpus_path(rel: str) -> Path:
-    assert DATA is not None
-    return DATA / "corpora" / rel
-
-
-def csv_count(path: Path, column: str) -> int:
-    with path.open(encoding="utf-8", newline="") as f:
-        return sum(1 for row in csv.DictReader(f) if row[column].strip())
-
-
-@needs_data
-def test_banking77_counts_match_readme_and_csv() -> None:
+@pytest.mark.parametrize("case", FILES)
+def test_counts_match_readme_and_an_independent_count(case: Counted) -> None:
+    """Every file of the project's own sets and of the public corpora: the loader keeps each
+    text an independent reader finds, and the total is the one its README states."""
     total = 0
-    for name in ("train.csv", "test.csv"):
-        path = corpus_path(f"banking77/{name}")
-        corpus = load_corpus(CorpusSpec(path=str(path), format="csv"))
-        assert len(corpus.texts) == csv_count(path, "text")
+    for spec in case.specs:
+        corpus = load_corpus(spec)
+        assert len(corpus.texts) == case.count(spec), spec.path
         assert corpus.conversations == ()
         total += len(corpus.texts)
-    assert total == 13_083  # README figure
-    first = load_corpus(CorpusSpec(path=str(corpus_path("banking77/train.csv")), format="csv"))
-    assert first.texts[0] == "I am still waiting on my card?"
+    assert total == case.readme
+    if case.first is not None:
+        assert load_corpus(case.specs[0]).texts[0] == case.first
 
 
-@needs_data
-def test_clinc150_selector_counts() -> None:
-    path = corpus_path("clinc150/data_full.json")
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    train = load_corpus(CorpusSpec(path=str(path), format="json", text_field="train[*][0]"))
-    assert len(train.texts) == len(doc["train"]) == 15_000
-    assert train.texts[0] == doc["train"][0][0]
-    every = load_corpus(CorpusSpec(path=str(path), format="json", text_field="*[*][0]"))
-    assert len(every.texts) == 23_700  # README figure: in-scope and out-of-scope together
-
-
-@needs_data
-def test_bitext_and_sonnet() -> None:
-    folder = corpus_path("bitext-customer-support/intent-detection")
-    n = 0
-    for path in sorted(folder.glob("*.csv")):
-        spec = CorpusSpec(path=str(path), format="csv", text_field="utterance")
-        got = load_corpus(spec)
-        assert len(got.texts) == csv_count(path, "utterance")
-        n += len(got.texts)
-    assert n == 8_100  # README figure
-    pairs = corpus_path(
-        "bitext-customer-support/llm-chatbot-v2023-08/"
-        "Bitext_Sample_Customer_Support_Training_Dataset.csv"
-    )
-    got = load_corpus(CorpusSpec(path=str(pairs), format="csv", text_field="instruction"))
-    assert len(got.texts) == 4_514  # README figure (multi-line responses in quoted fields)
-    sonnet = corpus_path("sonnet/sonnet.txt")
-    lines = [s for s in sonnet.read_text(encoding="utf-8").splitlines() if s.strip()]
-    got = load_corpus(CorpusSpec(path=str(sonnet), format="text"))
-    assert len(got.texts) == len(lines) == 518
-
-
-@needs_data
 def test_relative_path_resolves_against_base_dir_then_cwd(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    corpora: CorpusSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert DATA is not None
-    spec = CorpusSpec(path="corpora/sonnet/sonnet.txt", format="text")
-    assert len(load_corpus(spec, base_dir=DATA).texts) == 518
-    monkeypatch.chdir(DATA)
-    assert len(load_corpus(spec, base_dir=tmp_path).texts) == 518
+    path = Path(corpora.passages.path)
+    base = path.parents[1]
+    spec = CorpusSpec(path=str(path.relative_to(base)), format="text")
+    n = line_count(path)
+    assert len(load_corpus(spec, base_dir=base).texts) == n > 50
+    monkeypatch.chdir(base)
+    assert len(load_corpus(spec, base_dir=tmp_path).texts) == n
+
+
+def _words(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+@needs_data
+def test_the_shipped_sets_share_no_text_with_the_public_corpora() -> None:
+    """The project's own sets are its own: not one text (case, punctuation and spacing aside)
+    is a text of banking77, CLINC150 or bitext."""
+    public = {_words(t) for c in REAL.values() for s in c.specs for t in load_corpus(s).texts}
+    assert len(public) > 40_000
+    for case in SHIPPED.values():
+        (spec,) = case.specs
+        assert not {_words(t) for t in load_corpus(spec).texts} & public, spec.path
 
 
 def test_cache_reloads_a_changed_file(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from scenarios.corpora import CorpusSpec, load_corpus
+from scenarios.corpora import load_corpus
 from scenarios.messy import (
     INJECTIONS,
     Messiness,
@@ -22,7 +22,7 @@ from scenarios.messy import (
     paste_text,
     typo,
 )
-from tests.test_corpora import DATA, needs_data
+from tests.corpus_sets import CorpusSet
 
 SENTENCES = [
     "Thank you for the quick reply, by the way.",
@@ -293,11 +293,8 @@ def test_settings_validated() -> None:
         Messiness.model_validate({"typos": 0.1})
 
 
-@needs_data
-def test_rates_hold_on_real_banking_queries() -> None:
-    assert DATA is not None
-    spec = CorpusSpec(path=str(DATA / "corpora/banking77/test.csv"), format="csv")
-    texts = list(load_corpus(spec).texts[:2000])
+def test_rates_hold_on_catalog_queries(corpora: CorpusSet) -> None:
+    texts = list(load_corpus(corpora.queries).texts[:2000])
     for field, p, stat in (
         ("typo", 0.05, "typo_rate"),
         ("code_mixing", 0.05, "code_mixing_rate"),

@@ -14,7 +14,7 @@ from scenarios.corpora import CorpusSpec, load_corpus, parse_corpus, scrub_lines
 from scenarios.scrub import PromptStore, card_ok, iban_ok, scrub
 from scenarios.spec import Privacy, parse_scenario
 from tests.conftest import LENIENT, run_cli, scenario_dict, write_scenario
-from tests.test_corpora import DATA, needs_data
+from tests.corpus_sets import FILES, Counted
 
 KNOWN = [  # (text, what it becomes, kinds found)
     ("mail me at jane.doe+bank@example.co.uk today", "mail me at [EMAIL] today", ["email"]),
@@ -56,31 +56,17 @@ def test_checks_of_cards_and_ibans() -> None:
     assert iban_ok("FR1420041010050500013M02606") and not iban_ok("FR1420041010050500013M02607")
 
 
-SHARED = [
-    ("banking77/train.csv", "csv", None),
-    ("banking77/test.csv", "csv", None),
-    ("clinc150/data_full.json", "json", "*[*][0]"),
-    ("sonnet/sonnet.txt", "text", None),
-    (
-        "bitext-customer-support/llm-chatbot-v2023-08/"
-        "Bitext_Sample_Customer_Support_Training_Dataset.csv",
-        "csv",
-        "instruction",
-    ),
-]
-
-
-@needs_data
-@pytest.mark.parametrize(("rel", "fmt", "field"), SHARED, ids=[s[0] for s in SHARED])
-def test_no_false_alarm_on_the_shared_corpora(rel: str, fmt: str, field: str | None) -> None:
-    """These public corpora hold no personal data (order numbers and dates, yes): the scrubber
-    must change none of their texts."""
-    assert DATA is not None
-    path = DATA / "corpora" / rel
-    corpus = load_corpus(CorpusSpec(path=str(path), format=fmt, text_field=field))
-    assert corpus.scrubbed == ()
-    raw = load_corpus(CorpusSpec(path=str(path), format=fmt, text_field=field, scrub=False))
-    assert raw.texts == corpus.texts and len(corpus.texts) > 100
+@pytest.mark.parametrize("case", FILES)
+def test_no_false_alarm_on_the_catalog_corpora(case: Counted) -> None:
+    """The project's own sets and the public corpora hold no personal data (order numbers and
+    dates, yes): the scrubber changes none of their texts but bitext's two example addresses."""
+    for spec in case.specs:
+        corpus = load_corpus(spec)
+        assert corpus.scrubbed == case.scrubbed, spec.path
+        raw = load_corpus(spec.model_copy(update={"scrub": False}))
+        assert len(corpus.texts) == len(raw.texts) > 50
+        changed = sum(a != b for a, b in zip(raw.texts, corpus.texts, strict=True))
+        assert changed == sum(n for _, n in case.scrubbed)
 
 
 def test_an_imported_corpus_is_scrubbed_and_the_run_says_how_much(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scenarios.corpora import CORPUS_DIR_ENV, env_corpus_dir, with_corpus_dir
 from scenarios.spec import Scenario, ScenarioError, check_base_url, load_scenario
 from surgecast.cli.exits import BadInput
+from surgecast.console import warn
 
 if TYPE_CHECKING:
     from simulator.fit.calibrate import Calibration
@@ -93,12 +95,32 @@ def bootstrap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
 
-def checked_scenario(path: str) -> Scenario:
-    """load_scenario, and the checks that need the simulator's profiles (the fleet's model and
-    GPU), so a bad one stops a pipeline before it sends anything."""
+def corpus_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus-dir",
+        metavar="DIR",
+        help=f"folder of public corpora (default: ${CORPUS_DIR_ENV}): a corpus with in_corpus_dir "
+        "reads that file under DIR instead of its path (the catalog: the project's own sets)",
+    )
+
+
+def with_corpora(path: str, flag: str | None = None) -> Scenario:
+    """load_scenario with the corpus folder of --corpus-dir, else of $SURGECAST_CORPUS_DIR."""
+    if not flag:
+        return load_scenario(path, env_corpus_dir())
+    scenario = load_scenario(path)
+    moved = with_corpus_dir(scenario, Path(flag), "--corpus-dir")
+    if moved is scenario:  # nothing in it reads the folder: say so
+        warn([f"--corpus-dir: no corpus of {path} has in_corpus_dir; {flag} is not read"])
+    return moved
+
+
+def checked_scenario(path: str, corpus_dir: str | None = None) -> Scenario:
+    """load_scenario (`with_corpora`), and the checks that need the simulator's profiles (the
+    fleet's model and GPU), so a bad one stops a pipeline before it sends anything."""
     from simulator.replay.fleet_spec import fleet_from_spec
 
-    scenario = load_scenario(path)
+    scenario = with_corpora(path, corpus_dir)
     try:
         fleet_from_spec(scenario.fleet)
     except ValueError as e:
@@ -108,7 +130,7 @@ def checked_scenario(path: str) -> Scenario:
 
 def scenario_arg(a: argparse.Namespace) -> Scenario:
     """The scenario file, with --duration applied when given."""
-    scenario = checked_scenario(a.scenario)
+    scenario = checked_scenario(a.scenario, getattr(a, "corpus_dir", None))
     duration = getattr(a, "duration", None)
     if duration is None:
         return scenario

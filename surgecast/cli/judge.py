@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from scenarios.spec import Scenario, ScenarioError, validation_messages
-from surgecast.cli.args import bootstrap_flags, duration_flag, scenario_arg, url
+from surgecast.cli.args import bootstrap_flags, corpus_dir_flag, duration_flag, scenario_arg, url
 from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO, BadInput
 from surgecast.console import out, say_stderr, warn
 
@@ -80,6 +80,7 @@ def register(sub: Subparsers) -> None:
         "--target", type=url, help="base URL to run against (default: the scenario's target)"
     )
     duration_flag(s)
+    corpus_dir_flag(s)
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument(
         "--out", help="folder for junit.xml, gate.md, compare.png (default: reports/gate-ID)"

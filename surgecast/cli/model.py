@@ -13,6 +13,7 @@ from pathlib import Path
 from surgecast.cli.args import (
     calibration_arg,
     checked_scenario,
+    corpus_dir_flag,
     count,
     limit_flags,
     positive,
@@ -48,6 +49,7 @@ def register(sub: Subparsers) -> None:
         help="sweep: seconds per level (default 30)",
     )
     s.add_argument("--out", help="sweep: folder for the level runs (default: reports/sweep-ID)")
+    corpus_dir_flag(s)
     limit_flags(s)
     s.add_argument("--no-backtest", action="store_true", help="skip back-testing the runs")
     s.set_defaults(func=cmd_calibrate)
@@ -161,7 +163,7 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
     from surgecast.tables import backtest_table, calibration_table, markdown
     from targets.reference_launch import url_or_reference
 
-    scenario = checked_scenario(a.scenario)
+    scenario = checked_scenario(a.scenario, a.corpus_dir)
     folder = Path(a.out) if a.out else Path("reports") / new_run_id(f"sweep-{scenario.name}")
     launcher = url_or_reference(a.target, scenario)
     result = sweep(

@@ -6,7 +6,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from surgecast.cli.args import count, count0, duration_flag, limit_flags, port, positive, scales
+from surgecast.cli.args import (
+    corpus_dir_flag,
+    count,
+    count0,
+    duration_flag,
+    limit_flags,
+    port,
+    positive,
+    scales,
+)
 from surgecast.cli.args import scenario_arg as load_scenario_arg
 from surgecast.cli.engines import engine_flags, launcher_for, target_flag
 from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO
@@ -34,6 +43,7 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.add_argument("--scales", type=scales, help="traffic scales to forecast, e.g. 10,100,1000")
     duration_flag(s)
+    corpus_dir_flag(s)
     limit_flags(s)
     engine_flags(s)
     s.set_defaults(func=cmd_pipeline)
@@ -53,6 +63,7 @@ def register(sub: Subparsers) -> None:
     )
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     duration_flag(s)
+    corpus_dir_flag(s)
     s.add_argument("--no-report", action="store_true", help="skip index.html and summary.md")
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     engine_flags(s)
@@ -83,6 +94,7 @@ def register(sub: Subparsers) -> None:
     s.add_argument("scenario", help="scenario YAML (see scenarios/chatbot.yaml)")
     s.add_argument("--scale", type=positive, default=1.0, help="multiply the arrival rate")
     duration_flag(s)
+    corpus_dir_flag(s)
     s.add_argument("--samples", type=count0, default=0, help="print N example prompts a persona")
     s.add_argument(
         "--chars-per-token",
