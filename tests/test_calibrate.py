@@ -63,7 +63,8 @@ def test_recovers_known_parameters(measured: list[RequestRecord]) -> None:
     assert cal.engine.overhead_s == pytest.approx(TRUE.overhead_s, abs=0.001)
     assert cal.fit.r2 > 0.95 and cal.fit.step_rows > 1000
     # the reported uncertainty covers the truth (3 standard errors)
-    true = np.array([TRUE.overhead_s, *dataclasses.astuple(TRUE_COST)])
+    c = TRUE_COST
+    true = np.array([TRUE.overhead_s, c.base_s, c.per_decode_seq_s, c.per_prefill_token_s])
     assert np.all(np.abs(cal.fit.values - true) <= 3 * cal.fit.stderr() + 1e-4)
 
 

@@ -14,7 +14,7 @@ from scenarios.plan import build_plan
 from scenarios.records import RequestRecord
 from scenarios.spec import parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
-from simulator.engine.stepcost import ContextStepCost, CostModel, DecodeTableCost, RooflineCost
+from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
 from simulator.fit.backtest import backtest
 from simulator.fit.calibrate import Calibration, calibrate
 from simulator.fit.costfit import Selection, StepRows, predict, select
@@ -26,7 +26,7 @@ from tests.test_calibrate import _jittered
 # concave in batch size, as measured against llama-server (batch 8 under a line through 1-3)
 CONCAVE = DecodeTableCost((1.0, 2.0, 4.0, 8.0, 16.0), (0.010, 0.0115, 0.0135, 0.016, 0.0185), 6e-5)
 ROOFLINE = RooflineCost(0.003, 0.0009, 0.006, 2e-6)
-LINEAR = ContextStepCost(0.012, 0.0006, 5e-5, 0.0)
+LINEAR = StepCost(0.012, 0.0006, 5e-5, 0.0)
 
 
 def _rows(law: CostModel, seed: int, n: int = 3000) -> StepRows:
@@ -83,7 +83,7 @@ def test_a_context_law_picks_the_context_term() -> None:
     law = dataclasses.replace(LINEAR, per_context_token_s=2e-6)
     chosen = select(_rows(law, 3))
     assert chosen.name == "linear+context", chosen.candidates
-    assert isinstance(chosen.model, ContextStepCost)
+    assert isinstance(chosen.model, StepCost) and chosen.model.per_context_token_s > 0
     assert chosen.model.per_context_token_s == pytest.approx(2e-6, rel=0.05)
 
 
@@ -162,13 +162,13 @@ def test_every_cost_model_round_trips_through_json(cost: CostModel) -> None:
 def test_calibration_recovers_a_context_term_from_the_steps_it_recovers() -> None:
     """Each recovered step's context (prompt and tokens so far, summed over its requests) is
     the one the simulated engine priced: its per-token cost comes back."""
-    law = ContextStepCost(0.010, 0.0006, 6e-5, 3e-6)
+    law = StepCost(0.010, 0.0006, 6e-5, 3e-6)
     engine = dataclasses.replace(TABLE_ENGINE, cost=law)
     scenario = parse_scenario(scenario_dict(traffic={"rate": 9, "duration_s": 40, "seed": 4}))
     records = simulate(build_plan(scenario), engine).records
     measured = _jittered(records, np.random.default_rng(2), sd=0.0003)
     cal = calibrate(measured, dataclasses.replace(engine, cost=StepCost(), overhead_s=0.0))
     assert cal.fit.chosen == "linear+context", cal.fit.candidates
-    assert isinstance(cal.engine.cost, ContextStepCost)
+    assert isinstance(cal.engine.cost, StepCost) and cal.engine.cost.per_context_token_s > 0
     for field in ("base_s", "per_decode_seq_s", "per_prefill_token_s", "per_context_token_s"):
         assert getattr(cal.engine.cost, field) == pytest.approx(getattr(law, field), rel=0.05)

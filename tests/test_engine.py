@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.engine.core import ContextStepCost, Engine, EngineConfig, EngineSequence, StepCost
+from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
 
 
 def test_step_cost_is_linear() -> None:
@@ -80,7 +80,7 @@ def test_abort_frees_reservation() -> None:
 
 
 def test_context_cost_prices_the_kv_tokens_attended() -> None:
-    cost = ContextStepCost(0.01, 0.001, 0.0001, per_context_token_s=1e-5)
+    cost = StepCost(0.01, 0.001, 0.0001, per_context_token_s=1e-5)
     eng = Engine(EngineConfig(cost=cost))
     a, b = EngineSequence("a", 100, 3), EngineSequence("b", 50, 3)
     eng.add(a)
@@ -95,7 +95,7 @@ def test_context_cost_prices_the_kv_tokens_attended() -> None:
 
 
 def test_config_round_trips_and_old_files_load() -> None:
-    cfg = EngineConfig(block_size=32, enable_prefix_caching=True, cost=ContextStepCost())
+    cfg = EngineConfig(block_size=32, enable_prefix_caching=True, cost=StepCost())
     assert EngineConfig.from_dict(cfg.to_dict()) == cfg
     old = {  # a calibration file written before paged KV and chunked prefill
         "max_num_seqs": 16,

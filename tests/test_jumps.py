@@ -14,7 +14,7 @@ import simpy
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import parse_scenario
-from simulator.engine.core import ContextStepCost, EngineConfig, EngineSequence, StepCost
+from simulator.engine.core import EngineConfig, EngineSequence, StepCost
 from simulator.engine.drive import EngineEvents
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
 from simulator.replay.sim import Replica, SimResult, simulate
@@ -24,7 +24,7 @@ TIGHT = EngineConfig(  # few blocks and a small budget: chunked prefills and pre
     max_num_seqs=12,
     kv_cache_tokens=16 * 120,
     max_batched_tokens=96,
-    cost=ContextStepCost(0.01, 0.0005, 0.00004, 0.0000013),
+    cost=StepCost(0.01, 0.0005, 0.00004, 0.0000013),
 )
 
 
@@ -108,7 +108,7 @@ def test_jumps_match_stepping_with_sessions() -> None:
             )
         )
     )
-    config = EngineConfig(max_num_seqs=8, cost=ContextStepCost(0.01, 0.001, 0.0, 0.000002))
+    config = EngineConfig(max_num_seqs=8, cost=StepCost(0.01, 0.001, 0.0, 0.000002))
     _assert_same(simulate(plan, config, jumps=False), simulate(plan, config, jumps=True))
 
 
@@ -148,7 +148,7 @@ def test_a_replica_jumps_and_arrivals_cut_its_jumps() -> None:
     "cost",
     [
         StepCost(0.012, 0.0004, 0.00005),
-        ContextStepCost(0.01, 0.0005, 0.00004, 0.0000013),
+        StepCost(0.01, 0.0005, 0.00004, 0.0000013),
         TABLE,
         RooflineCost(0.002, 0.0026, 0.004, 0.00001),  # memory-bound from the 27th step
     ],

@@ -15,7 +15,6 @@ from scenarios.spec import ReferenceTargetSpec
 from simulator.engine.kvcache import BlockManager
 from simulator.engine.scheduler import EngineSequence, Scheduler, SchedulerConfig, Step
 from simulator.engine.stepcost import (
-    ContextStepCost,
     CostModel,
     StepCost,
     StepCostModel,
@@ -23,7 +22,6 @@ from simulator.engine.stepcost import (
 )
 
 __all__ = [
-    "ContextStepCost",
     "Engine",
     "EngineConfig",
     "EngineSequence",

@@ -2,9 +2,9 @@
 
 A model is anything with `duration(decode_seqs, prefill_tokens, context_tokens)` and the three
 methods for a run of pure-decode steps of one batch (its context growing by `decode_seqs` tokens a
-step) that the simulator uses to jump over such runs. Two are linear (`StepCost` and
-`ContextStepCost`); two can bend: `DecodeTableCost` interpolates step time over decode batch size,
-`RooflineCost` takes the larger of a compute and a memory term.
+step) that the simulator uses to jump over such runs. `StepCost` is linear (with a term per KV
+token attended, or without); two can bend: `DecodeTableCost` interpolates step time over decode
+batch size, `RooflineCost` takes the larger of a compute and a memory term.
 """
 
 from __future__ import annotations
@@ -37,32 +37,9 @@ class StepCostModel(Protocol):
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds one step takes: base + per_decode_seq * decoding + per_prefill_token * prompt."""
-
-    base_s: float = 0.012
-    per_decode_seq_s: float = 0.0004
-    per_prefill_token_s: float = 0.00005
-
-    def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
-        return (
-            self.base_s
-            + self.per_decode_seq_s * decode_seqs
-            + self.per_prefill_token_s * prefill_tokens
-        )
-
-    def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
-        return [self.duration(decode_seqs, 0)] * n
-
-    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
-        return n * self.duration(decode_seqs, 0)
-
-    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
-        return _whole_steps(self.duration(decode_seqs, 0), 0.0, seconds)
-
-
-@dataclass(frozen=True)
-class ContextStepCost:
-    """The linear cost plus a term per KV token attended: attention reads every context token."""
+    """Seconds one step takes, linear in its batch: base + per_decode_seq x decoding sequences
+    + per_prefill_token x prompt tokens + per_context_token x KV tokens attended (attention reads
+    every context token; 0 by default: the plain linear model)."""
 
     base_s: float = 0.012
     per_decode_seq_s: float = 0.0004
@@ -80,11 +57,8 @@ class ContextStepCost:
     def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
         if not self.per_context_token_s:
             return [self.duration(decode_seqs, 0, context_tokens)] * n
-        last = context_tokens + n * decode_seqs
-        step = decode_seqs or 1  # no decoding sequence: the context stays, n steps all the same
-        contexts = range(context_tokens, last, step) if decode_seqs else [context_tokens] * n
         duration = self.duration
-        return [duration(decode_seqs, 0, c) for c in contexts]
+        return [duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
 
     def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
         first = self.duration(decode_seqs, 0, context_tokens)  # an arithmetic series
@@ -227,7 +201,7 @@ def _contexts(decode_seqs: int, context_tokens: int, n: int) -> range | list[int
 
 
 # The models a config file can name; a new model joins this union and `cost_from_dict`.
-CostModel = StepCost | ContextStepCost | DecodeTableCost | RooflineCost
+CostModel = StepCost | DecodeTableCost | RooflineCost
 
 
 def cost_from_dict(d: dict[str, Any]) -> CostModel:
@@ -241,9 +215,7 @@ def cost_from_dict(d: dict[str, Any]) -> CostModel:
         )
     if "memory_s" in d:
         return RooflineCost(**d)
-    if "per_context_token_s" in d:
-        return ContextStepCost(**d)
-    return StepCost(**d)
+    return StepCost(**d)  # with or without a context term (files before it have none)
 
 
 def scaled(cost: CostModel, factor: float) -> CostModel:

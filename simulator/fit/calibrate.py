@@ -27,7 +27,6 @@ import numpy as np
 from scenarios.records import RequestRecord
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.engine.stepcost import (
-    ContextStepCost,
     CostModel,
     DecodeTableCost,
     StepCostModel,
@@ -343,7 +342,7 @@ def _bent(selection: Selection, per_prefill_token_s: float | None) -> CostModel 
     model = selection.model
     if selection.name == "linear":
         return None
-    if per_prefill_token_s is not None and isinstance(model, ContextStepCost | DecodeTableCost):
+    if per_prefill_token_s is not None and isinstance(model, StepCost | DecodeTableCost):
         return dataclasses.replace(model, per_prefill_token_s=per_prefill_token_s)
     return model
 

@@ -16,7 +16,6 @@ import numpy as np
 from scipy.optimize import least_squares, lsq_linear
 
 from simulator.engine.stepcost import (
-    ContextStepCost,
     CostModel,
     DecodeTableCost,
     RooflineCost,
@@ -139,9 +138,9 @@ def fit_linear(r: StepRows) -> StepCost:
     return StepCost(float(b[0]), float(b[1]), float(b[2]))
 
 
-def fit_context(r: StepRows) -> ContextStepCost:
+def fit_context(r: StepRows) -> StepCost:
     b = _solve(_linear_columns(r, True), r, np.array([True, False, False, False]))
-    return ContextStepCost(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+    return StepCost(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
 
 def knots(batch: np.ndarray) -> np.ndarray:
@@ -229,8 +228,6 @@ def predict(model: CostModel, r: StepRows) -> np.ndarray:
     k, p = r.steps, r.prefill
     c = r.context if r.context is not None else np.zeros(len(k))
     if isinstance(model, StepCost):
-        return k * model.base_s + model.per_decode_seq_s * r.decode + model.per_prefill_token_s * p
-    if isinstance(model, ContextStepCost):
         return (
             k * model.base_s
             + model.per_decode_seq_s * r.decode
