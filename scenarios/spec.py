@@ -372,7 +372,12 @@ class Session(Strict):
 
 class Cost(Strict):
     gpu_hour_usd: float = Field(ge=0)
-    gpus_per_replica: int = Field(1, ge=1)
+    gpus_per_replica: int = Field(
+        1,
+        ge=1,
+        description="GPUs one replica runs on (its tensor parallelism): each is priced, and a "
+        "cold start from a model and GPU profile loads its weights over all of them.",
+    )
 
 
 class Privacy(Strict):
@@ -435,11 +440,19 @@ class ColdStartSpec(Strict):
     )
     model: str | None = Field(None, description="A model profile name (simulator.engine.profiles).")
     gpu: str | None = Field(None, description="A GPU profile name (simulator.engine.profiles).")
-    tensor_parallel: Literal[1, 2, 4, 8] = Field(1, description="GPUs per replica.")
     init_s: float = Field(0.0, ge=0, le=3600, description="Engine start after the load.")
     jitter: float = Field(
         0.0, ge=0, le=2, description="Lognormal shape of the (load + init) factor; 0: fixed."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tensor_parallel" in data:
+            raise ValueError(
+                "tensor_parallel: a replica's GPUs are set once, as cost.gpus_per_replica"
+            )
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> ColdStartSpec:
@@ -464,6 +477,10 @@ class AutoscalerSpec(Strict):
     max_replicas: int = Field(ge=1, le=100000)
     initial_replicas: int | None = Field(None, ge=0, description="Default: min_replicas.")
     keep_alive_s: float = Field(60.0, ge=0, le=86400, description="Idle time before removal.")
+
+    @property
+    def starting_replicas(self) -> int:
+        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalerSpec:

@@ -14,7 +14,7 @@ from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from simulator.fit.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
 from simulator.fit.calibrate import Calibration
 from simulator.forecast.search import Forecaster, ForecastPoint
-from simulator.replay.fleet_spec import fleet_from_spec
+from simulator.replay.coldstart import load_seconds
 from simulator.replay.sim import simulate
 from surgecast.calibration import in_sample
 from surgecast.console import Say, say_stderr
@@ -88,11 +88,11 @@ def simulate_scenario(
 ) -> RunOutcome:
     """The scenario's plan through the calibrated model; a run folder like a measured one."""
     try:
-        fleet = fleet_from_spec(scenario.fleet)
+        load_seconds(scenario.fleet.cold_start, scenario.cost.gpus_per_replica)
     except ValueError as e:
         raise ScenarioError(scenario_file, [str(e)]) from None
-    if fleet.initial_replicas is not None:  # an autoscaler starts from its own count
-        replicas = fleet.initial_replicas
+    if scenario.fleet.autoscaler is not None:  # an autoscaler starts from its own count
+        replicas = scenario.fleet.autoscaler.starting_replicas
     folder = RunFolder.new(scenario.name, out)
     plan = calibration.tokens.apply(build_plan(scenario, rate_scale=scale), scenario.traffic.seed)
     result = simulate(
@@ -100,7 +100,8 @@ def simulate_scenario(
         calibration.engine,
         replicas=replicas,
         timeout_s=scenario.target.timeout_s,
-        fleet=fleet.config,
+        fleet=scenario.fleet,
+        gpus_per_replica=scenario.cost.gpus_per_replica,
     )
     write_records(folder.requests, result.records)
     summary = summarize_run(result.table, scenario)

@@ -18,13 +18,19 @@ from scipy import stats
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord, read_records
-from scenarios.spec import Retry, ScenarioError, parse_scenario
+from scenarios.spec import (
+    AutoscalerSpec,
+    ColdStartSpec,
+    FleetSpec,
+    Retry,
+    ScenarioError,
+    parse_scenario,
+)
 from scenarios.traffic import PoissonArrival
 from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
 from simulator.engine.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
 from simulator.fit.calibrate import Calibration, Fit
-from simulator.replay.fleet import AutoscalerConfig, ColdStart, FleetConfig
-from simulator.replay.fleet_spec import fleet_from_spec
+from simulator.replay.coldstart import load_seconds as cold_load_seconds
 from simulator.replay.routing import Router, Routing
 from simulator.replay.sim import SimResult, simulate
 from surgecast.predict import simulate_scenario
@@ -76,7 +82,7 @@ def test_mmc_mean_wait_through_a_central_queue() -> None:
     means = []
     for seed in SEEDS:
         plan = _poisson_plan(np.random.default_rng(seed), lam, 6000)
-        fleet = FleetConfig(central_queue=True)
+        fleet = FleetSpec(central_queue=True)
         recs = simulate(
             plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet
         ).records
@@ -106,7 +112,7 @@ def test_round_robin_makes_each_replica_a_gi_m_1_queue() -> None:
     means = []
     for seed in range(8):
         plan = _poisson_plan(np.random.default_rng(seed), lam, 5000)
-        fleet = FleetConfig(routing="round_robin")
+        fleet = FleetSpec(routing="round_robin")
         recs = simulate(
             plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet
         ).records
@@ -131,7 +137,7 @@ def test_erlang_b_blocking_with_no_room_to_wait() -> None:
             np.random.default_rng(seed), 4000 / lam
         )
         plan = [RequestSpec(f"r{i}", float(t), 1, 1) for i, t in enumerate(arrivals)]
-        fleet = FleetConfig(central_queue=True, admission_limit=0)
+        fleet = FleetSpec(central_queue=True, admission_limit=0)
         result = simulate(plan, config, replicas=c, record_chunks=False, fleet=fleet)
         steady = result.records[len(result.records) // 10 :]
         rejected = [r for r in steady if r.status == "rejected"]
@@ -148,7 +154,7 @@ def test_a_full_admission_queue_answers_429() -> None:
     """One slot, room for two to wait: of ten sent at once, three are admitted."""
     config = EngineConfig(max_num_seqs=1, cost=StepCost(0.1, 0.0, 0.0))
     plan = [RequestSpec(f"r{i}", 0.0, 4, 2) for i in range(10)]
-    result = simulate(plan, config, fleet=FleetConfig(admission_limit=2))
+    result = simulate(plan, config, fleet=FleetSpec(admission_limit=2))
     statuses = [r.status for r in result.records]
     assert statuses == ["ok"] * 3 + ["rejected"] * 7
     assert result.rejected == 7
@@ -162,7 +168,7 @@ def test_clients_retry_a_429_with_backoff(retry_after_s: float | None, starts: l
     config = EngineConfig(max_num_seqs=1, cost=StepCost(0.125, 0.0, 0.0))
     retry = Retry(max_retries=3, backoff_s=0.5, jitter=0.0)
     plan = [RequestSpec("r0", 0.0, 4, 8), RequestSpec("r1", 0.0, 4, 2, retry=retry)]
-    fleet = FleetConfig(central_queue=True, admission_limit=0, retry_after_s=retry_after_s)
+    fleet = FleetSpec(central_queue=True, admission_limit=0, retry_after_s=retry_after_s)
     result = simulate(plan, config, fleet=fleet)
     r1 = [r for r in result.records if r.id == "r1"]
     assert [r.start for r in r1] == starts
@@ -181,7 +187,7 @@ def test_retries_stop_at_max_retries_and_patience() -> None:
         RequestSpec("r1", 0.0, 4, 2, retry=retry),
         RequestSpec("r2", 0.0, 4, 2, retry=retry, patience_s=0.5),
     ]
-    fleet = FleetConfig(central_queue=True, admission_limit=0)
+    fleet = FleetSpec(central_queue=True, admission_limit=0)
     result = simulate(plan, config, fleet=fleet)
     attempts = Counter(r.id for r in result.records)
     assert attempts == {"r0": 1, "r1": 3, "r2": 2}  # r2's second retry would come after 0.75 s
@@ -215,7 +221,7 @@ def test_round_robin_spreads_exactly() -> None:
     # end to end: identical requests one at a time keep each replica equally busy
     config = EngineConfig(max_num_seqs=1, cost=StepCost(0.05, 0.0, 0.0))
     plan = [RequestSpec(f"r{i}", float(i), 8, 3) for i in range(30)]
-    result = simulate(plan, config, replicas=3, fleet=FleetConfig(routing="round_robin"))
+    result = simulate(plan, config, replicas=3, fleet=FleetSpec(routing="round_robin"))
     assert max(result.busy_fraction) == pytest.approx(min(result.busy_fraction))
 
 
@@ -293,13 +299,13 @@ def test_prefix_affinity_helps_the_prefix_cache() -> None:
     ]
     ttft = {}
     for routing in ("prefix_affinity", "round_robin"):
-        result = simulate(plan, config, replicas=4, fleet=FleetConfig(routing=routing))
+        result = simulate(plan, config, replicas=4, fleet=FleetSpec(routing=routing))
         assert all(r.status == "ok" for r in result.records)
         ttft[routing] = float(np.mean([r.ttft for r in result.records]))
     assert ttft["prefix_affinity"] < 0.5 * ttft["round_robin"]
 
 
-SCALE_FROM_ZERO = AutoscalerConfig(
+SCALE_FROM_ZERO = AutoscalerSpec(
     metric="in_flight",
     target=4,
     interval_s=1.0,
@@ -311,12 +317,12 @@ SCALE_FROM_ZERO = AutoscalerConfig(
 
 
 def test_a_burst_on_a_fleet_at_zero_waits_for_the_cold_start() -> None:
-    cold = ColdStart.from_profile(LLAMA_3_8B, H100_80GB, provisioning_s=2.0, init_s=1.0)
+    cold = ColdStartSpec(model="Llama-3-8B", gpu="H100-80GB", provisioning_s=2.0, init_s=1.0)
     boot = 2.0 + load_seconds(LLAMA_3_8B, H100_80GB, ServingConfig()) + 1.0  # 3.5 s
     config = EngineConfig(max_num_seqs=4, cost=StepCost(0.02, 0.001, 0.0001))
     burst = [RequestSpec(f"a{i}", 10.0 + 0.01 * i, 50, 20) for i in range(16)]
     later = [RequestSpec(f"b{i}", 100.0 + 0.01 * i, 50, 20) for i in range(4)]
-    fleet = FleetConfig(autoscaler=SCALE_FROM_ZERO, cold_start=cold)
+    fleet = FleetSpec(autoscaler=SCALE_FROM_ZERO, cold_start=cold)
     result = simulate(burst + later, config, replicas=0, fleet=fleet)
     recs = {r.id: r for r in result.records}
     assert all(r.status == "ok" for r in result.records)
@@ -347,7 +353,7 @@ def test_scale_down_waits_out_the_window_and_the_keep_alive(
     config = EngineConfig(max_num_seqs=8, cost=StepCost(0.05, 0.0, 0.0))
     plan = [RequestSpec(f"r{i}", 0.0, 10, 100) for i in range(8)]
     plan.append(RequestSpec("late", 60.0, 10, 2))  # keeps the autoscaler running until then
-    scaler = AutoscalerConfig(
+    scaler = AutoscalerSpec(
         target=2,
         interval_s=1.0,
         stabilisation_s=stabilisation_s,
@@ -355,7 +361,7 @@ def test_scale_down_waits_out_the_window_and_the_keep_alive(
         max_replicas=4,
         keep_alive_s=keep_alive_s,
     )
-    fleet = FleetConfig(autoscaler=scaler, cold_start=ColdStart(load_s=0.5))
+    fleet = FleetSpec(autoscaler=scaler, cold_start=ColdStartSpec(load_s=0.5))
     result = simulate(plan, config, fleet=fleet)
     end = max(r.end or 0 for r in result.records[:8])
     assert 4.9 < end < 5.2
@@ -370,7 +376,7 @@ def test_scale_down_waits_out_the_window_and_the_keep_alive(
     assert result.fleet.replica_seconds == pytest.approx(span + 3 * (t_down - 1.0))
 
 
-def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfig, int, float]:
+def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetSpec, int, float]:
     rng = np.random.default_rng(seed)
     session: dict[str, object] = {
         "turns": {"dist": "constant", "value": int(rng.integers(1, 4))},
@@ -392,8 +398,8 @@ def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfi
     replicas = int(rng.integers(1, 4))
     if rng.integers(2):
         low = int(rng.integers(0, 2))
-        scaler = AutoscalerConfig(
-            metric=str(rng.choice(["in_flight", "queue", "kv"])),  # type: ignore[arg-type]
+        scaler = AutoscalerSpec(
+            metric=str(rng.choice(["in_flight", "queue", "kv"])),
             target=float(rng.uniform(0.2, 2)),
             interval_s=float(rng.uniform(0.2, 3)),
             stabilisation_s=float(rng.uniform(0, 10)),
@@ -402,12 +408,12 @@ def _random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, FleetConfi
             keep_alive_s=float(rng.uniform(0, 5)),
         )
         replicas = low  # it must scale up
-    fleet = FleetConfig(
-        routing=routing[int(rng.integers(5))],  # type: ignore[arg-type]
+    fleet = FleetSpec(
+        routing=routing[int(rng.integers(5))],
         admission_limit=None if rng.integers(2) else int(rng.integers(0, 6)),
         central_queue=bool(rng.integers(2)),
         autoscaler=scaler,
-        cold_start=ColdStart(provisioning_s=float(rng.uniform(0, 2)), load_s=1.0, jitter=0.3),
+        cold_start=ColdStartSpec(provisioning_s=float(rng.uniform(0, 2)), load_s=1.0, jitter=0.3),
         seed=seed,
     )
     return plan, config, fleet, replicas, float(rng.uniform(0.5, 8))
@@ -478,7 +484,7 @@ def test_timeouts_abort_free_their_kv_and_are_counted() -> None:
 def test_defaults_are_a_fixed_join_shortest_queue_fleet() -> None:
     plan, config, _, _, _ = _random_case(3)
     result = simulate(plan, config, replicas=2)
-    explicit = simulate(plan, config, replicas=2, fleet=FleetConfig())
+    explicit = simulate(plan, config, replicas=2, fleet=FleetSpec())
     assert [r.to_json() for r in explicit.records] == [r.to_json() for r in result.records]
     span = max(r.end or r.start for r in result.records) - min(r.start for r in result.records)
     assert result.fleet.replica_seconds == pytest.approx(2 * span)
@@ -487,10 +493,10 @@ def test_defaults_are_a_fixed_join_shortest_queue_fleet() -> None:
 
 def test_replica_count_outside_the_autoscalers_bounds_is_refused() -> None:
     with pytest.raises(ValueError, match=r"replicas must be in \[1, 4\], got 0"):
-        scaler = AutoscalerConfig(min_replicas=1, max_replicas=4)
-        simulate([], ONE_SLOT, replicas=0, fleet=FleetConfig(autoscaler=scaler))
-    with pytest.raises(ValueError, match=r"autoscaler\.max_replicas: must be >= min_replicas"):
-        AutoscalerConfig(min_replicas=3, max_replicas=2)
+        scaler = AutoscalerSpec(target=1, min_replicas=1, max_replicas=4)
+        simulate([], ONE_SLOT, replicas=0, fleet=FleetSpec(autoscaler=scaler))
+    with pytest.raises(ValueError, match=r"min_replicas: must be <= max_replicas \(2\), got 3"):
+        AutoscalerSpec(target=1, min_replicas=3, max_replicas=2)
 
 
 def test_scenario_fleet_section() -> None:
@@ -504,12 +510,17 @@ def test_scenario_fleet_section() -> None:
             }
         )
     )
-    plan = fleet_from_spec(scenario.fleet)
-    assert plan.config.routing == "prefix_affinity" and plan.initial_replicas == 0
-    assert plan.config.autoscaler is not None and plan.config.autoscaler.max_replicas == 6
-    assert plan.config.cold_start.load_s == pytest.approx(8.03e9 * 2 / 32e9)
+    fleet = scenario.fleet
+    assert fleet.routing == "prefix_affinity"
+    assert fleet.autoscaler is not None and fleet.autoscaler.max_replicas == 6
+    assert fleet.autoscaler.starting_replicas == 0
+    assert cold_load_seconds(fleet.cold_start) == pytest.approx(8.03e9 * 2 / 32e9)
+    # over the replica's GPUs (cost.gpus_per_replica), each loading its shard at once
+    assert cold_load_seconds(fleet.cold_start, 2) == pytest.approx(8.03e9 / 32e9)
+    with pytest.raises(ValueError, match=r"cost\.gpus_per_replica: .* 1, 2, 4 or 8 GPUs, got 3"):
+        cold_load_seconds(fleet.cold_start, 3)
     # a scenario without the section keeps today's fleet
-    assert fleet_from_spec(parse_scenario(scenario_dict()).fleet).config == FleetConfig()
+    assert parse_scenario(scenario_dict()).fleet == FleetSpec()
 
 
 @pytest.mark.parametrize(
@@ -523,6 +534,11 @@ def test_scenario_fleet_section() -> None:
         ({"admission_limit": -1}, "fleet.admission_limit: Input should be greater than"),
         ({"cold_start": {"model": "Llama-3-8B"}}, "fleet.cold_start: gpu: required"),
         ({"autoscaler": {"target": 0, "max_replicas": 2}}, "fleet.autoscaler.target"),
+        (
+            {"cold_start": {"tensor_parallel": 2}},
+            "fleet.cold_start: tensor_parallel: a replica's GPUs are set once, as "
+            "cost.gpus_per_replica",
+        ),
     ],
 )
 def test_bad_fleet_sections_name_the_field(fleet: dict[str, object], message: str) -> None:
@@ -536,12 +552,12 @@ def test_a_model_too_large_for_its_gpus_is_refused_by_name() -> None:
         scenario_dict(fleet={"cold_start": {"model": "Llama-3-70B", "gpu": "L40S-48GB"}})
     )
     with pytest.raises(ValueError, match=r"fleet\.cold_start: model 'Llama-3-70B' does not fit"):
-        fleet_from_spec(scenario.fleet)
+        cold_load_seconds(scenario.fleet.cold_start)
     unknown = parse_scenario(
         scenario_dict(fleet={"cold_start": {"model": "x", "gpu": "H100-80GB"}})
     )
     with pytest.raises(ValueError, match=r"fleet\.cold_start\.model: unknown model 'x'"):
-        fleet_from_spec(unknown.fleet)
+        cold_load_seconds(unknown.fleet.cold_start)
 
 
 def _calibration(engine: EngineConfig) -> Calibration:

@@ -29,14 +29,12 @@ import numpy as np
 from scenarios.metrics import summarize_table
 from scenarios.plan import build_plan
 from scenarios.slo import Threshold
-from scenarios.spec import Scenario
+from scenarios.spec import FleetSpec, Scenario
 from simulator.engine.core import EngineConfig
 from simulator.fit.calibrate import Calibration
 from simulator.fit.tokenmap import TokenMap
 from simulator.forecast.capacity import saturation_throughput
 from simulator.forecast.pool import ProcessPool
-from simulator.replay.fleet import FleetConfig
-from simulator.replay.fleet_spec import fleet_from_spec
 from simulator.replay.sim import simulate
 
 HOURS_PER_MONTH = 730.0
@@ -173,7 +171,7 @@ class SeedJob:
     replicas: int
     duration_s: float
     tokens: TokenMap = field(default_factory=TokenMap)
-    fleet: FleetConfig = field(default_factory=FleetConfig)  # routing and admission
+    fleet: FleetSpec = field(default_factory=FleetSpec)  # routing and admission
 
 
 def run_seed(job: SeedJob) -> SeedOutcome:
@@ -190,6 +188,7 @@ def run_seed(job: SeedJob) -> SeedOutcome:
         timeout_s=scenario.target.timeout_s,
         record_chunks="itl" in {t.metric for t in thresholds},
         fleet=job.fleet,
+        gpus_per_replica=scenario.cost.gpus_per_replica,
     )
     warmup = WARMUP_FRACTION * job.duration_s
     table = result.table
@@ -269,12 +268,12 @@ class Forecaster:
         self.base_rate = len(self.base_plan) / (len(plans) * self.duration_s)  # req/s at x1
         self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
         # the scenario's routing and admission; the replica count is what the search varies
-        self.fleet = replace(fleet_from_spec(scenario.fleet).config, autoscaler=None)
+        self.fleet = scenario.fleet.model_copy(update={"autoscaler": None})
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
         self._pool: ProcessPool | None = None
 
-    def evaluate(self, scale: float, replicas: int, fleet: FleetConfig | None = None) -> Evaluation:
+    def evaluate(self, scale: float, replicas: int, fleet: FleetSpec | None = None) -> Evaluation:
         """`replicas` behind the scenario's routing and admission at `scale`, over the seeds;
         with an autoscaling `fleet`, `replicas` is its starting count."""
         fleet = fleet or self.fleet
@@ -325,14 +324,14 @@ class Forecaster:
         """The scenario's autoscaler at `scale` (None without one): it starts from its initial
         count scaled with the traffic and may grow to its max_replicas or twice the fixed
         fleet that meets the SLOs, whichever is more."""
-        plan = fleet_from_spec(self.scenario.fleet)
-        a = plan.config.autoscaler
+        spec = self.scenario.fleet
+        a = spec.autoscaler
         if a is None:
             return None
         top = max(a.max_replicas, 2 * fixed)
-        start = min(top, max(a.min_replicas, math.ceil((plan.initial_replicas or 0) * scale)))
-        fleet = replace(plan.config, autoscaler=replace(a, max_replicas=top))
-        return self.evaluate(scale, start, fleet)
+        start = min(top, max(a.min_replicas, math.ceil(a.starting_replicas * scale)))
+        scaler = a.model_copy(update={"max_replicas": top})
+        return self.evaluate(scale, start, spec.model_copy(update={"autoscaler": scaler}))
 
     def _monthly(self, replicas: float) -> float:
         cost = self.scenario.cost

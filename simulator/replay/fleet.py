@@ -13,121 +13,19 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Literal, Protocol, TypeVar, get_args
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import simpy
 
+from scenarios.spec import AutoscalerSpec, FleetSpec
 from simulator.engine.core import Engine, EngineConfig, EngineSequence
 from simulator.engine.drive import DriveLoop
-from simulator.engine.profiles import (
-    GpuProfile,
-    ModelProfile,
-    ServingConfig,
-    blocks_per_replica,
-    load_seconds,
-)
-from simulator.replay.routing import Router, Routing
+from simulator.replay import coldstart
+from simulator.replay.routing import Router
 
-Metric = Literal["in_flight", "queue", "kv"]
-METRICS: tuple[str, ...] = get_args(Metric)
-
-
-@dataclass(frozen=True)
-class ColdStart:
-    """How long a new replica takes before it serves: provisioning_s, then (load + init_s) x a
-    lognormal factor of median 1 and shape `jitter`. `load_s` None: the engine's cold_start_s."""
-
-    provisioning_s: float = 0.0
-    load_s: float | None = None
-    init_s: float = 0.0
-    jitter: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("provisioning_s", "init_s", "jitter"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"cold_start.{name}: must be >= 0, got {getattr(self, name)!r}")
-        if self.load_s is not None and not self.load_s >= 0:
-            raise ValueError(f"cold_start.load_s: must be >= 0, got {self.load_s!r}")
-
-    @classmethod
-    def from_profile(
-        cls,
-        model: ModelProfile,
-        gpu: GpuProfile,
-        serving: ServingConfig | None = None,
-        **rest: float,
-    ) -> ColdStart:
-        """Load time of `model`'s weights at `gpu`'s load bandwidth; ValueError if it does not
-        fit on the replica's GPUs."""
-        serving = serving or ServingConfig()
-        blocks_per_replica(model, gpu, serving)  # raises, naming model and gpu, if it cannot fit
-        return cls(load_s=load_seconds(model, gpu, serving), **rest)
-
-    def draw(self, rng: np.random.Generator, default_load_s: float) -> float:
-        load = default_load_s if self.load_s is None else self.load_s
-        spread = float(rng.lognormal(0.0, self.jitter)) if self.jitter > 0 else 1.0
-        return self.provisioning_s + (load + self.init_s) * spread
-
-
-@dataclass(frozen=True)
-class AutoscalerConfig:
-    """Every `interval_s`: desired = ceil(metric summed over the fleet / target), within
-    [min_replicas, max_replicas]. It scales up at once; down only to the highest desired count
-    of the last `stabilisation_s`, removing replicas idle for at least `keep_alive_s`.
-    Metrics: `in_flight` (requests running or queued), `queue` (requests waiting for a batch
-    slot), `kv` (fraction of a replica's KV cache in use)."""
-
-    metric: Metric = "in_flight"
-    target: float = 8.0
-    interval_s: float = 1.0
-    stabilisation_s: float = 30.0
-    min_replicas: int = 1
-    max_replicas: int = 8
-    keep_alive_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(
-                f"autoscaler.metric: must be one of {', '.join(METRICS)}, got {self.metric!r}"
-            )
-        for name in ("target", "interval_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"autoscaler.{name}: must be > 0, got {getattr(self, name)!r}")
-        for name in ("stabilisation_s", "keep_alive_s", "min_replicas"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"autoscaler.{name}: must be >= 0, got {getattr(self, name)!r}")
-        if self.max_replicas < max(self.min_replicas, 1):
-            raise ValueError(
-                f"autoscaler.max_replicas: must be >= min_replicas ({self.min_replicas}) "
-                f"and >= 1, got {self.max_replicas}"
-            )
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """The defaults are a fixed fleet behind join-shortest-queue, admitting everything."""
-
-    routing: Routing = "least_outstanding"
-    # requests waiting for a slot, fleet-wide, beyond which one is refused; None: no limit. With
-    # a central queue and 0, requests are refused while no ready replica has a free slot.
-    admission_limit: int | None = None
-    central_queue: bool = False
-    autoscaler: AutoscalerConfig | None = None
-    cold_start: ColdStart = field(default_factory=ColdStart)
-    affinity_overload: float = 1.0  # prefix affinity gives way at this x max_num_seqs
-    retry_after_s: float | None = None  # the Retry-After a 429 carries (clients may honour it)
-    seed: int = 0
-    timeline_points: int = 1000  # the replica timeline is thinned beyond this
-
-    def __post_init__(self) -> None:
-        if self.admission_limit is not None and self.admission_limit < 0:
-            raise ValueError(f"fleet.admission_limit: must be >= 0, got {self.admission_limit}")
-        if self.retry_after_s is not None and not self.retry_after_s >= 0:
-            raise ValueError(f"fleet.retry_after_s: must be >= 0, got {self.retry_after_s}")
-        if self.timeline_points < 2:
-            raise ValueError(f"fleet.timeline_points: must be >= 2, got {self.timeline_points}")
+TIMELINE_POINTS = 1000  # the replica timeline is thinned beyond this
 
 
 class ReplicaLike(Protocol):
@@ -175,20 +73,26 @@ class FleetStats:
 
 
 class Fleet(Generic[R]):
-    """The replicas of one simulation; `make(config, cold)` builds one on the shared clock."""
+    """The replicas of one simulation, as a scenario's `fleet` section sets them up (routing,
+    admission, a central queue, an autoscaler, cold starts); `make(config, cold)` builds one on
+    the shared clock. A cold start's model load is the section's (see `coldstart`), else the
+    engine's cold_start_s."""
 
     def __init__(
         self,
         env: simpy.Environment,
-        config: FleetConfig,
+        config: FleetSpec,
         engine: EngineConfig,
         make: Callable[[EngineConfig, bool], R],
         initial: int,
         timeout_s: float,
         on_expired: Callable[[EngineSequence, float], None],
+        gpus_per_replica: int = 1,
     ):
         self.env = env
         self.config = config
+        load_s = coldstart.load_seconds(config.cold_start, gpus_per_replica)
+        self._load_s = engine.cold_start_s if load_s is None else load_s
         self._engine = engine
         self._make = make
         self._timeout_s = timeout_s
@@ -295,7 +199,7 @@ class Fleet(Generic[R]):
 
     def _add(self, cold: bool) -> None:
         env = self.env
-        seconds = self.config.cold_start.draw(self._rng, self._engine.cold_start_s) if cold else 0
+        seconds = coldstart.draw(self.config.cold_start, self._load_s, self._rng) if cold else 0
         replica = self._make(replace(self._engine, cold_start_s=seconds), cold)
         member = Member(replica, len(self.history), env.now, False, idle_since=env.now)
         self._member[replica.engine] = member
@@ -334,12 +238,12 @@ class Fleet(Generic[R]):
             line.pop()
         if not line or line[-1][1] != n:
             line.append((now, n))
-        if len(line) > self.config.timeline_points:  # thin out, keeping the latest point
+        if len(line) > TIMELINE_POINTS:  # thin out, keeping the latest point
             self.timeline = [*line[:-1:2], line[-1]]
 
     # the autoscaler
 
-    def desired(self, a: AutoscalerConfig) -> int:
+    def desired(self, a: AutoscalerSpec) -> int:
         engines = [m.engine for m in self.members]
         if a.metric == "in_flight":
             total = float(sum(e.load for e in engines) + len(self.queue))
@@ -351,7 +255,7 @@ class Fleet(Generic[R]):
         return min(max(want, a.min_replicas), a.max_replicas)
 
     def _autoscale(
-        self, a: AutoscalerConfig, active: Callable[[], bool]
+        self, a: AutoscalerSpec, active: Callable[[], bool]
     ) -> Generator[simpy.Event, Any, None]:
         env = self.env
         window: deque[tuple[float, int]] = deque()  # recent desired counts

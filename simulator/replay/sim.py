@@ -13,11 +13,12 @@ import simpy
 
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
+from scenarios.spec import FleetSpec
 from scenarios.table import RequestTable
 from scenarios.users import Ended, Send, Session, Users, horizon
 from simulator.engine.core import Engine, EngineConfig, EngineSequence
 from simulator.engine.drive import DriveLoop, EngineEvents, Jump, Sleep, Tokens, Usage
-from simulator.replay.fleet import Fleet, FleetConfig, FleetStats
+from simulator.replay.fleet import Fleet, FleetStats
 from simulator.replay.ledger import (
     ABANDONED,
     CANCELLED,
@@ -268,12 +269,14 @@ def simulate(
     replicas: int = 1,
     timeout_s: float = 60.0,
     record_chunks: bool = True,
-    fleet: FleetConfig | None = None,
+    fleet: FleetSpec | None = None,
+    gpus_per_replica: int = 1,
     jumps: bool = True,
 ) -> SimResult:
     """Run `plan` through `replicas` engines behind a router (join-shortest-queue by default;
-    `fleet` sets the routing, an admission limit, a central queue and an autoscaler, with which
-    `replicas` is the starting count, within its [min_replicas, max_replicas]).
+    `fleet`, a scenario's fleet section, sets the routing, an admission limit, a central queue
+    and an autoscaler, with which `replicas` is the starting count, within its [min_replicas,
+    max_replicas]; `gpus_per_replica` splits a cold start's model load, see `coldstart`).
 
     A request not finished `timeout_s` after it was sent is aborted (its KV blocks freed) and
     recorded as a timeout, as the load generator records one. Sessions unfold as the load
@@ -282,7 +285,7 @@ def simulate(
     than its patience cancels. With `jumps` off, engines step one step at a time (the same
     results, slower: the reference for the jumps' exactness).
     """
-    fleet = fleet or FleetConfig()
+    fleet = fleet or FleetSpec()
     scaler = fleet.autoscaler
     low = 1 if scaler is None else scaler.min_replicas
     high = replicas if scaler is None else scaler.max_replicas
@@ -297,7 +300,7 @@ def simulate(
     def expired(seq: EngineSequence, now: float) -> None:  # timed out in the fleet's queue
         clients.on_abort(seq, now)
 
-    pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired)
+    pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired, gpus_per_replica)
     clients = _Clients(env, plan, config, timeout_s, pool, record_chunks)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:

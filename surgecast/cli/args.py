@@ -118,11 +118,11 @@ def with_corpora(path: str, flag: str | None = None) -> Scenario:
 def checked_scenario(path: str, corpus_dir: str | None = None) -> Scenario:
     """load_scenario (`with_corpora`), and the checks that need the simulator's profiles (the
     fleet's model and GPU), so a bad one stops a pipeline before it sends anything."""
-    from simulator.replay.fleet_spec import fleet_from_spec
+    from simulator.replay.coldstart import load_seconds
 
     scenario = with_corpora(path, corpus_dir)
     try:
-        fleet_from_spec(scenario.fleet)
+        load_seconds(scenario.fleet.cold_start, scenario.cost.gpus_per_replica)
     except ValueError as e:
         raise ScenarioError(path, [str(e)]) from None
     return scenario
