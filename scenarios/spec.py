@@ -1,17 +1,17 @@
-"""Scenario files: a strict pydantic schema and a loader that reports every error at once."""
+"""Scenario files: a strict pydantic schema and a loader that reports every error at once.
+
+This module is the schema's public face: the `Scenario` and its sections, and the ones that
+live in modules of their own (distributions, target, fleet), are all importable from here.
+"""
 
 from __future__ import annotations
 
 import math
-import re
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
     Field,
     PrivateAttr,
     ValidationError,
@@ -19,12 +19,22 @@ from pydantic import (
     model_validator,
 )
 
-from scenarios.base import Strict
+from scenarios.base import Strict, validation_messages
 from scenarios.corpora import CORPUS_DIR_ENV, with_corpus_dir
+from scenarios.distributions import Constant, Distribution, LogNormal, Normal, Uniform
+from scenarios.fleet_spec import AutoscalerSpec, ColdStartSpec, FleetSpec
 from scenarios.messy import Messiness
+from scenarios.objectives import Regressions, Slos
 from scenarios.prompts import TextSource, WordsSource
-from scenarios.regress import Budget, parse_budget
-from scenarios.slo import Threshold, parse_threshold
+from scenarios.safe_yaml import MAX_NODES, parse_yaml
+from scenarios.slo import Threshold
+from scenarios.target_spec import (
+    ReferenceTargetSpec,
+    StepCostSpec,
+    TargetFaults,
+    TargetSpec,
+    check_base_url,
+)
 from scenarios.traces import TraceLengths, TraceReplay
 from scenarios.traffic import (
     ClosedUsers,
@@ -50,171 +60,25 @@ Arrival = Annotated[
     | TraceReplay,
     Field(discriminator="type"),
 ]
-
-
-class _Bounded(Strict):
-    min: int = Field(1, ge=0, description="Smallest value after sampling (clipped).")
-    max: int | None = Field(None, ge=1, description="Largest value after sampling (clipped).")
-
-    @model_validator(mode="after")
-    def _min_le_max(self) -> _Bounded:
-        if self.max is not None and self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-        return self
-
-
-class Constant(_Bounded):
-    dist: Literal["constant"]
-    value: int = Field(ge=1)
-
-
-class Uniform(_Bounded):
-    dist: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _low_le_high(self) -> Uniform:
-        if self.high < self.low:
-            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
-        return self
-
-
-class Normal(_Bounded):
-    dist: Literal["normal"]
-    mean: float = Field(gt=0)
-    std: float = Field(ge=0)
-
-
-class LogNormal(_Bounded):
-    dist: Literal["lognormal"]
-    median: float = Field(gt=0)
-    sigma: float = Field(ge=0, le=5)
-
-
-Distribution = Annotated[Constant | Uniform | Normal | LogNormal, Field(discriminator="dist")]
-
-
-def check_base_url(url: str) -> str:
-    """`url` if it is an http(s) URL with a host and a valid port; ValueError otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            "must be an http:// or https:// URL with a host, like http://127.0.0.1:8000/v1"
-        )
-    try:
-        parts.port  # noqa: B018 - raises ValueError when out of range
-    except ValueError:
-        raise ValueError("the port must be between 1 and 65535") from None
-    return url
-
-
-class TargetSpec(Strict):
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible base URL; null starts the built-in reference target."
-    )
-    api: Literal["chat", "completions"] = "chat"
-    model: str = "surgecast-reference"
-    api_key_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the env var with the key."
-    )
-    timeout_s: float = Field(60.0, gt=0, le=3600)
-    stream: bool = True
-    max_response_bytes: int = Field(
-        8 << 20,
-        ge=1024,
-        le=1 << 30,
-        description="A response body longer than this is cut off and the request fails as "
-        "response_too_large: bytes are counted, never kept.",
-    )
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    salt_prompts: bool = Field(
-        True,
-        description="Begin every conversation with a salt unique to the run, so a rerun does "
-        "not hit the server's prefix cache; false sends the same text every run.",
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        return None if v is None else check_base_url(v)
-
-
-class StepCostSpec(Strict):
-    base_ms: float = Field(12.0, ge=0, description="Fixed time of one engine step.")
-    per_decode_seq_ms: float = Field(0.4, ge=0, description="Added per sequence decoding.")
-    per_prefill_token_ms: float = Field(0.05, ge=0, description="Added per prompt token.")
-
-
-class TargetFaults(Strict):
-    """Faults the reference target injects on purpose, each a probability per request (one
-    draw per request picks at most one; their sum must be at most 1)."""
-
-    reject_429: float = Field(0.0, ge=0, le=1, description="Answer 429 with Retry-After.")
-    retry_after_s: float = Field(1.0, ge=0, le=3600, description="The Retry-After it sends.")
-    retry_after_date: bool = Field(
-        False, description="Send Retry-After as an HTTP-date (retry_after_s on, in whole seconds)."
-    )
-    error_500: float = Field(0.0, ge=0, le=1, description="Answer 500 before generating.")
-    reset_stream: float = Field(
-        0.0, ge=0, le=1, description="Cut the connection halfway through a streamed answer."
-    )
-    stall: float = Field(0.0, ge=0, le=1, description="Wait stall_s before the first token.")
-    stall_s: float = Field(5.0, ge=0, le=3600)
-    malformed_sse: float = Field(
-        0.0, ge=0, le=1, description="Write one event mid-stream without its `data:` prefix."
-    )
-    missing_usage: float = Field(
-        0.0, ge=0, le=1, description="Leave out the usage the client asked for."
-    )
-    slow_headers: float = Field(
-        0.0, ge=0, le=1, description="Wait slow_headers_s before the response headers."
-    )
-    slow_headers_s: float = Field(5.0, ge=0, le=3600)
-    oversized: float = Field(
-        0.0, ge=0, le=1, description="Stream one content chunk of oversized_bytes characters."
-    )
-    oversized_bytes: int = Field(1 << 20, ge=1, le=1 << 30)
-    die_after: int | None = Field(
-        None, ge=1, description="Exit abruptly (a crash) when this many requests have come."
-    )
-    seed: int = Field(0, ge=0, description="Seed of the fault draws.")
-
-    @model_validator(mode="after")
-    def _one_draw(self) -> TargetFaults:
-        if sum(self.chances().values()) > 1 + 1e-9:
-            raise ValueError("the fault probabilities add up to more than 1")
-        return self
-
-    def chances(self) -> dict[str, float]:
-        """Each per-request fault and its probability, in the order they are drawn."""
-        names = ("reject_429", "error_500", "reset_stream", "stall", "malformed_sse")
-        more = ("missing_usage", "slow_headers", "oversized")
-        return {n: float(getattr(self, n)) for n in (*names, *more)}
-
-    @property
-    def any(self) -> bool:
-        return any(self.chances().values()) or self.die_after is not None
-
-
-class ReferenceTargetSpec(Strict):
-    """The engine model that the built-in reference target serves."""
-
-    max_num_seqs: int = Field(32, ge=1, le=4096)
-    kv_cache_tokens: int = Field(65536, ge=16)
-    max_batched_tokens: int = Field(8192, ge=1)
-    cold_start_s: float = Field(0.5, ge=0, le=600)
-    step: StepCostSpec = StepCostSpec()
-    slowdown: float = Field(
-        1.0,
-        gt=0,
-        le=100,
-        description="Multiplies every step's time: 1.3 injects a 30% slowdown (gate tests).",
-    )
-    faults: TargetFaults = TargetFaults()
-    stream_interval: int = Field(
-        1, ge=1, le=64, description="Tokens per streamed chunk (vLLM's --stream-interval)."
-    )
+__all__ = [  # sections defined elsewhere, part of the schema here
+    "MAX_NODES",
+    "AutoscalerSpec",
+    "ColdStartSpec",
+    "Constant",
+    "Distribution",
+    "FleetSpec",
+    "LogNormal",
+    "Normal",
+    "ReferenceTargetSpec",
+    "Regressions",
+    "Slos",
+    "StepCostSpec",
+    "TargetFaults",
+    "TargetSpec",
+    "Uniform",
+    "check_base_url",
+    "validation_messages",
+]
 
 
 class Traffic(Strict):
@@ -427,179 +291,6 @@ class Forecast(Strict):
         return v
 
 
-class ColdStartSpec(Strict):
-    """How long a replica the autoscaler adds takes before it serves."""
-
-    provisioning_s: float = Field(0.0, ge=0, le=3600, description="Getting a machine.")
-    load_s: float | None = Field(
-        None,
-        ge=0,
-        le=3600,
-        description="Model load; default: model's weights / gpu's load bandwidth, else "
-        "reference_target.cold_start_s.",
-    )
-    model: str | None = Field(None, description="A model profile name (simulator.engine.profiles).")
-    gpu: str | None = Field(None, description="A GPU profile name (simulator.engine.profiles).")
-    init_s: float = Field(0.0, ge=0, le=3600, description="Engine start after the load.")
-    jitter: float = Field(
-        0.0, ge=0, le=2, description="Lognormal shape of the (load + init) factor; 0: fixed."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "tensor_parallel" in data:
-            raise ValueError(
-                "tensor_parallel: a replica's GPUs are set once, as cost.gpus_per_replica"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ColdStartSpec:
-        if (self.model is None) != (self.gpu is None):
-            missing = "model" if self.model is None else "gpu"
-            raise ValueError(f"{missing}: required beside the other")
-        if self.model is not None and self.load_s is not None:
-            raise ValueError("load_s: give either load_s or model and gpu, not both")
-        return self
-
-
-class AutoscalerSpec(Strict):
-    """Replicas follow a metric summed over the fleet: ceil(sum / target), within bounds."""
-
-    metric: Literal["in_flight", "queue", "kv"] = "in_flight"
-    target: float = Field(gt=0, description="Metric per replica the autoscaler aims at.")
-    interval_s: float = Field(15.0, gt=0, le=3600, description="Between evaluations.")
-    stabilisation_s: float = Field(
-        300.0, ge=0, le=86400, description="Scale down to the highest count wanted in it."
-    )
-    min_replicas: int = Field(1, ge=0, le=100000, description="0: scale to zero.")
-    max_replicas: int = Field(ge=1, le=100000)
-    initial_replicas: int | None = Field(None, ge=0, description="Default: min_replicas.")
-    keep_alive_s: float = Field(60.0, ge=0, le=86400, description="Idle time before removal.")
-
-    @property
-    def starting_replicas(self) -> int:
-        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalerSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas: must be <= max_replicas ({self.max_replicas}), "
-                f"got {self.min_replicas}"
-            )
-        n = self.initial_replicas
-        if n is not None and not self.min_replicas <= n <= self.max_replicas:
-            raise ValueError(
-                f"initial_replicas: must be in [min_replicas, max_replicas] = "
-                f"[{self.min_replicas}, {self.max_replicas}], got {n}"
-            )
-        return self
-
-
-class FleetSpec(Strict):
-    """How simulated replicas share traffic: routing, admission, autoscaling."""
-
-    routing: Literal[
-        "random", "round_robin", "least_outstanding", "least_kv", "prefix_affinity"
-    ] = "least_outstanding"
-    admission_limit: int | None = Field(
-        None, ge=0, description="Requests waiting fleet-wide beyond which one is refused (429)."
-    )
-    central_queue: bool = Field(
-        False, description="Requests wait at the fleet until a replica has a free batch slot."
-    )
-    affinity_overload: float = Field(
-        1.0, gt=0, le=100, description="prefix_affinity gives way at this x max_num_seqs."
-    )
-    retry_after_s: float | None = Field(
-        None, ge=0, le=3600, description="The Retry-After header of the fleet's 429s."
-    )
-    autoscaler: AutoscalerSpec | None = None
-    cold_start: ColdStartSpec = Field(default_factory=ColdStartSpec)
-    seed: int = Field(0, ge=0, description="Seeds random routing and cold-start draws.")
-
-
-def _latency_slo(expr: str) -> str:
-    parse_threshold("ttft", expr)  # any latency metric: rejects 'rate'
-    return expr
-
-
-def _rate_slo(expr: str) -> str:
-    parse_threshold("error_rate", expr)
-    return expr
-
-
-LatencySlo = Annotated[str, AfterValidator(_latency_slo)]
-RateSlo = Annotated[str, AfterValidator(_rate_slo)]
-
-
-class Slos(Strict):
-    """Objectives per metric, k6-style: latencies in milliseconds, error_rate a fraction."""
-
-    ttft: list[LatencySlo] = Field(default_factory=list)
-    itl: list[LatencySlo] = Field(default_factory=list)
-    tpot: list[LatencySlo] = Field(default_factory=list)
-    e2e: list[LatencySlo] = Field(default_factory=list)
-    error_rate: list[RateSlo] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        """A single expression may stand for a list of one."""
-        if isinstance(v, dict):
-            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
-        return v
-
-    def thresholds(self) -> list[Threshold]:
-        return [
-            parse_threshold(metric, expr)
-            for metric in type(self).model_fields
-            for expr in getattr(self, metric)
-        ]
-
-
-def _budget(metric: str) -> AfterValidator:
-    def check(expr: str) -> str:
-        parse_budget(metric, expr)
-        return expr
-
-    return AfterValidator(check)
-
-
-class Regressions(Strict):
-    """Regression budgets against a baseline run (`surgecast gate`), k6-style: `p(95) regress
-    < 10%` (relative) or `< 50` (absolute: ms, a fraction for error_rate, req/s for throughput
-    and goodput, which regress when they fall). A metric fails only when its regression is
-    significant (its bootstrap interval excludes 0) and over budget."""
-
-    ttft: list[Annotated[str, _budget("ttft")]] = Field(default_factory=list)
-    itl: list[Annotated[str, _budget("itl")]] = Field(default_factory=list)
-    tpot: list[Annotated[str, _budget("tpot")]] = Field(default_factory=list)
-    e2e: list[Annotated[str, _budget("e2e")]] = Field(default_factory=list)
-    error_rate: list[Annotated[str, _budget("error_rate")]] = Field(default_factory=list)
-    throughput: list[Annotated[str, _budget("throughput")]] = Field(default_factory=list)
-    goodput: list[Annotated[str, _budget("goodput")]] = Field(default_factory=list)
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Of the bootstrap intervals.")
-    resamples: int = Field(2000, ge=200, le=100000, description="Bootstrap resamples.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        """A single expression may stand for a list of one."""
-        if isinstance(v, dict):
-            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
-        return v
-
-    def budgets(self) -> list[Budget]:
-        return [
-            parse_budget(metric, expr)
-            for metric in ("ttft", "itl", "tpot", "e2e", "error_rate", "throughput", "goodput")
-            for expr in getattr(self, metric)
-        ]
-
-
 class Persona(Strict):
     """One kind of user in a weighted mix; any section left out is the scenario's own."""
 
@@ -703,213 +394,6 @@ class ScenarioError(Exception):
 
 
 MAX_SCENARIO_BYTES = 256 * 1024  # a scenario file is a few KB; larger ones are refused
-MAX_DEPTH = 64  # nesting of mappings and lists, aliases expanded
-MAX_NODES = 20_000  # values in the document with every alias expanded (alias bombs)
-MAX_INT_DIGITS = 18  # larger integers are refused before conversion (no int fits a field)
-_SHOWN_CHARS = 80  # values quoted in messages are cut to this length
-
-
-def _where(node: yaml.Node | yaml.Event) -> str:
-    mark = node.start_mark
-    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(no position)"
-
-
-try:  # libyaml parses in C: linear time on any input (pure-Python PyYAML is slow on some)
-    from yaml import CSafeLoader as _SafeLoader
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
-
-
-class _UniqueKeyLoader(_SafeLoader):
-    """SafeLoader that rejects duplicate and non-scalar mapping keys and out-of-range numbers,
-    collecting each problem (with its line and column) instead of stopping at the first."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.problems: list[str] = []
-        self.keys: list[str] = []  # the field path to the value being constructed
-
-    def problem(self, node: yaml.Node, text: str) -> None:
-        where = f"{_where(node)}: " + (".".join(self.keys) + ": " if self.keys else "")
-        self.problems.append(where + text)
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
-            loader.problem(key_node, f"a {kind} as a mapping key; keys must be plain names")
-            continue
-        key = loader.construct_object(key_node)
-        if key in seen:
-            loader.problem(key_node, f"duplicate key {_shown(key)}")
-            continue
-        loader.keys.append(str(key)[:40])
-        seen[key] = loader.construct_object(value_node, deep=True)
-        loader.keys.pop()
-    return seen
-
-
-def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int | None:
-    digits = sum(c.isalnum() for c in str(node.value))
-    if digits > MAX_INT_DIGITS:
-        loader.problem(
-            node, f"integer with {digits} digits is out of range (at most {MAX_INT_DIGITS} digits)"
-        )
-        return None
-    return int(loader.construct_yaml_int(node))
-
-
-def _construct_float(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> float | None:
-    value = float(loader.construct_yaml_float(node))
-    if not math.isfinite(value):
-        loader.problem(node, f"{_shown(node.value)} is not a finite number; give a number")
-        return None
-    return value
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
-
-
-def _shown(value: Any) -> str:
-    """repr of `value` cut to about 80 characters; bounded work on any size of value."""
-    short = reprlib.Repr()
-    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, _SHOWN_CHARS, 40, 40
-    text = short.repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
-
-
-def _check_events(text: str) -> list[str]:
-    """Nesting deeper than MAX_DEPTH, or far more than MAX_NODES values, in the text itself,
-    found from the event stream (no recursion), before composing the document."""
-    depth = 0
-    for n, event in enumerate(yaml.parse(text, Loader=_SafeLoader)):
-        if n > 2 * MAX_NODES:  # an event starts and one ends each collection
-            return [
-                f"{_where(event)}: more than {MAX_NODES:,} "
-                "values in the document; a scenario needs far fewer"
-            ]
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                return [
-                    f"{_where(event)}: nested deeper than {MAX_DEPTH} levels; flatten the document"
-                ]
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-    return []
-
-
-def _check_graph(root: yaml.Node) -> list[str]:
-    """The document's size and depth with every alias expanded, bounded by MAX_NODES and
-    MAX_DEPTH (an alias bomb is small as text and huge expanded), and no alias to itself.
-    Iterative post-order walk; each node's expanded (size, depth) is computed once."""
-    done: dict[int, tuple[int, int]] = {}
-    open_: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        key = id(node)
-        children = _children(node)
-        if expanded:
-            open_.discard(key)
-            size = 1 + sum(done[id(c)][0] for c in children)
-            depth = 1 + max((done[id(c)][1] for c in children), default=0)
-            if size > MAX_NODES:
-                return [
-                    f"{_where(node)}: expands to more than {MAX_NODES:,} values with its "
-                    "aliases (&anchor / *alias) expanded; use fewer aliases"
-                ]
-            if depth > MAX_DEPTH:
-                return [f"{_where(node)}: nested deeper than {MAX_DEPTH} levels through aliases"]
-            done[key] = (size, depth)
-            continue
-        if key in done:
-            continue
-        if key in open_:
-            return [f"{_where(node)}: an alias refers to the value that contains it"]
-        open_.add(key)
-        stack.append((node, True))
-        for c in children:
-            if id(c) in open_:
-                return [f"{_where(c)}: an alias refers to the value that contains it"]
-            if id(c) not in done:
-                stack.append((c, False))
-    return []
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return []
-
-
-def parse_yaml(text: str) -> tuple[Any, list[str]]:
-    """The YAML document in `text` and the problems found in it (depth, alias expansion,
-    keys, numbers), each with its line and column; the data is None when unusable.
-    yaml.YAMLError for text that is not YAML."""
-    problems = _check_events(text)
-    if problems:
-        return None, problems
-    loader = _UniqueKeyLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, []
-        problems = _check_graph(root)
-        if problems:
-            return None, problems
-        data = loader.construct_document(root)
-    finally:
-        loader.dispose()
-    return (None, loader.problems) if loader.problems else (data, [])
-
-
-_BRANCH = re.compile(r"^(tagged-union|function-(after|before|wrap|plain)|literal|union)\[")
-
-
-def _loc(loc: tuple[int | str, ...], data: Any) -> str:
-    """Dotted field path, without the union tags pydantic inserts (`prompt_tokens.lognormal.x`,
-    `arrival.tagged-union[...].gamma.rate`)."""
-    parts: list[str] = []
-    node = data
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-            continue
-        tag = isinstance(node, dict) and item not in node
-        if (tag and item in (node.get("dist"), node.get("type"))) or _BRANCH.match(item):
-            continue  # a union's branch or discriminator tag, not a field
-        parts.append(("." if parts else "") + str(item))
-        node = node.get(item) if isinstance(node, dict) else None
-    return "".join(parts) or "(top level)"
-
-
-def _relevant(err: Any) -> bool:
-    """False for a union branch that cannot be what was meant: a mapping tried as a literal
-    (`arrival: {type: gamma, ...}` against `arrival: poisson`)."""
-    return not (err["type"] == "literal_error" and isinstance(err["input"], dict))
-
-
-def _format(err: Any, data: Any) -> str:
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    where = _loc(err["loc"], data)
-    value = err["input"]
-    if not err["loc"]:  # a check across sections: its message names its own fields
-        return msg
-    if err["type"] == "missing":
-        return f"{where}: required field is missing"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown field (got {_shown(value)})"
-    if isinstance(value, dict | list) or _shown(value) in msg:
-        return f"{where}: {msg}"
-    return f"{where}: {msg}, got {_shown(value)}"
 
 
 def parse_scenario(data: Any, path: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
@@ -923,12 +407,6 @@ def parse_scenario(data: Any, path: str = "<scenario>", base_dir: Path | None = 
         return scenario
     except ValidationError as e:
         raise ScenarioError(path, validation_messages(e, data)) from None
-
-
-def validation_messages(error: ValidationError, data: Any) -> list[str]:
-    """Each problem pydantic found in `data`, as `field.path: what is wrong, got value`."""
-    errors = [err for err in error.errors() if _relevant(err)] or error.errors()
-    return [_format(err, data) for err in errors]
 
 
 def load_scenario(
