@@ -142,15 +142,6 @@ def _send_distributed(
     from loadgen.distributed import DistributedError, Master, assignment
 
     port = scale.bind_port or _free_port(scale.bind_host)
-    local = scale.processes if scale.processes > 1 else 0
-    print(
-        f"master on {scale.bind_host}:{port}: "
-        + (f"{local} local worker processes" if local else "")
-        + (" and " if local and scale.remote else "")
-        + (f"waiting for {scale.remote} remote workers" if scale.remote else ""),
-        file=sys.stderr,
-        flush=True,
-    )
     master = Master(scale.bind_host, port, outputs.records)
     every_s = scenario.telemetry.interval_s
 
@@ -168,12 +159,7 @@ def _send_distributed(
     failure = None
     try:
         with master.catching_signals():
-            host = "127.0.0.1" if scale.bind_host in ("*", "0.0.0.0") else scale.bind_host
-            command = [sys.executable, "-m", "surgecast", "worker"]
-            command += ["--master-host", host, "--master-port", str(port)]
-            # each in a session of its own: a terminal's Ctrl-C reaches the master only, which
-            # stops them (their requests in flight get their grace)
-            children = [subprocess.Popen(command, start_new_session=True) for _ in range(local)]
+            children = _start_workers(scale, port)
             workers = master.wait_for_workers(scale.workers, scale.connect_timeout_s)
             work = assignment(plan, scenario, endpoint, prompts)
             master.run(
@@ -191,6 +177,25 @@ def _send_distributed(
             except subprocess.TimeoutExpired:
                 child.kill()
     return Sent(master.generator(failure), master.stopping_signal(), master.skipped)
+
+
+def _start_workers(scale: ScaleOut, port: int) -> list[subprocess.Popen[bytes]]:
+    """The worker processes this host runs (`surgecast worker`), said with those awaited."""
+    local = scale.processes if scale.processes > 1 else 0
+    print(
+        f"master on {scale.bind_host}:{port}: "
+        + (f"{local} local worker processes" if local else "")
+        + (" and " if local and scale.remote else "")
+        + (f"waiting for {scale.remote} remote workers" if scale.remote else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    host = "127.0.0.1" if scale.bind_host in ("*", "0.0.0.0") else scale.bind_host
+    command = [sys.executable, "-m", "surgecast", "worker"]
+    command += ["--master-host", host, "--master-port", str(port)]
+    # each in a session of its own: a terminal's Ctrl-C reaches the master only, which stops
+    # them (their requests in flight get their grace)
+    return [subprocess.Popen(command, start_new_session=True) for _ in range(local)]
 
 
 def _end_timeout(plan: list[RequestSpec], endpoint: Endpoint) -> float:

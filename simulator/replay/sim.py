@@ -313,8 +313,12 @@ def simulate(
     env.run(until=until)
     for member in pool.history:
         member.replica.settle()
-    ledger = clients.ledger
-    ledger.close(timeout_s)
+    clients.ledger.close(timeout_s)
+    return _result(clients.ledger, pool, until, fixed=scaler is None)
+
+
+def _result(ledger: Ledger, pool: Fleet[Replica], until: float, fixed: bool) -> SimResult:
+    """The run's records as columns, and what its replicas did over the records' span."""
     table = ledger.table()
     first = float(table.start.min()) if len(table) else 0.0
     last = float(np.fmax(table.end, table.start).max()) if len(table) else 0.0
@@ -326,7 +330,7 @@ def simulate(
     preempted = sum(m.engine.scheduler.num_preemptions for m in pool.history)
     stats = pool.stats(first, last)
     # replica-seconds: for a fixed fleet, its size x the span (as before autoscaling existed)
-    per = max(span, 1e-9) * len(pool.history) if scaler is None else stats.replica_seconds
+    per = max(span, 1e-9) * len(pool.history) if fixed else stats.replica_seconds
     per = max(per, 1e-9)
     usage = [m.replica.usage for m in pool.history]
     final = table.select(~table.retried)

@@ -26,6 +26,12 @@ Subparsers = argparse._SubParsersAction
 
 
 def register(sub: Subparsers) -> None:
+    _add_compare(sub)
+    _add_gate(sub)
+    _add_report(sub)
+
+
+def _add_compare(sub: Subparsers) -> None:
     s = sub.add_parser(
         "compare",
         help="compare candidate runs with baseline runs, with bootstrap intervals",
@@ -51,6 +57,8 @@ def register(sub: Subparsers) -> None:
     )
     s.set_defaults(func=cmd_compare)
 
+
+def _add_gate(sub: Subparsers) -> None:
     s = sub.add_parser(
         "gate",
         help="fail a CI job when the candidate regressed beyond the scenario's budgets",
@@ -88,6 +96,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     s.set_defaults(func=cmd_gate)
 
+
+def _add_report(sub: Subparsers) -> None:
     s = sub.add_parser(
         "report",
         help="(re)render index.html and summary.md of a run folder",

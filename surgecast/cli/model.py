@@ -27,6 +27,14 @@ Subparsers = argparse._SubParsersAction
 
 
 def register(sub: Subparsers) -> None:
+    _add_calibrate(sub)
+    _add_backtest(sub)
+    _add_simulate(sub)
+    _add_forecast(sub)
+    _add_schema(sub)
+
+
+def _add_calibrate(sub: Subparsers) -> None:
     s = sub.add_parser(
         "calibrate",
         help="fit the engine model to measured runs, or sweep a target and fit",
@@ -54,6 +62,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--no-backtest", action="store_true", help="skip back-testing the runs")
     s.set_defaults(func=cmd_calibrate)
 
+
+def _add_backtest(sub: Subparsers) -> None:
     s = sub.add_parser(
         "backtest",
         help="predict measured runs with a calibration (held-out runs) and compare",
@@ -68,6 +78,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
     s.set_defaults(func=cmd_backtest)
 
+
+def _add_simulate(sub: Subparsers) -> None:
     s = sub.add_parser(
         "simulate",
         help="run a scenario through a calibrated model",
@@ -80,6 +92,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--out", help="run folder (default: reports/<run-id>)")
     s.set_defaults(func=cmd_simulate)
 
+
+def _add_forecast(sub: Subparsers) -> None:
     s = sub.add_parser(
         "forecast",
         help="fewest replicas meeting the SLOs at each traffic scale",
@@ -91,6 +105,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--json", dest="json_out", help="also write the forecast as JSON here")
     s.set_defaults(func=cmd_forecast)
 
+
+def _add_schema(sub: Subparsers) -> None:
     s = sub.add_parser(
         "schema",
         help="write the JSON Schema of each run-folder document (run, summary, calibration, ...)",

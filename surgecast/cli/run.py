@@ -29,6 +29,13 @@ Subparsers = argparse._SubParsersAction
 
 
 def register(sub: Subparsers) -> None:
+    _add_pipeline(sub)
+    _add_run(sub)
+    _add_worker(sub)
+    _add_plan(sub)
+
+
+def _add_pipeline(sub: Subparsers) -> None:
     s = sub.add_parser(
         "pipeline",
         help="run, calibrate, back-test, forecast and report in one go",
@@ -48,6 +55,8 @@ def register(sub: Subparsers) -> None:
     engine_flags(s)
     s.set_defaults(func=cmd_pipeline)
 
+
+def _add_run(sub: Subparsers) -> None:
     s = sub.add_parser(
         "run",
         help="load-test a target with a scenario (via Locust: open loop, sessions, closed users)",
@@ -70,6 +79,8 @@ def register(sub: Subparsers) -> None:
     _scale_out_flags(s)
     s.set_defaults(func=cmd_run)
 
+
+def _add_worker(sub: Subparsers) -> None:
     s = sub.add_parser(
         "worker",
         help="a generator process for a `surgecast run --master` elsewhere",
@@ -85,6 +96,8 @@ def register(sub: Subparsers) -> None:
     )
     s.set_defaults(func=cmd_worker)
 
+
+def _add_plan(sub: Subparsers) -> None:
     s = sub.add_parser(
         "plan",
         help="show what a scenario will send, without sending it",

@@ -24,6 +24,11 @@ Subparsers = argparse._SubParsersAction
 
 
 def register(sub: Subparsers) -> None:
+    _add_serve(sub)
+    _add_target(sub)
+
+
+def _add_serve(sub: Subparsers) -> None:
     s = sub.add_parser(
         "serve",
         help="start the reference target (OpenAI-compatible) on loopback",
@@ -55,6 +60,12 @@ def register(sub: Subparsers) -> None:
         help="multiply every engine step's time, e.g. 1.1 for a 10%% slowdown (regression "
         "drills; default: the scenario's reference_target.slowdown, else 1)",
     )
+    _connection_flags(s)
+    s.set_defaults(func=cmd_serve)
+
+
+def _connection_flags(s: argparse.ArgumentParser) -> None:
+    """Who may connect, and how long a slow or idle client is given."""
     s.add_argument(
         "--exit-with-parent",
         action="store_true",
@@ -87,8 +98,9 @@ def register(sub: Subparsers) -> None:
         help="close a connection that has not sent a whole request's headers S seconds after "
         "it opened or after its last answer (slow or idle clients; default 15)",
     )
-    s.set_defaults(func=cmd_serve)
 
+
+def _add_target(sub: Subparsers) -> None:
     s = sub.add_parser(
         "target",
         help="build (or restore) and start a real engine on loopback",
