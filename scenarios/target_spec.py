@@ -3,6 +3,7 @@ built-in reference target serves (`reference_target`, with the faults it may inj
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -108,9 +109,32 @@ class TargetFaults(Strict):
         more = ("missing_usage", "slow_headers", "oversized")
         return {n: float(getattr(self, n)) for n in (*names, *more)}
 
+    def draws(self) -> FaultDraws:
+        """The faults of successive requests, as the reference target draws them."""
+        return FaultDraws(self)
+
     @property
     def any(self) -> bool:
         return any(self.chances().values()) or self.die_after is not None
+
+
+class FaultDraws:
+    """Each request's injected fault in the order requests come: one uniform draw per request
+    from a generator seeded by `faults.seed`, picking at most one fault by its probability. The
+    reference target draws so, and the simulator as its twin."""
+
+    def __init__(self, faults: TargetFaults):
+        self.chances = faults.chances()
+        self._rng = random.Random(faults.seed)
+
+    def next(self) -> str | None:
+        """The next request's fault (a TargetFaults field name), or None."""
+        draw = self._rng.random()
+        for name, chance in self.chances.items():
+            if draw < chance:
+                return name
+            draw -= chance
+        return None
 
 
 class ReferenceTargetSpec(Strict):

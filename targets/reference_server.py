@@ -14,7 +14,6 @@ import hmac
 import json
 import math
 import os
-import random
 import sys
 import time
 import uuid
@@ -198,7 +197,7 @@ class ReferenceServer:
         self.stream_interval = stream_interval  # tokens per chunk, as vLLM's --stream-interval
         self.model = model
         self.faults = faults or TargetFaults()
-        self._fault_rng = random.Random(self.faults.seed)
+        self._faults = self.faults.draws()
         self._requests = 0
         self.live: LiveEngine | None = None
         self.served: deque[ServedRequest] = deque(maxlen=history)
@@ -351,12 +350,7 @@ class ReferenceServer:
         self._requests += 1
         if self.faults.die_after is not None and self._requests >= self.faults.die_after:
             asyncio.get_running_loop().call_soon(os._exit, 70)  # a crash: no cleanup, no reply
-        draw = self._fault_rng.random()
-        for name, chance in self.faults.chances().items():
-            if draw < chance:
-                return name
-            draw -= chance
-        return None
+        return self._faults.next()
 
     def _fault_response(
         self, fault: str, rid: str, received: float, prompt_tokens: int

@@ -19,13 +19,18 @@ from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
 from scenarios.table import STATUSES, RequestTable
 
-OK, CANCELLED, TIMEOUT, REJECTED = (
-    STATUSES.index(s) for s in ("ok", "cancelled", "timeout", "rejected")
+OK, ERROR, CANCELLED, TIMEOUT, REJECTED = (
+    STATUSES.index(s) for s in ("ok", "error", "cancelled", "timeout", "rejected")
 )
 UNSENT = -1
-KINDS = ("abandoned", "context_length", "http_429", "timeout")  # sorted, as RequestTable keeps
-ABANDONED, CONTEXT_LENGTH, HTTP_429, TIMED_OUT = range(len(KINDS))
-OVERLOADED = "overloaded: the fleet's admission queue is full"
+# sorted, as RequestTable keeps them
+KINDS = ("abandoned", "context_length", "http_429", "http_500", "timeout")
+ABANDONED, CONTEXT_LENGTH, HTTP_429, HTTP_500, TIMED_OUT = range(len(KINDS))
+HTTP_STATUS = {HTTP_429: 429, HTTP_500: 500}
+DETAILS = {
+    HTTP_429: "rate limited: the fleet's admission queue is full, or the target injected a 429",
+    HTTP_500: "internal error injected by the target",
+}
 
 
 class Ledger:
@@ -42,8 +47,8 @@ class Ledger:
         self.output = array("q", [0]) * n
         self.attempt = array("h", [0]) * n
         self.chunks: dict[int, list[float]] | None = {} if keep_chunks else None
-        # (row, intended, start, end, attempt) of attempts refused with a 429 and retried
-        self.retried: list[tuple[int, float, float, float, int]] = []
+        # (row, intended, start, end, attempt, status, kind) of failed attempts that were retried
+        self.retried: list[tuple[int, float, float, float, int, int, int]] = []
 
     def send(self, i: int, intended: float, start: float, attempt: int) -> None:
         self.intended[i], self.start[i], self.attempt[i] = intended, start, attempt
@@ -56,8 +61,9 @@ class Ledger:
         self.status[i], self.kind[i], self.end[i] = status, kind, end
 
     def retry(self, i: int) -> None:
-        """The latest attempt (a 429) is retried: keep it apart, the row takes the next."""
-        self.retried.append((i, self.intended[i], self.start[i], self.end[i], self.attempt[i]))
+        """The latest attempt (a 429 or 500) is retried: keep it apart, the row takes the next."""
+        kept = (self.intended[i], self.start[i], self.end[i], self.attempt[i])
+        self.retried.append((i, *kept, self.status[i], self.kind[i]))
 
     def time_out(self, i: int, end: float) -> None:
         """The client stopped at its deadline `end`: what came after it was never seen."""
@@ -101,8 +107,8 @@ class Ledger:
                 "lateness": r[2] - r[1],
                 "first_token": np.full(len(r[0]), np.nan),
                 "end": r[3],
-                "status": np.full(len(r[0]), REJECTED, np.int8),
-                "error_kind": np.full(len(r[0]), HTTP_429, np.int16),
+                "status": r[5].astype(np.int8),
+                "error_kind": r[6].astype(np.int16),
                 "output_tokens": np.zeros(len(r[0]), np.int64),
                 "attempt": r[4].astype(np.int16),
                 "retried": np.ones(len(r[0]), bool),
@@ -119,7 +125,8 @@ class Ledger:
         code = {name: i for i, name in enumerate(names)}
         persona = np.fromiter((code[s.persona] for s in self.plan), np.int16, len(self.plan))
         gaps, gap_row, max_gap = self._gaps(rows, cols["status"] == OK)
-        examples = (("http_429", OVERLOADED),) if (cols["error_kind"] == HTTP_429).any() else ()
+        seen = set(np.unique(cols["error_kind"]).tolist())
+        examples = tuple((KINDS[k], detail) for k, detail in DETAILS.items() if k in seen)
         return RequestTable(
             **cast(dict[str, Any], cols),
             persona=persona[rows],
@@ -172,8 +179,8 @@ class Ledger:
                     token_source="plan",
                     status=STATUSES[int(cols["status"][j])],
                     error_kind=KINDS[kind] if kind >= 0 else None,
-                    http_status=429 if kind == HTTP_429 else None,
-                    error_detail=OVERLOADED if kind == HTTP_429 else None,
+                    http_status=HTTP_STATUS.get(kind),
+                    error_detail=DETAILS.get(kind),
                     source="simulated",
                     persona=spec.persona,
                     session=spec.session,

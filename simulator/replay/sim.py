@@ -13,7 +13,7 @@ import simpy
 
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
-from scenarios.spec import FleetSpec
+from scenarios.spec import FleetSpec, TargetFaults
 from scenarios.table import RequestTable
 from scenarios.users import Ended, Send, Session, Users, horizon
 from simulator.engine.core import Engine, EngineConfig, EngineSequence
@@ -23,7 +23,9 @@ from simulator.replay.ledger import (
     ABANDONED,
     CANCELLED,
     CONTEXT_LENGTH,
+    ERROR,
     HTTP_429,
+    HTTP_500,
     KINDS,
     OK,
     REJECTED,
@@ -162,6 +164,7 @@ class _Clients:
         timeout_s: float,
         fleet: Fleet[Replica],
         keep_chunks: bool,
+        faults: TargetFaults | None = None,
     ):
         self.env = env
         self.timeout_s = timeout_s
@@ -175,6 +178,8 @@ class _Clients:
         self._seqs: dict[int, EngineSequence] = {}  # a patient request's latest attempt
         self.retry_after_s = fleet.config.retry_after_s
         self.outstanding = len(self.users.openers)
+        self.faults = faults if faults is not None and faults.any else None
+        self._faults = self.faults.draws() if self.faults else None
 
     def arrivals(self) -> Generator[simpy.Event, Any, None]:
         env, users = self.env, self.users
@@ -191,6 +196,8 @@ class _Clients:
         i = self.index[spec.id]
         self._sessions[i] = session
         ledger.send(i, command.intended, command.at, command.attempt)
+        if self._faults is not None and self._injected(i, self._faults.next()):
+            return
         seq = EngineSequence(spec.id, spec.prompt_tokens, spec.max_tokens, spec.prefix)
         if seq.prompt_tokens + seq.max_tokens > self.capacity:
             ledger.fail(i, REJECTED, CONTEXT_LENGTH, now)
@@ -204,6 +211,21 @@ class _Clients:
             if command.attempt == 0:  # one patience per request, over its attempts
                 self._later(command.give_up, lambda: self._patience(i, command.give_up))
             self._seqs[i] = seq
+
+    def _injected(self, i: int, fault: str | None) -> bool:
+        """Answer as the reference target does a fault it injects before generating (a 429 with
+        its Retry-After, a 500); True if it did. Its other faults change no outcome here."""
+        now = self.env.now
+        if fault == "reject_429":
+            assert self.faults is not None
+            self.ledger.fail(i, REJECTED, HTTP_429, now)
+            self._ended(i, Ended("rejected", now, 429, self.faults.retry_after_s))
+            return True
+        if fault == "error_500":
+            self.ledger.fail(i, ERROR, HTTP_500, now)
+            self._ended(i, Ended("error", now, 500))
+            return True
+        return False
 
     def _ended(self, i: int, ended: Ended) -> None:
         """Row `i`'s attempt ended so: its user's next command, sent at its time."""
@@ -271,12 +293,15 @@ def simulate(
     record_chunks: bool = True,
     fleet: FleetSpec | None = None,
     gpus_per_replica: int = 1,
+    faults: TargetFaults | None = None,
     jumps: bool = True,
 ) -> SimResult:
     """Run `plan` through `replicas` engines behind a router (join-shortest-queue by default;
     `fleet`, a scenario's fleet section, sets the routing, an admission limit, a central queue
     and an autoscaler, with which `replicas` is the starting count, within its [min_replicas,
     max_replicas]; `gpus_per_replica` splits a cold start's model load, see `coldstart`).
+    With `faults`, requests meet the 429s and 500s the reference target would inject (drawn
+    alike, in the order they reach the fleet): the simulator as its twin.
 
     A request not finished `timeout_s` after it was sent is aborted (its KV blocks freed) and
     recorded as a timeout, as the load generator records one. Sessions unfold as the load
@@ -301,7 +326,7 @@ def simulate(
         clients.on_abort(seq, now)
 
     pool = Fleet(env, fleet, config, make, replicas, timeout_s, expired, gpus_per_replica)
-    clients = _Clients(env, plan, config, timeout_s, pool, record_chunks)
+    clients = _Clients(env, plan, config, timeout_s, pool, record_chunks, faults)
     events.first_token.add_listener(clients.on_first_token)
     if record_chunks:
         events.tokens.add_listener(clients.on_tokens)
