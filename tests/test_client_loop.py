@@ -70,8 +70,11 @@ def _scenario(tmp: Path) -> dict[str, object]:
     )
 
 
+Both = tuple[list[RequestRecord], list[RequestRecord], float]
+
+
 @pytest.fixture(scope="module")
-def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[RequestRecord], ...]:
+def both(tmp_path_factory: pytest.TempPathFactory) -> Both:
     """(live records, simulated records, the plan's horizon) of the one plan."""
     tmp = tmp_path_factory.mktemp("loop")
     path = write_scenario(tmp / "s.yaml", _scenario(tmp))
@@ -88,7 +91,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[RequestRecord],
         )
     plan = with_text(build_plan(scenario))
     sim = simulate(plan, engine, timeout_s=scenario.target.timeout_s, faults=spec.faults)
-    return read_records(records), sim.records, [horizon(plan, scenario.target.timeout_s)]
+    return read_records(records), sim.records, horizon(plan, scenario.target.timeout_s)
 
 
 def _attempts(records: list[RequestRecord]) -> dict[str, list[RequestRecord]]:
@@ -103,7 +106,7 @@ def _outcome(r: RequestRecord) -> tuple[object, ...]:
     return (r.attempt, r.status, failed_with, r.error_kind == "abandoned", r.retried)
 
 
-def test_every_request_ends_the_same_way_on_both_clocks(both: tuple) -> None:
+def test_every_request_ends_the_same_way_on_both_clocks(both: Both) -> None:
     live, sim, _ = both
     live_by, sim_by = _attempts(live), _attempts(sim)
     assert live_by.keys() == sim_by.keys()  # the same follow-ups sent, the same ones skipped
@@ -117,7 +120,7 @@ def test_every_request_ends_the_same_way_on_both_clocks(both: tuple) -> None:
     assert any(r.turn == 2 and r.status == "ok" for r in every)
 
 
-def test_times_agree_within_the_targets_noise(both: tuple) -> None:
+def test_times_agree_within_the_targets_noise(both: Both) -> None:
     live, sim, _ = both
     live_by, sim_by = _attempts(live), _attempts(sim)
     for rid, attempts in live_by.items():
@@ -133,8 +136,8 @@ def test_times_agree_within_the_targets_noise(both: tuple) -> None:
                 assert (b.end or 0) - b.intended_start == pytest.approx(PATIENCE_S, abs=1e-6)
 
 
-def test_every_request_ends_within_the_one_horizon(both: tuple) -> None:
-    live, sim, (end,) = both
+def test_every_request_ends_within_the_one_horizon(both: Both) -> None:
+    live, sim, end = both
     assert math.isfinite(end)
     for records in (live, sim):
         assert max(r.end or r.start for r in records) < end
