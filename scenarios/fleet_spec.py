@@ -31,10 +31,14 @@ class ColdStartSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
+        """tensor_parallel moved to cost.gpus_per_replica; a run.json written before keeps
+        its default (1), which says nothing and is dropped."""
         if isinstance(data, dict) and "tensor_parallel" in data:
-            raise ValueError(
-                "tensor_parallel: a replica's GPUs are set once, as cost.gpus_per_replica"
-            )
+            if data["tensor_parallel"] != 1:
+                raise ValueError(
+                    "tensor_parallel: a replica's GPUs are set once, as cost.gpus_per_replica"
+                )
+            data = {k: v for k, v in data.items() if k != "tensor_parallel"}
         return data
 
     @model_validator(mode="after")

@@ -535,7 +535,7 @@ def test_scenario_fleet_section() -> None:
         ({"cold_start": {"model": "Llama-3-8B"}}, "fleet.cold_start: gpu: required"),
         ({"autoscaler": {"target": 0, "max_replicas": 2}}, "fleet.autoscaler.target"),
         (
-            {"cold_start": {"tensor_parallel": 2}},
+            {"cold_start": {"tensor_parallel": 2}},  # 1, the default, reads as before
             "fleet.cold_start: tensor_parallel: a replica's GPUs are set once, as "
             "cost.gpus_per_replica",
         ),
