@@ -286,10 +286,10 @@ def summarize_table(
     own = persona_thresholds or {}
     by_persona = {}
     if len(present) > 1 or own:
-        by_persona = {
+        by_persona = {  # a persona is judged by its own objectives, on its requests alone
             attempts.personas[code]: summarize_table(
                 attempts.select(attempts.persona == code),
-                [*thresholds, *own.get(attempts.personas[code], [])],
+                own.get(attempts.personas[code], []),
                 window=window,
             )
             for code in present

@@ -10,9 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from scenarios.metrics import check_slos
 from scenarios.regress import Budget
+from scenarios.slo import Threshold
 from scenarios.spec import Scenario, parse_scenario
+from scenarios.table import RequestTable
 from surgecast.compare import (
     Change,
     Comparison,
@@ -88,18 +92,34 @@ def judge_budget(budget: Budget, change: Change) -> Verdict:
 
 
 def judge_slos(scenario: Scenario, candidate: Sequence[Run]) -> list[Verdict]:
-    """Each scenario-wide SLO on each candidate run: it fails when any run misses it."""
-    thresholds = scenario.thresholds()
-    results = [check_slos(r.table, thresholds) for r in candidate]
+    """Each SLO on each candidate run, as `surgecast run` judges it: the scenario-wide ones on
+    all requests, a persona's own on its requests alone (where the run has any); one fails when
+    any run misses it."""
+    checks: list[tuple[str | None, Threshold]] = [(None, t) for t in scenario.thresholds()]
+    for name, own in scenario.persona_thresholds().items():
+        checks += [(name, t) for t in own]
     verdicts = []
-    for i, t in enumerate(thresholds):
-        per_run = [res[i] for res in results]
-        observed = ", ".join(f"{s.observed:.4g}" for s in per_run)
-        passed = all(s.passed for s in per_run)
-        runs = ", ".join(r.label for r in candidate)
-        message = f"{t.metric}: {t.expr} observed {observed} on {runs}"
-        verdicts.append(Verdict("slo", str(t), passed, observed, "", message))
+    for persona, t in checks:
+        tables = [(r.label, _requests_of(r.table, persona)) for r in candidate]
+        results = [(label, check_slos(table, [t])[0]) for label, table in tables if len(table)]
+        if not results:
+            continue  # no request of the persona: nothing to judge
+        observed = ", ".join(f"{s.observed:.4g}" for _, s in results)
+        passed = all(s.passed for _, s in results)
+        name = f"{persona}: {t}" if persona else str(t)
+        runs = ", ".join(label for label, _ in results)
+        message = f"{name} observed {observed} on {runs}"
+        verdicts.append(Verdict("slo", name, passed, observed, "", message))
     return verdicts
+
+
+def _requests_of(table: RequestTable, persona: str | None) -> RequestTable:
+    """The persona's rows (None: all of them)."""
+    if persona is None:
+        return table
+    if persona not in table.personas:
+        return table.select(np.zeros(len(table), bool))
+    return table.select(table.persona == table.personas.index(persona))
 
 
 @dataclass(frozen=True)
