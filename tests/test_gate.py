@@ -209,8 +209,12 @@ def test_gate_an_invalid_run_exits_3(tmp_path: Path) -> None:
     )
     out = tmp_path / "gate"
     result = run_cli("gate", "--baseline", str(base), "--candidate", str(bad), "--out", str(out))
-    assert result.returncode == 3 and not out.exists()
+    assert result.returncode == 3
     assert "generator fell behind" in result.stderr and "rerun it" in result.stderr
+    # nothing judged, but a CI job's report step still finds why
+    junit = (out / "junit.xml").read_text()
+    assert 'failures="1"' in junit and "generator fell behind" in junit
+    assert "INVALID" in (out / "gate.md").read_text()
 
 
 def test_gate_bad_budget_exits_2_naming_the_field(tmp_path: Path) -> None:

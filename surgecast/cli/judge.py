@@ -208,6 +208,7 @@ def cmd_gate(a: argparse.Namespace) -> int:
     from surgecast.compare import distribution_plot
     from surgecast.gate import gate, junit_cases, summary_markdown
     from surgecast.junit import write_junit
+    from surgecast.rundir import InvalidRun
 
     started = time.monotonic()
     if not a.candidate and not a.scenario:
@@ -220,9 +221,12 @@ def cmd_gate(a: argparse.Namespace) -> int:
             "the scenario has no regressions: budgets and no slos: add, e.g., "
             "regressions: {ttft: 'p(95) regress < 10%', e2e: 'p(95) regress < 10%'}"
         )
-    baseline = run_folders(a.baseline, "baseline")
     warn(workload_changes(scenario, a.baseline))
-    candidate = run_folders(a.candidate, "candidate")  # an invalid run stops before --out is made
+    try:
+        baseline = run_folders(a.baseline, "baseline")
+        candidate = run_folders(a.candidate, "candidate")
+    except InvalidRun as e:  # judged nothing; CI still gets its report
+        return _gate_invalid(out_dir(a.out, "gate"), [str(e)], time.monotonic() - started)
     folder = out_dir(a.out, "gate")
     if not candidate:
         from surgecast.live_run import run_load
@@ -232,26 +236,47 @@ def cmd_gate(a: argparse.Namespace) -> int:
         outcome = run_load(
             scenario, a.scenario, launcher, out=folder / "candidate", progress=not a.quiet
         )
-        for reason in outcome.reasons:
-            say_stderr(f"run invalid: {reason}")
         if not outcome.valid:
-            return EXIT_INVALID
+            return _gate_invalid(folder, outcome.reasons, time.monotonic() - started)
         candidate = run_folders([str(outcome.folder.path)], "candidate")
     result = gate(scenario, baseline, candidate, seed=a.seed)
     md = summary_markdown(result)
-    (folder / "gate.md").write_text(md, encoding="utf-8")
     write_junit(
         folder / "junit.xml", "surgecast-gate", junit_cases(result), time.monotonic() - started
     )
     distribution_plot(result.comparison, folder / "compare.png")
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(md + "\n")
+    _gate_summary(folder, md)
     out(md)
     written = {"junit": "junit.xml", "summary": "gate.md", "plot": "compare.png"}
     out("\n".join(f"{what}: {folder / name}" for what, name in written.items()))
     return EXIT_OK if result.passed else EXIT_SLO
+
+
+def _gate_summary(folder: Path, md: str) -> None:
+    """gate.md, and the CI step's summary ($GITHUB_STEP_SUMMARY) when there is one."""
+    (folder / "gate.md").write_text(md, encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+
+
+def _gate_invalid(folder: Path, reasons: Sequence[str], seconds: float) -> int:
+    """A gate that could not judge: a run cannot be trusted. It says why in junit.xml and
+    gate.md (a CI job's report finds them) and exits 3."""
+    from surgecast.junit import Case, write_junit
+
+    for reason in reasons:
+        say_stderr(f"run invalid: {reason}")
+    why = "; ".join(reasons)
+    case = Case("surgecast.gate.validity", "the runs can be trusted", f"run invalid: {why}")
+    write_junit(folder / "junit.xml", "surgecast-gate", [case], seconds)
+    md = "### surgecast gate: INVALID (nothing judged)\n\n" + "".join(
+        f"- run invalid: {r}\n" for r in reasons
+    )
+    _gate_summary(folder, md)
+    out(md)
+    return EXIT_INVALID
 
 
 def cmd_report(a: argparse.Namespace) -> int:
