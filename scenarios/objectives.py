@@ -22,11 +22,22 @@ def _rate_slo(expr: str) -> str:
     return expr
 
 
+class _PerMetric(Strict):
+    """Expressions per metric, each a list; a single expression stands for a list of one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
+        return v
+
+
 LatencySlo = Annotated[str, AfterValidator(_latency_slo)]
 RateSlo = Annotated[str, AfterValidator(_rate_slo)]
 
 
-class Slos(Strict):
+class Slos(_PerMetric):
     """Objectives per metric, k6-style: latencies in milliseconds, error_rate a fraction."""
 
     ttft: list[LatencySlo] = Field(default_factory=list)
@@ -34,14 +45,6 @@ class Slos(Strict):
     tpot: list[LatencySlo] = Field(default_factory=list)
     e2e: list[LatencySlo] = Field(default_factory=list)
     error_rate: list[RateSlo] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        """A single expression may stand for a list of one."""
-        if isinstance(v, dict):
-            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
-        return v
 
     def thresholds(self) -> list[Threshold]:
         return [
@@ -59,7 +62,7 @@ def _budget(metric: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-class Regressions(Strict):
+class Regressions(_PerMetric):
     """Regression budgets against a baseline run (`surgecast gate`), k6-style: `p(95) regress
     < 10%` (relative) or `< 50` (absolute: ms, a fraction for error_rate, req/s for throughput
     and goodput, which regress when they fall). A metric fails only when its regression is
@@ -74,14 +77,6 @@ class Regressions(Strict):
     goodput: list[Annotated[str, _budget("goodput")]] = Field(default_factory=list)
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Of the bootstrap intervals.")
     resamples: int = Field(2000, ge=200, le=100000, description="Bootstrap resamples.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        """A single expression may stand for a list of one."""
-        if isinstance(v, dict):
-            return {k: [e] if isinstance(e, str) else e for k, e in v.items()}
-        return v
 
     def budgets(self) -> list[Budget]:
         return [

@@ -13,9 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from targets.llama_server import ServerLimits, probe_limits
+from targets.process import ServerProcess
 from targets.vllm_server import CacheInfo, probe_cache_info
 
 Say = Callable[[str], None]
@@ -64,6 +65,42 @@ class Launcher(ABC):
             yield self
         finally:
             self.stop()
+
+
+S = TypeVar("S", bound=ServerProcess)
+
+
+class EngineLauncher(Launcher, Generic[S]):
+    """A real engine's server process that surgecast starts on loopback: it stops, lives and
+    dies with that process, and its random-weight model ignores EOS (every request answers its
+    planned length)."""
+
+    server: S | None = None
+
+    def _serve(self, server: S, say: Say) -> None:
+        """Start `server` and say where it answers and what it reported."""
+        self.server = server
+        server.start()
+        self.base_url = server.base_url
+        say(self._describe())
+
+    @abstractmethod
+    def _describe(self) -> str: ...
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.alive()
+
+    def death(self, when: str = "died during the run") -> str | None:
+        if self.server is None or self.server.alive():
+            return None
+        return self.server.death_message(when)
+
+    def request_body(self) -> dict[str, Any]:
+        return {"ignore_eos": True}
 
 
 class ExternalTarget(Launcher):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from targets.gguf_model import ensure_model
-from targets.launcher import Launcher, Say
+from targets.launcher import EngineLauncher, Say
 from targets.llama_build import ensure_server
 from targets.llama_server import LlamaServer, LlamaServerConfig, LlamaServerError
 
@@ -39,7 +39,7 @@ def prepare(options: LlamaOptions, say: Say) -> tuple[Path, Path]:
     return binary, model
 
 
-class LlamaLauncher(Launcher):
+class LlamaLauncher(EngineLauncher[LlamaServer]):
     """llama-server on loopback, with a random-weight model (so every request ignores EOS and
     answers its planned length)."""
 
@@ -47,7 +47,6 @@ class LlamaLauncher(Launcher):
 
     def __init__(self, options: LlamaOptions):
         self.options = options
-        self.server: LlamaServer | None = None
 
     def start(self, model: str, say: Say) -> None:
         binary, weights = prepare(self.options, say)
@@ -55,22 +54,7 @@ class LlamaLauncher(Launcher):
         config = LlamaServerConfig(
             binary, weights, slots=o.slots, ctx=o.ctx, threads=o.threads, alias=model
         )
-        self.server = LlamaServer(config)
-        self.server.start()
-        self.base_url = self.server.base_url
-        say(self._describe())
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-    def alive(self) -> bool:
-        return self.server is not None and self.server.alive()
-
-    def death(self, when: str = "died during the run") -> str | None:
-        if self.server is None or self.server.alive():
-            return None
-        return self.server.death_message(when)
+        self._serve(LlamaServer(config), say)
 
     def facts(self) -> dict[str, Any]:
         server = self.server
@@ -87,9 +71,6 @@ class LlamaLauncher(Launcher):
                 "startup_s": round(server.startup_s, 3),
             },
         }
-
-    def request_body(self) -> dict[str, Any]:
-        return {"ignore_eos": True}
 
     def _describe(self) -> str:
         server = self.server

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from targets.launcher import Launcher, Say
+from targets.launcher import EngineLauncher, Say
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import VllmConfig, VllmServer, vllm_python
 
@@ -45,7 +45,7 @@ def config_for(options: VllmOptions, alias: str) -> VllmConfig:
     )
 
 
-class VllmLauncher(Launcher):
+class VllmLauncher(EngineLauncher[VllmServer]):
     """vLLM for CPU (its own venv, `make vllm`) on loopback, with a random-weight model (so every
     request ignores EOS and answers its planned length)."""
 
@@ -53,29 +53,14 @@ class VllmLauncher(Launcher):
 
     def __init__(self, options: VllmOptions):
         self.options = options
-        self.server: VllmServer | None = None
 
     def check(self) -> None:
         vllm_python()  # a missing venv fails before anything is made
 
     def start(self, model: str, say: Say) -> None:
-        self.server = VllmServer(config_for(self.options, model))
+        server = VllmServer(config_for(self.options, model))
         say(f"starting vLLM ({self.options.model_size} model; about a minute on 2 cores)")
-        self.server.start()
-        self.base_url = self.server.base_url
-        say(self._describe())
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-    def alive(self) -> bool:
-        return self.server is not None and self.server.alive()
-
-    def death(self, when: str = "died during the run") -> str | None:
-        if self.server is None or self.server.alive():
-            return None
-        return self.server.death_message(when)
+        self._serve(server, say)
 
     def facts(self) -> dict[str, Any]:
         server = self.server
@@ -91,9 +76,6 @@ class VllmLauncher(Launcher):
                 "startup_s": round(server.startup_s, 3),
             },
         }
-
-    def request_body(self) -> dict[str, Any]:
-        return {"ignore_eos": True}
 
     def _describe(self) -> str:
         server = self.server
