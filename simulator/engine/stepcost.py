@@ -35,8 +35,30 @@ class StepCostModel(Protocol):
         ...
 
 
+class _ContextCost(Protocol):
+    @property
+    def per_context_token_s(self) -> float: ...
+
+    def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float: ...
+
+
+class _ArithmeticRuns:
+    """For models whose decode step grows by per_context_token_s x decode_seqs each step (the
+    context grows by one token a sequence): a run's total and fit in closed form."""
+
+    def run_s(self: _ContextCost, decode_seqs: int, context_tokens: int, n: int) -> float:
+        first = self.duration(decode_seqs, 0, context_tokens)  # an arithmetic series
+        return n * first + self.per_context_token_s * decode_seqs * n * (n - 1) / 2
+
+    def steps_within(
+        self: _ContextCost, decode_seqs: int, context_tokens: int, seconds: float
+    ) -> int:
+        first = self.duration(decode_seqs, 0, context_tokens)
+        return _whole_steps(first, self.per_context_token_s * decode_seqs, seconds)
+
+
 @dataclass(frozen=True)
-class StepCost:
+class StepCost(_ArithmeticRuns):
     """Seconds one step takes, linear in its batch: base + per_decode_seq x decoding sequences
     + per_prefill_token x prompt tokens + per_context_token x KV tokens attended (attention reads
     every context token; 0 by default: the plain linear model)."""
@@ -60,14 +82,6 @@ class StepCost:
         duration = self.duration
         return [duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
 
-    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
-        first = self.duration(decode_seqs, 0, context_tokens)  # an arithmetic series
-        return n * first + self.per_context_token_s * decode_seqs * n * (n - 1) / 2
-
-    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
-        first = self.duration(decode_seqs, 0, context_tokens)
-        return _whole_steps(first, self.per_context_token_s * decode_seqs, seconds)
-
 
 def _whole_steps(first: float, growth: float, seconds: float) -> int:
     """The most whole steps n with n * first + growth * n (n - 1) / 2 <= seconds."""
@@ -90,7 +104,7 @@ def _whole_steps(first: float, growth: float, seconds: float) -> int:
 
 
 @dataclass(frozen=True)
-class DecodeTableCost:
+class DecodeTableCost(_ArithmeticRuns):
     """Step time by decode batch size, read off a table: piecewise linear between the measured
     batch sizes `batch`, linear beyond them with the end segment's slope (never falling), plus the
     per-prompt-token and per-context-token terms of the linear models."""
@@ -128,14 +142,6 @@ class DecodeTableCost:
 
     def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
         return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
-
-    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
-        first = self.duration(decode_seqs, 0, context_tokens)  # an arithmetic series
-        return n * first + self.per_context_token_s * decode_seqs * n * (n - 1) / 2
-
-    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
-        first = self.duration(decode_seqs, 0, context_tokens)
-        return _whole_steps(first, self.per_context_token_s * decode_seqs, seconds)
 
 
 @dataclass(frozen=True)

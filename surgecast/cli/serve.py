@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -18,6 +19,9 @@ from surgecast.cli.exits import EXIT_OK, BadInput
 from surgecast.console import out
 from targets.errors import TargetError
 from targets.launcher import Launcher
+
+if TYPE_CHECKING:
+    from targets.llama_launch import LlamaOptions
 from targets.reference_launch import TARGET_KEY_ENV
 
 Subparsers = argparse._SubParsersAction
@@ -117,16 +121,7 @@ def _add_target(sub: Subparsers) -> None:
         "serve until Ctrl-C. Nothing is downloaded but the sdist, from PyPI.",
     )
     llama_flags(e, standalone=True)
-    e.add_argument(
-        "--alias",
-        default=TargetSpec.model_fields["model"].default,
-        help="model name /v1/models lists (default: the scenarios' default, %(default)s)",
-    )
-    e.add_argument(
-        "--no-start",
-        action="store_true",
-        help="only build or restore the binary and the model, print their paths, and exit",
-    )
+    _start_flags(e, "only build or restore the binary and the model, print their paths, and exit")
     e = engines.add_parser(
         "vllm",
         help="vLLM for CPU (installed by `make vllm`) with a tiny random-weight model",
@@ -138,16 +133,16 @@ def _add_target(sub: Subparsers) -> None:
     )
     vllm_flags(e, standalone=True)
     model_size_flag(e, "tiny")
+    _start_flags(e, "only write the model directory, print its path, and exit")
+
+
+def _start_flags(e: argparse.ArgumentParser, no_start: str) -> None:
     e.add_argument(
         "--alias",
         default=TargetSpec.model_fields["model"].default,
         help="model name /v1/models lists (default: the scenarios' default, %(default)s)",
     )
-    e.add_argument(
-        "--no-start",
-        action="store_true",
-        help="only write the model directory, print its path, and exit",
-    )
+    e.add_argument("--no-start", action="store_true", help=no_start)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -228,9 +223,9 @@ def cmd_target(a: argparse.Namespace) -> int:
 def _engine(a: argparse.Namespace) -> Launcher:
     """The engine `surgecast target ENGINE` starts, from its flags."""
     if a.engine == LLAMA:
-        from targets.llama_launch import LlamaLauncher, LlamaOptions
+        from targets.llama_launch import LlamaLauncher
 
-        return LlamaLauncher(LlamaOptions(a.slots, a.ctx, a.threads, a.model_size, build=a.build))
+        return LlamaLauncher(_llama_options(a))
     from targets.vllm_launch import VllmLauncher, VllmOptions
 
     options = VllmOptions(
@@ -244,13 +239,18 @@ def _engine(a: argparse.Namespace) -> Launcher:
 def _prepare_only(a: argparse.Namespace) -> int:
     """--no-start: build or restore what the engine needs, say where it is."""
     if a.engine == LLAMA:
-        from targets.llama_launch import LlamaOptions, prepare
+        from targets.llama_launch import prepare
 
-        options = LlamaOptions(a.slots, a.ctx, a.threads, a.model_size, build=a.build)
-        binary, model = prepare(options, out)
+        binary, model = prepare(_llama_options(a), out)
         out(f"binary: {binary}\nmodel: {model}")
     else:
         from targets.vllm_model import ensure_model_dir
 
         out(f"model: {ensure_model_dir(a.model_size)}")
     return EXIT_OK
+
+
+def _llama_options(a: argparse.Namespace) -> LlamaOptions:
+    from targets.llama_launch import LlamaOptions
+
+    return LlamaOptions(a.slots, a.ctx, a.threads, a.model_size, build=a.build)
