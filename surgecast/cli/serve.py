@@ -111,6 +111,7 @@ def _add_target(sub: Subparsers) -> None:
         description="Start a real inference engine on 127.0.0.1 and print its URL; "
         "Ctrl-C stops it.",
     )
+    s.set_defaults(func=cmd_target)
     engines = s.add_subparsers(dest="engine", required=True, metavar="ENGINE")
     e = engines.add_parser(
         "llama-server",
