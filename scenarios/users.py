@@ -65,36 +65,36 @@ class Users:
 
     def session(self, opener: RequestSpec) -> Session:
         """One user's requests from `opener` on: each turn tried until it ends well or gives
-        up, then the next turn its think time after (none after a failed turn, whose session
-        ends; a closed-loop user goes on with its next session)."""
+        up (a failure the retry policy covers is tried again after its backoff, at least the
+        server's Retry-After, unless the user would give up first), then the next turn its
+        think time after (none after a failed turn, whose session ends; a closed-loop user goes
+        on with its next session). One generator for the whole chain: the simulator makes one
+        per user, so it stays cheap."""
         spec: RequestSpec | None = opener
         due = opener.arrival
         while spec is not None:
-            ended = yield from self._turn(spec, due)
+            give_up = give_up_at(spec, due)
+            jitter: random.Random | None = None  # made at the first retry: few requests need one
+            attempt, at = 0, due
+            while True:
+                ended = yield Send(spec, due, attempt, at, give_up)
+                if ended.status == "ok" or not retried(spec, attempt, ended):
+                    break
+                jitter = jitter or random.Random(f"{spec.id}:{spec.text_seed}")  # either clock
+                assert spec.retry is not None
+                wait = spec.retry.wait_s(attempt + 1, jitter.random(), ended.retry_after_s)
+                if ended.end + wait >= give_up:
+                    break  # the user gives up instead
+                attempt, at = attempt + 1, ended.end + wait
             spec, due = self._next(spec, ended)
-
-    def _turn(self, spec: RequestSpec, due: float) -> Generator[Send, Ended, Ended]:
-        """The attempts of one request: a failure the retry policy covers is tried again after
-        its backoff (at least the server's Retry-After), unless the user gives up first."""
-        give_up = give_up_at(spec, due)
-        jitter: random.Random | None = None  # made at the first retry: few requests need one
-        attempt, at = 0, due
-        while True:
-            ended = yield Send(spec, due, attempt, at, give_up)
-            if not retried(spec, attempt, ended):
-                return ended
-            jitter = jitter or random.Random(f"{spec.id}:{spec.text_seed}")  # either clock's
-            assert spec.retry is not None
-            wait = spec.retry.wait_s(attempt + 1, jitter.random(), ended.retry_after_s)
-            if ended.end + wait >= give_up:
-                return ended  # the user gives up instead
-            attempt, at = attempt + 1, ended.end + wait
 
     def _next(self, spec: RequestSpec, ended: Ended) -> tuple[RequestSpec | None, float]:
         """What the user sends after `spec` ended, and when (None: nothing more)."""
         if ended.status == "ok":
             followers = self.followers.get(spec.id)
-            nxt = followers[0] if followers else None
+            if followers is None:
+                return None, math.nan  # the common case: a single request, answered
+            nxt: RequestSpec | None = followers[0]
         else:
             nxt, dropped = next_session(spec, self.followers)
             self.skipped += dropped
