@@ -29,7 +29,9 @@ from scenarios.corpora import CorpusError, CorpusSpec, parse_corpus
 from scenarios.plan import build_plan
 from scenarios.records import RecordsError, RequestRecord, read_records
 from scenarios.spec import MAX_NODES, ScenarioError, load_scenario
-from scenarios.traces import TraceColumns, TraceError, load_trace
+from scenarios.trace_errors import TraceError
+from scenarios.trace_load import load_trace
+from scenarios.trace_types import TraceColumns
 from scenarios.traffic import PlanTooLarge
 from surgecast.cli import main
 from surgecast.rundir import RunFolder

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
 from scenarios.corpora import CorpusError
 from scenarios.spec import ScenarioError
-from scenarios.traces import TraceError
+from scenarios.trace_errors import TraceError
 from scenarios.traffic import PlanTooLarge
 from surgecast import __version__
 from surgecast.cli import judge, model, run, serve
