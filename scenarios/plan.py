@@ -13,6 +13,7 @@ import numpy as np
 
 from scenarios.messy import RequestKind
 from scenarios.metrics import Summary, output_count_warning, unplanned_cache_warning
+from scenarios.plan_budget import check_budget
 from scenarios.prompts import RagSource, shared_key
 from scenarios.spec import (
     Arrival,
@@ -26,7 +27,7 @@ from scenarios.spec import (
     Uniform,
 )
 from scenarios.traces import TraceReplay, block_prefix
-from scenarios.traffic import ClosedUsers, check_budget
+from scenarios.traffic import ClosedUsers
 
 
 @dataclass(frozen=True, slots=True)

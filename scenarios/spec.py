@@ -24,6 +24,7 @@ from scenarios.corpora import CORPUS_DIR_ENV, with_corpus_dir
 from scenarios.messy import Messiness
 from scenarios.prompts import TextSource, WordsSource
 from scenarios.regress import Budget, parse_budget
+from scenarios.seconds import SecondsDistribution
 from scenarios.slo import Threshold, parse_threshold
 from scenarios.traces import TraceLengths, TraceReplay
 from scenarios.traffic import (
@@ -35,7 +36,6 @@ from scenarios.traffic import (
     OnOffArrival,
     PoissonArrival,
     RampingArrivalRate,
-    SecondsDistribution,
 )
 
 Arrival = Annotated[

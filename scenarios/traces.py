@@ -26,10 +26,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from scenarios.base import Strict
+from scenarios.plan_budget import check_budget
 from scenarios.trace_errors import TraceError
 from scenarios.trace_load import load_trace
 from scenarios.trace_types import TABLE_FORMATS, TopFunctions, Trace, TraceColumns, TraceFormat
-from scenarios.traffic import check_budget
 
 
 @dataclass(frozen=True, eq=False)
