@@ -75,6 +75,23 @@ def build_plan(
     seed = scenario.traffic.seed if seed is None else seed
     duration = scenario.traffic.duration_s if duration_s is None else duration_s
     mix = scenario.mix()
+    openers, draws = _openers_and_draws(scenario, mix, seed, duration, rate_scale)
+    if all(_single_requests(p) for p in mix) and not openers.closed.any():
+        return _single_request_plan(openers, mix, draws)
+    _check_turn_budget(openers, mix, draws, duration)
+    sessions = _Sessions(seed, duration)
+    for j, (start, k, closed) in enumerate(
+        zip(openers.time.tolist(), openers.persona.tolist(), openers.closed.tolist(), strict=True)
+    ):
+        fixed = int(openers.prompt[j]), int(openers.output[j])
+        sessions.opener(start, mix[k], draws[k], closed, fixed, openers.prefix[j])
+    return _numbered(sessions.rows, sessions.follows)
+
+
+def _openers_and_draws(
+    scenario: Scenario, mix: list[Persona], seed: int, duration: float, rate_scale: float
+) -> tuple[Openers, list[PersonaDraws]]:
+    """The session starts and each persona's draws, from independent streams of `seed`."""
     root = np.random.SeedSequence(seed).spawn(2 + len(mix))
     # per persona: one stream for its own arrivals, one for everything else it draws
     arrival_seeds, draw_seeds = zip(*(s.spawn(2) for s in root[2:]), strict=True)
@@ -85,8 +102,13 @@ def build_plan(
         )
         for i, p in enumerate(mix)
     ]
-    if all(_single_requests(p) for p in mix) and not openers.closed.any():
-        return _single_request_plan(openers, mix, draws)
+    return openers, draws
+
+
+def _check_turn_budget(
+    openers: Openers, mix: list[Persona], draws: list[PersonaDraws], duration: float
+) -> None:
+    """PlanTooLarge when the sessions are expected to send more than the plan may hold."""
     per_session = [_mean_turns(p) for p in mix]  # an open session's expected requests
     check_budget(
         sum(
@@ -95,67 +117,108 @@ def build_plan(
         ),
         "sessions: planned turns",
     )
-    rows: list[dict[str, Any]] = []  # RequestSpec fields but id and after
-    follows: list[int] = []  # index of the row each row follows, -1 for none
-    session = 0
-    for j, (start, k, closed) in enumerate(
-        zip(openers.time.tolist(), openers.persona.tolist(), openers.closed.tolist(), strict=True)
-    ):
-        persona, d = mix[k], draws[k]
-        fixed_in, fixed_out = int(openers.prompt[j]), int(openers.output[j])
-        sess = d.session
-        budget = d.closed_budget(duration) if closed else 1
-        previous: dict[str, Any] | None = None
+
+
+class _Sessions:
+    """Every session's requests as rows (RequestSpec fields but id and after), in the order
+    they are planned, each with the row it follows."""
+
+    def __init__(self, seed: int, duration: float):
+        self.seed = seed
+        self.duration = duration
+        self.rows: list[dict[str, Any]] = []
+        self.follows: list[int] = []  # index of the row each row follows, -1 for none
+        self.session = 0
+        self._previous: dict[str, Any] | None = None  # the opener's last row so far
+
+    def opener(
+        self,
+        start: float,
+        persona: Persona,
+        d: PersonaDraws,
+        closed: bool,
+        fixed: tuple[int, int],
+        blocks: tuple[tuple[int, int], ...],
+    ) -> None:
+        """What one opener sends: a session, or a closed user's sessions until its budget is
+        spent. `fixed`: the (prompt, output) tokens a trace fixed for its first request (-1:
+        none); `blocks`: a trace's shared prefix blocks its first request starts with."""
+        budget = d.closed_budget(self.duration) if closed else 1
+        self._previous = None
         sent = 0
-        while sent < budget:  # one session per pass; a closed user loops until its budget is spent
-            patience = float(d.patience.next()) if sess.patience is not None else None
-            # the first request of an opener may start with a trace's shared blocks
-            blocks = openers.prefix[j] if previous is None else ()
-            history: tuple[tuple[int, int], ...] = ()
-            history_tokens = 0
-            turns = int(d.turns.next())
-            for turn in range(turns):
-                first = previous is None
-                message, kind = d.message_tokens(fixed_in if first else -1)
-                redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
-                text_seed = int(d.seed.next())
-                if turn == 0:  # a new conversation: its system prompt, then a trace's blocks
-                    history = d.shared_head(text_seed, message) + blocks
-                for regenerate in (False, True) if redo else (False,):
-                    output = d.output_tokens(fixed_out if first and not regenerate else -1)
-                    if previous is None:
-                        think = 0.0
-                    elif turn == 0 and not regenerate:  # a closed user's next session
-                        think = float(d.user_think.next())
-                    else:
-                        think = float(d.think.next())
-                    follows.append(-1 if previous is None else previous["index"])
-                    previous = {
-                        "index": len(rows),
-                        "arrival": start if previous is None else previous["arrival"] + think,
-                        "prompt_tokens": history_tokens + message,
-                        "max_tokens": output,
-                        "text_kind": kind,
-                        "persona": persona.name,
-                        "session": session,
-                        "turn": turn,
-                        "prefix": history,
-                        "think_s": think,
-                        "not_after": duration if closed else None,
-                        "regenerate": regenerate,
-                        "patience_s": patience,
-                        "retry": sess.retry if sess.retry.max_retries > 0 else None,
-                        "message_tokens": message,
-                        "text_seed": text_seed,
-                    }
-                    rows.append(previous)
-                    sent += 1
-                covered = sum(tokens for _, tokens in history)
-                history_tokens += message + output
-                segment = (_segment_key(seed, session, turn), history_tokens - covered)
-                history = (*history, segment)
-            session += 1
-    return _numbered(rows, follows)
+        while sent < budget:
+            sent += self._session(start, persona, d, closed, fixed, blocks)
+            self.session += 1
+
+    def _session(
+        self,
+        start: float,
+        persona: Persona,
+        d: PersonaDraws,
+        closed: bool,
+        fixed: tuple[int, int],
+        blocks: tuple[tuple[int, int], ...],
+    ) -> int:
+        """One session's turns, each with its regenerate where one is drawn; the requests
+        planned. Its prompts carry the history so far as prefix segments."""
+        sess = d.session
+        patience = float(d.patience.next()) if sess.patience is not None else None
+        blocks = blocks if self._previous is None else ()  # the opener's first request only
+        history: tuple[tuple[int, int], ...] = ()
+        history_tokens = sent = 0
+        for turn in range(int(d.turns.next())):
+            first = self._previous is None
+            message, kind = d.message_tokens(fixed[0] if first else -1)
+            redo = sess.regenerate > 0 and d.uniform.next() < sess.regenerate
+            text_seed = int(d.seed.next())
+            if turn == 0:  # a new conversation: its system prompt, then a trace's blocks
+                history = d.shared_head(text_seed, message) + blocks
+            for regenerate in (False, True) if redo else (False,):
+                output = d.output_tokens(fixed[1] if first and not regenerate else -1)
+                self._add(
+                    start,
+                    self._think(d, turn, regenerate),
+                    prompt_tokens=history_tokens + message,
+                    max_tokens=output,
+                    text_kind=kind,
+                    persona=persona.name,
+                    turn=turn,
+                    prefix=history,
+                    not_after=self.duration if closed else None,
+                    regenerate=regenerate,
+                    patience_s=patience,
+                    retry=sess.retry if sess.retry.max_retries > 0 else None,
+                    message_tokens=message,
+                    text_seed=text_seed,
+                )
+                sent += 1
+            covered = sum(tokens for _, tokens in history)
+            history_tokens += message + output
+            segment = (_segment_key(self.seed, self.session, turn), history_tokens - covered)
+            history = (*history, segment)
+        return sent
+
+    def _think(self, d: PersonaDraws, turn: int, regenerate: bool) -> float:
+        """Seconds after the previous answer: none before an opener's first request, a closed
+        user's pause before its next session, else the session's think time."""
+        if self._previous is None:
+            return 0.0
+        if turn == 0 and not regenerate:  # a closed user's next session
+            return float(d.user_think.next())
+        return float(d.think.next())
+
+    def _add(self, start: float, think: float, **fields: Any) -> None:
+        """A row sent `think` seconds after the previous one (at `start` for the first)."""
+        previous = self._previous
+        self.follows.append(-1 if previous is None else previous["index"])
+        self._previous = {
+            "index": len(self.rows),
+            "arrival": start if previous is None else previous["arrival"] + think,
+            "session": self.session,
+            "think_s": think,
+            **fields,
+        }
+        self.rows.append(self._previous)
 
 
 def _closed(process: Arrival) -> ClosedUsers | None:
