@@ -104,6 +104,35 @@ def parse_table(name: str, text: str, layout: Layout) -> Trace:
     """Gather the layout's columns row by row, then convert each column at once (a per-cell
     pass runs only on a column that fails, to name every bad cell)."""
     p = Problems(name)
+    lines, raw = _gather(text, layout, p)
+    line_arr = np.asarray(lines)
+    whole, frac = _timestamps(raw[layout.timestamp], line_arr, layout, p)
+    prompt = output = None
+    if layout.prompt:
+        prompt = count_column(raw[layout.prompt], line_arr, layout.prompt, p, layout.null_lengths)
+    if layout.output:
+        output = count_column(raw[layout.output], line_arr, layout.output, p, layout.null_lengths)
+    hashes = (
+        _hash_column(raw[layout.hash_ids], lines, layout.hash_ids, p) if layout.hash_ids else []
+    )
+    if not layout.sort:  # among the readable timestamps, listed with every other problem
+        _check_sorted(whole, frac, lines, layout.timestamp, p)
+    p.check()
+
+    order = np.argsort(whole + frac, kind="stable") if layout.sort else np.arange(len(lines))
+    t = _relative_times(whole[order], frac[order], lines, p)
+    return Trace(
+        timestamps=frozen(t),
+        prompt_tokens=None if prompt is None else frozen(prompt[order]),
+        output_tokens=None if output is None else frozen(output[order]),
+        hash_ids=tuple(hashes[i] for i in order) if layout.hash_ids else None,
+        source=name,
+    )
+
+
+def _gather(text: str, layout: Layout, p: Problems) -> tuple[list[int], dict[str, list[Any]]]:
+    """The line of every row the layout keeps, and each of its columns' raw cells (MISSING
+    where a row lacks one); no rows at all is a problem."""
     names = [c for c in (layout.timestamp, layout.prompt, layout.output, layout.hash_ids) if c]
     lines: list[int] = []
     raw: dict[str, list[Any]] = {c: [] for c in names}
@@ -123,42 +152,54 @@ def parse_table(name: str, text: str, layout: Layout) -> Trace:
         if not p.count:
             p.add("no data rows" + (f" ({filtered} rows filtered out)" if filtered else ""))
         raise p.error()
+    return lines, raw
 
-    line_arr = np.asarray(lines)
+
+def _timestamps(
+    values: list[Any], lines: np.ndarray, layout: Layout, p: Problems
+) -> tuple[np.ndarray, np.ndarray]:
+    """(whole seconds, fractions) of the timestamp column, in the layout's unit."""
     if layout.unit == "iso":
-        whole, frac = iso_column(raw[layout.timestamp], line_arr, layout.timestamp, p)
-    else:
-        whole = number_column(raw[layout.timestamp], line_arr, layout.timestamp, p)
-        whole = whole * UNIT_SECONDS[layout.unit]
-        frac = np.zeros_like(whole)
-    prompt = output = None
-    if layout.prompt:
-        prompt = count_column(raw[layout.prompt], line_arr, layout.prompt, p, layout.null_lengths)
-    if layout.output:
-        output = count_column(raw[layout.output], line_arr, layout.output, p, layout.null_lengths)
-    hashes: list[tuple[int, ...]] = []
-    if layout.hash_ids:
-        for line, v in zip(lines, raw[layout.hash_ids], strict=True):
-            try:
-                hashes.append(hash_ids(v) if v is not MISSING else ())
-            except BadCell as e:
-                p.add(str(e), line, layout.hash_ids)
-    if not layout.sort:  # among the readable timestamps, listed with every other problem
-        readable = np.flatnonzero(np.isfinite(whole + frac) & (whole >= 0))
-        ts = whole[readable] + frac[readable]  # ordering only: float precision suffices
-        back = np.flatnonzero(np.diff(ts) < 0)
-        if back.size:
-            i, before = int(readable[back[0] + 1]), int(readable[back[0]])
-            p.add(
-                f"timestamps go backwards (line {lines[before]} is later); "
-                f"{back.size} such place(s): sort the trace by time first",
-                lines[i],
-                layout.timestamp,
-            )
-    p.check()
+        return iso_column(values, lines, layout.timestamp, p)
+    whole = number_column(values, lines, layout.timestamp, p) * UNIT_SECONDS[layout.unit]
+    return whole, np.zeros_like(whole)
 
-    order = np.argsort(whole + frac, kind="stable") if layout.sort else np.arange(len(lines))
-    whole, frac = whole[order], frac[order]
+
+def _hash_column(
+    values: list[Any], lines: list[int], column: str, p: Problems
+) -> list[tuple[int, ...]]:
+    """Each row's hash ids (a bad cell is a problem and left out)."""
+    hashes: list[tuple[int, ...]] = []
+    for line, v in zip(lines, values, strict=True):
+        try:
+            hashes.append(hash_ids(v) if v is not MISSING else ())
+        except BadCell as e:
+            p.add(str(e), line, column)
+    return hashes
+
+
+def _check_sorted(
+    whole: np.ndarray, frac: np.ndarray, lines: list[int], column: str, p: Problems
+) -> None:
+    """A problem where the readable timestamps first go backwards."""
+    readable = np.flatnonzero(np.isfinite(whole + frac) & (whole >= 0))
+    ts = whole[readable] + frac[readable]  # ordering only: float precision suffices
+    back = np.flatnonzero(np.diff(ts) < 0)
+    if back.size:
+        i, before = int(readable[back[0] + 1]), int(readable[back[0]])
+        p.add(
+            f"timestamps go backwards (line {lines[before]} is later); "
+            f"{back.size} such place(s): sort the trace by time first",
+            lines[i],
+            column,
+        )
+
+
+def _relative_times(
+    whole: np.ndarray, frac: np.ndarray, lines: list[int], p: Problems
+) -> np.ndarray:
+    """Seconds from the first request (whole and fractional parts apart, for precision);
+    TraceError where they go backwards."""
     t = (whole - whole[0]) + (frac - frac[0])
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
@@ -167,10 +208,4 @@ def parse_table(name: str, text: str, layout: Layout) -> Trace:
             f"line {lines[i]}: timestamps go backwards (line {lines[i - 1]} is later); "
             f"{back.size} such place(s): sort the trace by time first"
         )
-    return Trace(
-        timestamps=frozen(t),
-        prompt_tokens=None if prompt is None else frozen(prompt[order]),
-        output_tokens=None if output is None else frozen(output[order]),
-        hash_ids=tuple(hashes[i] for i in order) if layout.hash_ids else None,
-        source=name,
-    )
+    return t
