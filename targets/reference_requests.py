@@ -29,6 +29,12 @@ class ServedRequest:
     status: str = "running"
     fault: str | None = None  # the fault injected into it (a TargetFaults field name)
 
+    def wrote_chunk(self, now: float) -> None:
+        """A chunk of the answer was written at `now`."""
+        self.chunk_written.append(now)
+        if self.first_chunk_written is None:
+            self.first_chunk_written = now
+
 
 def json_error(message: str, status: int = 400, param: str | None = None) -> web.Response:
     kind = "invalid_request_error" if status < 500 else "server_error"

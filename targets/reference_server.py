@@ -240,49 +240,51 @@ class ReferenceServer:
         sse = ChunkWriter(response, rid, chat, self.model)
         try:
             if chat:  # like OpenAI and vLLM: a role-only chunk with empty content comes first
-                await sse.send(
-                    [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "finish_reason": None,
-                        }
-                    ]
-                )
-            pending: list[str] = []  # tokens not yet written: up to stream_interval of them
+                await sse.send_role()
             if fault == "stall":
                 await asyncio.sleep(self.faults.stall_s)
-            while True:
-                index = await queue.get()
-                if fault and index == record.max_tokens // 2 + 1:  # halfway through
-                    if fault == "reset_stream" and request.transport is not None:
-                        request.transport.abort()
-                        return response
-                    await self._faults.break_stream(fault, response, sse)
-                if index is not None:
-                    word = output_word(index)
-                    pending.append(word if index == 1 else " " + word)
-                    record.output_tokens += 1
-                    self.counters["generation_tokens"] += 1
-                if pending and (index is None or len(pending) >= self.stream_interval):
-                    extra = {"usage": self._usage(record)} if usage == "every chunk" else {}
-                    await sse.send([sse.choice("".join(pending))], **extra)
-                    pending.clear()
-                    now = time.monotonic()
-                    record.chunk_written.append(now)
-                    if record.first_chunk_written is None:
-                        record.first_chunk_written = now
-                if index is None:
-                    break
+            if not await self._stream_tokens(request, queue, record, sse, usage, fault):
+                return response  # the injected fault reset the connection
             await sse.send([sse.choice(None, "length")])
             if usage is not None:
                 await sse.send([], usage=self._usage(record))
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
+            await sse.done()
         except ConnectionResetError:  # the client left; `_complete` aborts the sequence
             return response
         self._finish(record)
         return response
+
+    async def _stream_tokens(
+        self,
+        request: web.Request,
+        queue: asyncio.Queue[int | None],
+        record: ServedRequest,
+        sse: ChunkWriter,
+        usage: str | None,
+        fault: str | None,
+    ) -> bool:
+        """Write the tokens as the engine makes them, up to stream_interval to a chunk, with a
+        mid-stream fault halfway through; False when that fault reset the connection."""
+        pending: list[str] = []  # tokens not yet written: up to stream_interval of them
+        while True:
+            index = await queue.get()
+            if fault and index == record.max_tokens // 2 + 1:  # halfway through
+                if fault == "reset_stream" and request.transport is not None:
+                    request.transport.abort()
+                    return False
+                await self._faults.break_stream(fault, sse.response, sse)
+            if index is not None:
+                word = output_word(index)
+                pending.append(word if index == 1 else " " + word)
+                record.output_tokens += 1
+                self.counters["generation_tokens"] += 1
+            if pending and (index is None or len(pending) >= self.stream_interval):
+                extra = {"usage": self._usage(record)} if usage == "every chunk" else {}
+                await sse.send([sse.choice("".join(pending))], **extra)
+                pending.clear()
+                record.wrote_chunk(time.monotonic())
+            if index is None:
+                return True
 
 
 async def serve(

@@ -31,3 +31,13 @@ class ChunkWriter:
     async def send(self, choices: list[dict[str, Any]], **extra: Any) -> None:
         chunk = {**self.head, "choices": choices, **extra}
         await self.response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+    async def send_role(self) -> None:
+        """A chat stream's first chunk: the assistant's role, with empty content."""
+        role = {"role": "assistant", "content": ""}
+        await self.send([{"index": 0, "delta": role, "finish_reason": None}])
+
+    async def done(self) -> None:
+        """The stream's `[DONE]`, and its end."""
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
