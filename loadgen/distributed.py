@@ -35,7 +35,8 @@ from loadgen.cpu import CpuUse, usable_cores
 from loadgen.looplag import LoopLag
 from loadgen.runner import STOP_SIGNALS, LoadRun, Stopped
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts
-from scenarios.plan import RequestSpec, build_plan, plan_digest, plan_share
+from scenarios.plan import RequestSpec, build_plan
+from scenarios.plan_shares import plan_digest, plan_share
 from scenarios.records import RequestRecord
 from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario, parse_scenario

@@ -18,7 +18,8 @@ from loadgen.sizing import ProbeResult, SizedPrompts, run_salt
 from loadgen.telemetry import Keep, samplers_for
 from scenarios.corpora import corpus_lines, scrub_lines
 from scenarios.metrics import Summary
-from scenarios.plan import RequestSpec, build_plan, token_warnings
+from scenarios.plan import RequestSpec, build_plan
+from scenarios.plan_tokens import token_warnings
 from scenarios.spec import Scenario
 
 

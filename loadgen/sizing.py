@@ -25,7 +25,8 @@ from loadgen.client import (
     TargetRefused,
     refused_message,
 )
-from scenarios.messy import Messiness, MessStats, empty_text, measure, paste_text
+from scenarios.messy import Messiness, empty_text, paste_text
+from scenarios.messy_measure import MessStats, measure
 from scenarios.plan import RequestSpec
 from scenarios.prompts import RagSource, estimate_chars_per_token
 from scenarios.records import RequestRecord

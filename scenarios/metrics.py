@@ -275,38 +275,12 @@ def summarize_table(
     table = attempts.select(~attempts.retried)
     n = len(table)
     if window is None:
-        first = float(table.start.min()) if n else 0.0
-        last_send = float(table.start.max()) - first if n else 0.0
-        ends = np.where(np.isnan(table.end), table.start, table.end)
-        span = max((float(ends.max()) if n else 0.0) - first, 1e-9)
-        duration_s = last_send if duration_s is None else max(duration_s, last_send)
-        window = (duration_s, span)
+        window = _windows(table, duration_s)
     duration_s, span = window
-    present = sorted(set(table.persona.tolist()))
-    own = persona_thresholds or {}
-    by_persona = {}
-    if len(present) > 1 or own:
-        by_persona = {  # a persona is judged by its own objectives, on its requests alone
-            attempts.personas[code]: summarize_table(
-                attempts.select(attempts.persona == code),
-                own.get(attempts.personas[code], []),
-                window=window,
-            )
-            for code in present
-        }
     ok = table.ok
-    stats = {m: Stats.of(table.samples(m)) for m in LATENCY_METRICS}
-    stats["itl"] = replace(stats["itl"], count=table.gap_count)  # gaps may be a sample
-    stats["ttft_intended"] = Stats.of(table.samples("ttft_intended"))
-    stats["e2e_intended"] = Stats.of(table.samples("e2e_intended"))
-    limits: dict[str, float] = {}
-    for t in thresholds:
-        if t.metric != "error_rate" and t.op in ("<", "<="):
-            limits[t.metric] = min(limits.get(t.metric, np.inf), t.value)
-    good = int(table.meets(limits).sum())
+    good = int(table.meets(_latency_limits(thresholds)).sum())
     # a retry waits out its backoff on purpose: only first attempts say if the sender kept up
-    first_tries = attempts.attempt == 0
-    lateness = attempts.lateness[first_tries] * 1000.0
+    lateness = attempts.lateness[attempts.attempt == 0] * 1000.0
     statuses = np.bincount(table.status, minlength=len(STATUSES))
     kinds = np.bincount(table.error_kind[table.error_kind >= 0], minlength=len(table.kinds))
     return Summary(
@@ -322,10 +296,63 @@ def summarize_table(
         output_tokens_per_s=int(table.output_tokens[ok].sum()) / span,
         goodput=good / span,
         lateness_p99_ms=float(np.percentile(lateness, 99)) if len(lateness) else 0.0,
-        metrics=stats,
+        metrics=_latency_stats(table),
         slos=check_slos(table, thresholds),
         retries=len(attempts) - n,
         tokens=TokenReconciliation.of(table),
-        by_persona=by_persona,
+        by_persona=_by_persona(attempts, table, thresholds, persona_thresholds, window),
         dropped=int(dropped.sum()),
     )
+
+
+def _windows(table: RequestTable, duration_s: float | None) -> tuple[float, float]:
+    """(send window, first send to last response) in seconds: the planned duration, or the
+    sends' own span when sessions sent past it."""
+    n = len(table)
+    first = float(table.start.min()) if n else 0.0
+    last_send = float(table.start.max()) - first if n else 0.0
+    ends = np.where(np.isnan(table.end), table.start, table.end)
+    span = max((float(ends.max()) if n else 0.0) - first, 1e-9)
+    return (last_send if duration_s is None else max(duration_s, last_send)), span
+
+
+def _by_persona(
+    attempts: RequestTable,
+    table: RequestTable,
+    thresholds: Sequence[Threshold],
+    persona_thresholds: dict[str, list[Threshold]] | None,
+    window: tuple[float, float],
+) -> dict[str, Summary]:
+    """Each persona's own summary over the run's windows, judged by its own objectives on its
+    requests alone (the scenario's are judged on all requests); none with one persona and no
+    objectives of its own."""
+    present = sorted(set(table.persona.tolist()))
+    own = persona_thresholds or {}
+    if not (len(present) > 1 or own):
+        return {}
+    return {
+        attempts.personas[code]: summarize_table(
+            attempts.select(attempts.persona == code),
+            own.get(attempts.personas[code], []),
+            window=window,
+        )
+        for code in present
+    }
+
+
+def _latency_stats(table: RequestTable) -> dict[str, Stats]:
+    """Every latency metric's distribution, the intended-start ones too."""
+    stats = {m: Stats.of(table.samples(m)) for m in LATENCY_METRICS}
+    stats["itl"] = replace(stats["itl"], count=table.gap_count)  # gaps may be a sample
+    stats["ttft_intended"] = Stats.of(table.samples("ttft_intended"))
+    stats["e2e_intended"] = Stats.of(table.samples("e2e_intended"))
+    return stats
+
+
+def _latency_limits(thresholds: Sequence[Threshold]) -> dict[str, float]:
+    """The tightest upper limit per latency metric: what a good request (goodput) meets."""
+    limits: dict[str, float] = {}
+    for t in thresholds:
+        if t.metric != "error_rate" and t.op in ("<", "<="):
+            limits[t.metric] = min(limits.get(t.metric, np.inf), t.value)
+    return limits

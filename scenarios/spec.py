@@ -27,6 +27,7 @@ from scenarios.messy import Messiness
 from scenarios.objectives import Regressions, Slos
 from scenarios.prompts import TextSource, WordsSource
 from scenarios.safe_yaml import MAX_NODES, parse_yaml
+from scenarios.seconds import SecondsDistribution
 from scenarios.slo import Threshold
 from scenarios.target_spec import (
     ReferenceTargetSpec,
@@ -45,7 +46,6 @@ from scenarios.traffic import (
     OnOffArrival,
     PoissonArrival,
     RampingArrivalRate,
-    SecondsDistribution,
 )
 
 Arrival = Annotated[

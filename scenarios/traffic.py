@@ -1,4 +1,4 @@
-"""Arrival processes named like k6 executors, and seconds distributions for think time.
+"""Arrival processes named like k6 executors.
 
 Every open-loop process has `plan(rng, duration_s, rate_scale)`: sorted arrival times in
 [0, duration_s), deterministic for the generator's seed, with `rate_scale` multiplying the
@@ -11,105 +11,20 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from scenarios.base import Strict
+from scenarios.plan_budget import check_budget
+from scenarios.seconds import Seconds, SecondsDistribution, SecondsOrZero
+from scenarios.thinning import Segment, linear_integral, piecewise_linear, renewal, thin
 
-MAX_PLANNED_REQUESTS = 5_000_000  # plan() refuses windows expected to hold more arrivals
 MAX_RATE = 1e6  # requests per second, any single rate field
-MAX_SECONDS = 1e8  # any time field (about three years)
 
 Rate = Annotated[float, Field(gt=0, le=MAX_RATE, allow_inf_nan=False)]
 RateOrZero = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
-Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
-SecondsOrZero = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
-
-# A rate function: plan seconds (array) -> requests per second (array), at rate_scale 1.
-RateFn = Callable[[np.ndarray], np.ndarray]
-# Thinning segments: (start, end, upper bound of the rate on [start, end)).
-Segment = tuple[float, float, float]
-
-
-# ---------------------------------------------------------------- seconds distributions
-
-
-class ConstantSeconds(Strict):
-    dist: Literal["constant"]
-    value: SecondsOrZero
-
-    @property
-    def mean(self) -> float:
-        return self.value
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return np.full(n, self.value)
-
-
-class UniformSeconds(Strict):
-    dist: Literal["uniform"]
-    low: SecondsOrZero
-    high: SecondsOrZero
-
-    @model_validator(mode="after")
-    def _low_le_high(self) -> UniformSeconds:
-        if self.high < self.low:
-            raise ValueError(f"high: must be >= low ({self.low}), got {self.high}")
-        return self
-
-    @property
-    def mean(self) -> float:
-        return (self.low + self.high) / 2
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.uniform(self.low, self.high, size=n)
-
-
-class ExponentialSeconds(Strict):
-    dist: Literal["exponential"]
-    mean: Seconds  # the field is the mean the other kinds expose as a property
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.exponential(self.mean, size=n)
-
-
-class LogNormalSeconds(Strict):
-    dist: Literal["lognormal"]
-    median: Seconds
-    sigma: float = Field(ge=0, le=5, allow_inf_nan=False)
-
-    @property
-    def mean(self) -> float:
-        return self.median * math.exp(self.sigma**2 / 2)
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return self.median * np.exp(rng.normal(0.0, self.sigma, size=n))
-
-
-SecondsDistribution = Annotated[
-    ConstantSeconds | UniformSeconds | ExponentialSeconds | LogNormalSeconds,
-    Field(discriminator="dist"),
-]
-
-
-# ---------------------------------------------------------------- shared machinery
-
-
-class PlanTooLarge(ValueError):
-    """A plan that would hold more than MAX_PLANNED_REQUESTS requests (refused before it is
-    built: a bad input, not a crash)."""
-
-
-def check_budget(expected: float, what: str = "plan") -> None:
-    """PlanTooLarge when a plan is expected to hold more than MAX_PLANNED_REQUESTS arrivals."""
-    if not expected <= MAX_PLANNED_REQUESTS:
-        raise PlanTooLarge(
-            f"{what}: about {expected:.3g} arrivals expected, more than "
-            f"MAX_PLANNED_REQUESTS ({MAX_PLANNED_REQUESTS:,}); shorten the window or lower the rate"
-        )
 
 
 def _check_window(duration_s: float, rate_scale: float) -> None:
@@ -117,72 +32,6 @@ def _check_window(duration_s: float, rate_scale: float) -> None:
         raise ValueError(f"duration_s: must be a finite number >= 0, got {duration_s}")
     if not (rate_scale > 0 and math.isfinite(rate_scale)):
         raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale}")
-
-
-def _thin(rng: np.random.Generator, segments: Sequence[Segment], rate: RateFn | None) -> np.ndarray:
-    """Exact non-homogeneous Poisson arrivals: on each segment a homogeneous Poisson process at
-    the segment's bound, each point kept with probability rate(t) / bound (Lewis-Shedler);
-    `rate` None keeps every point (a piecewise-constant rate)."""
-    if not segments:
-        return np.empty(0)
-    seg = np.asarray(segments, dtype=float).reshape(-1, 3)
-    length = np.maximum(seg[:, 1] - seg[:, 0], 0.0)
-    counts = rng.poisson(seg[:, 2] * length)
-    starts = np.repeat(seg[:, 0], counts)
-    t = starts + rng.random(counts.sum()) * np.repeat(length, counts)
-    if rate is None:
-        t.sort()
-        return t
-    bound = np.repeat(seg[:, 2], counts)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        keep_p = np.where(bound > 0, rate(t) / bound, 0.0)
-    t = t[rng.random(t.size) < keep_p]
-    t.sort()
-    return t
-
-
-def _renewal(
-    duration_s: float, rate: float, first: float, draw: Callable[[int], np.ndarray]
-) -> np.ndarray:
-    """Arrivals of a renewal process whose first arrival is at `first` and whose later gaps come
-    from `draw(n)`; chunks are drawn until the window is covered."""
-    expected = rate * duration_s
-    chunk = int(expected + 8 * math.sqrt(expected + 1) + 16)
-    parts = [np.array([first])]
-    end = first
-    while end < duration_s:
-        t = end + np.cumsum(draw(chunk))
-        parts.append(t)
-        end = float(t[-1])
-    out = np.concatenate(parts)
-    return out[out < duration_s]
-
-
-def _piecewise_linear(
-    times: np.ndarray, rates: np.ndarray, duration_s: float
-) -> tuple[list[Segment], RateFn]:
-    """Thinning segments and rate function of the curve through (times, rates), holding the
-    last rate after the last point."""
-    segments: list[Segment] = []
-    for i in range(len(times)):
-        a = float(times[i])
-        b = float(times[i + 1]) if i + 1 < len(times) else duration_s
-        if a >= duration_s:
-            break
-        hi = float(max(rates[i], rates[i + 1])) if i + 1 < len(times) else float(rates[i])
-        segments.append((a, min(b, duration_s), hi))
-
-    def rate(t: np.ndarray) -> np.ndarray:
-        return np.interp(t, times, rates)
-
-    return segments, rate
-
-
-def _linear_integral(times: np.ndarray, rates: np.ndarray, duration_s: float) -> float:
-    """Integral over [0, duration_s] of the curve through (times, rates), last rate held."""
-    grid = np.union1d(times[times < duration_s], [duration_s])
-    vals = np.interp(grid, times, rates)
-    return float(np.sum((vals[1:] + vals[:-1]) / 2 * np.diff(grid)))
 
 
 class _Open(Strict, ABC):
@@ -242,7 +91,7 @@ class PoissonArrival(_Open):
     def _plan(self, rng: np.random.Generator, duration_s: float, scale: float) -> np.ndarray:
         r = self.rate * scale
         first = rng.exponential(1.0 / r)  # memoryless: stationary from the start
-        return _renewal(duration_s, r, first, lambda n: rng.exponential(1.0 / r, size=n))
+        return renewal(duration_s, r, first, lambda n: rng.exponential(1.0 / r, size=n))
 
 
 class GammaArrival(_Open):
@@ -261,7 +110,7 @@ class GammaArrival(_Open):
         k, theta = self.burstiness, 1.0 / (r * self.burstiness)
         # equilibrium start: the gap covering 0 is length-biased (Gamma(k + 1)), 0 uniform in it
         first = rng.gamma(k + 1, theta) * rng.random()
-        return _renewal(duration_s, r, first, lambda n: rng.gamma(k, theta, size=n))
+        return renewal(duration_s, r, first, lambda n: rng.gamma(k, theta, size=n))
 
 
 class OnOffArrival(_Open):
@@ -297,7 +146,7 @@ class OnOffArrival(_Open):
             )
             on = (n % 2 == 0) == on  # the state after the last sojourn drawn
             t = float(ends[-1])
-        return _thin(rng, segments, None)
+        return thin(rng, segments, None)
 
 
 # ---------------------------------------------------------------- time-varying processes
@@ -366,7 +215,7 @@ class DiurnalArrival(_Open):
         if self.points is not None:
             if duration_s <= 0:
                 return float(self.points[0][1])
-            return _linear_integral(*self._curve(), duration_s) / duration_s
+            return linear_integral(*self._curve(), duration_s) / duration_s
         s = self.shape
         assert s is not None
         mid, amp = (s.peak_rate + s.trough_rate) / 2, (s.peak_rate - s.trough_rate) / 2
@@ -380,11 +229,11 @@ class DiurnalArrival(_Open):
     def _plan(self, rng: np.random.Generator, duration_s: float, scale: float) -> np.ndarray:
         if self.points is not None:
             times, rates = self._curve()
-            segments, rate = _piecewise_linear(times, rates * scale, duration_s)
-            return _thin(rng, segments, rate)
+            segments, rate = piecewise_linear(times, rates * scale, duration_s)
+            return thin(rng, segments, rate)
         assert self.shape is not None
         peak = self.shape.peak_rate * scale
-        return _thin(rng, [(0.0, duration_s, peak)], lambda t: self._sine(t) * scale)
+        return thin(rng, [(0.0, duration_s, peak)], lambda t: self._sine(t) * scale)
 
 
 class RampStage(Strict):
@@ -408,12 +257,12 @@ class RampingArrivalRate(_Open):
     def mean_rate(self, duration_s: float) -> float:
         if duration_s <= 0:
             return self.start_rate
-        return _linear_integral(*self._curve(), duration_s) / duration_s
+        return linear_integral(*self._curve(), duration_s) / duration_s
 
     def _plan(self, rng: np.random.Generator, duration_s: float, scale: float) -> np.ndarray:
         times, rates = self._curve()
-        segments, rate = _piecewise_linear(times, rates * scale, duration_s)
-        return _thin(rng, segments, rate)
+        segments, rate = piecewise_linear(times, rates * scale, duration_s)
+        return thin(rng, segments, rate)
 
 
 class FlashCrowd(_Open):
@@ -477,7 +326,7 @@ class FlashCrowd(_Open):
             for a, c, r in zip(cuts[:-1], cuts[1:], bounds, strict=True)
             if c > a and a < duration_s
         ]
-        return _thin(rng, segments, lambda t: self.rate(t) * scale)
+        return thin(rng, segments, lambda t: self.rate(t) * scale)
 
 
 # ---------------------------------------------------------------- closed loop

@@ -249,71 +249,66 @@ def verdict_lines(
     meta: RunMeta, summary: Summary, comparison: Comparison | None
 ) -> list[VerdictLine]:
     """What a reader needs first: can the run be trusted, were the SLOs met, did it regress."""
+    lines = [_validity_line(meta), _slo_line(summary)]
+    if comparison is not None:
+        lines.append(_regression_line(comparison))
+    lines += [VerdictLine("Warning:", "warning", w) for w in meta.warnings]
+    return lines
+
+
+def _validity_line(meta: RunMeta) -> VerdictLine:
+    """Whether the run can be trusted: still running, simulated, valid, or why not."""
     validity = meta.validity
-    lines = []
     if meta.status == "running":  # its writer is alive, or on another host
-        lines.append(
-            VerdictLine("Still running", "bad", "(or killed on another host): the records so far")
+        return VerdictLine(
+            "Still running", "bad", "(or killed on another host): the records so far"
         )
-    elif meta.source == "simulated":
-        lines.append(VerdictLine("Simulated run.", "none", "No load was sent."))
-    elif validity is None or validity.valid:
-        lines.append(
-            VerdictLine("Valid run.", "good", "The generator kept its plan; the target answered.")
+    if meta.source == "simulated":
+        return VerdictLine("Simulated run.", "none", "No load was sent.")
+    if validity is None or validity.valid:
+        return VerdictLine(
+            "Valid run.", "good", "The generator kept its plan; the target answered."
         )
-    else:
-        lines.append(
-            VerdictLine(
-                "INVALID run:",
-                "bad",
-                "its numbers cannot be trusted, because",
-                tuple(validity.reasons),
-            )
-        )
+    return VerdictLine(
+        "INVALID run:", "bad", "its numbers cannot be trusted, because", tuple(validity.reasons)
+    )
+
+
+def _slo_line(summary: Summary) -> VerdictLine:
+    """Whether the SLOs held, the scenario's and each persona's own; the ones missed."""
     missed = [r for r in summary.slos if not r.passed] + [
         r for p in summary.by_persona.values() for r in p.slos if not r.passed
     ]
     if not summary.slos and not summary.by_persona:
-        lines.append(VerdictLine("No SLOs set.", "none", "(the scenario's `slos`)"))
-    elif missed:
-        lines.append(
-            VerdictLine(
-                "SLOs missed:",
-                "bad",
-                "",
-                tuple(f"{r.threshold}: observed {r.observed:,.4g}" for r in missed),
-            )
+        return VerdictLine("No SLOs set.", "none", "(the scenario's `slos`)")
+    if missed:
+        items = tuple(f"{r.threshold}: observed {r.observed:,.4g}" for r in missed)
+        return VerdictLine("SLOs missed:", "bad", "", items)
+    held = len(summary.slos) + sum(len(p.slos) for p in summary.by_persona.values())
+    return VerdictLine("SLOs met.", "good", f"All {held} objectives hold.")
+
+
+def _regression_line(comparison: Comparison) -> VerdictLine:
+    """Whether the run regressed against the baseline: each significant change for the worse."""
+    label = ", ".join(r.label for r in comparison.baseline)
+    worse = [c for c in comparison.changes if c.significant and c.worse * c.delta > 0]
+    if not worse:
+        return VerdictLine(
+            f"No regression against {label}:",
+            "good",
+            f"no change for the worse is significant at {comparison.confidence:.0%}",
         )
-    else:
-        held = len(summary.slos) + sum(len(p.slos) for p in summary.by_persona.values())
-        lines.append(VerdictLine("SLOs met.", "good", f"All {held} objectives hold."))
-    if comparison is not None:
-        label = ", ".join(r.label for r in comparison.baseline)
-        worse = [c for c in comparison.changes if c.significant and c.worse * c.delta > 0]
-        if worse:
-            items = tuple(
-                f"{c.name}: {c.baseline:,.4g} -> {c.candidate:,.4g} {c.unit}"
-                + (f" ({c.relative:+.1%})" if math.isfinite(c.relative) else "")
-                for c in worse
-            )
-            lines.append(
-                VerdictLine(
-                    f"Regression against {label}:",
-                    "bad",
-                    f"significant at {comparison.confidence:.0%}",
-                    items,
-                )
-            )
-        else:
-            lines.append(
-                VerdictLine(
-                    f"No regression against {label}:",
-                    "good",
-                    f"no change for the worse is significant at {comparison.confidence:.0%}",
-                )
-            )
-    lines += [VerdictLine("Warning:", "warning", w) for w in meta.warnings]
-    return lines
+    items = tuple(
+        f"{c.name}: {c.baseline:,.4g} -> {c.candidate:,.4g} {c.unit}"
+        + (f" ({c.relative:+.1%})" if math.isfinite(c.relative) else "")
+        for c in worse
+    )
+    return VerdictLine(
+        f"Regression against {label}:",
+        "bad",
+        f"significant at {comparison.confidence:.0%}",
+        items,
+    )
 
 
 def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, str]:
@@ -327,9 +322,6 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
         run_table, scenario.thresholds(), meta.duration_s, scenario.persona_thresholds()
     )
     write_summary(folder.summary, summary)
-    simulated = (
-        RequestTable.of(iter_records(folder.simulated)) if folder.simulated.exists() else None
-    )
     comparison = None
     if baseline is not None:
         comparison = compare(
@@ -337,49 +329,20 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
             [Run.of(meta.run_id, run_table)],
             limits=goodput_limits(scenario.thresholds()),
         )
-    measured = meta.source == "measured"
-    telemetry = (
-        _or_warn(folder.telemetry, lambda: telemetry_panels(read_telemetry(folder.telemetry))) or []
-    )
-    sections = [
-        Section("Latency", figures=[latency_plot(run_table, simulated)]),
-        Section("Over time", figures=[over_time_plot(run_table, telemetry)]),
-        Section(
-            "Measured run" if measured else "Simulated run",
-            blocks=summary_blocks(summary, errors=False),
-        ),
-    ]
-    if summary.error_kinds:
-        sections.append(Section("Errors by kind", blocks=[error_table(summary)]))
-    if comparison is not None:
-        sections.append(
-            Section(
-                "Against the baseline",
-                blocks=[
-                    Table(HEADERS, change_rows(comparison)),
-                    f"{comparison.confidence:.0%} bootstrap intervals over requests, "
-                    f"{comparison.resamples} resamples",
-                ],
-                figures=[
-                    _figure(distribution_figure(comparison), "Baseline and candidate latency CDFs")
-                ],
-            )
-        )
-    sections += _derived_sections(folder)
+    sections = _sections(folder, meta, run_table, summary, comparison)
     where = " ".join(x for x in (meta.target.kind, meta.target.base_url) if x)
     header = (
         f"Scenario {scenario.name}, target {where}, seed {meta.seed}, started {meta.started_at}."
     )
     verdict = verdict_lines(meta, summary, comparison)
-    run_id = meta.run_id
-    md = [f"# surgecast run {run_id}", "", "## Verdict", ""]
+    md = [f"# surgecast run {meta.run_id}", "", "## Verdict", ""]
     md += [line.markdown() for line in verdict] + ["", header, ""]
     for section in sections:
         if section.blocks:
             md += [f"## {section.title}", "", as_markdown(section.blocks), ""]
     folder.markdown.write_text("\n".join(md), encoding="utf-8")
     page = _TEMPLATES.get_template("report.html.j2").render(
-        run_id=run_id,
+        run_id=meta.run_id,
         verdict=verdict,
         good=all(line.tone != "bad" for line in verdict),
         header=header,
@@ -387,6 +350,49 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     )
     folder.html.write_text(page, encoding="utf-8")
     return str(folder.html.resolve()), str(folder.markdown.resolve())
+
+
+def _sections(
+    folder: RunFolder,
+    meta: RunMeta,
+    run_table: RequestTable,
+    summary: Summary,
+    comparison: Comparison | None,
+) -> list[Section]:
+    """The report's sections after the verdict, in order: plots, tables, the comparison, and
+    the calibration, back-test and forecast where the folder has them."""
+    simulated = (
+        RequestTable.of(iter_records(folder.simulated)) if folder.simulated.exists() else None
+    )
+    telemetry = (
+        _or_warn(folder.telemetry, lambda: telemetry_panels(read_telemetry(folder.telemetry))) or []
+    )
+    sections = [
+        Section("Latency", figures=[latency_plot(run_table, simulated)]),
+        Section("Over time", figures=[over_time_plot(run_table, telemetry)]),
+        Section(
+            "Measured run" if meta.source == "measured" else "Simulated run",
+            blocks=summary_blocks(summary, errors=False),
+        ),
+    ]
+    if summary.error_kinds:
+        sections.append(Section("Errors by kind", blocks=[error_table(summary)]))
+    if comparison is not None:
+        sections.append(_comparison_section(comparison))
+    return sections + _derived_sections(folder)
+
+
+def _comparison_section(comparison: Comparison) -> Section:
+    """The run against its baseline: each metric's change with its interval, both CDFs."""
+    return Section(
+        "Against the baseline",
+        blocks=[
+            Table(HEADERS, change_rows(comparison)),
+            f"{comparison.confidence:.0%} bootstrap intervals over requests, "
+            f"{comparison.resamples} resamples",
+        ],
+        figures=[_figure(distribution_figure(comparison), "Baseline and candidate latency CDFs")],
+    )
 
 
 def _derived_sections(folder: RunFolder) -> list[Section]:

@@ -14,6 +14,7 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,22 +77,28 @@ def write_model(path: Path, shape: ModelShape, seed: int = 0) -> None:
     import gguf  # optional dependency: only needed to write the model
 
     tokens, merges = vocabulary()
-    rng = np.random.default_rng(seed)
-    n_vocab, d = len(tokens), shape.hidden
-    head_dim = d // shape.heads
-
-    def rand(*dims: int) -> np.ndarray:
-        return (rng.standard_normal(dims) * 0.02).astype(np.float16)
-
     w = gguf.GGUFWriter(str(path), "llama")
+    _add_metadata(w, shape, tokens, merges)
+    _add_tensors(w, shape, len(tokens), np.random.default_rng(seed))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _add_metadata(w: Any, shape: ModelShape, tokens: list[str], merges: list[str]) -> None:
+    """The architecture's hyperparameters, the tokenizer and the chat template."""
+    import gguf
+
+    n_vocab = len(tokens)
     w.add_name(f"surgecast-{shape.name}-random")
     w.add_context_length(shape.context)
-    w.add_embedding_length(d)
+    w.add_embedding_length(shape.hidden)
     w.add_block_count(shape.layers)
     w.add_feed_forward_length(shape.ffn)
     w.add_head_count(shape.heads)
     w.add_head_count_kv(shape.kv_heads)
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(shape.hidden // shape.heads)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)
@@ -109,6 +116,15 @@ def write_model(path: Path, shape: ModelShape, seed: int = 0) -> None:
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
 
+
+def _add_tensors(w: Any, shape: ModelShape, n_vocab: int, rng: np.random.Generator) -> None:
+    """Random weights (drawn in a fixed order from `rng`), control tokens never sampled."""
+    d = shape.hidden
+    kv = shape.kv_heads * (d // shape.heads)
+
+    def rand(*dims: int) -> np.ndarray:
+        return (rng.standard_normal(dims) * 0.02).astype(np.float16)
+
     # Residual dimension 0 holds a constant: embeddings set it, no layer writes to it. The output
     # row of each control token reads it with a large negative weight, so they are never sampled.
     embd = rand(n_vocab, d)
@@ -120,7 +136,6 @@ def write_model(path: Path, shape: ModelShape, seed: int = 0) -> None:
     w.add_tensor("token_embd.weight", embd)
     w.add_tensor("output_norm.weight", ones)
     w.add_tensor("output.weight", out)
-    kv = shape.kv_heads * head_dim
     for i in range(shape.layers):
         attn_out, ffn_down = rand(d, d), rand(d, shape.ffn)
         attn_out[0, :] = 0
@@ -137,10 +152,6 @@ def write_model(path: Path, shape: ModelShape, seed: int = 0) -> None:
             ("ffn_down.weight", ffn_down),
         ):
             w.add_tensor(f"blk.{i}.{name}", tensor)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def ensure_model(size: str = "tiny", seed: int = 0, cache: Path | None = None) -> Path:

@@ -27,10 +27,12 @@ from hypothesis import strategies as st
 
 from scenarios.corpora import CorpusError, CorpusSpec, parse_corpus
 from scenarios.plan import build_plan
+from scenarios.plan_budget import PlanTooLarge
 from scenarios.records import RecordsError, RequestRecord, read_records
 from scenarios.spec import MAX_NODES, ScenarioError, load_scenario
-from scenarios.traces import TraceColumns, TraceError, load_trace
-from scenarios.traffic import PlanTooLarge
+from scenarios.trace_errors import TraceError
+from scenarios.trace_load import load_trace
+from scenarios.trace_types import TraceColumns
 from surgecast.cli import main
 from surgecast.rundir import RunFolder
 from tests.conftest import ROOT, run_cli, run_json

@@ -12,16 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from scenarios.corpora import load_corpus
-from scenarios.messy import (
-    INJECTIONS,
-    Messiness,
-    MessStats,
-    edge_kinds,
-    empty_text,
-    measure,
-    paste_text,
-    typo,
-)
+from scenarios.messy import Messiness, empty_text, paste_text, typo
+from scenarios.messy_measure import MessStats, edge_kinds, measure
+from scenarios.messy_vocab import INJECTIONS
 from tests.corpus_sets import CorpusSet
 
 SENTENCES = [

@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from loadgen.sizing import SizedPrompts
-from scenarios.plan import RequestSpec, build_plan, shareable_prompt_share
+from scenarios.plan import RequestSpec, build_plan
+from scenarios.plan_tokens import shareable_prompt_share
 from scenarios.spec import Scenario, load_scenario, parse_scenario
 from tests.conftest import run_cli, scenario_dict, write_scenario
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.plan import build_plan, plan_digest, plan_share
+from scenarios.plan import build_plan
+from scenarios.plan_shares import plan_digest, plan_share
 from scenarios.spec import parse_scenario
 from tests.conftest import LENIENT, ROOT, run_cli, scenario_dict, write_scenario
 

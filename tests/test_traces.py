@@ -16,16 +16,10 @@ from scipy import stats
 
 from scenarios.records import RequestRecord, write_records
 from scenarios.spec import Arrival
-from scenarios.traces import (
-    MAX_LISTED_PROBLEMS,
-    TopFunctions,
-    TraceColumns,
-    TraceError,
-    TraceLengths,
-    TraceReplay,
-    block_prefix,
-    load_trace,
-)
+from scenarios.trace_errors import MAX_LISTED_PROBLEMS, TraceError
+from scenarios.trace_load import load_trace
+from scenarios.trace_types import TopFunctions, TraceColumns
+from scenarios.traces import TraceLengths, TraceReplay, block_prefix
 from scenarios.traffic import OnOffArrival
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"  # ../shared/data

@@ -14,13 +14,10 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from scipy import integrate, stats
 
+from scenarios.plan_budget import MAX_PLANNED_REQUESTS
+from scenarios.seconds import SecondsDistribution
 from scenarios.spec import Arrival
-from scenarios.traffic import (
-    MAX_PLANNED_REQUESTS,
-    ClosedUsers,
-    FlashCrowd,
-    SecondsDistribution,
-)
+from scenarios.traffic import ClosedUsers, FlashCrowd
 
 ARRIVAL: TypeAdapter[Any] = TypeAdapter(Arrival)
 SECONDS = TypeAdapter(SecondsDistribution)

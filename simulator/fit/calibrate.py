@@ -252,12 +252,59 @@ STREAMED_ONLY = (
 
 
 def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = None) -> Fit:
+    """The step cost and request overhead the records show (see the module docstring)."""
     ok = _streamed(records)
     if not any(len(r.chunk_times) > 1 for r in ok):
         raise CalibrationError(STREAMED_ONLY)
+    x, y, steps, context = _step_rows(records, ok)
+    linear = _fit_linear(x, y)
+    cost, cov, keep = linear.cost, linear.cov, linear.keep
+    per_step, resid = linear.per_step, linear.resid
+    idle = _idle_requests(ok)
+    if not linear.identifiable[2]:  # no step with a prefill was timed: learn it from idle TTFTs
+        cost[2], cov[3, 3] = _prefill_from_idle(idle)
+    rows_ = StepRows(x[:, 0], x[:, 1], x[:, 2], context, y)
+    selection = select(rows_)
+    model = _bent(selection, None if linear.identifiable[2] else float(cost[2]))
+    if model is not None:  # the residuals of the chosen model
+        per_step = (y - predict(model, rows_)) / x[:, 0]
+        resid = per_step[keep] * x[keep, 0]
+    priced = StepCost(*map(float, cost)) if model is None else model
+    idle_overheads = [  # an idle request's prefill step attends over its own prompt
+        (r.first_token or 0.0) - r.start - priced.duration(0, p, p)
+        for r in idle
+        for p in [r.prompt_tokens or 0]
+    ]
+    queued_free = _overhead_samples(ok, steps, max_num_seqs) if steps else np.empty(0)
+    overheads = np.concatenate([queued_free, idle_overheads])
+    overhead, cov[0, 0] = _overhead(overheads)
+    kept = y[keep]
+    ss_tot = float(((kept - kept.mean()) ** 2).sum())
+    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
+    return Fit(
+        np.concatenate([[overhead], cost]),
+        cov,
+        len(y),
+        len(overheads),
+        r2,
+        float(np.sqrt(np.mean(resid**2))),
+        tuple(float(q) for q in np.percentile(_noise(per_step, x), RESIDUAL_LEVELS)),
+        model,
+        selection.name,
+        selection.candidates,
+        linear.typical,
+    )
+
+
+def _step_rows(
+    records: Sequence[RequestRecord], ok: Sequence[RequestRecord]
+) -> tuple[np.ndarray, np.ndarray, _Steps | None, np.ndarray | None]:
+    """The rows to fit: x (steps in the row, decoding sequences, prefill tokens), y (seconds),
+    the recovered steps and their context tokens where each step is seen. A server that
+    merges steps into chunks gives chunk intervals instead (its steps are unseen)."""
     steps = None
-    context = None  # the steps' context tokens, where each step is seen
-    if several_per_chunk(records):  # steps in between chunks are unseen: fit chunk intervals
+    context = None
+    if several_per_chunk(records):
         x, y = chunk_rows([r for r in records if r.status == "ok" and r.chunk_times])
     elif sum(len(r.chunk_times) for r in ok) >= 3:
         steps = _recover_steps(ok)
@@ -272,7 +319,23 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
             f"only {len(y)} usable engine steps in {len(ok)} successful streamed requests: "
             "calibration needs streamed responses with several tokens each and some concurrency"
         )
-    n_rows = len(y)
+    return x, y, steps, context
+
+
+@dataclass(frozen=True)
+class _LinearFit:
+    """The linear step cost, robustly fitted: terms no row varies are left at 0."""
+
+    identifiable: np.ndarray  # which of base, per decoding sequence, per prefill token
+    keep: np.ndarray  # the rows that are not outliers
+    cost: np.ndarray  # base, per decoding sequence, per prefill token (seconds)
+    cov: np.ndarray  # over PARAMS; the overhead's variance is left to fill
+    per_step: np.ndarray  # every row's residual per step (outliers too)
+    resid: np.ndarray  # the kept rows' residuals
+    typical: tuple[float, float]  # mean decoding sequences and prefill tokens per kept step
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray) -> _LinearFit:
     identifiable = np.ptp(x, axis=0) > 0
     identifiable[0] = True  # the intercept (base) is always fitted
     xs = x[:, identifiable]
@@ -286,46 +349,17 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     idx = 1 + np.flatnonzero(identifiable)
     cov[np.ix_(idx, idx)] = sigma2 * np.linalg.pinv(xs[keep].T @ xs[keep])
     typical = (float(np.mean(x[keep, 1] / x[keep, 0])), float(np.mean(x[keep, 2] / x[keep, 0])))
+    return _LinearFit(identifiable, keep, cost, cov, per_step, resid, typical)
 
-    idle = _idle_requests(ok)
-    if not identifiable[2]:  # no step with a prefill was timed: learn it from idle TTFTs
-        cost[2], cov[3, 3] = _prefill_from_idle(idle)
-    rows_ = StepRows(x[:, 0], x[:, 1], x[:, 2], context, y)
-    selection = select(rows_)
-    model = _bent(selection, None if identifiable[2] else float(cost[2]))
-    if model is not None:  # the residuals of the chosen model
-        per_step = (y - predict(model, rows_)) / x[:, 0]
-        resid = per_step[keep] * x[keep, 0]
-    y = y[keep]
-    priced = StepCost(*map(float, cost)) if model is None else model
-    idle_overheads = [  # an idle request's prefill step attends over its own prompt
-        (r.first_token or 0.0) - r.start - priced.duration(0, p, p)
-        for r in idle
-        for p in [r.prompt_tokens or 0]
-    ]
-    queued_free = _overhead_samples(ok, steps, max_num_seqs) if steps else np.empty(0)
-    overheads = np.concatenate([queued_free, idle_overheads])
-    overhead = 0.0
-    if len(overheads):  # the mean of the samples that are not outliers, and its variance
-        mean, kept = robust_lstsq(np.ones((len(overheads), 1)), overheads)
-        overhead = max(float(mean[0]), 0.0)
-        if kept.sum() > 1:
-            cov[0, 0] = float(np.var(overheads[kept], ddof=1)) / int(kept.sum())
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else 1.0
-    return Fit(
-        np.concatenate([[overhead], cost]),
-        cov,
-        n_rows,
-        len(overheads),
-        r2,
-        float(np.sqrt(np.mean(resid**2))),
-        tuple(float(q) for q in np.percentile(_noise(per_step, x), RESIDUAL_LEVELS)),
-        model,
-        selection.name,
-        selection.candidates,
-        typical,
-    )
+
+def _overhead(samples: np.ndarray) -> tuple[float, float]:
+    """The request overhead: the mean of the samples that are not outliers (0 without any, never
+    negative), and its variance (0 with under two kept)."""
+    if not len(samples):
+        return 0.0, 0.0
+    mean, kept = robust_lstsq(np.ones((len(samples), 1)), samples)
+    variance = float(np.var(samples[kept], ddof=1)) / int(kept.sum()) if kept.sum() > 1 else 0.0
+    return max(float(mean[0]), 0.0), variance
 
 
 def _noise(per_step: np.ndarray, x: np.ndarray) -> np.ndarray:

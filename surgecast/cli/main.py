@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
 from scenarios.corpora import CorpusError
+from scenarios.plan_budget import PlanTooLarge
 from scenarios.spec import ScenarioError
-from scenarios.traces import TraceError
-from scenarios.traffic import PlanTooLarge
+from scenarios.trace_errors import TraceError
 from surgecast import __version__
 from surgecast.cli import judge, model, run, serve
 from surgecast.cli.exits import (

@@ -1,223 +1,31 @@
-"""A streaming OpenAI-compatible client that timestamps every server-sent event line as it arrives.
-
-Each receive is read as it comes, never in fixed-size blocks, and every line it completes is
-stamped with the kernel's arrival time of those bytes (`loadgen.wire`), so chunk times are what
-the wire delivered even when the event loop reads them late. Under Locust the same code runs on
-gevent's patched sockets. Connections are kept alive where the server allows it, and one the
-server closed while idle (llama-server closes after every stream while advertising keep-alive)
-is dropped or replaced, never a failed request. The host name is resolved once per endpoint.
-A request's `start` is stamped as its bytes are written, so time spent connecting or queued in
-the client is schedule lag or connect time, never TTFT.
-"""
+"""One request to the target, streamed or not (`StreamingCall`): every receive timestamped as it
+arrives, the answer's chunks, tokens and errors recorded in its `RequestRecord`."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import email.utils
 import json
 import math
-import os
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
-
+from loadgen.client.endpoint import Endpoint, Messages
+from loadgen.client.parsing import StreamError, parse_event, retry_after_seconds, whole_count
+from loadgen.client.pool import ConnectionPool
 from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
 from scenarios.scrub import PromptStore
-from scenarios.spec import TargetSpec
 from scenarios.users import give_up_at
 
 Clock = Callable[[], float]
-Messages = list[dict[str, str]]
 DETAIL_CHARS = 200
-
-
-def retry_after_seconds(value: str, now: float | None = None) -> float | None:
-    """A Retry-After header (RFC 9110 10.2.3) as seconds from `now` (epoch seconds, default the
-    wall clock), never negative: delay-seconds, or an HTTP-date (a date past is 0). None when
-    it is neither, and backoff alone decides."""
-    value = value.strip()
-    with contextlib.suppress(ValueError):
-        seconds = float(value)  # delay-seconds (a fraction accepted, as some servers send)
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (ValueError, TypeError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000": UTC, as an HTTP-date always is
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-class MissingApiKey(ValueError):
-    pass
-
-
-def read_api_key(target: TargetSpec) -> str | None:
-    """The key from the env var the scenario names; never stored anywhere else."""
-    if not target.api_key_env:
-        return None
-    key = os.environ.get(target.api_key_env)
-    if not key:
-        raise MissingApiKey(
-            f"target.api_key_env names {target.api_key_env}, which is not set: "
-            f"export {target.api_key_env}=... and run again"
-        )
-    return key
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    base_url: str  # ends in /v1 (or whatever prefix the API lives under)
-    api: str = "chat"
-    model: str = "surgecast-reference"
-    api_key: str | None = field(default=None, repr=False)
-    timeout_s: float = 60.0
-    stream: bool = True
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    max_response_bytes: int = 8 << 20
-
-    @classmethod
-    def from_target(
-        cls,
-        target: TargetSpec,
-        base_url: str | None,
-        api_key: str | None,
-        required: dict[str, Any] | None = None,
-    ) -> Endpoint:
-        """The scenario's target at `base_url`; `required`: body fields the server needs (a
-        random-weight model's `ignore_eos`), which the scenario's own extra_body overrides."""
-        url = base_url or target.base_url
-        if not url:
-            raise ValueError("no target URL: give --target or target.base_url")
-        return cls(
-            url.rstrip("/"),
-            target.api,
-            target.model,
-            api_key,
-            target.timeout_s,
-            target.stream,
-            {**(required or {}), **target.extra_body},
-            target.max_response_bytes,
-        )
-
-    @property
-    def path(self) -> str:
-        prefix = urlsplit(self.base_url).path.rstrip("/")
-        return prefix + ("/chat/completions" if self.api == "chat" else "/completions")
-
-    def body(self, spec: RequestSpec, messages: Messages | None = None) -> dict[str, Any]:
-        """The request body; `messages` (a chat's history and new turn) default to the prompt."""
-        if messages is None:
-            messages = [{"role": "user", "content": spec.prompt or ""}]
-        body: dict[str, Any] = {"model": self.model, "max_tokens": spec.max_tokens}
-        if self.api == "chat":
-            body["messages"] = messages
-        else:
-            body["prompt"] = "\n".join(m["content"] for m in messages)
-        if self.stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return {**body, **self.extra_body}
-
-    def redact(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
-
-    def address(self) -> tuple[str, int]:
-        """(host, port) to connect to: a plain-HTTP host resolved to its address once (HTTPS
-        keeps the name, which the certificate check needs)."""
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if self.tls else 80)
-        if self.tls:
-            return host, port
-        try:
-            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            return host, port  # connecting will fail and say why
-        return str(info[0][4][0]), port
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.base_url).scheme == "https"
-
-    @property
-    def host_header(self) -> str:
-        """The Host header the URL names (kept when connecting to a resolved address)."""
-        return urlsplit(self.base_url).netloc
-
-
-class TargetUnreachable(Exception):
-    pass
-
-
-class TargetRefused(Exception):
-    """The target turned the requests away (401/403) before any load was sent."""
-
-
-AUTH_STATUSES = (401, 403)
 DRAIN_S = 1.0  # for the end of a finished response, before its connection is kept
 ERROR_BYTES = 4096  # of an error answer's body, kept for its message
 MAX_LINE_BYTES = 1 << 20
 SSE_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
-
-
-def refused_message(endpoint: Endpoint, status: int, detail: str) -> str:
-    keyed = "with the API key given" if endpoint.api_key else "without an API key"
-    return (
-        f"{endpoint.base_url} refused the request {keyed} (HTTP {status}: {detail[:120]}): "
-        "set target.api_key_env in the scenario to the variable holding a valid key"
-    )
-
-
-def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
-    """Check the target answers and serves the model before any load is sent.
-
-    Raises TargetUnreachable when nothing answers, MissingModel when /v1/models lists other
-    models. A server without /v1/models (or that wants other auth for it) passes.
-    """
-    request = urllib.request.Request(endpoint.base_url + "/models")
-    if endpoint.api_key:
-        request.add_header("Authorization", f"Bearer {endpoint.api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as r:
-            listing = json.load(r)
-    except urllib.error.HTTPError as e:
-        if e.code in AUTH_STATUSES:
-            raise TargetRefused(refused_message(endpoint, e.code, str(e.reason))) from None
-        return
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TargetUnreachable(f"{endpoint.base_url} does not answer: {reason}") from None
-    except ValueError:
-        return
-    served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
-    if served and endpoint.model not in served:
-        raise MissingModel(
-            f"{endpoint.base_url} does not serve model {endpoint.model!r}; it serves: "
-            f"{', '.join(map(str, served))} (set target.model in the scenario)"
-        )
-
-
-class MissingModel(ValueError):
-    pass
-
-
-class StreamError(Exception):
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(detail or kind)
-        self.kind = kind
-        self.detail = detail
 
 
 class StreamingCall:
@@ -458,13 +266,13 @@ class StreamingCall:
             )
         self._take_usage(usage)
         timings = event.get("timings")  # llama-server's own, on its last chunk
-        if isinstance(timings, dict) and _whole(timings.get("cache_n")) is not None:
+        if isinstance(timings, dict) and whole_count(timings.get("cache_n")) is not None:
             self.record.cached_tokens = timings["cache_n"]
 
     def _count_chunk_tokens(self, completion_tokens: Any) -> None:
         """Tokens in the chunk just read, from the running completion count on every chunk."""
         rec = self.record
-        if _whole(completion_tokens) is None:
+        if whole_count(completion_tokens) is None:
             if rec.chunk_tokens is not None:
                 rec.chunk_tokens.append(1)
             return
@@ -476,12 +284,12 @@ class StreamingCall:
     def _take_usage(self, usage: Any) -> None:
         """The server's token counts, where they are whole numbers >= 0 (a record never holds
         what a target made up: strings, fractions, negatives)."""
-        if isinstance(usage, dict) and _whole(usage.get("completion_tokens")) is not None:
-            self.record.prompt_tokens = _whole(usage.get("prompt_tokens"))
-            self.record.output_tokens = _whole(usage.get("completion_tokens"))
+        if isinstance(usage, dict) and whole_count(usage.get("completion_tokens")) is not None:
+            self.record.prompt_tokens = whole_count(usage.get("prompt_tokens"))
+            self.record.output_tokens = whole_count(usage.get("completion_tokens"))
             self.record.token_source = "usage"
             details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and _whole(details.get("cached_tokens")) is not None:
+            if isinstance(details, dict) and whole_count(details.get("cached_tokens")) is not None:
                 self.record.cached_tokens = details["cached_tokens"]
 
     def _on_body(self, data: bytes) -> None:
@@ -531,7 +339,7 @@ class StreamingCall:
         data = line[5:].strip()
         if data == b"[DONE]":
             return True
-        self._on_event(_event(data), now)
+        self._on_event(parse_event(data), now)
         return False
 
     def _read_whole(self, conn: Connection) -> None:
@@ -573,52 +381,6 @@ class StreamingCall:
             rec.token_source = "chunks"
 
 
-class ConnectionPool:
-    """Idle keep-alive connections to one target, newest first. A connection is only kept when
-    its response was read to the end and the server did not say it closes; one the server has
-    closed meanwhile (llama-server closes after every stream while advertising keep-alive) is
-    found so before reuse and dropped."""
-
-    def __init__(self, size: int = 256):
-        self.size = size
-        self._idle: list[Connection] = []
-        self.reused = 0  # requests sent on a kept connection
-        self.closed_by_server = 0  # kept connections found closed when wanted
-
-    def take(self) -> Connection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.idle():
-                self.reused += 1
-                return conn
-            self.closed_by_server += 1
-            conn.close()
-        return None
-
-    def give(self, conn: Connection) -> None:
-        if len(self._idle) < self.size:
-            self._idle.append(conn)
-        else:
-            conn.close()
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
-
-
-def _event(data: bytes) -> Any:
-    """An event's JSON: orjson first (three times faster on a content chunk), then the standard
-    library for what orjson refuses but it reads (NaN, Infinity)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
-
-
 def _broken_kind(rec: RequestRecord) -> str:
     """What broke, by how far the request got: never connected, connected but no answer,
     or the answer cut off."""
@@ -627,9 +389,3 @@ def _broken_kind(rec: RequestRecord) -> str:
     if rec.connect_s is not None:
         return "connection_reset"
     return "connection_error"
-
-
-def _whole(value: Any) -> int | None:
-    """`value` if it is a whole number >= 0 (not a bool), else None."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return value if ok else None

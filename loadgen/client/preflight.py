@@ -1,0 +1,60 @@
+"""The check before any load is sent: the target answers, serves the model and takes the key."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from loadgen.client.endpoint import Endpoint
+
+AUTH_STATUSES = (401, 403)
+
+
+class TargetUnreachable(Exception):
+    pass
+
+
+class TargetRefused(Exception):
+    """The target turned the requests away (401/403) before any load was sent."""
+
+
+class MissingModel(ValueError):
+    pass
+
+
+def refused_message(endpoint: Endpoint, status: int, detail: str) -> str:
+    keyed = "with the API key given" if endpoint.api_key else "without an API key"
+    return (
+        f"{endpoint.base_url} refused the request {keyed} (HTTP {status}: {detail[:120]}): "
+        "set target.api_key_env in the scenario to the variable holding a valid key"
+    )
+
+
+def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
+    """Check the target answers and serves the model before any load is sent.
+
+    Raises TargetUnreachable when nothing answers, MissingModel when /v1/models lists other
+    models. A server without /v1/models (or that wants other auth for it) passes.
+    """
+    request = urllib.request.Request(endpoint.base_url + "/models")
+    if endpoint.api_key:
+        request.add_header("Authorization", f"Bearer {endpoint.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            listing = json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code in AUTH_STATUSES:
+            raise TargetRefused(refused_message(endpoint, e.code, str(e.reason))) from None
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TargetUnreachable(f"{endpoint.base_url} does not answer: {reason}") from None
+    except ValueError:
+        return
+    served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+    if served and endpoint.model not in served:
+        raise MissingModel(
+            f"{endpoint.base_url} does not serve model {endpoint.model!r}; it serves: "
+            f"{', '.join(map(str, served))} (set target.model in the scenario)"
+        )
