@@ -22,24 +22,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import gevent
 from gevent.event import Event
 from locust.env import Environment
-from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner
 
-from loadgen.client import Endpoint, read_api_key
-from loadgen.cpu import CpuUse, usable_cores
+from loadgen.client import Endpoint
+from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
-from loadgen.runner import STOP_SIGNALS, LoadRun, Stopped
-from loadgen.sizing import KEPT_TEXTS, SizedPrompts
-from scenarios.plan import RequestSpec, build_plan
-from scenarios.plan_shares import plan_digest, plan_share
-from scenarios.records import RequestRecord
+from loadgen.runner import STOP_SIGNALS, Stopped
+from loadgen.sizing import SizedPrompts
+from scenarios.plan import RequestSpec
+from scenarios.plan_shares import plan_digest
 from scenarios.scrub import PromptStore
-from scenarios.spec import Scenario, parse_scenario
+from scenarios.spec import Scenario
 
 ASSIGN = "surgecast_assign"  # master -> worker: the run, its share and the scenario
 READY = "surgecast_ready"  # worker -> master: plan built, share taken
@@ -297,51 +295,6 @@ class Master:
         return report
 
 
-class RemoteWriter:
-    """A worker's record sink: records go to the master in batches, at least every FLUSH_S."""
-
-    def __init__(self, runner: WorkerRunner, index: int, load: Callable[[], LoadRun | None]):
-        self.runner = runner
-        self.index = index
-        self.load = load
-        self.lines: list[str] = []
-        self._said: dict[str, int] = {}  # the counters last sent
-        self._flusher = gevent.spawn(self._every)
-
-    def write(self, record: RequestRecord) -> None:
-        self.lines.append(record.to_json())
-        if len(self.lines) >= BATCH:
-            self.flush()
-
-    def flush(self, kind: str = RECORDS, **extra: Any) -> None:
-        lines, self.lines = self.lines, []
-        self._said = self.counts()
-        self.runner.send_message(kind, {**self._said, "lines": lines, **extra})
-
-    def counts(self) -> dict[str, int]:
-        load = self.load()
-        if load is None:
-            return {"index": self.index}
-        p = load.progress
-        return {
-            "index": self.index,
-            "sent": p.sent,
-            "done": p.done,
-            "in_flight": p.in_flight,
-            "errors": p.errors,
-            "skipped": p.skipped,
-        }
-
-    def close(self) -> None:
-        self._flusher.kill()
-
-    def _every(self) -> None:
-        while True:
-            gevent.sleep(FLUSH_S)
-            if self.lines or self.counts() != self._said:  # progress shows before records do
-                self.flush()
-
-
 def _host_cpu(
     workers: list[dict[str, Any]], master_host: str, master_cpu: float
 ) -> list[dict[str, Any]]:
@@ -379,127 +332,3 @@ def assignment(
         "overhead_tokens": prompts.overhead_tokens,
         "prompt_key": PromptStore().key.hex(),
     }
-
-
-def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) -> int:
-    """Connect to a master, run the share it assigns, send every record back; 0 when the share
-    was sent, 3 when the worker could not run it."""
-    environment = Environment(user_classes=[])
-    print(f"worker: connecting to the master at {master_host}:{master_port}", file=sys.stderr)
-    try:
-        runner = environment.create_worker_runner(master_host, master_port)
-    except ConnectionError:
-        print(
-            f"worker: no master answered at {master_host}:{master_port} (start `surgecast run "
-            "SCENARIO --master` there first, or check --master-host and --master-port)",
-            file=sys.stderr,
-        )
-        return 3
-    finished = Event()
-    outcome = {"code": 0}
-    state: dict[str, Any] = {}
-
-    def on_assign(environment: Environment, msg: Any) -> None:
-        gevent.spawn(_work, runner, environment, msg.data, state, finished, outcome)
-
-    def on_go(environment: Environment, msg: Any) -> None:
-        state["zero"] = float(msg.data["zero"])
-        state["go"].set()
-
-    def on_stop(environment: Environment, msg: Any) -> None:
-        load = state.get("load")
-        if load is not None:
-            load.stop(int(msg.data["signum"]))
-
-    state["go"] = Event()
-    runner.register_message(ASSIGN, on_assign)
-    runner.register_message(GO, on_go)
-    runner.register_message(STOP, on_stop)
-    deadline = time.monotonic() + timeout_s
-    while not finished.wait(1.0):
-        if not len(runner.greenlet) or time.monotonic() > deadline:
-            # the master quit or went silent (Locust's heartbeat): stop, records are lost
-            print("worker: the master is gone; stopping", file=sys.stderr)
-            if "load" in state:
-                state["load"].stop(signal.SIGTERM)
-                state["load"].stop(signal.SIGTERM)  # and cancel what is in flight
-                finished.wait(10.0)
-            return 3
-    gevent.sleep(0.2)  # let the last message leave
-    runner.quit()
-    return outcome["code"]
-
-
-def _work(
-    runner: WorkerRunner,
-    environment: Environment,
-    data: dict[str, Any],
-    state: dict[str, Any],
-    finished: Event,
-    outcome: dict[str, int],
-) -> None:
-    index = int(data["index"])
-    writer = RemoteWriter(runner, index, lambda: state.get("load"))
-    try:
-        load, prompts = _load_run(environment, data, writer)
-        state["load"] = load
-        runner.send_message(READY, {"index": index})
-        state["go"].wait()
-        # the plan's zero on this host's monotonic clock
-        load.start_at = time.monotonic() + (state["zero"] - time.time())
-        load.run()
-        generator = {
-            "loop_lag": load.loop_lag.summary(),
-            "cpu": load.cpu.summary(),
-            "host": socket.gethostname(),
-            "cores": usable_cores(),
-        }
-        stopped = load.stopped.signum if load.stopped else None
-        share = math.ceil(KEPT_TEXTS / int(data["count"]))  # the master keeps about KEPT_TEXTS
-        texts = {persona: pairs[:share] for persona, pairs in prompts.texts.items()}
-        writer.flush(DONE, generator=generator, stopped=stopped, texts=texts)
-    except Exception as e:  # said to the master, which marks the run invalid
-        outcome["code"] = 3
-        print(f"worker {index}: {type(e).__name__}: {e}", file=sys.stderr)
-        writer.flush(DONE, error=f"{type(e).__name__}: {e}")
-    finally:
-        writer.close()
-        finished.set()
-
-
-def _load_run(
-    environment: Environment, data: dict[str, Any], writer: RemoteWriter
-) -> tuple[LoadRun, SizedPrompts]:
-    """The worker's LoadRun for its share of the plan the assignment describes, and the
-    prompts it renders."""
-    base_dir = Path(data["base_dir"]) if data.get("base_dir") else None
-    scenario = parse_scenario(data["scenario"], "<scenario from the master>", base_dir)
-    plan = build_plan(scenario)
-    if plan_digest(plan) != data["digest"]:
-        raise ValueError(
-            "this worker's plan differs from the master's (another surgecast version, or other "
-            "trace or corpus files at the scenario's paths)"
-        )
-    mine = plan_share(plan, int(data["index"]), int(data["count"]))
-    endpoint = Endpoint.from_target(
-        scenario.target, data["base_url"], read_api_key(scenario.target)
-    )
-    endpoint = Endpoint(**{**endpoint.__dict__, "extra_body": dict(data["extra_body"])})
-    prompts = SizedPrompts(scenario, base_dir, data["salt"])
-    prompts.chars_per_token = float(data["chars_per_token"])
-    prompts.overhead_tokens = float(data["overhead_tokens"])
-    traffic = scenario.traffic
-    load = LoadRun(
-        mine,
-        endpoint,
-        writer,
-        max_in_flight=max(1, math.ceil(traffic.max_in_flight / int(data["count"]))),
-        store_prompts=PromptStore(
-            scenario.privacy.store_prompts, bytes.fromhex(data["prompt_key"])
-        ),
-        progress=None,
-        prompts=prompts,
-        stop_grace_s=traffic.stop_grace_s,
-        environment=environment,
-    )
-    return load, prompts

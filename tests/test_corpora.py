@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from scenarios.corpora import (
-    MAX_PROBLEMS,
     CorpusError,
     CorpusSpec,
     load_corpus,
     parse_corpus,
-    select_json,
 )
+from scenarios.corpus_formats import MAX_PROBLEMS, select_json
 from tests.corpus_sets import FILES, REAL, SHIPPED, CorpusSet, Counted, line_count, needs_data
 
 

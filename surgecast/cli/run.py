@@ -197,7 +197,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from loadgen.distributed import serve_worker
+    from loadgen.worker import serve_worker
 
     return serve_worker(a.master_host, a.master_port)
 
