@@ -59,7 +59,7 @@ class PromptSource(Protocol):
 
     def messages(self, spec: RequestSpec) -> Messages: ...
 
-    def observe(self, sent_chars: int, record: RequestRecord) -> None: ...
+    def observe(self, sent_chars: int, record: RequestRecord) -> bool: ...
 
 
 class PlannedPrompts:
@@ -68,8 +68,8 @@ class PlannedPrompts:
     def messages(self, spec: RequestSpec) -> Messages:
         return [{"role": "user", "content": spec.prompt or ""}]
 
-    def observe(self, sent_chars: int, record: RequestRecord) -> None:
-        return None
+    def observe(self, sent_chars: int, record: RequestRecord) -> bool:
+        return False
 
 
 class LoadRun:

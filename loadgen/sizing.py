@@ -28,7 +28,7 @@ from loadgen.client import (
 from scenarios.messy import Messiness, empty_text, paste_text
 from scenarios.messy_measure import MessStats, measure
 from scenarios.plan import RequestSpec
-from scenarios.prompts import RagSource, estimate_chars_per_token
+from scenarios.prompts import RagSource, UninformativeUsage, estimate_chars_per_token
 from scenarios.records import RequestRecord
 from scenarios.spec import Persona, Scenario
 from scenarios.text import make_prompt
@@ -143,13 +143,19 @@ class SizedPrompts:
         result.chars_per_token, result.overhead_tokens = self.chars_per_token, self.overhead_tokens
         return result
 
-    def observe(self, sent_chars: int, record: RequestRecord) -> None:
-        """Learn from a served request: its characters against the server's prompt tokens."""
+    def observe(self, sent_chars: int, record: RequestRecord) -> bool:
+        """Learn from a served request: its characters against the server's prompt tokens.
+        False when it taught nothing: no usage, or usage that does not follow the prompts'
+        lengths (the ratio then stays what it was)."""
         if record.token_source != "usage" or not record.prompt_tokens or sent_chars <= 0:
-            return
+            return False
         self._seen.append((sent_chars, record.prompt_tokens))
         chars, tokens = zip(*self._seen, strict=True)
-        self.chars_per_token, self.overhead_tokens = estimate_chars_per_token(chars, tokens)
+        try:
+            self.chars_per_token, self.overhead_tokens = estimate_chars_per_token(chars, tokens)
+        except UninformativeUsage:
+            return False
+        return True
 
 
 def run_salt() -> str:
@@ -184,6 +190,11 @@ class ProbeResult:
             )
         if self.rejected == self.sent:
             return "prompt sizing: the target refused every probe (429/503); sizes are estimates"
+        if self.prompt_tokens:
+            return (
+                "prompt sizing: the target's usage does not follow the prompts' lengths (fixed "
+                "by a proxy or mock?); prompt sizes are estimates"
+            )
         return "prompt sizing: the target reports no usage; prompt sizes are estimates"
 
 
@@ -219,8 +230,7 @@ def probe_sizes(endpoint: Endpoint, prompts: SizedPrompts, persona: str) -> Prob
         result.prompt_tokens += record.prompt_tokens or 0
         result.output_tokens += record.output_tokens or 0
         if record.token_source == "usage":
-            prompts.observe(sum(len(m["content"]) for m in messages), record)
-            result.learned += 1
+            result.learned += prompts.observe(sum(len(m["content"]) for m in messages), record)
     return result
 
 

@@ -392,13 +392,23 @@ TextSource = Annotated[
 ]
 
 
+CHARS_PER_TOKEN = (0.5, 16.0)  # any tokenizer's range: byte-level CJK to long English words
+
+
+class UninformativeUsage(ValueError):
+    """The served token counts do not follow the prompts' lengths (a proxy or mock that fixes
+    `usage`): no characters-per-token ratio can be learned from them."""
+
+
 def estimate_chars_per_token(
     prompt_chars: Sequence[float], served_tokens: Sequence[float]
 ) -> tuple[float, float]:
     """Fit `served_tokens ~ a + chars / cpt` by least squares; returns `(cpt, a)` with `a >= 0`.
 
     `a` is the server's fixed per-request overhead (chat template, BOS). With one sample, equal
-    sizes, or a fit with a negative intercept, the line goes through the origin instead.
+    sizes, or a fit with a negative intercept or a ratio no tokenizer has (outside
+    CHARS_PER_TOKEN), the line goes through the origin instead; when that ratio is no
+    tokenizer's either, UninformativeUsage.
     """
     x = np.asarray(prompt_chars, dtype=float)
     y = np.asarray(served_tokens, dtype=float)
@@ -406,9 +416,15 @@ def estimate_chars_per_token(
         raise ValueError(f"need equal, non-empty samples; got {x.size} and {y.size}")
     if np.any(x < 0) or np.any(y <= 0) or not np.any(x > 0):
         raise ValueError("characters must be >= 0 (some > 0) and tokens > 0")
+    low, high = CHARS_PER_TOKEN
     if x.size >= 2 and np.ptp(x) > 0:
         slope, a = np.polyfit(x, y, 1)
-        if a >= 0 and slope > 0:
+        if a >= 0 and low * slope <= 1.0 <= high * slope:
             return float(1.0 / slope), float(a)
-    slope = float(np.dot(x, y) / np.dot(x, x))
-    return float(1.0 / slope), 0.0
+    cpt = float(np.dot(x, x) / np.dot(x, y))
+    if not low <= cpt <= high:
+        raise UninformativeUsage(
+            f"served prompt tokens do not follow the prompts' lengths: {cpt:.3g} characters per "
+            f"token, outside any tokenizer's {low:g}-{high:g}"
+        )
+    return cpt, 0.0

@@ -19,6 +19,11 @@ STREAMS = {
     "not-an-object": b"data: 123\n\n",
     "cut-off": b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
     "error-event": b'data: {"error":{"message":"overloaded, try later"}}\n\n',
+    # a whole answer whose usage says 7 prompt tokens whatever the prompt (a proxy or mock)
+    "fixed-usage": b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"ok"}}]}\n\n'
+    b'data: {"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+    b'data: {"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1}}\n\n'
+    b"data: [DONE]\n\n",
 }
 
 
@@ -128,3 +133,20 @@ def test_an_existing_run_folder_is_never_overwritten(tmp_path: Path) -> None:
     result = run_cli("run", str(path), "--out", str(out), timeout=60)
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert json.loads((out / "run.json").read_text()) == {"run_id": "earlier"}
+
+
+def test_usage_that_ignores_the_prompt_leaves_sizing_at_its_estimate(
+    tmp_path: Path, bad_server: str
+) -> None:
+    """Every request served with the same prompt tokens: no ratio can be learned (once this
+    sent the estimate to infinity and the run died of an OverflowError); the run goes on with
+    the default ratio and says why."""
+    data = scenario_dict(traffic={"rate": 5, "duration_s": 1, "seed": 1})
+    data["target"]["model"] = "fixed-usage"
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--target", bad_server, "--out", str(out), "-q")
+    assert result.returncode in (0, 99), result.stderr[-2000:]
+    assert "usage does not follow the prompts' lengths" in result.stderr
+    sizing = json.loads((out / "run.json").read_text())["sizing"]
+    assert sizing["learned"] == 0 and sizing["chars_per_token"] == 4.0

@@ -18,6 +18,7 @@ from scenarios.prompts import (
     RagSource,
     SummariseSource,
     TextSource,
+    UninformativeUsage,
     WordsSource,
     estimate_chars_per_token,
     fit_chars,
@@ -172,6 +173,17 @@ def test_estimate_recovers_a_line_and_falls_back() -> None:
         estimate_chars_per_token([], [])
     with pytest.raises(ValueError):
         estimate_chars_per_token([1, 2], [1])
+
+
+def test_usage_that_ignores_the_prompt_teaches_no_ratio() -> None:
+    """A fixed count whatever the length (the sizing probes' three sizes): the slope is zero,
+    its ratio infinite, and through the origin no tokenizer's either: refused, not returned."""
+    chars = [192, 768, 3072]
+    with pytest.raises(UninformativeUsage, match="do not follow the prompts' lengths"):
+        estimate_chars_per_token(chars, [7, 7, 7])
+    with pytest.raises(UninformativeUsage):  # nor a count that falls as prompts grow
+        estimate_chars_per_token(chars, [900, 300, 2])
+    assert estimate_chars_per_token(chars, [c / 15 for c in chars])[0] == pytest.approx(15)
 
 
 TEMPLATE_TOKENS = 9  # a chat template's fixed overhead, as a server's `usage` includes it
