@@ -115,21 +115,42 @@ class RecordsError(ValueError):
     """A records file that cannot be used, naming the file and its bad lines."""
 
 
+MAX_SECONDS = 1e9  # any time or duration in a record (about 31 years)
+MAX_COUNT = 2**53  # any count: exact as a JSON number, and in a 64-bit column
+
+
 def _number(v: Any, none_ok: bool = True) -> str | None:
     """What is wrong with `v` as a time in seconds, or None."""
     if v is None:
         return None if none_ok else "required"
     if isinstance(v, bool) or not isinstance(v, int | float):
         return f"must be a number, got {type(v).__name__}"
-    return None if math.isfinite(v) else f"must be a finite number, got {v}"
+    if isinstance(v, int) and abs(v) > MAX_SECONDS:
+        return f"must be within +-{MAX_SECONDS:g} s, got an integer of {len(str(abs(v)))} digits"
+    if not math.isfinite(v):
+        return f"must be a finite number, got {v}"
+    return None if abs(v) <= MAX_SECONDS else f"must be within +-{MAX_SECONDS:g} s, got {v:g}"
 
 
-def _count(v: Any) -> str | None:
+def _count(v: Any, most: int = MAX_COUNT) -> str | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
         return f"must be a whole number, got {type(v).__name__}"
-    return None if v >= 0 else f"must be >= 0, got {v}"
+    if v < 0:
+        return f"must be >= 0, got {v}"
+    if v <= most:
+        return None
+    return (
+        f"must be at most {most}, got {v if v < 10**12 else f'an integer of {len(str(v))} digits'}"
+    )
+
+
+def _http_status(v: Any) -> str | None:
+    if v is None:
+        return None
+    problem = _count(v, 599)
+    return problem or (None if v >= 100 else f"must be an HTTP status (100-599), got {v}")
 
 
 def _of(kind: type, none_ok: bool = True) -> Callable[[Any], str | None]:
@@ -150,8 +171,9 @@ def _list_of(
             return None
         if not isinstance(v, list):
             return f"must be a list, got {type(v).__name__}"
-        if numbers and {type(x) for x in v} <= {int, float} and all(map(math.isfinite, v)):
-            return None  # the common case, checked fast: finite numbers
+        fast = numbers and {type(x) for x in v} <= {int, float}  # the common case, quickly:
+        if fast and all(-MAX_SECONDS <= x <= MAX_SECONDS for x in v):  # (NaN and inf fail it)
+            return None
         return next((f"[{i}] {e}" for i, x in enumerate(v) if (e := item(x))), None)
 
     return check
@@ -169,7 +191,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "token_source": _of(str),
     "status": lambda v: None if v in STATUSES else f"must be one of {', '.join(STATUSES)}",
     "error_kind": _of(str),
-    "http_status": _count,
+    "http_status": _http_status,
     "error_detail": _of(str),
     "source": lambda v: None if v in ("measured", "simulated") else "must be measured or simulated",
     "persona": _of(str),
@@ -184,6 +206,10 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "regenerate": _of(bool),
     "chunk_tokens": _list_of(_count),
     "cached_tokens": _count,
+    "schedule_lag_s": _number,
+    "connect_s": _number,
+    "first_byte": _number,
+    "response_bytes": _count,
 }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
 from scenarios.corpora import CorpusError
 from scenarios.plan_budget import PlanTooLarge
+from scenarios.records import RecordsError
 from scenarios.spec import ScenarioError
 from scenarios.trace_errors import TraceError
 from surgecast import __version__
@@ -29,7 +30,8 @@ from surgecast.cli.exits import (
     Terminated,
 )
 from surgecast.console import say_stderr
-from surgecast.rundir import InvalidRun
+from surgecast.contracts import ContractError
+from surgecast.rundir import InvalidRun, RunFolderError
 from targets.errors import TargetError
 from targets.reference_launch import TargetStartError
 
@@ -66,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
         say_stderr(f"error: {e}")
+        return EXIT_BAD_INPUT
+    except (RecordsError, RunFolderError, ContractError) as e:  # every run-folder reader's
+        say_stderr(f"error: not a usable run folder: {e}")
         return EXIT_BAD_INPUT
     except (TargetUnreachable, TargetStartError) as e:
         say_stderr(f"error: target unreachable: {e}")
