@@ -142,3 +142,23 @@ def test_sigkill_keeps_finished_records_and_report_marks_the_run_killed(
     assert meta["status"] == "killed"
     assert not meta["validity"]["valid"]
     assert "killed" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("after_s", [0.15, 0.5, 1.0, 2.0, 3.0])
+def test_ctrl_c_while_starting_up_exits_130_without_a_traceback(
+    tmp_path: Path, after_s: float
+) -> None:
+    """Ctrl-C at any moment of start-up (imports, planning, the reference target starting,
+    probing: issue 26, finding 3): exit 130, said in one line, no traceback and no word from
+    the reference target the run was starting."""
+    scenario = write_scenario(tmp_path / "s.yaml", scenario_dict())
+    cmd = [sys.executable, "-m", "surgecast", "run", str(scenario), "--out", str(tmp_path / "r")]
+    proc = subprocess.Popen(
+        [*cmd, "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr[-3000:]
+    assert "interrupted" in stderr

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -194,6 +195,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
             )
         )
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # the process that started it (reading its URL) is gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to say
         return EXIT_OK
     except OSError as e:
         raise BadInput(f"cannot listen on {a.host}:{a.port}: {e.strerror}") from None
