@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from loadgen.children import child_options
 from loadgen.client import Endpoint
 from loadgen.sizing import SizedPrompts
 from loadgen.telemetry import Sampler, TelemetryRecorder
@@ -193,9 +194,9 @@ def _start_workers(scale: ScaleOut, port: int) -> list[subprocess.Popen[bytes]]:
     host = "127.0.0.1" if scale.bind_host in ("*", "0.0.0.0") else scale.bind_host
     command = [sys.executable, "-m", "surgecast", "worker"]
     command += ["--master-host", host, "--master-port", str(port)]
-    # each in a session of its own: a terminal's Ctrl-C reaches the master only, which stops
-    # them (their requests in flight get their grace)
-    return [subprocess.Popen(command, start_new_session=True) for _ in range(local)]
+    # a terminal's Ctrl-C reaches the master only, which stops them (their requests in flight
+    # get their grace); a master killed outright takes them with it
+    return [subprocess.Popen(command, **child_options()) for _ in range(local)]
 
 
 def _end_timeout(plan: list[RequestSpec], endpoint: Endpoint) -> float:

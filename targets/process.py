@@ -4,12 +4,10 @@ file whose tail every error quotes, healthy once `/health` answers 200, stopped 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -18,6 +16,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
+
+from loadgen.children import child_options
 
 PORT_TRIES = 3  # another process may take the free port between probing and binding it
 
@@ -31,12 +31,6 @@ def free_port(host: str) -> int:
 def root_url(base_url: str) -> str:
     """The server's root: the OpenAI base URL without its /v1."""
     return base_url.rstrip("/").removesuffix("/v1")
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM it when surgecast dies, even by SIGKILL."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -122,8 +116,7 @@ class ServerProcess(ABC):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env(),
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                **child_options(),
             )
         self.base_url = f"http://{self.config.host}:{port}/v1"
         self._wait_healthy(started)

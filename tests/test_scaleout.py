@@ -171,3 +171,35 @@ def test_the_masters_progress_counts_sends_before_any_record(
     # the counters are at most one flush (0.25 s) old
     assert 0 < sum(r["start"] <= said_at - 0.5 for r in records) <= sent, first
     assert sent <= sum(r["start"] <= said_at for r in records), first
+
+
+def test_a_master_killed_outright_takes_its_local_workers_with_it(tmp_path: Path) -> None:
+    """SIGKILL of `run --processes 2` (issue 26, finding 2): its workers, in sessions of their
+    own, kept sending for up to a minute; now the kernel stops them with their master, so the
+    target's own log stops growing within the grace a worker gives its requests in flight."""
+    import signal
+    import time
+
+    from simulator.engine.core import EngineConfig, StepCost
+    from targets.reference_launch import ReferenceTargetProcess
+    from tests.conftest import served_log
+
+    data = scenario_dict(
+        traffic={"rate": 20, "duration_s": 60, "seed": 2, "stop_grace_s": 1, **LENIENT}
+    )
+    path = write_scenario(tmp_path / "s.yaml", data)
+    engine = EngineConfig(max_num_seqs=64, cost=StepCost(0.005, 0.0, 0.0))
+    with ReferenceTargetProcess(engine, debug=True) as url:
+        cmd = [sys.executable, "-m", "surgecast", "run", str(path), "--target", url]
+        cmd += ["--processes", "2", "--out", str(tmp_path / "run"), "--quiet"]
+        master = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(served_log(url)) < 40:  # both workers sending
+            assert master.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        master.send_signal(signal.SIGKILL)
+        master.wait()
+        time.sleep(3.0)  # the workers' SIGTERM, their 1 s of grace, and some
+        served = len(served_log(url))
+        time.sleep(3.0)
+        assert len(served_log(url)) == served  # nothing sends any more (20 req/s planned)
