@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from loadgen.fetch import fetch
+
 if TYPE_CHECKING:
     from scenarios.spec import Telemetry
 
@@ -78,8 +80,7 @@ class PrometheusSampler:
         if self.error:
             return None
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as r:
-                metrics = parse_prometheus(r.read().decode("utf-8", "replace"))
+            metrics = parse_prometheus(fetch(self.url, self.timeout_s).decode("utf-8", "replace"))
             return {"metrics": self.keep(metrics) if self.keep else metrics}
         except (urllib.error.URLError, OSError, ValueError) as e:
             self.error = f"{self.url}: {e}"

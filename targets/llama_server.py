@@ -6,7 +6,6 @@ reads `/props` into `server.limits`, and on exit stops its process group (`targe
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from loadgen.fetch import fetch_json
 from targets.errors import TargetError
 from targets.process import ServerProcess, root_url
 
@@ -90,8 +90,8 @@ class ServerLimits:
 
 
 def get_json(url: str, timeout_s: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as r:
-        return json.load(r)
+    """A side endpoint's JSON, bounded in time and size (`loadgen.fetch`)."""
+    return fetch_json(url, timeout_s)
 
 
 def read_limits(base_url: str, timeout_s: float = 5.0) -> ServerLimits:

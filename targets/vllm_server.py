@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from loadgen.fetch import fetch
 from loadgen.telemetry import parse_prometheus
 from targets.errors import TargetError
 from targets.llama_server import get_json
@@ -191,8 +192,7 @@ def read_cache_info(base_url: str, timeout_s: float = 5.0) -> CacheInfo:
     """The cache limits a running vLLM reports at `/metrics` and `/v1/models`."""
     root = root_url(base_url)
     try:
-        with urllib.request.urlopen(root + "/metrics", timeout=timeout_s) as r:
-            text = r.read().decode("utf-8", "replace")
+        text = fetch(root + "/metrics", timeout_s).decode("utf-8", "replace")
         models = get_json(root + "/v1/models", timeout_s)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise VllmServerError(f"cannot read {root}/metrics or /v1/models: {e}") from None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
-import urllib.request
 
 from loadgen.client.endpoint import Endpoint
+from loadgen.fetch import fetch_json
 
 AUTH_STATUSES = (401, 403)
 
@@ -37,12 +36,9 @@ def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
     Raises TargetUnreachable when nothing answers, MissingModel when /v1/models lists other
     models. A server without /v1/models (or that wants other auth for it) passes.
     """
-    request = urllib.request.Request(endpoint.base_url + "/models")
-    if endpoint.api_key:
-        request.add_header("Authorization", f"Bearer {endpoint.api_key}")
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as r:
-            listing = json.load(r)
+        listing = fetch_json(endpoint.base_url + "/models", timeout_s, headers)
     except urllib.error.HTTPError as e:
         if e.code in AUTH_STATUSES:
             raise TargetRefused(refused_message(endpoint, e.code, str(e.reason))) from None
@@ -52,7 +48,8 @@ def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
         raise TargetUnreachable(f"{endpoint.base_url} does not answer: {reason}") from None
     except ValueError:
         return
-    served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+    data = listing.get("data", []) if isinstance(listing, dict) else []
+    served = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
     if served and endpoint.model not in served:
         raise MissingModel(
             f"{endpoint.base_url} does not serve model {endpoint.model!r}; it serves: "
