@@ -115,6 +115,16 @@ def test_api_key_is_sent_but_never_recorded(target_url: str) -> None:
     rec = _call(endpoint, _spec()).record
     assert secret not in rec.to_json()
     assert endpoint.redact(f"bad key {secret}") == "bad key ***"
+    assert endpoint.redact(f"Bearer {secret}, key='{secret}'") == "Bearer ***, key='***'"
+
+
+def test_a_short_key_is_redacted_as_a_token_not_inside_words() -> None:
+    """Issue 26, finding 12: a key "ma" once garbled every message ("***ximum conte***t")."""
+    endpoint = Endpoint("http://127.0.0.1:9/v1", api_key="ma")
+    said = "maximum context length is 4096 tokens; your key ma was refused (key=ma)"
+    assert endpoint.redact(said) == (
+        "maximum context length is 4096 tokens; your key *** was refused (key=***)"
+    )
 
 
 def test_ipv6_loopback_url_is_understood() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,13 @@ class Endpoint:
         return {**body, **self.extra_body}
 
     def redact(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
+        """`text` with the API key replaced wherever it stands as a token of its own, not where
+        its characters happen to be part of an ordinary word (a short key would garble every
+        message and show where its characters occur)."""
+        if not self.api_key:
+            return text
+        token = rf"(?<![A-Za-z0-9_\-]){re.escape(self.api_key)}(?![A-Za-z0-9_\-])"
+        return re.sub(token, "***", text)
 
     def address(self) -> tuple[str, int]:
         """(host, port) to connect to: a plain-HTTP host resolved to its address once (HTTPS
