@@ -30,7 +30,7 @@ from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec
-from scenarios.records import DROPPED, RecordSink, RequestRecord
+from scenarios.records import DROPPED, GENERATOR_FAILED, RecordSink, RequestRecord
 from scenarios.scrub import PromptStore
 from scenarios.users import Ended, Send, Session, Users, horizon
 
@@ -261,9 +261,13 @@ class LoadRun:
                 if command.attempt == 0 and not self._take_slot(spec):
                     record, retry_after = self._unsent(command, DROPPED), None
                 else:
-                    if command.attempt == 0:
-                        in_turn, messages = True, self._messages(spec)
-                    record, answer, retry_after = self._attempt(command, messages)
+                    in_turn = True
+                    try:
+                        if command.attempt == 0:
+                            messages = self._messages(spec)
+                        record, answer, retry_after = self._attempt(command, messages)
+                    except Exception as e:  # the generator's own failure: recorded, never lost
+                        record, retry_after = self._generator_failed(command, e), None
                 end = record.end if record.end is not None else self.clock()
                 ended = Ended(record.status, end, record.http_status, retry_after)
                 nxt = _next_command(session, ended)
@@ -364,6 +368,15 @@ class LoadRun:
         early (its loop caches the time), so sleep again for what is left."""
         while (delay := t - self.clock()) > 0 and not self._stop.wait(delay):
             pass
+
+    def _generator_failed(self, command: Send, e: Exception) -> RequestRecord:
+        """The record of an attempt the generator itself failed to make or send (it rendered
+        a prompt too large to hold, say): an error, never a lost request (the run is then
+        invalid, see `surgecast.validity`)."""
+        record = self._unsent(command, GENERATOR_FAILED)
+        record.status = "error"
+        record.error_detail = f"{type(e).__name__}: {e}"[:200]
+        return record
 
     def _unsent(self, command: Send, kind: str) -> RequestRecord:
         """The record of an attempt that never left: dropped at the in-flight cap, or a retry

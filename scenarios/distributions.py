@@ -9,10 +9,17 @@ from pydantic import Field, model_validator
 
 from scenarios.base import Strict
 
+MAX_VALUE = 10_000_000  # tokens (or turns): a million-token context ten times over
+
 
 class _Bounded(Strict):
-    min: int = Field(1, ge=0, description="Smallest value after sampling (clipped).")
-    max: int | None = Field(None, ge=1, description="Largest value after sampling (clipped).")
+    min: int = Field(1, ge=0, le=MAX_VALUE, description="Smallest value after sampling (clipped).")
+    max: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_VALUE,
+        description=f"Largest value after sampling (clipped; at most {MAX_VALUE:,} anyway).",
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> _Bounded:
@@ -23,13 +30,13 @@ class _Bounded(Strict):
 
 class Constant(_Bounded):
     dist: Literal["constant"]
-    value: int = Field(ge=1)
+    value: int = Field(ge=1, le=MAX_VALUE)
 
 
 class Uniform(_Bounded):
     dist: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+    low: int = Field(ge=1, le=MAX_VALUE)
+    high: int = Field(ge=1, le=MAX_VALUE)
 
     @model_validator(mode="after")
     def _low_le_high(self) -> Uniform:
@@ -40,13 +47,13 @@ class Uniform(_Bounded):
 
 class Normal(_Bounded):
     dist: Literal["normal"]
-    mean: float = Field(gt=0)
-    std: float = Field(ge=0)
+    mean: float = Field(gt=0, le=MAX_VALUE)
+    std: float = Field(ge=0, le=MAX_VALUE)
 
 
 class LogNormal(_Bounded):
     dist: Literal["lognormal"]
-    median: float = Field(gt=0)
+    median: float = Field(gt=0, le=MAX_VALUE)
     sigma: float = Field(ge=0, le=5)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from scenarios.distributions import MAX_VALUE
 from scenarios.messy import RequestKind
 from scenarios.prompts import RagSource, shared_key
 from scenarios.spec import Constant, Distribution, LogNormal, Normal, Persona, Uniform
@@ -17,7 +18,8 @@ from scenarios.traffic import ClosedUsers
 
 
 def sample_lengths(dist: Distribution, rng: np.random.Generator, n: int) -> np.ndarray:
-    """Integer token lengths drawn from `dist`, clipped to its [min, max]."""
+    """Integer token lengths drawn from `dist`, clipped to its [min, max] (max at most
+    MAX_VALUE: a lognormal's tail can reach any number)."""
     if isinstance(dist, Constant):
         x = np.full(n, float(dist.value))
     elif isinstance(dist, Uniform):
@@ -28,7 +30,7 @@ def sample_lengths(dist: Distribution, rng: np.random.Generator, n: int) -> np.n
         x = dist.median * np.exp(rng.normal(0.0, dist.sigma, size=n))
     else:  # pragma: no cover - the schema admits no other kind
         raise TypeError(f"unknown distribution {dist!r}")
-    hi = dist.max if dist.max is not None else np.inf
+    hi = dist.max if dist.max is not None else MAX_VALUE
     return np.clip(np.rint(x), max(dist.min, 1), hi).astype(int)
 
 

@@ -15,6 +15,8 @@ STATUSES: tuple[str, ...] = ("ok", "error", "cancelled", "timeout", "rejected")
 # a planned request the generator never sent (its in-flight cap was reached): k6's
 # dropped_iterations, kept as a record but not counted as a request
 DROPPED = "dropped_in_flight_limit"
+# an attempt the generator itself failed to make (its own exception, not the target's answer)
+GENERATOR_FAILED = "generator_failed"
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from scenarios.metrics import Summary
-from scenarios.records import DROPPED
+from scenarios.records import DROPPED, GENERATOR_FAILED
 from scenarios.spec import Scenario, Traffic
 from scenarios.table import RequestTable
 
@@ -36,6 +36,13 @@ def invalid_reasons(
     reasons = _generator_reasons(traffic, generator) if generator else []
     if planned == 0:
         reasons.append("the plan is empty: the arrival rate x traffic.duration_s is too small")
+    failed = int(_kind_in(table, {GENERATOR_FAILED}).sum())
+    if failed:
+        detail = dict(table.examples).get(GENERATOR_FAILED)
+        reasons.append(
+            f"the generator failed {failed} of its own sends (a surgecast error, not the "
+            f"target's{': ' + detail if detail else ''}): those requests were never sent"
+        )
     if summary.dropped:
         reasons.append(
             f"generator dropped {summary.dropped} planned requests at its in-flight cap "

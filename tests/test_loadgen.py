@@ -297,3 +297,49 @@ def test_telemetry_agrees_with_the_targets_own_counters(tmp_path: Path) -> None:
     assert any("NVML" in e for e in meta["telemetry_errors"]) or any(
         s["source"] == "nvml" for s in samples
     )
+
+
+GENERATOR_FAILS = """
+import sys
+from loadgen.client import Endpoint
+from loadgen.runner import LoadRun, PlannedPrompts
+from scenarios.plan import RequestSpec
+from scenarios.records import RecordWriter
+
+
+class Failing(PlannedPrompts):  # the generator's own failure on every third request
+    def messages(self, spec):
+        if int(spec.id[1:]) % 3 == 0:
+            raise MemoryError("rendering the prompt")
+        return super().messages(spec)
+
+
+plan = [RequestSpec(f"r{i}", 0.05 * i, 10, 5, prompt="hello there") for i in range(12)]
+with open(sys.argv[2], "w") as out:
+    LoadRun(plan, Endpoint(sys.argv[1]), RecordWriter(out), progress=None, prompts=Failing()).run()
+"""
+
+
+def test_a_send_the_generator_fails_is_recorded_and_voids_the_run(
+    target_url: str, tmp_path: Path
+) -> None:
+    """Issue 26, finding 9: an exception inside a send (once: a prompt too large to render)
+    lost its request, unrecorded, and the run was still valid. Every planned request now ends in
+    one record (an error of kind generator_failed), and the run is invalid."""
+    from scenarios.metrics import summarize
+    from scenarios.spec import parse_scenario
+    from scenarios.table import RequestTable
+    from surgecast.validity import invalid_reasons
+
+    out = tmp_path / "requests.jsonl"
+    code = [sys.executable, "-c", GENERATOR_FAILS, target_url, str(out)]
+    result = subprocess.run(code, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    records = read_records(out)
+    assert sorted(r.id for r in records) == sorted(f"r{i}" for i in range(12))  # each once
+    failed = [r for r in records if r.error_kind == "generator_failed"]
+    assert sorted(r.id for r in failed) == ["r0", "r3", "r6", "r9"]
+    assert all(r.status == "error" and "MemoryError" in (r.error_detail or "") for r in failed)
+    scenario = parse_scenario(scenario_dict())
+    reasons = invalid_reasons(scenario, RequestTable.of(records), summarize(records), 12)
+    assert any("the generator failed 4 of its own sends" in r for r in reasons), reasons
