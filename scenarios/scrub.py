@@ -103,6 +103,33 @@ def stored_prompt(text: str | None, mode: str, key: bytes) -> str | None:
     return text
 
 
+QUOTED_CHARS = 12  # a stretch this long that a server's words share with the prompt quotes it
+
+
+def mask_quoted(text: str, prompt: str, k: int = QUOTED_CHARS) -> str:
+    """`text` (a server's error message) with every stretch of `k` characters or more that it
+    shares with `prompt` replaced by "[prompt]": servers quote the prompt they refuse, and a run
+    whose privacy setting keeps no prompt must not keep it there either."""
+    if len(text) < k or not prompt:
+        return text
+    covered = bytearray(len(text))
+    for i in range(len(text) - k + 1):
+        if text[i : i + k] in prompt:
+            covered[i : i + k] = b"\x01" * k
+    if not any(covered):
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append("[prompt]")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class PromptStore:
     """A run's `privacy.store_prompts` and its hashing key: random per run, held in memory and

@@ -30,6 +30,15 @@ STREAMS = {
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["model"] == "quoting":  # refuses, quoting the prompt, as many servers do
+            said = {"error": {"message": f"prompt rejected: {body['messages'][-1]['content']}"}}
+            answer = json.dumps(said).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -150,3 +159,23 @@ def test_usage_that_ignores_the_prompt_leaves_sizing_at_its_estimate(
     assert "usage does not follow the prompts' lengths" in result.stderr
     sizing = json.loads((out / "run.json").read_text())["sizing"]
     assert sizing["learned"] == 0 and sizing["chars_per_token"] == 4.0
+
+
+def test_a_target_quoting_the_prompt_leaves_it_nowhere(tmp_path: Path, bad_server: str) -> None:
+    """Issue 26, finding 11: with store_prompts none, the prompt a target quotes in its error
+    reached every record's error_detail, run.json's reasons, summary.md, index.html and the
+    console. It is now masked wherever a target's words are kept."""
+    corpus = tmp_path / "q.csv"
+    corpus.write_text("text\nzebra quokka fizzbuzz wombat query one\n")
+    data = scenario_dict(
+        traffic={"rate": 5, "duration_s": 1, "seed": 1}, privacy={"store_prompts": "none"}
+    )
+    data["target"]["model"] = "quoting"
+    data["workload"]["text"] = {"type": "corpus", "corpus": {"path": str(corpus), "format": "csv"}}
+    path = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--target", bad_server, "--out", str(out))
+    assert result.returncode == 3, result.stderr[-2000:]  # no request succeeded
+    said = [result.stdout, result.stderr, *(f.read_text() for f in out.iterdir())]
+    assert not [s for s in said if "quokka" in s]
+    assert "prompt rejected: [prompt]" in (out / "requests.jsonl").read_text()

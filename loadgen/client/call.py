@@ -17,7 +17,7 @@ from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord, Status
-from scenarios.scrub import PromptStore
+from scenarios.scrub import PromptStore, mask_quoted
 from scenarios.users import give_up_at
 
 Clock = Callable[[], float]
@@ -68,6 +68,9 @@ class StreamingCall:
         self._response = Response(self._on_body)
         planned = spec.arrival if intended_start is None else intended_start
         prompt = "\n".join(m["content"] for m in messages) if messages else spec.prompt
+        # what the server's error words must not quote, where the run keeps no prompt
+        full = store_prompt is not None and store_prompt.mode == "full"
+        self._unquotable = "" if full else prompt or ""
         self.record = RequestRecord(
             id=spec.id,
             intended_start=planned,
@@ -215,7 +218,8 @@ class StreamingCall:
         rec = self.record
         rec.status = status
         rec.error_kind = kind
-        rec.error_detail = self.endpoint.redact(detail)[:DETAIL_CHARS] or None
+        said = mask_quoted(self.endpoint.redact(detail)[:DETAIL_CHARS], self._unquotable)
+        rec.error_detail = said or None
 
     def _http_error(self, conn: Connection) -> None:
         response = self._response
