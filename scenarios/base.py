@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 SHOWN_CHARS = 80  # values quoted in messages are cut to this length
+SECRET_WORDS = "carries a credential"  # a message about a value never to repeat
 
 
 class Strict(BaseModel):
@@ -69,6 +70,6 @@ def _format(err: Any, data: Any) -> str:
         return f"{where}: required field is missing"
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown field (got {shown(value)})"
-    if isinstance(value, dict | list) or shown(value) in msg:
+    if isinstance(value, dict | list) or shown(value) in msg or SECRET_WORDS in msg:
         return f"{where}: {msg}"
     return f"{where}: {msg}, got {shown(value)}"

@@ -36,6 +36,7 @@ from scenarios.corpus_formats import (
     read_openai,
     read_sharegpt,
 )
+from scenarios.files import data_file_problem
 from scenarios.scrub import scrub
 
 DEFAULT_MAX_MB = 256.0  # files larger than this are refused unless the spec raises the limit
@@ -150,8 +151,9 @@ def load_corpus(spec: CorpusSpec, base_dir: Path | None = None) -> Corpus:
         raise CorpusError(
             spec.path, [f"cannot read file ({e.strerror}); tried {', '.join(tried)}"]
         ) from None
-    if not path.is_file():
-        raise CorpusError(str(path), ["not a file"])
+    refused = data_file_problem(path)
+    if refused:
+        raise CorpusError(str(path), [refused])
     return _load_cached(str(path), st.st_mtime_ns, st.st_size, spec)
 
 

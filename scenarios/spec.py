@@ -22,6 +22,7 @@ from pydantic import (
 from scenarios.base import Strict, validation_messages
 from scenarios.corpora import CORPUS_DIR_ENV, with_corpus_dir
 from scenarios.distributions import Constant, Distribution, LogNormal, Normal, Uniform
+from scenarios.files import data_file_problem
 from scenarios.fleet_spec import AutoscalerSpec, ColdStartSpec, FleetSpec
 from scenarios.messy import Messiness
 from scenarios.objectives import Regressions, Slos
@@ -263,6 +264,12 @@ class Privacy(Strict):
 class Telemetry(Strict):
     prometheus: bool = Field(True, description="Scrape the target's Prometheus /metrics.")
     metrics_url: str | None = Field(None, description="Default: <target root>/metrics.")
+
+    @field_validator("metrics_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_base_url(v)
+
     gpu: bool = Field(True, description="Sample local GPUs through NVML when there are any.")
     interval_s: float = Field(1.0, ge=0.1, le=60)
 
@@ -416,6 +423,9 @@ def load_scenario(
     `corpus_dir` (given by the flag or variable `given_by`), corpora with `in_corpus_dir` read
     that file under it (see `scenarios.corpora.with_corpus_dir`)."""
     p = Path(path)
+    refused = data_file_problem(p) if p.exists() else None
+    if refused:
+        raise ScenarioError(str(p), [refused])
     try:
         with p.open("rb") as f:  # read no more than the limit: a device or pipe never ends
             raw = f.read(MAX_SCENARIO_BYTES + 1)

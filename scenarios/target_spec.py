@@ -4,16 +4,26 @@ built-in reference target serves (`reference_target`, with the faults it may inj
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from scenarios.base import Strict
 
 
+class CredentialInUrl(ValueError):
+    """A URL that carries a credential: its message never repeats the URL."""
+
+
+SECRET_PARAMETER = re.compile(r"key|token|secret|passw|auth|sig|credential", re.IGNORECASE)
+
+
 def check_base_url(url: str) -> str:
-    """`url` if it is an http(s) URL with a host and a valid port; ValueError otherwise."""
+    """`url` if it is an http(s) URL with a host and a valid port, and no credential in it (a
+    URL is written to run.json and the reports: `user:pass@` or `?api-key=` would leak);
+    ValueError otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
@@ -23,6 +33,15 @@ def check_base_url(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError when out of range
     except ValueError:
         raise ValueError("the port must be between 1 and 65535") from None
+    secret = [
+        k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_PARAMETER.search(k)
+    ]
+    if parts.username is not None or parts.password is not None or secret:
+        what = "user:password@" if parts.username is not None else f"?{secret[0]}="
+        raise CredentialInUrl(
+            f"carries a credential ({what}), which would be written to run.json and the "
+            "reports: put the key in an environment variable and name it in target.api_key_env"
+        )
     return url
 
 

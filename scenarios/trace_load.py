@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from scenarios.files import data_file_problem
 from scenarios.trace_errors import Problems, TraceError
 from scenarios.trace_functions import parse_functions
 from scenarios.trace_tables import FIXED_LAYOUTS, Layout, parse_table
@@ -37,6 +38,9 @@ MAX_TRACE_BYTES = 256 * 2**20  # larger files are refused: cut them or raise `ma
 def _read_text(path: Path, max_bytes: int) -> str:
     """The file's text: UTF-8, not empty, no more than `max_bytes` read."""
     problems = Problems(str(path))
+    refused = data_file_problem(path)
+    if refused:
+        raise problems.fail(refused)
     try:
         size = path.stat().st_size
         if size > max_bytes:

@@ -179,3 +179,22 @@ def test_a_target_quoting_the_prompt_leaves_it_nowhere(tmp_path: Path, bad_serve
     said = [result.stdout, result.stderr, *(f.read_text() for f in out.iterdir())]
     assert not [s for s in said if "quokka" in s]
     assert "prompt rejected: [prompt]" in (out / "requests.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://me:hunter2secret@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-key=hunter2secret"]
+)
+def test_a_credential_in_a_target_url_is_refused_never_echoed(tmp_path: Path, url: str) -> None:
+    """Issue 26, finding 6: a key in the URL's query or its user:pass@ was written to run.json,
+    index.html, summary.md and telemetry.jsonl. Refused where it is given, flag or scenario,
+    without repeating it."""
+    data = scenario_dict()
+    path = write_scenario(tmp_path / "s.yaml", data)
+    result = run_cli("run", str(path), "--target", url, "--out", str(tmp_path / "a"))
+    data["target"]["base_url"] = url
+    in_file = write_scenario(tmp_path / "t.yaml", data)
+    result2 = run_cli("run", str(in_file), "--out", str(tmp_path / "b"))
+    for r in (result, result2):
+        assert r.returncode == 2 and "carries a credential" in r.stderr, r.stderr[-2000:]
+        assert "hunter2secret" not in r.stderr + r.stdout
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scenarios.corpora import CorpusError, CorpusSpec, parse_corpus
+from scenarios.corpora import CorpusError, CorpusSpec, load_corpus, parse_corpus
 from scenarios.plan import build_plan
 from scenarios.plan_budget import PlanTooLarge
 from scenarios.records import RecordsError, RequestRecord, read_records
@@ -530,9 +531,9 @@ def test_report_on_corrupted_run_folders(tmp_path: Path) -> None:
 def test_a_plan_of_huge_sessions_is_refused_before_it_is_built(tmp_path: Path) -> None:
     path = tmp_path / "turns.yaml"
     path.write_text(
-        _chatbot().replace("slos:", "session:\n  turns: {dist: constant, value: 100000000}\nslos:")
+        _chatbot().replace("slos:", "session:\n  turns: {dist: constant, value: 10000000}\nslos:")
     )
-    expected = r"sessions: planned turns: about 1\.2\d*e\+10 arrivals"
+    expected = r"sessions: planned turns: about 1\.2\d*e\+09 arrivals"
     with within(), pytest.raises(PlanTooLarge, match=expected):
         build_plan(load_scenario(path))
 
@@ -554,5 +555,35 @@ def test_forecast_refuses_a_corrupt_calibration_file(tmp_path: Path, text: str, 
 
 
 def test_a_device_named_as_a_scenario_is_refused_without_reading_it_all() -> None:
-    with within(), pytest.raises(ScenarioError, match="over the limit of 262,144 bytes"):
+    with within(), pytest.raises(ScenarioError, match="a system or process file"):
         load_scenario("/dev/zero")
+
+
+@pytest.mark.parametrize("kind", ["scenario", "trace", "corpus"])
+def test_a_fifo_named_as_a_data_file_is_refused_not_waited_on(tmp_path: Path, kind: str) -> None:
+    """Issue 26, finding 8: a FIFO as the scenario, trace or corpus path hung the command."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with within():
+        if kind == "scenario":
+            with pytest.raises(ScenarioError, match="not a regular file"):
+                load_scenario(fifo)
+        elif kind == "trace":
+            with pytest.raises(TraceError, match="not a regular file"):
+                load_trace(fifo, "azure-llm")
+        else:
+            with pytest.raises(CorpusError, match="not a regular file"):
+                load_corpus(CorpusSpec(path=str(fifo), format="text"))
+
+
+@pytest.mark.parametrize("path", ["/proc/self/environ", "/etc/shadow", "~/.ssh/id_rsa"])
+def test_private_files_are_never_a_corpus(path: str, tmp_path: Path) -> None:
+    """Issue 26, finding 6: /proc/self/environ as a corpus sent the process's environment, the
+    API key in it, to the target in every prompt; /etc/shadow was taken too."""
+    if path.startswith("~"):  # a stand-in under a fake home: the rule is the path's
+        private = tmp_path / ".ssh" / "id_rsa"
+        private.parent.mkdir()
+        private.write_text("key\n")
+        path = str(private)
+    with pytest.raises(CorpusError, match="never a scenario's data"):
+        load_corpus(CorpusSpec(path=path, format="text"))

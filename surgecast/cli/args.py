@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from scenarios.corpora import CORPUS_DIR_ENV, env_corpus_dir, with_corpus_dir
 from scenarios.spec import Scenario, ScenarioError, check_base_url, load_scenario
+from scenarios.target_spec import CredentialInUrl
 from surgecast.cli.exits import BadInput
 from surgecast.console import warn
 
@@ -44,6 +45,8 @@ def fraction(text: str) -> float:
 def url(text: str) -> str:
     try:
         return check_base_url(text)
+    except CredentialInUrl as e:  # never repeated: it is the secret
+        raise argparse.ArgumentTypeError(str(e)) from None
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}; got {text!r}") from None
 
