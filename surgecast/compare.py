@@ -9,6 +9,7 @@ A change is significant when its interval excludes 0.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from scenarios.slo import Threshold
 from scenarios.table import RequestTable
 from surgecast.bootstrap import Layout, block_count, interval, mean_draws, quantile_draws, split
 from surgecast.bootstrap import total_draws as totals
+from surgecast.files import write_whole
 
 QUANTILES = (50, 95, 99)
 HIGHER_IS_BETTER = ("throughput", "goodput")
@@ -306,9 +308,10 @@ def distribution_plot(comparison: Comparison, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig = distribution_figure(comparison)
-    fig.savefig(path, format="png", dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return write_whole(path, png.getvalue())
 
 
 def distribution_figure(comparison: Comparison) -> Any:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from surgecast.files import write_whole
+
 
 @dataclass(frozen=True)
 class Case:
@@ -46,5 +48,4 @@ def junit_xml(suite: str, cases: Sequence[Case], time_s: float = 0.0) -> str:
 
 
 def write_junit(path: Path, suite: str, cases: Sequence[Case], time_s: float = 0.0) -> Path:
-    path.write_text(junit_xml(suite, cases, time_s) + "\n", encoding="utf-8")
-    return path
+    return write_whole(path, junit_xml(suite, cases, time_s) + "\n")

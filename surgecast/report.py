@@ -41,6 +41,7 @@ from surgecast.contracts import (
     read_forecast,
     write_summary,
 )
+from surgecast.files import write_whole
 from surgecast.rundir import RunFolder
 from surgecast.tables import (
     Block,
@@ -340,7 +341,7 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     for section in sections:
         if section.blocks:
             md += [f"## {section.title}", "", as_markdown(section.blocks), ""]
-    folder.markdown.write_text("\n".join(md), encoding="utf-8")
+    write_whole(folder.markdown, "\n".join(md))
     page = _TEMPLATES.get_template("report.html.j2").render(
         run_id=meta.run_id,
         verdict=verdict,
@@ -348,7 +349,7 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
         header=header,
         sections=sections,
     )
-    folder.html.write_text(page, encoding="utf-8")
+    write_whole(folder.html, page)
     return str(folder.html.resolve()), str(folder.markdown.resolve())
 
 

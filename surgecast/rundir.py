@@ -18,6 +18,7 @@ from scenarios.records import RequestRecord, iter_records, read_records
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
 from surgecast.contracts import RUN_SCHEMA, ContractError, RunMeta, parse, validate, write_run
+from surgecast.files import write_whole
 
 
 def new_run_id(scenario_name: str, now: datetime | None = None) -> str:
@@ -143,10 +144,8 @@ class RunFolder:
 
     def write_json(self, target: Path, data: Any) -> None:
         """Write `data` as JSON, a non-finite number as null (NaN is not JSON)."""
-        tmp = target.with_suffix(target.suffix + ".tmp")
         text = json.dumps(finite_json(data), indent=2, default=str, allow_nan=False)
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(target)  # atomic: a killed process never leaves half a file
+        write_whole(target, text + "\n")
 
     def read_json(self, target: Path) -> Any:
         """The file's JSON, None when it does not exist; RunFolderError when it is not JSON."""

@@ -56,3 +56,21 @@ def test_the_commands_that_read_a_run_folder_take_it(old: RunFolder, tmp_path: P
     )
     assert gate.returncode == 0, gate.stderr
     assert (tmp_path / "junit.xml").exists()
+
+
+def test_report_replaces_a_link_planted_in_the_folder_never_writes_through_it(
+    old: RunFolder, tmp_path: Path
+) -> None:
+    """Issue 26, finding 8: `report` wrote index.html and summary.md through symlinks planted
+    in the run folder, overwriting the files they pointed to."""
+    victims = {name: tmp_path / f"victim-{name}" for name in ("index.html", "summary.md")}
+    for name, victim in victims.items():
+        victim.write_text("precious\n")
+        (old.path / name).unlink(missing_ok=True)
+        (old.path / name).symlink_to(victim)
+    assert run_cli("report", str(old.path)).returncode == 0
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious\n"  # untouched
+        assert (
+            not (old.path / name).is_symlink() and "<html" in (old.path / "index.html").read_text()
+        )

@@ -18,6 +18,7 @@ from scenarios.spec import Scenario, ScenarioError, validation_messages
 from surgecast.cli.args import bootstrap_flags, corpus_dir_flag, duration_flag, scenario_arg, url
 from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO, BadInput
 from surgecast.console import out, say_stderr, warn
+from surgecast.files import write_whole
 
 if TYPE_CHECKING:
     from surgecast.compare import Run
@@ -180,7 +181,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         + (" (runs, then requests)" if len(baseline) > 1 or len(candidate) > 1 else "")
         + ("; goodput counts every answered request (no SLOs)" if not limits else "")
     )
-    (folder / "compare.md").write_text(f"{table}\n\n{note}\n", encoding="utf-8")
+    write_whole(folder / "compare.md", f"{table}\n\n{note}\n")
     plot = distribution_plot(result, folder / "compare.png")
     out(f"{table}\n\n{note}\nplot: {plot}")
     return EXIT_OK
@@ -254,7 +255,7 @@ def cmd_gate(a: argparse.Namespace) -> int:
 
 def _gate_summary(folder: Path, md: str) -> None:
     """gate.md, and the CI step's summary ($GITHUB_STEP_SUMMARY) when there is one."""
-    (folder / "gate.md").write_text(md, encoding="utf-8")
+    write_whole(folder / "gate.md", md)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from surgecast.files import write_whole
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -32,9 +34,7 @@ class ContractError(ValueError):
 
 def write_doc(path: Path, doc: BaseModel) -> None:
     """A document, written whole or not at all."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_whole(path, doc.model_dump_json(by_alias=True, indent=2) + "\n")
 
 
 def read_doc(path: Path, model: type[M], schema: str) -> M:
