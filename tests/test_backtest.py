@@ -141,3 +141,19 @@ def test_a_rare_hiccup_in_the_step_residuals_stays_rare_in_the_drawn_noise() -> 
     assert np.percentile(drawn, 99) == pytest.approx(np.percentile(residuals, 99), abs=2e-4)
     even = np.percentile(residuals, np.linspace(0, 100, 101))  # an older calibration file
     assert (draw_residuals(even, np.random.default_rng(4), 200_000) > 0.010).mean() > 0.005
+
+
+def test_a_long_runs_bootstrap_takes_its_order_statistic_form_with_the_same_intervals() -> None:
+    """Issue 26, finding 13: two million token gaps were resampled whole, 300 times (4.5 GiB).
+    Beyond RESAMPLED samples the bootstrap reads a sorted sample at Binomial ranks: the same
+    distribution of each quantile, as the resampling form gives it just under the limit."""
+    from simulator.fit.backtest import QUANTILES, RESAMPLED, _bootstrap_quantiles
+
+    x = np.random.default_rng(3).lognormal(3.0, 0.6, size=RESAMPLED + 1)
+    order_stat = _bootstrap_quantiles(x, np.random.default_rng(4))
+    resampled = _bootstrap_quantiles(x[:RESAMPLED], np.random.default_rng(4))
+    assert order_stat.shape == resampled.shape == (len(QUANTILES), order_stat.shape[1])
+    for a, b in zip(order_stat, resampled, strict=True):
+        width = np.percentile(b, 95) - np.percentile(b, 5)
+        assert np.median(a) == pytest.approx(np.median(b), abs=0.25 * width)
+        assert np.percentile(a, 95) - np.percentile(a, 5) == pytest.approx(width, rel=0.3)
