@@ -86,7 +86,8 @@ class LoadJob:
     ) -> Sent:
         """The plan through Locust; records and telemetry (Prometheus samples `keep` picks)
         appended to their files as they come."""
-        samplers = samplers_for(self.scenario.telemetry, endpoint.base_url, keep)
+        spec = self.scenario.telemetry
+        samplers = samplers_for(spec, endpoint.base_url, keep, endpoint.api_key)
         outputs = Outputs(records, telemetry, samplers)
         return send(
             self.plan,

@@ -50,11 +50,17 @@ def metrics_url_for(base_url: str) -> str:
 Keep = Callable[[dict[str, float]], dict[str, float]]  # which Prometheus samples to record
 
 
-def samplers_for(spec: Telemetry, base_url: str, keep: Keep | None = None) -> list[Sampler]:
-    """What the scenario's telemetry section samples beside a run against `base_url`."""
+def samplers_for(
+    spec: Telemetry, base_url: str, keep: Keep | None = None, api_key: str | None = None
+) -> list[Sampler]:
+    """What the scenario's telemetry section samples beside a run against `base_url`; the
+    target's `api_key` goes with its own /metrics only, never to another metrics_url."""
     samplers: list[Sampler] = []
     if spec.prometheus:
-        samplers.append(PrometheusSampler(spec.metrics_url or metrics_url_for(base_url), keep=keep))
+        own = spec.metrics_url is None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key and own else None
+        url = spec.metrics_url or metrics_url_for(base_url)
+        samplers.append(PrometheusSampler(url, keep=keep, headers=headers))
     if spec.gpu:
         samplers.append(NvmlSampler())
     return samplers
@@ -70,8 +76,10 @@ class PrometheusSampler:
         url: str,
         timeout_s: float = 2.0,
         keep: Keep | None = None,
+        headers: dict[str, str] | None = None,
     ):
         self.url = url
+        self.headers = headers
         self.timeout_s = timeout_s
         self.keep = keep  # which samples to record (engine_metrics.kept_series); None: all
         self.error: str | None = None
@@ -80,7 +88,8 @@ class PrometheusSampler:
         if self.error:
             return None
         try:
-            metrics = parse_prometheus(fetch(self.url, self.timeout_s).decode("utf-8", "replace"))
+            body = fetch(self.url, self.timeout_s, self.headers)
+            metrics = parse_prometheus(body.decode("utf-8", "replace"))
             return {"metrics": self.keep(metrics) if self.keep else metrics}
         except (urllib.error.URLError, OSError, ValueError) as e:
             self.error = f"{self.url}: {e}"

@@ -31,7 +31,8 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)  # every content chunk, first included
     prompt_tokens: int | None = None
     output_tokens: int | None = None
-    token_source: str = "usage"  # usage (server-reported), chunks (counted), plan (simulated)
+    # usage (server-reported), chunks (counted), plan (simulated), none (no count: it failed first)
+    token_source: str = "usage"
     status: Status = "ok"
     error_kind: str | None = None
     http_status: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import sys
 import time
 import uuid
@@ -82,10 +83,15 @@ class ReferenceServer:
 
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """With an API key set, the API wants it as a bearer token (401 otherwise, as OpenAI)."""
-        if self.api_key and request.path.startswith("/v1/"):
+        """With an API key set, everything but /health wants it as a bearer token (the scheme's
+        case aside, as RFC 9110 has it); 401 otherwise, as OpenAI answers."""
+        if self.api_key and request.path != "/health":
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            scheme, _, token = given.partition(" ")
+            right = scheme.lower() == "bearer" and hmac.compare_digest(
+                token.strip().encode(), self.api_key.encode()
+            )
+            if not right:
                 message = "Incorrect API key provided." if given else "No API key provided."
                 body = {"message": message, "type": "invalid_request_error", "param": None}
                 return web.json_response({"error": {**body, "code": "invalid_api_key"}}, status=401)
@@ -331,6 +337,13 @@ async def serve(
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     shown = f"[{host}]" if ":" in host else host
+    addresses = [ipaddress.ip_address(s.getsockname()[0]) for s in sockets]
+    if api_key is None and not all(a.is_loopback for a in addresses):
+        print(
+            f"warning: serving on {host} without --api-key: anyone who reaches it can use it",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"surgecast reference target listening on http://{shown}:{bound}/v1", flush=True)
     try:
         if exit_with_parent:

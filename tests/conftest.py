@@ -41,11 +41,13 @@ def corpora(request: pytest.FixtureRequest) -> CorpusSet:
     return catalog_corpora(request.param)
 
 
-def served_log(base_url: str) -> list[dict[str, Any]]:
+def served_log(base_url: str, api_key: str | None = None) -> list[dict[str, Any]]:
     """The reference target's own timing records (`debug=True`) of the requests it served, in
-    order; not the 1-token preflight and sizing probes."""
-    url = base_url.removesuffix("/v1") + "/debug/requests"
-    with urllib.request.urlopen(url, timeout=5) as r:
+    order; not the 1-token preflight and sizing probes. A target with a key wants it here too."""
+    request = urllib.request.Request(base_url.removesuffix("/v1") + "/debug/requests")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=5) as r:
         return [d for d in json.load(r) if d["max_tokens"] != 1]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -133,7 +135,7 @@ def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: P
     env = {**os.environ, "TEST_TARGET_KEY": planted}
     with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
         result, out = _run(tmp_path, url, env=env, api_key_env="TEST_TARGET_KEY")
-        sent = served_log(url)
+        sent = served_log(url, api_key="sk-the-right-one")
     assert result.returncode == 3, result.stderr[-3000:]
     assert "refused the request with the API key given (HTTP 401" in result.stderr
     assert "target.api_key_env" in result.stderr
@@ -145,8 +147,36 @@ def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: P
 
     env["TEST_TARGET_KEY"] = "sk-the-right-one"
     with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
-        result, _ = _run(tmp_path / "right", url, env=env, api_key_env="TEST_TARGET_KEY")
+        result, out = _run(tmp_path / "right", url, env=env, api_key_env="TEST_TARGET_KEY")
     assert result.returncode == 0, result.stderr[-3000:]
+    # its /metrics wants the key too, and the run's telemetry sent it
+    errors = json.loads((out / "run.json").read_text())["telemetry_errors"]
+    assert not [e for e in errors if "metrics" in e], errors
+    assert '"source":"prometheus","metrics"' in (out / "telemetry.jsonl").read_text()
+
+
+def test_the_key_guards_every_endpoint_but_health_whatever_the_schemes_case() -> None:
+    """Issue 26, finding 14: /metrics answered without the key, and `bearer KEY` was refused."""
+    key = "sk-the-right-one"
+    with ReferenceTargetProcess(ENGINE, api_key=key, debug=True) as url:
+        root = url.removesuffix("/v1")
+
+        def status(path: str, authorization: str | None = None) -> int:
+            request = urllib.request.Request(root + path)
+            if authorization:
+                request.add_header("Authorization", authorization)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert status("/health") == 200
+        for path in ("/metrics", "/v1/models", "/debug/requests"):
+            assert status(path) == 401, path
+            assert status(path, "Bearer sk-wrong") == 401, path
+            for scheme in ("Bearer", "bearer", "BEARER"):
+                assert status(path, f"{scheme} {key}") == 200, (path, scheme)
 
 
 def test_retry_after_in_both_forms_is_seconds_from_now() -> None:

@@ -84,6 +84,7 @@ class StreamingCall:
             planned_prompt_tokens=spec.prompt_tokens,
             planned_output_tokens=spec.max_tokens,
             regenerate=spec.regenerate,
+            token_source="none",  # until the server's usage, or the stream's end, counts them
         )
 
     def run(self) -> RequestRecord:

@@ -68,6 +68,19 @@ def count0(text: str) -> int:
     return count(text, least=0)
 
 
+MAX_PROCESSES = 256  # generator processes on one host: each is a Python process of ~100 MB
+
+
+def processes(text: str) -> int:
+    n = count(text)
+    if n > MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_PROCESSES} processes on one host, got {n} (spread a larger run over "
+            "hosts with --master and `surgecast worker`)"
+        )
+    return n
+
+
 def limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-num-seqs",

@@ -14,6 +14,7 @@ from surgecast.cli.args import (
     limit_flags,
     port,
     positive,
+    processes,
     scales,
 )
 from surgecast.cli.args import scenario_arg as load_scenario_arg
@@ -126,7 +127,7 @@ def _scale_out_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--processes",
         metavar="N",
-        type=count,
+        type=processes,
         default=1,
         help="generator processes on this host (default 1: this one)",
     )
