@@ -136,6 +136,7 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="only write the model directory, print its path, and exit",
     )
+    s.set_defaults(func=cmd_target)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
