@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -121,6 +123,18 @@ def run_cli(
         cwd=cwd or ROOT,
         check=False,
     )
+
+
+def cli_help(*command: str) -> str:
+    """What `surgecast COMMAND --help` prints, from the CLI's own parser in this process (a
+    subprocess would spend a second importing for it); fails unless it exits 0."""
+    from surgecast.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0, out.getvalue()
+    return out.getvalue()
 
 
 @pytest.fixture(scope="session")
