@@ -1,10 +1,13 @@
 # The two commands: `make demo` and `make test`. Each creates .venv if missing.
+# Two test tiers: `make test` is the whole suite (CI's command, .ci/run); `make check` is the inner
+# loop: lint, types and the fast tests (`-m "not slow"`; tests/conftest.py says which are slow),
+# in at most 3 minutes on a 2-core machine, with no llama-server build.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-engines test-vllm lint bench bench-loadgen soak fidelity fidelity-vllm clean llama-server vllm
+.PHONY: demo test check test-engines test-vllm lint bench bench-loadgen soak fidelity fidelity-vllm clean llama-server vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +24,16 @@ demo: $(STAMP)
 llama-server: $(STAMP)
 	$(BIN)/surgecast target llama-server --build --no-start
 
+# The whole suite: every test but the opt-in engine_load and vllm markers (about 12 minutes on 2
+# cores, plus the llama-server build on a clean clone).
 test: $(STAMP) llama-server
 	$(BIN)/python -m pytest -q
+
+# The fast tier: ruff, mypy and the tests not marked slow (simulator, scenarios, contracts, CLI
+# argument handling, the client and the reference target's API on loopback, a few short live runs).
+check: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/mypy benchmarks

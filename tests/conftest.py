@@ -24,6 +24,55 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The two tiers. `make test` runs every test (CI's command); `make check` runs `-m "not slow"`,
+# the inner loop (ruff, mypy and these in at most 3 minutes on a 2-core machine). A test is slow
+# when it takes 3 s or more here, or needs a fixture that does (below); the fast tier keeps two
+# short live runs against the reference target on purpose (test_drive.py, and
+# test_bad_targets.py's run against a target that rejects everything), so it still sends traffic.
+SLOW_FIXTURES = {
+    "pipeline_run": "a whole `surgecast pipeline` run (about 17 s)",
+    "llama_files": "the llama-server binary (built by `make llama-server`, minutes)",
+}
+SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
+    "test_backtest.py::test_calibrating_on_a_run_near_saturation_says_so",
+    "test_bad_targets.py::test_bad_folders_exit_2",
+    "test_catalog.py::test_catalog_scenario_runs_from_a_clean_copy",
+    "test_corpus_dir.py::test_the_flag_and_the_variable_on_the_command_line",
+    "test_faults.py",
+    "test_fleet.py::test_mmc_mean_wait_through_a_central_queue",
+    "test_fuzz_inputs.py::test_alias_bomb_and_huge_plan_through_the_cli",
+    "test_fuzz_inputs.py::test_calibrate_on_corrupted_and_non_streamed_run_folders",
+    "test_fuzz_inputs.py::test_calibrate_refuses_an_unusable_fit_with_exit_3",
+    "test_fuzz_inputs.py::test_fuzz_plan_command",
+    "test_fuzz_inputs.py::test_report_on_corrupted_run_folders",
+    "test_gate.py::test_compare_command_on_simulated_runs",
+    "test_gate.py::test_gate_fails_a_live_30pct_slowdown_on_the_reference_target",
+    "test_gate.py::test_gate_identical_runs_pass_and_write_junit_and_summary",
+    "test_gate.py::test_gate_warns_when_the_baseline_ran_other_traffic",
+    "test_loadgen.py::test_a_late_loop_makes_the_run_invalid_when_it_merged_chunks",
+    "test_loadgen.py::test_api_key_from_env_never_reaches_outputs",
+    "test_loadgen.py::test_every_chunk_time_of_a_run_agrees_with_the_targets_own_writes",
+    "test_loadgen.py::test_killed_run_keeps_its_records",
+    "test_loadgen.py::test_open_loop_achieves_the_planned_rate",
+    "test_loadgen.py::test_requests_dropped_at_the_in_flight_cap_are_counted_apart",
+    "test_loadgen.py::test_slow_target_does_not_slow_the_sending",
+    "test_loadgen.py::test_telemetry_agrees_with_the_targets_own_counters",
+    "test_locust_user.py",
+    "test_persona_slos.py",
+    "test_pipeline.py::test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels",
+    "test_queueing.py",
+    "test_scaleout.py::test_a_remote_worker_runs_the_masters_share",
+    "test_scaleout.py::test_no_worker_connecting_is_an_invalid_run",
+    "test_scaleout.py::test_the_masters_progress_counts_sends_before_any_record",
+    "test_scaleout.py::test_two_processes_send_what_one_sends",
+    "test_scrub.py::test_hashed_prompts_are_keyed_per_run_and_shared_by_its_workers",
+    "test_serve_calibration.py",
+    "test_sessions.py",
+    "test_signals.py",
+    "test_workflow.py",
+}
+FAST_BUDGET_S = 6.0  # a test of the fast tier that takes longer is named at the end of the run
+
 # A fast engine for client tests: 10 ms steps, so chunk gaps are well above timing noise.
 FAST_ENGINE = EngineConfig(
     max_num_seqs=8, kv_cache_tokens=4096, cold_start_s=0.2, cost=StepCost(0.010, 0.0005, 0.00002)
@@ -172,3 +221,53 @@ def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int 
     scenario = parse_scenario(data)
     plan = staircase(scenario, stairs) if stairs else None
     return run_load(scenario, "s.yaml", ExternalTarget(base_url), out=out, plan=plan)
+
+
+def _slow_reason(item: pytest.Item) -> str | None:
+    for opt_in in ("engine_load", "vllm"):  # deselected by default; slow wherever selected
+        if item.get_closest_marker(opt_in):
+            return f"marked {opt_in}"
+    path = Path(str(item.fspath)).name
+    if path in SLOW or f"{path}::{getattr(item, 'originalname', item.name)}" in SLOW:
+        return "listed in tests/conftest.py SLOW"
+    needs = [f for f in SLOW_FIXTURES if f in getattr(item, "fixturenames", ())]
+    return f"needs {needs[0]}: {SLOW_FIXTURES[needs[0]]}" if needs else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tests (`-m "not slow"` is the fast tier), and refuse a SLOW entry that
+    names no test of a file collected whole (a renamed test would silently turn fast)."""
+    seen: set[str] = set()
+    for item in items:
+        path = Path(str(item.fspath)).name
+        seen |= {path, f"{path}::{getattr(item, 'originalname', item.name)}"}
+        reason = _slow_reason(item)
+        if reason:
+            item.add_marker(pytest.mark.slow(reason=reason))
+    files = {Path(str(i.fspath)).name for i in items}
+    stale = sorted(e for e in SLOW if e.split("::")[0] in files and e not in seen)
+    if stale and not any("::" in arg for arg in config.args):
+        raise pytest.UsageError(f"tests/conftest.py SLOW names no collected test: {stale}")
+
+
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "slow" not in report.keywords:
+        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the unmarked tests over FAST_BUDGET_S: the fast tier stays fast only if they are
+    sped up or marked slow (a noisy machine can push one over now and then)."""
+    over = sorted(((t, n) for n, t in _durations.items() if t >= FAST_BUDGET_S), reverse=True)
+    if over:
+        terminalreporter.section("fast-tier tests over budget")
+        terminalreporter.write_line(
+            f"{len(over)} test(s) not marked slow took {FAST_BUDGET_S:g} s or more: mark them "
+            "slow (tests/conftest.py SLOW) or make them faster"
+        )
+        for t, n in over:
+            terminalreporter.write_line(f"{t:6.1f}s  {n}")
