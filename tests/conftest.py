@@ -36,16 +36,19 @@ SLOW_FIXTURES = {
 SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_backtest.py::test_calibrating_on_a_run_near_saturation_says_so",
     "test_bad_targets.py::test_bad_folders_exit_2",
+    "test_benchmarks.py",
     "test_catalog.py::test_catalog_scenario_runs_from_a_clean_copy",
     "test_corpus_dir.py::test_the_flag_and_the_variable_on_the_command_line",
     "test_faults.py",
     "test_fleet.py::test_mmc_mean_wait_through_a_central_queue",
+    "test_forecast.py::test_seeds_in_worker_processes_give_the_same_result",
     "test_fuzz_inputs.py::test_alias_bomb_and_huge_plan_through_the_cli",
     "test_fuzz_inputs.py::test_calibrate_on_corrupted_and_non_streamed_run_folders",
     "test_fuzz_inputs.py::test_calibrate_refuses_an_unusable_fit_with_exit_3",
     "test_fuzz_inputs.py::test_fuzz_plan_command",
     "test_fuzz_inputs.py::test_report_on_corrupted_run_folders",
     "test_gate.py::test_compare_command_on_simulated_runs",
+    "test_gate.py::test_gate_bad_input_exits_2",
     "test_gate.py::test_gate_fails_a_live_30pct_slowdown_on_the_reference_target",
     "test_gate.py::test_gate_identical_runs_pass_and_write_junit_and_summary",
     "test_gate.py::test_gate_warns_when_the_baseline_ran_other_traffic",
@@ -69,6 +72,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_serve_calibration.py",
     "test_sessions.py",
     "test_signals.py",
+    "test_vllm_server.py",
     "test_workflow.py",
 }
 FAST_BUDGET_S = 6.0  # a test of the fast tier that takes longer is named at the end of the run
