@@ -25,9 +25,13 @@ llama-server: $(STAMP)
 	$(BIN)/surgecast target llama-server --build --no-start
 
 # The whole suite: every test but the opt-in engine_load and vllm markers (about 12 minutes on 2
-# cores, plus the llama-server build on a clean clone).
+# cores, plus the llama-server build on a clean clone), with branch coverage of the five packages,
+# subprocesses included (pyproject.toml's [tool.coverage]); the table per package, and per module
+# of the pure packages (scenarios, simulator), is printed at the end whether the tests passed or not.
 test: $(STAMP) llama-server
-	$(BIN)/python -m pytest -q
+	rm -f .coverage .coverage.* coverage.json
+	$(BIN)/python -m pytest -q --cov --cov-report=json:coverage.json --cov-report=; \
+	  status=$$?; $(BIN)/python -m tests.coverage_table coverage.json; exit $$status
 
 # The fast tier: ruff, mypy and the tests not marked slow (simulator, scenarios, contracts, CLI
 # argument handling, the client and the reference target's API on loopback, a few short live runs).
