@@ -76,6 +76,15 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_workflow.py",
 }
 FAST_BUDGET_S = 6.0  # a test of the fast tier that takes longer is named at the end of the run
+# Under coverage (`make test`), these run unmeasured (pytest-cov's no_cover): queueing-theory checks
+# that replay the same simulator paths for thousands of requests over a dozen seeds, which the
+# tracer made 3 to 4 times slower (about 100 s of the suite) while other tests cover those paths.
+NO_COVER = {
+    "test_fleet.py::test_erlang_b_blocking_with_no_room_to_wait",
+    "test_fleet.py::test_mmc_mean_wait_through_a_central_queue",
+    "test_fleet.py::test_round_robin_makes_each_replica_a_gi_m_1_queue",
+    "test_queueing.py",
+}
 
 # A fast engine for client tests: 10 ms steps, so chunk gaps are well above timing noise.
 FAST_ENGINE = EngineConfig(
@@ -227,12 +236,16 @@ def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int 
     return run_load(scenario, "s.yaml", ExternalTarget(base_url), out=out, plan=plan)
 
 
+def _names(item: pytest.Item) -> set[str]:
+    """How SLOW and NO_COVER may name a test: its file, or FILE::FUNCTION."""
+    return {item.path.name, f"{item.path.name}::{getattr(item, 'originalname', item.name)}"}
+
+
 def _slow_reason(item: pytest.Item) -> str | None:
     for opt_in in ("engine_load", "vllm"):  # deselected by default; slow wherever selected
         if item.get_closest_marker(opt_in):
             return f"marked {opt_in}"
-    path = Path(str(item.fspath)).name
-    if path in SLOW or f"{path}::{getattr(item, 'originalname', item.name)}" in SLOW:
+    if _names(item) & SLOW:
         return "listed in tests/conftest.py SLOW"
     needs = [f for f in SLOW_FIXTURES if f in getattr(item, "fixturenames", ())]
     return f"needs {needs[0]}: {SLOW_FIXTURES[needs[0]]}" if needs else None
@@ -240,19 +253,21 @@ def _slow_reason(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the slow tests (`-m "not slow"` is the fast tier), and refuse a SLOW entry that
-    names no test of a file collected whole (a renamed test would silently turn fast)."""
+    """Mark the slow tests (`-m "not slow"` is the fast tier) and the NO_COVER ones, and refuse
+    an entry that names no test of a file collected whole (a renamed test would silently turn
+    fast, or measured)."""
     seen: set[str] = set()
     for item in items:
-        path = Path(str(item.fspath)).name
-        seen |= {path, f"{path}::{getattr(item, 'originalname', item.name)}"}
+        seen |= _names(item)
         reason = _slow_reason(item)
         if reason:
             item.add_marker(pytest.mark.slow(reason=reason))
-    files = {Path(str(i.fspath)).name for i in items}
-    stale = sorted(e for e in SLOW if e.split("::")[0] in files and e not in seen)
+        if _names(item) & NO_COVER:
+            item.add_marker(pytest.mark.no_cover)
+    files = {item.path.name for item in items}
+    stale = sorted(e for e in SLOW | NO_COVER if e.split("::")[0] in files and e not in seen)
     if stale and not any("::" in arg for arg in config.args):
-        raise pytest.UsageError(f"tests/conftest.py SLOW names no collected test: {stale}")
+        raise pytest.UsageError(f"tests/conftest.py SLOW or NO_COVER names no test: {stale}")
 
 
 _durations: dict[str, float] = {}
