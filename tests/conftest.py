@@ -253,9 +253,9 @@ def _slow_reason(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the slow tests (`-m "not slow"` is the fast tier) and the NO_COVER ones, and refuse
-    an entry that names no test of a file collected whole (a renamed test would silently turn
-    fast, or measured)."""
+    """Mark the slow tests (`-m "not slow"` is the fast tier) and the NO_COVER ones, and keep
+    any entry that names no test of a file collected whole, for the summary: a renamed test
+    would silently turn fast, or measured."""
     seen: set[str] = set()
     for item in items:
         seen |= _names(item)
@@ -266,10 +266,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.no_cover)
     files = {item.path.name for item in items}
     stale = sorted(e for e in SLOW | NO_COVER if e.split("::")[0] in files and e not in seen)
-    if stale and not any("::" in arg for arg in config.args):
-        raise pytest.UsageError(f"tests/conftest.py SLOW or NO_COVER names no test: {stale}")
+    if not any("::" in arg for arg in config.args):
+        _stale.extend(stale)
 
 
+_stale: list[str] = []  # SLOW and NO_COVER entries that named no collected test
 _durations: dict[str, float] = {}
 
 
@@ -280,7 +281,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Name the unmarked tests over FAST_BUDGET_S: the fast tier stays fast only if they are
-    sped up or marked slow (a noisy machine can push one over now and then)."""
+    sped up or marked slow (a noisy machine can push one over now and then); and the stale
+    entries of SLOW and NO_COVER."""
+    if _stale:
+        terminalreporter.section("stale test lists")
+        terminalreporter.write_line(
+            f"tests/conftest.py SLOW or NO_COVER names no test (renamed or removed?): {_stale}"
+        )
     over = sorted(((t, n) for n, t in _durations.items() if t >= FAST_BUDGET_S), reverse=True)
     if over:
         terminalreporter.section("fast-tier tests over budget")
