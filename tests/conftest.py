@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -21,6 +23,68 @@ if TYPE_CHECKING:
     from surgecast.live_run import RunOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The two tiers. `make test` runs every test (CI's command); `make check` runs `-m "not slow"`,
+# the inner loop (ruff, mypy and these in at most 3 minutes on a 2-core machine). A test is slow
+# when it takes 3 s or more here, or needs a fixture that does (below); the fast tier keeps two
+# short live runs against the reference target on purpose (test_drive.py, and
+# test_bad_targets.py's run against a target that rejects everything), so it still sends traffic.
+SLOW_FIXTURES = {
+    "pipeline_run": "a whole `surgecast pipeline` run (about 17 s)",
+    "llama_files": "the llama-server binary (built by `make llama-server`, minutes)",
+}
+SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
+    "test_backtest.py::test_calibrating_on_a_run_near_saturation_says_so",
+    "test_bad_targets.py::test_bad_folders_exit_2",
+    "test_benchmarks.py",
+    "test_catalog.py::test_catalog_scenario_runs_from_a_clean_copy",
+    "test_corpus_dir.py::test_the_flag_and_the_variable_on_the_command_line",
+    "test_faults.py",
+    "test_fleet.py::test_mmc_mean_wait_through_a_central_queue",
+    "test_forecast.py::test_seeds_in_worker_processes_give_the_same_result",
+    "test_fuzz_inputs.py::test_alias_bomb_and_huge_plan_through_the_cli",
+    "test_fuzz_inputs.py::test_calibrate_on_corrupted_and_non_streamed_run_folders",
+    "test_fuzz_inputs.py::test_calibrate_refuses_an_unusable_fit_with_exit_3",
+    "test_fuzz_inputs.py::test_fuzz_plan_command",
+    "test_fuzz_inputs.py::test_report_on_corrupted_run_folders",
+    "test_gate.py::test_compare_command_on_simulated_runs",
+    "test_gate.py::test_gate_bad_input_exits_2",
+    "test_gate.py::test_gate_fails_a_live_30pct_slowdown_on_the_reference_target",
+    "test_gate.py::test_gate_identical_runs_pass_and_write_junit_and_summary",
+    "test_gate.py::test_gate_warns_when_the_baseline_ran_other_traffic",
+    "test_loadgen.py::test_a_late_loop_makes_the_run_invalid_when_it_merged_chunks",
+    "test_loadgen.py::test_api_key_from_env_never_reaches_outputs",
+    "test_loadgen.py::test_every_chunk_time_of_a_run_agrees_with_the_targets_own_writes",
+    "test_loadgen.py::test_killed_run_keeps_its_records",
+    "test_loadgen.py::test_open_loop_achieves_the_planned_rate",
+    "test_loadgen.py::test_requests_dropped_at_the_in_flight_cap_are_counted_apart",
+    "test_loadgen.py::test_slow_target_does_not_slow_the_sending",
+    "test_loadgen.py::test_telemetry_agrees_with_the_targets_own_counters",
+    "test_locust_user.py",
+    "test_persona_slos.py",
+    "test_pipeline.py::test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels",
+    "test_queueing.py",
+    "test_scaleout.py::test_a_remote_worker_runs_the_masters_share",
+    "test_scaleout.py::test_no_worker_connecting_is_an_invalid_run",
+    "test_scaleout.py::test_the_masters_progress_counts_sends_before_any_record",
+    "test_scaleout.py::test_two_processes_send_what_one_sends",
+    "test_scrub.py::test_hashed_prompts_are_keyed_per_run_and_shared_by_its_workers",
+    "test_serve_calibration.py",
+    "test_sessions.py",
+    "test_signals.py",
+    "test_vllm_server.py",
+    "test_workflow.py",
+}
+FAST_BUDGET_S = 6.0  # a test of the fast tier that takes longer is named at the end of the run
+# Under coverage (`make test`), these run unmeasured (pytest-cov's no_cover): queueing-theory checks
+# that replay the same simulator paths for thousands of requests over a dozen seeds, which the
+# tracer made 3 to 4 times slower (about 100 s of the suite) while other tests cover those paths.
+NO_COVER = {
+    "test_fleet.py::test_erlang_b_blocking_with_no_room_to_wait",
+    "test_fleet.py::test_mmc_mean_wait_through_a_central_queue",
+    "test_fleet.py::test_round_robin_makes_each_replica_a_gi_m_1_queue",
+    "test_queueing.py",
+}
 
 # A fast engine for client tests: 10 ms steps, so chunk gaps are well above timing noise.
 FAST_ENGINE = EngineConfig(
@@ -125,6 +189,18 @@ def run_cli(
     )
 
 
+def cli_help(*command: str) -> str:
+    """What `surgecast COMMAND --help` prints, from the CLI's own parser in this process (a
+    subprocess would spend a second importing for it); fails unless it exits 0."""
+    from surgecast.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0, out.getvalue()
+    return out.getvalue()
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One `surgecast pipeline` run on a short scenario: (run folder, stdout)."""
@@ -160,3 +236,66 @@ def engine_level(base_url: str, traffic: dict[str, Any], out: Path, stairs: int 
     scenario = parse_scenario(data)
     plan = staircase(scenario, stairs) if stairs else None
     return run_load(scenario, "s.yaml", ExternalTarget(base_url), out=out, plan=plan)
+
+
+def _names(item: pytest.Item) -> set[str]:
+    """How SLOW and NO_COVER may name a test: its file, or FILE::FUNCTION."""
+    return {item.path.name, f"{item.path.name}::{getattr(item, 'originalname', item.name)}"}
+
+
+def _slow_reason(item: pytest.Item) -> str | None:
+    for opt_in in ("engine_load", "vllm"):  # deselected by default; slow wherever selected
+        if item.get_closest_marker(opt_in):
+            return f"marked {opt_in}"
+    if _names(item) & SLOW:
+        return "listed in tests/conftest.py SLOW"
+    needs = [f for f in SLOW_FIXTURES if f in getattr(item, "fixturenames", ())]
+    return f"needs {needs[0]}: {SLOW_FIXTURES[needs[0]]}" if needs else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tests (`-m "not slow"` is the fast tier) and the NO_COVER ones, and keep
+    any entry that names no test of a file collected whole, for the summary: a renamed test
+    would silently turn fast, or measured."""
+    seen: set[str] = set()
+    for item in items:
+        seen |= _names(item)
+        reason = _slow_reason(item)
+        if reason:
+            item.add_marker(pytest.mark.slow(reason=reason))
+        if _names(item) & NO_COVER:
+            item.add_marker(pytest.mark.no_cover)
+    files = {item.path.name for item in items}
+    stale = sorted(e for e in SLOW | NO_COVER if e.split("::")[0] in files and e not in seen)
+    if not any("::" in arg for arg in config.args):
+        _stale.extend(stale)
+
+
+_stale: list[str] = []  # SLOW and NO_COVER entries that named no collected test
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "slow" not in report.keywords:
+        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the unmarked tests over FAST_BUDGET_S: the fast tier stays fast only if they are
+    sped up or marked slow (a noisy machine can push one over now and then); and the stale
+    entries of SLOW and NO_COVER."""
+    if _stale:
+        terminalreporter.section("stale test lists")
+        terminalreporter.write_line(
+            f"tests/conftest.py SLOW or NO_COVER names no test (renamed or removed?): {_stale}"
+        )
+    over = sorted(((t, n) for n, t in _durations.items() if t >= FAST_BUDGET_S), reverse=True)
+    if over:
+        terminalreporter.section("fast-tier tests over budget")
+        terminalreporter.write_line(
+            f"{len(over)} test(s) not marked slow took {FAST_BUDGET_S:g} s or more: mark them "
+            "slow (tests/conftest.py SLOW) or make them faster"
+        )
+        for t, n in over:
+            terminalreporter.write_line(f"{t:6.1f}s  {n}")

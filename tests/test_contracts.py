@@ -27,14 +27,22 @@ from tests.conftest import run_cli
 DOCUMENTS = ("run", "summary", "calibration", "backtest", "forecast")
 
 
+@pytest.fixture(scope="module")
+def schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder `surgecast schema --out` wrote, once for the module."""
+    out = tmp_path_factory.mktemp("schemas")
+    result = run_cli("schema", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 @pytest.mark.parametrize("name", DOCUMENTS)
 def test_every_document_meets_its_exported_schema(
-    pipeline_run: tuple[Path, str], tmp_path: Path, name: str
+    pipeline_run: tuple[Path, str], schemas: Path, name: str
 ) -> None:
     run, _ = pipeline_run
-    assert run_cli("schema", "--out", str(tmp_path)).returncode == 0
     data = json.loads((run / f"{name}.json").read_text())
-    jsonschema.validate(data, json.loads((tmp_path / f"{name}.schema.json").read_text()))
+    jsonschema.validate(data, json.loads((schemas / f"{name}.schema.json").read_text()))
     assert data["schema"] == f"surgecast.{name}/1"
 
 
@@ -116,12 +124,10 @@ def test_a_report_on_a_run_json_from_an_older_surgecast_says_so(
 
 
 def test_summary_json_meets_its_exported_schema(
-    pipeline_run: tuple[Path, str], tmp_path: Path
+    pipeline_run: tuple[Path, str], schemas: Path
 ) -> None:
     run, _ = pipeline_run
-    result = run_cli("schema", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    schema = json.loads((tmp_path / "summary.schema.json").read_text())
+    schema = json.loads((schemas / "summary.schema.json").read_text())
     data = json.loads((run / "summary.json").read_text())
     jsonschema.validate(data, schema)  # raises on any departure
     assert data["schema"] == "surgecast.summary/1"
@@ -156,12 +162,11 @@ def test_a_reader_refuses_an_unknown_version_or_field(
 
 
 def test_backtest_json_meets_its_schema_and_an_old_one_is_left_out_of_the_report(
-    pipeline_run: tuple[Path, str], tmp_path: Path
+    pipeline_run: tuple[Path, str], schemas: Path, tmp_path: Path
 ) -> None:
     run, _ = pipeline_run
-    assert run_cli("schema", "--out", str(tmp_path)).returncode == 0
     data = json.loads((run / "backtest.json").read_text())
-    jsonschema.validate(data, json.loads((tmp_path / "backtest.schema.json").read_text()))
+    jsonschema.validate(data, json.loads((schemas / "backtest.schema.json").read_text()))
     doc = read_backtest(run / "backtest.json")
     assert doc.in_sample and {r.basis for r in doc.rows} == {"replay", "plan"}
     for row in doc.rows:  # inside is what the interval says of the measured value

@@ -48,10 +48,12 @@ EXPECTED: dict[str, tuple[str, str] | None] = {
 }
 
 
-def _run(tmp: Path, url: str, env: dict[str, str] | None = None, **target: Any) -> Any:
+def _run(
+    tmp: Path, url: str, env: dict[str, str] | None = None, duration_s: float = 5, **target: Any
+) -> Any:
     data = scenario_dict(
         target={"api": "chat", "timeout_s": 20, **target},
-        traffic={"rate": 40, "duration_s": 5, "seed": 2},
+        traffic={"rate": 40, "duration_s": duration_s, "seed": 2},
         workload={
             "prompt_tokens": {"dist": "uniform", "low": 20, "high": 60},
             "output_tokens": {"dist": "uniform", "low": 10, "high": 20},
@@ -130,12 +132,16 @@ def test_a_target_that_dies_mid_run_makes_the_run_invalid(tmp_path: Path) -> Non
 
 def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: Path) -> None:
     """A wrong key: refused at the preflight with exit 3, nothing sent, the key in no output;
-    the right one: served."""
+    the right one, to the same target: served (a one-second run says so)."""
     planted = "sk-planted-9f8e7d6c5b4a"
     env = {**os.environ, "TEST_TARGET_KEY": planted}
     with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
         result, out = _run(tmp_path, url, env=env, api_key_env="TEST_TARGET_KEY")
         sent = served_log(url, api_key="sk-the-right-one")
+        right = {**env, "TEST_TARGET_KEY": "sk-the-right-one"}
+        served, right_out = _run(
+            tmp_path / "right", url, env=right, duration_s=1, api_key_env="TEST_TARGET_KEY"
+        )
     assert result.returncode == 3, result.stderr[-3000:]
     assert "refused the request with the API key given (HTTP 401" in result.stderr
     assert "target.api_key_env" in result.stderr
@@ -144,15 +150,11 @@ def test_an_api_key_the_target_refuses_stops_the_run_before_any_load(tmp_path: P
         p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()
     ]
     assert not any(planted in text for text in outputs)
-
-    env["TEST_TARGET_KEY"] = "sk-the-right-one"
-    with ReferenceTargetProcess(ENGINE, api_key="sk-the-right-one", debug=True) as url:
-        result, out = _run(tmp_path / "right", url, env=env, api_key_env="TEST_TARGET_KEY")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert served.returncode == 0, served.stderr[-3000:]
     # its /metrics wants the key too, and the run's telemetry sent it
-    errors = json.loads((out / "run.json").read_text())["telemetry_errors"]
+    errors = json.loads((right_out / "run.json").read_text())["telemetry_errors"]
     assert not [e for e in errors if "metrics" in e], errors
-    assert '"source":"prometheus","metrics"' in (out / "telemetry.jsonl").read_text()
+    assert '"source":"prometheus","metrics"' in (right_out / "telemetry.jsonl").read_text()
 
 
 def test_the_key_guards_every_endpoint_but_health_whatever_the_schemes_case() -> None:

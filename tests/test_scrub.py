@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,8 @@ def test_prompts_are_kept_as_the_privacy_setting_says() -> None:
 
 
 def _hashed_run(url: str, tmp: Path, name: str, mode: str, *flags: str) -> dict[str, str]:
-    """A real run whose prompts are short common queries (salt off: the same text every run),
-    kept as `mode` says: each record's kept prompt by request id."""
-    (tmp / "q.txt").write_text("what is my balance\nreset my password\ncancel my card\n")
+    """A real run whose prompts are short common queries (tmp/q.txt; salt off: the same text
+    every run), kept as `mode` says: each record's kept prompt by request id."""
     workload = {
         "prompt_tokens": {"dist": "constant", "value": 5},
         "output_tokens": {"dist": "constant", "value": 3},
@@ -133,9 +133,10 @@ def test_hashed_prompts_are_keyed_per_run_and_shared_by_its_workers(
     """Equal prompts hash alike within a run, over two worker processes too; the same prompt
     hashes otherwise in another run; no hash is the plain SHA-256 a dictionary would find, and
     the key is in no file of the run."""
-    texts = _hashed_run(target_url, tmp_path, "full", "full")
-    two = _hashed_run(target_url, tmp_path, "two", "hashed", "--processes", "2")
-    one = _hashed_run(target_url, tmp_path, "one", "hashed")
+    (tmp_path / "q.txt").write_text("what is my balance\nreset my password\ncancel my card\n")
+    runs = [("full", "full"), ("two", "hashed", "--processes", "2"), ("one", "hashed")]
+    with ThreadPoolExecutor(len(runs)) as pool:  # the three runs at once: light traffic
+        texts, two, one = pool.map(lambda run: _hashed_run(target_url, tmp_path, *run), runs)
     assert set(texts) == set(two) == set(one) and len(texts) >= 10
     assert len(set(texts.values())) == 3  # each query asked several times
     for run in (two, one):

@@ -6,6 +6,9 @@ scenarios/chatbot.yaml with the case's SLOs and lenient timing limits for a shar
 DURATION: 2 s), GITHUB_STEP_SUMMARY (a file), the two checkouts (base/ and head/: folders of
 symlinks to this project's files) and the install line `python -m venv .venv && pip install ...`,
 which becomes a no-op beside a .venv/bin/surgecast that runs this interpreter's surgecast.
+
+The three cases' workflows run at once (each step waits mostly on its runs' traffic and answers,
+one at a time), each in a folder of its own.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import LENIENT, ROOT, write_scenario
@@ -90,11 +96,36 @@ def _failures(junit: Path) -> dict[str, bool]:
     }
 
 
-def test_runs_that_miss_an_slo_still_reach_the_gate(tmp_path: Path) -> None:
+Steps = list[tuple[str, int, str]]
+
+# each case's scenario, from its folder
+CASES: dict[str, Callable[[Path], Path]] = {
+    "missed": lambda tmp: _scenario(tmp, slos={"ttft": "p(95) < 1", "error_rate": "rate < 0.01"}),
+    "passing": lambda tmp: _scenario(
+        tmp, regressions={m: "p(95) regress < 200%" for m in ("ttft", "e2e", "itl")}
+    ),
+    "bad": lambda tmp: _scenario(tmp, unknown_section={"x": 1}),
+}
+
+
+@pytest.fixture(scope="module")
+def workflows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Steps]]:
+    """Every case's workflow, run at once: case -> (its folder, its steps)."""
+    folders = {case: tmp_path_factory.mktemp(case) for case in CASES}
+    with ThreadPoolExecutor(len(CASES)) as pool:
+        steps = {
+            case: pool.submit(_run_workflow, folders[case], make(folders[case]))
+            for case, make in CASES.items()
+        }
+        return {case: (folders[case], done.result()) for case, done in steps.items()}
+
+
+def test_runs_that_miss_an_slo_still_reach_the_gate(
+    workflows: dict[str, tuple[Path, Steps]],
+) -> None:
     """Every run misses `ttft: p(95) < 1`: each exits 99, and the gate still judges all six,
     writes junit.xml and gate.md, and its 99 fails the job."""
-    slos = {"ttft": "p(95) < 1", "error_rate": "rate < 0.01"}
-    steps = _run_workflow(tmp_path, _scenario(tmp_path, slos=slos))
+    tmp_path, steps = workflows["missed"]
     assert len(steps) == 2, steps[-1][2][-3000:]
     (_, base_rc, base_out), (_, cand_rc, cand_out) = steps
     assert base_rc == 0, base_out[-3000:]
@@ -110,11 +141,10 @@ def test_runs_that_miss_an_slo_still_reach_the_gate(tmp_path: Path) -> None:
     assert "surgecast gate: FAIL" in (tmp_path / "step-summary.md").read_text()
 
 
-def test_passing_runs_pass_the_gate(tmp_path: Path) -> None:
+def test_passing_runs_pass_the_gate(workflows: dict[str, tuple[Path, Steps]]) -> None:
     """The same plan on both sides, loose budgets (this test is about the workflow, not the
     statistics of a noisy machine): the gate passes and the job with it."""
-    loose = {m: "p(95) regress < 200%" for m in ("ttft", "e2e", "itl")}
-    steps = _run_workflow(tmp_path, _scenario(tmp_path, regressions=loose))
+    tmp_path, steps = workflows["passing"]
     assert [rc for _, rc, _ in steps] == [0, 0], steps[-1][2][-3000:]
     assert "::warning" not in steps[0][2] + steps[1][2]  # no run was flagged
     assert "::error" not in steps[0][2] + steps[1][2]
@@ -123,10 +153,12 @@ def test_passing_runs_pass_the_gate(tmp_path: Path) -> None:
     assert "surgecast gate: PASS" in (tmp_path / "gate" / "gate.md").read_text()
 
 
-def test_bad_input_is_flagged_and_the_gate_exits_2(tmp_path: Path) -> None:
+def test_bad_input_is_flagged_and_the_gate_exits_2(
+    workflows: dict[str, tuple[Path, Steps]],
+) -> None:
     """A scenario the runs refuse (exit 2) shows as an error annotation per run, and the gate's
     own 2 fails the job."""
-    steps = _run_workflow(tmp_path, _scenario(tmp_path, unknown_section={"x": 1}))
+    tmp_path, steps = workflows["bad"]
     assert len(steps) == 2, steps[-1][2][-3000:]
     (_, base_rc, base_out), (_, cand_rc, cand_out) = steps
     assert base_rc == 0 and "::error title=perf-gate::baseline run 1 exited 2" in base_out
