@@ -284,7 +284,7 @@ def aim(rows: list[BacktestRow]) -> str:
     )
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--engine", choices=("llama-server", "vllm", "reference"), default="llama-server"
@@ -321,6 +321,11 @@ def main() -> int:
         help="send each held-out level's plan a second time and print how far the two runs "
         "differ: the noise floor no model can beat on this machine",
     )
+    return p
+
+
+def main() -> int:
+    p = parser()
     a = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the engine's context manager stops its processes
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
