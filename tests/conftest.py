@@ -7,8 +7,10 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +79,8 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_scaleout.py::test_the_masters_progress_counts_sends_before_any_record",
     "test_scaleout.py::test_two_processes_send_what_one_sends",
     "test_scrub.py::test_hashed_prompts_are_keyed_per_run_and_shared_by_its_workers",
+    "test_secrets.py::test_a_key_echoed_in_every_form_is_in_no_output",
+    "test_secrets.py::test_a_key_in_a_model_list_a_refusal_or_a_url_is_in_no_output",
     "test_serve_calibration.py",
     "test_sessions.py",
     "test_side_endpoints.py::test_a_run_against_it_ends_cleanly",
@@ -308,3 +312,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         for t, n in over:
             terminalreporter.write_line(f"{t:6.1f}s  {n}")
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with `handler`; yields its /v1 URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
