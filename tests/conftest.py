@@ -133,6 +133,30 @@ def served_requests(base_url: str) -> dict[str, dict[str, Any]]:
     return {d["id"]: d for d in served_log(base_url)}
 
 
+def write_misses(times: list[float], served: dict[str, Any]) -> list[float]:
+    """How far each of a client's chunk times (on the target's clock) falls outside the target's
+    own write of that chunk, from when the write began to when it returned: 0 inside. (The
+    target's stamps bracket the write: one stamp after it is late whenever the target is
+    descheduled in between, as on a busy 2-core machine.)"""
+    windows = zip(times, served["chunk_sending"], served["chunk_written"], strict=True)
+    return [max(began - t, t - written, 0.0) for t, began, written in windows]
+
+
+def gap_misses(times: list[float], served: dict[str, Any]) -> list[float]:
+    """The same for the gaps between chunks, for times on another clock (a run's own): each
+    gap against the shortest and longest the target's write windows allow."""
+    began, written = served["chunk_sending"], served["chunk_written"]
+    misses = []
+    for i in range(len(times) - 1):
+        gap, low, high = (
+            times[i + 1] - times[i],
+            began[i + 1] - written[i],
+            written[i + 1] - began[i],
+        )
+        misses.append(max(low - gap, gap - high, 0.0))
+    return misses
+
+
 # traffic settings for a test whose subject is not the generator's timing: a stall of this noisy
 # machine must not make its run invalid
 LENIENT = {"max_lateness_ms": 5000, "max_loop_lag_ms": 1000}
