@@ -146,38 +146,47 @@ class DecodeTableCost(_ArithmeticRuns):
 
 @dataclass(frozen=True)
 class RooflineCost:
-    """A step is bound by compute or by memory traffic, whichever takes longer:
-    base + max(per_token x tokens computed (decoded + prefilled),
-               memory + per_context_token x KV tokens read).
+    """A step is bound by compute or by memory traffic, whichever takes longer, plus what is
+    not overlapped with either (a fixed overhead, tensor parallelism's all-reduces):
+      base + per_token_comm x tokens
+           + max(per_token x tokens + compute_per_context_token x context,
+                 memory + per_context_token x context)
+    where tokens are those computed (decoded + prefilled) and context the KV tokens attended.
     Small decode batches are memory-bound (weights and KV cache read once a step); large batches
-    and prefills are compute-bound."""
+    and prefills are compute-bound. The last two terms are 0 in a roofline fitted from one
+    deployment's steps; a deployment's first-principles cost (simulator.deploy.steptime) has
+    them."""
 
     base_s: float = 0.002
     per_token_s: float = 0.0004
     memory_s: float = 0.01
     per_context_token_s: float = 0.0
+    compute_per_context_token_s: float = 0.0
+    per_token_comm_s: float = 0.0
 
     def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
-        compute = self.per_token_s * (decode_seqs + prefill_tokens)
-        return self.base_s + max(compute, self.memory_s + self.per_context_token_s * context_tokens)
+        tokens = decode_seqs + prefill_tokens
+        compute = self.per_token_s * tokens + self.compute_per_context_token_s * context_tokens
+        memory = self.memory_s + self.per_context_token_s * context_tokens
+        return self.base_s + self.per_token_comm_s * tokens + max(compute, memory)
 
     def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
         return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
 
     def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
-        """Compute-bound steps first (a constant), then memory-bound ones (an arithmetic series)."""
-        compute = self.per_token_s * decode_seqs
-        growth = self.per_context_token_s * decode_seqs
+        """Both bounds grow linearly along the run (the context by decode_seqs a step), so the
+        larger one changes at most once: two arithmetic series."""
+        d = decode_seqs
+        compute = self.per_token_s * d + self.compute_per_context_token_s * context_tokens
         memory = self.memory_s + self.per_context_token_s * context_tokens  # of the first step
-        if memory >= compute:
-            bound = 0
-        elif growth <= 0:
-            bound = n
-        else:
-            bound = min(n, math.ceil((compute - memory) / growth))
-        rest = n - bound  # memory-bound steps, from step `bound` on
-        first = memory + growth * bound
-        return n * self.base_s + bound * compute + rest * first + growth * rest * (rest - 1) / 2
+        grow_c, grow_m = self.compute_per_context_token_s * d, self.per_context_token_s * d
+        (a1, g1), (a2, g2) = sorted([(compute, grow_c), (memory, grow_m)], reverse=True)
+        # the first step's larger bound stays the larger, or the other overtakes it at the
+        # first step i with a2 + g2 i > a1 + g1 i
+        overtaken = n if g1 >= g2 else math.floor((a1 - a2) / (g2 - g1)) + 1
+        switch = min(n, overtaken)
+        fixed = n * (self.base_s + self.per_token_comm_s * d)
+        return fixed + _series(a1, g1, 0, switch) + _series(a2, g2, switch, n)
 
     def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
         """The most n with run_s(n) <= seconds, by bisection (every step lasts at least the
@@ -197,6 +206,13 @@ class RooflineCost:
             else:
                 hi = mid
         return lo
+
+
+def _series(first: float, growth: float, start: int, stop: int) -> float:
+    """The sum of first + growth x i over steps start <= i < stop."""
+    if stop <= start:
+        return 0.0
+    return (stop - start) * first + growth * (stop * (stop - 1) - start * (start - 1)) / 2
 
 
 def _contexts(decode_seqs: int, context_tokens: int, n: int) -> range | list[int]:
