@@ -177,7 +177,7 @@ def run_exit(outcome: RunOutcome) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from loadgen.send import ScaleOut
-    from surgecast.live_run import run_load
+    from surgecast.live_run import run_load, write_report
     from surgecast.report import render
 
     scenario = load_scenario_arg(a)
@@ -191,8 +191,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     launcher = launcher_for(a, scenario)
     outcome = run_load(scenario, a.scenario, launcher, out=a.out, progress=not a.quiet, scale=scale)
     if not a.no_report:
-        html, _ = render(outcome.folder)
-        out(f"report: {html}")
+        out(f"report: {write_report(outcome.folder, render)}")
     out(f"records: {outcome.folder.requests}")
     return run_exit(outcome)
 
@@ -241,7 +240,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_pipeline(a: argparse.Namespace) -> int:
     """Run, then (when the run is valid) calibrate, back-test and forecast in its folder; the
     report shows whatever got done."""
-    from surgecast.live_run import run_load
+    from surgecast.live_run import run_load, write_report
     from surgecast.report import render
 
     scenario = load_scenario_arg(a)
@@ -249,8 +248,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     code = run_exit(outcome)
     if outcome.valid:
         code = _model_the_run(a, scenario, outcome) or code
-    html, _ = render(outcome.folder)
-    out(f"\nreport: {html}")
+    out(f"\nreport: {write_report(outcome.folder, render)}")
     return code
 
 
