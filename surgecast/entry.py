@@ -19,6 +19,7 @@ import sys
 from surgecast.interrupts import install, signal_of
 
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # as surgecast.cli.exits; nothing heavy here
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell shows a reader that went away
 
 
 def main() -> int:
@@ -33,6 +34,10 @@ def main() -> int:
             return _leave(128 + handler.noted)
         code = command_line()  # it handles its own (exit 130 or 143, its run folder marked)
         handler.raising = False
+    except BrokenPipeError:  # `surgecast catalog | head`: the reader left; stop without a word
+        handler.raising = False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _leave(EXIT_BROKEN_PIPE)
     except KeyboardInterrupt as e:  # one just before or after the command line's handling
         handler.raising = False
         print("interrupted: records written so far are kept", file=sys.stderr)
