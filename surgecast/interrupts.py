@@ -49,6 +49,7 @@ class StopSignals:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.noted = signum
         if self.raising:
+            _quiet_hub()
             raise interruption(signum)
 
     def honour(self) -> None:
@@ -88,6 +89,16 @@ def stop_signals(raising: bool = True) -> Iterator[StopSignals | None]:
         sys.unraisablehook = hook
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _quiet_hub() -> None:
+    """Once gevent runs (the send step imports Locust), a signal can come while its hub, not
+    the program, is running: the hub passes the interruption on to the program, as wanted, but
+    prints it with a traceback first unless told it is no error (its NOT_ERROR)."""
+    hub_module = sys.modules.get("gevent.hub")
+    hub = hub_module._get_hub() if hub_module is not None else None  # this thread's, if any
+    if hub is not None and KeyboardInterrupt not in hub.NOT_ERROR:
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
 
 
 def honour_pending() -> None:

@@ -8,7 +8,9 @@ run.json up to date, so a run stopped at any point says how far it got.
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from targets.engine_metrics import kept_series
 from targets.errors import TargetError
 from targets.launcher import Launcher
 
+HOLD_ENV = "SURGECAST_TEST_HOLD"  # a step's name: the run waits in it (for the signal tests)
 NOT_STARTED = (TargetUnreachable, TargetRefused, MissingModel, TargetError)
 # run.json's `step` in words, for a run stopped in it
 STEP_WORDS = {
@@ -73,6 +76,7 @@ def run_load(
     for line in [*job.notes, job.headline(folder.path.name)]:
         say(line)
     try:
+        hold("target")
         with launcher.started(scenario.target.model, say) as live:  # start the target
             enter(folder, "probe", target=target_section(job, live))
             endpoint = probe_target(job, live, folder, say)
@@ -96,12 +100,22 @@ def enter(folder: RunFolder, step: str, **fields: object) -> None:
     """Note in run.json the step the run begins (a signal Python dropped stops it here)."""
     honour_pending()
     folder.update_meta(step=step, **fields)
+    hold(step)
+
+
+def hold(step: str) -> None:
+    """With SURGECAST_TEST_HOLD naming `step`, wait in it until a signal stops the run: the
+    signal tests stop each step there, whatever the machine's speed."""
+    while os.environ.get(HOLD_ENV) == step:
+        time.sleep(0.05)
+        honour_pending()
 
 
 def write_report(folder: RunFolder, render: Callable[[RunFolder], tuple[str, str]]) -> str:
     """The report step: `render` writes index.html and summary.md; its path. A signal while it
     works leaves run.json "interrupted" (the verdict stays: the run itself is whole)."""
     try:
+        hold("report")
         html, _ = render(folder)
         honour_pending()
     except KeyboardInterrupt as e:

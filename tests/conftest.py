@@ -84,6 +84,8 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_serve_calibration.py",
     "test_sessions.py",
     "test_side_endpoints.py::test_a_run_against_it_ends_cleanly",
+    "test_signal_phases.py::test_report_command_leaves_whole_files_or_none",
+    "test_signal_phases.py::test_report_step",
     "test_signals.py",
     "test_vllm_server.py",
     "test_workflow.py",
