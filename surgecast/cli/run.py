@@ -95,6 +95,8 @@ def _add_worker(sub: Subparsers) -> None:
     s.add_argument(
         "--master-port", metavar="PORT", type=port, default=5557, help="its port (default 5557)"
     )
+    # a master's own local workers: the master's pid, to stop when it dies (any platform)
+    s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_worker)
 
 
@@ -199,7 +201,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_worker(a: argparse.Namespace) -> int:
     from loadgen.worker import serve_worker
 
-    return serve_worker(a.master_host, a.master_port)
+    return serve_worker(a.master_host, a.master_port, parent_pid=a.parent_pid)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
