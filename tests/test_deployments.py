@@ -4,7 +4,10 @@ and the measured deployment carried to itself is the plain forecast."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +17,10 @@ from simulator.deploy.catalog import load_catalog
 from simulator.deploy.memory import engine_config, memory_plan
 from simulator.forecast.deployments import Choice, DeploymentSearch, carried, options
 from simulator.forecast.search import HOURS_PER_MONTH, ForecastConfig, Forecaster
+from surgecast.cli.main import main
+from surgecast.contracts.model import write_calibration
 from surgecast.tables import as_markdown, deployment_blocks
+from tests.conftest import ROOT
 from tests.test_forecast import known, scenario
 
 CATALOG = load_catalog()
@@ -98,3 +104,20 @@ def test_the_measured_deployment_carried_to_itself_is_the_plain_forecast() -> No
         assert c.best.point.best is not None
         assert c.best.point.best.replicas == p.best.replicas
         assert c.best.cost_per_month_usd == p.best.replicas * price * HOURS_PER_MONTH
+
+
+def test_forecast_on_the_command_line_prints_the_choice_per_scale(tmp_path: Path) -> None:
+    """The catalog's launch-day scenario, which names deployments, through `surgecast forecast`
+    with a calibration file."""
+    calibration = tmp_path / "calibration.json"
+    write_calibration(calibration, known())
+    scenario_file = ROOT / "scenarios" / "launch-day.yaml"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(
+            ["forecast", str(scenario_file), "--calibration", str(calibration), "--scales", "2"]
+        )
+    text = out.getvalue()
+    assert code == 0, err.getvalue()
+    assert "deployments: 42 options" in err.getvalue()
+    assert text.count("| chosen ") == 1 and "x2 (" in text and "replicas, $" in text

@@ -13,6 +13,7 @@ from scenarios.deployment_spec import Deployment
 from simulator.deploy.catalog import load_catalog
 from simulator.deploy.steptime import (
     Efficiency,
+    carry,
     deployment_cost,
     efficiency_from,
     hardware,
@@ -20,6 +21,7 @@ from simulator.deploy.steptime import (
     step_work,
     transfer,
 )
+from simulator.engine.stepcost import CostModel, DecodeTableCost, StepCost
 
 CATALOG = load_catalog()
 LLAMA_8B = Deployment(model="Llama-3.1-8B", gpu="H100")
@@ -109,3 +111,45 @@ def test_transfer_to_another_gpu_scales_by_its_rates() -> None:
 def test_efficiencies_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError, match="efficiency memory"):
         Efficiency(memory=1.5)
+
+
+LINEAR = StepCost(0.012, 0.0009, 0.00007, 2e-7)
+TABLE = DecodeTableCost((1.0, 8.0, 32.0), (0.010, 0.016, 0.040), 0.00006, 1e-7)
+
+
+@pytest.mark.parametrize("cost", [LINEAR, TABLE, deployment_cost(LLAMA_8B, CATALOG, MEASURED)])
+def test_a_cost_carried_to_its_own_deployment_is_unchanged(cost: CostModel) -> None:
+    ideal = deployment_cost(LLAMA_8B, CATALOG)
+    same = carry(cost, ideal, ideal)
+    for shape in ((1, 0, 0), (16, 0, 30_000), (0, 4096, 0), (40, 512, 9000)):
+        assert same.duration(*shape) == pytest.approx(cost.duration(*shape), rel=1e-12)
+
+
+def test_a_first_principles_cost_carries_to_the_other_deployments_own() -> None:
+    """Ratios of rates at one set of efficiencies carry a cost at another set exactly."""
+    for to in (
+        LLAMA_8B.model_copy(update={"gpu": "MI300X", "weights": "fp8"}),
+        Deployment(model="Llama-3.1-70B", gpu="H200", tensor_parallel=4),
+    ):
+        moved = carry(
+            deployment_cost(LLAMA_8B, CATALOG, MEASURED),
+            deployment_cost(LLAMA_8B, CATALOG),
+            deployment_cost(to, CATALOG),
+        )
+        own = deployment_cost(to, CATALOG, MEASURED)
+        for shape in ((1, 0, 0), (16, 0, 30_000), (0, 4096, 0), (8, 512, 9000)):
+            assert moved.duration(*shape) == pytest.approx(own.duration(*shape))
+
+
+def test_a_linear_cost_carried_term_by_term() -> None:
+    ideal = deployment_cost(LLAMA_8B, CATALOG)
+    h200 = deployment_cost(LLAMA_8B.model_copy(update={"gpu": "H200"}), CATALOG)
+    moved = carry(LINEAR, ideal, h200)
+    assert isinstance(moved, StepCost)
+    assert moved.base_s == pytest.approx(0.012 * 3350 / 4800)  # the weights' reads
+    assert moved.per_prefill_token_s == pytest.approx(0.00007)  # the same TFLOPS
+    two = deployment_cost(LLAMA_8B.model_copy(update={"tensor_parallel": 2}), CATALOG)
+    split = carry(LINEAR, ideal, two)
+    assert isinstance(split, StepCost)
+    assert split.per_decode_seq_s == pytest.approx(0.0009 / 2 + two.per_token_comm_s)
+    assert split.base_s == pytest.approx(0.012 / 2)

@@ -8,8 +8,10 @@ a layer, each moving 2 (tp - 1) / tp of a token's hidden state) over the interco
 the GPU's peak rates these give a RooflineCost; the efficiency factors (the fraction of each
 peak reached, and a fixed per-step overhead) are what a calibration measures:
 `efficiency_from` reads them off a cost fitted on a known deployment, `transfer` carries them to
-another. Mixture-of-experts models are priced at their active parameters for compute and at all
-of their weights for reads (a batch of more than a few tokens touches every expert).
+another; `carry` moves any fitted cost (linear, table, roofline) term by term by the ratios
+of two deployments' first-principles rates, keeping it in closed form. Mixture-of-experts
+models are priced at their active parameters for compute and at all of their weights for
+reads (a batch of more than a few tokens touches every expert).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from scenarios.deployment_spec import Deployment
 from simulator.deploy.catalog import Catalog
 from simulator.deploy.memory import kv_heads_per_gpu, weight_bytes
-from simulator.engine.stepcost import RooflineCost
+from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost, StepCost
 
 ACTIVATION_BYTES = 2  # hidden states all-reduced in 16-bit
 
@@ -134,3 +136,45 @@ def transfer(
     efficiencies against `to`'s work and hardware."""
     eff = efficiency_from(fitted, step_work(measured_on, catalog), hardware(measured_on, catalog))
     return step_cost(step_work(to, catalog), hardware(to, catalog), eff)
+
+
+def carry(cost: CostModel, source: RooflineCost, target: RooflineCost) -> CostModel:
+    """A cost measured on the deployment `source` prices, carried to the one `target` prices
+    (both first-principles costs at the same efficiencies): each term scaled by the ratio of the
+    rate it stands for (a step's fixed time: the weights' reads; a token's: compute; a context
+    token's: KV reads, and attention's compute in a roofline), and tensor parallelism's all-reduce per token added or taken away.
+    Carried from a deployment to itself it is unchanged."""
+    compute = target.per_token_s / source.per_token_s
+    weights = target.memory_s / source.memory_s
+    kv = target.per_context_token_s / source.per_context_token_s
+    attention = target.compute_per_context_token_s / source.compute_per_context_token_s
+    link = target.per_token_comm_s - source.per_token_comm_s
+
+    def per_token(seconds: float) -> float:
+        return max(seconds * compute + link, 0.0)
+
+    if isinstance(cost, StepCost):
+        return StepCost(
+            cost.base_s * weights,
+            per_token(cost.per_decode_seq_s),
+            per_token(cost.per_prefill_token_s),
+            cost.per_context_token_s * kv,
+        )
+    if isinstance(cost, DecodeTableCost):
+        # a decode step of b sequences: its time at batch 0 is the weights', the rest per token
+        fixed = max(cost.decode_s(0), 0.0)
+        steps = tuple(
+            max(fixed * weights + (s - fixed) * compute + link * b, 0.0)
+            for b, s in zip(cost.batch, cost.step_s, strict=True)
+        )
+        return DecodeTableCost(
+            cost.batch, steps, per_token(cost.per_prefill_token_s), cost.per_context_token_s * kv
+        )
+    return RooflineCost(
+        cost.base_s,
+        cost.per_token_s * compute,
+        cost.memory_s * weights,
+        cost.per_context_token_s * kv,
+        cost.compute_per_context_token_s * attention,
+        max(cost.per_token_comm_s + link, 0.0),
+    )

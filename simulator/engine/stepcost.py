@@ -222,45 +222,8 @@ def _contexts(decode_seqs: int, context_tokens: int, n: int) -> range | list[int
     return range(context_tokens, context_tokens + n * decode_seqs, decode_seqs)
 
 
-Fitted = StepCost | DecodeTableCost | RooflineCost  # what a calibration fits
-
-
-@dataclass(frozen=True)
-class TransferredCost:
-    """A measured cost carried to a deployment not measured: each step as the measured model
-    prices it, times the ratio of the two deployments' first-principles times for that step
-    (`source`: the deployment measured, `target`: the other; see simulator.deploy.steptime).
-    Carried to the deployment it was measured on, it is the measured cost unchanged."""
-
-    measured: Fitted
-    source: RooflineCost
-    target: RooflineCost
-
-    def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
-        measured = self.measured.duration(decode_seqs, prefill_tokens, context_tokens)
-        ideal = self.source.duration(decode_seqs, prefill_tokens, context_tokens)
-        return measured * self.target.duration(decode_seqs, prefill_tokens, context_tokens) / ideal
-
-    def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
-        return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
-
-    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
-        return math.fsum(self.decode_run(decode_seqs, context_tokens, n))  # no closed form
-
-    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
-        first = self.duration(decode_seqs, 0, context_tokens)
-        if first <= 0:
-            return 1 << 62 if seconds >= 0 else 0
-        n, total, context = 0, 0.0, context_tokens
-        while True:  # steps never shrink along a decode run: at most seconds / first of them
-            step = self.duration(decode_seqs, 0, context)
-            if total + step > seconds:
-                return n
-            n, total, context = n + 1, total + step, context + decode_seqs
-
-
 # The models a config file can name; a new model joins this union and `cost_from_dict`.
-CostModel = Fitted | TransferredCost
+CostModel = StepCost | DecodeTableCost | RooflineCost
 
 
 def cost_from_dict(d: dict[str, Any]) -> CostModel:
@@ -272,10 +235,6 @@ def cost_from_dict(d: dict[str, Any]) -> CostModel:
             float(d["per_prefill_token_s"]),
             float(d.get("per_context_token_s", 0.0)),
         )
-    if "measured" in d:
-        fitted = cost_from_dict(d["measured"])
-        assert not isinstance(fitted, TransferredCost), "a transfer of a transfer"
-        return TransferredCost(fitted, RooflineCost(**d["source"]), RooflineCost(**d["target"]))
     if "memory_s" in d:
         return RooflineCost(**d)
     return StepCost(**d)  # with or without a context term (files before it have none)
@@ -283,10 +242,6 @@ def cost_from_dict(d: dict[str, Any]) -> CostModel:
 
 def scaled(cost: CostModel, factor: float) -> CostModel:
     """`cost` with every time (the fields in seconds) multiplied by `factor`."""
-    if isinstance(cost, TransferredCost):
-        measured = scaled(cost.measured, factor)
-        assert not isinstance(measured, TransferredCost)
-        return replace(cost, measured=measured)
     changes: dict[str, Any] = {}
     for f in fields(cost):
         v = getattr(cost, f.name)

@@ -2,10 +2,11 @@
 
 Each option (model x GPU x formats x tensor parallelism) gets its memory plan (KV blocks, batch
 limit) and the calibration's step cost carried to it from the deployment measured
-(`TransferredCost`); one that does not fit is rejected with its numbers. At each scale the options
-are tried cheapest lower bound first: a fleet passes only under `forecast.max_load` of its
-saturation throughput, so no fleet of an option is cheaper than that many replicas, and an option
-whose bound already costs more than the best fleet found is rejected unsimulated. The choice is
+(`simulator.deploy.steptime.carry`); one that does not fit is rejected with its numbers. At each
+scale the options are tried cheapest lower bound first: a fleet passes only under
+`forecast.max_load` of its saturation throughput, so no fleet of an option is cheaper than that
+many replicas, and an option whose bound already costs more than the best fleet found is
+rejected unsimulated. The choice is
 the one brute force over every option would make (the lowest monthly cost, ties to the first
 label in alphabetical order).
 """
@@ -20,8 +21,8 @@ from scenarios.deployment_spec import Deployment
 from scenarios.spec import Scenario
 from simulator.deploy.catalog import Catalog
 from simulator.deploy.memory import MemoryPlan, engine_config, memory_plan
-from simulator.deploy.steptime import deployment_cost
-from simulator.engine.stepcost import CostModel, TransferredCost
+from simulator.deploy.steptime import carry, deployment_cost
+from simulator.engine.stepcost import CostModel
 from simulator.fit.calibrate import Calibration
 from simulator.forecast.search import (
     HOURS_PER_MONTH,
@@ -87,14 +88,9 @@ def options(deployments: Sequence[Deployment], catalog: Catalog) -> list[Option]
 def carried(
     measured: Deployment, to: Deployment, catalog: Catalog
 ) -> Callable[[CostModel], CostModel]:
-    """Carries a cost measured on `measured` to `to` (by their first-principles step times)."""
+    """Carries a cost measured on `measured` to `to` (by their first-principles rates)."""
     source, target = deployment_cost(measured, catalog), deployment_cost(to, catalog)
-
-    def carry(cost: CostModel) -> CostModel:
-        assert not isinstance(cost, TransferredCost), "carry the measured cost, not a carried one"
-        return TransferredCost(cost, source, target)
-
-    return carry
+    return lambda cost: carry(cost, source, target)
 
 
 class DeploymentSearch:
