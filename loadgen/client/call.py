@@ -11,8 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from loadgen.client.endpoint import Endpoint, Messages
-from loadgen.client.parsing import StreamError, parse_event, retry_after_seconds, whole_count
+from loadgen.client.parsing import (
+    StreamError,
+    parse_event,
+    plain_text,
+    retry_after_seconds,
+    whole_count,
+)
 from loadgen.client.pool import ConnectionPool
+from loadgen.codings import ContentEncodingError
 from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
@@ -94,6 +101,7 @@ class StreamingCall:
             "Host": ep.host_header,
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",  # (gzip and deflate are undone, if sent all the same)
         }
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
@@ -126,11 +134,14 @@ class StreamingCall:
             self._fail("error", "connection_refused", str(e))
         except ProtocolError as e:
             self._fail("error", "protocol", str(e))
+        except ContentEncodingError as e:
+            self._fail("error", "content_encoding", str(e))
         except OSError as e:
             self._fail("error", _broken_kind(rec), f"{type(e).__name__}: {e}")
         except Exception as e:  # a failing target is recorded, never a crash of the run
             self._fail("error", "client_exception", f"{type(e).__name__}: {e}")
         finally:
+            rec.http_status = self._response.status  # (also where an error came with it)
             if keep and self.pool is not None and conn is not None:
                 self.pool.give(conn)
             elif conn is not None:
@@ -219,13 +230,16 @@ class StreamingCall:
         rec = self.record
         rec.status = status
         rec.error_kind = kind
-        said = mask_quoted(self.endpoint.redact(detail)[:DETAIL_CHARS], self._unquotable)
+        said = mask_quoted(
+            self.endpoint.redact(plain_text(detail))[:DETAIL_CHARS], self._unquotable
+        )
         rec.error_detail = said or None
 
     def _http_error(self, conn: Connection) -> None:
         response = self._response
-        with contextlib.suppress(TimeoutError, OSError, ProtocolError, StreamError):
-            # the message in the body, as much of it as comes in time
+        with contextlib.suppress(
+            TimeoutError, OSError, ProtocolError, StreamError, ContentEncodingError
+        ):  # the message in the body, as much of it as comes in time
             self._read_until(conn, lambda: response.complete or self._bytes >= ERROR_BYTES)
         text = b"".join(self._body)[:ERROR_BYTES].decode("utf-8", "replace")
         try:
@@ -236,6 +250,9 @@ class StreamingCall:
         if retry_after is not None:
             self.retry_after_s = retry_after_seconds(retry_after)
         status = response.status
+        location = response.headers.get("location")
+        if status is not None and 300 <= status < 400 and location:
+            message = f"redirected to {location} (not followed: give the final URL) {message}"
         kind = f"http_{status}"
         self._fail("rejected" if status in (429, 503) else "error", kind, str(message))
 
@@ -326,8 +343,8 @@ class StreamingCall:
         """Read the stream to its `[DONE]` (or the end of the response)."""
         response = self._response
         self._read_until(conn, lambda: self._done or response.complete)
-        if not self._done and self._pending:  # the last line, without its newline
-            self._done = self._on_line(self._pending, self.clock())
+        if not (self._done or response.cut_off) and self._pending:  # a last line, unended
+            self._done = self._on_line(self._pending, self.clock())  # (not one cut short)
         if not (self._done or self._finished):
             if response.cut_off:
                 raise StreamError("stream_reset", "the connection closed mid-response")
@@ -371,7 +388,7 @@ class StreamingCall:
             return False
         try:
             self._read_until(conn, lambda: response.complete, self.clock() + DRAIN_S)
-        except (TimeoutError, OSError, ProtocolError, StreamError):
+        except (TimeoutError, OSError, ProtocolError, StreamError, ContentEncodingError):
             return False
         return response.complete and response.keep_alive
 
