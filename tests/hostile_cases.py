@@ -128,7 +128,8 @@ def page(status: str, title: str) -> bytes:
     html = (
         f"<html><head><title>{title}</title><style>body{{color:red}}</style>"
         f"<script>alert('x')</script></head><body>\n<h1>{title}</h1>\n"
-        "<p>a | pipe, *stars*, [link](x) &amp; \x1b[31mansi\x1b[0m\r\nline</p></body></html>"
+        "<p>a | pipe, *stars*, [link](x) &amp; \x1b[31mansi\x1b[0m\u202eevil\r\nline</p>"
+        "</body></html>"
     ).encode()
     return fixed(status, html, HTML)
 
@@ -367,6 +368,8 @@ def _page_cases() -> Iterator[Case]:
         _keep(page("503 Service Unavailable", "overloaded")),
         Expect("rejected", "http_503", 503),
     )
+    busy = fixed("429 Too Many Requests", b"slow down", "Retry-After: -1e999, or soon")
+    yield Case("retry_after_nonsense", "pages", _keep(busy), Expect("rejected", "http_429", 429))
     yield Case(
         "html_200", "pages", _keep(page("200 OK", "Welcome to nginx!")), Expect("error", "protocol")
     )
