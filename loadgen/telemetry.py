@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from loadgen.fetch import fetch
+from scenarios.redact import Redactor
 
 if TYPE_CHECKING:
     from scenarios.spec import Telemetry
@@ -60,7 +61,8 @@ def samplers_for(
         own = spec.metrics_url is None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key and own else None
         url = spec.metrics_url or metrics_url_for(base_url)
-        samplers.append(PrometheusSampler(url, keep=keep, headers=headers))
+        redact = Redactor(api_key)  # a target's label values or errors may echo the key
+        samplers.append(PrometheusSampler(url, keep=keep, headers=headers, redact=redact))
     if spec.gpu:
         samplers.append(NvmlSampler())
     return samplers
@@ -77,9 +79,12 @@ class PrometheusSampler:
         timeout_s: float = 2.0,
         keep: Keep | None = None,
         headers: dict[str, str] | None = None,
+        redact: Callable[[str], str] = str,
     ):
         self.url = url
         self.headers = headers
+        self.redact = redact
+        self._names: dict[str, str] = {}  # series names as redacted (the same every scrape)
         self.timeout_s = timeout_s
         self.keep = keep  # which samples to record (engine_metrics.kept_series); None: all
         self.error: str | None = None
@@ -90,10 +95,18 @@ class PrometheusSampler:
         try:
             body = fetch(self.url, self.timeout_s, self.headers)
             metrics = parse_prometheus(body.decode("utf-8", "replace"))
-            return {"metrics": self.keep(metrics) if self.keep else metrics}
+            kept = self.keep(metrics) if self.keep else metrics
+            return {"metrics": {self._name(k): v for k, v in kept.items()}}
         except (urllib.error.URLError, OSError, ValueError) as e:
-            self.error = f"{self.url}: {e}"
+            self.error = f"{self.url}: {self.redact(str(e))}"
             return {"error": self.error}
+
+    def _name(self, series: str) -> str:
+        if series not in self._names:
+            if len(self._names) >= 10_000:  # a target naming new series every scrape
+                self._names.clear()
+            self._names[series] = self.redact(series)
+        return self._names[series]
 
 
 class NvmlSampler:

@@ -27,10 +27,25 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
-def validation_messages(error: ValidationError, data: Any) -> list[str]:
-    """Each problem pydantic found in `data`, as `field.path: what is wrong, got value`."""
+def validation_messages(
+    error: ValidationError, data: Any, lines: dict[str, int] | None = None
+) -> list[str]:
+    """Each problem pydantic found in `data`, as `field.path: what is wrong, got value`;
+    with `lines` (parse_yaml's), as `line N: field.path: ...` (the nearest key's line)."""
     errors = [err for err in error.errors() if _relevant(err)] or error.errors()
-    return [_format(err, data) for err in errors]
+    messages = [_format(err, data) for err in errors]
+    if lines is None:
+        return messages
+    return [_at_line(err, data, lines) + m for err, m in zip(errors, messages, strict=True)]
+
+
+def _at_line(err: Any, data: Any, lines: dict[str, int]) -> str:
+    path = re.sub(r"\[\d+\]", "", _loc(err["loc"], data)).split(".")
+    while path:
+        if ".".join(path) in lines:
+            return f"line {lines['.'.join(path)]}: "
+        path.pop()
+    return ""
 
 
 _BRANCH = re.compile(r"^(tagged-union|function-(after|before|wrap|plain)|literal|union)\[")

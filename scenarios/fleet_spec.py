@@ -21,8 +21,8 @@ class ColdStartSpec(Strict):
         description="Model load; default: model's weights / gpu's load bandwidth, else "
         "reference_target.cold_start_s.",
     )
-    model: str | None = Field(None, description="A model profile name (simulator.engine.profiles).")
-    gpu: str | None = Field(None, description="A GPU profile name (simulator.engine.profiles).")
+    model: str | None = Field(None, description="A model of the catalog (surgecast catalog).")
+    gpu: str | None = Field(None, description="A GPU of the catalog (surgecast catalog).")
     init_s: float = Field(0.0, ge=0, le=3600, description="Engine start after the load.")
     jitter: float = Field(
         0.0, ge=0, le=2, description="Lognormal shape of the (load + init) factor; 0: fixed."

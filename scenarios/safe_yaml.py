@@ -31,10 +31,11 @@ class _UniqueKeyLoader(_SafeLoader):
     """SafeLoader that rejects duplicate and non-scalar mapping keys and out-of-range numbers,
     collecting each problem (with its line and column) instead of stopping at the first."""
 
-    def __init__(self, stream: str):
+    def __init__(self, stream: str, lines: dict[str, int] | None = None):
         super().__init__(stream)
         self.problems: list[str] = []
         self.keys: list[str] = []  # the field path to the value being constructed
+        self.lines = lines  # where given: each mapping key's dotted path -> its line
 
     def problem(self, node: yaml.Node, text: str) -> None:
         where = f"{_where(node)}: " + (".".join(self.keys) + ": " if self.keys else "")
@@ -53,6 +54,8 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
             loader.problem(key_node, f"duplicate key {shown(key)}")
             continue
         loader.keys.append(str(key)[:40])
+        if loader.lines is not None:
+            loader.lines.setdefault(".".join(loader.keys), key_node.start_mark.line + 1)
         seen[key] = loader.construct_object(value_node, deep=True)
         loader.keys.pop()
     return seen
@@ -148,14 +151,15 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def parse_yaml(text: str) -> tuple[Any, list[str]]:
+def parse_yaml(text: str, lines: dict[str, int] | None = None) -> tuple[Any, list[str]]:
     """The YAML document in `text` and the problems found in it (depth, alias expansion,
     keys, numbers), each with its line and column; the data is None when unusable.
-    yaml.YAMLError for text that is not YAML."""
+    yaml.YAMLError for text that is not YAML. `lines`, where given, receives the line of each
+    mapping key by its dotted path (`gpus.H100.memory_gib`), for messages about values."""
     problems = _check_events(text)
     if problems:
         return None, problems
-    loader = _UniqueKeyLoader(text)
+    loader = _UniqueKeyLoader(text, lines)
     try:
         root = loader.get_single_node()
         if root is None:

@@ -2,7 +2,9 @@
 
 Rooms, each importing only those before it:
 - `simulator.engine`: the engine without a clock (scheduler, paged KV cache, step cost, the drive
-  loop every clock shares, hardware profiles).
+  loop every clock shares).
+- `simulator.deploy`: deployments as data: the catalog of GPUs, models and number formats (a
+  user's own files over the shipped one), and each deployment's memory in GiB.
 - `simulator.replay`: the engine on SimPy's clock (replicas, a fleet with routing, admission and
   autoscaling, the simulated users, the ledger of what happened to each request).
 - `simulator.fit`: calibration from measured records, and back-tests of what it predicts.

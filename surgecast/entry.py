@@ -16,6 +16,7 @@ import sys
 from types import FrameType
 
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # as surgecast.cli.exits; nothing heavy here
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell shows a reader that went away
 
 
 def main() -> int:
@@ -32,7 +33,11 @@ def main() -> int:
     if noted:
         print("interrupted while starting: nothing was sent", file=sys.stderr)
         return _leave(EXIT_INTERRUPTED)
-    code = command_line()
+    try:
+        code = command_line()
+    except BrokenPipeError:  # `surgecast catalog | head`: the reader left; stop without a word
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _leave(EXIT_BROKEN_PIPE)
     return _leave(code) if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) else code
 
 

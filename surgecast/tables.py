@@ -43,7 +43,8 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     body = [
-        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+        "| " + " | ".join(_align(v, c, w) for v, c, w in zip(row, r, widths, strict=True)) + " |"
+        for row, r in zip(rows, cells, strict=True)
     ]
     return "\n".join([line, rule, *body])
 
@@ -56,6 +57,11 @@ def md_text(text: str) -> str:
     a `<` that would open raw HTML (a tag, a comment) escaped, so no markup a target wrote
     reaches a Markdown renderer."""
     return _TAG_OPEN.sub(r"\\<", " ".join(text.splitlines()))
+
+
+def _align(value: object, cell: str, width: int) -> str:
+    """Words to the left, numbers to the right, as a reader scans them."""
+    return cell.ljust(width) if isinstance(value, str) else cell.rjust(width)
 
 
 def _fmt(v: object) -> str:

@@ -23,14 +23,18 @@ class ServedRequest:
     prompt_tokens: int
     max_tokens: int
     first_chunk_written: float | None = None
-    chunk_written: list[float] = field(default_factory=list)
+    chunk_sending: list[float] = field(default_factory=list)  # each chunk's write began
+    chunk_written: list[float] = field(default_factory=list)  # ... and had returned
     end: float | None = None
     output_tokens: int = 0
     status: str = "running"
     fault: str | None = None  # the fault injected into it (a TargetFaults field name)
 
-    def wrote_chunk(self, now: float) -> None:
-        """A chunk of the answer was written at `now`."""
+    def wrote_chunk(self, began: float, now: float) -> None:
+        """A chunk of the answer was written between `began` and `now`: its bytes reached the
+        socket in that window (a stamp after the write alone is late when the process is
+        descheduled between the two)."""
+        self.chunk_sending.append(began)
         self.chunk_written.append(now)
         if self.first_chunk_written is None:
             self.first_chunk_written = now

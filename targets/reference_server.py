@@ -301,9 +301,10 @@ class ReferenceServer:
                 self.counters["generation_tokens"] += 1
             if pending and (index is None or len(pending) >= self.stream_interval):
                 extra = {"usage": self._usage(record)} if usage == "every chunk" else {}
+                began = time.monotonic()
                 await sse.send([sse.choice("".join(pending))], **extra)
                 pending.clear()
-                record.wrote_chunk(time.monotonic())
+                record.wrote_chunk(began, time.monotonic())
             if index is None:
                 return True
 

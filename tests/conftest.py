@@ -7,8 +7,10 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,8 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_scaleout.py::test_the_masters_progress_counts_sends_before_any_record",
     "test_scaleout.py::test_two_processes_send_what_one_sends",
     "test_scrub.py::test_hashed_prompts_are_keyed_per_run_and_shared_by_its_workers",
+    "test_secrets.py::test_a_key_echoed_in_every_form_is_in_no_output",
+    "test_secrets.py::test_a_key_in_a_model_list_a_refusal_or_a_url_is_in_no_output",
     "test_serve_calibration.py",
     "test_sessions.py",
     "test_side_endpoints.py::test_a_run_against_it_ends_cleanly",
@@ -129,6 +133,30 @@ def served_log(base_url: str, api_key: str | None = None) -> list[dict[str, Any]
 def served_requests(base_url: str) -> dict[str, dict[str, Any]]:
     """`served_log` by response id (a request the target refused may share its id)."""
     return {d["id"]: d for d in served_log(base_url)}
+
+
+def write_misses(times: list[float], served: dict[str, Any]) -> list[float]:
+    """How far each of a client's chunk times (on the target's clock) falls outside the target's
+    own write of that chunk, from when the write began to when it returned: 0 inside. (The
+    target's stamps bracket the write: one stamp after it is late whenever the target is
+    descheduled in between, as on a busy 2-core machine.)"""
+    windows = zip(times, served["chunk_sending"], served["chunk_written"], strict=True)
+    return [max(began - t, t - written, 0.0) for t, began, written in windows]
+
+
+def gap_misses(times: list[float], served: dict[str, Any]) -> list[float]:
+    """The same for the gaps between chunks, for times on another clock (a run's own): each
+    gap against the shortest and longest the target's write windows allow."""
+    began, written = served["chunk_sending"], served["chunk_written"]
+    misses = []
+    for i in range(len(times) - 1):
+        gap, low, high = (
+            times[i + 1] - times[i],
+            began[i + 1] - written[i],
+            written[i + 1] - began[i],
+        )
+        misses.append(max(low - gap, gap - high, 0.0))
+    return misses
 
 
 # traffic settings for a test whose subject is not the generator's timing: a stall of this noisy
@@ -310,3 +338,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         for t, n in over:
             terminalreporter.write_line(f"{t:6.1f}s  {n}")
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with `handler`; yields its /v1 URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

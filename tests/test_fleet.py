@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from scenarios.deployment_spec import Deployment
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord, read_records
 from scenarios.spec import (
@@ -27,8 +28,9 @@ from scenarios.spec import (
     parse_scenario,
 )
 from scenarios.traffic import PoissonArrival
+from simulator.deploy.catalog import load_catalog
+from simulator.deploy.memory import load_seconds
 from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
-from simulator.engine.profiles import H100_80GB, LLAMA_3_8B, ServingConfig, load_seconds
 from simulator.fit.calibrate import Calibration, Fit
 from simulator.replay.coldstart import load_seconds as cold_load_seconds
 from simulator.replay.routing import Router, Routing
@@ -318,7 +320,8 @@ SCALE_FROM_ZERO = AutoscalerSpec(
 
 def test_a_burst_on_a_fleet_at_zero_waits_for_the_cold_start() -> None:
     cold = ColdStartSpec(model="Llama-3-8B", gpu="H100-80GB", provisioning_s=2.0, init_s=1.0)
-    boot = 2.0 + load_seconds(LLAMA_3_8B, H100_80GB, ServingConfig()) + 1.0  # 3.5 s
+    llama_on_h100 = Deployment(model="Llama-3-8B", gpu="H100-80GB")
+    boot = 2.0 + load_seconds(llama_on_h100, load_catalog()) + 1.0  # 3.5 s
     config = EngineConfig(max_num_seqs=4, cost=StepCost(0.02, 0.001, 0.0001))
     burst = [RequestSpec(f"a{i}", 10.0 + 0.01 * i, 50, 20) for i in range(16)]
     later = [RequestSpec(f"b{i}", 100.0 + 0.01 * i, 50, 20) for i in range(4)]
@@ -517,7 +520,8 @@ def test_scenario_fleet_section() -> None:
     assert cold_load_seconds(fleet.cold_start) == pytest.approx(8.03e9 * 2 / 32e9)
     # over the replica's GPUs (cost.gpus_per_replica), each loading its shard at once
     assert cold_load_seconds(fleet.cold_start, 2) == pytest.approx(8.03e9 / 32e9)
-    with pytest.raises(ValueError, match=r"cost\.gpus_per_replica: .* 1, 2, 4 or 8 GPUs, got 3"):
+    three = r"3 x H100-80GB \(cost\.gpus_per_replica\): tensor_parallel 3 does not divide"
+    with pytest.raises(ValueError, match=three):
         cold_load_seconds(fleet.cold_start, 3)
     # a scenario without the section keeps today's fleet
     assert parse_scenario(scenario_dict()).fleet == FleetSpec()
@@ -551,7 +555,8 @@ def test_a_model_too_large_for_its_gpus_is_refused_by_name() -> None:
     scenario = parse_scenario(
         scenario_dict(fleet={"cold_start": {"model": "Llama-3-70B", "gpu": "L40S-48GB"}})
     )
-    with pytest.raises(ValueError, match=r"fleet\.cold_start: model 'Llama-3-70B' does not fit"):
+    one = r"fleet\.cold_start: Llama-3-70B on 1 x L40S-48GB \(cost\.gpus_per_replica\): does not"
+    with pytest.raises(ValueError, match=one):
         cold_load_seconds(scenario.fleet.cold_start)
     unknown = parse_scenario(
         scenario_dict(fleet={"cold_start": {"model": "x", "gpu": "H100-80GB"}})
@@ -599,4 +604,5 @@ def test_the_cli_refuses_a_fleet_model_that_cannot_fit(tmp_path: Path) -> None:
     )
     result = run_cli("plan", str(path), timeout=60)
     assert result.returncode == 2
-    assert f"{path}: fleet.cold_start: model 'Llama-3-70B' does not fit" in result.stderr
+    assert f"{path}: fleet.cold_start: Llama-3-70B on 1 x L40S-48GB" in result.stderr
+    assert "does not fit: weights 131.4 + activations 1.7" in result.stderr

@@ -21,7 +21,7 @@ BELOW = {
     "surgecast": {"scenarios", "loadgen", "simulator", "targets"},
 }
 # the simulator's rooms, in order: each imports only those before it
-ROOMS = ("engine", "replay", "fit", "forecast")
+ROOMS = ("engine", "deploy", "replay", "fit", "forecast")
 
 
 def _imports(path: Path) -> list[str]:

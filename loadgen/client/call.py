@@ -78,6 +78,7 @@ class StreamingCall:
         # what the server's error words must not quote, where the run keeps no prompt
         full = store_prompt is not None and store_prompt.mode == "full"
         self._unquotable = "" if full else prompt or ""
+        kept = store_prompt.keep(prompt) if store_prompt else None
         self.record = RequestRecord(
             id=spec.id,
             intended_start=planned,
@@ -86,7 +87,7 @@ class StreamingCall:
             persona=spec.persona,
             session=spec.session,
             turn=spec.turn,
-            prompt=store_prompt.keep(prompt) if store_prompt else None,
+            prompt=endpoint.redact(kept) if full and kept else kept,  # a key pasted in a corpus
             attempt=attempt,
             planned_prompt_tokens=spec.prompt_tokens,
             planned_output_tokens=spec.max_tokens,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
 from scenarios.plan import RequestSpec
+from scenarios.redact import Redactor
 from scenarios.spec import TargetSpec
 
 Messages = list[dict[str, str]]
@@ -86,14 +87,10 @@ class Endpoint:
             body["stream_options"] = {"include_usage": True}
         return {**body, **self.extra_body}
 
-    def redact(self, text: str) -> str:
-        """`text` with the API key replaced wherever it stands as a token of its own, not where
-        its characters happen to be part of an ordinary word (a short key would garble every
-        message and show where its characters occur)."""
-        if not self.api_key:
-            return text
-        token = rf"(?<![A-Za-z0-9_\-]){re.escape(self.api_key)}(?![A-Za-z0-9_\-])"
-        return re.sub(token, "***", text)
+    @cached_property
+    def redact(self) -> Redactor:
+        """Masks the API key, and forms derived from it, in a target's words."""
+        return Redactor(self.api_key)
 
     def address(self) -> tuple[str, int]:
         """(host, port) to connect to: a plain-HTTP host resolved to its address once (HTTPS

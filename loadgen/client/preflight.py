@@ -24,8 +24,9 @@ class MissingModel(ValueError):
 
 def refused_message(endpoint: Endpoint, status: int, detail: str) -> str:
     keyed = "with the API key given" if endpoint.api_key else "without an API key"
+    said = endpoint.redact(detail[:120])
     return (
-        f"{endpoint.base_url} refused the request {keyed} (HTTP {status}: {detail[:120]}): "
+        f"{endpoint.base_url} refused the request {keyed} (HTTP {status}: {said}): "
         "set target.api_key_env in the scenario to the variable holding a valid key"
     )
 
@@ -51,7 +52,8 @@ def preflight(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
     data = listing.get("data", []) if isinstance(listing, dict) else []
     served = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
     if served and endpoint.model not in served:
+        listed = endpoint.redact(", ".join(map(str, served))[:400])
         raise MissingModel(
             f"{endpoint.base_url} does not serve model {endpoint.model!r}; it serves: "
-            f"{', '.join(map(str, served))} (set target.model in the scenario)"
+            f"{listed} (set target.model in the scenario)"
         )

@@ -132,7 +132,7 @@ def with_corpora(path: str, flag: str | None = None) -> Scenario:
 
 
 def checked_scenario(path: str, corpus_dir: str | None = None) -> Scenario:
-    """load_scenario (`with_corpora`), and the checks that need the simulator's profiles (the
+    """load_scenario (`with_corpora`), and the checks that need the simulator's catalog (the
     fleet's model and GPU), so a bad one stops a pipeline before it sends anything."""
     from simulator.replay.coldstart import load_seconds
 

@@ -3,7 +3,8 @@ map from what went wrong to the exit code.
 
 Exit codes: 0 pass; 2 bad input (scenario, file, flag); 3 run invalid (generator fell behind,
 target unreachable, an engine surgecast starts failed to build, start or stay up); 99 an SLO or
-a regression budget failed; 130 interrupted (143 terminated).
+a regression budget failed; 130 interrupted (143 terminated; 141 the reader of its output
+went away, as in `surgecast catalog | head`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from scenarios.plan_budget import PlanTooLarge
 from scenarios.records import RecordsError
 from scenarios.spec import ScenarioError
 from scenarios.trace_errors import TraceError
+from simulator.deploy.catalog import CatalogError
 from surgecast import __version__
-from surgecast.cli import judge, model, run, serve
+from surgecast.cli import deploy, judge, model, run, serve
 from surgecast.cli.exits import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -35,7 +37,13 @@ from surgecast.rundir import InvalidRun, RunFolderError
 from targets.errors import TargetError
 from targets.reference_launch import TargetStartError
 
-GROUPS = (run, model, judge, serve)  # each adds its commands, in the order --help lists them
+GROUPS = (
+    run,
+    model,
+    deploy,
+    judge,
+    serve,
+)  # each adds its commands, in the order --help lists them
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,10 +62,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
-    try:
+    try:  # parsing included: a Ctrl-C there (a slow start-up) is an interrupt like any other
+        args = parser().parse_args(argv)
         code: int = args.func(args)
         return code
     except Terminated:
@@ -65,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TERMINATED
     except (ScenarioError, TraceError, CorpusError) as e:
         _problems(e)
+        return EXIT_BAD_INPUT
+    except CatalogError as e:
+        say_stderr(f"error: invalid catalog ({len(e.problems)} problems):")
+        for problem in e.problems:
+            say_stderr(f"  {problem}")
         return EXIT_BAD_INPUT
     except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
         say_stderr(f"error: {e}")
