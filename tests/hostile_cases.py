@@ -244,6 +244,7 @@ def _cases() -> Iterator[Case]:
     yield from _page_cases()
     yield from _head_cases()
     yield from _reset_cases()
+    yield from _shape_cases()
 
 
 def _usage_cases() -> Iterator[Case]:
@@ -459,6 +460,32 @@ def _reset_cases() -> Iterator[Case]:
     )
     not_sse = sse(b"<html>oops</html>\n")
     yield Case("html_in_first_read", "resets", _one_read(not_sse), Expect("error", "protocol"))
+
+
+def _shape_cases() -> Iterator[Case]:
+    """JSON events of the wrong shape: a completion chunk's fields of another type."""
+    protocol = Expect("error", "protocol")
+    shapes = {
+        "choices_null_item": b'{"choices":[null]}',
+        "choices_string": b'{"choices":"hello"}',
+        "choices_number": b'{"choices":5}',
+        "content_number": b'{"choices":[{"index":0,"delta":{"content":123}}]}',
+        "content_list": b'{"choices":[{"index":0,"delta":{"content":["a"]}}]}',
+        "text_object": b'{"choices":[{"index":0,"text":{"a":1}}]}',
+    }
+    for name, data in shapes.items():
+        body = delta("hello") + b"data: " + data + b"\n\n" + FINISH + DONE
+        yield Case(name, "shapes", _keep(sse(body)), protocol)
+    odd_id = event({"id": {"x": [1]}, "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+    yield Case("id_object", "shapes", _keep(sse(odd_id + FINISH + DONE)), OK_CHUNKS)
+    yield Case(
+        "error_not_object",
+        "shapes",
+        _keep(sse(b'data: {"error": 5}\n\n')),
+        Expect("error", "stream_error"),
+    )
+    mid = delta("hello") + b"data: {oops\n\n" + FINISH + DONE
+    yield Case("non_json_mid_stream", "shapes", _keep(sse(mid)), protocol)
 
 
 CASES: dict[str, Case] = {c.name: c for c in _cases()}

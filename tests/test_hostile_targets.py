@@ -22,7 +22,7 @@ import pytest
 
 from loadgen.client import Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
-from scenarios.records import RequestRecord, read_records
+from scenarios.records import RequestRecord, parse_record, read_records
 from surgecast.validity import BROKEN
 from tests.conftest import LENIENT, run_cli, scenario_dict, write_scenario
 from tests.hostile_cases import CASES, FAMILIES, Expect
@@ -62,6 +62,7 @@ def _check(rec: RequestRecord, expect: Expect) -> None:
         assert rec.token_source == expect.tokens
     if expect.max_bytes is not None:  # read up to its bound, then stopped
         assert (rec.response_bytes or 0) <= expect.max_bytes
+    assert parse_record(rec.to_json().encode()) == rec  # a record a run can read back
     said = rec.error_detail or ""
     assert len(said) <= 200 and not RAW_TAG.search(said)
     assert said.isprintable(), said  # no control characters, no terminal escapes

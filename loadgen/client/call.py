@@ -274,11 +274,15 @@ class StreamingCall:
             err = event["error"]
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             raise StreamError("stream_error", msg)
-        self.record.response_id = self.record.response_id or event.get("id")
+        said_id = event.get("id")
+        if self.record.response_id is None and isinstance(said_id, str) and len(said_id) <= 200:
+            self.record.response_id = said_id  # (a record never holds a made-up id)
         chunks = self._chunks
-        for choice in event.get("choices") or []:
+        for choice in _choices(event):
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if not isinstance(text, str | None):
+                raise StreamError("protocol", f"a chunk's content is not text: {str(text)[:80]}")
             self._on_content(text or "", now)
             if choice.get("finish_reason"):
                 self._finished = True
@@ -402,6 +406,14 @@ class StreamingCall:
         if rec.output_tokens is None:
             rec.output_tokens = sum(rec.chunk_tokens) if rec.chunk_tokens else self._chunks
             rec.token_source = "chunks"
+
+
+def _choices(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """An event's choices: a list of objects (or none), else StreamError."""
+    choices = event.get("choices") or []
+    if not (isinstance(choices, list) and all(isinstance(c, dict) for c in choices)):
+        raise StreamError("protocol", f"an event's choices are not objects: {str(choices)[:80]}")
+    return choices
 
 
 def _broken_kind(rec: RequestRecord) -> str:
