@@ -222,6 +222,21 @@ def _gzip_bomb(a: Answer) -> None:
     a.conn.sendall(packer.flush())
 
 
+def _gzip_bomb_page(a: Answer) -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    te = "Transfer-Encoding: chunked"
+    a.whole(head("500 Internal Server Error", HTML, "Content-Encoding: gzip", te))
+    blank = b"<p>" + b"x" * (1 << 20) + b"</p>"
+    for _ in range(100):  # 100 MB of page, about 100 KB on the wire
+        if a.stop.is_set():
+            return
+        packed = packer.compress(blank)
+        if packed:
+            a.conn.sendall(b"%x\r\n%s\r\n" % (len(packed), packed))
+    packed = packer.flush()
+    a.conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed))
+
+
 def _deflate_raw(body: bytes) -> bytes:
     packer = zlib.compressobj(6, zlib.DEFLATED, -15)
     return packer.compress(body) + packer.flush()
@@ -291,6 +306,14 @@ def _framing_cases() -> Iterator[Case]:
     yield Case("length_and_chunked", "framing", _keep(both), head_error)
     bare = head("200 OK", SSE).replace(b"\r\n", b"\n") + body
     yield Case("bare_lf_head", "framing", _keep(bare), head_error)
+    huge_size = head("200 OK", SSE, te) + b"f" * 24 + b"\r\n" + body
+    yield Case("chunk_size_overflow", "framing", _keep(huge_size), protocol)
+    huge_length = head("200 OK", SSE, "Content-Length: " + "9" * 30) + body
+    yield Case("content_length_overflow", "framing", _keep(huge_length), head_error)
+    # (lawful, if rare: in the encoding family, whose runs hold successes; this one's do not)
+    extras = chunked(body).replace(b"\r\n", b";ext=1\r\n", 1)[:-2] + b"X-Trailer: t\r\n\r\n"
+    ext = _keep(head("200 OK", SSE, te) + extras)
+    yield Case("chunk_ext_trailers", "encoding", ext, OK_CHUNKS)
 
 
 def _encoding_cases() -> Iterator[Case]:
@@ -316,6 +339,12 @@ def _encoding_cases() -> Iterator[Case]:
         "502 Bad Gateway", gzip.compress(b"<h1>upstream gone</h1>"), HTML, "Content-Encoding: gzip"
     )
     yield Case("gzip_error_page", "encoding", _keep(error), Expect("error", "http_502", 502))
+    corrupt = fixed("502 Bad Gateway", b"<h1>not gzip</h1>", HTML, "Content-Encoding: gzip")
+    yield Case(
+        "corrupt_gzip_error_page", "encoding", _one_read(corrupt), Expect("error", "http_502", 502)
+    )
+    stacked = sse(gzip.compress(gzip.compress(body)), "Content-Encoding: gzip, gzip")
+    yield Case("stacked_codings", "encoding", _keep(stacked), Expect("error", "content_encoding"))
 
 
 def _endless_cases() -> Iterator[Case]:
@@ -325,6 +354,8 @@ def _endless_cases() -> Iterator[Case]:
     yield Case("stall_mid_stream", "endless", _stall, timeout)
     yield Case("trickle_line", "endless", _trickle, timeout)
     yield Case("stall_before_head", "endless", Answer.stall, Expect("timeout", "timeout", None))
+    trickle_head = _then(b"HTTP/1.1 200 OK\r\n", lambda a: a.forever(b"X", 0.05))
+    yield Case("trickle_head", "endless", trickle_head, Expect("timeout", "timeout", None))
 
 
 def _huge_cases() -> Iterator[Case]:
@@ -348,6 +379,12 @@ def _huge_cases() -> Iterator[Case]:
     )
     bomb = Expect("error", "response_too_large", max_bytes=(8 << 20) + (1 << 17))
     yield Case("gzip_bomb", "huge", _gzip_bomb, bomb)  # 100 MB in about 100 KB
+    yield Case(
+        "gzip_bomb_error_page",
+        "huge",
+        _gzip_bomb_page,
+        Expect("error", "http_500", 500, max_bytes=1 << 17),
+    )
 
 
 def _page_cases() -> Iterator[Case]:

@@ -170,7 +170,7 @@ class StreamingCall:
             rec.connect_s = rec.start - began
             try:
                 conn.send(request, max(0.001, self._limit() - rec.start))
-                self._read_until(conn, lambda: self._response.status is not None)
+                self._read_until_status(conn)
                 if self._response.status is None:
                     raise Closed("the server closed the connection before answering")
                 return conn
@@ -181,6 +181,16 @@ class StreamingCall:
                     raise
                 conn = None  # closed while idle (a keep-alive timeout): once more, anew
                 self._response = Response(self._on_body)
+
+    def _read_until_status(self, conn: Connection) -> None:
+        """Read until the answer's status is in. An error answer's body that fails to read
+        (cut off, not the coding it names, too big) is no error of its own: the status says it."""
+        response = self._response
+        try:
+            self._read_until(conn, lambda: response.status is not None)
+        except (ProtocolError, StreamError, ContentEncodingError):
+            if response.status in (None, 200):
+                raise
 
     def _limit(self) -> float:
         """No receive waits past this: the user's patience until the first token, the
@@ -324,6 +334,11 @@ class StreamingCall:
         the receive that completed it (lines that came together share a time); any other body
         is kept whole."""
         self._bytes += len(data)
+        if self._response.status != 200:  # an error's message: its first ERROR_BYTES, no more
+            self._body.append(data[: max(0, ERROR_BYTES - (self._bytes - len(data)))])
+            if self._bytes >= ERROR_BYTES:
+                raise StreamError("error_body", "the error answer was read as far as it is kept")
+            return
         limit = self.endpoint.max_response_bytes
         if self._bytes > limit:
             raise StreamError(
@@ -331,7 +346,7 @@ class StreamingCall:
                 f"the response passed target.max_response_bytes ({limit:,} bytes): the rest "
                 "was not read",
             )
-        if self._response.status != 200 or not self.endpoint.stream:
+        if not self.endpoint.stream:
             self._body.append(data)
             return
         if self._done:
