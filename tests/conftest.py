@@ -60,6 +60,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_gate.py::test_gate_warns_when_the_baseline_ran_other_traffic",
     "test_hostile_run_folders.py",
     "test_hostile_targets.py::test_a_run_against_each_family",
+    "test_hostile_targets.py::test_a_session_run_against_events_of_the_wrong_shape",
     "test_loadgen.py::test_a_late_loop_makes_the_run_invalid_when_it_merged_chunks",
     "test_loadgen.py::test_a_send_the_generator_fails_is_recorded_and_voids_the_run",
     "test_loadgen.py::test_api_key_from_env_never_reaches_outputs",

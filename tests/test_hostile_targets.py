@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from loadgen.client import Endpoint, StreamingCall
 from scenarios.plan import RequestSpec
@@ -191,3 +192,30 @@ def _header_pipes(summary: str, row: str) -> int:
     while i > 0 and lines[i - 1].startswith("|"):
         i -= 1
     return lines[i].count("|")
+
+
+def test_a_session_run_against_events_of_the_wrong_shape(tmp_path: Path) -> None:
+    """Multi-turn users carry each answer's text into their next request: an answer whose
+    content was a number once passed as ok, and joining the history crashed the user's
+    greenlet (a traceback, the session's later turns never sent nor recorded)."""
+    data = yaml.safe_load(_scenario(tmp_path, "shapes").read_text())
+    data["session"] = {
+        "turns": {"dist": "constant", "value": 3},
+        "think_time": {"dist": "constant", "value": 0.05},
+    }
+    out = tmp_path / "run"
+    with HostileTarget(seed=SEED) as hostile:  # its own: its log holds this run's requests only
+        result = run_cli(
+            "run", str(write_scenario(tmp_path / "s.yaml", data)), "--target", hostile.url,
+            "--out", str(out), "-q", timeout=120,
+        )  # fmt: skip
+    said = result.stdout + result.stderr
+    assert not TRACEBACK.search(said), result.stderr[-3000:]
+    assert result.returncode == _expected_exit("shapes"), result.stderr[-3000:]
+    records = read_records(out / "requests.jsonl")
+    run = json.loads((out / "run.json").read_text())
+    served = [s for s in hostile.served("shapes") if s.max_tokens != 1]
+    assert len(records) == len(served)  # a user's turns after a failed one are not sent:
+    assert len(records) + run.get("turns_not_sent", 0) == run["planned_requests"]
+    want = Counter(_outcome(CASES[s.case].expect) for s in served)
+    assert Counter((r.status, r.error_kind, r.http_status) for r in records) == want
