@@ -214,7 +214,9 @@ class Master:
             if unfinished:
                 raise DistributedError(
                     f"worker {', '.join(map(str, unfinished))} stopped answering before it was "
-                    f"{what}: the records it sent are kept, the rest of its share is lost"
+                    f"{what}: the records it sent are kept; requests it had in flight or had "
+                    "not yet reported (up to a quarter second's) were served with no record, "
+                    "and the rest of its share is lost"
                 )
             if time.monotonic() > deadline:
                 raise DistributedError(f"the workers were not all {what} within {timeout_s:g} s")

@@ -7,6 +7,7 @@ Importing this module is cheap; Locust (and gevent's monkey-patching) is importe
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -177,7 +178,10 @@ def _send_distributed(
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
-    return Sent(master.generator(failure), master.stopping_signal(), master.skipped)
+    # a failed run's workers may have stopped themselves (the master gone): the master's own
+    # signal, if any, is the run's
+    stopped = master.stopped if failure else master.stopping_signal()
+    return Sent(master.generator(failure), stopped, master.skipped)
 
 
 def _start_workers(scale: ScaleOut, port: int) -> list[subprocess.Popen[bytes]]:
@@ -193,7 +197,7 @@ def _start_workers(scale: ScaleOut, port: int) -> list[subprocess.Popen[bytes]]:
     )
     host = "127.0.0.1" if scale.bind_host in ("*", "0.0.0.0") else scale.bind_host
     command = [sys.executable, "-m", "surgecast", "worker"]
-    command += ["--master-host", host, "--master-port", str(port)]
+    command += ["--master-host", host, "--master-port", str(port), "--parent-pid", str(os.getpid())]
     # a terminal's Ctrl-C reaches the master only, which stops them (their requests in flight
     # get their grace); a master killed outright takes them with it
     return [subprocess.Popen(command, **child_options()) for _ in range(local)]

@@ -5,6 +5,7 @@ record back in batches (see `loadgen.distributed` for the master's side)."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 import socket
 import sys
@@ -28,6 +29,8 @@ from scenarios.plan_shares import plan_digest, plan_share
 from scenarios.records import RequestRecord
 from scenarios.scrub import PromptStore
 from scenarios.spec import parse_scenario
+
+WATCH_S = 0.25  # how often a worker looks for its master
 
 
 class RemoteWriter:
@@ -75,10 +78,18 @@ class RemoteWriter:
                 self.flush()
 
 
-def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) -> int:
+def serve_worker(
+    master_host: str, master_port: int, timeout_s: float = 3600.0, parent_pid: int | None = None
+) -> int:
     """Connect to a master, run the share it assigns, send every record back; 0 when the share
-    was sent, 3 when the worker could not run it."""
+    was sent, 3 when the worker could not run it. A worker its master started (`parent_pid`)
+    stops within WATCH_S of the master's death, however it died, on any platform: it is then
+    the child of another process (on Linux the kernel's SIGTERM also comes, see
+    loadgen.children)."""
     environment = Environment(user_classes=[])
+    orphaned, connected = Event(), Event()
+    if parent_pid is not None:
+        gevent.spawn(_watch_parent, parent_pid, orphaned, connected)
     print(f"worker: connecting to the master at {master_host}:{master_port}", file=sys.stderr)
     try:
         runner = environment.create_worker_runner(master_host, master_port)
@@ -89,6 +100,7 @@ def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) 
             file=sys.stderr,
         )
         return 3
+    connected.set()
     finished = Event()
     outcome = {"code": 0}
     state: dict[str, Any] = {}
@@ -110,8 +122,8 @@ def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) 
     runner.register_message(GO, on_go)
     runner.register_message(STOP, on_stop)
     deadline = time.monotonic() + timeout_s
-    while not finished.wait(1.0):
-        if not len(runner.greenlet) or time.monotonic() > deadline:
+    while not finished.wait(WATCH_S):
+        if orphaned.is_set() or not len(runner.greenlet) or time.monotonic() > deadline:
             # the master quit or went silent (Locust's heartbeat): stop, records are lost
             print("worker: the master is gone; stopping", file=sys.stderr)
             if "load" in state:
@@ -122,6 +134,17 @@ def serve_worker(master_host: str, master_port: int, timeout_s: float = 3600.0) 
     gevent.sleep(0.2)  # let the last message leave
     runner.quit()
     return outcome["code"]
+
+
+def _watch_parent(parent_pid: int, orphaned: Event, connected: Event) -> None:
+    """Note when this process's parent (its master) has died: it is then another's child. Before
+    it is connected (Locust waits a minute for a master) there is nothing to keep: it leaves."""
+    while os.getppid() == parent_pid:
+        gevent.sleep(WATCH_S)
+    orphaned.set()  # connected, the main loop stops the load, keeping what it can
+    if not connected.is_set():
+        print("worker: the master that started it is gone", file=sys.stderr, flush=True)
+        os._exit(3)
 
 
 def _work(

@@ -3,6 +3,8 @@ parallelism, with the engine settings that decide its memory (vLLM's names)."""
 
 from __future__ import annotations
 
+import itertools
+
 from pydantic import Field
 
 from scenarios.base import Strict
@@ -40,3 +42,37 @@ class Deployment(Strict):
     def label(self) -> str:
         parts = [self.model, self.gpu, f"w:{self.weights}", f"kv:{self.kv_cache}"]
         return " x ".join(parts) + (f" x tp{self.tensor_parallel}")
+
+
+class DeploymentOptions(Strict):
+    """The deployments `forecast` chooses between: every combination of the lists (each left
+    out: the measured deployment's own), carried from the one the calibration measured."""
+
+    measured: Deployment = Field(
+        description="The deployment that served the calibration's runs (its GPU, model, "
+        "formats and engine settings)."
+    )
+    models: list[str] = Field(default_factory=list, max_length=64)
+    gpus: list[str] = Field(default_factory=list, max_length=64)
+    weights: list[str] = Field(default_factory=list, max_length=16)
+    kv_cache: list[str] = Field(default_factory=list, max_length=16)
+    tensor_parallel: list[int] = Field(default_factory=list, max_length=16)
+    catalog: list[str] = Field(
+        default_factory=list, description="Catalog files of your own, over the shipped one."
+    )
+
+    def combinations(self) -> list[Deployment]:
+        m = self.measured
+        lists = (
+            self.models or [m.model],
+            self.gpus or [m.gpu],
+            self.weights or [m.weights],
+            self.kv_cache or [m.kv_cache],
+            self.tensor_parallel or [m.tensor_parallel],
+        )
+        return [
+            m.model_copy(
+                update={"model": a, "gpu": b, "weights": c, "kv_cache": d, "tensor_parallel": e}
+            )
+            for a, b, c, d, e in itertools.product(*lists)
+        ]

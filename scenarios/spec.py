@@ -21,6 +21,7 @@ from pydantic import (
 
 from scenarios.base import Strict, validation_messages
 from scenarios.corpora import CORPUS_DIR_ENV, with_corpus_dir
+from scenarios.deployment_spec import DeploymentOptions
 from scenarios.distributions import Constant, Distribution, LogNormal, Normal, Uniform
 from scenarios.files import data_file_problem
 from scenarios.fleet_spec import AutoscalerSpec, ColdStartSpec, FleetSpec
@@ -331,6 +332,12 @@ class Scenario(Strict):
     telemetry: Telemetry = Telemetry()
     forecast: Forecast = Forecast()
     fleet: FleetSpec = Field(default_factory=FleetSpec)
+    deployments: DeploymentOptions | None = Field(
+        None,
+        description="Deployments `forecast` chooses between (GPUs, models, formats, tensor "
+        "parallelism), carried from the measured one: the cheapest meeting every SLO at each "
+        "scale.",
+    )
 
     @model_validator(mode="after")
     def _unique_personas(self) -> Scenario:

@@ -8,7 +8,10 @@ run.json up to date, so a run stopped at any point says how far it got.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from scenarios.plan import RequestSpec
 from scenarios.spec import Scenario
 from surgecast.console import Say, say_stderr
 from surgecast.contracts import write_summary
+from surgecast.interrupts import honour_pending, signal_of
 from surgecast.planview import messiness_table
 from surgecast.rundir import RunFolder, writer
 from surgecast.validity import invalid_reasons
@@ -28,7 +32,16 @@ from targets.engine_metrics import kept_series
 from targets.errors import TargetError
 from targets.launcher import Launcher
 
+HOLD_ENV = "SURGECAST_TEST_HOLD"  # a step's name: the run waits in it (for the signal tests)
 NOT_STARTED = (TargetUnreachable, TargetRefused, MissingModel, TargetError)
+# run.json's `step` in words, for a run stopped in it
+STEP_WORDS = {
+    "target": "while the target started: nothing was sent",
+    "probe": "while probing the target: nothing was sent",
+    "send": "in the send step: the plan was not all sent",
+    "summarise": "while summarising: every request was sent and its record kept, but the run "
+    "was not judged (`surgecast report` summarises the records)",
+}
 
 
 @dataclass(frozen=True)
@@ -63,18 +76,58 @@ def run_load(
     for line in [*job.notes, job.headline(folder.path.name)]:
         say(line)
     try:
+        hold("target")
         with launcher.started(scenario.target.model, say) as live:  # start the target
-            folder.update_meta(target=target_section(job, live))
+            enter(folder, "probe", target=target_section(job, live))
             endpoint = probe_target(job, live, folder, say)
+            enter(folder, "send")
             sent = send_plan(job, endpoint, folder, progress, scale)
             death = live.death()
+        enter(folder, "summarise")
+        return judge_run(job, folder, sent, [death] if death else [], say)
     except NOT_STARTED as e:
         folder.end("not started", [str(e)])
         raise
-    except KeyboardInterrupt:
-        folder.end("interrupted", ["interrupted"])
+    except KeyboardInterrupt as e:
+        name = signal.Signals(signal_of(e)).name
+        step = folder.meta().step
+        words = STEP_WORDS.get(step or "", "while it ended: the records written are kept")
+        folder.end("interrupted", [f"interrupted by {name} {words}"])
         raise
-    return judge_run(job, folder, sent, [death] if death else [], say)
+
+
+def enter(folder: RunFolder, step: str, **fields: object) -> None:
+    """Note in run.json the step the run begins (a signal Python dropped stops it here)."""
+    honour_pending()
+    folder.update_meta(step=step, **fields)
+    hold(step)
+
+
+def hold(step: str) -> None:
+    """With SURGECAST_TEST_HOLD naming `step`, wait in it until a signal stops the run: the
+    signal tests stop each step there, whatever the machine's speed."""
+    while os.environ.get(HOLD_ENV) == step:
+        time.sleep(0.05)
+        honour_pending()
+
+
+def write_report(folder: RunFolder, render: Callable[[RunFolder], tuple[str, str]]) -> str:
+    """The report step: `render` writes index.html and summary.md; its path. A signal while it
+    works leaves run.json "interrupted" (the verdict stays: the run itself is whole)."""
+    try:
+        hold("report")
+        html, _ = render(folder)
+        honour_pending()
+    except KeyboardInterrupt as e:
+        name = signal.Signals(signal_of(e)).name
+        note = (
+            f"interrupted by {name} while writing the report: every request was sent and "
+            f"judged; `surgecast report {folder.path}` writes it"
+        )
+        warnings = [*folder.meta().warnings, note]
+        folder.update_meta(status="interrupted", step="report", warnings=warnings)
+        raise
+    return html
 
 
 def begin_run(
@@ -88,6 +141,7 @@ def begin_run(
         len(job.plan),
         target_section(job, launcher),
         status="running",
+        step="target",
         source="measured",
         plan="given" if job.given else "scenario",
         writer=writer(),
@@ -147,6 +201,7 @@ def judge_run(job: LoadJob, folder: RunFolder, sent: Sent, died: list[str], say:
             f"interrupted by {stopped.name} {stopped.at_s:.1f} s into the run: the plan was not "
             "all sent (requests still in flight then were given time to finish, then cancelled)",
         )
-    status = "finished" if stopped is None else "interrupted"
-    folder.end(status, reasons, slos_passed=summary.slos_passed, warnings=warnings)
+    status, step = ("finished", None) if stopped is None else ("interrupted", "send")
+    honour_pending()  # a signal Python dropped while the run was summarised
+    folder.end(status, reasons, step=step, slos_passed=summary.slos_passed, warnings=warnings)
     return RunOutcome(folder, summary, reasons, stopped.exit_code if stopped else None)

@@ -3,6 +3,7 @@ capacity forecasts, each written into a run folder."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -11,12 +12,15 @@ from scenarios.metrics import summarize_run
 from scenarios.plan import build_plan
 from scenarios.records import write_records
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
+from simulator.deploy.catalog import load_catalog
 from simulator.fit.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
 from simulator.fit.calibrate import Calibration
-from simulator.forecast.search import Forecaster, ForecastPoint
+from simulator.forecast.deployments import Choice, DeploymentSearch, Option, options
+from simulator.forecast.search import Evaluation, Forecaster, ForecastPoint, Progress
 from simulator.replay.coldstart import load_seconds
 from simulator.replay.sim import simulate
 from surgecast.calibration import in_sample
+from surgecast.cli.exits import BadInput
 from surgecast.console import Say, say_stderr
 from surgecast.contracts import write_backtest, write_forecast, write_summary
 from surgecast.live_run import RunOutcome
@@ -129,3 +133,41 @@ def simulate_scenario(
         slos_passed=summary.slos_passed,
     )
     return RunOutcome(folder, summary, [])
+
+
+def choose_deployment(
+    scenario: Scenario, calibration: Calibration, scales: Sequence[float], say: Say = say_stderr
+) -> list[Choice]:
+    """The cheapest deployment and fleet meeting every SLO at each scale, among the scenario's
+    `deployments` options, carried from the deployment the calibration measured."""
+    spec = scenario.deployments
+    assert spec is not None
+    catalog = load_catalog(spec.catalog)
+    try:
+        for d in (spec.measured, *spec.combinations()):
+            catalog.model(d.model), catalog.gpu(d.gpu)
+            catalog.number_format(d.weights), catalog.number_format(d.kv_cache)
+    except KeyError as e:
+        raise BadInput(f"deployments: {e.args[0]}") from None
+    candidates = options(spec.combinations(), catalog)
+    fitting = sum(o.memory.fits for o in candidates)
+    say(
+        f"deployments: {len(candidates)} options ({fitting} fit), carried from "
+        f"{spec.measured.label()}, at x{', x'.join(f'{s:g}' for s in scales)}"
+    )
+    started = time.monotonic()
+
+    def progress(o: Option) -> Progress:
+        def said(scale: float, e: Evaluation) -> None:
+            verdict = "meets the SLOs" if e.passed else "fails"
+            say(
+                f"  x{scale:g} {o.label}: {e.replicas:,} replicas {verdict}"
+                f" ({time.monotonic() - started:.0f} s)"
+            )
+
+        return said
+
+    search = DeploymentSearch(
+        scenario, calibration, spec.measured, candidates, catalog, progress=progress
+    )
+    return search.run(list(scales))

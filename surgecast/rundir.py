@@ -201,9 +201,10 @@ class RunFolder:
             return False
         if writer.host != socket.gethostname() or _alive(writer.pid):
             return False
+        during = f" (in its {meta.step} step)" if meta.step else ""
         reason = (
-            "killed before it finished (SIGKILL or a crash): the records written until then "
-            "are kept; the rest of the plan was never sent or never finished"
+            f"killed before it finished{during} (SIGKILL or a crash): the records written "
+            "until then are kept; the rest of the plan was never sent or never finished"
         )
         self.update_meta(status="killed", validity={"valid": False, "reasons": [reason]})
         return True

@@ -13,6 +13,7 @@ from scenarios.metrics import Summary
 from simulator.engine.stepcost import DecodeTableCost
 from simulator.fit.backtest import BacktestRow
 from simulator.fit.calibrate import PARAMS, Calibration
+from simulator.forecast.deployments import Choice
 from simulator.forecast.search import Estimate, ForecastPoint
 
 
@@ -400,3 +401,34 @@ def forecast_blocks(points: Sequence[ForecastPoint]) -> list[Block]:
         "autoscaled (the scenario's fleet.autoscaler) against the fixed fleet:",
         auto,
     ]
+
+
+def deployment_blocks(choices: Sequence[Choice]) -> list[Block]:
+    """Per scale: the cheapest deployment and fleet meeting every SLO, the runners-up, and why
+    each other option was not chosen."""
+    blocks: list[Block] = []
+    headers = ["deployment", "replicas", "GPUs", "$/month", "TTFT p95 ms", "E2E p95 ms"]
+    headers += ["load", "KV GiB/GPU", "KV tokens", "verdict"]
+    for c in choices:
+        best = c.best
+        cheapest = best.cost_per_month_usd if best else None
+        head = f"x{c.scale:g} ({c.rate:.3g} req/s): "
+        rows: list[list[object]] = []
+        for o in c.outcomes:
+            e = o.point.best if o.point else None
+            m = o.option.memory
+            kv: list[object] = [m.kv_cache_gib, m.kv_tokens] if m.fits else ["-", "-"]
+            cost = o.cost_per_month_usd
+            if e is None or cost is None or cheapest is None:
+                rows.append([o.option.label, "-", "-", "-", "-", "-", "-", *kv, o.why])
+                continue
+            if o is best:
+                head += f"{o.option.label}, {e.replicas:,} replicas, ${cost:,.0f}/month"
+            gpus = e.replicas * o.option.deployment.tensor_parallel
+            verdict = "chosen" if o is best else f"+${cost - cheapest:,.0f}/month"
+            rows.append(
+                [o.option.label, e.replicas, gpus, cost, e.ttft_p95_ms.mean, e.e2e_p95_ms.mean,
+                 f"{e.load:.0%}", *kv, verdict]
+            )  # fmt: skip
+        blocks += [head if best else head + "no option meets every SLO", Table(headers, rows)]
+    return blocks

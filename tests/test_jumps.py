@@ -5,6 +5,7 @@ timeouts, patience and sessions included."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Generator
 from typing import Any
 
@@ -151,8 +152,11 @@ def test_a_replica_jumps_and_arrivals_cut_its_jumps() -> None:
         StepCost(0.01, 0.0005, 0.00004, 0.0000013),
         TABLE,
         RooflineCost(0.002, 0.0026, 0.004, 0.00001),  # memory-bound from the 27th step
+        # attention's compute grows faster than its reads: compute-bound from the 47th step
+        RooflineCost(0.002, 0.0001, 0.0038, 1e-6, 3e-6, 2e-5),
+        RooflineCost(0.002, 0.003, 0.001, 1e-6, 2e-6, 2e-5),  # compute-bound throughout
     ],
-    ids=IDS,
+    ids=[*IDS, "attention-bound", "compute-bound"],
 )
 def test_cost_models_price_a_decode_run_in_closed_form(cost: CostModel) -> None:
     decode, context = 7, 1234
@@ -181,6 +185,10 @@ def test_the_roofline_run_crosses_from_compute_to_memory_bound() -> None:
     cost = RooflineCost(0.002, 0.0026, 0.004, 0.00001)
     run = cost.decode_run(7, 1234, 50)
     assert run[0] == run[26] < run[27] < run[49]
+    memory_first = RooflineCost(0.002, 0.0001, 0.0038, 1e-6, 3e-6, 2e-5)
+    run = memory_first.decode_run(7, 1234, 50)
+    growth = [b - a for a, b in itertools.pairwise(run)]
+    assert growth[0] == pytest.approx(7e-6) and growth[-1] == pytest.approx(21e-6)
 
 
 def test_the_table_interpolates_and_extrapolates_without_falling() -> None:

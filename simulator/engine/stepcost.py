@@ -146,38 +146,47 @@ class DecodeTableCost(_ArithmeticRuns):
 
 @dataclass(frozen=True)
 class RooflineCost:
-    """A step is bound by compute or by memory traffic, whichever takes longer:
-    base + max(per_token x tokens computed (decoded + prefilled),
-               memory + per_context_token x KV tokens read).
+    """A step is bound by compute or by memory traffic, whichever takes longer, plus what is
+    not overlapped with either (a fixed overhead, tensor parallelism's all-reduces):
+      base + per_token_comm x tokens
+           + max(per_token x tokens + compute_per_context_token x context,
+                 memory + per_context_token x context)
+    where tokens are those computed (decoded + prefilled) and context the KV tokens attended.
     Small decode batches are memory-bound (weights and KV cache read once a step); large batches
-    and prefills are compute-bound."""
+    and prefills are compute-bound. The last two terms are 0 in a roofline fitted from one
+    deployment's steps; a deployment's first-principles cost (simulator.deploy.steptime) has
+    them."""
 
     base_s: float = 0.002
     per_token_s: float = 0.0004
     memory_s: float = 0.01
     per_context_token_s: float = 0.0
+    compute_per_context_token_s: float = 0.0
+    per_token_comm_s: float = 0.0
 
     def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
-        compute = self.per_token_s * (decode_seqs + prefill_tokens)
-        return self.base_s + max(compute, self.memory_s + self.per_context_token_s * context_tokens)
+        tokens = decode_seqs + prefill_tokens
+        compute = self.per_token_s * tokens + self.compute_per_context_token_s * context_tokens
+        memory = self.memory_s + self.per_context_token_s * context_tokens
+        return self.base_s + self.per_token_comm_s * tokens + max(compute, memory)
 
     def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
         return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
 
     def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
-        """Compute-bound steps first (a constant), then memory-bound ones (an arithmetic series)."""
-        compute = self.per_token_s * decode_seqs
-        growth = self.per_context_token_s * decode_seqs
+        """Both bounds grow linearly along the run (the context by decode_seqs a step), so the
+        larger one changes at most once: two arithmetic series."""
+        d = decode_seqs
+        compute = self.per_token_s * d + self.compute_per_context_token_s * context_tokens
         memory = self.memory_s + self.per_context_token_s * context_tokens  # of the first step
-        if memory >= compute:
-            bound = 0
-        elif growth <= 0:
-            bound = n
-        else:
-            bound = min(n, math.ceil((compute - memory) / growth))
-        rest = n - bound  # memory-bound steps, from step `bound` on
-        first = memory + growth * bound
-        return n * self.base_s + bound * compute + rest * first + growth * rest * (rest - 1) / 2
+        grow_c, grow_m = self.compute_per_context_token_s * d, self.per_context_token_s * d
+        (a1, g1), (a2, g2) = sorted([(compute, grow_c), (memory, grow_m)], reverse=True)
+        # the first step's larger bound stays the larger, or the other overtakes it at the
+        # first step i with a2 + g2 i > a1 + g1 i
+        overtaken = n if g1 >= g2 else math.floor((a1 - a2) / (g2 - g1)) + 1
+        switch = min(n, overtaken)
+        fixed = n * (self.base_s + self.per_token_comm_s * d)
+        return fixed + _series(a1, g1, 0, switch) + _series(a2, g2, switch, n)
 
     def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
         """The most n with run_s(n) <= seconds, by bisection (every step lasts at least the
@@ -199,6 +208,13 @@ class RooflineCost:
         return lo
 
 
+def _series(first: float, growth: float, start: int, stop: int) -> float:
+    """The sum of first + growth x i over steps start <= i < stop."""
+    if stop <= start:
+        return 0.0
+    return (stop - start) * first + growth * (stop * (stop - 1) - start * (start - 1)) / 2
+
+
 def _contexts(decode_seqs: int, context_tokens: int, n: int) -> range | list[int]:
     """The context of each of `n` decode steps, growing by `decode_seqs` a step."""
     if not decode_seqs:  # no decoding sequence: the context stays, n steps all the same
@@ -206,8 +222,45 @@ def _contexts(decode_seqs: int, context_tokens: int, n: int) -> range | list[int
     return range(context_tokens, context_tokens + n * decode_seqs, decode_seqs)
 
 
+Fitted = StepCost | DecodeTableCost | RooflineCost  # what a calibration fits
+
+
+@dataclass(frozen=True)
+class TransferredCost:
+    """A measured cost carried to a deployment not measured: each step as the measured model
+    prices it, times the ratio of the two deployments' first-principles times for that step
+    (`source`: the deployment measured, `target`: the other; see simulator.deploy.steptime).
+    Carried to the deployment it was measured on, it is the measured cost unchanged."""
+
+    measured: Fitted
+    source: RooflineCost
+    target: RooflineCost
+
+    def duration(self, decode_seqs: int, prefill_tokens: int, context_tokens: int = 0) -> float:
+        measured = self.measured.duration(decode_seqs, prefill_tokens, context_tokens)
+        ideal = self.source.duration(decode_seqs, prefill_tokens, context_tokens)
+        return measured * self.target.duration(decode_seqs, prefill_tokens, context_tokens) / ideal
+
+    def decode_run(self, decode_seqs: int, context_tokens: int, n: int) -> list[float]:
+        return [self.duration(decode_seqs, 0, c) for c in _contexts(decode_seqs, context_tokens, n)]
+
+    def run_s(self, decode_seqs: int, context_tokens: int, n: int) -> float:
+        return math.fsum(self.decode_run(decode_seqs, context_tokens, n))  # no closed form
+
+    def steps_within(self, decode_seqs: int, context_tokens: int, seconds: float) -> int:
+        first = self.duration(decode_seqs, 0, context_tokens)
+        if first <= 0:
+            return 1 << 62 if seconds >= 0 else 0
+        n, total, context = 0, 0.0, context_tokens
+        while True:  # steps never shrink along a decode run: at most seconds / first of them
+            step = self.duration(decode_seqs, 0, context)
+            if total + step > seconds:
+                return n
+            n, total, context = n + 1, total + step, context + decode_seqs
+
+
 # The models a config file can name; a new model joins this union and `cost_from_dict`.
-CostModel = StepCost | DecodeTableCost | RooflineCost
+CostModel = Fitted | TransferredCost
 
 
 def cost_from_dict(d: dict[str, Any]) -> CostModel:
@@ -219,6 +272,10 @@ def cost_from_dict(d: dict[str, Any]) -> CostModel:
             float(d["per_prefill_token_s"]),
             float(d.get("per_context_token_s", 0.0)),
         )
+    if "measured" in d:
+        fitted = cost_from_dict(d["measured"])
+        assert not isinstance(fitted, TransferredCost), "a transfer of a transfer"
+        return TransferredCost(fitted, RooflineCost(**d["source"]), RooflineCost(**d["target"]))
     if "memory_s" in d:
         return RooflineCost(**d)
     return StepCost(**d)  # with or without a context term (files before it have none)
@@ -226,6 +283,10 @@ def cost_from_dict(d: dict[str, Any]) -> CostModel:
 
 def scaled(cost: CostModel, factor: float) -> CostModel:
     """`cost` with every time (the fields in seconds) multiplied by `factor`."""
+    if isinstance(cost, TransferredCost):
+        measured = scaled(cost.measured, factor)
+        assert not isinstance(measured, TransferredCost)
+        return replace(cost, measured=measured)
     changes: dict[str, Any] = {}
     for f in fields(cost):
         v = getattr(cost, f.name)

@@ -237,10 +237,14 @@ def predict(model: CostModel, r: StepRows) -> np.ndarray:
     if isinstance(model, DecodeTableCost):
         table = np.array([model.decode_s(float(b)) for b in r.decode / k])
         return k * table + model.per_prefill_token_s * p + model.per_context_token_s * c
-    compute = model.per_token_s * (r.decode + p)
-    return k * model.base_s + np.maximum(
-        compute, k * model.memory_s + model.per_context_token_s * c
-    )
+    if not isinstance(model, RooflineCost):  # a transferred cost: each row at its mean step
+        return k * np.array(
+            [model.duration(*row) for row in zip(r.decode / k, p / k, c / k, strict=True)]
+        )
+    tokens = r.decode + p
+    compute = model.per_token_s * tokens + model.compute_per_context_token_s * c
+    memory = k * model.memory_s + model.per_context_token_s * c
+    return k * model.base_s + model.per_token_comm_s * tokens + np.maximum(compute, memory)
 
 
 # simplest first: a later one is chosen only if it beats the earlier by the margin

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from scenarios.metrics import summarize_table
-from scenarios.plan import build_plan
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import FleetSpec, Scenario
 from simulator.engine.core import EngineConfig
+from simulator.engine.stepcost import CostModel
 from simulator.fit.calibrate import Calibration
 from simulator.fit.tokenmap import TokenMap
 from simulator.forecast.capacity import saturation_throughput
@@ -245,7 +246,11 @@ class Forecaster:
         calibration: Calibration,
         config: ForecastConfig | None = None,
         progress: Progress | None = None,
+        transform: Callable[[CostModel], CostModel] | None = None,
+        today: Today | None = None,
     ):
+        """`transform`: applied to each step cost drawn from the calibration (carrying it to
+        another deployment); `today`: the x1 traffic, when another forecaster has built it."""
         self.scenario = scenario
         self.calibration = calibration
         self.config = config or ForecastConfig.of(scenario)
@@ -257,21 +262,30 @@ class Forecaster:
         self.checks: dict[str, Threshold] = {str(t): t for t in self.thresholds}
         for persona, own in self.persona_thresholds.items():
             self.checks.update({f"{persona}: {t}": t for t in own})
-        # today's traffic as the seeds simulate it: their plans at x1 over the forecast window
-        # (not the measured run's own plan, whose count is one short sample)
-        seeds = range(scenario.traffic.seed + 1, scenario.traffic.seed + 1 + self.config.seeds)
-        plans = [
-            calibration.tokens.apply(build_plan(scenario, seed=s, duration_s=self.duration_s), s)
-            for s in seeds
-        ]
-        self.base_plan = [spec for plan in plans for spec in plan]
-        self.base_rate = len(self.base_plan) / (len(plans) * self.duration_s)  # req/s at x1
+        self.today = today or Today.of(scenario, calibration, self.config)
+        self.base_plan, self.base_rate = self.today.plan, self.today.rate
         self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
         # the scenario's routing and admission; the replica count is what the search varies
         self.fleet = scenario.fleet.model_copy(update={"autoscaler": None})
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
+        if transform is not None:
+            self.costs = [(transform(cost), overhead) for cost, overhead in self.costs]
         self._pool: ProcessPool | None = None
+
+    def attach(self, pool: ProcessPool | None) -> None:
+        """Run the seeds in `pool` (None: in this process) until attached elsewhere."""
+        self._pool = pool
+
+    @property
+    def replica_hour_usd(self) -> float:
+        cost = self.scenario.cost
+        return cost.gpus_per_replica * cost.gpu_hour_usd
+
+    def fewest_replicas(self, scale: float) -> int:
+        """The analytic bound: no fewer replicas can pass, their load over max_load."""
+        rate = self.base_rate * scale
+        return max(1, math.ceil(rate / (self.config.max_load * self.replica_capacity)))
 
     def evaluate(self, scale: float, replicas: int, fleet: FleetSpec | None = None) -> Evaluation:
         """`replicas` behind the scenario's routing and admission at `scale`, over the seeds;
@@ -334,8 +348,7 @@ class Forecaster:
         return self.evaluate(scale, start, spec.model_copy(update={"autoscaler": scaler}))
 
     def _monthly(self, replicas: float) -> float:
-        cost = self.scenario.cost
-        return replicas * cost.gpus_per_replica * cost.gpu_hour_usd * HOURS_PER_MONTH
+        return replicas * self.replica_hour_usd * HOURS_PER_MONTH
 
     def _first_guess(self, rate: float) -> int:
         """Replicas that saturated replicas alone would need (a lower bound)."""
@@ -396,13 +409,38 @@ class Forecaster:
                         cost = self._monthly(auto.mean_replicas.mean)
                         p = replace(p, autoscaled=auto, autoscaled_cost_per_month_usd=cost)
                     points.append(p)
-                    if p.best is not None:
-                        failed = [e.replicas for e in p.tried if not e.passed]
-                        hint = (p.rate / p.best.replicas, p.rate / max(failed) if failed else 0.0)
+                    hint = next_hint(p) or hint
             finally:
                 self._pool = None
         by_scale = {p.scale: p for p in points}
         return [by_scale[s] for s in scales]
+
+
+def next_hint(p: ForecastPoint) -> tuple[float, float] | None:
+    """The load per replica that passed and the one that failed at this scale, for the next."""
+    if p.best is None:
+        return None
+    failed = [e.replicas for e in p.tried if not e.passed]
+    return (p.rate / p.best.replicas, p.rate / max(failed) if failed else 0.0)
+
+
+@dataclass(frozen=True)
+class Today:
+    """Today's traffic as the seeds simulate it: their plans at x1 over the forecast window (not
+    the measured run's own plan, whose count is one short sample), and its requests/s."""
+
+    plan: list[RequestSpec]
+    rate: float
+
+    @classmethod
+    def of(cls, scenario: Scenario, calibration: Calibration, config: ForecastConfig) -> Today:
+        seeds = range(scenario.traffic.seed + 1, scenario.traffic.seed + 1 + config.seeds)
+        plans = [
+            calibration.tokens.apply(build_plan(scenario, seed=s, duration_s=config.duration_s), s)
+            for s in seeds
+        ]
+        plan = [spec for p in plans for spec in p]
+        return cls(plan, len(plan) / (len(plans) * config.duration_s))
 
 
 def _holds_for_every_seed(threshold: Threshold, estimate: Estimate) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from surgecast.interrupts import Terminated as Terminated  # SIGTERM's, exit 143
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # a scenario, file or flag is wrong: nothing was sent
 EXIT_INVALID = 3  # the run cannot be trusted, or its target could not be reached or started
@@ -11,7 +13,3 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, SIGTERM
 
 class BadInput(Exception):
     """A user error: printed as is, exit code 2."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: handled as Ctrl-C is (servers stopped, run folders marked), exit 143."""

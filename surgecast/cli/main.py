@@ -10,8 +10,6 @@ went away, as in `surgecast catalog | head`).
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from collections.abc import Sequence
 
 from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
@@ -33,6 +31,7 @@ from surgecast.cli.exits import (
 )
 from surgecast.console import say_stderr
 from surgecast.contracts import ContractError
+from surgecast.interrupts import stop_signals
 from surgecast.rundir import InvalidRun, RunFolderError
 from targets.errors import TargetError
 from targets.reference_launch import TargetStartError
@@ -62,41 +61,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
-    try:  # parsing included: a Ctrl-C there (a slow start-up) is an interrupt like any other
-        args = parser().parse_args(argv)
-        code: int = args.func(args)
-        return code
-    except Terminated:
-        say_stderr("terminated (SIGTERM): records written so far are kept")
-        return EXIT_TERMINATED
-    except (ScenarioError, TraceError, CorpusError) as e:
-        _problems(e)
-        return EXIT_BAD_INPUT
-    except CatalogError as e:
-        say_stderr(f"error: invalid catalog ({len(e.problems)} problems):")
-        for problem in e.problems:
-            say_stderr(f"  {problem}")
-        return EXIT_BAD_INPUT
-    except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
-        say_stderr(f"error: {e}")
-        return EXIT_BAD_INPUT
-    except (RecordsError, RunFolderError, ContractError) as e:  # every run-folder reader's
-        say_stderr(f"error: not a usable run folder: {e}")
-        return EXIT_BAD_INPUT
-    except (TargetUnreachable, TargetStartError) as e:
-        say_stderr(f"error: target unreachable: {e}")
-        return EXIT_INVALID
-    except (InvalidRun, TargetRefused, TargetError) as e:
-        say_stderr(f"error: {e}")
-        return EXIT_INVALID
-    except KeyboardInterrupt:
-        say_stderr("interrupted: records written so far are kept")
-        return EXIT_INTERRUPTED
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+    with stop_signals():  # SIGINT and SIGTERM raise where the command is (surgecast.interrupts)
+        try:
+            args = parser().parse_args(argv)
+            code: int = args.func(args)
+            return code
+        except Terminated:
+            say_stderr("terminated (SIGTERM): records written so far are kept")
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            say_stderr("interrupted: records written so far are kept")
+            return EXIT_INTERRUPTED
+        except (ScenarioError, TraceError, CorpusError) as e:
+            _problems(e)
+            return EXIT_BAD_INPUT
+        except CatalogError as e:
+            say_stderr(f"error: invalid catalog ({len(e.problems)} problems):")
+            for problem in e.problems:
+                say_stderr(f"  {problem}")
+            return EXIT_BAD_INPUT
+        except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
+            say_stderr(f"error: {e}")
+            return EXIT_BAD_INPUT
+        except (RecordsError, RunFolderError, ContractError) as e:  # every run-folder reader's
+            say_stderr(f"error: not a usable run folder: {e}")
+            return EXIT_BAD_INPUT
+        except (TargetUnreachable, TargetStartError) as e:
+            say_stderr(f"error: target unreachable: {e}")
+            return EXIT_INVALID
+        except (InvalidRun, TargetRefused, TargetError) as e:
+            say_stderr(f"error: {e}")
+            return EXIT_INVALID
 
 
 def _problems(e: ScenarioError | TraceError | CorpusError) -> None:
@@ -106,7 +101,3 @@ def _problems(e: ScenarioError | TraceError | CorpusError) -> None:
     say_stderr(f"error: invalid {what} {e.path} ({len(e.problems)} problem{plural}):")
     for problem in e.problems:
         say_stderr(f"  {problem if problem.startswith(e.path) else f'{e.path}: {problem}'}")
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated

@@ -9,6 +9,7 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from surgecast.cli.args import (
     calibration_arg,
@@ -22,6 +23,10 @@ from surgecast.cli.args import (
 )
 from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO, BadInput
 from surgecast.console import out, say_stderr, warn
+
+if TYPE_CHECKING:  # the heavy packages load when a command runs, not for --help
+    from scenarios.spec import Scenario
+    from simulator.fit.calibrate import Calibration
 
 Subparsers = argparse._SubParsersAction
 
@@ -270,15 +275,26 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     from surgecast.tables import forecast_table
 
     scenario = checked_scenario(a.scenario)
-    points = forecast_scenario(
-        scenario, calibration_arg(a.calibration), a.scales or scenario.forecast.scales
-    )
+    calibration = calibration_arg(a.calibration)
+    scales = a.scales or scenario.forecast.scales
+    if scenario.deployments is not None:
+        return _choose_deployment(scenario, calibration, scales)
+    points = forecast_scenario(scenario, calibration, scales)
     out(forecast_table(points))
     if a.json_out:
         from surgecast.contracts import write_forecast
 
         write_forecast(Path(a.json_out), points)
     return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
+
+
+def _choose_deployment(scenario: Scenario, calibration: Calibration, scales: list[float]) -> int:
+    from surgecast.predict import choose_deployment
+    from surgecast.tables import as_markdown, deployment_blocks
+
+    choices = choose_deployment(scenario, calibration, scales)
+    out(as_markdown(deployment_blocks(choices)))
+    return EXIT_OK if all(c.best is not None for c in choices) else EXIT_SLO
 
 
 def cmd_schema(a: argparse.Namespace) -> int:

@@ -95,6 +95,8 @@ def _add_worker(sub: Subparsers) -> None:
     s.add_argument(
         "--master-port", metavar="PORT", type=port, default=5557, help="its port (default 5557)"
     )
+    # a master's own local workers: the master's pid, to stop when it dies (any platform)
+    s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_worker)
 
 
@@ -177,7 +179,7 @@ def run_exit(outcome: RunOutcome) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from loadgen.send import ScaleOut
-    from surgecast.live_run import run_load
+    from surgecast.live_run import run_load, write_report
     from surgecast.report import render
 
     scenario = load_scenario_arg(a)
@@ -191,8 +193,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     launcher = launcher_for(a, scenario)
     outcome = run_load(scenario, a.scenario, launcher, out=a.out, progress=not a.quiet, scale=scale)
     if not a.no_report:
-        html, _ = render(outcome.folder)
-        out(f"report: {html}")
+        out(f"report: {write_report(outcome.folder, render)}")
     out(f"records: {outcome.folder.requests}")
     return run_exit(outcome)
 
@@ -200,7 +201,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_worker(a: argparse.Namespace) -> int:
     from loadgen.worker import serve_worker
 
-    return serve_worker(a.master_host, a.master_port)
+    return serve_worker(a.master_host, a.master_port, parent_pid=a.parent_pid)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -241,7 +242,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_pipeline(a: argparse.Namespace) -> int:
     """Run, then (when the run is valid) calibrate, back-test and forecast in its folder; the
     report shows whatever got done."""
-    from surgecast.live_run import run_load
+    from surgecast.live_run import run_load, write_report
     from surgecast.report import render
 
     scenario = load_scenario_arg(a)
@@ -249,8 +250,7 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     code = run_exit(outcome)
     if outcome.valid:
         code = _model_the_run(a, scenario, outcome) or code
-    html, _ = render(outcome.folder)
-    out(f"\nreport: {html}")
+    out(f"\nreport: {write_report(outcome.folder, render)}")
     return code
 
 

@@ -124,6 +124,12 @@ class RunMeta(Strict):
     started_at: str
     finished_at: str | None = None
     writer: Writer | None = None
+    step: Literal["target", "probe", "send", "summarise", "report"] | None = Field(
+        None,
+        description="the step the run is in, or was in when it stopped or was killed (null "
+        "once it finished): starting the target, probing it, sending, summarising, writing "
+        "the report",
+    )
     validity: Validity | None = Field(None, description="null while the run is going")
     slos_passed: bool | None = None
     warnings: list[str] = Field(default_factory=list)
