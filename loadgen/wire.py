@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import httptools
 
+from loadgen.codings import BodyDecoder, decoder_for
+
 # Linux's SO_TIMESTAMPNS (the socket module does not name it): each receive carries the time
 # the kernel took its last packet in, on CLOCK_REALTIME
 KERNEL_STAMPS = sys.platform == "linux"
@@ -19,6 +21,7 @@ SO_TIMESTAMPNS = 35
 _STAMP = struct.Struct("qq")
 _ANCILLARY = socket.CMSG_SPACE(_STAMP.size) if KERNEL_STAMPS else 0
 READ_BYTES = 1 << 16  # at most, per receive
+MAX_HEAD_BYTES = 1 << 16  # a response's status line, headers and interim answers, together
 
 
 def stamp_receives(sock: socket.socket) -> bool:
@@ -184,7 +187,9 @@ class Connection:
 
 class Response:
     """One HTTP response, fed each receive's bytes in turn; its body goes to `on_body` as it
-    comes, its framing (chunked or not) undone."""
+    comes, its framing (chunked or not) and its Content-Encoding (gzip, deflate) undone. A
+    head over MAX_HEAD_BYTES, a 101 or a status outside 100-599 is a ProtocolError; a coding
+    not undone, a ContentEncodingError."""
 
     def __init__(self, on_body: Callable[[bytes], None]):
         self._on_body = on_body
@@ -194,14 +199,16 @@ class Response:
         self.closed = False  # the server closed the connection
         self.unasked = False  # bytes came after the message ended
         self._reusable = False  # the server's word (HTTP version, Connection header)
+        self._decoder: BodyDecoder | None = None  # its Content-Encoding, undone
+        self._head_bytes = 0  # read before the status was known
         self._parser = httptools.HttpResponseParser(self)
 
     def feed(self, data: bytes) -> None:
         """The bytes of one receive; b"" when the server closed the connection."""
         if not data:
             self.closed = True
-            if self.status is not None and not self.framed:
-                self.complete = True  # a body that runs to the close ends there
+            if self.status is not None and not self.framed and not self.complete:
+                self._end_body()  # a body that runs to the close ends there
             return
         try:
             self._parser.feed_data(data)
@@ -209,6 +216,15 @@ class Response:
             raise (e.__context__ or e) from None  # what the body's reader raised
         except httptools.HttpParserError as e:
             raise ProtocolError(f"not an HTTP/1.1 response: {e}") from None
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError("the server switched protocols (HTTP 101) unasked") from None
+        if self.status is None:  # a head without end, or interim answers without end
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                raise ProtocolError(
+                    f"no final status within the response's first {MAX_HEAD_BYTES:,} bytes (a "
+                    "status line or headers without end, or endless interim answers)"
+                )
 
     @property
     def framed(self) -> bool:
@@ -238,16 +254,29 @@ class Response:
         if self.complete:
             return
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:  # RFC 9110 15: three digits, 1xx to 5xx
+            raise ProtocolError(f"status {status:03d} is not an HTTP status")
         if status >= 200:
             self.status = status
             self._reusable = self._parser.should_keep_alive()  # only known until the end
+            self._decoder = decoder_for(self.headers.get("content-encoding", ""))
         else:
             self.headers = {}  # 100 Continue, 103 Early Hints: the answer follows
 
     def on_body(self, body: bytes) -> None:
-        if not self.complete:
+        if self.complete:
+            return
+        if self._decoder is None:
             self._on_body(body)
+            return
+        for piece in self._decoder.feed(body):  # each counted before the next is made
+            self._on_body(piece)
 
     def on_message_complete(self) -> None:
-        if self.status is not None:
-            self.complete = True
+        if self.status is not None and not self.complete:
+            self._end_body()
+
+    def _end_body(self) -> None:
+        self.complete = True
+        if self._decoder is not None and self.status is not None:
+            self._decoder.finish()

@@ -51,6 +51,7 @@ from surgecast.tables import (
     calibration_blocks,
     error_table,
     forecast_blocks,
+    md_text,
     summary_blocks,
 )
 from targets.engine_metrics import series_value
@@ -86,8 +87,9 @@ class VerdictLine:
     items: tuple[str, ...] = ()
 
     def markdown(self) -> str:
-        head = f"**{self.head}**" + (f" {self.text}" if self.text else "")
-        return "\n".join([f"- {head}", *(f"  - {item}" for item in self.items)])
+        """A list item, its items nested; a target's words in them shown, never rendered."""
+        head = f"**{self.head}**" + (f" {md_text(self.text)}" if self.text else "")
+        return "\n".join([f"- {head}", *(f"  - {md_text(item)}" for item in self.items)])
 
 
 def _figure(fig: plt.Figure, alt: str) -> Figure:
@@ -337,7 +339,7 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     )
     verdict = verdict_lines(meta, summary, comparison)
     md = [f"# surgecast run {meta.run_id}", "", "## Verdict", ""]
-    md += [line.markdown() for line in verdict] + ["", header, ""]
+    md += [line.markdown() for line in verdict] + ["", md_text(header), ""]
     for section in sections:
         if section.blocks:
             md += [f"## {section.title}", "", as_markdown(section.blocks), ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ def as_markdown(blocks: Sequence[Block]) -> str:
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[_fmt(c) for c in row] for row in rows]
+    cells = [[md_text(_fmt(c)) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -47,6 +48,16 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         for row, r in zip(rows, cells, strict=True)
     ]
     return "\n".join([line, rule, *body])
+
+
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")  # where CommonMark would start raw HTML
+
+
+def md_text(text: str) -> str:
+    """`text` as one line of Markdown that shows it as written: line breaks made spaces, and
+    a `<` that would open raw HTML (a tag, a comment) escaped, so no markup a target wrote
+    reaches a Markdown renderer."""
+    return _TAG_OPEN.sub(r"\\<", " ".join(text.splitlines()))
 
 
 def _align(value: object, cell: str, width: int) -> str:

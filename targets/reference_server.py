@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import logging
 import sys
 import time
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from scenarios.spec import TargetFaults
@@ -41,6 +43,19 @@ from targets.reference_stream import ChunkWriter
 
 BODY_TIMEOUT_S = 30.0  # a request body not fully sent by then is refused (408)
 HEADER_TIMEOUT_S = 15.0  # a connection without a whole request's headers by then is closed
+
+
+class RequestLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, where a request it could not parse (a URL or header line over
+    8 KB, bad framing, not HTTP) is the client's error: one line saying so, answered 400 by
+    aiohttp, never a traceback. Any other error keeps its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            said = " ".join(str(exc_info.message).split())[:160]
+            self.warning(f"{msg}: refused (%s): %s", *args, exc_info.code, said)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class ReferenceServer:
@@ -330,6 +345,7 @@ async def serve(
         access_log=None,
         handler_cancellation=True,
         keepalive_timeout=header_timeout_s,
+        logger=RequestLog(logging.getLogger("aiohttp.server")),
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -13,6 +13,7 @@ import pytest
 
 from loadgen import wire
 from loadgen.client import ConnectionPool, Endpoint, StreamingCall
+from loadgen.client.parsing import MAX_COUNT, plain_text, whole_count
 from loadgen.looplag import LoopLag
 from loadgen.wire import KERNEL_STAMPS
 from scenarios.plan import RequestSpec
@@ -267,3 +268,28 @@ def test_a_server_that_closes_while_offering_keep_alive_costs_nothing() -> None:
     # each kept connection was found closed, or (its close still on the way) failed and was
     # replaced by a new one: every request answered either way
     assert pool.reused + pool.closed_by_server == 4
+
+
+def test_a_servers_error_words_are_kept_as_one_line_of_plain_text() -> None:
+    """Issue 26: an HTML error page was kept raw (tags, a script, line breaks, terminal
+    escapes) and reached the console and the reports. Its text is kept, nothing else."""
+    page = (
+        "<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>b{color:red}</style>"
+        "<script>alert('x')</script></head><body>\r\n<h1>Bad &amp; gone</h1><!-- hidden -->"
+        "\x1b[31mred\x1b[0m\x00\x07 &lt;script&gt;evil()&lt;/script&gt; a < b <i"
+    )
+    assert plain_text(page) == "502 Bad Gateway Bad & gone red a < b"
+    assert plain_text('{"error": "x"}\n\tthen more') == '{"error": "x"} then more'
+    assert plain_text("evil\u202egnp.exe\u200b\u2028x") == "evil gnp.exe x"
+
+
+@pytest.mark.parametrize("value", [0, 7, MAX_COUNT])
+def test_a_whole_count_is_taken(value: int) -> None:
+    assert whole_count(value) == value
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2**63, 2**64 - 1, 10**30, 2.0, True, "3", None])
+def test_a_made_up_count_is_not(value: object) -> None:
+    """Issue 26: a usage of 2**63 was recorded as it came, and the run's requests.jsonl was
+    then refused as corrupt (over 2**53), the run lost."""
+    assert whole_count(value) is None

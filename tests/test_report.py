@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -100,3 +101,31 @@ def test_the_report_loads_in_a_real_browser_with_every_figure_visible(
         finally:
             browser.close()
     assert errors == []
+
+
+def test_a_targets_error_words_are_shown_as_text_never_rendered(tmp_path: Path) -> None:
+    """Issue 26: a hostile error page's raw HTML (a script, tags, a pipe, line breaks) reached
+    summary.md as markup a Markdown viewer renders, and broke its table. A run folder may still
+    hold such words (an older client kept them): summary.md escapes what would open HTML and
+    keeps each row one line; index.html escapes them."""
+    run = Path(shutil.copytree(Path(__file__).parent / "data" / "run-8a52588", tmp_path / "run"))
+    hostile = "<html><script>alert(1)</script><b>bad</b> gateway | upstream\nnext <!-- x --></html>"
+    lines = []
+    for i, line in enumerate((run / "requests.jsonl").read_text().splitlines()):
+        r = json.loads(line)
+        if i < 3:
+            r.update(status="error", error_kind="http_502", http_status=502, error_detail=hostile)
+            r.update(first_token=None, chunk_times=[], output_tokens=None)
+        lines.append(json.dumps(r))
+    (run / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    meta = json.loads((run / "run.json").read_text())
+    meta["validity"] = {"valid": False, "reasons": [f"the target said: {hostile}"]}
+    (run / "run.json").write_text(json.dumps(meta))
+    render(RunFolder(run))
+    summary = (run / "summary.md").read_text()
+    assert not re.search(r"(?<!\\)<[A-Za-z/!?]", summary)
+    assert "\\<script>alert(1)\\</script>" in summary  # shown as written, on one line
+    table = [line for line in summary.splitlines() if "http_502" in line and "|" in line]
+    assert table and all(line.count("|") == 4 for line in table)  # three cells, no more
+    page = (run / "index.html").read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page

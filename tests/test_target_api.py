@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -235,3 +237,39 @@ def test_a_client_that_leaves_aborts_its_request(target: tuple[str, int], stream
         time.sleep(0.1)
     assert _metric(target, "surgecast_request_aborted_total") == before + 1
     assert _metric(target, "surgecast_num_requests_running") == 0
+
+
+def test_an_overlong_request_line_or_header_is_a_400_and_one_log_line() -> None:
+    """Issue 26: every URL over 8 KB made the target log a traceback (aiohttp refuses the line,
+    and its handler logged the exception whole). Now each is a 400 and one line of log (a
+    `%` in the URL taken as text, not as a format), and the target serves on."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "surgecast", "serve", "--port", "0", "--exit-with-parent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1].split("/")[0])
+        answers = []
+        for raw in (
+            b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v1/models?q=" + b"%41" * 30_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(raw)
+                answers.append(s.recv(4096).split(b"\r\n", 1)[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            served = s.recv(4096).split(b"\r\n", 1)[0]
+    finally:
+        proc.stdin.close()  # --exit-with-parent: it stops
+        proc.wait(timeout=20)
+    log = proc.stderr.read()
+    assert answers == [b"HTTP/1.0 400 Bad Request"] * 3 and served == b"HTTP/1.1 200 OK"
+    assert "Traceback" not in log and "Logging error" not in log, log[-2000:]
+    refused = [line for line in log.splitlines() if "refused (400)" in line]
+    assert len(refused) == 3 and all(len(line) < 300 for line in refused), log[-2000:]

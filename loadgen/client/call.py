@@ -11,8 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from loadgen.client.endpoint import Endpoint, Messages
-from loadgen.client.parsing import StreamError, parse_event, retry_after_seconds, whole_count
+from loadgen.client.parsing import (
+    StreamError,
+    parse_event,
+    plain_text,
+    retry_after_seconds,
+    whole_count,
+)
 from loadgen.client.pool import ConnectionPool
+from loadgen.codings import ContentEncodingError
 from loadgen.looplag import LoopLag
 from loadgen.wire import Closed, Connection, ProtocolError, Response, request_bytes
 from scenarios.plan import RequestSpec
@@ -95,6 +102,7 @@ class StreamingCall:
             "Host": ep.host_header,
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",  # (gzip and deflate are undone, if sent all the same)
         }
         if ep.api_key:
             headers["Authorization"] = f"Bearer {ep.api_key}"
@@ -127,11 +135,14 @@ class StreamingCall:
             self._fail("error", "connection_refused", str(e))
         except ProtocolError as e:
             self._fail("error", "protocol", str(e))
+        except ContentEncodingError as e:
+            self._fail("error", "content_encoding", str(e))
         except OSError as e:
             self._fail("error", _broken_kind(rec), f"{type(e).__name__}: {e}")
         except Exception as e:  # a failing target is recorded, never a crash of the run
             self._fail("error", "client_exception", f"{type(e).__name__}: {e}")
         finally:
+            rec.http_status = self._response.status  # (also where an error came with it)
             if keep and self.pool is not None and conn is not None:
                 self.pool.give(conn)
             elif conn is not None:
@@ -159,7 +170,7 @@ class StreamingCall:
             rec.connect_s = rec.start - began
             try:
                 conn.send(request, max(0.001, self._limit() - rec.start))
-                self._read_until(conn, lambda: self._response.status is not None)
+                self._read_until_status(conn)
                 if self._response.status is None:
                     raise Closed("the server closed the connection before answering")
                 return conn
@@ -170,6 +181,16 @@ class StreamingCall:
                     raise
                 conn = None  # closed while idle (a keep-alive timeout): once more, anew
                 self._response = Response(self._on_body)
+
+    def _read_until_status(self, conn: Connection) -> None:
+        """Read until the answer's status is in. An error answer's body that fails to read
+        (cut off, not the coding it names, too big) is no error of its own: the status says it."""
+        response = self._response
+        try:
+            self._read_until(conn, lambda: response.status is not None)
+        except (ProtocolError, StreamError, ContentEncodingError):
+            if response.status in (None, 200):
+                raise
 
     def _limit(self) -> float:
         """No receive waits past this: the user's patience until the first token, the
@@ -220,13 +241,16 @@ class StreamingCall:
         rec = self.record
         rec.status = status
         rec.error_kind = kind
-        said = mask_quoted(self.endpoint.redact(detail)[:DETAIL_CHARS], self._unquotable)
+        said = mask_quoted(
+            self.endpoint.redact(plain_text(detail))[:DETAIL_CHARS], self._unquotable
+        )
         rec.error_detail = said or None
 
     def _http_error(self, conn: Connection) -> None:
         response = self._response
-        with contextlib.suppress(TimeoutError, OSError, ProtocolError, StreamError):
-            # the message in the body, as much of it as comes in time
+        with contextlib.suppress(
+            TimeoutError, OSError, ProtocolError, StreamError, ContentEncodingError
+        ):  # the message in the body, as much of it as comes in time
             self._read_until(conn, lambda: response.complete or self._bytes >= ERROR_BYTES)
         text = b"".join(self._body)[:ERROR_BYTES].decode("utf-8", "replace")
         try:
@@ -237,6 +261,9 @@ class StreamingCall:
         if retry_after is not None:
             self.retry_after_s = retry_after_seconds(retry_after)
         status = response.status
+        location = response.headers.get("location")
+        if status is not None and 300 <= status < 400 and location:
+            message = f"redirected to {location} (not followed: give the final URL) {message}"
         kind = f"http_{status}"
         self._fail("rejected" if status in (429, 503) else "error", kind, str(message))
 
@@ -257,11 +284,15 @@ class StreamingCall:
             err = event["error"]
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             raise StreamError("stream_error", msg)
-        self.record.response_id = self.record.response_id or event.get("id")
+        said_id = event.get("id")
+        if self.record.response_id is None and isinstance(said_id, str) and len(said_id) <= 200:
+            self.record.response_id = said_id  # (a record never holds a made-up id)
         chunks = self._chunks
-        for choice in event.get("choices") or []:
+        for choice in _choices(event):
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if not isinstance(text, str | None):
+                raise StreamError("protocol", f"a chunk's content is not text: {str(text)[:80]}")
             self._on_content(text or "", now)
             if choice.get("finish_reason"):
                 self._finished = True
@@ -303,6 +334,11 @@ class StreamingCall:
         the receive that completed it (lines that came together share a time); any other body
         is kept whole."""
         self._bytes += len(data)
+        if self._response.status != 200:  # an error's message: its first ERROR_BYTES, no more
+            self._body.append(data[: max(0, ERROR_BYTES - (self._bytes - len(data)))])
+            if self._bytes >= ERROR_BYTES:
+                raise StreamError("error_body", "the error answer was read as far as it is kept")
+            return
         limit = self.endpoint.max_response_bytes
         if self._bytes > limit:
             raise StreamError(
@@ -310,7 +346,7 @@ class StreamingCall:
                 f"the response passed target.max_response_bytes ({limit:,} bytes): the rest "
                 "was not read",
             )
-        if self._response.status != 200 or not self.endpoint.stream:
+        if not self.endpoint.stream:
             self._body.append(data)
             return
         if self._done:
@@ -327,8 +363,8 @@ class StreamingCall:
         """Read the stream to its `[DONE]` (or the end of the response)."""
         response = self._response
         self._read_until(conn, lambda: self._done or response.complete)
-        if not self._done and self._pending:  # the last line, without its newline
-            self._done = self._on_line(self._pending, self.clock())
+        if not (self._done or response.cut_off) and self._pending:  # a last line, unended
+            self._done = self._on_line(self._pending, self.clock())  # (not one cut short)
         if not (self._done or self._finished):
             if response.cut_off:
                 raise StreamError("stream_reset", "the connection closed mid-response")
@@ -372,7 +408,7 @@ class StreamingCall:
             return False
         try:
             self._read_until(conn, lambda: response.complete, self.clock() + DRAIN_S)
-        except (TimeoutError, OSError, ProtocolError, StreamError):
+        except (TimeoutError, OSError, ProtocolError, StreamError, ContentEncodingError):
             return False
         return response.complete and response.keep_alive
 
@@ -385,6 +421,14 @@ class StreamingCall:
         if rec.output_tokens is None:
             rec.output_tokens = sum(rec.chunk_tokens) if rec.chunk_tokens else self._chunks
             rec.token_source = "chunks"
+
+
+def _choices(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """An event's choices: a list of objects (or none), else StreamError."""
+    choices = event.get("choices") or []
+    if not (isinstance(choices, list) and all(isinstance(c, dict) for c in choices)):
+        raise StreamError("protocol", f"an event's choices are not objects: {str(choices)[:80]}")
+    return choices
 
 
 def _broken_kind(rec: RequestRecord) -> str:

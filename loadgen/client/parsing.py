@@ -1,13 +1,16 @@
 """What a server's answer holds, read without trusting it: a Retry-After header, an event's
-JSON, a token count; `StreamError` for an answer that cannot be read."""
+JSON, a token count, its error words as plain text; `StreamError` for an answer that cannot be
+read."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import email.utils
+import html
 import json
 import math
+import re
 import time
 from typing import Any
 
@@ -51,7 +54,26 @@ def parse_event(data: bytes) -> Any:
         raise StreamError("protocol", f"event is not JSON: {data[:80]!r}") from None
 
 
+MAX_COUNT = (1 << 31) - 1  # no response counts more tokens; a bigger count is made up
+
+
 def whole_count(value: Any) -> int | None:
-    """`value` if it is a whole number >= 0 (not a bool), else None."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """`value` if it is a whole number from 0 to MAX_COUNT (not a bool), else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
     return value if ok else None
+
+
+PLAIN_CHARS = 8192
+_HIDDEN = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<!--.*?-->|<[/!?]?[A-Za-z][^<>]*(>|\Z)", re.DOTALL)  # (or cut off)
+_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|.)")  # CSI, OSC
+
+
+def plain_text(text: str) -> str:
+    """A server's words as one line of plain text, safe to print or put in a report: an HTML
+    page's text without its tags, scripts and styles, its entities undone; terminal escapes
+    dropped, and every character not printable (controls, line breaks, bidi overrides) a
+    space; each run of spaces one. Of its first PLAIN_CHARS (a detail keeps far fewer)."""
+    text = html.unescape(text[:PLAIN_CHARS])
+    text = _ESCAPE.sub("", _TAG.sub(" ", _HIDDEN.sub(" ", text)))
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
