@@ -142,8 +142,8 @@ def carry(cost: CostModel, source: RooflineCost, target: RooflineCost) -> CostMo
     """A cost measured on the deployment `source` prices, carried to the one `target` prices
     (both first-principles costs at the same efficiencies): each term scaled by the ratio of the
     rate it stands for (a step's fixed time: the weights' reads; a token's: compute; a context
-    token's: KV reads, and attention's compute in a roofline), and tensor parallelism's all-reduce per token added or taken away.
-    Carried from a deployment to itself it is unchanged."""
+    token's: KV reads, and attention's compute in a roofline), and tensor parallelism's
+    all-reduce per token added or taken away. Carried to its own deployment it is unchanged."""
     compute = target.per_token_s / source.per_token_s
     weights = target.memory_s / source.memory_s
     kv = target.per_context_token_s / source.per_context_token_s
