@@ -203,8 +203,10 @@ def _set(doc: Any, where: str, kind: str) -> str:
             if key == last:
                 holder[_DUP] = _MARK
             holder[key] = value
-        return json.dumps(doc).replace(json.dumps(_DUP), json.dumps(last)).replace(
-            json.dumps(_MARK), HOSTILE["str-long"]
+        return (
+            json.dumps(doc)
+            .replace(json.dumps(_DUP), json.dumps(last))
+            .replace(json.dumps(_MARK), HOSTILE["str-long"])
         )
     holder[last] = _MARK
     raw = HOSTILE["str-long"] if kind == "dup-key" else HOSTILE[kind]
