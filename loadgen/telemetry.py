@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from loadgen.fetch import fetch
 from scenarios.redact import Redactor
+from scenarios.runfiles import MAX_LINE_BYTES, UnreadableFile, lines, open_regular
 
 if TYPE_CHECKING:
     from scenarios.spec import Telemetry
@@ -211,23 +212,35 @@ def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
     """The samples of a telemetry.jsonl; none when the run wrote no file. A line that is not
     a JSON object is skipped with a warning on stderr naming it."""
     try:
-        lines = Path(path).read_bytes().splitlines()
+        f = open_regular(path)
     except FileNotFoundError:
         return []
+    except OSError as e:
+        raise UnreadableFile(f"{path}: cannot read file: {e.strerror or e}") from None
+    except UnreadableFile as e:
+        raise UnreadableFile(f"{path}: {e}") from None
     out: list[dict[str, Any]] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            sample = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, too deep, too long
-            sample = e
-        if isinstance(sample, dict):
-            out.append(sample)
-        else:
-            what = sample if isinstance(sample, Exception) else type(sample).__name__
-            print(
-                f"warning: {path}: line {n}: not a telemetry sample ({what}); skipped",
-                file=sys.stderr,
-            )
+    with f:
+        for n, line in enumerate(lines(f), 1):
+            if line is not None and not line.strip():
+                continue
+            sample = _sample(line)
+            if isinstance(sample, dict):
+                out.append(sample)
+            else:
+                what = sample if isinstance(sample, Exception) else type(sample).__name__
+                print(
+                    f"warning: {path}: line {n}: not a telemetry sample ({what}); skipped",
+                    file=sys.stderr,
+                )
     return out
+
+
+def _sample(line: bytes | None) -> Any:
+    """A line's JSON, or the exception that says why it is not JSON."""
+    if line is None:
+        return ValueError(f"longer than {MAX_LINE_BYTES >> 20} MiB")
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, too deep, too long
+        return e

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
+
+from scenarios.runfiles import MAX_LINE_BYTES, UnreadableFile, lines, open_regular
 
 Status = Literal["ok", "error", "cancelled", "timeout", "rejected"]
 STATUSES: tuple[str, ...] = ("ok", "error", "cancelled", "timeout", "rejected")
@@ -105,13 +110,28 @@ class RecordWriter:
 
 
 def write_records(path: str | Path, records: Iterable[RequestRecord]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(r.to_json() + "\n")
+    """A records file written whole: to a new file beside `path`, renamed into place (a pipe
+    or a link planted there is replaced, never written through or waited on)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(r.to_json() + "\n")
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise FileExistsError(f"{path} is a folder: cannot write the file there") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 MAX_BAD_SHARE = 0.05  # more bad lines than this share of a file's lines refuse the file
 _LISTED = 5  # bad lines named in a refusal
+_MB = MAX_LINE_BYTES >> 20
 
 
 class RecordsError(ValueError):
@@ -207,7 +227,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "planned_prompt_tokens": _count,
     "planned_output_tokens": _count,
     "regenerate": _of(bool),
-    "chunk_tokens": _list_of(_count),
+    "chunk_tokens": _list_of(lambda v: _count(v) if v is not None else "required"),
     "cached_tokens": _count,
     "schedule_lag_s": _number,
     "connect_s": _number,
@@ -255,13 +275,18 @@ def iter_records(
     the last record, RecordsError names the first few (a consumer that keeps what it was given
     must drop it on that error)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; a generator cannot use `with` early)
+        f = open_regular(path)
     except OSError as e:
         raise RecordsError(f"{path}: cannot read file: {e.strerror or e}") from None
+    except UnreadableFile as e:
+        raise RecordsError(f"{path}: {e}") from None
     bad: list[str] = []
     n = 0
     with f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(lines(f), 1):
+            if line is None:
+                bad.append(f"{path}: line {n}: not a request record: longer than {_MB} MiB")
+                continue
             if not line.strip():
                 continue
             try:

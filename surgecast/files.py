@@ -18,6 +18,10 @@ def write_whole(path: Path, data: str | bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
         os.replace(tmp, path)
+    except IsADirectoryError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise FileExistsError(f"{path} is a folder: cannot write the file there") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

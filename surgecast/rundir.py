@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.records import RequestRecord, iter_records, read_records
+from scenarios.runfiles import UnreadableFile, read_document
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
 from surgecast.contracts import RUN_SCHEMA, ContractError, RunMeta, parse, validate, write_run
@@ -152,9 +153,11 @@ class RunFolder:
         if not target.exists():
             return None
         try:
-            return json.loads(target.read_bytes().decode("utf-8"))
+            return json.loads(read_document(target).decode("utf-8"))
         except OSError as e:
             raise RunFolderError(f"{target}: cannot read file: {e.strerror or e}") from None
+        except UnreadableFile as e:
+            raise RunFolderError(f"{target}: {e}") from None
         except UnicodeDecodeError as e:
             raise RunFolderError(f"{target}: not UTF-8 (byte offset {e.start})") from None
         except RecursionError:

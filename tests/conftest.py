@@ -54,6 +54,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_fuzz_inputs.py::test_calibrate_refuses_an_unusable_fit_with_exit_3",
     "test_fuzz_inputs.py::test_fuzz_plan_command",
     "test_fuzz_inputs.py::test_report_on_corrupted_run_folders",
+    "test_fuzz_run_folders.py",
     "test_gate.py::test_compare_command_on_simulated_runs",
     "test_gate.py::test_gate_bad_input_exits_2",
     "test_gate.py::test_gate_fails_a_live_30pct_slowdown_on_the_reference_target",

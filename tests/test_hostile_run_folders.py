@@ -6,12 +6,18 @@ lists in fields that were not checked crashed calibrate, gate and compare."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from scenarios.records import iter_records, parse_record
+from scenarios.runfiles import MAX_LINE_BYTES
 from surgecast.cli.main import main
+from tests.fuzz_runner import argv
+from tests.fuzz_runner import run as run_command
 
 OLD = Path(__file__).parent / "data" / "run-8a52588"
 HOSTILE = [  # (field, value)
@@ -72,3 +78,79 @@ def test_every_reader_refuses_or_skips_cleanly(
         else:  # one line bad: skipped, said, the rest used
             assert code == 0, (args[0], stderr[-2000:])
             assert "line 2: not a request record" in stderr and "skipped" in stderr
+
+
+@pytest.mark.parametrize("name", ["requests.jsonl", "simulated.jsonl", "telemetry.jsonl"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_a_file_that_is_not_a_file_is_refused_without_waiting(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    """A pipe (reading one waits for a writer: calibrate and report hung on simulated.jsonl),
+    a link to a device (endless) or a folder in a record file's place: every command ends
+    (a forked child, killed at 60 s: a hang) with exit 2 naming the file, or passes over an
+    optional file with a warning naming it; calibrate replaces simulated.jsonl, never writes
+    through it."""
+    run = _corrupt(tmp_path, "attempt", 0, every=False)
+    target = run / name
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        target.symlink_to("/dev/zero")
+    else:
+        target.mkdir()
+    for args in (
+        argv("calibrate", run, run, tmp_path, False),
+        argv("report", run, run, tmp_path, False),
+        argv("gate", run, OLD, tmp_path, True),
+    ):
+        outcome = run_command(args, limit_s=60)
+        assert not outcome.hung and outcome.clean, (args[0], outcome.traceback)
+        if outcome.code == 2 or (name == "telemetry.jsonl" and args[0] == "report"):
+            assert str(target) in outcome.stderr, (args[0], outcome.stderr)
+        if name == "requests.jsonl":
+            assert outcome.code == 2, (args[0], outcome.stderr)
+    if name == "simulated.jsonl" and kind != "folder":  # the back-test wrote a new file there
+        assert target.is_file() and not target.is_symlink()
+
+
+def test_a_line_over_the_limit_is_skipped_unread(tmp_path: Path) -> None:
+    """A record line longer than MAX_LINE_BYTES is a bad line, read past in pieces: the
+    reader's memory stays within twice the limit (a line's bytes and the reader's buffer; it
+    held the whole line, 48 MiB here, and its copies)."""
+    run = _corrupt(tmp_path, "attempt", 0, every=False)
+    lines = (run / "requests.jsonl").read_bytes().splitlines(keepends=True)
+    lines.insert(5, b'{"id": "' + b"x" * (3 * MAX_LINE_BYTES) + b'"}\n')
+    (run / "requests.jsonl").write_bytes(b"".join(lines))
+    warned: list[str] = []
+    tracemalloc.start()
+    try:
+        records = list(iter_records(run / "requests.jsonl", warned.append))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(records) == len(lines) - 1
+    assert warned == [
+        f"{run / 'requests.jsonl'}: line 6: not a request record: longer than "
+        f"{MAX_LINE_BYTES >> 20} MiB (skipped)"
+    ]
+    assert peak < 2 * MAX_LINE_BYTES + (4 << 20)
+
+
+def test_a_null_chunk_token_count_is_a_bad_line(tmp_path: Path) -> None:
+    """chunk_tokens [null] passed the record check and calibrate raised TypeError."""
+    line = json.loads((OLD / "requests.jsonl").read_text().splitlines()[0])
+    line["chunk_tokens"] = [None]
+    with pytest.raises(ValueError, match=r"chunk_tokens: \[0\] required"):
+        parse_record(json.dumps(line).encode())
+
+
+def test_a_folder_where_a_document_is_written_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report rewrites summary.json: a folder there raised IsADirectoryError."""
+    run = _corrupt(tmp_path, "attempt", 0, every=False)
+    (run / "summary.json").unlink()
+    (run / "summary.json").mkdir()
+    assert main(["report", str(run)]) == 2
+    assert f"{run / 'summary.json'} is a folder" in capsys.readouterr().err

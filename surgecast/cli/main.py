@@ -16,6 +16,7 @@ from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnr
 from scenarios.corpora import CorpusError
 from scenarios.plan_budget import PlanTooLarge
 from scenarios.records import RecordsError
+from scenarios.runfiles import UnreadableFile
 from scenarios.spec import ScenarioError
 from scenarios.trace_errors import TraceError
 from simulator.deploy.catalog import CatalogError
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
             say_stderr(f"error: {e}")
             return EXIT_BAD_INPUT
-        except (RecordsError, RunFolderError, ContractError) as e:  # every run-folder reader's
+        except (RecordsError, RunFolderError, ContractError, UnreadableFile) as e:  # any reader's
             say_stderr(f"error: not a usable run folder: {e}")
             return EXIT_BAD_INPUT
         except (TargetUnreachable, TargetStartError) as e:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from scenarios.runfiles import UnreadableFile, read_document
 from surgecast.files import write_whole
 
 M = TypeVar("M", bound=BaseModel)
@@ -39,7 +40,9 @@ def write_doc(path: Path, doc: BaseModel) -> None:
 
 def read_doc(path: Path, model: type[M], schema: str) -> M:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_document(path))
+    except UnreadableFile as e:
+        raise ContractError(f"{path}: {e}") from None
     except (OSError, ValueError, RecursionError) as e:
         raise ContractError(f"{path}: not readable JSON ({e})") from None
     return parse(data, str(path), model, schema)
