@@ -241,6 +241,11 @@ def _sample(line: bytes | None) -> Any:
     if line is None:
         return ValueError(f"longer than {MAX_LINE_BYTES >> 20} MiB")
     try:
-        return json.loads(line.decode("utf-8"))
+        sample = json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, too deep, too long
         return e
+    metrics = sample.get("metrics") if isinstance(sample, dict) else None
+    huge = isinstance(metrics, dict) and any(
+        isinstance(v, int) and abs(v) > 2**1023 for v in metrics.values()
+    )
+    return ValueError("a metric beyond a float's range") if huge else sample

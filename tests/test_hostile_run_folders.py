@@ -154,3 +154,18 @@ def test_a_folder_where_a_document_is_written_is_exit_2(
     (run / "summary.json").mkdir()
     assert main(["report", str(run)]) == 2
     assert f"{run / 'summary.json'} is a folder" in capsys.readouterr().err
+
+
+def test_a_metric_beyond_a_floats_range_is_a_skipped_telemetry_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 400-digit integer as a metric raised OverflowError in report (found by the fuzz)."""
+    run = _corrupt(tmp_path, "attempt", 0, every=False)
+    lines = (run / "telemetry.jsonl").read_text().splitlines()
+    sample = json.loads(lines[1])
+    sample["metrics"]["surgecast_num_requests_running"] = "__X__"
+    lines[1] = json.dumps(sample).replace('"__X__"', "1" + "0" * 400)
+    (run / "telemetry.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'telemetry.jsonl'}: line 2: not a telemetry sample (a metric beyond" in err
