@@ -136,7 +136,11 @@ def simulate_scenario(
 
 
 def choose_deployment(
-    scenario: Scenario, calibration: Calibration, scales: Sequence[float], say: Say = say_stderr
+    scenario: Scenario,
+    calibration: Calibration,
+    scales: Sequence[float],
+    say: Say = say_stderr,
+    exhaustive: bool = False,
 ) -> list[Choice]:
     """The cheapest deployment and fleet meeting every SLO at each scale, among the scenario's
     `deployments` options, carried from the deployment the calibration measured."""
@@ -170,4 +174,4 @@ def choose_deployment(
     search = DeploymentSearch(
         scenario, calibration, spec.measured, candidates, catalog, progress=progress
     )
-    return search.run(list(scales))
+    return search.run(list(scales), exhaustive)

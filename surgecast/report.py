@@ -92,7 +92,7 @@ class VerdictLine:
         return "\n".join([f"- {head}", *(f"  - {md_text(item)}" for item in self.items)])
 
 
-def _figure(fig: plt.Figure, alt: str) -> Figure:
+def as_figure(fig: plt.Figure, alt: str) -> Figure:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -135,7 +135,7 @@ def latency_plot(measured: RequestTable, simulated: RequestTable | None) -> Figu
         ax.grid(alpha=0.3)
         _legend(ax)
     fig.suptitle("Latency distributions (CDF)")
-    return _figure(fig, "Latency distributions: TTFT, ITL and E2E, cumulative")
+    return as_figure(fig, "Latency distributions: TTFT, ITL and E2E, cumulative")
 
 
 # Server gauges worth plotting over time (engine_metrics.SERIES holds each engine's names).
@@ -206,7 +206,7 @@ def over_time_plot(table: RequestTable, telemetry: Sequence[Panel]) -> Figure:
     what = "arrival rate, TTFT and ITL per request" + (
         ", server and GPU gauges" if telemetry else ""
     )
-    return _figure(fig, f"Over time, one axis: {what}")
+    return as_figure(fig, f"Over time, one axis: {what}")
 
 
 def forecast_plot(points: Sequence[ForecastPoint]) -> Figure:
@@ -223,7 +223,7 @@ def forecast_plot(points: Sequence[ForecastPoint]) -> Figure:
         ax.set_xlabel("traffic scale (x today's rate)")
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("Replicas and cost against scale")
-    return _figure(fig, "Forecast: replicas and cost per month against the traffic scale")
+    return as_figure(fig, "Forecast: replicas and cost per month against the traffic scale")
 
 
 def _document(path: Path, read: Callable[[Path], T]) -> T | None:
@@ -344,8 +344,8 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
         if section.blocks:
             md += [f"## {section.title}", "", as_markdown(section.blocks), ""]
     write_whole(folder.markdown, "\n".join(md))
-    page = _TEMPLATES.get_template("report.html.j2").render(
-        run_id=meta.run_id,
+    page = TEMPLATES.get_template("report.html.j2").render(
+        title=f"surgecast run {meta.run_id}",
         verdict=verdict,
         good=all(line.tone != "bad" for line in verdict),
         header=header,
@@ -394,7 +394,7 @@ def _comparison_section(comparison: Comparison) -> Section:
             f"{comparison.confidence:.0%} bootstrap intervals over requests, "
             f"{comparison.resamples} resamples",
         ],
-        figures=[_figure(distribution_figure(comparison), "Baseline and candidate latency CDFs")],
+        figures=[as_figure(distribution_figure(comparison), "Baseline and candidate latency CDFs")],
     )
 
 
@@ -427,7 +427,7 @@ def _derived_sections(folder: RunFolder) -> list[Section]:
     return sections
 
 
-_TEMPLATES = jinja2.Environment(
+TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("surgecast", "templates"),
     autoescape=True,
     trim_blocks=True,

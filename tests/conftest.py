@@ -46,6 +46,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_client_loop.py",
     "test_corpus_dir.py::test_the_flag_and_the_variable_on_the_command_line",
     "test_deployments.py::test_the_choice_is_brute_forces_and_the_cheapest_that_passed",
+    "test_deployments.py::test_forecast_on_the_command_line_prints_the_choice_per_scale",
     "test_faults.py",
     "test_fleet.py::test_mmc_mean_wait_through_a_central_queue",
     "test_forecast.py::test_seeds_in_worker_processes_give_the_same_result",

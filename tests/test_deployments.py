@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from simulator.deploy.catalog import load_catalog
 from simulator.deploy.memory import engine_config, memory_plan
 from simulator.forecast.deployments import Choice, DeploymentSearch, carried, options
 from simulator.forecast.search import HOURS_PER_MONTH, ForecastConfig, Forecaster
+from surgecast.choice_report import pareto_front
 from surgecast.cli.main import main
 from surgecast.contracts.model import write_calibration
 from surgecast.tables import as_markdown, deployment_blocks
@@ -108,16 +110,32 @@ def test_the_measured_deployment_carried_to_itself_is_the_plain_forecast() -> No
 
 def test_forecast_on_the_command_line_prints_the_choice_per_scale(tmp_path: Path) -> None:
     """The catalog's launch-day scenario, which names deployments, through `surgecast forecast`
-    with a calibration file."""
+    with a calibration file: the table, the JSON and the page say the same choice."""
     calibration = tmp_path / "calibration.json"
     write_calibration(calibration, known())
     scenario_file = ROOT / "scenarios" / "launch-day.yaml"
+    page, data = tmp_path / "choice.html", tmp_path / "choice.json"
+    argv = ["forecast", str(scenario_file), "--calibration", str(calibration), "--scales", "2"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(
-            ["forecast", str(scenario_file), "--calibration", str(calibration), "--scales", "2"]
-        )
+        code = main([*argv, "--html", str(page), "--json", str(data)])
     text = out.getvalue()
     assert code == 0, err.getvalue()
     assert "deployments: 42 options" in err.getvalue()
     assert text.count("| chosen ") == 1 and "x2 (" in text and "replicas, $" in text
+    (scale,) = json.loads(data.read_text(encoding="utf-8"))
+    (chosen,) = [o for o in scale["options"] if o["chosen"]]
+    assert (
+        f"x2 ({scale['rate']:.3g} req/s): {chosen['label']}, {chosen['replicas']:,} replicas"
+        in text
+    )
+    assert len(scale["options"]) == 42 and all(
+        o["why_not"] for o in scale["options"] if not o["chosen"]
+    )
+    html = page.read_text(encoding="utf-8")
+    assert chosen["label"] in html and html.count("<img") == 1 and "Pareto front" in html
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both() -> None:
+    points = [(100.0, 900.0), (120.0, 950.0), (150.0, 400.0), (150.0, 300.0), (400.0, 350.0)]
+    assert pareto_front(points) == [(100.0, 900.0), (150.0, 300.0)]

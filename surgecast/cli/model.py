@@ -101,13 +101,27 @@ def _add_simulate(sub: Subparsers) -> None:
 def _add_forecast(sub: Subparsers) -> None:
     s = sub.add_parser(
         "forecast",
-        help="fewest replicas meeting the SLOs at each traffic scale",
-        description="Search replica counts in simulation for each scale.",
+        help="fewest replicas (and cheapest deployment) meeting the SLOs at each traffic scale",
+        description="Search replica counts in simulation for each scale. A scenario with a "
+        "`deployments` section also chooses between deployments (GPUs, models, formats, tensor "
+        "parallelism; see `surgecast catalog` and `surgecast memory`): the cheapest meeting "
+        "every SLO, the runners-up, and why each other option was not chosen.",
     )
     s.add_argument("scenario", help="scenario YAML (its traffic is today's: x1)")
     s.add_argument("--calibration", required=True, help="calibration JSON (surgecast calibrate)")
     s.add_argument("--scales", type=scales, help="default: the scenario's forecast.scales")
     s.add_argument("--json", dest="json_out", help="also write the forecast as JSON here")
+    s.add_argument(
+        "--html",
+        metavar="FILE",
+        help="deployments: also write the choice as a page, cost against p95 TTFT plotted",
+    )
+    s.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="deployments: simulate every option that fits, not only those that could win "
+        "(the whole Pareto front; slower)",
+    )
     s.set_defaults(func=cmd_forecast)
 
 
@@ -278,7 +292,9 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     calibration = calibration_arg(a.calibration)
     scales = a.scales or scenario.forecast.scales
     if scenario.deployments is not None:
-        return _choose_deployment(scenario, calibration, scales)
+        return _choose_deployment(a, scenario, calibration, scales)
+    if a.html or a.exhaustive:
+        raise BadInput("--html and --exhaustive need a scenario with a `deployments` section")
     points = forecast_scenario(scenario, calibration, scales)
     out(forecast_table(points))
     if a.json_out:
@@ -288,12 +304,28 @@ def cmd_forecast(a: argparse.Namespace) -> int:
     return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
 
 
-def _choose_deployment(scenario: Scenario, calibration: Calibration, scales: list[float]) -> int:
+def _choose_deployment(
+    a: argparse.Namespace, scenario: Scenario, calibration: Calibration, scales: list[float]
+) -> int:
+    from surgecast.choice_report import choice_json, write_choice_page
+    from surgecast.files import write_whole
     from surgecast.predict import choose_deployment
     from surgecast.tables import as_markdown, deployment_blocks
 
-    choices = choose_deployment(scenario, calibration, scales)
+    choices = choose_deployment(scenario, calibration, scales, exhaustive=a.exhaustive)
     out(as_markdown(deployment_blocks(choices)))
+    written = []
+    try:
+        if a.json_out:
+            text = json.dumps(choice_json(choices), indent=2) + "\n"
+            written.append(write_whole(Path(a.json_out), text))
+        if a.html:
+            write_choice_page(choices, scenario.name, Path(a.html))
+            written.append(Path(a.html))
+    except OSError as e:
+        raise BadInput(f"cannot write {e.filename}: {e.strerror or e}") from None
+    for path in written:
+        out(f"written: {path.resolve()}")
     return EXIT_OK if all(c.best is not None for c in choices) else EXIT_SLO
 
 
