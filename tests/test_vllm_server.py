@@ -22,12 +22,16 @@ import pytest
 
 from loadgen.client import Endpoint, StreamingCall
 from loadgen.telemetry import parse_prometheus
+from scenarios.deployment_spec import Deployment
 from scenarios.plan import RequestSpec
 from scenarios.text import make_prompt
+from simulator.deploy.catalog import Catalog, CatalogFile, Gpu, Model, NumberFormat
+from simulator.deploy.memory import memory_plan
 from surgecast.calibration import calibrate_runs
 from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
 from targets.engine_metrics import KNOWN, kept_series, series_value
+from targets.gguf_model import SHAPES, ModelShape, vocabulary
 from targets.vllm_launch import VllmOptions, config_for
 from targets.vllm_model import ensure_model_dir
 from targets.vllm_server import (
@@ -368,3 +372,46 @@ def test_calibration_on_two_levels_predicts_a_third(vllm: VllmServer, tmp_path: 
     rows = {(r.basis, r.metric, r.quantile): r for r in backtest_run(runs[2].folder, calibration)}
     assert abs(rows[("replay", "e2e", 50)].error_pct) < 30
     assert abs(rows[("replay", "e2e", 95)].error_pct) < 40
+
+
+def shape_catalog(shape: ModelShape, vocab_size: int, kv_bytes: float) -> Catalog:
+    """The vLLM target's model as a catalog entry, its KV cache's format (`kv`), and a device
+    (its figures play no part in a KV space given outright)."""
+    per_layer = 4 * shape.hidden * shape.hidden + 3 * shape.hidden * shape.ffn
+    model = Model(
+        parameters=shape.layers * per_layer + 2 * vocab_size * shape.hidden,
+        layers=shape.layers,
+        hidden_size=shape.hidden,
+        attention_heads=shape.heads,
+        kv_heads=shape.kv_heads,
+        head_dim=shape.hidden // shape.heads,
+        intermediate_size=shape.ffn,
+        vocab_size=vocab_size,
+        max_context=shape.context,
+        source="targets/gguf_model.py SHAPES",
+    )
+    cpu = Gpu(
+        vendor="cpu", memory_gib=16, memory_bandwidth_gbs=10, tflops={"bf16": 1},
+        interconnect_gbs=0, load_bandwidth_gbs=1, price_per_hour_usd=0, source="this machine",
+    )  # fmt: skip
+    kv = NumberFormat(bytes=kv_bytes, compute="bf16")
+    return Catalog(
+        [CatalogFile(models={shape.name: model}, gpus={"cpu": cpu}, number_formats={"kv": kv})]
+    )
+
+
+@needs_vllm
+def test_the_memory_formula_gives_vllms_own_block_count(vllm: VllmServer) -> None:
+    """issue 22: the KV blocks `surgecast memory` computes for the model and the KV space the
+    server was given equal the num_gpu_blocks vLLM reports."""
+    assert vllm.limits is not None
+    cache = vllm.limits.cache
+    config = vllm.config
+    kv_bytes = 4 if config.dtype == "float32" else 2  # the cache is in the model's dtype
+    shape = SHAPES[VllmOptions().model_size]
+    catalog = shape_catalog(shape, len(vocabulary()[0]), kv_bytes)
+    d = Deployment(
+        model=shape.name, gpu="cpu", kv_cache="kv",
+        kv_cache_gib=config.kv_cache_gib, block_size=cache.block_size,
+    )  # fmt: skip
+    assert memory_plan(d, catalog).blocks == cache.num_blocks
