@@ -60,6 +60,13 @@ class DeploymentOptions(Strict):
     catalog: list[str] = Field(
         default_factory=list, description="Catalog files of your own, over the shipped one."
     )
+    transfer_error: float = Field(
+        0.15,
+        ge=0,
+        le=2,
+        description="Relative error of a step time carried to another deployment (as "
+        "benchmarks/transfer.py measures it): widens the chosen fleet's interval.",
+    )
 
     def combinations(self) -> list[Deployment]:
         m = self.measured

@@ -289,6 +289,11 @@ class Forecast(Strict):
     duration_s: float | None = Field(
         None, gt=0, le=86400, description="Simulated traffic per run; default max(120, traffic)."
     )
+    intervals: bool = Field(
+        True,
+        description="Also search at both edges of the step time's 90% band (the calibration's "
+        "uncertainty and run-to-run drift): a 90% interval on replicas and cost (3x the work).",
+    )
 
     @field_validator("scales")
     @classmethod

@@ -102,6 +102,9 @@ def choice_json(choices: Sequence[Choice]) -> list[dict[str, object]]:
                     "chosen": o is c.best,
                     "why_not": o.why or None,
                     "replicas": e.replicas if e else None,
+                    "replicas_90pct": [o.point.replicas_low, o.point.replicas_high]
+                    if o.point and o.point.replicas_low is not None
+                    else None,
                     "cost_per_month_usd": o.cost_per_month_usd,
                     "ttft_p95_ms": e.ttft_p95_ms.mean if e else None,
                     "e2e_p95_ms": e.e2e_p95_ms.mean if e else None,

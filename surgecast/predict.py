@@ -172,6 +172,12 @@ def choose_deployment(
         return said
 
     search = DeploymentSearch(
-        scenario, calibration, spec.measured, candidates, catalog, progress=progress
+        scenario,
+        calibration,
+        spec.measured,
+        candidates,
+        catalog,
+        progress=progress,
+        transfer_error=spec.transfer_error,
     )
     return search.run(list(scales), exhaustive)

@@ -308,6 +308,22 @@ def _p50_p95(p50: Estimate, p95: Estimate) -> str:
     return f"{p50.mean:,.0f} / {_ci(p95.mean, p95.low, p95.high)}"
 
 
+def _with_interval(n: int, low: int | None, high: int | None) -> str:
+    """`n`, with its interval where one was searched ("over the limit": not met at the edge)."""
+    if low is None:
+        return f"{n:,}"
+    return f"{n:,} ({low:,}-{'over the limit' if high is None else f'{high:,}'})"
+
+
+def _cost_with_interval(p: ForecastPoint) -> str:
+    cost = f"${p.cost_per_month_usd:,.0f}"
+    band = p.cost_interval_usd
+    if band is None:
+        return cost
+    low, high = band
+    return cost + f" (${low:,.0f}-{'?' if high is None else f'${high:,.0f}'})"
+
+
 def fixed_fleet_table(points: Sequence[ForecastPoint]) -> Table:
     rows: list[list[object]] = []
     for p in points:
@@ -320,7 +336,7 @@ def fixed_fleet_table(points: Sequence[ForecastPoint]) -> Table:
             [
                 f"x{p.scale:g}",
                 p.rate,
-                b.replicas,
+                _with_interval(b.replicas, p.replicas_low, p.replicas_high),
                 _p50_p95(b.ttft_p50_ms, b.ttft_p95_ms),
                 _p50_p95(b.e2e_p50_ms, b.e2e_p95_ms),
                 b.throughput.mean,
@@ -328,7 +344,7 @@ def fixed_fleet_table(points: Sequence[ForecastPoint]) -> Table:
                 f"{b.kv_peak.high:.0%} / {b.kv_mean.mean:.0%}",
                 f"{b.preemptions.mean:,.0f}",
                 b.binding,
-                f"${p.cost_per_month_usd:,.0f}",
+                _cost_with_interval(p),
                 "-" if per_m is None else f"${per_m:,.2f}",
             ]
         )
@@ -336,7 +352,7 @@ def fixed_fleet_table(points: Sequence[ForecastPoint]) -> Table:
         [
             "scale",
             "rate req/s",
-            "replicas",
+            "replicas (90% interval)",
             "TTFT ms p50 / p95 (seed range)",
             "E2E ms p50 / p95 (seed range)",
             "throughput req/s",
@@ -407,8 +423,8 @@ def deployment_blocks(choices: Sequence[Choice]) -> list[Block]:
     """Per scale: the cheapest deployment and fleet meeting every SLO, the runners-up, and why
     each other option was not chosen."""
     blocks: list[Block] = []
-    headers = ["deployment", "replicas", "GPUs", "$/month", "TTFT p95 ms", "E2E p95 ms"]
-    headers += ["load", "KV GiB/GPU", "KV tokens", "verdict"]
+    headers = ["deployment", "replicas (90%)", "GPUs", "$/month (90%)", "TTFT p95 ms"]
+    headers += ["E2E p95 ms", "load", "KV GiB/GPU", "KV tokens", "verdict"]
     for c in choices:
         best = c.best
         cheapest = best.cost_per_month_usd if best else None
@@ -426,9 +442,12 @@ def deployment_blocks(choices: Sequence[Choice]) -> list[Block]:
                 head += f"{o.option.label}, {e.replicas:,} replicas, ${cost:,.0f}/month"
             gpus = e.replicas * o.option.deployment.tensor_parallel
             verdict = "chosen" if o is best else f"+${cost - cheapest:,.0f}/month"
+            point = o.point
+            assert point is not None
+            replicas = _with_interval(e.replicas, point.replicas_low, point.replicas_high)
             rows.append(
-                [o.option.label, e.replicas, gpus, cost, e.ttft_p95_ms.mean, e.e2e_p95_ms.mean,
-                 f"{e.load:.0%}", *kv, verdict]
+                [o.option.label, replicas, gpus, _cost_with_interval(point), e.ttft_p95_ms.mean,
+                 e.e2e_p95_ms.mean, f"{e.load:.0%}", *kv, verdict]
             )  # fmt: skip
         blocks += [head if best else head + "no option meets every SLO", Table(headers, rows)]
     return blocks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from scenarios.spec import Scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.fit.calibrate import Calibration, Fit
 from simulator.forecast.capacity import saturation_throughput
-from simulator.forecast.search import ForecastConfig, Forecaster
+from simulator.forecast.search import ForecastConfig, Forecaster, step_time_band
 from simulator.replay.sim import simulate
 from surgecast.contracts import read_forecast, write_forecast
 from surgecast.tables import forecast_table
@@ -130,3 +131,30 @@ def test_an_autoscaled_fleet_is_forecast_beside_the_fixed_one(tmp_path: Path) ->
     write_forecast(tmp_path / "forecast.json", [point])
     again = read_forecast(tmp_path / "forecast.json")[0]
     assert again.autoscaled == auto
+
+
+def test_the_step_time_band_is_the_drifts_normal_interval() -> None:
+    """No parameter uncertainty, a run-to-run drift of 10%: the band is 1 -/+ 1.645 x 0.1."""
+    drifting = dataclasses.replace(known(), drift=0.1)
+    low, high = step_time_band(drifting, np.random.default_rng(1))
+    assert low == pytest.approx(1 - 0.1645, abs=0.01) and high == pytest.approx(1.1645, abs=0.01)
+    assert step_time_band(known(), np.random.default_rng(1)) == (1.0, 1.0)
+    both = step_time_band(drifting, np.random.default_rng(1), transfer_error=0.1)
+    assert both[1] == pytest.approx(1 + 1.645 * 0.1 * 2**0.5, abs=0.015)  # sd adds in quadrature
+
+
+def test_the_replica_interval_brackets_the_answer_and_reads_back() -> None:
+    config = ForecastConfig(seeds=2, duration_s=40, workers=1, intervals=True)
+    exact = Forecaster(scenario(), known(), config).run([6.0])[0]
+    assert (
+        exact.best is not None and exact.replicas_low == exact.replicas_high == exact.best.replicas
+    )
+    drifting = dataclasses.replace(known(), drift=0.4)
+    fc = Forecaster(scenario(), drifting, config)
+    p = fc.run([6.0])[0]
+    assert p.best is not None and p.replicas_low is not None and p.replicas_high is not None
+    assert p.replicas_low <= p.best.replicas <= p.replicas_high and p.replicas_low < p.replicas_high
+    slow = fc.slower(fc.band[1]).run([6.0])[0].best  # the slow edge searched on its own
+    assert slow is not None and slow.replicas == p.replicas_high
+    assert p.cost_interval_usd == (p.replicas_low * 2.0 * 730, p.replicas_high * 2.0 * 730)
+    assert "(" in forecast_table([p]).split("\n")[2]  # the interval is printed

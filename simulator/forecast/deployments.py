@@ -103,7 +103,10 @@ class DeploymentSearch:
         catalog: Catalog,
         config: ForecastConfig | None = None,
         progress: Callable[[Option], Progress] | None = None,
+        transfer_error: float = 0.0,
     ):
+        """`transfer_error`: the relative error of a step time carried to a deployment other
+        than the measured one, widening its interval."""
         self.config = config or ForecastConfig.of(scenario)
         self.options = list(candidates)
         self.forecasters: dict[str, Forecaster] = {}
@@ -128,6 +131,7 @@ class DeploymentSearch:
                 progress(o) if progress else None,
                 transform=carry,
                 today=today,
+                transfer_error=0.0 if d == measured else transfer_error,
             )
         self.rate_x1 = today.rate
 
@@ -141,7 +145,7 @@ class DeploymentSearch:
                 f.attach(pool)
             try:
                 for scale in sorted(scales):
-                    choices.append(self._choose(scale, hints, exhaustive))
+                    choices.append(self._with_interval(self._choose(scale, hints, exhaustive)))
             finally:
                 for f in self.forecasters.values():
                     f.attach(None)
@@ -181,6 +185,15 @@ class DeploymentSearch:
             if best is None or (cost, label) < best:
                 best = (cost, label)
         return Choice(scale, self.rate_x1 * scale, _ranked(outcomes))
+
+    def _with_interval(self, c: Choice) -> Choice:
+        """The chosen fleet's replicas at the edges of its step time's band."""
+        best = c.best
+        if not self.config.intervals or best is None or best.point is None:
+            return c
+        point = self.forecasters[best.option.label].with_interval(best.point)
+        chosen = replace(best, point=point)
+        return replace(c, outcomes=[chosen if o is best else o for o in c.outcomes])
 
 
 def _ranked(outcomes: list[Outcome]) -> list[Outcome]:

@@ -17,6 +17,7 @@ and failing fleets are within 1% of each other (one replica below 100).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from scenarios.plan import RequestSpec, build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import FleetSpec, Scenario
 from simulator.engine.core import EngineConfig
-from simulator.engine.stepcost import CostModel
+from simulator.engine.stepcost import CostModel, scaled
 from simulator.fit.calibrate import Calibration
 from simulator.fit.tokenmap import TokenMap
 from simulator.forecast.capacity import saturation_throughput
@@ -136,6 +137,19 @@ class ForecastPoint:
     # the scenario's autoscaler over the same traffic, beside the fixed fleet `best`
     autoscaled: Evaluation | None = None
     autoscaled_cost_per_month_usd: float | None = None
+    # the fewest replicas at the edges of the step time's 90% band (the calibration's
+    # uncertainty, its run-to-run drift, a transfer's error); high None: not met within the limit
+    replicas_low: int | None = None
+    replicas_high: int | None = None
+
+    @property
+    def cost_interval_usd(self) -> tuple[float | None, float | None] | None:
+        """The monthly cost at replicas_low and replicas_high (None: not computed)."""
+        if self.best is None or self.cost_per_month_usd is None or self.replicas_low is None:
+            return None
+        per_replica = self.cost_per_month_usd / self.best.replicas
+        high = None if self.replicas_high is None else self.replicas_high * per_replica
+        return self.replicas_low * per_replica, high
 
     @property
     def cost_per_million_tokens_usd(self) -> float | None:
@@ -153,12 +167,13 @@ class ForecastConfig:
     max_replicas: int = 100000
     workers: int = 0  # processes for the seeds; 0: one per core, 1: none (in this process)
     max_load: float = 0.9  # of the saturation throughput, beyond which a fixed fleet fails
+    intervals: bool = False  # search again at the step time band's edges: replicas_low, _high
 
     @classmethod
     def of(cls, scenario: Scenario) -> ForecastConfig:
         f = scenario.forecast
         duration = f.duration_s or max(120.0, scenario.traffic.duration_s)
-        return cls(f.seeds, duration, workers=f.workers, max_load=f.max_load)
+        return cls(f.seeds, duration, workers=f.workers, max_load=f.max_load, intervals=f.intervals)
 
 
 @dataclass(frozen=True)
@@ -248,9 +263,11 @@ class Forecaster:
         progress: Progress | None = None,
         transform: Callable[[CostModel], CostModel] | None = None,
         today: Today | None = None,
+        transfer_error: float = 0.0,
     ):
         """`transform`: applied to each step cost drawn from the calibration (carrying it to
-        another deployment); `today`: the x1 traffic, when another forecaster has built it."""
+        another deployment), whose relative error `transfer_error` widens the step time's band;
+        `today`: the x1 traffic, when another forecaster has built it."""
         self.scenario = scenario
         self.calibration = calibration
         self.config = config or ForecastConfig.of(scenario)
@@ -271,7 +288,35 @@ class Forecaster:
         self.costs = calibration.fit.sample_costs(draw_rng, self.config.seeds)
         if transform is not None:
             self.costs = [(transform(cost), overhead) for cost, overhead in self.costs]
+        band_rng = np.random.default_rng(scenario.traffic.seed + 104729)
+        self.band = step_time_band(calibration, band_rng, transfer_error)
         self._pool: ProcessPool | None = None
+
+    def slower(self, factor: float) -> Forecaster:
+        """This forecaster with every step `factor` times as long, sharing its traffic and
+        pool (an edge of the step time's band)."""
+        other = copy.copy(self)
+        other.costs = [(scaled(cost, factor), overhead) for cost, overhead in self.costs]
+        engine = self.calibration.engine
+        other.calibration = replace(
+            self.calibration, engine=engine.with_cost(scaled(engine.cost, factor))
+        )
+        other.replica_capacity = saturation_throughput(other.calibration.engine, self.base_plan)
+        other.progress = None
+        return other
+
+    def with_interval(self, p: ForecastPoint) -> ForecastPoint:
+        """`p` with the fewest replicas at both edges of the step time's band."""
+        if p.best is None:
+            return p
+        hint = next_hint(p)
+        low = self.slower(self.band[0]).point(p.scale, hint).best
+        high = self.slower(self.band[1]).point(p.scale, hint).best
+        return replace(
+            p,
+            replicas_low=min(low.replicas, p.best.replicas) if low else p.best.replicas,
+            replicas_high=max(high.replicas, p.best.replicas) if high else None,
+        )
 
     def attach(self, pool: ProcessPool | None) -> None:
         """Run the seeds in `pool` (None: in this process) until attached elsewhere."""
@@ -404,6 +449,8 @@ class Forecaster:
             try:
                 for scale in sorted(scales):
                     p = self.point(scale, hint)
+                    if self.config.intervals:
+                        p = self.with_interval(p)
                     auto = self.autoscaled(scale, p.best.replicas) if p.best else None
                     if auto is not None:
                         cost = self._monthly(auto.mean_replicas.mean)
@@ -414,6 +461,27 @@ class Forecaster:
                 self._pool = None
         by_scale = {p.scale: p for p in points}
         return [by_scale[s] for s in scales]
+
+
+BAND_DRAWS = 4000
+
+
+def step_time_band(
+    calibration: Calibration, rng: np.random.Generator, transfer_error: float = 0.0
+) -> tuple[float, float]:
+    """The 90% band of a typical step's time relative to the calibrated one: the fit's parameter
+    uncertainty, times the run-to-run drift, times a transfer's error (each a relative sd)."""
+    fit = calibration.fit
+    typical = tuple(map(round, fit.typical_step))
+    central = fit.cost().duration(*typical)
+    if central <= 0:
+        return 1.0, 1.0
+    draws = np.array([c.duration(*typical) for c, _ in fit.sample_costs(rng, BAND_DRAWS)])
+    factor = draws / central
+    for sd in (calibration.drift, transfer_error):
+        factor = factor * np.maximum(0.5, 1.0 + sd * rng.standard_normal(BAND_DRAWS))
+    low, high = np.percentile(factor, [5, 95])
+    return min(float(low), 1.0), max(float(high), 1.0)
 
 
 def next_hint(p: ForecastPoint) -> tuple[float, float] | None:

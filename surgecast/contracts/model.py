@@ -280,6 +280,12 @@ class ForecastPointDoc(Strict):
     tried: list[EvaluationDoc] = Field(description="every fleet size simulated")
     autoscaled: EvaluationDoc | None = Field(description="the scenario's autoscaler, if any")
     autoscaled_cost_per_month_usd: float | None
+    replicas_low: int | None = Field(
+        None, description="the fewest replicas at the fast edge of the step time's 90% band"
+    )
+    replicas_high: int | None = Field(
+        None, description="... at its slow edge (null: not met there, or not computed)"
+    )
 
     @classmethod
     def of(cls, p: ForecastPoint) -> ForecastPointDoc:
@@ -295,6 +301,8 @@ class ForecastPointDoc(Strict):
             tried=[EvaluationDoc.of(e) for e in p.tried],
             autoscaled=doc(p.autoscaled),
             autoscaled_cost_per_month_usd=p.autoscaled_cost_per_month_usd,
+            replicas_low=p.replicas_low,
+            replicas_high=p.replicas_high,
         )
 
     def point(self) -> ForecastPoint:
@@ -306,6 +314,8 @@ class ForecastPointDoc(Strict):
             [e.evaluation() for e in self.tried],
             _evaluation(self.autoscaled),
             self.autoscaled_cost_per_month_usd,
+            self.replicas_low,
+            self.replicas_high,
         )
 
 
