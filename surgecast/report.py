@@ -319,6 +319,11 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     given); returns their paths."""
     folder.mark_if_killed()
     meta = folder.meta()
+    if meta.status != "running":  # a killed run's local workers' records, into requests.jsonl
+        try:
+            folder.merge_records()
+        except OSError as e:
+            print(f"warning: {folder.path}: worker records not merged: {e}", file=sys.stderr)
     scenario = Scenario.model_validate(meta.scenario)
     run_table = folder.table()
     summary: Summary = summarize_table(
