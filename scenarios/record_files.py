@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from scenarios.records import RequestRecord, iter_records
+from scenarios.runfiles import UnreadableFile, open_regular
 
 _WORKER = re.compile(r"requests-w(\d+)\.jsonl")
 _CHUNK = 1 << 20
@@ -81,7 +82,7 @@ def merge(requests: Path) -> int:
 
 def _whole_size(path: Path) -> int:
     """The size of `path` up to and including its last newline (0 if it has none)."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         end = f.seek(0, os.SEEK_END)
         while end > 0:
             start = max(0, end - _CHUNK)
@@ -96,25 +97,33 @@ def _whole_size(path: Path) -> int:
 
 def _copy_whole_lines(path: Path, out: BinaryIO) -> None:
     left = _whole_size(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while left and (data := f.read(min(left, _CHUNK))):
             out.write(data)
             left -= len(data)
 
 
 def _ends_with(requests: Path, files: list[Path]) -> bool:
-    """Whether `requests` ends with the whole lines of `files`, one after another."""
+    """Whether `requests` ends with the whole lines of `files`, one after another (not when
+    any cannot be read: the reader then says why)."""
+    try:
+        return _tail_is(requests, files)
+    except (OSError, UnreadableFile):
+        return False
+
+
+def _tail_is(requests: Path, files: list[Path]) -> bool:
     sizes = [_whole_size(p) for p in files]
     total = sum(sizes)
-    if total == 0 or not requests.exists():
+    if total == 0:
         return False
-    with open(requests, "rb") as r:
+    with open_regular(requests) as r:
         end = r.seek(0, os.SEEK_END)
         if end < total:
             return False
         r.seek(end - total)
         for path, size in zip(files, sizes, strict=True):
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 while size:
                     n = min(size, _CHUNK)
                     if r.read(n) != f.read(n):
