@@ -312,8 +312,9 @@ class Master:
             words.append(
                 f"worker {i} (pid {r.pid}) {_ended(codes.get(r.pid or -1))} before it was "
                 f"{what}: the records it wrote are kept ({r.done} at its last report, a quarter "
-                f"second before); the {r.in_flight} requests it had in flight then were served "
-                "with no record, and the rest of its share is lost"
+                "second before); the requests it had in flight at its death "
+                f"({r.in_flight} at that report) were served with no record, and the rest of its "
+                "share is lost"
             )
         return "; ".join(words)
 

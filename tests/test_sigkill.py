@@ -176,7 +176,7 @@ def test_a_worker_killed_outright_voids_the_run_and_says_so(tmp_path: Path, targ
     reasons = " ".join(meta["validity"]["reasons"])
     assert re.search(rf"worker \d \(pid {workers[0]}\) was killed by SIGKILL", reasons), reasons
     said = re.search(
-        r"the (\d+) requests it had in flight then were served with no record", reasons
+        r"in flight at its death \((\d+) at that report\) were served with no record", reasons
     )
     assert said, reasons
     assert not any(alive(pid) for pid in workers)
