@@ -5,10 +5,13 @@ The master holds the run folder. Each worker builds the same plan from the scena
 sends (its seed makes it identical; a digest checks it), keeps its share (every N-th opening
 request by arrival, with every later turn that follows from it), and sends it at the planned
 times against one clock: the master fixes the plan's zero on the wall clock once every worker
-is ready. Records go back to the master in batches as they finish and are appended to the one
-`requests.jsonl`; each worker's loop lag and CPU come back with its last batch, with a share of
-the user messages it rendered (before and after messiness) for the run's messiness table. Locust's
-stats reach the master as in any Locust run.
+is ready. A local worker (one the master started) appends each record to its own file in the
+run folder as it ends (`scenarios.record_files`, merged into `requests.jsonl` at the end); a
+remote one's go back to the master in batches and are appended to `requests.jsonl`. The master
+watches its local workers' processes: one that dies voids the run at once. Each worker's loop
+lag and CPU come back with its last message, with a share of the user messages it rendered
+(before and after messiness) for the run's messiness table. Locust's stats reach the master as
+in any Locust run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -48,6 +52,7 @@ STOP = "surgecast_stop"  # master -> worker: a signal stopped the run
 BATCH = 200  # records per message at most
 FLUSH_S = 0.25  # and at least this often (the counters alone, when no record finished)
 LEAD_S = 0.5  # from GO to the plan's zero: time for the message to reach every worker
+LAST_WORDS_S = 1.0  # a local worker gone without its DONE: time for one in transit to come
 
 
 class DistributedError(Exception):
@@ -69,6 +74,7 @@ class WorkerReport:
     generator: dict[str, Any] = field(default_factory=dict)
     stopped: int | None = None  # the signal that stopped it
     texts: dict[str, list[list[str]]] = field(default_factory=dict)  # persona -> (clean, messy)
+    pid: int | None = None  # a worker on the master's host: its process
 
 
 class Master:
@@ -84,7 +90,8 @@ class Master:
         self.stopped: Stopped | None = None
         self._assigned: list[str] = []  # workers handed a share: a signal is passed on to them
         self.zero = math.inf  # the plan's zero on the wall clock, once GO is sent
-        self.received = 0
+        self._children: list[subprocess.Popen[bytes]] = []  # the local workers' processes
+        self._gone: dict[int, float] = {}  # pid -> when its process was first seen ended
         self.cpu = CpuUse(time.monotonic)  # its own, while the workers send: records cost it
         for kind, handler in (
             (READY, self._on_ready),
@@ -93,11 +100,22 @@ class Master:
         ):
             self.runner.register_message(kind, handler)
 
+    def watch(self, children: list[subprocess.Popen[bytes]]) -> None:
+        """Watch these local worker processes: one that ends before its share is done voids
+        the run at once, not after Locust's heartbeat timeout."""
+        self._children = children
+
     def wait_for_workers(self, count: int, timeout_s: float) -> list[str]:
         """The ids of `count` connected workers, in Locust's index order."""
         deadline = time.monotonic() + timeout_s
         while len(self.runner.clients.ready) < count:
             self._check_stopped()
+            for child in self._children:
+                if child.poll() is not None:
+                    raise DistributedError(
+                        f"a local worker process (pid {child.pid}) {_ended(child.returncode)} "
+                        "before it connected"
+                    )
             if time.monotonic() > deadline:
                 raise DistributedError(
                     f"{len(self.runner.clients.ready)} of {count} workers connected within "
@@ -157,7 +175,7 @@ class Master:
         r = self.reports.values()
         return (
             f"[{elapsed_s:6.1f}s] sent {sum(x.sent for x in r)}/{planned}  in flight "
-            f"{sum(x.in_flight for x in r):3d}  done {self.received}  errors "
+            f"{sum(x.in_flight for x in r):3d}  done {sum(x.done for x in r)}  errors "
             f"{sum(x.errors for x in r)}  ({len(self.reports)} processes)"
         )
 
@@ -211,6 +229,9 @@ class Master:
                 if c not in self.runner.clients or self.runner.clients[c].state == STATE_MISSING
             ]
             unfinished = [i for i in lost if not self.reports[i].finished]
+            dead = self._dead_workers()
+            if dead:
+                raise DistributedError(self._death_words(dead, what))
             if unfinished:
                 raise DistributedError(
                     f"worker {', '.join(map(str, unfinished))} stopped answering before it was "
@@ -269,8 +290,39 @@ class Master:
             gevent.sleep(2.0)
             progress(time.time() - self.zero)
 
+    def _dead_workers(self) -> list[int]:
+        """The local workers whose process ended, LAST_WORDS_S ago or more, with their share
+        not done."""
+        now = time.monotonic()
+        ended = {c.pid for c in self._children if c.poll() is not None}
+        for pid in ended:
+            self._gone.setdefault(pid, now)
+        return [
+            r.index
+            for r in self.reports.values()
+            if not r.finished and r.pid in ended and now - self._gone[r.pid] >= LAST_WORDS_S
+        ]
+
+    def _death_words(self, dead: list[int], what: str) -> str:
+        """Why the run is void: which local workers died, and what each took with it."""
+        codes = {c.pid: c.returncode for c in self._children}
+        words = []
+        for i in dead:
+            r = self.reports[i]
+            words.append(
+                f"worker {i} (pid {r.pid}) {_ended(codes.get(r.pid or -1))} before it was "
+                f"{what}: the records it wrote are kept ({r.done} at its last report, a quarter "
+                "second before); the requests it had in flight at its death "
+                f"({r.in_flight} at that report) were served with no record, and the rest of its "
+                "share is lost"
+            )
+        return "; ".join(words)
+
     def _on_ready(self, environment: Environment, msg: Any) -> None:
-        self._ready.add(int(msg.data["index"]))
+        index = int(msg.data["index"])
+        self._ready.add(index)
+        if msg.data.get("host") == socket.gethostname() and index in self.reports:
+            self.reports[index].pid = int(msg.data["pid"])
         self._changed.set()
 
     def _on_records(self, environment: Environment, msg: Any) -> None:
@@ -290,11 +342,17 @@ class Master:
         if lines:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
-            self.received += len(lines)
         report = self.reports[int(data["index"])]
         for name in ("sent", "done", "in_flight", "errors", "skipped"):
             setattr(report, name, int(data.get(name, getattr(report, name))))
         return report
+
+
+def _ended(returncode: int | None) -> str:
+    """How a process ended, in words."""
+    if returncode is not None and returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
 
 
 def _host_cpu(

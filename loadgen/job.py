@@ -83,12 +83,14 @@ class LoadJob:
         *,
         progress: bool = True,
         scale: ScaleOut | None = None,
+        records_path: Path | None = None,
     ) -> Sent:
         """The plan through Locust; records and telemetry (Prometheus samples `keep` picks)
-        appended to their files as they come."""
+        appended to their files as they come (`records_path` names the records' file: local
+        worker processes write theirs beside it)."""
         spec = self.scenario.telemetry
         samplers = samplers_for(spec, endpoint.base_url, keep, endpoint.api_key)
-        outputs = Outputs(records, telemetry, samplers)
+        outputs = Outputs(records, telemetry, samplers, records_path)
         return send(
             self.plan,
             self.scenario,

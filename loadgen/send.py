@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from loadgen.children import child_options
@@ -21,6 +22,7 @@ from loadgen.client import Endpoint
 from loadgen.sizing import SizedPrompts
 from loadgen.telemetry import Sampler, TelemetryRecorder
 from scenarios.plan import RequestSpec
+from scenarios.record_files import worker_file
 from scenarios.records import RecordWriter
 from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario
@@ -68,6 +70,7 @@ class Outputs:
     records: IO[str]
     telemetry: IO[str]
     samplers: Sequence[Sampler] = ()
+    records_path: Path | None = None  # the records' file: local workers write theirs beside it
 
 
 def send(
@@ -137,7 +140,8 @@ def _send_distributed(
     progress: bool,
     scale: ScaleOut,
 ) -> Sent:
-    """The plan over worker processes: the master here writes the records they send back; the
+    """The plan over worker processes: the local ones write their records to their own files
+    beside `outputs.records_path`, the master here those remote ones send back; the
     generator's figures are the worst worker's, each worker's kept beside."""
     import gevent
 
@@ -161,7 +165,8 @@ def _send_distributed(
     failure = None
     try:
         with master.catching_signals():
-            children = _start_workers(scale, port)
+            children = _start_workers(scale, port, outputs.records_path)
+            master.watch(children)
             workers = master.wait_for_workers(scale.workers, scale.connect_timeout_s)
             work = assignment(plan, scenario, endpoint, prompts)
             master.run(
@@ -184,8 +189,11 @@ def _send_distributed(
     return Sent(master.generator(failure), stopped, master.skipped)
 
 
-def _start_workers(scale: ScaleOut, port: int) -> list[subprocess.Popen[bytes]]:
-    """The worker processes this host runs (`surgecast worker`), said with those awaited."""
+def _start_workers(
+    scale: ScaleOut, port: int, records: Path | None
+) -> list[subprocess.Popen[bytes]]:
+    """The worker processes this host runs (`surgecast worker`), said with those awaited; each
+    appends its records to its own file beside `records` (when given)."""
     local = scale.processes if scale.processes > 1 else 0
     print(
         f"master on {scale.bind_host}:{port}: "
@@ -200,7 +208,13 @@ def _start_workers(scale: ScaleOut, port: int) -> list[subprocess.Popen[bytes]]:
     command += ["--master-host", host, "--master-port", str(port), "--parent-pid", str(os.getpid())]
     # a terminal's Ctrl-C reaches the master only, which stops them (their requests in flight
     # get their grace); a master killed outright takes them with it
-    return [subprocess.Popen(command, **child_options()) for _ in range(local)]
+    return [
+        subprocess.Popen(
+            command + (["--records", str(worker_file(records, n))] if records else []),
+            **child_options(),
+        )
+        for n in range(local)
+    ]
 
 
 def _end_timeout(plan: list[RequestSpec], endpoint: Endpoint) -> float:

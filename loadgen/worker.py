@@ -1,18 +1,22 @@
 """A generator process of a scaled-out run (`surgecast worker`): it takes its share of the
 master's plan, sends it at the planned times against the master's clock, and sends every
-record back in batches (see `loadgen.distributed` for the master's side)."""
+record back in batches, or, a local worker its master started, appends each to its own file in
+the run folder as it ends, so that no kill of it or its master loses one it wrote (see
+`loadgen.distributed` for the master's side)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import gevent
 from gevent.event import Event
@@ -22,7 +26,7 @@ from locust.runners import WorkerRunner
 from loadgen.client import Endpoint, read_api_key
 from loadgen.cpu import usable_cores
 from loadgen.distributed import ASSIGN, BATCH, DONE, FLUSH_S, GO, READY, RECORDS, STOP
-from loadgen.runner import LoadRun
+from loadgen.runner import STOP_SIGNALS, LoadRun
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts
 from scenarios.plan import build_plan
 from scenarios.plan_shares import plan_digest, plan_share
@@ -34,17 +38,30 @@ WATCH_S = 0.25  # how often a worker looks for its master
 
 
 class RemoteWriter:
-    """A worker's record sink: records go to the master in batches, at least every FLUSH_S."""
+    """A worker's record sink: records go to the master in batches, at least every FLUSH_S, or
+    to the worker's own file (`local`), one flushed line each as it ends; its progress
+    counters go to the master either way."""
 
-    def __init__(self, runner: WorkerRunner, index: int, load: Callable[[], LoadRun | None]):
+    def __init__(
+        self,
+        runner: WorkerRunner,
+        index: int,
+        load: Callable[[], LoadRun | None],
+        local: IO[str] | None = None,
+    ):
         self.runner = runner
         self.index = index
         self.load = load
+        self.local = local
         self.lines: list[str] = []
         self._said: dict[str, int] = {}  # the counters last sent
         self._flusher = gevent.spawn(self._every)
 
     def write(self, record: RequestRecord) -> None:
+        if self.local is not None:
+            self.local.write(record.to_json() + "\n")
+            self.local.flush()
+            return
         self.lines.append(record.to_json())
         if len(self.lines) >= BATCH:
             self.flush()
@@ -79,13 +96,31 @@ class RemoteWriter:
 
 
 def serve_worker(
-    master_host: str, master_port: int, timeout_s: float = 3600.0, parent_pid: int | None = None
+    master_host: str,
+    master_port: int,
+    timeout_s: float = 3600.0,
+    parent_pid: int | None = None,
+    records: Path | None = None,
 ) -> int:
-    """Connect to a master, run the share it assigns, send every record back; 0 when the share
-    was sent, 3 when the worker could not run it. A worker its master started (`parent_pid`)
-    stops within WATCH_S of the master's death, however it died, on any platform: it is then
-    the child of another process (on Linux the kernel's SIGTERM also comes, see
-    loadgen.children)."""
+    """Connect to a master, run the share it assigns, send every record back (or append it to
+    `records`); 0 when the share was sent, 3 when the worker could not run it. A worker its
+    master started (`parent_pid`) stops within WATCH_S of the master's death, however it
+    died, on any platform: it is then the child of another process (on Linux the kernel's
+    SIGTERM also comes, see loadgen.children); its requests in flight are cancelled, each
+    recorded as such."""
+    state: dict[str, Any] = {}
+    with _signals_stop(state):
+        return _serve(master_host, master_port, timeout_s, parent_pid, records, state)
+
+
+def _serve(
+    master_host: str,
+    master_port: int,
+    timeout_s: float,
+    parent_pid: int | None,
+    records: Path | None,
+    state: dict[str, Any],
+) -> int:
     environment = Environment(user_classes=[])
     orphaned, connected = Event(), Event()
     if parent_pid is not None:
@@ -103,10 +138,9 @@ def serve_worker(
     connected.set()
     finished = Event()
     outcome = {"code": 0}
-    state: dict[str, Any] = {}
 
     def on_assign(environment: Environment, msg: Any) -> None:
-        gevent.spawn(_work, runner, environment, msg.data, state, finished, outcome)
+        gevent.spawn(_work, runner, environment, msg.data, state, finished, outcome, records)
 
     def on_go(environment: Environment, msg: Any) -> None:
         state["zero"] = float(msg.data["zero"])
@@ -124,7 +158,8 @@ def serve_worker(
     deadline = time.monotonic() + timeout_s
     while not finished.wait(WATCH_S):
         if orphaned.is_set() or not len(runner.greenlet) or time.monotonic() > deadline:
-            # the master quit or went silent (Locust's heartbeat): stop, records are lost
+            # the master quit or went silent (Locust's heartbeat): stop; records not yet sent
+            # are lost, those in the worker's own file kept (its requests in flight cancelled)
             print("worker: the master is gone; stopping", file=sys.stderr)
             if "load" in state:
                 state["load"].stop(signal.SIGTERM)
@@ -134,6 +169,34 @@ def serve_worker(
     gevent.sleep(0.2)  # let the last message leave
     runner.quit()
     return outcome["code"]
+
+
+@contextmanager
+def _signals_stop(state: dict[str, Any]) -> Iterator[None]:
+    """SIGINT and SIGTERM (the kernel's, on Linux, at its master's death) stop the worker's load
+    as they stop a run of its own: requests in flight get their grace, a second signal (or its
+    master found gone) cancels them, each recorded. Before there is a load, nothing is in
+    flight: the signal does what it would have done. (LoadRun catches no signal here: its
+    greenlet is not the main thread's.)"""
+    loop = gevent.get_hub().loop
+
+    def stop(signum: int) -> None:
+        load = state.get("load")
+        if load is not None:
+            load.stop(signum)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def handler(signum: int, _frame: object) -> None:
+        loop.run_callback(stop, signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, action)
 
 
 def _watch_parent(parent_pid: int, orphaned: Event, connected: Event) -> None:
@@ -154,34 +217,48 @@ def _work(
     state: dict[str, Any],
     finished: Event,
     outcome: dict[str, int],
+    records: Path | None,
 ) -> None:
     index = int(data["index"])
-    writer = RemoteWriter(runner, index, lambda: state.get("load"))
-    try:
-        load, prompts = _load_run(environment, data, writer)
-        state["load"] = load
-        runner.send_message(READY, {"index": index})
-        state["go"].wait()
-        # the plan's zero on this host's monotonic clock
-        load.start_at = time.monotonic() + (state["zero"] - time.time())
-        load.run()
-        generator = {
-            "loop_lag": load.loop_lag.summary(),
-            "cpu": load.cpu.summary(),
-            "host": socket.gethostname(),
-            "cores": usable_cores(),
-        }
-        stopped = load.stopped.signum if load.stopped else None
-        share = math.ceil(KEPT_TEXTS / int(data["count"]))  # the master keeps about KEPT_TEXTS
-        texts = {persona: pairs[:share] for persona, pairs in prompts.texts.items()}
-        writer.flush(DONE, generator=generator, stopped=stopped, texts=texts)
-    except Exception as e:  # said to the master, which marks the run invalid
-        outcome["code"] = 3
-        print(f"worker {index}: {type(e).__name__}: {e}", file=sys.stderr)
-        writer.flush(DONE, error=f"{type(e).__name__}: {e}")
-    finally:
-        writer.close()
-        finished.set()
+    with open(records, "a", encoding="utf-8") if records else contextlib.nullcontext() as local:
+        writer = RemoteWriter(runner, index, lambda: state.get("load"), local)
+        try:
+            _send_share(runner, environment, data, state, writer)
+        except Exception as e:  # said to the master, which marks the run invalid
+            outcome["code"] = 3
+            print(f"worker {index}: {type(e).__name__}: {e}", file=sys.stderr)
+            writer.flush(DONE, error=f"{type(e).__name__}: {e}")
+        finally:
+            writer.close()
+            finished.set()
+
+
+def _send_share(
+    runner: WorkerRunner,
+    environment: Environment,
+    data: dict[str, Any],
+    state: dict[str, Any],
+    writer: RemoteWriter,
+) -> None:
+    """Build the share, say it is ready, send it from the plan's zero, then say it is done."""
+    load, prompts = _load_run(environment, data, writer)
+    state["load"] = load
+    ready = {"index": writer.index, "pid": os.getpid(), "host": socket.gethostname()}
+    runner.send_message(READY, ready)
+    state["go"].wait()
+    # the plan's zero on this host's monotonic clock
+    load.start_at = time.monotonic() + (state["zero"] - time.time())
+    load.run()
+    generator = {
+        "loop_lag": load.loop_lag.summary(),
+        "cpu": load.cpu.summary(),
+        "host": socket.gethostname(),
+        "cores": usable_cores(),
+    }
+    stopped = load.stopped.signum if load.stopped else None
+    share = math.ceil(KEPT_TEXTS / int(data["count"]))  # the master keeps about KEPT_TEXTS
+    texts = {persona: pairs[:share] for persona, pairs in prompts.texts.items()}
+    writer.flush(DONE, generator=generator, stopped=stopped, texts=texts)
 
 
 def _load_run(

@@ -170,7 +170,16 @@ def send_plan(
         open(folder.requests, "a", encoding="utf-8") as records,
         open(folder.telemetry, "a", encoding="utf-8") as telemetry,
     ):
-        sent = job.send(endpoint, records, telemetry, kept_series, progress=progress, scale=scale)
+        sent = job.send(
+            endpoint,
+            records,
+            telemetry,
+            kept_series,
+            progress=progress,
+            scale=scale,
+            records_path=folder.requests,
+        )
+    folder.merge_records()  # the local workers' own files, once they have all stopped
     folder.update_meta(
         turns_not_sent=sent.skipped,
         generator=sent.generator,

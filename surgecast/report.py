@@ -21,6 +21,7 @@ import numpy as np
 from loadgen.telemetry import read_telemetry
 from scenarios.metrics import Summary, summarize_table
 from scenarios.records import iter_records
+from scenarios.runfiles import UnreadableFile
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
 from simulator.forecast.search import ForecastPoint
@@ -319,6 +320,11 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     given); returns their paths."""
     folder.mark_if_killed()
     meta = folder.meta()
+    if meta.status != "running":  # a killed run's local workers' records, into requests.jsonl
+        try:
+            folder.merge_records()
+        except (OSError, UnreadableFile) as e:  # read as they are, unmerged
+            print(f"warning: {folder.path}: worker records not merged: {e}", file=sys.stderr)
     scenario = Scenario.model_validate(meta.scenario)
     run_table = folder.table()
     summary: Summary = summarize_table(

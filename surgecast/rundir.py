@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from scenarios.records import RequestRecord, iter_records, read_records
+from scenarios.record_files import iter_all, merge
+from scenarios.records import RequestRecord
 from scenarios.runfiles import UnreadableFile, read_document
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
@@ -213,12 +214,18 @@ class RunFolder:
         return True
 
     def records(self) -> list[RequestRecord]:
-        """The measured records; bad lines are skipped with a warning or refused (read_records)."""
-        return read_records(self._requests())
+        """The measured records, the local workers' files not yet merged included; bad lines
+        are skipped with a warning or refused (iter_records)."""
+        return list(iter_all(self._requests()))
 
     def table(self) -> RequestTable:
         """The measured records' columns, read as a stream (memory per row, not per record)."""
-        return RequestTable.of(iter_records(self._requests()))
+        return RequestTable.of(iter_all(self._requests()))
+
+    def merge_records(self) -> int:
+        """The local workers' record files moved into requests.jsonl, each record once (see
+        scenarios.record_files); how many files there were."""
+        return merge(self._requests())
 
     def _requests(self) -> Path:
         if not self.requests.exists():

@@ -4,6 +4,7 @@ process of a scaled-out run) and `plan` (what a run would send, without sending 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgecast.cli.args import (
@@ -97,6 +98,8 @@ def _add_worker(sub: Subparsers) -> None:
     )
     # a master's own local workers: the master's pid, to stop when it dies (any platform)
     s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    # and the file in the run folder it appends its records to (scenarios.record_files)
+    s.add_argument("--records", type=Path, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_worker)
 
 
@@ -201,7 +204,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_worker(a: argparse.Namespace) -> int:
     from loadgen.worker import serve_worker
 
-    return serve_worker(a.master_host, a.master_port, parent_pid=a.parent_pid)
+    return serve_worker(a.master_host, a.master_port, parent_pid=a.parent_pid, records=a.records)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
