@@ -18,7 +18,7 @@ from loadgen.sizing import ProbeResult, SizedPrompts, run_salt
 from loadgen.telemetry import Keep, samplers_for
 from scenarios.corpora import corpus_lines, scrub_lines
 from scenarios.metrics import Summary
-from scenarios.plan import RequestSpec, build_plan
+from scenarios.plan import RequestSpec, build_plan, uncached
 from scenarios.plan_tokens import token_warnings
 from scenarios.spec import Scenario
 
@@ -40,12 +40,17 @@ class LoadJob:
         scenario_file: str,
         plan: Sequence[RequestSpec] | None = None,
         scale: ScaleOut | None = None,
+        fresh_prompts: bool = False,
     ) -> LoadJob:
-        """The requests (the scenario's plan, or `plan`), their text and the API key."""
+        """The requests (the scenario's plan, or `plan`), their text and the API key;
+        `fresh_prompts`: none a target may have cached (the scenario's plan, its text made
+        unique, for measuring an engine)."""
         api_key = read_api_key(scenario.target)
         if scale is not None and scale.distributed and plan is not None:
             raise ValueError("a plan given to the run is sent by one process (no scale-out)")
         requests = list(plan) if plan is not None else build_plan(scenario)
+        if fresh_prompts:
+            requests = uncached(requests, f"s{scenario.traffic.seed}")
         salt = run_salt() if scenario.target.salt_prompts else ""
         base_dir = scenario.base_dir or Path(scenario_file).parent
         prompts = SizedPrompts(scenario, base_dir, salt)

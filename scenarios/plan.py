@@ -6,7 +6,10 @@ Session starts come from `scenarios.plan_openers`, each persona's draws from
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,4 +328,16 @@ def _numbered(rows: list[dict[str, Any]], follows: list[int]) -> list[RequestSpe
         out.append(
             RequestSpec(id=name[i], after=name[follows[i]] if follows[i] >= 0 else None, **row)
         )
+    return out
+
+
+def uncached(plan: Sequence[RequestSpec], tag: str) -> list[RequestSpec]:
+    """The plan with no prompt a target may have cached (for measuring an engine's prefill):
+    no shared prefix segments, each rendered prompt from a text seed of its own, a fixed
+    prompt (a corpus') begun with `tag` (one per plan: a plan's seed) and its request's id."""
+    out = []
+    for spec in plan:
+        prompt = None if spec.prompt is None else f"[{tag}-{spec.id}] {spec.prompt}"
+        seed = zlib.crc32(f"{tag}/{spec.id}".encode())
+        out.append(dataclasses.replace(spec, prefix=(), text_seed=seed, prompt=prompt))
     return out

@@ -66,11 +66,12 @@ def run_load(
     scale: ScaleOut | None = None,
     progress: bool = True,
     say: Say = say_stderr,
+    fresh_prompts: bool = False,
 ) -> RunOutcome:
     """Send the scenario's plan (or `plan`, when given) to the target `launcher` starts (or
     finds); with `scale`, from several generator processes. Bad traces, corpora, sizes and a
     missing API key fail before any folder is made."""
-    job = LoadJob.prepare(scenario, scenario_file, plan, scale)  # plan
+    job = LoadJob.prepare(scenario, scenario_file, plan, scale, fresh_prompts)  # plan
     launcher.check()
     folder = begin_run(job, launcher, scenario_file, out)
     for line in [*job.notes, job.headline(folder.path.name)]:

@@ -14,21 +14,26 @@ never seen by the fit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scenarios.plan import RequestSpec, build_plan
+from scenarios.plan import RequestSpec, build_plan, uncached
 from scenarios.spec import Scenario, Traffic
 from simulator.fit.backtest import BacktestRow
 from simulator.fit.calibrate import Calibration
-from surgecast.calibration import calibrate_runs
+from surgecast.calibration import calibrate_runs, declared_limits, limits_from_runs
 from surgecast.console import Say, say_stderr
 from surgecast.live_run import RunOutcome, run_load
 from surgecast.predict import backtest_run
+from surgecast.rundir import RunFolder
 from targets.launcher import Launcher
 
 LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+KNEE_STEPS = 3  # bisections between the last level that kept up and the first that did not
+MIN_LEVEL_REQUESTS = 200  # a level lasts long enough for these (a p95 of 200 has 10 above it)
+MAX_LEVEL_FACTOR = 4.0  # ... but at most this many times the level duration asked for
 MAX_ERROR_RATE = 0.05
 MIN_ACHIEVED = 0.9  # of the offered rate: below it the target has fallen behind
 STAIR_STEPS = 40  # engine steps each batch size is held for: enough rows to price it
@@ -44,9 +49,9 @@ def stair_sizes(slots: int) -> list[int]:
 
 
 def staircase(scenario: Scenario, slots: int, hold: int = STAIR_STEPS) -> list[RequestSpec]:
-    """`slots` of the scenario's requests (its prompts, first turns only) sent together, their
-    answers ending `hold` tokens apart size by size: the batch steps down from `slots` to 1,
-    holding each size of `stair_sizes` for about `hold` steps."""
+    """`slots` of the scenario's requests (its prompts, first turns only, none a target may have
+    cached) sent together, their answers ending `hold` tokens apart size by size: the batch
+    steps down from `slots` to 1, holding each size of `stair_sizes` for about `hold` steps."""
     sizes = stair_sizes(slots)
     openers = [s for s in build_plan(scenario) if s.after is None]
     if not openers:
@@ -54,10 +59,11 @@ def staircase(scenario: Scenario, slots: int, hold: int = STAIR_STEPS) -> list[R
     lengths: list[int] = []
     for level, (size, below) in enumerate(zip(sizes, [*sizes[1:], 0], strict=True)):
         lengths += [hold * (level + 1)] * (size - below)  # these end after this size's hold
-    return [
+    stairs = [
         replace(openers[i % len(openers)], id=f"stair-{i}", arrival=0.001 * i, max_tokens=n)
         for i, n in enumerate(lengths)
     ]
+    return uncached(stairs, f"stair{scenario.traffic.seed}")
 
 
 @dataclass(frozen=True)
@@ -107,31 +113,54 @@ def sweep(
     launcher: Launcher,
     *,
     level_s: float = 30.0,
+    level_requests: int | None = None,
     batch_limit: int | None = None,
+    knee_steps: int | None = None,
     say: Say = say_stderr,
 ) -> SweepResult:
-    """Run the levels into `out/level-N`, fit, back-test; see the module's docstring."""
+    """Run the levels into `out/level-N`, fit, back-test; see the module's docstring (None:
+    the defaults MIN_LEVEL_REQUESTS, KNEE_STEPS)."""
+    level_requests = level_requests or MIN_LEVEL_REQUESTS
+    knee_steps = KNEE_STEPS if knee_steps is None else knee_steps
     base = len(build_plan(scenario)) / scenario.traffic.duration_s  # requests/s at x1
     levels: list[Level] = []
-    for i, factor in enumerate(LEVELS):
-        rate = base * factor
-        say(f"sweep level {i + 1}: {rate:.3g} req/s for {level_s:g} s")
-        level_scenario = _level(scenario, rate, level_s, scenario.traffic.seed + i)
+
+    def measure(rate: float) -> Level:
+        n = len(levels) + 1
+        seconds = level_seconds(rate, level_s, level_requests)
+        say(f"sweep level {n}: {rate:.3g} req/s for {seconds:g} s")
+        level_scenario = _level(scenario, rate, seconds, scenario.traffic.seed + n)
         outcome = run_load(
             level_scenario,
             scenario_file,
             launcher,
-            out=out / f"level-{i + 1}",
+            out=out / f"level-{n}",
             say=say,
             progress=False,
+            fresh_prompts=True,
         )
-        level = Level(rate, outcome)
-        levels.append(level)
+        levels.append(Level(rate, outcome))
+        return levels[-1]
+
+    passed: float | None = None
+    for factor in LEVELS:  # doubling until a level breaks
+        level = measure(base * factor)
         reason = level.knee_reason()
         if reason:
-            say(f"sweep: knee reached at {rate:.3g} req/s ({reason})")
+            say(f"sweep: knee reached at {level.rate:.3g} req/s ({reason})")
             break
-    slots = batch_limit or 16
+        passed = level.rate
+    failed = levels[-1].rate if levels[-1].knee_reason() else None
+    for _ in range(knee_steps if passed and failed else 0):  # bisection (geometric) to the knee
+        assert passed is not None and failed is not None
+        level = measure(math.sqrt(passed * failed))
+        if level.knee_reason():
+            failed = level.rate
+        else:
+            passed = level.rate
+    if passed and failed:
+        say(f"sweep: knee between {passed:.4g} and {failed:.4g} req/s")
+    slots = batch_limit or declared_slots(levels[0].outcome.folder) or 16
     say(f"sweep staircase: {slots} requests at once, the batch stepping down to 1")
     stairs = _level(scenario, 1.0, 1.0, scenario.traffic.seed + 99)
     stairs_level = Level(
@@ -147,17 +176,32 @@ def sweep(
         ),
         stairs=True,
     )
-    passing = [lv for lv in levels if lv.knee_reason() is None]
-    knee = passing[-1].rate if passing else levels[0].rate
+    knee = passed if passed is not None else levels[0].rate
     fitted = [lv for lv in levels if lv.rate <= 0.5 * knee] or levels[:2]
     if len(fitted) < 2:
-        fitted = levels[:2]
+        fitted = sorted(levels, key=lambda lv: lv.rate)[:2]
     held = [lv for lv in levels if lv not in fitted]
     calibration = calibrate_runs(
-        [lv.outcome.folder for lv in [*fitted, stairs_level]], max_num_seqs=batch_limit
+        [lv.outcome.folder for lv in [*fitted, stairs_level]], max_num_seqs=slots
     )
+    served = max(lv.achieved for lv in levels)
+    calibration = replace(calibration, measured_capacity=served if served > 0 else None)
     held_out = {lv.rate: backtest_run(lv.outcome.folder, calibration) for lv in held}
     return SweepResult([*levels, stairs_level], calibration, fitted, held_out)
+
+
+def level_seconds(rate: float, level_s: float, requests: int = MIN_LEVEL_REQUESTS) -> float:
+    """`level_s`, longer where it would hold fewer than `requests` (a tail's quantile needs
+    them), at most MAX_LEVEL_FACTOR times `level_s`."""
+    return round(min(max(level_s, requests / rate), MAX_LEVEL_FACTOR * level_s), 1)
+
+
+def declared_slots(folder: RunFolder) -> int | None:
+    """The batch limit the target reported of itself in a run (None: it reported none)."""
+    if "max_num_seqs" not in declared_limits([folder]):
+        return None
+    limits = limits_from_runs([folder])
+    return limits.max_num_seqs if limits else None
 
 
 def level_rows(result: SweepResult) -> list[list[object]]:

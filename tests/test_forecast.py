@@ -158,3 +158,25 @@ def test_the_replica_interval_brackets_the_answer_and_reads_back() -> None:
     assert slow is not None and slow.replicas == p.replicas_high
     assert p.cost_interval_usd == (p.replicas_low * 2.0 * 730, p.replicas_high * 2.0 * 730)
     assert "(" in forecast_table([p]).split("\n")[2]  # the interval is printed
+
+
+def test_a_forecast_never_loads_a_replica_beyond_what_the_target_served() -> None:
+    """A sweep measured the target serving at most 2 req/s though the model saturates later:
+    the bound is the measured capacity, and every passing fleet stays under it."""
+    fc = Forecaster(scenario(), known(), ForecastConfig(seeds=2, duration_s=20, workers=1))
+    model = fc.replica_capacity
+    capped = dataclasses.replace(known(), measured_capacity=2.0)
+    fc = Forecaster(scenario(), capped, ForecastConfig(seeds=2, duration_s=20, workers=1))
+    assert model > 2.0 and fc.replica_capacity == 2.0
+    point = fc.run([3.0])[0]
+    assert point.best is not None and point.rate / point.best.replicas <= 0.9 * 2.0
+
+
+def test_the_measured_capacity_reads_back_from_calibration_json(tmp_path: Path) -> None:
+    from surgecast.contracts import read_calibration, write_calibration
+
+    path = tmp_path / "calibration.json"
+    write_calibration(path, dataclasses.replace(known(), measured_capacity=2.5))
+    assert read_calibration(path).measured_capacity == 2.5
+    write_calibration(path, known())
+    assert read_calibration(path).measured_capacity is None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scenarios.records import read_records
 from surgecast.contracts import read_calibration
 from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
@@ -200,12 +201,19 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
         "4",
         "--out",
         str(out),
-        "--max-num-seqs",
-        "8",
+        "--level-requests",
+        "20",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "knee reached" in result.stderr  # the reference target saturates near 20 req/s
+    # bisected: the knee within 2^(1/8) after 3 more levels
+    low, high = map(
+        float, re.findall(r"knee between ([\d.]+) and ([\d.]+) req/s", result.stderr)[0]
+    )
+    assert 1 < high / low <= 2 ** (1 / 8) + 1e-3
+    # the staircase as large as the batch the target reports (scenario_dict's reference target)
+    assert f"staircase: {data['reference_target']['max_num_seqs']} requests" in result.stderr
     assert "held-out levels, predicted" in result.stdout and "staircase (fit)" in result.stdout
     params = json.loads(cal.read_text())["parameters"]
     assert params["base_s"]["value"] == pytest.approx(0.010, rel=0.15)  # the target's truth
@@ -217,6 +225,10 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
         kept = folder.meta().scenario["traffic"]
         assert {k: kept[k] for k in LIMITS} == LIMITS, folder.path
     calibration = read_calibration(cal)
+    capacity = calibration.measured_capacity  # the most served, near the target's 20 req/s
+    assert capacity is not None and 8 < capacity < 30
+    stair_prompts = [r.prompt for r in read_records(stairs.requests)]
+    assert len(set(stair_prompts)) == len(stair_prompts)  # no prompt repeated (hashed per run)
     assert {r.basis for r in backtest_run(stairs, calibration)} == {"replay"}
     assert "plan" in {r.basis for r in backtest_run(level, calibration)}
     both = run_cli("calibrate", str(out / "level-1"), "--scenario", str(path), "-o", str(cal))

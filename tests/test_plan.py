@@ -334,3 +334,23 @@ def test_staircase_holds_every_batch_size_from_full_to_one() -> None:
     # in flight after step t: those longer than t; at each hold's middle, the size it holds
     held = [sum(n > 40 * k + 20 for n in tokens) for k in range(10)]
     assert held == stair_sizes(32)
+
+
+def test_an_uncached_plan_repeats_no_prompt_and_keeps_the_traffic() -> None:
+    """The sweep's levels and staircase: no shared prefix, every rendered prompt drawn from its
+    own seed, a fixed prompt made unique; arrivals and lengths untouched."""
+    from dataclasses import replace
+
+    from scenarios.plan import uncached
+
+    plan = build_plan(parse_scenario(scenario_dict()))
+    fixed = [replace(s, prompt="the same question", prefix=((7, 20),)) for s in plan[:3]]
+    fresh = uncached([*fixed, *plan], "t1")
+    assert [(s.arrival, s.prompt_tokens, s.max_tokens) for s in fresh] == [
+        (s.arrival, s.prompt_tokens, s.max_tokens) for s in [*fixed, *plan]
+    ]
+    assert all(s.prefix == () for s in fresh)
+    assert len({s.prompt for s in fresh[:3]}) == 3
+    assert len({s.text_seed for s in fresh[3:]}) == len(plan)
+    again = uncached(plan, "t2")  # another plan's tag: other seeds
+    assert not {s.text_seed for s in again} & {s.text_seed for s in fresh}

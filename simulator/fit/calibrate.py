@@ -122,6 +122,9 @@ class Calibration:
     drift: float = 0.0  # run-to-run spread of mean step time (relative sd) between the runs
     tokens: TokenMap = field(default_factory=TokenMap)  # planned -> served tokens
     runs: list[str] = field(default_factory=list)  # ids of the runs it was fitted on
+    # requests/s the target served at most in a sweep (one replica, the sweep's workload): a
+    # forecast never loads a replica beyond it, whatever the model's saturation says
+    measured_capacity: float | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from simulator.deploy.memory import MemoryPlan, engine_config, memory_plan
 from simulator.deploy.steptime import carry, deployment_cost
 from simulator.engine.stepcost import CostModel
 from simulator.fit.calibrate import Calibration
+from simulator.forecast.capacity import saturation_throughput
 from simulator.forecast.search import (
     HOURS_PER_MONTH,
     ForecastConfig,
@@ -111,6 +112,7 @@ class DeploymentSearch:
         self.options = list(candidates)
         self.forecasters: dict[str, Forecaster] = {}
         today = Today.of(scenario, calibration, self.config)
+        measured_model_capacity = saturation_throughput(calibration.engine, today.plan)
         for o in self.options:
             if not o.memory.fits:
                 continue
@@ -124,9 +126,12 @@ class DeploymentSearch:
             carry = carried(measured, d, catalog)
             engine = engine_config(o.memory, calibration.engine)
             engine = engine.with_cost(carry(calibration.engine.cost))
+            capacity = calibration.measured_capacity  # carried as the model's capacity is
+            if capacity is not None:
+                capacity *= saturation_throughput(engine, today.plan) / measured_model_capacity
             self.forecasters[o.label] = Forecaster(
                 scenario.model_copy(update={"cost": cost}),
-                replace(calibration, engine=engine),
+                replace(calibration, engine=engine, measured_capacity=capacity),
                 self.config,
                 progress(o) if progress else None,
                 transform=carry,

@@ -281,7 +281,7 @@ class Forecaster:
             self.checks.update({f"{persona}: {t}": t for t in own})
         self.today = today or Today.of(scenario, calibration, self.config)
         self.base_plan, self.base_rate = self.today.plan, self.today.rate
-        self.replica_capacity = saturation_throughput(calibration.engine, self.base_plan)
+        self.replica_capacity = replica_capacity(calibration, self.base_plan)
         # the scenario's routing and admission; the replica count is what the search varies
         self.fleet = scenario.fleet.model_copy(update={"autoscaler": None})
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
@@ -301,7 +301,7 @@ class Forecaster:
         other.calibration = replace(
             self.calibration, engine=engine.with_cost(scaled(engine.cost, factor))
         )
-        other.replica_capacity = saturation_throughput(other.calibration.engine, self.base_plan)
+        other.replica_capacity = replica_capacity(other.calibration, self.base_plan, factor)
         other.progress = None
         return other
 
@@ -461,6 +461,16 @@ class Forecaster:
                 self._pool = None
         by_scale = {p.scale: p for p in points}
         return [by_scale[s] for s in scales]
+
+
+def replica_capacity(
+    calibration: Calibration, plan: list[RequestSpec], slower: float = 1.0
+) -> float:
+    """Requests/s one replica completes at most: the model's saturation throughput, never more
+    than a sweep measured the target serving (scaled as its steps are, `slower`)."""
+    model = saturation_throughput(calibration.engine, plan)
+    measured = calibration.measured_capacity
+    return model if measured is None else min(model, measured / slower)
 
 
 BAND_DRAWS = 4000

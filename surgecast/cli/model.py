@@ -46,10 +46,14 @@ def _add_calibrate(sub: Subparsers) -> None:
         description="Fit step costs and overhead from run folders' records. With --scenario "
         "instead of run folders, measure first: short open-loop levels (Poisson at x0.25, "
         "x0.5, x1, x2 ... the scenario's rate) until one breaks its SLOs, errors climb, the "
-        "target falls behind or the generator does, plus a staircase (a full batch of requests "
-        "at once whose answers end 40 tokens apart: every batch size measured); fit on the "
-        "levels at or under half the knee's rate and the staircase, and back-test the others, "
-        "which the fit never saw. A fit the data cannot support exits 3 and writes nothing.",
+        "target falls behind or the generator does, then bisection between the last level "
+        "that kept up and the first that did not (--knee-steps), plus a staircase (a full batch "
+        "of requests at once, as many as the target reports it batches, whose answers end 40 "
+        "tokens apart: every batch size measured). No prompt repeats one the target may have "
+        "cached. The fit takes the levels at or under half the knee's rate and the staircase; "
+        "the others are back-tested, never seen by the fit; a forecast never loads a replica "
+        "beyond the most the target served. A fit the data cannot support exits 3 and writes "
+        "nothing.",
     )
     s.add_argument("runs", nargs="*", metavar="RUN_DIR")
     s.add_argument("-o", "--output", required=True, help="calibration JSON to write")
@@ -59,7 +63,20 @@ def _add_calibrate(sub: Subparsers) -> None:
         "--level-duration",
         type=positive,
         default=30.0,
-        help="sweep: seconds per level (default 30)",
+        help="sweep: seconds per level (default 30), longer where a level would have fewer "
+        "than --level-requests (at most 4x)",
+    )
+    s.add_argument(
+        "--level-requests",
+        type=count,
+        help="sweep: requests a level needs for its tail (default 200)",
+    )
+    s.add_argument(
+        "--knee-steps",
+        type=int,
+        choices=range(0, 7),
+        metavar="N",
+        help="sweep: bisections to the knee, 0-6 (default 3: the knee within 2^(1/8))",
     )
     s.add_argument("--out", help="sweep: folder for the level runs (default: reports/sweep-ID)")
     corpus_dir_flag(s)
@@ -208,6 +225,8 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
         launcher,
         level_s=a.level_duration,
         batch_limit=a.max_num_seqs,
+        level_requests=a.level_requests,
+        knee_steps=a.knee_steps,
     )
     headers = ["offered req/s", "served req/s", "TTFT p95 ms", "E2E p95 ms", "role", "knee"]
     out(markdown(headers, level_rows(result)))

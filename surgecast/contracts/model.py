@@ -123,6 +123,12 @@ class CalibrationDoc(Strict):
     drift: float = Field(description="run-to-run spread of mean step time (relative sd)")
     tokens: TokenMap = Field(description="planned -> served tokens")
     runs: list[str] = Field(description="ids of the runs it was fitted on")
+    measured_capacity_rps: float | None = Field(
+        None,
+        gt=0,
+        description="requests/s the target served at most in the sweep that calibrated it: a "
+        "forecast never loads a replica beyond it",
+    )
 
     @field_validator("engine")
     @classmethod
@@ -184,6 +190,7 @@ class CalibrationDoc(Strict):
             drift=c.drift,
             tokens=c.tokens,
             runs=c.runs,
+            measured_capacity_rps=c.measured_capacity,
         )
 
     def calibration(self) -> Calibration:
@@ -200,7 +207,15 @@ class CalibrationDoc(Strict):
             tuple(Candidate(n, ms / 1000.0) for n, ms in self.cost_model.held_out_ms.items()),
             self.cost_model.typical_step,
         )
-        return Calibration(self.engine, fit, self.notes, self.drift, self.tokens, self.runs)
+        return Calibration(
+            self.engine,
+            fit,
+            self.notes,
+            self.drift,
+            self.tokens,
+            self.runs,
+            self.measured_capacity_rps,
+        )
 
 
 class EstimateDoc(Strict):
