@@ -394,24 +394,40 @@ def shape_catalog(shape: ModelShape, vocab_size: int, kv_bytes: float) -> Catalo
         vendor="cpu", memory_gib=16, memory_bandwidth_gbs=10, tflops={"bf16": 1},
         interconnect_gbs=0, load_bandwidth_gbs=1, price_per_hour_usd=0, source="this machine",
     )  # fmt: skip
-    kv = NumberFormat(bytes=kv_bytes, compute="bf16")
+    formats = {"kv": NumberFormat(bytes=kv_bytes, compute="bf16")}
+    formats["bf16"] = NumberFormat(bytes=2, compute="bf16")  # the weights' (no part in it)
     return Catalog(
-        [CatalogFile(models={shape.name: model}, gpus={"cpu": cpu}, number_formats={"kv": kv})]
+        [CatalogFile(models={shape.name: model}, gpus={"cpu": cpu}, number_formats=formats)]
     )
+
+
+def _formula_blocks(server: VllmServer, model_size: str) -> tuple[int, int]:
+    """(the blocks `surgecast memory`'s formula gives for the server's model and KV space, the
+    num_gpu_blocks the server reports)."""
+    assert server.limits is not None
+    cache, config = server.limits.cache, server.config
+    kv_bytes = 4 if config.dtype == "float32" else 2  # the cache is in the model's dtype
+    shape = SHAPES[model_size]
+    catalog = shape_catalog(shape, len(vocabulary()[0]), kv_bytes)
+    d = Deployment(
+        model=shape.name, gpu="cpu", kv_cache="kv",
+        kv_cache_gib=config.kv_cache_gib, block_size=cache.block_size,
+    )  # fmt: skip
+    return memory_plan(d, catalog).blocks, cache.num_blocks
 
 
 @needs_vllm
 def test_the_memory_formula_gives_vllms_own_block_count(vllm: VllmServer) -> None:
     """issue 22: the KV blocks `surgecast memory` computes for the model and the KV space the
     server was given equal the num_gpu_blocks vLLM reports."""
-    assert vllm.limits is not None
-    cache = vllm.limits.cache
-    config = vllm.config
-    kv_bytes = 4 if config.dtype == "float32" else 2  # the cache is in the model's dtype
-    shape = SHAPES[VllmOptions().model_size]
-    catalog = shape_catalog(shape, len(vocabulary()[0]), kv_bytes)
-    d = Deployment(
-        model=shape.name, gpu="cpu", kv_cache="kv",
-        kv_cache_gib=config.kv_cache_gib, block_size=cache.block_size,
-    )  # fmt: skip
-    assert memory_plan(d, catalog).blocks == cache.num_blocks
+    formula, reported = _formula_blocks(vllm, VllmOptions().model_size)
+    assert formula == reported
+
+
+@needs_vllm
+def test_the_memory_formula_holds_for_another_shape_block_and_kv_space() -> None:
+    """The small model (8 layers, 4 KV heads of 64), 32-token blocks, 2 GiB of KV space."""
+    options = VllmOptions(kv_cache_gib=2, block_size=32, model_size="small", max_model_len=MAX_LEN)
+    with VllmServer(config_for(options, "surgecast-reference")) as server:
+        formula, reported = _formula_blocks(server, "small")
+    assert formula == reported
