@@ -54,7 +54,7 @@ from simulator.deploy.catalog import Catalog, load_catalog
 from simulator.deploy.steptime import carry, deployment_cost, step_work
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost, StepCost
 from simulator.fit.backtest import BacktestRow, backtest
-from simulator.fit.calibrate import Calibration, Fit
+from simulator.fit.calibrate import Calibration, Fit, step_time_ratio
 from surgecast.calibration import calibrate_runs, limits_from_runs
 from surgecast.live_run import run_load
 from surgecast.rundir import RunFolder
@@ -327,6 +327,19 @@ def replayed(folder: Path, calibration: Calibration) -> dict[tuple[str, int], Ba
     return {(r.metric, r.quantile): r for r in rows if (r.metric, r.quantile) in METRICS}
 
 
+def diagnose(key: str, folder: Path, carried_cal: Calibration, own: Calibration) -> None:
+    """The carried step cost against the deployment's own fit at its typical step (the transfer's
+    error, free of queueing), and each run's step time over its own fit (the engine's drift)."""
+    typical = tuple(map(round, own.fit.typical_step))
+    ratio = carried_cal.engine.cost.duration(*typical) / own.engine.cost.duration(*typical)
+    runs = ("capacity", "staircase", *(f"{s:.2f}" for s in (FIT, *LEVELS)))
+    speed = ", ".join(
+        f"{name} {step_time_ratio(RunFolder(folder / name).records(), own.fit.cost()) or 0:.2f}"
+        for name in runs
+    )
+    say(f"{key}: carried step over its own fit at {typical}: {ratio:.2f}; runs' speed {speed}")
+
+
 def held_out_rows(
     key: str, out: Path, cals: tuple[Calibration, Calibration, Calibration]
 ) -> list[Row]:
@@ -451,6 +464,7 @@ def run(a: argparse.Namespace, out: Path) -> list[Row]:
             calibrate_here(folder, a.slots),
             carried(base, carrier(src, dst, catalog, None), folder),
         )
+        diagnose(key, folder, cals[0], cals[1])
         rows += held_out_rows(key, folder, cals)
     return rows
 
