@@ -426,7 +426,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--level-s", type=float, default=20.0, help="seconds per level, at least")
     p.add_argument("--fit-requests", type=int, default=30, help="requests at the 15%% level")
     p.add_argument("--held-out-requests", type=int, default=60, help="requests a held-out level")
-    p.add_argument("--max-level-s", type=float, default=120.0, help="seconds per level, at most")
+    p.add_argument("--max-level-s", type=float, default=90.0, help="seconds per level, at most")
     p.add_argument("--keep", metavar="DIR", help="keep the run folders here")
     p.add_argument(
         "--from", dest="kept", metavar="DIR", help="no engine: analyse what --keep DIR kept"
