@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check test-engines test-vllm lint bench bench-loadgen soak fidelity fidelity-vllm clean llama-server vllm
+.PHONY: demo test check test-engines test-vllm lint bench bench-loadgen soak fidelity fidelity-vllm transfer clean llama-server vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ test-engines: $(STAMP) llama-server
 # Forecast fidelity against a real llama-server (about 30 minutes on 2 cores; needs a quiet machine).
 fidelity: $(STAMP) llama-server
 	$(BIN)/python benchmarks/fidelity.py --engine llama-server --slots 8,1
+
+# Calibrate on one llama-server deployment, predict other shapes and weight types (about 16 min).
+transfer: $(STAMP) llama-server
+	$(BIN)/python benchmarks/transfer.py
 
 # The same against vLLM for CPU (after `make vllm`; vLLM starts in about a minute per slot count).
 fidelity-vllm: $(STAMP) $(VLLM_STAMP)

@@ -1,5 +1,8 @@
 """A tiny random-weight llama-architecture GGUF model, written locally (nothing is downloaded).
 
+Its matrices are stored as f16 (the default), q8_0 or q4_0 (llama.cpp's 8- and 4-bit block
+formats, quantised here by the gguf package); norms stay f32.
+
 The tokenizer is GPT-2 style byte-level BPE over printable ASCII only (plus tab, newline, carriage
 return), so every token decodes to valid UTF-8 on its own: one token, one streamed chunk. Input
 characters outside that alphabet are dropped by llama.cpp's tokenizer. A chatml chat template makes
@@ -30,6 +33,9 @@ CHAT_TEMPLATE = (
 )
 
 
+WEIGHTS = ("f16", "q8_0", "q4_0")  # the weight types `write_model` emits
+
+
 @dataclass(frozen=True)
 class ModelShape:
     name: str
@@ -46,6 +52,9 @@ SHAPES = {
     "tiny": ModelShape("tiny", layers=2, hidden=256, heads=4, kv_heads=2, ffn=768),
     # about 100 M parameters: compute-bound on CPU, behaves like a GPU deployment (calibration)
     "small": ModelShape("small", layers=8, hidden=1024, heads=16, kv_heads=4, ffn=2816),
+    # narrower (about 50 M parameters) and a 2-layer probe: other shapes for benchmarks/transfer
+    "narrow": ModelShape("narrow", layers=8, hidden=768, heads=12, kv_heads=4, ffn=2048),
+    "probe": ModelShape("probe", layers=2, hidden=1536, heads=24, kv_heads=8, ffn=4096),
 }
 
 
@@ -72,21 +81,24 @@ def vocabulary() -> tuple[list[str], list[str]]:
     return [*SPECIALS, *alphabet, *(a + b for a, b in pairs)], merges
 
 
-def write_model(path: Path, shape: ModelShape, seed: int = 0) -> None:
-    """Write the model to `path` (not atomically; see `ensure_model`)."""
+def write_model(path: Path, shape: ModelShape, seed: int = 0, weights: str = "f16") -> None:
+    """Write the model to `path` (not atomically; see `ensure_model`), its matrices as
+    `weights` (one of WEIGHTS): the same random values whatever the type."""
     import gguf  # optional dependency: only needed to write the model
 
     tokens, merges = vocabulary()
     w = gguf.GGUFWriter(str(path), "llama")
-    _add_metadata(w, shape, tokens, merges)
-    _add_tensors(w, shape, len(tokens), np.random.default_rng(seed))
+    _add_metadata(w, shape, tokens, merges, weights)
+    _add_tensors(w, shape, len(tokens), np.random.default_rng(seed), weights)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
 
 
-def _add_metadata(w: Any, shape: ModelShape, tokens: list[str], merges: list[str]) -> None:
+def _add_metadata(
+    w: Any, shape: ModelShape, tokens: list[str], merges: list[str], weights: str
+) -> None:
     """The architecture's hyperparameters, the tokenizer and the chat template."""
     import gguf
 
@@ -102,7 +114,7 @@ def _add_metadata(w: Any, shape: ModelShape, tokens: list[str], merges: list[str
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{weights.upper()}"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -117,7 +129,20 @@ def _add_metadata(w: Any, shape: ModelShape, tokens: list[str], merges: list[str
     w.add_chat_template(CHAT_TEMPLATE)
 
 
-def _add_tensors(w: Any, shape: ModelShape, n_vocab: int, rng: np.random.Generator) -> None:
+def _put(w: Any, name: str, tensor: np.ndarray, weights: str) -> None:
+    """One tensor: a matrix as `weights`, a vector (a norm) as it is."""
+    import gguf
+
+    if tensor.ndim < 2 or weights == "f16":
+        w.add_tensor(name, tensor)
+        return
+    qtype = gguf.GGMLQuantizationType[weights.upper()]
+    w.add_tensor(name, gguf.quants.quantize(tensor.astype(np.float32), qtype), raw_dtype=qtype)
+
+
+def _add_tensors(
+    w: Any, shape: ModelShape, n_vocab: int, rng: np.random.Generator, weights: str
+) -> None:
     """Random weights (drawn in a fixed order from `rng`), control tokens never sampled."""
     d = shape.hidden
     kv = shape.kv_heads * (d // shape.heads)
@@ -133,9 +158,9 @@ def _add_tensors(w: Any, shape: ModelShape, n_vocab: int, rng: np.random.Generat
     out[:, 0] = 0
     out[: len(SPECIALS), 0] = -50.0
     ones = np.ones(d, dtype=np.float32)
-    w.add_tensor("token_embd.weight", embd)
-    w.add_tensor("output_norm.weight", ones)
-    w.add_tensor("output.weight", out)
+    _put(w, "token_embd.weight", embd, weights)
+    _put(w, "output_norm.weight", ones, weights)
+    _put(w, "output.weight", out, weights)
     for i in range(shape.layers):
         attn_out, ffn_down = rand(d, d), rand(d, shape.ffn)
         attn_out[0, :] = 0
@@ -151,22 +176,27 @@ def _add_tensors(w: Any, shape: ModelShape, n_vocab: int, rng: np.random.Generat
             ("ffn_up.weight", rand(shape.ffn, d)),
             ("ffn_down.weight", ffn_down),
         ):
-            w.add_tensor(f"blk.{i}.{name}", tensor)
+            _put(w, f"blk.{i}.{name}", tensor, weights)
 
 
-def ensure_model(size: str = "tiny", seed: int = 0, cache: Path | None = None) -> Path:
+def ensure_model(
+    size: str = "tiny", seed: int = 0, cache: Path | None = None, weights: str = "f16"
+) -> Path:
     """The cached model file, written first if missing (atomically: temp file, then rename)."""
     if size not in SHAPES:
         raise ValueError(f"model size: expected one of {', '.join(SHAPES)}, got {size!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights: expected one of {', '.join(WEIGHTS)}, got {weights!r}")
     folder = (cache or cache_root()) / "models"
-    path = folder / f"random-llama-{size}-seed{seed}-v{FORMAT_VERSION}.gguf"
+    typed = "" if weights == "f16" else f"-{weights}"  # f16 keeps its older name
+    path = folder / f"random-llama-{size}{typed}-seed{seed}-v{FORMAT_VERSION}.gguf"
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        write_model(Path(tmp), SHAPES[size], seed)
+        write_model(Path(tmp), SHAPES[size], seed, weights)
         os.replace(tmp, path)  # two writers produce the same bytes: the last rename wins
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -160,6 +160,21 @@ def test_tokenizer_is_ascii_only() -> None:
     assert len(merges) == len(tokens) - 3 - 98
 
 
+@pytest.mark.parametrize("weights", ["q8_0", "q4_0"])
+def test_quantised_model_is_served(
+    tmp_path: Path, llama_files: tuple[Path, Path], weights: str
+) -> None:
+    import gguf
+
+    model = ensure_model("tiny", cache=tmp_path, weights=weights)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(model).tensors}
+    assert types["blk.0.ffn_up.weight"] == weights.upper()
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    assert model.stat().st_size < llama_files[1].stat().st_size  # smaller than f16
+    with LlamaServer(LlamaServerConfig(llama_files[0], model, slots=1, ctx=512)) as server:
+        assert _call(server, _spec(3, 20, 4)).record.status == "ok"
+
+
 def test_missing_binary_gives_a_clear_error(tmp_path: Path, llama_files: tuple[Path, Path]) -> None:
     missing = tmp_path / "llama-server"
     with pytest.raises(LlamaServerError, match=r"binary not found.*make llama-server"):
