@@ -309,13 +309,22 @@ class Forecaster:
         """`p` with the fewest replicas at both edges of the step time's band."""
         if p.best is None:
             return p
-        hint = next_hint(p)
-        low = self.slower(self.band[0]).point(p.scale, hint).best
-        high = self.slower(self.band[1]).point(p.scale, hint).best
+        n = p.best.replicas
+
+        def fewest(factor: float) -> int | None:
+            if factor == 1.0:
+                return n
+            hint = next_hint(p)  # the loads per replica that passed and failed, scaled: a
+            if hint is not None:  # fleet needs about `factor` times as many replicas
+                hint = (hint[0] / factor, hint[1] / factor)
+            best = self.slower(factor).point(p.scale, hint).best
+            return None if best is None else best.replicas
+
+        low, high = fewest(self.band[0]), fewest(self.band[1])
         return replace(
             p,
-            replicas_low=min(low.replicas, p.best.replicas) if low else p.best.replicas,
-            replicas_high=max(high.replicas, p.best.replicas) if high else None,
+            replicas_low=n if low is None else min(low, n),
+            replicas_high=None if high is None else max(high, n),
         )
 
     def attach(self, pool: ProcessPool | None) -> None:
