@@ -98,13 +98,17 @@ def alive(pid: int) -> bool:
 
 
 def _start(
-    tmp: Path, target: str | None, hold: str | None = None, **traffic: Any
+    tmp: Path, target: str | None, hold: str | None = None, measured: bool = True, **traffic: Any
 ) -> tuple[subprocess.Popen[str], Path]:
+    """`surgecast run` in a child; unless `measured`, without coverage's subprocess hook, whose
+    own SIGTERM handler (pyproject.toml: sigterm) would precede surgecast's at start-up."""
     data = scenario_dict(traffic={"rate": 4, "duration_s": 2, "seed": 5, **traffic})
     scenario = write_scenario(tmp / "s.yaml", data)
     out = tmp / "run"
     cmd = [sys.executable, "-m", "surgecast", "run", str(scenario), "--out", str(out), "--quiet"]
-    env = {k: v for k, v in os.environ.items() if k != "SURGECAST_TEST_HOLD"}
+    coverage = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+    dropped = {"SURGECAST_TEST_HOLD", *(() if measured else coverage)}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     if hold:
         env["SURGECAST_TEST_HOLD"] = hold
     proc = subprocess.Popen(
@@ -133,7 +137,7 @@ def test_start_up(tmp_path: Path, target: str, signum: int, code: int) -> None:
     """At the first instant surgecast handles the signal (its command line still importing):
     nothing sent, no folder."""
     before = set(served_requests(target))
-    proc, out = _start(tmp_path, target)
+    proc, out = _start(tmp_path, target, measured=False)
     _wait(proc, "its stop handler was installed", lambda: handles_stop_signals(proc.pid))
     _stopped(proc, signum, code)
     assert not _served_since(target, before)
