@@ -143,7 +143,9 @@ def main() -> None:
         help="calibrate back-tests every Nth folder and each folder whose simulated.jsonl or "
         "backtest.json is hostile (the files it writes), the others with --no-backtest",
     )
-    p.add_argument("--failures", help="also write every failing case's traceback here")
+    p.add_argument(
+        "--failures", help="also write every failing case's traceback here, as they come"
+    )
     p.add_argument(
         "--every",
         type=int,
@@ -155,6 +157,8 @@ def main() -> None:
     chosen = list(enumerate(cases(a.folders, a.seed)))
     batches = [chosen[i : i + BATCH] for i in range(0, len(chosen), BATCH)]
     started = time.monotonic()
+    if a.failures:
+        open(a.failures, "w").close()  # appended to as the batches come
     rows: list[Row] = []
     baseline = 0
     printed = 0
@@ -164,16 +168,20 @@ def main() -> None:
         with context.Pool(a.workers, _warm_worker, (root, a)) as pool:
             for part, kb in pool.imap(_work, batches):  # in order: each count is a prefix
                 rows += part
+                _write_failures(a.failures, part)
                 baseline = max(baseline, kb)
                 done = len({i for i, _, _ in rows})
                 if done - printed >= a.every or done == len(chosen):
                     printed = done
                     print(f"{done} {head}\n{table(rows, done, baseline)}", flush=True)
-                    print(f"{time.monotonic() - started:.0f} s so far\n", flush=True)
-    for line in failures(rows):
-        print(line)
-    if a.failures:
-        with open(a.failures, "w", encoding="utf-8") as f:
+                    print(f"{time.monotonic() - started:.0f} s so far", flush=True)
+                    print("\n".join([*failures(rows), ""]), flush=True)
+
+
+def _write_failures(path: str | None, rows: list[Row]) -> None:
+    """Append each failing case's traceback to `path` (if given), as the batches come."""
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
             for _, case, o in rows:
                 if not o.clean:
                     f.write(f"== {case} {o.command}\n{o.traceback}\n")
