@@ -312,7 +312,7 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     )
 
 
-MAX_STEP_ROWS = 20_000  # more timed rows than this: the fit takes a spread subsample of them
+MAX_STEP_ROWS = 10_000  # more timed rows than this: the fit takes a spread subsample of them
 THIN_BLOCK = 50  # rows are taken in blocks of this many consecutive ones (the folds need runs)
 MIN_KIND_ROWS = 200  # prefill rows, and decode-only rows, a subsample keeps (or all there are)
 
