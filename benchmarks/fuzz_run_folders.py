@@ -2,7 +2,7 @@
 seconds and peak memory.
 
     python benchmarks/fuzz_run_folders.py [--folders 10000] [--seed 0] [--workers 2]
-                                          [--limit-s 60] [--failures FILE]
+                                          [--limit-s 60] [--every 500] [--failures FILE]
 
 Each folder is the real run folder tests/data/run-8a52588 with one thing made hostile
 (tests/fuzz_folders.py): a field of a record, of a telemetry sample or of a contract document
@@ -16,22 +16,25 @@ covered before run.json's long tail.
 Each command runs in a child forked from a process that ran it once already (the CLI's main
 with its argv, in that image: no interpreter start), killed after --limit-s seconds (a hang),
 its address space capped at 4 GiB (a runaway allocation is a traceback, not the machine's
-memory). A traceback is any exception out of main; clean exits are 0, 2, 3 and 99. Prints one
-row per command: folders, exit codes, tracebacks, hangs, the slowest case and the largest
-peak RSS (a child's, which includes the image it was forked from: the `baseline` row is that
-image's own), then each distinct traceback's last line with a case that raised it.
+memory). A traceback is any exception out of main; clean exits are 0, 2, 3 and 99. Each worker
+is warmed once and takes the folders BATCH at a time. Prints, after every --every folders and
+at the end, one row per command: folders, exit codes, tracebacks, hangs, the slowest case and
+the largest peak RSS (a child's, which includes the image it was forked from: the `baseline`
+row is that image's own); then each distinct traceback's last line with a case that raised it.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/fuzz_folders.py and tests/fuzz_runner.py
@@ -41,6 +44,7 @@ from tests.fuzz_folders import BASE, Case, cases, make_folder, space  # noqa: E4
 from tests.fuzz_runner import COMMANDS, Outcome, argv, run, warm  # noqa: E402
 
 Row = tuple[int, str, Outcome]
+BATCH = 20  # folders a worker takes at a time
 BACKTESTED = (
     "simulated.jsonl",
     "backtest.json",
@@ -48,8 +52,7 @@ BACKTESTED = (
 
 
 def run_cases(chosen: list[tuple[int, Case]], a: argparse.Namespace, tmp: Path) -> list[Row]:
-    """Every command on each of `chosen`'s folders, from this process (a worker)."""
-    warm(BASE, tmp)
+    """Every command on each of `chosen`'s folders, from this process (a worker, warmed)."""
     rows = []
     for i, case in chosen:
         where = tmp / f"case{i}"
@@ -72,11 +75,20 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _work(job: tuple[list[tuple[int, Case]], argparse.Namespace]) -> tuple[list[Row], int]:
-    """A worker's rows, and its own peak RSS (the image its children start from)."""
-    chosen, a = job
-    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
-        rows = run_cases(chosen, a, Path(tmp))
+_WORKER: dict[str, Any] = {}  # a worker's folder and arguments, set once it is warmed
+
+
+def _warm_worker(root: str, a: argparse.Namespace) -> None:
+    """A worker's start: its own folder under `root`, every command run once (imports done)."""
+    tmp = Path(root) / f"worker-{os.getpid()}"
+    tmp.mkdir()
+    warm(BASE, tmp)
+    _WORKER.update(tmp=tmp, args=a)
+
+
+def _work(chosen: list[tuple[int, Case]]) -> tuple[list[Row], int]:
+    """A batch's rows, and the worker's own peak RSS (the image its children start from)."""
+    rows = run_cases(chosen, _WORKER["args"], _WORKER["tmp"])
     return rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -131,22 +143,45 @@ def main() -> None:
         help="calibrate back-tests every Nth folder and each folder whose simulated.jsonl or "
         "backtest.json is hostile (the files it writes), the others with --no-backtest",
     )
-    p.add_argument("--failures", help="also write every failing case's traceback here")
+    p.add_argument(
+        "--failures", help="also write every failing case's traceback here, as they come"
+    )
+    p.add_argument(
+        "--every",
+        type=int,
+        default=500,
+        help="print the table so far after each this many folders (a long run stopped early "
+        "still has its count and table)",
+    )
     a = p.parse_args()
     chosen = list(enumerate(cases(a.folders, a.seed)))
-    jobs = [(chosen[w :: a.workers], a) for w in range(a.workers)]
+    batches = [chosen[i : i + BATCH] for i in range(0, len(chosen), BATCH)]
     started = time.monotonic()
-    with multiprocessing.get_context("fork").Pool(a.workers, maxtasksperchild=1) as pool:
-        parts = pool.map(_work, jobs)
-    rows = [row for part, _ in parts for row in part]
-    baseline = max(kb for _, kb in parts)
-    print(f"{len(chosen)} folders of {space()} distinct cases, seed {a.seed}, {a.workers} workers")
-    print(table(rows, len(chosen), baseline))
-    print(f"\n{time.monotonic() - started:.0f} s in all")
-    for line in failures(rows):
-        print(line)
     if a.failures:
-        with open(a.failures, "w", encoding="utf-8") as f:
+        open(a.failures, "w").close()  # appended to as the batches come
+    rows: list[Row] = []
+    baseline = 0
+    printed = 0
+    head = f"folders of {space()} distinct cases, seed {a.seed}, {a.workers} workers"
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as root:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(a.workers, _warm_worker, (root, a)) as pool:
+            for part, kb in pool.imap(_work, batches):  # in order: each count is a prefix
+                rows += part
+                _write_failures(a.failures, part)
+                baseline = max(baseline, kb)
+                done = len({i for i, _, _ in rows})
+                if done - printed >= a.every or done == len(chosen):
+                    printed = done
+                    print(f"{done} {head}\n{table(rows, done, baseline)}", flush=True)
+                    print(f"{time.monotonic() - started:.0f} s so far", flush=True)
+                    print("\n".join([*failures(rows), ""]), flush=True)
+
+
+def _write_failures(path: str | None, rows: list[Row]) -> None:
+    """Append each failing case's traceback to `path` (if given), as the batches come."""
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
             for _, case, o in rows:
                 if not o.clean:
                     f.write(f"== {case} {o.command}\n{o.traceback}\n")

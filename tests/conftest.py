@@ -42,6 +42,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_bad_targets.py::test_bad_folders_exit_2",
     "test_bad_targets.py::test_usage_that_ignores_the_prompt_leaves_sizing_at_its_estimate",
     "test_benchmarks.py",
+    "test_calibrate.py::test_a_million_token_stream_is_thinned_and_recovers_the_engine",
     "test_catalog.py::test_catalog_scenario_runs_from_a_clean_copy",
     "test_client_loop.py",
     "test_corpus_dir.py::test_the_flag_and_the_variable_on_the_command_line",

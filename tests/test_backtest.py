@@ -157,3 +157,19 @@ def test_a_long_runs_bootstrap_takes_its_order_statistic_form_with_the_same_inte
         width = np.percentile(b, 95) - np.percentile(b, 5)
         assert np.median(a) == pytest.approx(np.median(b), abs=0.25 * width)
         assert np.percentile(a, 95) - np.percentile(a, 5) == pytest.approx(width, rel=0.3)
+
+
+def test_a_record_written_twice_is_replayed_once(calibration: Calibration) -> None:
+    """A duplicated line of requests.jsonl (the same request twice) replays as one request:
+    the simulator keys its rows by request id (it raised KeyError, issue 26's fuzz)."""
+    records = _run(4, 5)
+    twice = [*records[:10], records[3], *records[10:]]
+    rows, result = backtest(twice, calibration)
+    assert rows and len(result.records) == len(records)
+    assert [r.id for r in result.records] == [r.id for r in records]
+
+
+def test_a_plan_that_repeats_an_id_is_refused() -> None:
+    plan = build_plan(_scenario(2, 1))
+    with pytest.raises(ValueError, match="repeats request id"):
+        simulate([*plan, plan[0]], TRUE)

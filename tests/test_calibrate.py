@@ -13,9 +13,18 @@ from scenarios.records import RequestRecord
 from scenarios.spec import parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.fit.backtest import backtest
-from simulator.fit.calibrate import Calibration, CalibrationError, calibrate
+from simulator.fit.calibrate import (
+    MAX_STEP_ROWS,
+    MIN_KIND_ROWS,
+    THIN_BLOCK,
+    Calibration,
+    CalibrationError,
+    calibrate,
+    thinned,
+)
 from simulator.replay.sim import simulate
 from tests.conftest import scenario_dict
+from tests.long_runs import LongRun, long_run
 
 TRUE_COST = StepCost(base_s=0.018, per_decode_seq_s=0.0007, per_prefill_token_s=6e-5)
 TRUE = EngineConfig(max_num_seqs=16, kv_cache_tokens=65536, overhead_s=0.002, cost=TRUE_COST)
@@ -150,3 +159,35 @@ def test_several_tokens_per_chunk_calibrate_as_well_as_one(measured: list[Reques
     four = _linear(calibrate([_chunked(r, 4) for r in measured], start))
     assert four.base_s == pytest.approx(one.base_s, rel=0.05)
     assert four.per_decode_seq_s == pytest.approx(one.per_decode_seq_s, rel=0.10)
+
+
+def test_a_million_token_stream_is_thinned_and_recovers_the_engine() -> None:
+    """One request streaming a million tokens beside short ones (a long run's worth of steps):
+    the fit takes a spread subsample of the steps, says so, and still finds the engine."""
+    run = LongRun(1_000_000, admit_per_step=0.01, client_noise_s=0.0001, seed=4)
+    records = long_run(run)
+    assert len(records[0].chunk_times) == 1_000_000
+    cal = calibrate(records, dataclasses.replace(TRUE, max_num_seqs=256, cost=StepCost()))
+    assert cal.fit.step_rows <= MAX_STEP_ROWS + 2 * MIN_KIND_ROWS
+    assert cal.fit.rows_seen == 1_000_000 - 1  # every step but the first is timed
+    assert any("thinned" in n and str(cal.fit.step_rows) in n for n in cal.notes)
+    c = run.cost
+    true = np.array([c.base_s, c.per_decode_seq_s, c.per_prefill_token_s])
+    assert np.all(np.abs(cal.fit.values[1:] - true) <= 3 * cal.fit.stderr()[1:])
+    assert cal.engine.overhead_s == pytest.approx(run.overhead_s, abs=0.0005)
+
+
+def test_thinning_keeps_blocks_spread_over_the_run_and_both_kinds_of_step() -> None:
+    prefill = np.zeros(100_000, dtype=bool)
+    prefill[[7, 50_003, 99_998]] = True  # three steps with a prompt, all outside most blocks
+    rows = thinned(prefill, 2_000)
+    assert np.array_equal(rows, thinned(prefill, 2_000))  # seeded
+    assert np.array_equal(np.unique(rows), rows)
+    assert prefill[rows].sum() == 3  # every prompt step kept: under MIN_KIND_ROWS of them
+    blocks = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    long_blocks = [b for b in blocks if len(b) >= THIN_BLOCK]
+    assert len(long_blocks) >= 2_000 // THIN_BLOCK - 1  # consecutive runs of steps ...
+    starts = np.array([b[0] for b in long_blocks])
+    assert starts.min() < 100_000 / 40 and starts.max() > 100_000 * 39 / 40  # ... spread over it
+    assert np.ptp(np.diff(starts)) <= THIN_BLOCK * 2  # evenly
+    assert np.array_equal(thinned(prefill[:1_500], 2_000), np.arange(1_500))  # under the cap

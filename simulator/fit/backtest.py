@@ -57,20 +57,25 @@ class BacktestRow:
 
 
 def replay_plan(records: Sequence[RequestRecord]) -> list[RequestSpec]:
-    """The measured successful requests as a plan: actual send times, server-counted tokens."""
-    return [
-        RequestSpec(
-            id=r.id,
-            arrival=r.start,
-            prompt_tokens=r.prompt_tokens or 1,
-            max_tokens=max(r.output_tokens or 1, 1),
-            persona=r.persona,
-            session=r.session,
-            turn=r.turn,
-        )
-        for r in records
-        if r.status == "ok" and r.output_tokens
-    ]
+    """The measured successful requests as a plan: actual send times, server-counted tokens;
+    a request recorded twice (a duplicated line) is sent once."""
+    seen: set[str] = set()
+    plan = []
+    for r in records:
+        if r.status == "ok" and r.output_tokens and r.id not in seen:
+            seen.add(r.id)
+            plan.append(
+                RequestSpec(
+                    id=r.id,
+                    arrival=r.start,
+                    prompt_tokens=r.prompt_tokens or 1,
+                    max_tokens=max(r.output_tokens or 1, 1),
+                    persona=r.persona,
+                    session=r.session,
+                    turn=r.turn,
+                )
+            )
+    return plan
 
 
 def _values(

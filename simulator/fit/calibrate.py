@@ -18,6 +18,7 @@ saturation; they come from the caller.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from simulator.engine.core import EngineConfig, StepCost
 from simulator.engine.stepcost import (
     CostModel,
     DecodeTableCost,
-    StepCostModel,
     scaled,
 )
 from simulator.fit.chunkfit import chunk_rows, several_per_chunk
@@ -59,6 +59,8 @@ class Fit:
     chosen: str = "linear"
     candidates: tuple[Candidate, ...] = ()  # each candidate model's held-out error
     typical_step: tuple[float, float] = (0.0, 0.0)  # mean decoding sequences, prompt tokens
+    # timed rows the run had (step_rows: those fitted; fewer where they were thinned)
+    rows_seen: int = 0
 
     def stderr(self) -> np.ndarray:
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
@@ -145,32 +147,37 @@ class _Steps:
 
 
 def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
-    owner = np.concatenate([np.full(len(r.chunk_times), i) for i, r in enumerate(records)])
-    pos = np.concatenate([np.arange(len(r.chunk_times)) for r in records])
-    t = np.concatenate([np.asarray(r.chunk_times, dtype=float) for r in records])
+    """Linear in the chunks (bar one sort): every chunk's step, then each step's sums."""
+    sizes = np.array([len(r.chunk_times) for r in records])
+    total = int(sizes.sum())
+    t = np.fromiter(itertools.chain.from_iterable(r.chunk_times for r in records), float, total)
+    owner = np.repeat(np.arange(len(records)), sizes)
+    pos = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # index in its record
+    later = pos[1:] > 0  # a chunk's gap since the one before of its own request
+    tol = 0.3 * float(np.median(np.diff(t)[later]))  # a step's chunks arrive within this
     order = np.argsort(t, kind="stable")
-    t, owner, pos = t[order], owner[order], pos[order]
-    gaps = np.concatenate([np.diff(r.chunk_times) for r in records if len(r.chunk_times) > 1])
-    tol = 0.3 * float(np.median(gaps))  # chunks of one step arrive within a fraction of a step
-    step_of = np.concatenate([[0], np.cumsum(np.diff(t) > tol)])
-    n = int(step_of[-1]) + 1
+    step_sorted = np.concatenate([[0], np.cumsum(np.diff(t[order]) > tol)])
+    n = int(step_sorted[-1]) + 1
     end = np.full(n, np.inf)
-    np.minimum.at(end, step_of, t)  # earliest arrival of each step's chunks
-    step_at = {(int(o), int(p)): int(s) for o, p, s in zip(owner, pos, step_of, strict=True)}
-    decode, prefill, busy = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
-    context = np.zeros(n)
-    first_step = {}
-    for (o, p), s in step_at.items():
-        context[s] += (records[o].prompt_tokens or 0) + p
-        if p == 0:
-            prefill[s] += records[o].prompt_tokens or 0
-            first_step[o] = s
-            # sent before the step before last began: it waited in the queue, so its prefill
-            # step began as the step before ended (a one-slot server's steps are all like this)
-            busy[s] |= s >= 2 and records[o].start < end[s - 2]
-        else:
-            decode[s] += 1
-            busy[s] |= step_at[(o, p - 1)] == s - 1
+    np.minimum.at(end, step_sorted, t[order])  # earliest arrival of each step's chunks
+    step = np.empty(total, dtype=np.int64)
+    step[order] = step_sorted  # each chunk's step, in record order
+    prompts = np.array([r.prompt_tokens or 0 for r in records], dtype=float)
+    starts = np.array([r.start for r in records])
+    context = np.bincount(step, weights=prompts[owner] + pos, minlength=n)
+    first = pos == 0
+    s0, o0 = step[first], owner[first]
+    prefill = np.bincount(s0, weights=prompts[o0], minlength=n)
+    # sent before the step before last began: it waited in the queue, so its prefill step
+    # began as the step before ended (a one-slot server's steps are all like this)
+    queued = (s0 >= 2) & (starts[o0] < end[np.maximum(s0 - 2, 0)])
+    s, prev = step[~first], np.roll(step, 1)[~first]  # a later chunk's step, and the one before
+    decode = np.bincount(s, minlength=n).astype(float)
+    busy = np.bincount(s0[queued], minlength=n) + np.bincount(s[prev == s - 1], minlength=n) > 0
+    rank = np.empty(total, dtype=np.int64)
+    rank[order] = np.arange(total)
+    firsts = np.argsort(rank[first])  # requests in the order their first tokens came
+    first_step = dict(zip(o0[firsts].tolist(), s0[firsts].tolist(), strict=True))
     return _Steps(end, decode, prefill, context, busy, first_step)
 
 
@@ -186,8 +193,9 @@ def _overhead_samples(
     """
     out = []
     limit = max_num_seqs or np.inf
+    seqs = steps.seqs  # once: it counts over every step
     for i, s in steps.first_step.items():
-        if s >= 2 and steps.busy[s] and steps.busy[s - 1] and steps.seqs[s - 1] < limit:
+        if s >= 2 and steps.busy[s] and steps.busy[s - 1] and seqs[s - 1] < limit:
             before = steps.end[s - 1] - steps.end[s - 2]
             out.append(steps.end[s - 1] - records[i].start - before / 2)
     return np.asarray(out)
@@ -232,10 +240,13 @@ def per_token(r: RequestRecord) -> RequestRecord:
         return r
     times = np.asarray(r.chunk_times, dtype=float)
     k = np.asarray(sizes, dtype=int).clip(1, None)
-    gaps = np.diff(times) / k[1:] if len(times) > 1 else np.zeros(0)
-    out = list(times[0] - gaps[0] * np.arange(k[0] - 1, -1, -1)) if len(gaps) else [times[0]]
-    for j in range(1, len(times)):
-        out.extend(times[j] - gaps[j - 1] * np.arange(k[j] - 1, -1, -1))
+    if len(times) < 2:
+        out = [float(times[0])]
+    else:
+        gaps = np.diff(times) / k[1:]
+        spacing = np.repeat(np.concatenate([gaps[:1], gaps]), k)  # each token's chunk's gap
+        before = np.repeat(np.cumsum(k), k) - 1 - np.arange(int(k.sum()))  # after it, in its chunk
+        out = (np.repeat(times, k) - spacing * before).tolist()
     return dataclasses.replace(r, chunk_times=out, first_token=out[0], chunk_tokens=None)
 
 
@@ -260,6 +271,10 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
     if not any(len(r.chunk_times) > 1 for r in ok):
         raise CalibrationError(STREAMED_ONLY)
     x, y, steps, context = _step_rows(records, ok)
+    rows_seen = len(y)
+    fitted = thinned(x[:, 2] > 0, MAX_STEP_ROWS)
+    x, y = x[fitted], y[fitted]
+    context = None if context is None else context[fitted]
     linear = _fit_linear(x, y)
     cost, cov, keep = linear.cost, linear.cov, linear.keep
     per_step, resid = linear.per_step, linear.resid
@@ -296,7 +311,36 @@ def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = N
         selection.name,
         selection.candidates,
         linear.typical,
+        rows_seen,
     )
+
+
+MAX_STEP_ROWS = 10_000  # more timed rows than this: the fit takes a spread subsample of them
+THIN_BLOCK = 50  # rows are taken in blocks of this many consecutive ones (the folds need runs)
+MIN_KIND_ROWS = 200  # prefill rows, and decode-only rows, a subsample keeps (or all there are)
+
+
+def thinned(prefill: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """The rows to fit (sorted indices): all up to `cap`; beyond, about `cap` in blocks of
+    THIN_BLOCK consecutive rows spread evenly over the run (a seeded systematic sample), plus
+    evenly spread rows of a kind (`prefill` True: a step with a prompt; False: decode only) the
+    blocks left with under MIN_KIND_ROWS, so both kinds stay represented. The fit's time and
+    memory are then bounded whatever the run's length."""
+    n = len(prefill)
+    if n <= cap:
+        return np.arange(n)
+    blocks = -(-n // THIN_BLOCK)
+    want = max(cap // THIN_BLOCK, 1)
+    offset = np.random.default_rng(seed).uniform()
+    chosen = np.floor((np.arange(want) + offset) * blocks / want).astype(np.int64)
+    keep = np.zeros(n, dtype=bool)
+    keep[(chosen[:, None] * THIN_BLOCK + np.arange(THIN_BLOCK)).ravel().clip(None, n - 1)] = True
+    for kind in (prefill, ~prefill):
+        short = min(int(kind.sum()), MIN_KIND_ROWS) - int((keep & kind).sum())
+        if short > 0:
+            spare = np.flatnonzero(kind & ~keep)
+            keep[spare[np.linspace(0, len(spare) - 1, short).round().astype(np.int64)]] = True
+    return np.flatnonzero(keep)
 
 
 def _step_rows(
@@ -385,7 +429,7 @@ def _bent(selection: Selection, per_prefill_token_s: float | None) -> CostModel 
 
 
 def _timed_steps(
-    records: Sequence[RequestRecord], cost: StepCostModel
+    records: Sequence[RequestRecord], cost: CostModel
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """For the run's timed steps: end times, durations and what `cost` predicts for them (s);
     None when the run has too few."""
@@ -396,11 +440,11 @@ def _timed_steps(
     rows = np.flatnonzero(steps.busy)
     if len(rows) < 8:
         return None
-    fitted = [
-        cost.duration(int(steps.decode[i]), int(steps.prefill_tokens[i]), int(steps.context[i]))
-        for i in rows
-    ]
-    return steps.end[rows], steps.end[rows] - steps.end[rows - 1], np.asarray(fitted)
+    y = steps.end[rows] - steps.end[rows - 1]
+    each = StepRows(
+        np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows], steps.context[rows], y
+    )
+    return steps.end[rows], y, predict(cost, each)  # as cost.duration, vectorised
 
 
 # Levels (%) the step residuals are kept at: every percent, and every 0.1% within each outer
@@ -440,7 +484,7 @@ class StepSpeed:
 
 
 def step_speed(
-    records: Sequence[RequestRecord], cost: StepCostModel, window_s: float = SPEED_WINDOW_S
+    records: Sequence[RequestRecord], cost: CostModel, window_s: float = SPEED_WINDOW_S
 ) -> StepSpeed:
     """The run's StepSpeed against `cost`, its steps recovered once."""
     timed = _timed_steps(records, cost)
@@ -457,7 +501,7 @@ def step_speed(
     return StepSpeed(whole, windows)
 
 
-def step_time_ratio(records: Sequence[RequestRecord], cost: StepCostModel) -> float | None:
+def step_time_ratio(records: Sequence[RequestRecord], cost: CostModel) -> float | None:
     """`step_speed`'s whole-run ratio."""
     return step_speed(records, cost).whole
 
@@ -466,6 +510,12 @@ def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibra
     """Fitted step cost and overhead on top of `limits` (max_num_seqs, KV capacity, cold start)."""
     fit = fit_step_cost(records, limits.max_num_seqs)
     notes = []
+    if fit.rows_seen > fit.step_rows:
+        notes.append(
+            f"the step cost was fitted on {fit.step_rows} of the run's {fit.rows_seen} timed "
+            "steps (blocks of consecutive steps spread evenly over it, steps with and without "
+            "a prompt both kept): a long run is thinned so calibration stays bounded"
+        )
     if fit.overhead_rows == 0:
         notes.append("no request showed its prefill step: overhead_s not identifiable, set to 0")
     names = ("overhead", "base", "per decode sequence", "per prefill token")

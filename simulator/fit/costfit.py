@@ -235,7 +235,8 @@ def predict(model: CostModel, r: StepRows) -> np.ndarray:
             + model.per_context_token_s * c
         )
     if isinstance(model, DecodeTableCost):
-        table = np.array([model.decode_s(float(b)) for b in r.decode / k])
+        batch, each = np.unique(r.decode / k, return_inverse=True)  # few distinct batches
+        table = np.array([model.decode_s(float(b)) for b in batch])[each.ravel()]
         return k * table + model.per_prefill_token_s * p + model.per_context_token_s * c
     tokens = r.decode + p
     compute = model.per_token_s * tokens + model.compute_per_context_token_s * c

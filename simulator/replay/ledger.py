@@ -40,6 +40,9 @@ class Ledger:
         n = len(plan)
         self.plan = plan
         self.index = {spec.id: i for i, spec in enumerate(plan)}
+        if len(self.index) < n:  # rows are found by id: a second one would share the first's
+            again = next(s.id for i, s in enumerate(plan) if self.index[s.id] != i)
+            raise ValueError(f"the plan repeats request id {again!r}: each needs its own")
         nan = array("d", [math.nan])
         self.intended, self.start, self.first, self.end = nan * n, nan * n, nan * n, nan * n
         self.status = array("b", [UNSENT]) * n
