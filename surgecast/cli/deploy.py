@@ -1,12 +1,19 @@
-"""Deployments as data: `surgecast catalog` (the GPUs, models and number formats known) and
-`surgecast memory` (what a model takes on a GPU, in GiB, and the KV cache that is left)."""
+"""Deployments as data: `surgecast catalog` (the GPUs, models and number formats known),
+`surgecast memory` (what a model takes on a GPU, in GiB, and the KV cache that is left) and
+`surgecast hardware` (the machine at hand measured as a catalog entry)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import yaml
 from pydantic import ValidationError
 
 from scenarios.base import validation_messages
@@ -15,7 +22,9 @@ from simulator.deploy.catalog import Catalog, load_catalog
 from simulator.deploy.memory import MemoryPlan, memory_plan
 from surgecast.cli.args import count, positive
 from surgecast.cli.exits import EXIT_OK, BadInput
-from surgecast.console import out
+from surgecast.console import out, say_stderr
+from surgecast.files import write_whole
+from surgecast.hardware import THREAD_VARIABLES, Measured, catalog_entry
 from surgecast.tables import markdown
 
 Subparsers = argparse._SubParsersAction
@@ -25,6 +34,7 @@ DEFAULTS = Deployment(model="-", gpu="-")
 def register(sub: Subparsers) -> None:
     _add_catalog(sub)
     _add_memory(sub)
+    _add_hardware(sub)
 
 
 def _catalog_flag(p: argparse.ArgumentParser) -> None:
@@ -82,6 +92,71 @@ def _add_memory(sub: Subparsers) -> None:
     m.add_argument("--json", action="store_true", help="print the plans as JSON")
     _catalog_flag(m)
     m.set_defaults(func=cmd_memory)
+
+
+def _add_hardware(sub: Subparsers) -> None:
+    h = sub.add_parser(
+        "hardware",
+        help="measure this machine (matmul FLOP/s, memory GB/s) as a catalog GPU entry",
+        description="Short micro-benchmarks of the machine at hand (about 10 s): the best of "
+        "a few square matmuls (float32 numpy on the CPU; bfloat16 torch on a CUDA device) and "
+        "of reads of a large array. Written as a catalog file (--out): name its GPU in a "
+        "scenario's deployments.measured to calibrate on this machine and forecast others.",
+    )
+    h.add_argument("--name", default="this-machine", help="the entry's name (default %(default)s)")
+    h.add_argument("--device", default="cpu", help="cpu (numpy), or a torch device such as cuda:0")
+    h.add_argument(
+        "--threads",
+        type=count,
+        help="the CPU's BLAS threads (default: the BLAS's own; set as the engine will run)",
+    )
+    h.add_argument("--size", type=count, default=2048, help="matmul size n (n x n)")
+    h.add_argument("--read-mib", type=count, default=256, help="MiB the bandwidth test reads")
+    h.add_argument("--repeats", type=count, default=5, help="timed repeats; the best is kept")
+    h.add_argument(
+        "--price", type=float, default=0.0, help="what an hour of this machine costs, USD"
+    )
+    h.add_argument("--out", type=Path, metavar="FILE", help="write the catalog file here")
+    h.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    h.set_defaults(func=cmd_hardware)
+
+
+def cmd_hardware(a: argparse.Namespace) -> int:
+    if a.device != "cpu" and importlib.util.find_spec("torch") is None:
+        raise BadInput(f"--device {a.device}: needs torch in this environment (pip install torch)")
+    if a.price < 0:
+        raise BadInput(f"--price: at least 0, got {a.price}")
+    measured = _measure(a)
+    entry = catalog_entry(measured, a.price)
+    if a.json:
+        out(json.dumps({"measured": measured.__dict__, "gpus": {a.name: entry}}, indent=2))
+    else:
+        rates = [measured.matmul_flops / 1e9, measured.memory_bytes_s / 1e9]
+        rows: list[list[object]] = [[a.name, measured.name, measured.threads or "-", *rates]]
+        out(markdown(["entry", "device", "threads", "matmul GFLOP/s", "read GB/s"], rows))
+    if a.out:
+        text = yaml.safe_dump({"gpus": {a.name: entry}}, sort_keys=False)
+        write_whole(a.out, f"# {entry['source']}\n{text}")
+        say_stderr(
+            f"wrote {a.out}: use it with --catalog {a.out}, and in a scenario as "
+            f"deployments: {{catalog: [{a.out}], measured: {{gpu: {a.name}, model: ...}}}}"
+        )
+    return EXIT_OK
+
+
+def _measure(a: argparse.Namespace) -> Measured:
+    """The micro-benchmarks in a child, whose BLAS threads are set before numpy loads."""
+    env = dict(os.environ)
+    if a.threads:
+        env |= dict.fromkeys(THREAD_VARIABLES, str(a.threads))
+    command = [sys.executable, "-m", "surgecast.hardware", "--device", a.device]
+    command += ["--size", str(a.size), "--read-mib", str(a.read_mib), "--repeats", str(a.repeats)]
+    say_stderr(f"measuring {a.device}: {a.size}x{a.size} matmuls, {a.read_mib} MiB reads ...")
+    child = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BadInput(f"the micro-benchmark on {a.device} failed: {last}")
+    return Measured(**json.loads(child.stdout))
 
 
 def cmd_catalog(a: argparse.Namespace) -> int:
