@@ -38,13 +38,13 @@ class LoopLag:
         if lag_s > self.max_s:
             self.max_s = lag_s
 
-    def read(self, waited_s: float | None, chunks: int) -> None:
+    def read(self, waited_s: float | None, chunks: int, closed: bool = False) -> None:
         """One receive: how long its bytes waited unread (None: not stamped), and how many
-        content chunks it completed."""
-        if waited_s is None:
-            self.unstamped += 1
-        else:
+        content chunks it completed. A close (a receive of no bytes) has no arrival to stamp."""
+        if waited_s is not None:
             self.add(waited_s)
+        elif not closed:
+            self.unstamped += 1
         self.chunks += chunks
         if chunks > 1:
             self.merged += chunks - 1

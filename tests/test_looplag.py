@@ -3,11 +3,15 @@ its CPU share against known clocks, and the verdicts they give."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import numpy as np
 import pytest
 
 from loadgen.cpu import CpuUse
 from loadgen.looplag import LoopLag
+from loadgen.wire import receive_stamped, stamp_receives
 from scenarios.metrics import summarize
 from scenarios.spec import parse_scenario
 from scenarios.table import RequestTable
@@ -117,3 +121,26 @@ def test_the_worst_worker_decides() -> None:
     generator = {**workers[0], "workers": workers}
     reasons = invalid_reasons(scenario, RequestTable.of([]), summarize([]), 1, generator)
     assert any("6.0 ms late" in r and "5.00% of the content chunks" in r for r in reasons)
+
+
+def test_a_close_is_no_unstamped_read() -> None:
+    """The kernel stamps every receive of bytes, but a close (a receive of nothing) carries no
+    stamp: a server closing a pooled connection is not a read the loop failed to time (it
+    counted as one, and a run reading its chunks alone was judged unstamped)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        assert stamp_receives(client)
+        peer, _ = server.accept()
+        peer.sendall(b"x")
+        peer.close()
+        with client:
+            data, stamp = receive_stamped(client)
+            assert data == b"x" and stamp is not None
+            closing, none = receive_stamped(client)
+            assert closing == b"" and none is None
+    lag = LoopLag(time.monotonic)
+    lag.read(0.0, 1)
+    lag.read(none, 0, closed=not closing)
+    assert lag.summary()["unstamped_reads"] == 0 and lag.chunks == 1
+    lag.read(None, 1)
+    assert lag.summary()["unstamped_reads"] == 1

@@ -229,7 +229,7 @@ class StreamingCall:
         chunks = self._chunks
         self._response.feed(data)
         if self.loop_lag is not None:  # a loop this late merges chunks closer apart
-            self.loop_lag.read(waited, self._chunks - chunks)
+            self.loop_lag.read(waited, self._chunks - chunks, closed=not data)
 
     def cancel(self) -> None:
         """Mark the call cancelled: the run ended (or was interrupted) while it was in flight."""
