@@ -180,7 +180,11 @@ def send_plan(
             scale=scale,
             records_path=folder.requests,
         )
-    folder.merge_records()  # the local workers' own files, once they have all stopped
+    merged = folder.merge_records()  # the local workers' own files, once they have all stopped
+    lost = merged.lost_words()
+    if lost:  # a worker died unnoticed (the run had failed first): its requests in flight
+        failure = sent.generator.get("failure")
+        sent.generator["failure"] = f"{failure}; {lost}" if failure else lost
     folder.update_meta(
         turns_not_sent=sent.skipped,
         generator=sent.generator,
