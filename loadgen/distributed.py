@@ -8,8 +8,8 @@ times against one clock: the master fixes the plan's zero on the wall clock once
 is ready. A local worker (one the master started) appends each record to its own file in the
 run folder as it ends (`scenarios.record_files`, merged into `requests.jsonl` at the end); a
 remote one's go back to the master in batches and are appended to `requests.jsonl`. The master
-watches its local workers' processes: one that dies voids the run at once, and each request it
-had marked sent without a record is recorded as lost. Each worker's loop lag and CPU come back
+watches its local workers' processes: one that dies voids the run at once, and the merge records
+each request it had marked sent without a record as lost. Each worker's loop lag and CPU come back
 with its last message, with a share of the user messages it rendered (before and after
 messiness) for the run's messiness table. Locust's stats reach the master as in any Locust
 run.
@@ -42,8 +42,8 @@ from loadgen.runner import STOP_SIGNALS, Stopped
 from loadgen.sizing import SizedPrompts
 from scenarios.plan import RequestSpec
 from scenarios.plan_shares import plan_digest
-from scenarios.record_files import recover_lost, worker_file
-from scenarios.records import WORKER_LOST, RecordsError
+from scenarios.record_files import worker_file
+from scenarios.records import WORKER_LOST
 from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario
 
@@ -108,7 +108,7 @@ class Master:
     def watch(self, children: list[subprocess.Popen[bytes]], records: Path | None) -> None:
         """Watch these local worker processes (child n writing `worker_file(records, n)`): one
         that ends before its share is done voids the run at once, not after Locust's heartbeat
-        timeout, and its requests in flight are recorded as lost."""
+        timeout."""
         self._children = children
         self._records = records
 
@@ -311,27 +311,24 @@ class Master:
         ]
 
     def _death_words(self, dead: list[int], what: str) -> str:
-        """Why the run is void: which local workers died, and what each took with it (its
-        requests in flight, from its marks, are recorded as lost here)."""
+        """Why the run is void: which local workers died, and what each took with it (the run's
+        merge records its requests in flight as lost, from its marks, once all have stopped)."""
         codes = {c.pid: c.returncode for c in self._children}
         files = {c.pid: n for n, c in enumerate(self._children)}
         words = []
         for i in dead:
             r = self.reports[i]
             n = files.get(r.pid or -1)
-            if self._records is None or n is None:
-                in_flight = f"({r.in_flight} at that report) were served with no record"
-            else:
-                try:
-                    lost = recover_lost(worker_file(self._records, n))
-                    in_flight = f"({lost}) are recorded as lost (error_kind {WORKER_LOST})"
-                except (OSError, RecordsError) as e:  # the merge tries again
-                    in_flight = f"were not recorded from its marks ({e})"
+            who = f"worker {i} (pid {r.pid})"
+            fate = f"({r.in_flight} at that report) were served with no record"
+            if self._records is not None and n is not None:
+                who = f"worker {i} (pid {r.pid}, writing {worker_file(self._records, n).name})"
+                fate = f"are recorded as lost from its marks (error_kind {WORKER_LOST}, counted "
+                fate += "after, by its file)"
             words.append(
-                f"worker {i} (pid {r.pid}) {_ended(codes.get(r.pid or -1))} before it was "
-                f"{what}: the records it wrote are kept ({r.done} at its last report, a quarter "
-                f"second before); the requests it had in flight at its death {in_flight}, "
-                "and the rest of its share is lost"
+                f"{who} {_ended(codes.get(r.pid or -1))} before it was {what}: the records it "
+                f"wrote are kept ({r.done} at its last report, a quarter second before); the "
+                f"requests it had in flight at its death {fate}, and the rest of its share is lost"
             )
         return "; ".join(words)
 

@@ -92,10 +92,11 @@ def iter_all(requests: Path, warn: Callable[[str], None] | None = None) -> Itera
 @dataclass(frozen=True)
 class Merged:
     files: int  # worker files moved into requests.jsonl
-    lost: dict[str, int]  # worker file -> requests recorded as lost from its marks
+    lost: dict[str, int]  # worker file with marks left (its worker died) -> requests lost
 
     def lost_words(self) -> str | None:
-        """Why the run is invalid, if requests were recorded as lost."""
+        """How many requests each dead worker's marks recorded as lost, if any worker left
+        marks."""
         if not self.lost:
             return None
         each = ", ".join(f"{n} by the worker writing {name}" for name, n in self.lost.items())
@@ -109,7 +110,7 @@ def merge(requests: Path) -> Merged:
     """Move the worker files' records into `requests` (each file's whole lines: a line torn by
     a kill is dropped, as a reader drops it), each with its lost requests recovered first."""
     files = unmerged(requests)
-    lost = {path.name: n for path in files if (n := recover_lost(path))}
+    lost = {path.name: n for path in files if (n := recover_lost(path)) is not None}
     if files:
         fd, tmp = tempfile.mkstemp(dir=requests.parent, prefix=f".{requests.name}.")
         try:
@@ -128,14 +129,14 @@ def merge(requests: Path) -> Merged:
     return Merged(len(files), lost)
 
 
-def recover_lost(records: Path) -> int:
+def recover_lost(records: Path) -> int | None:
     """A dead worker's attempts marked sent with no record in its file `records` (whole lines
     only: a torn last line is cut off first), each appended to it as a `worker_lost` record;
-    then its marks are deleted. How many. Run again, it adds none: each lost record ends its
-    mark."""
+    then its marks are deleted. How many; None when it left no marks (it ended with every
+    attempt recorded). Run again, it adds none: each lost record ends its mark."""
     marks = sent_file(records)
     if not marks.exists():
-        return 0
+        return None
     os.truncate(records, _whole_size(records))
     ended = {(r.id, r.attempt) for r in iter_records(records, _quiet)}
     lost = []

@@ -181,9 +181,8 @@ def send_plan(
             records_path=folder.requests,
         )
     merged = folder.merge_records()  # the local workers' own files, once they have all stopped
-    lost = merged.lost_words()
-    if lost:  # a worker died unnoticed (the run had failed first): its requests in flight
-        failure = sent.generator.get("failure")
+    lost, failure = merged.lost_words(), sent.generator.get("failure")
+    if lost and (failure or sum(merged.lost.values())):  # a local worker died: what it had out
         sent.generator["failure"] = f"{failure}; {lost}" if failure else lost
     folder.update_meta(
         turns_not_sent=sent.skipped,

@@ -322,11 +322,12 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     meta = folder.meta()
     if meta.status != "running":  # a killed run's local workers' records, into requests.jsonl
         try:
-            lost = folder.merge_records().lost_words()
+            merged = folder.merge_records()
         except (OSError, UnreadableFile, RecordsError) as e:  # read as they are, unmerged
             print(f"warning: {folder.path}: worker records not merged: {e}", file=sys.stderr)
         else:
-            if lost:  # workers killed with it, requests in flight
+            lost = merged.lost_words()
+            if lost and sum(merged.lost.values()):  # workers killed with it, requests out
                 reasons = meta.validity.reasons if meta.validity else []
                 meta = folder.update_meta(validity={"valid": False, "reasons": [*reasons, lost]})
     scenario = Scenario.model_validate(meta.scenario)

@@ -133,7 +133,7 @@ def test_a_worker_that_ended_settled_leaves_no_marks_and_the_merge_adds_nothing(
     tmp_path: Path,
 ) -> None:
     requests = _folder(tmp_path)
-    assert recover_lost(worker_file(requests, 0)) == 0  # no marks file
+    assert recover_lost(worker_file(requests, 0)) is None  # no marks file
     assert merge(requests) == Merged(2, {}) and _ids(requests) == ALL
 
 

@@ -179,9 +179,14 @@ def test_a_worker_killed_outright_voids_the_run_and_says_so(tmp_path: Path, targ
     meta = _meta(out)
     assert not meta["validity"]["valid"]
     reasons = " ".join(meta["validity"]["reasons"])
-    assert re.search(rf"worker \d \(pid {workers[0]}\) was killed by SIGKILL", reasons), reasons
+    dead = re.search(
+        rf"worker \d \(pid {workers[0]}, writing (requests-w\d\.jsonl)\) was killed by SIGKILL",
+        reasons,
+    )
+    assert dead, reasons
     said = re.search(
-        rf"in flight at its death \((\d+)\) are recorded as lost \(error_kind {WORKER_LOST}\)",
+        rf"recorded as lost \(error_kind {WORKER_LOST}.*: (\d+) by the worker "
+        rf"writing {re.escape(dead.group(1))}",
         reasons,
     )
     assert said, reasons
