@@ -8,10 +8,11 @@ times against one clock: the master fixes the plan's zero on the wall clock once
 is ready. A local worker (one the master started) appends each record to its own file in the
 run folder as it ends (`scenarios.record_files`, merged into `requests.jsonl` at the end); a
 remote one's go back to the master in batches and are appended to `requests.jsonl`. The master
-watches its local workers' processes: one that dies voids the run at once. Each worker's loop
-lag and CPU come back with its last message, with a share of the user messages it rendered
-(before and after messiness) for the run's messiness table. Locust's stats reach the master as
-in any Locust run.
+watches its local workers' processes: one that dies voids the run at once, and the merge records
+each request it had marked sent without a record as lost. Each worker's loop lag and CPU come back
+with its last message, with a share of the user messages it rendered (before and after
+messiness) for the run's messiness table. Locust's stats reach the master as in any Locust
+run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import gevent
@@ -40,6 +42,8 @@ from loadgen.runner import STOP_SIGNALS, Stopped
 from loadgen.sizing import SizedPrompts
 from scenarios.plan import RequestSpec
 from scenarios.plan_shares import plan_digest
+from scenarios.record_files import worker_file
+from scenarios.records import WORKER_LOST
 from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario
 
@@ -91,6 +95,7 @@ class Master:
         self._assigned: list[str] = []  # workers handed a share: a signal is passed on to them
         self.zero = math.inf  # the plan's zero on the wall clock, once GO is sent
         self._children: list[subprocess.Popen[bytes]] = []  # the local workers' processes
+        self._records: Path | None = None  # beside it, local worker n's own file (worker_file)
         self._gone: dict[int, float] = {}  # pid -> when its process was first seen ended
         self.cpu = CpuUse(time.monotonic)  # its own, while the workers send: records cost it
         for kind, handler in (
@@ -100,10 +105,12 @@ class Master:
         ):
             self.runner.register_message(kind, handler)
 
-    def watch(self, children: list[subprocess.Popen[bytes]]) -> None:
-        """Watch these local worker processes: one that ends before its share is done voids
-        the run at once, not after Locust's heartbeat timeout."""
+    def watch(self, children: list[subprocess.Popen[bytes]], records: Path | None) -> None:
+        """Watch these local worker processes (child n writing `worker_file(records, n)`): one
+        that ends before its share is done voids the run at once, not after Locust's heartbeat
+        timeout."""
         self._children = children
+        self._records = records
 
     def wait_for_workers(self, count: int, timeout_s: float) -> list[str]:
         """The ids of `count` connected workers, in Locust's index order."""
@@ -304,17 +311,24 @@ class Master:
         ]
 
     def _death_words(self, dead: list[int], what: str) -> str:
-        """Why the run is void: which local workers died, and what each took with it."""
+        """Why the run is void: which local workers died, and what each took with it (the run's
+        merge records its requests in flight as lost, from its marks, once all have stopped)."""
         codes = {c.pid: c.returncode for c in self._children}
+        files = {c.pid: n for n, c in enumerate(self._children)}
         words = []
         for i in dead:
             r = self.reports[i]
+            n = files.get(r.pid or -1)
+            who = f"worker {i} (pid {r.pid})"
+            fate = f"({r.in_flight} at that report) were served with no record"
+            if self._records is not None and n is not None:
+                who = f"worker {i} (pid {r.pid}, writing {worker_file(self._records, n).name})"
+                fate = f"are recorded as lost from its marks (error_kind {WORKER_LOST}, counted "
+                fate += "after, by its file)"
             words.append(
-                f"worker {i} (pid {r.pid}) {_ended(codes.get(r.pid or -1))} before it was "
-                f"{what}: the records it wrote are kept ({r.done} at its last report, a quarter "
-                "second before); the requests it had in flight at its death "
-                f"({r.in_flight} at that report) were served with no record, and the rest of its "
-                "share is lost"
+                f"{who} {_ended(codes.get(r.pid or -1))} before it was {what}: the records it "
+                f"wrote are kept ({r.done} at its last report, a quarter second before); the "
+                f"requests it had in flight at its death {fate}, and the rest of its share is lost"
             )
         return "; ".join(words)
 

@@ -30,7 +30,14 @@ from loadgen.looplag import LoopLag
 from loadgen.progress import RunProgress
 from loadgen.telemetry import TelemetryRecorder
 from scenarios.plan import RequestSpec
-from scenarios.records import DROPPED, GENERATOR_FAILED, RecordSink, RequestRecord
+from scenarios.records import (
+    DROPPED,
+    GENERATOR_FAILED,
+    MarkSink,
+    RecordSink,
+    RequestRecord,
+    SentMark,
+)
 from scenarios.scrub import PromptStore
 from scenarios.users import Ended, Send, Session, Users, horizon
 
@@ -98,6 +105,7 @@ class LoadRun:
         stop_grace_s: float = DRAIN_GRACE_S,
         environment: Environment | None = None,
         start_at: float | None = None,
+        marks: MarkSink | None = None,
     ):
         self.plan = sorted(plan, key=lambda s: s.arrival)
         self.users = Users(self.plan)  # what each user sends when: one loop for both clocks
@@ -105,6 +113,7 @@ class LoadRun:
         self.address = endpoint.address()  # resolved once for the run
         self.connections = ConnectionPool()  # kept alive where the server allows
         self.writer = writer
+        self.marks = marks  # each attempt marked before it leaves (a local worker's, see worker)
         self.store_prompts = store_prompts
         self.prompts = prompts or PlannedPrompts()
         self.max_in_flight = max_in_flight
@@ -134,6 +143,11 @@ class LoadRun:
 
     def clock(self) -> float:
         return time.monotonic() - self._t0
+
+    @property
+    def settled(self) -> bool:
+        """Every attempt it sent has its record: no user's greenlet is left."""
+        return not len(self._sessions)
 
     def run(self) -> None:
         """Send the plan; every record goes to the writer as it finishes (none kept here)."""
@@ -330,6 +344,21 @@ class LoadRun:
             pool=self.connections,
             loop_lag=self.loop_lag,
         )
+        if self.marks is not None:
+            spec = command.spec
+            self.marks.write(
+                SentMark(
+                    spec.id,
+                    command.attempt,
+                    command.intended,
+                    self.clock(),
+                    spec.persona,
+                    spec.session,
+                    spec.turn,
+                    spec.prompt_tokens,
+                    spec.max_tokens,
+                )
+            )
         try:
             call.run()
         except gevent.GreenletExit:

@@ -166,7 +166,7 @@ def _send_distributed(
     try:
         with master.catching_signals():
             children = _start_workers(scale, port, outputs.records_path)
-            master.watch(children)
+            master.watch(children, outputs.records_path)
             workers = master.wait_for_workers(scale.workers, scale.connect_timeout_s)
             work = assignment(plan, scenario, endpoint, prompts)
             master.run(

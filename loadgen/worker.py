@@ -1,8 +1,9 @@
 """A generator process of a scaled-out run (`surgecast worker`): it takes its share of the
 master's plan, sends it at the planned times against the master's clock, and sends every
 record back in batches, or, a local worker its master started, appends each to its own file in
-the run folder as it ends, so that no kill of it or its master loses one it wrote (see
-`loadgen.distributed` for the master's side)."""
+the run folder as it ends, so that no kill of it or its master loses one it wrote; such a
+worker also marks each attempt before sending it, so that a request it had out when killed is
+recorded as lost (`scenarios.record_files`; see `loadgen.distributed` for the master's side)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from loadgen.runner import STOP_SIGNALS, LoadRun
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts
 from scenarios.plan import build_plan
 from scenarios.plan_shares import plan_digest, plan_share
+from scenarios.record_files import SentMarks, sent_file
 from scenarios.records import RequestRecord
 from scenarios.scrub import PromptStore
 from scenarios.spec import parse_scenario
@@ -222,14 +224,18 @@ def _work(
     index = int(data["index"])
     with open(records, "a", encoding="utf-8") if records else contextlib.nullcontext() as local:
         writer = RemoteWriter(runner, index, lambda: state.get("load"), local)
+        marks = SentMarks(sent_file(records)) if records else None
         try:
-            _send_share(runner, environment, data, state, writer)
+            _send_share(runner, environment, data, state, writer, marks)
         except Exception as e:  # said to the master, which marks the run invalid
             outcome["code"] = 3
             print(f"worker {index}: {type(e).__name__}: {e}", file=sys.stderr)
             writer.flush(DONE, error=f"{type(e).__name__}: {e}")
         finally:
             writer.close()
+            if marks is not None:  # no mark is needed once every attempt has its record
+                load: LoadRun | None = state.get("load")
+                marks.close(settled=load is None or load.settled)
             finished.set()
 
 
@@ -239,9 +245,10 @@ def _send_share(
     data: dict[str, Any],
     state: dict[str, Any],
     writer: RemoteWriter,
+    marks: SentMarks | None,
 ) -> None:
     """Build the share, say it is ready, send it from the plan's zero, then say it is done."""
-    load, prompts = _load_run(environment, data, writer)
+    load, prompts = _load_run(environment, data, writer, marks)
     state["load"] = load
     ready = {"index": writer.index, "pid": os.getpid(), "host": socket.gethostname()}
     runner.send_message(READY, ready)
@@ -262,7 +269,7 @@ def _send_share(
 
 
 def _load_run(
-    environment: Environment, data: dict[str, Any], writer: RemoteWriter
+    environment: Environment, data: dict[str, Any], writer: RemoteWriter, marks: SentMarks | None
 ) -> tuple[LoadRun, SizedPrompts]:
     """The worker's LoadRun for its share of the plan the assignment describes, and the
     prompts it renders."""
@@ -295,5 +302,6 @@ def _load_run(
         prompts=prompts,
         stop_grace_s=traffic.stop_grace_s,
         environment=environment,
+        marks=marks,
     )
     return load, prompts

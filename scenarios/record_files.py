@@ -3,11 +3,18 @@
 appended and flushed by that process as each request ends (so a kill of any process loses no
 record it wrote).
 
+Each local worker also marks every attempt in `sent-w<N>.jsonl` before sending it (one flushed
+line, `SentMark`) and deletes that file once every attempt it sent has its record. A worker
+killed outright leaves it: `recover_lost` then appends to the worker's file a `worker_lost`
+record for each mark without a record (the requests the target may have served), once however
+often it runs, and deletes the marks. Readers never read marks: they are not records.
+
 A finished run merges the worker files into `requests.jsonl` (`merge`); a killed one is merged
 by the next `surgecast report`. Until then a reader takes the union (`iter_all`). The merge
-is exactly-once whenever it is cut: it replaces `requests.jsonl` at once with itself followed
-by the worker files in order, then deletes them; a reader that finds worker files whose
-contents `requests.jsonl` already ends with knows they were merged and skips them.
+is exactly-once whenever it is cut: it recovers each worker file's lost requests, replaces
+`requests.jsonl` at once with itself followed by the worker files in order, then deletes them;
+a reader that finds worker files whose contents `requests.jsonl` already ends with knows they
+were merged and skips them.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from scenarios.records import RequestRecord, iter_records
+from scenarios.records import WORKER_LOST, RequestRecord, SentMark, iter_marks, iter_records
 from scenarios.runfiles import UnreadableFile, open_regular
 
 _WORKER = re.compile(r"requests-w(\d+)\.jsonl")
@@ -31,6 +39,29 @@ _CHUNK = 1 << 20
 def worker_file(requests: Path, number: int) -> Path:
     """Where local worker `number` writes its records, beside `requests`."""
     return requests.with_name(f"requests-w{number}.jsonl")
+
+
+def sent_file(records: Path) -> Path:
+    """Where the worker writing `records` marks each attempt before sending it."""
+    return records.with_name("sent-" + records.name.removeprefix("requests-"))
+
+
+class SentMarks:
+    """A local worker's marks (`sent_file`), one flushed line per attempt before it leaves."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by `close`)
+
+    def write(self, mark: SentMark) -> None:
+        self._stream.write(mark.to_json() + "\n")
+        self._stream.flush()
+
+    def close(self, settled: bool) -> None:
+        """Close the file, and delete it when every attempt sent has its record (`settled`)."""
+        self._stream.close()
+        if settled:
+            self.path.unlink(missing_ok=True)
 
 
 def worker_files(requests: Path) -> list[Path]:
@@ -58,10 +89,28 @@ def iter_all(requests: Path, warn: Callable[[str], None] | None = None) -> Itera
     return itertools.chain.from_iterable(iter_records(f, warn) for f in files)
 
 
-def merge(requests: Path) -> int:
+@dataclass(frozen=True)
+class Merged:
+    files: int  # worker files moved into requests.jsonl
+    lost: dict[str, int]  # worker file with marks left (its worker died) -> requests lost
+
+    def lost_words(self) -> str | None:
+        """How many requests each dead worker's marks recorded as lost, if any worker left
+        marks."""
+        if not self.lost:
+            return None
+        each = ", ".join(f"{n} by the worker writing {name}" for name, n in self.lost.items())
+        return (
+            f"local workers died with requests in flight, recorded as lost (error_kind "
+            f"{WORKER_LOST}; the target may have served them): {each}"
+        )
+
+
+def merge(requests: Path) -> Merged:
     """Move the worker files' records into `requests` (each file's whole lines: a line torn by
-    a kill is dropped, as a reader drops it); how many files were merged."""
+    a kill is dropped, as a reader drops it), each with its lost requests recovered first."""
     files = unmerged(requests)
+    lost = {path.name: n for path in files if (n := recover_lost(path)) is not None}
     if files:
         fd, tmp = tempfile.mkstemp(dir=requests.parent, prefix=f".{requests.name}.")
         try:
@@ -77,7 +126,35 @@ def merge(requests: Path) -> int:
             raise
     for path in worker_files(requests):  # merged now, or in a merge cut before this step
         path.unlink()
-    return len(files)
+    return Merged(len(files), lost)
+
+
+def recover_lost(records: Path) -> int | None:
+    """A dead worker's attempts marked sent with no record in its file `records` (whole lines
+    only: a torn last line is cut off first), each appended to it as a `worker_lost` record;
+    then its marks are deleted. How many; None when it left no marks (it ended with every
+    attempt recorded). Run again, it adds none: each lost record ends its mark."""
+    marks = sent_file(records)
+    if not marks.exists():
+        return None
+    os.truncate(records, _whole_size(records))
+    ended = {(r.id, r.attempt) for r in iter_records(records, _quiet)}
+    lost = []
+    for mark in iter_marks(marks, _quiet):
+        if mark.key not in ended:
+            ended.add(mark.key)  # a mark written twice is still one request
+            lost.append(mark.lost(records.name).to_json() + "\n")
+    if lost:
+        with open(records, "a", encoding="utf-8") as f:
+            f.writelines(lost)
+            f.flush()
+            os.fsync(f.fileno())
+    marks.unlink()
+    return len(lost)
+
+
+def _quiet(_: str) -> None:
+    """Bad lines are said by the reader of the merged records, not twice."""
 
 
 def _whole_size(path: Path) -> int:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, TypeVar
 
 from scenarios.runfiles import MAX_LINE_BYTES, UnreadableFile, lines, open_regular
 
@@ -22,6 +22,9 @@ STATUSES: tuple[str, ...] = ("ok", "error", "cancelled", "timeout", "rejected")
 DROPPED = "dropped_in_flight_limit"
 # an attempt the generator itself failed to make (its own exception, not the target's answer)
 GENERATOR_FAILED = "generator_failed"
+# an attempt sent by a local worker that died before recording its end (SIGKILL): the target
+# may have served it; recorded from the worker's write-ahead mark (`SentMark`), outcome unknown
+WORKER_LOST = "worker_lost"
 
 
 @dataclass(slots=True)
@@ -92,10 +95,65 @@ class RequestRecord:
 _FIELDS = tuple(f.name for f in fields(RequestRecord))
 
 
+@dataclass(frozen=True, slots=True)
+class SentMark:
+    """An attempt about to be sent, written ahead of it by a local worker (its own file, see
+    `scenarios.record_files`): the attempt's record follows unless the worker dies first, and
+    then the mark stands for the request the target may have served (`lost`)."""
+
+    id: str
+    attempt: int
+    intended_start: float
+    start: float  # when the worker was about to send it
+    persona: str = "default"
+    session: int = 0
+    turn: int = 0
+    planned_prompt_tokens: int | None = None
+    planned_output_tokens: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What its record shares with it: the request and the attempt."""
+        return self.id, self.attempt
+
+    def to_json(self) -> str:
+        values = {name: getattr(self, name) for name in _MARK_FIELDS}
+        return json.dumps(values, separators=(",", ":"))
+
+    def lost(self, worker: str) -> RequestRecord:
+        """The record of this attempt when its worker died before recording it: an error of
+        unknown outcome, sent at the mark's time, no token counted."""
+        return RequestRecord(
+            id=self.id,
+            intended_start=self.intended_start,
+            start=self.start,
+            token_source="none",
+            status="error",
+            error_kind=WORKER_LOST,
+            error_detail=f"in flight when its generator process ({worker}) died; the target "
+            "may have served it",
+            persona=self.persona,
+            session=self.session,
+            turn=self.turn,
+            attempt=self.attempt,
+            planned_prompt_tokens=self.planned_prompt_tokens,
+            planned_output_tokens=self.planned_output_tokens,
+        )
+
+
+_MARK_FIELDS = tuple(f.name for f in fields(SentMark))
+
+
 class RecordSink(Protocol):
     """Where a run's records go as they finish."""
 
     def write(self, record: RequestRecord) -> None: ...
+
+
+class MarkSink(Protocol):
+    """Where a worker writes each attempt's mark before sending it."""
+
+    def write(self, mark: SentMark) -> None: ...
 
 
 class RecordWriter:
@@ -236,8 +294,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def parse_record(line: bytes) -> RequestRecord:
-    """One JSON line as a record; ValueError saying what is wrong with it."""
+def _checked(line: bytes, required: tuple[str, ...]) -> dict[str, Any]:
+    """One JSON line as an object whose fields pass their checks; ValueError saying why not."""
     try:
         d = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -250,13 +308,26 @@ def parse_record(line: bytes) -> RequestRecord:
         raise ValueError(f"not JSON ({str(e)[:120]})") from None
     if not isinstance(d, dict):
         raise ValueError(f"not a JSON object, got {type(d).__name__}")
-    for name in ("id", "intended_start", "start"):
+    for name in required:
         if name not in d:
             raise ValueError(f"{name}: required field is missing")
     for name, check in _CHECKS.items():
         if name in d and (problem := check(d[name])):
             raise ValueError(f"{name}: {problem}")
-    return RequestRecord.from_dict(d)
+    return d
+
+
+def parse_record(line: bytes) -> RequestRecord:
+    """One JSON line as a record; ValueError saying what is wrong with it."""
+    return RequestRecord.from_dict(_checked(line, ("id", "intended_start", "start")))
+
+
+def parse_mark(line: bytes) -> SentMark:
+    """One JSON line as a sent mark; ValueError saying what is wrong with it."""
+    d = _checked(line, ("id", "attempt", "intended_start", "start"))
+    if d["attempt"] is None:
+        raise ValueError("attempt: required")
+    return SentMark(**{k: v for k, v in d.items() if k in _MARK_FIELDS})
 
 
 def read_records(
@@ -274,6 +345,24 @@ def iter_records(
     line number at the end, unless more than MAX_BAD_SHARE of the lines are bad: then, after
     the last record, RecordsError names the first few (a consumer that keeps what it was given
     must drop it on that error)."""
+    return _iter_lines(path, parse_record, "request record", warn)
+
+
+def iter_marks(path: str | Path, warn: Callable[[str], None] | None = None) -> Iterator[SentMark]:
+    """Stream a worker's sent marks as `iter_records` streams records (a mark torn by the
+    worker's death is skipped: that attempt was never sent)."""
+    return _iter_lines(path, parse_mark, "sent mark", warn)
+
+
+_T = TypeVar("_T")
+
+
+def _iter_lines(
+    path: str | Path,
+    parse: Callable[[bytes], _T],
+    what: str,
+    warn: Callable[[str], None] | None,
+) -> Iterator[_T]:
     try:
         f = open_regular(path)
     except OSError as e:
@@ -285,18 +374,18 @@ def iter_records(
     with f:
         for n, line in enumerate(lines(f), 1):
             if line is None:
-                bad.append(f"{path}: line {n}: not a request record: longer than {_MB} MiB")
+                bad.append(f"{path}: line {n}: not a {what}: longer than {_MB} MiB")
                 continue
             if not line.strip():
                 continue
             try:
-                record = parse_record(line)
+                item = parse(line)
             except ValueError as e:
                 if not line.endswith(b"\n") and not line.rstrip().endswith(b"}"):
                     break  # the last line, torn by a killed writer
-                bad.append(f"{path}: line {n}: not a request record: {e}")
+                bad.append(f"{path}: line {n}: not a {what}: {e}")
                 continue
-            yield record
+            yield item
     if bad and len(bad) > MAX_BAD_SHARE * n:
         listed = bad[:_LISTED] + (
             [f"... and {len(bad) - _LISTED} more"] if len(bad) > _LISTED else []

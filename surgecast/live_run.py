@@ -180,7 +180,10 @@ def send_plan(
             scale=scale,
             records_path=folder.requests,
         )
-    folder.merge_records()  # the local workers' own files, once they have all stopped
+    merged = folder.merge_records()  # the local workers' own files, once they have all stopped
+    lost, failure = merged.lost_words(), sent.generator.get("failure")
+    if lost and (failure or sum(merged.lost.values())):  # a local worker died: what it had out
+        sent.generator["failure"] = f"{failure}; {lost}" if failure else lost
     folder.update_meta(
         turns_not_sent=sent.skipped,
         generator=sent.generator,

@@ -20,7 +20,7 @@ import numpy as np
 
 from loadgen.telemetry import read_telemetry
 from scenarios.metrics import Summary, summarize_table
-from scenarios.records import iter_records
+from scenarios.records import RecordsError, iter_records
 from scenarios.runfiles import UnreadableFile
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
@@ -322,9 +322,14 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     meta = folder.meta()
     if meta.status != "running":  # a killed run's local workers' records, into requests.jsonl
         try:
-            folder.merge_records()
-        except (OSError, UnreadableFile) as e:  # read as they are, unmerged
+            merged = folder.merge_records()
+        except (OSError, UnreadableFile, RecordsError) as e:  # read as they are, unmerged
             print(f"warning: {folder.path}: worker records not merged: {e}", file=sys.stderr)
+        else:
+            lost = merged.lost_words()
+            if lost and sum(merged.lost.values()):  # workers killed with it, requests out
+                reasons = meta.validity.reasons if meta.validity else []
+                meta = folder.update_meta(validity={"valid": False, "reasons": [*reasons, lost]})
     scenario = Scenario.model_validate(meta.scenario)
     run_table = folder.table()
     summary: Summary = summarize_table(

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from scenarios.record_files import iter_all, merge
+from scenarios.record_files import Merged, iter_all, merge
 from scenarios.records import RequestRecord
 from scenarios.runfiles import UnreadableFile, read_document
 from scenarios.spec import Scenario
@@ -222,9 +222,10 @@ class RunFolder:
         """The measured records' columns, read as a stream (memory per row, not per record)."""
         return RequestTable.of(iter_all(self._requests()))
 
-    def merge_records(self) -> int:
-        """The local workers' record files moved into requests.jsonl, each record once (see
-        scenarios.record_files); how many files there were."""
+    def merge_records(self) -> Merged:
+        """The local workers' record files moved into requests.jsonl, each record once, with
+        the requests a dead worker had in flight recorded as lost (see
+        scenarios.record_files)."""
         return merge(self._requests())
 
     def _requests(self) -> Path:

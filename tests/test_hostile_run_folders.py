@@ -114,6 +114,27 @@ def test_a_file_that_is_not_a_file_is_refused_without_waiting(
         assert target.is_file() and not target.is_symlink()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_a_sent_marks_file_that_is_not_a_file_leaves_the_merge_undone(
+    tmp_path: Path, kind: str
+) -> None:
+    """A worker's marks (sent-w0.jsonl) that are a pipe, a device or a folder: report says the
+    worker's records were not merged, naming the file, and reports them unmerged."""
+    run = Path(shutil.copytree(OLD, tmp_path / "run"))
+    first = (run / "requests.jsonl").read_text().splitlines()[0]
+    (run / "requests-w0.jsonl").write_text(first.replace('"id":"', '"id":"w0-', 1) + "\n")
+    marks = run / "sent-w0.jsonl"
+    if kind == "fifo":
+        os.mkfifo(marks)
+    elif kind == "dev-zero":
+        marks.symlink_to("/dev/zero")
+    else:
+        marks.mkdir()
+    outcome = run_command(argv("report", run, run, tmp_path, False), limit_s=60)
+    assert not outcome.hung and outcome.clean and outcome.code == 0, outcome.stderr[-2000:]
+    assert "worker records not merged" in outcome.stderr and str(marks) in outcome.stderr
+
+
 def test_a_line_over_the_limit_is_skipped_unread(tmp_path: Path) -> None:
     """A record line longer than MAX_LINE_BYTES is a bad line, read past in pieces: the
     reader's memory stays within twice the limit (a line's bytes and the reader's buffer; it

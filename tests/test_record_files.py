@@ -1,13 +1,27 @@
 """A run's records over several files (issue 26): the local workers' own files are read with
-requests.jsonl until merged into it, and every record is read once whenever the merge is cut."""
+requests.jsonl until merged into it, and every record is read once whenever the merge is cut.
+A dead worker's sent marks without a record become one lost record each."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
-from scenarios.record_files import iter_all, merge, unmerged, worker_file
-from scenarios.records import RequestRecord
+from scenarios.record_files import (
+    Merged,
+    iter_all,
+    merge,
+    recover_lost,
+    sent_file,
+    unmerged,
+    worker_file,
+)
+from scenarios.records import WORKER_LOST, RequestRecord, SentMark, parse_record
+from tests.conftest import run_cli
+
+OLD = Path(__file__).parent / "data" / "run-8a52588"
 
 
 def _record(n: int) -> str:
@@ -34,10 +48,10 @@ ALL = [f"r{n}" for n in range(7)]
 def test_a_reader_sees_the_union_and_a_merge_moves_it_into_one_file(tmp_path: Path) -> None:
     requests = _folder(tmp_path)
     assert _ids(requests) == ALL
-    assert merge(requests) == 2
+    assert merge(requests) == Merged(2, {})
     assert not unmerged(requests) and not list(tmp_path.glob("requests-w*"))
     assert _ids(requests) == ALL and requests.read_text().endswith("\n")
-    assert merge(requests) == 0 and _ids(requests) == ALL  # again: nothing to do
+    assert merge(requests) == Merged(0, {}) and _ids(requests) == ALL  # again: nothing to do
 
 
 def test_a_merge_cut_before_it_deleted_the_worker_files_counts_nothing_twice(
@@ -61,3 +75,90 @@ def test_a_worker_file_with_records_not_merged_is_read(tmp_path: Path) -> None:
     merge(requests)
     worker_file(requests, 3).write_text(_record(9))
     assert _ids(requests) == [*ALL, "r9"]
+
+
+def _mark(n: int, attempt: int = 0) -> str:
+    mark = SentMark(f"r{n}", attempt, n, n + 0.01, planned_output_tokens=30 + n)
+    return mark.to_json() + "\n"
+
+
+def _killed_worker(tmp: Path) -> Path:
+    """Worker 0 marked r2-r4 and r8 (r4's retry too) and recorded r2-r4; r8 and the retry were
+    in flight when it was killed, and so was r9, its mark cut mid-line."""
+    requests = _folder(tmp)
+    marks = _mark(2) + _mark(3) + _mark(4) + _mark(8) + _mark(4, attempt=1) + _mark(9)[:25]
+    sent_file(worker_file(requests, 0)).write_text(marks)
+    return requests
+
+
+def test_a_dead_workers_marks_without_records_become_one_lost_record_each(
+    tmp_path: Path,
+) -> None:
+    requests = _killed_worker(tmp_path)
+    assert _ids(requests) == ALL  # marks are not records
+    assert merge(requests) == Merged(2, {"requests-w0.jsonl": 2})
+    assert not list(tmp_path.glob("sent-w*"))
+    records = list(iter_all(requests))
+    assert sorted(r.id for r in records) == sorted([*ALL, "r4", "r8"])  # each attempt once
+    lost = [r for r in records if r.error_kind == WORKER_LOST]
+    assert [(r.id, r.attempt) for r in lost] == [("r8", 0), ("r4", 1)]
+    for r in lost:
+        assert r.status == "error" and r.http_status is None and r.end is None
+        assert r.token_source == "none" and not r.output_tokens and not r.prompt_tokens
+        assert r.start == r.intended_start + 0.01  # when it was sent
+        assert r.planned_output_tokens == 30 + int(r.id[1:])
+        assert "requests-w0.jsonl" in (r.error_detail or "")
+    assert "2 by the worker writing requests-w0.jsonl" in (
+        Merged(2, {"requests-w0.jsonl": 2}).lost_words() or ""
+    )
+    assert merge(requests) == Merged(0, {}) and len(list(iter_all(requests))) == len(records)
+
+
+def test_recovering_twice_records_each_lost_request_once(tmp_path: Path) -> None:
+    """A merge cut after it appended the lost records, before it deleted the marks: run again,
+    it adds none. A worker file torn by the kill loses only its torn line."""
+    requests = _killed_worker(tmp_path)
+    marks = sent_file(worker_file(requests, 1))
+    marks.write_text(_mark(5) + _mark(6) + _mark(7))  # r7's record is the torn line
+    kept = marks.read_bytes()
+    assert recover_lost(worker_file(requests, 1)) == 1 and not marks.exists()
+    marks.write_bytes(kept)
+    assert recover_lost(worker_file(requests, 1)) == 0
+    merge(requests)
+    ids = sorted((r.id, r.attempt) for r in iter_all(requests))
+    assert ids == sorted({(f"r{n}", 0) for n in range(9)} | {("r4", 1)})
+
+
+def test_a_worker_that_ended_settled_leaves_no_marks_and_the_merge_adds_nothing(
+    tmp_path: Path,
+) -> None:
+    requests = _folder(tmp_path)
+    assert recover_lost(worker_file(requests, 0)) is None  # no marks file
+    assert merge(requests) == Merged(2, {}) and _ids(requests) == ALL
+
+
+def test_the_record_checker_takes_a_lost_record() -> None:
+    lost = SentMark("r1", 2, 1.0, 1.5, "p", 3, 1, 40, 50).lost("requests-w3.jsonl")
+    again = parse_record(lost.to_json().encode())
+    assert again == lost and again.error_kind == WORKER_LOST
+
+
+def test_report_records_a_dead_workers_requests_in_flight_and_voids_the_run(
+    tmp_path: Path,
+) -> None:
+    """A run folder left with a worker's file and its marks (its master killed with it):
+    `surgecast report` records the marked request without a record as lost, counts it as a
+    failed request, and says so in the run's reasons."""
+    run = Path(shutil.copytree(OLD, tmp_path / "run"))
+    before = json.loads((run / "summary.json").read_text())["requests"]
+    worker = worker_file(run / "requests.jsonl", 0)
+    worker.write_text(_record(1000))
+    sent_file(worker).write_text(_mark(1000) + _mark(1001))
+    result = run_cli("report", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(run.glob("sent-w*")) and not list(run.glob("requests-w*"))
+    meta = json.loads((run / "run.json").read_text())
+    assert not meta["validity"]["valid"]
+    assert "1 by the worker writing requests-w0.jsonl" in meta["validity"]["reasons"][-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["requests"] == before + 2 and summary["error_kinds"][WORKER_LOST] == 1

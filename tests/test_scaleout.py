@@ -99,6 +99,7 @@ def test_two_processes_send_what_one_sends(target_url: str, tmp_path: Path) -> N
     workers = sum(w["cpu"]["mean"] for w in generator["workers"])
     assert host["cpu"] == pytest.approx(workers + master["cpu"]["mean"])
     assert meta["validity"]["valid"] and generator["failure"] is None
+    assert not list((tmp_path / "p2").glob("sent-w*"))  # every attempt recorded: no mark kept
     # the workers' rendered messages are measured, as one process's are: each share within
     # 4 standard errors of its setting (about 80 messages)
     assert mess[2].keys() == mess[1].keys() >= {"case_noise", "emoji", "length p50 (chars)"}

@@ -1,8 +1,10 @@
 """SIGKILL in a scaled-out run (issue 26): a master's workers stop with it on any platform, and a
 worker killed outright makes the run invalid at once, saying so. Each local worker writes its
-own records as each request ends, so a kill loses no record of a request that had ended; the
-master's death cancels the requests in flight, each recorded. What each kill loses is measured
-against the reference target's own request log and printed (pytest -s shows it)."""
+own records as each request ends, and marks each attempt before sending it, so a kill loses no
+record of a request the target served: the master's death cancels the requests in flight, each
+recorded; a worker's death leaves the marks of its requests in flight, each recorded as lost
+(worker_lost). Checked against the reference target's own request log (pytest -s prints what
+each kill left)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from scenarios.records import WORKER_LOST
 from simulator.engine.core import EngineConfig, StepCost
 from targets.reference_launch import ReferenceTargetProcess
 from tests.conftest import ROOT, scenario_dict, served_requests, write_scenario
@@ -74,16 +77,16 @@ def _scaled_run(tmp: Path, url: str) -> tuple[subprocess.Popen[str], Path, list[
 def _unrecorded(url: str, out: Path) -> tuple[list[dict[str, Any]], int]:
     """The requests the target served (finished or not) that have no record, and how many it
     served. Each record is in requests.jsonl alone, once. A request cancelled before its
-    answer began has a record without the target's id: such records stand for served
-    requests of their max_tokens."""
-    assert not list(out.glob("requests-w*.jsonl"))  # merged
+    answer began, or in flight in a worker killed outright (recorded as lost), has a record
+    without the target's id: such records stand for served requests of their max_tokens."""
+    assert not list(out.glob("requests-w*.jsonl")) and not list(out.glob("sent-w*"))  # merged
     records = _records(out)
     named = Counter(r["response_id"] for r in records if r["response_id"])
     assert not [rid for rid, n in named.items() if n > 1]  # no record twice
     unnamed = Counter(
         r["planned_output_tokens"]
         for r in records
-        if not r["response_id"] and r["error_kind"] == "cancelled"
+        if not r["response_id"] and r["error_kind"] in ("cancelled", WORKER_LOST)
     )
     served = served_requests(url)
     missing = []
@@ -125,9 +128,10 @@ def test_a_master_killed_outright_stops_its_workers(tmp_path: Path, target: str)
     assert "Traceback" not in report.stderr, report.stderr[-3000:]
     assert _meta(out)["status"] == "killed"
     missing, total = _unrecorded(target, out)
+    lost = sum(r["error_kind"] == WORKER_LOST for r in _records(out))
     print(
         f"\nmaster SIGKILL: workers gone {stopped_s:.2f} s after; {len(missing)} of {total} "
-        "lack records"
+        f"lack records; {lost} recorded as lost"
     )
     assert not missing
 
@@ -161,9 +165,10 @@ def test_a_worker_whose_parent_dies_stops_without_the_kernels_help(tmp_path: Pat
 
 def test_a_worker_killed_outright_voids_the_run_and_says_so(tmp_path: Path, target: str) -> None:
     """The master sees its death at once and stops the run, invalid, saying how many requests
-    were in flight; every request that ended before the kill has a record."""
+    it had in flight: each is recorded as lost from its mark, so every request the target
+    received has exactly one record."""
     proc, out, workers = _scaled_run(tmp_path, target)
-    killed = time.monotonic()  # the target's clock too (CLOCK_MONOTONIC, one host)
+    killed = time.monotonic()
     subprocess.run(["kill", "-KILL", str(workers[0])], check=True)
     # the master, once it saw the death, stopped the run: its other worker stops
     _wait_for("the other worker stopped", lambda: not alive(workers[1]))
@@ -174,18 +179,28 @@ def test_a_worker_killed_outright_voids_the_run_and_says_so(tmp_path: Path, targ
     meta = _meta(out)
     assert not meta["validity"]["valid"]
     reasons = " ".join(meta["validity"]["reasons"])
-    assert re.search(rf"worker \d \(pid {workers[0]}\) was killed by SIGKILL", reasons), reasons
+    dead = re.search(
+        rf"worker \d \(pid {workers[0]}, writing (requests-w\d\.jsonl)\) was killed by SIGKILL",
+        reasons,
+    )
+    assert dead, reasons
     said = re.search(
-        r"in flight at its death \((\d+) at that report\) were served with no record", reasons
+        rf"recorded as lost \(error_kind {WORKER_LOST}.*: (\d+) by the worker "
+        rf"writing {re.escape(dead.group(1))}",
+        reasons,
     )
     assert said, reasons
     assert not any(alive(pid) for pid in workers)
     _still(target)
     missing, total = _unrecorded(target, out)
-    # an answer the target ended just before the kill may not have reached the worker yet
-    ended = [r for r in missing if r["end"] is not None and r["end"] < killed - 1.0]
-    assert not ended, ended
+    lost = [r for r in _records(out) if r["error_kind"] == WORKER_LOST]
     print(
         f"\nworker SIGKILL: the other worker stopped {noticed_s:.2f} s after; {len(missing)} of "
-        f"{total} lack records; the run says {said.group(1)} were in flight"
+        f"{total} lack records; {len(lost)} recorded as lost, as the run says ({said.group(1)})"
     )
+    assert not missing, missing
+    assert len(lost) == int(said.group(1))
+    for r in lost:
+        assert r["status"] == "error" and r["http_status"] is None and r["end"] is None
+        assert r["token_source"] == "none" and not r["output_tokens"]
+        assert r["start"] >= r["intended_start"] - 0.05  # the time it was sent
