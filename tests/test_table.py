@@ -28,11 +28,7 @@ THRESHOLDS = [
 
 
 def _flat(summary: Summary) -> dict[str, Any]:
-    d = asdict(summary)
-    d.pop("tokens")  # counted from records' usage only; a simulation has none
-    for persona in d["by_persona"].values():
-        persona.pop("tokens")
-    return d
+    return asdict(summary)  # the token counts too: a simulation's prefix-cache hits
 
 
 def _same(a: Any, b: Any) -> None:

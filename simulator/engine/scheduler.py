@@ -72,7 +72,9 @@ class EngineSequence:
         self.prefix = prefix
         self.num_preemptions = 0
         self.recomputed_tokens = 0  # computed tokens whose KV a preemption discarded
-        self.cached_prompt_tokens = 0  # prompt tokens found in the prefix cache, over admissions
+        # prompt tokens found in the prefix cache at its first admission (a preempted sequence's
+        # later hits on its own blocks are not counted again, as vLLM's num_cached_tokens)
+        self.cached_prompt_tokens = 0
         self.status = WAITING
         self.num_scheduled = 0  # tokens computed in the step in flight
         self._num_blocks = 0  # KV blocks held (kept by the BlockManager)
@@ -337,7 +339,8 @@ class Scheduler:
             waiting.popleft()
             seq.status = RUNNING
             seq._computed = cached
-            seq.cached_prompt_tokens += cached
+            if not seq.num_preemptions:
+                seq.cached_prompt_tokens = cached
             seq.num_scheduled = n
             self.running[seq] = None
             self.prefilling[seq] = None

@@ -268,6 +268,7 @@ class _Clients:
         else:
             ledger.end[i] = now
             ledger.output[i] = seq.generated
+            ledger.cached[i] = seq.cached_prompt_tokens
             self._ended(i, Ended("ok", now))
         self.fleet.released(seq, now)
 

@@ -1,0 +1,91 @@
+"""Conversations that share a system prompt, as the Mooncake conversation trace has them: the
+prefix cache's hit share (recorded, counted once), cache-aware routing that spreads load, and
+scaled traces whose extra copies are other users.
+
+Every prompt starts with the same 512-token block (block 0); conversation c's turn t adds two
+512-token blocks of its own to the turn before, so a turn shares all but its two new blocks with
+the conversation's previous turn, and its first block with every other request.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scenarios.metrics import summarize_table
+from scenarios.plan import RequestSpec
+from scenarios.plan_tokens import shareable_prompt_share
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.replay.sim import SimResult, simulate
+
+BLOCK = 512
+COST = StepCost(0.005, 0.0005, 0.00005)  # 5 ms a step, 0.5 ms a sequence, 0.05 ms a token
+
+
+def _conversation(c: int, turns: int, start: float, gap_s: float, output: int) -> list[RequestSpec]:
+    """Conversation c: turn t (from 1) has 1 + 2t blocks, sent gap_s after the turn before."""
+    own = [(1 + 1000 * c + k, BLOCK) for k in range(2 * turns)]
+    return [
+        RequestSpec(
+            f"c{c}t{t}",
+            start + (t - 1) * gap_s,
+            BLOCK * (1 + 2 * t),
+            output,
+            prefix=((0, BLOCK), *own[: 2 * t]),
+        )
+        for t in range(1, turns + 1)
+    ]
+
+
+def _plan(starts: list[float], turns: int, gap_s: float, output: int = 8) -> list[RequestSpec]:
+    specs = [
+        spec
+        for c, start in enumerate(starts)
+        for spec in _conversation(c, turns, start, gap_s, output)
+    ]
+    return sorted(specs, key=lambda s: s.arrival)
+
+
+def _hit_share(result: SimResult) -> float:
+    tokens = summarize_table(result.table).tokens
+    assert tokens is not None and tokens.cache_hit_rate is not None
+    return tokens.cache_hit_rate
+
+
+# ------------------------------------------------------------------ the hit share (item 2)
+
+
+def test_the_hit_share_of_a_simulated_run_is_recorded_and_hand_computed() -> None:
+    """Four conversations of three turns, each request alone on one replica with room for
+    everything: a turn hits block 0 (but the very first request) and its previous turn's
+    blocks. Prompt blocks 4 x (3 + 5 + 7) = 60, hits 4 x (1 + 3 + 5) - 1 = 35."""
+    plan = _plan([0.0, 1.0, 2.0, 3.0], turns=3, gap_s=10.0)
+    config = EngineConfig(enable_prefix_caching=True, kv_cache_tokens=1 << 20, cost=COST)
+    result = simulate(plan, config)
+    by_id = {r.id: r for r in result.records}
+    assert {r.status for r in by_id.values()} == {"ok"}
+    for spec in plan:
+        c, t = int(spec.id[1]), int(spec.id[3])
+        expected = BLOCK * (2 * t - 1) - (BLOCK if (c, t) == (0, 1) else 0)
+        assert by_id[spec.id].cached_tokens == expected, spec.id
+    assert _hit_share(result) == pytest.approx(35 / 60, abs=1e-12)
+    assert shareable_prompt_share(plan) == pytest.approx(35 / 60, abs=1e-12)
+    off = simulate(plan, EngineConfig(kv_cache_tokens=1 << 20, cost=COST))
+    assert _hit_share(off) == 0.0  # prefix caching off: recorded as none from the cache
+
+
+def test_a_preempted_request_counts_its_hits_once() -> None:
+    """A cache too small for the bursts: requests are preempted and find their own blocks
+    cached when they come back; the hits are counted at their first admission only, so the
+    share cannot exceed what an ideal cache could serve."""
+    plan = _plan([0.01 * c for c in range(12)], turns=4, gap_s=4.0, output=400)
+    config = EngineConfig(
+        max_num_seqs=12,
+        enable_prefix_caching=True,
+        kv_cache_tokens=6 * 9 * BLOCK,
+        max_batched_tokens=2048,
+        cost=COST,
+    )
+    result = simulate(plan, config, timeout_s=600.0)
+    assert result.preemptions > 0
+    assert {r.status for r in result.records} == {"ok"}
+    assert 0.0 < _hit_share(result) <= shareable_prompt_share(plan)
