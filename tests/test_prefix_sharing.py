@@ -9,11 +9,13 @@ the conversation's previous turn, and its first block with every other request.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scenarios.metrics import summarize_table
 from scenarios.plan import RequestSpec
 from scenarios.plan_tokens import shareable_prompt_share
+from scenarios.spec import FleetSpec
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.replay.sim import SimResult, simulate
 
@@ -89,3 +91,34 @@ def test_a_preempted_request_counts_its_hits_once() -> None:
     assert result.preemptions > 0
     assert {r.status for r in result.records} == {"ok"}
     assert 0.0 < _hit_share(result) <= shareable_prompt_share(plan)
+
+
+# ------------------------------------------------------------------ routing (item 1)
+
+
+def test_prefix_affinity_spreads_conversations_and_keeps_their_hits() -> None:
+    """24 conversations over 4 replicas: block 0, which every replica soon caches, decides
+    nothing; a conversation's next turns follow its cached history. The load spreads (no
+    replica busier than 1.5 x the mean) and the hit share stays within 2 points of sending
+    each conversation to a replica of its own (c mod 4: four one-replica runs)."""
+    rng = np.random.default_rng(7)
+    starts = sorted(rng.uniform(0, 60, 24).tolist())
+    plan = _plan(starts, turns=4, gap_s=20.0, output=32)
+    config = EngineConfig(
+        max_num_seqs=8, enable_prefix_caching=True, kv_cache_tokens=1 << 20, cost=COST
+    )
+    fleet = FleetSpec(routing="prefix_affinity")
+    result = simulate(plan, config, replicas=4, fleet=fleet)
+    assert {r.status for r in result.records} == {"ok"}
+    busy = np.array(result.busy_fraction)
+    assert busy.max() <= 1.5 * busy.mean(), busy
+    cached = prompt = 0
+    for r in range(4):
+        mine = [s for s in plan if int(s.id[1 : s.id.index("t")]) % 4 == r]
+        alone = simulate(mine, config).table.tokens
+        assert alone is not None
+        cached += int(alone.cached.sum())
+        prompt += int(alone.prompt.sum())
+    sticky = cached / prompt
+    assert _hit_share(result) == pytest.approx(sticky, abs=0.02)
+    assert sticky > 0.5  # the history is most of every later turn
