@@ -9,15 +9,21 @@ the conversation's previous turn, and its first block with every other request.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
 from scenarios.metrics import summarize_table
-from scenarios.plan import RequestSpec
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.plan_tokens import shareable_prompt_share
-from scenarios.spec import FleetSpec
+from scenarios.spec import FleetSpec, load_scenario
+from scenarios.trace_types import shared_prefix_lengths
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.replay.sim import SimResult, simulate
+from tests.conftest import scenario_dict, write_scenario
 
 BLOCK = 512
 COST = StepCost(0.005, 0.0005, 0.00005)  # 5 ms a step, 0.5 ms a sequence, 0.05 ms a token
@@ -122,3 +128,65 @@ def test_prefix_affinity_spreads_conversations_and_keeps_their_hits() -> None:
     sticky = cached / prompt
     assert _hit_share(result) == pytest.approx(sticky, abs=0.02)
     assert sticky > 0.5  # the history is most of every later turn
+
+
+# ------------------------------------------------------------------ scaled traces (item 4)
+
+
+def _conversation_rows(n: int, turns: int) -> list[dict[str, Any]]:
+    """Mooncake rows: block 0 shared by all; a turn repeats its conversation's full blocks and
+    cuts its last block short (an id of its own: the next turn fills it, another block)."""
+    rows = []
+    for c in range(n):
+        for t in range(1, turns + 1):
+            own = 700 * t + 13 * c  # tokens after block 0
+            full = own // BLOCK
+            ids = [0] + [10 + 1000 * c + k for k in range(full)]
+            if own % BLOCK:
+                ids.append(10 + 1000 * c + 500 + t)
+            rows.append(
+                {
+                    "timestamp": 7000 * c + 30000 * (t - 1),
+                    "input_length": BLOCK + own,
+                    "output_length": 20,
+                    "hash_ids": ids,
+                }
+            )
+    return sorted(rows, key=lambda r: r["timestamp"])
+
+
+def test_only_the_common_block_is_shared_across_conversations() -> None:
+    rows = _conversation_rows(30, 4)
+    assert shared_prefix_lengths([r["hash_ids"] for r in rows]).tolist() == [1] * len(rows)
+    # a second system prompt, shared by two conversations that go on past it
+    two = [[7, 8, 1, 2], [7, 8, 3, 4], [7, 8, 1, 2, 5, 6], [9]]
+    assert shared_prefix_lengths(two).tolist() == [2, 2, 2, 0]
+
+
+def _share(tmp_path: Path, rows: list[dict[str, Any]], periods: float, scale: float) -> float:
+    trace = tmp_path / "conv.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    span = (rows[-1]["timestamp"] - rows[0]["timestamp"]) / 1000
+    period = span + span / (len(rows) - 1)
+    data = scenario_dict(
+        traffic={
+            "arrival": {"type": "trace", "path": trace.name, "format": "mooncake"},
+            "duration_s": periods * period,
+        }
+    )
+    data.pop("workload")
+    scenario = load_scenario(write_scenario(tmp_path / "s.yaml", data))
+    plan = build_plan(scenario, rate_scale=scale)
+    assert len(plan) == round(len(rows) * periods * scale)
+    return shareable_prompt_share(plan)
+
+
+def test_scaled_copies_of_a_trace_are_other_users(tmp_path: Path) -> None:
+    """Twice the rate over the whole trace, or a window of two laps: every conversation is
+    sent twice, by other users that share block 0 only, so the share of prompt tokens an ideal
+    prefix cache could serve stays the trace's (sent as is, it nearly doubled)."""
+    rows = _conversation_rows(30, 4)
+    once = _share(tmp_path, rows, 1, 1.0)
+    assert 0.3 < once < 0.7
+    assert _share(tmp_path, rows, 1, 2.0) == pytest.approx(once, abs=0.01)
+    assert _share(tmp_path, rows, 2, 1.0) == pytest.approx(once, abs=0.01)
