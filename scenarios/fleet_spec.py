@@ -98,7 +98,18 @@ class FleetSpec(Strict):
         False, description="Requests wait at the fleet until a replica has a free batch slot."
     )
     affinity_overload: float = Field(
-        1.0, gt=0, le=100, description="prefix_affinity gives way at this x max_num_seqs."
+        1.0,
+        gt=0,
+        le=100,
+        description="prefix_affinity leaves the replica caching the prompt for the least loaded "
+        "once it holds this x max_num_seqs requests.",
+    )
+    affinity_min_match: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="prefix_affinity follows a replica's cached prefix only when it covers this "
+        "share of the prompt (SGLang's cache_threshold); else the least loaded replica.",
     )
     retry_after_s: float | None = Field(
         None, ge=0, le=3600, description="The Retry-After header of the fleet's 429s."

@@ -100,7 +100,8 @@ class TokenReconciliation:
 
     @classmethod
     def of(cls, table: RequestTable) -> TokenReconciliation | None:
-        """Over the table's successful last attempts; None when no server counted tokens."""
+        """Over the table's successful last attempts; None when no server counted tokens (a
+        simulated run counts its prefix cache's hits, as a server's usage does)."""
         t = table.tokens
         if t is None:
             return None
@@ -109,13 +110,13 @@ class TokenReconciliation:
         # streamed requests whose chunks should each carry one token: the server counted the
         # output and no per-chunk usage said a chunk held several
         one_token = counted & (table.output_tokens > 0) & (t.chunks > 0) & ~t.per_chunk
-        if not paired.any() and not one_token.any():
+        reports = table.ok & ~table.retried & (t.cached >= 0)
+        if not paired.any() and not one_token.any() and not reports.any():
             return None
         usage, streamed = table.output_tokens[one_token], t.chunks[one_token]
         disagreeing = int((np.abs(streamed - usage) > OUTPUT_COUNT_TOLERANCE * usage).sum())
         planned, served = t.planned_prompt[paired], t.prompt[paired]
         error = np.abs(served - planned) / planned * 100.0 if paired.any() else np.zeros(1)
-        reports = table.ok & ~table.retried & (t.cached >= 0)
         return cls(
             int(paired.sum()),
             int(planned.sum()),

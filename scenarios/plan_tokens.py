@@ -3,7 +3,9 @@ warnings when the served tokens disagree with the plan."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+
+import numpy as np
 
 from scenarios.metrics import Summary, output_count_warning, unplanned_cache_warning
 from scenarios.plan import RequestSpec
@@ -24,17 +26,25 @@ def token_warnings(
     return [w for w in found if w]
 
 
-def shareable_prompt_share(plan: Iterable[RequestSpec]) -> float:
+def shareable_prompt_share(plan: Sequence[RequestSpec]) -> float:
     """Share of the plan's prompt tokens that an ideal prefix cache could serve: the prefix
     segments whose chain (the segment and all before it) an earlier request already sent."""
-    seen: set[tuple[tuple[int, int], ...]] = set()
-    shareable = total = 0
-    for spec in sorted(plan, key=lambda s: s.arrival):
-        total += spec.prompt_tokens
-        for i, (_, tokens) in enumerate(spec.prefix):
-            chain = spec.prefix[: i + 1]
-            if chain in seen:
-                shareable += tokens
+    total = sum(s.prompt_tokens for s in plan)
+    return int(shareable_tokens(plan).sum()) / total if total else 0.0
+
+
+def shareable_tokens(plan: Sequence[RequestSpec]) -> np.ndarray:
+    """Per request of `plan` (in its order), the prompt tokens an ideal prefix cache could
+    serve it: its prefix segments whose chain an earlier request (by arrival) already sent."""
+    nodes: dict[tuple[int, tuple[int, int]], int] = {}  # (parent chain, segment) -> chain
+    out = np.zeros(len(plan), np.int64)
+    for i in sorted(range(len(plan)), key=lambda i: plan[i].arrival):
+        chain = -1  # the empty chain
+        for segment in plan[i].prefix:
+            node = nodes.get((chain, segment))
+            if node is None:
+                node = nodes[chain, segment] = len(nodes)
             else:
-                seen.add(chain)
-    return shareable / total if total else 0.0
+                out[i] += segment[1]
+            chain = node
+    return out

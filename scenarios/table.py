@@ -143,8 +143,8 @@ class RequestTable:
         if metric == "e2e_intended":
             return (self.end - self.intended_start)[rows]
         if metric == "tpot":
-            rows = rows & (self.output_tokens > 1)
-            return ((self.end - self.first_token) / (self.output_tokens - 1))[rows]
+            rows = rows & (self.output_tokens > 1)  # one token: no time per output token
+            return (self.end - self.first_token)[rows] / (self.output_tokens[rows] - 1)
         raise ValueError(f"unknown metric {metric!r}")
 
     def meets(self, limits: dict[str, float]) -> np.ndarray:

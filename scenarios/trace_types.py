@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -54,6 +55,12 @@ class Trace:
     def __len__(self) -> int:
         return int(self.timestamps.size)
 
+    @cached_property
+    def shared_blocks(self) -> np.ndarray | None:
+        """Per row, how many of its leading hash ids other conversations share too (see
+        `shared_prefix_lengths`); None without hash ids."""
+        return None if self.hash_ids is None else shared_prefix_lengths(self.hash_ids)
+
     @property
     def period(self) -> float:
         """The replay loop's period: span plus one mean gap (1 s for a single request); for a
@@ -68,3 +75,39 @@ def frozen(a: np.ndarray) -> np.ndarray:
     """`a`, made read-only (a Trace's arrays are shared through the parse cache)."""
     a.setflags(write=False)
     return a
+
+
+def shared_prefix_lengths(hash_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per row, the length of its leading run of blocks that different conversations share
+    (a common system prompt), as the rows' prefix tree shows it.
+
+    A trace names no conversations. A conversation's next turn repeats the blocks of the turn
+    before, but for its last block, cut short then and whole (so another block) now: its
+    chain branches there into a leaf and the continuation. Two chains that part and both go
+    on past the branch's first block are other contexts: the branch's blocks, and every block
+    before them, are shared across conversations; the rest belongs to one conversation.
+    """
+    nodes: dict[tuple[int, int], int] = {}  # (parent chain, hash id) -> chain
+    parent: list[int] = []
+    paths: list[list[int]] = []
+    for ids in hash_ids:
+        chain, path = -1, []
+        for h in ids:
+            node = nodes.get((chain, h))
+            if node is None:
+                node = nodes[chain, h] = len(parent)
+                parent.append(chain)
+            path.append(node)
+            chain = node
+        paths.append(path)
+    up = np.array(parent, dtype=np.int64)
+    inner = np.zeros(len(up), bool)  # has a child: the chain goes on
+    inner[up[up >= 0]] = True
+    going_on = np.bincount(up[(up >= 0) & inner], minlength=len(up))  # children that go on
+    shared = going_on >= 2
+    for node in np.flatnonzero(shared).tolist():  # a shared chain's ancestors are too
+        p = int(up[node])
+        while p >= 0 and not shared[p]:  # (a shared one's own are marked in its turn)
+            shared[p] = True
+            p = int(up[p])
+    return np.fromiter((int(shared[p].sum()) if p else 0 for p in paths), np.int64, len(paths))

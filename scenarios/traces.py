@@ -12,6 +12,12 @@ u_j uniform in [-1/4, 1/4], m the number of copies), each keeping its own timest
 lengths; a fractional part f adds one more copy thinned by independent Bernoulli(f) draws, and
 k < 1 thins the trace itself. The mean rate is multiplied by k while every burst keeps its
 duration and shape, unlike compressing time (`time_scale`), which shortens bursts too.
+
+Extra copies, and laps of a window longer than the trace, are other users: their rows' prefix
+hash ids are renamed, all but the leading blocks that different conversations of the trace
+share (a common system prompt, see `shared_prefix_lengths`). A copy of a conversation then
+shares what distinct users share, not its own history, and the share of prompt tokens a
+prefix cache could serve stays the trace's at any rate_scale.
 """
 
 from __future__ import annotations
@@ -123,8 +129,9 @@ class TraceReplay(_TraceSource):
     too); rate_scale multiplies the rate keeping bursts (see the module docstring); start_s is
     the offset into the trace, in trace seconds (past the end it wraps). The trace loops when
     the window outlasts it. Relative paths resolve against plan's base_dir (the scenario's
-    folder) first, then the current directory. Every copy keeps its rows' hash_ids, so scaled
-    traffic shares prefixes as more users of the same services would.
+    folder) first, then the current directory. Every copy (and lap) but the first renames its
+    rows' hash_ids, keeping the blocks the trace's conversations share with each other, so
+    scaled traffic shares prefixes as more users of the same services would.
     """
 
     closed: ClassVar[bool] = False
@@ -168,45 +175,77 @@ class TraceReplay(_TraceSource):
         copies = whole + (frac > 1e-12)
         # rows read before thinning: at least the expected count, and k < 1 reads a whole copy
         check_budget(len(trace) * window / period * copies, f"trace {trace.source}")
-        times, rows = [], []
+        times, rows, users = [], [], []
+        laps = _laps(period, window)
         for j in range(copies):
             jitter = rng.uniform(-0.25, 0.25) if j else 0.0
             offset = self.start_s + period * (j + jitter) / copies
-            t, r = _window(trace.timestamps, period, offset, window)
+            t, r, lap = _window(trace.timestamps, period, offset, window)
             keep_p = 1.0 if j < whole else frac
             if keep_p < 1.0:
                 mask = rng.random(t.size) < keep_p
-                t, r = t[mask], r[mask]
+                t, r, lap = t[mask], r[mask], lap[mask]
             times.append(t)
             rows.append(r)
-        t_all, r_all = np.concatenate(times), np.concatenate(rows)
+            users.append(j * laps + lap)
+        t_all, r_all, u_all = np.concatenate(times), np.concatenate(rows), np.concatenate(users)
         order = np.argsort(t_all, kind="stable")
-        t_all, r_all = t_all[order] * self.time_scale, r_all[order]
+        t_all, r_all, u_all = t_all[order] * self.time_scale, r_all[order], u_all[order]
         inside = t_all < duration_s
-        t_all, r_all = t_all[inside], r_all[inside]
+        t_all, r_all, u_all = t_all[inside], r_all[inside], u_all[inside]
         if self.lengths == "workload":
             return TracePlan(t_all, r_all, None, None, None)
         assert trace.prompt_tokens is not None and trace.output_tokens is not None
-        hashes = [trace.hash_ids[i] for i in r_all] if trace.hash_ids is not None else None
+        hashes = _renamed(trace, r_all, u_all) if trace.hash_ids is not None else None
         return TracePlan(
             t_all, r_all, trace.prompt_tokens[r_all], trace.output_tokens[r_all], hashes
         )
 
 
+def _laps(period: float, window: float) -> int:
+    """Passes over the periodic trace that a window may reach into."""
+    return max(1, math.ceil(window / period) + 1)
+
+
 def _window(
     ts: np.ndarray, period: float, offset: float, window: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Times (from offset) and rows of the periodic trace inside [offset, offset + window)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Times (from offset), rows and laps (the pass over the trace, from 0) of the periodic
+    trace inside [offset, offset + window)."""
     shift = offset % period
     i0 = int(np.searchsorted(ts, shift))
     rows = np.concatenate([np.arange(i0, ts.size), np.arange(i0)])
     rel = ts[rows] - shift
     rel[ts.size - i0 :] += period
-    laps = max(1, math.ceil(window / period) + 1)
+    laps = _laps(period, window)
     t = (rel[None, :] + period * np.arange(laps)[:, None]).ravel()
     r = np.tile(rows, laps)
+    lap = np.repeat(np.arange(laps), rows.size)
     inside = t < window
-    return t[inside], r[inside]
+    return t[inside], r[inside], lap[inside]
+
+
+def _renamed(trace: Trace, rows: np.ndarray, users: np.ndarray) -> list[tuple[int, ...]]:
+    """The rows' hash ids as user group `users` sends them: group 0 (the first copy's first
+    lap) as the trace has them; group u > 0 with every id past the row's blocks shared across
+    conversations moved to a range of its own (above the trace's ids, one per group)."""
+    hash_ids, shared = trace.hash_ids, trace.shared_blocks
+    assert hash_ids is not None and shared is not None
+    if not users.any():
+        return [hash_ids[i] for i in rows.tolist()]
+    ids = [h for row in hash_ids for h in row]
+    low, high = (min(ids), max(ids)) if ids else (0, 0)
+    width = high - low + 1
+    out = []
+    for i, u in zip(rows.tolist(), users.tolist(), strict=True):
+        row = hash_ids[i]
+        if u == 0 or shared[i] >= len(row):
+            out.append(row)
+            continue
+        move = high + 1 - low + (u - 1) * width
+        k = int(shared[i])
+        out.append((*row[:k], *(h + move for h in row[k:])))
+    return out
 
 
 class TraceLengths(_TraceSource):

@@ -9,6 +9,7 @@ import numpy as np
 
 from loadgen.sizing import SizedPrompts
 from scenarios.plan import RequestSpec
+from scenarios.plan_tokens import shareable_tokens
 from scenarios.spec import Scenario
 from surgecast.tables import markdown
 
@@ -16,12 +17,16 @@ RENDERED_PER_PERSONA = 300  # prompts rendered to measure messiness and show sam
 
 
 def plan_table(scenario: Scenario, plan: Sequence[RequestSpec], duration_s: float) -> str:
-    """One row per persona: sessions, requests, rate, burstiness, turns and token lengths."""
+    """One row per persona: sessions, requests, rate, burstiness, turns, token lengths and the
+    share of its prompt tokens an ideal prefix cache could serve (prefix segments an earlier
+    request of the plan sent, whoever sent it)."""
     rows = []
+    shareable = shareable_tokens(plan)
     for persona in scenario.mix():
-        specs = [s for s in plan if s.persona == persona.name]
+        mine = [i for i, s in enumerate(plan) if s.persona == persona.name]
+        specs = [plan[i] for i in mine]
         if not specs:
-            rows.append([persona.name, 0, 0, 0, "-", "-", "-", "-", "-", "-"])
+            rows.append([persona.name, 0, 0, 0, "-", "-", "-", "-", "-", "-", "-"])
             continue
         openers = np.sort([s.arrival for s in specs if s.after is None])
         gaps = np.diff(openers)
@@ -41,6 +46,7 @@ def plan_table(scenario: Scenario, plan: Sequence[RequestSpec], duration_s: floa
                 cv,
                 sum(not s.regenerate for s in specs) / sessions,
                 "/".join(f"{v:.0f}" for v in np.percentile(prompt, [50, 90, 99])),
+                f"{shareable[mine].sum() / max(prompt.sum(), 1):.1%}",
                 "/".join(f"{v:.0f}" for v in np.percentile(output, [50, 90, 99])),
                 sum(s.regenerate for s in specs),
                 ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()) if k != "normal") or "-",
@@ -55,6 +61,7 @@ def plan_table(scenario: Scenario, plan: Sequence[RequestSpec], duration_s: floa
             "session gap CV",
             "turns/session",
             "prompt tok p50/p90/p99",
+            "prompt tok shareable",
             "output tok p50/p90/p99",
             "regenerates",
             "pastes, empties",

@@ -204,8 +204,9 @@ def token_lines(s: Summary) -> str:
         )
     if t is not None and t.cache_hit_rate is not None:
         lines.append(
-            f"prefix cache: the server took {t.cache_hit_rate:.0%} of the prompt tokens of "
-            f"{t.cache_reports} requests from its cache"
+            f"prefix cache hit share: {t.cache_hit_rate:.1%} of the prompt tokens of "
+            f"{t.cache_reports} requests came from the prefix cache ({t.cached:,} of "
+            f"{t.cache_prompt:,})"
         )
     return "\n".join(lines)
 

@@ -257,20 +257,38 @@ def test_least_kv_picks_the_emptiest_cache() -> None:
     assert _router("least_outstanding", engines).choose() is engines[0]
 
 
-def test_prefix_affinity_keeps_a_prefix_on_one_replica_until_it_is_full() -> None:
-    engines = _engines(3, slots=4)
+def _cache(engine: Engine, prefix: tuple[tuple[int, int], ...]) -> None:
+    """Run a request beginning with `prefix` through `engine`: its prefix cache holds it."""
+    engine.add(EngineSequence("warm", sum(n for _, n in prefix) + 16, 1, prefix))
+    while engine.has_work:
+        engine.complete(engine.plan_step())
+
+
+def test_prefix_affinity_follows_the_longest_cached_prefix_until_its_replica_is_full() -> None:
+    """Three replicas with prefix caching, batches of 4: a prompt whose cached run covers half
+    of it or more goes where it is cached, until that replica holds 4; a shorter run, or one
+    every replica caches, decides nothing: the least loaded (then least cached) replica."""
+    engines = [
+        Engine(EngineConfig(max_num_seqs=4, enable_prefix_caching=True, cost=StepCost(0.01, 0, 0)))
+        for _ in range(3)
+    ]
     router = _router("prefix_affinity", engines)
     system = ((7, 64),)
-    first = router.choose(system)
-    for i in range(3):  # least outstanding would move on to an emptier replica
-        _load(router, first)
-        assert router.choose((*system, (100 + i, 32))) is first
-    other = router.choose(((8, 64),))  # a new prefix goes to the least loaded
-    assert other is not first and other.load == 0
-    _load(router, first)  # its batch is full: the prefix gives way
-    fallback = router.choose(system)
-    assert fallback is not first and fallback.load == 0
-    assert router.choose(system) is fallback  # and stays where it went
+    _cache(engines[1], system)
+    for i in range(4):  # least outstanding would go to engines[0] (or [2]) from the start
+        assert router.choose((*system, (100 + i, 32)), prompt_tokens=96) is engines[1]
+        _load(router, engines[1])
+    short = ((7, 64), (200, 192))  # 64 cached tokens of 256: too little to follow
+    assert router.choose(short, prompt_tokens=256) is engines[0]
+    assert router.choose((*system, (300, 32)), prompt_tokens=96) is engines[0]  # [1] is full
+    assert router.choose(((8, 64),), prompt_tokens=80) is engines[0]  # cached nowhere
+    _cache(engines[0], system)
+    _cache(engines[2], system)
+    picks = []
+    for i in range(6):  # cached everywhere: by load
+        picks.append(router.choose((*system, (400 + i, 32)), prompt_tokens=96))
+        _load(router, picks[-1])
+    assert picks == [engines[0], engines[2], engines[0], engines[2], engines[0], engines[2]]
 
 
 def test_random_routing_is_seeded_and_uniform() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,7 @@ THRESHOLDS = [
 
 
 def _flat(summary: Summary) -> dict[str, Any]:
-    d = asdict(summary)
-    d.pop("tokens")  # counted from records' usage only; a simulation has none
-    for persona in d["by_persona"].values():
-        persona.pop("tokens")
-    return d
+    return asdict(summary)  # the token counts too: a simulation's prefix-cache hits
 
 
 def _same(a: Any, b: Any) -> None:
@@ -138,3 +135,21 @@ def test_the_table_of_a_file_is_built_as_it_streams(tmp_path: Path) -> None:
     assert warned and "line 31" in warned[0]
     direct = RequestTable.of(records)
     assert np.array_equal(table.gaps, direct.gaps) and np.array_equal(table.end, direct.end)
+
+
+def test_a_one_token_answer_has_no_tpot_and_no_divide_warning() -> None:
+    """TPOT is (e2e - ttft) / (output_tokens - 1): a one-token answer has none, and computing
+    the others must not divide by its zero (numpy's RuntimeWarning, an error here)."""
+
+    def rec(i: int, output: int) -> RequestRecord:
+        return RequestRecord(
+            id=str(i), intended_start=0, start=0, first_token=0.1, end=0.5, output_tokens=output
+        )
+
+    table = RequestTable.of([rec(0, 1), rec(1, 5)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tpot = table.samples("tpot")
+        summary = summarize_table(table, [parse_threshold("tpot", "avg < 200")])
+    assert tpot.tolist() == pytest.approx([0.1])
+    assert summary.metrics["tpot"].count == 1 and summary.slos_passed

@@ -9,7 +9,7 @@ allocation needs the space and evicts it, least recently used first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Container, Hashable, Sequence
 from typing import Protocol
 
 BlockKey = Hashable
@@ -74,6 +74,15 @@ class BlockManager:
                 break
             run.append(key)
         return run
+
+    def cached_run_length(self, keys: Sequence[BlockKey], also: Container[BlockKey] = ()) -> int:
+        """How many leading keys are in the cache, or in `also` (blocks about to be)."""
+        refs, n = self._refs, 0
+        for key in keys:
+            if key not in refs and key not in also:
+                break
+            n += 1
+        return n
 
     def allocate(self, seq: Holder, tokens: int, hits: Sequence[BlockKey] = ()) -> bool:
         """Make `seq` hold blocks for `tokens` tokens, taking `hits` (cached blocks) first.

@@ -9,6 +9,12 @@ tokens later). If nothing was preempted, waiting sequences are then admitted in 
 `max_num_seqs`, the budget and the KV cache allow. A sequence gains a token in the step that
 computes its last uncomputed token.
 
+One guard vLLM's V1 scheduler lacks: a preempted sequence comes back only when the blocks of its
+whole context (prompt and generated tokens) are free, and takes them all at once, as vLLM's V0
+block manager admitted a prompt. V1 takes a returning sequence's first chunk's blocks only, so
+a long context that cannot fit beside the running ones is readmitted, preempted at its next
+chunk, readmitted, and so on (vllm-project/vllm#25538: hundreds of preemptions of one request).
+
 Decoding costs nothing per sequence and step: a decoding sequence's token count (and so its KV
 blocks) follows a step counter; the scheduler wakes it at the step it finishes, and at each step
 takes one block for every decoding sequence whose blocks fill then (grouped by step modulo the
@@ -72,7 +78,9 @@ class EngineSequence:
         self.prefix = prefix
         self.num_preemptions = 0
         self.recomputed_tokens = 0  # computed tokens whose KV a preemption discarded
-        self.cached_prompt_tokens = 0  # prompt tokens found in the prefix cache, over admissions
+        # prompt tokens found in the prefix cache at its first admission (a preempted sequence's
+        # later hits on its own blocks are not counted again, as vLLM's num_cached_tokens)
+        self.cached_prompt_tokens = 0
         self.status = WAITING
         self.num_scheduled = 0  # tokens computed in the step in flight
         self._num_blocks = 0  # KV blocks held (kept by the BlockManager)
@@ -164,6 +172,7 @@ class Scheduler:
         self.prefilling: dict[EngineSequence, None] = {}
         self.decoding: dict[EngineSequence, None] = {}
         self.num_preemptions = 0
+        self.recomputed_tokens = 0  # computed tokens preemptions discarded, over all sequences
         self.steps = StepCounter(kv.block_size)  # updates applied
         self.first_tokens: list[EngineSequence] = []  # emitted their first token in the last update
         # decoding sequences whose next block is due when steps % block_size == phase
@@ -243,6 +252,7 @@ class Scheduler:
     def _preempt(self, seq: EngineSequence) -> None:
         self._leave(seq)
         seq.recomputed_tokens += seq._computed
+        self.recomputed_tokens += seq._computed
         seq._computed = 0
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -332,12 +342,14 @@ class Scheduler:
             if remaining > budget and not cfg.enable_chunked_prefill and prefill:
                 break  # without chunking a prompt goes whole (alone, when over the budget)
             n = remaining if remaining <= budget or not cfg.enable_chunked_prefill else budget
-            if not kv.allocate(seq, cached + n, hits):
+            # a preempted sequence takes its whole context's blocks (see the module docstring)
+            if not kv.allocate(seq, tokens if seq.num_preemptions else cached + n, hits):
                 break
             waiting.popleft()
             seq.status = RUNNING
             seq._computed = cached
-            seq.cached_prompt_tokens += cached
+            if not seq.num_preemptions:
+                seq.cached_prompt_tokens = cached
             seq.num_scheduled = n
             self.running[seq] = None
             self.prefilling[seq] = None

@@ -99,7 +99,9 @@ class Fleet(Generic[R]):
         self._on_expired = on_expired
         self._slots = engine.max_num_seqs
         self._rng = np.random.default_rng([config.seed, 1])  # cold-start draws
-        self.router = Router(config.routing, config.seed, config.affinity_overload)
+        self.router = Router(
+            config.routing, config.seed, config.affinity_overload, config.affinity_min_match
+        )
         self.members: list[Member[R]] = []  # present now
         self.history: list[Member[R]] = []  # every replica the run had
         self._member: dict[Engine, Member[R]] = {}
@@ -134,7 +136,7 @@ class Fleet(Generic[R]):
             return True
         router = self.router  # the ready replicas, else the starting ones
         among = None if router.engines else [m.engine for m in self.members]
-        member = self._member[router.choose(seq.prefix, among)]
+        member = self._member[router.choose(seq.prefix, among, seq.prompt_tokens)]
         if limit is not None and member.engine.load >= self._slots and self.waiting() >= limit:
             return False
         self._place(member, seq, None)
@@ -149,6 +151,7 @@ class Fleet(Generic[R]):
         """`seq` left its replica (finished or aborted): a slot may be free."""
         member = self.where.pop(seq, None)
         if member is not None:
+            self.router.released(member.engine, seq)
             self.router.changed(member.engine)
             if member.engine.load == 0:
                 member.idle_since = now
@@ -163,6 +166,7 @@ class Fleet(Generic[R]):
         """Submit to `member`; `sent` for a request that waited here (None: it was sent just
         now, the replica knows when)."""
         self.where[seq] = member
+        self.router.placed(member.engine, seq)
         member.replica.submit(seq, sent)
         self.router.changed(member.engine)
 
@@ -186,7 +190,7 @@ class Fleet(Generic[R]):
             free = [e for e in router.engines if e.load < slots]
             if not free:
                 return False
-            engine = router.choose(seq.prefix, free)
+            engine = router.choose(seq.prefix, free, seq.prompt_tokens)
         self._place(self._member[engine], seq, sent)
         return True
 

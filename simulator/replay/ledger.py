@@ -17,7 +17,7 @@ import numpy as np
 
 from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
-from scenarios.table import STATUSES, RequestTable
+from scenarios.table import STATUSES, RequestTable, TokenColumns
 
 OK, ERROR, CANCELLED, TIMEOUT, REJECTED = (
     STATUSES.index(s) for s in ("ok", "error", "cancelled", "timeout", "rejected")
@@ -49,6 +49,7 @@ class Ledger:
         self.kind = array("h", [-1]) * n
         self.output = array("q", [0]) * n
         self.attempt = array("h", [0]) * n
+        self.cached = array("q", [-1]) * n  # prompt tokens from the prefix cache; -1: not known
         self.chunks: dict[int, list[float]] | None = {} if keep_chunks else None
         # (row, intended, start, end, attempt, status, kind) of failed attempts that were retried
         self.retried: list[tuple[int, float, float, float, int, int, int]] = []
@@ -57,6 +58,7 @@ class Ledger:
         self.intended[i], self.start[i], self.attempt[i] = intended, start, attempt
         self.first[i] = self.end[i] = math.nan
         self.status[i], self.kind[i] = OK, -1
+        self.cached[i] = -1
         if self.chunks is not None:
             self.chunks[i] = []
 
@@ -100,6 +102,7 @@ class Ledger:
             "output_tokens": np.frombuffer(self.output, np.int64)[sent],
             "attempt": np.frombuffer(self.attempt, np.int16)[sent],
             "retried": np.zeros(len(sent), bool),
+            "cached": np.frombuffer(self.cached, np.int64)[sent],
         }
         rows: np.ndarray = sent
         if self.retried:
@@ -115,6 +118,7 @@ class Ledger:
                 "output_tokens": np.zeros(len(r[0]), np.int64),
                 "attempt": r[4].astype(np.int16),
                 "retried": np.ones(len(r[0]), bool),
+                "cached": np.full(len(r[0]), -1, np.int64),
             }
             rows = np.concatenate([sent, r[0].astype(np.int64)])
             order = np.lexsort((np.concatenate([cols["attempt"], extra["attempt"]]), rows))
@@ -124,6 +128,7 @@ class Ledger:
 
     def table(self) -> RequestTable:
         rows, cols = self._rows()
+        tokens = self._tokens(rows, cols)
         names = tuple(sorted({s.persona for s in self.plan}))
         code = {name: i for i, name in enumerate(names)}
         persona = np.fromiter((code[s.persona] for s in self.plan), np.int16, len(self.plan))
@@ -139,6 +144,25 @@ class Ledger:
             kinds=KINDS,
             personas=names,
             examples=examples,
+            tokens=tokens,
+        )
+
+    def _tokens(self, rows: np.ndarray, cols: dict[str, np.ndarray]) -> TokenColumns:
+        """The token columns a simulated run's records would give (RequestTable.of): the
+        plan's prompt tokens, the prefix cache's share of them, no server usage."""
+        prompt = np.fromiter((s.prompt_tokens for s in self.plan), np.int64, len(self.plan))
+        chunks = np.zeros(len(rows), np.int64)
+        if self.chunks is not None:
+            for j in np.flatnonzero(~cols["retried"]).tolist():
+                chunks[j] = len(self.chunks.get(int(rows[j]), ()))
+        none = np.zeros(len(rows), bool)
+        return TokenColumns(
+            planned_prompt=prompt[rows],
+            prompt=prompt[rows],
+            cached=cols.pop("cached"),
+            usage=none,
+            chunks=chunks,
+            per_chunk=none,
         )
 
     def _gaps(self, rows: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,7 +192,7 @@ class Ledger:
             chunks = (
                 self.chunks.get(i, []) if self.chunks is not None and not cols["retried"][j] else []
             )
-            output = int(cols["output_tokens"][j])
+            output, cached = int(cols["output_tokens"][j]), int(cols["cached"][j])
             out.append(
                 RequestRecord(
                     id=spec.id,
@@ -192,6 +216,7 @@ class Ledger:
                     retried=bool(cols["retried"][j]),
                     planned_prompt_tokens=spec.prompt_tokens,
                     regenerate=spec.regenerate,
+                    cached_tokens=cached if cached >= 0 else None,
                 )
             )
         return out

@@ -4,10 +4,16 @@
 - `round_robin`: each replica in turn.
 - `least_outstanding`: fewest requests running or queued (join-shortest-queue; the first on ties).
 - `least_kv`: the emptiest KV cache (then fewest outstanding).
-- `prefix_affinity`: the replica that last served the longest run of the request's prefix
-  segments, so requests sharing a prefix meet its cached blocks; when that replica holds
-  `overload` x max_num_seqs requests or more and another holds fewer, or no replica has seen the
-  prefix, the least outstanding one.
+- `prefix_affinity`: cache-aware, as SGLang's router and llm-d's precise prefix-cache scorer
+  route: the replica whose prefix cache holds the longest run of the request's prompt (the
+  engines' own caches, as their KV events tell such a router, and the prompts of the requests
+  in flight there, as SGLang's router records a prefix when it routes it), if that run covers
+  at least `min_match` of the prompt (the least loaded of those holding it); else, or when
+  that replica holds `overload` x max_num_seqs requests or more and another holds fewer, the
+  least outstanding one (of those, the one caching the fewest blocks: the most room for a new
+  prefix). A prefix every replica caches (a common system prompt) then decides nothing: new
+  conversations spread by load, a conversation's next turns follow its history. Without
+  prefix caching in the engines nothing is cached: least outstanding.
 
 The router chooses among the engines `add`ed to it (the fleet's ready replicas), or among those
 it is given. Join-shortest-queue over the added ones costs O(log n) a load change (`changed`):
@@ -18,12 +24,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
 
-from simulator.engine.core import Engine
+from simulator.engine.core import Engine, EngineSequence
+from simulator.engine.kvcache import BlockKey, prefix_block_keys
 
 Routing = Literal["random", "round_robin", "least_outstanding", "least_kv", "prefix_affinity"]
 ROUTINGS: tuple[str, ...] = get_args(Routing)
@@ -34,27 +41,28 @@ def _least_outstanding(engines: Sequence[Engine]) -> Engine:
     return min(engines, key=lambda e: e.load)
 
 
-def _chains(prefix: Prefix) -> list[tuple[int, ...]]:
-    """The request's prefix runs, shortest first: (h1,), (h1, h2), ..."""
-    hashes = tuple(h for h, _ in prefix)
-    return [hashes[: k + 1] for k in range(len(hashes))]
-
-
 class Router:
-    def __init__(self, policy: Routing, seed: int = 0, overload: float = 1.0):
+    def __init__(
+        self, policy: Routing, seed: int = 0, overload: float = 1.0, min_match: float = 0.5
+    ):
         if policy not in ROUTINGS:
             raise ValueError(f"routing: must be one of {', '.join(ROUTINGS)}, got {policy!r}")
         if not overload > 0:
             raise ValueError(f"affinity_overload: must be > 0, got {overload!r}")
+        if not 0 <= min_match <= 1:
+            raise ValueError(f"affinity_min_match: must be in [0, 1], got {min_match!r}")
         self.policy = policy
         self._rng = np.random.default_rng(seed)
         self._turn = 0
         self._overload = overload
-        self._owner: dict[tuple[int, ...], Engine] = {}  # prefix run -> the replica that had it
+        self._min_match = min_match
         self.engines: list[Engine] = []  # added, in order
         self._order: dict[Engine, int] = {}
         self._version: dict[Engine, int] = {}
         self._heap: list[tuple[int, int, int, Engine]] = []  # (load, order, version, engine)
+        # prefix_affinity: per replica, the prefix blocks of the requests in flight there
+        self._flying: dict[Engine, dict[BlockKey, int]] = {}
+        self._keys: tuple[Prefix, int, tuple[BlockKey, ...]] = ((), 0, ())  # the last computed
 
     def add(self, engine: Engine, order: int) -> None:
         """Route to `engine` from now on; `order` breaks ties (lowest first)."""
@@ -66,6 +74,32 @@ class Router:
     def remove(self, engine: Engine) -> None:
         self.engines.remove(engine)
         del self._order[engine], self._version[engine]
+
+    def placed(self, engine: Engine, seq: EngineSequence) -> None:
+        """`seq` went to `engine` (prefix_affinity counts its prefix blocks there as cached)."""
+        if self.policy == "prefix_affinity" and seq.prefix and engine.kv.enable_prefix_caching:
+            flying = self._flying.setdefault(engine, {})
+            for key in self._prefix_keys(engine, seq):
+                flying[key] = flying.get(key, 0) + 1
+
+    def released(self, engine: Engine, seq: EngineSequence) -> None:
+        """`seq`, which went to `engine`, left it (finished or aborted)."""
+        flying = self._flying.get(engine)
+        if flying is not None and seq.prefix:
+            for key in self._prefix_keys(engine, seq):
+                if flying[key] == 1:
+                    del flying[key]
+                else:
+                    flying[key] -= 1
+
+    def _prefix_keys(self, engine: Engine, seq: EngineSequence) -> tuple[BlockKey, ...]:
+        """`seq`'s full prefix blocks' keys (kept on it, as the engine's scheduler keeps them)."""
+        if seq.prefix_keys is None:
+            prefix, tokens, keys = self._keys
+            if prefix is not seq.prefix or tokens != seq.prompt_tokens:
+                keys = prefix_block_keys(seq.prefix, engine.kv.block_size, seq.prompt_tokens)
+            seq.prefix_keys = keys
+        return seq.prefix_keys
 
     def changed(self, engine: Engine) -> None:
         """`engine`'s load may have changed."""
@@ -85,9 +119,14 @@ class Router:
                 return engine
             heapq.heappop(heap)
 
-    def choose(self, prefix: Prefix = (), among: Sequence[Engine] | None = None) -> Engine:
-        """The engine a request goes to, of `among` (in fleet order) or else of those added
-        (at least one)."""
+    def choose(
+        self,
+        prefix: Prefix = (),
+        among: Sequence[Engine] | None = None,
+        prompt_tokens: int | None = None,
+    ) -> Engine:
+        """The engine a request of `prompt_tokens` (default: its prefix's) beginning with
+        `prefix` goes to, of `among` (in fleet order) or else of those added (at least one)."""
         engines = self.engines if among is None else among
         policy = self.policy
         if policy == "least_outstanding":
@@ -99,20 +138,29 @@ class Router:
             return engines[int(self._rng.integers(len(engines)))]
         if policy == "least_kv":
             return min(engines, key=lambda e: (e.kv.num_used / e.kv.num_blocks, e.load))
-        if among is None:
-            return self._affine(self._version, prefix, self._shortest())
-        return self._affine(set(among), prefix, _least_outstanding(among))
+        return self._affine(engines, prefix, prompt_tokens)
 
-    def _affine(self, present: Container[Engine], prefix: Prefix, least: Engine) -> Engine:
-        chains = _chains(prefix)
-        chosen = least
-        for chain in reversed(chains):  # the longest run a present replica served
-            owner = self._owner.get(chain)
-            if owner is not None and owner in present:
-                full = owner.load >= self._overload * owner.config.max_num_seqs
-                if not (full and least.load < owner.load):
-                    chosen = owner
-                break
-        for chain in chains:
-            self._owner[chain] = chosen
-        return chosen
+    def _affine(self, engines: Sequence[Engine], prefix: Prefix, tokens: int | None) -> Engine:
+        least = min(engines, key=lambda e: (e.load, e.kv.num_cached))
+        if not prefix:
+            return least
+        if tokens is None:
+            tokens = sum(n for _, n in prefix)
+        block = engines[0].kv.block_size  # a fleet's replicas share their engine's settings
+        keys = prefix_block_keys(prefix, block, tokens)
+        self._keys = (prefix, tokens, keys)
+        best, most = least, 0  # the longest cached run, the least loaded holding it
+        for e in engines:
+            held = self._held(e, keys)
+            if held > most or (held == most and held and e.load < best.load):
+                best, most = e, held
+        if most * block < self._min_match * tokens:
+            return least
+        full = best.load >= self._overload * best.config.max_num_seqs
+        return least if full and least.load < best.load else best
+
+    def _held(self, engine: Engine, keys: tuple[BlockKey, ...]) -> int:
+        """How many leading blocks of `keys` `engine` caches or has in flight."""
+        if not engine.kv.enable_prefix_caching:
+            return 0
+        return engine.kv.cached_run_length(keys, self._flying.get(engine, {}))

@@ -134,6 +134,7 @@ class SimResult:
     horizon_s: float
     busy_fraction: list[float]  # per replica, of the span from first send to last response
     preemptions: int = 0  # over the fleet
+    recomputed_tokens: int = 0  # computed tokens the preemptions discarded (computed again)
     kv_peak: float = 0.0  # the fullest any replica's KV cache got (fraction of its blocks)
     kv_mean: float = 0.0  # replicas' KV use averaged over the span (idle time counts as 0)
     slots_full: float = 0.0  # share of the span with every batch slot taken, replica mean
@@ -268,6 +269,7 @@ class _Clients:
         else:
             ledger.end[i] = now
             ledger.output[i] = seq.generated
+            ledger.cached[i] = seq.cached_prompt_tokens
             self._ended(i, Ended("ok", now))
         self.fleet.released(seq, now)
 
@@ -353,6 +355,7 @@ def _result(ledger: Ledger, pool: Fleet[Replica], until: float, fixed: bool) -> 
         for m in pool.history
     ]
     preempted = sum(m.engine.scheduler.num_preemptions for m in pool.history)
+    recomputed = sum(m.engine.scheduler.recomputed_tokens for m in pool.history)
     stats = pool.stats(first, last)
     # replica-seconds: for a fixed fleet, its size x the span (as before autoscaling existed)
     per = max(span, 1e-9) * len(pool.history) if fixed else stats.replica_seconds
@@ -366,6 +369,7 @@ def _result(ledger: Ledger, pool: Fleet[Replica], until: float, fixed: bool) -> 
         until,
         busy,
         preempted,
+        recomputed,
         kv_peak=max((u.kv_peak for u in usage), default=0.0),
         kv_mean=min(sum(u.kv_s for u in usage) / per, 1.0),
         slots_full=min(sum(u.full_s for u in usage) / per, 1.0),
