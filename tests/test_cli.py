@@ -11,7 +11,7 @@ from surgecast.cli.main import parser
 
 COMMANDS = [
     "pipeline", "run", "worker", "plan", "calibrate", "backtest", "simulate", "forecast",
-    "schema", "compare", "gate", "report", "serve", "target", "catalog", "memory",
+    "schema", "compare", "gate", "report", "serve", "target", "catalog", "memory", "hardware",
 ]  # fmt: skip
 
 
