@@ -22,12 +22,13 @@ from pathlib import Path
 from scenarios.plan import RequestSpec, build_plan, uncached
 from scenarios.spec import Scenario, Traffic
 from simulator.fit.backtest import BacktestRow
-from simulator.fit.calibrate import Calibration
+from simulator.fit.calibrate import Calibration, CalibrationError
 from surgecast.calibration import calibrate_runs, declared_limits, limits_from_runs
 from surgecast.console import Say, say_stderr
 from surgecast.live_run import RunOutcome, run_load
 from surgecast.predict import backtest_run
 from surgecast.rundir import RunFolder
+from surgecast.validity import spoiled_by_generator
 from targets.launcher import Launcher
 
 LEVELS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -80,6 +81,11 @@ class Level:
         """Why this level is past the knee, or None while the target keeps up."""
         s = self.outcome.summary
         if not self.outcome.valid:
+            if spoiled_by_generator(self.outcome.reasons):
+                return (
+                    "the generator could not time it, this machine's limit and not "
+                    "necessarily the target's: " + "; ".join(self.outcome.reasons)
+                )
             return "the run is invalid: " + "; ".join(self.outcome.reasons)
         if s.error_rate > MAX_ERROR_RATE:
             return f"errors at {s.error_rate:.0%}"
@@ -176,11 +182,19 @@ def sweep(
         ),
         stairs=True,
     )
-    knee = passed if passed is not None else levels[0].rate
-    fitted = [lv for lv in levels if lv.rate <= 0.5 * knee] or levels[:2]
+    timed = [lv for lv in levels if lv.outcome.valid]  # an invalid level's times are void
+    if not timed:
+        raise CalibrationError(
+            f"no sweep level could be trusted: the first, at {levels[0].rate:.3g} req/s, was "
+            f"invalid ({'; '.join(levels[0].outcome.reasons)}). Lower the scenario's rate, or "
+            "give the generator a core of its own (the target and the generator share this "
+            "machine's cores), and sweep again"
+        )
+    knee = passed if passed is not None else timed[0].rate
+    fitted = [lv for lv in timed if lv.rate <= 0.5 * knee]
     if len(fitted) < 2:
-        fitted = sorted(levels, key=lambda lv: lv.rate)[:2]
-    held = [lv for lv in levels if lv not in fitted]
+        fitted = sorted(timed, key=lambda lv: lv.rate)[:2]
+    held = [lv for lv in timed if lv not in fitted]
     calibration = calibrate_runs(
         [lv.outcome.folder for lv in [*fitted, stairs_level]], max_num_seqs=slots
     )

@@ -21,6 +21,15 @@ BROKEN = UNREACHABLE | {"connection_reset", "stream_reset"}
 # of content chunks read with the one before them: each merge spoils two gaps (its own, 0, and
 # the one before, doubled), so p99 ITL holds below this
 MERGED_LIMIT = 0.0025
+# how the reasons that blame the generator itself (its loop, CPU, lateness, its own sends) begin,
+# not the target: such a run says nothing of the target's speed (`spoiled_by_generator`)
+GENERATOR_SPOILED = (
+    "generator overloaded",
+    "generator saturated",
+    "generator fell behind",
+    "the generator failed",
+    "distributed run failed",
+)
 
 
 def invalid_reasons(
@@ -55,6 +64,12 @@ def invalid_reasons(
         )
     target = _target_reason(table)
     return reasons + ([target] if target else [])
+
+
+def spoiled_by_generator(reasons: list[str]) -> bool:
+    """Some reason blames the generator itself: the run's times are void, whatever the target
+    did (a dropped request at the in-flight cap is not one: a slow target fills the cap)."""
+    return any(r.startswith(GENERATOR_SPOILED) for r in reasons)
 
 
 def _generator_reasons(traffic: Traffic, generator: dict[str, Any]) -> list[str]:

@@ -233,3 +233,33 @@ def test_calibrate_sweeps_a_target_to_its_knee_and_backtests_held_out_levels(
     assert "plan" in {r.basis for r in backtest_run(level, calibration)}
     both = run_cli("calibrate", str(out / "level-1"), "--scenario", str(path), "-o", str(cal))
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_a_sweep_whose_generator_cannot_time_its_first_level_fits_nothing(
+    tmp_path: Path,
+) -> None:
+    """A level the generator spoiled (here: any CPU at all is over its limit) says nothing of
+    the target: the sweep names the generator, fits no calibration on it and exits 3."""
+    traffic = {"rate": 5, "duration_s": 8, "seed": 2, **LIMITS, "max_generator_cpu": 1e-6}
+    path = write_scenario(tmp_path / "s.yaml", scenario_dict(traffic=traffic))
+    cal = tmp_path / "cal.json"
+    result = run_cli(
+        "calibrate", "--scenario", str(path), "-o", str(cal), "--level-duration", "2",
+        "--out", str(tmp_path / "sweep"), "--level-requests", "5", "--knee-steps", "0",
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "the generator could not time it" in result.stderr
+    assert "no sweep level could be trusted" in result.stderr and "generator saturated" in (
+        result.stderr
+    )
+    assert not cal.exists()
+
+
+def test_only_the_generators_own_failings_spoil_a_run_for_the_target() -> None:
+    from surgecast.validity import spoiled_by_generator
+
+    assert spoiled_by_generator(["generator overloaded: its event loop woke 9 ms late"])
+    assert spoiled_by_generator(["x", "generator fell behind: p99 send lateness 900 ms"])
+    assert not spoiled_by_generator(["generator dropped 3 planned requests at its cap"])
+    assert not spoiled_by_generator(["target unreachable: every request failed to connect"])

@@ -208,7 +208,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
-    from simulator.fit.calibrate import fit_problems
+    from simulator.fit.calibrate import CalibrationError, fit_problems
     from surgecast.contracts import write_calibration
     from surgecast.rundir import new_run_id
     from surgecast.sweep import held_out_rows, level_rows, sweep
@@ -218,16 +218,20 @@ def _calibrate_sweep(a: argparse.Namespace, output: Path) -> int:
     scenario = checked_scenario(a.scenario, a.corpus_dir)
     folder = Path(a.out) if a.out else Path("reports") / new_run_id(f"sweep-{scenario.name}")
     launcher = url_or_reference(a.target, scenario)
-    result = sweep(
-        scenario,
-        a.scenario,
-        folder,
-        launcher,
-        level_s=a.level_duration,
-        batch_limit=a.max_num_seqs,
-        level_requests=a.level_requests,
-        knee_steps=a.knee_steps,
-    )
+    try:
+        result = sweep(
+            scenario,
+            a.scenario,
+            folder,
+            launcher,
+            level_s=a.level_duration,
+            batch_limit=a.max_num_seqs,
+            level_requests=a.level_requests,
+            knee_steps=a.knee_steps,
+        )
+    except CalibrationError as e:  # no level the fit could use
+        say_stderr(f"level runs: {folder}")
+        return unusable([str(e)])
     headers = ["offered req/s", "served req/s", "TTFT p95 ms", "E2E p95 ms", "role", "knee"]
     out(markdown(headers, level_rows(result)))
     out("\n" + calibration_table(result.calibration))
