@@ -244,8 +244,17 @@ def _sample(line: bytes | None) -> Any:
         sample = json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, too deep, too long
         return e
-    metrics = sample.get("metrics") if isinstance(sample, dict) else None
-    huge = isinstance(metrics, dict) and any(
-        isinstance(v, int) and abs(v) > 2**1023 for v in metrics.values()
-    )
-    return ValueError("a metric beyond a float's range") if huge else sample
+    try:
+        huge = _beyond_float(sample)
+    except RecursionError as e:
+        return e
+    return ValueError("a number beyond a float's range") if huge else sample
+
+
+def _beyond_float(v: Any) -> bool:
+    """Some integer in `v` (a JSON value) is too large for a float (the readers plot them)."""
+    if isinstance(v, dict):
+        return any(_beyond_float(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_beyond_float(x) for x in v)
+    return isinstance(v, int) and abs(v) > 2**1023

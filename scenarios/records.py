@@ -244,6 +244,11 @@ def _of(kind: type, none_ok: bool = True) -> Callable[[Any], str | None]:
     return check
 
 
+def _not_null(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """`check` for a field that has a default but no null (absent is fine: the default)."""
+    return lambda v: "must not be null" if v is None else check(v)
+
+
 def _list_of(
     item: Callable[[Any], str | None], numbers: bool = False
 ) -> Callable[[Any], str | None]:
@@ -269,22 +274,22 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "chunk_times": _list_of(lambda v: _number(v, none_ok=False), numbers=True),
     "prompt_tokens": _count,
     "output_tokens": _count,
-    "token_source": _of(str),
+    "token_source": _of(str, none_ok=False),
     "status": lambda v: None if v in STATUSES else f"must be one of {', '.join(STATUSES)}",
     "error_kind": _of(str),
     "http_status": _http_status,
     "error_detail": _of(str),
     "source": lambda v: None if v in ("measured", "simulated") else "must be measured or simulated",
-    "persona": _of(str),
-    "session": _count,
-    "turn": _count,
+    "persona": _of(str, none_ok=False),
+    "session": _not_null(_count),
+    "turn": _not_null(_count),
     "response_id": _of(str),
     "prompt": _of(str),
-    "attempt": _count,
-    "retried": _of(bool),
+    "attempt": _not_null(_count),
+    "retried": _of(bool, none_ok=False),
     "planned_prompt_tokens": _count,
     "planned_output_tokens": _count,
-    "regenerate": _of(bool),
+    "regenerate": _of(bool, none_ok=False),
     "chunk_tokens": _list_of(lambda v: _count(v) if v is not None else "required"),
     "cached_tokens": _count,
     "schedule_lag_s": _number,

@@ -32,6 +32,9 @@ HOSTILE = [  # (field, value)
     ("chunk_times", [0.1, None]),
     ("start", 1e300),
     ("first_token", {"t": 1}),
+    ("retried", None),  # fields with a default have no null (the 10,000-folder fuzz: TypeError)
+    ("attempt", None),
+    ("persona", None),
 ]
 
 
@@ -177,16 +180,21 @@ def test_a_folder_where_a_document_is_written_is_exit_2(
     assert f"{run / 'summary.json'} is a folder" in capsys.readouterr().err
 
 
-def test_a_metric_beyond_a_floats_range_is_a_skipped_telemetry_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("where", ["metric", "t"])
+def test_a_number_beyond_a_floats_range_is_a_skipped_telemetry_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
-    """A 400-digit integer as a metric raised OverflowError in report (found by the fuzz)."""
+    """A 400-digit integer as a metric or as a sample's time raised OverflowError in report
+    (found by the run-folder fuzz)."""
     run = _corrupt(tmp_path, "attempt", 0, every=False)
     lines = (run / "telemetry.jsonl").read_text().splitlines()
     sample = json.loads(lines[1])
-    sample["metrics"]["surgecast_num_requests_running"] = "__X__"
+    if where == "t":
+        sample["t"] = "__X__"
+    else:
+        sample["metrics"]["surgecast_num_requests_running"] = "__X__"
     lines[1] = json.dumps(sample).replace('"__X__"', "1" + "0" * 400)
     (run / "telemetry.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["report", str(run)]) == 0
     err = capsys.readouterr().err
-    assert f"{run / 'telemetry.jsonl'}: line 2: not a telemetry sample (a metric beyond" in err
+    assert f"{run / 'telemetry.jsonl'}: line 2: not a telemetry sample (a number beyond" in err
