@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
+MAX_VALUE = 1e100  # no gauge or time of a run comes near it
+
+
 def parse_prometheus(text: str) -> dict[str, float]:
     """Samples of a Prometheus text exposition, keyed by name with its labels (`a{b="c"}`)."""
     out: dict[str, float] = {}
@@ -248,13 +251,14 @@ def _sample(line: bytes | None) -> Any:
         huge = _beyond_float(sample)
     except RecursionError as e:
         return e
-    return ValueError("a number beyond a float's range") if huge else sample
+    return ValueError(f"a number beyond +-{MAX_VALUE:g}") if huge else sample
 
 
 def _beyond_float(v: Any) -> bool:
-    """Some integer in `v` (a JSON value) is too large for a float (the readers plot them)."""
+    """Some number in `v` (a JSON value) is beyond MAX_VALUE: an integer too large for a float,
+    or a float a plot's axis overflows on (1e308: matplotlib's ticks raised OverflowError)."""
     if isinstance(v, dict):
         return any(_beyond_float(x) for x in v.values())
     if isinstance(v, list):
         return any(_beyond_float(x) for x in v)
-    return isinstance(v, int) and abs(v) > 2**1023
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_VALUE

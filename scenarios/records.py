@@ -271,7 +271,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "start": lambda v: _number(v, none_ok=False),
     "first_token": _number,
     "end": _number,
-    "chunk_times": _list_of(lambda v: _number(v, none_ok=False), numbers=True),
+    "chunk_times": _not_null(_list_of(lambda v: _number(v, none_ok=False), numbers=True)),
     "prompt_tokens": _count,
     "output_tokens": _count,
     "token_source": _of(str, none_ok=False),
