@@ -203,3 +203,24 @@ def test_a_number_beyond_a_floats_range_is_a_skipped_telemetry_line(
         f"{run / 'telemetry.jsonl'}: line 2: not a telemetry sample (a number beyond +-1e+100"
         in err
     )
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [("engine", "block_size", 0), ("limits", "max_num_seqs", "8"), ("limits", "block_size", 0)],
+)
+def test_a_targets_unservable_limits_in_run_json_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, field: str, value: object
+) -> None:
+    """run.json's engine block_size 0 passed its reader and raised pydantic's ValidationError
+    when calibrate wrote the calibration (the 10,000-folder fuzz); a declared limit that is no
+    whole number would have raised in int()."""
+    run = _corrupt(tmp_path, "attempt", 0, every=False)
+    meta = json.loads((run / "run.json").read_text())
+    meta["target"].setdefault(section, {})
+    meta["target"][section] = {**(meta["target"][section] or {}), field: value}
+    (run / "run.json").write_text(json.dumps(meta))
+    assert main(["calibrate", str(run), "-o", str(tmp_path / "cal.json")]) == 2
+    err = capsys.readouterr().err
+    assert "run.json" in err and field in err and "at least 1" in err
+    assert not (tmp_path / "cal.json").exists()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scenarios.runfiles import UnreadableFile, read_document
+from simulator.engine.core import EngineConfig
 from surgecast.files import write_whole
 
 M = TypeVar("M", bound=BaseModel)
@@ -84,3 +86,29 @@ def _problems(e: ValidationError) -> str:
         lines.append(f"{path.lstrip('.') or '(document)'}: {err['msg']}")
     head = f"{len(lines)} problems: " if len(lines) > 1 else ""
     return head + "; ".join(lines)
+
+
+LIMITS = ("max_num_seqs", "kv_cache_tokens", "max_batched_tokens", "block_size")
+
+
+def servable_engine(engine: EngineConfig) -> EngineConfig:
+    """`engine` if it can run: limits of at least 1 (a batch of 0 would never answer) and
+    times that are finite and never negative; else ValueError naming each problem."""
+    problems = [
+        f"{name} must be at least 1, not {getattr(engine, name)}"
+        for name in LIMITS
+        if getattr(engine, name) < 1
+    ]
+    times = {"cold_start_s": engine.cold_start_s, "overhead_s": engine.overhead_s}
+    for f in fields(engine.cost):
+        value = getattr(engine.cost, f.name)
+        for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+            times[f"cost.{f.name}" + (f"[{i}]" if isinstance(value, tuple) else "")] = v
+    problems += [
+        f"{k} must be finite and at least 0, not {v}"
+        for k, v in times.items()
+        if not (math.isfinite(v) and v >= 0)
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return engine

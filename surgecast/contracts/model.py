@@ -17,7 +17,14 @@ from simulator.fit.calibrate import PARAMS, Calibration, Fit
 from simulator.fit.costfit import Candidate
 from simulator.fit.tokenmap import TokenMap
 from simulator.forecast.search import Estimate, Evaluation, ForecastPoint
-from surgecast.contracts.base import Strict, finite, nan_of, read_doc, write_doc
+from surgecast.contracts.base import (
+    Strict,
+    finite,
+    nan_of,
+    read_doc,
+    servable_engine,
+    write_doc,
+)
 
 BACKTEST_SCHEMA = "surgecast.backtest/1"
 CALIBRATION_SCHEMA = "surgecast.calibration/1"
@@ -133,26 +140,7 @@ class CalibrationDoc(Strict):
     @field_validator("engine")
     @classmethod
     def _servable(cls, engine: EngineConfig) -> EngineConfig:
-        """Limits an engine can run with (a batch of 0 would never answer) and times that are
-        never negative."""
-        problems = [
-            f"{name} must be at least 1, not {getattr(engine, name)}"
-            for name in ("max_num_seqs", "kv_cache_tokens", "max_batched_tokens", "block_size")
-            if getattr(engine, name) < 1
-        ]
-        times = {"cold_start_s": engine.cold_start_s, "overhead_s": engine.overhead_s}
-        for f in fields(engine.cost):
-            value = getattr(engine.cost, f.name)
-            for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
-                times[f"cost.{f.name}" + (f"[{i}]" if isinstance(value, tuple) else "")] = v
-        problems += [
-            f"{k} must be finite and at least 0, not {v}"
-            for k, v in times.items()
-            if not (math.isfinite(v) and v >= 0)
-        ]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return engine
+        return servable_engine(engine)
 
     @field_validator("covariance")
     @classmethod

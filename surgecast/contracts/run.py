@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from simulator.engine.core import EngineConfig
-from surgecast.contracts.base import Strict, write_doc
+from surgecast.contracts.base import LIMITS, Strict, servable_engine, write_doc
 
 RUN_SCHEMA = "surgecast.run/1"
 
@@ -98,6 +98,25 @@ class RunTarget(Strict):
     llama_server: dict[str, Any] | None = None
     vllm: dict[str, Any] | None = None
     replicas: int | None = Field(None, description="simulated runs: the fleet's replicas")
+
+    @field_validator("engine")
+    @classmethod
+    def _servable(cls, engine: EngineConfig | None) -> EngineConfig | None:
+        return None if engine is None else servable_engine(engine)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, limits: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The batch limits a calibration takes from it: whole numbers of at least 1."""
+        bad = [
+            f"{k} must be a whole number of at least 1, not {v!r}"
+            for k, v in (limits or {}).items()
+            if k in LIMITS and not (type(v) is int and 1 <= v <= 2**53)
+        ]
+        if bad:
+            raise ValueError("; ".join(bad))
+        return limits
+
     scale: float | None = Field(None, description="simulated runs: the arrival rate's scale")
     fleet: dict[str, Any] | None = Field(None, description="simulated runs: the fleet's counts")
 
