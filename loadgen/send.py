@@ -22,7 +22,7 @@ from loadgen.client import Endpoint
 from loadgen.sizing import SizedPrompts
 from loadgen.telemetry import Sampler, TelemetryRecorder
 from scenarios.plan import RequestSpec
-from scenarios.record_files import worker_file
+from scenarios.record_files import SentMarks, sent_file, worker_file
 from scenarios.records import RecordWriter
 from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario
@@ -112,6 +112,7 @@ def _send_here(
     from loadgen.runner import LoadRun  # imports Locust (gevent): only here
 
     traffic = scenario.traffic
+    marks = SentMarks(sent_file(outputs.records_path)) if outputs.records_path else None
     load = LoadRun(
         plan,
         endpoint,
@@ -123,9 +124,14 @@ def _send_here(
         telemetry_every_s=scenario.telemetry.interval_s,
         prompts=prompts,
         stop_grace_s=traffic.stop_grace_s,
+        marks=marks,  # a SIGKILL leaves them: the next merge records what was out as lost
     )
-    load.run()
-    outputs.records.flush()
+    try:
+        load.run()
+    finally:
+        outputs.records.flush()
+        if marks is not None:
+            marks.close(settled=load.settled)
     generator = {"loop_lag": load.loop_lag.summary(), "cpu": load.cpu.summary()}
     return Sent(generator, load.stopped, load.progress.skipped)
 

@@ -3,15 +3,16 @@
 appended and flushed by that process as each request ends (so a kill of any process loses no
 record it wrote).
 
-Each local worker also marks every attempt in `sent-w<N>.jsonl` before sending it (one flushed
-line, `SentMark`) and deletes that file once every attempt it sent has its record. A worker
-killed outright leaves it: `recover_lost` then appends to the worker's file a `worker_lost`
-record for each mark without a record (the requests the target may have served), once however
-often it runs, and deletes the marks. Readers never read marks: they are not records.
+Each process that sends (a local worker, or a one-process run) also marks every attempt in
+`sent-w<N>.jsonl` (`sent.jsonl`) before sending it (one flushed line, `SentMark`) and deletes
+that file once every attempt it sent has its record. A process killed outright leaves it:
+`recover_lost` then appends to that process's records a `worker_lost` record for each mark
+without a record (the requests the target may have served), once however often it runs, and
+deletes the marks. Readers never read marks: they are not records.
 
 A finished run merges the worker files into `requests.jsonl` (`merge`); a killed one is merged
 by the next `surgecast report`. Until then a reader takes the union (`iter_all`). The merge
-is exactly-once whenever it is cut: it recovers each worker file's lost requests, replaces
+is exactly-once whenever it is cut: it recovers each process's lost requests, replaces
 `requests.jsonl` at once with itself followed by the worker files in order, then deletes them;
 a reader that finds worker files whose contents `requests.jsonl` already ends with knows they
 were merged and skips them.
@@ -33,6 +34,7 @@ from scenarios.records import WORKER_LOST, RequestRecord, SentMark, iter_marks, 
 from scenarios.runfiles import UnreadableFile, open_regular
 
 _WORKER = re.compile(r"requests-w(\d+)\.jsonl")
+RUN_FILE = "requests.jsonl"  # a one-process run's records (and a distributed master's)
 _CHUNK = 1 << 20
 
 
@@ -42,8 +44,9 @@ def worker_file(requests: Path, number: int) -> Path:
 
 
 def sent_file(records: Path) -> Path:
-    """Where the worker writing `records` marks each attempt before sending it."""
-    return records.with_name("sent-" + records.name.removeprefix("requests-"))
+    """Where the process writing `records` marks each attempt before sending it (a worker's
+    requests-w1.jsonl: sent-w1.jsonl; a one-process run's requests.jsonl: sent.jsonl)."""
+    return records.with_name("sent" + records.name.removeprefix("requests"))
 
 
 class SentMarks:
@@ -99,9 +102,13 @@ class Merged:
         marks."""
         if not self.lost:
             return None
-        each = ", ".join(f"{n} by the worker writing {name}" for name, n in self.lost.items())
+        each = ", ".join(
+            f"{n} by "
+            + ("the run's own process" if name == RUN_FILE else f"the worker writing {name}")
+            for name, n in self.lost.items()
+        )
         return (
-            f"local workers died with requests in flight, recorded as lost (error_kind "
+            f"the run was killed with requests in flight, recorded as lost (error_kind "
             f"{WORKER_LOST}; the target may have served them): {each}"
         )
 
@@ -110,7 +117,9 @@ def merge(requests: Path) -> Merged:
     """Move the worker files' records into `requests` (each file's whole lines: a line torn by
     a kill is dropped, as a reader drops it), each with its lost requests recovered first."""
     files = unmerged(requests)
-    lost = {path.name: n for path in files if (n := recover_lost(path)) is not None}
+    own = requests.is_file() and not requests.is_symlink()  # never truncated through a link
+    writers = [requests, *files] if own else files  # each process marked its attempts
+    lost = {path.name: n for path in writers if (n := recover_lost(path)) is not None}
     if files:
         fd, tmp = tempfile.mkstemp(dir=requests.parent, prefix=f".{requests.name}.")
         try:

@@ -97,7 +97,7 @@ _FIELDS = tuple(f.name for f in fields(RequestRecord))
 
 @dataclass(frozen=True, slots=True)
 class SentMark:
-    """An attempt about to be sent, written ahead of it by a local worker (its own file, see
+    """An attempt about to be sent, written ahead of it by the process sending it (see
     `scenarios.record_files`): the attempt's record follows unless the worker dies first, and
     then the mark stands for the request the target may have served (`lost`)."""
 

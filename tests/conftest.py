@@ -94,6 +94,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_side_endpoints.py::test_a_run_against_it_ends_cleanly",
     "test_sigkill.py::test_a_master_killed_outright_stops_its_workers",
     "test_sigkill.py::test_a_worker_killed_outright_voids_the_run_and_says_so",
+    "test_sigkill.py::test_a_one_process_run_killed_outright_loses_no_record",
     "test_signal_phases.py::test_each_step",
     "test_signal_phases.py::test_report_command_leaves_whole_files_or_none",
     "test_signal_phases.py::test_report_step",

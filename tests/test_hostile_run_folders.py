@@ -224,3 +224,22 @@ def test_a_targets_unservable_limits_in_run_json_are_exit_2(
     err = capsys.readouterr().err
     assert "run.json" in err and field in err and "at least 1" in err
     assert not (tmp_path / "cal.json").exists()
+
+
+def test_a_linked_records_file_is_never_cut_by_the_recovery(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A one-process run's marks (sent.jsonl) make the merge cut requests.jsonl's torn last
+    line and append lost records to it: never through a link planted in its place."""
+    from scenarios.records import SentMark
+
+    run = Path(shutil.copytree(OLD, tmp_path / "run"))
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    before = (run / "requests.jsonl").read_text() + '{"id": "torn'
+    elsewhere.write_text(before)
+    (run / "requests.jsonl").unlink()
+    (run / "requests.jsonl").symlink_to(elsewhere)
+    (run / "sent.jsonl").write_text(SentMark("lost-1", 0, 1.0, 1.0).to_json() + "\n")
+    assert main(["report", str(run)]) in (0, 2)
+    capsys.readouterr()
+    assert elsewhere.read_text() == before

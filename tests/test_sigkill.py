@@ -52,8 +52,11 @@ def _wait_for(what: str, ready: object) -> None:
         time.sleep(0.05)
 
 
-def _scaled_run(tmp: Path, url: str) -> tuple[subprocess.Popen[str], Path, list[int]]:
-    """`run --processes 2` sending for a minute, once both workers have records; their pids."""
+def _scaled_run(
+    tmp: Path, url: str, processes: int = 2
+) -> tuple[subprocess.Popen[str], Path, list[int]]:
+    """`run --processes N` (1: no workers) sending for a minute, once records came; the
+    workers' pids."""
     data = scenario_dict(
         traffic={"rate": 16, "duration_s": 60, "seed": 4, "stop_grace_s": 2},
         workload={
@@ -64,13 +67,13 @@ def _scaled_run(tmp: Path, url: str) -> tuple[subprocess.Popen[str], Path, list[
     scenario = write_scenario(tmp / "s.yaml", data)
     out = tmp / "run"
     cmd = [sys.executable, "-m", "surgecast", "run", str(scenario), "--target", url]
-    cmd += ["--processes", "2", "--out", str(out), "--quiet"]
+    cmd += ["--processes", str(processes), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     _wait_for("records came", lambda: len(_records(out)) >= 30 and proc.poll() is None)
-    workers = sorted(children(proc.pid))
-    assert len(workers) == 2, workers
+    workers = sorted(children(proc.pid)) if processes > 1 else []
+    assert len(workers) == (processes if processes > 1 else 0), workers
     return proc, out, workers
 
 
@@ -79,7 +82,7 @@ def _unrecorded(url: str, out: Path) -> tuple[list[dict[str, Any]], int]:
     served. Each record is in requests.jsonl alone, once. A request cancelled before its
     answer began, or in flight in a worker killed outright (recorded as lost), has a record
     without the target's id: such records stand for served requests of their max_tokens."""
-    assert not list(out.glob("requests-w*.jsonl")) and not list(out.glob("sent-w*"))  # merged
+    assert not list(out.glob("requests-w*.jsonl")) and not list(out.glob("sent*"))  # merged
     records = _records(out)
     named = Counter(r["response_id"] for r in records if r["response_id"])
     assert not [rid for rid, n in named.items() if n > 1]  # no record twice
@@ -204,3 +207,29 @@ def test_a_worker_killed_outright_voids_the_run_and_says_so(tmp_path: Path, targ
         assert r["status"] == "error" and r["http_status"] is None and r["end"] is None
         assert r["token_source"] == "none" and not r["output_tokens"]
         assert r["start"] >= r["intended_start"] - 0.05  # the time it was sent
+
+
+def test_a_one_process_run_killed_outright_loses_no_record(tmp_path: Path, target: str) -> None:
+    """The run's own process marks each attempt before it leaves: killed outright, the next
+    `surgecast report` records what it had in flight as lost, so every request the target
+    received has exactly one record, and says so in the run's reasons."""
+    proc, out, _ = _scaled_run(tmp_path, target, processes=1)
+    proc.kill()
+    proc.communicate(timeout=30)
+    _still(target)
+    assert (out / "sent.jsonl").exists()
+    report = subprocess.run(
+        [sys.executable, "-m", "surgecast", "report", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in report.stderr, report.stderr[-3000:]
+    missing, total = _unrecorded(target, out)
+    lost = [r for r in _records(out) if r["error_kind"] == WORKER_LOST]
+    print(f"\none-process SIGKILL: {len(missing)} of {total} lack records; {len(lost)} lost")
+    assert not missing, missing
+    assert lost  # about 10 requests are out at any moment
+    reasons = " ".join(_meta(out)["validity"]["reasons"])
+    assert f"{len(lost)} by the run's own process" in reasons
