@@ -56,9 +56,11 @@ def test_stream_timing_agrees_with_target_record(target_url: str, api: str) -> N
     server_ttft = served["first_chunk_written"] - served["received"]
     assert abs((rec.first_token - rec.start) - server_ttft) < 0.01
     assert max(write_misses(rec.chunk_times, served)) < 0.005
-    # one chunk per engine step of 10.5 ms (10 ms + 0.5 ms for the one decoding sequence)
+    # one chunk per engine step of 10.5 ms (10 ms + 0.5 ms for the one decoding sequence): the
+    # target's steps run late on a busy machine (12.8 ms in a loaded make test), never early;
+    # the client's own accuracy is the line above, against the target's recorded writes
     mean_gap = (rec.chunk_times[-1] - rec.chunk_times[0]) / (len(rec.chunk_times) - 1)
-    assert 0.0100 < mean_gap < 0.0125
+    assert 0.0100 < mean_gap < 0.016
     assert rec.prompt_tokens == count_tokens(spec.prompt or "") == 30
     assert (rec.output_tokens, rec.token_source) == (15, "usage")
 
