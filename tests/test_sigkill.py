@@ -103,6 +103,18 @@ def _unrecorded(url: str, out: Path) -> tuple[list[dict[str, Any]], int]:
     return missing, len(served)
 
 
+def _report(out: Path) -> None:
+    """`surgecast report` on the killed run: it merges what the run's processes left."""
+    report = subprocess.run(
+        [sys.executable, "-m", "surgecast", "report", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in report.stderr, report.stderr[-3000:]
+
+
 def _still(url: str) -> None:
     """Nothing sends to the target any more."""
     served = len(served_requests(url))
@@ -121,14 +133,7 @@ def test_a_master_killed_outright_stops_its_workers(tmp_path: Path, target: str)
     stopped_s = time.monotonic() - killed
     _still(target)
     assert _meta(out)["status"] == "running"
-    report = subprocess.run(
-        [sys.executable, "-m", "surgecast", "report", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in report.stderr, report.stderr[-3000:]
+    _report(out)
     assert _meta(out)["status"] == "killed"
     missing, total = _unrecorded(target, out)
     lost = sum(r["error_kind"] == WORKER_LOST for r in _records(out))
@@ -218,14 +223,7 @@ def test_a_one_process_run_killed_outright_loses_no_record(tmp_path: Path, targe
     proc.communicate(timeout=30)
     _still(target)
     assert (out / "sent.jsonl").exists()
-    report = subprocess.run(
-        [sys.executable, "-m", "surgecast", "report", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in report.stderr, report.stderr[-3000:]
+    _report(out)
     missing, total = _unrecorded(target, out)
     lost = [r for r in _records(out) if r["error_kind"] == WORKER_LOST]
     print(f"\none-process SIGKILL: {len(missing)} of {total} lack records; {len(lost)} lost")
