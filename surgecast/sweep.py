@@ -167,22 +167,40 @@ def sweep(
     if passed and failed:
         say(f"sweep: knee between {passed:.4g} and {failed:.4g} req/s")
     slots = batch_limit or declared_slots(levels[0].outcome.folder) or 16
+    stairs_level = _stairs(scenario, scenario_file, out, launcher, slots, say)
+    fitted, held = _fitted_and_held(levels, passed)
+    calibration = calibrate_runs(
+        [lv.outcome.folder for lv in [*fitted, stairs_level]], max_num_seqs=slots
+    )
+    served = max(lv.achieved for lv in levels)
+    calibration = replace(calibration, measured_capacity=served if served > 0 else None)
+    held_out = {lv.rate: backtest_run(lv.outcome.folder, calibration) for lv in held}
+    return SweepResult([*levels, stairs_level], calibration, fitted, held_out)
+
+
+def _stairs(
+    scenario: Scenario, scenario_file: str, out: Path, launcher: Launcher, slots: int, say: Say
+) -> Level:
+    """The staircase into `out/staircase`: `slots` requests at once, every batch size held."""
     say(f"sweep staircase: {slots} requests at once, the batch stepping down to 1")
     stairs = _level(scenario, 1.0, 1.0, scenario.traffic.seed + 99)
-    stairs_level = Level(
-        float(slots),
-        run_load(
-            stairs,
-            scenario_file,
-            launcher,
-            out=out / "staircase",
-            say=say,
-            progress=False,
-            plan=staircase(stairs, slots),
-        ),
-        stairs=True,
+    outcome = run_load(
+        stairs,
+        scenario_file,
+        launcher,
+        out=out / "staircase",
+        say=say,
+        progress=False,
+        plan=staircase(stairs, slots),
     )
-    timed = [lv for lv in levels if lv.outcome.valid]  # an invalid level's times are void
+    return Level(float(slots), outcome, stairs=True)
+
+
+def _fitted_and_held(levels: list[Level], passed: float | None) -> tuple[list[Level], list[Level]]:
+    """The valid levels the fit takes (at or under half the knee's rate, at least two) and
+    those it predicts; CalibrationError when none is valid (an invalid level's times are
+    void)."""
+    timed = [lv for lv in levels if lv.outcome.valid]
     if not timed:
         raise CalibrationError(
             f"no sweep level could be trusted: the first, at {levels[0].rate:.3g} req/s, was "
@@ -194,14 +212,7 @@ def sweep(
     fitted = [lv for lv in timed if lv.rate <= 0.5 * knee]
     if len(fitted) < 2:
         fitted = sorted(timed, key=lambda lv: lv.rate)[:2]
-    held = [lv for lv in timed if lv not in fitted]
-    calibration = calibrate_runs(
-        [lv.outcome.folder for lv in [*fitted, stairs_level]], max_num_seqs=slots
-    )
-    served = max(lv.achieved for lv in levels)
-    calibration = replace(calibration, measured_capacity=served if served > 0 else None)
-    held_out = {lv.rate: backtest_run(lv.outcome.folder, calibration) for lv in held}
-    return SweepResult([*levels, stairs_level], calibration, fitted, held_out)
+    return fitted, [lv for lv in timed if lv not in fitted]
 
 
 def level_seconds(rate: float, level_s: float, requests: int = MIN_LEVEL_REQUESTS) -> float:
