@@ -97,18 +97,24 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _child_env(measured: bool) -> dict[str, str]:
+    """This test's environment for a child; unless `measured`, without coverage's subprocess
+    hook, whose own SIGTERM handler (pyproject.toml: sigterm) would precede surgecast's at
+    start-up and so tell a readiness check too early that surgecast's handler is in."""
+    coverage = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+    dropped = {"SURGECAST_TEST_HOLD", *(() if measured else coverage)}
+    return {k: v for k, v in os.environ.items() if k not in dropped}
+
+
 def _start(
     tmp: Path, target: str | None, hold: str | None = None, measured: bool = True, **traffic: Any
 ) -> tuple[subprocess.Popen[str], Path]:
-    """`surgecast run` in a child; unless `measured`, without coverage's subprocess hook, whose
-    own SIGTERM handler (pyproject.toml: sigterm) would precede surgecast's at start-up."""
+    """`surgecast run` in a child (`measured`: see `_child_env`)."""
     data = scenario_dict(traffic={"rate": 4, "duration_s": 2, "seed": 5, **traffic})
     scenario = write_scenario(tmp / "s.yaml", data)
     out = tmp / "run"
     cmd = [sys.executable, "-m", "surgecast", "run", str(scenario), "--out", str(out), "--quiet"]
-    coverage = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
-    dropped = {"SURGECAST_TEST_HOLD", *(() if measured else coverage)}
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env = _child_env(measured)
     if hold:
         env["SURGECAST_TEST_HOLD"] = hold
     proc = subprocess.Popen(
@@ -221,6 +227,7 @@ def test_report_command_leaves_whole_files_or_none(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=_child_env(measured=False),  # signalled from its start-up
     )
     _wait(report, "its stop handler was installed", lambda: handles_stop_signals(report.pid))
     time.sleep(after_s)  # a spread of moments; every one must leave whole files
