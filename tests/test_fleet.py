@@ -34,7 +34,7 @@ from simulator.engine.core import Engine, EngineConfig, EngineSequence, StepCost
 from simulator.fit.calibrate import Calibration, Fit
 from simulator.replay.coldstart import load_seconds as cold_load_seconds
 from simulator.replay.routing import Router, Routing
-from simulator.replay.sim import SimResult, simulate
+from simulator.replay.sim import Core, SimResult, simulate
 from surgecast.predict import simulate_scenario
 from tests.conftest import run_cli, scenario_dict, write_scenario
 
@@ -106,8 +106,11 @@ def gi_m_1_wait(lam: float, k: int, mu: float) -> float:
     return sigma / (mu * (1 - sigma))
 
 
-def test_round_robin_makes_each_replica_a_gi_m_1_queue() -> None:
-    """Round robin deals every c-th Poisson arrival to a replica: Erlang-c gaps, GI/M/1."""
+@pytest.mark.parametrize("core", ["reference", "fast"])
+def test_round_robin_makes_each_replica_a_gi_m_1_queue(core: Core) -> None:
+    """Round robin deals every c-th Poisson arrival to a replica: Erlang-c gaps, GI/M/1 (on
+    both cores; the central queue and admission limit of Erlang C and B run on the reference
+    alone: the fast core does not cover them yet)."""
     c, rho = 3, 0.7
     mean_s = D / P
     lam = c * rho / mean_s
@@ -115,9 +118,11 @@ def test_round_robin_makes_each_replica_a_gi_m_1_queue() -> None:
     for seed in range(8):
         plan = _poisson_plan(np.random.default_rng(seed), lam, 5000)
         fleet = FleetSpec(routing="round_robin")
-        recs = simulate(
-            plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet
-        ).records
+        result = simulate(
+            plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet, core=core
+        )
+        assert result.core == core
+        recs = result.records
         waits = [(r.first_token or np.nan) - r.start - (r.prompt_tokens or 0) * D for r in recs]
         means.append(np.mean(waits[len(waits) // 10 :]))
     theory = gi_m_1_wait(lam, c, 1 / mean_s)  # 54 ms, over twice Erlang C's 22 ms

@@ -5,6 +5,7 @@ With max_num_seqs = 1 the engine is a FIFO single server. A request's service is
 - M/M/1: n tokens of d seconds each with n geometric, so service is geometric in d; the
   Pollaczek-Khinchine formula gives its exact mean wait, within 2.5% of the M/M/1 formula.
 - M/G/1: lognormal token counts at loads 0.5 to 0.9, against Pollaczek-Khinchine.
+Each on both cores: the reference (SimPy) and the fast one.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from scipy import stats
 from scenarios.plan import RequestSpec
 from scenarios.traffic import PoissonArrival
 from simulator.engine.core import EngineConfig, StepCost
-from simulator.replay.sim import simulate
+from simulator.replay.sim import Core, simulate
 
 SEEDS = range(12)
+CORES = pytest.mark.parametrize("core", ["reference", "fast"])  # each test on both cores
 
 
 def _mean_waits(
@@ -29,6 +31,7 @@ def _mean_waits(
     service_tokens: Callable[[np.random.Generator, int], np.ndarray],
     cost: StepCost,
     first_step: float,
+    core: Core,
 ) -> np.ndarray:
     """Mean queueing wait per seed: first token time - arrival - the prefill step."""
     config = EngineConfig(max_num_seqs=1, kv_cache_tokens=10**9, cost=cost)
@@ -41,7 +44,9 @@ def _mean_waits(
             RequestSpec(f"r{i}", float(t), 1, int(n))
             for i, (t, n) in enumerate(zip(arrivals, tokens, strict=True))
         ]
-        recs = simulate(plan, config, timeout_s=1e6, record_chunks=False).records
+        result = simulate(plan, config, timeout_s=1e6, record_chunks=False, core=core)
+        assert result.core == core
+        recs = result.records
         waits = [(r.first_token or np.nan) - r.start - first_step for r in recs]
         means.append(np.mean(waits[len(waits) // 10 :]))  # drop the empty-system warm-up
     return np.asarray(means)
@@ -52,11 +57,12 @@ def _ci(x: np.ndarray, level: float = 0.99) -> tuple[float, float]:
     return float(x.mean() - half), float(x.mean() + half)
 
 
-def test_md1_mean_wait() -> None:
+@CORES
+def test_md1_mean_wait(core: Core) -> None:
     service, rho = 0.05, 0.8
     lam = rho / service
     means = _mean_waits(
-        lam, 8000, lambda rng, n: np.ones(n), StepCost(service, 0.0, 0.0), first_step=service
+        lam, 8000, lambda rng, n: np.ones(n), StepCost(service, 0.0, 0.0), service, core
     )
     theory = rho * service / (2 * (1 - rho))  # M/D/1: 0.1 s
     low, high = _ci(means)
@@ -64,12 +70,13 @@ def test_md1_mean_wait() -> None:
     assert high - low < 0.2 * theory  # the interval is tight enough to mean something
 
 
-def test_mm1_mean_wait() -> None:
+@CORES
+def test_mm1_mean_wait(core: Core) -> None:
     d, p, rho = 0.002, 0.05, 0.7  # tokens ~ Geometric(p): mean 20, service mean 40 ms
     mean_s = d / p
     lam = rho / mean_s
     means = _mean_waits(
-        lam, 5000, lambda rng, n: rng.geometric(p, n), StepCost(d, 0.0, 0.0), first_step=d
+        lam, 5000, lambda rng, n: rng.geometric(p, n), StepCost(d, 0.0, 0.0), d, core
     )
     es2 = d**2 * (2 - p) / p**2
     pk = lam * es2 / (2 * (1 - rho))  # Pollaczek-Khinchine, exact for this service
@@ -80,8 +87,9 @@ def test_mm1_mean_wait() -> None:
     assert low <= mm1 * 1.03 and mm1 * 0.97 <= high
 
 
+@CORES
 @pytest.mark.parametrize("rho", [0.5, 0.7, 0.9])
-def test_mg1_lognormal_mean_wait(rho: float) -> None:
+def test_mg1_lognormal_mean_wait(rho: float, core: Core) -> None:
     """M/G/1 with lognormal service (sigma 0.8, heavier-tailed than exponential): the mean wait
     is Pollaczek-Khinchine's lambda E[S^2] / (2 (1 - rho)), E[S^2] from the service as drawn
     (whole tokens of d seconds)."""
@@ -94,7 +102,7 @@ def test_mg1_lognormal_mean_wait(rho: float) -> None:
     mean_s, es2 = float(big.mean()), float((big**2).mean())
     lam = rho / mean_s
     n = 6000 if rho < 0.9 else 20000  # near saturation the queue takes longer to settle
-    means = _mean_waits(lam, n, tokens, StepCost(d, 0.0, 0.0), first_step=d)
+    means = _mean_waits(lam, n, tokens, StepCost(d, 0.0, 0.0), d, core)
     pk = lam * es2 / (2 * (1 - rho))
     low, high = _ci(means)
     assert low <= pk <= high, (pk, low, high)

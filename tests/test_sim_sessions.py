@@ -8,7 +8,7 @@ import pytest
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
-from simulator.replay.sim import simulate
+from simulator.replay.sim import Core, simulate
 from tests.conftest import scenario_dict
 
 ENGINE = EngineConfig(max_num_seqs=8, kv_cache_tokens=1 << 20, cost=StepCost(0.01, 0.001, 0.0))
@@ -66,8 +66,10 @@ def test_impatient_users_abandon_and_end_their_sessions() -> None:
     assert all(r.ttft is not None and r.ttft <= 0.5 + 1e-9 for r in served)
 
 
-def test_closed_users_obey_the_interactive_response_time_law() -> None:
-    """N users thinking Z on average: throughput X = N / (R + Z), whatever the server."""
+@pytest.mark.parametrize("core", ["reference", "fast"])
+def test_closed_users_obey_the_interactive_response_time_law(core: Core) -> None:
+    """N users thinking Z on average: throughput X = N / (R + Z), whatever the server (and
+    whichever core)."""
     users, think = 12, 2.0
     plan = _plan(
         traffic={
@@ -85,7 +87,9 @@ def test_closed_users_obey_the_interactive_response_time_law() -> None:
         },
     )
     slow = EngineConfig(max_num_seqs=4, kv_cache_tokens=1 << 20, cost=StepCost(0.01, 0.002, 0))
-    records = simulate(plan, slow, timeout_s=600).records
+    result = simulate(plan, slow, timeout_s=600, core=core)
+    assert result.core == core
+    records = result.records
     done = [r for r in records if r.status == "ok"]
     assert len(done) > 1000
     response = float(np.mean([r.end - r.start for r in done if r.end is not None]))

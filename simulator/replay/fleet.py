@@ -112,6 +112,7 @@ class Fleet(Generic[R]):
         self.peak = self.low = initial
         for _ in range(initial):
             self._add(cold=False)
+        self.peak = self.low = initial  # not the counts it passed on its way up at time 0
         self._count()  # the first point, also for a fleet that starts at zero
 
     def start_autoscaler(self, active: Callable[[], bool]) -> None:

@@ -33,6 +33,13 @@ DETAILS = {
 }
 
 
+def _array(code: str, values: np.ndarray) -> array:
+    """`values` as an `array.array` of typecode `code` (a ledger column)."""
+    out = array(code)
+    out.frombytes(np.ascontiguousarray(values, np.dtype(code)).tobytes())
+    return out
+
+
 class Ledger:
     """Rows indexed by the request's place in the plan; `chunks` (if kept) by the same index."""
 
@@ -53,6 +60,26 @@ class Ledger:
         self.chunks: dict[int, list[float]] | None = {} if keep_chunks else None
         # (row, intended, start, end, attempt, status, kind) of failed attempts that were retried
         self.retried: list[tuple[int, float, float, float, int, int, int]] = []
+
+    def load(
+        self,
+        intended: np.ndarray,
+        start: np.ndarray,
+        first: np.ndarray,
+        end: np.ndarray,
+        status: np.ndarray,
+        kind: np.ndarray,
+        output: np.ndarray,
+        cached: np.ndarray,
+        chunks: dict[int, list[float]] | None,
+    ) -> None:
+        """Take a whole run's rows at once (the fast core's: no attempt retried)."""
+        self.intended, self.start = _array("d", intended), _array("d", start)
+        self.first, self.end = _array("d", first), _array("d", end)
+        self.status, self.kind = _array("b", status), _array("h", kind)
+        self.output, self.cached = _array("q", output), _array("q", cached)
+        if self.chunks is not None:
+            self.chunks = chunks or {}
 
     def send(self, i: int, intended: float, start: float, attempt: int) -> None:
         self.intended[i], self.start[i], self.attempt[i] = intended, start, attempt

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import simpy
@@ -32,6 +32,8 @@ from simulator.replay.ledger import (
     TIMED_OUT,
     Ledger,
 )
+
+Core = Literal["auto", "reference", "fast"]
 
 
 class Replica:
@@ -142,6 +144,7 @@ class SimResult:
     timeouts: int = 0  # aborted by the client's timeout (their KV blocks freed)
     abandoned: int = 0  # cancelled by an impatient user before the first token
     fleet: FleetStats = field(default_factory=FleetStats)  # cold starts, replica-seconds
+    core: str = "reference"  # which core ran it: the reference (SimPy) or the fast one
 
     @cached_property
     def records(self) -> list[RequestRecord]:
@@ -297,6 +300,7 @@ def simulate(
     gpus_per_replica: int = 1,
     faults: TargetFaults | None = None,
     jumps: bool = True,
+    core: Core = "auto",
 ) -> SimResult:
     """Run `plan` through `replicas` engines behind a router (join-shortest-queue by default;
     `fleet`, a scenario's fleet section, sets the routing, an admission limit, a central queue
@@ -311,8 +315,24 @@ def simulate(
     well (none after a failed or abandoned turn), and a user whose first token takes longer
     than its patience cancels. With `jumps` off, engines step one step at a time (the same
     results, slower: the reference for the jumps' exactness).
+
+    `core` picks what runs it: the fast core (`simulator.fast`, compiled, the same records)
+    where it covers the simulation, else this reference ("auto"), or either one always
+    ("reference"; "fast", a ValueError saying why where it does not cover it). The result
+    says which (`core`).
     """
     fleet = fleet or FleetSpec()
+    if core != "reference" and jumps:
+        from simulator.fast.sim import simulate_fast, unsupported  # compiles on first use
+
+        why = unsupported(plan, config, fleet, faults)
+        if why is None:
+            return simulate_fast(
+                plan, config, replicas=replicas, timeout_s=timeout_s,
+                record_chunks=record_chunks, routing=fleet.routing,
+            )  # fmt: skip
+        if core == "fast":
+            raise ValueError(f"the fast core does not run this simulation yet: {why}")
     scaler = fleet.autoscaler
     low = 1 if scaler is None else scaler.min_replicas
     high = replicas if scaler is None else scaler.max_replicas
@@ -346,21 +366,44 @@ def simulate(
 
 def _result(ledger: Ledger, pool: Fleet[Replica], until: float, fixed: bool) -> SimResult:
     """The run's records as columns, and what its replicas did over the records' span."""
+    history = pool.history
+    return result_of(
+        ledger,
+        until,
+        [m.replica.usage for m in history],
+        lambda first, last: [m.alive_s(first, last) for m in history],
+        sum(m.engine.scheduler.num_preemptions for m in history),
+        sum(m.engine.scheduler.recomputed_tokens for m in history),
+        pool.stats,
+        fixed,
+    )
+
+
+def result_of(
+    ledger: Ledger,
+    until: float,
+    usage: list[Usage],
+    lives: Callable[[float, float], list[float]],
+    preempted: int,
+    recomputed: int,
+    stats: Callable[[float, float], FleetStats],
+    fixed: bool,
+    core: str = "reference",
+) -> SimResult:
+    """A run's result from its ledger and its replicas (their `usage`, each one's seconds alive
+    within a span `lives(first, last)`, the fleet's `stats` over it), whichever core ran it."""
     table = ledger.table()
     first = float(table.start.min()) if len(table) else 0.0
     last = float(np.fmax(table.end, table.start).max()) if len(table) else 0.0
     span = last - first
     busy = [
-        min(m.replica.busy_time / alive, 1.0) if (alive := m.alive_s(first, last)) > 0 else 0.0
-        for m in pool.history
+        min(u.busy_s / alive, 1.0) if alive > 0 else 0.0
+        for u, alive in zip(usage, lives(first, last), strict=True)
     ]
-    preempted = sum(m.engine.scheduler.num_preemptions for m in pool.history)
-    recomputed = sum(m.engine.scheduler.recomputed_tokens for m in pool.history)
-    stats = pool.stats(first, last)
+    fleet = stats(first, last)
     # replica-seconds: for a fixed fleet, its size x the span (as before autoscaling existed)
-    per = max(span, 1e-9) * len(pool.history) if fixed else stats.replica_seconds
+    per = max(span, 1e-9) * len(usage) if fixed else fleet.replica_seconds
     per = max(per, 1e-9)
-    usage = [m.replica.usage for m in pool.history]
     final = table.select(~table.retried)
     kinds = np.bincount(final.error_kind[final.error_kind >= 0], minlength=len(KINDS))
     return SimResult(
@@ -376,5 +419,6 @@ def _result(ledger: Ledger, pool: Fleet[Replica], until: float, fixed: bool) -> 
         rejected=int((final.status == REJECTED).sum()),
         timeouts=int(kinds[TIMED_OUT]),
         abandoned=int(kinds[ABANDONED]),
-        fleet=stats,
+        fleet=fleet,
+        core=core,
     )

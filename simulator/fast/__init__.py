@@ -1,0 +1,1 @@
+"""The fast core: the simulator's model compiled (see simulator.fast.sim)."""

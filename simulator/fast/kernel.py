@@ -1,0 +1,650 @@
+"""The fast core's event loop, compiled by numba: the reference model (`simulator.replay.sim`
+over `simulator.engine`) for the fleets it covers (`simulator.fast.sim.unsupported`), on arrays.
+
+Equal records (each request ending the same way at the same times) follow only from applying
+the same rules in the same order, so each function here mirrors one of the reference's and says
+which: events at one time run in SimPy's order (time, priority, then the order they were
+scheduled), a replica plans a step at the loop's top after each step's end or a wake-up, a step
+applies as `Scheduler.update` does (decode tokens, blocks due, decodes that finish, prefills),
+and each finished request's client handler runs in the order the engine reports it.
+
+A request is a row of two tables (its integers, its times: one cache line or two), a replica a
+row of two more; a replica's queues are linked lists through the request rows (a request is in
+one replica at a time); the events are a heap in arrays. No object per request and no Python
+per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+A = Any  # a numpy array (numba compiles the functions for the arrays it is given)
+
+# a request's integers (`State.ri` columns): the plan's, the ledger's, its state in its replica,
+# and its links in its replica's lists (running in admission order, prefilling, decoding,
+# waiting, needing a block, deadlines in submission order, the step in flight's prefills)
+(PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
+ DEC, NEED, DUE_BLOCK, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N, DL_N,
+ SP_N) = range(28)  # fmt: skip
+RI_COLUMNS = 28
+# a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
+# the time after which it is not sent), the ledger's, its client's deadline, a follow-up's time
+ARRIVAL, THINK, NOT_AFTER, INTENDED, START, FIRST, END, DEADLINE, DUE = range(9)
+RF_COLUMNS = 9
+# a replica's integers (`State.qi`): its lists' heads, tails and lengths, its free blocks, the
+# context its decodes attend over, a timer pending, preemptions and the tokens they discarded
+(RUN_H, RUN_T, RUN_LEN, PF_H, PF_T, DC_H, DC_T, DC_LEN, W_H, W_T, W_LEN, ND_H, ND_T, DL_H,
+ DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED) = range(22)  # fmt: skip
+QI_COLUMNS = 22
+# a replica's usage (`State.qf`, simulator.engine.drive.Usage)
+BUSY_S, KV_S, KV_PEAK, FULL_S = range(4)
+QF_COLUMNS = 4
+
+# a request in its replica (the reference scheduler's statuses; NONE before it is placed)
+NONE, WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3, 4
+# the ledger's statuses and error kinds (simulator.replay.ledger)
+L_UNSENT, L_OK, L_TIMEOUT, L_REJECTED = -1, 0, 3, 4
+K_CONTEXT_LENGTH, K_TIMED_OUT = 1, 4
+# events (`Events.i` columns: priority, order scheduled, kind, subject): the arrivals process
+# starting, its timer for the next opener, a replica's step end or wake-up, a follow-up's send
+PRI, SEQ, EVENT, ARG = range(4)
+E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND = range(5)
+URGENT, NORMAL = 0, 1  # SimPy's priorities (a process's start is urgent)
+# the counters in `Events.ctr`
+SIZE, COUNT, CHUNKS, TURN = range(4)
+# routing policies and step-cost models
+LEAST_OUTSTANDING, ROUND_ROBIN = 0, 1
+LINEAR, TABLE, ROOFLINE = 0, 1, 2
+
+
+class Config(NamedTuple):
+    replicas: int
+    max_num_seqs: int
+    max_batched_tokens: int
+    chunked: bool
+    num_blocks: int
+    block_size: int
+    overhead_s: float
+    timeout_s: float
+    until: float
+    routing: int
+    cost_kind: int
+    cost: A  # f8[6]: the cost model's numbers (see `step_seconds`)
+    xs: A  # f8: a step table's batch sizes
+    ys: A  # f8: ... and its step times
+    keep_chunks: bool
+
+
+class State(NamedTuple):
+    ri: A  # i8[n, RI_COLUMNS]
+    rf: A  # f8[n, RF_COLUMNS]
+    qi: A  # i8[replicas, QI_COLUMNS]
+    qf: A  # f8[replicas, QF_COLUMNS]
+    openers: A  # i8: the users' first requests, by arrival
+
+
+class Events(NamedTuple):
+    t: A  # f8[room]
+    i: A  # i8[room, 4]
+    ctr: A  # i8[4]: the heap's size, events scheduled, chunk times kept, round robin's turn
+    chunk_row: A
+    chunk_t: A
+    finished: A  # scratch: a step's finished rows
+    scratch: A  # scratch: a list's rows
+
+
+def state(n: int, replicas: int, num_blocks: int) -> State:
+    """Fresh tables for `n` requests (the plan's columns still to fill) and `replicas`."""
+    ri = np.zeros((n, RI_COLUMNS), np.int64)
+    ri[:, RUN_P:] = -1
+    ri[:, [OK_NEXT, FAIL_NEXT, KIND]] = -1
+    ri[:, STATUS] = L_UNSENT
+    rf = np.zeros((n, RF_COLUMNS))
+    rf[:, INTENDED:] = np.nan
+    qi = np.full((replicas, QI_COLUMNS), -1, np.int64)
+    qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED]] = 0
+    qi[:, FREE], qi[:, TIMER] = num_blocks, 1  # each replica starts with its wake-up pending
+    return State(ri, rf, qi, np.zeros((replicas, QF_COLUMNS)), np.empty(0, np.int64))
+
+
+def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int) -> Events:
+    """The event heap's room: a timer per replica, the arrivals' and a follow-up per request."""
+    room = n + replicas + 4
+    return Events(
+        np.empty(room), np.empty((room, 4), np.int64), np.zeros(4, np.int64),
+        np.empty(chunk_room, np.int64), np.empty(chunk_room), np.empty(max_num_seqs + 1, np.int64),
+        np.empty(max_num_seqs + 1, np.int64),
+    )  # fmt: skip
+
+
+# the event heap
+
+
+@njit(cache=True)
+def _before(t: A, ei: A, a: int, b: int) -> bool:
+    if t[a] != t[b]:
+        return bool(t[a] < t[b])
+    if ei[a, PRI] != ei[b, PRI]:
+        return bool(ei[a, PRI] < ei[b, PRI])
+    return bool(ei[a, SEQ] < ei[b, SEQ])
+
+
+@njit(cache=True)
+def _swap(t: A, ei: A, a: int, b: int) -> None:
+    t[a], t[b] = t[b], t[a]
+    for k in range(4):
+        ei[a, k], ei[b, k] = ei[b, k], ei[a, k]
+
+
+@njit(cache=True)
+def _schedule(e: Events, t: float, pri: int, kind: int, arg: int) -> None:
+    """Add an event, ordered after every one scheduled before it at its time and priority."""
+    times, ei, ctr = e.t, e.i, e.ctr
+    i = ctr[SIZE]
+    times[i] = t
+    ei[i, PRI], ei[i, SEQ], ei[i, EVENT], ei[i, ARG] = pri, ctr[COUNT], kind, arg
+    ctr[SIZE] += 1
+    ctr[COUNT] += 1
+    while i > 0:
+        p = (i - 1) >> 1
+        if not _before(times, ei, i, p):
+            break
+        _swap(times, ei, i, p)
+        i = p
+
+
+@njit(cache=True)
+def _take(e: Events) -> int:
+    """Move the earliest event past the heap's end; its index."""
+    times, ei = e.t, e.i
+    last = e.ctr[SIZE] - 1
+    _swap(times, ei, 0, last)
+    e.ctr[SIZE] = last
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= last:
+            break
+        if c + 1 < last and _before(times, ei, c + 1, c):
+            c += 1
+        if not _before(times, ei, c, i):
+            break
+        _swap(times, ei, i, c)
+        i = c
+    return last
+
+
+# lists through the request rows: columns P and N of `ri` link them, columns H and T of
+# replica r's row of `qi` are the list's head and tail
+
+
+@njit(cache=True)
+def _unlink(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -> None:
+    p, n = ri[s, p_], ri[s, n_]
+    if p >= 0:
+        ri[p, n_] = n
+    else:
+        qi[r, h_] = n
+    if n >= 0:
+        ri[n, p_] = p
+    else:
+        qi[r, t_] = p
+    ri[s, p_] = ri[s, n_] = -1
+
+
+@njit(cache=True)
+def _append(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -> None:
+    p = qi[r, t_]
+    ri[s, p_], ri[s, n_] = p, -1
+    if p >= 0:
+        ri[p, n_] = s
+    else:
+        qi[r, h_] = s
+    qi[r, t_] = s
+
+
+@njit(cache=True)
+def _prepend(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -> None:
+    n = qi[r, h_]
+    ri[s, p_], ri[s, n_] = -1, n
+    if n >= 0:
+        ri[n, p_] = s
+    else:
+        qi[r, t_] = s
+    qi[r, h_] = s
+
+
+@njit(cache=True)
+def _rows_of(ri: A, head: int, n_: int, out: A) -> int:
+    """A list's rows, in order, into `out`; how many."""
+    m, s = 0, head
+    while s >= 0:
+        out[m] = s
+        m += 1
+        s = ri[s, n_]
+    return m
+
+
+# the step-cost models (simulator.engine.stepcost), each expression in its order
+
+
+@njit(cache=True)
+def step_seconds(c: Config, decode: int, prefill: int, context: int) -> float:
+    p = c.cost
+    if c.cost_kind == LINEAR:
+        return float(p[0] + p[1] * decode + p[2] * prefill + p[3] * context)
+    if c.cost_kind == ROOFLINE:
+        tokens = decode + prefill
+        compute = p[1] * tokens + p[4] * context
+        memory = p[2] + p[3] * context
+        return float(p[0] + p[5] * tokens + (compute if compute >= memory else memory))
+    xs, ys, d = c.xs, c.ys, float(decode)
+    n = len(xs)
+    if n == 1:
+        base = ys[0]
+    else:
+        i = int(np.searchsorted(xs, d, side="right")) - 1
+        i = min(max(i, 0), n - 2)
+        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+        if d > xs[n - 1]:
+            i, slope = i + 1, max(slope, 0.0)
+        elif d < xs[0]:
+            slope = max(slope, 0.0)
+        base = max(ys[i] + slope * (d - xs[i]), 0.0)
+    return float(base + p[2] * prefill + p[3] * context)
+
+
+# the clients (simulator.replay.sim._Clients, scenarios.users)
+
+
+@njit(cache=True)
+def _ended(w: State, e: Events, c: Config, i: int, ok: bool, end: float, now: float) -> None:
+    """Row `i`'s attempt ended at `end`: its user's next request, its think time after, is
+    sent then (`Users._next`, `_Clients._ended`)."""
+    ri, rf = w.ri, w.rf
+    nxt = ri[i, OK_NEXT] if ok else ri[i, FAIL_NEXT]
+    if nxt < 0:
+        return
+    due = end + rf[nxt, THINK]
+    if due > rf[nxt, NOT_AFTER]:
+        return  # the window closed
+    rf[nxt, DUE] = due
+    at = due + c.overhead_s
+    _schedule(e, now + (at - now if at > now else 0.0), NORMAL, E_SEND, nxt)
+
+
+@njit(cache=True)
+def _timed_out(w: State, e: Events, c: Config, i: int, now: float) -> None:
+    """The client stopped at its deadline: what came after it was never seen."""
+    ri, rf = w.ri, w.rf
+    end = rf[i, START] + c.timeout_s
+    rf[i, END] = end
+    ri[i, STATUS], ri[i, KIND] = L_TIMEOUT, K_TIMED_OUT
+    if rf[i, FIRST] > end:
+        rf[i, FIRST] = np.nan
+    _ended(w, e, c, i, False, end, now)
+
+
+@njit(cache=True)
+def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None:
+    """Row `i`'s attempt, sent at `at`, reaches the fleet now (`_Clients.send`): refused if
+    no replica could hold it, else routed and queued (`Fleet.admit`, `Replica.submit`)."""
+    ri, rf, qi = w.ri, w.rf, w.qi
+    rf[i, INTENDED] = rf[i, START] = at
+    ri[i, STATUS], ri[i, KIND] = L_OK, -1
+    rf[i, FIRST] = rf[i, END] = np.nan
+    if ri[i, PROMPT] + ri[i, MAXT] > c.num_blocks * c.block_size:
+        ri[i, STATUS], ri[i, KIND] = L_REJECTED, K_CONTEXT_LENGTH
+        rf[i, END] = now
+        _ended(w, e, c, i, False, now, now)
+        return
+    if c.routing == ROUND_ROBIN:
+        e.ctr[TURN] += 1
+        r = (e.ctr[TURN] - 1) % c.replicas
+    else:  # the fewest running or waiting, the first on ties
+        r, least = 0, qi[0, RUN_LEN] + qi[0, W_LEN]
+        for q in range(1, c.replicas):
+            load = qi[q, RUN_LEN] + qi[q, W_LEN]
+            if load < least:
+                r, least = q, load
+    ri[i, ST] = WAITING
+    _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
+    qi[r, W_LEN] += 1
+    rf[i, DEADLINE] = (now - c.overhead_s) + c.timeout_s
+    ri[i, DL_N] = -1  # deadlines come in submission order: a queue
+    if qi[r, DL_T] >= 0:
+        ri[qi[r, DL_T], DL_N] = i
+    else:
+        qi[r, DL_H] = i
+    qi[r, DL_T] = i
+    if not qi[r, TIMER]:
+        qi[r, TIMER] = 1
+        _schedule(e, now, NORMAL, E_WAKE, r)
+
+
+@njit(cache=True)
+def _arrivals(w: State, e: Events, c: Config, k: int, now: float) -> None:
+    """The arrivals process from opener `k` on: each is sent at its time; returns at the first
+    not due yet, its timer set (`_Clients.arrivals`)."""
+    openers, rf = w.openers, w.rf
+    while k < len(openers):
+        i = openers[k]
+        at = rf[i, ARRIVAL] + c.overhead_s
+        if at > now:
+            _schedule(e, now + (at - now), NORMAL, E_ARRIVAL, k)
+            return
+        _send(w, e, c, i, rf[i, ARRIVAL], now)
+        k += 1
+
+
+# the engine (simulator.engine.scheduler, simulator.engine.drive)
+
+
+@njit(cache=True)
+def _leave(ri: A, qi: A, r: int, s: int) -> None:
+    """Take a running request out of its replica's running lists and free its blocks."""
+    _unlink(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
+    qi[r, RUN_LEN] -= 1
+    if ri[s, DEC]:
+        ri[s, DEC] = 0
+        ri[s, COMP] = ri[s, PROMPT] + ri[s, GEN] - 1
+        _unlink(ri, qi, DC_P, DC_N, DC_H, DC_T, r, s)
+        qi[r, DC_LEN] -= 1
+        qi[r, DECODE_CTX] -= ri[s, PROMPT] + ri[s, GEN]
+        if ri[s, NEED]:
+            ri[s, NEED] = 0
+            _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
+    else:
+        _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
+    qi[r, FREE] += ri[s, BLOCKS]
+    ri[s, BLOCKS] = 0
+
+
+@njit(cache=True)
+def _allocate(ri: A, qi: A, block_size: int, r: int, s: int, tokens: int) -> bool:
+    """Blocks for `tokens` tokens, all or none (`BlockManager.allocate`, no prefix cache)."""
+    need = -(-tokens // block_size) - ri[s, BLOCKS]
+    if need < 0:
+        need = 0
+    if need > qi[r, FREE]:
+        return False
+    qi[r, FREE] -= need
+    ri[s, BLOCKS] += need
+    return True
+
+
+@njit(cache=True)
+def _make_room(ri: A, qi: A, block_size: int, r: int, s: int, upto: int) -> int:
+    """Blocks for `s` up to `upto` tokens, preempting the newest running until they fit
+    (`Scheduler._make_room`): 1 done, 0 done after preempting, -1 `s` itself had to go."""
+    done = 1
+    while not _allocate(ri, qi, block_size, r, s, upto):
+        v = qi[r, RUN_T]
+        _leave(ri, qi, r, v)
+        qi[r, RECOMPUTED] += ri[v, COMP]
+        ri[v, COMP] = 0
+        ri[v, PRE] += 1
+        qi[r, PREEMPTED] += 1
+        ri[v, ST] = WAITING
+        _prepend(ri, qi, W_P, W_N, W_H, W_T, r, v)
+        qi[r, W_LEN] += 1
+        done = 0
+        if v == s:
+            return -1
+    return done
+
+
+@njit(cache=True)
+def _grow(ri: A, qi: A, r: int, s: int, block_size: int) -> None:
+    """A decoding request's block for its next token's KV, if it needs one: taken, or it waits
+    for one (`Scheduler._grow`)."""
+    if ri[s, PROMPT] + ri[s, GEN] > ri[s, BLOCKS] * block_size:
+        if qi[r, FREE] > 0:
+            qi[r, FREE] -= 1
+            ri[s, BLOCKS] += 1
+        else:
+            ri[s, NEED] = 1
+            _append(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
+
+
+@njit(cache=True)
+def _keep_chunk(e: Events, s: int, now: float) -> None:
+    n = e.ctr[CHUNKS]
+    e.chunk_row[n], e.chunk_t[n] = s, now
+    e.ctr[CHUNKS] = n + 1
+
+
+@njit(cache=True)
+def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
+    """Apply replica `r`'s step, ended now (`Scheduler.update`): every decode gains a token and
+    the blocks that become due, the decodes at their last token finish, then each prefill
+    computes its chunk (the last one emits a token). How many finished (`Events.finished`)."""
+    ri, rf, qi, bs, keep = w.ri, w.rf, w.qi, c.block_size, c.keep_chunks
+    finished, n_fin, short = e.finished, 0, 0
+    s = qi[r, DC_H]
+    while s >= 0:
+        ri[s, GEN] += 1
+        if ri[s, PROMPT] + ri[s, GEN] > ri[s, BLOCKS] * bs:
+            ri[s, DUE_BLOCK] = 1
+            short += 1
+        if keep:
+            _keep_chunk(e, s, now)
+        s = ri[s, DC_N]
+    qi[r, DECODE_CTX] += qi[r, DC_LEN]
+    if short:
+        if short <= qi[r, FREE]:  # a block each
+            qi[r, FREE] -= short
+            s = qi[r, DC_H]
+            while s >= 0:
+                if ri[s, DUE_BLOCK]:
+                    ri[s, DUE_BLOCK] = 0
+                    ri[s, BLOCKS] += 1
+                s = ri[s, DC_N]
+        else:  # too few: one by one, oldest first
+            s = qi[r, RUN_H]
+            while s >= 0:
+                if ri[s, DUE_BLOCK]:
+                    ri[s, DUE_BLOCK] = 0
+                    _grow(ri, qi, r, s, bs)
+                s = ri[s, RUN_N]
+    s = qi[r, DC_H]
+    while s >= 0:
+        nxt = ri[s, DC_N]
+        if ri[s, GEN] >= ri[s, MAXT]:
+            ri[s, ST] = FINISHED
+            _leave(ri, qi, r, s)
+            finished[n_fin] = s
+            n_fin += 1
+        s = nxt
+    s = qi[r, SP_H]
+    while s >= 0:
+        nxt = ri[s, SP_N]
+        ri[s, SP_N] = -1
+        if ri[s, ST] == RUNNING:
+            ri[s, COMP] += ri[s, SCHED]
+            if ri[s, COMP] >= ri[s, PROMPT] + ri[s, GEN]:
+                ri[s, GEN] += 1
+                if keep:
+                    _keep_chunk(e, s, now)
+                if ri[s, GEN] == 1:
+                    rf[s, FIRST] = now
+                if ri[s, GEN] >= ri[s, MAXT]:
+                    ri[s, ST] = FINISHED
+                    _leave(ri, qi, r, s)
+                    finished[n_fin] = s
+                    n_fin += 1
+                else:  # it decodes from now on
+                    _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
+                    _append(ri, qi, DC_P, DC_N, DC_H, DC_T, r, s)
+                    ri[s, DEC] = 1
+                    qi[r, DC_LEN] += 1
+                    qi[r, DECODE_CTX] += ri[s, PROMPT] + ri[s, GEN]
+                    _grow(ri, qi, r, s, bs)
+        s = nxt
+    qi[r, SP_H] = qi[r, SP_T] = -1
+    return n_fin
+
+
+@njit(cache=True)
+def _on_finish(w: State, e: Events, c: Config, s: int, now: float) -> None:
+    """`_Clients.on_finish`: answered, or timed out when the step ended past its deadline."""
+    if now > w.rf[s, START] + c.timeout_s:
+        _timed_out(w, e, c, s, now)
+    else:
+        w.rf[s, END] = now
+        w.ri[s, OUTPUT] = w.ri[s, GEN]
+        _ended(w, e, c, s, True, now, now)
+
+
+@njit(cache=True)
+def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
+    """Abort each request whose deadline passed (`DriveLoop._expire`); its client times out."""
+    ri, rf, qi = w.ri, w.rf, w.qi
+    while qi[r, DL_H] >= 0 and rf[qi[r, DL_H], DEADLINE] <= now:
+        s = qi[r, DL_H]
+        qi[r, DL_H] = ri[s, DL_N]
+        if qi[r, DL_H] < 0:
+            qi[r, DL_T] = -1
+        if ri[s, ST] == RUNNING:
+            _leave(ri, qi, r, s)
+        elif ri[s, ST] == WAITING:
+            _unlink(ri, qi, W_P, W_N, W_H, W_T, r, s)
+            qi[r, W_LEN] -= 1
+        else:
+            continue
+        ri[s, ST] = ABORTED
+        if ri[s, STATUS] == L_OK:
+            _timed_out(w, e, c, s, now)
+
+
+@njit(cache=True)
+def _add_to_step(ri: A, qi: A, r: int, s: int) -> None:
+    ri[s, SP_N] = -1
+    if qi[r, SP_T] >= 0:
+        ri[qi[r, SP_T], SP_N] = s
+    else:
+        qi[r, SP_H] = s
+    qi[r, SP_T] = s
+
+
+@njit(cache=True)
+def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
+    """Plan replica `r`'s next step and set its end (`Scheduler.schedule`, `Engine.plan_step`,
+    the drive loop's usage)."""
+    ri, qi, qf, scratch, bs = w.ri, w.qi, w.qf, e.scratch, c.block_size
+    preempted = False
+    if qi[r, ND_H] >= 0:  # decodes whose blocks are full: a block, or room made
+        m = _rows_of(ri, qi[r, ND_H], ND_N, scratch)
+        for j in range(m):
+            s = scratch[j]
+            if ri[s, ST] != RUNNING:
+                continue
+            if qi[r, FREE] > 0:
+                qi[r, FREE] -= 1
+                ri[s, BLOCKS] += 1
+                done = 1
+            else:
+                done = _make_room(ri, qi, bs, r, s, ri[s, PROMPT] + ri[s, GEN])
+                preempted = preempted or done < 1
+            if done >= 0 and ri[s, NEED]:
+                ri[s, NEED] = 0
+                _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
+    budget = c.max_batched_tokens - qi[r, DC_LEN]
+    prefill = context = n_prefill = 0
+    m = _rows_of(ri, qi[r, PF_H], PF_N, scratch) if qi[r, PF_H] >= 0 else 0
+    for j in range(m):  # prompts in progress, each its next chunk
+        s = scratch[j]
+        if budget <= 0:
+            break
+        if ri[s, ST] != RUNNING:  # preempted making room for an older one
+            continue
+        remaining = ri[s, PROMPT] + ri[s, GEN] - ri[s, COMP]
+        n = remaining if remaining < budget else budget
+        upto = ri[s, COMP] + n
+        if upto > ri[s, BLOCKS] * bs:
+            done = _make_room(ri, qi, bs, r, s, upto)
+            preempted = preempted or done < 1
+            if done < 0:
+                break
+        ri[s, SCHED] = n
+        budget -= n
+        prefill += n
+        context += upto
+        _add_to_step(ri, qi, r, s)
+        n_prefill += 1
+    decode = qi[r, DC_LEN]
+    context += qi[r, DECODE_CTX]
+    while (  # admissions, in order, while they fit (`Scheduler._admit`)
+        not preempted and qi[r, W_H] >= 0 and budget > 0 and qi[r, RUN_LEN] < c.max_num_seqs
+    ):
+        s = qi[r, W_H]
+        tokens = ri[s, PROMPT] + ri[s, GEN]
+        if tokens > budget and not c.chunked and n_prefill:
+            break  # without chunking a prompt goes whole (alone, when over the budget)
+        n = tokens if tokens <= budget or not c.chunked else budget
+        # a preempted request takes its whole context's blocks
+        if not _allocate(ri, qi, bs, r, s, tokens if ri[s, PRE] else n):
+            break
+        _unlink(ri, qi, W_P, W_N, W_H, W_T, r, s)
+        qi[r, W_LEN] -= 1
+        ri[s, ST] = RUNNING
+        ri[s, COMP] = 0
+        ri[s, SCHED] = n
+        _append(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
+        qi[r, RUN_LEN] += 1
+        _append(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
+        _add_to_step(ri, qi, r, s)
+        n_prefill += 1
+        budget -= n
+        prefill += n
+        context += n
+    seconds = step_seconds(c, decode, prefill, context)
+    kv = (c.num_blocks - qi[r, FREE]) / c.num_blocks
+    qf[r, BUSY_S] += seconds
+    qf[r, KV_S] += kv * seconds
+    if kv > qf[r, KV_PEAK]:
+        qf[r, KV_PEAK] = kv
+    if qi[r, RUN_LEN] >= c.max_num_seqs:
+        qf[r, FULL_S] += seconds
+    _schedule(e, now + seconds, NORMAL, E_STEP_END, r)
+
+
+@njit(cache=True)
+def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) -> None:
+    """Replica `r`'s drive loop, resumed now after a step (`stepped`) or a wake-up, until it
+    sleeps again (`DriveLoop.run`)."""
+    if stepped:
+        n_fin = _update(w, e, c, r, now)
+        for j in range(n_fin):
+            _on_finish(w, e, c, e.finished[j], now)
+    qi = w.qi
+    if qi[r, DL_H] >= 0:
+        _expire(w, e, c, r, now)
+    if qi[r, RUN_LEN] == 0 and qi[r, W_LEN] == 0:
+        qi[r, TIMER] = 0  # waits for work
+        return
+    _plan(w, e, c, r, now)
+
+
+@njit(cache=True)
+def run(w: State, e: Events, c: Config) -> None:
+    """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run)."""
+    for r in range(c.replicas):  # each replica's first wake-up, made with the fleet
+        _schedule(e, 0.0, NORMAL, E_WAKE, r)
+    _schedule(e, 0.0, URGENT, E_START, 0)
+    times, ei, ctr, openers, rf = e.t, e.i, e.ctr, w.openers, w.rf
+    while ctr[SIZE] > 0 and times[0] < c.until:
+        i = _take(e)
+        now, kind, arg = times[i], ei[i, EVENT], ei[i, ARG]
+        if kind in (E_STEP_END, E_WAKE):
+            _drive(w, e, c, arg, now, kind == E_STEP_END)
+        elif kind == E_SEND:
+            _send(w, e, c, arg, rf[arg, DUE], now)
+        elif kind == E_ARRIVAL:  # the timer for opener `arg`: it is sent, then the next ones
+            _send(w, e, c, openers[arg], rf[openers[arg], ARRIVAL], now)
+            _arrivals(w, e, c, arg + 1, now)
+        else:
+            _arrivals(w, e, c, 0, now)

@@ -1,0 +1,170 @@
+"""The fast core: `simulate` for the fleets the compiled kernel covers (`unsupported` says
+why not the others), with the reference's records and result.
+
+The reference (`simulator.replay.sim` over SimPy) stays the model's definition; the kernel
+(`simulator.fast.kernel`) runs the same rules in the same order, so the two give the same
+records (tests/test_fast_core.py checks it request by request over random fleets).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from scenarios.plan import RequestSpec
+from scenarios.spec import FleetSpec, TargetFaults
+from scenarios.users import followers_of, horizon, next_session
+from simulator.engine.core import EngineConfig
+from simulator.engine.drive import Usage
+from simulator.engine.stepcost import DecodeTableCost, RooflineCost, StepCost
+from simulator.fast import kernel
+from simulator.replay.fleet import FleetStats
+from simulator.replay.ledger import Ledger
+from simulator.replay.sim import SimResult, result_of
+
+ROUTINGS = {"least_outstanding": kernel.LEAST_OUTSTANDING, "round_robin": kernel.ROUND_ROBIN}
+
+
+def unsupported(
+    plan: Sequence[RequestSpec],
+    config: EngineConfig,
+    fleet: FleetSpec | None = None,
+    faults: TargetFaults | None = None,
+) -> str | None:
+    """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
+    fleet routed by least outstanding or round robin, without prefix caching, and users who
+    neither retry nor give up; the reference runs the rest."""
+    fleet = fleet or FleetSpec()
+    if fleet.autoscaler is not None:
+        return "an autoscaler"
+    if fleet.central_queue:
+        return "a central queue"
+    if fleet.admission_limit is not None:
+        return "an admission limit"
+    if fleet.routing not in ROUTINGS:
+        return f"{fleet.routing} routing"
+    if faults is not None and faults.any:
+        return "injected faults"
+    if config.enable_prefix_caching:
+        return "prefix caching"
+    if any(s.retry is not None for s in plan):
+        return "client retries"
+    if any(s.patience_s is not None for s in plan):
+        return "users who give up"
+    return None
+
+
+def simulate_fast(
+    plan: Sequence[RequestSpec],
+    config: EngineConfig,
+    *,
+    replicas: int = 1,
+    timeout_s: float = 60.0,
+    record_chunks: bool = True,
+    routing: str = "least_outstanding",
+) -> SimResult:
+    """`simulator.replay.sim.simulate` on the fast core (for what `unsupported` allows)."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be in [1, {replicas}], got {replicas}")
+    ledger = Ledger(plan, record_chunks)  # checks the plan's ids first
+    state = kernel.state(len(plan), replicas, config.num_blocks)
+    _fill(state, plan, ledger.index)
+    openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
+    state = state._replace(
+        openers=np.fromiter((ledger.index[s.id] for s in openers), np.int64, len(openers))
+    )
+    cost_kind, cost, xs, ys = _cost(config)
+    until = horizon(plan, timeout_s) or timeout_s
+    room = int(state.ri[:, kernel.MAXT].sum()) if record_chunks else 0
+    c = kernel.Config(
+        replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
+        config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
+        float(until), ROUTINGS[routing], cost_kind, cost, xs, ys, record_chunks,
+    )  # fmt: skip
+    events = kernel.events(len(plan), replicas, config.max_num_seqs, room)
+    kernel.run(state, events, c)
+    ri, rf = state.ri, state.rf
+    status, end = ri[:, kernel.STATUS], rf[:, kernel.END]
+    chunks = None
+    if record_chunks:
+        count = int(events.ctr[kernel.CHUNKS])
+        chunks = _chunks(status, end, events.chunk_row[:count], events.chunk_t[:count])
+    answered = (status == kernel.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
+    ledger.load(
+        rf[:, kernel.INTENDED], rf[:, kernel.START], rf[:, kernel.FIRST], end, status,
+        ri[:, kernel.KIND], ri[:, kernel.OUTPUT], np.where(answered, 0, -1), chunks,
+    )  # fmt: skip
+    ledger.close(timeout_s)
+    qi, qf = state.qi, state.qf
+    usages = [
+        Usage(*map(float, row))
+        for row in qf[:, [kernel.BUSY_S, kernel.KV_PEAK, kernel.KV_S, kernel.FULL_S]]
+    ]
+    return result_of(
+        ledger,
+        until,
+        usages,
+        lambda first, last: [max(0.0, last - max(0.0, first))] * replicas,
+        int(qi[:, kernel.PREEMPTED].sum()),
+        int(qi[:, kernel.RECOMPUTED].sum()),
+        lambda first, last: _fixed_fleet(replicas, first, last),
+        fixed=True,
+        core="fast",
+    )
+
+
+def _fixed_fleet(replicas: int, first: float, last: float) -> FleetStats:
+    """A fleet of `replicas` from time 0 on, over the records' span (as `Fleet.stats`)."""
+    lives = [max(0.0, last - max(0.0, first))] * replicas
+    return FleetStats(0, sum(lives), replicas, replicas, ((0.0, replicas),))
+
+
+def _fill(state: kernel.State, plan: Sequence[RequestSpec], index: dict[str, int]) -> None:
+    """The plan's columns of the kernel's tables: numbers per request, and each user's next
+    request after one ended well or failed (`scenarios.users`)."""
+    n, ri, rf = len(plan), state.ri, state.rf
+    followers = followers_of(plan)
+    for i, spec in enumerate(plan):
+        after_ok = followers.get(spec.id)
+        if after_ok:
+            ri[i, kernel.OK_NEXT] = index[after_ok[0].id]
+            nxt, _ = next_session(spec, followers)  # a failed turn drops the session's rest
+            if nxt is not None:
+                ri[i, kernel.FAIL_NEXT] = index[nxt.id]
+    ri[:, kernel.PROMPT] = np.fromiter((s.prompt_tokens for s in plan), np.int64, n)
+    ri[:, kernel.MAXT] = np.fromiter((s.max_tokens for s in plan), np.int64, n)
+    rf[:, kernel.ARRIVAL] = np.fromiter((s.arrival for s in plan), np.float64, n)
+    rf[:, kernel.THINK] = np.fromiter((s.think_s for s in plan), np.float64, n)
+    rf[:, kernel.NOT_AFTER] = np.fromiter(
+        (math.inf if s.not_after is None else s.not_after for s in plan), np.float64, n
+    )
+
+
+def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The cost model as the kernel reads it: its kind, its numbers, a step table."""
+    c, one = config.cost, np.zeros(1)
+    if isinstance(c, StepCost):
+        numbers = [c.base_s, c.per_decode_seq_s, c.per_prefill_token_s, c.per_context_token_s]
+        return kernel.LINEAR, np.array([*numbers, 0.0, 0.0]), one, one
+    if isinstance(c, RooflineCost):
+        numbers = [c.base_s, c.per_token_s, c.memory_s, c.per_context_token_s]
+        numbers += [c.compute_per_context_token_s, c.per_token_comm_s]
+        return kernel.ROOFLINE, np.array(numbers), one, one
+    assert isinstance(c, DecodeTableCost)
+    numbers = [0.0, 0.0, c.per_prefill_token_s, c.per_context_token_s, 0.0, 0.0]
+    return kernel.TABLE, np.array(numbers), np.array(c.batch), np.array(c.step_s)
+
+
+def _chunks(
+    status: np.ndarray, end: np.ndarray, row: np.ndarray, t: np.ndarray
+) -> dict[int, list[float]]:
+    """Each sent row's token times (a timed-out row's up to its deadline), in time order."""
+    late = (status[row] == kernel.L_TIMEOUT) & (t > end[row])
+    row, t = row[~late], t[~late]
+    order = np.argsort(row, kind="stable")
+    row, t = row[order], t[order]
+    sent = np.flatnonzero(status != kernel.L_UNSENT)
+    bounds = np.searchsorted(row, sent), np.searchsorted(row, sent, side="right")
+    return {int(i): t[a:b].tolist() for i, a, b in zip(sent, bounds[0], bounds[1], strict=True)}

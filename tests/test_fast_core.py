@@ -1,0 +1,164 @@
+"""The fast core against the reference, request by request (issue 23).
+
+Random fleets and scenarios (seeded: 60 of them, each feature the fast core covers switched on
+in some) run through both cores and must give equal records, every field of every attempt
+(status, error kind, times, token gaps), and the same fleet figures up to rounding. Where the
+fast core does not cover a simulation yet, `core="auto"` runs the reference and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+
+from scenarios.plan import RequestSpec, build_plan
+from scenarios.spec import AutoscalerSpec, FleetSpec, Retry, parse_scenario
+from simulator.engine.core import EngineConfig, StepCost
+from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
+from simulator.replay.sim import Core, SimResult, simulate
+
+CASES = 60
+CORES: tuple[Core, ...] = ("reference", "fast")
+
+
+def _cost(r: random.Random) -> CostModel:
+    kind = r.choice(["linear", "context", "table", "roofline"])
+    if kind == "linear":
+        return StepCost(r.uniform(0.002, 0.02), r.uniform(0, 0.002), r.uniform(0, 1e-4))
+    if kind == "context":
+        return StepCost(r.uniform(0.002, 0.02), r.uniform(0, 2e-3), r.uniform(0, 1e-4), 1e-6)
+    if kind == "table":
+        xs = sorted(r.sample(range(1, 80), r.randint(1, 4)))
+        ys = sorted(r.uniform(0.005, 0.05) for _ in xs)
+        return DecodeTableCost(tuple(map(float, xs)), tuple(ys), r.uniform(0, 1e-4), 1e-7)
+    return RooflineCost(
+        r.uniform(0.001, 0.005), r.uniform(1e-5, 4e-4), r.uniform(0.005, 0.02),
+        r.choice([0.0, 1e-6]), r.choice([0.0, 1e-7]), r.choice([0.0, 1e-5]),
+    )  # fmt: skip
+
+
+def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, Any]]:
+    """A plan (open or closed users, sessions of 1-4 turns with think times, prompts up to
+    6,000 tokens), an engine (1-64 slots, caches small enough to preempt and to refuse, block
+    sizes 1-16, chunked prefill or not, each cost model) and a fleet (1-8 replicas, least
+    outstanding or round robin, timeouts from 0.5 s)."""
+    r = random.Random(seed)
+    replicas = r.choice([1, 1, 2, 3, 5, 8])
+    duration = r.uniform(3, 15)
+    if r.random() < 0.25:
+        think = {"dist": "exponential", "mean": r.uniform(0.1, 2)}
+        arrival = {"type": "closed-users", "users": r.randint(2, 30), "think_time": think}
+        traffic = {"arrival": arrival, "duration_s": duration, "seed": seed}
+    else:
+        traffic = {"rate": r.uniform(1, 30) * replicas, "duration_s": duration, "seed": seed}
+    turns = r.choice([1, 1, 2, 4])
+    session: dict[str, Any] = {"turns": {"dist": "constant", "value": turns}}
+    if turns > 1 and r.random() < 0.7:
+        session["think_time"] = {"dist": "exponential", "mean": r.uniform(0.1, 3)}
+    low = r.randint(1, 60)
+    prompt = {"dist": "lognormal", "median": r.uniform(20, 800), "sigma": 0.7, "max": 6000}
+    scenario = {
+        "name": "fast",
+        "traffic": traffic,
+        "session": session,
+        "workload": {
+            "prompt_tokens": prompt,
+            "output_tokens": {"dist": "uniform", "low": low, "high": low + r.randint(0, 300)},
+        },
+    }
+    plan = build_plan(parse_scenario(scenario))
+    slots = r.choice([1, 2, 4, 16, 32, 64])
+    engine = EngineConfig(
+        max_num_seqs=slots,
+        kv_cache_tokens=r.choice([256, 1024, 4096, 16384, 65536]),
+        max_batched_tokens=max(slots, r.choice([16, 64, 512, 2048, 8192])),
+        block_size=r.choice([1, 4, 16]),
+        enable_chunked_prefill=r.random() < 0.8,
+        overhead_s=r.choice([0.0, 0.0, r.uniform(0, 0.01)]),
+        cost=_cost(r),
+    )
+    fleet = FleetSpec(routing=r.choice(["least_outstanding", "round_robin"]))
+    timeout = r.choice([0.5, 2.0, 10.0, 60.0])
+    return plan, engine, {"replicas": replicas, "timeout_s": timeout, "fleet": fleet}
+
+
+def _figures(result: SimResult) -> list[float]:
+    """The fleet's figures, as numbers."""
+    fleet = result.fleet
+    counts = [result.preemptions, result.recomputed_tokens, result.rejected, result.timeouts]
+    shares = [result.kv_peak, result.kv_mean, result.slots_full, *result.busy_fraction]
+    sizes = [fleet.replica_seconds, fleet.peak_replicas, fleet.min_replicas, fleet.cold_starts]
+    return [*counts, *shares, *sizes, *(x for point in fleet.timeline for x in point)]
+
+
+def test_both_cores_give_equal_records_over_random_fleets() -> None:
+    """Every record equal, float for float; the fleet's figures to 1e-9. Over the cases each
+    feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
+    seen = {"preempted": 0, "rejected": 0, "timed out": 0, "follow-ups": 0, "round robin": 0}
+    for seed in range(CASES):
+        plan, engine, kw = random_case(seed)
+        reference = simulate(plan, engine, core="reference", **kw)
+        fast = simulate(plan, engine, core="fast", **kw)
+        assert (reference.core, fast.core) == ("reference", "fast")
+        assert fast.records == reference.records, seed
+        want, got = _figures(reference), _figures(fast)
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), seed
+        seen["preempted"] += reference.preemptions > 0
+        seen["rejected"] += reference.rejected > 0
+        seen["timed out"] += reference.timeouts > 0
+        seen["follow-ups"] += any(s.after is not None for s in plan)
+        seen["round robin"] += kw["fleet"].routing == "round_robin"
+    assert min(seen.values()) >= 5, seen
+
+
+def test_token_times_are_kept_alike_or_not_at_all() -> None:
+    plan, engine, kw = random_case(3)
+    reference = simulate(plan, engine, core="reference", record_chunks=False, **kw)
+    fast = simulate(plan, engine, core="fast", record_chunks=False, **kw)
+    assert fast.records == reference.records
+    assert not any(r.chunk_times for r in fast.records)
+    tokens = fast.table.tokens
+    assert tokens is not None and not tokens.chunks.any() and len(fast.table.gaps) == 0
+
+
+def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
+    """Auto picks the reference and says so; asking for the fast core says why not."""
+    plan, engine, _ = random_case(1)
+    scaler = AutoscalerSpec(target=4, min_replicas=1, max_replicas=3)
+    retrying = [
+        RequestSpec(s.id, s.arrival, s.prompt_tokens, s.max_tokens, retry=Retry(max_retries=2))
+        for s in plan[:20]
+    ]
+    cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
+        (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
+        (plan, engine, {"fleet": FleetSpec(routing="least_kv")}, "least_kv routing"),
+        (plan, engine, {"fleet": FleetSpec(central_queue=True)}, "a central queue"),
+        (retrying, engine, {}, "client retries"),
+        (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
+    ]
+    for p, e, kw, why in cases:
+        assert simulate(p, e, **kw).core == "reference"
+        with pytest.raises(ValueError, match=f"does not run this simulation yet: {why}"):
+            simulate(p, e, core="fast", **kw)
+    assert simulate(plan, engine).core == "fast"
+    assert simulate(plan, engine, jumps=False).core == "reference"  # stepping: the reference
+
+
+def test_a_plan_that_repeats_an_id_is_refused_by_both() -> None:
+    plan = [RequestSpec("a", 0.0, 10, 5), RequestSpec("a", 1.0, 10, 5)]
+    for core in CORES:
+        with pytest.raises(ValueError, match="repeats request id 'a'"):
+            simulate(plan, EngineConfig(), core=core)
+
+
+def test_no_request_and_one_request() -> None:
+    for core in CORES:
+        empty = simulate([], EngineConfig(), core=core)
+        assert empty.records == [] and empty.fleet.peak_replicas == 1
+        one = simulate([RequestSpec("a", 0.5, 40, 3)], EngineConfig(), core=core)
+        (record,) = one.records
+        assert record.status == "ok" and record.output_tokens == 3
+        assert record.first_token is not None and math.isclose(record.start, 0.5)
