@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import fields
 from typing import Any
 
 import pytest
 
 from scenarios.plan import RequestSpec, build_plan
+from scenarios.records import RequestRecord
 from scenarios.spec import AutoscalerSpec, FleetSpec, Retry, parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
@@ -94,16 +96,41 @@ def _figures(result: SimResult) -> list[float]:
     return [*counts, *shares, *sizes, *(x for point in fleet.timeline for x in point)]
 
 
+def same_records(a: list[RequestRecord], b: list[RequestRecord]) -> bool:
+    """Equal records, each time to 1e-12 (rounding: the reference's jumps over steady decode
+    steps sum a run's step times as stepping does, to within a last bit at times)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        for f in fields(x):
+            u, v = getattr(x, f.name), getattr(y, f.name)
+            if f.name == "chunk_times":
+                if len(u) != len(v) or not all(map(_close, u, v)):
+                    return False
+            elif isinstance(u, float) and isinstance(v, float):
+                if not _close(u, v):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
+def _close(u: float, v: float) -> bool:
+    return math.isclose(u, v, rel_tol=1e-12, abs_tol=1e-12)
+
+
 def test_both_cores_give_equal_records_over_random_fleets() -> None:
-    """Every record equal, float for float; the fleet's figures to 1e-9. Over the cases each
-    feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
+    """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
+    each feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
     seen = {"preempted": 0, "rejected": 0, "timed out": 0, "follow-ups": 0, "round robin": 0}
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
         fast = simulate(plan, engine, core="fast", **kw)
         assert (reference.core, fast.core) == ("reference", "fast")
-        assert fast.records == reference.records, seed
+        assert same_records(fast.records, reference.records), seed
         want, got = _figures(reference), _figures(fast)
         assert got == pytest.approx(want, rel=1e-9, abs=1e-12), seed
         seen["preempted"] += reference.preemptions > 0
@@ -118,7 +145,7 @@ def test_token_times_are_kept_alike_or_not_at_all() -> None:
     plan, engine, kw = random_case(3)
     reference = simulate(plan, engine, core="reference", record_chunks=False, **kw)
     fast = simulate(plan, engine, core="fast", record_chunks=False, **kw)
-    assert fast.records == reference.records
+    assert same_records(fast.records, reference.records)
     assert not any(r.chunk_times for r in fast.records)
     tokens = fast.table.tokens
     assert tokens is not None and not tokens.chunks.any() and len(fast.table.gaps) == 0

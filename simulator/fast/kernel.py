@@ -23,22 +23,26 @@ from numba import njit
 
 A = Any  # a numpy array (numba compiles the functions for the arrays it is given)
 
-# a request's integers (`State.ri` columns): the plan's, the ledger's, its state in its replica,
-# and its links in its replica's lists (running in admission order, prefilling, decoding,
+# a request's integers (`State.ri` columns): the plan's, the ledger's, its state in its replica
+# (while it decodes, its tokens follow its replica's step counter: GEN at step SINCE, and its
+# blocks grow on schedule, one due at each step of its PHASE, as `Scheduler` keeps them), and
+# its links in its replica's lists (running in admission order, prefilling, decoding,
 # waiting, needing a block, deadlines in submission order, the step in flight's prefills)
 (PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
- DEC, NEED, DUE_BLOCK, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N, DL_N,
- SP_N) = range(28)  # fmt: skip
-RI_COLUMNS = 28
+ DEC, NEED, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N, DL_N,
+ SP_N) = range(29)  # fmt: skip
+RI_COLUMNS = 29
 # a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
 # the time after which it is not sent), the ledger's, its client's deadline, a follow-up's time
 ARRIVAL, THINK, NOT_AFTER, INTENDED, START, FIRST, END, DEADLINE, DUE = range(9)
 RF_COLUMNS = 9
 # a replica's integers (`State.qi`): its lists' heads, tails and lengths, its free blocks, the
-# context its decodes attend over, a timer pending, preemptions and the tokens they discarded
+# context its decodes attend over, a timer pending, preemptions and the tokens they discarded,
+# the steps it applied, the earliest step at which a decode may finish
 (RUN_H, RUN_T, RUN_LEN, PF_H, PF_T, DC_H, DC_T, DC_LEN, W_H, W_T, W_LEN, ND_H, ND_T, DL_H,
- DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED) = range(22)  # fmt: skip
-QI_COLUMNS = 22
+ DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS,
+ NEXT_WAKE) = range(24)  # fmt: skip
+QI_COLUMNS = 24
 # a replica's usage (`State.qf`, simulator.engine.drive.Usage)
 BUSY_S, KV_S, KV_PEAK, FULL_S = range(4)
 QF_COLUMNS = 4
@@ -84,6 +88,8 @@ class State(NamedTuple):
     qi: A  # i8[replicas, QI_COLUMNS]
     qf: A  # f8[replicas, QF_COLUMNS]
     openers: A  # i8: the users' first requests, by arrival
+    loads: A  # i8[2 x leaves]: a tree of the replicas' (load, index), its root the least
+    phases: A  # i8[replicas, block_size]: decodes whose next block is due at steps % size
 
 
 class Events(NamedTuple):
@@ -96,18 +102,26 @@ class Events(NamedTuple):
     scratch: A  # scratch: a list's rows
 
 
-def state(n: int, replicas: int, num_blocks: int) -> State:
+def state(n: int, replicas: int, num_blocks: int, block_size: int) -> State:
     """Fresh tables for `n` requests (the plan's columns still to fill) and `replicas`."""
     ri = np.zeros((n, RI_COLUMNS), np.int64)
-    ri[:, RUN_P:] = -1
+    ri[:, PHASE:] = -1
     ri[:, [OK_NEXT, FAIL_NEXT, KIND]] = -1
     ri[:, STATUS] = L_UNSENT
     rf = np.zeros((n, RF_COLUMNS))
     rf[:, INTENDED:] = np.nan
     qi = np.full((replicas, QI_COLUMNS), -1, np.int64)
-    qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED]] = 0
+    qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED, STEPS]] = 0
+    qi[:, NEXT_WAKE] = np.iinfo(np.int64).max
     qi[:, FREE], qi[:, TIMER] = num_blocks, 1  # each replica starts with its wake-up pending
-    return State(ri, rf, qi, np.zeros((replicas, QF_COLUMNS)), np.empty(0, np.int64))
+    leaves = 1 << max(replicas - 1, 0).bit_length()
+    loads = np.full(2 * leaves, np.iinfo(np.int64).max, np.int64)
+    loads[leaves : leaves + replicas] = np.arange(replicas)  # load 0 each
+    for i in range(leaves - 1, 0, -1):
+        loads[i] = min(loads[2 * i], loads[2 * i + 1])
+    qf = np.zeros((replicas, QF_COLUMNS))
+    phases = np.zeros((replicas, block_size), np.int64)
+    return State(ri, rf, qi, qf, np.empty(0, np.int64), loads, phases)
 
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int) -> Events:
@@ -175,6 +189,25 @@ def _take(e: Events) -> int:
         _swap(times, ei, i, c)
         i = c
     return last
+
+
+# the least loaded replica: a tree whose leaves are load x replicas + index (the fewest
+# running or waiting, the first on ties), each node the least of its two
+
+
+@njit(cache=True)
+def _load_changed(w: State, r: int) -> None:
+    tree, qi = w.loads, w.qi
+    i = len(tree) // 2 + r
+    tree[i] = (qi[r, RUN_LEN] + qi[r, W_LEN]) * len(qi) + r
+    i >>= 1
+    while i:
+        a, b = tree[2 * i], tree[2 * i + 1]
+        least = a if a < b else b
+        if tree[i] == least:
+            break
+        tree[i] = least
+        i >>= 1
 
 
 # lists through the request rows: columns P and N of `ri` link them, columns H and T of
@@ -305,11 +338,7 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
         e.ctr[TURN] += 1
         r = (e.ctr[TURN] - 1) % c.replicas
     else:  # the fewest running or waiting, the first on ties
-        r, least = 0, qi[0, RUN_LEN] + qi[0, W_LEN]
-        for q in range(1, c.replicas):
-            load = qi[q, RUN_LEN] + qi[q, W_LEN]
-            if load < least:
-                r, least = q, load
+        r = w.loads[1] % c.replicas
     ri[i, ST] = WAITING
     _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
     qi[r, W_LEN] += 1
@@ -320,6 +349,7 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
     else:
         qi[r, DL_H] = i
     qi[r, DL_T] = i
+    _load_changed(w, r)
     if not qi[r, TIMER]:
         qi[r, TIMER] = 1
         _schedule(e, now, NORMAL, E_WAKE, r)
@@ -344,11 +374,51 @@ def _arrivals(w: State, e: Events, c: Config, k: int, now: float) -> None:
 
 
 @njit(cache=True)
-def _leave(ri: A, qi: A, r: int, s: int) -> None:
+def _gen(ri: A, qi: A, r: int, s: int) -> int:
+    """Output tokens so far (a decode's follow its replica's steps)."""
+    if ri[s, DEC]:
+        return int(ri[s, GEN] + qi[r, STEPS] - ri[s, SINCE])
+    return int(ri[s, GEN])
+
+
+@njit(cache=True)
+def _fix_blocks(w: State, r: int, s: int, block_size: int) -> None:
+    """A decode's blocks counted explicitly again (`Scheduler._fix_blocks`)."""
+    ri = w.ri
+    if ri[s, PHASE] >= 0:
+        tokens = ri[s, PROMPT] + _gen(ri, w.qi, r, s)
+        ri[s, BLOCKS] = -(-tokens // block_size)
+        w.phases[r, ri[s, PHASE]] -= 1
+        ri[s, PHASE] = -1
+
+
+@njit(cache=True)
+def _grow(w: State, r: int, s: int, block_size: int) -> None:
+    """A decode's block for its next token's KV, if it needs one (or it waits for one), then
+    its blocks grow on schedule (`Scheduler._grow`)."""
+    ri, qi = w.ri, w.qi
+    tokens = ri[s, PROMPT] + _gen(ri, qi, r, s)
+    if tokens > ri[s, BLOCKS] * block_size:
+        if qi[r, FREE] == 0:
+            ri[s, NEED] = 1
+            _append(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
+            return
+        qi[r, FREE] -= 1
+        ri[s, BLOCKS] += 1
+    phase = (qi[r, STEPS] + 1 - tokens) % block_size
+    ri[s, PHASE] = phase
+    w.phases[r, phase] += 1
+
+
+@njit(cache=True)
+def _leave(w: State, r: int, s: int, block_size: int) -> None:
     """Take a running request out of its replica's running lists and free its blocks."""
+    ri, qi = w.ri, w.qi
     _unlink(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
     qi[r, RUN_LEN] -= 1
     if ri[s, DEC]:
+        _fix_blocks(w, r, s, block_size)
+        ri[s, GEN] = _gen(ri, qi, r, s)
         ri[s, DEC] = 0
         ri[s, COMP] = ri[s, PROMPT] + ri[s, GEN] - 1
         _unlink(ri, qi, DC_P, DC_N, DC_H, DC_T, r, s)
@@ -377,13 +447,14 @@ def _allocate(ri: A, qi: A, block_size: int, r: int, s: int, tokens: int) -> boo
 
 
 @njit(cache=True)
-def _make_room(ri: A, qi: A, block_size: int, r: int, s: int, upto: int) -> int:
+def _make_room(w: State, block_size: int, r: int, s: int, upto: int) -> int:
     """Blocks for `s` up to `upto` tokens, preempting the newest running until they fit
     (`Scheduler._make_room`): 1 done, 0 done after preempting, -1 `s` itself had to go."""
+    ri, qi = w.ri, w.qi
     done = 1
     while not _allocate(ri, qi, block_size, r, s, upto):
         v = qi[r, RUN_T]
-        _leave(ri, qi, r, v)
+        _leave(w, r, v, block_size)
         qi[r, RECOMPUTED] += ri[v, COMP]
         ri[v, COMP] = 0
         ri[v, PRE] += 1
@@ -398,19 +469,6 @@ def _make_room(ri: A, qi: A, block_size: int, r: int, s: int, upto: int) -> int:
 
 
 @njit(cache=True)
-def _grow(ri: A, qi: A, r: int, s: int, block_size: int) -> None:
-    """A decoding request's block for its next token's KV, if it needs one: taken, or it waits
-    for one (`Scheduler._grow`)."""
-    if ri[s, PROMPT] + ri[s, GEN] > ri[s, BLOCKS] * block_size:
-        if qi[r, FREE] > 0:
-            qi[r, FREE] -= 1
-            ri[s, BLOCKS] += 1
-        else:
-            ri[s, NEED] = 1
-            _append(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
-
-
-@njit(cache=True)
 def _keep_chunk(e: Events, s: int, now: float) -> None:
     n = e.ctr[CHUNKS]
     e.chunk_row[n], e.chunk_t[n] = s, now
@@ -418,47 +476,53 @@ def _keep_chunk(e: Events, s: int, now: float) -> None:
 
 
 @njit(cache=True)
+def _finish(w: State, e: Events, r: int, s: int, n_fin: int, block_size: int) -> int:
+    w.ri[s, ST] = FINISHED
+    _leave(w, r, s, block_size)
+    e.finished[n_fin] = s
+    return n_fin + 1
+
+
+@njit(cache=True)
 def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     """Apply replica `r`'s step, ended now (`Scheduler.update`): every decode gains a token and
     the blocks that become due, the decodes at their last token finish, then each prefill
     computes its chunk (the last one emits a token). How many finished (`Events.finished`)."""
-    ri, rf, qi, bs, keep = w.ri, w.rf, w.qi, c.block_size, c.keep_chunks
-    finished, n_fin, short = e.finished, 0, 0
-    s = qi[r, DC_H]
-    while s >= 0:
-        ri[s, GEN] += 1
-        if ri[s, PROMPT] + ri[s, GEN] > ri[s, BLOCKS] * bs:
-            ri[s, DUE_BLOCK] = 1
-            short += 1
-        if keep:
-            _keep_chunk(e, s, now)
-        s = ri[s, DC_N]
+    ri, rf, qi, bs = w.ri, w.rf, w.qi, c.block_size
+    n_fin = 0
+    qi[r, STEPS] += 1  # every decode gains its token
+    steps = qi[r, STEPS]
     qi[r, DECODE_CTX] += qi[r, DC_LEN]
-    if short:
-        if short <= qi[r, FREE]:  # a block each
-            qi[r, FREE] -= short
-            s = qi[r, DC_H]
-            while s >= 0:
-                if ri[s, DUE_BLOCK]:
-                    ri[s, DUE_BLOCK] = 0
-                    ri[s, BLOCKS] += 1
-                s = ri[s, DC_N]
+    if c.keep_chunks:
+        s = qi[r, DC_H]
+        while s >= 0:
+            _keep_chunk(e, s, now)
+            s = ri[s, DC_N]
+    phase = steps % bs
+    due = w.phases[r, phase]
+    if due:
+        if due <= qi[r, FREE]:  # a block each
+            qi[r, FREE] -= due
         else:  # too few: one by one, oldest first
             s = qi[r, RUN_H]
             while s >= 0:
-                if ri[s, DUE_BLOCK]:
-                    ri[s, DUE_BLOCK] = 0
-                    _grow(ri, qi, r, s, bs)
+                if ri[s, DEC] and ri[s, PHASE] == phase:
+                    _fix_blocks(w, r, s, bs)
+                    ri[s, BLOCKS] -= 1  # the count included the block it has yet to get
+                    _grow(w, r, s, bs)
                 s = ri[s, RUN_N]
-    s = qi[r, DC_H]
-    while s >= 0:
-        nxt = ri[s, DC_N]
-        if ri[s, GEN] >= ri[s, MAXT]:
-            ri[s, ST] = FINISHED
-            _leave(ri, qi, r, s)
-            finished[n_fin] = s
-            n_fin += 1
-        s = nxt
+    if steps >= qi[r, NEXT_WAKE]:  # the decodes at their last token, in decoding order
+        wake = np.iinfo(np.int64).max
+        s = qi[r, DC_H]
+        while s >= 0:
+            nxt = ri[s, DC_N]
+            last = ri[s, SINCE] + ri[s, MAXT] - ri[s, GEN]
+            if last <= steps:
+                n_fin = _finish(w, e, r, s, n_fin, bs)
+            elif last < wake:
+                wake = last
+            s = nxt
+        qi[r, NEXT_WAKE] = wake
     s = qi[r, SP_H]
     while s >= 0:
         nxt = ri[s, SP_N]
@@ -467,22 +531,22 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
             ri[s, COMP] += ri[s, SCHED]
             if ri[s, COMP] >= ri[s, PROMPT] + ri[s, GEN]:
                 ri[s, GEN] += 1
-                if keep:
+                if c.keep_chunks:
                     _keep_chunk(e, s, now)
                 if ri[s, GEN] == 1:
                     rf[s, FIRST] = now
                 if ri[s, GEN] >= ri[s, MAXT]:
-                    ri[s, ST] = FINISHED
-                    _leave(ri, qi, r, s)
-                    finished[n_fin] = s
-                    n_fin += 1
-                else:  # it decodes from now on
+                    n_fin = _finish(w, e, r, s, n_fin, bs)
+                else:  # it decodes from now on (`Scheduler._start_decoding`)
                     _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
                     _append(ri, qi, DC_P, DC_N, DC_H, DC_T, r, s)
-                    ri[s, DEC] = 1
+                    ri[s, DEC], ri[s, SINCE] = 1, steps
                     qi[r, DC_LEN] += 1
                     qi[r, DECODE_CTX] += ri[s, PROMPT] + ri[s, GEN]
-                    _grow(ri, qi, r, s, bs)
+                    last = steps + ri[s, MAXT] - ri[s, GEN]
+                    if last < qi[r, NEXT_WAKE]:
+                        qi[r, NEXT_WAKE] = last
+                    _grow(w, r, s, bs)
         s = nxt
     qi[r, SP_H] = qi[r, SP_T] = -1
     return n_fin
@@ -509,7 +573,7 @@ def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
         if qi[r, DL_H] < 0:
             qi[r, DL_T] = -1
         if ri[s, ST] == RUNNING:
-            _leave(ri, qi, r, s)
+            _leave(w, r, s, c.block_size)
         elif ri[s, ST] == WAITING:
             _unlink(ri, qi, W_P, W_N, W_H, W_T, r, s)
             qi[r, W_LEN] -= 1
@@ -547,11 +611,12 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
                 ri[s, BLOCKS] += 1
                 done = 1
             else:
-                done = _make_room(ri, qi, bs, r, s, ri[s, PROMPT] + ri[s, GEN])
+                done = _make_room(w, bs, r, s, ri[s, PROMPT] + _gen(ri, qi, r, s))
                 preempted = preempted or done < 1
-            if done >= 0 and ri[s, NEED]:
+            if done >= 0:
                 ri[s, NEED] = 0
                 _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
+                _grow(w, r, s, bs)
     budget = c.max_batched_tokens - qi[r, DC_LEN]
     prefill = context = n_prefill = 0
     m = _rows_of(ri, qi[r, PF_H], PF_N, scratch) if qi[r, PF_H] >= 0 else 0
@@ -565,7 +630,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
         n = remaining if remaining < budget else budget
         upto = ri[s, COMP] + n
         if upto > ri[s, BLOCKS] * bs:
-            done = _make_room(ri, qi, bs, r, s, upto)
+            done = _make_room(w, bs, r, s, upto)
             preempted = preempted or done < 1
             if done < 0:
                 break
@@ -623,6 +688,7 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
     qi = w.qi
     if qi[r, DL_H] >= 0:
         _expire(w, e, c, r, now)
+    _load_changed(w, r)
     if qi[r, RUN_LEN] == 0 and qi[r, W_LEN] == 0:
         qi[r, TIMER] = 0  # waits for work
         return

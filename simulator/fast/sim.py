@@ -69,7 +69,7 @@ def simulate_fast(
     if replicas < 1:
         raise ValueError(f"replicas must be in [1, {replicas}], got {replicas}")
     ledger = Ledger(plan, record_chunks)  # checks the plan's ids first
-    state = kernel.state(len(plan), replicas, config.num_blocks)
+    state = kernel.state(len(plan), replicas, config.num_blocks, config.block_size)
     _fill(state, plan, ledger.index)
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
