@@ -7,12 +7,13 @@ request by arrival, with every later turn that follows from it), and sends it at
 times against one clock: the master fixes the plan's zero on the wall clock once every worker
 is ready. A local worker (one the master started) appends each record to its own file in the
 run folder as it ends (`scenarios.record_files`, merged into `requests.jsonl` at the end); a
-remote one's go back to the master in batches and are appended to `requests.jsonl`. The master
-watches its local workers' processes: one that dies voids the run at once, and the merge records
-each request it had marked sent without a record as lost. Each worker's loop lag and CPU come back
-with its last message, with a share of the user messages it rendered (before and after
-messiness) for the run's messiness table. Locust's stats reach the master as in any Locust
-run.
+remote one's go back to the master in batches and are appended to `requests.jsonl`, and the
+mark of each attempt it sends comes ahead of it, kept in `sent-remote.jsonl`. The master
+watches its local workers' processes: one that dies voids the run at once. A worker gone in
+any way leaves marks without records: the merge records each such request as lost. Each
+worker's loop lag and CPU come back with its last message, with a share of the user messages
+it rendered (before and after messiness) for the run's messiness table. Locust's stats reach
+the master as in any Locust run.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from loadgen.runner import STOP_SIGNALS, Stopped
 from loadgen.sizing import SizedPrompts
 from scenarios.plan import RequestSpec
 from scenarios.plan_shares import plan_digest
-from scenarios.record_files import worker_file
+from scenarios.record_files import SentMarks, remote_marks_file, worker_file
 from scenarios.records import WORKER_LOST
 from scenarios.scrub import PromptStore
 from scenarios.spec import Scenario
@@ -52,6 +53,7 @@ READY = "surgecast_ready"  # worker -> master: plan built, share taken
 GO = "surgecast_go"  # master -> worker: the plan's zero on the wall clock
 RECORDS = "surgecast_records"  # worker -> master: finished records and progress counters
 DONE = "surgecast_done"  # worker -> master: its last records, loop lag, CPU, rendered texts
+MARK = "surgecast_mark"  # remote worker -> master: an attempt about to be sent (a SentMark)
 STOP = "surgecast_stop"  # master -> worker: a signal stopped the run
 BATCH = 200  # records per message at most
 FLUSH_S = 0.25  # and at least this often (the counters alone, when no record finished)
@@ -74,6 +76,7 @@ class WorkerReport:
     errors: int = 0
     skipped: int = 0
     finished: bool = False
+    settled: bool = False  # every attempt it sent has its record
     error: str | None = None
     generator: dict[str, Any] = field(default_factory=dict)
     stopped: int | None = None  # the signal that stopped it
@@ -97,11 +100,13 @@ class Master:
         self._children: list[subprocess.Popen[bytes]] = []  # the local workers' processes
         self._records: Path | None = None  # beside it, local worker n's own file (worker_file)
         self._gone: dict[int, float] = {}  # pid -> when its process was first seen ended
+        self._marks: SentMarks | None = None  # the remote workers' (remote_marks_file)
         self.cpu = CpuUse(time.monotonic)  # its own, while the workers send: records cost it
         for kind, handler in (
             (READY, self._on_ready),
             (RECORDS, self._on_records),
             (DONE, self._on_done),
+            (MARK, self._on_mark),
         ):
             self.runner.register_message(kind, handler)
 
@@ -176,7 +181,13 @@ class Master:
         return math.isfinite(self.zero)
 
     def quit(self) -> None:
+        """Let the workers go, and close the remote workers' marks: deleted when every worker
+        said each attempt it sent has its record, else left for the merge to record the
+        requests without one as lost."""
         self.runner.quit()
+        if self._marks is not None:
+            reports = self.reports.values()
+            self._marks.close(settled=bool(reports) and all(r.settled for r in reports))
 
     def progress_line(self, elapsed_s: float, planned: int) -> str:
         r = self.reports.values()
@@ -345,11 +356,19 @@ class Master:
     def _on_done(self, environment: Environment, msg: Any) -> None:
         report = self._take(msg.data)
         report.finished = True
+        report.settled = bool(msg.data.get("settled"))
         report.error = msg.data.get("error")
         report.generator = msg.data.get("generator") or {}
         report.stopped = msg.data.get("stopped")
         report.texts = msg.data.get("texts") or {}
         self._changed.set()
+
+    def _on_mark(self, environment: Environment, msg: Any) -> None:
+        if self._marks is None:
+            if self._records is None:
+                return  # no run folder (a run with no records file): nothing to recover into
+            self._marks = SentMarks(remote_marks_file(self._records))
+        self._marks.write_line(str(msg.data["line"]))
 
     def _take(self, data: dict[str, Any]) -> WorkerReport:
         lines = data.get("lines") or []

@@ -357,6 +357,7 @@ class LoadRun:
                     spec.turn,
                     spec.prompt_tokens,
                     spec.max_tokens,
+                    spec.regenerate,
                 )
             )
         try:

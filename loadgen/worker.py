@@ -1,9 +1,10 @@
 """A generator process of a scaled-out run (`surgecast worker`): it takes its share of the
 master's plan, sends it at the planned times against the master's clock, and sends every
 record back in batches, or, a local worker its master started, appends each to its own file in
-the run folder as it ends, so that no kill of it or its master loses one it wrote; such a
-worker also marks each attempt before sending it, so that a request it had out when killed is
-recorded as lost (`scenarios.record_files`; see `loadgen.distributed` for the master's side)."""
+the run folder as it ends, so that no kill of it or its master loses one it wrote. Either marks
+each attempt before sending it (a local worker in its own file, a remote one in a message to
+the master), so that a request it had out when killed is recorded as lost
+(`scenarios.record_files`; see `loadgen.distributed` for the master's side)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ from locust.runners import WorkerRunner
 
 from loadgen.client import Endpoint, read_api_key
 from loadgen.cpu import usable_cores
-from loadgen.distributed import ASSIGN, BATCH, DONE, FLUSH_S, GO, READY, RECORDS, STOP
+from loadgen.distributed import ASSIGN, BATCH, DONE, FLUSH_S, GO, MARK, READY, RECORDS, STOP
 from loadgen.runner import STOP_SIGNALS, LoadRun
 from loadgen.sizing import KEPT_TEXTS, SizedPrompts
 from scenarios.plan import build_plan
 from scenarios.plan_shares import plan_digest, plan_share
-from scenarios.record_files import SentMarks, sent_file
-from scenarios.records import RequestRecord
+from scenarios.record_files import SentMarks, hold, sent_file
+from scenarios.records import MarkSink, RequestRecord, SentMark
 from scenarios.scrub import PromptStore
 from scenarios.spec import parse_scenario
 
@@ -95,6 +96,17 @@ class RemoteWriter:
             gevent.sleep(FLUSH_S)
             if self.lines or self.counts() != self._said:  # progress shows before records do
                 self.flush()
+
+
+class RemoteMarks:
+    """A remote worker's marks: each goes to the master ahead of its attempt (on the channel
+    its records take later, so it arrives first), and the master keeps it."""
+
+    def __init__(self, runner: WorkerRunner):
+        self.runner = runner
+
+    def write(self, mark: SentMark) -> None:
+        self.runner.send_message(MARK, {"line": mark.to_json()})
 
 
 def serve_worker(
@@ -223,8 +235,10 @@ def _work(
 ) -> None:
     index = int(data["index"])
     with open(records, "a", encoding="utf-8") if records else contextlib.nullcontext() as local:
+        if local is not None:
+            hold(local)  # a report on its killed master's run waits until it has stopped
         writer = RemoteWriter(runner, index, lambda: state.get("load"), local)
-        marks = SentMarks(sent_file(records)) if records else None
+        marks = SentMarks(sent_file(records)) if records else RemoteMarks(runner)
         try:
             _send_share(runner, environment, data, state, writer, marks)
         except Exception as e:  # said to the master, which marks the run invalid
@@ -233,7 +247,7 @@ def _work(
             writer.flush(DONE, error=f"{type(e).__name__}: {e}")
         finally:
             writer.close()
-            if marks is not None:  # no mark is needed once every attempt has its record
+            if isinstance(marks, SentMarks):  # no mark is needed once every attempt has its record
                 load: LoadRun | None = state.get("load")
                 marks.close(settled=load is None or load.settled)
             finished.set()
@@ -245,7 +259,7 @@ def _send_share(
     data: dict[str, Any],
     state: dict[str, Any],
     writer: RemoteWriter,
-    marks: SentMarks | None,
+    marks: MarkSink,
 ) -> None:
     """Build the share, say it is ready, send it from the plan's zero, then say it is done."""
     load, prompts = _load_run(environment, data, writer, marks)
@@ -265,11 +279,11 @@ def _send_share(
     stopped = load.stopped.signum if load.stopped else None
     share = math.ceil(KEPT_TEXTS / int(data["count"]))  # the master keeps about KEPT_TEXTS
     texts = {persona: pairs[:share] for persona, pairs in prompts.texts.items()}
-    writer.flush(DONE, generator=generator, stopped=stopped, texts=texts)
+    writer.flush(DONE, generator=generator, stopped=stopped, texts=texts, settled=load.settled)
 
 
 def _load_run(
-    environment: Environment, data: dict[str, Any], writer: RemoteWriter, marks: SentMarks | None
+    environment: Environment, data: dict[str, Any], writer: RemoteWriter, marks: MarkSink
 ) -> tuple[LoadRun, SizedPrompts]:
     """The worker's LoadRun for its share of the plan the assignment describes, and the
     prompts it renders."""

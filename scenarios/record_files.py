@@ -5,36 +5,42 @@ record it wrote).
 
 Each process that sends (a local worker, or a one-process run) also marks every attempt in
 `sent-w<N>.jsonl` (`sent.jsonl`) before sending it (one flushed line, `SentMark`) and deletes
-that file once every attempt it sent has its record. A process killed outright leaves it:
+that file once every attempt it sent has its record. A remote worker sends each mark to its
+master ahead of the attempt, which writes it to `sent-remote.jsonl`, beside the records those
+workers send back to `requests.jsonl`. A process killed outright leaves its marks:
 `recover_lost` then appends to that process's records a `worker_lost` record for each mark
 without a record (the requests the target may have served), once however often it runs, and
 deletes the marks. Readers never read marks: they are not records.
 
 A finished run merges the worker files into `requests.jsonl` (`merge`); a killed one is merged
-by the next `surgecast report`. Until then a reader takes the union (`iter_all`). The merge
-is exactly-once whenever it is cut: it recovers each process's lost requests, replaces
-`requests.jsonl` at once with itself followed by the worker files in order, then deletes them;
-a reader that finds worker files whose contents `requests.jsonl` already ends with knows they
-were merged and skips them.
+by the next `surgecast report`, which first waits for any worker still stopping: each holds a
+lock on its file while it lives (`hold`), which the kernel drops at its death. Until then a
+reader takes the union (`iter_all`). The merge is exactly-once whenever it is cut: it
+recovers each process's lost requests, replaces `requests.jsonl` at once with itself followed
+by the worker files in order, then deletes them; a reader that finds worker files whose
+contents `requests.jsonl` already ends with knows they were merged and skips them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from scenarios.records import WORKER_LOST, RequestRecord, SentMark, iter_marks, iter_records
 from scenarios.runfiles import UnreadableFile, open_regular
 
 _WORKER = re.compile(r"requests-w(\d+)\.jsonl")
 RUN_FILE = "requests.jsonl"  # a one-process run's records (and a distributed master's)
+REMOTE_MARKS = "sent-remote.jsonl"  # the remote workers' marks, kept by their master
 _CHUNK = 1 << 20
 
 
@@ -49,15 +55,71 @@ def sent_file(records: Path) -> Path:
     return records.with_name("sent" + records.name.removeprefix("requests"))
 
 
+class StillWritten(OSError):
+    """A worker file's process is alive (stopping): merged now, its last records would be
+    lost."""
+
+
+def hold(stream: IO[Any]) -> None:
+    """Say that this process writes `stream`'s file as long as it lives (an advisory lock the
+    kernel drops at its death, however it dies): a merge waits for it."""
+    fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
+
+
+def _written(path: Path) -> bool:
+    """Whether a live process holds `path` (`hold`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _wait_for_writers(files: list[Path], wait_s: float, say: Callable[[str], None]) -> None:
+    """Return once no process holds any of `files`; StillWritten after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    busy = [p for p in files if _written(p)]
+    if busy and wait_s > 0:
+        say(f"waiting up to {wait_s:g} s for the processes writing {_names(busy)} to stop")
+    while busy:
+        if time.monotonic() >= deadline:
+            raise StillWritten(
+                f"{_names(busy)} still written by a live generator process: run `surgecast "
+                "report` again once it has stopped"
+            )
+        time.sleep(0.05)
+        busy = [p for p in busy if _written(p)]
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(p.name for p in paths)
+
+
+def remote_marks_file(requests: Path) -> Path:
+    """Where a master keeps the marks its remote workers send, beside `requests`."""
+    return requests.with_name(REMOTE_MARKS)
+
+
 class SentMarks:
-    """A local worker's marks (`sent_file`), one flushed line per attempt before it leaves."""
+    """A process's marks (`sent_file`, or a master's `remote_marks_file`), one flushed line per
+    attempt before it leaves."""
 
     def __init__(self, path: Path):
         self.path = path
         self._stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by `close`)
 
     def write(self, mark: SentMark) -> None:
-        self._stream.write(mark.to_json() + "\n")
+        self.write_line(mark.to_json())
+
+    def write_line(self, line: str) -> None:
+        """A mark already in its JSON line (a remote worker's, as it came)."""
+        self._stream.write(line + "\n")
         self._stream.flush()
 
     def close(self, settled: bool) -> None:
@@ -102,24 +164,38 @@ class Merged:
         marks."""
         if not self.lost:
             return None
-        each = ", ".join(
-            f"{n} by "
-            + ("the run's own process" if name == RUN_FILE else f"the worker writing {name}")
-            for name, n in self.lost.items()
-        )
+        each = ", ".join(f"{n} by {_whose(name)}" for name, n in self.lost.items())
         return (
             f"the run was killed with requests in flight, recorded as lost (error_kind "
             f"{WORKER_LOST}; the target may have served them): {each}"
         )
 
 
-def merge(requests: Path) -> Merged:
+def _quiet(_: str) -> None:
+    """Bad lines are said by the reader of the merged records, not twice."""
+
+
+def _whose(name: str) -> str:
+    """Whose marks a `Merged.lost` key names, in words."""
+    if name == RUN_FILE:
+        return "the run's own process"
+    if name == REMOTE_MARKS:
+        return "the remote workers (their marks reached the master)"
+    return f"the worker writing {name}"
+
+
+def merge(requests: Path, wait_s: float = 0.0, say: Callable[[str], None] = _quiet) -> Merged:
     """Move the worker files' records into `requests` (each file's whole lines: a line torn by
-    a kill is dropped, as a reader drops it), each with its lost requests recovered first."""
+    a kill is dropped, as a reader drops it), each with its lost requests recovered first.
+    A worker still writing its file (stopping after its master's death) is waited for up to
+    `wait_s` (said through `say`), then StillWritten."""
     files = unmerged(requests)
+    _wait_for_writers(files, wait_s, say)
     own = requests.is_file() and not requests.is_symlink()  # never truncated through a link
     writers = [requests, *files] if own else files  # each process marked its attempts
     lost = {path.name: n for path in writers if (n := recover_lost(path)) is not None}
+    if own and (n := recover_lost(requests, remote_marks_file(requests))) is not None:
+        lost[REMOTE_MARKS] = n  # the remote workers' records came to `requests`
     if files:
         fd, tmp = tempfile.mkstemp(dir=requests.parent, prefix=f".{requests.name}.")
         try:
@@ -138,12 +214,14 @@ def merge(requests: Path) -> Merged:
     return Merged(len(files), lost)
 
 
-def recover_lost(records: Path) -> int | None:
-    """A dead worker's attempts marked sent with no record in its file `records` (whole lines
-    only: a torn last line is cut off first), each appended to it as a `worker_lost` record;
-    then its marks are deleted. How many; None when it left no marks (it ended with every
-    attempt recorded). Run again, it adds none: each lost record ends its mark."""
-    marks = sent_file(records)
+def recover_lost(records: Path, marks: Path | None = None) -> int | None:
+    """A dead worker's attempts marked sent (in `marks`, by default `sent_file(records)`) with
+    no record in its file `records` (whole lines only: a torn last line is cut off first), each
+    appended to it as a `worker_lost` record; then its marks are deleted. How many; None when
+    it left no marks (it ended with every attempt recorded). Run again, it adds none: each lost
+    record ends its mark."""
+    its_own = marks is None  # the marks of the process writing `records`
+    marks = marks or sent_file(records)
     if not marks.exists():
         return None
     os.truncate(records, _whole_size(records))
@@ -152,7 +230,8 @@ def recover_lost(records: Path) -> int | None:
     for mark in iter_marks(marks, _quiet):
         if mark.key not in ended:
             ended.add(mark.key)  # a mark written twice is still one request
-            lost.append(mark.lost(records.name).to_json() + "\n")
+            who = records.name if its_own else "a remote worker"
+            lost.append(mark.lost(who).to_json() + "\n")
     if lost:
         with open(records, "a", encoding="utf-8") as f:
             f.writelines(lost)
@@ -160,10 +239,6 @@ def recover_lost(records: Path) -> int | None:
             os.fsync(f.fileno())
     marks.unlink()
     return len(lost)
-
-
-def _quiet(_: str) -> None:
-    """Bad lines are said by the reader of the merged records, not twice."""
 
 
 def _whole_size(path: Path) -> int:

@@ -110,6 +110,7 @@ class SentMark:
     turn: int = 0
     planned_prompt_tokens: int | None = None
     planned_output_tokens: int | None = None
+    regenerate: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -138,6 +139,7 @@ class SentMark:
             attempt=self.attempt,
             planned_prompt_tokens=self.planned_prompt_tokens,
             planned_output_tokens=self.planned_output_tokens,
+            regenerate=self.regenerate,
         )
 
 

@@ -105,6 +105,7 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=8)
 
 
+STOPPING_S = 5.0  # a killed master's worker, past its grace, has stopped within this
 PLOTTED = 5000  # points a line or scatter draws at most: a day's run plots as fast as a minute's
 
 
@@ -320,9 +321,11 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
     given); returns their paths."""
     folder.mark_if_killed()
     meta = folder.meta()
+    scenario = Scenario.model_validate(meta.scenario)
     if meta.status != "running":  # a killed run's local workers' records, into requests.jsonl
-        try:
-            merged = folder.merge_records()
+        try:  # a worker may still be stopping (its requests in flight get their grace)
+            stopping_s = scenario.traffic.stop_grace_s + STOPPING_S
+            merged = folder.merge_records(stopping_s, say=lambda s: print(s, file=sys.stderr))
         except (OSError, UnreadableFile, RecordsError) as e:  # read as they are, unmerged
             print(f"warning: {folder.path}: worker records not merged: {e}", file=sys.stderr)
         else:
@@ -330,7 +333,6 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
             if lost and sum(merged.lost.values()):  # workers killed with it, requests out
                 reasons = meta.validity.reasons if meta.validity else []
                 meta = folder.update_meta(validity={"valid": False, "reasons": [*reasons, lost]})
-    scenario = Scenario.model_validate(meta.scenario)
     run_table = folder.table()
     summary: Summary = summarize_table(
         run_table, scenario.thresholds(), meta.duration_s, scenario.persona_thresholds()

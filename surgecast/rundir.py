@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -222,11 +223,13 @@ class RunFolder:
         """The measured records' columns, read as a stream (memory per row, not per record)."""
         return RequestTable.of(iter_all(self._requests()))
 
-    def merge_records(self) -> Merged:
+    def merge_records(
+        self, wait_s: float = 0.0, say: Callable[[str], None] | None = None
+    ) -> Merged:
         """The local workers' record files moved into requests.jsonl, each record once, with
-        the requests a dead worker had in flight recorded as lost (see
-        scenarios.record_files)."""
-        return merge(self._requests())
+        the requests a dead worker had in flight recorded as lost, once any worker still
+        stopping has stopped (up to `wait_s`; see scenarios.record_files)."""
+        return merge(self._requests(), wait_s, say or (lambda _: None))
 
     def _requests(self) -> Path:
         if not self.requests.exists():

@@ -7,19 +7,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from scenarios.record_files import (
+    REMOTE_MARKS,
     Merged,
+    StillWritten,
     iter_all,
     merge,
     recover_lost,
+    remote_marks_file,
     sent_file,
     unmerged,
     worker_file,
 )
-from scenarios.records import WORKER_LOST, RequestRecord, SentMark, parse_record
-from tests.conftest import run_cli
+from scenarios.records import WORKER_LOST, RequestRecord, SentMark, parse_mark, parse_record
+from tests.conftest import ROOT, run_cli
 
 OLD = Path(__file__).parent / "data" / "run-8a52588"
 
@@ -137,10 +144,73 @@ def test_a_worker_that_ended_settled_leaves_no_marks_and_the_merge_adds_nothing(
     assert merge(requests) == Merged(2, {}) and _ids(requests) == ALL
 
 
+def test_the_remote_workers_marks_kept_by_their_master_are_recovered_into_its_records(
+    tmp_path: Path,
+) -> None:
+    """A master writes its remote workers' records to requests.jsonl and their marks to
+    sent-remote.jsonl: a mark without a record there is one lost request, said as the remote
+    workers'; local workers' marks are recovered beside, each into its own file."""
+    requests = _killed_worker(tmp_path)
+    remote_marks_file(requests).write_text(_mark(0) + _mark(1) + _mark(20))  # r0, r1 recorded
+    merged = merge(requests)
+    assert merged == Merged(2, {"requests-w0.jsonl": 2, REMOTE_MARKS: 1})
+    assert not list(tmp_path.glob("sent*"))
+    lost = [r for r in iter_all(requests) if r.error_kind == WORKER_LOST]
+    assert sorted((r.id, r.attempt) for r in lost) == [("r20", 0), ("r4", 1), ("r8", 0)]
+    assert "a remote worker" in next(r.error_detail or "" for r in lost if r.id == "r20")
+    words = merged.lost_words() or ""
+    assert "1 by the remote workers" in words and "2 by the worker writing" in words
+
+
+def _holder(path: Path, append: str, after_s: float) -> subprocess.Popen[str]:
+    """A process that holds `path` as a worker does (`hold`), appends `append` after
+    `after_s`, and exits; started once it holds it."""
+    code = (
+        "import sys, time\n"
+        "from scenarios.record_files import hold\n"
+        f"f = open({str(path)!r}, 'a')\n"
+        "hold(f)\n"
+        "print('held', flush=True)\n"
+        f"time.sleep({after_s})\n"
+        f"f.write({append!r}); f.flush()\n"
+    )
+    cmd = [sys.executable, "-c", code]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_merge_waits_for_a_worker_still_writing_its_file(tmp_path: Path) -> None:
+    """A worker stopping after its master's death still writes its file: a merge then waits
+    for it (the kernel drops its lock when it exits, however it exits), and merges every record
+    it wrote, once; past its wait, a merge moves nothing and says so."""
+    requests = _folder(tmp_path)
+    worker = worker_file(requests, 0)
+    proc = _holder(worker, _record(9), after_s=5.0)
+    try:
+        with pytest.raises(StillWritten, match=r"requests-w0\.jsonl still written"):
+            merge(requests, wait_s=0.2)
+        assert worker.exists() and _ids(requests) == ALL  # nothing moved
+    finally:
+        proc.kill()
+        proc.wait()
+    proc = _holder(worker, _record(9), after_s=0.5)
+    said: list[str] = []
+    assert merge(requests, wait_s=30, say=said.append) == Merged(2, {})
+    assert proc.wait(timeout=5) == 0
+    assert said and "waiting up to 30 s" in said[0]
+    assert _ids(requests) == [*ALL, "r9"]  # the late record, once
+    assert not worker.exists()
+
+
 def test_the_record_checker_takes_a_lost_record() -> None:
-    lost = SentMark("r1", 2, 1.0, 1.5, "p", 3, 1, 40, 50).lost("requests-w3.jsonl")
+    """Every field a mark carries reaches its lost record, a regenerate's flag included."""
+    mark = SentMark("r1", 2, 1.0, 1.5, "p", 3, 1, 40, 50, regenerate=True)
+    lost = mark.lost("requests-w3.jsonl")
     again = parse_record(lost.to_json().encode())
     assert again == lost and again.error_kind == WORKER_LOST
+    assert (again.persona, again.session, again.turn, again.regenerate) == ("p", 3, 1, True)
+    assert parse_mark(mark.to_json().encode()) == mark
 
 
 def test_report_records_a_dead_workers_requests_in_flight_and_voids_the_run(

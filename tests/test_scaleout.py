@@ -130,6 +130,7 @@ def test_a_remote_worker_runs_the_masters_share(target_url: str, tmp_path: Path)
         worker.kill()
     records = _records(tmp_path / "run")
     assert len(records) == len(build_plan(parse_scenario(data)))
+    assert not list((tmp_path / "run").glob("sent*"))  # every mark it sent had its record
     assert "1 remote workers" in result.stderr or "waiting for 1 remote" in result.stderr
 
 

@@ -9,8 +9,10 @@ each kill left)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,21 +55,21 @@ def _wait_for(what: str, ready: object) -> None:
 
 
 def _scaled_run(
-    tmp: Path, url: str, processes: int = 2
+    tmp: Path, url: str, processes: int = 2, *flags: str, answers: int = 20, grace_s: float = 2
 ) -> tuple[subprocess.Popen[str], Path, list[int]]:
-    """`run --processes N` (1: no workers) sending for a minute, once records came; the
-    workers' pids."""
+    """`run --processes N` (1: no local workers) sending for a minute answers of `answers` to
+    twice that many tokens (20 ms each), once records came; the local workers' pids."""
     data = scenario_dict(
-        traffic={"rate": 16, "duration_s": 60, "seed": 4, "stop_grace_s": 2},
+        traffic={"rate": 16, "duration_s": 60, "seed": 4, "stop_grace_s": grace_s},
         workload={
             "prompt_tokens": {"dist": "uniform", "low": 20, "high": 60},
-            "output_tokens": {"dist": "uniform", "low": 20, "high": 40},
+            "output_tokens": {"dist": "uniform", "low": answers, "high": 2 * answers},
         },
     )
     scenario = write_scenario(tmp / "s.yaml", data)
     out = tmp / "run"
     cmd = [sys.executable, "-m", "surgecast", "run", str(scenario), "--target", url]
-    cmd += ["--processes", str(processes), "--out", str(out), "--quiet"]
+    cmd += ["--processes", str(processes), "--out", str(out), "--quiet", *flags]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -142,6 +144,47 @@ def test_a_master_killed_outright_stops_its_workers(tmp_path: Path, target: str)
         f"lack records; {lost} recorded as lost"
     )
     assert not missing
+
+
+def test_a_report_at_once_on_a_killed_masters_run_waits_for_its_workers(
+    tmp_path: Path, target: str
+) -> None:
+    """`surgecast report` run the moment the master died, while its workers are still
+    stopping (held here, stopped by SIGSTOP, then let go): it waits for them (each holds its
+    file while it lives), then merges every record they wrote, each once, and none is taken
+    for lost: they recorded what they had in flight themselves."""
+    proc, out, workers = _scaled_run(tmp_path, target)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        proc.kill()
+        proc.wait(timeout=30)  # its pipes stay open in its stopped workers
+        report = subprocess.Popen(
+            [sys.executable, "-m", "surgecast", "report", str(out)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3.0)  # it started, found the workers' files held, and waits
+        assert report.poll() is None
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    _, err = report.communicate(timeout=120)
+    assert report.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "waiting up to" in err and "not merged" not in err, err
+    assert not any(alive(pid) for pid in workers)
+    _still(target)
+    missing, total = _unrecorded(target, out)
+    records = _records(out)
+    lost = sum(r["error_kind"] == WORKER_LOST for r in records)
+    cancelled = sum(r["error_kind"] == "cancelled" for r in records)
+    print(
+        f"\nreport at once: {len(missing)} of {total} lack records, {cancelled} cancelled by "
+        f"the workers, {lost} taken for lost"
+    )
+    assert not missing and not lost
 
 
 def test_a_worker_whose_parent_dies_stops_without_the_kernels_help(tmp_path: Path) -> None:
@@ -231,3 +274,36 @@ def test_a_one_process_run_killed_outright_loses_no_record(tmp_path: Path, targe
     assert lost  # about 10 requests are out at any moment
     reasons = " ".join(_meta(out)["validity"]["reasons"])
     assert f"{len(lost)} by the run's own process" in reasons
+
+
+def test_a_remote_worker_killed_outright_loses_no_record(tmp_path: Path, target: str) -> None:
+    """A remote worker sends each attempt's mark to its master ahead of the attempt: killed
+    outright, the master sees it stop answering, voids the run, and records each request it
+    had out (or had not yet reported) as lost, so every request the target received has
+    exactly one record."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "surgecast", "worker", "--master-port", port],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        master = ("--master", "--master-bind-port", port)
+        proc, out, _ = _scaled_run(tmp_path, target, 1, *master)
+        worker.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert proc.returncode == 3, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    _still(target)
+    missing, total = _unrecorded(target, out)
+    lost = [r for r in _records(out) if r["error_kind"] == WORKER_LOST]
+    print(f"\nremote worker SIGKILL: {len(missing)} of {total} lack records; {len(lost)} lost")
+    assert not missing, missing
+    assert lost  # about 10 requests are out at any moment
+    assert all("a remote worker" in r["error_detail"] for r in lost)
+    reasons = " ".join(_meta(out)["validity"]["reasons"])
+    assert f"{len(lost)} by the remote workers" in reasons, reasons
