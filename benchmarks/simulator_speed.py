@@ -1,15 +1,20 @@
-"""Simulator speed: simulated requests per wall-clock second, and one forecast-sized point.
+"""Simulator speed: simulated requests per wall-clock second, and one forecast-sized point,
+on each core (the fast one, simulator/fast, beside the reference, SimPy, in the same run).
 
     python benchmarks/simulator_speed.py              # fleets of 1, 32 and 1,000 replicas
     python benchmarks/simulator_speed.py --million    # ... and one point over 1,000,000 requests
-    python benchmarks/simulator_speed.py --stepping   # the same, stepping every engine step
+    python benchmarks/simulator_speed.py --stepping   # the reference stepping every engine step
+    python benchmarks/simulator_speed.py --cores fast # one core only
 
 Each fleet gets 6 requests/s per replica (continuous batching, 32 slots, answers of 20-200
 tokens: about 80% load); the `long` row has answers of 200-1000 tokens at 1 request/s per replica,
 where a batch changes less often a step. Each row runs in a fresh process (so its peak memory is
 its own) `--repeat` times and shows the fastest; req/s is per wall-clock second, req/cpu-s per
 second of the process's CPU time (steadier on a shared machine). `--stepping` runs the engine one
-step at a time (no jumps), as the simulator did before it jumped. Compare rows of one run.
+step at a time (no jumps), as the simulator did before it jumped. Neither core's time includes
+loading its code (imports; for the fast core, numba's cache of its compiled code, about 0.4 s
+in a fresh process; it compiles once per checkout, before the timed runs). Compare rows of one
+run.
 """
 
 from __future__ import annotations
@@ -52,13 +57,19 @@ def scenario(rate: float, duration: float, low: int, high: int) -> dict[str, obj
     }
 
 
-def run_point(replicas: int, duration: float, work: Workload, stepping: bool) -> dict[str, float]:
+def run_point(
+    replicas: int, duration: float, work: Workload, stepping: bool, core: str
+) -> dict[str, float]:
     """One simulation in this process: its size, wall and CPU seconds, peak memory (MiB, RSS)."""
     rate, low, high = work
     plan = build_plan(parse_scenario(scenario(rate * replicas, duration, low, high)))
-    kw = {"jumps": False} if stepping else {}
-    if "jumps" not in inspect.signature(simulate).parameters:  # an older simulator
+    kw: dict[str, object] = {"jumps": False} if stepping else {}
+    params = inspect.signature(simulate).parameters
+    if "jumps" not in params:  # an older simulator
         kw = {}
+    if "core" in params:
+        kw["core"] = core
+        simulate([], ENGINE, core=core)  # type: ignore[arg-type]  # its code loaded, as imports are
     t0, c0 = time.perf_counter(), time.process_time()
     result = simulate(plan, ENGINE, replicas=replicas, record_chunks=False, **kw)  # type: ignore[arg-type]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -73,33 +84,40 @@ def main() -> None:
     parser.add_argument("--stepping", action="store_true", help="one engine step at a time")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="run the rows with this label")
+    parser.add_argument("--cores", default="reference,fast", help="default: reference,fast")
     parser.add_argument("--point", help=argparse.SUPPRESS)
     a = parser.parse_args()
     rows = [*ROWS, MILLION]
+    cores = a.cores.split(",")
     if a.point:
         _, replicas, duration, work = next(r for r in rows if r[0] == a.point)
-        print(json.dumps(run_point(replicas, duration, work, a.stepping)))
+        print(json.dumps(run_point(replicas, duration, work, a.stepping, cores[0])))
         return
+    if "fast" in cores:  # compile the fast core once, outside the timed runs
+        simulate([], ENGINE, core="fast")
     rows = (
         [r for r in rows if r[0] == a.only] if a.only else ROWS + ([MILLION] if a.million else [])
     )
     print(
-        f"{'replicas':>9} {'requests':>9} {'ok':>8} {'wall s':>7} {'req/s':>7} {'cpu s':>7} "
-        f"{'req/cpu-s':>9} {'peak MiB':>8}"
+        f"{'replicas':>9} {'core':>9} {'requests':>9} {'ok':>8} {'wall s':>7} {'req/s':>8} "
+        f"{'cpu s':>7} {'req/cpu-s':>9} {'peak MiB':>8}"
     )
     for label, *_ in rows:
         repeat = 1 if label == MILLION[0] else a.repeat
-        runs = [_subprocess(label, a.stepping) for _ in range(repeat)]
-        best = min(runs, key=lambda r: r["cpu"])
-        n = best["requests"]
-        print(
-            f"{label:>9} {n:9.0f} {best['ok']:8.0f} {best['wall']:7.2f} {n / best['wall']:7.0f} "
-            f"{best['cpu']:7.2f} {n / best['cpu']:9.0f} {best['peak_mib']:8.0f}"
-        )
+        for core in cores:
+            runs = [_subprocess(label, a.stepping, core) for _ in range(repeat)]
+            best = min(runs, key=lambda r: r["cpu"])
+            n = best["requests"]
+            print(
+                f"{label:>9} {core:>9} {n:9.0f} {best['ok']:8.0f} {best['wall']:7.2f} "
+                f"{n / best['wall']:8.0f} {best['cpu']:7.2f} {n / best['cpu']:9.0f} "
+                f"{best['peak_mib']:8.0f}",
+                flush=True,
+            )
 
 
-def _subprocess(label: str, stepping: bool) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--point", label]
+def _subprocess(label: str, stepping: bool, core: str) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--point", label, "--cores", core]
     out = subprocess.run(cmd + (["--stepping"] if stepping else []), capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr)

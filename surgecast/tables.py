@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -409,15 +410,28 @@ def forecast_table(points: Sequence[ForecastPoint]) -> str:
 
 
 def forecast_blocks(points: Sequence[ForecastPoint]) -> list[Block]:
-    """The fixed fleet per scale, then the autoscaled one beside it when the scenario has one."""
+    """The fixed fleet per scale, then the autoscaled one beside it when the scenario has one,
+    then the simulator core that ran them."""
     auto = autoscale_table(points)
-    if auto is None:
-        return [fixed_fleet_table(points)]
-    return [
-        fixed_fleet_table(points),
-        "autoscaled (the scenario's fleet.autoscaler) against the fixed fleet:",
-        auto,
-    ]
+    blocks: list[Block] = [fixed_fleet_table(points)]
+    if auto is not None:
+        blocks += ["autoscaled (the scenario's fleet.autoscaler) against the fixed fleet:", auto]
+    return [*blocks, cores_line(points)]
+
+
+def cores_line(points: Sequence[ForecastPoint]) -> str:
+    """Which simulator core ran the forecast's fleets: the fast one (compiled, the reference
+    model's records) where it covers them, the reference (SimPy) elsewhere."""
+    runs = Counter(
+        e.core
+        for p in points
+        for e in [*p.tried, p.best, p.autoscaled]
+        if e is not None and e.simulated and e.core
+    )
+    if not runs:
+        return "simulator core: none ran (every fleet refused unsimulated)"
+    said = ", ".join(f"{core} for {n} fleet sizes" for core, n in sorted(runs.items()))
+    return f"simulator core: {said} (fast: compiled, the reference model's records)"
 
 
 def deployment_blocks(choices: Sequence[Choice]) -> list[Block]:

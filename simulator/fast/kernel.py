@@ -154,9 +154,9 @@ def _swap(t: A, ei: A, a: int, b: int) -> None:
 
 
 @njit(cache=True)
-def _schedule(e: Events, t: float, pri: int, kind: int, arg: int) -> None:
-    """Add an event, ordered after every one scheduled before it at its time and priority."""
-    times, ei, ctr = e.t, e.i, e.ctr
+def _schedule(times: A, ei: A, ctr: A, t: float, pri: int, kind: int, arg: int) -> None:
+    """Add an event, ordered after every one scheduled before it at its time and priority
+    (the heap: `Events.t`, `.i`, `.ctr`)."""
     i = ctr[SIZE]
     times[i] = t
     ei[i, PRI], ei[i, SEQ], ei[i, EVENT], ei[i, ARG] = pri, ctr[COUNT], kind, arg
@@ -171,12 +171,11 @@ def _schedule(e: Events, t: float, pri: int, kind: int, arg: int) -> None:
 
 
 @njit(cache=True)
-def _take(e: Events) -> int:
+def _take(times: A, ei: A, ctr: A) -> int:
     """Move the earliest event past the heap's end; its index."""
-    times, ei = e.t, e.i
-    last = e.ctr[SIZE] - 1
+    last = ctr[SIZE] - 1
     _swap(times, ei, 0, last)
-    e.ctr[SIZE] = last
+    ctr[SIZE] = last
     i = 0
     while True:
         c = 2 * i + 1
@@ -196,8 +195,7 @@ def _take(e: Events) -> int:
 
 
 @njit(cache=True)
-def _load_changed(w: State, r: int) -> None:
-    tree, qi = w.loads, w.qi
+def _load_changed(tree: A, qi: A, r: int) -> None:
     i = len(tree) // 2 + r
     tree[i] = (qi[r, RUN_LEN] + qi[r, W_LEN]) * len(qi) + r
     i >>= 1
@@ -306,7 +304,7 @@ def _ended(w: State, e: Events, c: Config, i: int, ok: bool, end: float, now: fl
         return  # the window closed
     rf[nxt, DUE] = due
     at = due + c.overhead_s
-    _schedule(e, now + (at - now if at > now else 0.0), NORMAL, E_SEND, nxt)
+    _schedule(e.t, e.i, e.ctr, now + (at - now if at > now else 0.0), NORMAL, E_SEND, nxt)
 
 
 @njit(cache=True)
@@ -349,10 +347,10 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
     else:
         qi[r, DL_H] = i
     qi[r, DL_T] = i
-    _load_changed(w, r)
+    _load_changed(w.loads, w.qi, r)
     if not qi[r, TIMER]:
         qi[r, TIMER] = 1
-        _schedule(e, now, NORMAL, E_WAKE, r)
+        _schedule(e.t, e.i, e.ctr, now, NORMAL, E_WAKE, r)
 
 
 @njit(cache=True)
@@ -364,7 +362,7 @@ def _arrivals(w: State, e: Events, c: Config, k: int, now: float) -> None:
         i = openers[k]
         at = rf[i, ARRIVAL] + c.overhead_s
         if at > now:
-            _schedule(e, now + (at - now), NORMAL, E_ARRIVAL, k)
+            _schedule(e.t, e.i, e.ctr, now + (at - now), NORMAL, E_ARRIVAL, k)
             return
         _send(w, e, c, i, rf[i, ARRIVAL], now)
         k += 1
@@ -382,21 +380,19 @@ def _gen(ri: A, qi: A, r: int, s: int) -> int:
 
 
 @njit(cache=True)
-def _fix_blocks(w: State, r: int, s: int, block_size: int) -> None:
+def _fix_blocks(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
     """A decode's blocks counted explicitly again (`Scheduler._fix_blocks`)."""
-    ri = w.ri
     if ri[s, PHASE] >= 0:
-        tokens = ri[s, PROMPT] + _gen(ri, w.qi, r, s)
+        tokens = ri[s, PROMPT] + _gen(ri, qi, r, s)
         ri[s, BLOCKS] = -(-tokens // block_size)
-        w.phases[r, ri[s, PHASE]] -= 1
+        phases[r, ri[s, PHASE]] -= 1
         ri[s, PHASE] = -1
 
 
 @njit(cache=True)
-def _grow(w: State, r: int, s: int, block_size: int) -> None:
+def _grow(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
     """A decode's block for its next token's KV, if it needs one (or it waits for one), then
     its blocks grow on schedule (`Scheduler._grow`)."""
-    ri, qi = w.ri, w.qi
     tokens = ri[s, PROMPT] + _gen(ri, qi, r, s)
     if tokens > ri[s, BLOCKS] * block_size:
         if qi[r, FREE] == 0:
@@ -407,17 +403,16 @@ def _grow(w: State, r: int, s: int, block_size: int) -> None:
         ri[s, BLOCKS] += 1
     phase = (qi[r, STEPS] + 1 - tokens) % block_size
     ri[s, PHASE] = phase
-    w.phases[r, phase] += 1
+    phases[r, phase] += 1
 
 
 @njit(cache=True)
-def _leave(w: State, r: int, s: int, block_size: int) -> None:
+def _leave(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
     """Take a running request out of its replica's running lists and free its blocks."""
-    ri, qi = w.ri, w.qi
     _unlink(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
     qi[r, RUN_LEN] -= 1
     if ri[s, DEC]:
-        _fix_blocks(w, r, s, block_size)
+        _fix_blocks(ri, qi, phases, r, s, block_size)
         ri[s, GEN] = _gen(ri, qi, r, s)
         ri[s, DEC] = 0
         ri[s, COMP] = ri[s, PROMPT] + ri[s, GEN] - 1
@@ -447,14 +442,13 @@ def _allocate(ri: A, qi: A, block_size: int, r: int, s: int, tokens: int) -> boo
 
 
 @njit(cache=True)
-def _make_room(w: State, block_size: int, r: int, s: int, upto: int) -> int:
+def _make_room(ri: A, qi: A, phases: A, block_size: int, r: int, s: int, upto: int) -> int:
     """Blocks for `s` up to `upto` tokens, preempting the newest running until they fit
     (`Scheduler._make_room`): 1 done, 0 done after preempting, -1 `s` itself had to go."""
-    ri, qi = w.ri, w.qi
     done = 1
     while not _allocate(ri, qi, block_size, r, s, upto):
         v = qi[r, RUN_T]
-        _leave(w, r, v, block_size)
+        _leave(ri, qi, phases, r, v, block_size)
         qi[r, RECOMPUTED] += ri[v, COMP]
         ri[v, COMP] = 0
         ri[v, PRE] += 1
@@ -476,11 +470,11 @@ def _keep_chunk(e: Events, s: int, now: float) -> None:
 
 
 @njit(cache=True)
-def _finish(w: State, e: Events, r: int, s: int, n_fin: int, block_size: int) -> int:
-    w.ri[s, ST] = FINISHED
-    _leave(w, r, s, block_size)
-    e.finished[n_fin] = s
-    return n_fin + 1
+def _finish(ri: A, qi: A, phases: A, finished: A, r: int, s: int, n: int, bs: int) -> int:
+    ri[s, ST] = FINISHED
+    _leave(ri, qi, phases, r, s, bs)
+    finished[n] = s
+    return n + 1
 
 
 @njit(cache=True)
@@ -488,7 +482,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     """Apply replica `r`'s step, ended now (`Scheduler.update`): every decode gains a token and
     the blocks that become due, the decodes at their last token finish, then each prefill
     computes its chunk (the last one emits a token). How many finished (`Events.finished`)."""
-    ri, rf, qi, bs = w.ri, w.rf, w.qi, c.block_size
+    ri, rf, qi, phases, finished, bs = w.ri, w.rf, w.qi, w.phases, e.finished, c.block_size
     n_fin = 0
     qi[r, STEPS] += 1  # every decode gains its token
     steps = qi[r, STEPS]
@@ -499,7 +493,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
             _keep_chunk(e, s, now)
             s = ri[s, DC_N]
     phase = steps % bs
-    due = w.phases[r, phase]
+    due = phases[r, phase]
     if due:
         if due <= qi[r, FREE]:  # a block each
             qi[r, FREE] -= due
@@ -507,9 +501,9 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
             s = qi[r, RUN_H]
             while s >= 0:
                 if ri[s, DEC] and ri[s, PHASE] == phase:
-                    _fix_blocks(w, r, s, bs)
+                    _fix_blocks(ri, qi, phases, r, s, bs)
                     ri[s, BLOCKS] -= 1  # the count included the block it has yet to get
-                    _grow(w, r, s, bs)
+                    _grow(ri, qi, phases, r, s, bs)
                 s = ri[s, RUN_N]
     if steps >= qi[r, NEXT_WAKE]:  # the decodes at their last token, in decoding order
         wake = np.iinfo(np.int64).max
@@ -518,7 +512,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
             nxt = ri[s, DC_N]
             last = ri[s, SINCE] + ri[s, MAXT] - ri[s, GEN]
             if last <= steps:
-                n_fin = _finish(w, e, r, s, n_fin, bs)
+                n_fin = _finish(ri, qi, phases, finished, r, s, n_fin, bs)
             elif last < wake:
                 wake = last
             s = nxt
@@ -536,7 +530,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
                 if ri[s, GEN] == 1:
                     rf[s, FIRST] = now
                 if ri[s, GEN] >= ri[s, MAXT]:
-                    n_fin = _finish(w, e, r, s, n_fin, bs)
+                    n_fin = _finish(ri, qi, phases, finished, r, s, n_fin, bs)
                 else:  # it decodes from now on (`Scheduler._start_decoding`)
                     _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
                     _append(ri, qi, DC_P, DC_N, DC_H, DC_T, r, s)
@@ -546,7 +540,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
                     last = steps + ri[s, MAXT] - ri[s, GEN]
                     if last < qi[r, NEXT_WAKE]:
                         qi[r, NEXT_WAKE] = last
-                    _grow(w, r, s, bs)
+                    _grow(ri, qi, phases, r, s, bs)
         s = nxt
     qi[r, SP_H] = qi[r, SP_T] = -1
     return n_fin
@@ -573,7 +567,7 @@ def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
         if qi[r, DL_H] < 0:
             qi[r, DL_T] = -1
         if ri[s, ST] == RUNNING:
-            _leave(w, r, s, c.block_size)
+            _leave(ri, qi, w.phases, r, s, c.block_size)
         elif ri[s, ST] == WAITING:
             _unlink(ri, qi, W_P, W_N, W_H, W_T, r, s)
             qi[r, W_LEN] -= 1
@@ -598,7 +592,7 @@ def _add_to_step(ri: A, qi: A, r: int, s: int) -> None:
 def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """Plan replica `r`'s next step and set its end (`Scheduler.schedule`, `Engine.plan_step`,
     the drive loop's usage)."""
-    ri, qi, qf, scratch, bs = w.ri, w.qi, w.qf, e.scratch, c.block_size
+    ri, qi, qf, phases, scratch, bs = w.ri, w.qi, w.qf, w.phases, e.scratch, c.block_size
     preempted = False
     if qi[r, ND_H] >= 0:  # decodes whose blocks are full: a block, or room made
         m = _rows_of(ri, qi[r, ND_H], ND_N, scratch)
@@ -611,12 +605,12 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
                 ri[s, BLOCKS] += 1
                 done = 1
             else:
-                done = _make_room(w, bs, r, s, ri[s, PROMPT] + _gen(ri, qi, r, s))
+                done = _make_room(ri, qi, phases, bs, r, s, ri[s, PROMPT] + _gen(ri, qi, r, s))
                 preempted = preempted or done < 1
             if done >= 0:
                 ri[s, NEED] = 0
                 _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
-                _grow(w, r, s, bs)
+                _grow(ri, qi, phases, r, s, bs)
     budget = c.max_batched_tokens - qi[r, DC_LEN]
     prefill = context = n_prefill = 0
     m = _rows_of(ri, qi[r, PF_H], PF_N, scratch) if qi[r, PF_H] >= 0 else 0
@@ -630,7 +624,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
         n = remaining if remaining < budget else budget
         upto = ri[s, COMP] + n
         if upto > ri[s, BLOCKS] * bs:
-            done = _make_room(w, bs, r, s, upto)
+            done = _make_room(ri, qi, phases, bs, r, s, upto)
             preempted = preempted or done < 1
             if done < 0:
                 break
@@ -674,7 +668,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
         qf[r, KV_PEAK] = kv
     if qi[r, RUN_LEN] >= c.max_num_seqs:
         qf[r, FULL_S] += seconds
-    _schedule(e, now + seconds, NORMAL, E_STEP_END, r)
+    _schedule(e.t, e.i, e.ctr, now + seconds, NORMAL, E_STEP_END, r)
 
 
 @njit(cache=True)
@@ -688,7 +682,7 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
     qi = w.qi
     if qi[r, DL_H] >= 0:
         _expire(w, e, c, r, now)
-    _load_changed(w, r)
+    _load_changed(w.loads, w.qi, r)
     if qi[r, RUN_LEN] == 0 and qi[r, W_LEN] == 0:
         qi[r, TIMER] = 0  # waits for work
         return
@@ -699,11 +693,11 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
 def run(w: State, e: Events, c: Config) -> None:
     """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run)."""
     for r in range(c.replicas):  # each replica's first wake-up, made with the fleet
-        _schedule(e, 0.0, NORMAL, E_WAKE, r)
-    _schedule(e, 0.0, URGENT, E_START, 0)
+        _schedule(e.t, e.i, e.ctr, 0.0, NORMAL, E_WAKE, r)
+    _schedule(e.t, e.i, e.ctr, 0.0, URGENT, E_START, 0)
     times, ei, ctr, openers, rf = e.t, e.i, e.ctr, w.openers, w.rf
     while ctr[SIZE] > 0 and times[0] < c.until:
-        i = _take(e)
+        i = _take(times, ei, ctr)
         now, kind, arg = times[i], ei[i, EVENT], ei[i, ARG]
         if kind in (E_STEP_END, E_WAKE):
             _drive(w, e, c, arg, now, kind == E_STEP_END)

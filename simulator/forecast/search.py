@@ -81,6 +81,7 @@ class SeedOutcome:
     mean_replicas: float  # replica-seconds over the simulated window
     peak_replicas: float
     cold_starts: float
+    core: str = "reference"  # the simulator core that ran it (simulate's `core`)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Evaluation:
     mean_replicas: Estimate = ZERO  # differs from `replicas` for an autoscaled fleet
     peak_replicas: Estimate = ZERO
     cold_starts: Estimate = ZERO
+    core: str = ""  # the simulator core its seeds ran on ("fast", "reference"; "": none ran)
 
     @property
     def headroom(self) -> float:
@@ -237,6 +239,7 @@ def run_seed(job: SeedJob) -> SeedOutcome:
         lives / span if lives and span > 0 else float(job.replicas),
         float(result.fleet.peak_replicas or job.replicas),
         float(result.fleet.cold_starts),
+        result.core,
     )
 
 
@@ -384,9 +387,12 @@ class Forecaster:
             return Estimate.of([getattr(o, name) for o in outcomes])
 
         per_seed: dict[str, Any] = {
-            f.name: over_seeds(f.name) for f in fields(SeedOutcome) if f.name != "observed"
+            f.name: over_seeds(f.name)
+            for f in fields(SeedOutcome)
+            if f.name not in ("observed", "core")
         }
-        return Evaluation(replicas, passed, estimates, **per_seed, load=load)
+        core = " and ".join(sorted({o.core for o in outcomes}))
+        return Evaluation(replicas, passed, estimates, **per_seed, load=load, core=core)
 
     def autoscaled(self, scale: float, fixed: int) -> Evaluation | None:
         """The scenario's autoscaler at `scale` (None without one): it starts from its initial

@@ -242,6 +242,9 @@ class EvaluationDoc(Strict):
     preemptions: EstimateDoc = Field(description="per simulated run, whole fleet")
     slots_full: EstimateDoc = Field(description="share of time a replica had every slot taken")
     rejected: EstimateDoc = Field(description="share of requests the admission queue refused")
+    core: str = Field(
+        "", description="the simulator core its seeds ran on: fast, reference ('': none ran)"
+    )
     mean_replicas: EstimateDoc
     peak_replicas: EstimateDoc
     cold_starts: EstimateDoc
