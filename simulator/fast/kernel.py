@@ -477,7 +477,7 @@ def _finish(ri: A, qi: A, phases: A, finished: A, r: int, s: int, n: int, bs: in
     return n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     """Apply replica `r`'s step, ended now (`Scheduler.update`): every decode gains a token and
     the blocks that become due, the decodes at their last token finish, then each prefill
@@ -546,7 +546,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     return n_fin
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _on_finish(w: State, e: Events, c: Config, s: int, now: float) -> None:
     """`_Clients.on_finish`: answered, or timed out when the step ended past its deadline."""
     if now > w.rf[s, START] + c.timeout_s:
@@ -557,7 +557,7 @@ def _on_finish(w: State, e: Events, c: Config, s: int, now: float) -> None:
         _ended(w, e, c, s, True, now, now)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """Abort each request whose deadline passed (`DriveLoop._expire`); its client times out."""
     ri, rf, qi = w.ri, w.rf, w.qi
@@ -588,7 +588,7 @@ def _add_to_step(ri: A, qi: A, r: int, s: int) -> None:
     qi[r, SP_T] = s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """Plan replica `r`'s next step and set its end (`Scheduler.schedule`, `Engine.plan_step`,
     the drive loop's usage)."""
@@ -671,7 +671,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     _schedule(e.t, e.i, e.ctr, now + seconds, NORMAL, E_STEP_END, r)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) -> None:
     """Replica `r`'s drive loop, resumed now after a step (`stepped`) or a wake-up, until it
     sleeps again (`DriveLoop.run`)."""
