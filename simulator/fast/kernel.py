@@ -38,14 +38,17 @@ ARRIVAL, THINK, NOT_AFTER, INTENDED, START, FIRST, END, DEADLINE, DUE = range(9)
 RF_COLUMNS = 9
 # a replica's integers (`State.qi`): its lists' heads, tails and lengths, its free blocks, the
 # context its decodes attend over, a timer pending, preemptions and the tokens they discarded,
-# the steps it applied, the earliest step at which a decode may finish
+# the steps it applied, the earliest step at which a decode may finish, its timer event (the
+# order it was scheduled in: an older one was cut short), the wake-up steps in `State.wakes`,
+# and the jump in flight (see `_plan_jump`): its last step, the steps applied, the context of
+# its first step, the step counted in its usage
 (RUN_H, RUN_T, RUN_LEN, PF_H, PF_T, DC_H, DC_T, DC_LEN, W_H, W_T, W_LEN, ND_H, ND_T, DL_H,
- DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS,
- NEXT_WAKE) = range(24)  # fmt: skip
-QI_COLUMNS = 24
+ DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS, NEXT_WAKE, TIMER_SEQ,
+ WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED) = range(30)  # fmt: skip
+QI_COLUMNS = 30
 # a replica's usage (`State.qf`, simulator.engine.drive.Usage)
-BUSY_S, KV_S, KV_PEAK, FULL_S = range(4)
-QF_COLUMNS = 4
+BUSY_S, KV_S, KV_PEAK, FULL_S, J_T0 = range(5)  # and when the jump in flight began
+QF_COLUMNS = 5
 
 # a request in its replica (the reference scheduler's statuses; NONE before it is placed)
 NONE, WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3, 4
@@ -59,6 +62,8 @@ E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND = range(5)
 URGENT, NORMAL = 0, 1  # SimPy's priorities (a process's start is urgent)
 # the counters in `Events.ctr`
 SIZE, COUNT, CHUNKS, TURN = range(4)
+# a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
+MAX_JUMP, MIN_JUMP = 4096, 3
 # routing policies and step-cost models
 LEAST_OUTSTANDING, ROUND_ROBIN = 0, 1
 LINEAR, TABLE, ROOFLINE = 0, 1, 2
@@ -80,6 +85,7 @@ class Config(NamedTuple):
     xs: A  # f8: a step table's batch sizes
     ys: A  # f8: ... and its step times
     keep_chunks: bool
+    jumps: bool  # a run of steady decode steps as one event (the reference's default)
 
 
 class State(NamedTuple):
@@ -90,6 +96,7 @@ class State(NamedTuple):
     openers: A  # i8: the users' first requests, by arrival
     loads: A  # i8[2 x leaves]: a tree of the replicas' (load, index), its root the least
     phases: A  # i8[replicas, block_size]: decodes whose next block is due at steps % size
+    wakes: A  # i8[replicas, room]: a heap of the steps at which decodes were due to finish
 
 
 class Events(NamedTuple):
@@ -102,7 +109,7 @@ class Events(NamedTuple):
     scratch: A  # scratch: a list's rows
 
 
-def state(n: int, replicas: int, num_blocks: int, block_size: int) -> State:
+def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs: int) -> State:
     """Fresh tables for `n` requests (the plan's columns still to fill) and `replicas`."""
     ri = np.zeros((n, RI_COLUMNS), np.int64)
     ri[:, PHASE:] = -1
@@ -113,6 +120,7 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int) -> State:
     qi = np.full((replicas, QI_COLUMNS), -1, np.int64)
     qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED, STEPS]] = 0
     qi[:, NEXT_WAKE] = np.iinfo(np.int64).max
+    qi[:, [WAKES, J_DONE, J_CTX]] = 0
     qi[:, FREE], qi[:, TIMER] = num_blocks, 1  # each replica starts with its wake-up pending
     leaves = 1 << max(replicas - 1, 0).bit_length()
     loads = np.full(2 * leaves, np.iinfo(np.int64).max, np.int64)
@@ -121,12 +129,14 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int) -> State:
         loads[i] = min(loads[2 * i], loads[2 * i + 1])
     qf = np.zeros((replicas, QF_COLUMNS))
     phases = np.zeros((replicas, block_size), np.int64)
-    return State(ri, rf, qi, qf, np.empty(0, np.int64), loads, phases)
+    wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
+    return State(ri, rf, qi, qf, np.empty(0, np.int64), loads, phases, wakes)
 
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int) -> Events:
-    """The event heap's room: a timer per replica, the arrivals' and a follow-up per request."""
-    room = n + replicas + 4
+    """The event heap's room: a timer per replica (and one cut short), the arrivals' and a
+    follow-up per request."""
+    room = n + 2 * replicas + 4  # and a timer cut short per replica
     return Events(
         np.empty(room), np.empty((room, 4), np.int64), np.zeros(4, np.int64),
         np.empty(chunk_room, np.int64), np.empty(chunk_room), np.empty(max_num_seqs + 1, np.int64),
@@ -347,9 +357,12 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
     else:
         qi[r, DL_H] = i
     qi[r, DL_T] = i
+    if qi[r, J_STOP] >= 0:
+        _cut(w, e, c, r, now)
     _load_changed(w.loads, w.qi, r)
     if not qi[r, TIMER]:
         qi[r, TIMER] = 1
+        qi[r, TIMER_SEQ] = e.ctr[COUNT]
         _schedule(e.t, e.i, e.ctr, now, NORMAL, E_WAKE, r)
 
 
@@ -486,6 +499,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     n_fin = 0
     qi[r, STEPS] += 1  # every decode gains its token
     steps = qi[r, STEPS]
+    _wakes_past(w.wakes, qi, r, steps)
     qi[r, DECODE_CTX] += qi[r, DC_LEN]
     if c.keep_chunks:
         s = qi[r, DC_H]
@@ -540,6 +554,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
                     last = steps + ri[s, MAXT] - ri[s, GEN]
                     if last < qi[r, NEXT_WAKE]:
                         qi[r, NEXT_WAKE] = last
+                    _wake_push(w.wakes, qi, r, last)
                     _grow(ri, qi, phases, r, s, bs)
         s = nxt
     qi[r, SP_H] = qi[r, SP_T] = -1
@@ -661,6 +676,11 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
         prefill += n
         context += n
     seconds = step_seconds(c, decode, prefill, context)
+    steady = qi[r, PF_H] < 0 and qi[r, ND_H] < 0  # and nothing to admit (`Scheduler.steady`)
+    steady = steady and (qi[r, W_H] < 0 or qi[r, RUN_LEN] >= c.max_num_seqs)
+    jump = c.jumps and n_prefill == 0 and not preempted and steady
+    if jump and _plan_jump(w, e, c, r, now, decode, context):
+        return
     kv = (c.num_blocks - qi[r, FREE]) / c.num_blocks
     qf[r, BUSY_S] += seconds
     qf[r, KV_S] += kv * seconds
@@ -668,7 +688,217 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
         qf[r, KV_PEAK] = kv
     if qi[r, RUN_LEN] >= c.max_num_seqs:
         qf[r, FULL_S] += seconds
+    qi[r, TIMER_SEQ] = e.ctr[COUNT]
     _schedule(e.t, e.i, e.ctr, now + seconds, NORMAL, E_STEP_END, r)
+
+
+# the heap of steps at which decodes were due to finish (`Scheduler._wake_steps`: a decode
+# preempted or aborted leaves its step there until it passes)
+
+
+@njit(cache=True)
+def _wake_push(wakes: A, qi: A, r: int, step: int) -> None:
+    i = qi[r, WAKES]
+    if i == wakes.shape[1]:
+        return  # full: quiet steps fall back on NEXT_WAKE, which never passes a finish
+    wakes[r, i] = step
+    qi[r, WAKES] = i + 1
+    while i > 0:
+        p = (i - 1) >> 1
+        if wakes[r, p] <= wakes[r, i]:
+            break
+        wakes[r, p], wakes[r, i] = wakes[r, i], wakes[r, p]
+        i = p
+
+
+@njit(cache=True)
+def _wakes_past(wakes: A, qi: A, r: int, steps: int) -> None:
+    """Drop the wake-up steps that have come."""
+    while qi[r, WAKES] and wakes[r, 0] <= steps:
+        last = qi[r, WAKES] - 1
+        wakes[r, 0] = wakes[r, last]
+        qi[r, WAKES] = last
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= last:
+                break
+            if c + 1 < last and wakes[r, c + 1] < wakes[r, c]:
+                c += 1
+            if wakes[r, i] <= wakes[r, c]:
+                break
+            wakes[r, i], wakes[r, c] = wakes[r, c], wakes[r, i]
+            i = c
+
+
+# jumps: a steady batch (only decodes, nothing to admit) repeats its step until a decode
+# finishes or the blocks fall short; those steps are one event, their effects applied in bulk,
+# and a request sent to the replica meanwhile cuts the jump at the step in flight
+# (`DriveLoop._plan_jump`, `_apply`, `_account`, `_cut`, `settle`)
+
+
+@njit(cache=True)
+def _quiet_steps(w: State, c: Config, r: int) -> int:
+    """Of the next MAX_JUMP steps, how many run up to and including the first that changes
+    the batch (`Scheduler.quiet_steps`)."""
+    qi, bs = w.qi, c.block_size
+    steps = qi[r, STEPS]
+    _wakes_past(w.wakes, qi, r, steps)
+    n = MAX_JUMP
+    if qi[r, WAKES] and w.wakes[r, 0] - steps < n:
+        n = w.wakes[r, 0] - steps
+    n = min(n, qi[r, NEXT_WAKE] - steps)  # the same, unless the heap overflowed
+    free = qi[r, FREE]
+    if qi[r, DC_LEN] * (n // bs + 1) <= free:
+        return int(n)
+    for i in range(1, n + 1):
+        free -= w.phases[r, (steps + i) % bs]
+        if free < 0:
+            return i
+    return int(n)
+
+
+@njit(cache=True)
+def _jump_step_s(w: State, c: Config, r: int, i: int) -> float:
+    """Step `i` of the jump in flight: its duration (its context grows a token a decode)."""
+    decode = w.qi[r, DC_LEN]
+    return step_seconds(c, decode, 0, w.qi[r, J_CTX] + i * decode)
+
+
+@njit(cache=True)
+def _jump_end(w: State, c: Config, r: int, i: int) -> float:
+    """When step `i` of the jump in flight ends (its steps' times summed in order)."""
+    t = w.qf[r, J_T0]
+    for k in range(i + 1):
+        t += _jump_step_s(w, c, r, k)
+    return float(t)
+
+
+@njit(cache=True)
+def _jump_step_at(w: State, c: Config, r: int, at: float) -> int:
+    """The first step of the jump in flight, from those not applied, ending at `at` or
+    later (bisect_left over its ends)."""
+    qi = w.qi
+    t = w.qf[r, J_T0]
+    for k in range(qi[r, J_STOP] + 1):
+        t += _jump_step_s(w, c, r, k)
+        if k >= qi[r, J_DONE] and t >= at:
+            return k
+    return int(qi[r, J_STOP] + 1)
+
+
+@njit(cache=True)
+def _plan_jump(
+    w: State, e: Events, c: Config, r: int, now: float, decode: int, context: int
+) -> bool:
+    """Set the jump from the planned step on, if its batch is quiet long enough; False: no
+    jump. A deadline ends it at the step running then."""
+    qi, rf = w.qi, w.rf
+    n = _quiet_steps(w, c, r)
+    if n < MIN_JUMP:
+        return False
+    deadline = rf[qi[r, DL_H], DEADLINE] if qi[r, DL_H] >= 0 else np.inf
+    t = now
+    for i in range(n):
+        t += step_seconds(c, decode, 0, context + i * decode)
+        if t >= deadline:
+            if i < 1:
+                return False
+            n = i + 1
+            break
+    qi[r, J_STOP], qi[r, J_DONE], qi[r, J_CTX], qi[r, J_COUNTED] = n - 1, 0, context, -1
+    w.qf[r, J_T0] = now
+    qi[r, TIMER_SEQ] = e.ctr[COUNT]
+    _schedule(e.t, e.i, e.ctr, t, NORMAL, E_STEP_END, r)
+    return True
+
+
+@njit(cache=True)
+def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
+    """Apply the jump's steps before `upto`, none of which changes the batch: each decode's
+    token (counted by the step counter), the blocks due, the usage (`DriveLoop._apply`)."""
+    ri, qi, qf, phases = w.ri, w.qi, w.qf, w.phases
+    done = qi[r, J_DONE]
+    if upto <= done:
+        return
+    t = qf[r, J_T0]
+    for k in range(done):
+        t += _jump_step_s(w, c, r, k)
+    used = c.num_blocks - qi[r, FREE]
+    full = qi[r, RUN_LEN] >= c.max_num_seqs
+    decode, bs = qi[r, DC_LEN], c.block_size
+    fraction = 0.0
+    for k in range(done, upto):
+        seconds = _jump_step_s(w, c, r, k)
+        t += seconds
+        fraction = used / c.num_blocks
+        qf[r, BUSY_S] += seconds
+        qf[r, KV_S] += fraction * seconds
+        if full:
+            qf[r, FULL_S] += seconds
+        qi[r, STEPS] += 1
+        used += phases[r, qi[r, STEPS] % bs]
+        qi[r, DECODE_CTX] += decode
+        if c.keep_chunks:
+            s = qi[r, DC_H]
+            while s >= 0:
+                _keep_chunk(e, s, t)
+                s = ri[s, DC_N]
+    if fraction > qf[r, KV_PEAK]:
+        qf[r, KV_PEAK] = fraction
+    qi[r, FREE] = c.num_blocks - used
+    qi[r, J_DONE] = upto
+
+
+@njit(cache=True)
+def _account(w: State, c: Config, r: int, i: int) -> None:
+    """Count the jump's step `i` in the usage, once, with the KV use it ran with."""
+    qi, qf = w.qi, w.qf
+    if qi[r, J_COUNTED] == i:
+        return
+    qi[r, J_COUNTED] = i
+    seconds = _jump_step_s(w, c, r, i)
+    kv = (c.num_blocks - qi[r, FREE]) / c.num_blocks
+    qf[r, BUSY_S] += seconds
+    qf[r, KV_S] += kv * seconds
+    if kv > qf[r, KV_PEAK]:
+        qf[r, KV_PEAK] = kv
+    if qi[r, RUN_LEN] >= c.max_num_seqs:
+        qf[r, FULL_S] += seconds
+
+
+@njit(cache=True)
+def _cut(w: State, e: Events, c: Config, r: int, now: float) -> None:
+    """A request came: the jump ends with the step in flight, its timer moved there."""
+    j = _jump_step_at(w, c, r, now)
+    if j < w.qi[r, J_STOP]:
+        w.qi[r, J_STOP] = j
+        w.qi[r, TIMER_SEQ] = e.ctr[COUNT]
+        _schedule(e.t, e.i, e.ctr, _jump_end(w, c, r, j), NORMAL, E_STEP_END, r)
+
+
+@njit(cache=True)
+def _land(w: State, e: Events, c: Config, r: int) -> None:
+    """The jump's last step ended: the steps before it applied, it counted; `_update` then
+    applies it as any step."""
+    last = w.qi[r, J_STOP]
+    _apply(w, e, c, r, last)
+    _account(w, c, r, last)
+    w.qi[r, J_STOP] = -1
+
+
+@njit(cache=True)
+def _settle(w: State, e: Events, c: Config, now: float) -> None:
+    """At the end of the run: each jump's steps that ended before `now` applied, the one
+    running then counted, as stepping would have (`DriveLoop.settle`)."""
+    for r in range(c.replicas):
+        if w.qi[r, J_STOP] >= 0:
+            j = _jump_step_at(w, c, r, now)
+            _apply(w, e, c, r, j)
+            if j <= w.qi[r, J_STOP]:
+                _account(w, c, r, j)
+            w.qi[r, J_STOP] = -1
+
 
 
 @njit(cache=True, inline="always")
@@ -676,6 +906,8 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
     """Replica `r`'s drive loop, resumed now after a step (`stepped`) or a wake-up, until it
     sleeps again (`DriveLoop.run`)."""
     if stepped:
+        if w.qi[r, J_STOP] >= 0:
+            _land(w, e, c, r)
         n_fin = _update(w, e, c, r, now)
         for j in range(n_fin):
             _on_finish(w, e, c, e.finished[j], now)
@@ -693,6 +925,7 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
 def run(w: State, e: Events, c: Config) -> None:
     """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run)."""
     for r in range(c.replicas):  # each replica's first wake-up, made with the fleet
+        w.qi[r, TIMER_SEQ] = e.ctr[COUNT]
         _schedule(e.t, e.i, e.ctr, 0.0, NORMAL, E_WAKE, r)
     _schedule(e.t, e.i, e.ctr, 0.0, URGENT, E_START, 0)
     times, ei, ctr, openers, rf = e.t, e.i, e.ctr, w.openers, w.rf
@@ -700,7 +933,8 @@ def run(w: State, e: Events, c: Config) -> None:
         i = _take(times, ei, ctr)
         now, kind, arg = times[i], ei[i, EVENT], ei[i, ARG]
         if kind in (E_STEP_END, E_WAKE):
-            _drive(w, e, c, arg, now, kind == E_STEP_END)
+            if ei[i, SEQ] == w.qi[arg, TIMER_SEQ]:  # else a timer a cut jump left behind
+                _drive(w, e, c, arg, now, kind == E_STEP_END)
         elif kind == E_SEND:
             _send(w, e, c, arg, rf[arg, DUE], now)
         elif kind == E_ARRIVAL:  # the timer for opener `arg`: it is sent, then the next ones
@@ -708,3 +942,4 @@ def run(w: State, e: Events, c: Config) -> None:
             _arrivals(w, e, c, arg + 1, now)
         else:
             _arrivals(w, e, c, 0, now)
+    _settle(w, e, c, c.until)

@@ -64,12 +64,15 @@ def simulate_fast(
     timeout_s: float = 60.0,
     record_chunks: bool = True,
     routing: str = "least_outstanding",
+    jumps: bool = True,
 ) -> SimResult:
     """`simulator.replay.sim.simulate` on the fast core (for what `unsupported` allows)."""
     if replicas < 1:
         raise ValueError(f"replicas must be in [1, {replicas}], got {replicas}")
     ledger = Ledger(plan, record_chunks)  # checks the plan's ids first
-    state = kernel.state(len(plan), replicas, config.num_blocks, config.block_size)
+    state = kernel.state(
+        len(plan), replicas, config.num_blocks, config.block_size, config.max_num_seqs
+    )
     _fill(state, plan, ledger.index)
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
@@ -81,7 +84,7 @@ def simulate_fast(
     c = kernel.Config(
         replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
-        float(until), ROUTINGS[routing], cost_kind, cost, xs, ys, record_chunks,
+        float(until), ROUTINGS[routing], cost_kind, cost, xs, ys, record_chunks, jumps,
     )  # fmt: skip
     events = kernel.events(len(plan), replicas, config.max_num_seqs, room)
     kernel.run(state, events, c)

@@ -322,14 +322,14 @@ def simulate(
     says which (`core`).
     """
     fleet = fleet or FleetSpec()
-    if core != "reference" and jumps:
+    if core != "reference":
         from simulator.fast.sim import simulate_fast, unsupported  # compiles on first use
 
         why = unsupported(plan, config, fleet, faults)
         if why is None:
             return simulate_fast(
                 plan, config, replicas=replicas, timeout_s=timeout_s,
-                record_chunks=record_chunks, routing=fleet.routing,
+                record_chunks=record_chunks, routing=fleet.routing, jumps=jumps,
             )  # fmt: skip
         if core == "fast":
             raise ValueError(f"the fast core does not run this simulation yet: {why}")
