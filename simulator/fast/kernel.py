@@ -900,7 +900,6 @@ def _settle(w: State, e: Events, c: Config, now: float) -> None:
             w.qi[r, J_STOP] = -1
 
 
-
 @njit(cache=True, inline="always")
 def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) -> None:
     """Replica `r`'s drive loop, resumed now after a step (`stepped`) or a wake-up, until it
