@@ -10,6 +10,7 @@ simulator sees it.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ from scenarios.plan import RequestSpec
 from scenarios.records import RequestRecord
 
 KEPT_RATIOS = 101  # output ratios kept, as quantiles of the measured ones
+_NAMES = [f.name for f in dataclasses.fields(RequestSpec)]
+_FIELDS = operator.attrgetter(*_NAMES)  # a spec's fields, in order (faster than replace)
+_PROMPT, _MAX, _PREFIX = (_NAMES.index(n) for n in ("prompt_tokens", "max_tokens", "prefix"))
 MIN_PAIRS = 5
 
 
@@ -66,18 +70,20 @@ class TokenMap:
         rng = np.random.default_rng(seed)
         ratios = np.asarray(self.output_ratios or (1.0,))
         drawn = rng.choice(ratios, size=len(plan))
+        planned = np.fromiter((s.prompt_tokens for s in plan), np.float64, len(plan))
+        outputs = np.fromiter((s.max_tokens for s in plan), np.float64, len(plan))
+        prompts = np.maximum(1, np.round(self.prompt_intercept + self.prompt_slope * planned))
+        answers = np.maximum(1, np.round(outputs * drawn))
+        values = _FIELDS  # a spec's fields in order: one new spec from a list of them
         out = []
-        for spec, ratio in zip(plan, drawn, strict=True):
-            prompt = max(1, round(self.prompt_intercept + self.prompt_slope * spec.prompt_tokens))
-            prefix = tuple((h, max(1, round(t * self.prompt_slope))) for h, t in spec.prefix)
-            out.append(
-                dataclasses.replace(
-                    spec,
-                    prompt_tokens=prompt,
-                    max_tokens=max(1, round(spec.max_tokens * float(ratio))),
-                    prefix=prefix,
+        for spec, prompt, answer in zip(plan, prompts.tolist(), answers.tolist(), strict=True):
+            v = list(values(spec))
+            v[_PROMPT], v[_MAX] = int(prompt), int(answer)
+            if spec.prefix:
+                v[_PREFIX] = tuple(
+                    (h, max(1, round(t * self.prompt_slope))) for h, t in spec.prefix
                 )
-            )
+            out.append(RequestSpec(*v))
         return out
 
     def describe(self) -> str:
