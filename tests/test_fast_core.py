@@ -165,6 +165,9 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
         (plan, engine, {"fleet": FleetSpec(central_queue=True)}, "a central queue"),
         (retrying, engine, {}, "client retries"),
         (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
+        (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),
+        (plan, EngineConfig(max_num_seqs=1 << 40), {}, "over 65,536 batch slots"),
+        ([RequestSpec("a", 0.0, 1 << 40, 5)], engine, {}, "a request of over"),
     ]
     for p, e, kw, why in cases:
         assert simulate(p, e, **kw).core == "reference"

@@ -25,6 +25,11 @@ from simulator.replay.ledger import Ledger
 from simulator.replay.sim import SimResult, result_of
 
 ROUTINGS = {"least_outstanding": kernel.LEAST_OUTSTANDING, "round_robin": kernel.ROUND_ROBIN}
+# the kernel's 64-bit integers hold sums of tokens, and it keeps tables per batch slot and per
+# block position: beyond these (no real engine's) the reference, with Python's integers, runs
+TOKENS_LIMIT = 1 << 31
+SLOTS_LIMIT = 1 << 16
+BLOCK_LIMIT = 1 << 12
 
 
 def unsupported(
@@ -37,6 +42,12 @@ def unsupported(
     fleet routed by least outstanding or round robin, without prefix caching, and users who
     neither retry nor give up; the reference runs the rest."""
     fleet = fleet or FleetSpec()
+    if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
+        return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
+    if config.max_num_seqs > SLOTS_LIMIT or config.block_size > BLOCK_LIMIT:
+        return f"over {SLOTS_LIMIT:,} batch slots or blocks of over {BLOCK_LIMIT:,} tokens"
+    if any(s.prompt_tokens + s.max_tokens > TOKENS_LIMIT for s in plan):
+        return f"a request of over {TOKENS_LIMIT:,} tokens"
     if fleet.autoscaler is not None:
         return "an autoscaler"
     if fleet.central_queue:
