@@ -9,7 +9,10 @@ fast core does not cover a simulation yet, `core="auto"` runs the reference and 
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 from dataclasses import fields
 from typing import Any
 
@@ -21,6 +24,7 @@ from scenarios.spec import AutoscalerSpec, FleetSpec, Retry, parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
 from simulator.replay.sim import Core, SimResult, simulate
+from tests.conftest import ROOT
 
 CASES = 60
 CORES: tuple[Core, ...] = ("reference", "fast")
@@ -192,3 +196,26 @@ def test_no_request_and_one_request() -> None:
         (record,) = one.records
         assert record.status == "ok" and record.output_tokens == 3
         assert record.first_token is not None and math.isclose(record.start, 0.5)
+
+
+def test_the_kernel_read_as_python_gives_the_same_records() -> None:
+    """The kernel's source run by the interpreter (numba off, in a child) agrees with the
+    reference too: numba compiles what the source says, and coverage can follow it there."""
+    code = (
+        "from tests.test_fast_core import random_case, same_records\n"
+        "from simulator.replay.sim import simulate\n"
+        "from simulator.fast import kernel\n"
+        "assert not hasattr(kernel.run, 'py_func')  # plain Python: not compiled\n"
+        "for seed in (0, 5, 12, 17, 29, 44):\n"
+        "    plan, engine, kw = random_case(seed)\n"
+        "    plan = plan[:150]\n"
+        "    fast = simulate(plan, engine, core='fast', **kw)\n"
+        "    reference = simulate(plan, engine, core='reference', **kw)\n"
+        "    assert same_records(fast.records, reference.records), seed\n"
+        "print('equal')\n"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "equal", result.stderr[-3000:]
