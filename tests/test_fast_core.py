@@ -14,13 +14,14 @@ import random
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord
-from scenarios.spec import AutoscalerSpec, FleetSpec, Retry, parse_scenario
+from scenarios.spec import AutoscalerSpec, FleetSpec, TargetFaults, parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
 from simulator.replay.sim import Core, SimResult, simulate
@@ -47,10 +48,10 @@ def _cost(r: random.Random) -> CostModel:
 
 
 def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, Any]]:
-    """A plan (open or closed users, sessions of 1-4 turns with think times, prompts up to
-    6,000 tokens), an engine (1-64 slots, caches small enough to preempt and to refuse, block
-    sizes 1-16, chunked prefill or not, each cost model) and a fleet (1-8 replicas, least
-    outstanding or round robin, timeouts from 0.5 s)."""
+    """A plan (open or closed users, sessions of 1-4 turns with think times, users who give
+    up, retry policies, prompts up to 6,000 tokens), an engine (1-64 slots, caches small
+    enough to preempt and to refuse, block sizes 1-16, chunked prefill or not, each cost
+    model) and a fleet (1-8 replicas, least outstanding or round robin, timeouts from 0.5 s)."""
     r = random.Random(seed)
     replicas = r.choice([1, 1, 2, 3, 5, 8])
     duration = r.uniform(3, 15)
@@ -64,6 +65,10 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
     session: dict[str, Any] = {"turns": {"dist": "constant", "value": turns}}
     if turns > 1 and r.random() < 0.7:
         session["think_time"] = {"dist": "exponential", "mean": r.uniform(0.1, 3)}
+    if r.random() < 0.3:  # users who give up waiting for a first token
+        session["patience"] = {"dist": "lognormal", "median": r.uniform(0.05, 3), "sigma": 0.5}
+    if r.random() < 0.3:  # retry policies (nothing here answers what they retry)
+        session["retry"] = {"max_retries": 2}
     low = r.randint(1, 60)
     prompt = {"dist": "lognormal", "median": r.uniform(20, 800), "sigma": 0.7, "max": 6000}
     scenario = {
@@ -128,7 +133,8 @@ def _close(u: float, v: float) -> bool:
 def test_both_cores_give_equal_records_over_random_fleets() -> None:
     """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
     each feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
-    seen = {"preempted": 0, "rejected": 0, "timed out": 0, "follow-ups": 0, "round robin": 0}
+    seen = {"preempted": 0, "rejected": 0, "timed out": 0, "abandoned": 0, "follow-ups": 0}
+    seen["round robin"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -140,6 +146,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         seen["preempted"] += reference.preemptions > 0
         seen["rejected"] += reference.rejected > 0
         seen["timed out"] += reference.timeouts > 0
+        seen["abandoned"] += reference.abandoned > 0
         seen["follow-ups"] += any(s.after is not None for s in plan)
         seen["round robin"] += kw["fleet"].routing == "round_robin"
     assert min(seen.values()) >= 5, seen
@@ -159,15 +166,11 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
     """Auto picks the reference and says so; asking for the fast core says why not."""
     plan, engine, _ = random_case(1)
     scaler = AutoscalerSpec(target=4, min_replicas=1, max_replicas=3)
-    retrying = [
-        RequestSpec(s.id, s.arrival, s.prompt_tokens, s.max_tokens, retry=Retry(max_retries=2))
-        for s in plan[:20]
-    ]
     cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
         (plan, engine, {"fleet": FleetSpec(routing="least_kv")}, "least_kv routing"),
         (plan, engine, {"fleet": FleetSpec(central_queue=True)}, "a central queue"),
-        (retrying, engine, {}, "client retries"),
+        (plan, engine, {"faults": TargetFaults(error_500=0.1)}, "injected faults"),
         (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),
         (plan, EngineConfig(max_num_seqs=1 << 40), {}, "over 65,536 batch slots"),
@@ -219,3 +222,42 @@ def test_the_kernel_read_as_python_gives_the_same_records() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.strip() == "equal", result.stderr[-3000:]
+
+
+STALE_INDEX = """
+import pickle, sys
+from pathlib import Path
+import numba
+import simulator.fast.kernel as kernel
+kernel.Gone = type("Gone", (), {"__module__": "simulator.fast.kernel"})
+folder = Path(kernel.run._cache._cache_path)
+for index in folder.glob("kernel.*.nbi"):  # each names a type this source does not have
+    with open(index, "wb") as f:
+        pickle.dump(numba.__version__, f)
+        f.write(pickle.dumps(((0, 0), {"key": kernel.Gone})))
+(folder / "kernel.source-sha256").write_text("another version of kernel.py")
+"""
+SIMULATE = """
+from simulator.replay.sim import simulate
+from simulator.engine.core import EngineConfig
+from scenarios.plan import RequestSpec
+print(simulate([RequestSpec("a", 0.0, 10, 5)], EngineConfig(), core="fast").records[0].status)
+"""
+
+
+def test_a_cache_left_by_another_version_of_the_kernel_is_cleared(tmp_path: Path) -> None:
+    """numba's cache index pickles argument types, and an index naming a type the kernel no
+    longer has (a checkout updated over its cache) raised AttributeError on load: the cache
+    is kept for one version of the source only."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def child(code: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", code]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+
+    assert child(SIMULATE).stdout.strip() == "ok"  # compiled, cached under tmp_path
+    assert list(tmp_path.rglob("kernel.*.nbi"))
+    made = child(STALE_INDEX)
+    assert made.returncode == 0, made.stderr[-2000:]
+    again = child(SIMULATE)
+    assert again.returncode == 0 and again.stdout.strip() == "ok", again.stderr[-3000:]

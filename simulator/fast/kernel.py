@@ -16,6 +16,11 @@ per step.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,13 +34,14 @@ A = Any  # a numpy array (numba compiles the functions for the arrays it is give
 # its links in its replica's lists (running in admission order, prefilling, decoding,
 # waiting, needing a block, deadlines in submission order, the step in flight's prefills)
 (PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
- DEC, NEED, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N, DL_N,
- SP_N) = range(29)  # fmt: skip
-RI_COLUMNS = 29
+ DEC, NEED, REPLICA, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N,
+ DL_N, SP_N) = range(30)  # fmt: skip
+RI_COLUMNS = 30
 # a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
-# the time after which it is not sent), the ledger's, its client's deadline, a follow-up's time
-ARRIVAL, THINK, NOT_AFTER, INTENDED, START, FIRST, END, DEADLINE, DUE = range(9)
-RF_COLUMNS = 9
+# the time after which it is not sent; how long its user waits for a first token), the
+# ledger's, its client's deadline, a follow-up's time
+ARRIVAL, THINK, NOT_AFTER, PATIENCE, INTENDED, START, FIRST, END, DEADLINE, DUE = range(10)
+RF_COLUMNS = 10
 # a replica's integers (`State.qi`): its lists' heads, tails and lengths, its free blocks, the
 # context its decodes attend over, a timer pending, preemptions and the tokens they discarded,
 # the steps it applied, the earliest step at which a decode may finish, its timer event (the
@@ -53,12 +59,13 @@ QF_COLUMNS = 5
 # a request in its replica (the reference scheduler's statuses; NONE before it is placed)
 NONE, WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3, 4
 # the ledger's statuses and error kinds (simulator.replay.ledger)
-L_UNSENT, L_OK, L_TIMEOUT, L_REJECTED = -1, 0, 3, 4
-K_CONTEXT_LENGTH, K_TIMED_OUT = 1, 4
+L_UNSENT, L_OK, L_CANCELLED, L_TIMEOUT, L_REJECTED = -1, 0, 2, 3, 4
+K_ABANDONED, K_CONTEXT_LENGTH, K_TIMED_OUT = 0, 1, 4
 # events (`Events.i` columns: priority, order scheduled, kind, subject): the arrivals process
-# starting, its timer for the next opener, a replica's step end or wake-up, a follow-up's send
+# starting, its timer for the next opener, a replica's step end or wake-up, a follow-up's send,
+# a user's patience running out
 PRI, SEQ, EVENT, ARG = range(4)
-E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND = range(5)
+E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND, E_PATIENCE = range(6)
 URGENT, NORMAL = 0, 1  # SimPy's priorities (a process's start is urgent)
 # the counters in `Events.ctr`
 SIZE, COUNT, CHUNKS, TURN = range(4)
@@ -134,9 +141,9 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
 
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int) -> Events:
-    """The event heap's room: a timer per replica (and one cut short), the arrivals' and a
-    follow-up per request."""
-    room = n + 2 * replicas + 4  # and a timer cut short per replica
+    """The event heap's room: a timer per replica (and one cut short), the arrivals', and a
+    follow-up and a patience timer per request."""
+    room = 2 * n + 2 * replicas + 4  # and a timer cut short per replica, a patience each
     return Events(
         np.empty(room), np.empty((room, 4), np.int64), np.zeros(4, np.int64),
         np.empty(chunk_room, np.int64), np.empty(chunk_room), np.empty(max_num_seqs + 1, np.int64),
@@ -347,7 +354,7 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
         r = (e.ctr[TURN] - 1) % c.replicas
     else:  # the fewest running or waiting, the first on ties
         r = w.loads[1] % c.replicas
-    ri[i, ST] = WAITING
+    ri[i, ST], ri[i, REPLICA] = WAITING, r
     _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
     qi[r, W_LEN] += 1
     rf[i, DEADLINE] = (now - c.overhead_s) + c.timeout_s
@@ -364,6 +371,9 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
         qi[r, TIMER] = 1
         qi[r, TIMER_SEQ] = e.ctr[COUNT]
         _schedule(e.t, e.i, e.ctr, now, NORMAL, E_WAKE, r)
+    give_up = at + rf[i, PATIENCE]  # the user cancels with no first token by then
+    if give_up < np.inf:
+        _schedule(e.t, e.i, e.ctr, now + max(0.0, give_up - now), NORMAL, E_PATIENCE, i)
 
 
 @njit(cache=True)
@@ -900,6 +910,35 @@ def _settle(w: State, e: Events, c: Config, now: float) -> None:
             w.qi[r, J_STOP] = -1
 
 
+@njit(cache=True)
+def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
+    """Row `i`'s user gave up waiting for a first token (`_Clients._patience`): cancelled at
+    its give-up time, withdrawn from its replica (the jump in flight applied up to the step
+    running now and cut there, as `DriveLoop.abort` does), and its session goes on."""
+    ri, rf, qi = w.ri, w.rf, w.qi
+    if not (np.isnan(rf[i, FIRST]) and np.isnan(rf[i, END])):
+        return
+    give_up = rf[i, START] + rf[i, PATIENCE]
+    ri[i, STATUS], ri[i, KIND] = L_CANCELLED, K_ABANDONED
+    rf[i, END] = give_up
+    state, r = ri[i, ST], ri[i, REPLICA]
+    if state in (RUNNING, WAITING):
+        if qi[r, J_STOP] >= 0:
+            if state == RUNNING:
+                j = _jump_step_at(w, c, r, now)
+                _apply(w, e, c, r, j)
+                _account(w, c, r, j)
+            _cut(w, e, c, r, now)
+        if state == RUNNING:
+            _leave(ri, qi, w.phases, r, i, c.block_size)
+        else:
+            _unlink(ri, qi, W_P, W_N, W_H, W_T, r, i)
+            qi[r, W_LEN] -= 1
+        ri[i, ST] = ABORTED
+        _load_changed(w.loads, qi, r)
+    _ended(w, e, c, i, False, give_up, now)
+
+
 @njit(cache=True, inline="always")
 def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) -> None:
     """Replica `r`'s drive loop, resumed now after a step (`stepped`) or a wake-up, until it
@@ -936,9 +975,38 @@ def run(w: State, e: Events, c: Config) -> None:
                 _drive(w, e, c, arg, now, kind == E_STEP_END)
         elif kind == E_SEND:
             _send(w, e, c, arg, rf[arg, DUE], now)
+        elif kind == E_PATIENCE:
+            _patience(w, e, c, arg, now)
         elif kind == E_ARRIVAL:  # the timer for opener `arg`: it is sent, then the next ones
             _send(w, e, c, openers[arg], rf[openers[arg], ARRIVAL], now)
             _arrivals(w, e, c, arg + 1, now)
         else:
             _arrivals(w, e, c, 0, now)
     _settle(w, e, c, c.until)
+
+
+def _fresh_cache() -> None:
+    """Keep numba's cache of these functions only for this source. Its index pickles their
+    argument types, and loading an index that names a type this file no longer has raises
+    (a checkout updated over an older cache): so a stamp of the source's hash sits beside the
+    cache, and another stamp clears it. Where the cache cannot be written, numba keeps none."""
+    cache = getattr(run, "_cache", None)  # no numba dispatcher with NUMBA_DISABLE_JIT
+    if cache is None:
+        return
+    folder = Path(cache._cache_path)  # numba's own choice of folder (private, numba pinned)
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    stamp = folder / "kernel.source-sha256"
+    with contextlib.suppress(OSError):
+        if stamp.read_text() == digest:
+            return
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in [*folder.glob("kernel.*.nbi"), *folder.glob("kernel.*.nbc")]:
+            old.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kernel.source.")
+        with os.fdopen(fd, "w") as f:
+            f.write(digest)
+        os.replace(tmp, stamp)
+
+
+_fresh_cache()

@@ -40,7 +40,8 @@ def unsupported(
 ) -> str | None:
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
     fleet routed by least outstanding or round robin, without prefix caching, and users who
-    neither retry nor give up; the reference runs the rest."""
+    may give up (and may have retry policies: such a fleet answers no 429 or 5xx to retry);
+    the reference runs the rest."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
@@ -60,10 +61,6 @@ def unsupported(
         return "injected faults"
     if config.enable_prefix_caching:
         return "prefix caching"
-    if any(s.retry is not None for s in plan):
-        return "client retries"
-    if any(s.patience_s is not None for s in plan):
-        return "users who give up"
     return None
 
 
@@ -153,6 +150,9 @@ def _fill(state: kernel.State, plan: Sequence[RequestSpec], index: dict[str, int
     rf[:, kernel.THINK] = np.fromiter((s.think_s for s in plan), np.float64, n)
     rf[:, kernel.NOT_AFTER] = np.fromiter(
         (math.inf if s.not_after is None else s.not_after for s in plan), np.float64, n
+    )
+    rf[:, kernel.PATIENCE] = np.fromiter(
+        (math.inf if s.patience_s is None else s.patience_s for s in plan), np.float64, n
     )
 
 
