@@ -51,7 +51,8 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
     """A plan (open or closed users, sessions of 1-4 turns with think times, users who give
     up, retry policies, prompts up to 6,000 tokens), an engine (1-64 slots, caches small
     enough to preempt and to refuse, block sizes 1-16, chunked prefill or not, each cost
-    model) and a fleet (1-8 replicas, least outstanding or round robin, timeouts from 0.5 s)."""
+    model) and a fleet (1-8 replicas, least outstanding or round robin, a central queue or
+    not, an admission limit or not, timeouts from 0.5 s)."""
     r = random.Random(seed)
     replicas = r.choice([1, 1, 2, 3, 5, 8])
     duration = r.uniform(3, 15)
@@ -67,8 +68,8 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         session["think_time"] = {"dist": "exponential", "mean": r.uniform(0.1, 3)}
     if r.random() < 0.3:  # users who give up waiting for a first token
         session["patience"] = {"dist": "lognormal", "median": r.uniform(0.05, 3), "sigma": 0.5}
-    if r.random() < 0.3:  # retry policies (nothing here answers what they retry)
-        session["retry"] = {"max_retries": 2}
+    if r.random() < 0.3:  # retry policies (of what no fleet here answers: a 5xx)
+        session["retry"] = {"max_retries": 2, "on_status": [500, 503]}
     low = r.randint(1, 60)
     prompt = {"dist": "lognormal", "median": r.uniform(20, 800), "sigma": 0.7, "max": 6000}
     scenario = {
@@ -91,7 +92,11 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         overhead_s=r.choice([0.0, 0.0, r.uniform(0, 0.01)]),
         cost=_cost(r),
     )
-    fleet = FleetSpec(routing=r.choice(["least_outstanding", "round_robin"]))
+    fleet = FleetSpec(
+        routing=r.choice(["least_outstanding", "round_robin"]),
+        central_queue=r.random() < 0.25,
+        admission_limit=r.choice([None, None, 0, 3, 20]),
+    )
     timeout = r.choice([0.5, 2.0, 10.0, 60.0])
     return plan, engine, {"replicas": replicas, "timeout_s": timeout, "fleet": fleet}
 
@@ -134,7 +139,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
     """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
     each feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
     seen = {"preempted": 0, "rejected": 0, "timed out": 0, "abandoned": 0, "follow-ups": 0}
-    seen["round robin"] = 0
+    seen["round robin"] = seen["central queue"] = seen["429"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -149,6 +154,8 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         seen["abandoned"] += reference.abandoned > 0
         seen["follow-ups"] += any(s.after is not None for s in plan)
         seen["round robin"] += kw["fleet"].routing == "round_robin"
+        seen["central queue"] += kw["fleet"].central_queue
+        seen["429"] += any(r.http_status == 429 for r in reference.records)
     assert min(seen.values()) >= 5, seen
 
 
@@ -169,7 +176,7 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
     cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
         (plan, engine, {"fleet": FleetSpec(routing="least_kv")}, "least_kv routing"),
-        (plan, engine, {"fleet": FleetSpec(central_queue=True)}, "a central queue"),
+        (plan, engine, {"fleet": FleetSpec(routing="random")}, "random routing"),
         (plan, engine, {"faults": TargetFaults(error_500=0.1)}, "injected faults"),
         (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),

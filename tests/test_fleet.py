@@ -77,7 +77,8 @@ def erlang_b(c: int, a: float) -> float:
     return b
 
 
-def test_mmc_mean_wait_through_a_central_queue() -> None:
+@pytest.mark.parametrize("core", ["reference", "fast"])
+def test_mmc_mean_wait_through_a_central_queue(core: Core) -> None:
     c, rho = 3, 0.7
     mean_s = D / P
     lam = c * rho / mean_s
@@ -85,9 +86,11 @@ def test_mmc_mean_wait_through_a_central_queue() -> None:
     for seed in SEEDS:
         plan = _poisson_plan(np.random.default_rng(seed), lam, 6000)
         fleet = FleetSpec(central_queue=True)
-        recs = simulate(
-            plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet
-        ).records
+        result = simulate(
+            plan, ONE_SLOT, replicas=c, timeout_s=1e6, record_chunks=False, fleet=fleet, core=core
+        )
+        assert result.core == core
+        recs = result.records
         waits = [(r.first_token or np.nan) - r.start - (r.prompt_tokens or 0) * D for r in recs]
         means.append(np.mean(waits[len(waits) // 10 :]))
     theory = erlang_c_wait(c, lam, mean_s)  # 21.9 ms
@@ -108,9 +111,7 @@ def gi_m_1_wait(lam: float, k: int, mu: float) -> float:
 
 @pytest.mark.parametrize("core", ["reference", "fast"])
 def test_round_robin_makes_each_replica_a_gi_m_1_queue(core: Core) -> None:
-    """Round robin deals every c-th Poisson arrival to a replica: Erlang-c gaps, GI/M/1 (on
-    both cores; the central queue and admission limit of Erlang C and B run on the reference
-    alone: the fast core does not cover them yet)."""
+    """Round robin deals every c-th Poisson arrival to a replica: Erlang-c gaps, GI/M/1."""
     c, rho = 3, 0.7
     mean_s = D / P
     lam = c * rho / mean_s
@@ -131,7 +132,8 @@ def test_round_robin_makes_each_replica_a_gi_m_1_queue(core: Core) -> None:
     assert high - low < 0.3 * theory
 
 
-def test_erlang_b_blocking_with_no_room_to_wait() -> None:
+@pytest.mark.parametrize("core", ["reference", "fast"])
+def test_erlang_b_blocking_with_no_room_to_wait(core: Core) -> None:
     """M/D/c/c: fixed 40 ms service, no waiting (admission_limit 0); blocking is insensitive
     to the service distribution, so Erlang B holds."""
     c, a = 3, 2.0
@@ -145,7 +147,8 @@ def test_erlang_b_blocking_with_no_room_to_wait() -> None:
         )
         plan = [RequestSpec(f"r{i}", float(t), 1, 1) for i, t in enumerate(arrivals)]
         fleet = FleetSpec(central_queue=True, admission_limit=0)
-        result = simulate(plan, config, replicas=c, record_chunks=False, fleet=fleet)
+        result = simulate(plan, config, replicas=c, record_chunks=False, fleet=fleet, core=core)
+        assert result.core == core
         steady = result.records[len(result.records) // 10 :]
         rejected = [r for r in steady if r.status == "rejected"]
         assert all(r.http_status == 429 and r.error_kind == "http_429" for r in rejected)

@@ -32,11 +32,12 @@ A = Any  # a numpy array (numba compiles the functions for the arrays it is give
 # (while it decodes, its tokens follow its replica's step counter: GEN at step SINCE, and its
 # blocks grow on schedule, one due at each step of its PHASE, as `Scheduler` keeps them), and
 # its links in its replica's lists (running in admission order, prefilling, decoding,
-# waiting, needing a block, deadlines in submission order, the step in flight's prefills)
+# waiting, needing a block, deadlines in submission order, the step in flight's prefills) and
+# in the fleet's central queue
 (PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
  DEC, NEED, REPLICA, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N,
- DL_N, SP_N) = range(30)  # fmt: skip
-RI_COLUMNS = 30
+ DL_N, SP_N, Q_P, Q_N) = range(32)  # fmt: skip
+RI_COLUMNS = 32
 # a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
 # the time after which it is not sent; how long its user waits for a first token), the
 # ledger's, its client's deadline, a follow-up's time
@@ -47,28 +48,30 @@ RF_COLUMNS = 10
 # the steps it applied, the earliest step at which a decode may finish, its timer event (the
 # order it was scheduled in: an older one was cut short), the wake-up steps in `State.wakes`,
 # and the jump in flight (see `_plan_jump`): its last step, the steps applied, the context of
-# its first step, the step counted in its usage
+# its first step, the step counted in its usage; the requests it holds beyond its batch slots
 (RUN_H, RUN_T, RUN_LEN, PF_H, PF_T, DC_H, DC_T, DC_LEN, W_H, W_T, W_LEN, ND_H, ND_T, DL_H,
  DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS, NEXT_WAKE, TIMER_SEQ,
- WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED) = range(30)  # fmt: skip
-QI_COLUMNS = 30
+ WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED, OVER) = range(31)  # fmt: skip
+QI_COLUMNS = 31
 # a replica's usage (`State.qf`, simulator.engine.drive.Usage)
 BUSY_S, KV_S, KV_PEAK, FULL_S, J_T0 = range(5)  # and when the jump in flight began
 QF_COLUMNS = 5
 
 # a request in its replica (the reference scheduler's statuses; NONE before it is placed)
-NONE, WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3, 4
+NONE, WAITING, RUNNING, FINISHED, ABORTED, QUEUED = 0, 1, 2, 3, 4, 5  # QUEUED: at the fleet
 # the ledger's statuses and error kinds (simulator.replay.ledger)
 L_UNSENT, L_OK, L_CANCELLED, L_TIMEOUT, L_REJECTED = -1, 0, 2, 3, 4
-K_ABANDONED, K_CONTEXT_LENGTH, K_TIMED_OUT = 0, 1, 4
+K_ABANDONED, K_CONTEXT_LENGTH, K_HTTP_429, K_TIMED_OUT = 0, 1, 2, 4
 # events (`Events.i` columns: priority, order scheduled, kind, subject): the arrivals process
 # starting, its timer for the next opener, a replica's step end or wake-up, a follow-up's send,
-# a user's patience running out
+# a user's patience running out, a queued request's timer starting (a SimPy process) and its
+# deadline
 PRI, SEQ, EVENT, ARG = range(4)
-E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND, E_PATIENCE = range(6)
+E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND, E_PATIENCE, E_QUEUED, E_EXPIRE = range(8)
 URGENT, NORMAL = 0, 1  # SimPy's priorities (a process's start is urgent)
-# the counters in `Events.ctr`
-SIZE, COUNT, CHUNKS, TURN = range(4)
+# the counters in `Events.ctr`, and the fleet's central queue (head, tail, length) and the
+# requests its replicas hold beyond their batch slots
+SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL = range(8)
 # a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
 MAX_JUMP, MIN_JUMP = 4096, 3
 # routing policies and step-cost models
@@ -93,6 +96,8 @@ class Config(NamedTuple):
     ys: A  # f8: ... and its step times
     keep_chunks: bool
     jumps: bool  # a run of steady decode steps as one event (the reference's default)
+    central_queue: bool  # requests wait at the fleet for a free batch slot
+    admission_limit: int  # requests waiting beyond which one is refused (429); -1: none
 
 
 class State(NamedTuple):
@@ -109,7 +114,7 @@ class State(NamedTuple):
 class Events(NamedTuple):
     t: A  # f8[room]
     i: A  # i8[room, 4]
-    ctr: A  # i8[4]: the heap's size, events scheduled, chunk times kept, round robin's turn
+    ctr: A  # i8[8]: the heap's size, events scheduled, chunk times kept, round robin's turn...
     chunk_row: A
     chunk_t: A
     finished: A  # scratch: a step's finished rows
@@ -127,7 +132,7 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     qi = np.full((replicas, QI_COLUMNS), -1, np.int64)
     qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED, STEPS]] = 0
     qi[:, NEXT_WAKE] = np.iinfo(np.int64).max
-    qi[:, [WAKES, J_DONE, J_CTX]] = 0
+    qi[:, [WAKES, J_DONE, J_CTX, OVER]] = 0
     qi[:, FREE], qi[:, TIMER] = num_blocks, 1  # each replica starts with its wake-up pending
     leaves = 1 << max(replicas - 1, 0).bit_length()
     loads = np.full(2 * leaves, np.iinfo(np.int64).max, np.int64)
@@ -142,12 +147,13 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int) -> Events:
     """The event heap's room: a timer per replica (and one cut short), the arrivals', and a
-    follow-up and a patience timer per request."""
-    room = 2 * n + 2 * replicas + 4  # and a timer cut short per replica, a patience each
+    follow-up, a patience timer and two queue timers per request."""
+    room = 4 * n + 2 * replicas + 4  # and a timer cut short per replica
+    counters = np.array([0, 0, 0, 0, -1, -1, 0, 0], np.int64)  # the queue's ends: none
+    scratch = max_num_seqs + 1
     return Events(
-        np.empty(room), np.empty((room, 4), np.int64), np.zeros(4, np.int64),
-        np.empty(chunk_room, np.int64), np.empty(chunk_room), np.empty(max_num_seqs + 1, np.int64),
-        np.empty(max_num_seqs + 1, np.int64),
+        np.empty(room), np.empty((room, 4), np.int64), counters, np.empty(chunk_room, np.int64),
+        np.empty(chunk_room), np.empty(scratch, np.int64), np.empty(scratch, np.int64),
     )  # fmt: skip
 
 
@@ -212,9 +218,13 @@ def _take(times: A, ei: A, ctr: A) -> int:
 
 
 @njit(cache=True)
-def _load_changed(tree: A, qi: A, r: int) -> None:
+def _load_changed(tree: A, qi: A, ctr: A, slots: int, r: int) -> None:
+    load = qi[r, RUN_LEN] + qi[r, W_LEN]
+    over = max(load - slots, 0)
+    ctr[OVER_ALL] += over - qi[r, OVER]
+    qi[r, OVER] = over
     i = len(tree) // 2 + r
-    tree[i] = (qi[r, RUN_LEN] + qi[r, W_LEN]) * len(qi) + r
+    tree[i] = load * len(qi) + r
     i >>= 1
     while i:
         a, b = tree[2 * i], tree[2 * i + 1]
@@ -349,15 +359,57 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
         rf[i, END] = now
         _ended(w, e, c, i, False, now, now)
         return
-    if c.routing == ROUND_ROBIN:
-        e.ctr[TURN] += 1
-        r = (e.ctr[TURN] - 1) % c.replicas
-    else:  # the fewest running or waiting, the first on ties
-        r = w.loads[1] % c.replicas
+    if c.central_queue:
+        ctr = e.ctr
+        if ctr[Q_LEN] == 0 and _dispatch_one(w, e, c, i, False, now):
+            pass
+        elif 0 <= c.admission_limit <= ctr[Q_LEN]:
+            _refused(w, e, c, i, now)
+            return
+        else:  # it waits at the fleet, its deadline timed by a process of its own
+            ri[i, ST] = QUEUED
+            ri[i, Q_P], ri[i, Q_N] = ctr[Q_TAIL], -1
+            if ctr[Q_TAIL] >= 0:
+                ri[ctr[Q_TAIL], Q_N] = i
+            else:
+                ctr[Q_HEAD] = i
+            ctr[Q_TAIL] = i
+            ctr[Q_LEN] += 1
+            _schedule(e.t, e.i, e.ctr, now, URGENT, E_QUEUED, i)
+    else:
+        if c.routing == ROUND_ROBIN:
+            e.ctr[TURN] += 1
+            r = (e.ctr[TURN] - 1) % c.replicas
+        else:  # the fewest running or waiting, the first on ties
+            r = w.loads[1] % c.replicas
+        slots_full = qi[r, RUN_LEN] + qi[r, W_LEN] >= c.max_num_seqs
+        if slots_full and 0 <= c.admission_limit <= e.ctr[OVER_ALL] + e.ctr[Q_LEN]:
+            _refused(w, e, c, i, now)
+            return
+        _place(w, e, c, r, i, False, now)
+    give_up = at + rf[i, PATIENCE]  # the user cancels with no first token by then
+    if give_up < np.inf:
+        _schedule(e.t, e.i, e.ctr, now + max(0.0, give_up - now), NORMAL, E_PATIENCE, i)
+
+
+@njit(cache=True)
+def _refused(w: State, e: Events, c: Config, i: int, now: float) -> None:
+    """The fleet is full: an HTTP 429, and the user's session goes on as after a failure."""
+    w.ri[i, STATUS], w.ri[i, KIND] = L_REJECTED, K_HTTP_429
+    w.rf[i, END] = now
+    _ended(w, e, c, i, False, now, now)
+
+
+@njit(cache=True)
+def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: float) -> None:
+    """Queue row `i` in replica `r` (`Fleet._place`, `Replica.submit`): its deadline from when
+    it was sent (a request that `waited` at the fleet: its send time; else overhead_s ago)."""
+    ri, rf, qi = w.ri, w.rf, w.qi
     ri[i, ST], ri[i, REPLICA] = WAITING, r
     _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
     qi[r, W_LEN] += 1
-    rf[i, DEADLINE] = (now - c.overhead_s) + c.timeout_s
+    sent = rf[i, START] if waited else now - c.overhead_s
+    rf[i, DEADLINE] = sent + c.timeout_s
     ri[i, DL_N] = -1  # deadlines come in submission order: a queue
     if qi[r, DL_T] >= 0:
         ri[qi[r, DL_T], DL_N] = i
@@ -366,14 +418,84 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
     qi[r, DL_T] = i
     if qi[r, J_STOP] >= 0:
         _cut(w, e, c, r, now)
-    _load_changed(w.loads, w.qi, r)
+    _load_changed(w.loads, qi, e.ctr, c.max_num_seqs, r)
     if not qi[r, TIMER]:
         qi[r, TIMER] = 1
         qi[r, TIMER_SEQ] = e.ctr[COUNT]
         _schedule(e.t, e.i, e.ctr, now, NORMAL, E_WAKE, r)
-    give_up = at + rf[i, PATIENCE]  # the user cancels with no first token by then
-    if give_up < np.inf:
-        _schedule(e.t, e.i, e.ctr, now + max(0.0, give_up - now), NORMAL, E_PATIENCE, i)
+
+
+@njit(cache=True)
+def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: float) -> bool:
+    """Place row `i` on a replica with a free batch slot, if there is one
+    (`Fleet._dispatch_one`: the least loaded, or round robin over those free)."""
+    qi, slots = w.qi, c.max_num_seqs
+    if c.routing == ROUND_ROBIN:
+        free = 0
+        for q in range(c.replicas):
+            free += qi[q, RUN_LEN] + qi[q, W_LEN] < slots
+        if free == 0:
+            return False
+        e.ctr[TURN] += 1
+        k = (e.ctr[TURN] - 1) % free
+        r = 0
+        for q in range(c.replicas):
+            if qi[q, RUN_LEN] + qi[q, W_LEN] < slots:
+                if k == 0:
+                    r = q
+                    break
+                k -= 1
+    else:
+        r = w.loads[1] % c.replicas
+        if qi[r, RUN_LEN] + qi[r, W_LEN] >= slots:
+            return False
+    _place(w, e, c, r, i, waited, now)
+    return True
+
+
+@njit(cache=True)
+def _unqueue(w: State, e: Events, i: int) -> None:
+    ri, ctr = w.ri, e.ctr
+    p, n = ri[i, Q_P], ri[i, Q_N]
+    if p >= 0:
+        ri[p, Q_N] = n
+    else:
+        ctr[Q_HEAD] = n
+    if n >= 0:
+        ri[n, Q_P] = p
+    else:
+        ctr[Q_TAIL] = p
+    ri[i, Q_P] = ri[i, Q_N] = -1
+    ctr[Q_LEN] -= 1
+
+
+@njit(cache=True)
+def _released(w: State, e: Events, c: Config, r: int, now: float) -> None:
+    """A request left replica `r`: its load, and the central queue's head on a free slot
+    (`Fleet.released`, `_dispatch`)."""
+    _load_changed(w.loads, w.qi, e.ctr, c.max_num_seqs, r)
+    _dispatch(w, e, c, now)
+
+
+@njit(cache=True)
+def _dispatch(w: State, e: Events, c: Config, now: float) -> None:
+    while c.central_queue and e.ctr[Q_LEN]:
+        i = e.ctr[Q_HEAD]
+        if not _dispatch_one(w, e, c, i, True, now):
+            return
+        _unqueue(w, e, i)
+
+
+@njit(cache=True)
+def _expire_queued(w: State, e: Events, c: Config, i: int, now: float) -> None:
+    """A queued request's deadline (`Fleet._expire`): still queued, it times out."""
+    if w.ri[i, ST] != QUEUED:
+        return
+    _unqueue(w, e, i)
+    w.ri[i, ST] = ABORTED
+    if w.ri[i, STATUS] == L_OK:
+        _timed_out(w, e, c, i, now)
+    _dispatch(w, e, c, now)
 
 
 @njit(cache=True)
@@ -572,14 +694,16 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
 
 
 @njit(cache=True, inline="always")
-def _on_finish(w: State, e: Events, c: Config, s: int, now: float) -> None:
-    """`_Clients.on_finish`: answered, or timed out when the step ended past its deadline."""
+def _on_finish(w: State, e: Events, c: Config, r: int, s: int, now: float) -> None:
+    """`_Clients.on_finish`: answered, or timed out when the step ended past its deadline;
+    then its replica released it."""
     if now > w.rf[s, START] + c.timeout_s:
         _timed_out(w, e, c, s, now)
     else:
         w.rf[s, END] = now
         w.ri[s, OUTPUT] = w.ri[s, GEN]
         _ended(w, e, c, s, True, now, now)
+    _released(w, e, c, r, now)
 
 
 @njit(cache=True, inline="always")
@@ -601,6 +725,7 @@ def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
         ri[s, ST] = ABORTED
         if ri[s, STATUS] == L_OK:
             _timed_out(w, e, c, s, now)
+        _released(w, e, c, r, now)
 
 
 @njit(cache=True)
@@ -922,7 +1047,10 @@ def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
     ri[i, STATUS], ri[i, KIND] = L_CANCELLED, K_ABANDONED
     rf[i, END] = give_up
     state, r = ri[i, ST], ri[i, REPLICA]
-    if state in (RUNNING, WAITING):
+    if state == QUEUED:
+        _unqueue(w, e, i)
+        ri[i, ST] = ABORTED
+    elif state in (RUNNING, WAITING):
         if qi[r, J_STOP] >= 0:
             if state == RUNNING:
                 j = _jump_step_at(w, c, r, now)
@@ -935,7 +1063,7 @@ def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
             _unlink(ri, qi, W_P, W_N, W_H, W_T, r, i)
             qi[r, W_LEN] -= 1
         ri[i, ST] = ABORTED
-        _load_changed(w.loads, qi, r)
+        _released(w, e, c, r, now)
     _ended(w, e, c, i, False, give_up, now)
 
 
@@ -948,11 +1076,11 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
             _land(w, e, c, r)
         n_fin = _update(w, e, c, r, now)
         for j in range(n_fin):
-            _on_finish(w, e, c, e.finished[j], now)
+            _on_finish(w, e, c, r, e.finished[j], now)
     qi = w.qi
     if qi[r, DL_H] >= 0:
         _expire(w, e, c, r, now)
-    _load_changed(w.loads, w.qi, r)
+    _load_changed(w.loads, w.qi, e.ctr, c.max_num_seqs, r)
     if qi[r, RUN_LEN] == 0 and qi[r, W_LEN] == 0:
         qi[r, TIMER] = 0  # waits for work
         return
@@ -977,6 +1105,11 @@ def run(w: State, e: Events, c: Config) -> None:
             _send(w, e, c, arg, rf[arg, DUE], now)
         elif kind == E_PATIENCE:
             _patience(w, e, c, arg, now)
+        elif kind == E_QUEUED:  # its timer process starts: the deadline from its send
+            deadline = rf[arg, START] + c.timeout_s
+            _schedule(e.t, e.i, e.ctr, now + max(0.0, deadline - now), NORMAL, E_EXPIRE, arg)
+        elif kind == E_EXPIRE:
+            _expire_queued(w, e, c, arg, now)
         elif kind == E_ARRIVAL:  # the timer for opener `arg`: it is sent, then the next ones
             _send(w, e, c, openers[arg], rf[openers[arg], ARRIVAL], now)
             _arrivals(w, e, c, arg + 1, now)

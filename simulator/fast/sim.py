@@ -39,9 +39,10 @@ def unsupported(
     faults: TargetFaults | None = None,
 ) -> str | None:
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
-    fleet routed by least outstanding or round robin, without prefix caching, and users who
-    may give up (and may have retry policies: such a fleet answers no 429 or 5xx to retry);
-    the reference runs the rest."""
+    fleet routed by least outstanding or round robin, with or without a central queue and an
+    admission limit, without prefix caching, and users who may give up (and may retry what
+    it never answers: a 5xx, a 429 without an admission limit); the reference runs the
+    rest."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
@@ -51,10 +52,9 @@ def unsupported(
         return f"a request of over {TOKENS_LIMIT:,} tokens"
     if fleet.autoscaler is not None:
         return "an autoscaler"
-    if fleet.central_queue:
-        return "a central queue"
-    if fleet.admission_limit is not None:
-        return "an admission limit"
+    retried_429 = any(s.retry and 429 in s.retry.on_status for s in plan)
+    if fleet.admission_limit is not None and retried_429:
+        return "clients that retry an admission limit's 429"
     if fleet.routing not in ROUTINGS:
         return f"{fleet.routing} routing"
     if faults is not None and faults.any:
@@ -71,10 +71,11 @@ def simulate_fast(
     replicas: int = 1,
     timeout_s: float = 60.0,
     record_chunks: bool = True,
-    routing: str = "least_outstanding",
+    fleet: FleetSpec | None = None,
     jumps: bool = True,
 ) -> SimResult:
     """`simulator.replay.sim.simulate` on the fast core (for what `unsupported` allows)."""
+    fleet = fleet or FleetSpec()
     if replicas < 1:
         raise ValueError(f"replicas must be in [1, {replicas}], got {replicas}")
     ledger = Ledger(plan, record_chunks)  # checks the plan's ids first
@@ -92,7 +93,8 @@ def simulate_fast(
     c = kernel.Config(
         replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
-        float(until), ROUTINGS[routing], cost_kind, cost, xs, ys, record_chunks, jumps,
+        float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
+        fleet.central_queue, -1 if fleet.admission_limit is None else fleet.admission_limit,
     )  # fmt: skip
     events = kernel.events(len(plan), replicas, config.max_num_seqs, room)
     kernel.run(state, events, c)
