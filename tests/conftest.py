@@ -97,6 +97,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_sigkill.py::test_a_one_process_run_killed_outright_loses_no_record",
     "test_sigkill.py::test_a_remote_worker_killed_outright_loses_no_record",
     "test_fast_core.py::test_a_cache_left_by_another_version_of_the_kernel_is_cleared",
+    "test_fast_core.py::test_both_cores_give_equal_records_over_random_fleets",
     "test_sigkill.py::test_a_report_at_once_on_a_killed_masters_run_waits_for_its_workers",
     "test_signal_phases.py::test_each_step",
     "test_signal_phases.py::test_report_command_leaves_whole_files_or_none",

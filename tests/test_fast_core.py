@@ -49,10 +49,10 @@ def _cost(r: random.Random) -> CostModel:
 
 def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, Any]]:
     """A plan (open or closed users, sessions of 1-4 turns with think times, users who give
-    up, retry policies, prompts up to 6,000 tokens), an engine (1-64 slots, caches small
+    up, retries, prompts up to 6,000 tokens), an engine (1-64 slots, caches small
     enough to preempt and to refuse, block sizes 1-16, chunked prefill or not, each cost
     model) and a fleet (1-8 replicas, least outstanding or round robin, a central queue or
-    not, an admission limit or not, timeouts from 0.5 s)."""
+    not, an admission limit or not, timeouts from 0.5 s, the target's faults or not)."""
     r = random.Random(seed)
     replicas = r.choice([1, 1, 2, 3, 5, 8])
     duration = r.uniform(3, 15)
@@ -68,8 +68,8 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         session["think_time"] = {"dist": "exponential", "mean": r.uniform(0.1, 3)}
     if r.random() < 0.3:  # users who give up waiting for a first token
         session["patience"] = {"dist": "lognormal", "median": r.uniform(0.05, 3), "sigma": 0.5}
-    if r.random() < 0.3:  # retry policies (of what no fleet here answers: a 5xx)
-        session["retry"] = {"max_retries": 2, "on_status": [500, 503]}
+    if r.random() < 0.4:  # retries of 429s and 5xx, after a jittered backoff
+        session["retry"] = {"max_retries": r.randint(1, 3), "backoff_s": r.uniform(0, 1)}
     low = r.randint(1, 60)
     prompt = {"dist": "lognormal", "median": r.uniform(20, 800), "sigma": 0.7, "max": 6000}
     scenario = {
@@ -98,7 +98,10 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         admission_limit=r.choice([None, None, 0, 3, 20]),
     )
     timeout = r.choice([0.5, 2.0, 10.0, 60.0])
-    return plan, engine, {"replicas": replicas, "timeout_s": timeout, "fleet": fleet}
+    kw: dict[str, Any] = {"replicas": replicas, "timeout_s": timeout, "fleet": fleet}
+    if r.random() < 0.3:  # the reference target's injected 429s and 500s
+        kw["faults"] = TargetFaults(reject_429=0.1, error_500=0.05, retry_after_s=0.3, seed=seed)
+    return plan, engine, kw
 
 
 def _figures(result: SimResult) -> list[float]:
@@ -139,7 +142,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
     """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
     each feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
     seen = {"preempted": 0, "rejected": 0, "timed out": 0, "abandoned": 0, "follow-ups": 0}
-    seen["round robin"] = seen["central queue"] = seen["429"] = 0
+    seen["round robin"] = seen["central queue"] = seen["429"] = seen["retried"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -156,6 +159,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         seen["round robin"] += kw["fleet"].routing == "round_robin"
         seen["central queue"] += kw["fleet"].central_queue
         seen["429"] += any(r.http_status == 429 for r in reference.records)
+        seen["retried"] += any(r.retried for r in reference.records)
     assert min(seen.values()) >= 5, seen
 
 
@@ -177,7 +181,7 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
         (plan, engine, {"fleet": FleetSpec(routing="least_kv")}, "least_kv routing"),
         (plan, engine, {"fleet": FleetSpec(routing="random")}, "random routing"),
-        (plan, engine, {"faults": TargetFaults(error_500=0.1)}, "injected faults"),
+        (plan, engine, {"faults": TargetFaults(die_after=5)}, "a target that dies"),
         (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),
         (plan, EngineConfig(max_num_seqs=1 << 40), {}, "over 65,536 batch slots"),

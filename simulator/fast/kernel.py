@@ -33,16 +33,19 @@ A = Any  # a numpy array (numba compiles the functions for the arrays it is give
 # blocks grow on schedule, one due at each step of its PHASE, as `Scheduler` keeps them), and
 # its links in its replica's lists (running in admission order, prefilling, decoding,
 # waiting, needing a block, deadlines in submission order, the step in flight's prefills) and
-# in the fleet's central queue
+# in the fleet's central queue; its attempt, and its retry policy (retries at most, and which
+# answers it retries: R_429 | R_500)
 (PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
  DEC, NEED, REPLICA, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N,
- DL_N, SP_N, Q_P, Q_N) = range(32)  # fmt: skip
-RI_COLUMNS = 32
+ DL_N, SP_N, Q_P, Q_N, ATTEMPT, R_MAX, R_ON) = range(35)  # fmt: skip
+RI_COLUMNS = 35
 # a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
 # the time after which it is not sent; how long its user waits for a first token), the
 # ledger's, its client's deadline, a follow-up's time
-ARRIVAL, THINK, NOT_AFTER, PATIENCE, INTENDED, START, FIRST, END, DEADLINE, DUE = range(10)
-RF_COLUMNS = 10
+(ARRIVAL, THINK, NOT_AFTER, PATIENCE, INTENDED, START, FIRST, END, DEADLINE, DUE, AT, BACKOFF,
+ MAX_BACKOFF, JITTER, MAX_RETRY_AFTER) = range(15)  # fmt: skip
+RF_COLUMNS = 15
+R_429, R_500 = 1, 2
 # a replica's integers (`State.qi`): its lists' heads, tails and lengths, its free blocks, the
 # context its decodes attend over, a timer pending, preemptions and the tokens they discarded,
 # the steps it applied, the earliest step at which a decode may finish, its timer event (the
@@ -60,8 +63,8 @@ QF_COLUMNS = 5
 # a request in its replica (the reference scheduler's statuses; NONE before it is placed)
 NONE, WAITING, RUNNING, FINISHED, ABORTED, QUEUED = 0, 1, 2, 3, 4, 5  # QUEUED: at the fleet
 # the ledger's statuses and error kinds (simulator.replay.ledger)
-L_UNSENT, L_OK, L_CANCELLED, L_TIMEOUT, L_REJECTED = -1, 0, 2, 3, 4
-K_ABANDONED, K_CONTEXT_LENGTH, K_HTTP_429, K_TIMED_OUT = 0, 1, 2, 4
+L_UNSENT, L_OK, L_ERROR, L_CANCELLED, L_TIMEOUT, L_REJECTED = -1, 0, 1, 2, 3, 4
+K_ABANDONED, K_CONTEXT_LENGTH, K_HTTP_429, K_HTTP_500, K_TIMED_OUT = 0, 1, 2, 3, 4
 # events (`Events.i` columns: priority, order scheduled, kind, subject): the arrivals process
 # starting, its timer for the next opener, a replica's step end or wake-up, a follow-up's send,
 # a user's patience running out, a queued request's timer starting (a SimPy process) and its
@@ -70,8 +73,9 @@ PRI, SEQ, EVENT, ARG = range(4)
 E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND, E_PATIENCE, E_QUEUED, E_EXPIRE = range(8)
 URGENT, NORMAL = 0, 1  # SimPy's priorities (a process's start is urgent)
 # the counters in `Events.ctr`, and the fleet's central queue (head, tail, length) and the
-# requests its replicas hold beyond their batch slots
-SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL = range(8)
+# requests its replicas hold beyond their batch slots, the fault draws used, the attempts
+# retried
+SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL, FAULTS_DRAWN, RETRIED = range(10)
 # a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
 MAX_JUMP, MIN_JUMP = 4096, 3
 # routing policies and step-cost models
@@ -98,6 +102,9 @@ class Config(NamedTuple):
     jumps: bool  # a run of steady decode steps as one event (the reference's default)
     central_queue: bool  # requests wait at the fleet for a free batch slot
     admission_limit: int  # requests waiting beyond which one is refused (429); -1: none
+    retry_after_s: float  # the fleet's 429s' Retry-After (NaN: none)
+    faults: bool  # `State.faults` says each send's injected fault
+    fault_retry_after_s: float  # the injected 429s' Retry-After
 
 
 class State(NamedTuple):
@@ -109,6 +116,8 @@ class State(NamedTuple):
     loads: A  # i8[2 x leaves]: a tree of the replicas' (load, index), its root the least
     phases: A  # i8[replicas, block_size]: decodes whose next block is due at steps % size
     wakes: A  # i8[replicas, room]: a heap of the steps at which decodes were due to finish
+    draws: A  # f8[n, retries]: each request's retry jitter draws, in order
+    faults: A  # i8: each send's injected fault in the order sends come (0, R_429, R_500)
 
 
 class Events(NamedTuple):
@@ -119,6 +128,8 @@ class Events(NamedTuple):
     chunk_t: A
     finished: A  # scratch: a step's finished rows
     scratch: A  # scratch: a list's rows
+    retried: A  # f8[room, 7]: attempts retried (row, intended, start, end, attempt, status,
+    # kind: the ledger's `retried`)
 
 
 def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs: int) -> State:
@@ -126,6 +137,7 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     ri = np.zeros((n, RI_COLUMNS), np.int64)
     ri[:, PHASE:] = -1
     ri[:, [OK_NEXT, FAIL_NEXT, KIND]] = -1
+    ri[:, [ATTEMPT, R_MAX, R_ON]] = 0
     ri[:, STATUS] = L_UNSENT
     rf = np.zeros((n, RF_COLUMNS))
     rf[:, INTENDED:] = np.nan
@@ -142,18 +154,20 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     qf = np.zeros((replicas, QF_COLUMNS))
     phases = np.zeros((replicas, block_size), np.int64)
     wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
-    return State(ri, rf, qi, qf, np.empty(0, np.int64), loads, phases, wakes)
+    empty = np.empty(0, np.int64)
+    return State(ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty)
 
 
-def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int) -> Events:
+def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int, retries: int = 0) -> Events:
     """The event heap's room: a timer per replica (and one cut short), the arrivals', and a
     follow-up, a patience timer and two queue timers per request."""
     room = 4 * n + 2 * replicas + 4  # and a timer cut short per replica
-    counters = np.array([0, 0, 0, 0, -1, -1, 0, 0], np.int64)  # the queue's ends: none
+    counters = np.array([0, 0, 0, 0, -1, -1, 0, 0, 0, 0], np.int64)  # the queue's ends: none
     scratch = max_num_seqs + 1
     return Events(
         np.empty(room), np.empty((room, 4), np.int64), counters, np.empty(chunk_room, np.int64),
         np.empty(chunk_room), np.empty(scratch, np.int64), np.empty(scratch, np.int64),
+        np.empty((retries, 7)),
     )  # fmt: skip
 
 
@@ -319,17 +333,46 @@ def step_seconds(c: Config, decode: int, prefill: int, context: int) -> float:
 
 
 @njit(cache=True)
-def _ended(w: State, e: Events, c: Config, i: int, ok: bool, end: float, now: float) -> None:
-    """Row `i`'s attempt ended at `end`: its user's next request, its think time after, is
-    sent then (`Users._next`, `_Clients._ended`)."""
+def _ended(
+    w: State,
+    e: Events,
+    c: Config,
+    i: int,
+    ok: bool,
+    end: float,
+    now: float,
+    http: int = 0,
+    retry_after: float = np.nan,
+) -> None:
+    """Row `i`'s attempt ended at `end` (a failure answered with `http`, its Retry-After):
+    tried again after its backoff if its policy retries that and the user would wait, else
+    its user's next request, its think time after (`Users.session`, `_Clients._ended`)."""
     ri, rf = w.ri, w.rf
+    k = ri[i, ATTEMPT]
+    retried = (http == 429 and ri[i, R_ON] & R_429) or (http == 500 and ri[i, R_ON] & R_500)
+    if not ok and retried and k < ri[i, R_MAX]:
+        base = min(rf[i, BACKOFF] * 2**k, rf[i, MAX_BACKOFF])  # Retry.wait_s
+        wait = base * (1.0 + rf[i, JITTER] * (2.0 * w.draws[i, k] - 1.0))
+        if not np.isnan(rf[i, MAX_RETRY_AFTER]) and not np.isnan(retry_after):
+            wait = max(wait, min(retry_after, rf[i, MAX_RETRY_AFTER]))
+        if end + wait < rf[i, INTENDED] + rf[i, PATIENCE]:  # else the user gives up instead
+            n = e.ctr[RETRIED]  # the attempt is kept apart; the row takes the next
+            e.retried[n, 0], e.retried[n, 1], e.retried[n, 2] = i, rf[i, INTENDED], rf[i, START]
+            e.retried[n, 3], e.retried[n, 4] = rf[i, END], k
+            e.retried[n, 5], e.retried[n, 6] = ri[i, STATUS], ri[i, KIND]
+            e.ctr[RETRIED] = n + 1
+            ri[i, ATTEMPT] = k + 1
+            rf[i, DUE], rf[i, AT] = rf[i, INTENDED], end + wait
+            at = rf[i, AT] + c.overhead_s
+            _schedule(e.t, e.i, e.ctr, now + (at - now if at > now else 0.0), NORMAL, E_SEND, i)
+            return
     nxt = ri[i, OK_NEXT] if ok else ri[i, FAIL_NEXT]
     if nxt < 0:
         return
     due = end + rf[nxt, THINK]
     if due > rf[nxt, NOT_AFTER]:
         return  # the window closed
-    rf[nxt, DUE] = due
+    rf[nxt, DUE] = rf[nxt, AT] = due
     at = due + c.overhead_s
     _schedule(e.t, e.i, e.ctr, now + (at - now if at > now else 0.0), NORMAL, E_SEND, nxt)
 
@@ -347,13 +390,27 @@ def _timed_out(w: State, e: Events, c: Config, i: int, now: float) -> None:
 
 
 @njit(cache=True)
-def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None:
-    """Row `i`'s attempt, sent at `at`, reaches the fleet now (`_Clients.send`): refused if
-    no replica could hold it, else routed and queued (`Fleet.admit`, `Replica.submit`)."""
+def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, now: float) -> None:
+    """Row `i`'s attempt, meant for `intended` and sent at `at`, reaches the fleet now
+    (`_Clients.send`): a fault injected, refused if no replica could hold it or the fleet is
+    full, else routed or queued (`Fleet.admit`, `Replica.submit`)."""
     ri, rf, qi = w.ri, w.rf, w.qi
-    rf[i, INTENDED] = rf[i, START] = at
+    rf[i, INTENDED], rf[i, START] = intended, at
     ri[i, STATUS], ri[i, KIND] = L_OK, -1
     rf[i, FIRST] = rf[i, END] = np.nan
+    if c.faults:  # as the reference target injects them (`_Clients._injected`)
+        fault = w.faults[e.ctr[FAULTS_DRAWN]]
+        e.ctr[FAULTS_DRAWN] += 1
+        if fault == R_429:
+            ri[i, STATUS], ri[i, KIND] = L_REJECTED, K_HTTP_429
+            rf[i, END] = now
+            _ended(w, e, c, i, False, now, now, 429, c.fault_retry_after_s)
+            return
+        if fault == R_500:
+            ri[i, STATUS], ri[i, KIND] = L_ERROR, K_HTTP_500
+            rf[i, END] = now
+            _ended(w, e, c, i, False, now, now, 500)
+            return
     if ri[i, PROMPT] + ri[i, MAXT] > c.num_blocks * c.block_size:
         ri[i, STATUS], ri[i, KIND] = L_REJECTED, K_CONTEXT_LENGTH
         rf[i, END] = now
@@ -387,17 +444,17 @@ def _send(w: State, e: Events, c: Config, i: int, at: float, now: float) -> None
             _refused(w, e, c, i, now)
             return
         _place(w, e, c, r, i, False, now)
-    give_up = at + rf[i, PATIENCE]  # the user cancels with no first token by then
-    if give_up < np.inf:
+    give_up = intended + rf[i, PATIENCE]  # the user cancels with no first token by then
+    if give_up < np.inf and ri[i, ATTEMPT] == 0:
         _schedule(e.t, e.i, e.ctr, now + max(0.0, give_up - now), NORMAL, E_PATIENCE, i)
 
 
 @njit(cache=True)
 def _refused(w: State, e: Events, c: Config, i: int, now: float) -> None:
-    """The fleet is full: an HTTP 429, and the user's session goes on as after a failure."""
+    """The fleet is full: an HTTP 429 with the fleet's Retry-After."""
     w.ri[i, STATUS], w.ri[i, KIND] = L_REJECTED, K_HTTP_429
     w.rf[i, END] = now
-    _ended(w, e, c, i, False, now, now)
+    _ended(w, e, c, i, False, now, now, 429, c.retry_after_s)
 
 
 @njit(cache=True)
@@ -509,7 +566,7 @@ def _arrivals(w: State, e: Events, c: Config, k: int, now: float) -> None:
         if at > now:
             _schedule(e.t, e.i, e.ctr, now + (at - now), NORMAL, E_ARRIVAL, k)
             return
-        _send(w, e, c, i, rf[i, ARRIVAL], now)
+        _send(w, e, c, i, rf[i, ARRIVAL], rf[i, ARRIVAL], now)
         k += 1
 
 
@@ -1043,7 +1100,7 @@ def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
     ri, rf, qi = w.ri, w.rf, w.qi
     if not (np.isnan(rf[i, FIRST]) and np.isnan(rf[i, END])):
         return
-    give_up = rf[i, START] + rf[i, PATIENCE]
+    give_up = rf[i, INTENDED] + rf[i, PATIENCE]
     ri[i, STATUS], ri[i, KIND] = L_CANCELLED, K_ABANDONED
     rf[i, END] = give_up
     state, r = ri[i, ST], ri[i, REPLICA]
@@ -1102,7 +1159,7 @@ def run(w: State, e: Events, c: Config) -> None:
             if ei[i, SEQ] == w.qi[arg, TIMER_SEQ]:  # else a timer a cut jump left behind
                 _drive(w, e, c, arg, now, kind == E_STEP_END)
         elif kind == E_SEND:
-            _send(w, e, c, arg, rf[arg, DUE], now)
+            _send(w, e, c, arg, rf[arg, DUE], rf[arg, AT], now)
         elif kind == E_PATIENCE:
             _patience(w, e, c, arg, now)
         elif kind == E_QUEUED:  # its timer process starts: the deadline from its send
@@ -1111,7 +1168,8 @@ def run(w: State, e: Events, c: Config) -> None:
         elif kind == E_EXPIRE:
             _expire_queued(w, e, c, arg, now)
         elif kind == E_ARRIVAL:  # the timer for opener `arg`: it is sent, then the next ones
-            _send(w, e, c, openers[arg], rf[openers[arg], ARRIVAL], now)
+            opener = openers[arg]
+            _send(w, e, c, opener, rf[opener, ARRIVAL], rf[opener, ARRIVAL], now)
             _arrivals(w, e, c, arg + 1, now)
         else:
             _arrivals(w, e, c, 0, now)

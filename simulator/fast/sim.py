@@ -9,6 +9,7 @@ records (tests/test_fast_core.py checks it request by request over random fleets
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,9 +41,8 @@ def unsupported(
 ) -> str | None:
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
     fleet routed by least outstanding or round robin, with or without a central queue and an
-    admission limit, without prefix caching, and users who may give up (and may retry what
-    it never answers: a 5xx, a 429 without an admission limit); the reference runs the
-    rest."""
+    admission limit, the reference target's injected 429s and 500s, without prefix caching,
+    and users who retry and give up; the reference runs the rest."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
@@ -52,13 +52,10 @@ def unsupported(
         return f"a request of over {TOKENS_LIMIT:,} tokens"
     if fleet.autoscaler is not None:
         return "an autoscaler"
-    retried_429 = any(s.retry and 429 in s.retry.on_status for s in plan)
-    if fleet.admission_limit is not None and retried_429:
-        return "clients that retry an admission limit's 429"
     if fleet.routing not in ROUTINGS:
         return f"{fleet.routing} routing"
-    if faults is not None and faults.any:
-        return "injected faults"
+    if faults is not None and faults.die_after is not None:
+        return "a target that dies"
     if config.enable_prefix_caching:
         return "prefix caching"
     return None
@@ -72,6 +69,7 @@ def simulate_fast(
     timeout_s: float = 60.0,
     record_chunks: bool = True,
     fleet: FleetSpec | None = None,
+    faults: TargetFaults | None = None,
     jumps: bool = True,
 ) -> SimResult:
     """`simulator.replay.sim.simulate` on the fast core (for what `unsupported` allows)."""
@@ -82,7 +80,12 @@ def simulate_fast(
     state = kernel.state(
         len(plan), replicas, config.num_blocks, config.block_size, config.max_num_seqs
     )
-    _fill(state, plan, ledger.index)
+    retries, draws = _fill(state, plan, ledger.index)
+    state = state._replace(draws=draws)
+    faulty = faults is not None and faults.any
+    if faulty:
+        assert faults is not None
+        state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
         openers=np.fromiter((ledger.index[s.id] for s in openers), np.int64, len(openers))
@@ -95,8 +98,10 @@ def simulate_fast(
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
         float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
         fleet.central_queue, -1 if fleet.admission_limit is None else fleet.admission_limit,
+        math.nan if fleet.retry_after_s is None else fleet.retry_after_s, faulty,
+        faults.retry_after_s if faults is not None else math.nan,
     )  # fmt: skip
-    events = kernel.events(len(plan), replicas, config.max_num_seqs, room)
+    events = kernel.events(len(plan), replicas, config.max_num_seqs, room, retries)
     kernel.run(state, events, c)
     ri, rf = state.ri, state.rf
     status, end = ri[:, kernel.STATUS], rf[:, kernel.END]
@@ -107,8 +112,13 @@ def simulate_fast(
     answered = (status == kernel.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
     ledger.load(
         rf[:, kernel.INTENDED], rf[:, kernel.START], rf[:, kernel.FIRST], end, status,
-        ri[:, kernel.KIND], ri[:, kernel.OUTPUT], np.where(answered, 0, -1), chunks,
+        ri[:, kernel.KIND], ri[:, kernel.OUTPUT], ri[:, kernel.ATTEMPT],
+        np.where(answered, 0, -1), chunks,
     )  # fmt: skip
+    kept = events.retried[: events.ctr[kernel.RETRIED]]
+    ledger.retried = [
+        (int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in kept.tolist()
+    ]
     ledger.close(timeout_s)
     qi, qf = state.qi, state.qf
     usages = [
@@ -134,9 +144,13 @@ def _fixed_fleet(replicas: int, first: float, last: float) -> FleetStats:
     return FleetStats(0, sum(lives), replicas, replicas, ((0.0, replicas),))
 
 
-def _fill(state: kernel.State, plan: Sequence[RequestSpec], index: dict[str, int]) -> None:
-    """The plan's columns of the kernel's tables: numbers per request, and each user's next
-    request after one ended well or failed (`scenarios.users`)."""
+def _fill(
+    state: kernel.State, plan: Sequence[RequestSpec], index: dict[str, int]
+) -> tuple[int, np.ndarray]:
+    """The plan's columns of the kernel's tables: numbers per request, each user's next
+    request after one ended well or failed (`scenarios.users`), each retry policy and its
+    jitter draws (as `Users.session` draws them): how many retries the plan allows, and the
+    draws."""
     n, ri, rf = len(plan), state.ri, state.rf
     followers = followers_of(plan)
     for i, spec in enumerate(plan):
@@ -156,6 +170,20 @@ def _fill(state: kernel.State, plan: Sequence[RequestSpec], index: dict[str, int
     rf[:, kernel.PATIENCE] = np.fromiter(
         (math.inf if s.patience_s is None else s.patience_s for s in plan), np.float64, n
     )
+    retrying = [(i, s.retry) for i, s in enumerate(plan) if s.retry and s.retry.max_retries]
+    most = max((r.max_retries for _, r in retrying), default=0)
+    draws = np.zeros((n, max(most, 1)))
+    for i, r in retrying:
+        ri[i, kernel.R_MAX] = r.max_retries
+        ri[i, kernel.R_ON] = kernel.R_429 * (429 in r.on_status) + kernel.R_500 * (
+            500 in r.on_status
+        )
+        rf[i, kernel.BACKOFF], rf[i, kernel.MAX_BACKOFF] = r.backoff_s, r.max_backoff_s
+        rf[i, kernel.JITTER] = r.jitter
+        rf[i, kernel.MAX_RETRY_AFTER] = r.max_retry_after_s if r.honour_retry_after else math.nan
+        jitter = random.Random(f"{plan[i].id}:{plan[i].text_seed}")  # as Users.session's
+        draws[i, : r.max_retries] = [jitter.random() for _ in range(r.max_retries)]
+    return sum(r.max_retries for _, r in retrying), draws
 
 
 def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
@@ -171,6 +199,13 @@ def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray
     assert isinstance(c, DecodeTableCost)
     numbers = [0.0, 0.0, c.per_prefill_token_s, c.per_context_token_s, 0.0, 0.0]
     return kernel.TABLE, np.array(numbers), np.array(c.batch), np.array(c.step_s)
+
+
+def _fault_draws(faults: TargetFaults, sends: int) -> np.ndarray:
+    """The injected fault of each of up to `sends` sends, in order (`FaultDraws`): R_429,
+    R_500, or 0 (the others change no outcome here)."""
+    draws, codes = faults.draws(), {"reject_429": kernel.R_429, "error_500": kernel.R_500}
+    return np.fromiter((codes.get(draws.next() or "", 0) for _ in range(sends)), np.int64, sends)
 
 
 def _chunks(

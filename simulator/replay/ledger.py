@@ -70,14 +70,17 @@ class Ledger:
         status: np.ndarray,
         kind: np.ndarray,
         output: np.ndarray,
+        attempt: np.ndarray,
         cached: np.ndarray,
         chunks: dict[int, list[float]] | None,
     ) -> None:
-        """Take a whole run's rows at once (the fast core's: no attempt retried)."""
+        """Take a whole run's latest attempts at once (the fast core's; `retried` holds the
+        others)."""
         self.intended, self.start = _array("d", intended), _array("d", start)
         self.first, self.end = _array("d", first), _array("d", end)
         self.status, self.kind = _array("b", status), _array("h", kind)
         self.output, self.cached = _array("q", output), _array("q", cached)
+        self.attempt = _array("h", attempt)
         if self.chunks is not None:
             self.chunks = chunks or {}
 
