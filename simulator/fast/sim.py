@@ -20,12 +20,12 @@ from scenarios.users import followers_of, horizon, next_session
 from simulator.engine.core import EngineConfig
 from simulator.engine.drive import Usage
 from simulator.engine.stepcost import DecodeTableCost, RooflineCost, StepCost
-from simulator.fast import kernel
+from simulator.fast import kernel, layout
 from simulator.replay.fleet import FleetStats
 from simulator.replay.ledger import Ledger
 from simulator.replay.sim import SimResult, result_of
 
-ROUTINGS = {"least_outstanding": kernel.LEAST_OUTSTANDING, "round_robin": kernel.ROUND_ROBIN}
+ROUTINGS = {"least_outstanding": layout.LEAST_OUTSTANDING, "round_robin": layout.ROUND_ROBIN}
 # the kernel's 64-bit integers hold sums of tokens, and it keeps tables per batch slot and per
 # block position: beyond these (no real engine's) the reference, with Python's integers, runs
 TOKENS_LIMIT = 1 << 31
@@ -77,7 +77,7 @@ def simulate_fast(
     if replicas < 1:
         raise ValueError(f"replicas must be in [1, {replicas}], got {replicas}")
     ledger = Ledger(plan, record_chunks)  # checks the plan's ids first
-    state = kernel.state(
+    state = layout.state(
         len(plan), replicas, config.num_blocks, config.block_size, config.max_num_seqs
     )
     retries, draws = _fill(state, plan, ledger.index)
@@ -92,8 +92,8 @@ def simulate_fast(
     )
     cost_kind, cost, xs, ys = _cost(config)
     until = horizon(plan, timeout_s) or timeout_s
-    room = int(state.ri[:, kernel.MAXT].sum()) if record_chunks else 0
-    c = kernel.Config(
+    room = int(state.ri[:, layout.MAXT].sum()) if record_chunks else 0
+    c = layout.Config(
         replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
         float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
@@ -101,21 +101,21 @@ def simulate_fast(
         math.nan if fleet.retry_after_s is None else fleet.retry_after_s, faulty,
         faults.retry_after_s if faults is not None else math.nan,
     )  # fmt: skip
-    events = kernel.events(len(plan), replicas, config.max_num_seqs, room, retries)
+    events = layout.events(len(plan), replicas, config.max_num_seqs, room, retries)
     kernel.run(state, events, c)
     ri, rf = state.ri, state.rf
-    status, end = ri[:, kernel.STATUS], rf[:, kernel.END]
+    status, end = ri[:, layout.STATUS], rf[:, layout.END]
     chunks = None
     if record_chunks:
-        count = int(events.ctr[kernel.CHUNKS])
+        count = int(events.ctr[layout.CHUNKS])
         chunks = _chunks(status, end, events.chunk_row[:count], events.chunk_t[:count])
-    answered = (status == kernel.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
+    answered = (status == layout.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
     ledger.load(
-        rf[:, kernel.INTENDED], rf[:, kernel.START], rf[:, kernel.FIRST], end, status,
-        ri[:, kernel.KIND], ri[:, kernel.OUTPUT], ri[:, kernel.ATTEMPT],
+        rf[:, layout.INTENDED], rf[:, layout.START], rf[:, layout.FIRST], end, status,
+        ri[:, layout.KIND], ri[:, layout.OUTPUT], ri[:, layout.ATTEMPT],
         np.where(answered, 0, -1), chunks,
     )  # fmt: skip
-    kept = events.retried[: events.ctr[kernel.RETRIED]]
+    kept = events.retried[: events.ctr[layout.RETRIED]]
     ledger.retried = [
         (int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in kept.tolist()
     ]
@@ -123,15 +123,15 @@ def simulate_fast(
     qi, qf = state.qi, state.qf
     usages = [
         Usage(*map(float, row))
-        for row in qf[:, [kernel.BUSY_S, kernel.KV_PEAK, kernel.KV_S, kernel.FULL_S]]
+        for row in qf[:, [layout.BUSY_S, layout.KV_PEAK, layout.KV_S, layout.FULL_S]]
     ]
     return result_of(
         ledger,
         until,
         usages,
         lambda first, last: [max(0.0, last - max(0.0, first))] * replicas,
-        int(qi[:, kernel.PREEMPTED].sum()),
-        int(qi[:, kernel.RECOMPUTED].sum()),
+        int(qi[:, layout.PREEMPTED].sum()),
+        int(qi[:, layout.RECOMPUTED].sum()),
         lambda first, last: _fixed_fleet(replicas, first, last),
         fixed=True,
         core="fast",
@@ -145,7 +145,7 @@ def _fixed_fleet(replicas: int, first: float, last: float) -> FleetStats:
 
 
 def _fill(
-    state: kernel.State, plan: Sequence[RequestSpec], index: dict[str, int]
+    state: layout.State, plan: Sequence[RequestSpec], index: dict[str, int]
 ) -> tuple[int, np.ndarray]:
     """The plan's columns of the kernel's tables: numbers per request, each user's next
     request after one ended well or failed (`scenarios.users`), each retry policy and its
@@ -156,31 +156,31 @@ def _fill(
     for i, spec in enumerate(plan):
         after_ok = followers.get(spec.id)
         if after_ok:
-            ri[i, kernel.OK_NEXT] = index[after_ok[0].id]
+            ri[i, layout.OK_NEXT] = index[after_ok[0].id]
             nxt, _ = next_session(spec, followers)  # a failed turn drops the session's rest
             if nxt is not None:
-                ri[i, kernel.FAIL_NEXT] = index[nxt.id]
-    ri[:, kernel.PROMPT] = np.fromiter((s.prompt_tokens for s in plan), np.int64, n)
-    ri[:, kernel.MAXT] = np.fromiter((s.max_tokens for s in plan), np.int64, n)
-    rf[:, kernel.ARRIVAL] = np.fromiter((s.arrival for s in plan), np.float64, n)
-    rf[:, kernel.THINK] = np.fromiter((s.think_s for s in plan), np.float64, n)
-    rf[:, kernel.NOT_AFTER] = np.fromiter(
+                ri[i, layout.FAIL_NEXT] = index[nxt.id]
+    ri[:, layout.PROMPT] = np.fromiter((s.prompt_tokens for s in plan), np.int64, n)
+    ri[:, layout.MAXT] = np.fromiter((s.max_tokens for s in plan), np.int64, n)
+    rf[:, layout.ARRIVAL] = np.fromiter((s.arrival for s in plan), np.float64, n)
+    rf[:, layout.THINK] = np.fromiter((s.think_s for s in plan), np.float64, n)
+    rf[:, layout.NOT_AFTER] = np.fromiter(
         (math.inf if s.not_after is None else s.not_after for s in plan), np.float64, n
     )
-    rf[:, kernel.PATIENCE] = np.fromiter(
+    rf[:, layout.PATIENCE] = np.fromiter(
         (math.inf if s.patience_s is None else s.patience_s for s in plan), np.float64, n
     )
     retrying = [(i, s.retry) for i, s in enumerate(plan) if s.retry and s.retry.max_retries]
     most = max((r.max_retries for _, r in retrying), default=0)
     draws = np.zeros((n, max(most, 1)))
     for i, r in retrying:
-        ri[i, kernel.R_MAX] = r.max_retries
-        ri[i, kernel.R_ON] = kernel.R_429 * (429 in r.on_status) + kernel.R_500 * (
+        ri[i, layout.R_MAX] = r.max_retries
+        ri[i, layout.R_ON] = layout.R_429 * (429 in r.on_status) + layout.R_500 * (
             500 in r.on_status
         )
-        rf[i, kernel.BACKOFF], rf[i, kernel.MAX_BACKOFF] = r.backoff_s, r.max_backoff_s
-        rf[i, kernel.JITTER] = r.jitter
-        rf[i, kernel.MAX_RETRY_AFTER] = r.max_retry_after_s if r.honour_retry_after else math.nan
+        rf[i, layout.BACKOFF], rf[i, layout.MAX_BACKOFF] = r.backoff_s, r.max_backoff_s
+        rf[i, layout.JITTER] = r.jitter
+        rf[i, layout.MAX_RETRY_AFTER] = r.max_retry_after_s if r.honour_retry_after else math.nan
         jitter = random.Random(f"{plan[i].id}:{plan[i].text_seed}")  # as Users.session's
         draws[i, : r.max_retries] = [jitter.random() for _ in range(r.max_retries)]
     return sum(r.max_retries for _, r in retrying), draws
@@ -191,20 +191,20 @@ def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray
     c, one = config.cost, np.zeros(1)
     if isinstance(c, StepCost):
         numbers = [c.base_s, c.per_decode_seq_s, c.per_prefill_token_s, c.per_context_token_s]
-        return kernel.LINEAR, np.array([*numbers, 0.0, 0.0]), one, one
+        return layout.LINEAR, np.array([*numbers, 0.0, 0.0]), one, one
     if isinstance(c, RooflineCost):
         numbers = [c.base_s, c.per_token_s, c.memory_s, c.per_context_token_s]
         numbers += [c.compute_per_context_token_s, c.per_token_comm_s]
-        return kernel.ROOFLINE, np.array(numbers), one, one
+        return layout.ROOFLINE, np.array(numbers), one, one
     assert isinstance(c, DecodeTableCost)
     numbers = [0.0, 0.0, c.per_prefill_token_s, c.per_context_token_s, 0.0, 0.0]
-    return kernel.TABLE, np.array(numbers), np.array(c.batch), np.array(c.step_s)
+    return layout.TABLE, np.array(numbers), np.array(c.batch), np.array(c.step_s)
 
 
 def _fault_draws(faults: TargetFaults, sends: int) -> np.ndarray:
     """The injected fault of each of up to `sends` sends, in order (`FaultDraws`): R_429,
     R_500, or 0 (the others change no outcome here)."""
-    draws, codes = faults.draws(), {"reject_429": kernel.R_429, "error_500": kernel.R_500}
+    draws, codes = faults.draws(), {"reject_429": layout.R_429, "error_500": layout.R_500}
     return np.fromiter((codes.get(draws.next() or "", 0) for _ in range(sends)), np.int64, sends)
 
 
@@ -212,10 +212,10 @@ def _chunks(
     status: np.ndarray, end: np.ndarray, row: np.ndarray, t: np.ndarray
 ) -> dict[int, list[float]]:
     """Each sent row's token times (a timed-out row's up to its deadline), in time order."""
-    late = (status[row] == kernel.L_TIMEOUT) & (t > end[row])
+    late = (status[row] == layout.L_TIMEOUT) & (t > end[row])
     row, t = row[~late], t[~late]
     order = np.argsort(row, kind="stable")
     row, t = row[order], t[order]
-    sent = np.flatnonzero(status != kernel.L_UNSENT)
+    sent = np.flatnonzero(status != layout.L_UNSENT)
     bounds = np.searchsorted(row, sent), np.searchsorted(row, sent, side="right")
     return {int(i): t[a:b].tolist() for i, a, b in zip(sent, bounds[0], bounds[1], strict=True)}

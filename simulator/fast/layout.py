@@ -1,0 +1,154 @@
+"""The fast core's tables (a request is a row of two tables, its integers and its times; a
+replica a row of two more; a replica's queues are linked lists through the request rows, a
+request being in one replica at a time), its configuration, and fresh tables for a run. The
+functions over them, compiled by numba, are in the package's other modules; `kernel` runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+A = Any  # a numpy array (numba compiles the functions for the arrays it is given)
+
+# a request's integers (`State.ri` columns): the plan's, the ledger's, its state in its replica
+# (while it decodes, its tokens follow its replica's step counter: GEN at step SINCE, and its
+# blocks grow on schedule, one due at each step of its PHASE, as `Scheduler` keeps them), and
+# its links in its replica's lists (running in admission order, prefilling, decoding,
+# waiting, needing a block, deadlines in submission order, the step in flight's prefills) and
+# in the fleet's central queue; its attempt, and its retry policy (retries at most, and which
+# answers it retries: R_429 | R_500)
+(PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
+ DEC, NEED, REPLICA, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N,
+ DL_N, SP_N, Q_P, Q_N, ATTEMPT, R_MAX, R_ON) = range(35)  # fmt: skip
+RI_COLUMNS = 35
+# a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
+# the time after which it is not sent; how long its user waits for a first token), the
+# ledger's, its client's deadline, a follow-up's time
+(ARRIVAL, THINK, NOT_AFTER, PATIENCE, INTENDED, START, FIRST, END, DEADLINE, DUE, AT, BACKOFF,
+ MAX_BACKOFF, JITTER, MAX_RETRY_AFTER) = range(15)  # fmt: skip
+RF_COLUMNS = 15
+R_429, R_500 = 1, 2
+# a replica's integers (`State.qi`): its lists' heads, tails and lengths, its free blocks, the
+# context its decodes attend over, a timer pending, preemptions and the tokens they discarded,
+# the steps it applied, the earliest step at which a decode may finish, its timer event (the
+# order it was scheduled in: an older one was cut short), the wake-up steps in `State.wakes`,
+# and the jump in flight (see `_plan_jump`): its last step, the steps applied, the context of
+# its first step, the step counted in its usage; the requests it holds beyond its batch slots
+(RUN_H, RUN_T, RUN_LEN, PF_H, PF_T, DC_H, DC_T, DC_LEN, W_H, W_T, W_LEN, ND_H, ND_T, DL_H,
+ DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS, NEXT_WAKE, TIMER_SEQ,
+ WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED, OVER) = range(31)  # fmt: skip
+QI_COLUMNS = 31
+# a replica's usage (`State.qf`, simulator.engine.drive.Usage)
+BUSY_S, KV_S, KV_PEAK, FULL_S, J_T0 = range(5)  # and when the jump in flight began
+QF_COLUMNS = 5
+
+# a request in its replica (the reference scheduler's statuses; NONE before it is placed)
+NONE, WAITING, RUNNING, FINISHED, ABORTED, QUEUED = 0, 1, 2, 3, 4, 5  # QUEUED: at the fleet
+# the ledger's statuses and error kinds (simulator.replay.ledger)
+L_UNSENT, L_OK, L_ERROR, L_CANCELLED, L_TIMEOUT, L_REJECTED = -1, 0, 1, 2, 3, 4
+K_ABANDONED, K_CONTEXT_LENGTH, K_HTTP_429, K_HTTP_500, K_TIMED_OUT = 0, 1, 2, 3, 4
+# events (`Events.i` columns: priority, order scheduled, kind, subject): the arrivals process
+# starting, its timer for the next opener, a replica's step end or wake-up, a follow-up's send,
+# a user's patience running out, a queued request's timer starting (a SimPy process) and its
+# deadline
+PRI, SEQ, EVENT, ARG = range(4)
+E_START, E_ARRIVAL, E_STEP_END, E_WAKE, E_SEND, E_PATIENCE, E_QUEUED, E_EXPIRE = range(8)
+URGENT, NORMAL = 0, 1  # SimPy's priorities (a process's start is urgent)
+# the counters in `Events.ctr`, and the fleet's central queue (head, tail, length) and the
+# requests its replicas hold beyond their batch slots, the fault draws used, the attempts
+# retried
+SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL, FAULTS_DRAWN, RETRIED = range(10)
+# a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
+MAX_JUMP, MIN_JUMP = 4096, 3
+# routing policies and step-cost models
+LEAST_OUTSTANDING, ROUND_ROBIN = 0, 1
+LINEAR, TABLE, ROOFLINE = 0, 1, 2
+
+
+class Config(NamedTuple):
+    replicas: int
+    max_num_seqs: int
+    max_batched_tokens: int
+    chunked: bool
+    num_blocks: int
+    block_size: int
+    overhead_s: float
+    timeout_s: float
+    until: float
+    routing: int
+    cost_kind: int
+    cost: A  # f8[6]: the cost model's numbers (see `step_seconds`)
+    xs: A  # f8: a step table's batch sizes
+    ys: A  # f8: ... and its step times
+    keep_chunks: bool
+    jumps: bool  # a run of steady decode steps as one event (the reference's default)
+    central_queue: bool  # requests wait at the fleet for a free batch slot
+    admission_limit: int  # requests waiting beyond which one is refused (429); -1: none
+    retry_after_s: float  # the fleet's 429s' Retry-After (NaN: none)
+    faults: bool  # `State.faults` says each send's injected fault
+    fault_retry_after_s: float  # the injected 429s' Retry-After
+
+
+class State(NamedTuple):
+    ri: A  # i8[n, RI_COLUMNS]
+    rf: A  # f8[n, RF_COLUMNS]
+    qi: A  # i8[replicas, QI_COLUMNS]
+    qf: A  # f8[replicas, QF_COLUMNS]
+    openers: A  # i8: the users' first requests, by arrival
+    loads: A  # i8[2 x leaves]: a tree of the replicas' (load, index), its root the least
+    phases: A  # i8[replicas, block_size]: decodes whose next block is due at steps % size
+    wakes: A  # i8[replicas, room]: a heap of the steps at which decodes were due to finish
+    draws: A  # f8[n, retries]: each request's retry jitter draws, in order
+    faults: A  # i8: each send's injected fault in the order sends come (0, R_429, R_500)
+
+
+class Events(NamedTuple):
+    t: A  # f8[room]
+    i: A  # i8[room, 4]
+    ctr: A  # i8[8]: the heap's size, events scheduled, chunk times kept, round robin's turn...
+    chunk_row: A
+    chunk_t: A
+    finished: A  # scratch: a step's finished rows
+    scratch: A  # scratch: a list's rows
+    retried: A  # f8[room, 7]: attempts retried (row, intended, start, end, attempt, status,
+
+
+def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs: int) -> State:
+    """Fresh tables for `n` requests (the plan's columns still to fill) and `replicas`."""
+    ri = np.zeros((n, RI_COLUMNS), np.int64)
+    ri[:, PHASE:] = -1
+    ri[:, [OK_NEXT, FAIL_NEXT, KIND]] = -1
+    ri[:, [ATTEMPT, R_MAX, R_ON]] = 0
+    ri[:, STATUS] = L_UNSENT
+    rf = np.zeros((n, RF_COLUMNS))
+    rf[:, INTENDED:] = np.nan
+    qi = np.full((replicas, QI_COLUMNS), -1, np.int64)
+    qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED, STEPS]] = 0
+    qi[:, NEXT_WAKE] = np.iinfo(np.int64).max
+    qi[:, [WAKES, J_DONE, J_CTX, OVER]] = 0
+    qi[:, FREE], qi[:, TIMER] = num_blocks, 1  # each replica starts with its wake-up pending
+    leaves = 1 << max(replicas - 1, 0).bit_length()
+    loads = np.full(2 * leaves, np.iinfo(np.int64).max, np.int64)
+    loads[leaves : leaves + replicas] = np.arange(replicas)  # load 0 each
+    for i in range(leaves - 1, 0, -1):
+        loads[i] = min(loads[2 * i], loads[2 * i + 1])
+    qf = np.zeros((replicas, QF_COLUMNS))
+    phases = np.zeros((replicas, block_size), np.int64)
+    wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
+    empty = np.empty(0, np.int64)
+    return State(ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty)
+
+
+def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int, retries: int = 0) -> Events:
+    """The event heap's room: a timer per replica (and one cut short), the arrivals', and a
+    follow-up, a patience timer and two queue timers per request."""
+    room = 4 * n + 2 * replicas + 4  # and a timer cut short per replica
+    counters = np.array([0, 0, 0, 0, -1, -1, 0, 0, 0, 0], np.int64)  # the queue's ends: none
+    scratch = max_num_seqs + 1
+    return Events(
+        np.empty(room), np.empty((room, 4), np.int64), counters, np.empty(chunk_room, np.int64),
+        np.empty(chunk_room), np.empty(scratch, np.int64), np.empty(scratch, np.int64),
+        np.empty((retries, 7)),
+    )  # fmt: skip
