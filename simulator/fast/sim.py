@@ -81,44 +81,19 @@ def simulate_fast(
         len(plan), replicas, config.num_blocks, config.block_size, config.max_num_seqs
     )
     retries, draws = _fill(state, plan, ledger.index)
-    state = state._replace(draws=draws)
-    faulty = faults is not None and faults.any
-    if faulty:
-        assert faults is not None
-        state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
-        openers=np.fromiter((ledger.index[s.id] for s in openers), np.int64, len(openers))
+        draws=draws,
+        openers=np.fromiter((ledger.index[s.id] for s in openers), np.int64, len(openers)),
     )
-    cost_kind, cost, xs, ys = _cost(config)
+    if faults is not None and faults.any:
+        state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
     until = horizon(plan, timeout_s) or timeout_s
+    c = _config(config, replicas, timeout_s, until, record_chunks, fleet, faults, jumps)
     room = int(state.ri[:, layout.MAXT].sum()) if record_chunks else 0
-    c = layout.Config(
-        replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
-        config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
-        float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
-        fleet.central_queue, -1 if fleet.admission_limit is None else fleet.admission_limit,
-        math.nan if fleet.retry_after_s is None else fleet.retry_after_s, faulty,
-        faults.retry_after_s if faults is not None else math.nan,
-    )  # fmt: skip
     events = layout.events(len(plan), replicas, config.max_num_seqs, room, retries)
     kernel.run(state, events, c)
-    ri, rf = state.ri, state.rf
-    status, end = ri[:, layout.STATUS], rf[:, layout.END]
-    chunks = None
-    if record_chunks:
-        count = int(events.ctr[layout.CHUNKS])
-        chunks = _chunks(status, end, events.chunk_row[:count], events.chunk_t[:count])
-    answered = (status == layout.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
-    ledger.load(
-        rf[:, layout.INTENDED], rf[:, layout.START], rf[:, layout.FIRST], end, status,
-        ri[:, layout.KIND], ri[:, layout.OUTPUT], ri[:, layout.ATTEMPT],
-        np.where(answered, 0, -1), chunks,
-    )  # fmt: skip
-    kept = events.retried[: events.ctr[layout.RETRIED]]
-    ledger.retried = [
-        (int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in kept.tolist()
-    ]
+    _fill_ledger(ledger, state, events, record_chunks)
     ledger.close(timeout_s)
     qi, qf = state.qi, state.qf
     usages = [
@@ -136,6 +111,52 @@ def simulate_fast(
         fixed=True,
         core="fast",
     )
+
+
+def _config(
+    config: EngineConfig,
+    replicas: int,
+    timeout_s: float,
+    until: float,
+    record_chunks: bool,
+    fleet: FleetSpec,
+    faults: TargetFaults | None,
+    jumps: bool,
+) -> layout.Config:
+    """The kernel's configuration: the engine's, the fleet's, the target's faults."""
+    cost_kind, cost, xs, ys = _cost(config)
+    limit = -1 if fleet.admission_limit is None else fleet.admission_limit
+    retry_after = math.nan if fleet.retry_after_s is None else fleet.retry_after_s
+    return layout.Config(
+        replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
+        config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
+        float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
+        fleet.central_queue, limit, retry_after, faults is not None and faults.any,
+        faults.retry_after_s if faults is not None else math.nan,
+    )  # fmt: skip
+
+
+def _fill_ledger(
+    ledger: Ledger, state: layout.State, events: layout.Events, record_chunks: bool
+) -> None:
+    """The run's rows into the ledger: each request's latest attempt, the attempts retried,
+    the token times."""
+    ri, rf = state.ri, state.rf
+    status, end = ri[:, layout.STATUS], rf[:, layout.END]
+    chunks = None
+    if record_chunks:
+        count = int(events.ctr[layout.CHUNKS])
+        chunks = _chunks(status, end, events.chunk_row[:count], events.chunk_t[:count])
+    answered = (status == layout.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
+    ledger.load(
+        rf[:, layout.INTENDED], rf[:, layout.START], rf[:, layout.FIRST], end, status,
+        ri[:, layout.KIND], ri[:, layout.OUTPUT], ri[:, layout.ATTEMPT],
+        np.where(answered, 0, -1), chunks,
+    )  # fmt: skip
+    kept = events.retried[: events.ctr[layout.RETRIED]]
+    ledger.retried = [
+        (int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in kept.tolist()
+    ]
 
 
 def _fixed_fleet(replicas: int, first: float, last: float) -> FleetStats:
