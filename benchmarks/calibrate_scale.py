@@ -35,7 +35,8 @@ def measure(steps: int) -> dict[str, Any]:
     import numpy as np
 
     from simulator.engine.core import EngineConfig
-    from simulator.fit.calibrate import calibrate, step_speed
+    from simulator.fit.calibrate import calibrate
+    from simulator.fit.speed import step_speed
     from tests.long_runs import LongRun, long_run
 
     run = LongRun(steps, admit_per_step=ADMIT_PER_STEP, client_noise_s=0.0001)

@@ -39,7 +39,7 @@ import numpy as np
 from scenarios.metrics import metric_samples
 from scenarios.spec import Scenario, parse_scenario
 from simulator.fit.backtest import BacktestRow
-from simulator.fit.calibrate import step_time_ratio
+from simulator.fit.speed import step_time_ratio
 from surgecast.calibration import calibrate_runs
 from surgecast.live_run import run_load
 from surgecast.predict import backtest_run

@@ -54,7 +54,8 @@ from simulator.deploy.catalog import Catalog, load_catalog
 from simulator.deploy.steptime import carry, deployment_cost, step_work
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost, StepCost
 from simulator.fit.backtest import BacktestRow, backtest
-from simulator.fit.calibrate import Calibration, Fit, step_time_ratio
+from simulator.fit.calibrate import Calibration, Fit
+from simulator.fit.speed import step_time_ratio
 from surgecast.calibration import calibrate_runs, limits_from_runs
 from surgecast.live_run import run_load
 from surgecast.rundir import RunFolder

@@ -12,13 +12,8 @@ import numpy as np
 from scenarios.records import RequestRecord
 from simulator.engine.core import EngineConfig
 from simulator.fit.backtest import replay_plan
-from simulator.fit.calibrate import (
-    SPEED_WINDOW_S,
-    Calibration,
-    CalibrationError,
-    calibrate,
-    step_speed,
-)
+from simulator.fit.calibrate import Calibration, CalibrationError, calibrate
+from simulator.fit.speed import SPEED_WINDOW_S, step_speed
 from simulator.forecast.capacity import saturation_throughput
 from surgecast.rundir import RunFolder
 

@@ -15,7 +15,8 @@ from simulator.engine.stepcost import DecodeTableCost
 from simulator.fit.backtest import BacktestRow
 from simulator.fit.calibrate import PARAMS, Calibration
 from simulator.forecast.deployments import Choice
-from simulator.forecast.search import Estimate, ForecastPoint
+from simulator.forecast.search import ForecastPoint
+from simulator.forecast.seeds import Estimate
 
 
 @dataclass(frozen=True)

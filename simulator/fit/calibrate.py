@@ -146,7 +146,7 @@ class _Steps:
         return self.decode + np.bincount(list(self.first_step.values()), minlength=len(self.end))
 
 
-def _recover_steps(records: Sequence[RequestRecord]) -> _Steps:
+def recover_steps(records: Sequence[RequestRecord]) -> _Steps:
     """Linear in the chunks (bar one sort): every chunk's step, then each step's sums."""
     sizes = np.array([len(r.chunk_times) for r in records])
     total = int(sizes.sum())
@@ -250,7 +250,7 @@ def per_token(r: RequestRecord) -> RequestRecord:
     return dataclasses.replace(r, chunk_times=out, first_token=out[0], chunk_tokens=None)
 
 
-def _streamed(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+def streamed(records: Sequence[RequestRecord]) -> list[RequestRecord]:
     """Successful streamed requests, with a time for every token."""
     return [
         per_token(r)
@@ -267,7 +267,7 @@ STREAMED_ONLY = (
 
 def fit_step_cost(records: Sequence[RequestRecord], max_num_seqs: int | None = None) -> Fit:
     """The step cost and request overhead the records show (see the module docstring)."""
-    ok = _streamed(records)
+    ok = streamed(records)
     if not any(len(r.chunk_times) > 1 for r in ok):
         raise CalibrationError(STREAMED_ONLY)
     x, y, steps, context = _step_rows(records, ok)
@@ -354,7 +354,7 @@ def _step_rows(
     if several_per_chunk(records):
         x, y = chunk_rows([r for r in records if r.status == "ok" and r.chunk_times])
     elif sum(len(r.chunk_times) for r in ok) >= 3:
-        steps = _recover_steps(ok)
+        steps = recover_steps(ok)
         rows = np.flatnonzero(steps.busy)
         x = np.column_stack([np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows]])
         y = steps.end[rows] - steps.end[rows - 1]
@@ -428,25 +428,6 @@ def _bent(selection: Selection, per_prefill_token_s: float | None) -> CostModel 
     return model
 
 
-def _timed_steps(
-    records: Sequence[RequestRecord], cost: CostModel
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """For the run's timed steps: end times, durations and what `cost` predicts for them (s);
-    None when the run has too few."""
-    ok = _streamed(records)
-    if sum(len(r.chunk_times) for r in ok) < 3 or not any(len(r.chunk_times) > 1 for r in ok):
-        return None
-    steps = _recover_steps(ok)
-    rows = np.flatnonzero(steps.busy)
-    if len(rows) < 8:
-        return None
-    y = steps.end[rows] - steps.end[rows - 1]
-    each = StepRows(
-        np.ones(len(rows)), steps.decode[rows], steps.prefill_tokens[rows], steps.context[rows], y
-    )
-    return steps.end[rows], y, predict(cost, each)  # as cost.duration, vectorised
-
-
 # Levels (%) the step residuals are kept at: every percent, and every 0.1% within each outer
 # percent. Noise is drawn by interpolating between levels, so a hiccup seen once in thousands
 # of steps must sit in a level of its own: with only 99% and 100%, one 500 ms outlier spread
@@ -466,44 +447,6 @@ def draw_residuals(quantiles: np.ndarray, rng: np.random.Generator, n: int) -> n
     if levels is None:
         levels = np.linspace(0, 100, len(quantiles))
     return np.interp(rng.uniform(0, 100, n), levels, quantiles)
-
-
-SPEED_WINDOW_S = 20.0
-SPEED_WINDOW_STEPS = 50  # fewer timed steps: the window is left out
-
-
-@dataclass(frozen=True)
-class StepSpeed:
-    """A run's timed steps' duration over what a cost model predicts for them (1.0: as
-    fitted): over the whole run (None: too few timed steps) and in each window of it, which
-    says how the target's speed wandered (a run at 80% load inherits whatever speed the
-    engine has then)."""
-
-    whole: float | None
-    windows: list[float]
-
-
-def step_speed(
-    records: Sequence[RequestRecord], cost: CostModel, window_s: float = SPEED_WINDOW_S
-) -> StepSpeed:
-    """The run's StepSpeed against `cost`, its steps recovered once."""
-    timed = _timed_steps(records, cost)
-    if timed is None:
-        return StepSpeed(None, [])
-    end, took, fitted = timed
-    whole = float(took.sum() / fitted.sum()) if fitted.sum() > 0 else None
-    window = ((end - end[0]) // window_s).astype(int)
-    windows = []
-    for w in np.unique(window):
-        k = window == w
-        if k.sum() >= SPEED_WINDOW_STEPS and fitted[k].sum() > 0:
-            windows.append(float(took[k].sum() / fitted[k].sum()))
-    return StepSpeed(whole, windows)
-
-
-def step_time_ratio(records: Sequence[RequestRecord], cost: CostModel) -> float | None:
-    """`step_speed`'s whole-run ratio."""
-    return step_speed(records, cost).whole
 
 
 def calibrate(records: Sequence[RequestRecord], limits: EngineConfig) -> Calibration:

@@ -27,61 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from scenarios.metrics import summarize_table
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.slo import Threshold
 from scenarios.spec import FleetSpec, Scenario
-from simulator.engine.core import EngineConfig
 from simulator.engine.stepcost import CostModel, scaled
 from simulator.fit.calibrate import Calibration
-from simulator.fit.tokenmap import TokenMap
 from simulator.forecast.capacity import saturation_throughput
 from simulator.forecast.pool import ProcessPool
-from simulator.replay.sim import simulate
+from simulator.forecast.seeds import Estimate, SeedJob, SeedOutcome, run_seed
 
 HOURS_PER_MONTH = 730.0
-WARMUP_FRACTION = 0.1  # requests sent in the first 10% of the window start an empty fleet
 SEARCH_TOLERANCE = 0.01  # stop when passing and failing fleets differ by at most 1%
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A quantity over the seeds: their mean, and the lowest and highest seed."""
-
-    mean: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: list[float]) -> Estimate:
-        x = np.asarray(values, dtype=float)
-        return cls(float(np.mean(x)), float(np.min(x)), float(np.max(x)))
-
-
 ZERO = Estimate(0.0, 0.0, 0.0)
-
-
-@dataclass(frozen=True)
-class SeedOutcome:
-    """What one simulated run of a configuration measured (one seed)."""
-
-    observed: dict[str, float]  # per objective name, the run's value
-    ttft_p50_ms: float
-    ttft_p95_ms: float
-    e2e_p50_ms: float
-    e2e_p95_ms: float
-    throughput: float  # fleet requests/s completed
-    output_tokens_per_s: float
-    utilisation: float  # replicas' busy fraction, mean
-    kv_peak: float
-    kv_mean: float
-    preemptions: float
-    slots_full: float
-    rejected: float  # share of the requests refused (429 from the admission queue)
-    mean_replicas: float  # replica-seconds over the simulated window
-    peak_replicas: float
-    cold_starts: float
-    core: str = "reference"  # the simulator core that ran it (simulate's `core`)
 
 
 @dataclass(frozen=True)
@@ -176,71 +135,6 @@ class ForecastConfig:
         f = scenario.forecast
         duration = f.duration_s or max(120.0, scenario.traffic.duration_s)
         return cls(f.seeds, duration, workers=f.workers, max_load=f.max_load, intervals=f.intervals)
-
-
-@dataclass(frozen=True)
-class SeedJob:
-    """One simulated run: everything a worker process needs, picklable."""
-
-    scenario: Scenario
-    engine: EngineConfig
-    seed: int
-    rate_scale: float
-    replicas: int
-    duration_s: float
-    tokens: TokenMap = field(default_factory=TokenMap)
-    fleet: FleetSpec = field(default_factory=FleetSpec)  # routing and admission
-
-
-def run_seed(job: SeedJob) -> SeedOutcome:
-    """Simulate one seed of one configuration and measure it over the steady window."""
-    scenario = job.scenario
-    thresholds = scenario.thresholds()
-    personas = scenario.persona_thresholds()
-    plan = build_plan(scenario, seed=job.seed, rate_scale=job.rate_scale, duration_s=job.duration_s)
-    plan = job.tokens.apply(plan, job.seed)
-    result = simulate(
-        plan,
-        job.engine,
-        replicas=job.replicas,
-        timeout_s=scenario.target.timeout_s,
-        record_chunks="itl" in {t.metric for t in thresholds},
-        fleet=job.fleet,
-        gpus_per_replica=scenario.cost.gpus_per_replica,
-    )
-    warmup = WARMUP_FRACTION * job.duration_s
-    table = result.table
-    steady = table.select(table.intended_start >= warmup)
-    summary = summarize_table(steady, thresholds, job.duration_s - warmup, personas)
-    observed = {str(slo.threshold): slo.observed for slo in summary.slos}
-    for persona, own in personas.items():
-        if persona in summary.by_persona:  # no request of it in the window: nothing to judge
-            by_name = {str(r.threshold): r.observed for r in summary.by_persona[persona].slos}
-            observed.update({f"{persona}: {t}": by_name[str(t)] for t in own})
-    ttft, e2e = summary.metrics["ttft"].percentiles, summary.metrics["e2e"].percentiles
-    window = job.duration_s - warmup
-    tokens = int(steady.output_tokens[steady.ok].sum())
-    lives = result.fleet.replica_seconds  # over the records' span, first send to last end
-    span = float(np.fmax(table.end, table.start).max() - table.start.min()) if len(table) else 0.0
-    return SeedOutcome(
-        observed,
-        ttft[50],
-        ttft[95],
-        e2e[50],
-        e2e[95],
-        summary.throughput,
-        tokens / window if window > 0 else 0.0,
-        float(np.mean(result.busy_fraction)),
-        result.kv_peak,
-        result.kv_mean,
-        float(result.preemptions),
-        result.slots_full,
-        result.rejected / max(len(table), 1),
-        lives / span if lives and span > 0 else float(job.replicas),
-        float(result.fleet.peak_replicas or job.replicas),
-        float(result.fleet.cold_starts),
-        result.core,
-    )
 
 
 @contextmanager

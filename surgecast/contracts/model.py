@@ -16,7 +16,8 @@ from simulator.fit.backtest import BacktestRow
 from simulator.fit.calibrate import PARAMS, Calibration, Fit
 from simulator.fit.costfit import Candidate
 from simulator.fit.tokenmap import TokenMap
-from simulator.forecast.search import Estimate, Evaluation, ForecastPoint
+from simulator.forecast.search import Evaluation, ForecastPoint
+from simulator.forecast.seeds import Estimate
 from surgecast.contracts.base import (
     Strict,
     finite,
