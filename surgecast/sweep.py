@@ -15,7 +15,7 @@ never seen by the fit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -148,24 +148,7 @@ def sweep(
         levels.append(Level(rate, outcome))
         return levels[-1]
 
-    passed: float | None = None
-    for factor in LEVELS:  # doubling until a level breaks
-        level = measure(base * factor)
-        reason = level.knee_reason()
-        if reason:
-            say(f"sweep: knee reached at {level.rate:.3g} req/s ({reason})")
-            break
-        passed = level.rate
-    failed = levels[-1].rate if levels[-1].knee_reason() else None
-    for _ in range(knee_steps if passed and failed else 0):  # bisection (geometric) to the knee
-        assert passed is not None and failed is not None
-        level = measure(math.sqrt(passed * failed))
-        if level.knee_reason():
-            failed = level.rate
-        else:
-            passed = level.rate
-    if passed and failed:
-        say(f"sweep: knee between {passed:.4g} and {failed:.4g} req/s")
+    passed = _find_knee(measure, base, knee_steps, say)
     slots = batch_limit or declared_slots(levels[0].outcome.folder) or 16
     stairs_level = _stairs(scenario, scenario_file, out, launcher, slots, say)
     fitted, held = _fitted_and_held(levels, passed)
@@ -176,6 +159,34 @@ def sweep(
     calibration = replace(calibration, measured_capacity=served if served > 0 else None)
     held_out = {lv.rate: backtest_run(lv.outcome.folder, calibration) for lv in held}
     return SweepResult([*levels, stairs_level], calibration, fitted, held_out)
+
+
+def _find_knee(
+    measure: Callable[[float], Level], base: float, knee_steps: int, say: Say
+) -> float | None:
+    """Levels from `base` req/s, doubling until one breaks, then `knee_steps` of geometric
+    bisection between the last that passed and the first that broke; the highest rate that
+    passed (None: none did)."""
+    passed: float | None = None
+    failed: float | None = None
+    for factor in LEVELS:
+        level = measure(base * factor)
+        reason = level.knee_reason()
+        if reason:
+            say(f"sweep: knee reached at {level.rate:.3g} req/s ({reason})")
+            failed = level.rate
+            break
+        passed = level.rate
+    for _ in range(knee_steps if passed and failed else 0):
+        assert passed is not None and failed is not None
+        level = measure(math.sqrt(passed * failed))
+        if level.knee_reason():
+            failed = level.rate
+        else:
+            passed = level.rate
+    if passed and failed:
+        say(f"sweep: knee between {passed:.4g} and {failed:.4g} req/s")
+    return passed
 
 
 def _stairs(

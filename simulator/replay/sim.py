@@ -333,6 +333,23 @@ def simulate(
             )  # fmt: skip
         if core == "fast":
             raise ValueError(f"the fast core does not run this simulation yet: {why}")
+    return _simulate_reference(
+        plan, config, replicas, timeout_s, record_chunks, fleet, gpus_per_replica, faults, jumps
+    )
+
+
+def _simulate_reference(
+    plan: Sequence[RequestSpec],
+    config: EngineConfig,
+    replicas: int,
+    timeout_s: float,
+    record_chunks: bool,
+    fleet: FleetSpec,
+    gpus_per_replica: int,
+    faults: TargetFaults | None,
+    jumps: bool,
+) -> SimResult:
+    """`simulate` on the reference: SimPy's clock, the engine's drive loop per replica."""
     scaler = fleet.autoscaler
     low = 1 if scaler is None else scaler.min_replicas
     high = replicas if scaler is None else scaler.max_replicas
