@@ -38,6 +38,7 @@ from scenarios.scrub import PromptStore
 from scenarios.spec import parse_scenario
 
 WATCH_S = 0.25  # how often a worker looks for its master
+MASTER_SILENT_S = 10.0  # no heartbeat from the master this long: it is gone (Locust waits 60)
 
 
 class RemoteWriter:
@@ -121,7 +122,8 @@ def serve_worker(
     master started (`parent_pid`) stops within WATCH_S of the master's death, however it
     died, on any platform: it is then the child of another process (on Linux the kernel's
     SIGTERM also comes, see loadgen.children); its requests in flight are cancelled, each
-    recorded as such."""
+    recorded as such. A remote worker stops within MASTER_SILENT_S of its master's last
+    heartbeat."""
     state: dict[str, Any] = {}
     with _signals_stop(state):
         return _serve(master_host, master_port, timeout_s, parent_pid, records, state)
@@ -171,9 +173,12 @@ def _serve(
     runner.register_message(STOP, on_stop)
     deadline = time.monotonic() + timeout_s
     while not finished.wait(WATCH_S):
-        if orphaned.is_set() or not len(runner.greenlet) or time.monotonic() > deadline:
-            # the master quit or went silent (Locust's heartbeat): stop; records not yet sent
-            # are lost, those in the worker's own file kept (its requests in flight cancelled)
+        heard = runner.last_heartbeat_timestamp  # the master's heartbeats, each second
+        silent = heard is not None and time.time() - heard > MASTER_SILENT_S
+        if orphaned.is_set() or silent or not len(runner.greenlet) or time.monotonic() > deadline:
+            # the master died or went silent: stop sending. Records not yet sent are lost (a
+            # local worker's own file keeps its); the master's marks of them (sent-remote.jsonl)
+            # record them as lost at the next `surgecast report`
             print("worker: the master is gone; stopping", file=sys.stderr)
             if "load" in state:
                 state["load"].stop(signal.SIGTERM)

@@ -96,6 +96,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_sigkill.py::test_a_worker_killed_outright_voids_the_run_and_says_so",
     "test_sigkill.py::test_a_one_process_run_killed_outright_loses_no_record",
     "test_sigkill.py::test_a_remote_worker_killed_outright_loses_no_record",
+    "test_sigkill.py::test_a_master_killed_outright_stops_its_remote_workers",
     "test_fast_core.py::test_a_cache_left_by_another_version_of_the_kernel_is_cleared",
     "test_fast_core.py::test_both_cores_give_equal_records_over_random_fleets",
     "test_sigkill.py::test_a_report_at_once_on_a_killed_masters_run_waits_for_its_workers",

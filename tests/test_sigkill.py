@@ -29,6 +29,7 @@ from targets.reference_launch import ReferenceTargetProcess
 from tests.conftest import ROOT, scenario_dict, served_requests, write_scenario
 from tests.test_signal_phases import _meta, alive, children
 
+MASTER_SILENT_S = 10.0  # loadgen/worker.py's (imported, it would gevent-patch this process)
 # 20 ms steps, 20-40 token answers: each request in flight for 0.4-0.8 s
 STEADY = EngineConfig(max_num_seqs=64, kv_cache_tokens=65536, cost=StepCost(0.020, 0.0, 0.0))
 
@@ -307,3 +308,39 @@ def test_a_remote_worker_killed_outright_loses_no_record(tmp_path: Path, target:
     assert all("a remote worker" in r["error_detail"] for r in lost)
     reasons = " ".join(_meta(out)["validity"]["reasons"])
     assert f"{len(lost)} by the remote workers" in reasons, reasons
+
+
+def test_a_master_killed_outright_stops_its_remote_workers(tmp_path: Path, target: str) -> None:
+    """A remote worker stops sending within MASTER_SILENT_S of its master's death (Locust's
+    own heartbeat waits a minute). The master kept each attempt's mark, so once `surgecast
+    report` merged the killed run, every request the target received while the master lived
+    has a record (those in flight, or answered but not yet sent back, as lost); only those
+    sent in the seconds before the worker noticed have none: their marks had no master."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "surgecast", "worker", "--master-port", port],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        proc, out, _ = _scaled_run(tmp_path, target, 1, "--master", "--master-bind-port", port)
+        proc.kill()
+        killed = time.monotonic()
+        proc.wait(timeout=30)
+        worker.wait(timeout=MASTER_SILENT_S + 30)
+        stopped_s = time.monotonic() - killed
+    finally:
+        worker.kill()
+    _still(target)
+    _report(out)
+    missing, total = _unrecorded(target, out)
+    after = sum(s["received"] > killed for s in served_requests(target).values())
+    lost = sum(r["error_kind"] == WORKER_LOST for r in _records(out))
+    print(
+        f"\nmaster SIGKILL, remote worker: it stopped {stopped_s:.1f} s after; {len(missing)} "
+        f"of {total} lack records, {after} were sent after the master died; {lost} lost"
+    )
+    assert stopped_s < MASTER_SILENT_S + 5
+    assert len(missing) <= after
