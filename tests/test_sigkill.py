@@ -277,11 +277,9 @@ def test_a_one_process_run_killed_outright_loses_no_record(tmp_path: Path, targe
     assert f"{len(lost)} by the run's own process" in reasons
 
 
-def test_a_remote_worker_killed_outright_loses_no_record(tmp_path: Path, target: str) -> None:
-    """A remote worker sends each attempt's mark to its master ahead of the attempt: killed
-    outright, the master sees it stop answering, voids the run, and records each request it
-    had out (or had not yet reported) as lost, so every request the target received has
-    exactly one record."""
+def _remote_worker() -> tuple[subprocess.Popen[bytes], tuple[str, ...]]:
+    """A `surgecast worker` waiting on a free loopback port (as on another host), and the
+    flags of the master it waits for."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
@@ -290,8 +288,16 @@ def test_a_remote_worker_killed_outright_loses_no_record(tmp_path: Path, target:
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
+    return worker, ("--master", "--master-bind-port", port)
+
+
+def test_a_remote_worker_killed_outright_loses_no_record(tmp_path: Path, target: str) -> None:
+    """A remote worker sends each attempt's mark to its master ahead of the attempt: killed
+    outright, the master sees it stop answering, voids the run, and records each request it
+    had out (or had not yet reported) as lost, so every request the target received has
+    exactly one record."""
+    worker, master = _remote_worker()
     try:
-        master = ("--master", "--master-bind-port", port)
         proc, out, _ = _scaled_run(tmp_path, target, 1, *master)
         worker.kill()
         _, err = proc.communicate(timeout=120)
@@ -316,16 +322,9 @@ def test_a_master_killed_outright_stops_its_remote_workers(tmp_path: Path, targe
     report` merged the killed run, every request the target received while the master lived
     has a record (those in flight, or answered but not yet sent back, as lost); only those
     sent in the seconds before the worker noticed have none: their marks had no master."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "surgecast", "worker", "--master-port", port],
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
+    worker, master = _remote_worker()
     try:
-        proc, out, _ = _scaled_run(tmp_path, target, 1, "--master", "--master-bind-port", port)
+        proc, out, _ = _scaled_run(tmp_path, target, 1, *master)
         proc.kill()
         killed = time.monotonic()
         proc.wait(timeout=30)

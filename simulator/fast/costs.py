@@ -1,5 +1,6 @@
 """The step-cost models (`simulator.engine.stepcost`), each expression in its order, so a step
-costs what the reference's costs to the last bit."""
+costs what the reference's costs to the last bit; and what the steps cost a replica (its
+usage)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import numpy as np
 from numba import njit
 
 from simulator.fast.layout import (
+    BUSY_S,
+    FREE,
+    FULL_S,
+    KV_PEAK,
+    KV_S,
     LINEAR,
     ROOFLINE,
+    RUN_LEN,
     Config,
+    State,
 )
 
 
@@ -37,3 +45,17 @@ def step_seconds(c: Config, decode: int, prefill: int, context: int) -> float:
             slope = max(slope, 0.0)
         base = max(ys[i] + slope * (d - xs[i]), 0.0)
     return float(base + p[2] * prefill + p[3] * context)
+
+
+@njit(cache=True)
+def add_usage(w: State, c: Config, r: int, seconds: float) -> None:
+    """Count a step of replica `r` in its usage with the KV use and slots it runs with
+    (`simulator.engine.drive.Usage.add`)."""
+    qi, qf = w.qi, w.qf
+    kv = (c.num_blocks - qi[r, FREE]) / c.num_blocks
+    qf[r, BUSY_S] += seconds
+    qf[r, KV_S] += kv * seconds
+    if kv > qf[r, KV_PEAK]:
+        qf[r, KV_PEAK] = kv
+    if qi[r, RUN_LEN] >= c.max_num_seqs:
+        qf[r, FULL_S] += seconds

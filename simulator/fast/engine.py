@@ -8,11 +8,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from simulator.fast.costs import step_seconds
+from simulator.fast.costs import add_usage, step_seconds
 from simulator.fast.jumps import _plan_jump
 from simulator.fast.layout import (
     BLOCKS,
-    BUSY_S,
     COMP,
     COUNT,
     DC_H,
@@ -26,10 +25,7 @@ from simulator.fast.layout import (
     FINISHED,
     FIRST,
     FREE,
-    FULL_S,
     GEN,
-    KV_PEAK,
-    KV_S,
     MAXT,
     ND_H,
     ND_N,
@@ -275,7 +271,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """Plan replica `r`'s next step and set its end (`Scheduler.schedule`, `Engine.plan_step`,
     the drive loop's usage): the decodes' blocks, the prompts' next chunks, then admissions if
     nothing was preempted, within the step's token budget; a steady batch jumps."""
-    qi, qf = w.qi, w.qf
+    qi = w.qi
     preempted = _room_for_decodes(w, e, c, r)
     budget, prefill, context, n_prefill, cut = _prompt_chunks(w, e, c, r)
     preempted = preempted or cut
@@ -290,13 +286,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     jump = c.jumps and n_prefill == 0 and not preempted and steady
     if jump and _plan_jump(w, e, c, r, now, decode, context):
         return
-    kv = (c.num_blocks - qi[r, FREE]) / c.num_blocks
-    qf[r, BUSY_S] += seconds
-    qf[r, KV_S] += kv * seconds
-    if kv > qf[r, KV_PEAK]:
-        qf[r, KV_PEAK] = kv
-    if qi[r, RUN_LEN] >= c.max_num_seqs:
-        qf[r, FULL_S] += seconds
+    add_usage(w, c, r, seconds)
     qi[r, TIMER_SEQ] = e.ctr[COUNT]
     _schedule(e.t, e.i, e.ctr, now + seconds, NORMAL, E_STEP_END, r)
 

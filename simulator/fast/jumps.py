@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from simulator.fast.costs import step_seconds
+from simulator.fast.costs import add_usage, step_seconds
 from simulator.fast.layout import (
     BUSY_S,
     COUNT,
@@ -159,18 +159,11 @@ def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
 @njit(cache=True)
 def _account(w: State, c: Config, r: int, i: int) -> None:
     """Count the jump's step `i` in the usage, once, with the KV use it ran with."""
-    qi, qf = w.qi, w.qf
+    qi = w.qi
     if qi[r, J_COUNTED] == i:
         return
     qi[r, J_COUNTED] = i
-    seconds = _jump_step_s(w, c, r, i)
-    kv = (c.num_blocks - qi[r, FREE]) / c.num_blocks
-    qf[r, BUSY_S] += seconds
-    qf[r, KV_S] += kv * seconds
-    if kv > qf[r, KV_PEAK]:
-        qf[r, KV_PEAK] = kv
-    if qi[r, RUN_LEN] >= c.max_num_seqs:
-        qf[r, FULL_S] += seconds
+    add_usage(w, c, r, _jump_step_s(w, c, r, i))
 
 
 @njit(cache=True)
