@@ -114,6 +114,7 @@ def simulate_scenario(
         "kind": "simulated",
         "replicas": replicas,
         "scale": scale,
+        "core": result.core,
         "engine": calibration.engine.to_dict(),
         "fleet": {
             "rejected": result.rejected,

@@ -133,10 +133,13 @@ def test_calibrate_and_forecast_commands(pipeline_run: tuple[Path, str], tmp_pat
     assert result.returncode == 0, result.stderr
     sim_records = (sim / "requests.jsonl").read_text().splitlines()
     assert sim_records and all('"source":"simulated"' in line for line in sim_records)
+    assert json.loads((sim / "run.json").read_text())["target"]["core"] == "fast"
     fc = tmp_path / "fc.json"
     result = run_cli("forecast", str(path), "--calibration", str(cal), "--json", str(fc))
     assert result.returncode == 0, result.stderr
     assert "x3" in result.stdout and json.loads(fc.read_text())["points"][1]["scale"] == 3
+    assert "simulator core: fast for" in result.stdout
+    assert json.loads(fc.read_text())["points"][1]["best"]["core"] == "fast"
     assert run_cli("report", str(run)).returncode == 0
     assert (run / "index.html").exists()
     bad = run_cli("forecast", str(path), "--calibration", str(tmp_path / "none.json"))

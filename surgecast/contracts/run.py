@@ -119,6 +119,9 @@ class RunTarget(Strict):
 
     scale: float | None = Field(None, description="simulated runs: the arrival rate's scale")
     fleet: dict[str, Any] | None = Field(None, description="simulated runs: the fleet's counts")
+    core: Literal["reference", "fast"] | None = Field(
+        None, description="simulated runs: the simulator core that ran it"
+    )
 
 
 class RunMeta(Strict):
