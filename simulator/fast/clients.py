@@ -86,7 +86,7 @@ from simulator.fast.layout import (
     Events,
     State,
 )
-from simulator.fast.queues import _append, _load_changed, _schedule, _unlink
+from simulator.fast.queues import _append, _load_changed, _push_back, _schedule, _unlink
 
 
 @njit(cache=True)
@@ -224,12 +224,7 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
     qi[r, W_LEN] += 1
     sent = rf[i, START] if waited else now - c.overhead_s
     rf[i, DEADLINE] = sent + c.timeout_s
-    ri[i, DL_N] = -1  # deadlines come in submission order: a queue
-    if qi[r, DL_T] >= 0:
-        ri[qi[r, DL_T], DL_N] = i
-    else:
-        qi[r, DL_H] = i
-    qi[r, DL_T] = i
+    _push_back(ri, qi, DL_N, DL_H, DL_T, r, i)  # deadlines come in submission order
     if qi[r, J_STOP] >= 0:
         _cut(w, e, c, r, now)
     _load_changed(w.loads, qi, e.ctr, c.max_num_seqs, r)

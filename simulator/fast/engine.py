@@ -69,10 +69,10 @@ from simulator.fast.layout import (
     State,
 )
 from simulator.fast.queues import (
-    _add_to_step,
     _append,
     _keep_chunk,
     _prepend,
+    _push_back,
     _rows_of,
     _schedule,
     _unlink,
@@ -345,7 +345,7 @@ def _prompt_chunks(w: State, e: Events, c: Config, r: int) -> tuple[int, int, in
         budget -= n
         prefill += n
         context += upto
-        _add_to_step(ri, qi, r, s)
+        _push_back(ri, qi, SP_N, SP_H, SP_T, r, s)
         n_prefill += 1
     return budget, prefill, context, n_prefill, preempted
 
@@ -373,7 +373,7 @@ def _admit(w: State, e: Events, c: Config, r: int, budget: int, n_prefill: int) 
         _append(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
         qi[r, RUN_LEN] += 1
         _append(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
-        _add_to_step(ri, qi, r, s)
+        _push_back(ri, qi, SP_N, SP_H, SP_T, r, s)
         admitted += 1
         budget -= n
         taken += n

@@ -17,9 +17,6 @@ from simulator.fast.layout import (
     RUN_LEN,
     SEQ,
     SIZE,
-    SP_H,
-    SP_N,
-    SP_T,
     W_LEN,
     WAKES,
     A,
@@ -188,10 +185,11 @@ def _keep_chunk(e: Events, s: int, now: float) -> None:
 
 
 @njit(cache=True)
-def _add_to_step(ri: A, qi: A, r: int, s: int) -> None:
-    ri[s, SP_N] = -1
-    if qi[r, SP_T] >= 0:
-        ri[qi[r, SP_T], SP_N] = s
+def _push_back(ri: A, qi: A, n_: int, h_: int, t_: int, r: int, s: int) -> None:
+    """Append row `s` to replica `r`'s one-way list (next column N, head H, tail T)."""
+    ri[s, n_] = -1
+    if qi[r, t_] >= 0:
+        ri[qi[r, t_], n_] = s
     else:
-        qi[r, SP_H] = s
-    qi[r, SP_T] = s
+        qi[r, h_] = s
+    qi[r, t_] = s
