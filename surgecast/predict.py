@@ -13,6 +13,7 @@ from scenarios.plan import build_plan
 from scenarios.records import write_records
 from scenarios.spec import Scenario, ScenarioError, parse_scenario
 from simulator.deploy.catalog import load_catalog
+from simulator.fast.warm import warm
 from simulator.fit.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
 from simulator.fit.calibrate import Calibration
 from simulator.forecast.deployments import Choice, DeploymentSearch, Option, options
@@ -31,6 +32,7 @@ from surgecast.rundir import RunFolder
 def backtest_run(folder: RunFolder, calibration: Calibration) -> list[BacktestRow]:
     """Predict the folder's measured run with `calibration`, from its own send times and from
     its scenario's plan; saves and returns the rows."""
+    warm(say_stderr)
     records = folder.records()
     rows, result = backtest(records, calibration)
     scenario = _scenario_of(folder)
@@ -61,6 +63,7 @@ def forecast_scenario(
 ) -> list[ForecastPoint]:
     """Forecast at each scale, with today's traffic (x1) first as the baseline."""
     scales = sorted({1.0, *scales})
+    warm(say)
     say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
     bar = ForecastBar(scales)
     forecaster = Forecaster(scenario, calibration, progress=bar)
@@ -97,6 +100,7 @@ def simulate_scenario(
         raise ScenarioError(scenario_file, [str(e)]) from None
     if scenario.fleet.autoscaler is not None:  # an autoscaler starts from its own count
         replicas = scenario.fleet.autoscaler.starting_replicas
+    warm(say_stderr)
     folder = RunFolder.new(scenario.name, out)
     plan = calibration.tokens.apply(build_plan(scenario, rate_scale=scale), scenario.traffic.seed)
     result = simulate(
@@ -160,6 +164,7 @@ def choose_deployment(
         f"deployments: {len(candidates)} options ({fitting} fit), carried from "
         f"{spec.measured.label()}, at x{', x'.join(f'{s:g}' for s in scales)}"
     )
+    warm(say)
     started = time.monotonic()
 
     def progress(o: Option) -> Progress:

@@ -260,15 +260,19 @@ print(simulate([RequestSpec("a", 0.0, 10, 5)], EngineConfig(), core="fast").reco
 def test_a_cache_left_by_another_version_of_the_kernel_is_cleared(tmp_path: Path) -> None:
     """numba's cache index pickles argument types, and an index naming a type the kernel no
     longer has (a checkout updated over its cache) raised AttributeError on load: the cache
-    is kept for one version of the source only."""
+    is kept for one version of the source only. `warm` compiles it, saying so, when none is
+    cached, and says nothing when one is."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
 
     def child(code: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-c", code]
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
 
-    assert child(SIMULATE).stdout.strip() == "ok"  # compiled, cached under tmp_path
+    warm = "from simulator.fast.warm import warm; warm(print)"
+    assert "compiling the fast simulator core" in child(warm).stdout  # cached under tmp_path
     assert list(tmp_path.rglob("*.nbi"))
+    assert child(warm).stdout == ""  # compiled: nothing to say
+    assert child(SIMULATE).stdout.strip() == "ok"
     made = child(STALE_INDEX)
     assert made.returncode == 0, made.stderr[-2000:]
     again = child(SIMULATE)
