@@ -5,6 +5,7 @@ sent SIGTERM by the kernel when surgecast dies, even by SIGKILL, so none is left
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 from typing import Any
@@ -21,3 +22,10 @@ def child_options() -> dict[str, Any]:
     """subprocess.Popen's options for such a child."""
     linux = sys.platform == "linux"
     return {"start_new_session": True, "preexec_fn": _die_with_parent if linux else None}
+
+
+def own_session() -> None:
+    """The same, for a child started without exec (multiprocessing's spawn), called first."""
+    os.setsid()
+    if sys.platform == "linux":
+        _die_with_parent()

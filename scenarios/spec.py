@@ -278,7 +278,13 @@ class Telemetry(Strict):
 class Forecast(Strict):
     scales: list[float] = Field(default_factory=lambda: [10.0, 100.0, 1000.0])
     seeds: int = Field(5, ge=2, le=50, description="Simulations per configuration.")
-    workers: int = Field(0, ge=0, le=256, description="Processes for the seeds; 0: one per core.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Local Dask worker processes for the seeds; 0: one per core, 1: in the "
+        "command's own process (`--scheduler` sends them to a Dask cluster instead).",
+    )
     max_load: float = Field(
         0.9,
         gt=0,

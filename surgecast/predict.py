@@ -17,7 +17,13 @@ from simulator.fast.warm import warm
 from simulator.fit.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
 from simulator.fit.calibrate import Calibration
 from simulator.forecast.deployments import Choice, DeploymentSearch, Option, options
-from simulator.forecast.search import Evaluation, Forecaster, ForecastPoint, Progress
+from simulator.forecast.search import (
+    Evaluation,
+    ForecastConfig,
+    Forecaster,
+    ForecastPoint,
+    Progress,
+)
 from simulator.replay.coldstart import load_seconds
 from simulator.replay.sim import simulate
 from surgecast.calibration import in_sample
@@ -59,14 +65,20 @@ def _scenario_of(folder: RunFolder) -> Scenario | None:
 
 
 def forecast_scenario(
-    scenario: Scenario, calibration: Calibration, scales: Sequence[float], say: Say = say_stderr
+    scenario: Scenario,
+    calibration: Calibration,
+    scales: Sequence[float],
+    say: Say = say_stderr,
+    scheduler: str | None = None,
 ) -> list[ForecastPoint]:
-    """Forecast at each scale, with today's traffic (x1) first as the baseline."""
+    """Forecast at each scale, with today's traffic (x1) first as the baseline; `scheduler`: a
+    Dask scheduler's address, whose workers run the simulations."""
     scales = sorted({1.0, *scales})
     warm(say)
     say(f"forecast: fewest replicas meeting every SLO at x{', x'.join(f'{s:g}' for s in scales)}")
     bar = ForecastBar(scales)
-    forecaster = Forecaster(scenario, calibration, progress=bar)
+    config = ForecastConfig.of(scenario, scheduler)
+    forecaster = Forecaster(scenario, calibration, config, progress=bar)
     c = forecaster.config
     say(
         f"  x1 is {forecaster.base_rate:.3g} req/s; each fleet: {c.seeds} seeds of "
@@ -146,6 +158,7 @@ def choose_deployment(
     scales: Sequence[float],
     say: Say = say_stderr,
     exhaustive: bool = False,
+    scheduler: str | None = None,
 ) -> list[Choice]:
     """The cheapest deployment and fleet meeting every SLO at each scale, among the scenario's
     `deployments` options, carried from the deployment the calibration measured."""
@@ -183,6 +196,7 @@ def choose_deployment(
         spec.measured,
         candidates,
         catalog,
+        ForecastConfig.of(scenario, scheduler),
         progress=progress,
         transfer_error=spec.transfer_error,
     )

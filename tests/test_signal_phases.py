@@ -239,3 +239,46 @@ def test_report_command_leaves_whole_files_or_none(
     if (out / "index.html").exists():
         assert (out / "index.html").read_text().rstrip().endswith("</html>")
     json.loads((out / "run.json").read_text())
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        below = children(todo.pop())
+        found |= below
+        todo += below
+    return found
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNALS, ids=IDS)
+def test_a_pipeline_stopped_in_its_forecast(tmp_path: Path, signum: int, code: int) -> None:
+    """The forecast runs in a process of its own with its Dask workers (gevent patched the
+    pipeline's): SIGINT to the whole process group (a terminal's Ctrl-C) or SIGTERM to the
+    pipeline stops them all, in one line, no traceback, what was written before kept."""
+    data = scenario_dict(
+        traffic={"rate": 4, "duration_s": 2, "seed": 5},
+        forecast={"seeds": 2, "duration_s": 600, "workers": 2, "scales": [1, 10, 100]},
+    )
+    scenario = write_scenario(tmp_path / "s.yaml", data)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "surgecast", "pipeline", str(scenario), "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_child_env(measured=True), start_new_session=True,
+    )  # fmt: skip
+    _wait(proc, "it forecast", lambda: (out / "backtest.json").exists())
+    _wait(proc, "its forecast had workers", lambda: len(_descendants(proc.pid)) >= 3)
+    started = _descendants(proc.pid)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and "never retrieved" not in err, err[-3000:]
+    assert [line for line in err.splitlines() if "interrupted" in line or "terminated" in line]
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in started):
+        assert time.monotonic() < deadline, "the forecast's processes outlived the pipeline"
+        time.sleep(0.1)
+    assert (out / "calibration.json").exists() and not (out / "forecast.json").exists()

@@ -25,6 +25,7 @@ from simulator.deploy.steptime import carry, deployment_cost
 from simulator.engine.stepcost import CostModel
 from simulator.fit.calibrate import Calibration
 from simulator.forecast.capacity import saturation_throughput
+from simulator.forecast.cluster import InProcess
 from simulator.forecast.search import (
     HOURS_PER_MONTH,
     ForecastConfig,
@@ -33,7 +34,6 @@ from simulator.forecast.search import (
     Progress,
     Today,
     next_hint,
-    seed_pool,
 )
 
 
@@ -145,15 +145,15 @@ class DeploymentSearch:
         force the pruned search must agree with)."""
         hints: dict[str, tuple[float, float] | None] = {label: None for label in self.forecasters}
         choices = []
-        with seed_pool(self.config.workers, self.config.seeds) as pool:
+        with self.config.runner() as runner:
             for f in self.forecasters.values():
-                f.attach(pool)
+                f.attach(runner)
             try:
                 for scale in sorted(scales):
                     choices.append(self._with_interval(self._choose(scale, hints, exhaustive)))
             finally:
                 for f in self.forecasters.values():
-                    f.attach(None)
+                    f.attach(InProcess())
         by_scale = {c.scale: c for c in choices}
         return [by_scale[s] for s in scales]
 

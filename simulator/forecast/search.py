@@ -3,12 +3,13 @@
 Every configuration simulates the whole fleet: N replicas behind the router receive all of the
 scaled traffic, with no slice standing in for them. Each configuration runs over several seeds,
 each with its own arrivals and step costs drawn from the calibration's uncertainty, for
-`forecast.duration_s` of simulated traffic (the first 10% discarded as warm-up); the seeds run in
-a process pool across the machine's cores. The error bars are the range over seeds, and a
-configuration passes only if every seed meets every SLO and the traffic stays under
-`forecast.max_load` (0.9 by default) of the fleet's saturation throughput: a simulated window
-is too short for a queue near saturation to build up, and headroom absorbs bursts, calibration
-error and drift. A fleet over that load is refused without being simulated.
+`forecast.duration_s` of simulated traffic (the first 10% discarded as warm-up); the seeds run on
+a local Dask cluster across the machine's cores, or on a cluster by address
+(`simulator.forecast.cluster`). The error bars are the range over seeds, and a configuration
+passes only if every seed meets every SLO and the traffic stays under `forecast.max_load` (0.9
+by default) of the fleet's saturation throughput: a simulated window is too short for a queue
+near saturation to build up, and headroom absorbs bursts, calibration error and drift. A fleet
+over that load is refused without being simulated.
 
 The search starts each scale from the load per replica that passed at the scale below, so a
 larger scale costs a few fleets, not a binary search from one replica; it stops when the passing
@@ -17,11 +18,10 @@ and failing fleets are within 1% of each other (one replica below 100).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -33,7 +33,7 @@ from scenarios.spec import FleetSpec, Scenario
 from simulator.engine.stepcost import CostModel, scaled
 from simulator.fit.calibrate import Calibration
 from simulator.forecast.capacity import saturation_throughput
-from simulator.forecast.pool import ProcessPool
+from simulator.forecast.cluster import InProcess, Runner, runner
 from simulator.forecast.seeds import Estimate, SeedJob, SeedOutcome, run_seed
 
 HOURS_PER_MONTH = 730.0
@@ -126,26 +126,23 @@ class ForecastConfig:
     seeds: int = 5
     duration_s: float = 120.0  # simulated traffic per configuration and seed
     max_replicas: int = 100000
-    workers: int = 0  # processes for the seeds; 0: one per core, 1: none (in this process)
+    workers: int = 0  # local processes for the seeds; 0: one per core, 1: none (this process)
+    scheduler: str | None = None  # a Dask scheduler's address: its workers run the seeds
     max_load: float = 0.9  # of the saturation throughput, beyond which a fixed fleet fails
     intervals: bool = False  # search again at the step time band's edges: replicas_low, _high
 
     @classmethod
-    def of(cls, scenario: Scenario) -> ForecastConfig:
+    def of(cls, scenario: Scenario, scheduler: str | None = None) -> ForecastConfig:
         f = scenario.forecast
         duration = f.duration_s or max(120.0, scenario.traffic.duration_s)
-        return cls(f.seeds, duration, workers=f.workers, max_load=f.max_load, intervals=f.intervals)
+        return cls(
+            f.seeds, duration, workers=f.workers, scheduler=scheduler, max_load=f.max_load,
+            intervals=f.intervals,
+        )  # fmt: skip
 
-
-@contextmanager
-def seed_pool(workers: int, seeds: int) -> Iterator[ProcessPool | None]:
-    """Worker processes for the seeds, or None to run them in this process."""
-    n = min(workers or (os.cpu_count() or 1), seeds)
-    if n <= 1:
-        yield None
-        return
-    with ProcessPool(n) as pool:
-        yield pool
+    def runner(self) -> contextlib.AbstractContextManager[Runner]:
+        """What runs the seeds: see `simulator.forecast.cluster.runner`."""
+        return runner(self.workers, self.seeds, self.scheduler)
 
 
 Progress = Callable[[float, Evaluation], None]  # (scale, a fleet just evaluated)
@@ -187,11 +184,11 @@ class Forecaster:
             self.costs = [(transform(cost), overhead) for cost, overhead in self.costs]
         band_rng = np.random.default_rng(scenario.traffic.seed + 104729)
         self.band = step_time_band(calibration, band_rng, transfer_error)
-        self._pool: ProcessPool | None = None
+        self._runner: Runner = InProcess()
 
     def slower(self, factor: float) -> Forecaster:
         """This forecaster with every step `factor` times as long, sharing its traffic and
-        pool (an edge of the step time's band)."""
+        runner (an edge of the step time's band)."""
         other = copy.copy(self)
         other.costs = [(scaled(cost, factor), overhead) for cost, overhead in self.costs]
         engine = self.calibration.engine
@@ -224,9 +221,9 @@ class Forecaster:
             replicas_high=None if high is None else max(high, n),
         )
 
-    def attach(self, pool: ProcessPool | None) -> None:
-        """Run the seeds in `pool` (None: in this process) until attached elsewhere."""
-        self._pool = pool
+    def attach(self, runner: Runner) -> None:
+        """Run the seeds on `runner` until attached elsewhere."""
+        self._runner = runner
 
     @property
     def replica_hour_usd(self) -> float:
@@ -260,10 +257,7 @@ class Forecaster:
             )
             for i, (cost, overhead) in enumerate(self.costs)
         ]
-        if self._pool is not None:
-            outcomes = self._pool.map(run_seed, jobs)
-        else:
-            outcomes = [run_seed(job) for job in jobs]
+        outcomes = self._runner.map(run_seed, jobs)
         observed: dict[str, list[float]] = {name: [] for name in self.checks}
         for o in outcomes:
             for name, value in o.observed.items():
@@ -353,8 +347,8 @@ class Forecaster:
     def run(self, scales: list[float]) -> list[ForecastPoint]:
         points: list[ForecastPoint] = []
         hint: tuple[float, float] | None = None
-        with seed_pool(self.config.workers, self.config.seeds) as pool:
-            self._pool = pool
+        with self.config.runner() as runner:
+            self.attach(runner)
             try:
                 for scale in sorted(scales):
                     p = self.point(scale, hint)
@@ -367,7 +361,7 @@ class Forecaster:
                     points.append(p)
                     hint = next_hint(p) or hint
             finally:
-                self._pool = None
+                self.attach(InProcess())
         by_scale = {p.scale: p for p in points}
         return [by_scale[s] for s in scales]
 

@@ -35,6 +35,17 @@ def scales(text: str) -> list[float]:
     return [positive(x) for x in parts]
 
 
+def scheduler_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the forecast's simulations on the Dask cluster whose scheduler is at ADDRESS "
+        "(tcp://host:8786; started with `dask scheduler`, its workers with `dask worker "
+        "ADDRESS`, each with this surgecast installed); default: $DASK_SCHEDULER_ADDRESS, else "
+        "a local cluster of forecast.workers processes",
+    )
+
+
 def fraction(text: str) -> float:
     value = positive(text)
     if not 0.5 < value < 1:

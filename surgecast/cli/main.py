@@ -10,7 +10,7 @@ went away, as in `surgecast catalog | head`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from loadgen.client import MissingApiKey, MissingModel, TargetRefused, TargetUnreachable
 from scenarios.corpora import CorpusError
@@ -20,6 +20,7 @@ from scenarios.runfiles import UnreadableFile
 from scenarios.spec import ScenarioError
 from scenarios.trace_errors import TraceError
 from simulator.deploy.catalog import CatalogError
+from simulator.forecast.cluster import ClusterError
 from surgecast import __version__
 from surgecast.cli import deploy, judge, model, run, serve
 from surgecast.cli.exits import (
@@ -62,11 +63,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    def command() -> int:
+        args = parser().parse_args(argv)
+        code: int = args.func(args)
+        return code
+
+    return guarded(command)
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """`command()`'s exit code, or the one for what it raised (said in a line or a list)."""
     with stop_signals():  # SIGINT and SIGTERM raise where the command is (surgecast.interrupts)
         try:
-            args = parser().parse_args(argv)
-            code: int = args.func(args)
-            return code
+            return command()
         except Terminated:
             say_stderr("terminated (SIGTERM): records written so far are kept")
             return EXIT_TERMINATED
@@ -81,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for problem in e.problems:
                 say_stderr(f"  {problem}")
             return EXIT_BAD_INPUT
-        except (BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge) as e:
+        except (
+            BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge, ClusterError
+        ) as e:  # fmt: skip
             say_stderr(f"error: {e}")
             return EXIT_BAD_INPUT
         except (RecordsError, RunFolderError, ContractError, UnreadableFile) as e:  # any reader's

@@ -19,6 +19,7 @@ from surgecast.cli.args import (
     limit_flags,
     positive,
     scales,
+    scheduler_flag,
     url,
 )
 from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO, BadInput
@@ -139,6 +140,7 @@ def _add_forecast(sub: Subparsers) -> None:
         help="deployments: simulate every option that fits, not only those that could win "
         "(the whole Pareto front; slower)",
     )
+    scheduler_flag(s)
     s.set_defaults(func=cmd_forecast)
 
 
@@ -318,7 +320,7 @@ def cmd_forecast(a: argparse.Namespace) -> int:
         return _choose_deployment(a, scenario, calibration, scales)
     if a.html or a.exhaustive:
         raise BadInput("--html and --exhaustive need a scenario with a `deployments` section")
-    points = forecast_scenario(scenario, calibration, scales)
+    points = forecast_scenario(scenario, calibration, scales, scheduler=a.scheduler)
     out(forecast_table(points))
     if a.json_out:
         from surgecast.contracts import write_forecast
@@ -335,7 +337,9 @@ def _choose_deployment(
     from surgecast.predict import choose_deployment
     from surgecast.tables import as_markdown, deployment_blocks
 
-    choices = choose_deployment(scenario, calibration, scales, exhaustive=a.exhaustive)
+    choices = choose_deployment(
+        scenario, calibration, scales, exhaustive=a.exhaustive, scheduler=a.scheduler
+    )
     out(as_markdown(deployment_blocks(choices)))
     written = []
     try:

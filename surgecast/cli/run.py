@@ -4,6 +4,11 @@ process of a scaled-out run) and `plan` (what a run would send, without sending 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+import signal
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,15 +22,17 @@ from surgecast.cli.args import (
     positive,
     processes,
     scales,
+    scheduler_flag,
 )
 from surgecast.cli.args import scenario_arg as load_scenario_arg
 from surgecast.cli.engines import engine_flags, launcher_for, target_flag
-from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO
+from surgecast.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_SLO, EXIT_TERMINATED
 from surgecast.console import out, say_stderr, warn
 
 if TYPE_CHECKING:
     from scenarios.spec import Scenario
     from surgecast.live_run import RunOutcome
+    from surgecast.rundir import RunFolder
 
 Subparsers = argparse._SubParsersAction
 
@@ -55,6 +62,7 @@ def _add_pipeline(sub: Subparsers) -> None:
     corpus_dir_flag(s)
     limit_flags(s)
     engine_flags(s)
+    scheduler_flag(s)
     s.set_defaults(func=cmd_pipeline)
 
 
@@ -252,12 +260,65 @@ def cmd_pipeline(a: argparse.Namespace) -> int:
     outcome = run_load(scenario, a.scenario, launcher_for(a, scenario), out=a.out)
     code = run_exit(outcome)
     if outcome.valid:
-        code = _model_the_run(a, scenario, outcome) or code
+        modelling = Modelling(a.max_num_seqs, a.kv_cache_tokens, a.scales, a.scheduler)
+        code = _model_apart(modelling, scenario, outcome.folder) or code
     out(f"\nreport: {write_report(outcome.folder, render)}")
     return code
 
 
-def _model_the_run(a: argparse.Namespace, scenario: Scenario, outcome: RunOutcome) -> int | None:
+@dataclass(frozen=True)
+class Modelling:
+    """What the model step of a pipeline takes from its command line."""
+
+    max_num_seqs: int | None
+    kv_cache_tokens: int | None
+    scales: list[float] | None
+    scheduler: str | None
+
+
+def _model_apart(m: Modelling, scenario: Scenario, folder: RunFolder) -> int | None:
+    """`_model_the_run` in a fresh interpreter: the load run gevent-patched this one, and the
+    forecast's Dask client needs real threads. The child (and its Dask workers) have a session
+    of their own: this process, interrupted, stops it (SIGTERM) and is interrupted as ever."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_model_child, args=(m, scenario, folder), name="surgecast-model"
+    )
+    child.start()
+    try:
+        child.join()
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join()
+    code = child.exitcode or 0
+    if code < 0:
+        say_stderr(f"the model step died ({signal.Signals(-code).name}): nothing more was written")
+        return EXIT_INVALID
+    return code or None
+
+
+def _model_child(m: Modelling, scenario: Scenario, folder: RunFolder) -> None:
+    from loadgen.children import own_session
+    from surgecast.cli.main import guarded
+    from surgecast.interrupts import Terminated
+
+    own_session()
+
+    def command() -> int:
+        try:
+            return _model_the_run(m, scenario, folder) or 0
+        except Terminated:  # stopped by the pipeline, which says why
+            return EXIT_TERMINATED
+
+    code = guarded(command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as the entry leaves: no atexit hook (Dask's) fusses over a stopped cluster
+
+
+def _model_the_run(m: Modelling, scenario: Scenario, folder: RunFolder) -> int | None:
     """Calibrate on the run, back-test it and forecast its scenario; EXIT_INVALID when the
     records cannot support a fit (nothing written), else None."""
     from simulator.fit.backtest import backtest_warnings
@@ -268,11 +329,10 @@ def _model_the_run(a: argparse.Namespace, scenario: Scenario, outcome: RunOutcom
     from surgecast.predict import backtest_run, forecast_scenario, save_forecast
     from surgecast.tables import backtest_table, calibration_table, forecast_table
 
-    folder = outcome.folder
     say_stderr("calibrating the engine model from the measured records")
     try:
         cal = calibrate_runs(
-            [folder], max_num_seqs=a.max_num_seqs, kv_cache_tokens=a.kv_cache_tokens
+            [folder], max_num_seqs=m.max_num_seqs, kv_cache_tokens=m.kv_cache_tokens
         )
     except CalibrationError as e:
         return unusable([str(e)])
@@ -287,7 +347,8 @@ def _model_the_run(a: argparse.Namespace, scenario: Scenario, outcome: RunOutcom
         "`surgecast backtest` on other runs shows forecast error):\n" + backtest_table(rows)
     )
     warn(backtest_warnings(cal, rows))
-    points = forecast_scenario(scenario, cal, a.scales or scenario.forecast.scales)
+    scales = m.scales or scenario.forecast.scales
+    points = forecast_scenario(scenario, cal, scales, scheduler=m.scheduler)
     save_forecast(folder, points)
     out("\n" + forecast_table(points))
     return None
