@@ -16,6 +16,7 @@ from simulator.deploy.catalog import load_catalog
 from simulator.fast.warm import warm
 from simulator.fit.backtest import BacktestRow, backtest, backtest_warnings, predict_plan
 from simulator.fit.calibrate import Calibration
+from simulator.forecast import footprint
 from simulator.forecast.deployments import Choice, DeploymentSearch, Option, options
 from simulator.forecast.search import (
     Evaluation,
@@ -115,6 +116,8 @@ def simulate_scenario(
     warm(say_stderr)
     folder = RunFolder.new(scenario.name, out)
     plan = calibration.tokens.apply(build_plan(scenario, rate_scale=scale), scenario.traffic.seed)
+    tokens = sum(s.max_tokens for s in plan)  # each one's time is recorded
+    footprint.check(len(plan), replicas, tokens, footprint.available_bytes(), "this machine")
     result = simulate(
         plan,
         calibration.engine,

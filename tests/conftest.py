@@ -39,6 +39,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_cluster.py::test_an_unreachable_scheduler_is_refused_with_what_to_do",
     "test_cluster.py::test_a_cluster_by_address_gives_the_local_forecast",
     "test_cluster.py::test_workers_running_other_sources_are_refused",
+    "test_cluster.py::test_a_fleet_too_large_for_a_workers_memory_is_refused_before_it_starts",
     "test_signal_phases.py::test_a_pipeline_stopped_in_its_forecast",
     "test_backtest.py::test_calibrating_on_a_run_near_saturation_says_so",
     "test_bad_targets.py::test_a_credential_in_a_target_url_is_refused_never_echoed",

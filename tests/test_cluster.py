@@ -43,7 +43,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def dask_cluster(workers: int, cwd: Path = ROOT) -> Iterator[str]:
+def dask_cluster(workers: int, cwd: Path = ROOT, *flags: str) -> Iterator[str]:
     """`dask scheduler` and `dask worker` processes on loopback, the workers importing what
     `cwd` holds first (`python -m` puts it first on the path); yields the address."""
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -60,7 +60,7 @@ def dask_cluster(workers: int, cwd: Path = ROOT) -> Iterator[str]:
         procs.append(
             subprocess.Popen(
                 [*dask, "worker", address, "--nworkers", str(workers), "--nthreads", "1",
-                 "--no-dashboard", "--host", "127.0.0.1"],
+                 "--no-dashboard", "--host", "127.0.0.1", *flags],
                 cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         )  # fmt: skip
@@ -75,7 +75,9 @@ def dask_cluster(workers: int, cwd: Path = ROOT) -> Iterator[str]:
                 p.kill()
 
 
-def _forecast(tmp_path: Path, name: str, *flags: str, workers: int = 0) -> dict[str, object]:
+def _forecast_cli(
+    tmp_path: Path, name: str, *flags: str, workers: int = 0, scales: str = "2,6"
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     data = scenario_dict(
         traffic={"rate": 4, "duration_s": 20, "seed": 3},
         slos={"ttft": "p(95) < 300"},
@@ -86,8 +88,12 @@ def _forecast(tmp_path: Path, name: str, *flags: str, workers: int = 0) -> dict[
     if not cal.exists():
         write_calibration(cal, known())
     out = tmp_path / f"{name}.json"
-    args = ["forecast", str(path), "--calibration", str(cal), "--scales", "2,6"]
-    result = run_cli(*args, "--json", str(out), *flags)
+    args = ["forecast", str(path), "--calibration", str(cal), "--scales", scales]
+    return run_cli(*args, "--json", str(out), *flags), out
+
+
+def _forecast(tmp_path: Path, name: str, *flags: str, workers: int = 0) -> dict[str, object]:
+    result, out = _forecast_cli(tmp_path, name, *flags, workers=workers)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded: dict[str, object] = json.loads(out.read_text())
     return loaded
@@ -132,3 +138,20 @@ def test_workers_running_other_sources_are_refused(tmp_path: Path) -> None:
         runner(workers=0, jobs=4, scheduler=address),
     ):
         pass
+
+
+def test_a_fleet_too_large_for_a_workers_memory_is_refused_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    """Workers limited to 300 MB: x1 fits, x10000 (1.2 million requests a seed, about 1.6 GiB)
+    is refused with the sizes and what to do, before any fleet is simulated."""
+    with dask_cluster(1, ROOT, "--memory-limit", "300MB") as address:
+        fits, _ = _forecast_cli(tmp_path, "fits", "--scheduler", address, scales="1")
+        assert fits.returncode == 0, fits.stderr[-3000:]
+        result, out = _forecast_cli(tmp_path, "big", "--scheduler", address, scales="10000")
+    assert result.returncode == 2, result.stderr[-3000:]
+    said = result.stderr
+    sizes = "1,246,667 requests over 10,000 replicas needs about 1.6 GiB"
+    assert f"{sizes}, and each Dask worker has 0.3 GiB" in said, said[-2000:]
+    assert "--scheduler" in said and "Traceback" not in said
+    assert "x10000:" not in said and not out.exists()  # refused before its search began

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from simulator.forecast.footprint import available_bytes
+
 J = TypeVar("J")
 R = TypeVar("R")
 
@@ -40,15 +42,35 @@ class Runner(Protocol):
         """`[fn(j) for j in jobs]`, in the order of `jobs` (a job's exception is raised)."""
         ...
 
+    def room(self) -> tuple[int | None, str]:
+        """The memory one job may use (None: unknown), and where that is, in words."""
+        ...
+
 
 class InProcess:
     def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
         return [fn(j) for j in jobs]
 
+    def room(self) -> tuple[int | None, str]:
+        return available_bytes(), "this machine"
+
 
 class OnDask:
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, local_workers: int = 0):
+        """`local_workers`: the cluster's workers share this machine (0: they are elsewhere)."""
         self.client = client
+        self.local_workers = local_workers
+
+    def room(self) -> tuple[int | None, str]:
+        """The smallest worker's memory limit; on this machine, its share of what is free."""
+        limits = [
+            w.get("memory_limit") or 0 for w in self.client.scheduler_info()["workers"].values()
+        ]
+        rooms = [min(limits)] if limits and min(limits) > 0 else []
+        free = available_bytes() if self.local_workers else None
+        if free is not None:
+            rooms.append(free // self.local_workers)
+        return (min(rooms) if rooms else None), "each Dask worker"
 
     def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
         futures = self.client.map(fn, jobs, pure=False)  # each job runs, none is deduplicated
@@ -101,7 +123,7 @@ def runner(workers: int, jobs: int, scheduler: str | None = None) -> Iterator[Ru
         silence_logs=logging.ERROR,
     )
     with cluster, Client(cluster) as client:
-        yield OnDask(client)
+        yield OnDask(client, local_workers=n)
 
 
 @contextmanager

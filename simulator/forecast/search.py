@@ -32,6 +32,7 @@ from scenarios.slo import Threshold
 from scenarios.spec import FleetSpec, Scenario
 from simulator.engine.stepcost import CostModel, scaled
 from simulator.fit.calibrate import Calibration
+from simulator.forecast import footprint
 from simulator.forecast.capacity import saturation_throughput
 from simulator.forecast.cluster import InProcess, Runner, runner
 from simulator.forecast.seeds import Estimate, SeedJob, SeedOutcome, run_seed
@@ -176,6 +177,10 @@ class Forecaster:
         self.today = today or Today.of(scenario, calibration, self.config)
         self.base_plan, self.base_rate = self.today.plan, self.today.rate
         self.replica_capacity = replica_capacity(calibration, self.base_plan)
+        # a request's token times are recorded where ITL is judged (memory: see footprint)
+        itl = any(t.metric == "itl" for t in self.checks.values())
+        tokens = [s.max_tokens for s in self.base_plan]
+        self.tokens_judged = float(np.mean(tokens)) if itl and tokens else 0.0
         # the scenario's routing and admission; the replica count is what the search varies
         self.fleet = scenario.fleet.model_copy(update={"autoscaler": None})
         draw_rng = np.random.default_rng(scenario.traffic.seed + 7919)
@@ -244,6 +249,8 @@ class Forecaster:
             return Evaluation(
                 replicas, False, {}, ZERO, ZERO, ZERO, ZERO, load=load, simulated=False
             )
+        requests = self.base_rate * scale * self.duration_s
+        footprint.check(requests, replicas, requests * self.tokens_judged, *self._runner.room())
         jobs = [
             SeedJob(
                 self.scenario,

@@ -21,6 +21,7 @@ from scenarios.spec import ScenarioError
 from scenarios.trace_errors import TraceError
 from simulator.deploy.catalog import CatalogError
 from simulator.forecast.cluster import ClusterError
+from simulator.forecast.footprint import FleetTooLarge
 from surgecast import __version__
 from surgecast.cli import deploy, judge, model, run, serve
 from surgecast.cli.exits import (
@@ -91,7 +92,8 @@ def guarded(command: Callable[[], int]) -> int:
                 say_stderr(f"  {problem}")
             return EXIT_BAD_INPUT
         except (
-            BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge, ClusterError
+            BadInput, MissingApiKey, MissingModel, FileExistsError, PlanTooLarge, ClusterError,
+            FleetTooLarge,
         ) as e:  # fmt: skip
             say_stderr(f"error: {e}")
             return EXIT_BAD_INPUT
