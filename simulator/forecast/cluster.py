@@ -46,6 +46,11 @@ class Runner(Protocol):
         """The memory one job may use (None: unknown), and where that is, in words."""
         ...
 
+    @property
+    def parallel(self) -> int:
+        """How many jobs run at once."""
+        ...
+
 
 class InProcess:
     def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
@@ -54,12 +59,18 @@ class InProcess:
     def room(self) -> tuple[int | None, str]:
         return available_bytes(), "this machine"
 
+    parallel = 1
+
 
 class OnDask:
     def __init__(self, client: Any, local_workers: int = 0):
         """`local_workers`: the cluster's workers share this machine (0: they are elsewhere)."""
         self.client = client
         self.local_workers = local_workers
+
+    @property
+    def parallel(self) -> int:
+        return sum(w["nthreads"] for w in self.client.scheduler_info()["workers"].values())
 
     def room(self) -> tuple[int | None, str]:
         """The smallest worker's memory limit; on this machine, its share of what is free."""

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -219,7 +220,14 @@ class Forecaster:
             best = self.slower(factor).point(p.scale, hint).best
             return None if best is None else best.replicas
 
-        low, high = fewest(self.band[0]), fewest(self.band[1])
+        if self._runner.parallel > 1:  # both edges' seeds together: fewer idle workers
+            edges = ThreadPoolExecutor(2, thread_name_prefix="band-edge")
+            try:
+                low, high = edges.map(fewest, self.band)
+            finally:  # interrupted: not waiting for the other edge's search to end
+                edges.shutdown(wait=False, cancel_futures=True)
+        else:
+            low, high = fewest(self.band[0]), fewest(self.band[1])
         return replace(
             p,
             replicas_low=n if low is None else min(low, n),
