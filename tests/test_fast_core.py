@@ -93,7 +93,8 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         cost=_cost(r),
     )
     fleet = FleetSpec(
-        routing=r.choice(["least_outstanding", "round_robin"]),
+        routing=r.choice(["least_outstanding", "round_robin", "random"]),
+        seed=r.randrange(1000),
         central_queue=r.random() < 0.25,
         admission_limit=r.choice([None, None, 0, 3, 20]),
     )
@@ -140,9 +141,10 @@ def _close(u: float, v: float) -> bool:
 
 def test_both_cores_give_equal_records_over_random_fleets() -> None:
     """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
-    each feature shows up: preemptions, refusals, timeouts, sessions, both routings."""
+    each feature shows up: preemptions, refusals, timeouts, sessions, every routing."""
     seen = {"preempted": 0, "rejected": 0, "timed out": 0, "abandoned": 0, "follow-ups": 0}
-    seen["round robin"] = seen["central queue"] = seen["429"] = seen["retried"] = 0
+    seen["round robin"] = seen["random"] = seen["central queue"] = seen["429"] = 0
+    seen["retried"] = seen["random, central queue"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -157,9 +159,14 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         seen["abandoned"] += reference.abandoned > 0
         seen["follow-ups"] += any(s.after is not None for s in plan)
         seen["round robin"] += kw["fleet"].routing == "round_robin"
+        seen["random"] += kw["fleet"].routing == "random"
         seen["central queue"] += kw["fleet"].central_queue
+        seen["random, central queue"] += (
+            kw["fleet"].routing == "random" and kw["fleet"].central_queue
+        )
         seen["429"] += any(r.http_status == 429 for r in reference.records)
         seen["retried"] += any(r.retried for r in reference.records)
+    assert seen.pop("random, central queue") >= 2, seen  # (500 cases by hand: 47)
     assert min(seen.values()) >= 5, seen
 
 
@@ -180,7 +187,7 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
     cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
         (plan, engine, {"fleet": FleetSpec(routing="least_kv")}, "least_kv routing"),
-        (plan, engine, {"fleet": FleetSpec(routing="random")}, "random routing"),
+        (plan, engine, {"fleet": FleetSpec(routing="prefix_affinity")}, "prefix_affinity routing"),
         (plan, engine, {"faults": TargetFaults(die_after=5)}, "a target that dies"),
         (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),

@@ -44,6 +44,7 @@ from simulator.fast.layout import (
     L_OK,
     L_REJECTED,
     L_TIMEOUT,
+    LEAST_OUTSTANDING,
     MAX_BACKOFF,
     MAX_RETRY_AFTER,
     MAXT,
@@ -63,6 +64,7 @@ from simulator.fast.layout import (
     R_500,
     R_MAX,
     R_ON,
+    RANDOM,
     REPLICA,
     RETRIED,
     ROUND_ROBIN,
@@ -194,6 +196,8 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
         if c.routing == ROUND_ROBIN:
             e.ctr[TURN] += 1
             r = (e.ctr[TURN] - 1) % c.replicas
+        elif c.routing == RANDOM:
+            r = w.rng.integers(0, c.replicas)
         else:  # the fewest running or waiting, the first on ties
             r = w.loads[1] % c.replicas
         slots_full = qi[r, RUN_LEN] + qi[r, W_LEN] >= c.max_num_seqs
@@ -239,14 +243,17 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
     """Place row `i` on a replica with a free batch slot, if there is one
     (`Fleet._dispatch_one`: the least loaded, or round robin over those free)."""
     qi, slots = w.qi, c.max_num_seqs
-    if c.routing == ROUND_ROBIN:
+    if c.routing != LEAST_OUTSTANDING:  # one of those with a free slot, in fleet order
         free = 0
         for q in range(c.replicas):
             free += qi[q, RUN_LEN] + qi[q, W_LEN] < slots
         if free == 0:
             return False
-        e.ctr[TURN] += 1
-        k = (e.ctr[TURN] - 1) % free
+        if c.routing == RANDOM:
+            k = w.rng.integers(0, free)
+        else:
+            e.ctr[TURN] += 1
+            k = (e.ctr[TURN] - 1) % free
         r = 0
         for q in range(c.replicas):
             if qi[q, RUN_LEN] + qi[q, W_LEN] < slots:

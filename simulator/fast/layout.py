@@ -63,7 +63,7 @@ SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL, FAULTS_DRAWN, RETRIE
 # a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
 MAX_JUMP, MIN_JUMP = 4096, 3
 # routing policies and step-cost models
-LEAST_OUTSTANDING, ROUND_ROBIN = 0, 1
+LEAST_OUTSTANDING, ROUND_ROBIN, RANDOM = 0, 1, 2
 LINEAR, TABLE, ROOFLINE = 0, 1, 2
 
 
@@ -102,6 +102,7 @@ class State(NamedTuple):
     wakes: A  # i8[replicas, room]: a heap of the steps at which decodes were due to finish
     draws: A  # f8[n, retries]: each request's retry jitter draws, in order
     faults: A  # i8: each send's injected fault in the order sends come (0, R_429, R_500)
+    rng: Any  # random routing's generator (`Router`'s: numba draws from it as numpy does)
 
 
 class Events(NamedTuple):
@@ -138,7 +139,8 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     phases = np.zeros((replicas, block_size), np.int64)
     wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
     empty = np.empty(0, np.int64)
-    return State(ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty)
+    rng = np.random.default_rng(0)
+    return State(ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng)
 
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int, retries: int = 0) -> Events:

@@ -25,7 +25,11 @@ from simulator.replay.fleet import FleetStats
 from simulator.replay.ledger import Ledger
 from simulator.replay.sim import SimResult, result_of
 
-ROUTINGS = {"least_outstanding": layout.LEAST_OUTSTANDING, "round_robin": layout.ROUND_ROBIN}
+ROUTINGS = {
+    "least_outstanding": layout.LEAST_OUTSTANDING,
+    "round_robin": layout.ROUND_ROBIN,
+    "random": layout.RANDOM,
+}
 # the kernel's 64-bit integers hold sums of tokens, and it keeps tables per batch slot and per
 # block position: beyond these (no real engine's) the reference, with Python's integers, runs
 TOKENS_LIMIT = 1 << 31
@@ -40,9 +44,9 @@ def unsupported(
     faults: TargetFaults | None = None,
 ) -> str | None:
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
-    fleet routed by least outstanding or round robin, with or without a central queue and an
-    admission limit, the reference target's injected 429s and 500s, without prefix caching,
-    and users who retry and give up; the reference runs the rest."""
+    fleet routed by least outstanding, round robin or at random, with or without a central
+    queue and an admission limit, the reference target's injected 429s and 500s, without
+    prefix caching, and users who retry and give up; the reference runs the rest."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
@@ -85,6 +89,7 @@ def simulate_fast(
     state = state._replace(
         draws=draws,
         openers=np.fromiter((ledger.index[s.id] for s in openers), np.int64, len(openers)),
+        rng=np.random.default_rng(fleet.seed),  # the reference router's
     )
     if faults is not None and faults.any:
         state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
