@@ -93,7 +93,7 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         cost=_cost(r),
     )
     fleet = FleetSpec(
-        routing=r.choice(["least_outstanding", "round_robin", "random"]),
+        routing=r.choice(["least_outstanding", "round_robin", "random", "least_kv"]),
         seed=r.randrange(1000),
         central_queue=r.random() < 0.25,
         admission_limit=r.choice([None, None, 0, 3, 20]),
@@ -143,7 +143,8 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
     """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
     each feature shows up: preemptions, refusals, timeouts, sessions, every routing."""
     seen = {"preempted": 0, "rejected": 0, "timed out": 0, "abandoned": 0, "follow-ups": 0}
-    seen["round robin"] = seen["random"] = seen["central queue"] = seen["429"] = 0
+    seen["round robin"] = seen["random"] = seen["least kv"] = seen["central queue"] = 0
+    seen["429"] = 0
     seen["retried"] = seen["random, central queue"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
@@ -160,13 +161,14 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         seen["follow-ups"] += any(s.after is not None for s in plan)
         seen["round robin"] += kw["fleet"].routing == "round_robin"
         seen["random"] += kw["fleet"].routing == "random"
+        seen["least kv"] += kw["fleet"].routing == "least_kv"
         seen["central queue"] += kw["fleet"].central_queue
         seen["random, central queue"] += (
             kw["fleet"].routing == "random" and kw["fleet"].central_queue
         )
         seen["429"] += any(r.http_status == 429 for r in reference.records)
         seen["retried"] += any(r.retried for r in reference.records)
-    assert seen.pop("random, central queue") >= 2, seen  # (500 cases by hand: 47)
+    assert seen.pop("random, central queue") >= 2, seen  # (500 cases by hand: 29)
     assert min(seen.values()) >= 5, seen
 
 
@@ -186,7 +188,6 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
     scaler = AutoscalerSpec(target=4, min_replicas=1, max_replicas=3)
     cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
-        (plan, engine, {"fleet": FleetSpec(routing="least_kv")}, "least_kv routing"),
         (plan, engine, {"fleet": FleetSpec(routing="prefix_affinity")}, "prefix_affinity routing"),
         (plan, engine, {"faults": TargetFaults(die_after=5)}, "a target that dies"),
         (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),

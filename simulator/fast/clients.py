@@ -30,6 +30,7 @@ from simulator.fast.layout import (
     FAIL_NEXT,
     FAULTS_DRAWN,
     FIRST,
+    FREE,
     INTENDED,
     J_STOP,
     JITTER,
@@ -44,6 +45,7 @@ from simulator.fast.layout import (
     L_OK,
     L_REJECTED,
     L_TIMEOUT,
+    LEAST_KV,
     LEAST_OUTSTANDING,
     MAX_BACKOFF,
     MAX_RETRY_AFTER,
@@ -198,6 +200,8 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
             r = (e.ctr[TURN] - 1) % c.replicas
         elif c.routing == RANDOM:
             r = w.rng.integers(0, c.replicas)
+        elif c.routing == LEAST_KV:
+            r = _emptiest_kv(w.qi, c, False)
         else:  # the fewest running or waiting, the first on ties
             r = w.loads[1] % c.replicas
         slots_full = qi[r, RUN_LEN] + qi[r, W_LEN] >= c.max_num_seqs
@@ -241,9 +245,13 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
 @njit(cache=True)
 def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: float) -> bool:
     """Place row `i` on a replica with a free batch slot, if there is one
-    (`Fleet._dispatch_one`: the least loaded, or round robin over those free)."""
+    (`Fleet._dispatch_one`: the least loaded, else the router's choice among those free)."""
     qi, slots = w.qi, c.max_num_seqs
-    if c.routing != LEAST_OUTSTANDING:  # one of those with a free slot, in fleet order
+    if c.routing == LEAST_KV:
+        r = _emptiest_kv(qi, c, True)
+        if r < 0:
+            return False
+    elif c.routing != LEAST_OUTSTANDING:  # one of those with a free slot, in fleet order
         free = 0
         for q in range(c.replicas):
             free += qi[q, RUN_LEN] + qi[q, W_LEN] < slots
@@ -267,6 +275,22 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
             return False
     _place(w, e, c, r, i, waited, now)
     return True
+
+
+@njit(cache=True)
+def _emptiest_kv(qi: np.ndarray, c: Config, free_only: bool) -> int:
+    """The replica using the least of its KV cache, then with the fewest requests, the first on
+    ties (`Router.choose`'s least_kv), of those with a free batch slot if `free_only` (-1:
+    none)."""
+    best, best_used, best_load = -1, 0, 0
+    for q in range(c.replicas):
+        load = qi[q, RUN_LEN] + qi[q, W_LEN]
+        if free_only and load >= c.max_num_seqs:
+            continue
+        used = c.num_blocks - qi[q, FREE]
+        if best < 0 or used < best_used or (used == best_used and load < best_load):
+            best, best_used, best_load = q, used, load
+    return best
 
 
 @njit(cache=True)

@@ -63,7 +63,7 @@ SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL, FAULTS_DRAWN, RETRIE
 # a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
 MAX_JUMP, MIN_JUMP = 4096, 3
 # routing policies and step-cost models
-LEAST_OUTSTANDING, ROUND_ROBIN, RANDOM = 0, 1, 2
+LEAST_OUTSTANDING, ROUND_ROBIN, RANDOM, LEAST_KV = 0, 1, 2, 3
 LINEAR, TABLE, ROOFLINE = 0, 1, 2
 
 

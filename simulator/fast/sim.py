@@ -29,6 +29,7 @@ ROUTINGS = {
     "least_outstanding": layout.LEAST_OUTSTANDING,
     "round_robin": layout.ROUND_ROBIN,
     "random": layout.RANDOM,
+    "least_kv": layout.LEAST_KV,
 }
 # the kernel's 64-bit integers hold sums of tokens, and it keeps tables per batch slot and per
 # block position: beyond these (no real engine's) the reference, with Python's integers, runs
@@ -44,9 +45,10 @@ def unsupported(
     faults: TargetFaults | None = None,
 ) -> str | None:
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
-    fleet routed by least outstanding, round robin or at random, with or without a central
-    queue and an admission limit, the reference target's injected 429s and 500s, without
-    prefix caching, and users who retry and give up; the reference runs the rest."""
+    fleet routed by least outstanding, round robin, at random or to the emptiest KV cache,
+    with or without a central queue and an admission limit, the reference target's injected
+    429s and 500s, without prefix caching, and users who retry and give up; the reference
+    runs the rest."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
