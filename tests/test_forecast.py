@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from scenarios.plan import RequestSpec
 from scenarios.spec import Scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.fit.calibrate import Calibration, Fit
+from simulator.forecast import footprint, search
 from simulator.forecast.capacity import saturation_throughput
 from simulator.forecast.search import ForecastConfig, Forecaster, step_time_band
+from simulator.forecast.seeds import PlanJob, SeedJob, SeedOutcome, run_seed, seed_plan
 from simulator.replay.sim import simulate
 from surgecast.contracts import read_forecast, write_forecast
 from surgecast.tables import forecast_table
@@ -180,3 +183,33 @@ def test_the_measured_capacity_reads_back_from_calibration_json(tmp_path: Path) 
     assert read_calibration(path).measured_capacity == 2.5
     write_calibration(path, known())
     assert read_calibration(path).measured_capacity is None
+
+
+def test_a_seeds_traffic_is_built_once_per_scale_and_gives_the_same_forecast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every fleet size a scale's search tries simulates the same traffic per seed: it is
+    built once and kept, and the forecast equals one whose runs build it each time (as they
+    do when the plans would take over a quarter of the memory)."""
+    built: Counter[tuple[int, float]] = Counter()
+    runs: Counter[bool] = Counter()  # by whether the run was given its seed's plan
+
+    def counting(job: PlanJob) -> list[RequestSpec]:
+        built[(job.seed, job.rate_scale)] += 1
+        return seed_plan(job)
+
+    def run(job: SeedJob, plan: list[RequestSpec] | None = None) -> SeedOutcome:
+        runs[plan is not None] += 1
+        return run_seed(job, plan)
+
+    monkeypatch.setattr(search, "seed_plan", counting)
+    monkeypatch.setattr(search, "run_seed", run)
+    config = ForecastConfig(seeds=2, duration_s=20, workers=1)
+    kept = Forecaster(scenario(), known(), config).run([3.0, 30.0])
+    assert len(built) == 4 and set(built.values()) == {1}  # 2 seeds x 2 scales
+    assert runs[True] > len(built) and not runs[False]  # x30 tries several fleets on them
+    monkeypatch.setattr(footprint, "PLAN_BYTES", 1 << 40)  # too big to keep
+    runs.clear()
+    rebuilt = Forecaster(scenario(), known(), config).run([3.0, 30.0])
+    assert runs[False] > 4 and not runs[True]
+    assert forecast_table(rebuilt) == forecast_table(kept)

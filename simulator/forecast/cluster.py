@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -38,8 +39,22 @@ class ClusterError(RuntimeError):
 
 
 class Runner(Protocol):
-    def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
-        """`[fn(j) for j in jobs]`, in the order of `jobs` (a job's exception is raised)."""
+    """Runs jobs, and keeps values several jobs use (a seed's traffic, for every fleet size a
+    search tries) where they run, until told to forget them."""
+
+    def map(
+        self, fn: Callable[..., R], jobs: Sequence[Any], kept: Sequence[Any] | None = None
+    ) -> list[R]:
+        """`[fn(j) for j in jobs]`, or `fn(j, k)` with each job's value from `keep`, in the
+        order of `jobs` (a job's exception is raised)."""
+        ...
+
+    def keep(self, fn: Callable[[J], R], arg: J, key: str) -> Any:
+        """`fn(arg)`, computed once per `key` and kept: what to give `map` for it."""
+        ...
+
+    def forget(self) -> None:
+        """Drop every value kept."""
         ...
 
     def room(self) -> tuple[int | None, str]:
@@ -53,13 +68,28 @@ class Runner(Protocol):
 
 
 class InProcess:
-    def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
-        return [fn(j) for j in jobs]
+    parallel = 1
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Any] = {}
+
+    def map(
+        self, fn: Callable[..., R], jobs: Sequence[Any], kept: Sequence[Any] | None = None
+    ) -> list[R]:
+        if kept is None:
+            return [fn(j) for j in jobs]
+        return [fn(j, k) for j, k in zip(jobs, kept, strict=True)]
+
+    def keep(self, fn: Callable[[J], R], arg: J, key: str) -> Any:
+        if key not in self._kept:
+            self._kept[key] = fn(arg)
+        return self._kept[key]
+
+    def forget(self) -> None:
+        self._kept.clear()
 
     def room(self) -> tuple[int | None, str]:
         return available_bytes(), "this machine"
-
-    parallel = 1
 
 
 class OnDask:
@@ -83,8 +113,19 @@ class OnDask:
             rooms.append(free // self.local_workers)
         return (min(rooms) if rooms else None), "each Dask worker"
 
-    def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
-        futures = self.client.map(fn, jobs, pure=False)  # each job runs, none is deduplicated
+    def keep(self, fn: Callable[[J], R], arg: J, key: str) -> Any:
+        return (fn, arg, key)  # made by each worker that needs it, and kept there
+
+    def forget(self) -> None:
+        self.client.run(_forget_kept)
+
+    def map(
+        self, fn: Callable[..., R], jobs: Sequence[Any], kept: Sequence[Any] | None = None
+    ) -> list[R]:
+        if kept is None:
+            futures = self.client.map(fn, jobs, pure=False)  # each job runs, none deduplicated
+        else:
+            futures = self.client.map(partial(_with_kept, fn), jobs, kept, pure=False)
         done = threading.Semaphore(0)
         for f in futures:
             f.add_done_callback(lambda _: done.release())
@@ -95,6 +136,31 @@ class OnDask:
             self.client.cancel(futures, force=True)
             raise
         return list(self.client.gather(futures))  # the results, or the first job's exception
+
+
+KEPT = "_surgecast_kept"  # the attribute of a Dask worker holding its kept values
+
+
+def _with_kept(
+    fn: Callable[[J, Any], R], job: J, handle: tuple[Callable[[Any], Any], Any, str]
+) -> R:
+    """On a worker: `fn(job, value)`, the value made here once and kept (not sent between
+    workers: a seed's traffic is cheaper to build again than to move)."""
+    from distributed import get_worker
+
+    make, arg, key = handle
+    worker = get_worker()
+    kept = getattr(worker, KEPT, None)
+    if kept is None:
+        kept = {}
+        setattr(worker, KEPT, kept)
+    if key not in kept:
+        kept[key] = make(arg)
+    return fn(job, kept[key])
+
+
+def _forget_kept(dask_worker: Any) -> None:
+    setattr(dask_worker, KEPT, {})
 
 
 def sources_digest() -> str:

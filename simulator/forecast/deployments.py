@@ -151,6 +151,7 @@ class DeploymentSearch:
             try:
                 for scale in sorted(scales):
                     choices.append(self._with_interval(self._choose(scale, hints, exhaustive)))
+                    runner.forget()  # this scale's traffic: the next scale has its own
             finally:
                 for f in self.forecasters.values():
                     f.attach(InProcess())

@@ -36,7 +36,7 @@ from simulator.fit.calibrate import Calibration
 from simulator.forecast import footprint
 from simulator.forecast.capacity import saturation_throughput
 from simulator.forecast.cluster import InProcess, Runner, runner
-from simulator.forecast.seeds import Estimate, SeedJob, SeedOutcome, run_seed
+from simulator.forecast.seeds import Estimate, SeedJob, SeedOutcome, run_seed, seed_plan
 
 HOURS_PER_MONTH = 730.0
 SEARCH_TOLERANCE = 0.01  # stop when passing and failing fleets differ by at most 1%
@@ -258,7 +258,12 @@ class Forecaster:
                 replicas, False, {}, ZERO, ZERO, ZERO, ZERO, load=load, simulated=False
             )
         requests = self.base_rate * scale * self.duration_s
-        footprint.check(requests, replicas, requests * self.tokens_judged, *self._runner.room())
+        room, where = self._runner.room()
+        plans = len(self.costs) * footprint.plan_bytes(requests)  # every seed's, on one worker
+        keep = room is None or plans <= room // 4  # else each run builds its own again
+        if keep and room is not None:
+            room -= plans
+        footprint.check(requests, replicas, requests * self.tokens_judged, room, where)
         jobs = [
             SeedJob(
                 self.scenario,
@@ -272,7 +277,10 @@ class Forecaster:
             )
             for i, (cost, overhead) in enumerate(self.costs)
         ]
-        outcomes = self._runner.map(run_seed, jobs)
+        kept = None
+        if keep:  # a seed's traffic is the same for every fleet size: built once, kept
+            kept = [self._runner.keep(seed_plan, j.traffic(), j.traffic().key()) for j in jobs]
+        outcomes = self._runner.map(run_seed, jobs, kept)
         observed: dict[str, list[float]] = {name: [] for name in self.checks}
         for o in outcomes:
             for name, value in o.observed.items():
@@ -375,6 +383,7 @@ class Forecaster:
                         p = replace(p, autoscaled=auto, autoscaled_cost_per_month_usd=cost)
                     points.append(p)
                     hint = next_hint(p) or hint
+                    runner.forget()  # this scale's traffic: the next scale has its own
             finally:
                 self.attach(InProcess())
         by_scale = {p.scale: p for p in points}

@@ -3,12 +3,14 @@ what the run measured over its steady window, and quantities over the seeds."""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from scenarios.metrics import summarize_table
-from scenarios.plan import build_plan
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.spec import FleetSpec, Scenario
 from simulator.engine.core import EngineConfig
 from simulator.fit.tokenmap import TokenMap
@@ -67,14 +69,40 @@ class SeedJob:
     tokens: TokenMap = field(default_factory=TokenMap)
     fleet: FleetSpec = field(default_factory=FleetSpec)  # routing and admission
 
+    def traffic(self) -> PlanJob:
+        return PlanJob(self.scenario, self.seed, self.rate_scale, self.duration_s, self.tokens)
 
-def run_seed(job: SeedJob) -> SeedOutcome:
-    """Simulate one seed of one configuration and measure it over the steady window."""
+
+@dataclass(frozen=True)
+class PlanJob:
+    """A seed's traffic at a scale: the same for every fleet size a search tries."""
+
+    scenario: Scenario
+    seed: int
+    rate_scale: float
+    duration_s: float
+    tokens: TokenMap
+
+    def key(self) -> str:
+        """Names this traffic (equal jobs, equal keys, in any process)."""
+        return "plan-" + hashlib.sha256(pickle.dumps(self)).hexdigest()[:32]
+
+
+def seed_plan(job: PlanJob) -> list[RequestSpec]:
+    """The requests one seed sends at one scale, as the calibrated server would serve them."""
+    plan = build_plan(
+        job.scenario, seed=job.seed, rate_scale=job.rate_scale, duration_s=job.duration_s
+    )
+    return job.tokens.apply(plan, job.seed)
+
+
+def run_seed(job: SeedJob, plan: list[RequestSpec] | None = None) -> SeedOutcome:
+    """Simulate one seed of one configuration and measure it over the steady window (its
+    traffic built here unless given: `plan`, kept from another fleet size's run)."""
     scenario = job.scenario
     thresholds = scenario.thresholds()
     personas = scenario.persona_thresholds()
-    plan = build_plan(scenario, seed=job.seed, rate_scale=job.rate_scale, duration_s=job.duration_s)
-    plan = job.tokens.apply(plan, job.seed)
+    plan = seed_plan(job.traffic()) if plan is None else plan
     result = simulate(
         plan,
         job.engine,
