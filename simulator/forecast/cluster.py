@@ -103,10 +103,10 @@ class OnDask:
         return sum(w["nthreads"] for w in self.client.scheduler_info()["workers"].values())
 
     def room(self) -> tuple[int | None, str]:
-        """The smallest worker's memory limit; on this machine, its share of what is free."""
-        limits = [
-            w.get("memory_limit") or 0 for w in self.client.scheduler_info()["workers"].values()
-        ]
+        """The smallest worker's memory limit over the jobs it runs at once (its threads); on
+        this machine, also its share of what is free."""
+        workers = self.client.scheduler_info()["workers"].values()
+        limits = [(w.get("memory_limit") or 0) // max(w["nthreads"], 1) for w in workers]
         rooms = [min(limits)] if limits and min(limits) > 0 else []
         free = available_bytes() if self.local_workers else None
         if free is not None:

@@ -5,8 +5,8 @@ The figures are peak resident memory measured on the fast core over scenarios/ch
 traffic (`python benchmarks/seed_memory.py`, 2-core machine): 480k requests at 500 replicas
 took 691 MiB, 960k at 1,000 took 1,201 MiB, and 10,000 replicas instead of 500 added 13 MiB;
 where ITL is judged, the 33.6 million token times of the 480k requests took 3.4 GiB more
-(about 106 B a token: the times, their gaps and the summary's copies). The interpreter, numpy
-and the compiled core take about 190 MiB. The reference core needs less.
+(106 B a token; 114 B at 960k requests: the times, their gaps and the summary's copies). The
+interpreter, numpy and the compiled core take about 190 MiB. The reference core needs less.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 GIB = 1 << 30
 BASE_BYTES = 190 << 20
 REQUEST_BYTES = 1200
-TOKEN_BYTES = 112  # a token's time and what is made of it, where ITL is judged
+TOKEN_BYTES = 120  # a token's time and what is made of it, where ITL is judged (measured 106-114)
 REPLICA_BYTES = 2048
 PLAN_BYTES = 340  # a planned request kept for the next fleet size (tracemalloc: 331 B)
 
