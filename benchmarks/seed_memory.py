@@ -10,6 +10,7 @@ estimate must be at least the measured peak (it refuses what would not fit), and
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -43,6 +44,9 @@ print(json.dumps([requests, tokens, peak, estimate]))
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    ).parse_args()
     print("| scale | replicas | ITL | requests | peak MiB | estimate MiB | estimate / peak |")
     print("|-------|----------|-----|----------|----------|--------------|-----------------|")
     for scale, replicas in SIZES:
