@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,13 @@ from typing import Any
 import pytest
 
 from scenarios.deployment_spec import Deployment, DeploymentOptions
+from scenarios.plan import RequestSpec
 from simulator.deploy.catalog import load_catalog
 from simulator.deploy.memory import engine_config, memory_plan
+from simulator.forecast import search as forecast_search
 from simulator.forecast.deployments import Choice, DeploymentSearch, carried, options
 from simulator.forecast.search import HOURS_PER_MONTH, ForecastConfig, Forecaster
+from simulator.forecast.seeds import PlanJob, seed_plan
 from surgecast.choice_report import pareto_front
 from surgecast.cli.main import main
 from surgecast.contracts.model import write_calibration
@@ -139,3 +143,20 @@ def test_forecast_on_the_command_line_prints_the_choice_per_scale(tmp_path: Path
 def test_the_pareto_front_keeps_what_nothing_beats_on_both() -> None:
     points = [(100.0, 900.0), (120.0, 950.0), (150.0, 400.0), (150.0, 300.0), (400.0, 350.0)]
     assert pareto_front(points) == [(100.0, 900.0), (150.0, 300.0)]
+
+
+def test_every_option_simulates_the_same_kept_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The options differ in their GPUs' price (the scenario's cost section), not in the
+    requests sent: brute force over them builds each seed's plan once a scale, not once an
+    option (kept per option, an exhaustive search would hold options x seeds plans)."""
+    built: Counter[tuple[int, float]] = Counter()
+
+    def counting(job: PlanJob) -> list[RequestSpec]:
+        built[(job.seed, job.rate_scale)] += 1
+        return seed_plan(job)
+
+    monkeypatch.setattr(forecast_search, "seed_plan", counting)
+    choices = search(exhaustive=True, **OPTIONS)
+    simulated = {o.option.label for c in choices for o in c.outcomes if o.point is not None}
+    assert len(simulated) > 4
+    assert len(built) == 2 * len(SCALES) and set(built.values()) == {1}

@@ -84,8 +84,12 @@ class PlanJob:
     tokens: TokenMap
 
     def key(self) -> str:
-        """Names this traffic (equal jobs, equal keys, in any process)."""
-        return "plan-" + hashlib.sha256(pickle.dumps(self)).hexdigest()[:32]
+        """Names this traffic: equal for jobs that send the same requests, whatever their
+        scenario's cost section says (a deployment search's options differ only there, and
+        share their seeds' plans)."""
+        traffic = self.scenario.model_dump(exclude={"cost"})
+        made = (traffic, self.seed, self.rate_scale, self.duration_s, self.tokens)
+        return "plan-" + hashlib.sha256(pickle.dumps(made)).hexdigest()[:32]
 
 
 def seed_plan(job: PlanJob) -> list[RequestSpec]:
