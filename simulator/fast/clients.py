@@ -195,15 +195,7 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
             ctr[Q_LEN] += 1
             _schedule(e.t, e.i, e.ctr, now, URGENT, E_QUEUED, i)
     else:
-        if c.routing == ROUND_ROBIN:
-            e.ctr[TURN] += 1
-            r = (e.ctr[TURN] - 1) % c.replicas
-        elif c.routing == RANDOM:
-            r = w.rng.integers(0, c.replicas)
-        elif c.routing == LEAST_KV:
-            r = _emptiest_kv(w.qi, c, False)
-        else:  # the fewest running or waiting, the first on ties
-            r = w.loads[1] % c.replicas
+        r = _route(w, e, c)
         slots_full = qi[r, RUN_LEN] + qi[r, W_LEN] >= c.max_num_seqs
         if slots_full and 0 <= c.admission_limit <= e.ctr[OVER_ALL] + e.ctr[Q_LEN]:
             _refused(w, e, c, i, now)
@@ -212,6 +204,19 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
     give_up = intended + rf[i, PATIENCE]  # the user cancels with no first token by then
     if give_up < np.inf and ri[i, ATTEMPT] == 0:
         _schedule(e.t, e.i, e.ctr, now + max(0.0, give_up - now), NORMAL, E_PATIENCE, i)
+
+
+@njit(cache=True)
+def _route(w: State, e: Events, c: Config) -> int:
+    """The replica a request sent now goes to (`Router.choose` over the whole fleet)."""
+    if c.routing == ROUND_ROBIN:
+        e.ctr[TURN] += 1
+        return int((e.ctr[TURN] - 1) % c.replicas)
+    if c.routing == RANDOM:
+        return int(w.rng.integers(0, c.replicas))
+    if c.routing == LEAST_KV:
+        return _emptiest_kv(w.qi, c, False)
+    return int(w.loads[1] % c.replicas)  # the fewest running or waiting, the first on ties
 
 
 @njit(cache=True)
