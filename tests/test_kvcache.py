@@ -86,6 +86,20 @@ def test_freed_prefix_blocks_stay_cached_until_evicted_lru() -> None:
     assert _prefill_tokens_of(eng, EngineSequence("c", 64 + 8, 1, system)) == 72 - 48
 
 
+def test_a_shared_block_is_free_once_its_last_holder_frees_it() -> None:
+    """Blocks conserve: free + the distinct blocks held = the cache, however sharers leave."""
+    kv = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
+    a, b = EngineSequence("a", 8, 1), EngineSequence("b", 12, 1)
+    assert kv.allocate(a, 8)
+    kv.register(a, ("k0", "k1"), 8)
+    assert kv.allocate(b, 12, kv.cached_run(("k0", "k1")))  # 2 shared, 1 its own
+    assert kv.num_free == 7 and b.num_blocks == 3
+    kv.free(a)  # b still holds both shared blocks
+    assert kv.num_free == 7 and kv.num_cached == 2
+    kv.free(b)
+    assert kv.num_free == 10 and kv.num_cached == 2  # free, still cached until evicted
+
+
 def test_block_manager_is_all_or_nothing() -> None:
     kv = BlockManager(num_blocks=3, block_size=4)
     s, t = EngineSequence("s", 8, 1), EngineSequence("t", 8, 1)

@@ -150,13 +150,16 @@ class BlockManager:
             seq.cached_keys = (*held, *added)
 
     def free(self, seq: Holder) -> None:
-        """Release every block `seq` holds; its cached ones stay reusable until evicted."""
+        """Release every block `seq` holds: its own are free; a shared one is free (cached,
+        reusable until evicted) once no other sequence holds it."""
+        released = seq.num_blocks - len(seq.cached_keys)
         if seq.cached_keys:
             refs = self._refs
             for key in reversed(seq.cached_keys):  # a chain's tail is evicted before its head
                 refs[key] -= 1
                 if refs[key] == 0:
                     self._evictable[key] = None
+                    released += 1
             seq.cached_keys = ()
-        self.num_free += seq.num_blocks
+        self.num_free += released
         seq.num_blocks = 0
