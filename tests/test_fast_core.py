@@ -13,7 +13,7 @@ import os
 import random
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,23 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
     kw: dict[str, Any] = {"replicas": replicas, "timeout_s": timeout, "fleet": fleet}
     if r.random() < 0.3:  # the reference target's injected 429s and 500s
         kw["faults"] = TargetFaults(reject_429=0.1, error_500=0.05, retry_after_s=0.3, seed=seed)
+    if r.random() < 0.4:
+        plan, engine = _prefix_cached(r, plan, engine)
     return plan, engine, kw
+
+
+def _prefix_cached(
+    r: random.Random, plan: list[RequestSpec], engine: EngineConfig
+) -> tuple[list[RequestSpec], EngineConfig]:
+    """Prefix caching on, and each conversation opening with one of 1-3 system prompts."""
+    heads = [(r.randrange(1 << 60), r.choice([16, 64, 300, 1000])) for _ in range(r.randint(1, 3))]
+    plan = [
+        replace(s, prefix=(head, *s.prefix), prompt_tokens=s.prompt_tokens + head[1])
+        for s in plan
+        for head in [heads[r.randrange(len(heads))]]
+    ]
+    cache = r.choice([engine.kv_cache_tokens, 8192, 65536])
+    return plan, replace(engine, enable_prefix_caching=True, kv_cache_tokens=cache)
 
 
 def _figures(result: SimResult) -> list[float]:
@@ -140,12 +156,14 @@ def _close(u: float, v: float) -> bool:
 
 
 def test_both_cores_give_equal_records_over_random_fleets() -> None:
-    """Every record equal (times to rounding); the fleet's figures to 1e-9. Over the cases
-    each feature shows up: preemptions, refusals, timeouts, sessions, every routing."""
+    """Every record equal (times to rounding, prompt tokens served from the prefix cache);
+    the fleet's figures to 1e-9. Over the cases each feature shows up: preemptions, refusals,
+    timeouts, sessions, every routing, prefix-cache hits (with preemptions: evictions)."""
     seen = {"preempted": 0, "rejected": 0, "timed out": 0, "abandoned": 0, "follow-ups": 0}
     seen["round robin"] = seen["random"] = seen["least kv"] = seen["central queue"] = 0
     seen["429"] = 0
-    seen["retried"] = seen["random, central queue"] = 0
+    seen["retried"] = seen["random, central queue"] = seen["prefix hits"] = 0
+    seen["prefix hits, preempted"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -168,7 +186,11 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         )
         seen["429"] += any(r.http_status == 429 for r in reference.records)
         seen["retried"] += any(r.retried for r in reference.records)
+        hits = any(r.cached_tokens for r in reference.records)
+        seen["prefix hits"] += hits
+        seen["prefix hits, preempted"] += hits and reference.preemptions > 0
     assert seen.pop("random, central queue") >= 2, seen  # (500 cases by hand: 29)
+    assert seen.pop("prefix hits, preempted") >= 3, seen  # (these 60: 4)
     assert min(seen.values()) >= 5, seen
 
 
@@ -190,7 +212,6 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
         (plan, engine, {"fleet": FleetSpec(routing="prefix_affinity")}, "prefix_affinity routing"),
         (plan, engine, {"faults": TargetFaults(die_after=5)}, "a target that dies"),
-        (plan, EngineConfig(enable_prefix_caching=True), {}, "prefix caching"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),
         (plan, EngineConfig(max_num_seqs=1 << 40), {}, "over 65,536 batch slots"),
         ([RequestSpec("a", 0.0, 1 << 40, 5)], engine, {}, "a request of over"),

@@ -15,6 +15,7 @@ from simulator.fast.layout import (
     AT,
     ATTEMPT,
     BACKOFF,
+    CACHED_T,
     COUNT,
     DEADLINE,
     DL_H,
@@ -233,6 +234,7 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
     it was sent (a request that `waited` at the fleet: its send time; else overhead_s ago)."""
     ri, rf, qi = w.ri, w.rf, w.qi
     ri[i, ST], ri[i, REPLICA] = WAITING, r
+    ri[i, CACHED_T] = 0
     _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
     qi[r, W_LEN] += 1
     sent = rf[i, START] if waited else now - c.overhead_s
@@ -381,7 +383,7 @@ def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
                 _account(w, c, r, j)
             _cut(w, e, c, r, now)
         if state == RUNNING:
-            _leave(ri, qi, w.phases, r, i, c.block_size)
+            _leave(w, c, r, i)
         else:
             _unlink(ri, qi, W_P, W_N, W_H, W_T, r, i)
             qi[r, W_LEN] -= 1

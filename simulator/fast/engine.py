@@ -12,6 +12,7 @@ from simulator.fast.costs import add_usage, step_seconds
 from simulator.fast.jumps import _plan_jump
 from simulator.fast.layout import (
     BLOCKS,
+    CACHED_T,
     COMP,
     COUNT,
     DC_H,
@@ -26,7 +27,9 @@ from simulator.fast.layout import (
     FIRST,
     FREE,
     GEN,
+    KLEN,
     MAXT,
+    NCACHED,
     ND_H,
     ND_N,
     ND_P,
@@ -68,6 +71,7 @@ from simulator.fast.layout import (
     Events,
     State,
 )
+from simulator.fast.prefix import cached_run, evict, register, release, revived, take_hits
 from simulator.fast.queues import (
     _append,
     _keep_chunk,
@@ -100,9 +104,10 @@ def _fix_blocks(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> Non
 
 
 @njit(cache=True)
-def _grow(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
+def _grow(w: State, r: int, s: int, block_size: int) -> None:
     """A decode's block for its next token's KV, if it needs one (or it waits for one), then
     its blocks grow on schedule (`Scheduler._grow`)."""
+    ri, qi = w.ri, w.qi
     tokens = ri[s, PROMPT] + _gen(ri, qi, r, s)
     if tokens > ri[s, BLOCKS] * block_size:
         if qi[r, FREE] == 0:
@@ -110,15 +115,17 @@ def _grow(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
             _append(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
             return
         qi[r, FREE] -= 1
+        evict(w, r)
         ri[s, BLOCKS] += 1
     phase = (qi[r, STEPS] + 1 - tokens) % block_size
     ri[s, PHASE] = phase
-    phases[r, phase] += 1
+    w.phases[r, phase] += 1
 
 
 @njit(cache=True)
-def _leave(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
+def _leave(w: State, c: Config, r: int, s: int) -> None:
     """Take a running request out of its replica's running lists and free its blocks."""
+    ri, qi, phases, block_size = w.ri, w.qi, w.phases, c.block_size
     _unlink(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
     qi[r, RUN_LEN] -= 1
     if ri[s, DEC]:
@@ -134,31 +141,37 @@ def _leave(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
             _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
     else:
         _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
-    qi[r, FREE] += ri[s, BLOCKS]
-    ri[s, BLOCKS] = 0
+    release(w, c, r, s)
 
 
 @njit(cache=True)
-def _allocate(ri: A, qi: A, block_size: int, r: int, s: int, tokens: int) -> bool:
-    """Blocks for `tokens` tokens, all or none (`BlockManager.allocate`, no prefix cache)."""
-    need = -(-tokens // block_size) - ri[s, BLOCKS]
+def _allocate(w: State, c: Config, r: int, s: int, tokens: int, hits: int) -> bool:
+    """Blocks for `tokens` tokens, taking its first `hits` prefix blocks from the cache, all
+    or none (`BlockManager.allocate`)."""
+    ri, qi = w.ri, w.qi
+    need = -(-tokens // c.block_size) - ri[s, BLOCKS] - hits
     if need < 0:
         need = 0
-    if need > qi[r, FREE]:
+    back = revived(w, c, r, s, hits) if hits else 0
+    if need + back > qi[r, FREE]:
         return False
-    qi[r, FREE] -= need
-    ri[s, BLOCKS] += need
+    if hits:
+        take_hits(w, c, r, s, hits)
+    qi[r, FREE] -= need + back
+    ri[s, BLOCKS] += need + hits
+    evict(w, r)
     return True
 
 
 @njit(cache=True)
-def _make_room(ri: A, qi: A, phases: A, block_size: int, r: int, s: int, upto: int) -> int:
+def _make_room(w: State, c: Config, r: int, s: int, upto: int) -> int:
     """Blocks for `s` up to `upto` tokens, preempting the newest running until they fit
     (`Scheduler._make_room`): 1 done, 0 done after preempting, -1 `s` itself had to go."""
+    ri, qi = w.ri, w.qi
     done = 1
-    while not _allocate(ri, qi, block_size, r, s, upto):
+    while not _allocate(w, c, r, s, upto, 0):
         v = qi[r, RUN_T]
-        _leave(ri, qi, phases, r, v, block_size)
+        _leave(w, c, r, v)
         qi[r, RECOMPUTED] += ri[v, COMP]
         ri[v, COMP] = 0
         ri[v, PRE] += 1
@@ -173,9 +186,9 @@ def _make_room(ri: A, qi: A, phases: A, block_size: int, r: int, s: int, upto: i
 
 
 @njit(cache=True)
-def _finish(ri: A, qi: A, phases: A, finished: A, r: int, s: int, n: int, bs: int) -> int:
-    ri[s, ST] = FINISHED
-    _leave(ri, qi, phases, r, s, bs)
+def _finish(w: State, c: Config, finished: A, r: int, s: int, n: int) -> int:
+    w.ri[s, ST] = FINISHED
+    _leave(w, c, r, s)
     finished[n] = s
     return n + 1
 
@@ -207,13 +220,14 @@ def _decodes_step(w: State, e: Events, c: Config, r: int, now: float) -> int:
     if due:
         if due <= qi[r, FREE]:  # a block each
             qi[r, FREE] -= due
+            evict(w, r)
         else:  # too few: one by one, oldest first
             s = qi[r, RUN_H]
             while s >= 0:
                 if ri[s, DEC] and ri[s, PHASE] == phase:
                     _fix_blocks(ri, qi, phases, r, s, bs)
                     ri[s, BLOCKS] -= 1  # the count included the block it has yet to get
-                    _grow(ri, qi, phases, r, s, bs)
+                    _grow(w, r, s, bs)
                 s = ri[s, RUN_N]
     if steps >= qi[r, NEXT_WAKE]:  # the decodes at their last token, in decoding order
         wake = np.iinfo(np.int64).max
@@ -222,7 +236,7 @@ def _decodes_step(w: State, e: Events, c: Config, r: int, now: float) -> int:
             nxt = ri[s, DC_N]
             last = ri[s, SINCE] + ri[s, MAXT] - ri[s, GEN]
             if last <= steps:
-                n_fin = _finish(ri, qi, phases, finished, r, s, n_fin, bs)
+                n_fin = _finish(w, c, finished, r, s, n_fin)
             elif last < wake:
                 wake = last
             s = nxt
@@ -234,7 +248,7 @@ def _decodes_step(w: State, e: Events, c: Config, r: int, now: float) -> int:
 def _prefills_step(w: State, e: Events, c: Config, r: int, now: float, n_fin: int) -> int:
     """The prompts' part of a step's end: each chunk computed; a prompt done emits its token
     and decodes from now on, or finishes (`n_fin` finished before it)."""
-    ri, rf, qi, phases, finished, bs = w.ri, w.rf, w.qi, w.phases, e.finished, c.block_size
+    ri, rf, qi, finished, bs = w.ri, w.rf, w.qi, e.finished, c.block_size
     steps = qi[r, STEPS]
     s = qi[r, SP_H]
     while s >= 0:
@@ -242,6 +256,8 @@ def _prefills_step(w: State, e: Events, c: Config, r: int, now: float, n_fin: in
         ri[s, SP_N] = -1
         if ri[s, ST] == RUNNING:
             ri[s, COMP] += ri[s, SCHED]
+            if ri[s, NCACHED] < ri[s, KLEN]:
+                register(w, c, r, s, ri[s, COMP])
             if ri[s, COMP] >= ri[s, PROMPT] + ri[s, GEN]:
                 ri[s, GEN] += 1
                 if c.keep_chunks:
@@ -249,7 +265,7 @@ def _prefills_step(w: State, e: Events, c: Config, r: int, now: float, n_fin: in
                 if ri[s, GEN] == 1:
                     rf[s, FIRST] = now
                 if ri[s, GEN] >= ri[s, MAXT]:
-                    n_fin = _finish(ri, qi, phases, finished, r, s, n_fin, bs)
+                    n_fin = _finish(w, c, finished, r, s, n_fin)
                 else:  # it decodes from now on (`Scheduler._start_decoding`)
                     _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
                     _append(ri, qi, DC_P, DC_N, DC_H, DC_T, r, s)
@@ -260,7 +276,7 @@ def _prefills_step(w: State, e: Events, c: Config, r: int, now: float, n_fin: in
                     if last < qi[r, NEXT_WAKE]:
                         qi[r, NEXT_WAKE] = last
                     _wake_push(w.wakes, qi, r, last)
-                    _grow(ri, qi, phases, r, s, bs)
+                    _grow(w, r, s, bs)
         s = nxt
     qi[r, SP_H] = qi[r, SP_T] = -1
     return n_fin
@@ -278,8 +294,8 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     decode = qi[r, DC_LEN]
     context += qi[r, DECODE_CTX]
     if not preempted:
-        taken, n_admitted = _admit(w, e, c, r, budget, n_prefill)
-        prefill, context, n_prefill = prefill + taken, context + taken, n_prefill + n_admitted
+        taken, attended, n_admitted = _admit(w, c, r, budget, n_prefill)
+        prefill, context, n_prefill = prefill + taken, context + attended, n_prefill + n_admitted
     seconds = step_seconds(c, decode, prefill, context)
     steady = qi[r, PF_H] < 0 and qi[r, ND_H] < 0  # and nothing to admit (`Scheduler.steady`)
     steady = steady and (qi[r, W_H] < 0 or qi[r, RUN_LEN] >= c.max_num_seqs)
@@ -295,7 +311,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
 def _room_for_decodes(w: State, e: Events, c: Config, r: int) -> bool:
     """Decodes whose blocks are full: a block each, or room made by preempting the newest;
     whether any was preempted."""
-    ri, qi, phases, scratch, bs = w.ri, w.qi, w.phases, e.scratch, c.block_size
+    ri, qi, scratch, bs = w.ri, w.qi, e.scratch, c.block_size
     preempted = False
     if qi[r, ND_H] < 0:
         return preempted
@@ -306,15 +322,16 @@ def _room_for_decodes(w: State, e: Events, c: Config, r: int) -> bool:
             continue
         if qi[r, FREE] > 0:
             qi[r, FREE] -= 1
+            evict(w, r)
             ri[s, BLOCKS] += 1
             done = 1
         else:
-            done = _make_room(ri, qi, phases, bs, r, s, ri[s, PROMPT] + _gen(ri, qi, r, s))
+            done = _make_room(w, c, r, s, ri[s, PROMPT] + _gen(ri, qi, r, s))
             preempted = preempted or done < 1
         if done >= 0:
             ri[s, NEED] = 0
             _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
-            _grow(ri, qi, phases, r, s, bs)
+            _grow(w, r, s, bs)
     return preempted
 
 
@@ -322,7 +339,7 @@ def _room_for_decodes(w: State, e: Events, c: Config, r: int) -> bool:
 def _prompt_chunks(w: State, e: Events, c: Config, r: int) -> tuple[int, int, int, int, bool]:
     """Prompts in progress, each its next chunk within the budget left by the decodes: (budget
     left, tokens, context, prompts, whether any was preempted making room)."""
-    ri, qi, phases, scratch, bs = w.ri, w.qi, w.phases, e.scratch, c.block_size
+    ri, qi, scratch, bs = w.ri, w.qi, e.scratch, c.block_size
     budget = c.max_batched_tokens - qi[r, DC_LEN]
     prefill = context = n_prefill = 0
     preempted = False
@@ -337,7 +354,7 @@ def _prompt_chunks(w: State, e: Events, c: Config, r: int) -> tuple[int, int, in
         n = remaining if remaining < budget else budget
         upto = ri[s, COMP] + n
         if upto > ri[s, BLOCKS] * bs:
-            done = _make_room(ri, qi, phases, bs, r, s, upto)
+            done = _make_room(w, c, r, s, upto)
             preempted = preempted or done < 1
             if done < 0:
                 break
@@ -351,24 +368,32 @@ def _prompt_chunks(w: State, e: Events, c: Config, r: int) -> tuple[int, int, in
 
 
 @njit(cache=True, inline="always")
-def _admit(w: State, e: Events, c: Config, r: int, budget: int, n_prefill: int) -> tuple[int, int]:
-    """Admit waiting requests in order while slots, the budget and the blocks allow
-    (`Scheduler._admit`): (their tokens this step, how many)."""
+def _admit(w: State, c: Config, r: int, budget: int, n_prefill: int) -> tuple[int, int, int]:
+    """Admit waiting requests in order while slots, the budget and the blocks allow, each
+    starting past the prefix blocks the cache holds for it (`Scheduler._admit`): (their tokens
+    this step, the context they attend over, how many)."""
     ri, qi, bs = w.ri, w.qi, c.block_size
-    taken = admitted = 0
+    taken = attended = admitted = 0
     while qi[r, W_H] >= 0 and budget > 0 and qi[r, RUN_LEN] < c.max_num_seqs:
         s = qi[r, W_H]
         tokens = ri[s, PROMPT] + ri[s, GEN]
-        if tokens > budget and not c.chunked and n_prefill + admitted:
+        hits = cached_run(w, c, r, s) if ri[s, KLEN] else 0
+        while hits and hits * bs >= tokens:
+            hits -= 1  # compute at least the last token, to sample from it
+        cached = hits * bs
+        remaining = tokens - cached
+        if remaining > budget and not c.chunked and n_prefill + admitted:
             break  # without chunking a prompt goes whole (alone, when over the budget)
-        n = tokens if tokens <= budget or not c.chunked else budget
+        n = remaining if remaining <= budget or not c.chunked else budget
         # a preempted request takes its whole context's blocks
-        if not _allocate(ri, qi, bs, r, s, tokens if ri[s, PRE] else n):
+        if not _allocate(w, c, r, s, tokens if ri[s, PRE] else cached + n, hits):
             break
         _unlink(ri, qi, W_P, W_N, W_H, W_T, r, s)
         qi[r, W_LEN] -= 1
         ri[s, ST] = RUNNING
-        ri[s, COMP] = 0
+        ri[s, COMP] = cached
+        if not ri[s, PRE]:
+            ri[s, CACHED_T] = cached
         ri[s, SCHED] = n
         _append(ri, qi, RUN_P, RUN_N, RUN_H, RUN_T, r, s)
         qi[r, RUN_LEN] += 1
@@ -377,4 +402,5 @@ def _admit(w: State, e: Events, c: Config, r: int, budget: int, n_prefill: int) 
         admitted += 1
         budget -= n
         taken += n
-    return taken, admitted
+        attended += cached + n
+    return taken, attended, admitted

@@ -40,6 +40,7 @@ from simulator.fast.layout import (
     Events,
     State,
 )
+from simulator.fast.prefix import evict
 from simulator.fast.queues import _keep_chunk, _schedule, _wakes_past
 
 
@@ -153,6 +154,7 @@ def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
     if fraction > qf[r, KV_PEAK]:
         qf[r, KV_PEAK] = fraction
     qi[r, FREE] = c.num_blocks - used
+    evict(w, r)
     qi[r, J_DONE] = upto
 
 

@@ -103,7 +103,7 @@ def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
         if qi[r, DL_H] < 0:
             qi[r, DL_T] = -1
         if ri[s, ST] == RUNNING:
-            _leave(ri, qi, w.phases, r, s, c.block_size)
+            _leave(w, c, r, s)
         elif ri[s, ST] == WAITING:
             _unlink(ri, qi, W_P, W_N, W_H, W_T, r, s)
             qi[r, W_LEN] -= 1

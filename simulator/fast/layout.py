@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+from numba import types
+from numba.typed import Dict, List
 
 A = Any  # a numpy array (numba compiles the functions for the arrays it is given)
 
@@ -18,11 +20,12 @@ A = Any  # a numpy array (numba compiles the functions for the arrays it is give
 # its links in its replica's lists (running in admission order, prefilling, decoding,
 # waiting, needing a block, deadlines in submission order, the step in flight's prefills) and
 # in the fleet's central queue; its attempt, and its retry policy (retries at most, and which
-# answers it retries: R_429 | R_500)
+# answers it retries: R_429 | R_500); its prefix blocks' keys (`simulator.fast.prefix`), how
+# many of them it holds shared, and its prompt tokens the prefix cache served
 (PROMPT, MAXT, OK_NEXT, FAIL_NEXT, STATUS, KIND, OUTPUT, ST, GEN, COMP, BLOCKS, SCHED, PRE,
  DEC, NEED, REPLICA, SINCE, PHASE, RUN_P, RUN_N, PF_P, PF_N, DC_P, DC_N, W_P, W_N, ND_P, ND_N,
- DL_N, SP_N, Q_P, Q_N, ATTEMPT, R_MAX, R_ON) = range(35)  # fmt: skip
-RI_COLUMNS = 35
+ DL_N, SP_N, Q_P, Q_N, ATTEMPT, R_MAX, R_ON, KOFF, KLEN, NCACHED, CACHED_T) = range(39)  # fmt: skip
+RI_COLUMNS = 39
 # a request's times (`State.rf`): the plan's (an opener's arrival; a follow-up's think time and
 # the time after which it is not sent; how long its user waits for a first token), the
 # ledger's, its client's deadline, a follow-up's time
@@ -35,11 +38,16 @@ R_429, R_500 = 1, 2
 # the steps it applied, the earliest step at which a decode may finish, its timer event (the
 # order it was scheduled in: an older one was cut short), the wake-up steps in `State.wakes`,
 # and the jump in flight (see `_plan_jump`): its last step, the steps applied, the context of
-# its first step, the step counted in its usage; the requests it holds beyond its batch slots
+# its first step, the step counted in its usage; the requests it holds beyond its batch slots;
+# its evictable cached prefix blocks (a list's ends and length) and the blocks it caches
 (RUN_H, RUN_T, RUN_LEN, PF_H, PF_T, DC_H, DC_T, DC_LEN, W_H, W_T, W_LEN, ND_H, ND_T, DL_H,
  DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS, NEXT_WAKE, TIMER_SEQ,
- WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED, OVER) = range(31)  # fmt: skip
-QI_COLUMNS = 31
+ WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED, OVER, EV_H, EV_T, EV_LEN, CACHED) = range(35)  # fmt: skip
+QI_COLUMNS = 35
+# a cached prefix block's entry (`State.entries`, E_FIELDS a block): its key (key id x replicas
+# + replica), the requests holding it, its neighbours in its replica's list of evictable ones
+E_KEY, E_REF, E_PREV, E_NEXT = range(4)
+E_FIELDS = 4
 # a replica's usage (`State.qf`, simulator.engine.drive.Usage)
 BUSY_S, KV_S, KV_PEAK, FULL_S, J_T0 = range(5)  # and when the jump in flight began
 QF_COLUMNS = 5
@@ -103,6 +111,10 @@ class State(NamedTuple):
     draws: A  # f8[n, retries]: each request's retry jitter draws, in order
     faults: A  # i8: each send's injected fault in the order sends come (0, R_429, R_500)
     rng: Any  # random routing's generator (`Router`'s: numba draws from it as numpy does)
+    keys: A  # i8: the requests' prefix blocks' key ids (`ri` KOFF, KLEN)
+    cache: Any  # numba Dict[int64, int64]: key id x replicas + replica -> its entry
+    entries: Any  # numba List[int64]: the cached blocks' entries (E_FIELDS each)
+    spare: A  # i8[1]: the first of the evicted entries' places, linked through E_NEXT (-1: none)
 
 
 class Events(NamedTuple):
@@ -123,12 +135,13 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     ri[:, [OK_NEXT, FAIL_NEXT, KIND]] = -1
     ri[:, [ATTEMPT, R_MAX, R_ON]] = 0
     ri[:, STATUS] = L_UNSENT
+    ri[:, [KOFF, KLEN, NCACHED, CACHED_T]] = 0
     rf = np.zeros((n, RF_COLUMNS))
     rf[:, INTENDED:] = np.nan
     qi = np.full((replicas, QI_COLUMNS), -1, np.int64)
     qi[:, [RUN_LEN, DC_LEN, W_LEN, DECODE_CTX, PREEMPTED, RECOMPUTED, STEPS]] = 0
     qi[:, NEXT_WAKE] = np.iinfo(np.int64).max
-    qi[:, [WAKES, J_DONE, J_CTX, OVER]] = 0
+    qi[:, [WAKES, J_DONE, J_CTX, OVER, EV_LEN, CACHED]] = 0
     qi[:, FREE], qi[:, TIMER] = num_blocks, 1  # each replica starts with its wake-up pending
     leaves = 1 << max(replicas - 1, 0).bit_length()
     loads = np.full(2 * leaves, np.iinfo(np.int64).max, np.int64)
@@ -140,7 +153,13 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
     empty = np.empty(0, np.int64)
     rng = np.random.default_rng(0)
-    return State(ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng)
+    cache = Dict.empty(types.int64, types.int64)
+    entries = List.empty_list(types.int64)
+    spare = np.full(1, -1, np.int64)
+    return State(
+        ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng, empty, cache,
+        entries, spare,
+    )  # fmt: skip
 
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int, retries: int = 0) -> Events:

@@ -19,6 +19,7 @@ from scenarios.spec import FleetSpec, TargetFaults
 from scenarios.users import followers_of, horizon, next_session
 from simulator.engine.core import EngineConfig
 from simulator.engine.drive import Usage
+from simulator.engine.kvcache import BlockKey, prefix_block_keys
 from simulator.engine.stepcost import DecodeTableCost, RooflineCost, StepCost
 from simulator.fast import kernel, layout
 from simulator.replay.fleet import FleetStats
@@ -47,8 +48,8 @@ def unsupported(
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
     fleet routed by least outstanding, round robin, at random or to the emptiest KV cache,
     with or without a central queue and an admission limit, the reference target's injected
-    429s and 500s, without prefix caching, and users who retry and give up; the reference
-    runs the rest."""
+    429s and 500s, with or without prefix caching, and users who retry and give up; the
+    reference runs the rest."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
@@ -62,8 +63,6 @@ def unsupported(
         return f"{fleet.routing} routing"
     if faults is not None and faults.die_after is not None:
         return "a target that dies"
-    if config.enable_prefix_caching:
-        return "prefix caching"
     return None
 
 
@@ -87,6 +86,8 @@ def simulate_fast(
         len(plan), replicas, config.num_blocks, config.block_size, config.max_num_seqs
     )
     retries, draws = _fill(state, plan, ledger.index)
+    if config.enable_prefix_caching:
+        state = state._replace(keys=_prefix_keys(state.ri, plan, config.block_size))
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
         draws=draws,
@@ -154,11 +155,11 @@ def _fill_ledger(
     if record_chunks:
         count = int(events.ctr[layout.CHUNKS])
         chunks = _chunks(status, end, events.chunk_row[:count], events.chunk_t[:count])
-    answered = (status == layout.L_OK) & ~np.isnan(end)  # no prefix cache: 0 tokens from it
+    answered = (status == layout.L_OK) & ~np.isnan(end)
     ledger.load(
         rf[:, layout.INTENDED], rf[:, layout.START], rf[:, layout.FIRST], end, status,
         ri[:, layout.KIND], ri[:, layout.OUTPUT], ri[:, layout.ATTEMPT],
-        np.where(answered, 0, -1), chunks,
+        np.where(answered, ri[:, layout.CACHED_T], -1), chunks,
     )  # fmt: skip
     kept = events.retried[: events.ctr[layout.RETRIED]]
     ledger.retried = [
@@ -212,6 +213,19 @@ def _fill(
         jitter = random.Random(f"{plan[i].id}:{plan[i].text_seed}")  # as Users.session's
         draws[i, : r.max_retries] = [jitter.random() for _ in range(r.max_retries)]
     return sum(r.max_retries for _, r in retrying), draws
+
+
+def _prefix_keys(ri: np.ndarray, plan: Sequence[RequestSpec], block_size: int) -> np.ndarray:
+    """Each request's full prefix blocks (`prefix_block_keys`), the plan's distinct keys
+    numbered: their numbers, one request's after another (`ri`'s KOFF, KLEN filled)."""
+    numbers: dict[BlockKey, int] = {}
+    keys: list[int] = []
+    for i, spec in enumerate(plan):
+        if spec.prefix:
+            run = prefix_block_keys(spec.prefix, block_size, spec.prompt_tokens)
+            ri[i, layout.KOFF], ri[i, layout.KLEN] = len(keys), len(run)
+            keys += [numbers.setdefault(k, len(numbers)) for k in run]
+    return np.array(keys, np.int64)
 
 
 def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
