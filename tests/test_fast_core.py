@@ -51,8 +51,9 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
     """A plan (open or closed users, sessions of 1-4 turns with think times, users who give
     up, retries, prompts up to 6,000 tokens), an engine (1-64 slots, caches small
     enough to preempt and to refuse, block sizes 1-16, chunked prefill or not, each cost
-    model) and a fleet (1-8 replicas, least outstanding or round robin, a central queue or
-    not, an admission limit or not, timeouts from 0.5 s, the target's faults or not)."""
+    model) and a fleet (1-8 replicas, each routing, a central queue or not, an admission limit
+    or not, timeouts from 0.5 s, the target's faults or not); prefix caching in some, with
+    system prompts the conversations share."""
     r = random.Random(seed)
     replicas = r.choice([1, 1, 2, 3, 5, 8])
     duration = r.uniform(3, 15)
@@ -104,6 +105,10 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         kw["faults"] = TargetFaults(reject_429=0.1, error_500=0.05, retry_after_s=0.3, seed=seed)
     if r.random() < 0.4:
         plan, engine = _prefix_cached(r, plan, engine)
+        if r.random() < 0.5:  # cache-aware routing
+            overload, match = r.choice([0.5, 1.0, 2.0]), r.choice([0.0, 0.5, 0.9])
+            update = {"affinity_overload": overload, "affinity_min_match": match}
+            kw["fleet"] = fleet.model_copy(update={"routing": "prefix_affinity", **update})
     return plan, engine, kw
 
 
@@ -163,7 +168,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
     seen["round robin"] = seen["random"] = seen["least kv"] = seen["central queue"] = 0
     seen["429"] = 0
     seen["retried"] = seen["random, central queue"] = seen["prefix hits"] = 0
-    seen["prefix hits, preempted"] = 0
+    seen["prefix hits, preempted"] = seen["prefix affinity"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -189,6 +194,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         hits = any(r.cached_tokens for r in reference.records)
         seen["prefix hits"] += hits
         seen["prefix hits, preempted"] += hits and reference.preemptions > 0
+        seen["prefix affinity"] += kw["fleet"].routing == "prefix_affinity" and kw["replicas"] > 1
     assert seen.pop("random, central queue") >= 2, seen  # (500 cases by hand: 29)
     assert seen.pop("prefix hits, preempted") >= 3, seen  # (these 60: 4)
     assert min(seen.values()) >= 5, seen
@@ -210,7 +216,6 @@ def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
     scaler = AutoscalerSpec(target=4, min_replicas=1, max_replicas=3)
     cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
         (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
-        (plan, engine, {"fleet": FleetSpec(routing="prefix_affinity")}, "prefix_affinity routing"),
         (plan, engine, {"faults": TargetFaults(die_after=5)}, "a target that dies"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),
         (plan, EngineConfig(max_num_seqs=1 << 40), {}, "over 65,536 batch slots"),

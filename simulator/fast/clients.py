@@ -56,6 +56,7 @@ from simulator.fast.layout import (
     OK_NEXT,
     OVER_ALL,
     PATIENCE,
+    PREFIX_AFFINITY,
     PROMPT,
     Q_HEAD,
     Q_LEN,
@@ -91,6 +92,7 @@ from simulator.fast.layout import (
     Events,
     State,
 )
+from simulator.fast.prefix import affine, in_flight
 from simulator.fast.queues import _append, _load_changed, _push_back, _schedule, _unlink
 
 
@@ -196,7 +198,7 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
             ctr[Q_LEN] += 1
             _schedule(e.t, e.i, e.ctr, now, URGENT, E_QUEUED, i)
     else:
-        r = _route(w, e, c)
+        r = _route(w, e, c, i)
         slots_full = qi[r, RUN_LEN] + qi[r, W_LEN] >= c.max_num_seqs
         if slots_full and 0 <= c.admission_limit <= e.ctr[OVER_ALL] + e.ctr[Q_LEN]:
             _refused(w, e, c, i, now)
@@ -208,8 +210,8 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
 
 
 @njit(cache=True)
-def _route(w: State, e: Events, c: Config) -> int:
-    """The replica a request sent now goes to (`Router.choose` over the whole fleet)."""
+def _route(w: State, e: Events, c: Config, i: int) -> int:
+    """The replica row `i`, sent now, goes to (`Router.choose` over the whole fleet)."""
     if c.routing == ROUND_ROBIN:
         e.ctr[TURN] += 1
         return int((e.ctr[TURN] - 1) % c.replicas)
@@ -217,6 +219,8 @@ def _route(w: State, e: Events, c: Config) -> int:
         return int(w.rng.integers(0, c.replicas))
     if c.routing == LEAST_KV:
         return _emptiest_kv(w.qi, c, False)
+    if c.routing == PREFIX_AFFINITY:
+        return affine(w, c, i, False)
     return int(w.loads[1] % c.replicas)  # the fewest running or waiting, the first on ties
 
 
@@ -235,6 +239,8 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
     ri, rf, qi = w.ri, w.rf, w.qi
     ri[i, ST], ri[i, REPLICA] = WAITING, r
     ri[i, CACHED_T] = 0
+    if c.routing == PREFIX_AFFINITY:
+        in_flight(w, c, r, i, 1)
     _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
     qi[r, W_LEN] += 1
     sent = rf[i, START] if waited else now - c.overhead_s
@@ -254,8 +260,8 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
     """Place row `i` on a replica with a free batch slot, if there is one
     (`Fleet._dispatch_one`: the least loaded, else the router's choice among those free)."""
     qi, slots = w.qi, c.max_num_seqs
-    if c.routing == LEAST_KV:
-        r = _emptiest_kv(qi, c, True)
+    if c.routing == LEAST_KV or c.routing == PREFIX_AFFINITY:
+        r = _emptiest_kv(qi, c, True) if c.routing == LEAST_KV else affine(w, c, i, True)
         if r < 0:
             return False
     elif c.routing != LEAST_OUTSTANDING:  # one of those with a free slot, in fleet order
@@ -317,9 +323,11 @@ def _unqueue(w: State, e: Events, i: int) -> None:
 
 
 @njit(cache=True)
-def _released(w: State, e: Events, c: Config, r: int, now: float) -> None:
-    """A request left replica `r`: its load, and the central queue's head on a free slot
-    (`Fleet.released`, `_dispatch`)."""
+def _released(w: State, e: Events, c: Config, r: int, i: int, now: float) -> None:
+    """Row `i` left replica `r`: its prefix no longer in flight there, its load, and the
+    central queue's head on a free slot (`Fleet.released`, `_dispatch`)."""
+    if c.routing == PREFIX_AFFINITY:
+        in_flight(w, c, r, i, -1)
     _load_changed(w.loads, w.qi, e.ctr, c.max_num_seqs, r)
     _dispatch(w, e, c, now)
 
@@ -388,5 +396,5 @@ def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
             _unlink(ri, qi, W_P, W_N, W_H, W_T, r, i)
             qi[r, W_LEN] -= 1
         ri[i, ST] = ABORTED
-        _released(w, e, c, r, now)
+        _released(w, e, c, r, i, now)
     _ended(w, e, c, i, False, give_up, now)

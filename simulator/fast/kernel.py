@@ -90,7 +90,7 @@ def _on_finish(w: State, e: Events, c: Config, r: int, s: int, now: float) -> No
         w.rf[s, END] = now
         w.ri[s, OUTPUT] = w.ri[s, GEN]
         _ended(w, e, c, s, True, now, now)
-    _released(w, e, c, r, now)
+    _released(w, e, c, r, s, now)
 
 
 @njit(cache=True, inline="always")
@@ -112,7 +112,7 @@ def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
         ri[s, ST] = ABORTED
         if ri[s, STATUS] == L_OK:
             _timed_out(w, e, c, s, now)
-        _released(w, e, c, r, now)
+        _released(w, e, c, r, s, now)
 
 
 @njit(cache=True, inline="always")

@@ -71,7 +71,7 @@ SIZE, COUNT, CHUNKS, TURN, Q_HEAD, Q_TAIL, Q_LEN, OVER_ALL, FAULTS_DRAWN, RETRIE
 # a run of steady decode steps is one event (`simulator.engine.drive`: MAX_JUMP, MIN_JUMP)
 MAX_JUMP, MIN_JUMP = 4096, 3
 # routing policies and step-cost models
-LEAST_OUTSTANDING, ROUND_ROBIN, RANDOM, LEAST_KV = 0, 1, 2, 3
+LEAST_OUTSTANDING, ROUND_ROBIN, RANDOM, LEAST_KV, PREFIX_AFFINITY = 0, 1, 2, 3, 4
 LINEAR, TABLE, ROOFLINE = 0, 1, 2
 
 
@@ -97,6 +97,8 @@ class Config(NamedTuple):
     retry_after_s: float  # the fleet's 429s' Retry-After (NaN: none)
     faults: bool  # `State.faults` says each send's injected fault
     fault_retry_after_s: float  # the injected 429s' Retry-After
+    affinity_overload: float  # prefix_affinity: a replica this full (x slots) yields ...
+    affinity_min_match: float  # ... and a cached run this short (a share of the prompt) too
 
 
 class State(NamedTuple):
@@ -115,6 +117,8 @@ class State(NamedTuple):
     cache: Any  # numba Dict[int64, int64]: key id x replicas + replica -> its entry
     entries: Any  # numba List[int64]: the cached blocks' entries (E_FIELDS each)
     spare: A  # i8[1]: the first of the evicted entries' places, linked through E_NEXT (-1: none)
+    flying: Any  # numba Dict[int64, int64]: prefix_affinity's key id x replicas + replica ->
+    # the requests in flight there with that prefix block
 
 
 class Events(NamedTuple):
@@ -156,9 +160,10 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     cache = Dict.empty(types.int64, types.int64)
     entries = List.empty_list(types.int64)
     spare = np.full(1, -1, np.int64)
+    flying = Dict.empty(types.int64, types.int64)
     return State(
         ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng, empty, cache,
-        entries, spare,
+        entries, spare, flying,
     )  # fmt: skip
 
 

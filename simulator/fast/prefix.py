@@ -27,6 +27,9 @@ from simulator.fast.layout import (
     KLEN,
     KOFF,
     NCACHED,
+    PROMPT,
+    RUN_LEN,
+    W_LEN,
     Config,
     State,
 )
@@ -143,3 +146,63 @@ def _unlink(w: State, r: int, e: int) -> None:
     else:
         qi[r, EV_T] = prev
     qi[r, EV_LEN] -= 1
+
+
+@njit(cache=True)
+def in_flight(w: State, c: Config, r: int, s: int, change: int) -> None:
+    """`s` was placed on replica `r` (`change` 1) or left it (-1): prefix_affinity counts its
+    prefix blocks there as cached meanwhile (`Router.placed`, `released`)."""
+    for j in range(w.ri[s, KLEN]):
+        key = w.keys[w.ri[s, KOFF] + j] * c.replicas + r
+        n = w.flying.get(key, 0) + change
+        if n:
+            w.flying[key] = n
+        else:
+            del w.flying[key]
+
+
+@njit(cache=True)
+def affine(w: State, c: Config, s: int, free_only: bool) -> int:
+    """Where prefix_affinity sends `s` (`Router._affine`), of the replicas with a free batch
+    slot if `free_only` (-1: none): the one caching or with in flight the longest run of its
+    prefix blocks, the least loaded of those, if the run covers `affinity_min_match` of its
+    prompt and that replica is not full; else the least loaded (then caching the fewest)."""
+    qi = w.qi
+    least = -1
+    for q in range(c.replicas):
+        load = qi[q, RUN_LEN] + qi[q, W_LEN]
+        if free_only and load >= c.max_num_seqs:
+            continue
+        if least < 0:
+            least = q
+            continue
+        most = qi[least, RUN_LEN] + qi[least, W_LEN]
+        if load < most or (load == most and qi[q, CACHED] < qi[least, CACHED]):
+            least = q
+    if least < 0 or w.ri[s, KLEN] == 0:
+        return least
+    best, most = least, 0
+    for q in range(c.replicas):
+        load = qi[q, RUN_LEN] + qi[q, W_LEN]
+        if free_only and load >= c.max_num_seqs:
+            continue
+        held = _held(w, c, q, s)
+        if held > most or (held == most and held and load < qi[best, RUN_LEN] + qi[best, W_LEN]):
+            best, most = q, held
+    if most * c.block_size < c.affinity_min_match * w.ri[s, PROMPT]:
+        return least
+    best_load = qi[best, RUN_LEN] + qi[best, W_LEN]
+    full = best_load >= c.affinity_overload * c.max_num_seqs
+    return least if full and qi[least, RUN_LEN] + qi[least, W_LEN] < best_load else best
+
+
+@njit(cache=True)
+def _held(w: State, c: Config, r: int, s: int) -> int:
+    """How many of `s`'s leading prefix blocks replica `r` caches or has in flight."""
+    n = 0
+    while n < w.ri[s, KLEN]:
+        key = w.keys[w.ri[s, KOFF] + n] * c.replicas + r
+        if key not in w.cache and key not in w.flying:
+            break
+        n += 1
+    return n

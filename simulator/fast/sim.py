@@ -31,6 +31,7 @@ ROUTINGS = {
     "round_robin": layout.ROUND_ROBIN,
     "random": layout.RANDOM,
     "least_kv": layout.LEAST_KV,
+    "prefix_affinity": layout.PREFIX_AFFINITY,
 }
 # the kernel's 64-bit integers hold sums of tokens, and it keeps tables per batch slot and per
 # block position: beyond these (no real engine's) the reference, with Python's integers, runs
@@ -46,7 +47,8 @@ def unsupported(
     faults: TargetFaults | None = None,
 ) -> str | None:
     """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
-    fleet routed by least outstanding, round robin, at random or to the emptiest KV cache,
+    fleet routed by least outstanding, round robin, at random, to the emptiest KV cache or by
+    prefix affinity,
     with or without a central queue and an admission limit, the reference target's injected
     429s and 500s, with or without prefix caching, and users who retry and give up; the
     reference runs the rest."""
@@ -140,7 +142,8 @@ def _config(
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
         float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
         fleet.central_queue, limit, retry_after, faults is not None and faults.any,
-        faults.retry_after_s if faults is not None else math.nan,
+        faults.retry_after_s if faults is not None else math.nan, fleet.affinity_overload,
+        fleet.affinity_min_match,
     )  # fmt: skip
 
 
