@@ -26,30 +26,35 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from scenarios.plan import build_plan
-from scenarios.spec import parse_scenario
+from scenarios.spec import FleetSpec, parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.replay.sim import simulate
 
 ENGINE = EngineConfig(max_num_seqs=32, cost=StepCost(0.015, 0.0008, 0.00006))
-SHORT = (6.0, 20, 200)  # requests/s per replica, answer tokens (uniform): about 80% load
-LONG = (1.0, 200, 1000)
+SHORT = (6.0, 20, 200, False)  # requests/s per replica, answer tokens (uniform): about 80% load
+LONG = (1.0, 200, 1000, False)
+CHAT = (6.0, 20, 200, True)  # conversations of 4 turns, prefix caching, prefix_affinity routing
 # (label, replicas, simulated seconds, workload)
 ROWS = [
     ("1", 1, 4800.0, SHORT),
     ("32", 32, 150.0, SHORT),
     ("1000", 1000, 8.0, SHORT),
     ("32 long", 32, 900.0, LONG),
+    ("32 chat", 32, 150.0, CHAT),
 ]
 MILLION = ("256 (1M)", 256, 651.0, SHORT)  # a forecast slice of 256 replicas: ~1,000,000 requests
-Workload = tuple[float, int, int]
+Workload = tuple[float, int, int, bool]
 
 
-def scenario(rate: float, duration: float, low: int, high: int) -> dict[str, object]:
+def scenario(rate: float, duration: float, low: int, high: int, chat: bool) -> dict[str, object]:
+    turns = {"turns": {"dist": "constant", "value": 4}, "think_time": {"dist": "constant", "value": 2}}
     return {
         "name": "bench",
-        "traffic": {"rate": rate, "duration_s": duration, "seed": 1},
+        "traffic": {"rate": rate / 4 if chat else rate, "duration_s": duration, "seed": 1},
+        "session": turns if chat else {},
         "workload": {
             "prompt_tokens": {"dist": "lognormal", "median": 200, "sigma": 0.6},
             "output_tokens": {"dist": "uniform", "low": low, "high": high},
@@ -61,17 +66,21 @@ def run_point(
     replicas: int, duration: float, work: Workload, stepping: bool, core: str
 ) -> dict[str, float]:
     """One simulation in this process: its size, wall and CPU seconds, peak memory (MiB, RSS)."""
-    rate, low, high = work
-    plan = build_plan(parse_scenario(scenario(rate * replicas, duration, low, high)))
+    rate, low, high, chat = work
+    plan = build_plan(parse_scenario(scenario(rate * replicas, duration, low, high, chat)))
     kw: dict[str, object] = {"jumps": False} if stepping else {}
+    engine = ENGINE
+    if chat:
+        engine = replace(ENGINE, enable_prefix_caching=True)
+        kw["fleet"] = FleetSpec(routing="prefix_affinity")
     params = inspect.signature(simulate).parameters
     if "jumps" not in params:  # an older simulator
         kw = {}
     if "core" in params:
         kw["core"] = core
-        simulate([], ENGINE, core=core)  # type: ignore[arg-type]  # its code loaded, as imports are
+        simulate([], engine, core=core)  # type: ignore[arg-type]  # its code loaded, as imports are
     t0, c0 = time.perf_counter(), time.process_time()
-    result = simulate(plan, ENGINE, replicas=replicas, record_chunks=False, **kw)  # type: ignore[arg-type]
+    result = simulate(plan, engine, replicas=replicas, record_chunks=False, **kw)  # type: ignore[arg-type]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ok = int(result.table.ok.sum())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -240,7 +240,7 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
     ri[i, ST], ri[i, REPLICA] = WAITING, r
     ri[i, CACHED_T] = 0
     if c.routing == PREFIX_AFFINITY:
-        in_flight(w, c, r, i, 1)
+        in_flight(w, c, r, i, True)
     _append(ri, qi, W_P, W_N, W_H, W_T, r, i)
     qi[r, W_LEN] += 1
     sent = rf[i, START] if waited else now - c.overhead_s
@@ -327,7 +327,7 @@ def _released(w: State, e: Events, c: Config, r: int, i: int, now: float) -> Non
     """Row `i` left replica `r`: its prefix no longer in flight there, its load, and the
     central queue's head on a free slot (`Fleet.released`, `_dispatch`)."""
     if c.routing == PREFIX_AFFINITY:
-        in_flight(w, c, r, i, -1)
+        in_flight(w, c, r, i, False)
     _load_changed(w.loads, w.qi, e.ctr, c.max_num_seqs, r)
     _dispatch(w, e, c, now)
 

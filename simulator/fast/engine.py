@@ -141,7 +141,7 @@ def _leave(w: State, c: Config, r: int, s: int) -> None:
             _unlink(ri, qi, ND_P, ND_N, ND_H, ND_T, r, s)
     else:
         _unlink(ri, qi, PF_P, PF_N, PF_H, PF_T, r, s)
-    release(w, c, r, s)
+    release(w, r, s)
 
 
 @njit(cache=True)
@@ -152,11 +152,11 @@ def _allocate(w: State, c: Config, r: int, s: int, tokens: int, hits: int) -> bo
     need = -(-tokens // c.block_size) - ri[s, BLOCKS] - hits
     if need < 0:
         need = 0
-    back = revived(w, c, r, s, hits) if hits else 0
+    back = revived(w, s, hits) if hits else 0
     if need + back > qi[r, FREE]:
         return False
     if hits:
-        take_hits(w, c, r, s, hits)
+        take_hits(w, r, s, hits)
     qi[r, FREE] -= need + back
     ri[s, BLOCKS] += need + hits
     evict(w, r)

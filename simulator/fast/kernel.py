@@ -77,6 +77,7 @@ from simulator.fast.layout import (
     Events,
     State,
 )
+from simulator.fast.prefix import room_for_an_event
 from simulator.fast.queues import _load_changed, _schedule, _take, _unlink
 
 
@@ -136,14 +137,22 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
 
 
 @njit(cache=True)
-def run(w: State, e: Events, c: Config) -> None:
-    """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run)."""
-    for r in range(c.replicas):  # each replica's first wake-up, made with the fleet
+def start(w: State, e: Events, c: Config) -> None:
+    """The fleet made: each replica's first wake-up, and the arrivals process started."""
+    for r in range(c.replicas):
         w.qi[r, TIMER_SEQ] = e.ctr[COUNT]
         _schedule(e.t, e.i, e.ctr, 0.0, NORMAL, E_WAKE, r)
     _schedule(e.t, e.i, e.ctr, 0.0, URGENT, E_START, 0)
+
+
+@njit(cache=True)
+def run(w: State, e: Events, c: Config) -> bool:
+    """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run);
+    False: paused before an event, for bigger prefix tables (run again to go on)."""
     times, ei, ctr, openers, rf = e.t, e.i, e.ctr, w.openers, w.rf
     while ctr[SIZE] > 0 and times[0] < c.until:
+        if c.prefix_headroom and not room_for_an_event(w, c):
+            return False
         i = _take(times, ei, ctr)
         now, kind, arg = times[i], ei[i, EVENT], ei[i, ARG]
         if kind in (E_STEP_END, E_WAKE):
@@ -165,6 +174,7 @@ def run(w: State, e: Events, c: Config) -> None:
         else:
             _arrivals(w, e, c, 0, now)
     _settle(w, e, c, c.until)
+    return True
 
 
 def _fresh_cache() -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import types
-from numba.typed import Dict, List
 
 A = Any  # a numpy array (numba compiles the functions for the arrays it is given)
 
@@ -44,10 +42,11 @@ R_429, R_500 = 1, 2
  DL_T, SP_H, SP_T, FREE, DECODE_CTX, TIMER, PREEMPTED, RECOMPUTED, STEPS, NEXT_WAKE, TIMER_SEQ,
  WAKES, J_STOP, J_DONE, J_CTX, J_COUNTED, OVER, EV_H, EV_T, EV_LEN, CACHED) = range(35)  # fmt: skip
 QI_COLUMNS = 35
-# a cached prefix block's entry (`State.entries`, E_FIELDS a block): its key (key id x replicas
-# + replica), the requests holding it, its neighbours in its replica's list of evictable ones
-E_KEY, E_REF, E_PREV, E_NEXT = range(4)
-E_FIELDS = 4
+# a prefix block's entry on a replica (a row of `State.entries[0]`): its key (key id x
+# replicas + replica), the requests holding it (-1: not cached), its neighbours in its
+# replica's list of evictable ones, the requests in flight there with it (prefix_affinity)
+E_KEY, E_REF, E_PREV, E_NEXT, E_FLY = range(5)
+E_FIELDS = 5
 # a replica's usage (`State.qf`, simulator.engine.drive.Usage)
 BUSY_S, KV_S, KV_PEAK, FULL_S, J_T0 = range(5)  # and when the jump in flight began
 QF_COLUMNS = 5
@@ -99,6 +98,7 @@ class Config(NamedTuple):
     fault_retry_after_s: float  # the injected 429s' Retry-After
     affinity_overload: float  # prefix_affinity: a replica this full (x slots) yields ...
     affinity_min_match: float  # ... and a cached run this short (a share of the prompt) too
+    prefix_headroom: int  # the most prefix block entries one event may add (0: no prefixes)
 
 
 class State(NamedTuple):
@@ -114,11 +114,12 @@ class State(NamedTuple):
     faults: A  # i8: each send's injected fault in the order sends come (0, R_429, R_500)
     rng: Any  # random routing's generator (`Router`'s: numba draws from it as numpy does)
     keys: A  # i8: the requests' prefix blocks' key ids (`ri` KOFF, KLEN)
-    cache: Any  # numba Dict[int64, int64]: key id x replicas + replica -> its entry
-    entries: Any  # numba List[int64]: the cached blocks' entries (E_FIELDS each)
-    spare: A  # i8[1]: the first of the evicted entries' places, linked through E_NEXT (-1: none)
-    flying: Any  # numba Dict[int64, int64]: prefix_affinity's key id x replicas + replica ->
-    # the requests in flight there with that prefix block
+    tkeys: A  # i8[2^k]: a hash table's keys (-1: none), key id x replicas + replica, and ...
+    tvalues: A  # i8[2^k]: ... their entries (cached there, or in flight with a request there)
+    entries: A  # i8[rows, E_FIELDS]: the prefix blocks' entries
+    spare: A  # i8[3]: the first of the dropped entries' rows, linked through E_NEXT (-1:
+    # none); the rows used; the keys in `cache`
+    memo: A  # i8: beside each of `keys`, its entry while the request holds it
 
 
 class Events(NamedTuple):
@@ -157,13 +158,11 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
     empty = np.empty(0, np.int64)
     rng = np.random.default_rng(0)
-    cache = Dict.empty(types.int64, types.int64)
-    entries = List.empty_list(types.int64)
-    spare = np.full(1, -1, np.int64)
-    flying = Dict.empty(types.int64, types.int64)
+    spare = np.array([-1, 0, 0], np.int64)
     return State(
-        ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng, empty, cache,
-        entries, spare, flying,
+        ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng, empty,
+        np.full(1, -1, np.int64), np.empty(1, np.int64), np.empty((0, E_FIELDS), np.int64),
+        spare, empty,
     )  # fmt: skip
 
 

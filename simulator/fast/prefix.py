@@ -1,21 +1,25 @@
 """The prefix cache on the fast core's tables (`simulator.engine.kvcache.BlockManager`'s
 shared blocks): each replica's cached blocks, ref-counted, those no request holds kept in
-least-recently-freed order until a new block needs their space.
+least-recently-freed order until a new block needs their space; and for prefix_affinity routing
+the prefix blocks of the requests in flight on each replica (`Router.placed`).
 
 A request's full prefix blocks are the key ids `State.keys[KOFF : KOFF + KLEN]` (the plan's
-`prefix_block_keys`, numbered in Python); it holds the first NCACHED of them shared. A block
-cached on replica r is an entry (`State.entries`: its key, refs, and its neighbours in r's list
-of evictable ones) found by `State.cache[key id * replicas + r]`.
+`prefix_block_keys`, numbered in Python). A block cached or in flight on replica r is an entry,
+a row of `State.entries` (its key, the requests holding it (-1: not cached), its neighbours in
+r's list of evictable ones, the requests in flight with it) found by key id x replicas + r in
+a hash table (`State.tkeys`, `.tvalues`: linear probing, at most half full); `State.memo`
+keeps, beside each key, its entry while the request holds it (no lookup to let go of it).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from simulator.fast.layout import (
     BLOCKS,
     CACHED,
-    E_FIELDS,
+    E_FLY,
     E_KEY,
     E_NEXT,
     E_PREV,
@@ -30,44 +34,144 @@ from simulator.fast.layout import (
     PROMPT,
     RUN_LEN,
     W_LEN,
+    A,
     Config,
     State,
 )
 
+# `State.spare`: the first dropped entry's row (-1: none), the rows used, the keys in the table
+SPARE, USED, KEYS = range(3)
+
 
 @njit(cache=True)
-def _entry(w: State, c: Config, r: int, s: int, j: int) -> int:
-    """The entry of request `s`'s `j`-th prefix block on replica `r` (-1: not cached)."""
-    return w.cache.get(w.keys[w.ri[s, KOFF] + j] * c.replicas + r, -1)
+def _key(w: State, c: Config, r: int, s: int, j: int) -> int:
+    """The table's key of request `s`'s `j`-th prefix block on replica `r`."""
+    return int(w.keys[w.ri[s, KOFF] + j] * c.replicas + r)
+
+
+@njit(cache=True)
+def _home(key: int, mask: int) -> int:
+    """Where `key` starts its probe (Fibonacci hashing: the top bits of key x 2^64 / phi)."""
+    return int(np.uint64(key) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(40)) & mask
+
+
+@njit(cache=True)
+def _find(keys: A, values: A, key: int) -> int:
+    """The entry of `key` in the hash table (-1: none)."""
+    mask = len(keys) - 1
+    i = _home(key, mask)
+    while keys[i] >= 0:
+        if keys[i] == key:
+            return int(values[i])
+        i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True)
+def _insert(keys: A, values: A, key: int, value: int) -> None:
+    mask = len(keys) - 1
+    i = _home(key, mask)
+    while keys[i] >= 0:
+        i = (i + 1) & mask
+    keys[i], values[i] = key, value
+
+
+@njit(cache=True)
+def _remove(keys: A, values: A, key: int) -> None:
+    """`key` out of the table: the keys after it in its run moved back (no tombstones)."""
+    mask = len(keys) - 1
+    i = _home(key, mask)
+    while keys[i] != key:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if keys[j] < 0:
+            break
+        home = _home(keys[j], mask)
+        if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+            keys[i], values[i] = keys[j], values[j]
+            i = j
+    keys[i] = -1
+
+
+@njit(cache=True)
+def _new_entry(w: State, key: int) -> int:
+    """An entry for `key` (which has none), neither cached nor in flight. The kernel pauses
+    for bigger tables before an event could run out of room (`room_for_an_event`)."""
+    spare, ents = w.spare, w.entries
+    if spare[SPARE] >= 0:  # a dropped entry's row
+        e = spare[SPARE]
+        spare[SPARE] = ents[e, E_NEXT]
+    else:
+        e = spare[USED]
+        if e == len(ents):
+            raise RuntimeError("fast core: more prefix block entries than an event may add")
+        spare[USED] += 1
+    ents[e, E_KEY], ents[e, E_REF], ents[e, E_FLY] = key, -1, 0
+    _insert(w.tkeys, w.tvalues, key, e)
+    spare[KEYS] += 1
+    return int(e)
+
+
+@njit(cache=True)
+def room_for_an_event(w: State, c: Config) -> bool:
+    """Whether the entries and the hash table (at most half full) hold the most one event may
+    add (`Config.prefix_headroom`)."""
+    wanted = w.spare[KEYS] + c.prefix_headroom
+    return wanted <= len(w.entries) and 2 * wanted <= len(w.tkeys)
+
+
+@njit(cache=True)
+def rehash(keys: A, values: A, into_keys: A, into_values: A) -> None:
+    """The table's keys into a bigger one."""
+    for i in range(len(keys)):
+        if keys[i] >= 0:
+            _insert(into_keys, into_values, keys[i], values[i])
+
+
+@njit(cache=True)
+def _drop(w: State, keys: A, values: A, ents: A, e: int) -> None:
+    """Entry `e`, neither cached nor in flight any more, gone (its row kept for another)."""
+    _remove(keys, values, ents[e, E_KEY])
+    w.spare[KEYS] -= 1
+    ents[e, E_NEXT] = w.spare[SPARE]
+    w.spare[SPARE] = e
 
 
 @njit(cache=True)
 def cached_run(w: State, c: Config, r: int, s: int) -> int:
-    """How many of `s`'s leading prefix blocks replica `r` caches (`BlockManager.cached_run`)."""
-    n = 0
-    while n < w.ri[s, KLEN] and _entry(w, c, r, s, n) >= 0:
+    """How many of `s`'s leading prefix blocks replica `r` caches (`BlockManager.cached_run`);
+    their entries kept in the memo."""
+    keys, values, ents = w.tkeys, w.tvalues, w.entries
+    n, first = 0, w.ri[s, KOFF]
+    while n < w.ri[s, KLEN]:
+        e = _find(keys, values, _key(w, c, r, s, n))
+        if e < 0 or ents[e, E_REF] < 0:
+            break
+        w.memo[first + n] = e
         n += 1
     return n
 
 
 @njit(cache=True)
-def revived(w: State, c: Config, r: int, s: int, hits: int) -> int:
-    """Of `s`'s first `hits` cached blocks, those no request holds (counted free)."""
-    n = 0
+def revived(w: State, s: int, hits: int) -> int:
+    """Of the first `hits` blocks `cached_run` found, those no request holds (counted free)."""
+    n, ents, first = 0, w.entries, w.ri[s, KOFF]
     for j in range(hits):
-        n += w.entries[_entry(w, c, r, s, j) * E_FIELDS + E_REF] == 0
+        n += ents[w.memo[first + j], E_REF] == 0
     return n
 
 
 @njit(cache=True)
-def take_hits(w: State, c: Config, r: int, s: int, hits: int) -> None:
-    """`s` holds its first `hits` prefix blocks, cached on `r`, shared (out of the evictable)."""
-    ents = w.entries
+def take_hits(w: State, r: int, s: int, hits: int) -> None:
+    """`s` holds the first `hits` blocks `cached_run` found, shared (out of the evictable)."""
+    ents, first = w.entries, w.ri[s, KOFF]
     for j in range(hits):
-        e = _entry(w, c, r, s, j)
-        if ents[e * E_FIELDS + E_REF] == 0:
-            _unlink(w, r, e)
-        ents[e * E_FIELDS + E_REF] += 1
+        e = w.memo[first + j]
+        if ents[e, E_REF] == 0:
+            _unlink(w.qi, ents, r, e)
+        ents[e, E_REF] += 1
     w.ri[s, NCACHED] = hits
 
 
@@ -75,46 +179,43 @@ def take_hits(w: State, c: Config, r: int, s: int, hits: int) -> None:
 def register(w: State, c: Config, r: int, s: int, computed: int) -> None:
     """Offer `s`'s computed full prefix blocks past those it shares to `r`'s cache; one another
     request cached already stays its own, and the run stops there (`BlockManager.register`)."""
-    ri, ents = w.ri, w.entries
+    ri = w.ri
     i, stop = ri[s, NCACHED], min(ri[s, KLEN], computed // c.block_size)
+    keys, values, ents = w.tkeys, w.tvalues, w.entries
     while i < stop:
-        key = w.keys[ri[s, KOFF] + i] * c.replicas + r
-        if key in w.cache:
+        key = _key(w, c, r, s, i)
+        e = _find(keys, values, key)
+        if e < 0:
+            e = _new_entry(w, key)
+        elif ents[e, E_REF] >= 0:
             break
-        e = len(ents) // E_FIELDS
-        if w.spare[0] >= 0:  # an evicted entry's place
-            e = w.spare[0]
-            w.spare[0] = ents[e * E_FIELDS + E_NEXT]
-        else:
-            for _ in range(E_FIELDS):
-                ents.append(-1)
-        ents[e * E_FIELDS + E_KEY], ents[e * E_FIELDS + E_REF] = key, 1
-        w.cache[key] = e
+        ents[e, E_REF] = 1
         w.qi[r, CACHED] += 1
+        w.memo[ri[s, KOFF] + i] = e
         i += 1
     ri[s, NCACHED] = i
 
 
 @njit(cache=True)
-def release(w: State, c: Config, r: int, s: int) -> None:
+def release(w: State, r: int, s: int) -> None:
     """`s` leaves replica `r` (`BlockManager.free`): its own blocks free, and each shared one
     that no other request holds now (cached, evictable: a chain's tail before its head)."""
-    ri, ents = w.ri, w.entries
+    ri, qi, ents = w.ri, w.qi, w.entries
     released = ri[s, BLOCKS] - ri[s, NCACHED]
     for j in range(ri[s, NCACHED] - 1, -1, -1):
-        e = _entry(w, c, r, s, j)
-        ents[e * E_FIELDS + E_REF] -= 1
-        if ents[e * E_FIELDS + E_REF] == 0:
-            ents[e * E_FIELDS + E_PREV], ents[e * E_FIELDS + E_NEXT] = w.qi[r, EV_T], -1
-            if w.qi[r, EV_T] >= 0:
-                ents[w.qi[r, EV_T] * E_FIELDS + E_NEXT] = e
+        e = w.memo[ri[s, KOFF] + j]
+        ents[e, E_REF] -= 1
+        if ents[e, E_REF] == 0:
+            ents[e, E_PREV], ents[e, E_NEXT] = qi[r, EV_T], -1
+            if qi[r, EV_T] >= 0:
+                ents[qi[r, EV_T], E_NEXT] = e
             else:
-                w.qi[r, EV_H] = e
-            w.qi[r, EV_T] = e
-            w.qi[r, EV_LEN] += 1
+                qi[r, EV_H] = e
+            qi[r, EV_T] = e
+            qi[r, EV_LEN] += 1
             released += 1
     ri[s, NCACHED] = 0
-    w.qi[r, FREE] += released
+    qi[r, FREE] += released
     ri[s, BLOCKS] = 0
 
 
@@ -122,43 +223,53 @@ def release(w: State, c: Config, r: int, s: int) -> None:
 def evict(w: State, r: int) -> None:
     """Drop the least recently freed cached blocks while they outnumber the free ones (their
     space is taken)."""
-    qi, ents = w.qi, w.entries
+    qi = w.qi
+    if qi[r, EV_LEN] <= qi[r, FREE]:
+        return
+    keys, values, ents = w.tkeys, w.tvalues, w.entries
     while qi[r, EV_LEN] > qi[r, FREE]:
         e = qi[r, EV_H]
-        _unlink(w, r, e)
-        del w.cache[ents[e * E_FIELDS + E_KEY]]
+        _unlink(qi, ents, r, e)
         qi[r, CACHED] -= 1
-        ents[e * E_FIELDS + E_NEXT] = w.spare[0]
-        w.spare[0] = e
+        ents[e, E_REF] = -1
+        if ents[e, E_FLY] == 0:
+            _drop(w, keys, values, ents, e)
 
 
 @njit(cache=True)
-def _unlink(w: State, r: int, e: int) -> None:
+def _unlink(qi: A, ents: A, r: int, e: int) -> None:
     """Entry `e` out of replica `r`'s evictable list."""
-    qi, ents = w.qi, w.entries
-    prev, nxt = ents[e * E_FIELDS + E_PREV], ents[e * E_FIELDS + E_NEXT]
+    prev, nxt = ents[e, E_PREV], ents[e, E_NEXT]
     if prev >= 0:
-        ents[prev * E_FIELDS + E_NEXT] = nxt
+        ents[prev, E_NEXT] = nxt
     else:
         qi[r, EV_H] = nxt
     if nxt >= 0:
-        ents[nxt * E_FIELDS + E_PREV] = prev
+        ents[nxt, E_PREV] = prev
     else:
         qi[r, EV_T] = prev
     qi[r, EV_LEN] -= 1
 
 
 @njit(cache=True)
-def in_flight(w: State, c: Config, r: int, s: int, change: int) -> None:
-    """`s` was placed on replica `r` (`change` 1) or left it (-1): prefix_affinity counts its
-    prefix blocks there as cached meanwhile (`Router.placed`, `released`)."""
+def in_flight(w: State, c: Config, r: int, s: int, placed: bool) -> None:
+    """`s` was placed on replica `r` or left it: prefix_affinity counts its prefix blocks
+    there as cached meanwhile (`Router.placed`, `released`)."""
+    first = w.ri[s, KOFF]
+    keys, values, ents = w.tkeys, w.tvalues, w.entries
     for j in range(w.ri[s, KLEN]):
-        key = w.keys[w.ri[s, KOFF] + j] * c.replicas + r
-        n = w.flying.get(key, 0) + change
-        if n:
-            w.flying[key] = n
+        if placed:
+            key = _key(w, c, r, s, j)
+            e = _find(keys, values, key)
+            if e < 0:
+                e = _new_entry(w, key)
+            w.memo[first + j] = e
+            ents[e, E_FLY] += 1
         else:
-            del w.flying[key]
+            e = w.memo[first + j]
+            ents[e, E_FLY] -= 1
+            if ents[e, E_FLY] == 0 and ents[e, E_REF] < 0:
+                _drop(w, keys, values, ents, e)
 
 
 @njit(cache=True)
@@ -199,10 +310,8 @@ def affine(w: State, c: Config, s: int, free_only: bool) -> int:
 @njit(cache=True)
 def _held(w: State, c: Config, r: int, s: int) -> int:
     """How many of `s`'s leading prefix blocks replica `r` caches or has in flight."""
+    keys, values = w.tkeys, w.tvalues
     n = 0
-    while n < w.ri[s, KLEN]:
-        key = w.keys[w.ri[s, KOFF] + n] * c.replicas + r
-        if key not in w.cache and key not in w.flying:
-            break
+    while n < w.ri[s, KLEN] and _find(keys, values, _key(w, c, r, s, n)) >= 0:
         n += 1
     return n

@@ -19,9 +19,8 @@ from scenarios.spec import FleetSpec, TargetFaults
 from scenarios.users import followers_of, horizon, next_session
 from simulator.engine.core import EngineConfig
 from simulator.engine.drive import Usage
-from simulator.engine.kvcache import BlockKey, prefix_block_keys
 from simulator.engine.stepcost import DecodeTableCost, RooflineCost, StepCost
-from simulator.fast import kernel, layout
+from simulator.fast import kernel, layout, prefix
 from simulator.replay.fleet import FleetStats
 from simulator.replay.ledger import Ledger
 from simulator.replay.sim import SimResult, result_of
@@ -89,7 +88,8 @@ def simulate_fast(
     )
     retries, draws = _fill(state, plan, ledger.index)
     if config.enable_prefix_caching:
-        state = state._replace(keys=_prefix_keys(state.ri, plan, config.block_size))
+        keys = _prefix_keys(state.ri, plan, config.block_size)
+        state = state._replace(keys=keys, memo=np.full(len(keys), -1, np.int64))
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
         draws=draws,
@@ -100,9 +100,12 @@ def simulate_fast(
         state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
     until = horizon(plan, timeout_s) or timeout_s
     c = _config(config, replicas, timeout_s, until, record_chunks, fleet, faults, jumps)
+    c = c._replace(prefix_headroom=_headroom(state, config, fleet))
     room = int(state.ri[:, layout.MAXT].sum()) if record_chunks else 0
     events = layout.events(len(plan), replicas, config.max_num_seqs, room, retries)
-    kernel.run(state, events, c)
+    kernel.start(state, events, c)
+    while not kernel.run(state, events, c):
+        state = _grown(state, c.prefix_headroom)
     _fill_ledger(ledger, state, events, record_chunks)
     ledger.close(timeout_s)
     qi, qf = state.qi, state.qf
@@ -143,7 +146,7 @@ def _config(
         float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
         fleet.central_queue, limit, retry_after, faults is not None and faults.any,
         faults.retry_after_s if faults is not None else math.nan, fleet.affinity_overload,
-        fleet.affinity_min_match,
+        fleet.affinity_min_match, 0,
     )  # fmt: skip
 
 
@@ -219,16 +222,67 @@ def _fill(
 
 
 def _prefix_keys(ri: np.ndarray, plan: Sequence[RequestSpec], block_size: int) -> np.ndarray:
-    """Each request's full prefix blocks (`prefix_block_keys`), the plan's distinct keys
-    numbered: their numbers, one request's after another (`ri`'s KOFF, KLEN filled)."""
-    numbers: dict[BlockKey, int] = {}
-    keys: list[int] = []
+    """Each request's full prefix blocks (`prefix_block_keys`: the chain hash of the segment
+    holding a block's last token, and the block's index), the plan's distinct ones numbered:
+    their numbers, one request's after another (`ri`'s KOFF and KLEN filled)."""
+    owner: list[int] = []  # per segment with blocks of its own: its request, chain, blocks
+    chains: list[int] = []
+    bounds: list[int] = []
     for i, spec in enumerate(plan):
-        if spec.prefix:
-            run = prefix_block_keys(spec.prefix, block_size, spec.prompt_tokens)
-            ri[i, layout.KOFF], ri[i, layout.KLEN] = len(keys), len(run)
-            keys += [numbers.setdefault(k, len(numbers)) for k in run]
-    return np.array(keys, np.int64)
+        link = covered = 0
+        for seg_hash, tokens in spec.prefix:
+            link = hash((link, seg_hash, tokens))
+            before, covered = covered, min(covered + tokens, spec.prompt_tokens)
+            if covered // block_size > before // block_size:
+                owner.append(i)
+                chains.append(link)
+                bounds += (before // block_size, covered // block_size)
+            if covered >= spec.prompt_tokens:
+                break
+    lo, hi = np.array(bounds, np.int64).reshape(-1, 2).T
+    counts = hi - lo
+    segment = np.repeat(np.arange(len(counts)), counts)
+    index = lo[segment] + np.arange(len(segment)) - np.repeat(np.cumsum(counts) - counts, counts)
+    chain = np.array(chains, np.int64)[segment]
+    order = np.lexsort((index, chain))
+    new = np.ones(len(order), bool)
+    new[1:] = (np.diff(chain[order]) != 0) | (np.diff(index[order]) != 0)
+    numbers = np.empty(len(order), np.int64)
+    numbers[order] = np.cumsum(new) - 1
+    per_request = np.bincount(np.array(owner, np.int64), counts, len(plan)).astype(np.int64)
+    ri[:, layout.KLEN] = per_request
+    ri[:, layout.KOFF] = np.cumsum(per_request) - per_request
+    return numbers
+
+
+def _headroom(state: layout.State, config: EngineConfig, fleet: FleetSpec) -> int:
+    """The most prefix block entries one event may add (0: no request has a full prefix
+    block): a step's end registers blocks its prompts hold (a run another request's block cut
+    short goes on once that one is evicted: all a prompt's blocks at most); with
+    prefix_affinity each request placed adds its blocks in flight, one an event, or those the
+    step's ends or aborts free a slot for, or the openers that arrive together."""
+    longest = int(state.ri[:, layout.KLEN].max(initial=0))
+    if longest == 0:
+        return 0
+    steps = min(config.num_blocks, config.max_num_seqs * longest)
+    if fleet.routing != "prefix_affinity":
+        return steps
+    at = state.rf[state.openers, layout.ARRIVAL]
+    together = int((np.searchsorted(at, at + 1e-6, "right") - np.arange(len(at))).max(initial=0))
+    return steps + (2 * config.max_num_seqs + together + 1) * longest
+
+
+def _grown(state: layout.State, headroom: int) -> layout.State:
+    """Prefix tables with room for `headroom` more entries: the entries' rows doubled (at
+    least), the hash table at most a quarter full."""
+    live = int(state.spare[prefix.KEYS]) + headroom
+    rows = max(2 * len(state.entries), live)
+    entries = np.empty((rows, layout.E_FIELDS), np.int64)
+    entries[: len(state.entries)] = state.entries
+    size = 1 << (4 * live - 1).bit_length()
+    tkeys, tvalues = np.full(size, -1, np.int64), np.empty(size, np.int64)
+    prefix.rehash(state.tkeys, state.tvalues, tkeys, tvalues)
+    return state._replace(entries=entries, tkeys=tkeys, tvalues=tvalues)
 
 
 def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
