@@ -1,5 +1,5 @@
 """Compile the fast core before its first use, saying so: numba compiles it once per checkout
-(about 30 s on 2 cores) and caches the machine code beside the sources.
+(about a minute on 2 cores) and caches the machine code beside the sources.
 
 `python -m simulator.fast.warm` does it (make's install step runs it); the commands that
 simulate call `warm` first, so a first forecast says why it waits instead of going quiet.
@@ -32,7 +32,7 @@ def warm(say: Callable[[str], None]) -> None:
         return
     from simulator.fast.sim import simulate_fast
 
-    say("compiling the fast simulator core (once per checkout: about 30 s on 2 cores)")
+    say("compiling the fast simulator core (once per checkout: about a minute on 2 cores)")
     began = time.monotonic()
     plan = [RequestSpec(str(i), 0.1 * i, 20, 5) for i in range(4)]  # every function it calls
     simulate_fast(plan, EngineConfig())
