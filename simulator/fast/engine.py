@@ -103,7 +103,7 @@ def _fix_blocks(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> Non
         ri[s, PHASE] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _grow(w: State, r: int, s: int, block_size: int) -> None:
     """A decode's block for its next token's KV, if it needs one (or it waits for one), then
     its blocks grow on schedule (`Scheduler._grow`)."""
@@ -122,7 +122,7 @@ def _grow(w: State, r: int, s: int, block_size: int) -> None:
     w.phases[r, phase] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _leave(w: State, c: Config, r: int, s: int) -> None:
     """Take a running request out of its replica's running lists and free its blocks."""
     ri, qi, phases, block_size = w.ri, w.qi, w.phases, c.block_size
@@ -144,7 +144,7 @@ def _leave(w: State, c: Config, r: int, s: int) -> None:
     release(w, r, s)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _allocate(w: State, c: Config, r: int, s: int, tokens: int, hits: int) -> bool:
     """Blocks for `tokens` tokens, taking its first `hits` prefix blocks from the cache, all
     or none (`BlockManager.allocate`)."""
@@ -185,7 +185,7 @@ def _make_room(w: State, c: Config, r: int, s: int, upto: int) -> int:
     return done
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _finish(w: State, c: Config, finished: A, r: int, s: int, n: int) -> int:
     w.ri[s, ST] = FINISHED
     _leave(w, c, r, s)

@@ -113,13 +113,7 @@ class State(NamedTuple):
     draws: A  # f8[n, retries]: each request's retry jitter draws, in order
     faults: A  # i8: each send's injected fault in the order sends come (0, R_429, R_500)
     rng: Any  # random routing's generator (`Router`'s: numba draws from it as numpy does)
-    keys: A  # i8: the requests' prefix blocks' key ids (`ri` KOFF, KLEN)
-    tkeys: A  # i8[2^k]: a hash table's keys (-1: none), key id x replicas + replica, and ...
-    tvalues: A  # i8[2^k]: ... their entries (cached there, or in flight with a request there)
-    entries: A  # i8[rows, E_FIELDS]: the prefix blocks' entries
-    spare: A  # i8[3]: the first of the dropped entries' rows, linked through E_NEXT (-1:
-    # none); the rows used; the keys in `cache`
-    memo: A  # i8: beside each of `keys`, its entry while the request holds it
+    prefix: A  # i8: the prefix blocks' key ids, entries and hash table (`simulator.fast.prefix`)
 
 
 class Events(NamedTuple):
@@ -158,12 +152,9 @@ def state(n: int, replicas: int, num_blocks: int, block_size: int, max_num_seqs:
     wakes = np.zeros((replicas, 4 * max_num_seqs + 16), np.int64)
     empty = np.empty(0, np.int64)
     rng = np.random.default_rng(0)
-    spare = np.array([-1, 0, 0], np.int64)
-    return State(
-        ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng, empty,
-        np.full(1, -1, np.int64), np.empty(1, np.int64), np.empty((0, E_FIELDS), np.int64),
-        spare, empty,
-    )  # fmt: skip
+    # no prefix blocks (`simulator.fast.prefix.pack`): a header, a table of one empty slot
+    prefix = np.array([-1, 0, 0, 0, 1, 0, -1, 0], np.int64)
+    return State(ri, rf, qi, qf, empty, loads, phases, wakes, np.zeros((n, 1)), empty, rng, prefix)
 
 
 def events(n: int, replicas: int, max_num_seqs: int, chunk_room: int, retries: int = 0) -> Events:

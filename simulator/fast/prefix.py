@@ -19,6 +19,7 @@ from numba import njit
 from simulator.fast.layout import (
     BLOCKS,
     CACHED,
+    E_FIELDS,
     E_FLY,
     E_KEY,
     E_NEXT,
@@ -39,14 +40,39 @@ from simulator.fast.layout import (
     State,
 )
 
-# `State.spare`: the first dropped entry's row (-1: none), the rows used, the keys in the table
-SPARE, USED, KEYS = range(3)
+# `State.prefix`, one array (a State field costs every call that passes the State): a header
+# (the first dropped entry's row (-1: none), the rows used, the keys in the table, and the
+# sizes of the parts that follow), then the requests' key ids, the memo beside them, the hash
+# table's keys and values, and the entries (`parts`)
+SPARE, USED, KEYS, NKEYS, TSIZE, ROWS = range(6)
+HEADER = 6
+
+
+@njit(cache=True, inline="always")
+def parts(p: A) -> tuple[A, A, A, A, A]:
+    """`State.prefix`'s parts: key ids, memo, the table's keys and values, the entries."""
+    n, size, rows = p[NKEYS], p[TSIZE], p[ROWS]
+    a = HEADER + 2 * n + 2 * size
+    ents = p[a : a + rows * E_FIELDS].reshape((rows, E_FIELDS))
+    return (
+        p[HEADER : HEADER + n],
+        p[HEADER + n : HEADER + 2 * n],
+        p[a - 2 * size : a - size],
+        p[a - size : a],
+        ents,
+    )
+
+
+def pack(ids: A, memo: A, tkeys: A, tvalues: A, entries: A, header: A) -> A:
+    """One `State.prefix` of these parts (the header's first three numbers from `header`)."""
+    head = np.array([*header[:3], len(ids), len(tkeys), len(entries)], np.int64)
+    return np.concatenate([head, ids, memo, tkeys, tvalues, entries.ravel()])
 
 
 @njit(cache=True)
-def _key(w: State, c: Config, r: int, s: int, j: int) -> int:
+def _key(ids: A, ri: A, c: Config, r: int, s: int, j: int) -> int:
     """The table's key of request `s`'s `j`-th prefix block on replica `r`."""
-    return int(w.keys[w.ri[s, KOFF] + j] * c.replicas + r)
+    return int(ids[ri[s, KOFF] + j] * c.replicas + r)
 
 
 @njit(cache=True)
@@ -96,10 +122,10 @@ def _remove(keys: A, values: A, key: int) -> None:
 
 
 @njit(cache=True)
-def _new_entry(w: State, key: int) -> int:
+def _new_entry(w: State, tkeys: A, tvalues: A, ents: A, key: int) -> int:
     """An entry for `key` (which has none), neither cached nor in flight. The kernel pauses
     for bigger tables before an event could run out of room (`room_for_an_event`)."""
-    spare, ents = w.spare, w.entries
+    spare = w.prefix
     if spare[SPARE] >= 0:  # a dropped entry's row
         e = spare[SPARE]
         spare[SPARE] = ents[e, E_NEXT]
@@ -109,7 +135,7 @@ def _new_entry(w: State, key: int) -> int:
             raise RuntimeError("fast core: more prefix block entries than an event may add")
         spare[USED] += 1
     ents[e, E_KEY], ents[e, E_REF], ents[e, E_FLY] = key, -1, 0
-    _insert(w.tkeys, w.tvalues, key, e)
+    _insert(tkeys, tvalues, key, e)
     spare[KEYS] += 1
     return int(e)
 
@@ -118,8 +144,8 @@ def _new_entry(w: State, key: int) -> int:
 def room_for_an_event(w: State, c: Config) -> bool:
     """Whether the entries and the hash table (at most half full) hold the most one event may
     add (`Config.prefix_headroom`)."""
-    wanted = w.spare[KEYS] + c.prefix_headroom
-    return wanted <= len(w.entries) and 2 * wanted <= len(w.tkeys)
+    wanted = w.prefix[KEYS] + c.prefix_headroom
+    return bool(wanted <= w.prefix[ROWS] and 2 * wanted <= w.prefix[TSIZE])
 
 
 @njit(cache=True)
@@ -134,22 +160,22 @@ def rehash(keys: A, values: A, into_keys: A, into_values: A) -> None:
 def _drop(w: State, keys: A, values: A, ents: A, e: int) -> None:
     """Entry `e`, neither cached nor in flight any more, gone (its row kept for another)."""
     _remove(keys, values, ents[e, E_KEY])
-    w.spare[KEYS] -= 1
-    ents[e, E_NEXT] = w.spare[SPARE]
-    w.spare[SPARE] = e
+    w.prefix[KEYS] -= 1
+    ents[e, E_NEXT] = w.prefix[SPARE]
+    w.prefix[SPARE] = e
 
 
 @njit(cache=True)
 def cached_run(w: State, c: Config, r: int, s: int) -> int:
     """How many of `s`'s leading prefix blocks replica `r` caches (`BlockManager.cached_run`);
     their entries kept in the memo."""
-    keys, values, ents = w.tkeys, w.tvalues, w.entries
+    ids, memo, keys, values, ents = parts(w.prefix)
     n, first = 0, w.ri[s, KOFF]
     while n < w.ri[s, KLEN]:
-        e = _find(keys, values, _key(w, c, r, s, n))
+        e = _find(keys, values, _key(ids, w.ri, c, r, s, n))
         if e < 0 or ents[e, E_REF] < 0:
             break
-        w.memo[first + n] = e
+        memo[first + n] = e
         n += 1
     return n
 
@@ -157,18 +183,20 @@ def cached_run(w: State, c: Config, r: int, s: int) -> int:
 @njit(cache=True)
 def revived(w: State, s: int, hits: int) -> int:
     """Of the first `hits` blocks `cached_run` found, those no request holds (counted free)."""
-    n, ents, first = 0, w.entries, w.ri[s, KOFF]
+    n, first = 0, w.ri[s, KOFF]
+    _, memo, _, _, ents = parts(w.prefix)
     for j in range(hits):
-        n += ents[w.memo[first + j], E_REF] == 0
+        n += ents[memo[first + j], E_REF] == 0
     return n
 
 
 @njit(cache=True)
 def take_hits(w: State, r: int, s: int, hits: int) -> None:
     """`s` holds the first `hits` blocks `cached_run` found, shared (out of the evictable)."""
-    ents, first = w.entries, w.ri[s, KOFF]
+    first = w.ri[s, KOFF]
+    _, memo, _, _, ents = parts(w.prefix)
     for j in range(hits):
-        e = w.memo[first + j]
+        e = memo[first + j]
         if ents[e, E_REF] == 0:
             _unlink(w.qi, ents, r, e)
         ents[e, E_REF] += 1
@@ -181,29 +209,39 @@ def register(w: State, c: Config, r: int, s: int, computed: int) -> None:
     request cached already stays its own, and the run stops there (`BlockManager.register`)."""
     ri = w.ri
     i, stop = ri[s, NCACHED], min(ri[s, KLEN], computed // c.block_size)
-    keys, values, ents = w.tkeys, w.tvalues, w.entries
+    ids, memo, keys, values, ents = parts(w.prefix)
     while i < stop:
-        key = _key(w, c, r, s, i)
+        key = _key(ids, w.ri, c, r, s, i)
         e = _find(keys, values, key)
         if e < 0:
-            e = _new_entry(w, key)
+            e = _new_entry(w, keys, values, ents, key)
         elif ents[e, E_REF] >= 0:
             break
         ents[e, E_REF] = 1
         w.qi[r, CACHED] += 1
-        w.memo[ri[s, KOFF] + i] = e
+        memo[ri[s, KOFF] + i] = e
         i += 1
     ri[s, NCACHED] = i
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def release(w: State, r: int, s: int) -> None:
     """`s` leaves replica `r` (`BlockManager.free`): its own blocks free, and each shared one
     that no other request holds now (cached, evictable: a chain's tail before its head)."""
-    ri, qi, ents = w.ri, w.qi, w.entries
+    if w.ri[s, NCACHED]:
+        _release_shared(w, r, s)
+    else:
+        w.qi[r, FREE] += w.ri[s, BLOCKS]
+        w.ri[s, BLOCKS] = 0
+
+
+@njit(cache=True)
+def _release_shared(w: State, r: int, s: int) -> None:
+    ri, qi = w.ri, w.qi
+    _, memo, _, _, ents = parts(w.prefix)
     released = ri[s, BLOCKS] - ri[s, NCACHED]
     for j in range(ri[s, NCACHED] - 1, -1, -1):
-        e = w.memo[ri[s, KOFF] + j]
+        e = memo[ri[s, KOFF] + j]
         ents[e, E_REF] -= 1
         if ents[e, E_REF] == 0:
             ents[e, E_PREV], ents[e, E_NEXT] = qi[r, EV_T], -1
@@ -219,14 +257,18 @@ def release(w: State, r: int, s: int) -> None:
     ri[s, BLOCKS] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def evict(w: State, r: int) -> None:
     """Drop the least recently freed cached blocks while they outnumber the free ones (their
     space is taken)."""
+    if w.qi[r, EV_LEN] > w.qi[r, FREE]:
+        _evict(w, r)
+
+
+@njit(cache=True)
+def _evict(w: State, r: int) -> None:
     qi = w.qi
-    if qi[r, EV_LEN] <= qi[r, FREE]:
-        return
-    keys, values, ents = w.tkeys, w.tvalues, w.entries
+    _, _, keys, values, ents = parts(w.prefix)
     while qi[r, EV_LEN] > qi[r, FREE]:
         e = qi[r, EV_H]
         _unlink(qi, ents, r, e)
@@ -256,17 +298,17 @@ def in_flight(w: State, c: Config, r: int, s: int, placed: bool) -> None:
     """`s` was placed on replica `r` or left it: prefix_affinity counts its prefix blocks
     there as cached meanwhile (`Router.placed`, `released`)."""
     first = w.ri[s, KOFF]
-    keys, values, ents = w.tkeys, w.tvalues, w.entries
+    ids, memo, keys, values, ents = parts(w.prefix)
     for j in range(w.ri[s, KLEN]):
         if placed:
-            key = _key(w, c, r, s, j)
+            key = _key(ids, w.ri, c, r, s, j)
             e = _find(keys, values, key)
             if e < 0:
-                e = _new_entry(w, key)
-            w.memo[first + j] = e
+                e = _new_entry(w, keys, values, ents, key)
+            memo[first + j] = e
             ents[e, E_FLY] += 1
         else:
-            e = w.memo[first + j]
+            e = memo[first + j]
             ents[e, E_FLY] -= 1
             if ents[e, E_FLY] == 0 and ents[e, E_REF] < 0:
                 _drop(w, keys, values, ents, e)
@@ -310,8 +352,8 @@ def affine(w: State, c: Config, s: int, free_only: bool) -> int:
 @njit(cache=True)
 def _held(w: State, c: Config, r: int, s: int) -> int:
     """How many of `s`'s leading prefix blocks replica `r` caches or has in flight."""
-    keys, values = w.tkeys, w.tvalues
+    ids, _, keys, values, _ = parts(w.prefix)
     n = 0
-    while n < w.ri[s, KLEN] and _find(keys, values, _key(w, c, r, s, n)) >= 0:
+    while n < w.ri[s, KLEN] and _find(keys, values, _key(ids, w.ri, c, r, s, n)) >= 0:
         n += 1
     return n

@@ -88,8 +88,10 @@ def simulate_fast(
     )
     retries, draws = _fill(state, plan, ledger.index)
     if config.enable_prefix_caching:
-        keys = _prefix_keys(state.ri, plan, config.block_size)
-        state = state._replace(keys=keys, memo=np.full(len(keys), -1, np.int64))
+        ids = _prefix_keys(state.ri, plan, config.block_size)
+        _, _, tkeys, tvalues, entries = prefix.parts(state.prefix)
+        packed = prefix.pack(ids, np.full(len(ids), -1), tkeys, tvalues, entries, state.prefix)
+        state = state._replace(prefix=packed)
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
         draws=draws,
@@ -275,14 +277,14 @@ def _headroom(state: layout.State, config: EngineConfig, fleet: FleetSpec) -> in
 def _grown(state: layout.State, headroom: int) -> layout.State:
     """Prefix tables with room for `headroom` more entries: the entries' rows doubled (at
     least), the hash table at most a quarter full."""
-    live = int(state.spare[prefix.KEYS]) + headroom
-    rows = max(2 * len(state.entries), live)
-    entries = np.empty((rows, layout.E_FIELDS), np.int64)
-    entries[: len(state.entries)] = state.entries
+    ids, memo, old_keys, old_values, old = prefix.parts(state.prefix)
+    live = int(state.prefix[prefix.KEYS]) + headroom
+    entries = np.empty((max(2 * len(old), live), layout.E_FIELDS), np.int64)
+    entries[: len(old)] = old
     size = 1 << (4 * live - 1).bit_length()
     tkeys, tvalues = np.full(size, -1, np.int64), np.empty(size, np.int64)
-    prefix.rehash(state.tkeys, state.tvalues, tkeys, tvalues)
-    return state._replace(entries=entries, tkeys=tkeys, tvalues=tvalues)
+    prefix.rehash(old_keys, old_values, tkeys, tvalues)
+    return state._replace(prefix=prefix.pack(ids, memo, tkeys, tvalues, entries, state.prefix))
 
 
 def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
