@@ -31,8 +31,8 @@ def step_seconds(c: Config, decode: int, prefill: int, context: int) -> float:
         compute = p[1] * tokens + p[4] * context
         memory = p[2] + p[3] * context
         return float(p[0] + p[5] * tokens + (compute if compute >= memory else memory))
-    xs, ys, d = c.xs, c.ys, float(decode)
-    n = len(xs)
+    n = (len(p) - 6) // 2
+    xs, ys, d = p[6 : 6 + n], p[6 + n :], float(decode)
     if n == 1:
         base = ys[0]
     else:

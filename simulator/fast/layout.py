@@ -86,9 +86,8 @@ class Config(NamedTuple):
     until: float
     routing: int
     cost_kind: int
-    cost: A  # f8[6]: the cost model's numbers (see `step_seconds`)
-    xs: A  # f8: a step table's batch sizes
-    ys: A  # f8: ... and its step times
+    cost: A  # f8[6 + 2n]: the cost model's numbers (see `step_seconds`), then a step table's
+    # n batch sizes and their n step times
     keep_chunks: bool
     jumps: bool  # a run of steady decode steps as one event (the reference's default)
     central_queue: bool  # requests wait at the fleet for a free batch slot

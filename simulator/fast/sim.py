@@ -139,13 +139,13 @@ def _config(
     jumps: bool,
 ) -> layout.Config:
     """The kernel's configuration: the engine's, the fleet's, the target's faults."""
-    cost_kind, cost, xs, ys = _cost(config)
+    cost_kind, cost = _cost(config)
     limit = -1 if fleet.admission_limit is None else fleet.admission_limit
     retry_after = math.nan if fleet.retry_after_s is None else fleet.retry_after_s
     return layout.Config(
         replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
-        float(until), ROUTINGS[fleet.routing], cost_kind, cost, xs, ys, record_chunks, jumps,
+        float(until), ROUTINGS[fleet.routing], cost_kind, cost, record_chunks, jumps,
         fleet.central_queue, limit, retry_after, faults is not None and faults.any,
         faults.retry_after_s if faults is not None else math.nan, fleet.affinity_overload,
         fleet.affinity_min_match, 0,
@@ -287,19 +287,19 @@ def _grown(state: layout.State, headroom: int) -> layout.State:
     return state._replace(prefix=prefix.pack(ids, memo, tkeys, tvalues, entries, state.prefix))
 
 
-def _cost(config: EngineConfig) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """The cost model as the kernel reads it: its kind, its numbers, a step table."""
-    c, one = config.cost, np.zeros(1)
+def _cost(config: EngineConfig) -> tuple[int, np.ndarray]:
+    """The cost model as the kernel reads it: its kind, its numbers (then a step table's)."""
+    c = config.cost
     if isinstance(c, StepCost):
         numbers = [c.base_s, c.per_decode_seq_s, c.per_prefill_token_s, c.per_context_token_s]
-        return layout.LINEAR, np.array([*numbers, 0.0, 0.0]), one, one
+        return layout.LINEAR, np.array([*numbers, 0.0, 0.0])
     if isinstance(c, RooflineCost):
         numbers = [c.base_s, c.per_token_s, c.memory_s, c.per_context_token_s]
         numbers += [c.compute_per_context_token_s, c.per_token_comm_s]
-        return layout.ROOFLINE, np.array(numbers), one, one
+        return layout.ROOFLINE, np.array(numbers)
     assert isinstance(c, DecodeTableCost)
     numbers = [0.0, 0.0, c.per_prefill_token_s, c.per_context_token_s, 0.0, 0.0]
-    return layout.TABLE, np.array(numbers), np.array(c.batch), np.array(c.step_s)
+    return layout.TABLE, np.array([*numbers, *c.batch, *c.step_s], np.float64)
 
 
 def _fault_draws(faults: TargetFaults, sends: int) -> np.ndarray:
