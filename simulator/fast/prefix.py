@@ -39,6 +39,8 @@ from simulator.fast.layout import (
     Config,
     State,
 )
+from simulator.fast.queues import _append as append
+from simulator.fast.queues import _unlink as unlink
 
 # `State.prefix`, one array (a State field costs every call that passes the State): a header
 # (the first dropped entry's row (-1: none), the rows used, the keys in the table, and the
@@ -244,12 +246,7 @@ def _release_shared(w: State, r: int, s: int) -> None:
         e = memo[ri[s, KOFF] + j]
         ents[e, E_REF] -= 1
         if ents[e, E_REF] == 0:
-            ents[e, E_PREV], ents[e, E_NEXT] = qi[r, EV_T], -1
-            if qi[r, EV_T] >= 0:
-                ents[qi[r, EV_T], E_NEXT] = e
-            else:
-                qi[r, EV_H] = e
-            qi[r, EV_T] = e
+            append(ents, qi, E_PREV, E_NEXT, EV_H, EV_T, r, e)
             qi[r, EV_LEN] += 1
             released += 1
     ri[s, NCACHED] = 0
@@ -281,15 +278,7 @@ def _evict(w: State, r: int) -> None:
 @njit(cache=True)
 def _unlink(qi: A, ents: A, r: int, e: int) -> None:
     """Entry `e` out of replica `r`'s evictable list."""
-    prev, nxt = ents[e, E_PREV], ents[e, E_NEXT]
-    if prev >= 0:
-        ents[prev, E_NEXT] = nxt
-    else:
-        qi[r, EV_H] = nxt
-    if nxt >= 0:
-        ents[nxt, E_PREV] = prev
-    else:
-        qi[r, EV_T] = prev
+    unlink(ents, qi, E_PREV, E_NEXT, EV_H, EV_T, r, e)
     qi[r, EV_LEN] -= 1
 
 
