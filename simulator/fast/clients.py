@@ -5,7 +5,7 @@ admission limit, retries, follow-ups, patience."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba.np.random.random_methods import buffered_bounded_lemire_uint32
 
 from simulator.fast.engine import _leave
 from simulator.fast.jumps import _account, _apply, _cut, _jump_step_at
@@ -91,12 +91,13 @@ from simulator.fast.layout import (
     Config,
     Events,
     State,
+    jit,
 )
 from simulator.fast.prefix import affine, in_flight
 from simulator.fast.queues import _append, _load_changed, _push_back, _schedule, _unlink
 
 
-@njit(cache=True)
+@jit
 def _ended(
     w: State,
     e: Events,
@@ -141,7 +142,7 @@ def _ended(
     _schedule(e.t, e.i, e.ctr, now + (at - now if at > now else 0.0), NORMAL, E_SEND, nxt)
 
 
-@njit(cache=True)
+@jit
 def _timed_out(w: State, e: Events, c: Config, i: int, now: float) -> None:
     """The client stopped at its deadline: what came after it was never seen."""
     ri, rf = w.ri, w.rf
@@ -153,7 +154,7 @@ def _timed_out(w: State, e: Events, c: Config, i: int, now: float) -> None:
     _ended(w, e, c, i, False, end, now)
 
 
-@njit(cache=True)
+@jit
 def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, now: float) -> None:
     """Row `i`'s attempt, meant for `intended` and sent at `at`, reaches the fleet now
     (`_Clients.send`): a fault injected, refused if no replica could hold it or the fleet is
@@ -209,14 +210,14 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
         _schedule(e.t, e.i, e.ctr, now + max(0.0, give_up - now), NORMAL, E_PATIENCE, i)
 
 
-@njit(cache=True)
+@jit
 def _route(w: State, e: Events, c: Config, i: int) -> int:
     """The replica row `i`, sent now, goes to (`Router.choose` over the whole fleet)."""
     if c.routing == ROUND_ROBIN:
         e.ctr[TURN] += 1
         return int((e.ctr[TURN] - 1) % c.replicas)
     if c.routing == RANDOM:
-        return int(w.rng.integers(0, c.replicas))
+        return _uniform_index(w.rng, c.replicas)
     if c.routing == LEAST_KV:
         return _emptiest_kv(w.qi, c, False)
     if c.routing == PREFIX_AFFINITY:
@@ -224,7 +225,16 @@ def _route(w: State, e: Events, c: Config, i: int) -> int:
     return int(w.loads[1] % c.replicas)  # the fewest running or waiting, the first on ties
 
 
-@njit(cache=True)
+@jit
+def _uniform_index(rng: np.random.Generator, n: int) -> int:
+    """`rng.integers(0, n)` (n < 2**32), its draws and result numpy's, without the array
+    numba's `integers` allocates (the kernel runs without numba's allocator)."""
+    if n == 1:
+        return 0  # no draw, as numpy's bounded integers with a range of one value
+    return int(np.int64(buffered_bounded_lemire_uint32(rng.bit_generator, np.int64(n - 1))))
+
+
+@jit
 def _refused(w: State, e: Events, c: Config, i: int, now: float) -> None:
     """The fleet is full: an HTTP 429 with the fleet's Retry-After."""
     w.ri[i, STATUS], w.ri[i, KIND] = L_REJECTED, K_HTTP_429
@@ -232,7 +242,7 @@ def _refused(w: State, e: Events, c: Config, i: int, now: float) -> None:
     _ended(w, e, c, i, False, now, now, 429, c.retry_after_s)
 
 
-@njit(cache=True)
+@jit
 def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: float) -> None:
     """Queue row `i` in replica `r` (`Fleet._place`, `Replica.submit`): its deadline from when
     it was sent (a request that `waited` at the fleet: its send time; else overhead_s ago)."""
@@ -255,7 +265,7 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
         _schedule(e.t, e.i, e.ctr, now, NORMAL, E_WAKE, r)
 
 
-@njit(cache=True)
+@jit
 def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: float) -> bool:
     """Place row `i` on a replica with a free batch slot, if there is one
     (`Fleet._dispatch_one`: the least loaded, else the router's choice among those free)."""
@@ -271,7 +281,7 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
         if free == 0:
             return False
         if c.routing == RANDOM:
-            k = w.rng.integers(0, free)
+            k = _uniform_index(w.rng, free)
         else:
             e.ctr[TURN] += 1
             k = (e.ctr[TURN] - 1) % free
@@ -290,7 +300,7 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
     return True
 
 
-@njit(cache=True)
+@jit
 def _emptiest_kv(qi: np.ndarray, c: Config, free_only: bool) -> int:
     """The replica using the least of its KV cache, then with the fewest requests, the first on
     ties (`Router.choose`'s least_kv), of those with a free batch slot if `free_only` (-1:
@@ -306,7 +316,7 @@ def _emptiest_kv(qi: np.ndarray, c: Config, free_only: bool) -> int:
     return best
 
 
-@njit(cache=True)
+@jit
 def _unqueue(w: State, e: Events, i: int) -> None:
     ri, ctr = w.ri, e.ctr
     p, n = ri[i, Q_P], ri[i, Q_N]
@@ -322,7 +332,7 @@ def _unqueue(w: State, e: Events, i: int) -> None:
     ctr[Q_LEN] -= 1
 
 
-@njit(cache=True)
+@jit
 def _released(w: State, e: Events, c: Config, r: int, i: int, now: float) -> None:
     """Row `i` left replica `r`: its prefix no longer in flight there, its load, and the
     central queue's head on a free slot (`Fleet.released`, `_dispatch`)."""
@@ -332,7 +342,7 @@ def _released(w: State, e: Events, c: Config, r: int, i: int, now: float) -> Non
     _dispatch(w, e, c, now)
 
 
-@njit(cache=True)
+@jit
 def _dispatch(w: State, e: Events, c: Config, now: float) -> None:
     while c.central_queue and e.ctr[Q_LEN]:
         i = e.ctr[Q_HEAD]
@@ -341,7 +351,7 @@ def _dispatch(w: State, e: Events, c: Config, now: float) -> None:
         _unqueue(w, e, i)
 
 
-@njit(cache=True)
+@jit
 def _expire_queued(w: State, e: Events, c: Config, i: int, now: float) -> None:
     """A queued request's deadline (`Fleet._expire`): still queued, it times out."""
     if w.ri[i, ST] != QUEUED:
@@ -353,7 +363,7 @@ def _expire_queued(w: State, e: Events, c: Config, i: int, now: float) -> None:
     _dispatch(w, e, c, now)
 
 
-@njit(cache=True)
+@jit
 def _arrivals(w: State, e: Events, c: Config, k: int, now: float) -> None:
     """The arrivals process from opener `k` on: each is sent at its time; returns at the first
     not due yet, its timer set (`_Clients.arrivals`)."""
@@ -368,7 +378,7 @@ def _arrivals(w: State, e: Events, c: Config, k: int, now: float) -> None:
         k += 1
 
 
-@njit(cache=True)
+@jit
 def _patience(w: State, e: Events, c: Config, i: int, now: float) -> None:
     """Row `i`'s user gave up waiting for a first token (`_Clients._patience`): cancelled at
     its give-up time, withdrawn from its replica (the jump in flight applied up to the step

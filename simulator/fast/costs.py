@@ -5,7 +5,6 @@ usage)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from simulator.fast.layout import (
     BUSY_S,
@@ -18,10 +17,11 @@ from simulator.fast.layout import (
     RUN_LEN,
     Config,
     State,
+    jit,
 )
 
 
-@njit(cache=True)
+@jit
 def step_seconds(c: Config, decode: int, prefill: int, context: int) -> float:
     p = c.cost
     if c.cost_kind == LINEAR:
@@ -47,7 +47,7 @@ def step_seconds(c: Config, decode: int, prefill: int, context: int) -> float:
     return float(base + p[2] * prefill + p[3] * context)
 
 
-@njit(cache=True)
+@jit
 def add_usage(w: State, c: Config, r: int, seconds: float) -> None:
     """Count a step of replica `r` in its usage with the KV use and slots it runs with
     (`simulator.engine.drive.Usage.add`)."""

@@ -6,7 +6,6 @@ replica's step counter, as `Scheduler` keeps them."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from simulator.fast.costs import add_usage, step_seconds
 from simulator.fast.jumps import _plan_jump
@@ -70,6 +69,7 @@ from simulator.fast.layout import (
     Config,
     Events,
     State,
+    jit,
 )
 from simulator.fast.prefix import cached_run, evict, register, release, revived, take_hits
 from simulator.fast.queues import (
@@ -85,7 +85,7 @@ from simulator.fast.queues import (
 )
 
 
-@njit(cache=True)
+@jit
 def _gen(ri: A, qi: A, r: int, s: int) -> int:
     """Output tokens so far (a decode's follow its replica's steps)."""
     if ri[s, DEC]:
@@ -93,7 +93,7 @@ def _gen(ri: A, qi: A, r: int, s: int) -> int:
     return int(ri[s, GEN])
 
 
-@njit(cache=True)
+@jit
 def _fix_blocks(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> None:
     """A decode's blocks counted explicitly again (`Scheduler._fix_blocks`)."""
     if ri[s, PHASE] >= 0:
@@ -103,7 +103,7 @@ def _fix_blocks(ri: A, qi: A, phases: A, r: int, s: int, block_size: int) -> Non
         ri[s, PHASE] = -1
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _grow(w: State, r: int, s: int, block_size: int) -> None:
     """A decode's block for its next token's KV, if it needs one (or it waits for one), then
     its blocks grow on schedule (`Scheduler._grow`)."""
@@ -122,7 +122,7 @@ def _grow(w: State, r: int, s: int, block_size: int) -> None:
     w.phases[r, phase] += 1
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _leave(w: State, c: Config, r: int, s: int) -> None:
     """Take a running request out of its replica's running lists and free its blocks."""
     ri, qi, phases, block_size = w.ri, w.qi, w.phases, c.block_size
@@ -144,7 +144,7 @@ def _leave(w: State, c: Config, r: int, s: int) -> None:
     release(w, r, s)
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _allocate(w: State, c: Config, r: int, s: int, tokens: int, hits: int) -> bool:
     """Blocks for `tokens` tokens, taking its first `hits` prefix blocks from the cache, all
     or none (`BlockManager.allocate`)."""
@@ -163,7 +163,7 @@ def _allocate(w: State, c: Config, r: int, s: int, tokens: int, hits: int) -> bo
     return True
 
 
-@njit(cache=True)
+@jit
 def _make_room(w: State, c: Config, r: int, s: int, upto: int) -> int:
     """Blocks for `s` up to `upto` tokens, preempting the newest running until they fit
     (`Scheduler._make_room`): 1 done, 0 done after preempting, -1 `s` itself had to go."""
@@ -185,7 +185,7 @@ def _make_room(w: State, c: Config, r: int, s: int, upto: int) -> int:
     return done
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _finish(w: State, c: Config, finished: A, r: int, s: int, n: int) -> int:
     w.ri[s, ST] = FINISHED
     _leave(w, c, r, s)
@@ -193,7 +193,7 @@ def _finish(w: State, c: Config, finished: A, r: int, s: int, n: int) -> int:
     return n + 1
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     """Apply replica `r`'s step, ended now (`Scheduler.update`): every decode gains a token and
     the blocks that become due, the decodes at their last token finish, then each prefill
@@ -201,7 +201,7 @@ def _update(w: State, e: Events, c: Config, r: int, now: float) -> int:
     return _prefills_step(w, e, c, r, now, _decodes_step(w, e, c, r, now))
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _decodes_step(w: State, e: Events, c: Config, r: int, now: float) -> int:
     """The decodes' part of a step's end: their tokens, the blocks due, those that finish."""
     ri, qi, phases, finished, bs = w.ri, w.qi, w.phases, e.finished, c.block_size
@@ -244,7 +244,7 @@ def _decodes_step(w: State, e: Events, c: Config, r: int, now: float) -> int:
     return n_fin
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _prefills_step(w: State, e: Events, c: Config, r: int, now: float, n_fin: int) -> int:
     """The prompts' part of a step's end: each chunk computed; a prompt done emits its token
     and decodes from now on, or finishes (`n_fin` finished before it)."""
@@ -282,7 +282,7 @@ def _prefills_step(w: State, e: Events, c: Config, r: int, now: float, n_fin: in
     return n_fin
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """Plan replica `r`'s next step and set its end (`Scheduler.schedule`, `Engine.plan_step`,
     the drive loop's usage): the decodes' blocks, the prompts' next chunks, then admissions if
@@ -307,7 +307,7 @@ def _plan(w: State, e: Events, c: Config, r: int, now: float) -> None:
     _schedule(e.t, e.i, e.ctr, now + seconds, NORMAL, E_STEP_END, r)
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _room_for_decodes(w: State, e: Events, c: Config, r: int) -> bool:
     """Decodes whose blocks are full: a block each, or room made by preempting the newest;
     whether any was preempted."""
@@ -335,7 +335,7 @@ def _room_for_decodes(w: State, e: Events, c: Config, r: int) -> bool:
     return preempted
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _prompt_chunks(w: State, e: Events, c: Config, r: int) -> tuple[int, int, int, int, bool]:
     """Prompts in progress, each its next chunk within the budget left by the decodes: (budget
     left, tokens, context, prompts, whether any was preempted making room)."""
@@ -367,7 +367,7 @@ def _prompt_chunks(w: State, e: Events, c: Config, r: int) -> tuple[int, int, in
     return budget, prefill, context, n_prefill, preempted
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _admit(w: State, c: Config, r: int, budget: int, n_prefill: int) -> tuple[int, int, int]:
     """Admit waiting requests in order while slots, the budget and the blocks allow, each
     starting past the prefix blocks the cache holds for it (`Scheduler._admit`): (their tokens

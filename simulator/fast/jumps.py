@@ -6,7 +6,6 @@ _plan_jump`, `_apply`, `_account`, `_cut`, `settle`): the reference's events, on
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from simulator.fast.costs import add_usage, step_seconds
 from simulator.fast.layout import (
@@ -39,12 +38,13 @@ from simulator.fast.layout import (
     Config,
     Events,
     State,
+    jit,
 )
 from simulator.fast.prefix import evict
 from simulator.fast.queues import _keep_chunk, _schedule, _wakes_past
 
 
-@njit(cache=True)
+@jit
 def _quiet_steps(w: State, c: Config, r: int) -> int:
     """Of the next MAX_JUMP steps, how many run up to and including the first that changes
     the batch (`Scheduler.quiet_steps`)."""
@@ -65,14 +65,14 @@ def _quiet_steps(w: State, c: Config, r: int) -> int:
     return int(n)
 
 
-@njit(cache=True)
+@jit
 def _jump_step_s(w: State, c: Config, r: int, i: int) -> float:
     """Step `i` of the jump in flight: its duration (its context grows a token a decode)."""
     decode = w.qi[r, DC_LEN]
     return step_seconds(c, decode, 0, w.qi[r, J_CTX] + i * decode)
 
 
-@njit(cache=True)
+@jit
 def _jump_end(w: State, c: Config, r: int, i: int) -> float:
     """When step `i` of the jump in flight ends (its steps' times summed in order)."""
     t = w.qf[r, J_T0]
@@ -81,7 +81,7 @@ def _jump_end(w: State, c: Config, r: int, i: int) -> float:
     return float(t)
 
 
-@njit(cache=True)
+@jit
 def _jump_step_at(w: State, c: Config, r: int, at: float) -> int:
     """The first step of the jump in flight, from those not applied, ending at `at` or
     later (bisect_left over its ends)."""
@@ -94,7 +94,7 @@ def _jump_step_at(w: State, c: Config, r: int, at: float) -> int:
     return int(qi[r, J_STOP] + 1)
 
 
-@njit(cache=True)
+@jit
 def _plan_jump(
     w: State, e: Events, c: Config, r: int, now: float, decode: int, context: int
 ) -> bool:
@@ -120,7 +120,7 @@ def _plan_jump(
     return True
 
 
-@njit(cache=True)
+@jit
 def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
     """Apply the jump's steps before `upto`, none of which changes the batch: each decode's
     token (counted by the step counter), the blocks due, the usage (`DriveLoop._apply`)."""
@@ -158,7 +158,7 @@ def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
     qi[r, J_DONE] = upto
 
 
-@njit(cache=True)
+@jit
 def _account(w: State, c: Config, r: int, i: int) -> None:
     """Count the jump's step `i` in the usage, once, with the KV use it ran with."""
     qi = w.qi
@@ -168,7 +168,7 @@ def _account(w: State, c: Config, r: int, i: int) -> None:
     add_usage(w, c, r, _jump_step_s(w, c, r, i))
 
 
-@njit(cache=True)
+@jit
 def _cut(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """A request came: the jump ends with the step in flight, its timer moved there."""
     j = _jump_step_at(w, c, r, now)
@@ -178,7 +178,7 @@ def _cut(w: State, e: Events, c: Config, r: int, now: float) -> None:
         _schedule(e.t, e.i, e.ctr, _jump_end(w, c, r, j), NORMAL, E_STEP_END, r)
 
 
-@njit(cache=True)
+@jit
 def _land(w: State, e: Events, c: Config, r: int) -> None:
     """The jump's last step ended: the steps before it applied, it counted; `_update` then
     applies it as any step."""
@@ -188,7 +188,7 @@ def _land(w: State, e: Events, c: Config, r: int) -> None:
     w.qi[r, J_STOP] = -1
 
 
-@njit(cache=True)
+@jit
 def _settle(w: State, e: Events, c: Config, now: float) -> None:
     """At the end of the run: each jump's steps that ended before `now` applied, the one
     running then counted, as stepping would have (`DriveLoop.settle`)."""

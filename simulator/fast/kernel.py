@@ -18,8 +18,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from numba import njit
-
 from simulator.fast.clients import (
     _arrivals,
     _ended,
@@ -76,12 +74,13 @@ from simulator.fast.layout import (
     Config,
     Events,
     State,
+    jit,
 )
 from simulator.fast.prefix import room_for_an_event
 from simulator.fast.queues import _load_changed, _schedule, _take, _unlink
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _on_finish(w: State, e: Events, c: Config, r: int, s: int, now: float) -> None:
     """`_Clients.on_finish`: answered, or timed out when the step ended past its deadline;
     then its replica released it."""
@@ -94,7 +93,7 @@ def _on_finish(w: State, e: Events, c: Config, r: int, s: int, now: float) -> No
     _released(w, e, c, r, s, now)
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
     """Abort each request whose deadline passed (`DriveLoop._expire`); its client times out."""
     ri, rf, qi = w.ri, w.rf, w.qi
@@ -116,7 +115,7 @@ def _expire(w: State, e: Events, c: Config, r: int, now: float) -> None:
         _released(w, e, c, r, s, now)
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) -> None:
     """Replica `r`'s drive loop, resumed now after a step (`stepped`) or a wake-up, until it
     sleeps again (`DriveLoop.run`)."""
@@ -136,7 +135,7 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
     _plan(w, e, c, r, now)
 
 
-@njit(cache=True)
+@jit
 def start(w: State, e: Events, c: Config) -> None:
     """The fleet made: each replica's first wake-up, and the arrivals process started."""
     for r in range(c.replicas):
@@ -145,7 +144,7 @@ def start(w: State, e: Events, c: Config) -> None:
     _schedule(e.t, e.i, e.ctr, 0.0, URGENT, E_START, 0)
 
 
-@njit(cache=True)
+@jit
 def run(w: State, e: Events, c: Config) -> bool:
     """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run);
     False: paused before an event, for bigger prefix tables (run again to go on)."""

@@ -14,7 +14,6 @@ keeps, beside each key, its entry while the request holds it (no lookup to let g
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from simulator.fast.layout import (
     BLOCKS,
@@ -38,6 +37,7 @@ from simulator.fast.layout import (
     A,
     Config,
     State,
+    jit,
 )
 from simulator.fast.queues import _append as append
 from simulator.fast.queues import _unlink as unlink
@@ -50,9 +50,9 @@ SPARE, USED, KEYS, NKEYS, TSIZE, ROWS = range(6)
 HEADER = 6
 
 
-@njit(cache=True, inline="always")
-def parts(p: A) -> tuple[A, A, A, A, A]:
-    """`State.prefix`'s parts: key ids, memo, the table's keys and values, the entries."""
+def views(p: A) -> tuple[A, A, A, A, A]:
+    """`State.prefix`'s parts: key ids, memo, the table's keys and values, the entries (`parts`
+    in the kernel; Python calls this, for numpy's views)."""
     n, size, rows = p[NKEYS], p[TSIZE], p[ROWS]
     a = HEADER + 2 * n + 2 * size
     ents = p[a : a + rows * E_FIELDS].reshape((rows, E_FIELDS))
@@ -65,25 +65,28 @@ def parts(p: A) -> tuple[A, A, A, A, A]:
     )
 
 
+parts = jit(inline="always")(views)
+
+
 def pack(ids: A, memo: A, tkeys: A, tvalues: A, entries: A, header: A) -> A:
     """One `State.prefix` of these parts (the header's first three numbers from `header`)."""
     head = np.array([*header[:3], len(ids), len(tkeys), len(entries)], np.int64)
     return np.concatenate([head, ids, memo, tkeys, tvalues, entries.ravel()])
 
 
-@njit(cache=True)
+@jit
 def _key(ids: A, ri: A, c: Config, r: int, s: int, j: int) -> int:
     """The table's key of request `s`'s `j`-th prefix block on replica `r`."""
     return int(ids[ri[s, KOFF] + j] * c.replicas + r)
 
 
-@njit(cache=True)
+@jit
 def _home(key: int, mask: int) -> int:
     """Where `key` starts its probe (Fibonacci hashing: the top bits of key x 2^64 / phi)."""
     return int(np.uint64(key) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(40)) & mask
 
 
-@njit(cache=True)
+@jit
 def _find(keys: A, values: A, key: int) -> int:
     """The entry of `key` in the hash table (-1: none)."""
     mask = len(keys) - 1
@@ -95,7 +98,7 @@ def _find(keys: A, values: A, key: int) -> int:
     return -1
 
 
-@njit(cache=True)
+@jit
 def _insert(keys: A, values: A, key: int, value: int) -> None:
     mask = len(keys) - 1
     i = _home(key, mask)
@@ -104,7 +107,7 @@ def _insert(keys: A, values: A, key: int, value: int) -> None:
     keys[i], values[i] = key, value
 
 
-@njit(cache=True)
+@jit
 def _remove(keys: A, values: A, key: int) -> None:
     """`key` out of the table: the keys after it in its run moved back (no tombstones)."""
     mask = len(keys) - 1
@@ -123,7 +126,7 @@ def _remove(keys: A, values: A, key: int) -> None:
     keys[i] = -1
 
 
-@njit(cache=True)
+@jit
 def _new_entry(w: State, tkeys: A, tvalues: A, ents: A, key: int) -> int:
     """An entry for `key` (which has none), neither cached nor in flight. The kernel pauses
     for bigger tables before an event could run out of room (`room_for_an_event`)."""
@@ -142,7 +145,7 @@ def _new_entry(w: State, tkeys: A, tvalues: A, ents: A, key: int) -> int:
     return int(e)
 
 
-@njit(cache=True)
+@jit
 def room_for_an_event(w: State, c: Config) -> bool:
     """Whether the entries and the hash table (at most half full) hold the most one event may
     add (`Config.prefix_headroom`)."""
@@ -150,7 +153,7 @@ def room_for_an_event(w: State, c: Config) -> bool:
     return bool(wanted <= w.prefix[ROWS] and 2 * wanted <= w.prefix[TSIZE])
 
 
-@njit(cache=True)
+@jit
 def rehash(keys: A, values: A, into_keys: A, into_values: A) -> None:
     """The table's keys into a bigger one."""
     for i in range(len(keys)):
@@ -158,7 +161,7 @@ def rehash(keys: A, values: A, into_keys: A, into_values: A) -> None:
             _insert(into_keys, into_values, keys[i], values[i])
 
 
-@njit(cache=True)
+@jit
 def _drop(w: State, keys: A, values: A, ents: A, e: int) -> None:
     """Entry `e`, neither cached nor in flight any more, gone (its row kept for another)."""
     _remove(keys, values, ents[e, E_KEY])
@@ -167,7 +170,7 @@ def _drop(w: State, keys: A, values: A, ents: A, e: int) -> None:
     w.prefix[SPARE] = e
 
 
-@njit(cache=True)
+@jit
 def cached_run(w: State, c: Config, r: int, s: int) -> int:
     """How many of `s`'s leading prefix blocks replica `r` caches (`BlockManager.cached_run`);
     their entries kept in the memo."""
@@ -182,7 +185,7 @@ def cached_run(w: State, c: Config, r: int, s: int) -> int:
     return n
 
 
-@njit(cache=True)
+@jit
 def revived(w: State, s: int, hits: int) -> int:
     """Of the first `hits` blocks `cached_run` found, those no request holds (counted free)."""
     n, first = 0, w.ri[s, KOFF]
@@ -192,7 +195,7 @@ def revived(w: State, s: int, hits: int) -> int:
     return n
 
 
-@njit(cache=True)
+@jit
 def take_hits(w: State, r: int, s: int, hits: int) -> None:
     """`s` holds the first `hits` blocks `cached_run` found, shared (out of the evictable)."""
     first = w.ri[s, KOFF]
@@ -205,7 +208,7 @@ def take_hits(w: State, r: int, s: int, hits: int) -> None:
     w.ri[s, NCACHED] = hits
 
 
-@njit(cache=True)
+@jit
 def register(w: State, c: Config, r: int, s: int, computed: int) -> None:
     """Offer `s`'s computed full prefix blocks past those it shares to `r`'s cache; one another
     request cached already stays its own, and the run stops there (`BlockManager.register`)."""
@@ -226,7 +229,7 @@ def register(w: State, c: Config, r: int, s: int, computed: int) -> None:
     ri[s, NCACHED] = i
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def release(w: State, r: int, s: int) -> None:
     """`s` leaves replica `r` (`BlockManager.free`): its own blocks free, and each shared one
     that no other request holds now (cached, evictable: a chain's tail before its head)."""
@@ -237,7 +240,7 @@ def release(w: State, r: int, s: int) -> None:
         w.ri[s, BLOCKS] = 0
 
 
-@njit(cache=True)
+@jit
 def _release_shared(w: State, r: int, s: int) -> None:
     ri, qi = w.ri, w.qi
     _, memo, _, _, ents = parts(w.prefix)
@@ -254,7 +257,7 @@ def _release_shared(w: State, r: int, s: int) -> None:
     ri[s, BLOCKS] = 0
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def evict(w: State, r: int) -> None:
     """Drop the least recently freed cached blocks while they outnumber the free ones (their
     space is taken)."""
@@ -262,7 +265,7 @@ def evict(w: State, r: int) -> None:
         _evict(w, r)
 
 
-@njit(cache=True)
+@jit
 def _evict(w: State, r: int) -> None:
     qi = w.qi
     _, _, keys, values, ents = parts(w.prefix)
@@ -275,14 +278,14 @@ def _evict(w: State, r: int) -> None:
             _drop(w, keys, values, ents, e)
 
 
-@njit(cache=True)
+@jit
 def _unlink(qi: A, ents: A, r: int, e: int) -> None:
     """Entry `e` out of replica `r`'s evictable list."""
     unlink(ents, qi, E_PREV, E_NEXT, EV_H, EV_T, r, e)
     qi[r, EV_LEN] -= 1
 
 
-@njit(cache=True)
+@jit
 def in_flight(w: State, c: Config, r: int, s: int, placed: bool) -> None:
     """`s` was placed on replica `r` or left it: prefix_affinity counts its prefix blocks
     there as cached meanwhile (`Router.placed`, `released`)."""
@@ -303,7 +306,7 @@ def in_flight(w: State, c: Config, r: int, s: int, placed: bool) -> None:
                 _drop(w, keys, values, ents, e)
 
 
-@njit(cache=True)
+@jit
 def affine(w: State, c: Config, s: int, free_only: bool) -> int:
     """Where prefix_affinity sends `s` (`Router._affine`), of the replicas with a free batch
     slot if `free_only` (-1: none): the one caching or with in flight the longest run of its
@@ -338,7 +341,7 @@ def affine(w: State, c: Config, s: int, free_only: bool) -> int:
     return least if full and qi[least, RUN_LEN] + qi[least, W_LEN] < best_load else best
 
 
-@njit(cache=True)
+@jit
 def _held(w: State, c: Config, r: int, s: int) -> int:
     """How many of `s`'s leading prefix blocks replica `r` caches or has in flight."""
     ids, _, keys, values, _ = parts(w.prefix)

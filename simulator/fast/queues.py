@@ -4,8 +4,6 @@ heap of steps at which decodes were due to finish, and the buffer of token times
 
 from __future__ import annotations
 
-from numba import njit
-
 from simulator.fast.layout import (
     ARG,
     CHUNKS,
@@ -21,10 +19,11 @@ from simulator.fast.layout import (
     WAKES,
     A,
     Events,
+    jit,
 )
 
 
-@njit(cache=True)
+@jit
 def _before(t: A, ei: A, a: int, b: int) -> bool:
     if t[a] != t[b]:
         return bool(t[a] < t[b])
@@ -33,14 +32,14 @@ def _before(t: A, ei: A, a: int, b: int) -> bool:
     return bool(ei[a, SEQ] < ei[b, SEQ])
 
 
-@njit(cache=True)
+@jit
 def _swap(t: A, ei: A, a: int, b: int) -> None:
     t[a], t[b] = t[b], t[a]
     for k in range(4):
         ei[a, k], ei[b, k] = ei[b, k], ei[a, k]
 
 
-@njit(cache=True)
+@jit
 def _schedule(times: A, ei: A, ctr: A, t: float, pri: int, kind: int, arg: int) -> None:
     """Add an event, ordered after every one scheduled before it at its time and priority
     (the heap: `Events.t`, `.i`, `.ctr`)."""
@@ -57,7 +56,7 @@ def _schedule(times: A, ei: A, ctr: A, t: float, pri: int, kind: int, arg: int) 
         i = p
 
 
-@njit(cache=True)
+@jit
 def _take(times: A, ei: A, ctr: A) -> int:
     """Move the earliest event past the heap's end; its index."""
     last = ctr[SIZE] - 1
@@ -77,7 +76,7 @@ def _take(times: A, ei: A, ctr: A) -> int:
     return last
 
 
-@njit(cache=True)
+@jit
 def _load_changed(tree: A, qi: A, ctr: A, slots: int, r: int) -> None:
     load = qi[r, RUN_LEN] + qi[r, W_LEN]
     over = max(load - slots, 0)
@@ -95,7 +94,7 @@ def _load_changed(tree: A, qi: A, ctr: A, slots: int, r: int) -> None:
         i >>= 1
 
 
-@njit(cache=True)
+@jit
 def _unlink(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -> None:
     p, n = ri[s, p_], ri[s, n_]
     if p >= 0:
@@ -109,7 +108,7 @@ def _unlink(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) ->
     ri[s, p_] = ri[s, n_] = -1
 
 
-@njit(cache=True)
+@jit
 def _append(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -> None:
     p = qi[r, t_]
     ri[s, p_], ri[s, n_] = p, -1
@@ -120,7 +119,7 @@ def _append(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) ->
     qi[r, t_] = s
 
 
-@njit(cache=True)
+@jit
 def _prepend(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -> None:
     n = qi[r, h_]
     ri[s, p_], ri[s, n_] = -1, n
@@ -131,7 +130,7 @@ def _prepend(ri: A, qi: A, p_: int, n_: int, h_: int, t_: int, r: int, s: int) -
     qi[r, h_] = s
 
 
-@njit(cache=True)
+@jit
 def _rows_of(ri: A, head: int, n_: int, out: A) -> int:
     """A list's rows, in order, into `out`; how many."""
     m, s = 0, head
@@ -142,7 +141,7 @@ def _rows_of(ri: A, head: int, n_: int, out: A) -> int:
     return m
 
 
-@njit(cache=True)
+@jit
 def _wake_push(wakes: A, qi: A, r: int, step: int) -> None:
     i = qi[r, WAKES]
     if i == wakes.shape[1]:
@@ -157,7 +156,7 @@ def _wake_push(wakes: A, qi: A, r: int, step: int) -> None:
         i = p
 
 
-@njit(cache=True)
+@jit
 def _wakes_past(wakes: A, qi: A, r: int, steps: int) -> None:
     """Drop the wake-up steps that have come."""
     while qi[r, WAKES] and wakes[r, 0] <= steps:
@@ -177,14 +176,14 @@ def _wakes_past(wakes: A, qi: A, r: int, steps: int) -> None:
             i = c
 
 
-@njit(cache=True)
+@jit
 def _keep_chunk(e: Events, s: int, now: float) -> None:
     n = e.ctr[CHUNKS]
     e.chunk_row[n], e.chunk_t[n] = s, now
     e.ctr[CHUNKS] = n + 1
 
 
-@njit(cache=True)
+@jit
 def _push_back(ri: A, qi: A, n_: int, h_: int, t_: int, r: int, s: int) -> None:
     """Append row `s` to replica `r`'s one-way list (next column N, head H, tail T)."""
     ri[s, n_] = -1

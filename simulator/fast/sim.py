@@ -89,7 +89,7 @@ def simulate_fast(
     retries, draws = _fill(state, plan, ledger.index)
     if config.enable_prefix_caching:
         ids = _prefix_keys(state.ri, plan, config.block_size)
-        _, _, tkeys, tvalues, entries = prefix.parts(state.prefix)
+        _, _, tkeys, tvalues, entries = prefix.views(state.prefix)
         packed = prefix.pack(ids, np.full(len(ids), -1), tkeys, tvalues, entries, state.prefix)
         state = state._replace(prefix=packed)
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
@@ -277,7 +277,7 @@ def _headroom(state: layout.State, config: EngineConfig, fleet: FleetSpec) -> in
 def _grown(state: layout.State, headroom: int) -> layout.State:
     """Prefix tables with room for `headroom` more entries: the entries' rows doubled (at
     least), the hash table at most a quarter full."""
-    ids, memo, old_keys, old_values, old = prefix.parts(state.prefix)
+    ids, memo, old_keys, old_values, old = prefix.views(state.prefix)
     live = int(state.prefix[prefix.KEYS]) + headroom
     entries = np.empty((max(2 * len(old), live), layout.E_FIELDS), np.int64)
     entries[: len(old)] = old
