@@ -50,7 +50,10 @@ Workload = tuple[float, int, int, bool]
 
 
 def scenario(rate: float, duration: float, low: int, high: int, chat: bool) -> dict[str, object]:
-    turns = {"turns": {"dist": "constant", "value": 4}, "think_time": {"dist": "constant", "value": 2}}
+    turns = {
+        "turns": {"dist": "constant", "value": 4},
+        "think_time": {"dist": "constant", "value": 2},
+    }
     return {
         "name": "bench",
         "traffic": {"rate": rate / 4 if chat else rate, "duration_s": duration, "seed": 1},

@@ -21,7 +21,7 @@ import pytest
 
 from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord
-from scenarios.spec import AutoscalerSpec, FleetSpec, TargetFaults, parse_scenario
+from scenarios.spec import AutoscalerSpec, ColdStartSpec, FleetSpec, TargetFaults, parse_scenario
 from simulator.engine.core import EngineConfig, StepCost
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
 from simulator.replay.sim import Core, SimResult, simulate
@@ -108,8 +108,32 @@ def random_case(seed: int) -> tuple[list[RequestSpec], EngineConfig, dict[str, A
         if r.random() < 0.5:  # cache-aware routing
             overload, match = r.choice([0.5, 1.0, 2.0]), r.choice([0.0, 0.5, 0.9])
             update = {"affinity_overload": overload, "affinity_min_match": match}
-            kw["fleet"] = fleet.model_copy(update={"routing": "prefix_affinity", **update})
+            kw["fleet"] = kw["fleet"].model_copy(update={"routing": "prefix_affinity", **update})
+    if r.random() < 0.3:
+        kw["fleet"], kw["replicas"] = _autoscaled(r, kw["fleet"])
     return plan, engine, kw
+
+
+def _autoscaled(r: random.Random, fleet: FleetSpec) -> tuple[FleetSpec, int]:
+    """An autoscaler on each metric (from zero replicas in some), whose replicas pay cold
+    starts (drawn with jitter in some), and the starting count."""
+    low = r.choice([0, 0, 1, 2])
+    high = max(low, 1) + r.randint(0, 6)
+    scaler = AutoscalerSpec(
+        metric=r.choice(["in_flight", "queue", "kv"]),
+        target=r.choice([0.5, 1.0, 4.0, 16.0]),
+        interval_s=r.uniform(0.2, 3),
+        stabilisation_s=r.choice([0.0, 2.0, 10.0]),
+        min_replicas=low,
+        max_replicas=high,
+        keep_alive_s=r.choice([0.0, 1.0, 5.0]),
+    )
+    cold = ColdStartSpec(
+        provisioning_s=r.choice([0.0, 0.5]), load_s=r.choice([0.0, 0.3, 2.0]),
+        jitter=r.choice([0.0, 0.5]),
+    )  # fmt: skip
+    update = {"autoscaler": scaler, "cold_start": cold}
+    return fleet.model_copy(update=update), r.randint(low, high)
 
 
 def _prefix_cached(
@@ -169,6 +193,7 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
     seen["429"] = 0
     seen["retried"] = seen["random, central queue"] = seen["prefix hits"] = 0
     seen["prefix hits, preempted"] = seen["prefix affinity"] = 0
+    seen["autoscaled"] = seen["cold starts"] = seen["fleet size changed"] = 0
     for seed in range(CASES):
         plan, engine, kw = random_case(seed)
         reference = simulate(plan, engine, core="reference", **kw)
@@ -195,6 +220,9 @@ def test_both_cores_give_equal_records_over_random_fleets() -> None:
         seen["prefix hits"] += hits
         seen["prefix hits, preempted"] += hits and reference.preemptions > 0
         seen["prefix affinity"] += kw["fleet"].routing == "prefix_affinity" and kw["replicas"] > 1
+        seen["autoscaled"] += kw["fleet"].autoscaler is not None
+        seen["cold starts"] += reference.fleet.cold_starts > 0
+        seen["fleet size changed"] += reference.fleet.min_replicas < reference.fleet.peak_replicas
     assert seen.pop("random, central queue") >= 2, seen  # (500 cases by hand: 29)
     assert seen.pop("prefix hits, preempted") >= 3, seen  # (these 60: 4)
     assert min(seen.values()) >= 5, seen
@@ -213,10 +241,7 @@ def test_token_times_are_kept_alike_or_not_at_all() -> None:
 def test_what_the_fast_core_does_not_cover_runs_on_the_reference() -> None:
     """Auto picks the reference and says so; asking for the fast core says why not."""
     plan, engine, _ = random_case(1)
-    scaler = AutoscalerSpec(target=4, min_replicas=1, max_replicas=3)
     cases: list[tuple[list[RequestSpec], EngineConfig, dict[str, Any], str]] = [
-        (plan, engine, {"fleet": FleetSpec(autoscaler=scaler)}, "an autoscaler"),
-        (plan, engine, {"faults": TargetFaults(die_after=5)}, "a target that dies"),
         (plan, EngineConfig(max_batched_tokens=1 << 63), {}, "a KV cache or token budget over"),
         (plan, EngineConfig(max_num_seqs=1 << 40), {}, "over 65,536 batch slots"),
         ([RequestSpec("a", 0.0, 1 << 40, 5)], engine, {}, "a request of over"),
@@ -234,6 +259,18 @@ def test_a_plan_that_repeats_an_id_is_refused_by_both() -> None:
     for core in CORES:
         with pytest.raises(ValueError, match="repeats request id 'a'"):
             simulate(plan, EngineConfig(), core=core)
+
+
+def test_a_target_set_to_die_is_simulated_alike_by_both() -> None:
+    """The reference target's `die_after` crashes it (a live run then voids itself); neither
+    core models the crash, and the fast core runs such a twin as the reference does."""
+    plan, engine, kw = random_case(3)
+    faults = TargetFaults(reject_429=0.1, die_after=5, seed=3)
+    fast = simulate(plan, engine, **kw, faults=faults)
+    assert fast.core == "fast"
+    assert same_records(
+        fast.records, simulate(plan, engine, core="reference", **kw, faults=faults).records
+    )
 
 
 def test_no_request_and_one_request() -> None:

@@ -14,7 +14,7 @@ import pytest
 import simpy
 
 from scenarios.plan import RequestSpec, build_plan
-from scenarios.spec import parse_scenario
+from scenarios.spec import AutoscalerSpec, FleetSpec, parse_scenario
 from simulator.engine.core import EngineConfig, EngineSequence, StepCost
 from simulator.engine.drive import EngineEvents
 from simulator.engine.stepcost import CostModel, DecodeTableCost, RooflineCost
@@ -94,6 +94,29 @@ def test_jumps_match_stepping_without_chunks_and_whole_prompts() -> None:
         simulate(plan, config, jumps=False, **kw),  # type: ignore[arg-type]
         simulate(plan, config, jumps=True, **kw),  # type: ignore[arg-type]
     )
+
+
+@pytest.mark.parametrize("fleet", ["least_kv", "prefix_affinity", "kv autoscaler"])
+def test_jumps_match_stepping_where_the_fleet_reads_the_kv_caches(fleet: str) -> None:
+    """A replica in a jump applies its steps' blocks when the jump ends; the router and the
+    autoscaler read each replica's KV cache as stepping has it at that moment (least_kv's
+    emptiest cache, prefix_affinity's cached blocks, which a decode's new block can evict).
+    Read unapplied, least_kv sent a request routed mid-jump elsewhere than stepping did (this
+    plan catches it; the other two agree with and without the catch-up on it)."""
+    config = dataclasses.replace(TIGHT, enable_prefix_caching=fleet != "least_kv")
+    spec = FleetSpec(routing="least_kv" if fleet == "least_kv" else "prefix_affinity")
+    if fleet == "kv autoscaler":
+        scaler = AutoscalerSpec(metric="kv", target=0.3, interval_s=0.5, stabilisation_s=2,
+                                max_replicas=4, keep_alive_s=1)  # fmt: skip
+        spec = FleetSpec(routing="least_outstanding", autoscaler=scaler)
+    kw = {"replicas": 3 if fleet != "kv autoscaler" else 1, "timeout_s": 8.0, "fleet": spec}
+    plan = _random_plan(5, 600)
+    stepped = simulate(plan, config, jumps=False, core="reference", **kw)  # type: ignore[arg-type]
+    jumped = simulate(plan, config, jumps=True, core="reference", **kw)  # type: ignore[arg-type]
+    _assert_same(stepped, jumped)
+    assert fleet != "kv autoscaler" or stepped.fleet.peak_replicas > 1
+    fast = simulate(plan, config, core="fast", **kw)  # type: ignore[arg-type]
+    _assert_same(jumped, fast)
 
 
 def test_jumps_match_stepping_with_sessions() -> None:

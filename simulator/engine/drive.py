@@ -178,6 +178,12 @@ class DriveLoop:
         while heap and heap[0][0] <= now:
             self.abort(heapq.heappop(heap)[2])
 
+    def catch_up(self, now: float) -> None:
+        """Apply the steps of the jump in flight that ended before `now`: the KV cache as
+        stepping would have it now (for a router or an autoscaler that reads it)."""
+        if self._ends is not None:
+            self._apply(bisect_left(self._ends, now, self._done))
+
     def _cut(self, now: float) -> None:
         """End the jump in flight with the step running at `now`."""
         assert self._ends is not None and self._retime is not None

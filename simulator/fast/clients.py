@@ -8,7 +8,7 @@ import numpy as np
 from numba.np.random.random_methods import buffered_bounded_lemire_uint32
 
 from simulator.fast.engine import _leave
-from simulator.fast.jumps import _account, _apply, _cut, _jump_step_at
+from simulator.fast.jumps import _account, _apply, _cut, _jump_step_at, kv_now
 from simulator.fast.layout import (
     ABORTED,
     ARRIVAL,
@@ -32,6 +32,7 @@ from simulator.fast.layout import (
     FAULTS_DRAWN,
     FIRST,
     FREE,
+    IDLE_SINCE,
     INTENDED,
     J_STOP,
     JITTER,
@@ -48,12 +49,15 @@ from simulator.fast.layout import (
     L_TIMEOUT,
     LEAST_KV,
     LEAST_OUTSTANDING,
+    LIFE,
     MAX_BACKOFF,
     MAX_RETRY_AFTER,
     MAXT,
+    MEMBERS,
     NORMAL,
     NOT_AFTER,
     OK_NEXT,
+    OUTSTANDING,
     OVER_ALL,
     PATIENCE,
     PREFIX_AFFINITY,
@@ -69,9 +73,12 @@ from simulator.fast.layout import (
     R_MAX,
     R_ON,
     RANDOM,
+    READY,
+    READY_N,
     REPLICA,
     RETRIED,
     ROUND_ROBIN,
+    ROWS,
     RUN_LEN,
     RUNNING,
     ST,
@@ -95,6 +102,7 @@ from simulator.fast.layout import (
 )
 from simulator.fast.prefix import affine, in_flight
 from simulator.fast.queues import _append, _load_changed, _push_back, _schedule, _unlink
+from simulator.fast.scaling import add_replica, least_starting, n_routable, nth_routable, routable
 
 
 @jit
@@ -133,10 +141,12 @@ def _ended(
             return
     nxt = ri[i, OK_NEXT] if ok else ri[i, FAIL_NEXT]
     if nxt < 0:
+        e.ctr[OUTSTANDING] -= 1  # the user is done
         return
     due = end + rf[nxt, THINK]
     if due > rf[nxt, NOT_AFTER]:
-        return  # the window closed
+        e.ctr[OUTSTANDING] -= 1  # the window closed
+        return
     rf[nxt, DUE] = rf[nxt, AT] = due
     at = due + c.overhead_s
     _schedule(e.t, e.i, e.ctr, now + (at - now if at > now else 0.0), NORMAL, E_SEND, nxt)
@@ -181,6 +191,8 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
         rf[i, END] = now
         _ended(w, e, c, i, False, now, now)
         return
+    if c.autoscale and e.ctr[MEMBERS] == 0:
+        add_replica(w, e, c, now)  # the activator: a request wakes a fleet scaled to zero
     if c.central_queue:
         ctr = e.ctr
         if ctr[Q_LEN] == 0 and _dispatch_one(w, e, c, i, False, now):
@@ -199,7 +211,7 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
             ctr[Q_LEN] += 1
             _schedule(e.t, e.i, e.ctr, now, URGENT, E_QUEUED, i)
     else:
-        r = _route(w, e, c, i)
+        r = _route(w, e, c, i, now)
         slots_full = qi[r, RUN_LEN] + qi[r, W_LEN] >= c.max_num_seqs
         if slots_full and 0 <= c.admission_limit <= e.ctr[OVER_ALL] + e.ctr[Q_LEN]:
             _refused(w, e, c, i, now)
@@ -211,17 +223,21 @@ def _send(w: State, e: Events, c: Config, i: int, intended: float, at: float, no
 
 
 @jit
-def _route(w: State, e: Events, c: Config, i: int) -> int:
+def _route(w: State, e: Events, c: Config, i: int, now: float) -> int:
     """The replica row `i`, sent now, goes to (`Router.choose` over the whole fleet)."""
+    ctr = e.ctr
     if c.routing == ROUND_ROBIN:
-        e.ctr[TURN] += 1
-        return int((e.ctr[TURN] - 1) % c.replicas)
+        ctr[TURN] += 1
+        return nth_routable(w.qi, ctr, (ctr[TURN] - 1) % n_routable(ctr))
     if c.routing == RANDOM:
-        return _uniform_index(w.rng, c.replicas)
-    if c.routing == LEAST_KV:
-        return _emptiest_kv(w.qi, c, False)
-    if c.routing == PREFIX_AFFINITY:
-        return affine(w, c, i, False)
+        return nth_routable(w.qi, ctr, _uniform_index(w.rng, n_routable(ctr)))
+    if c.routing == LEAST_KV or c.routing == PREFIX_AFFINITY:
+        kv_now(w, e, c, now)
+        if c.routing == LEAST_KV:
+            return _emptiest_kv(w.qi, ctr, c, False)
+        return affine(w, ctr, c, i, False)
+    if ctr[READY_N] == 0:
+        return least_starting(w.qi, ctr)
     return int(w.loads[1] % c.replicas)  # the fewest running or waiting, the first on ties
 
 
@@ -269,15 +285,18 @@ def _place(w: State, e: Events, c: Config, r: int, i: int, waited: bool, now: fl
 def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: float) -> bool:
     """Place row `i` on a replica with a free batch slot, if there is one
     (`Fleet._dispatch_one`: the least loaded, else the router's choice among those free)."""
-    qi, slots = w.qi, c.max_num_seqs
+    qi, ctr, slots = w.qi, e.ctr, c.max_num_seqs
+    if ctr[READY_N] == 0:
+        return False
     if c.routing == LEAST_KV or c.routing == PREFIX_AFFINITY:
-        r = _emptiest_kv(qi, c, True) if c.routing == LEAST_KV else affine(w, c, i, True)
-        if r < 0:
+        if not _any_free(qi, ctr, slots):
             return False
+        kv_now(w, e, c, now)
+        r = _emptiest_kv(qi, ctr, c, True) if c.routing == LEAST_KV else affine(w, ctr, c, i, True)
     elif c.routing != LEAST_OUTSTANDING:  # one of those with a free slot, in fleet order
         free = 0
         for q in range(c.replicas):
-            free += qi[q, RUN_LEN] + qi[q, W_LEN] < slots
+            free += qi[q, LIFE] == READY and qi[q, RUN_LEN] + qi[q, W_LEN] < slots
         if free == 0:
             return False
         if c.routing == RANDOM:
@@ -287,7 +306,7 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
             k = (e.ctr[TURN] - 1) % free
         r = 0
         for q in range(c.replicas):
-            if qi[q, RUN_LEN] + qi[q, W_LEN] < slots:
+            if qi[q, LIFE] == READY and qi[q, RUN_LEN] + qi[q, W_LEN] < slots:
                 if k == 0:
                     r = q
                     break
@@ -301,14 +320,23 @@ def _dispatch_one(w: State, e: Events, c: Config, i: int, waited: bool, now: flo
 
 
 @jit
-def _emptiest_kv(qi: np.ndarray, c: Config, free_only: bool) -> int:
+def _any_free(qi: np.ndarray, ctr: np.ndarray, slots: int) -> bool:
+    """Whether a ready replica has a free batch slot."""
+    for q in range(ctr[ROWS]):
+        if qi[q, LIFE] == READY and qi[q, RUN_LEN] + qi[q, W_LEN] < slots:
+            return True
+    return False
+
+
+@jit
+def _emptiest_kv(qi: np.ndarray, ctr: np.ndarray, c: Config, free_only: bool) -> int:
     """The replica using the least of its KV cache, then with the fewest requests, the first on
     ties (`Router.choose`'s least_kv), of those with a free batch slot if `free_only` (-1:
     none)."""
     best, best_used, best_load = -1, 0, 0
     for q in range(c.replicas):
         load = qi[q, RUN_LEN] + qi[q, W_LEN]
-        if free_only and load >= c.max_num_seqs:
+        if (free_only and load >= c.max_num_seqs) or not routable(qi, ctr, q):
             continue
         used = c.num_blocks - qi[q, FREE]
         if best < 0 or used < best_used or (used == best_used and load < best_load):
@@ -339,6 +367,8 @@ def _released(w: State, e: Events, c: Config, r: int, i: int, now: float) -> Non
     if c.routing == PREFIX_AFFINITY:
         in_flight(w, c, r, i, False)
     _load_changed(w.loads, w.qi, e.ctr, c.max_num_seqs, r)
+    if w.qi[r, RUN_LEN] + w.qi[r, W_LEN] == 0:
+        w.qf[r, IDLE_SINCE] = now
     _dispatch(w, e, c, now)
 
 

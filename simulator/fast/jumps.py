@@ -24,13 +24,14 @@ from simulator.fast.layout import (
     J_CTX,
     J_DONE,
     J_STOP,
-    J_T0,
+    J_TD,
     KV_PEAK,
     KV_S,
     MAX_JUMP,
     MIN_JUMP,
     NEXT_WAKE,
     NORMAL,
+    ROWS,
     RUN_LEN,
     STEPS,
     TIMER_SEQ,
@@ -74,9 +75,10 @@ def _jump_step_s(w: State, c: Config, r: int, i: int) -> float:
 
 @jit
 def _jump_end(w: State, c: Config, r: int, i: int) -> float:
-    """When step `i` of the jump in flight ends (its steps' times summed in order)."""
-    t = w.qf[r, J_T0]
-    for k in range(i + 1):
+    """When step `i` (not applied yet) of the jump in flight ends (its steps' times summed in
+    order, from when it began: the sums the reference's accumulate makes)."""
+    t = w.qf[r, J_TD]
+    for k in range(w.qi[r, J_DONE], i + 1):
         t += _jump_step_s(w, c, r, k)
     return float(t)
 
@@ -86,10 +88,10 @@ def _jump_step_at(w: State, c: Config, r: int, at: float) -> int:
     """The first step of the jump in flight, from those not applied, ending at `at` or
     later (bisect_left over its ends)."""
     qi = w.qi
-    t = w.qf[r, J_T0]
-    for k in range(qi[r, J_STOP] + 1):
+    t = w.qf[r, J_TD]
+    for k in range(qi[r, J_DONE], qi[r, J_STOP] + 1):
         t += _jump_step_s(w, c, r, k)
-        if k >= qi[r, J_DONE] and t >= at:
+        if t >= at:
             return k
     return int(qi[r, J_STOP] + 1)
 
@@ -114,7 +116,7 @@ def _plan_jump(
             n = i + 1
             break
     qi[r, J_STOP], qi[r, J_DONE], qi[r, J_CTX], qi[r, J_COUNTED] = n - 1, 0, context, -1
-    w.qf[r, J_T0] = now
+    w.qf[r, J_TD] = now
     qi[r, TIMER_SEQ] = e.ctr[COUNT]
     _schedule(e.t, e.i, e.ctr, t, NORMAL, E_STEP_END, r)
     return True
@@ -128,9 +130,7 @@ def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
     done = qi[r, J_DONE]
     if upto <= done:
         return
-    t = qf[r, J_T0]
-    for k in range(done):
-        t += _jump_step_s(w, c, r, k)
+    t = qf[r, J_TD]
     used = c.num_blocks - qi[r, FREE]
     full = qi[r, RUN_LEN] >= c.max_num_seqs
     decode, bs = qi[r, DC_LEN], c.block_size
@@ -156,6 +156,16 @@ def _apply(w: State, e: Events, c: Config, r: int, upto: int) -> None:
     qi[r, FREE] = c.num_blocks - used
     evict(w, r)
     qi[r, J_DONE] = upto
+    qf[r, J_TD] = t
+
+
+@jit
+def kv_now(w: State, e: Events, c: Config, now: float) -> None:
+    """Before a choice that reads the replicas' KV caches: each jump in flight applied up to
+    its steps ended before now, as stepping would have them (`Fleet._kv_now`)."""
+    for r in range(e.ctr[ROWS]):
+        if w.qi[r, J_STOP] >= 0:
+            _apply(w, e, c, r, _jump_step_at(w, c, r, now))
 
 
 @jit

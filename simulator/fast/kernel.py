@@ -20,6 +20,7 @@ from pathlib import Path
 
 from simulator.fast.clients import (
     _arrivals,
+    _dispatch,
     _ended,
     _expire_queued,
     _patience,
@@ -28,12 +29,13 @@ from simulator.fast.clients import (
     _timed_out,
 )
 from simulator.fast.engine import _leave, _plan, _update
-from simulator.fast.jumps import _land, _settle
+from simulator.fast.jumps import _land, _settle, kv_now
 from simulator.fast.layout import (
     ABORTED,
     ARG,
     ARRIVAL,
     AT,
+    COLD,
     COUNT,
     DEADLINE,
     DL_H,
@@ -44,23 +46,32 @@ from simulator.fast.layout import (
     E_EXPIRE,
     E_PATIENCE,
     E_QUEUED,
+    E_SCALER,
     E_SEND,
     E_START,
     E_STEP_END,
+    E_TICK,
     E_WAKE,
+    E_WARM,
     END,
     EVENT,
     GEN,
     J_STOP,
+    KV,
     L_OK,
+    LIFE,
     NORMAL,
     OUTPUT,
+    ROWS,
     RUN_LEN,
     RUNNING,
+    S_MAX,
+    S_METRIC,
     SEQ,
     SIZE,
     ST,
     START,
+    STARTING,
     STATUS,
     TIMER,
     TIMER_SEQ,
@@ -78,6 +89,7 @@ from simulator.fast.layout import (
 )
 from simulator.fast.prefix import room_for_an_event
 from simulator.fast.queues import _load_changed, _schedule, _take, _unlink
+from simulator.fast.scaling import cold_sleep, make_ready, start_scaler, tick, warm_up
 
 
 @jit(inline="always")
@@ -137,25 +149,33 @@ def _drive(w: State, e: Events, c: Config, r: int, now: float, stepped: bool) ->
 
 @jit
 def start(w: State, e: Events, c: Config) -> None:
-    """The fleet made: each replica's first wake-up, and the arrivals process started."""
-    for r in range(c.replicas):
+    """The fleet made: each replica's first wake-up; the arrivals process started, then the
+    autoscaler's."""
+    for r in range(e.ctr[ROWS]):
         w.qi[r, TIMER_SEQ] = e.ctr[COUNT]
         _schedule(e.t, e.i, e.ctr, 0.0, NORMAL, E_WAKE, r)
     _schedule(e.t, e.i, e.ctr, 0.0, URGENT, E_START, 0)
+    if c.autoscale:
+        _schedule(e.t, e.i, e.ctr, 0.0, URGENT, E_SCALER, 0)
 
 
 @jit
 def run(w: State, e: Events, c: Config) -> bool:
     """Run the fleet until `c.until` (SimPy's `run(until)`: events at that time do not run);
-    False: paused before an event, for bigger prefix tables (run again to go on)."""
+    False: paused before an event, for bigger prefix tables or more replica rows (`room`; run
+    again to go on)."""
     times, ei, ctr, openers, rf = e.t, e.i, e.ctr, w.openers, w.rf
     while ctr[SIZE] > 0 and times[0] < c.until:
-        if c.prefix_headroom and not room_for_an_event(w, c):
+        if (c.prefix_headroom or c.autoscale) and not room(w, e, c):
             return False
         i = _take(times, ei, ctr)
         now, kind, arg = times[i], ei[i, EVENT], ei[i, ARG]
         if kind in (E_STEP_END, E_WAKE):
-            if ei[i, SEQ] == w.qi[arg, TIMER_SEQ]:  # else a timer a cut jump left behind
+            if ei[i, SEQ] != w.qi[arg, TIMER_SEQ]:
+                continue  # a timer a cut jump left behind
+            if w.qi[arg, COLD]:
+                cold_sleep(w, e, arg, now)
+            else:
                 _drive(w, e, c, arg, now, kind == E_STEP_END)
         elif kind == E_SEND:
             _send(w, e, c, arg, rf[arg, DUE], rf[arg, AT], now)
@@ -166,6 +186,8 @@ def run(w: State, e: Events, c: Config) -> bool:
             _schedule(e.t, e.i, e.ctr, now + max(0.0, deadline - now), NORMAL, E_EXPIRE, arg)
         elif kind == E_EXPIRE:
             _expire_queued(w, e, c, arg, now)
+        elif kind >= E_SCALER:
+            _fleet_event(w, e, c, kind, arg, now)
         elif kind == E_ARRIVAL:  # the timer for opener `arg`: it is sent, then the next ones
             opener = openers[arg]
             _send(w, e, c, opener, rf[opener, ARRIVAL], rf[opener, ARRIVAL], now)
@@ -174,6 +196,31 @@ def run(w: State, e: Events, c: Config) -> bool:
             _arrivals(w, e, c, 0, now)
     _settle(w, e, c, c.until)
     return True
+
+
+@jit
+def room(w: State, e: Events, c: Config) -> bool:
+    """Whether the tables hold what the next event may add: prefix block entries, and the
+    replicas an autoscaler's evaluation (or a request to a fleet scaled to zero) may add."""
+    if c.prefix_headroom and not room_for_an_event(w, c):
+        return False
+    return not c.autoscale or e.ctr[ROWS] + int(c.scaler[S_MAX]) + 1 <= c.replicas
+
+
+@jit
+def _fleet_event(w: State, e: Events, c: Config, kind: int, r: int, now: float) -> None:
+    """The autoscaler's process starting or evaluating, a warm-up's starting or ending."""
+    if kind == E_SCALER:
+        start_scaler(e, c, now)
+    elif kind == E_TICK:
+        if c.scaler[S_METRIC] == KV:
+            kv_now(w, e, c, now)  # as `Fleet.desired` reads them
+        tick(w, e, c, now)
+    elif kind == E_WARM:
+        warm_up(w, e, r, now)
+    elif w.qi[r, LIFE] == STARTING:  # ready, unless removed meanwhile
+        make_ready(w, e, c, r)
+        _dispatch(w, e, c, now)
 
 
 def _fresh_cache() -> None:

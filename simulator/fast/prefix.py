@@ -6,7 +6,7 @@ the prefix blocks of the requests in flight on each replica (`Router.placed`).
 A request's full prefix blocks are the key ids `State.keys[KOFF : KOFF + KLEN]` (the plan's
 `prefix_block_keys`, numbered in Python). A block cached or in flight on replica r is an entry,
 a row of `State.entries` (its key, the requests holding it (-1: not cached), its neighbours in
-r's list of evictable ones, the requests in flight with it) found by key id x replicas + r in
+r's list of evictable ones, the requests in flight with it) found by key id << ROW_BITS | r in
 a hash table (`State.tkeys`, `.tvalues`: linear probing, at most half full); `State.memo`
 keeps, beside each key, its entry while the request holds it (no lookup to let go of it).
 """
@@ -41,6 +41,7 @@ from simulator.fast.layout import (
 )
 from simulator.fast.queues import _append as append
 from simulator.fast.queues import _unlink as unlink
+from simulator.fast.scaling import routable
 
 # `State.prefix`, one array (a State field costs every call that passes the State): a header
 # (the first dropped entry's row (-1: none), the rows used, the keys in the table, and the
@@ -48,6 +49,7 @@ from simulator.fast.queues import _unlink as unlink
 # table's keys and values, and the entries (`parts`)
 SPARE, USED, KEYS, NKEYS, TSIZE, ROWS = range(6)
 HEADER = 6
+ROW_BITS = 24  # a table key is a key id, then a replica's row in its low bits
 
 
 def views(p: A) -> tuple[A, A, A, A, A]:
@@ -77,7 +79,7 @@ def pack(ids: A, memo: A, tkeys: A, tvalues: A, entries: A, header: A) -> A:
 @jit
 def _key(ids: A, ri: A, c: Config, r: int, s: int, j: int) -> int:
     """The table's key of request `s`'s `j`-th prefix block on replica `r`."""
-    return int(ids[ri[s, KOFF] + j] * c.replicas + r)
+    return int(ids[ri[s, KOFF] + j] << ROW_BITS | r)
 
 
 @jit
@@ -307,7 +309,7 @@ def in_flight(w: State, c: Config, r: int, s: int, placed: bool) -> None:
 
 
 @jit
-def affine(w: State, c: Config, s: int, free_only: bool) -> int:
+def affine(w: State, ctr: A, c: Config, s: int, free_only: bool) -> int:
     """Where prefix_affinity sends `s` (`Router._affine`), of the replicas with a free batch
     slot if `free_only` (-1: none): the one caching or with in flight the longest run of its
     prefix blocks, the least loaded of those, if the run covers `affinity_min_match` of its
@@ -316,7 +318,7 @@ def affine(w: State, c: Config, s: int, free_only: bool) -> int:
     least = -1
     for q in range(c.replicas):
         load = qi[q, RUN_LEN] + qi[q, W_LEN]
-        if free_only and load >= c.max_num_seqs:
+        if (free_only and load >= c.max_num_seqs) or not routable(qi, ctr, q):
             continue
         if least < 0:
             least = q
@@ -329,7 +331,7 @@ def affine(w: State, c: Config, s: int, free_only: bool) -> int:
     best, most = least, 0
     for q in range(c.replicas):
         load = qi[q, RUN_LEN] + qi[q, W_LEN]
-        if free_only and load >= c.max_num_seqs:
+        if (free_only and load >= c.max_num_seqs) or not routable(qi, ctr, q):
             continue
         held = _held(w, c, q, s)
         if held > most or (held == most and held and load < qi[best, RUN_LEN] + qi[best, W_LEN]):

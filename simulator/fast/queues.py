@@ -4,14 +4,18 @@ heap of steps at which decodes were due to finish, and the buffer of token times
 
 from __future__ import annotations
 
+import numpy as np
+
 from simulator.fast.layout import (
     ARG,
     CHUNKS,
     COUNT,
     EVENT,
+    LIFE,
     OVER,
     OVER_ALL,
     PRI,
+    READY,
     RUN_LEN,
     SEQ,
     SIZE,
@@ -83,7 +87,7 @@ def _load_changed(tree: A, qi: A, ctr: A, slots: int, r: int) -> None:
     ctr[OVER_ALL] += over - qi[r, OVER]
     qi[r, OVER] = over
     i = len(tree) // 2 + r
-    tree[i] = load * len(qi) + r
+    tree[i] = load * len(qi) + r if qi[r, LIFE] == READY else np.iinfo(np.int64).max
     i >>= 1
     while i:
         a, b = tree[2 * i], tree[2 * i + 1]

@@ -20,8 +20,7 @@ from scenarios.users import followers_of, horizon, next_session
 from simulator.engine.core import EngineConfig
 from simulator.engine.drive import Usage
 from simulator.engine.stepcost import DecodeTableCost, RooflineCost, StepCost
-from simulator.fast import kernel, layout, prefix
-from simulator.replay.fleet import FleetStats
+from simulator.fast import kernel, layout, prefix, rows
 from simulator.replay.ledger import Ledger
 from simulator.replay.sim import SimResult, result_of
 
@@ -58,12 +57,8 @@ def unsupported(
         return f"over {SLOTS_LIMIT:,} batch slots or blocks of over {BLOCK_LIMIT:,} tokens"
     if any(s.prompt_tokens + s.max_tokens > TOKENS_LIMIT for s in plan):
         return f"a request of over {TOKENS_LIMIT:,} tokens"
-    if fleet.autoscaler is not None:
-        return "an autoscaler"
     if fleet.routing not in ROUTINGS:
         return f"{fleet.routing} routing"
-    if faults is not None and faults.die_after is not None:
-        return "a target that dies"
     return None
 
 
@@ -75,17 +70,23 @@ def simulate_fast(
     timeout_s: float = 60.0,
     record_chunks: bool = True,
     fleet: FleetSpec | None = None,
+    gpus_per_replica: int = 1,
     faults: TargetFaults | None = None,
     jumps: bool = True,
 ) -> SimResult:
     """`simulator.replay.sim.simulate` on the fast core (for what `unsupported` allows)."""
     fleet = fleet or FleetSpec()
-    if replicas < 1:
-        raise ValueError(f"replicas must be in [1, {replicas}], got {replicas}")
+    scaler = fleet.autoscaler
+    low, high = (1, replicas) if scaler is None else (scaler.min_replicas, scaler.max_replicas)
+    if not low <= replicas <= high:
+        raise ValueError(f"replicas must be in [{low}, {high}], got {replicas}")
+    cold = rows.cold_starts(fleet, config, gpus_per_replica)  # checks the cold start first
     ledger = Ledger(plan, record_chunks)  # checks the plan's ids first
+    n_rows = rows.first_rows(replicas, scaler)
     state = layout.state(
-        len(plan), replicas, config.num_blocks, config.block_size, config.max_num_seqs
+        len(plan), n_rows, config.num_blocks, config.block_size, config.max_num_seqs, replicas
     )
+    state.qf[replicas:, layout.COLD_S] = cold(n_rows - replicas)
     retries, draws = _fill(state, plan, ledger.index)
     if config.enable_prefix_caching:
         ids = _prefix_keys(state.ri, plan, config.block_size)
@@ -101,16 +102,26 @@ def simulate_fast(
     if faults is not None and faults.any:
         state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
     until = horizon(plan, timeout_s) or timeout_s
-    c = _config(config, replicas, timeout_s, until, record_chunks, fleet, faults, jumps)
+    c = _config(config, n_rows, timeout_s, until, record_chunks, fleet, faults, jumps)
     c = c._replace(prefix_headroom=_headroom(state, config, fleet))
     room = int(state.ri[:, layout.MAXT].sum()) if record_chunks else 0
-    events = layout.events(len(plan), replicas, config.max_num_seqs, room, retries)
+    window = 0 if scaler is None else rows.window(scaler, until)
+    events = layout.events(len(plan), n_rows, config.max_num_seqs, room, retries, window)
+    ctr = events.ctr
+    ctr[layout.ROWS] = ctr[layout.MEMBERS] = ctr[layout.READY_N] = replicas
+    ctr[layout.OUTSTANDING] = len(openers)
+    events.counts[0] = 0.0, replicas
+    ctr[layout.COUNTS] = 1
     kernel.start(state, events, c)
     while not kernel.run(state, events, c):
-        state = _grown(state, c.prefix_headroom)
+        if c.autoscale and not kernel.room(state, events, c._replace(prefix_headroom=0)):
+            state, events, c = rows.more_rows(state, events, c, len(plan), cold)
+        if c.prefix_headroom and not prefix.room_for_an_event(state, c):
+            state = _grown(state, c.prefix_headroom)
     _fill_ledger(ledger, state, events, record_chunks)
     ledger.close(timeout_s)
-    qi, qf = state.qi, state.qf
+    n = int(ctr[layout.ROWS])
+    qi, qf = state.qi[:n], state.qf[:n]
     usages = [
         Usage(*map(float, row))
         for row in qf[:, [layout.BUSY_S, layout.KV_PEAK, layout.KV_S, layout.FULL_S]]
@@ -119,18 +130,18 @@ def simulate_fast(
         ledger,
         until,
         usages,
-        lambda first, last: [max(0.0, last - max(0.0, first))] * replicas,
+        lambda first, last: rows.lives(state, events, first, last),
         int(qi[:, layout.PREEMPTED].sum()),
         int(qi[:, layout.RECOMPUTED].sum()),
-        lambda first, last: _fixed_fleet(replicas, first, last),
-        fixed=True,
+        lambda first, last: rows.fleet_stats(state, events, replicas, first, last),
+        fixed=scaler is None,
         core="fast",
     )
 
 
 def _config(
     config: EngineConfig,
-    replicas: int,
+    n_rows: int,
     timeout_s: float,
     until: float,
     record_chunks: bool,
@@ -143,12 +154,12 @@ def _config(
     limit = -1 if fleet.admission_limit is None else fleet.admission_limit
     retry_after = math.nan if fleet.retry_after_s is None else fleet.retry_after_s
     return layout.Config(
-        replicas, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
+        n_rows, config.max_num_seqs, config.max_batched_tokens, config.enable_chunked_prefill,
         config.num_blocks, config.block_size, float(config.overhead_s), float(timeout_s),
         float(until), ROUTINGS[fleet.routing], cost_kind, cost, record_chunks, jumps,
         fleet.central_queue, limit, retry_after, faults is not None and faults.any,
         faults.retry_after_s if faults is not None else math.nan, fleet.affinity_overload,
-        fleet.affinity_min_match, 0,
+        fleet.affinity_min_match, 0, fleet.autoscaler is not None, rows.settings(fleet.autoscaler),
     )  # fmt: skip
 
 
@@ -173,12 +184,6 @@ def _fill_ledger(
     ledger.retried = [
         (int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in kept.tolist()
     ]
-
-
-def _fixed_fleet(replicas: int, first: float, last: float) -> FleetStats:
-    """A fleet of `replicas` from time 0 on, over the records' span (as `Fleet.stats`)."""
-    lives = [max(0.0, last - max(0.0, first))] * replicas
-    return FleetStats(0, sum(lives), replicas, replicas, ((0.0, replicas),))
 
 
 def _fill(

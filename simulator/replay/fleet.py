@@ -137,6 +137,7 @@ class Fleet(Generic[R]):
             return True
         router = self.router  # the ready replicas, else the starting ones
         among = None if router.engines else [m.engine for m in self.members]
+        self._kv_now()
         member = self._member[router.choose(seq.prefix, among, seq.prompt_tokens)]
         if limit is not None and member.engine.load >= self._slots and self.waiting() >= limit:
             return False
@@ -191,9 +192,18 @@ class Fleet(Generic[R]):
             free = [e for e in router.engines if e.load < slots]
             if not free:
                 return False
+            self._kv_now()
             engine = router.choose(seq.prefix, free, seq.prompt_tokens)
         self._place(self._member[engine], seq, sent)
         return True
+
+    def _kv_now(self, metric: bool = False) -> None:
+        """Before a choice that reads the replicas' KV caches (least_kv and prefix_affinity
+        routing, the autoscaler's kv metric): each one's jump in flight applied up to now, so
+        they read as stepping would (a jump applies its steps when it ends)."""
+        if metric or self.router.policy in ("least_kv", "prefix_affinity"):
+            for member in self.members:
+                member.replica.loop.catch_up(self.env.now)
 
     def _expire(self, seq: EngineSequence, deadline: float) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(0.0, deadline - self.env.now))
@@ -255,6 +265,7 @@ class Fleet(Generic[R]):
         elif a.metric == "queue":
             total = float(self.waiting())
         else:
+            self._kv_now(metric=True)
             total = sum(e.kv.num_used / e.kv.num_blocks for e in engines)
         want = math.ceil(total / a.target - 1e-9)
         return min(max(want, a.min_replicas), a.max_replicas)

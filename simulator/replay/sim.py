@@ -329,7 +329,8 @@ def simulate(
         if why is None:
             return simulate_fast(
                 plan, config, replicas=replicas, timeout_s=timeout_s,
-                record_chunks=record_chunks, fleet=fleet, faults=faults, jumps=jumps,
+                record_chunks=record_chunks, fleet=fleet, gpus_per_replica=gpus_per_replica,
+                faults=faults, jumps=jumps,
             )  # fmt: skip
         if core == "fast":
             raise ValueError(f"the fast core does not run this simulation yet: {why}")
