@@ -261,6 +261,26 @@ def test_a_plan_that_repeats_an_id_is_refused_by_both() -> None:
             simulate(plan, EngineConfig(), core=core)
 
 
+def test_a_fleet_that_scales_to_zero_and_back_many_times() -> None:
+    """Bursts 3 s apart: the autoscaler scales to zero between them and a burst's first
+    request wakes the fleet (the activator), 160 cold starts in all, far more replicas over
+    the run than the fast core's tables first hold (10 rows: they grow while it pauses)."""
+    plan = [
+        RequestSpec(f"r{b}-{k}", 3.0 * b + 0.01 * k, 100, 20) for b in range(40) for k in range(12)
+    ]
+    scaler = AutoscalerSpec(
+        target=2, interval_s=0.25, stabilisation_s=0, min_replicas=0, max_replicas=4,
+        keep_alive_s=0.5,
+    )  # fmt: skip
+    fleet = FleetSpec(autoscaler=scaler, cold_start=ColdStartSpec(load_s=0.4, jitter=0.3))
+    engine = EngineConfig(max_num_seqs=4, cost=StepCost(0.01, 0.001, 0.0001))
+    reference = simulate(plan, engine, replicas=0, fleet=fleet, core="reference")
+    fast = simulate(plan, engine, replicas=0, fleet=fleet, core="fast")
+    assert reference.fleet.cold_starts == 160 and reference.fleet.min_replicas == 0
+    assert same_records(fast.records, reference.records)
+    assert _figures(fast) == pytest.approx(_figures(reference), rel=1e-9, abs=1e-12)
+
+
 def test_a_target_set_to_die_is_simulated_alike_by_both() -> None:
     """The reference target's `die_after` crashes it (a live run then voids itself); neither
     core models the crash, and the fast core runs such a twin as the reference does."""
