@@ -11,7 +11,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -59,12 +59,25 @@ class RequestSpec:
     text_seed: int = 0  # seeds the prompt text when it is rendered at send time
 
 
+class Served(Protocol):
+    """How a server serves planned lengths (`simulator.fit.tokenmap.TokenMap`)."""
+
+    def lengths(
+        self, prompt: np.ndarray, output: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def prefix(self, segments: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]: ...
+
+    def apply(self, plan: Sequence[RequestSpec], seed: int = 0) -> list[RequestSpec]: ...
+
+
 def build_plan(
     scenario: Scenario,
     *,
     seed: int | None = None,
     rate_scale: float = 1.0,
     duration_s: float | None = None,
+    served: Served | None = None,
 ) -> list[RequestSpec]:
     """The scenario's requests in (estimated) arrival order; deterministic for a given seed.
 
@@ -74,13 +87,17 @@ def build_plan(
     A closed user starts a new session when one ends, until the window closes (`not_after`).
     Independent random streams feed arrivals and each persona's sessions, lengths and text,
     so scaling the rate does not reshuffle a persona's length sequence.
+
+    `served`: the plan as that server would serve it (`served.apply(plan, seed)`; where each
+    arrival is one request, its lengths mapped before its requests are made, the same plan
+    made once).
     """
     seed = scenario.traffic.seed if seed is None else seed
     duration = scenario.traffic.duration_s if duration_s is None else duration_s
     mix = scenario.mix()
     openers, draws = _openers_and_draws(scenario, mix, seed, duration, rate_scale)
     if all(_single_requests(p) for p in mix) and not openers.closed.any():
-        return _single_request_plan(openers, mix, draws)
+        return _single_request_plan(openers, mix, draws, None if served is None else (served, seed))
     _check_turn_budget(openers, mix, draws, duration)
     sessions = _Sessions(seed, duration)
     for j, (start, k, closed) in enumerate(
@@ -88,7 +105,8 @@ def build_plan(
     ):
         fixed = int(openers.prompt[j]), int(openers.output[j])
         sessions.opener(start, mix[k], draws[k], closed, fixed, openers.prefix[j])
-    return _numbered(sessions.rows, sessions.follows)
+    plan = _numbered(sessions.rows, sessions.follows)
+    return plan if served is None else served.apply(plan, seed)
 
 
 def _openers_and_draws(
@@ -253,9 +271,13 @@ def _single_requests(persona: Persona) -> bool:
 
 
 def _single_request_plan(
-    openers: Openers, mix: list[Persona], draws: list[PersonaDraws]
+    openers: Openers,
+    mix: list[Persona],
+    draws: list[PersonaDraws],
+    served: tuple[Served, int] | None,
 ) -> list[RequestSpec]:
-    """The common case, drawn in bulk: each arrival is one request."""
+    """The common case, drawn in bulk: each arrival is one request (as `served` with its seed
+    would serve it)."""
     n = len(openers.time)
     message = np.zeros(n, dtype=int)
     output = np.zeros(n, dtype=int)
@@ -274,11 +296,14 @@ def _single_request_plan(
         seed[where] = d.seed.take(len(where))
     names = [p.name for p in mix]
     retries = [d.session.retry if d.session.retry.max_retries > 0 else None for d in draws]
+    prompt, answer, segments = message, output, (lambda head: head)
+    if served is not None:
+        (prompt, answer), segments = served[0].lengths(message, output, served[1]), served[0].prefix
     return [
         RequestSpec(
             id=f"r{i:06d}",
             arrival=t,
-            prompt_tokens=m,
+            prompt_tokens=p,
             max_tokens=o,
             text_kind=kinds[i],
             persona=names[k],
@@ -287,14 +312,15 @@ def _single_request_plan(
             retry=retries[k],
             message_tokens=m,
             text_seed=s,
-            prefix=draws[k].shared_head(s, m) + openers.prefix[i],
+            prefix=segments(draws[k].shared_head(s, m) + openers.prefix[i]),
         )
-        for i, (t, k, m, o, s) in enumerate(
+        for i, (t, k, m, p, o, s) in enumerate(
             zip(
                 openers.time.tolist(),
                 openers.persona.tolist(),
                 message.tolist(),
-                output.tolist(),
+                prompt.tolist(),
+                answer.tolist(),
                 seed.tolist(),
                 strict=True,
             )

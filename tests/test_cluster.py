@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,26 @@ def test_a_local_cluster_spreads_the_jobs_over_its_workers() -> None:
     assert len(set(pids)) == 2 and os.getpid() not in pids
     with runner(workers=1, jobs=8) as r:  # one worker: this process, no cluster
         assert set(r.map(_pid, [0.0] * 3)) == {os.getpid()}
+
+
+def _made(key: str) -> tuple[str, int, str]:
+    return key, os.getpid(), uuid.uuid4().hex  # one of a kind each time it is made
+
+
+def _use(seconds: float, kept: tuple[str, int, str]) -> tuple[str, int, str]:
+    time.sleep(seconds)
+    return kept
+
+
+def test_a_kept_value_is_made_once_on_the_worker_its_jobs_go_to() -> None:
+    """A seed's traffic, kept for every fleet size a search tries, is made by one worker, and
+    that seed's later jobs go there: before, a seed's next job could go to the other worker,
+    which made the traffic again (at x1000 in the demo, each worker made every seed's)."""
+    with runner(workers=2, jobs=3) as r:
+        handles = [r.keep(_made, f"seed {i}", f"seed {i}") for i in range(3)]
+        rounds = [r.map(_use, [0.2] * 3, handles) for _ in range(4)]
+    assert all(got == rounds[0] for got in rounds), rounds  # each made once, and kept
+    assert len({pid for _, pid, _ in rounds[0]}) == 2  # spread over both workers
 
 
 def _free_port() -> int:

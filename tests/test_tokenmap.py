@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
-from scenarios.plan import RequestSpec
+from scenarios.plan import RequestSpec, build_plan
 from scenarios.records import RequestRecord
+from scenarios.spec import parse_scenario
 from simulator.fit.tokenmap import TokenMap
+from tests.conftest import ROOT, scenario_dict
 
 
 def _served(planned_prompt: int, planned_output: int, rng: np.random.Generator) -> RequestRecord:
@@ -52,3 +55,25 @@ def test_without_enough_usage_the_map_is_the_identity() -> None:
     plan = [RequestSpec(id="a", arrival=0, prompt_tokens=100, max_tokens=50)]
     assert tokens.identity and tokens.apply(plan) == plan
     assert TokenMap.learn([]) == TokenMap()
+
+
+@pytest.mark.parametrize("kind", ["single requests", "sessions", "rag"])
+def test_a_plan_built_as_served_is_the_plan_mapped_afterwards(kind: str) -> None:
+    """`build_plan(served=)` maps each arrival's lengths before its request is made (one
+    request per arrival: the forecast's common case, built once instead of twice); it gives
+    what mapping the built plan gives, request for request, shared prefixes included."""
+    rng = np.random.default_rng(0)
+    tokens = TokenMap.learn([_served(int(p), 200, rng) for p in rng.integers(20, 800, size=400)])
+    if kind == "rag":  # single questions opening with shared system prompts
+        data = yaml.safe_load((ROOT / "scenarios" / "rag-assistant.yaml").read_text())
+        data["session"] = {}
+        scenario = parse_scenario(data, base_dir=ROOT / "scenarios")
+    else:
+        turns = 3 if kind == "sessions" else 1
+        session = {"turns": {"dist": "constant", "value": turns}}
+        traffic = {"rate": 20, "duration_s": 30, "seed": 2}
+        scenario = parse_scenario(scenario_dict(traffic=traffic, session=session))
+    built = build_plan(scenario, seed=5, rate_scale=3.0, served=tokens)
+    assert built == tokens.apply(build_plan(scenario, seed=5, rate_scale=3.0), seed=5)
+    assert kind != "rag" or all(s.prefix for s in built)
+    assert build_plan(scenario, served=TokenMap()) == build_plan(scenario)  # the identity

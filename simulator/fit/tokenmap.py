@@ -35,8 +35,8 @@ class TokenMap:
 
     @property
     def identity(self) -> bool:
-        flat = all(r == 1.0 for r in self.output_ratios)
-        return self.prompt_intercept == 0.0 and self.prompt_slope == 1.0 and flat
+        same_prompt = self.prompt_intercept == 0.0 and self.prompt_slope == 1.0
+        return same_prompt and all(r == 1.0 for r in self.output_ratios)
 
     @classmethod
     def learn(cls, records: Sequence[RequestRecord]) -> TokenMap:
@@ -64,27 +64,43 @@ class TokenMap:
         return cls(float(intercept), float(slope), tuple(float(r) for r in kept), len(rows))
 
     def apply(self, plan: Sequence[RequestSpec], seed: int = 0) -> list[RequestSpec]:
-        """The plan as this server would serve it (deterministic for `seed`)."""
+        """The plan as this server would serve it (deterministic for `seed`; `build_plan`
+        with `served=` gives the same plan, built so at once)."""
         if self.identity:
             return list(plan)
-        rng = np.random.default_rng(seed)
-        ratios = np.asarray(self.output_ratios or (1.0,))
-        drawn = rng.choice(ratios, size=len(plan))
-        planned = np.fromiter((s.prompt_tokens for s in plan), np.float64, len(plan))
-        outputs = np.fromiter((s.max_tokens for s in plan), np.float64, len(plan))
-        prompts = np.maximum(1, np.round(self.prompt_intercept + self.prompt_slope * planned))
-        answers = np.maximum(1, np.round(outputs * drawn))
+        planned = np.fromiter((s.prompt_tokens for s in plan), np.int64, len(plan))
+        outputs = np.fromiter((s.max_tokens for s in plan), np.int64, len(plan))
+        prompts, answers = self.lengths(planned, outputs, seed)
         values = _FIELDS  # a spec's fields in order: one new spec from a list of them
         out = []
         for spec, prompt, answer in zip(plan, prompts.tolist(), answers.tolist(), strict=True):
             v = list(values(spec))
-            v[_PROMPT], v[_MAX] = int(prompt), int(answer)
+            v[_PROMPT], v[_MAX] = prompt, answer
             if spec.prefix:
-                v[_PREFIX] = tuple(
-                    (h, max(1, round(t * self.prompt_slope))) for h, t in spec.prefix
-                )
+                v[_PREFIX] = self.prefix(spec.prefix)
             out.append(RequestSpec(*v))
         return out
+
+    def lengths(
+        self, prompt: np.ndarray, output: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Planned prompt and output tokens, in plan order, as served (`scenarios.plan.
+        Served`): the prompt by the fitted line, the output by a measured ratio drawn for each
+        (deterministic for `seed`)."""
+        if self.identity:
+            return prompt, output
+        drawn = np.random.default_rng(seed).choice(
+            np.asarray(self.output_ratios or (1.0,)), size=len(prompt)
+        )
+        prompts = np.maximum(1, np.round(self.prompt_intercept + self.prompt_slope * prompt))
+        answers = np.maximum(1, np.round(output * drawn))
+        return prompts.astype(np.int64), answers.astype(np.int64)
+
+    def prefix(self, segments: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        """A prompt's shared segments as served: each one's tokens by the fitted slope."""
+        if not segments or self.identity:
+            return segments
+        return tuple((h, max(1, round(t * self.prompt_slope))) for h, t in segments)
 
     def describe(self) -> str:
         if self.identity:

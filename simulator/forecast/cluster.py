@@ -97,6 +97,7 @@ class OnDask:
         """`local_workers`: the cluster's workers share this machine (0: they are elsewhere)."""
         self.client = client
         self.local_workers = local_workers
+        self._homes: dict[str, str] = {}  # a kept value's key -> the worker that keeps it
 
     @property
     def parallel(self) -> int:
@@ -118,14 +119,22 @@ class OnDask:
 
     def forget(self) -> None:
         self.client.run(_forget_kept)
+        self._homes.clear()
 
     def map(
         self, fn: Callable[..., R], jobs: Sequence[Any], kept: Sequence[Any] | None = None
     ) -> list[R]:
         if kept is None:
             futures = self.client.map(fn, jobs, pure=False)  # each job runs, none deduplicated
-        else:
-            futures = self.client.map(partial(_with_kept, fn), jobs, kept, pure=False)
+        else:  # each on the worker keeping its value (Dask may still move one: it makes it)
+            run = partial(_with_kept, fn)
+            futures = [
+                self.client.submit(
+                    run, job, handle, pure=False, workers=[self._home(handle[2])],
+                    allow_other_workers=True,
+                )
+                for job, handle in zip(jobs, kept, strict=True)
+            ]  # fmt: skip
         done = threading.Semaphore(0)
         for f in futures:
             f.add_done_callback(lambda _: done.release())
@@ -136,6 +145,15 @@ class OnDask:
             self.client.cancel(futures, force=True)
             raise
         return list(self.client.gather(futures))  # the results, or the first job's exception
+
+    def _home(self, key: str) -> str:
+        """The worker that keeps `key`'s value: the workers in turn, as keys first come
+        (without it, a seed's next job went to the other worker, which built its traffic
+        again: each worker built every seed's)."""
+        if key not in self._homes:
+            workers = sorted(self.client.scheduler_info()["workers"])
+            self._homes[key] = workers[len(self._homes) % len(workers)]
+        return self._homes[key]
 
 
 KEPT = "_surgecast_kept"  # the attribute of a Dask worker holding its kept values

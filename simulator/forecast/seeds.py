@@ -94,10 +94,13 @@ class PlanJob:
 
 def seed_plan(job: PlanJob) -> list[RequestSpec]:
     """The requests one seed sends at one scale, as the calibrated server would serve them."""
-    plan = build_plan(
-        job.scenario, seed=job.seed, rate_scale=job.rate_scale, duration_s=job.duration_s
+    return build_plan(
+        job.scenario,
+        seed=job.seed,
+        rate_scale=job.rate_scale,
+        duration_s=job.duration_s,
+        served=job.tokens,
     )
-    return job.tokens.apply(plan, job.seed)
 
 
 def run_seed(job: SeedJob, plan: list[RequestSpec] | None = None) -> SeedOutcome:
