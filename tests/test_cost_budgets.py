@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from scenarios.cost_budget import parse_cost_budget
-from scenarios.spec import ScenarioError, load_scenario
+from scenarios.objectives import CostBudgets
+from scenarios.spec import Scenario, ScenarioError, load_scenario
+from simulator.forecast.search import ZERO, Evaluation, ForecastPoint
+from simulator.forecast.seeds import Estimate
+from simulator.forecast.spend import Spend, judge_budgets
 from tests.conftest import scenario_dict, write_scenario
 
 
@@ -77,3 +81,127 @@ def test_a_regression_budget_on_cost_per_token_parses_like_the_others() -> None:
     assert b.relative and b.limit == pytest.approx(0.10) and b.metric == "cost_per_million_tokens"
     with pytest.raises(ValueError, match="takes 'rate'"):
         parse_budget("cost_per_million_tokens", "p(95) regress < 10%")
+
+
+def _point(scale: float, replicas: int, per_replica_month: float) -> ForecastPoint:
+    """A fleet at `scale` x (5 requests/s, 500 output and 1000 prompt tokens/s, 1.25
+    sessions/s), each replica costing `per_replica_month`."""
+
+    def flat(x: float) -> Estimate:
+        return Estimate(x, x, x)
+
+    best = Evaluation(
+        replicas, True, {}, ZERO, ZERO, flat(5.0 * scale), ZERO,
+        output_tokens_per_s=flat(500.0 * scale), input_tokens_per_s=flat(1000.0 * scale),
+        sessions_per_s=flat(1.25 * scale),
+    )  # fmt: skip
+    return ForecastPoint(scale, 5.0 * scale, best, replicas * per_replica_month)
+
+
+# 3 replicas of 2 GPUs at $2.50 an hour, 730 hours: 3 x 2 x 2.5 x 730 = $10,950 a month
+MONTH = 3 * 2 * 2.5 * 730
+
+
+def test_spend_per_unit_by_hand() -> None:
+    """A month is 730 h = 2,628,000 s. At 1,500 tokens/s (1,000 in, 500 out) it serves
+    3,942 million tokens: $10,950 / 3,942 = $2.7778 per million; output alone 1,314 million:
+    $8.3333; 5 requests/s is 13,140,000 requests: $0.00083333 each; 1.25 sessions/s is
+    3,285,000 sessions: $0.0033333 each."""
+    assert MONTH == 10950.0
+    spend = Spend.of(_point(1.0, 3, MONTH / 3))
+    assert spend is not None
+    assert spend.monthly_usd == pytest.approx(10950.0)
+    assert spend.per_million_tokens_usd == pytest.approx(25 / 9)  # 10,950 / 3,942
+    assert spend.per_million_output_tokens_usd == pytest.approx(25 / 3)  # 10,950 / 1,314
+    assert spend.per_request_usd == pytest.approx(1 / 1200)  # 10,950 / 13,140,000
+    assert spend.per_session_usd == pytest.approx(1 / 300)  # 10,950 / 3,285,000
+    # the forecast's existing output-only figure agrees
+    assert _point(1.0, 3, MONTH / 3).cost_per_million_tokens_usd == pytest.approx(25 / 3)
+    assert Spend.of(ForecastPoint(10.0, 50.0, None, None)) is None  # no fleet met the SLOs
+
+
+def test_a_budget_fails_at_the_first_scale_over_it() -> None:
+    """x1: 3 replicas, $10,950; x10: 30 replicas, $109,500; x100: 290 replicas (the fleet
+    grows a little less than the traffic), $1,058,500. A $12,000 monthly budget holds at x1 and
+    is crossed at x10; per million tokens the fleet costs $2.7778 at x1 and x10 and $2.6857 at
+    x100 (290 / 300 of it): a '< $2.7' budget is crossed at x1 already."""
+    per_replica = MONTH / 3
+    points = [_point(100.0, 290, per_replica), _point(1.0, 3, per_replica)]
+    points.append(_point(10.0, 30, per_replica))
+    budgets = CostBudgets(monthly_usd=12000, per_million_tokens_usd="< $2.7").thresholds()
+    monthly, per_token = judge_budgets(budgets, points)
+    assert not monthly.passed and monthly.scale == 10.0
+    assert monthly.figure == pytest.approx(109500.0)
+    assert monthly.message == (
+        "cost.budgets.monthly_usd '12000' crossed at x10: forecast monthly spend (USD a month, "
+        "730 hours) $109,500, limit <= $12,000; x1: $10,950, within it"
+    )
+    assert not per_token.passed and per_token.scale == 1.0
+    assert per_token.figure == pytest.approx(25 / 9)
+    assert "$2.78, limit < $2.70" in per_token.message
+
+    loose = CostBudgets(per_request_usd=0.001, per_session_usd="$0.004").thresholds()
+    for verdict in judge_budgets(loose, points):
+        assert verdict.passed and verdict.scale == 100.0, verdict.message
+        assert "holds at every scale judged" in verdict.message
+
+
+def test_a_scale_without_a_fleet_is_not_judged_and_says_so() -> None:
+    points = [_point(1.0, 3, MONTH / 3), ForecastPoint(10.0, 50.0, None, None)]
+    (verdict,) = judge_budgets(CostBudgets(monthly_usd=20000).thresholds(), points)
+    assert verdict.passed and "not judged at x10 (no fleet met the SLOs)" in verdict.message
+    (none,) = judge_budgets(CostBudgets(monthly_usd=1).thresholds(), points[1:])
+    assert none.passed and "not judged" in none.message
+
+
+@pytest.mark.parametrize("turns", [1, 3])
+def test_a_seed_counts_the_prompt_tokens_and_sessions_it_served(turns: int) -> None:
+    """Sessions start evenly at 4 a second, each of `turns` turns, prompts of 200 tokens (with
+    history after the first turn) and answers of 50, on two replicas with room to spare: the
+    steady 36 s of a 40 s window serve 4 sessions a second; with one turn, 800 prompt tokens
+    and 200 output tokens a second."""
+    from simulator.forecast.seeds import SeedJob, run_seed
+    from tests.test_forecast import ENGINE
+
+    data = scenario_dict(
+        traffic={"arrival": {"type": "constant-arrival-rate", "rate": 4}, "duration_s": 40},
+        workload={
+            "prompt_tokens": {"dist": "constant", "value": 200},
+            "output_tokens": {"dist": "constant", "value": 50},
+        },
+        session={"turns": {"dist": "constant", "value": turns}},
+    )
+    scenario = Scenario.model_validate(data)
+    outcome = run_seed(SeedJob(scenario, ENGINE, 1, 1.0, 2, 40.0))
+    assert outcome.sessions_per_s == pytest.approx(4.0, abs=1 / 36)
+    if turns == 1:
+        assert outcome.input_tokens_per_s == pytest.approx(800.0, abs=200 / 36)
+        assert outcome.output_tokens_per_s == pytest.approx(200.0, abs=50 / 36)
+    else:  # later turns carry the history: more prompt tokens per request than the first
+        assert outcome.throughput == pytest.approx(12.0, rel=0.05)
+        assert outcome.input_tokens_per_s > 3 * 800.0
+
+
+def test_the_rates_read_back_from_forecast_json_and_older_files_are_not_judged(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from surgecast.contracts import read_forecast, write_forecast
+
+    path = tmp_path / "forecast.json"
+    point = _point(1.0, 3, MONTH / 3)
+    write_forecast(path, [point])
+    (again,) = read_forecast(path)
+    assert again.best == point.best and Spend.of(again) == Spend.of(point)
+    doc = json.loads(path.read_text())
+    for key in ("input_tokens_per_s", "sessions_per_s"):  # as written before budgets
+        del doc["points"][0]["best"][key]
+    path.write_text(json.dumps(doc))
+    (old,) = read_forecast(path)
+    spend = Spend.of(old)
+    assert spend is not None and spend.monthly_usd == pytest.approx(MONTH)
+    budgets = CostBudgets(monthly_usd=20000, per_session_usd=0.01).thresholds()
+    monthly, session = judge_budgets(budgets, [old])
+    assert monthly.passed and "holds" in monthly.message
+    assert session.passed and "not judged: the forecast kept no rate" in session.message
