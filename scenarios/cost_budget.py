@@ -14,11 +14,11 @@ from scenarios.slo import Threshold
 
 # the budgets a scenario's `cost.budgets` may set: field name -> the figure it bounds
 COST_METRICS: dict[str, str] = {
-    "monthly_usd": "monthly spend (USD a month, 730 hours)",
-    "per_million_tokens_usd": "cost per million tokens, input (prompt) and output together",
+    "monthly_usd": "monthly spend",  # 730 hours
+    "per_million_tokens_usd": "cost per million tokens (input and output)",
     "per_million_output_tokens_usd": "cost per million output tokens",
-    "per_request_usd": "cost per request served",
-    "per_session_usd": "cost per session (conversation) started",
+    "per_request_usd": "cost per request",  # answered
+    "per_session_usd": "cost per session",  # started
 }
 _EXPR = re.compile(
     r"^\s*(?P<op><=|<|>=|>)?\s*(?P<sign>[-+]?)\s*\$?\s*"

@@ -51,6 +51,8 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_catalog.py::test_catalog_scenario_runs_from_a_clean_copy",
     "test_client_loop.py",
     "test_corpus_dir.py::test_the_flag_and_the_variable_on_the_command_line",
+    "test_cost_budgets.py::test_a_forecast_over_budget_exits_99_naming_the_budget_and_the_scale",
+    "test_cost_budgets.py::test_a_forecast_within_its_budgets_exits_0",
     "test_deployments.py::test_the_choice_is_brute_forces_and_the_cheapest_that_passed",
     "test_deployments.py::test_forecast_on_the_command_line_prints_the_choice_per_scale",
     "test_faults.py",

@@ -4,6 +4,7 @@ scale (hand-worked figures), and by `surgecast forecast` on the command line (ex
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from scenarios.objectives import CostBudgets
 from scenarios.spec import Scenario, ScenarioError, load_scenario
 from simulator.forecast.search import ZERO, Evaluation, ForecastPoint
 from simulator.forecast.seeds import Estimate
-from simulator.forecast.spend import Spend, judge_budgets
+from simulator.forecast.spend import Spend, judge_budgets, usd
 from tests.conftest import scenario_dict, write_scenario
 
 
@@ -133,8 +134,8 @@ def test_a_budget_fails_at_the_first_scale_over_it() -> None:
     assert not monthly.passed and monthly.scale == 10.0
     assert monthly.figure == pytest.approx(109500.0)
     assert monthly.message == (
-        "cost.budgets.monthly_usd '12000' crossed at x10: forecast monthly spend (USD a month, "
-        "730 hours) $109,500, limit <= $12,000; x1: $10,950, within it"
+        "cost.budgets.monthly_usd '12000' crossed at x10: forecast monthly spend $109,500, "
+        "limit <= $12,000; x1: $10,950, within it"
     )
     assert not per_token.passed and per_token.scale == 1.0
     assert per_token.figure == pytest.approx(25 / 9)
@@ -205,3 +206,56 @@ def test_the_rates_read_back_from_forecast_json_and_older_files_are_not_judged(
     monthly, session = judge_budgets(budgets, [old])
     assert monthly.passed and "holds" in monthly.message
     assert session.passed and "not judged: the forecast kept no rate" in session.message
+
+
+def _forecast(tmp_path: Path, name: str, budgets: dict[str, Any]) -> tuple[int, str, Any]:
+    """`surgecast forecast` at x1 and x10 on the known engine (no calibration noise), GPUs at
+    $2.50 an hour: its exit code, its output and its forecast.json."""
+    import json
+
+    from surgecast.contracts import write_calibration
+    from tests.conftest import run_cli
+    from tests.test_forecast import known
+
+    data = scenario_dict(
+        traffic={"rate": 4, "duration_s": 20, "seed": 3},
+        slos={"ttft": "p(95) < 300"},
+        forecast={"seeds": 2, "duration_s": 30, "workers": 1, "intervals": False},
+        cost={"gpu_hour_usd": 2.5, "budgets": budgets},
+    )
+    path = write_scenario(tmp_path / f"{name}.yaml", data)
+    cal = tmp_path / "cal.json"
+    write_calibration(cal, known())
+    fc = tmp_path / f"{name}.json"
+    args = ["--calibration", str(cal), "--scales", "10", "--json", str(fc)]
+    result = run_cli("forecast", str(path), *args)
+    return result.returncode, result.stdout + result.stderr, json.loads(fc.read_text())
+
+
+def test_a_forecast_over_budget_exits_99_naming_the_budget_and_the_scale(tmp_path: Path) -> None:
+    """The fleet at x10 needs more replicas than at x1: a monthly budget between their costs
+    (each replicas x $2.50 x 730 h) holds at x1 and is crossed at x10."""
+    code, text, doc = _forecast(tmp_path, "over", {"monthly_usd": 2000, "per_request_usd": 1})
+    one, ten = (p["best"]["replicas"] for p in doc["points"])
+    assert one * 2.5 * 730 <= 2000 < ten * 2.5 * 730, (one, ten)
+    assert code == 99, text[-3000:]
+    alert = (
+        f"COST ALERT: cost.budgets.monthly_usd '2000' crossed at x10: forecast monthly spend "
+        f"${ten * 2.5 * 730:,.0f}, limit <= $2,000; x1: ${one * 2.5 * 730:,.0f}, within it"
+    )
+    assert alert in text
+    assert "| per_request_usd " in text and "COST ALERT: cost.budgets.per_request_usd" not in text
+
+
+def test_a_forecast_within_its_budgets_exits_0(tmp_path: Path) -> None:
+    budgets = {"monthly_usd": "< 20000 USD", "per_million_tokens_usd": 50, "per_session_usd": 1}
+    code, text, doc = _forecast(tmp_path, "within", budgets)
+    assert code == 0, text[-3000:]
+    assert "COST ALERT" not in text and text.count("| PASS ") == 3
+    # per million tokens at x10, by hand from the forecast's own rates
+    ten = doc["points"][1]
+    tokens = ten["best"]["input_tokens_per_s"]["mean"] + ten["best"]["output_tokens_per_s"]["mean"]
+    per_million = ten["cost_per_month_usd"] / (tokens * 730 * 3600) * 1e6
+    assert ten["cost_per_month_usd"] == ten["best"]["replicas"] * 2.5 * 730
+    row = next(line for line in text.splitlines() if line.startswith("| per_million_tokens_usd"))
+    assert f" {usd(per_million)} " in row, (row, per_million)

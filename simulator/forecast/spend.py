@@ -119,11 +119,13 @@ def _judge(budget: Threshold, spends: Sequence[Spend], unmet: Sequence[float]) -
 
 
 def usd(value: float) -> str:
-    """US dollars for people: whole dollars from $100, cents from $1, else 3 significant."""
+    """US dollars for people: whole dollars from $100, cents from $1, else 3 significant
+    digits in decimals ($0.0000576)."""
     if not math.isfinite(value):
         return "n/a"
     if abs(value) >= 100:
         return f"${value:,.0f}"
-    if abs(value) >= 1:
+    if abs(value) >= 1 or value == 0:
         return f"${value:,.2f}"
-    return f"${value:.3g}"
+    decimals = 2 - math.floor(math.log10(abs(value)))
+    return f"${value:.{decimals}f}"
