@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from scenarios.cost_budget import parse_cost_budget
@@ -259,3 +260,97 @@ def test_a_forecast_within_its_budgets_exits_0(tmp_path: Path) -> None:
     assert ten["cost_per_month_usd"] == ten["best"]["replicas"] * 2.5 * 730
     row = next(line for line in text.splitlines() if line.startswith("| per_million_tokens_usd"))
     assert f" {usd(per_million)} " in row, (row, per_million)
+
+
+def test_cost_per_token_against_a_baseline_by_hand_and_through_the_gates_bootstrap() -> None:
+    """Two runs of the same requests (1,990 of 2,000 answered, 10 output tokens each, no prompt
+    counts): priced at $2 an hour, a run of span S costs 2 S / 3600 dollars, so
+    2 S / 3600 / 19,900 x 1e6 per million tokens. The candidate on twice the GPUs costs twice
+    that per token: +100%, significant, over a 10% budget; at the same price, no change."""
+    from scenarios.regress import parse_budget
+    from surgecast.compare import Run, compare
+    from surgecast.gate import judge_budget
+    from tests.test_gate import _table
+
+    rng = np.random.default_rng(5)
+    t = rng.lognormal(np.log(0.1), 0.5, 2000)
+    table = _table(t, t * 2, failed=10)
+    base = Run.of("b", table, usd_per_hour=2.0)
+    same, double = Run.of("c", table, usd_per_hour=2.0), Run.of("d", table, usd_per_hour=4.0)
+    expected = 2.0 * base.span_s / 3600 / 19_900 * 1e6
+    budget = parse_budget("cost_per_million_tokens", "rate regress < 10%")
+    (up,) = compare([base], [double], [("cost_per_million_tokens", "rate")]).changes
+    assert up.baseline == pytest.approx(expected) and up.candidate == pytest.approx(2 * expected)
+    assert up.unit == "USD/Mtok" and up.relative == pytest.approx(1.0)
+    assert up.significant and up.rel_low > 0.5
+    verdict = judge_budget(budget, up)
+    assert (
+        not verdict.passed and "cost_per_million_tokens rate regressed +100.0%" in verdict.message
+    )
+    (flat,) = compare([base], [same], [("cost_per_million_tokens", "rate")]).changes
+    assert flat.relative == 0.0 and judge_budget(budget, flat).passed
+    unpriced = Run.of("u", table)  # no price: a relative change cannot be judged
+    (unknown,) = compare([unpriced], [double], [("cost_per_million_tokens", "rate")]).changes
+    assert (
+        judge_budget(budget, unknown).passed
+        and "not judged" in judge_budget(budget, unknown).message
+    )
+
+
+def test_a_run_is_priced_by_its_own_run_json() -> None:
+    """4 simulated replicas x 2 GPUs x $3 an hour = $24 an hour; a measured target is one
+    replica; a cost section that no longer validates prices nothing."""
+    from surgecast.contracts import RunMeta
+    from surgecast.gate import usd_per_hour
+    from tests.conftest import run_json
+
+    scenario = scenario_dict(cost={"gpu_hour_usd": 3.0, "gpus_per_replica": 2})
+    simulated = run_json(
+        "s", scenario, source="simulated", target={"kind": "simulated", "replicas": 4}
+    )
+    assert usd_per_hour(RunMeta.model_validate(simulated)) == 24.0
+    assert usd_per_hour(RunMeta.model_validate(run_json("m", scenario))) == 6.0
+    broken = scenario_dict(cost={"gpu_hour_usd": -1})
+    assert usd_per_hour(RunMeta.model_validate(run_json("b", broken))) == 0.0
+
+
+def _priced_folder(path: Path, gpus: int) -> Path:
+    """A simulated run folder of the same requests, its replica on `gpus` GPUs at $2 an hour."""
+    from scenarios.plan import build_plan
+    from scenarios.records import write_records
+    from scenarios.spec import parse_scenario
+    from simulator.engine.core import engine_from_spec
+    from simulator.replay.sim import simulate
+    from surgecast.rundir import RunFolder
+    from tests.conftest import run_json
+
+    data = scenario_dict(
+        traffic={"rate": 6, "duration_s": 20, "seed": 1},
+        regressions={"cost_per_million_tokens": "rate regress < 10%"},
+        cost={"gpu_hour_usd": 2.0, "gpus_per_replica": gpus},
+        telemetry={"prometheus": False, "gpu": False},
+    )
+    scenario = parse_scenario(data)
+    result = simulate(build_plan(scenario), engine_from_spec(scenario.reference_target))
+    path.mkdir(parents=True)
+    write_records(path / "requests.jsonl", result.records)
+    meta = run_json(path.name, scenario.model_dump(mode="json"), source="simulated")
+    RunFolder(path).write_meta(meta)
+    return path
+
+
+def test_the_gate_fails_a_candidate_costlier_per_token_with_99(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    base = _priced_folder(tmp_path / "base", gpus=1)
+    dear = _priced_folder(tmp_path / "dear", gpus=2)
+    args = ["gate", "--baseline", str(base), "--out", str(tmp_path / "g")]
+    failed = run_cli(*args, "--candidate", str(dear))
+    assert failed.returncode == 99, failed.stdout[-2000:] + failed.stderr[-2000:]
+    row = next(line for line in failed.stdout.splitlines() if "cost_per_million_tokens" in line)
+    assert "**FAIL**" in row and "rate regress < 10%" in row and "+100.0%" in row, row
+    junit = (tmp_path / "g" / "junit.xml").read_text()
+    assert "cost_per_million_tokens rate regressed +100.0%" in junit
+    again = _priced_folder(tmp_path / "again", gpus=1)
+    passed = run_cli(*args, "--candidate", str(again))
+    assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-2000:]
