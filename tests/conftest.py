@@ -54,6 +54,7 @@ SLOW = {  # test files, or a test function (every parameter of it) as FILE::NAME
     "test_cost_budgets.py::test_a_forecast_over_budget_exits_99_naming_the_budget_and_the_scale",
     "test_cost_budgets.py::test_a_forecast_within_its_budgets_exits_0",
     "test_cost_budgets.py::test_the_gate_fails_a_candidate_costlier_per_token_with_99",
+    "test_cost_budgets.py::test_the_reports_verdict_shows_a_cost_alert_first",
     "test_deployments.py::test_the_choice_is_brute_forces_and_the_cheapest_that_passed",
     "test_deployments.py::test_forecast_on_the_command_line_prints_the_choice_per_scale",
     "test_faults.py",

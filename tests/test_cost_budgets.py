@@ -314,7 +314,7 @@ def test_a_run_is_priced_by_its_own_run_json() -> None:
     assert usd_per_hour(RunMeta.model_validate(run_json("b", broken))) == 0.0
 
 
-def _priced_folder(path: Path, gpus: int) -> Path:
+def _priced_folder(path: Path, gpus: int, budgets: dict[str, Any] | None = None) -> Path:
     """A simulated run folder of the same requests, its replica on `gpus` GPUs at $2 an hour."""
     from scenarios.plan import build_plan
     from scenarios.records import write_records
@@ -327,7 +327,7 @@ def _priced_folder(path: Path, gpus: int) -> Path:
     data = scenario_dict(
         traffic={"rate": 6, "duration_s": 20, "seed": 1},
         regressions={"cost_per_million_tokens": "rate regress < 10%"},
-        cost={"gpu_hour_usd": 2.0, "gpus_per_replica": gpus},
+        cost={"gpu_hour_usd": 2.0, "gpus_per_replica": gpus, "budgets": budgets or {}},
         telemetry={"prometheus": False, "gpu": False},
     )
     scenario = parse_scenario(data)
@@ -354,3 +354,32 @@ def test_the_gate_fails_a_candidate_costlier_per_token_with_99(tmp_path: Path) -
     again = _priced_folder(tmp_path / "again", gpus=1)
     passed = run_cli(*args, "--candidate", str(again))
     assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-2000:]
+
+
+def test_the_reports_verdict_shows_a_cost_alert_first(tmp_path: Path) -> None:
+    """The forecast in the folder costs $10,950 a month at x1 and $109,500 at x10: a $12,000
+    budget puts a cost alert at the top of the verdict; a $200,000 one is met, said after."""
+    from surgecast.contracts import write_forecast
+    from surgecast.report import render
+    from surgecast.rundir import RunFolder
+
+    points = [_point(1.0, 3, MONTH / 3), _point(10.0, 30, MONTH / 3)]
+    over = _priced_folder(tmp_path / "over", gpus=1, budgets={"monthly_usd": 12000})
+    write_forecast(over / "forecast.json", points)
+    html, md = render(RunFolder(over))
+    verdict = Path(md).read_text().split("## Verdict\n\n", 1)[1].splitlines()
+    assert verdict[0] == "- **Cost alert:** the forecast misses the scenario's cost budgets"
+    assert verdict[1] == (
+        "  - cost.budgets.monthly_usd '12000' crossed at x10: forecast monthly spend $109,500, "
+        "limit <= $12,000; x1: $10,950, within it"
+    )
+    page = Path(html).read_text()
+    assert page.index("Cost alert:") < page.index("Simulated run.")  # first in the verdict
+    assert "FAIL: crossed at x10" in page  # the forecast section's budget table
+
+    met = _priced_folder(tmp_path / "met", gpus=1, budgets={"monthly_usd": 200000})
+    write_forecast(met / "forecast.json", points)
+    _, md = render(RunFolder(met))
+    text = Path(md).read_text()
+    assert "Cost alert" not in text
+    assert "**Cost budgets met:** 1 of 1 judged and held at every forecast scale up to x10" in text
