@@ -2,7 +2,8 @@
 
 A budget bounds how much worse a candidate run may be than its baseline: relative with `%`,
 else absolute in the metric's unit (milliseconds for latencies, a fraction for error_rate,
-requests per second for throughput and goodput, where worse means lower).
+requests per second for throughput and goodput, where worse means lower, US dollars per million
+tokens for cost_per_million_tokens).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e")
-RATES = ("error_rate", "throughput", "goodput")
+RATES = ("error_rate", "throughput", "goodput", "cost_per_million_tokens")
 _EXPR = re.compile(
     r"^\s*(?P<stat>p\(\s*(?P<q>\d+(?:\.\d+)?)\s*\)|avg|med|rate)\s+regress\s*(?P<op><=|<)\s*"
     r"(?P<value>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*(?P<pct>%?)\s*$"
@@ -20,7 +21,7 @@ _EXPR = re.compile(
 
 @dataclass(frozen=True)
 class Budget:
-    metric: str  # ttft, itl, tpot, e2e, error_rate, throughput or goodput
+    metric: str  # ttft, itl, tpot, e2e, error_rate, throughput, goodput, cost_per_million_tokens
     stat: str  # "p95", "avg", "med" or "rate"
     limit: float  # a fraction when relative (10% -> 0.10), else in the metric's unit
     relative: bool

@@ -26,7 +26,7 @@ from scenarios.distributions import Constant, Distribution, LogNormal, Normal, U
 from scenarios.files import data_file_problem
 from scenarios.fleet_spec import AutoscalerSpec, ColdStartSpec, FleetSpec
 from scenarios.messy import Messiness
-from scenarios.objectives import Regressions, Slos
+from scenarios.objectives import CostBudgets, Regressions, Slos
 from scenarios.prompts import TextSource, WordsSource
 from scenarios.safe_yaml import MAX_NODES, parse_yaml
 from scenarios.seconds import SecondsDistribution
@@ -67,6 +67,7 @@ __all__ = [  # sections defined elsewhere, part of the schema here
     "AutoscalerSpec",
     "ColdStartSpec",
     "Constant",
+    "CostBudgets",
     "Distribution",
     "FleetSpec",
     "LogNormal",
@@ -237,12 +238,18 @@ class Session(Strict):
 
 
 class Cost(Strict):
-    gpu_hour_usd: float = Field(ge=0)
+    gpu_hour_usd: float = Field(ge=0, description="Price of one GPU for an hour, in US dollars.")
     gpus_per_replica: int = Field(
         1,
         ge=1,
         description="GPUs one replica runs on (its tensor parallelism): each is priced, and a "
         "cold start from a model and GPU profile loads its weights over all of them.",
+    )
+    budgets: CostBudgets = Field(
+        default_factory=CostBudgets,
+        description="Spend budgets judged like SLOs (monthly_usd, per_million_tokens_usd, "
+        "per_million_output_tokens_usd, per_request_usd, per_session_usd): `forecast` exits 99 "
+        "naming the budget, the figure and the first scale over it.",
     )
 
 

@@ -1,9 +1,10 @@
 """Candidate runs against baseline runs: each metric's change with a bootstrap interval.
 
 Latencies (ms) by percentile, throughput and goodput (req/s over each run's first send to last
-response) and the error rate, each as candidate minus baseline, absolute and relative, with a
-percentile interval from a hierarchical bootstrap (runs, then blocks of requests in time; see
-`bootstrap`).
+response), the error rate and the cost per million tokens (the run's price per hour over its
+span, per million input and output tokens served), each as candidate minus baseline, absolute
+and relative, with a percentile interval from a hierarchical bootstrap (runs, then blocks of
+requests in time; see `bootstrap`).
 A change is significant when its interval excludes 0.
 """
 
@@ -28,24 +29,43 @@ from surgecast.files import write_whole
 
 QUANTILES = (50, 95, 99)
 HIGHER_IS_BETTER = ("throughput", "goodput")
-UNITS = {"error_rate": "", "throughput": "req/s", "goodput": "req/s"}
+UNITS = {
+    "error_rate": "",
+    "throughput": "req/s",
+    "goodput": "req/s",
+    "cost_per_million_tokens": "USD/Mtok",
+}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run's final attempts (retried ones dropped) and its completion span in seconds."""
+    """One run's final attempts (retried ones dropped), its completion span in seconds and
+    what its target cost an hour (US dollars; 0: not priced)."""
 
     label: str
     table: RequestTable
     span_s: float
+    usd_per_hour: float = 0.0
 
     @classmethod
-    def of(cls, label: str, attempts: RequestTable) -> Run:
+    def of(cls, label: str, attempts: RequestTable, usd_per_hour: float = 0.0) -> Run:
         table = attempts.select(~attempts.retried)
         if len(table) == 0:
-            return cls(label, table, 1e-9)
+            return cls(label, table, 1e-9, usd_per_hour)
         ends = np.where(np.isnan(table.end), table.start, table.end)
-        return cls(label, table, max(float(ends.max() - table.start.min()), 1e-9))
+        span = max(float(ends.max() - table.start.min()), 1e-9)
+        return cls(label, table, span, usd_per_hour)
+
+
+def served_tokens(table: RequestTable) -> np.ndarray:
+    """Each row's tokens served: its prompt's (the server's count, else the plan's) and its
+    answer's, for successful rows; 0 for the others."""
+    prompt = table.output_tokens * 0
+    if table.tokens is not None:
+        prompt = np.where(
+            table.tokens.prompt >= 0, table.tokens.prompt, table.tokens.planned_prompt
+        )
+    return np.where(table.ok, prompt + table.output_tokens, 0)
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,13 @@ class _Side:
             out += np.bincount(rb[mask_of(r)], minlength=self.blocks)
         return out
 
+    def sum_per_block(self, values_of: Callable[[Run], np.ndarray]) -> np.ndarray:
+        """The sum of `values_of`'s per-row values in each block."""
+        out = np.zeros(self.blocks)
+        for r, rb in zip(self.runs, self.row_block, strict=True):
+            out += np.bincount(rb, weights=values_of(r).astype(float), minlength=self.blocks)
+        return out
+
     def spans(self) -> np.ndarray:
         """Each block's share of its run's span (seconds)."""
         k = np.bincount(self.layout.block_run)
@@ -180,10 +207,24 @@ def _draw_rate(
             draws = f / (f + o)
         total = failed.sum() + ok.sum()
         return (float(failed.sum() / total) if total else math.nan), draws
+    if metric == "cost_per_million_tokens":
+        return _draw_cost(side, picks)
     if metric == "goodput":
         ok = side.per_block(lambda r: r.table.meets(limits))
     spans = side.spans()
     return float(ok.sum() / spans.sum()), totals(ok, picks) / totals(spans, picks)
+
+
+def _draw_cost(side: _Side, picks: np.ndarray) -> tuple[float, np.ndarray]:
+    """US dollars per million tokens served: each block's share of its run's priced span over
+    the block's tokens (input and output of successful requests)."""
+    price = np.array([r.usd_per_hour for r in side.runs])[side.layout.block_run]
+    usd = side.spans() * price / 3600.0
+    tokens = side.sum_per_block(lambda r: served_tokens(r.table))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = totals(usd, picks) / totals(tokens, picks) * 1e6
+    point = float(usd.sum() / tokens.sum() * 1e6) if tokens.sum() > 0 else math.nan
+    return point, draws
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from scenarios.metrics import check_slos
 from scenarios.regress import Budget
 from scenarios.slo import Threshold
-from scenarios.spec import Scenario, parse_scenario
+from scenarios.spec import Cost, Scenario, parse_scenario
 from scenarios.table import RequestTable
 from surgecast.compare import (
     Change,
@@ -25,6 +26,7 @@ from surgecast.compare import (
     compare,
     goodput_limits,
 )
+from surgecast.contracts import RunMeta
 from surgecast.junit import Case
 from surgecast.rundir import InvalidRun, RunFolder
 from surgecast.tables import markdown
@@ -41,7 +43,8 @@ class Verdict:
 
 
 def load_run(path: Path) -> Run:
-    """A run folder's requests as a `Run`; InvalidRun when its run.json says it is invalid."""
+    """A run folder's requests as a `Run`, priced by its run.json (`usd_per_hour`); InvalidRun
+    when its run.json says it is invalid."""
 
     folder = RunFolder(path)
     meta = folder.meta()
@@ -49,7 +52,18 @@ def load_run(path: Path) -> Run:
     if meta.status != "finished" or (validity is not None and not validity.valid):
         reasons = "; ".join(validity.reasons if validity else []) or f"status {meta.status!r}"
         raise InvalidRun(f"{path}: the run is invalid ({reasons}): rerun it before gating on it")
-    return Run.of(meta.run_id, folder.table())
+    return Run.of(meta.run_id, folder.table(), usd_per_hour(meta))
+
+
+def usd_per_hour(meta: RunMeta) -> float:
+    """What the run's target cost an hour by its own scenario's `cost` section: its replicas (a
+    simulated fleet's, else one) x GPUs per replica x the GPU's price; 0 (not priced) when that
+    section does not validate."""
+    try:
+        cost = Cost.model_validate(meta.scenario.get("cost", {"gpu_hour_usd": 2.0}))
+    except ValidationError:
+        return 0.0
+    return (meta.target.replicas or 1) * cost.gpus_per_replica * cost.gpu_hour_usd
 
 
 def run_scenario(path: Path) -> Scenario:

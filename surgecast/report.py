@@ -25,6 +25,7 @@ from scenarios.runfiles import UnreadableFile
 from scenarios.spec import Scenario
 from scenarios.table import RequestTable
 from simulator.forecast.search import ForecastPoint
+from simulator.forecast.spend import BudgetVerdict, judge_budgets
 from surgecast.compare import (
     HEADERS,
     Comparison,
@@ -49,6 +50,7 @@ from surgecast.tables import (
     Table,
     as_markdown,
     backtest_data,
+    budget_blocks,
     calibration_blocks,
     error_table,
     forecast_blocks,
@@ -251,14 +253,39 @@ def _or_warn(path: Path, build: Callable[[], T]) -> T | None:
 
 
 def verdict_lines(
-    meta: RunMeta, summary: Summary, comparison: Comparison | None
+    meta: RunMeta,
+    summary: Summary,
+    comparison: Comparison | None,
+    budgets: Sequence[BudgetVerdict] = (),
 ) -> list[VerdictLine]:
-    """What a reader needs first: can the run be trusted, were the SLOs met, did it regress."""
-    lines = [_validity_line(meta), _slo_line(summary)]
+    """What a reader needs first: a cost alert when the forecast misses a cost budget, then can
+    the run be trusted, were the SLOs met, did it regress, did the forecast keep its budgets."""
+    missed = [v for v in budgets if not v.passed]
+    lines = [_cost_alert(missed)] if missed else []
+    lines += [_validity_line(meta), _slo_line(summary)]
     if comparison is not None:
         lines.append(_regression_line(comparison))
+    if budgets and not missed:
+        lines.append(VerdictLine("Cost budgets met:", "good", _budgets_met(budgets)))
     lines += [VerdictLine("Warning:", "warning", w) for w in meta.warnings]
     return lines
+
+
+def _cost_alert(missed: Sequence[BudgetVerdict]) -> VerdictLine:
+    """Each cost budget the forecast misses: the budget, the figure, the limit, the scale."""
+    return VerdictLine(
+        "Cost alert:",
+        "bad",
+        "the forecast misses the scenario's cost budgets",
+        tuple(v.message for v in missed),
+    )
+
+
+def _budgets_met(budgets: Sequence[BudgetVerdict]) -> str:
+    judged = [v for v in budgets if math.isfinite(v.figure)]
+    scales = sorted({v.scale for v in judged if v.scale is not None})
+    top = f" up to x{scales[-1]:g}" if scales else ""
+    return f"{len(judged)} of {len(budgets)} judged and held at every forecast scale{top}."
 
 
 def _validity_line(meta: RunMeta) -> VerdictLine:
@@ -345,12 +372,14 @@ def render(folder: RunFolder, baseline: RunFolder | None = None) -> tuple[str, s
             [Run.of(meta.run_id, run_table)],
             limits=goodput_limits(scenario.thresholds()),
         )
-    sections = _sections(folder, meta, run_table, summary, comparison)
+    points = _document(folder.forecast, read_forecast)
+    budgets = judge_budgets(scenario.cost.budgets.thresholds(), points) if points else []
+    sections = _sections(folder, meta, run_table, summary, comparison, points or [], budgets)
     where = " ".join(x for x in (meta.target.kind, meta.target.base_url) if x)
     header = (
         f"Scenario {scenario.name}, target {where}, seed {meta.seed}, started {meta.started_at}."
     )
-    verdict = verdict_lines(meta, summary, comparison)
+    verdict = verdict_lines(meta, summary, comparison, budgets)
     md = [f"# surgecast run {meta.run_id}", "", "## Verdict", ""]
     md += [line.markdown() for line in verdict] + ["", md_text(header), ""]
     for section in sections:
@@ -374,6 +403,8 @@ def _sections(
     run_table: RequestTable,
     summary: Summary,
     comparison: Comparison | None,
+    points: Sequence[ForecastPoint] = (),
+    budgets: Sequence[BudgetVerdict] = (),
 ) -> list[Section]:
     """The report's sections after the verdict, in order: plots, tables, the comparison, and
     the calibration, back-test and forecast where the folder has them."""
@@ -395,7 +426,7 @@ def _sections(
         sections.append(Section("Errors by kind", blocks=[error_table(summary)]))
     if comparison is not None:
         sections.append(_comparison_section(comparison))
-    return sections + _derived_sections(folder)
+    return sections + _derived_sections(folder, points, budgets)
 
 
 def _comparison_section(comparison: Comparison) -> Section:
@@ -411,8 +442,11 @@ def _comparison_section(comparison: Comparison) -> Section:
     )
 
 
-def _derived_sections(folder: RunFolder) -> list[Section]:
-    """Calibration, back-test and forecast, from their files where present and usable."""
+def _derived_sections(
+    folder: RunFolder, points: Sequence[ForecastPoint], budgets: Sequence[BudgetVerdict]
+) -> list[Section]:
+    """Calibration, back-test and forecast (`points`, read from forecast.json, with the cost
+    budgets judged on it), from their files where present and usable."""
     sections = []
     calibration = _document(folder.calibration, read_calibration)
     if calibration is not None:
@@ -428,12 +462,11 @@ def _derived_sections(folder: RunFolder) -> list[Section]:
                 + [f"WARNING: {w}" for w in backtest.warnings],
             )
         )
-    points = _document(folder.forecast, read_forecast)
     if points:
         sections.append(
             Section(
                 "Capacity forecast",
-                blocks=forecast_blocks(points),
+                blocks=forecast_blocks(points) + budget_blocks(budgets, points),
                 figures=[forecast_plot(points)],
             )
         )

@@ -17,6 +17,7 @@ from simulator.fit.calibrate import PARAMS, Calibration
 from simulator.forecast.deployments import Choice
 from simulator.forecast.search import ForecastPoint
 from simulator.forecast.seeds import Estimate
+from simulator.forecast.spend import BudgetVerdict, Spend, usd
 
 
 @dataclass(frozen=True)
@@ -418,6 +419,30 @@ def forecast_blocks(points: Sequence[ForecastPoint]) -> list[Block]:
     if auto is not None:
         blocks += ["autoscaled (the scenario's fleet.autoscaler) against the fixed fleet:", auto]
     return [*blocks, cores_line(points)]
+
+
+def budget_blocks(
+    verdicts: Sequence[BudgetVerdict], points: Sequence[ForecastPoint]
+) -> list[Block]:
+    """The scenario's cost budgets: each one's figure at every scale (the fleet meeting the
+    SLOs there; tokens are input and output together) and its verdict, then each one missed in
+    words, as a cost alert. Nothing without budgets."""
+    if not verdicts:
+        return []
+    ordered = sorted(points, key=lambda p: p.scale)
+    spends = [Spend.of(p) for p in ordered]
+    rows: list[list[object]] = []
+    for v in verdicts:
+        figures = ["-" if s is None else usd(s.figure(v.budget.metric)) for s in spends]
+        if v.passed:
+            verdict = "PASS" if math.isfinite(v.figure) else "not judged"
+        else:
+            verdict = f"FAIL: crossed at x{v.scale:g}"
+        limit = f"{v.budget.op} {usd(v.budget.value)}"
+        rows.append([v.budget.metric, limit, *figures, verdict])
+    headers = ["cost budget", "limit", *(f"x{p.scale:g}" for p in ordered), "verdict"]
+    alerts = [f"COST ALERT: {v.message}" for v in verdicts if not v.passed]
+    return ["cost budgets (US dollars; tokens: input and output):", Table(headers, rows), *alerts]
 
 
 def cores_line(points: Sequence[ForecastPoint]) -> str:

@@ -68,6 +68,8 @@ class Evaluation:
     peak_replicas: Estimate = ZERO
     cold_starts: Estimate = ZERO
     core: str = ""  # the simulator core its seeds ran on ("fast", "reference"; "": none ran)
+    input_tokens_per_s: Estimate = ZERO  # prompt tokens of the requests answered
+    sessions_per_s: Estimate = ZERO  # sessions (conversations) started
 
     @property
     def headroom(self) -> float:

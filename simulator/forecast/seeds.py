@@ -54,6 +54,8 @@ class SeedOutcome:
     peak_replicas: float
     cold_starts: float
     core: str = "reference"  # the simulator core that ran it (simulate's `core`)
+    input_tokens_per_s: float = 0.0  # prompt tokens of the requests answered, per second
+    sessions_per_s: float = 0.0  # sessions (conversations) started, per second
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ def run_seed(job: SeedJob, plan: list[RequestSpec] | None = None) -> SeedOutcome
     ttft, e2e = summary.metrics["ttft"].percentiles, summary.metrics["e2e"].percentiles
     window = job.duration_s - warmup
     tokens = int(steady.output_tokens[steady.ok].sum())
+    prompts = steady.tokens.prompt[steady.ok] if steady.tokens is not None else np.zeros(0)
+    sessions = sum(1 for spec in plan if spec.turn == 0 and warmup <= spec.arrival < job.duration_s)
     lives = result.fleet.replica_seconds  # over the records' span, first send to last end
     span = float(np.fmax(table.end, table.start).max() - table.start.min()) if len(table) else 0.0
     return SeedOutcome(
@@ -151,4 +155,6 @@ def run_seed(job: SeedJob, plan: list[RequestSpec] | None = None) -> SeedOutcome
         float(result.fleet.peak_replicas or job.replicas),
         float(result.fleet.cold_starts),
         result.core,
+        float(np.maximum(prompts, 0).sum()) / window if window > 0 else 0.0,
+        sessions / window if window > 0 else 0.0,
     )

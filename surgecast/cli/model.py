@@ -28,6 +28,7 @@ from surgecast.console import out, say_stderr, warn
 if TYPE_CHECKING:  # the heavy packages load when a command runs, not for --help
     from scenarios.spec import Scenario
     from simulator.fit.calibrate import Calibration
+    from simulator.forecast.search import ForecastPoint
 
 Subparsers = argparse._SubParsersAction
 
@@ -322,11 +323,25 @@ def cmd_forecast(a: argparse.Namespace) -> int:
         raise BadInput("--html and --exhaustive need a scenario with a `deployments` section")
     points = forecast_scenario(scenario, calibration, scales, scheduler=a.scheduler)
     out(forecast_table(points))
+    within = within_budgets(scenario, points)
     if a.json_out:
         from surgecast.contracts import write_forecast
 
         write_forecast(Path(a.json_out), points)
-    return EXIT_OK if all(p.best is not None for p in points) else EXIT_SLO
+    met = all(p.best is not None for p in points) and within
+    return EXIT_OK if met else EXIT_SLO
+
+
+def within_budgets(scenario: Scenario, points: Sequence[ForecastPoint]) -> bool:
+    """The scenario's cost budgets judged on the forecast and printed (figure per scale, a
+    cost alert for each one missed); False when one is missed."""
+    from simulator.forecast.spend import judge_budgets
+    from surgecast.tables import as_markdown, budget_blocks
+
+    verdicts = judge_budgets(scenario.cost.budgets.thresholds(), points)
+    if verdicts:
+        out("\n" + as_markdown(budget_blocks(verdicts, points)))
+    return all(v.passed for v in verdicts)
 
 
 def _choose_deployment(

@@ -320,11 +320,12 @@ def _model_child(m: Modelling, scenario: Scenario, folder: RunFolder) -> None:
 
 def _model_the_run(m: Modelling, scenario: Scenario, folder: RunFolder) -> int | None:
     """Calibrate on the run, back-test it and forecast its scenario; EXIT_INVALID when the
-    records cannot support a fit (nothing written), else None."""
+    records cannot support a fit (nothing written), EXIT_SLO when the forecast misses one of
+    the scenario's cost budgets, else None."""
     from simulator.fit.backtest import backtest_warnings
     from simulator.fit.calibrate import CalibrationError, fit_problems
     from surgecast.calibration import calibrate_runs
-    from surgecast.cli.model import unusable
+    from surgecast.cli.model import unusable, within_budgets
     from surgecast.contracts import write_calibration
     from surgecast.predict import backtest_run, forecast_scenario, save_forecast
     from surgecast.tables import backtest_table, calibration_table, forecast_table
@@ -351,4 +352,4 @@ def _model_the_run(m: Modelling, scenario: Scenario, folder: RunFolder) -> int |
     points = forecast_scenario(scenario, cal, scales, scheduler=m.scheduler)
     save_forecast(folder, points)
     out("\n" + forecast_table(points))
-    return None
+    return None if within_budgets(scenario, points) else EXIT_SLO

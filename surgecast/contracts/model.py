@@ -222,6 +222,9 @@ class EstimateDoc(Strict):
         return Estimate(nan_of(self.mean), nan_of(self.low), nan_of(self.high))
 
 
+UNKNOWN = Estimate(math.nan, math.nan, math.nan)
+
+
 class EvaluationDoc(Strict):
     """One fleet size simulated over the seeds."""
 
@@ -249,6 +252,12 @@ class EvaluationDoc(Strict):
     mean_replicas: EstimateDoc
     peak_replicas: EstimateDoc
     cold_starts: EstimateDoc
+    input_tokens_per_s: EstimateDoc | None = Field(
+        None, description="prompt tokens of the requests answered, per second (null: not kept)"
+    )
+    sessions_per_s: EstimateDoc | None = Field(
+        None, description="sessions (conversations) started per second (null: not kept)"
+    )
 
     @classmethod
     def of(cls, e: Evaluation) -> EvaluationDoc:
@@ -268,6 +277,8 @@ class EvaluationDoc(Strict):
             v = getattr(self, f.name)
             if isinstance(v, EstimateDoc):
                 v = v.estimate()
+            elif v is None and f.name in ("input_tokens_per_s", "sessions_per_s"):
+                v = UNKNOWN  # a forecast.json written before they were kept
             elif f.name == "observed":
                 v = {k: x.estimate() for k, x in v.items()}
             values[f.name] = v
