@@ -7,14 +7,14 @@ on each core (the fast one, simulator/fast, beside the reference, SimPy, in the 
     python benchmarks/simulator_speed.py --cores fast # one core only
 
 Each fleet gets 6 requests/s per replica (continuous batching, 32 slots, answers of 20-200
-tokens: about 80% load); the `long` row has answers of 200-1000 tokens at 1 request/s per replica,
-where a batch changes less often a step. Each row runs in a fresh process (so its peak memory is
-its own) `--repeat` times and shows the fastest; req/s is per wall-clock second, req/cpu-s per
-second of the process's CPU time (steadier on a shared machine). `--stepping` runs the engine one
-step at a time (no jumps), as the simulator did before it jumped. Neither core's time includes
-loading its code (imports; for the fast core, numba's cache of its compiled code, about 0.4 s
-in a fresh process; it compiles once per checkout, before the timed runs). Compare rows of one
-run.
+tokens: about 80% load); the `long` rows have answers of 200-1000 tokens at 1 request/s per
+replica, where a batch changes less often a step. Each row runs in a fresh process (so its
+peak memory is its own) `--repeat` times and shows the fastest; req/s is per wall-clock second,
+req/cpu-s per second of the process's CPU time (steadier on a shared machine). `--stepping`
+runs the engine one step at a time (no jumps), as the simulator did before it jumped. Neither
+core's time includes loading its code (imports; for the fast core, numba's cache of its
+compiled code, about 0.4 s in a fresh process; it compiles once per checkout, before the timed
+runs). Compare rows of one run.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ ROWS = [
     ("1", 1, 4800.0, SHORT),
     ("32", 32, 150.0, SHORT),
     ("1000", 1000, 8.0, SHORT),
+    ("1 long", 1, 28800.0, LONG),
     ("32 long", 32, 900.0, LONG),
+    ("1000 long", 1000, 48.0, LONG),
     ("32 chat", 32, 150.0, CHAT),
 ]
 MILLION = ("256 (1M)", 256, 651.0, SHORT)  # a forecast slice of 256 replicas: ~1,000,000 requests
