@@ -44,12 +44,10 @@ def unsupported(
     fleet: FleetSpec | None = None,
     faults: TargetFaults | None = None,
 ) -> str | None:
-    """Why the fast core cannot run this simulation yet (None: it can). It covers a fixed
-    fleet routed by least outstanding, round robin, at random, to the emptiest KV cache or by
-    prefix affinity,
-    with or without a central queue and an admission limit, the reference target's injected
-    429s and 500s, with or without prefix caching, and users who retry and give up; the
-    reference runs the rest."""
+    """Why the fast core cannot run this simulation (None: it can). It covers the whole model
+    (every routing, a central queue, an admission limit, an autoscaler with its cold starts,
+    prefix caching, the reference target's injected 429s and 500s, users who retry and give
+    up); the reference runs sizes past the kernel's integers."""
     fleet = fleet or FleetSpec()
     if max(config.kv_cache_tokens, config.max_batched_tokens) > TOKENS_LIMIT:
         return f"a KV cache or token budget over {TOKENS_LIMIT:,} tokens"
