@@ -65,7 +65,6 @@ from simulator.fast.layout import (
     ROWS,
     RUN_LEN,
     RUNNING,
-    S_MAX,
     S_METRIC,
     SEQ,
     SIZE,
@@ -89,7 +88,14 @@ from simulator.fast.layout import (
 )
 from simulator.fast.prefix import room_for_an_event
 from simulator.fast.queues import _load_changed, _schedule, _take, _unlink
-from simulator.fast.scaling import cold_sleep, make_ready, start_scaler, tick, warm_up
+from simulator.fast.scaling import (
+    cold_sleep,
+    make_ready,
+    rows_room,
+    start_scaler,
+    tick,
+    warm_up,
+)
 
 
 @jit(inline="always")
@@ -204,7 +210,7 @@ def room(w: State, e: Events, c: Config) -> bool:
     replicas an autoscaler's evaluation (or a request to a fleet scaled to zero) may add."""
     if c.prefix_headroom and not room_for_an_event(w, c):
         return False
-    return not c.autoscale or e.ctr[ROWS] + int(c.scaler[S_MAX]) + 1 <= c.replicas
+    return not c.autoscale or rows_room(e, c)
 
 
 @jit

@@ -3,12 +3,13 @@ shared blocks): each replica's cached blocks, ref-counted, those no request hold
 least-recently-freed order until a new block needs their space; and for prefix_affinity routing
 the prefix blocks of the requests in flight on each replica (`Router.placed`).
 
-A request's full prefix blocks are the key ids `State.keys[KOFF : KOFF + KLEN]` (the plan's
-`prefix_block_keys`, numbered in Python). A block cached or in flight on replica r is an entry,
-a row of `State.entries` (its key, the requests holding it (-1: not cached), its neighbours in
-r's list of evictable ones, the requests in flight with it) found by key id << ROW_BITS | r in
-a hash table (`State.tkeys`, `.tvalues`: linear probing, at most half full); `State.memo`
-keeps, beside each key, its entry while the request holds it (no lookup to let go of it).
+All of it lives in one array, `State.prefix` (`parts`). A request's full prefix blocks are the
+key ids `ids[KOFF : KOFF + KLEN]` (the plan's `prefix_block_keys`, numbered in Python). A block
+cached or in flight on replica r is an entry, a row of `entries` (its key, the requests holding
+it (-1: not cached), its neighbours in r's list of evictable ones, the requests in flight with
+it) found by key id << ROW_BITS | r in a hash table (`tkeys`, `tvalues`: linear probing, at
+most half full); `memo` keeps, beside each key, its entry while the request holds it (no
+lookup to let go of it).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from simulator.fast.queues import _append as append
 from simulator.fast.queues import _unlink as unlink
 from simulator.fast.scaling import routable
 
-# `State.prefix`, one array (a State field costs every call that passes the State): a header
+# `State.prefix`, one array (grown whole between events, `sim._grown`): a header
 # (the first dropped entry's row (-1: none), the rows used, the keys in the table, and the
 # sizes of the parts that follow), then the requests' key ids, the memo beside them, the hash
 # table's keys and values, and the entries (`parts`)
@@ -77,7 +78,7 @@ def pack(ids: A, memo: A, tkeys: A, tvalues: A, entries: A, header: A) -> A:
 
 
 @jit
-def _key(ids: A, ri: A, c: Config, r: int, s: int, j: int) -> int:
+def _key(ids: A, ri: A, r: int, s: int, j: int) -> int:
     """The table's key of request `s`'s `j`-th prefix block on replica `r`."""
     return int(ids[ri[s, KOFF] + j] << ROW_BITS | r)
 
@@ -179,7 +180,7 @@ def cached_run(w: State, c: Config, r: int, s: int) -> int:
     ids, memo, keys, values, ents = parts(w.prefix)
     n, first = 0, w.ri[s, KOFF]
     while n < w.ri[s, KLEN]:
-        e = _find(keys, values, _key(ids, w.ri, c, r, s, n))
+        e = _find(keys, values, _key(ids, w.ri, r, s, n))
         if e < 0 or ents[e, E_REF] < 0:
             break
         memo[first + n] = e
@@ -218,7 +219,7 @@ def register(w: State, c: Config, r: int, s: int, computed: int) -> None:
     i, stop = ri[s, NCACHED], min(ri[s, KLEN], computed // c.block_size)
     ids, memo, keys, values, ents = parts(w.prefix)
     while i < stop:
-        key = _key(ids, w.ri, c, r, s, i)
+        key = _key(ids, w.ri, r, s, i)
         e = _find(keys, values, key)
         if e < 0:
             e = _new_entry(w, keys, values, ents, key)
@@ -295,7 +296,7 @@ def in_flight(w: State, c: Config, r: int, s: int, placed: bool) -> None:
     ids, memo, keys, values, ents = parts(w.prefix)
     for j in range(w.ri[s, KLEN]):
         if placed:
-            key = _key(ids, w.ri, c, r, s, j)
+            key = _key(ids, w.ri, r, s, j)
             e = _find(keys, values, key)
             if e < 0:
                 e = _new_entry(w, keys, values, ents, key)
@@ -348,6 +349,6 @@ def _held(w: State, c: Config, r: int, s: int) -> int:
     """How many of `s`'s leading prefix blocks replica `r` caches or has in flight."""
     ids, _, keys, values, _ = parts(w.prefix)
     n = 0
-    while n < w.ri[s, KLEN] and _find(keys, values, _key(ids, w.ri, c, r, s, n)) >= 0:
+    while n < w.ri[s, KLEN] and _find(keys, values, _key(ids, w.ri, r, s, n)) >= 0:
         n += 1
     return n

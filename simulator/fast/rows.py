@@ -51,6 +51,16 @@ def settings(scaler: AutoscalerSpec | None) -> np.ndarray:
     )  # fmt: skip
 
 
+def start(events: Events, replicas: int, users: int) -> None:
+    """The counters of a fleet of `replicas`, all ready, and of `users` not done yet; the
+    count log's first point."""
+    ctr = events.ctr
+    ctr[layout.ROWS] = ctr[layout.MEMBERS] = ctr[layout.READY_N] = replicas
+    ctr[layout.OUTSTANDING] = users
+    events.counts[0] = 0.0, replicas
+    ctr[layout.COUNTS] = 1
+
+
 def more_rows(
     state: State, events: Events, c: Config, n: int, draws: Draws
 ) -> tuple[State, Events, Config]:

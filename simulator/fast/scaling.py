@@ -64,6 +64,12 @@ def routable(qi: A, ctr: A, q: int) -> bool:
     return bool(life == READY or (life == STARTING and ctr[READY_N] == 0))
 
 
+@jit(inline="always")
+def _present(qi: A, q: int) -> bool:
+    """Whether replica `q` is one of the fleet's now (starting or ready)."""
+    return bool(qi[q, LIFE] == READY or qi[q, LIFE] == STARTING)
+
+
 @jit
 def nth_routable(qi: A, ctr: A, k: int) -> int:
     """The `k`-th replica the router may pick, in fleet order."""
@@ -92,6 +98,12 @@ def least_starting(qi: A, ctr: A) -> int:
             if best < 0 or load < best_load:
                 best, best_load = q, load
     return best
+
+
+@jit
+def rows_room(e: Events, c: Config) -> bool:
+    """Whether the rows hold the replicas one evaluation (or the activator) may add."""
+    return bool(e.ctr[ROWS] + int(c.scaler[S_MAX]) + 1 <= c.replicas)
 
 
 @jit
@@ -165,7 +177,7 @@ def _desired(w: State, e: Events, c: Config) -> int:
     if a[S_METRIC] == IN_FLIGHT:
         load = ctr[Q_LEN]
         for q in range(ctr[ROWS]):
-            if qi[q, LIFE] == READY or qi[q, LIFE] == STARTING:
+            if _present(qi, q):
                 load += qi[q, RUN_LEN] + qi[q, W_LEN]
         total = float(load)
     elif a[S_METRIC] == QUEUE:
@@ -173,7 +185,7 @@ def _desired(w: State, e: Events, c: Config) -> int:
     else:
         total = 0.0
         for q in range(ctr[ROWS]):
-            if qi[q, LIFE] == READY or qi[q, LIFE] == STARTING:
+            if _present(qi, q):
                 total += (c.num_blocks - qi[q, FREE]) / c.num_blocks
     want = int(np.ceil(total / a[S_TARGET] - 1e-9))
     return min(max(want, int(a[S_MIN])), int(a[S_MAX]))
@@ -203,7 +215,7 @@ def tick(w: State, e: Events, c: Config, now: float) -> None:
     for q in range(ctr[ROWS] - 1, -1, -1):  # the newest first
         if surplus <= 0:
             break
-        present = qi[q, LIFE] == READY or qi[q, LIFE] == STARTING
+        present = _present(qi, q)
         idle = qi[q, RUN_LEN] + qi[q, W_LEN] == 0 and now - qf[q, IDLE_SINCE] >= a[S_KEEP_ALIVE]
         if present and idle:
             _remove(w, e, c, q, now)

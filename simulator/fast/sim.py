@@ -20,7 +20,7 @@ from scenarios.users import followers_of, horizon, next_session
 from simulator.engine.core import EngineConfig
 from simulator.engine.drive import Usage
 from simulator.engine.stepcost import DecodeTableCost, RooflineCost, StepCost
-from simulator.fast import kernel, layout, prefix, rows
+from simulator.fast import kernel, layout, prefix, rows, scaling
 from simulator.replay.ledger import Ledger
 from simulator.replay.sim import SimResult, result_of
 
@@ -85,7 +85,31 @@ def simulate_fast(
         len(plan), n_rows, config.num_blocks, config.block_size, config.max_num_seqs, replicas
     )
     state.qf[replicas:, layout.COLD_S] = cold(n_rows - replicas)
-    retries, draws = _fill(state, plan, ledger.index)
+    state, retries = _plan_tables(state, plan, config, fleet, faults, ledger.index)
+    until = horizon(plan, timeout_s) or timeout_s
+    c = _config(config, n_rows, timeout_s, until, record_chunks, fleet, faults, jumps)
+    c = c._replace(prefix_headroom=_headroom(state, config, fleet))
+    room = int(state.ri[:, layout.MAXT].sum()) if record_chunks else 0
+    window = 0 if scaler is None else rows.window(scaler, until)
+    events = layout.events(len(plan), n_rows, config.max_num_seqs, room, retries, window)
+    rows.start(events, replicas, len(state.openers))
+    state, events = _run(state, events, c, cold)
+    _fill_ledger(ledger, state, events, record_chunks)
+    ledger.close(timeout_s)
+    return _result(ledger, state, events, until, replicas, fixed=scaler is None)
+
+
+def _plan_tables(
+    state: layout.State,
+    plan: Sequence[RequestSpec],
+    config: EngineConfig,
+    fleet: FleetSpec,
+    faults: TargetFaults | None,
+    index: dict[str, int],
+) -> tuple[layout.State, int]:
+    """The plan's tables (`_fill`), its prefix block keys, the openers by arrival, the
+    router's generator and the target's fault draws; and how many retries the plan allows."""
+    retries, draws = _fill(state, plan, index)
     if config.enable_prefix_caching:
         ids = _prefix_keys(state.ri, plan, config.block_size)
         _, _, tkeys, tvalues, entries = prefix.views(state.prefix)
@@ -94,31 +118,37 @@ def simulate_fast(
     openers = sorted((s for s in plan if s.after is None), key=lambda s: s.arrival)
     state = state._replace(
         draws=draws,
-        openers=np.fromiter((ledger.index[s.id] for s in openers), np.int64, len(openers)),
+        openers=np.fromiter((index[s.id] for s in openers), np.int64, len(openers)),
         rng=np.random.default_rng(fleet.seed),  # the reference router's
     )
     if faults is not None and faults.any:
         state = state._replace(faults=_fault_draws(faults, len(plan) + retries))
-    until = horizon(plan, timeout_s) or timeout_s
-    c = _config(config, n_rows, timeout_s, until, record_chunks, fleet, faults, jumps)
-    c = c._replace(prefix_headroom=_headroom(state, config, fleet))
-    room = int(state.ri[:, layout.MAXT].sum()) if record_chunks else 0
-    window = 0 if scaler is None else rows.window(scaler, until)
-    events = layout.events(len(plan), n_rows, config.max_num_seqs, room, retries, window)
-    ctr = events.ctr
-    ctr[layout.ROWS] = ctr[layout.MEMBERS] = ctr[layout.READY_N] = replicas
-    ctr[layout.OUTSTANDING] = len(openers)
-    events.counts[0] = 0.0, replicas
-    ctr[layout.COUNTS] = 1
+    return state, retries
+
+
+def _run(
+    state: layout.State, events: layout.Events, c: layout.Config, cold: rows.Draws
+) -> tuple[layout.State, layout.Events]:
+    """The kernel run to its end, the tables grown each time it pauses for room."""
     kernel.start(state, events, c)
     while not kernel.run(state, events, c):
-        if c.autoscale and not kernel.room(state, events, c._replace(prefix_headroom=0)):
-            state, events, c = rows.more_rows(state, events, c, len(plan), cold)
+        if c.autoscale and not scaling.rows_room(events, c):
+            state, events, c = rows.more_rows(state, events, c, len(state.ri), cold)
         if c.prefix_headroom and not prefix.room_for_an_event(state, c):
             state = _grown(state, c.prefix_headroom)
-    _fill_ledger(ledger, state, events, record_chunks)
-    ledger.close(timeout_s)
-    n = int(ctr[layout.ROWS])
+    return state, events
+
+
+def _result(
+    ledger: Ledger,
+    state: layout.State,
+    events: layout.Events,
+    until: float,
+    replicas: int,
+    fixed: bool,
+) -> SimResult:
+    """The run's result from the ledger and the replicas' rows, as the reference's."""
+    n = int(events.ctr[layout.ROWS])
     qi, qf = state.qi[:n], state.qf[:n]
     usages = [
         Usage(*map(float, row))
@@ -132,7 +162,7 @@ def simulate_fast(
         int(qi[:, layout.PREEMPTED].sum()),
         int(qi[:, layout.RECOMPUTED].sum()),
         lambda first, last: rows.fleet_stats(state, events, replicas, first, last),
-        fixed=scaler is None,
+        fixed=fixed,
         core="fast",
     )
 
